@@ -1,0 +1,1 @@
+//! Validation of names, addresses, weights and metadata sent by clients.
