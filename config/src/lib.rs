@@ -1,1 +1,314 @@
-//! config
+//! Typed, validated settings for nacre's tiers.
+//!
+//! Settings come from defaults, then an optional TOML file, then `NACRE_*` environment
+//! variables, then command-line flags (applied by the binary). `validate()` runs before anything
+//! binds: a bad value stops start-up with the key and the value named, never a silent fallback.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Why settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The settings file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// File path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The settings file is not valid TOML for these settings.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// File path.
+        path: PathBuf,
+        /// Parser message (names the key).
+        message: String,
+    },
+    /// A value is out of range or malformed.
+    #[error("invalid setting {key} = {value:?}: {reason}")]
+    Invalid {
+        /// Setting name as written in the file (or env var).
+        key: String,
+        /// Offending value.
+        value: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn invalid(key: &str, value: impl ToString, reason: &str) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        value: value.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// UDP push to legacy (1.x) subscribers.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushSettings {
+    /// Send UDP pushes at all (Nacos switch `pushEnabled`).
+    pub enabled: bool,
+    /// Local address of the push socket; port 0 picks a free one.
+    pub bind: SocketAddr,
+    /// Changes within this window are merged into one push (ms).
+    pub debounce_ms: u64,
+    /// A subscriber that has not re-queried for this long is dropped (ms).
+    pub subscriber_ttl_ms: u64,
+    /// Resend a push not acknowledged within this time (ms).
+    pub resend_after_ms: u64,
+    /// Total sends of one push before it counts as failed.
+    pub max_sends: u32,
+    /// Upper bound on remembered subscribers.
+    pub max_subscribers: usize,
+}
+
+impl Default for PushSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            bind: SocketAddr::from(([0, 0, 0, 0], 0)),
+            debounce_ms: 50,
+            subscriber_ttl_ms: 10_000,
+            resend_after_ms: 10_000,
+            max_sends: 2,
+            max_subscribers: 100_000,
+        }
+    }
+}
+
+/// Settings of a registry node.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistrySettings {
+    /// HTTP listen address (public API and internal traffic).
+    pub listen: SocketAddr,
+    /// Address peers and clients should use for this node; defaults to `listen`.
+    pub advertise: Option<String>,
+    /// Directory for the SQLite file and node identity.
+    pub data_dir: PathBuf,
+    /// Run as a single-node cluster.
+    pub standalone: bool,
+    /// Shared secret for `/nacre/internal/…`; generated into the data dir when unset.
+    pub cluster_secret: Option<String>,
+    /// Largest accepted request body (bytes); larger bodies get 413.
+    pub max_body_bytes: usize,
+    /// Upper bound on concurrently served HTTP connections.
+    pub max_connections: usize,
+    /// How often the expiry sweep runs (ms).
+    pub expiry_interval_ms: u64,
+    /// `cacheMillis` returned to polling clients (Nacos `defaultCacheMillis`).
+    pub default_cache_millis: u64,
+    /// `cacheMillis` returned to push subscribers (Nacos `defaultPushCacheMillis`).
+    pub push_cache_millis: u64,
+    /// Grace period for in-flight requests on shutdown (ms).
+    pub shutdown_grace_ms: u64,
+    /// UDP push.
+    pub push: PushSettings,
+}
+
+impl Default for RegistrySettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8848)),
+            advertise: None,
+            data_dir: PathBuf::from("./data"),
+            standalone: true,
+            cluster_secret: None,
+            max_body_bytes: 1024 * 1024,
+            max_connections: 10_000,
+            expiry_interval_ms: 1_000,
+            default_cache_millis: 3_000,
+            push_cache_millis: 10_000,
+            shutdown_grace_ms: 5_000,
+            push: PushSettings::default(),
+        }
+    }
+}
+
+impl RegistrySettings {
+    /// Defaults, overlaid with `file` (if any) and then with `NACRE_*` variables from `env`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut s = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })?
+            }
+            None => Self::default(),
+        };
+        for (k, v) in env {
+            s.apply_env(&k, &v)?;
+        }
+        Ok(s)
+    }
+
+    fn apply_env(&mut self, key: &str, v: &str) -> Result<(), ConfigError> {
+        fn num<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, ConfigError> {
+            v.trim().parse().map_err(|_| invalid(key, v, "not a number"))
+        }
+        match key {
+            "NACRE_LISTEN" => {
+                self.listen = v
+                    .parse()
+                    .map_err(|_| invalid(key, v, "expected host:port"))?
+            }
+            "NACRE_ADVERTISE" => self.advertise = Some(v.to_string()),
+            "NACRE_DATA" => self.data_dir = PathBuf::from(v),
+            "NACRE_CLUSTER_SECRET" => self.cluster_secret = Some(v.to_string()),
+            "NACRE_MAX_BODY_BYTES" => self.max_body_bytes = num(key, v)?,
+            "NACRE_MAX_CONNECTIONS" => self.max_connections = num(key, v)?,
+            "NACRE_EXPIRY_INTERVAL_MS" => self.expiry_interval_ms = num(key, v)?,
+            "NACRE_PUSH_ENABLED" => {
+                self.push.enabled = match v.trim() {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => return Err(invalid(key, v, "expected true or false")),
+                }
+            }
+            k if k.starts_with("NACRE_") && is_registry_env(k) => {
+                return Err(invalid(key, v, "unknown setting"));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The address this node is known by.
+    pub fn advertised(&self) -> String {
+        self.advertise
+            .clone()
+            .unwrap_or_else(|| self.listen.to_string())
+    }
+
+    /// Checks every value; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_body_bytes < 1024 || self.max_body_bytes > 64 * 1024 * 1024 {
+            return Err(invalid(
+                "max_body_bytes",
+                self.max_body_bytes,
+                "must be between 1 KiB and 64 MiB",
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err(invalid("max_connections", 0, "must be positive"));
+        }
+        if !(10..=60_000).contains(&self.expiry_interval_ms) {
+            return Err(invalid(
+                "expiry_interval_ms",
+                self.expiry_interval_ms,
+                "must be between 10 and 60000",
+            ));
+        }
+        if self.default_cache_millis == 0 || self.push_cache_millis == 0 {
+            return Err(invalid(
+                "default_cache_millis",
+                self.default_cache_millis,
+                "cache times must be positive",
+            ));
+        }
+        if let Some(a) = &self.advertise {
+            let ok = a
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+            if !ok {
+                return Err(invalid("advertise", a, "expected host:port"));
+            }
+        }
+        if let Some(s) = &self.cluster_secret {
+            if s.len() < 16 {
+                return Err(invalid(
+                    "cluster_secret",
+                    "<hidden>",
+                    "must be at least 16 characters",
+                ));
+            }
+        }
+        if self.push.max_sends == 0 {
+            return Err(invalid("push.max_sends", 0, "must be at least 1"));
+        }
+        if self.push.max_subscribers == 0 {
+            return Err(invalid("push.max_subscribers", 0, "must be positive"));
+        }
+        if self.push.subscriber_ttl_ms < 1_000 {
+            return Err(invalid(
+                "push.subscriber_ttl_ms",
+                self.push.subscriber_ttl_ms,
+                "must be at least 1000",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Env names owned by the registry; an unknown one of these shapes is a typo.
+fn is_registry_env(k: &str) -> bool {
+    // Other tiers (gateway, loadtest) read their own NACRE_GATEWAY_* / NACRE_LOADTEST_* names.
+    !(k.starts_with("NACRE_GATEWAY_") || k.starts_with("NACRE_LOADTEST_") || k == "NACRE_LOG")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        RegistrySettings::default().validate().unwrap();
+    }
+
+    #[test]
+    fn env_overrides_and_rejects_typos() {
+        let s = RegistrySettings::load(
+            None,
+            vec![("NACRE_LISTEN".to_string(), "127.0.0.1:9000".to_string())],
+        )
+        .unwrap();
+        assert_eq!(s.listen, "127.0.0.1:9000".parse().unwrap());
+        let e = RegistrySettings::load(
+            None,
+            vec![("NACRE_LISTN".to_string(), "x".to_string())],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("NACRE_LISTN"), "{e}");
+        let e = RegistrySettings::load(
+            None,
+            vec![("NACRE_MAX_BODY_BYTES".to_string(), "lots".to_string())],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("lots"), "{e}");
+    }
+
+    #[test]
+    fn file_with_unknown_key_fails_loudly() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("nacre.toml");
+        std::fs::write(&p, "listen = \"127.0.0.1:1\"\nmax_body_byts = 3\n").unwrap();
+        let e = RegistrySettings::load(Some(&p), vec![]).unwrap_err();
+        assert!(e.to_string().contains("max_body_byts"), "{e}");
+        std::fs::write(&p, "[push]\nmax_sends = 0\n").unwrap();
+        let s = RegistrySettings::load(Some(&p), vec![]).unwrap();
+        assert!(s.validate().unwrap_err().to_string().contains("push.max_sends"));
+    }
+
+    #[test]
+    fn bad_advertise_is_named() {
+        let s = RegistrySettings {
+            advertise: Some("nohost".into()),
+            ..Default::default()
+        };
+        assert!(s.validate().unwrap_err().to_string().contains("advertise"));
+    }
+}

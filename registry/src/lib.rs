@@ -1,4 +1,14 @@
 //! A nacre registry node: the Nacos 1.x naming Open API served from an in-memory ephemeral
 //! store (Distro) and a Raft-replicated persistent store kept in SQLite.
 
+pub mod api;
+pub mod clock;
+pub mod distro;
+pub mod metrics;
 pub mod naming;
+pub mod node;
+pub mod push;
+pub mod raft;
+pub mod server;
+
+pub use server::{run, ServeError};

@@ -1,0 +1,342 @@
+//! `/nacos/v1/ns/instance…` handlers: parse and validate, call the node, render.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::response::Response;
+
+use super::agent::ClientInfo;
+use super::error::ApiError;
+use super::params::Params;
+use super::render::{self, ListOptions};
+use super::{cluster_param, json, ok, service_key, App};
+use crate::naming::model::InstanceKey;
+use crate::naming::persistent::InstancePatch;
+use crate::naming::validate;
+use crate::node::{Beat, BeatBody, BeatReply, InstanceSpec};
+use crate::push::Subscriber;
+
+fn instance_key(p: &Params, cluster_names: &[&str]) -> Result<InstanceKey, ApiError> {
+    let ip = p.required("ip")?;
+    validate::ip(ip)?;
+    let port = validate::port("port", p.required("port")?)?;
+    Ok(InstanceKey {
+        ip: ip.to_string(),
+        port,
+        cluster: cluster_param(p, cluster_names)?,
+    })
+}
+
+fn flag(p: &Params, name: &str, default: bool) -> bool {
+    p.opt(name).map(validate::lenient_bool).unwrap_or(default)
+}
+
+fn spec(p: &Params) -> Result<InstanceSpec, ApiError> {
+    let id = instance_key(p, &["clusterName", "cluster"])?;
+    if id.port == 0 {
+        return Err(ApiError::bad_request(
+            "Param 'port' is out of range: 0 (1-65535)",
+        ));
+    }
+    let weight = match p.opt("weight") {
+        Some(w) => validate::weight(w)?,
+        None => 1.0,
+    };
+    let enabled = match p.opt("enabled").or_else(|| p.opt("enable")) {
+        Some(v) => validate::lenient_bool(v),
+        None => true,
+    };
+    let metadata = validate::metadata(p.opt("metadata").unwrap_or(""))?;
+    Ok(InstanceSpec {
+        ip: id.ip,
+        port: id.port,
+        cluster: id.cluster,
+        weight,
+        healthy: flag(p, "healthy", true),
+        enabled,
+        ephemeral: flag(p, "ephemeral", true),
+        metadata,
+        app: p.opt("app").unwrap_or("DEFAULT").to_string(),
+    })
+}
+
+/// `POST /instance`: register.
+pub async fn register(State(app): State<Arc<App>>, p: Params) -> Result<Response, ApiError> {
+    let key = service_key(&p)?;
+    let spec = spec(&p)?;
+    app.node.register(&key, spec).await?;
+    Ok(ok())
+}
+
+/// `DELETE /instance`: deregister (idempotent).
+pub async fn deregister(State(app): State<Arc<App>>, p: Params) -> Result<Response, ApiError> {
+    let key = service_key(&p)?;
+    let id = instance_key(&p, &["clusterName", "cluster"])?;
+    app.node
+        .deregister(&key, &id, flag(&p, "ephemeral", true))
+        .await?;
+    Ok(ok())
+}
+
+/// `PUT /instance`: update (Java ≥ 1.0 clients) or upsert (everyone else).
+pub async fn update(State(app): State<Arc<App>>, p: Params) -> Result<Response, ApiError> {
+    let key = service_key(&p)?;
+    let spec = spec(&p)?;
+    let must_exist = ClientInfo::parse(p.user_agent()).is_modern_java();
+    app.node.update(&key, spec, must_exist).await?;
+    Ok(ok())
+}
+
+/// `PATCH /instance`: change only the given fields.
+pub async fn patch(State(app): State<Arc<App>>, p: Params) -> Result<Response, ApiError> {
+    let key = service_key(&p)?;
+    let id = instance_key(&p, &["clusterName", "cluster"])?;
+    let patch = InstancePatch {
+        metadata: p.opt("metadata").map(validate::metadata).transpose()?,
+        app: p.opt("app").map(str::to_string),
+        weight: p.opt("weight").map(validate::weight).transpose()?,
+        healthy: p.opt("healthy").map(validate::lenient_bool),
+        enabled: p.opt("enabled").map(validate::lenient_bool),
+    };
+    app.node.patch(&key, &id, patch).await?;
+    Ok(ok())
+}
+
+/// `GET /instance`: one instance's detail.
+pub async fn detail(State(app): State<Arc<App>>, p: Params) -> Result<Response, ApiError> {
+    let key = service_key(&p)?;
+    let id = instance_key(&p, &["clusterName"])?;
+    let grouped = key.grouped();
+    let view = app
+        .node
+        .view(&key)
+        .ok_or_else(|| ApiError::not_found(format!("no service {grouped} found!")))?;
+    let in_cluster: Vec<_> = view
+        .instances
+        .iter()
+        .filter(|i| i.cluster == id.cluster)
+        .collect();
+    if in_cluster.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "no ips found for cluster {} in service {grouped}",
+            id.cluster
+        )));
+    }
+    let inst = in_cluster
+        .iter()
+        .find(|i| i.ip == id.ip && i.port == id.port)
+        .ok_or_else(|| ApiError::not_found("no matched ip found!"))?;
+    Ok(json(&serde_json::json!({
+        "service": grouped,
+        "ip": inst.ip,
+        "port": inst.port,
+        "clusterName": inst.cluster,
+        "weight": inst.weight,
+        "healthy": inst.healthy,
+        "instanceId": inst.instance_id,
+        "metadata": inst.metadata,
+    })))
+}
+
+/// Where UDP pushes for this query should go: `clientIP` if given, else the first
+/// `X-Forwarded-For` hop (behind the gateway), else the TCP peer.
+fn push_target(p: &Params, udp_port: u16) -> Option<SocketAddr> {
+    let ip: IpAddr = match p.opt("clientIP") {
+        Some(ip) => ip.parse().ok()?,
+        None => p
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.trim().parse().ok())
+            .or_else(|| p.peer.map(|a| a.ip()))?,
+    };
+    Some(SocketAddr::new(ip, udp_port))
+}
+
+/// `GET /instance/list`: the service-info document legacy clients poll.
+pub async fn list(State(app): State<Arc<App>>, p: Params) -> Result<Response, ApiError> {
+    let key = service_key(&p)?;
+    let clusters = p.get("clusters").unwrap_or("");
+    let healthy_only = p.opt("healthyOnly").is_some_and(validate::strict_bool);
+    let udp_port = match p.opt("udpPort") {
+        Some(v) => validate::port("udpPort", v)?,
+        None => 0,
+    };
+    let agent = ClientInfo::parse(p.user_agent());
+    let settings = app.node.settings();
+    let mut cache_millis = settings.default_cache_millis;
+    if udp_port > 0 && agent.push_capable() && app.node.push().is_some() {
+        if let Some(addr) = push_target(&p, udp_port) {
+            app.node.subscribe(Subscriber {
+                key: key.clone(),
+                clusters: clusters.to_string(),
+                addr,
+                agent: p.user_agent().to_string(),
+                app: p.opt("app").unwrap_or("unknown").to_string(),
+            });
+            cache_millis = settings.push_cache_millis;
+        }
+    }
+    let view = app.node.view(&key);
+    if view.as_ref().is_some_and(|v| !v.meta.enabled) {
+        return Err(ApiError::internal("service is disabled now."));
+    }
+    let body = render::list_json(
+        &key,
+        view.as_ref(),
+        ListOptions {
+            clusters,
+            healthy_only,
+            grouped_dom: agent.is_modern_java(),
+            cache_millis,
+            env: p.get("env").unwrap_or(""),
+            now_ms: app.node.now_ms(),
+        },
+    );
+    Ok(super::json_text(body))
+}
+
+fn parse_beat_body(raw: &str) -> Result<BeatBody, ApiError> {
+    let bad = || ApiError::bad_request(format!("beat format incorrect: {raw}"));
+    let v: serde_json::Value = serde_json::from_str(raw).map_err(|_| bad())?;
+    let obj = v.as_object().ok_or_else(bad)?;
+    let text = |k: &str| obj.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    let port = match obj.get("port") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Number(n)) => Some(
+            n.as_u64()
+                .and_then(|n| u16::try_from(n).ok())
+                .ok_or_else(bad)?,
+        ),
+        Some(serde_json::Value::String(s)) => Some(validate::port("port", s)?),
+        Some(_) => return Err(bad()),
+    };
+    let weight = match obj.get("weight") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(w) => Some(w.as_f64().ok_or_else(bad)?),
+    };
+    let metadata = match obj.get("metadata") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(m) => Some(validate::json_metadata(m).ok_or_else(bad)?),
+    };
+    let ephemeral = match obj.get("ephemeral") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Bool(b)) => Some(*b),
+        Some(serde_json::Value::String(s)) => Some(validate::lenient_bool(s)),
+        Some(_) => return Err(bad()),
+    };
+    Ok(BeatBody {
+        ip: text("ip").filter(|s| !s.trim().is_empty()),
+        port,
+        weight,
+        cluster: text("cluster"),
+        metadata,
+        ephemeral,
+    })
+}
+
+/// `PUT /instance/beat`: heartbeat.
+pub async fn beat(State(app): State<Arc<App>>, p: Params) -> Result<Response, ApiError> {
+    let key = service_key(&p)?;
+    let body = p.opt("beat").map(parse_beat_body).transpose()?;
+    let cluster = match p.opt("clusterName") {
+        Some(c) => {
+            validate::cluster_name(c)?;
+            c.to_string()
+        }
+        None => crate::naming::model::DEFAULT_CLUSTER.to_string(),
+    };
+    let port = match p.opt("port") {
+        Some(v) => validate::port("port", v)?,
+        None => 0,
+    };
+    let beat = Beat {
+        ip: p.opt("ip").unwrap_or("").to_string(),
+        port,
+        cluster,
+        body,
+    };
+    let reply = app.node.beat(&key, beat).await?;
+    Ok(match reply {
+        BeatReply::Ok { interval_ms } => json(&serde_json::json!({
+            "clientBeatInterval": interval_ms,
+            "code": 10200,
+            "lightBeatEnabled": true,
+        })),
+        BeatReply::NotFound { interval_ms } => json(&serde_json::json!({
+            "clientBeatInterval": interval_ms,
+            "code": 20404,
+        })),
+    })
+}
+
+/// `GET|POST /instance/statuses?key=[ns##]group@@svc`: health flags, used by peers.
+pub async fn statuses(State(app): State<Arc<App>>, p: Params) -> Result<Response, ApiError> {
+    let raw = p.required("key")?;
+    let (ns, grouped) = raw
+        .split_once(nacre_ring::NAMESPACE_SEPARATOR)
+        .unwrap_or((nacre_ring::DEFAULT_NAMESPACE, raw));
+    let key = nacre_ring::ServiceKey::from_request(Some(ns), grouped, None)?;
+    let view = app
+        .node
+        .view(&key)
+        .ok_or_else(|| ApiError::not_found(format!("service: {grouped} not found.")))?;
+    let ips: Vec<String> = view
+        .instances
+        .iter()
+        .map(|i| format!("{}:{}_{}", i.ip, i.port, i.healthy))
+        .collect();
+    Ok(json(&serde_json::json!({ "ips": ips })))
+}
+
+/// `GET /nacos/v1/ns/catalog/instances`: full instances of one cluster, paged.
+pub async fn catalog_instances(
+    State(app): State<Arc<App>>,
+    p: Params,
+) -> Result<Response, ApiError> {
+    let key = service_key(&p)?;
+    let cluster = p.required("clusterName")?;
+    let page_no = validate::positive("pageNo", p.required("pageNo")?, 1_000_000)? as usize;
+    let page_size = validate::positive("pageSize", p.required("pageSize")?, 10_000)? as usize;
+    let view = app
+        .node
+        .view(&key)
+        .ok_or_else(|| ApiError::not_found(format!("service {} is not found!", key.grouped())))?;
+    if view.cluster_meta(cluster).is_none() {
+        return Err(ApiError::not_found(format!("cluster {cluster} is not found!")));
+    }
+    let all: Vec<_> = view
+        .instances
+        .iter()
+        .filter(|i| i.cluster == cluster)
+        .collect();
+    let list: Vec<_> = all
+        .iter()
+        .skip((page_no - 1).saturating_mul(page_size))
+        .take(page_size)
+        .map(|i| render::full_instance(i, &key))
+        .collect();
+    Ok(json(&serde_json::json!({ "list": list, "count": all.len() })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn beat_body_parsing() {
+        let b = parse_beat_body(
+            r#"{"ip":"10.0.0.1","port":80,"weight":2,"cluster":"C","metadata":{"a":1},"scheduled":false,"extra":[1]}"#,
+        )
+        .unwrap();
+        assert_eq!(b.port, Some(80));
+        assert_eq!(b.weight, Some(2.0));
+        assert_eq!(b.metadata.unwrap().get("a").map(String::as_str), Some("1"));
+        assert!(parse_beat_body("{").is_err());
+        assert!(parse_beat_body("[1]").is_err());
+        assert!(parse_beat_body(r#"{"port":70000}"#).is_err());
+        assert!(parse_beat_body(r#"{"metadata":"x"}"#).is_err());
+    }
+}

@@ -1,0 +1,221 @@
+//! The HTTP edge of a registry node: routes, shared parameter helpers and middleware.
+//!
+//! Handlers parse and validate parameters, call [`crate::node::Node`], and render; they never
+//! touch a store directly. Two middlewares wrap every route: per-route metrics, and the Nacos
+//! status gate that answers 503 while the node is not ready.
+
+pub mod admin;
+pub mod agent;
+pub mod error;
+pub mod instance;
+pub mod params;
+pub mod render;
+pub mod service;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::Router;
+use nacre_ring::ServiceKey;
+
+use crate::naming::model::DEFAULT_CLUSTER;
+use crate::naming::validate;
+use crate::node::Node;
+use error::ApiError;
+use params::Params;
+
+/// Shared state of the HTTP layer.
+pub struct App {
+    /// The node's domain facade.
+    pub node: Arc<Node>,
+}
+
+/// Plain `ok`, the body Nacos clients compare write answers with.
+pub fn ok() -> Response {
+    "ok".into_response()
+}
+
+/// A JSON answer.
+pub fn json<T: serde::Serialize>(v: &T) -> Response {
+    json_text(render::to_json(v))
+}
+
+/// A JSON answer from already serialised text.
+pub fn json_text(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "application/json;charset=UTF-8")], body).into_response()
+}
+
+/// The service a request names: `serviceName` (legacy `dom`), grouped with `groupName`, in
+/// `namespaceId`.
+pub fn service_key(p: &Params) -> Result<ServiceKey, ApiError> {
+    let name = p
+        .opt("serviceName")
+        .or_else(|| p.opt("dom"))
+        .ok_or_else(|| ApiError::bad_request("Param 'serviceName' is required."))?;
+    Ok(ServiceKey::from_request(
+        p.opt("namespaceId"),
+        name,
+        p.opt("groupName"),
+    )?)
+}
+
+/// The first non-blank of the named cluster parameters, validated, defaulting to `DEFAULT`.
+pub fn cluster_param(p: &Params, names: &[&str]) -> Result<String, ApiError> {
+    match names.iter().find_map(|n| p.opt(n)) {
+        Some(c) => {
+            validate::cluster_name(c)?;
+            Ok(c.to_string())
+        }
+        None => Ok(DEFAULT_CLUSTER.to_string()),
+    }
+}
+
+fn naming_routes() -> Router<Arc<App>> {
+    Router::new()
+        .route(
+            "/instance",
+            get(instance::detail)
+                .post(instance::register)
+                .put(instance::update)
+                .patch(instance::patch)
+                .delete(instance::deregister),
+        )
+        .route("/instance/list", get(instance::list))
+        .route("/instance/beat", put(instance::beat))
+        .route(
+            "/instance/statuses",
+            get(instance::statuses).post(instance::statuses),
+        )
+        .route(
+            "/service",
+            get(service::detail)
+                .post(service::create)
+                .put(service::update)
+                .delete(service::delete),
+        )
+        .route("/service/list", get(service::list))
+        .route("/service/names", get(service::names))
+        .route("/service/subscribers", get(service::subscribers))
+        .route("/catalog/services", get(service::catalog_services))
+        .route("/catalog/service", get(service::catalog_service))
+        .route(
+            "/catalog/instances",
+            get(instance::catalog_instances).post(instance::catalog_instances),
+        )
+        .route("/cluster", put(service::update_cluster))
+        .route("/health", put(admin::set_health))
+        .route("/health/instance", put(admin::set_health))
+        .route("/health/server", get(admin::health_server))
+        .route("/health/checkers", get(admin::health_checkers))
+        .nest("/operator", operator_routes())
+        .nest("/ops", operator_routes())
+}
+
+fn operator_routes() -> Router<Arc<App>> {
+    Router::new()
+        .route("/metrics", get(admin::operator_metrics))
+        .route(
+            "/switches",
+            get(admin::switches).put(admin::update_switch),
+        )
+        .route("/servers", get(admin::servers))
+        .route(
+            "/push/state",
+            get(admin::push_state).post(admin::push_state),
+        )
+        .route("/distro/server", get(admin::distro_server))
+}
+
+/// Builds the node's full router. `internal` carries `/nacre/internal/…` routes (Raft).
+pub fn router(app: Arc<App>, internal: Router) -> Router {
+    let public = Router::new()
+        .nest("/nacos/v1/ns", naming_routes())
+        .route(
+            "/nacos/v1/console/namespaces",
+            get(admin::namespaces)
+                .post(admin::create_namespace)
+                .put(admin::update_namespace)
+                .delete(admin::delete_namespace),
+        )
+        .route("/nacos/v1/console/health/liveness", get(admin::liveness))
+        .route("/nacos/v1/console/health/readiness", get(admin::readiness))
+        .route("/nacos/v1/core/cluster/nodes", get(admin::core_nodes))
+        .route("/nacos/v1/core/cluster/nodes/self", get(admin::core_self))
+        .route("/nacos/v1/core/cluster/health", get(admin::core_health))
+        .route("/nacre/v1/cluster", get(admin::nacre_cluster))
+        .route("/metrics", get(admin::prometheus))
+        .fallback(unknown_api)
+        .method_not_allowed_fallback(unknown_api)
+        .layer(axum::middleware::from_fn_with_state(app.clone(), gate))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            track,
+        ))
+        .with_state(app);
+    public.merge(internal)
+}
+
+async fn unknown_api(State(app): State<Arc<App>>, method: Method, req: Request) -> Response {
+    let path = req.uri().path().to_string();
+    let status = if path.starts_with("/nacos/v1/ns") {
+        StatusCode::NOT_IMPLEMENTED
+    } else {
+        StatusCode::NOT_FOUND
+    };
+    error::error_document(
+        status,
+        &format!("no such api:{method}:{path}"),
+        &path,
+        app.node.now_ms(),
+    )
+}
+
+/// Nacos's status gate: while the node is not ready, naming requests get 503 so clients move
+/// to another server. Peers (`Nacos-Server` UA) and the health probe pass.
+async fn gate(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    let gated = path.starts_with("/nacos/v1/ns/")
+        && !path.ends_with("/operator/metrics")
+        && !path.ends_with("/ops/metrics");
+    if gated && !app.node.is_ready() {
+        let from_peer = req
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ua| ua.starts_with("Nacos-Server"));
+        if !from_peer {
+            return ApiError::unavailable("server is DOWNnow, please try again later!")
+                .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Counts and times every request by its route template.
+async fn track(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let method = req.method().clone();
+    let api = format!("{method} {route}");
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    let m = app.node.metrics();
+    m.latency
+        .with_label_values(&[&api])
+        .observe(start.elapsed().as_secs_f64());
+    m.requests
+        .with_label_values(&[&api, resp.status().as_str()])
+        .inc();
+    if resp.status().is_server_error() {
+        tracing::warn!(%api, status = %resp.status(), "request failed");
+    }
+    resp
+}

@@ -1,0 +1,97 @@
+//! Prometheus metrics of a registry node, served at `GET /metrics`.
+//!
+//! One registry per node (not the process-global default) so tests can run several nodes in one
+//! process without their counters mixing.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// All metrics of one node.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by API route and HTTP status.
+    pub requests: IntCounterVec,
+    /// Request latency by API route.
+    pub latency: HistogramVec,
+    /// Instances held, by kind (`ephemeral` / `persistent`).
+    pub instances: IntGaugeVec,
+    /// Services held.
+    pub services: IntGauge,
+    /// Beats received.
+    pub beats: IntCounter,
+    /// Instances expired by the health sweep, by kind (`unhealthy` / `removed`).
+    pub expirations: IntCounterVec,
+    /// Time from a persistent write's proposal to its applied result.
+    pub raft_apply: Histogram,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("nacre_http_requests_total", "HTTP requests by route and status"),
+            &["api", "status"],
+        )?;
+        let latency = HistogramVec::new(
+            HistogramOpts::new("nacre_http_request_duration_seconds", "HTTP request latency")
+                .buckets(vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    0.5, 1.0, 2.5, 5.0,
+                ]),
+            &["api"],
+        )?;
+        let instances = IntGaugeVec::new(
+            Opts::new("nacre_instances", "Instances held by kind"),
+            &["kind"],
+        )?;
+        let services = IntGauge::new("nacre_services", "Services held")?;
+        let beats = IntCounter::new("nacre_beats_total", "Heartbeats received")?;
+        let expirations = IntCounterVec::new(
+            Opts::new("nacre_expirations_total", "Instances expired by the health sweep"),
+            &["kind"],
+        )?;
+        let raft_apply = Histogram::with_opts(
+            HistogramOpts::new(
+                "nacre_raft_apply_duration_seconds",
+                "Persistent write latency from proposal to applied result",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(latency.clone()))?;
+        registry.register(Box::new(instances.clone()))?;
+        registry.register(Box::new(services.clone()))?;
+        registry.register(Box::new(beats.clone()))?;
+        registry.register(Box::new(expirations.clone()))?;
+        registry.register(Box::new(raft_apply.clone()))?;
+        Ok(Self {
+            registry,
+            requests,
+            latency,
+            instances,
+            services,
+            beats,
+            expirations,
+            raft_apply,
+        })
+    }
+
+    /// The registry, for components that register their own instruments.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metric families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

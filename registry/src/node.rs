@@ -1,0 +1,643 @@
+//! The registry node's domain facade.
+//!
+//! HTTP handlers call these methods with already parsed and validated values; this module picks
+//! the store (ephemeral in memory, persistent through Raft), applies Nacos's semantics and
+//! triggers pushes. It knows nothing about HTTP.
+
+use std::sync::Arc;
+
+use nacre_config::RegistrySettings;
+use nacre_ring::ServiceKey;
+
+use crate::clock::Clock;
+use crate::distro::{BeatOutcome, EphemeralStore, ExpiryKind};
+use crate::metrics::Metrics;
+use crate::naming::model::{
+    ClusterMeta, Instance, InstanceKey, Metadata, Namespace, ServiceMeta,
+};
+use crate::naming::persistent::{
+    Command, CommandOutput, InstancePatch, PutMode, ServiceUpdate,
+};
+use crate::naming::{validate, NamingError};
+use crate::push::{PushHub, Subscriber};
+use crate::raft::{PersistentStore, WriteError};
+
+/// Why a node operation failed, by what the caller should answer.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The client's request was refused by the domain (400/404).
+    #[error(transparent)]
+    Naming(#[from] NamingError),
+    /// The persistent store cannot take writes right now (no leader, no quorum): retry later.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Something broke inside the node.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<WriteError> for NodeError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::NotLeader { leader } => NodeError::Unavailable(match leader {
+                Some(l) => format!("not the raft leader, leader is {l}"),
+                None => "no raft leader elected yet".to_string(),
+            }),
+            WriteError::Unavailable(m) => NodeError::Unavailable(m),
+            WriteError::Fatal(m) => NodeError::Internal(m),
+        }
+    }
+}
+
+/// An instance as a client describes it in register / update.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceSpec {
+    /// Address.
+    pub ip: String,
+    /// Port.
+    pub port: u16,
+    /// Cluster.
+    pub cluster: String,
+    /// Weight.
+    pub weight: f64,
+    /// Initial health (only seeds new instances).
+    pub healthy: bool,
+    /// Enabled flag.
+    pub enabled: bool,
+    /// Ephemeral or persistent.
+    pub ephemeral: bool,
+    /// Metadata.
+    pub metadata: Metadata,
+    /// Application name.
+    pub app: String,
+}
+
+/// The `beat` JSON body a client may send (Nacos "RsInfo"); unknown fields are ignored.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct BeatBody {
+    /// Instance ip.
+    pub ip: Option<String>,
+    /// Instance port.
+    pub port: Option<u16>,
+    /// Weight (Nacos defaults a missing one to 0.0 when re-registering).
+    pub weight: Option<f64>,
+    /// Cluster; overrides the `clusterName` parameter when non-blank.
+    pub cluster: Option<String>,
+    /// Metadata.
+    pub metadata: Option<Metadata>,
+    /// Ephemeral flag (default true).
+    pub ephemeral: Option<bool>,
+}
+
+/// A beat as received.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Beat {
+    /// `ip` parameter.
+    pub ip: String,
+    /// `port` parameter.
+    pub port: u16,
+    /// `clusterName` parameter (already defaulted).
+    pub cluster: String,
+    /// Parsed `beat` body.
+    pub body: Option<BeatBody>,
+}
+
+/// The answer to a beat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BeatReply {
+    /// Known instance: beat at this interval.
+    Ok {
+        /// Interval in ms.
+        interval_ms: u64,
+    },
+    /// Unknown instance and no body to re-register it from (Nacos code 20404).
+    NotFound {
+        /// Interval in ms.
+        interval_ms: u64,
+    },
+}
+
+/// A read-only view of one service, merged from both stores.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceView {
+    /// Settings (defaults for services that exist only ephemerally).
+    pub meta: ServiceMeta,
+    /// Ephemeral instances first, then persistent ones.
+    pub instances: Vec<Instance>,
+}
+
+impl ServiceView {
+    /// Names of all clusters: configured ones plus those instances name, sorted.
+    pub fn cluster_names(&self) -> Vec<String> {
+        let mut names: std::collections::BTreeSet<String> =
+            self.meta.clusters.keys().cloned().collect();
+        names.extend(self.instances.iter().map(|i| i.cluster.clone()));
+        names.into_iter().collect()
+    }
+
+    /// Settings of one cluster (defaults when only implied by instances).
+    pub fn cluster_meta(&self, name: &str) -> Option<ClusterMeta> {
+        match self.meta.clusters.get(name) {
+            Some(c) => Some(c.clone()),
+            None => self
+                .instances
+                .iter()
+                .any(|i| i.cluster == name)
+                .then(ClusterMeta::default),
+        }
+    }
+}
+
+/// One registry node's state and stores.
+pub struct Node {
+    settings: RegistrySettings,
+    ephemeral: EphemeralStore,
+    persistent: PersistentStore,
+    push: Option<Arc<PushHub>>,
+    metrics: Metrics,
+    clock: Clock,
+}
+
+impl Node {
+    /// Assembles a node from its parts.
+    pub fn new(
+        settings: RegistrySettings,
+        persistent: PersistentStore,
+        push: Option<Arc<PushHub>>,
+        metrics: Metrics,
+        clock: Clock,
+    ) -> Self {
+        Self {
+            settings,
+            ephemeral: EphemeralStore::new(),
+            persistent,
+            push,
+            metrics,
+            clock,
+        }
+    }
+
+    /// Settings the node runs with.
+    pub fn settings(&self) -> &RegistrySettings {
+        &self.settings
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The persistent store.
+    pub fn persistent(&self) -> &PersistentStore {
+        &self.persistent
+    }
+
+    /// The push hub, when push is enabled.
+    pub fn push(&self) -> Option<&Arc<PushHub>> {
+        self.push.as_ref()
+    }
+
+    /// Current time (ms).
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// Ready to serve: the persistent store has a leader and has caught up.
+    pub fn is_ready(&self) -> bool {
+        self.persistent.is_ready()
+    }
+
+    fn changed(&self, key: &ServiceKey) {
+        if let Some(p) = &self.push {
+            p.service_changed(key);
+        }
+    }
+
+    fn changed_all(&self, out: &CommandOutput) {
+        for k in &out.changed {
+            self.changed(k);
+        }
+    }
+
+    async fn propose(&self, cmd: Command) -> Result<CommandOutput, NodeError> {
+        let out = self.persistent.write(cmd).await??;
+        // The store's apply hook also notifies; a second notification is merged by the debounce.
+        self.changed_all(&out);
+        Ok(out)
+    }
+
+    fn build_instance(&self, key: &ServiceKey, spec: InstanceSpec) -> Instance {
+        let instance_id = format!(
+            "{}#{}#{}#{}",
+            spec.ip,
+            spec.port,
+            spec.cluster,
+            key.grouped()
+        );
+        Instance {
+            ip: spec.ip,
+            port: spec.port,
+            cluster: spec.cluster,
+            weight: spec.weight,
+            healthy: spec.healthy,
+            enabled: spec.enabled,
+            ephemeral: spec.ephemeral,
+            metadata: spec.metadata,
+            instance_id,
+            app: spec.app,
+            last_beat_ms: self.now_ms(),
+            marked: false,
+        }
+    }
+
+    /// Registers (or replaces) an instance.
+    pub async fn register(&self, key: &ServiceKey, spec: InstanceSpec) -> Result<(), NodeError> {
+        validate::service_name(&key.grouped())?;
+        let inst = self.build_instance(key, spec);
+        if inst.ephemeral {
+            self.ephemeral.register(key, inst, self.now_ms());
+            self.changed(key);
+            Ok(())
+        } else {
+            self.propose(Command::PutInstance {
+                key: key.clone(),
+                instance: inst,
+                mode: PutMode::Upsert,
+            })
+            .await
+            .map(drop)
+        }
+    }
+
+    /// Updates an instance; with `must_exist` (Java ≥ 1.0 clients) it must already be there.
+    pub async fn update(
+        &self,
+        key: &ServiceKey,
+        spec: InstanceSpec,
+        must_exist: bool,
+    ) -> Result<(), NodeError> {
+        if !must_exist {
+            return self.register(key, spec).await;
+        }
+        let inst = self.build_instance(key, spec);
+        if inst.ephemeral {
+            self.ephemeral.update_existing(key, inst, self.now_ms())?;
+            self.changed(key);
+            Ok(())
+        } else {
+            self.propose(Command::PutInstance {
+                key: key.clone(),
+                instance: inst,
+                mode: PutMode::UpdateExisting,
+            })
+            .await
+            .map(drop)
+        }
+    }
+
+    /// Applies the given fields to an existing instance (ephemeral first, then persistent).
+    pub async fn patch(
+        &self,
+        key: &ServiceKey,
+        id: &InstanceKey,
+        patch: InstancePatch,
+    ) -> Result<(), NodeError> {
+        let now = self.now_ms();
+        if self.ephemeral.patch(key, id, &patch, now).is_ok() {
+            self.changed(key);
+            return Ok(());
+        }
+        self.propose(Command::PatchInstance {
+            key: key.clone(),
+            ip: id.ip.clone(),
+            port: id.port,
+            cluster: id.cluster.clone(),
+            patch,
+            now_ms: now,
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Removes an instance from the chosen list; succeeds when it is already gone.
+    pub async fn deregister(
+        &self,
+        key: &ServiceKey,
+        id: &InstanceKey,
+        ephemeral: bool,
+    ) -> Result<(), NodeError> {
+        if ephemeral {
+            if self.ephemeral.remove(key, id, self.now_ms()) {
+                self.changed(key);
+            }
+            return Ok(());
+        }
+        let present = self.persistent.read(|st| {
+            st.service(key)
+                .is_some_and(|s| s.instances.iter().any(|i| i.matches(&id.ip, id.port, &id.cluster)))
+        });
+        if !present {
+            return Ok(());
+        }
+        self.propose(Command::RemoveInstance {
+            key: key.clone(),
+            ip: id.ip.clone(),
+            port: id.port,
+            cluster: id.cluster.clone(),
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Handles a client beat, re-registering from its body when the instance is unknown.
+    pub async fn beat(&self, key: &ServiceKey, beat: Beat) -> Result<BeatReply, NodeError> {
+        self.metrics.beats.inc();
+        let default_interval = crate::naming::model::DEFAULT_BEAT_INTERVAL_MS;
+        let mut cluster = beat.cluster;
+        let (mut ip, mut port) = (beat.ip, beat.port);
+        if let Some(b) = &beat.body {
+            if let Some(c) = b.cluster.as_deref().filter(|c| !c.trim().is_empty()) {
+                cluster = c.trim().to_string();
+            }
+            if let Some(i) = &b.ip {
+                ip = i.clone();
+            }
+            if let Some(p) = b.port {
+                port = p;
+            }
+        }
+        let id = InstanceKey { ip, port, cluster };
+        let now = self.now_ms();
+        match self.ephemeral.beat(key, &id, now) {
+            BeatOutcome::Alive {
+                interval_ms,
+                revived,
+            } => {
+                if revived {
+                    self.changed(key);
+                }
+                return Ok(BeatReply::Ok { interval_ms });
+            }
+            BeatOutcome::Unknown => {}
+        }
+        if let Some(inst) = self.persistent_instance(key, &id) {
+            // Persistent instances are not kept alive by beats; answer as Nacos does.
+            return Ok(BeatReply::Ok {
+                interval_ms: inst.beat_interval_ms(),
+            });
+        }
+        let Some(body) = beat.body else {
+            return Ok(BeatReply::NotFound {
+                interval_ms: default_interval,
+            });
+        };
+        validate::cluster_name(&id.cluster)?;
+        validate::ip(&id.ip)?;
+        let spec = InstanceSpec {
+            ip: id.ip.clone(),
+            port: id.port,
+            cluster: id.cluster.clone(),
+            weight: body.weight.unwrap_or(0.0),
+            healthy: true,
+            enabled: true,
+            ephemeral: body.ephemeral.unwrap_or(true),
+            metadata: body.metadata.unwrap_or_default(),
+            app: "DEFAULT".to_string(),
+        };
+        validate::check_weight(spec.weight)?;
+        let interval_ms = spec
+            .metadata
+            .get(crate::naming::model::META_BEAT_INTERVAL)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default_interval);
+        self.register(key, spec).await?;
+        Ok(BeatReply::Ok { interval_ms })
+    }
+
+    fn persistent_instance(&self, key: &ServiceKey, id: &InstanceKey) -> Option<Instance> {
+        self.persistent.read(|st| {
+            st.service(key).and_then(|s| {
+                s.instances
+                    .iter()
+                    .find(|i| i.matches(&id.ip, id.port, &id.cluster))
+                    .cloned()
+            })
+        })
+    }
+
+    /// Sets an instance's health by hand (only for clusters whose checker is `NONE`).
+    pub async fn set_health(
+        &self,
+        key: &ServiceKey,
+        id: &InstanceKey,
+        healthy: bool,
+    ) -> Result<(), NodeError> {
+        let view = self.view(key).ok_or_else(|| {
+            NamingError::bad(format!("service not found: {}", key.grouped()))
+        })?;
+        let checker = view
+            .cluster_meta(&id.cluster)
+            .map(|c| c.health_checker.kind)
+            .unwrap_or_default();
+        if !checker.eq_ignore_ascii_case("NONE") {
+            return Err(NamingError::bad(format!(
+                "health check is still working, service: {}",
+                key.grouped()
+            ))
+            .into());
+        }
+        let now = self.now_ms();
+        match self.ephemeral.set_health(key, id, healthy, now) {
+            Ok(changed) => {
+                if changed {
+                    self.changed(key);
+                }
+                Ok(())
+            }
+            Err(_) => self
+                .propose(Command::PatchInstance {
+                    key: key.clone(),
+                    ip: id.ip.clone(),
+                    port: id.port,
+                    cluster: id.cluster.clone(),
+                    patch: InstancePatch {
+                        healthy: Some(healthy),
+                        ..Default::default()
+                    },
+                    now_ms: now,
+                })
+                .await
+                .map(drop),
+        }
+    }
+
+    /// Runs one expiry sweep over ephemeral instances.
+    pub fn sweep(&self) {
+        let expired = self.ephemeral.sweep(self.now_ms());
+        let mut keys = std::collections::HashSet::new();
+        for e in &expired {
+            let kind = match e.kind {
+                ExpiryKind::Unhealthy => "unhealthy",
+                ExpiryKind::Removed => "removed",
+            };
+            self.metrics.expirations.with_label_values(&[kind]).inc();
+            tracing::info!(service = %e.key, instance = %e.instance, kind, "instance expired");
+            keys.insert(e.key.clone());
+        }
+        for k in keys {
+            self.changed(&k);
+        }
+    }
+
+    /// Whether the service exists in either store.
+    pub fn exists(&self, key: &ServiceKey) -> bool {
+        self.ephemeral.contains(key) || self.persistent.read(|st| st.service(key).is_some())
+    }
+
+    /// A merged view of one service, or `None` when it exists nowhere.
+    pub fn view(&self, key: &ServiceKey) -> Option<ServiceView> {
+        let eph = self.ephemeral.with_service(key, |s| s.instances.clone());
+        let per = self.persistent.read(|st| st.service(key).cloned());
+        if eph.is_none() && per.is_none() {
+            return None;
+        }
+        let (meta, mut persistent) = match per {
+            Some(p) => (p.meta, p.instances),
+            None => (ServiceMeta::default(), Vec::new()),
+        };
+        let mut instances = eph.unwrap_or_default();
+        instances.append(&mut persistent);
+        Some(ServiceView { meta, instances })
+    }
+
+    /// Every service key in a namespace (`None` = all namespaces), sorted.
+    pub fn service_keys(&self, namespace: Option<&str>) -> Vec<ServiceKey> {
+        let mut keys: std::collections::BTreeSet<ServiceKey> = self
+            .ephemeral
+            .keys()
+            .into_iter()
+            .filter(|k| namespace.is_none_or(|n| k.namespace == n))
+            .collect();
+        self.persistent.read(|st| {
+            keys.extend(
+                st.services()
+                    .map(|(k, _)| k)
+                    .filter(|k| namespace.is_none_or(|n| k.namespace == n))
+                    .cloned(),
+            )
+        });
+        keys.into_iter().collect()
+    }
+
+    /// Creates a service explicitly.
+    pub async fn create_service(&self, key: &ServiceKey, meta: ServiceMeta) -> Result<(), NodeError> {
+        validate::service_name(&key.grouped())?;
+        let exists_elsewhere = self.ephemeral.contains(key);
+        self.propose(Command::CreateService {
+            key: key.clone(),
+            meta,
+            exists_elsewhere,
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Updates a service's settings.
+    pub async fn update_service(
+        &self,
+        key: &ServiceKey,
+        update: ServiceUpdate,
+    ) -> Result<(), NodeError> {
+        let exists_elsewhere = self.ephemeral.contains(key);
+        self.propose(Command::UpdateService {
+            key: key.clone(),
+            update,
+            exists_elsewhere,
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Deletes a service with all its instances.
+    pub async fn delete_service(&self, key: &ServiceKey) -> Result<(), NodeError> {
+        let exists_elsewhere = self.ephemeral.contains(key);
+        let persisted = self.persistent.read(|st| st.service(key).is_some());
+        if persisted || !exists_elsewhere {
+            self.propose(Command::DeleteService {
+                key: key.clone(),
+                exists_elsewhere,
+            })
+            .await?;
+        }
+        if self.ephemeral.remove_service(key) {
+            self.changed(key);
+        }
+        Ok(())
+    }
+
+    /// Sets one cluster's settings.
+    pub async fn update_cluster(
+        &self,
+        key: &ServiceKey,
+        cluster: String,
+        meta: ClusterMeta,
+    ) -> Result<(), NodeError> {
+        let exists_elsewhere = self.ephemeral.contains(key);
+        self.propose(Command::UpdateCluster {
+            key: key.clone(),
+            cluster,
+            meta,
+            exists_elsewhere,
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Creates, updates or deletes a namespace.
+    pub async fn namespace_command(&self, cmd: Command) -> Result<(), NodeError> {
+        self.propose(cmd).await.map(drop)
+    }
+
+    /// User-created namespaces.
+    pub fn namespaces(&self) -> Vec<Namespace> {
+        self.persistent.read(|st| st.namespaces().cloned().collect())
+    }
+
+    /// Registers or refreshes a UDP push subscriber (no-op when push is disabled).
+    pub fn subscribe(&self, sub: Subscriber) {
+        if let Some(p) = &self.push {
+            p.subscribe(sub, tokio::time::Instant::now().into_std());
+        }
+    }
+
+    /// (services, ephemeral instances, persistent instances) held by this node.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let (eph_services, eph_instances) = self.ephemeral.counts();
+        let (per_services, per_instances) = self
+            .persistent
+            .read(|st| (st.services().count(), st.instance_count()));
+        // Services present in both stores are counted once.
+        let both = self
+            .persistent
+            .read(|st| st.services().filter(|(k, _)| self.ephemeral.contains(k)).count());
+        (
+            eph_services + per_services - both,
+            eph_instances,
+            per_instances,
+        )
+    }
+
+    /// Updates the gauges that are computed from state rather than counted on events.
+    pub fn refresh_gauges(&self) {
+        let (services, eph, per) = self.counts();
+        self.metrics.services.set(services as i64);
+        self.metrics
+            .instances
+            .with_label_values(&["ephemeral"])
+            .set(eph as i64);
+        self.metrics
+            .instances
+            .with_label_values(&["persistent"])
+            .set(per as i64);
+    }
+}

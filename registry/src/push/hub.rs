@@ -1,0 +1,686 @@
+//! The push hub: one UDP socket, the subscriber table, and the task that drives pushes.
+//!
+//! [`PushHub::run`] is a single task multiplexing four things: debounced pushes of changed
+//! services, the ack receive loop, retransmission/failure of unacknowledged packets, and the
+//! periodic zombie sweep. All state lives behind one short-held mutex; rendering and socket
+//! I/O happen outside it. Time comes from `tokio::time`, so paused-time tests drive it.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nacre_ring::ServiceKey;
+use parking_lot::Mutex;
+use tokio::net::UdpSocket;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::acks::{AckTracker, Due};
+use super::debounce::Debouncer;
+use super::packet::{decode_incoming, encode_push, Incoming, SeqGen};
+use super::table::{SubscribeOutcome, SubscriberTable};
+use super::{PushMetrics, PushSettings, PushState, Renderer, Subscriber};
+
+/// Largest datagram we read; acks are tiny.
+const RECV_BUF: usize = 64 * 1024;
+
+/// The current instant on the tokio clock (identical to `std::time::Instant::now()` unless a
+/// test paused time).
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// An IPv4-mapped IPv6 address as plain IPv4, so acks match whatever family the socket uses.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => addr,
+        },
+        SocketAddr::V4(_) => addr,
+    }
+}
+
+#[derive(Debug)]
+struct Core {
+    table: SubscriberTable,
+    acks: AckTracker,
+    debounce: Debouncer,
+}
+
+/// The UDP push service. Create with [`PushHub::bind`], drive with [`PushHub::run`].
+#[derive(Debug)]
+pub struct PushHub {
+    socket: UdpSocket,
+    local: SocketAddr,
+    settings: PushSettings,
+    metrics: PushMetrics,
+    core: Mutex<Core>,
+    wake: Notify,
+    seq: SeqGen,
+    total: AtomicU64,
+    succeed: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl PushHub {
+    /// Binds the push socket. Nothing is sent until [`PushHub::run`] is spawned.
+    pub async fn bind(settings: PushSettings, metrics: PushMetrics) -> std::io::Result<Arc<Self>> {
+        let socket = UdpSocket::bind(settings.bind).await?;
+        let local = socket.local_addr()?;
+        let core = Core {
+            table: SubscriberTable::new(settings.max_subscribers, settings.subscriber_ttl),
+            acks: AckTracker::new(
+                settings.max_subscribers,
+                settings.resend_after,
+                settings.max_sends,
+            ),
+            debounce: Debouncer::new(settings.debounce),
+        };
+        metrics.subscribers.set(0);
+        Ok(Arc::new(Self {
+            socket,
+            local,
+            settings,
+            metrics,
+            core: Mutex::new(core),
+            wake: Notify::new(),
+            seq: SeqGen::from_wall_clock(),
+            total: AtomicU64::new(0),
+            succeed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+        }))
+    }
+
+    /// The address the push socket is bound to (pushes come from it; acks go to it).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Adds `sub` or refreshes it as of `now` (pass `std::time::Instant::now()`).
+    ///
+    /// Returns false if the table is full of live subscribers and `sub` was not stored.
+    pub fn subscribe(&self, sub: Subscriber, now: Instant) -> bool {
+        let mut core = self.core.lock();
+        let outcome = core.table.subscribe(sub, now);
+        self.metrics.subscribers.set(gauge(core.table.len()));
+        drop(core);
+        if outcome == SubscribeOutcome::Rejected {
+            tracing::debug!("push subscriber table full; subscriber not stored");
+        }
+        outcome != SubscribeOutcome::Rejected
+    }
+
+    /// Schedules a debounced push of `key` to all its subscribers. No-op without subscribers.
+    pub fn service_changed(&self, key: &ServiceKey) {
+        let mut core = self.core.lock();
+        if !core.table.has_key(key) {
+            return;
+        }
+        let scheduled = core.debounce.schedule(key, now());
+        drop(core);
+        if scheduled {
+            self.wake.notify_one();
+        }
+    }
+
+    /// The live subscribers of `key` (for `GET /nacos/v1/ns/service/subscribers`).
+    pub fn subscribers_of(&self, key: &ServiceKey) -> Vec<Subscriber> {
+        self.core.lock().table.list(key, now())
+    }
+
+    /// Number of stored subscribers, all services together.
+    pub fn subscriber_count(&self) -> usize {
+        self.core.lock().table.len()
+    }
+
+    /// Push counters (for `GET /nacos/v1/ns/operator/push/state`).
+    pub fn state(&self) -> PushState {
+        PushState {
+            succeed: self.succeed.load(Ordering::Relaxed),
+            total: self.total.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Runs the hub until `shutdown` fires: debounced pushes rendered with `render`, the ack
+    /// receive loop, retransmissions and the zombie sweep.
+    pub async fn run(self: Arc<Self>, render: Renderer, shutdown: CancellationToken) {
+        let sweep_every = (self.settings.subscriber_ttl * 2).max(Duration::from_millis(10));
+        let mut next_sweep = now() + sweep_every;
+        let mut buf = vec![0u8; RECV_BUF];
+        loop {
+            let wake_at = {
+                let core = self.core.lock();
+                [core.debounce.next_deadline(), core.acks.next_deadline()]
+                    .into_iter()
+                    .flatten()
+                    .fold(next_sweep, Instant::min)
+            };
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                r = self.socket.recv_from(&mut buf) => match r {
+                    Ok((n, from)) => self.on_datagram(buf.get(..n).unwrap_or_default(), from),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "push socket receive error");
+                        // Avoid a hot loop should the socket keep failing.
+                        tokio::select! {
+                            () = shutdown.cancelled() => break,
+                            () = tokio::time::sleep(Duration::from_millis(10)) => {}
+                        }
+                    }
+                },
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake_at)) => {}
+            }
+
+            let due = self.core.lock().debounce.take_due(now());
+            for key in due {
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                self.push_service(&key, &render, &shutdown).await;
+            }
+            self.retransmit_due().await;
+            let t = now();
+            if t >= next_sweep {
+                let mut core = self.core.lock();
+                let removed = core.table.sweep(t);
+                self.metrics.subscribers.set(gauge(core.table.len()));
+                drop(core);
+                if removed > 0 {
+                    tracing::debug!(removed, "push zombie subscribers swept");
+                }
+                next_sweep = t + sweep_every;
+            }
+        }
+    }
+
+    /// Handles one datagram from the socket: a matching `push-ack` completes its packet;
+    /// everything else (other types, unknown or stale acks, garbage) is ignored.
+    fn on_datagram(&self, bytes: &[u8], from: SocketAddr) {
+        match decode_incoming(bytes) {
+            Incoming::PushAck { last_ref_time } => {
+                let matched = self.core.lock().acks.ack(canonical(from), last_ref_time);
+                if matched {
+                    self.succeed.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.acked.inc();
+                } else {
+                    tracing::trace!(%from, last_ref_time, "push ack matches nothing");
+                }
+            }
+            Incoming::Other(kind) => tracing::trace!(%from, kind, "push datagram ignored"),
+            Incoming::Garbage => tracing::trace!(%from, "garbage push datagram ignored"),
+        }
+    }
+
+    /// Pushes the current render of `key` to each of its live subscribers (zombies dropped).
+    async fn push_service(
+        &self,
+        key: &ServiceKey,
+        render: &Renderer,
+        shutdown: &CancellationToken,
+    ) {
+        let subs = {
+            let mut core = self.core.lock();
+            let subs = core.table.live_for_push(key, now());
+            self.metrics.subscribers.set(gauge(core.table.len()));
+            subs
+        };
+        for sub in subs {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            let Some(data) = render(&sub) else {
+                continue;
+            };
+            let seq = self.seq.next_seq();
+            let bytes: Arc<[u8]> = match encode_push(&data, seq) {
+                Ok(b) => b.into(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "push packet encoding failed");
+                    continue;
+                }
+            };
+            let target = canonical(sub.addr);
+            self.total.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = self.send(&bytes, target).await {
+                tracing::debug!(error = %e, %target, "push send failed");
+                self.count_failed();
+                continue;
+            }
+            let mut core = self.core.lock();
+            if let Some(prev) = core.table.set_last_seq(&sub, seq) {
+                core.acks.supersede(prev);
+            }
+            let evicted = core.acks.track(seq, target, bytes, now());
+            drop(core);
+            if evicted.is_some() {
+                self.count_failed();
+            }
+        }
+    }
+
+    /// Resends or gives up on packets whose ack deadline has passed.
+    async fn retransmit_due(&self) {
+        let due = self.core.lock().acks.due(now());
+        for d in due {
+            match d {
+                Due::Resend { seq, addr, bytes } => {
+                    tracing::debug!(%addr, seq, "push retransmit");
+                    if let Err(e) = self.send(&bytes, addr).await {
+                        // The entry stays; it fails at its next deadline.
+                        tracing::debug!(error = %e, %addr, "push resend failed");
+                    }
+                }
+                Due::Failed { seq, addr } => {
+                    tracing::debug!(%addr, seq, "push not acknowledged; failed");
+                    self.count_failed();
+                }
+            }
+        }
+    }
+
+    async fn send(&self, bytes: &[u8], target: SocketAddr) -> std::io::Result<()> {
+        // A dual-stack IPv6 socket reaches IPv4 clients through mapped addresses.
+        let target = match (self.local, target) {
+            (SocketAddr::V6(_), SocketAddr::V4(v4)) => {
+                SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
+            }
+            _ => target,
+        };
+        self.socket.send_to(bytes, target).await?;
+        self.metrics.sent.inc();
+        Ok(())
+    }
+
+    fn count_failed(&self) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        self.metrics.failed.inc();
+    }
+}
+
+fn gauge(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::push::packet::maybe_gunzip;
+    use std::sync::atomic::AtomicUsize;
+
+    /// Generous: only reached on failure (and the paused-clock tests need > 10 s).
+    const WAIT: Duration = Duration::from_secs(30);
+
+    fn key(s: &str) -> ServiceKey {
+        ServiceKey::new("public", "DEFAULT_GROUP", s)
+    }
+
+    fn subscriber(service: &str, addr: SocketAddr) -> Subscriber {
+        Subscriber {
+            key: key(service),
+            clusters: String::new(),
+            addr,
+            agent: "Nacos-Java-Client:v1.4.1".into(),
+            app: "unknown".into(),
+        }
+    }
+
+    fn settings(resend_after: Duration) -> PushSettings {
+        PushSettings {
+            bind: ([127, 0, 0, 1], 0).into(),
+            debounce: Duration::from_millis(20),
+            resend_after,
+            ..PushSettings::default()
+        }
+    }
+
+    fn fixed_render(data: String) -> Renderer {
+        Arc::new(move |_: &Subscriber| Some(data.clone()))
+    }
+
+    async fn start(
+        settings: PushSettings,
+        render: Renderer,
+    ) -> (Arc<PushHub>, CancellationToken, tokio::task::JoinHandle<()>) {
+        let metrics = PushMetrics::unregistered().expect("metrics");
+        let hub = PushHub::bind(settings, metrics).await.expect("bind");
+        let token = CancellationToken::new();
+        let task = tokio::spawn(Arc::clone(&hub).run(render, token.clone()));
+        (hub, token, task)
+    }
+
+    /// Receives one push datagram and decodes it: (raw bytes, packet JSON, source).
+    async fn recv_push(client: &UdpSocket) -> (Vec<u8>, serde_json::Value, SocketAddr) {
+        let mut buf = vec![0u8; 65536];
+        let (n, from) = tokio::time::timeout(WAIT, client.recv_from(&mut buf))
+            .await
+            .expect("push datagram in time")
+            .expect("recv");
+        buf.truncate(n);
+        let plain = maybe_gunzip(&buf).expect("gunzip");
+        let v: serde_json::Value = serde_json::from_slice(&plain).expect("packet json");
+        (buf, v, from)
+    }
+
+    async fn no_datagram_within(client: &UdpSocket, d: Duration) -> bool {
+        let mut buf = vec![0u8; 65536];
+        tokio::time::timeout(d, client.recv_from(&mut buf))
+            .await
+            .is_err()
+    }
+
+    async fn wait_state(hub: &PushHub, pred: impl Fn(PushState) -> bool) -> PushState {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let s = hub.state();
+            if pred(s) || tokio::time::Instant::now() >= deadline {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn push_is_received_and_ack_counts_as_succeed() {
+        let client = UdpSocket::bind("127.0.0.1:0").await.expect("client");
+        let big = format!(
+            r#"{{"hosts":[{}]}}"#,
+            vec![r#"{"ip":"10.0.0.1"}"#; 80].join(",")
+        );
+        let small = r#"{"hosts":[],"cacheMillis":10000}"#.to_owned();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let render: Renderer = {
+            let (big, small, calls) = (big.clone(), small.clone(), Arc::clone(&calls));
+            Arc::new(move |_: &Subscriber| {
+                let n = calls.fetch_add(1, Ordering::SeqCst);
+                Some(if n == 0 { big.clone() } else { small.clone() })
+            })
+        };
+        let (hub, token, task) = start(settings(Duration::from_secs(30)), render).await;
+        let sub = subscriber("orders", client.local_addr().expect("addr"));
+        assert!(hub.subscribe(sub.clone(), Instant::now()));
+        assert_eq!(hub.subscribers_of(&key("orders")), vec![sub]);
+        assert_eq!(hub.metrics.subscribers.get(), 1);
+
+        // First push: large, so gzipped; ack with a string lastRefTime (Java).
+        hub.service_changed(&key("orders"));
+        let (raw, v, from) = recv_push(&client).await;
+        assert_eq!(&raw[..2], &[0x1f, 0x8b]);
+        assert_eq!(from, hub.local_addr());
+        assert_eq!(v["type"], "dom");
+        assert_eq!(v["data"].as_str(), Some(big.as_str()));
+        let seq = v["lastRefTime"].as_u64().expect("numeric lastRefTime");
+        assert!(seq < 1 << 53);
+        let ack = format!(r#"{{"type":"push-ack","lastRefTime":"{seq}","data":""}}"#);
+        client.send_to(ack.as_bytes(), from).await.expect("ack");
+        let s = wait_state(&hub, |s| s.succeed == 1).await;
+        assert_eq!(
+            s,
+            PushState {
+                succeed: 1,
+                total: 1,
+                failed: 0
+            }
+        );
+
+        // Second push: small, plain JSON; ack with a numeric lastRefTime (Node).
+        hub.service_changed(&key("orders"));
+        let (raw, v, _) = recv_push(&client).await;
+        assert_eq!(raw[0], b'{');
+        assert_eq!(v["data"].as_str(), Some(small.as_str()));
+        let seq2 = v["lastRefTime"].as_u64().expect("numeric lastRefTime");
+        assert!(seq2 > seq);
+        let ack = format!(r#"{{"type":"push-ack","lastRefTime":{seq2},"data":""}}"#);
+        client.send_to(ack.as_bytes(), from).await.expect("ack");
+        let s = wait_state(&hub, |s| s.succeed == 2).await;
+        assert_eq!(
+            s,
+            PushState {
+                succeed: 2,
+                total: 2,
+                failed: 0
+            }
+        );
+        assert_eq!(hub.metrics.sent.get(), 2);
+        assert_eq!(hub.metrics.acked.get(), 2);
+
+        token.cancel();
+        tokio::time::timeout(WAIT, task)
+            .await
+            .expect("run returns")
+            .expect("join");
+    }
+
+    #[tokio::test]
+    async fn unacked_push_is_resent_once_then_failed() {
+        let client = UdpSocket::bind("127.0.0.1:0").await.expect("client");
+        let resend = Duration::from_millis(150);
+        let (hub, token, task) = start(settings(resend), fixed_render("{}".into())).await;
+        hub.subscribe(
+            subscriber("orders", client.local_addr().expect("addr")),
+            Instant::now(),
+        );
+        hub.service_changed(&key("orders"));
+
+        let (first, _, _) = recv_push(&client).await;
+        let t1 = tokio::time::Instant::now();
+        let (second, _, _) = recv_push(&client).await;
+        // Identical datagram (same lastRefTime), after the resend delay.
+        assert_eq!(first, second);
+        assert!(t1.elapsed() >= resend - Duration::from_millis(20));
+
+        let s = wait_state(&hub, |s| s.failed == 1).await;
+        assert_eq!(
+            s,
+            PushState {
+                succeed: 0,
+                total: 1,
+                failed: 1
+            }
+        );
+        assert!(no_datagram_within(&client, resend * 3).await);
+        assert_eq!(hub.metrics.sent.get(), 2);
+        assert_eq!(hub.metrics.failed.get(), 1);
+
+        // A late ack is ignored.
+        let v: serde_json::Value = serde_json::from_slice(&first).expect("json");
+        let ack = format!(
+            r#"{{"type":"push-ack","lastRefTime":{}}}"#,
+            v["lastRefTime"]
+        );
+        client
+            .send_to(ack.as_bytes(), hub.local_addr())
+            .await
+            .expect("ack");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(hub.state().succeed, 0);
+
+        token.cancel();
+        tokio::time::timeout(WAIT, task)
+            .await
+            .expect("run returns")
+            .expect("join");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nacos_timings_with_paused_clock() {
+        let client = UdpSocket::bind("127.0.0.1:0").await.expect("client");
+        let settings = PushSettings {
+            bind: ([127, 0, 0, 1], 0).into(),
+            debounce: Duration::from_millis(1000),
+            ..PushSettings::default()
+        };
+        let (hub, token, task) = start(settings, fixed_render("{}".into())).await;
+        let t0 = tokio::time::Instant::now();
+        let sub = subscriber("orders", client.local_addr().expect("addr"));
+        hub.subscribe(sub.clone(), now());
+        // Three changes within the window: one push, 1 s after the first change.
+        hub.service_changed(&key("orders"));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        hub.service_changed(&key("orders"));
+        hub.service_changed(&key("orders"));
+
+        let (first, _, _) = recv_push(&client).await;
+        assert_eq!(t0.elapsed(), Duration::from_millis(1000));
+        let (second, _, _) = recv_push(&client).await;
+        assert_eq!(first, second);
+        assert_eq!(t0.elapsed(), Duration::from_millis(11_000));
+        assert_eq!(
+            hub.state(),
+            PushState {
+                succeed: 0,
+                total: 1,
+                failed: 0
+            }
+        );
+
+        // Failed 10 s after the second send, not before.
+        tokio::time::sleep_until(t0 + Duration::from_millis(20_999)).await;
+        assert_eq!(hub.state().failed, 0);
+        tokio::time::sleep_until(t0 + Duration::from_millis(21_001)).await;
+        assert_eq!(
+            hub.state(),
+            PushState {
+                succeed: 0,
+                total: 1,
+                failed: 1
+            }
+        );
+        assert!(no_datagram_within(&client, Duration::from_secs(30)).await);
+
+        token.cancel();
+        task.await.expect("join");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn zombies_are_not_pushed_and_are_swept() {
+        let client = UdpSocket::bind("127.0.0.1:0").await.expect("client");
+        let (hub, token, task) =
+            start(settings(Duration::from_secs(10)), fixed_render("{}".into())).await;
+        let addr = client.local_addr().expect("addr");
+        hub.subscribe(subscriber("a", addr), now());
+        hub.subscribe(subscriber("b", addr), now());
+        assert_eq!(hub.subscriber_count(), 2);
+
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        // Stored but expired: not listed, and dropped instead of pushed.
+        assert!(hub.subscribers_of(&key("a")).is_empty());
+        hub.service_changed(&key("a"));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(hub.state().total, 0);
+        assert_eq!(hub.subscriber_count(), 1);
+        assert!(no_datagram_within(&client, Duration::from_millis(100)).await);
+
+        // The periodic sweep (every 2 × TTL = 20 s) drops "b".
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        assert_eq!(hub.subscriber_count(), 0);
+        assert_eq!(hub.metrics.subscribers.get(), 0);
+        // No subscribers: a change schedules nothing.
+        hub.service_changed(&key("b"));
+        assert!(hub.core.lock().debounce.is_empty());
+
+        token.cancel();
+        task.await.expect("join");
+    }
+
+    #[tokio::test]
+    async fn garbage_and_forged_acks_are_ignored() {
+        let client = UdpSocket::bind("127.0.0.1:0").await.expect("client");
+        let other = UdpSocket::bind("127.0.0.1:0").await.expect("other");
+        let (hub, token, task) =
+            start(settings(Duration::from_secs(30)), fixed_render("{}".into())).await;
+        let to = hub.local_addr();
+        for g in [
+            &b""[..],
+            b"\x1f\x8b\x08garbage",
+            b"{",
+            b"[]",
+            b"\xff\xff",
+            br#"{"type":"dump"}"#,
+        ] {
+            client.send_to(g, to).await.expect("send garbage");
+        }
+        hub.subscribe(
+            subscriber("orders", client.local_addr().expect("addr")),
+            Instant::now(),
+        );
+        hub.service_changed(&key("orders"));
+        let (_, v, _) = recv_push(&client).await;
+        let seq = v["lastRefTime"].as_u64().expect("seq");
+
+        // Right seq, wrong source; right source, wrong seq: both ignored.
+        let forged = format!(r#"{{"type":"push-ack","lastRefTime":"{seq}"}}"#);
+        other.send_to(forged.as_bytes(), to).await.expect("send");
+        let wrong = format!(r#"{{"type":"push-ack","lastRefTime":"{}"}}"#, seq + 1);
+        client.send_to(wrong.as_bytes(), to).await.expect("send");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            hub.state(),
+            PushState {
+                succeed: 0,
+                total: 1,
+                failed: 0
+            }
+        );
+
+        client.send_to(forged.as_bytes(), to).await.expect("send");
+        let s = wait_state(&hub, |s| s.succeed == 1).await;
+        assert_eq!(s.succeed, 1);
+        assert!(!task.is_finished());
+
+        token.cancel();
+        tokio::time::timeout(WAIT, task)
+            .await
+            .expect("run returns")
+            .expect("join");
+    }
+
+    #[tokio::test]
+    async fn gone_service_is_skipped_and_table_is_bounded() {
+        let client = UdpSocket::bind("127.0.0.1:0").await.expect("client");
+        let s = PushSettings {
+            max_subscribers: 1,
+            ..settings(Duration::from_secs(30))
+        };
+        let render: Renderer = Arc::new(|_: &Subscriber| None);
+        let (hub, token, task) = start(s, render).await;
+        let addr = client.local_addr().expect("addr");
+        assert!(hub.subscribe(subscriber("a", addr), Instant::now()));
+        assert!(!hub.subscribe(subscriber("b", addr), Instant::now()));
+        assert!(hub.subscribe(subscriber("a", addr), Instant::now()));
+        assert_eq!(hub.metrics.subscribers.get(), 1);
+
+        hub.service_changed(&key("a"));
+        assert!(no_datagram_within(&client, Duration::from_millis(200)).await);
+        assert_eq!(hub.state().total, 0);
+
+        token.cancel();
+        tokio::time::timeout(WAIT, task)
+            .await
+            .expect("run returns")
+            .expect("join");
+    }
+
+    #[test]
+    fn mapped_addresses_are_canonical() {
+        let mapped: SocketAddr = "[::ffff:10.1.2.3]:53000".parse().expect("addr");
+        let v4: SocketAddr = "10.1.2.3:53000".parse().expect("addr");
+        assert_eq!(canonical(mapped), v4);
+        assert_eq!(canonical(v4), v4);
+        let v6: SocketAddr = "[2001:db8::1]:1".parse().expect("addr");
+        assert_eq!(canonical(v6), v6);
+    }
+
+    #[test]
+    fn metrics_register_once() {
+        let registry = prometheus::Registry::new();
+        let m = PushMetrics::new(&registry).expect("register");
+        m.sent.inc();
+        assert_eq!(registry.gather().len(), 4);
+        assert!(PushMetrics::new(&registry).is_err());
+    }
+}

@@ -1,0 +1,371 @@
+//! The Raft-replicated (CP) persistent store of a node: openraft over SQLite and HTTP.
+//!
+//! [`PersistentStore`] is the one handle the rest of the node uses: it proposes
+//! [`Command`]s on the leader ([`PersistentStore::write`]), answers reads from the local,
+//! already-applied state without touching disk ([`PersistentStore::read`]), reports readiness and
+//! status, and serves the internal Raft routes ([`PersistentStore::router`]). Storage lives in
+//! [`store`], transport in [`network`], openraft's type configuration in [`types`].
+
+pub mod network;
+pub mod store;
+pub mod types;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::error::{ClientWriteError, Fatal, InitializeError, RaftError};
+use openraft::{BasicNode, ServerState, SnapshotPolicy};
+use parking_lot::RwLock;
+
+use crate::naming::persistent::{Command, CommandResult, PersistentState};
+use store::{CommitIndex, DbError, DB_FILE};
+use types::{NodeId, Raft};
+
+pub use store::ChangeCallback;
+
+/// How long [`PersistentStore::write`] waits for a commit before answering `Unavailable`.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Default number of applied entries between two snapshots.
+pub const DEFAULT_SNAPSHOT_LOGS_SINCE_LAST: u64 = 5000;
+
+/// Default number of log entries kept behind a snapshot, so a briefly lagging follower catches
+/// up from the log instead of receiving a whole snapshot.
+pub const DEFAULT_LOGS_KEPT_AFTER_SNAPSHOT: u64 = 200;
+
+/// How a node runs its Raft store.
+#[derive(Debug, Clone)]
+pub struct RaftSettings {
+    /// Directory holding `nacre.db` and `node-id`; created when missing.
+    pub data_dir: PathBuf,
+    /// `host:port` of this node's HTTP listener, as peers reach it.
+    pub advertise: String,
+    /// Shared secret that internal Raft calls must carry.
+    pub cluster_secret: String,
+    /// A single-node cluster: initializes itself as the only voter on first start.
+    pub standalone: bool,
+    /// Observes the latency of committed writes, from `write` start to result, in seconds.
+    pub apply_latency: Option<prometheus::Histogram>,
+    /// Applied entries between two snapshots (log compaction); must be at least 1.
+    pub snapshot_logs_since_last: u64,
+    /// Log entries kept behind the latest snapshot when the log is purged.
+    pub logs_kept_after_snapshot: u64,
+}
+
+impl RaftSettings {
+    /// Settings with the default snapshot policy and no latency histogram.
+    pub fn new(
+        data_dir: impl Into<PathBuf>,
+        advertise: impl Into<String>,
+        cluster_secret: impl Into<String>,
+        standalone: bool,
+    ) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            advertise: advertise.into(),
+            cluster_secret: cluster_secret.into(),
+            standalone,
+            apply_latency: None,
+            snapshot_logs_since_last: DEFAULT_SNAPSHOT_LOGS_SINCE_LAST,
+            logs_kept_after_snapshot: DEFAULT_LOGS_KEPT_AFTER_SNAPSHOT,
+        }
+    }
+}
+
+/// Why the store could not start. Every variant is fatal for the node.
+#[derive(Debug, thiserror::Error)]
+pub enum RaftStartError {
+    /// The data dir or its node-id file is unusable.
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        /// The offending path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The SQLite database could not be opened or read.
+    #[error("database {path}: {source}")]
+    Storage {
+        /// The database file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: DbError,
+    },
+    /// The derived openraft configuration is invalid (e.g. a zero snapshot interval).
+    #[error("invalid raft settings: {0}")]
+    Config(String),
+    /// The HTTP client for peers could not be built.
+    #[error("raft network: {0}")]
+    Network(String),
+    /// openraft failed to start or initialize.
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// Why a write was not applied; each variant says what the caller should do next.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    /// This node is not the leader: forward to `leader` (`host:port`) when known, else retry.
+    #[error("not the raft leader (leader: {leader:?})")]
+    NotLeader {
+        /// The leader's advertised address, when known.
+        leader: Option<String>,
+    },
+    /// No quorum or the commit timed out: retry later. A timed-out write may still commit.
+    #[error("raft unavailable: {0}")]
+    Unavailable(String),
+    /// The Raft node is broken (storage failure); the node must be restarted.
+    #[error("raft fatal error: {0}")]
+    Fatal(String),
+}
+
+/// A point-in-time view of the Raft node, for metrics and the cluster API.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RaftStatus {
+    /// This node's Raft id.
+    pub node_id: u64,
+    /// Current term.
+    pub term: u64,
+    /// "Leader", "Follower", "Candidate", "Learner" or "Shutdown".
+    pub role: String,
+    /// The leader's advertised address, when known.
+    pub leader: Option<String>,
+    /// Highest committed log index known to this node.
+    pub commit_index: Option<u64>,
+    /// Highest log index applied to the local state.
+    pub last_applied: Option<u64>,
+    /// Highest log index in the local log.
+    pub last_log_index: Option<u64>,
+    /// Last log index covered by the latest snapshot.
+    pub snapshot_index: Option<u64>,
+    /// Highest purged (compacted away) log index.
+    pub purged_index: Option<u64>,
+    /// Current members (voters and learners): id → advertised address.
+    pub members: BTreeMap<u64, String>,
+}
+
+struct Inner {
+    raft: Raft,
+    node_id: NodeId,
+    state: Arc<RwLock<PersistentState>>,
+    commit_index: Arc<CommitIndex>,
+    secret: String,
+    apply_latency: Option<prometheus::Histogram>,
+}
+
+/// The node's persistent store handle. Cheap to clone.
+#[derive(Clone)]
+pub struct PersistentStore {
+    inner: Arc<Inner>,
+}
+
+fn role_name(s: ServerState) -> &'static str {
+    match s {
+        ServerState::Leader => "Leader",
+        ServerState::Follower => "Follower",
+        ServerState::Candidate => "Candidate",
+        ServerState::Learner => "Learner",
+        ServerState::Shutdown => "Shutdown",
+    }
+}
+
+impl PersistentStore {
+    /// Opens `<data_dir>/nacre.db`, starts openraft and, in standalone mode, makes this node
+    /// the single voter of a fresh cluster (a no-op once initialized, e.g. after a restart).
+    pub async fn start(
+        settings: RaftSettings,
+        on_change: ChangeCallback,
+    ) -> Result<Self, RaftStartError> {
+        let data_dir = settings.data_dir.clone();
+        let advertise = settings.advertise.clone();
+        let node_id = tokio::task::spawn_blocking(move || {
+            types::load_or_create_node_id(&data_dir, &advertise)
+        })
+        .await
+        .map_err(|e| RaftStartError::Raft(format!("node id task: {e}")))?
+        .map_err(|source| RaftStartError::DataDir {
+            path: settings.data_dir.clone(),
+            source,
+        })?;
+
+        let config = openraft::Config {
+            cluster_name: "nacre".into(),
+            // Generous for an HTTP transport between possibly distant pods; a standalone node
+            // elects itself on first start without waiting for a timeout.
+            heartbeat_interval: 150,
+            election_timeout_min: 750,
+            election_timeout_max: 1500,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_logs_since_last),
+            max_in_snapshot_log_to_keep: settings.logs_kept_after_snapshot,
+            // JSON inflates the chunk about 3.6×; stays well inside network::MAX_BODY_BYTES.
+            snapshot_max_chunk_size: 1024 * 1024,
+            ..Default::default()
+        };
+        if settings.snapshot_logs_since_last == 0 {
+            return Err(RaftStartError::Config(
+                "snapshot_logs_since_last must be at least 1".into(),
+            ));
+        }
+        let config = Arc::new(
+            config
+                .validate()
+                .map_err(|e| RaftStartError::Config(e.to_string()))?,
+        );
+
+        let db_path = settings.data_dir.join(DB_FILE);
+        let store =
+            store::open(&db_path, on_change)
+                .await
+                .map_err(|source| RaftStartError::Storage {
+                    path: db_path.clone(),
+                    source,
+                })?;
+        let network = network::HttpNetworkFactory::new(node_id, &settings.cluster_secret)
+            .map_err(|e| RaftStartError::Network(e.to_string()))?;
+        let raft = Raft::new(node_id, config, network, store.log, store.state_machine)
+            .await
+            .map_err(|e| RaftStartError::Raft(e.to_string()))?;
+
+        if settings.standalone {
+            let members = BTreeMap::from([(node_id, BasicNode::new(&settings.advertise))]);
+            match raft.initialize(members).await {
+                Ok(()) => tracing::info!(node_id, "initialized a standalone raft cluster"),
+                // Already initialized (a restart): the stored membership stands.
+                Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                Err(e) => {
+                    let _ = raft.shutdown().await;
+                    return Err(RaftStartError::Raft(format!("initialize: {e}")));
+                }
+            }
+        }
+
+        Ok(Self {
+            inner: Arc::new(Inner {
+                raft,
+                node_id,
+                state: store.state,
+                commit_index: store.commit_index,
+                secret: settings.cluster_secret,
+                apply_latency: settings.apply_latency,
+            }),
+        })
+    }
+
+    /// Proposes `cmd` and waits (up to [`WRITE_TIMEOUT`]) until it is committed and applied
+    /// here. `Ok` carries the command's own outcome, which may be a replicated rejection.
+    pub async fn write(&self, cmd: Command) -> Result<CommandResult, WriteError> {
+        let started = Instant::now();
+        let res = tokio::time::timeout(WRITE_TIMEOUT, self.inner.raft.client_write(cmd)).await;
+        match res {
+            Err(_) => Err(WriteError::Unavailable(format!(
+                "no commit within {WRITE_TIMEOUT:?}"
+            ))),
+            Ok(Ok(resp)) => {
+                // Only committed writes are observed: fast NotLeader answers would otherwise
+                // drag the latency distribution towards zero.
+                if let Some(h) = &self.inner.apply_latency {
+                    h.observe(started.elapsed().as_secs_f64());
+                }
+                Ok(resp.data)
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(WriteError::NotLeader {
+                    leader: f.leader_node.map(|n| n.addr),
+                })
+            }
+            Ok(Err(RaftError::APIError(e))) => Err(WriteError::Unavailable(e.to_string())),
+            Ok(Err(RaftError::Fatal(Fatal::Stopped))) => {
+                Err(WriteError::Unavailable("raft is shutting down".into()))
+            }
+            Ok(Err(RaftError::Fatal(e))) => Err(WriteError::Fatal(e.to_string())),
+        }
+    }
+
+    /// Reads the applied state. Never touches SQLite; do not block inside `f`.
+    pub fn read<R>(&self, f: impl FnOnce(&PersistentState) -> R) -> R {
+        f(&self.inner.state.read())
+    }
+
+    /// Whether local reads are current enough to serve.
+    ///
+    /// Rule: a leader is known **and** this node has applied an entry of the current term.
+    /// Every leader's first entry of its term is a blank entry that is committed only after
+    /// everything earlier is, so having applied any entry of the current term means every
+    /// write acknowledged before this leader took over is visible locally.
+    pub fn is_ready(&self) -> bool {
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        m.current_leader.is_some()
+            && m.last_applied
+                .is_some_and(|l| l.leader_id.term >= m.current_term)
+    }
+
+    /// Waits until [`is_ready`](Self::is_ready) holds or `timeout` passes; returns readiness.
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let mut rx = self.inner.raft.metrics();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.is_ready() {
+                return true;
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                // Deadline passed or Raft stopped.
+                _ => return self.is_ready(),
+            }
+        }
+    }
+
+    /// The current Raft status.
+    pub fn status(&self) -> RaftStatus {
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        let membership = m.membership_config.membership();
+        RaftStatus {
+            node_id: self.inner.node_id,
+            term: m.current_term,
+            role: role_name(m.state).to_owned(),
+            leader: m
+                .current_leader
+                .and_then(|id| membership.get_node(&id).map(|n| n.addr.clone())),
+            commit_index: self.inner.commit_index.get(),
+            last_applied: m.last_applied.map(|l| l.index),
+            last_log_index: m.last_log_index,
+            snapshot_index: m.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
+            members: membership
+                .nodes()
+                .map(|(id, n)| (*id, n.addr.clone()))
+                .collect(),
+        }
+    }
+
+    /// This node's Raft id.
+    pub fn node_id(&self) -> u64 {
+        self.inner.node_id
+    }
+
+    /// The underlying openraft handle, for membership management.
+    pub fn raft(&self) -> &Raft {
+        &self.inner.raft
+    }
+
+    /// The internal Raft routes (`/nacre/internal/raft/…`), guarded by the cluster secret.
+    pub fn router(&self) -> axum::Router {
+        network::raft_router(self.inner.raft.clone(), self.inner.secret.clone())
+    }
+
+    /// Stops openraft; later writes answer `Unavailable`. Idempotent.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.inner.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft core ended abnormally");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,293 @@
+//! Raft node-to-node transport over the node's HTTP port.
+//!
+//! The client side POSTs JSON to `http://<addr>/nacre/internal/raft/{append,vote,snapshot}`
+//! with the cluster secret header; the server side ([`raft_router`]) checks the secret and hands
+//! the request to the local [`Raft`]. A reply body is the JSON of openraft's
+//! `Result<Response, RaftError>`, so a remote Raft error travels back typed, while transport
+//! failures are classified for openraft's retry logic: a refused connection is `Unreachable`
+//! (back off), a deadline is `Timeout`, anything else is a `NetworkError` (retry).
+
+use std::error::Error as StdError;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{BasicNode, RPCTypes};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::types::{NodeId, Raft, TypeConfig};
+
+/// The header that carries the cluster secret on internal calls.
+pub const SECRET_HEADER: &str = "x-nacre-cluster-secret";
+
+/// Path prefix of the Raft routes.
+pub const RAFT_PATH: &str = "/nacre/internal/raft";
+
+/// Largest accepted request body. Snapshot chunks are sent as JSON arrays of numbers (about
+/// 3.6 bytes per byte), so this must stay well above 4 × the configured chunk size.
+pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// Time allowed to establish a TCP connection to a peer; a dead peer must fail fast so the
+/// leader backs off instead of stalling its replication stream.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A non-success HTTP status from a peer.
+#[derive(Debug, thiserror::Error)]
+#[error("peer answered HTTP {status}: {body}")]
+pub struct HttpStatusError {
+    /// The status code.
+    pub status: u16,
+    /// The (truncated) body text.
+    pub body: String,
+}
+
+/// Creates one [`HttpNetwork`] per peer; all share one connection pool.
+#[derive(Clone)]
+pub struct HttpNetworkFactory {
+    client: reqwest::Client,
+    secret: Arc<str>,
+    self_id: NodeId,
+}
+
+impl HttpNetworkFactory {
+    /// A factory for the node `self_id` that authenticates with `secret`.
+    pub fn new(self_id: NodeId, secret: &str) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            // Peers are addressed directly; an HTTP(S)_PROXY meant for egress must not capture
+            // cluster-internal traffic (or see the secret).
+            .no_proxy()
+            .build()?;
+        Ok(Self {
+            client,
+            secret: Arc::from(secret),
+            self_id,
+        })
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for HttpNetworkFactory {
+    type Network = HttpNetwork;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
+        HttpNetwork {
+            client: self.client.clone(),
+            secret: self.secret.clone(),
+            self_id: self.self_id,
+            target,
+            target_node: node.clone(),
+            base: format!("http://{}{RAFT_PATH}", node.addr),
+        }
+    }
+}
+
+/// The connection to one peer.
+pub struct HttpNetwork {
+    client: reqwest::Client,
+    secret: Arc<str>,
+    self_id: NodeId,
+    target: NodeId,
+    target_node: BasicNode,
+    base: String,
+}
+
+type RpcResult<T, E> = Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
+
+impl HttpNetwork {
+    async fn send<Req, Resp, E>(
+        &self,
+        route: &str,
+        action: RPCTypes,
+        req: &Req,
+        ttl: Duration,
+    ) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: StdError + DeserializeOwned,
+    {
+        let url = format!("{}/{route}", self.base);
+        let res = self
+            .client
+            .post(&url)
+            .header(SECRET_HEADER, &*self.secret)
+            .timeout(ttl)
+            .json(req)
+            .send()
+            .await
+            .map_err(|e| self.transport_error(&e, action, ttl))?;
+        let status = res.status();
+        if !status.is_success() {
+            let body = res.text().await.unwrap_or_default();
+            let err = HttpStatusError {
+                status: status.as_u16(),
+                body: body.chars().take(512).collect(),
+            };
+            // A peer that refuses our secret (or lacks the route) will keep refusing: back off
+            // rather than hammering it.
+            return Err(match status {
+                StatusCode::FORBIDDEN | StatusCode::NOT_FOUND => {
+                    RPCError::Unreachable(Unreachable::new(&err))
+                }
+                _ => RPCError::Network(NetworkError::new(&err)),
+            });
+        }
+        let reply: Result<Resp, RaftError<NodeId, E>> = res
+            .json()
+            .await
+            .map_err(|e| self.transport_error(&e, action, ttl))?;
+        reply.map_err(|e| {
+            RPCError::RemoteError(RemoteError::new_with_node(
+                self.target,
+                self.target_node.clone(),
+                e,
+            ))
+        })
+    }
+
+    fn transport_error<E: StdError>(
+        &self,
+        e: &reqwest::Error,
+        action: RPCTypes,
+        ttl: Duration,
+    ) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
+        if e.is_timeout() {
+            RPCError::Timeout(Timeout {
+                action,
+                id: self.self_id,
+                target: self.target,
+                timeout: ttl,
+            })
+        } else if e.is_connect() {
+            RPCError::Unreachable(Unreachable::new(e))
+        } else {
+            RPCError::Network(NetworkError::new(e))
+        }
+    }
+}
+
+impl RaftNetwork<TypeConfig> for HttpNetwork {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
+        self.send("append", RPCTypes::AppendEntries, &rpc, option.hard_ttl())
+            .await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        self.send(
+            "snapshot",
+            RPCTypes::InstallSnapshot,
+            &rpc,
+            option.hard_ttl(),
+        )
+        .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
+        self.send("vote", RPCTypes::Vote, &rpc, option.hard_ttl())
+            .await
+    }
+}
+
+struct RouterState {
+    raft: Raft,
+    secret: String,
+}
+
+impl RouterState {
+    /// Compares without early exit so the response time does not leak how much of a guessed
+    /// secret was right. An empty configured secret accepts nobody.
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        let Some(given) = headers.get(SECRET_HEADER) else {
+            return false;
+        };
+        let (a, b) = (given.as_bytes(), self.secret.as_bytes());
+        if b.is_empty() || a.len() != b.len() {
+            return false;
+        }
+        a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+/// Checks the secret before reading the body, so an unauthenticated caller cannot make the
+/// node buffer a large request.
+async fn parse<T: DeserializeOwned>(
+    st: &RouterState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<T, Response> {
+    if !st.authorized(headers) {
+        return Err((StatusCode::FORBIDDEN, "missing or wrong cluster secret").into_response());
+    }
+    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|e| {
+            (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("unreadable raft request: {e}"),
+            )
+                .into_response()
+        })?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| (StatusCode::BAD_REQUEST, format!("bad raft request: {e}")).into_response())
+}
+
+async fn append(State(st): State<Arc<RouterState>>, headers: HeaderMap, body: Body) -> Response {
+    match parse::<AppendEntriesRequest<TypeConfig>>(&st, &headers, body).await {
+        Ok(req) => Json(st.raft.append_entries(req).await).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn vote(State(st): State<Arc<RouterState>>, headers: HeaderMap, body: Body) -> Response {
+    match parse::<VoteRequest<NodeId>>(&st, &headers, body).await {
+        Ok(req) => Json(st.raft.vote(req).await).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn snapshot(State(st): State<Arc<RouterState>>, headers: HeaderMap, body: Body) -> Response {
+    match parse::<InstallSnapshotRequest<TypeConfig>>(&st, &headers, body).await {
+        Ok(req) => Json(st.raft.install_snapshot(req).await).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// The internal Raft routes of a node, guarded by `secret` (403 when missing or wrong, 400 for
+/// an undecodable body).
+pub fn raft_router(raft: Raft, secret: impl Into<String>) -> Router {
+    let state = Arc::new(RouterState {
+        raft,
+        secret: secret.into(),
+    });
+    Router::new()
+        .route(&format!("{RAFT_PATH}/append"), post(append))
+        .route(&format!("{RAFT_PATH}/vote"), post(vote))
+        .route(&format!("{RAFT_PATH}/snapshot"), post(snapshot))
+        .with_state(state)
+}

@@ -1,0 +1,245 @@
+//! Tests of the persistent store facade: restart, compaction, a real HTTP cluster, and the
+//! internal routes' guards.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nacre_ring::ServiceKey;
+use openraft::BasicNode;
+use parking_lot::Mutex;
+use tokio::net::TcpListener;
+
+use super::network::SECRET_HEADER;
+use super::*;
+use crate::naming::model::Namespace;
+use crate::naming::persistent::CommandOutput;
+
+const SECRET: &str = "test-secret";
+const READY: Duration = Duration::from_secs(10);
+
+fn key(name: &str) -> ServiceKey {
+    ServiceKey::new("public", "DEFAULT_GROUP", name)
+}
+
+fn create(name: &str) -> Command {
+    Command::CreateService {
+        key: key(name),
+        meta: Default::default(),
+        exists_elsewhere: false,
+    }
+}
+
+fn noop() -> ChangeCallback {
+    Arc::new(|_: &[ServiceKey]| {})
+}
+
+fn settings(dir: &Path, addr: &str, standalone: bool) -> RaftSettings {
+    RaftSettings::new(dir, addr, SECRET, standalone)
+}
+
+async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + READY;
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn standalone_restart_keeps_acknowledged_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    let cb: ChangeCallback = Arc::new(move |k: &[ServiceKey]| seen2.lock().extend_from_slice(k));
+    let s = PersistentStore::start(settings(dir.path(), "127.0.0.1:1", true), cb)
+        .await
+        .unwrap();
+    assert!(s.wait_ready(READY).await);
+    assert_eq!(s.status().role, "Leader");
+    assert_eq!(s.status().leader.as_deref(), Some("127.0.0.1:1"));
+
+    assert_eq!(
+        s.write(create("orders")).await.unwrap(),
+        Ok(CommandOutput {
+            changed: vec![key("orders")]
+        })
+    );
+    // A rejection is a committed outcome, not a write error.
+    assert!(s.write(create("orders")).await.unwrap().is_err());
+    s.write(Command::CreateNamespace(Namespace {
+        id: "dev".into(),
+        show_name: "Dev".into(),
+        desc: String::new(),
+    }))
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(*seen.lock(), vec![key("orders")]);
+    let before = s.read(|st| st.clone());
+    let node_id = s.node_id();
+    s.shutdown().await;
+    assert!(matches!(
+        s.write(create("late")).await,
+        Err(WriteError::Unavailable(_))
+    ));
+    drop(s);
+
+    let s = PersistentStore::start(settings(dir.path(), "127.0.0.1:1", true), noop())
+        .await
+        .unwrap();
+    assert_eq!(s.node_id(), node_id);
+    assert_eq!(s.read(|st| st.clone()), before);
+    assert!(s.wait_ready(READY).await);
+    assert!(s.read(|st| st.namespace("dev").is_some()));
+    s.write(create("payments")).await.unwrap().unwrap();
+    assert!(s.read(|st| st.service(&key("payments")).is_some()));
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn snapshot_compacts_log_and_restart_restores_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = settings(dir.path(), "127.0.0.1:2", true);
+    cfg.snapshot_logs_since_last = 20;
+    cfg.logs_kept_after_snapshot = 5;
+    let histogram =
+        prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("apply_latency", "test"))
+            .unwrap();
+    cfg.apply_latency = Some(histogram.clone());
+    let s = PersistentStore::start(cfg.clone(), noop()).await.unwrap();
+    assert!(s.wait_ready(READY).await);
+    for i in 0..65 {
+        s.write(create(&format!("svc-{i}"))).await.unwrap().unwrap();
+    }
+    assert_eq!(histogram.get_sample_count(), 65);
+    wait_for("log purged after a snapshot", || {
+        let st = s.status();
+        st.snapshot_index.is_some() && st.purged_index.is_some_and(|p| p > 20)
+    })
+    .await;
+    let before = s.read(|st| st.clone());
+    let status = s.status();
+    s.shutdown().await;
+    drop(s);
+
+    let s = PersistentStore::start(cfg, noop()).await.unwrap();
+    assert!(s.wait_ready(READY).await);
+    assert_eq!(s.read(|st| st.clone()), before);
+    assert_eq!(s.read(|st| st.services().count()), 65);
+    let after = s.status();
+    assert!(after.purged_index >= status.purged_index);
+    assert!(after.snapshot_index.is_some());
+    s.shutdown().await;
+}
+
+struct Node {
+    store: PersistentStore,
+    addr: String,
+    server: tokio::task::JoinHandle<()>,
+}
+
+async fn start_node(dir: &Path) -> Node {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let store = PersistentStore::start(settings(dir, &addr, false), noop())
+        .await
+        .unwrap();
+    let router = store.router();
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    Node {
+        store,
+        addr,
+        server,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_over_http_replicate_and_redirect_to_leader() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = Vec::new();
+    for d in &dirs {
+        nodes.push(start_node(d.path()).await);
+    }
+    let members: BTreeMap<u64, BasicNode> = nodes
+        .iter()
+        .map(|n| (n.store.node_id(), BasicNode::new(&n.addr)))
+        .collect();
+    nodes[0].store.raft().initialize(members).await.unwrap();
+    for n in &nodes {
+        assert!(n.store.wait_ready(READY).await, "node {} not ready", n.addr);
+    }
+    let leader = nodes
+        .iter()
+        .find(|n| n.store.status().role == "Leader")
+        .unwrap();
+    let follower = nodes
+        .iter()
+        .find(|n| n.store.status().role == "Follower")
+        .unwrap();
+
+    leader.store.write(create("orders")).await.unwrap().unwrap();
+    assert_eq!(
+        follower.store.write(create("other")).await,
+        Err(WriteError::NotLeader {
+            leader: Some(leader.addr.clone())
+        })
+    );
+    for n in &nodes {
+        wait_for("replicated to every node", || {
+            n.store.read(|st| st.service(&key("orders")).is_some())
+        })
+        .await;
+        assert_eq!(n.store.status().members.len(), 3);
+    }
+    for n in &nodes {
+        n.store.shutdown().await;
+        n.server.abort();
+    }
+}
+
+#[tokio::test]
+async fn internal_routes_require_the_secret_and_valid_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let url = format!("http://{}/nacre/internal/raft/vote", node.addr);
+
+    let missing = client.post(&url).body("{}").send().await.unwrap();
+    assert_eq!(missing.status().as_u16(), 403);
+    let wrong = client
+        .post(&url)
+        .header(SECRET_HEADER, "nope")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status().as_u16(), 403);
+    let bad = client
+        .post(&url)
+        .header(SECRET_HEADER, SECRET)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status().as_u16(), 400);
+
+    // A well-formed vote from an unknown candidate gets a typed Raft answer.
+    let vote = openraft::raft::VoteRequest::<u64>::new(openraft::Vote::new(1, 42), None);
+    let ok = client
+        .post(&url)
+        .header(SECRET_HEADER, SECRET)
+        .json(&vote)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status().as_u16(), 200);
+    let body: serde_json::Value = ok.json().await.unwrap();
+    assert!(body.get("Ok").is_some(), "{body}");
+
+    node.store.shutdown().await;
+    node.server.abort();
+}

@@ -1,0 +1,230 @@
+//! Dev-only helpers for nacre's integration tests.
+//!
+//! [`NodeProcess`] runs a real `nacre registry --standalone` binary as a child process on a free
+//! loopback port, waits until it reports `"status":"UP"`, and can `kill -9` and restart it on the
+//! same port and data directory (crash/recovery tests). The child's stdout and stderr go to
+//! `<data dir>/nacre.log` (appended across restarts); [`NodeProcess::log_tail`] returns its end
+//! for failure messages.
+//!
+//! Everything here is synchronous and std-only (the readiness probe is a tiny HTTP/1.0 GET),
+//! so it can be used from plain `#[test]`s and from async tests alike.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+/// Path of the readiness probe (the Java/Node clients' own health check).
+pub const METRICS_PATH: &str = "/nacos/v1/ns/operator/metrics";
+
+/// A `nacre registry --standalone` child process bound to `127.0.0.1:<port>`.
+#[derive(Debug)]
+pub struct NodeProcess {
+    bin: PathBuf,
+    data_dir: PathBuf,
+    addr: SocketAddr,
+    extra_args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl NodeProcess {
+    /// Picks a free loopback port and spawns `bin registry --standalone --listen 127.0.0.1:<port>
+    /// --data <data_dir>` (the data dir is created if missing). Does not wait for readiness: call
+    /// [`NodeProcess::wait_ready`].
+    pub fn start(bin: &Path, data_dir: &Path) -> Result<NodeProcess> {
+        Self::start_with_args(bin, data_dir, &[])
+    }
+
+    /// Like [`NodeProcess::start`], with extra command-line arguments appended (kept on restart).
+    pub fn start_with_args(
+        bin: &Path,
+        data_dir: &Path,
+        extra_args: &[&str],
+    ) -> Result<NodeProcess> {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+        let addr = free_loopback_addr()?;
+        let mut node = NodeProcess {
+            bin: bin.to_path_buf(),
+            data_dir: data_dir.to_path_buf(),
+            addr,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        node.spawn()?;
+        Ok(node)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .with_context(|| format!("opening {}", self.log_path().display()))?;
+        let log_err = log.try_clone()?;
+        let child = Command::new(&self.bin)
+            .arg("registry")
+            .arg("--standalone")
+            .arg("--listen")
+            .arg(self.addr.to_string())
+            .arg("--data")
+            .arg(&self.data_dir)
+            .args(&self.extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log_err))
+            .spawn()
+            .with_context(|| format!("spawning {}", self.bin.display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// The HTTP listen address, always `127.0.0.1:<port>`.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:<port>` (no trailing slash).
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Where the child's stdout/stderr go.
+    pub fn log_path(&self) -> PathBuf {
+        self.data_dir.join("nacre.log")
+    }
+
+    /// The last `max_bytes` of the node's log (lossy UTF-8), for failure messages.
+    pub fn log_tail(&self, max_bytes: usize) -> String {
+        let mut buf = Vec::new();
+        if let Ok(mut f) = File::open(self.log_path()) {
+            let _ = f.read_to_end(&mut buf);
+        }
+        let start = buf.len().saturating_sub(max_bytes);
+        String::from_utf8_lossy(&buf[start..]).into_owned()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// `Ok(Some(status))` if the child has exited, `Ok(None)` if it is running (or was killed by
+    /// [`NodeProcess::kill9`] and not restarted: then `None` too).
+    pub fn try_exit_status(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        match self.child.as_mut() {
+            Some(c) => Ok(c.try_wait()?),
+            None => Ok(None),
+        }
+    }
+
+    /// Polls `GET /nacos/v1/ns/operator/metrics` until it answers 200 with JSON
+    /// `"status":"UP"`. Fails early (with the log tail) if the child exits.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_exit_status()? {
+                bail!(
+                    "nacre exited ({status}) before becoming ready on {}; log tail:\n{}",
+                    self.addr,
+                    self.log_tail(4000)
+                );
+            }
+            if self.child.is_none() {
+                bail!(
+                    "nacre on {} is not running (killed and not restarted)",
+                    self.addr
+                );
+            }
+            let last = match http_get(self.addr, METRICS_PATH, Duration::from_secs(2)) {
+                Ok((200, body)) => match serde_json::from_str::<serde_json::Value>(&body) {
+                    Ok(v) if v.get("status").and_then(|s| s.as_str()) == Some("UP") => {
+                        return Ok(())
+                    }
+                    Ok(_) => format!("200 but not UP: {body}"),
+                    Err(e) => format!("200 but not JSON ({e}): {body}"),
+                },
+                Ok((code, body)) => format!("HTTP {code}: {body}"),
+                Err(e) => format!("{e:#}"),
+            };
+            if Instant::now() >= deadline {
+                bail!(
+                    "nacre on {} not ready within {:?} (last probe: {last}); log tail:\n{}",
+                    self.addr,
+                    timeout,
+                    self.log_tail(4000)
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGKILLs the child (no graceful shutdown) and reaps it. No-op if not running.
+    pub fn kill9(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            if child.try_wait()?.is_none() {
+                // std's Child::kill is SIGKILL on Unix.
+                child.kill().context("killing nacre")?;
+            }
+            child.wait().context("reaping nacre")?;
+        }
+        Ok(())
+    }
+
+    /// Kills the child if still running, then starts it again with the same port, data dir and
+    /// arguments. Does not wait for readiness.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill9()?;
+        // The listen port was just released; wait (briefly) until it can be bound again.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpListener::bind(self.addr).is_err() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(50));
+        }
+        self.spawn()
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.kill9();
+    }
+}
+
+/// A loopback address whose port was free a moment ago.
+pub fn free_loopback_addr() -> Result<SocketAddr> {
+    let l = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
+    Ok(l.local_addr()?)
+}
+
+/// Minimal blocking HTTP/1.0 GET (no chunked encoding, connection closed by the server).
+/// Returns (status, body).
+pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, String)> {
+    let mut s =
+        TcpStream::connect_timeout(&addr, timeout).with_context(|| format!("connect {addr}"))?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: */*\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).context("reading response")?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("malformed HTTP response: {text:?}"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse::<u16>().ok())
+        .ok_or_else(|| anyhow!("malformed status line: {head:?}"))?;
+    Ok((status, body.to_string()))
+}
