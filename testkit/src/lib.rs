@@ -9,6 +9,8 @@
 //! Everything here is synchronous and std-only (the readiness probe is a tiny HTTP/1.0 GET),
 //! so it can be used from plain `#[test]`s and from async tests alike.
 
+pub mod http;
+
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -150,7 +150,7 @@ pub fn router(app: Arc<App>, internal: Router) -> Router {
         .route("/nacre/v1/cluster", get(admin::nacre_cluster))
         .route("/metrics", get(admin::prometheus))
         .fallback(unknown_api)
-        .method_not_allowed_fallback(unknown_api)
+        .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::from_fn_with_state(app.clone(), gate))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
@@ -160,17 +160,23 @@ pub fn router(app: Arc<App>, internal: Router) -> Router {
     public.merge(internal)
 }
 
+/// Unknown paths answer 404 and known paths with an unsupported method 405, both with the
+/// Spring-style error document Nacos sends (`no such api:<METHOD>:<path>`). Nacos itself says
+/// 501 here; a client mistake must never look like a server failure, and legacy clients only
+/// branch on 2xx vs not.
 async fn unknown_api(State(app): State<Arc<App>>, method: Method, req: Request) -> Response {
-    let path = req.uri().path().to_string();
-    let status = if path.starts_with("/nacos/v1/ns") {
-        StatusCode::NOT_IMPLEMENTED
-    } else {
-        StatusCode::NOT_FOUND
-    };
+    answer_unknown(&app, StatusCode::NOT_FOUND, method, req.uri().path())
+}
+
+async fn wrong_method(State(app): State<Arc<App>>, method: Method, req: Request) -> Response {
+    answer_unknown(&app, StatusCode::METHOD_NOT_ALLOWED, method, req.uri().path())
+}
+
+fn answer_unknown(app: &App, status: StatusCode, method: Method, path: &str) -> Response {
     error::error_document(
         status,
         &format!("no such api:{method}:{path}"),
-        &path,
+        path,
         app.node.now_ms(),
     )
 }

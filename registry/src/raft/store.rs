@@ -46,7 +46,9 @@ use crate::naming::persistent::{
 /// File name of the database inside the data dir.
 pub const DB_FILE: &str = "nacre.db";
 
-/// Called with the services whose visible state changed, after the change is applied.
+/// Called with the services whose visible state changed, after the change is applied (also after
+/// a snapshot install). It runs on openraft's state machine task: keep it quick and
+/// non-blocking (e.g. push to a bounded queue), or it delays every later apply.
 pub type ChangeCallback = Arc<dyn Fn(&[ServiceKey]) + Send + Sync>;
 
 /// The schema this code reads and writes (`PRAGMA user_version`).

@@ -1,0 +1,109 @@
+//! A small async HTTP client for the Nacos API, shared by the integration suites.
+//!
+//! Requests are sent the way legacy clients send them: parameters in the query string or in a
+//! form body, with a chosen User-Agent, so tests exercise the same parsing paths.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// What a test needs from an answer.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// Body as text.
+    pub body: String,
+}
+
+impl Reply {
+    /// The body parsed as JSON (panics with the body on failure: test-only).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.body))
+    }
+}
+
+/// A client bound to one node.
+#[derive(Debug, Clone)]
+pub struct Api {
+    base: String,
+    client: reqwest::Client,
+    user_agent: String,
+}
+
+impl Api {
+    /// A client for the node at `addr`, identifying as the Java 1.4 client.
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            base: format!("http://{addr}"),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap_or_default(),
+            user_agent: "Nacos-Java-Client:v1.4.2".to_string(),
+        }
+    }
+
+    /// The same client with another User-Agent.
+    pub fn with_agent(mut self, ua: &str) -> Self {
+        self.user_agent = ua.to_string();
+        self
+    }
+
+    /// Sends `method path?query` with no body.
+    pub async fn call(&self, method: &str, path: &str, query: &[(&str, &str)]) -> Reply {
+        self.send(method, path, query, None).await
+    }
+
+    /// Sends `method path` with the parameters in a form body.
+    pub async fn form(&self, method: &str, path: &str, form: &[(&str, &str)]) -> Reply {
+        self.send(method, path, &[], Some(form)).await
+    }
+
+    /// Sends raw bytes as the body with the given content type.
+    pub async fn raw(&self, method: &str, path_and_query: &str, ct: &str, body: Vec<u8>) -> Reply {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap_or(reqwest::Method::GET);
+        let r = self
+            .client
+            .request(m, format!("{}{}", self.base, path_and_query))
+            .header("User-Agent", &self.user_agent)
+            .header("Content-Type", ct)
+            .body(body)
+            .send()
+            .await;
+        finish(r).await
+    }
+
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        query: &[(&str, &str)],
+        form: Option<&[(&str, &str)]>,
+    ) -> Reply {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap_or(reqwest::Method::GET);
+        let mut req = self
+            .client
+            .request(m, format!("{}{}", self.base, path))
+            .header("User-Agent", &self.user_agent)
+            .query(query);
+        if let Some(f) = form {
+            req = req.form(f);
+        }
+        finish(req.send().await).await
+    }
+}
+
+async fn finish(r: reqwest::Result<reqwest::Response>) -> Reply {
+    match r {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let body = resp.text().await.unwrap_or_default();
+            Reply { status, body }
+        }
+        Err(e) => Reply {
+            status: 0,
+            body: format!("transport error: {e}"),
+        },
+    }
+}
