@@ -156,7 +156,10 @@ async fn main() -> anyhow::Result<()> {
             s.listen = listen;
             s.data_dir = data;
             s.standalone = true;
-            println!("nacre: registry node on http://{listen} (data in {})", s.data_dir.display());
+            println!(
+                "nacre: registry node on http://{listen} (data in {})",
+                s.data_dir.display()
+            );
             run_registry(s).await
         }
         Command::Registry(args) => run_registry(registry_settings(args)?).await,

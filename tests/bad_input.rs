@@ -19,7 +19,9 @@ async fn snapshot(api: &Api) -> serde_json::Value {
         .await
         .json();
     // lastRefTime is the server clock; everything else must be identical.
-    l.as_object_mut().unwrap().remove("lastRefTime");
+    l.as_object_mut()
+        .expect("list is an object")
+        .remove("lastRefTime");
     let svc = api
         .call("GET", "/nacos/v1/ns/service", &[("serviceName", "stable")])
         .await
@@ -30,8 +32,7 @@ async fn snapshot(api: &Api) -> serde_json::Value {
 #[tokio::test]
 async fn malformed_requests_get_clear_4xx_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let mut node =
-        NodeProcess::start(Path::new(env!("CARGO_BIN_EXE_nacre")), dir.path()).unwrap();
+    let mut node = NodeProcess::start(Path::new(env!("CARGO_BIN_EXE_nacre")), dir.path()).unwrap();
     node.wait_ready(Duration::from_secs(30)).unwrap();
     let api = Api::new(node.addr());
     for (ip, eph) in [("10.0.0.1", "true"), ("10.0.0.2", "false")] {
@@ -53,7 +54,11 @@ async fn malformed_requests_get_clear_4xx_and_change_nothing() {
     let before = snapshot(&api).await;
 
     let base = |extra: &[(&'static str, &'static str)]| {
-        let mut v = vec![("serviceName", "stable"), ("ip", "10.0.0.1"), ("port", "80")];
+        let mut v = vec![
+            ("serviceName", "stable"),
+            ("ip", "10.0.0.1"),
+            ("port", "80"),
+        ];
         for (k, val) in extra {
             v.retain(|(kk, _)| kk != k);
             v.push((k, val));
@@ -218,10 +223,16 @@ async fn malformed_requests_get_clear_4xx_and_change_nothing() {
     // Unknown API → 404 and unknown method → 405, with Nacos's error document.
     let r = api.call("GET", "/nacos/v1/ns/no/such/thing", &[]).await;
     assert_eq!(r.status, 404);
-    assert_eq!(r.json()["message"], "no such api:GET:/nacos/v1/ns/no/such/thing");
+    assert_eq!(
+        r.json()["message"],
+        "no such api:GET:/nacos/v1/ns/no/such/thing"
+    );
     let r = api.call("POST", "/nacos/v1/ns/instance/list", &[]).await;
     assert_eq!(r.status, 405);
-    assert_eq!(r.json()["message"], "no such api:POST:/nacos/v1/ns/instance/list");
+    assert_eq!(
+        r.json()["message"],
+        "no such api:POST:/nacos/v1/ns/instance/list"
+    );
 
     // Nothing stored changed, and the node still answers.
     assert_eq!(snapshot(&api).await, before);

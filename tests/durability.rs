@@ -10,8 +10,7 @@ use nacre_testkit::NodeProcess;
 #[tokio::test]
 async fn persistent_data_survives_kill_9() {
     let dir = tempfile::tempdir().unwrap();
-    let mut node =
-        NodeProcess::start(Path::new(env!("CARGO_BIN_EXE_nacre")), dir.path()).unwrap();
+    let mut node = NodeProcess::start(Path::new(env!("CARGO_BIN_EXE_nacre")), dir.path()).unwrap();
     node.wait_ready(Duration::from_secs(30)).unwrap();
     let api = Api::new(node.addr());
 
@@ -66,7 +65,10 @@ async fn persistent_data_survives_kill_9() {
         .form(
             "POST",
             "/nacos/v1/console/namespaces",
-            &[("customNamespaceId", "prod"), ("namespaceName", "Production")],
+            &[
+                ("customNamespaceId", "prod"),
+                ("namespaceName", "Production"),
+            ],
         )
         .await;
     assert_eq!(r.body, "true");
@@ -89,7 +91,11 @@ async fn persistent_data_survives_kill_9() {
         .call(
             "GET",
             "/nacos/v1/ns/service",
-            &[("serviceName", "ledger"), ("groupName", "FIN"), ("namespaceId", "prod")],
+            &[
+                ("serviceName", "ledger"),
+                ("groupName", "FIN"),
+                ("namespaceId", "prod"),
+            ],
         )
         .await
         .json();
@@ -105,15 +111,28 @@ async fn persistent_data_survives_kill_9() {
         .json();
     let hosts = list["hosts"].as_array().unwrap();
     assert_eq!(hosts.len(), 49);
-    assert!(hosts.iter().all(|h| h["ephemeral"] == false && h["weight"] == 2.0));
+    assert!(hosts
+        .iter()
+        .all(|h| h["ephemeral"] == false && h["weight"] == 2.0));
     assert!(!hosts.iter().any(|h| h["ip"] == "10.2.0.0"));
-    let ns = api.call("GET", "/nacos/v1/console/namespaces", &[]).await.json();
-    assert_eq!(ns["data"][1]["namespaceShowName"], "Production");
-    let temp = api
-        .call("GET", "/nacos/v1/ns/instance/list", &[("serviceName", "temp")])
+    let ns = api
+        .call("GET", "/nacos/v1/console/namespaces", &[])
         .await
         .json();
-    assert_eq!(temp["hosts"], serde_json::json!([]), "ephemeral data is memory-only");
+    assert_eq!(ns["data"][1]["namespaceShowName"], "Production");
+    let temp = api
+        .call(
+            "GET",
+            "/nacos/v1/ns/instance/list",
+            &[("serviceName", "temp")],
+        )
+        .await
+        .json();
+    assert_eq!(
+        temp["hosts"],
+        serde_json::json!([]),
+        "ephemeral data is memory-only"
+    );
 
     // The restarted node still takes writes.
     let r = api

@@ -12,8 +12,10 @@ use nacre_testkit::NodeProcess;
 const NS: &str = "/nacos/v1/ns";
 
 fn start(dir: &Path) -> NodeProcess {
-    let mut node = NodeProcess::start(Path::new(env!("CARGO_BIN_EXE_nacre")), dir).unwrap();
-    node.wait_ready(Duration::from_secs(30)).unwrap();
+    let mut node =
+        NodeProcess::start(Path::new(env!("CARGO_BIN_EXE_nacre")), dir).expect("start nacre");
+    node.wait_ready(Duration::from_secs(30))
+        .expect("nacre ready");
     node
 }
 
@@ -119,7 +121,11 @@ async fn health_threshold_and_update_semantics() {
     let dir = tempfile::tempdir().unwrap();
     let node = start(dir.path());
     let api = Api::new(node.addr());
-    for (ip, healthy) in [("10.0.0.1", "true"), ("10.0.0.2", "false"), ("10.0.0.3", "false")] {
+    for (ip, healthy) in [
+        ("10.0.0.1", "true"),
+        ("10.0.0.2", "false"),
+        ("10.0.0.3", "false"),
+    ] {
         let r = api
             .call(
                 "POST",
@@ -142,7 +148,12 @@ async fn health_threshold_and_update_semantics() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|h| (h["ip"].as_str().unwrap().to_string(), h["healthy"].as_bool().unwrap()))
+        .map(|h| {
+            (
+                h["ip"].as_str().unwrap().to_string(),
+                h["healthy"].as_bool().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
         order,
@@ -208,7 +219,12 @@ async fn health_threshold_and_update_semantics() {
         .call(
             "PATCH",
             &path("/instance"),
-            &[("serviceName", "pay"), ("ip", "10.0.0.2"), ("port", "80"), ("weight", "7")],
+            &[
+                ("serviceName", "pay"),
+                ("ip", "10.0.0.2"),
+                ("port", "80"),
+                ("weight", "7"),
+            ],
         )
         .await;
     assert_eq!(r.body, "ok");
@@ -231,7 +247,10 @@ async fn health_threshold_and_update_semantics() {
             &[("serviceName", "pay"), ("ip", "10.9.9.9"), ("port", "80")],
         )
         .await;
-    assert_eq!((missing.status, missing.body.as_str()), (404, "no matched ip found!"));
+    assert_eq!(
+        (missing.status, missing.body.as_str()),
+        (404, "no matched ip found!")
+    );
 }
 
 #[tokio::test]
@@ -247,7 +266,10 @@ async fn beats_revive_and_unknown_instances_reregister() {
         )
         .await
         .json();
-    assert_eq!(r, serde_json::json!({"clientBeatInterval":5000,"code":20404}));
+    assert_eq!(
+        r,
+        serde_json::json!({"clientBeatInterval":5000,"code":20404})
+    );
 
     // With a body (Java sends it in a form), the instance is registered from the beat.
     let beat = r#"{"ip":"10.0.0.1","port":81,"weight":3.0,"cluster":"C1","metadata":{"preserved.heart.beat.interval":"2000"},"scheduled":true}"#;
@@ -296,7 +318,12 @@ async fn silent_instances_expire_by_their_preserved_timeouts() {
         .call(
             "POST",
             &path("/instance"),
-            &[("serviceName", "short"), ("ip", "10.0.0.1"), ("port", "80"), ("metadata", meta)],
+            &[
+                ("serviceName", "short"),
+                ("ip", "10.0.0.1"),
+                ("port", "80"),
+                ("metadata", meta),
+            ],
         )
         .await;
     assert_eq!(r.body, "ok");
@@ -305,7 +332,11 @@ async fn silent_instances_expire_by_their_preserved_timeouts() {
             .call("GET", &path("/instance/list"), &[("serviceName", "short")])
             .await
             .json();
-        l["hosts"].as_array().unwrap().first().map(|h| h["healthy"].as_bool().unwrap())
+        l["hosts"]
+            .as_array()
+            .unwrap()
+            .first()
+            .map(|h| h["healthy"].as_bool().unwrap())
     };
     // Generous bounds: the sweep runs every second.
     let mut saw_unhealthy = false;
@@ -332,8 +363,14 @@ async fn silent_instances_expire_by_their_preserved_timeouts() {
     assert!(saw_unhealthy, "instance never turned unhealthy");
     assert_eq!(host_state().await, None, "instance was not removed");
     let m = api.call("GET", "/metrics", &[]).await.body;
-    assert!(m.contains("nacre_expirations_total{kind=\"removed\"} 1"), "{m}");
-    assert!(m.contains("nacre_expirations_total{kind=\"unhealthy\"} 1"), "{m}");
+    assert!(
+        m.contains("nacre_expirations_total{kind=\"removed\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("nacre_expirations_total{kind=\"unhealthy\"} 1"),
+        "{m}"
+    );
 }
 
 #[tokio::test]
@@ -381,7 +418,11 @@ async fn services_catalog_and_namespaces() {
         .await;
     }
     let page = api
-        .call("GET", &path("/service/list"), &[("pageNo", "2"), ("pageSize", "3")])
+        .call(
+            "GET",
+            &path("/service/list"),
+            &[("pageNo", "2"), ("pageSize", "3")],
+        )
         .await
         .json();
     assert_eq!(page["count"], 4);
@@ -391,7 +432,11 @@ async fn services_catalog_and_namespaces() {
         .call(
             "GET",
             &path("/catalog/services"),
-            &[("pageNo", "1"), ("pageSize", "10"), ("serviceNameParam", "svc")],
+            &[
+                ("pageNo", "1"),
+                ("pageSize", "10"),
+                ("serviceNameParam", "svc"),
+            ],
         )
         .await
         .json();
@@ -406,18 +451,28 @@ async fn services_catalog_and_namespaces() {
     let r = api
         .call("GET", &path("/service"), &[("serviceName", "inventory")])
         .await;
-    assert_eq!((r.status, r.body.as_str()), (404, "service DEFAULT_GROUP@@inventory is not found!"));
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (404, "service DEFAULT_GROUP@@inventory is not found!")
+    );
 
     // Namespaces.
     let r = api
         .form(
             "POST",
             "/nacos/v1/console/namespaces",
-            &[("customNamespaceId", "dev"), ("namespaceName", "Dev"), ("namespaceDesc", "d")],
+            &[
+                ("customNamespaceId", "dev"),
+                ("namespaceName", "Dev"),
+                ("namespaceDesc", "d"),
+            ],
         )
         .await;
     assert_eq!(r.body, "true");
-    let list = api.call("GET", "/nacos/v1/console/namespaces", &[]).await.json();
+    let list = api
+        .call("GET", "/nacos/v1/console/namespaces", &[])
+        .await
+        .json();
     let ids: Vec<_> = list["data"]
         .as_array()
         .unwrap()
@@ -443,14 +498,21 @@ async fn services_catalog_and_namespaces() {
         .json();
     assert_eq!(one["namespaceShowName"], "Development");
     let r = api
-        .call("DELETE", "/nacos/v1/console/namespaces", &[("namespaceId", "dev")])
+        .call(
+            "DELETE",
+            "/nacos/v1/console/namespaces",
+            &[("namespaceId", "dev")],
+        )
         .await;
     assert_eq!(r.body, "true");
     let exists = api
         .call(
             "GET",
             "/nacos/v1/console/namespaces",
-            &[("checkNamespaceIdExist", "true"), ("customNamespaceId", "dev")],
+            &[
+                ("checkNamespaceIdExist", "true"),
+                ("customNamespaceId", "dev"),
+            ],
         )
         .await;
     assert_eq!(exists.body, "false");
@@ -461,23 +523,48 @@ async fn operator_and_health_endpoints() {
     let dir = tempfile::tempdir().unwrap();
     let node = start(dir.path());
     let api = Api::new(node.addr());
-    let m = api.call("GET", &path("/operator/metrics"), &[]).await.json();
+    let m = api
+        .call("GET", &path("/operator/metrics"), &[])
+        .await
+        .json();
     assert_eq!(m["status"], "UP");
-    let s = api.call("GET", &path("/operator/switches"), &[]).await.json();
+    let s = api
+        .call("GET", &path("/operator/switches"), &[])
+        .await
+        .json();
     assert_eq!(s["defaultCacheMillis"], 3000);
     assert_eq!(s["clientBeatInterval"], 5000);
-    let servers = api.call("GET", &path("/operator/servers"), &[]).await.json();
+    let servers = api
+        .call("GET", &path("/operator/servers"), &[])
+        .await
+        .json();
     assert_eq!(servers["servers"][0]["address"], node.addr().to_string());
     let ops = api.call("GET", &path("/ops/metrics"), &[]).await;
     assert_eq!(ops.status, 200);
-    assert_eq!(api.call("GET", "/nacos/v1/console/health/liveness", &[]).await.body, "OK");
-    assert_eq!(api.call("GET", "/nacos/v1/console/health/readiness", &[]).await.body, "OK");
+    assert_eq!(
+        api.call("GET", "/nacos/v1/console/health/liveness", &[])
+            .await
+            .body,
+        "OK"
+    );
+    assert_eq!(
+        api.call("GET", "/nacos/v1/console/health/readiness", &[])
+            .await
+            .body,
+        "OK"
+    );
     let hs = api.call("GET", &path("/health/server"), &[]).await.json();
-    assert!(hs["msg"].as_str().unwrap().starts_with("Hello! I am Nacos-Naming"));
+    assert!(hs["msg"]
+        .as_str()
+        .unwrap()
+        .starts_with("Hello! I am Nacos-Naming"));
     let cluster = api.call("GET", "/nacre/v1/cluster", &[]).await.json();
     assert_eq!(cluster["leader"], node.addr().to_string());
     assert_eq!(cluster["self"], node.addr().to_string());
-    let nodes = api.call("GET", "/nacos/v1/core/cluster/nodes", &[]).await.json();
+    let nodes = api
+        .call("GET", "/nacos/v1/core/cluster/nodes", &[])
+        .await
+        .json();
     assert_eq!(nodes["data"][0]["state"], "UP");
 
     api.call(
@@ -487,19 +574,36 @@ async fn operator_and_health_endpoints() {
     )
     .await;
     let prom = api.call("GET", "/metrics", &[]).await.body;
-    assert!(prom.contains("nacre_instances{kind=\"ephemeral\"} 1"), "{prom}");
-    assert!(prom.contains("nacre_http_requests_total{api=\"POST /nacos/v1/ns/instance\",status=\"200\"} 1"), "{prom}");
+    assert!(
+        prom.contains("nacre_instances{kind=\"ephemeral\"} 1"),
+        "{prom}"
+    );
+    assert!(
+        prom.contains(
+            "nacre_http_requests_total{api=\"POST /nacos/v1/ns/instance\",status=\"200\"} 1"
+        ),
+        "{prom}"
+    );
 
     // Manual health only with a NONE checker.
     let r = api
         .call(
             "PUT",
             &path("/health/instance"),
-            &[("serviceName", "m"), ("ip", "10.0.0.1"), ("port", "80"), ("healthy", "false")],
+            &[
+                ("serviceName", "m"),
+                ("ip", "10.0.0.1"),
+                ("port", "80"),
+                ("healthy", "false"),
+            ],
         )
         .await;
     assert_eq!(r.status, 400);
-    assert!(r.body.starts_with("health check is still working"), "{}", r.body);
+    assert!(
+        r.body.starts_with("health check is still working"),
+        "{}",
+        r.body
+    );
     let r = api
         .call(
             "PUT",
@@ -518,7 +622,12 @@ async fn operator_and_health_endpoints() {
         .call(
             "PUT",
             &path("/health/instance"),
-            &[("serviceName", "m"), ("ip", "10.0.0.1"), ("port", "80"), ("healthy", "false")],
+            &[
+                ("serviceName", "m"),
+                ("ip", "10.0.0.1"),
+                ("port", "80"),
+                ("healthy", "false"),
+            ],
         )
         .await;
     assert_eq!(r.body, "ok");
@@ -544,7 +653,11 @@ async fn udp_push_reaches_a_java_subscriber() {
         .call(
             "GET",
             &path("/instance/list"),
-            &[("serviceName", "pushy"), ("udpPort", &port), ("clientIP", "127.0.0.1")],
+            &[
+                ("serviceName", "pushy"),
+                ("udpPort", &port),
+                ("clientIP", "127.0.0.1"),
+            ],
         )
         .await
         .json();
@@ -568,10 +681,15 @@ async fn udp_push_reaches_a_java_subscriber() {
     assert_eq!(data["hosts"][0]["ip"], "10.0.0.7");
     assert_eq!(data["name"], "DEFAULT_GROUP@@pushy");
     let ack = serde_json::json!({"type":"push-ack","lastRefTime": packet["lastRefTime"].to_string(),"data":""});
-    sock.send_to(ack.to_string().as_bytes(), from).await.unwrap();
+    sock.send_to(ack.to_string().as_bytes(), from)
+        .await
+        .unwrap();
     let mut acked = false;
     for _ in 0..50 {
-        let st = api.call("GET", &path("/operator/push/state"), &[]).await.json();
+        let st = api
+            .call("GET", &path("/operator/push/state"), &[])
+            .await
+            .json();
         if st["succeed"] == 1 {
             acked = true;
             break;
@@ -580,7 +698,11 @@ async fn udp_push_reaches_a_java_subscriber() {
     }
     assert!(acked, "ack was not counted");
     let subs = api
-        .call("GET", &path("/service/subscribers"), &[("serviceName", "pushy")])
+        .call(
+            "GET",
+            &path("/service/subscribers"),
+            &[("serviceName", "pushy")],
+        )
         .await
         .json();
     assert_eq!(subs["count"], 1);

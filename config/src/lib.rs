@@ -158,7 +158,9 @@ impl RegistrySettings {
 
     fn apply_env(&mut self, key: &str, v: &str) -> Result<(), ConfigError> {
         fn num<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, ConfigError> {
-            v.trim().parse().map_err(|_| invalid(key, v, "not a number"))
+            v.trim()
+                .parse()
+                .map_err(|_| invalid(key, v, "not a number"))
         }
         match key {
             "NACRE_LISTEN" => {
@@ -277,11 +279,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.listen, "127.0.0.1:9000".parse().unwrap());
-        let e = RegistrySettings::load(
-            None,
-            vec![("NACRE_LISTN".to_string(), "x".to_string())],
-        )
-        .unwrap_err();
+        let e = RegistrySettings::load(None, vec![("NACRE_LISTN".to_string(), "x".to_string())])
+            .unwrap_err();
         assert!(e.to_string().contains("NACRE_LISTN"), "{e}");
         let e = RegistrySettings::load(
             None,
@@ -300,7 +299,11 @@ mod tests {
         assert!(e.to_string().contains("max_body_byts"), "{e}");
         std::fs::write(&p, "[push]\nmax_sends = 0\n").unwrap();
         let s = RegistrySettings::load(Some(&p), vec![]).unwrap();
-        assert!(s.validate().unwrap_err().to_string().contains("push.max_sends"));
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("push.max_sends"));
     }
 
     #[test]

@@ -33,15 +33,21 @@ impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("nacre_http_requests_total", "HTTP requests by route and status"),
+            Opts::new(
+                "nacre_http_requests_total",
+                "HTTP requests by route and status",
+            ),
             &["api", "status"],
         )?;
         let latency = HistogramVec::new(
-            HistogramOpts::new("nacre_http_request_duration_seconds", "HTTP request latency")
-                .buckets(vec![
-                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                    0.5, 1.0, 2.5, 5.0,
-                ]),
+            HistogramOpts::new(
+                "nacre_http_request_duration_seconds",
+                "HTTP request latency",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0,
+            ]),
             &["api"],
         )?;
         let instances = IntGaugeVec::new(
@@ -51,7 +57,10 @@ impl Metrics {
         let services = IntGauge::new("nacre_services", "Services held")?;
         let beats = IntCounter::new("nacre_beats_total", "Heartbeats received")?;
         let expirations = IntCounterVec::new(
-            Opts::new("nacre_expirations_total", "Instances expired by the health sweep"),
+            Opts::new(
+                "nacre_expirations_total",
+                "Instances expired by the health sweep",
+            ),
             &["kind"],
         )?;
         let raft_apply = Histogram::with_opts(

@@ -12,12 +12,8 @@ use nacre_ring::ServiceKey;
 use crate::clock::Clock;
 use crate::distro::{BeatOutcome, EphemeralStore, ExpiryKind};
 use crate::metrics::Metrics;
-use crate::naming::model::{
-    ClusterMeta, Instance, InstanceKey, Metadata, Namespace, ServiceMeta,
-};
-use crate::naming::persistent::{
-    Command, CommandOutput, InstancePatch, PutMode, ServiceUpdate,
-};
+use crate::naming::model::{ClusterMeta, Instance, InstanceKey, Metadata, Namespace, ServiceMeta};
+use crate::naming::persistent::{Command, CommandOutput, InstancePatch, PutMode, ServiceUpdate};
 use crate::naming::{validate, NamingError};
 use crate::push::{PushHub, Subscriber};
 use crate::raft::{PersistentStore, WriteError};
@@ -333,8 +329,11 @@ impl Node {
             return Ok(());
         }
         let present = self.persistent.read(|st| {
-            st.service(key)
-                .is_some_and(|s| s.instances.iter().any(|i| i.matches(&id.ip, id.port, &id.cluster)))
+            st.service(key).is_some_and(|s| {
+                s.instances
+                    .iter()
+                    .any(|i| i.matches(&id.ip, id.port, &id.cluster))
+            })
         });
         if !present {
             return Ok(());
@@ -432,9 +431,9 @@ impl Node {
         id: &InstanceKey,
         healthy: bool,
     ) -> Result<(), NodeError> {
-        let view = self.view(key).ok_or_else(|| {
-            NamingError::bad(format!("service not found: {}", key.grouped()))
-        })?;
+        let view = self
+            .view(key)
+            .ok_or_else(|| NamingError::bad(format!("service not found: {}", key.grouped())))?;
         let checker = view
             .cluster_meta(&id.cluster)
             .map(|c| c.health_checker.kind)
@@ -530,7 +529,11 @@ impl Node {
     }
 
     /// Creates a service explicitly.
-    pub async fn create_service(&self, key: &ServiceKey, meta: ServiceMeta) -> Result<(), NodeError> {
+    pub async fn create_service(
+        &self,
+        key: &ServiceKey,
+        meta: ServiceMeta,
+    ) -> Result<(), NodeError> {
         validate::service_name(&key.grouped())?;
         let exists_elsewhere = self.ephemeral.contains(key);
         self.propose(Command::CreateService {
@@ -600,7 +603,8 @@ impl Node {
 
     /// User-created namespaces.
     pub fn namespaces(&self) -> Vec<Namespace> {
-        self.persistent.read(|st| st.namespaces().cloned().collect())
+        self.persistent
+            .read(|st| st.namespaces().cloned().collect())
     }
 
     /// Registers or refreshes a UDP push subscriber (no-op when push is disabled).
@@ -617,9 +621,11 @@ impl Node {
             .persistent
             .read(|st| (st.services().count(), st.instance_count()));
         // Services present in both stores are counted once.
-        let both = self
-            .persistent
-            .read(|st| st.services().filter(|(k, _)| self.ephemeral.contains(k)).count());
+        let both = self.persistent.read(|st| {
+            st.services()
+                .filter(|(k, _)| self.ephemeral.contains(k))
+                .count()
+        });
         (
             eph_services + per_services - both,
             eph_instances,

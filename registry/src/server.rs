@@ -210,8 +210,8 @@ pub async fn run(
     let grace = Duration::from_millis(settings.shutdown_grace_ms);
     let drain = shutdown.clone();
     let server = axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
+        crate::listener::BoundedListener::new(listener, settings.max_connections),
+        router.into_make_service_with_connect_info::<crate::listener::PeerAddr>(),
     )
     .with_graceful_shutdown(async move { drain.cancelled().await });
     let served = tokio::spawn(async move { server.await });
@@ -228,7 +228,10 @@ pub async fn run(
 
     tasks.cancel();
     for h in handles {
-        if tokio::time::timeout(Duration::from_secs(2), h).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(2), h)
+            .await
+            .is_err()
+        {
             tracing::warn!("background task did not stop in time");
         }
     }

@@ -243,7 +243,11 @@ pub async fn readiness(State(app): State<Arc<App>>) -> Response {
     if app.node.is_ready() {
         "OK".into_response()
     } else {
-        (StatusCode::INTERNAL_SERVER_ERROR, "Naming is not in readiness").into_response()
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Naming is not in readiness",
+        )
+            .into_response()
     }
 }
 
@@ -303,10 +307,12 @@ fn check_namespace_name(name: &str, desc: &str) -> Result<(), ApiError> {
 
 /// `GET /nacos/v1/console/namespaces`: list, detail (`show=all`) or existence check.
 pub async fn namespaces(State(app): State<Arc<App>>, p: Params) -> Result<Response, ApiError> {
-    if p.opt("checkNamespaceIdExist").is_some_and(validate::strict_bool) {
+    if p.opt("checkNamespaceIdExist")
+        .is_some_and(validate::strict_bool)
+    {
         let id = p.required("customNamespaceId")?;
-        let exists = id == nacre_ring::DEFAULT_NAMESPACE
-            || app.node.namespaces().iter().any(|n| n.id == id);
+        let exists =
+            id == nacre_ring::DEFAULT_NAMESPACE || app.node.namespaces().iter().any(|n| n.id == id);
         return Ok(json(&exists));
     }
     if p.opt("show") == Some("all") {
@@ -367,7 +373,9 @@ pub async fn update_namespace(
     let desc = p.opt("namespaceDesc").unwrap_or("");
     check_namespace_name(name, desc)?;
     if id == nacre_ring::DEFAULT_NAMESPACE {
-        return Err(ApiError::bad_request("the public namespace cannot be changed"));
+        return Err(ApiError::bad_request(
+            "the public namespace cannot be changed",
+        ));
     }
     app.node
         .namespace_command(Command::UpdateNamespace(Namespace {
@@ -386,7 +394,9 @@ pub async fn delete_namespace(
 ) -> Result<Response, ApiError> {
     let id = p.required("namespaceId")?;
     if id == nacre_ring::DEFAULT_NAMESPACE {
-        return Err(ApiError::bad_request("the public namespace cannot be deleted"));
+        return Err(ApiError::bad_request(
+            "the public namespace cannot be deleted",
+        ));
     }
     app.node
         .namespace_command(Command::DeleteNamespace { id: id.to_string() })

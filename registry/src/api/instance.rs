@@ -305,7 +305,9 @@ pub async fn catalog_instances(
         .view(&key)
         .ok_or_else(|| ApiError::not_found(format!("service {} is not found!", key.grouped())))?;
     if view.cluster_meta(cluster).is_none() {
-        return Err(ApiError::not_found(format!("cluster {cluster} is not found!")));
+        return Err(ApiError::not_found(format!(
+            "cluster {cluster} is not found!"
+        )));
     }
     let all: Vec<_> = view
         .instances
@@ -318,7 +320,9 @@ pub async fn catalog_instances(
         .take(page_size)
         .map(|i| render::full_instance(i, &key))
         .collect();
-    Ok(json(&serde_json::json!({ "list": list, "count": all.len() })))
+    Ok(json(
+        &serde_json::json!({ "list": list, "count": all.len() }),
+    ))
 }
 
 #[cfg(test)]

@@ -47,7 +47,11 @@ pub fn json<T: serde::Serialize>(v: &T) -> Response {
 
 /// A JSON answer from already serialised text.
 pub fn json_text(body: String) -> Response {
-    ([(header::CONTENT_TYPE, "application/json;charset=UTF-8")], body).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/json;charset=UTF-8")],
+        body,
+    )
+        .into_response()
 }
 
 /// The service a request names: `serviceName` (legacy `dom`), grouped with `groupName`, in
@@ -119,10 +123,7 @@ fn naming_routes() -> Router<Arc<App>> {
 fn operator_routes() -> Router<Arc<App>> {
     Router::new()
         .route("/metrics", get(admin::operator_metrics))
-        .route(
-            "/switches",
-            get(admin::switches).put(admin::update_switch),
-        )
+        .route("/switches", get(admin::switches).put(admin::update_switch))
         .route("/servers", get(admin::servers))
         .route(
             "/push/state",
@@ -152,10 +153,7 @@ pub fn router(app: Arc<App>, internal: Router) -> Router {
         .fallback(unknown_api)
         .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::from_fn_with_state(app.clone(), gate))
-        .layer(axum::middleware::from_fn_with_state(
-            app.clone(),
-            track,
-        ))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), track))
         .with_state(app);
     public.merge(internal)
 }
@@ -169,7 +167,12 @@ async fn unknown_api(State(app): State<Arc<App>>, method: Method, req: Request) 
 }
 
 async fn wrong_method(State(app): State<Arc<App>>, method: Method, req: Request) -> Response {
-    answer_unknown(&app, StatusCode::METHOD_NOT_ALLOWED, method, req.uri().path())
+    answer_unknown(
+        &app,
+        StatusCode::METHOD_NOT_ALLOWED,
+        method,
+        req.uri().path(),
+    )
 }
 
 fn answer_unknown(app: &App, status: StatusCode, method: Method, path: &str) -> Response {

@@ -168,8 +168,8 @@ impl FromRequest<Arc<App>> for Params {
         }
         let peer = parts
             .extensions
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|c| c.0);
+            .get::<axum::extract::ConnectInfo<crate::listener::PeerAddr>>()
+            .map(|c| c.0 .0);
         Ok(Self {
             pairs,
             headers: parts.headers,

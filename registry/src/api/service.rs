@@ -48,7 +48,11 @@ pub async fn create(State(app): State<Arc<App>>, p: Params) -> Result<Response, 
     let meta = ServiceMeta {
         protect_threshold: threshold(&p, false)?,
         metadata: validate::metadata(p.opt("metadata").unwrap_or(""))?,
-        selector: p.opt("selector").map(selector).transpose()?.unwrap_or_default(),
+        selector: p
+            .opt("selector")
+            .map(selector)
+            .transpose()?
+            .unwrap_or_default(),
         ..ServiceMeta::default()
     };
     app.node.create_service(&key, meta).await?;
@@ -153,7 +157,9 @@ pub async fn list(State(app): State<Arc<App>>, p: Params) -> Result<Response, Ap
         })
         .collect();
     let doms: Vec<&String> = names.iter().skip(start).take(size).collect();
-    Ok(json(&serde_json::json!({ "count": names.len(), "doms": doms })))
+    Ok(json(
+        &serde_json::json!({ "count": names.len(), "doms": doms }),
+    ))
 }
 
 /// `GET /service/names`: grouped names per namespace.
@@ -168,7 +174,9 @@ pub async fn names(State(app): State<Arc<App>>, p: Params) -> Result<Response, A
         }
         out.entry(k.namespace).or_default().push(g);
     }
-    Ok(json(&serde_json::json!({ "count": out.len(), "services": out })))
+    Ok(json(
+        &serde_json::json!({ "count": out.len(), "services": out }),
+    ))
 }
 
 /// `GET /service/subscribers`: UDP push subscribers of a service.
@@ -288,10 +296,7 @@ pub async fn catalog_services(
 }
 
 /// `GET /catalog/service`: console service detail.
-pub async fn catalog_service(
-    State(app): State<Arc<App>>,
-    p: Params,
-) -> Result<Response, ApiError> {
+pub async fn catalog_service(State(app): State<Arc<App>>, p: Params) -> Result<Response, ApiError> {
     let key = service_key(&p)?;
     let view = found(&app, &key)?;
     Ok(json(&serde_json::json!({
@@ -307,10 +312,7 @@ pub async fn catalog_service(
 }
 
 /// `PUT /cluster`: set a cluster's health-check settings.
-pub async fn update_cluster(
-    State(app): State<Arc<App>>,
-    p: Params,
-) -> Result<Response, ApiError> {
+pub async fn update_cluster(State(app): State<Arc<App>>, p: Params) -> Result<Response, ApiError> {
     let key = service_key(&p)?;
     let cluster = p.required("clusterName")?;
     validate::cluster_name(cluster)?;

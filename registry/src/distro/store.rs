@@ -343,7 +343,10 @@ mod tests {
     fn silent_instance_turns_unhealthy_then_is_removed() {
         let s = EphemeralStore::new();
         s.register(&key(), inst("10.0.0.1", 0), 0);
-        assert!(s.sweep(15_000).is_empty(), "exactly at the timeout is still fine");
+        assert!(
+            s.sweep(15_000).is_empty(),
+            "exactly at the timeout is still fine"
+        );
         let e = s.sweep(15_001);
         assert_eq!(e.len(), 1);
         assert_eq!(e[0].kind, ExpiryKind::Unhealthy);
@@ -456,5 +459,60 @@ mod tests {
             })
             .unwrap();
         assert_eq!(ids, vec!["0", "2", "1"]);
+    }
+}
+
+#[cfg(test)]
+mod paused_time_tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::clock::Clock;
+    use crate::naming::model::Metadata;
+
+    #[tokio::test(start_paused = true)]
+    async fn expiry_follows_the_tokio_clock() {
+        let clock = Clock::new();
+        let store = EphemeralStore::new();
+        let key = ServiceKey::new("public", "DEFAULT_GROUP", "paused");
+        let now = clock.now_ms();
+        store.register(
+            &key,
+            Instance {
+                ip: "10.0.0.1".into(),
+                port: 80,
+                cluster: "DEFAULT".into(),
+                weight: 1.0,
+                healthy: true,
+                enabled: true,
+                ephemeral: true,
+                metadata: Metadata::new(),
+                instance_id: "x".into(),
+                app: "DEFAULT".into(),
+                last_beat_ms: now,
+                marked: false,
+            },
+            now,
+        );
+        let id = InstanceKey {
+            ip: "10.0.0.1".into(),
+            port: 80,
+            cluster: "DEFAULT".into(),
+        };
+        // Beats every 5 s for a minute keep it healthy.
+        for _ in 0..12 {
+            tokio::time::advance(Duration::from_secs(5)).await;
+            store.beat(&key, &id, clock.now_ms());
+            assert!(store.sweep(clock.now_ms()).is_empty());
+        }
+        // Then silence: unhealthy after 15 s, removed after 30 s.
+        tokio::time::advance(Duration::from_millis(15_001)).await;
+        let e = store.sweep(clock.now_ms());
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].kind, ExpiryKind::Unhealthy);
+        tokio::time::advance(Duration::from_secs(15)).await;
+        let e = store.sweep(clock.now_ms());
+        assert_eq!(e[0].kind, ExpiryKind::Removed);
+        assert_eq!(store.counts().1, 0);
     }
 }

@@ -182,7 +182,11 @@ impl PersistentState {
     pub fn from_snapshot(s: PersistentSnapshot) -> Self {
         Self {
             services: s.services.into_iter().collect(),
-            namespaces: s.namespaces.into_iter().map(|n| (n.id.clone(), n)).collect(),
+            namespaces: s
+                .namespaces
+                .into_iter()
+                .map(|n| (n.id.clone(), n))
+                .collect(),
         }
     }
 

@@ -96,11 +96,13 @@ pub fn service_name(grouped: &str) -> Result<(), NamingError> {
 
 /// Checks an instance address: digit-and-dot strings must be valid IPv4; host names pass.
 pub fn ip(v: &str) -> Result<(), NamingError> {
-    let bad = || NamingError::bad("instance format invalid: Your IP address is spelled incorrectly");
+    let bad =
+        || NamingError::bad("instance format invalid: Your IP address is spelled incorrectly");
     if v.is_empty() || v.len() > 255 || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(bad());
     }
-    if v.bytes().all(|b| b.is_ascii_digit() || b == b'.') && v.parse::<std::net::Ipv4Addr>().is_err()
+    if v.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && v.parse::<std::net::Ipv4Addr>().is_err()
     {
         return Err(bad());
     }
