@@ -707,3 +707,112 @@ async fn udp_push_reaches_a_java_subscriber() {
         .json();
     assert_eq!(subs["count"], 1);
 }
+
+#[tokio::test]
+async fn metadata_batch_updates_and_removes_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path());
+    let api = Api::new(node.addr());
+    for (ip, eph) in [
+        ("10.0.0.1", "true"),
+        ("10.0.0.2", "true"),
+        ("10.0.0.3", "false"),
+    ] {
+        let r = api
+            .call(
+                "POST",
+                &path("/instance"),
+                &[
+                    ("serviceName", "meta"),
+                    ("ip", ip),
+                    ("port", "80"),
+                    ("ephemeral", eph),
+                    ("metadata", "keep=1"),
+                ],
+            )
+            .await;
+        assert_eq!(r.body, "ok");
+    }
+    let r = api
+        .form(
+            "PUT",
+            &path("/instance/metadata/batch"),
+            &[
+                ("serviceName", "meta"),
+                ("consistencyType", "ephemeral"),
+                ("metadata", r#"{"zone":"a"}"#),
+            ],
+        )
+        .await
+        .json();
+    let mut updated: Vec<String> = r["updated"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    updated.sort();
+    assert_eq!(
+        updated,
+        vec![
+            "10.0.0.1:80:unknown:DEFAULT:ephemeral".to_string(),
+            "10.0.0.2:80:unknown:DEFAULT:ephemeral".to_string()
+        ]
+    );
+    let instances = r#"[{"ip":"10.0.0.3","port":80,"clusterName":"DEFAULT","ephemeral":false}]"#;
+    let r = api
+        .form(
+            "PUT",
+            &path("/instance/metadata/batch"),
+            &[
+                ("serviceName", "meta"),
+                ("instances", instances),
+                ("metadata", "zone=b"),
+            ],
+        )
+        .await
+        .json();
+    assert_eq!(
+        r["updated"],
+        serde_json::json!(["10.0.0.3:80:unknown:DEFAULT:persist"])
+    );
+    let list = api
+        .call("GET", &path("/instance/list"), &[("serviceName", "meta")])
+        .await
+        .json();
+    for h in list["hosts"].as_array().unwrap() {
+        let want = if h["ip"] == "10.0.0.3" { "b" } else { "a" };
+        assert_eq!(h["metadata"]["zone"], want, "{h}");
+        assert_eq!(h["metadata"]["keep"], "1");
+    }
+    let r = api
+        .call(
+            "DELETE",
+            &path("/instance/metadata/batch"),
+            &[("serviceName", "meta"), ("metadata", "zone=")],
+        )
+        .await
+        .json();
+    assert_eq!(r["updated"].as_array().unwrap().len(), 3);
+    let list = api
+        .call("GET", &path("/instance/list"), &[("serviceName", "meta")])
+        .await
+        .json();
+    assert!(list["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|h| h["metadata"].get("zone").is_none()));
+    let bad = api
+        .call(
+            "PUT",
+            &path("/instance/metadata/batch"),
+            &[
+                ("serviceName", "meta"),
+                ("instances", "[{"),
+                ("metadata", "a=1"),
+            ],
+        )
+        .await;
+    assert_eq!(bad.status, 400);
+}

@@ -470,6 +470,75 @@ impl Node {
         }
     }
 
+    /// Merges (`remove = false`) or removes (`remove = true`) metadata keys on a set of
+    /// instances; `targets` of `None` selects every instance of the chosen kinds. Returns the
+    /// updated instances as `ip:port:unknown:cluster:ephemeral|persist`.
+    pub async fn batch_metadata(
+        &self,
+        key: &ServiceKey,
+        targets: Option<Vec<(InstanceKey, bool)>>,
+        kinds: (bool, bool),
+        metadata: &Metadata,
+        remove: bool,
+    ) -> Result<Vec<String>, NodeError> {
+        let view = self
+            .view(key)
+            .ok_or_else(|| NamingError::bad(format!("service not found: {}", key.grouped())))?;
+        let chosen: Vec<&Instance> = view
+            .instances
+            .iter()
+            .filter(|i| match &targets {
+                Some(t) => t.iter().any(|(id, eph)| {
+                    *eph == i.ephemeral && i.matches(&id.ip, id.port, &id.cluster)
+                }),
+                None => (i.ephemeral && kinds.0) || (!i.ephemeral && kinds.1),
+            })
+            .collect();
+        let now = self.now_ms();
+        let mut updated = Vec::with_capacity(chosen.len());
+        for inst in chosen {
+            let mut meta = inst.metadata.clone();
+            for (k, v) in metadata {
+                if remove {
+                    meta.remove(k);
+                } else {
+                    meta.insert(k.clone(), v.clone());
+                }
+            }
+            let patch = InstancePatch {
+                metadata: Some(meta),
+                ..Default::default()
+            };
+            let id = inst.key();
+            if inst.ephemeral {
+                // The instance may have expired since the view was taken: skip it then.
+                if self.ephemeral.patch(key, &id, &patch, now).is_err() {
+                    continue;
+                }
+            } else {
+                self.propose(Command::PatchInstance {
+                    key: key.clone(),
+                    ip: id.ip.clone(),
+                    port: id.port,
+                    cluster: id.cluster.clone(),
+                    patch,
+                    now_ms: now,
+                })
+                .await?;
+            }
+            let kind = if inst.ephemeral {
+                "ephemeral"
+            } else {
+                "persist"
+            };
+            updated.push(format!("{id}:{kind}"));
+        }
+        if !updated.is_empty() {
+            self.changed(key);
+        }
+        Ok(updated)
+    }
+
     /// Runs one expiry sweep over ephemeral instances.
     pub fn sweep(&self) {
         let expired = self.ephemeral.sweep(self.now_ms());

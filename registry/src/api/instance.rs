@@ -291,6 +291,79 @@ pub async fn statuses(State(app): State<Arc<App>>, p: Params) -> Result<Response
     Ok(json(&serde_json::json!({ "ips": ips })))
 }
 
+fn batch_targets(raw: &str) -> Result<Vec<(InstanceKey, bool)>, ApiError> {
+    let bad = || ApiError::bad_request(format!("instances format incorrect: {raw}"));
+    let v: serde_json::Value = serde_json::from_str(raw).map_err(|_| bad())?;
+    let arr = v.as_array().ok_or_else(bad)?;
+    let mut out = Vec::with_capacity(arr.len());
+    for item in arr {
+        let ip = item.get("ip").and_then(|v| v.as_str()).ok_or_else(bad)?;
+        validate::ip(ip)?;
+        let port = item
+            .get("port")
+            .and_then(|v| v.as_u64())
+            .and_then(|p| u16::try_from(p).ok())
+            .ok_or_else(bad)?;
+        let cluster = item
+            .get("clusterName")
+            .and_then(|v| v.as_str())
+            .unwrap_or(crate::naming::model::DEFAULT_CLUSTER);
+        validate::cluster_name(cluster)?;
+        let ephemeral = match item.get("ephemeral") {
+            None | Some(serde_json::Value::Null) => true,
+            Some(serde_json::Value::Bool(b)) => *b,
+            Some(serde_json::Value::String(s)) => validate::lenient_bool(s),
+            Some(_) => return Err(bad()),
+        };
+        out.push((
+            InstanceKey {
+                ip: ip.to_string(),
+                port,
+                cluster: cluster.to_string(),
+            },
+            ephemeral,
+        ));
+    }
+    Ok(out)
+}
+
+async fn batch_metadata(app: &App, p: &Params, remove: bool) -> Result<Response, ApiError> {
+    let key = service_key(p)?;
+    let metadata = validate::metadata(p.required("metadata")?)?;
+    let targets = p.opt("instances").map(batch_targets).transpose()?;
+    let kinds = match p.opt("consistencyType") {
+        None => (true, true),
+        Some(t) if t.eq_ignore_ascii_case("ephemeral") => (true, false),
+        Some(t) if t.eq_ignore_ascii_case("persist") => (false, true),
+        Some(t) => {
+            return Err(ApiError::bad_request(format!(
+                "consistencyType must be 'ephemeral' or 'persist', current: {t}"
+            )))
+        }
+    };
+    let updated = app
+        .node
+        .batch_metadata(&key, targets, kinds, &metadata, remove)
+        .await?;
+    Ok(json(&serde_json::json!({ "updated": updated })))
+}
+
+/// `PUT /instance/metadata/batch`: merge metadata keys into many instances.
+pub async fn batch_update_metadata(
+    State(app): State<Arc<App>>,
+    p: Params,
+) -> Result<Response, ApiError> {
+    batch_metadata(&app, &p, false).await
+}
+
+/// `DELETE /instance/metadata/batch`: remove metadata keys from many instances.
+pub async fn batch_delete_metadata(
+    State(app): State<Arc<App>>,
+    p: Params,
+) -> Result<Response, ApiError> {
+    batch_metadata(&app, &p, true).await
+}
+
 /// `GET /nacos/v1/ns/catalog/instances`: full instances of one cluster, paged.
 pub async fn catalog_instances(
     State(app): State<Arc<App>>,

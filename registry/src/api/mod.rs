@@ -92,6 +92,10 @@ fn naming_routes() -> Router<Arc<App>> {
         .route("/instance/list", get(instance::list))
         .route("/instance/beat", put(instance::beat))
         .route(
+            "/instance/metadata/batch",
+            put(instance::batch_update_metadata).delete(instance::batch_delete_metadata),
+        )
+        .route(
             "/instance/statuses",
             get(instance::statuses).post(instance::statuses),
         )
