@@ -35,7 +35,7 @@ async fn malformed_requests_get_clear_4xx_and_change_nothing() {
     let mut node = NodeProcess::start(Path::new(env!("CARGO_BIN_EXE_nacre")), dir.path()).unwrap();
     node.wait_ready(Duration::from_secs(30)).unwrap();
     let api = Api::new(node.addr());
-    for (ip, eph) in [("10.0.0.1", "true"), ("10.0.0.2", "false")] {
+    for (ip, eph) in [("10.0.0.1", "true"), ("127.0.0.2", "false")] {
         let r = api
             .call(
                 "POST",

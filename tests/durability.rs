@@ -29,7 +29,7 @@ async fn persistent_data_survives_kill_9() {
         .await;
     assert_eq!(r.body, "ok");
     for i in 0..50 {
-        let ip = format!("10.2.0.{i}");
+        let ip = format!("127.2.0.{i}");
         let r = api
             .call(
                 "POST",
@@ -54,7 +54,7 @@ async fn persistent_data_survives_kill_9() {
             &[
                 ("serviceName", "FIN@@ledger"),
                 ("namespaceId", "prod"),
-                ("ip", "10.2.0.0"),
+                ("ip", "127.2.0.0"),
                 ("port", "9000"),
                 ("ephemeral", "false"),
             ],
@@ -114,7 +114,7 @@ async fn persistent_data_survives_kill_9() {
     assert!(hosts
         .iter()
         .all(|h| h["ephemeral"] == false && h["weight"] == 2.0));
-    assert!(!hosts.iter().any(|h| h["ip"] == "10.2.0.0"));
+    assert!(!hosts.iter().any(|h| h["ip"] == "127.2.0.0"));
     let ns = api
         .call("GET", "/nacos/v1/console/namespaces", &[])
         .await
@@ -142,7 +142,7 @@ async fn persistent_data_survives_kill_9() {
             &[
                 ("serviceName", "FIN@@ledger"),
                 ("namespaceId", "prod"),
-                ("ip", "10.2.1.1"),
+                ("ip", "127.2.1.1"),
                 ("port", "9000"),
                 ("ephemeral", "false"),
             ],

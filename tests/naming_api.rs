@@ -716,7 +716,7 @@ async fn metadata_batch_updates_and_removes_keys() {
     for (ip, eph) in [
         ("10.0.0.1", "true"),
         ("10.0.0.2", "true"),
-        ("10.0.0.3", "false"),
+        ("127.0.0.3", "false"),
     ] {
         let r = api
             .call(
@@ -759,7 +759,7 @@ async fn metadata_batch_updates_and_removes_keys() {
             "10.0.0.2:80:unknown:DEFAULT:ephemeral".to_string()
         ]
     );
-    let instances = r#"[{"ip":"10.0.0.3","port":80,"clusterName":"DEFAULT","ephemeral":false}]"#;
+    let instances = r#"[{"ip":"127.0.0.3","port":80,"clusterName":"DEFAULT","ephemeral":false}]"#;
     let r = api
         .form(
             "PUT",
@@ -774,14 +774,14 @@ async fn metadata_batch_updates_and_removes_keys() {
         .json();
     assert_eq!(
         r["updated"],
-        serde_json::json!(["10.0.0.3:80:unknown:DEFAULT:persist"])
+        serde_json::json!(["127.0.0.3:80:unknown:DEFAULT:persist"])
     );
     let list = api
         .call("GET", &path("/instance/list"), &[("serviceName", "meta")])
         .await
         .json();
     for h in list["hosts"].as_array().unwrap() {
-        let want = if h["ip"] == "10.0.0.3" { "b" } else { "a" };
+        let want = if h["ip"] == "127.0.0.3" { "b" } else { "a" };
         assert_eq!(h["metadata"]["zone"], want, "{h}");
         assert_eq!(h["metadata"]["keep"], "1");
     }

@@ -322,6 +322,7 @@ async function scExpiry() {
     await sleep(1000);
   }
   const last = await list(anchorClient, svc).catch(err => { errors.push(err.message); return []; });
+  console.log(`# node expiry: unhealthy seen at ${unhealthyAt === null ? null : unhealthyAt.toFixed(1)} s, gone at ${goneAt === null ? null : goneAt.toFixed(1)} s after the last beat`);
   await check('node.expiry.unhealthy_after_15s', async () => {
     expect(unhealthyAt !== null, `victim never became unhealthy ${errors.slice(0, 3)}`);
     expect(unhealthyAt >= UNHEALTHY_NOT_BEFORE && unhealthyAt <= UNHEALTHY_WITHIN,

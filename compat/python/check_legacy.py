@@ -387,6 +387,11 @@ def sc_beat_expiry(ctx):
     except Exception as e:
         seen.append("final list error %s" % e)
 
+    with OUT_LOCK:
+        print("# py expiry: unhealthy seen at %s s, gone at %s s after the last beat"
+              % (None if unhealthy_at is None else round(unhealthy_at, 1),
+                 None if gone_at is None else round(gone_at, 1)), flush=True)
+
     def unhealthy():
         expect(unhealthy_at is not None, "victim never became unhealthy (%s)" % seen)
         expect(UNHEALTHY_NOT_BEFORE <= unhealthy_at <= UNHEALTHY_WITHIN,

@@ -102,6 +102,10 @@ pub struct RegistrySettings {
     pub max_connections: usize,
     /// How often the expiry sweep runs (ms).
     pub expiry_interval_ms: u64,
+    /// How often persistent instances are health-checked (ms).
+    pub health_check_interval_ms: u64,
+    /// Connect / response timeout of one health check (ms).
+    pub health_check_timeout_ms: u64,
     /// `cacheMillis` returned to polling clients (Nacos `defaultCacheMillis`).
     pub default_cache_millis: u64,
     /// `cacheMillis` returned to push subscribers (Nacos `defaultPushCacheMillis`).
@@ -123,6 +127,8 @@ impl Default for RegistrySettings {
             max_body_bytes: 1024 * 1024,
             max_connections: 10_000,
             expiry_interval_ms: 1_000,
+            health_check_interval_ms: 5_000,
+            health_check_timeout_ms: 2_000,
             default_cache_millis: 3_000,
             push_cache_millis: 10_000,
             shutdown_grace_ms: 5_000,
@@ -174,6 +180,8 @@ impl RegistrySettings {
             "NACRE_MAX_BODY_BYTES" => self.max_body_bytes = num(key, v)?,
             "NACRE_MAX_CONNECTIONS" => self.max_connections = num(key, v)?,
             "NACRE_EXPIRY_INTERVAL_MS" => self.expiry_interval_ms = num(key, v)?,
+            "NACRE_HEALTH_CHECK_INTERVAL_MS" => self.health_check_interval_ms = num(key, v)?,
+            "NACRE_HEALTH_CHECK_TIMEOUT_MS" => self.health_check_timeout_ms = num(key, v)?,
             "NACRE_PUSH_ENABLED" => {
                 self.push.enabled = match v.trim() {
                     "true" | "1" => true,
@@ -213,6 +221,22 @@ impl RegistrySettings {
                 "expiry_interval_ms",
                 self.expiry_interval_ms,
                 "must be between 10 and 60000",
+            ));
+        }
+        if !(100..=600_000).contains(&self.health_check_interval_ms) {
+            return Err(invalid(
+                "health_check_interval_ms",
+                self.health_check_interval_ms,
+                "must be between 100 and 600000",
+            ));
+        }
+        if self.health_check_timeout_ms == 0
+            || self.health_check_timeout_ms > self.health_check_interval_ms.max(1_000)
+        {
+            return Err(invalid(
+                "health_check_timeout_ms",
+                self.health_check_timeout_ms,
+                "must be positive and at most the check interval",
             ));
         }
         if self.default_cache_millis == 0 || self.push_cache_millis == 0 {

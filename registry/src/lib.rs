@@ -4,6 +4,7 @@
 pub mod api;
 pub mod clock;
 pub mod distro;
+pub mod health;
 pub mod listener;
 pub mod metrics;
 pub mod naming;

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub beats: IntCounter,
     /// Instances expired by the health sweep, by kind (`unhealthy` / `removed`).
     pub expirations: IntCounterVec,
+    /// Health-check flips of persistent instances, by result.
+    pub health_flips: IntCounterVec,
     /// Time from a persistent write's proposal to its applied result.
     pub raft_apply: Histogram,
 }
@@ -63,6 +65,13 @@ impl Metrics {
             ),
             &["kind"],
         )?;
+        let health_flips = IntCounterVec::new(
+            Opts::new(
+                "nacre_health_check_flips_total",
+                "Persistent instances flipped by server-side health checks",
+            ),
+            &["result"],
+        )?;
         let raft_apply = Histogram::with_opts(
             HistogramOpts::new(
                 "nacre_raft_apply_duration_seconds",
@@ -79,6 +88,7 @@ impl Metrics {
         registry.register(Box::new(beats.clone()))?;
         registry.register(Box::new(expirations.clone()))?;
         registry.register(Box::new(raft_apply.clone()))?;
+        registry.register(Box::new(health_flips.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -88,6 +98,7 @@ impl Metrics {
             beats,
             expirations,
             raft_apply,
+            health_flips,
         })
     }
 

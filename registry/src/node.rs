@@ -152,6 +152,7 @@ pub struct Node {
     push: Option<Arc<PushHub>>,
     metrics: Metrics,
     clock: Clock,
+    health: crate::health::HealthOverlay,
 }
 
 impl Node {
@@ -170,7 +171,21 @@ impl Node {
             push,
             metrics,
             clock,
+            health: crate::health::HealthOverlay::new(),
         }
+    }
+
+    /// Probe results for persistent instances.
+    pub fn health_overlay(&self) -> &crate::health::HealthOverlay {
+        &self.health
+    }
+
+    /// Records that a health check flipped a persistent instance.
+    pub fn health_flipped(&self, key: &ServiceKey, id: &InstanceKey, healthy: bool) {
+        let result = if healthy { "healthy" } else { "unhealthy" };
+        self.metrics.health_flips.with_label_values(&[result]).inc();
+        tracing::info!(service = %key, instance = %id, result, "health check changed instance health");
+        self.changed(key);
     }
 
     /// Settings the node runs with.
@@ -573,6 +588,13 @@ impl Node {
             Some(p) => (p.meta, p.instances),
             None => (ServiceMeta::default(), Vec::new()),
         };
+        if !persistent.is_empty() && self.health.has_service(key) {
+            for inst in &mut persistent {
+                if let Some(h) = self.health.get(key, &inst.key()) {
+                    inst.healthy = h;
+                }
+            }
+        }
         let mut instances = eph.unwrap_or_default();
         instances.append(&mut persistent);
         Some(ServiceView { meta, instances })

@@ -180,6 +180,13 @@ pub async fn run(
         }
     }));
 
+    handles.push(tokio::spawn(crate::health::run(
+        node.clone(),
+        Duration::from_millis(settings.health_check_interval_ms),
+        Duration::from_millis(settings.health_check_timeout_ms),
+        tasks.clone(),
+    )));
+
     if let Some(hub) = &push {
         let weak = Arc::downgrade(&node);
         let cache_millis = settings.push_cache_millis;

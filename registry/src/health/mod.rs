@@ -1,0 +1,293 @@
+//! Server-side health checks of persistent instances.
+//!
+//! Persistent instances send no beats, so the node probes them as Nacos does: per cluster a
+//! `TCP` connect (default), an `HTTP` GET expecting a status code, or `NONE` (health only set by
+//! hand). An instance flips only after [`CHECK_TIMES`] consecutive opposite results, so one lost
+//! packet does not flap it. Results live in memory, not in Raft: health is a fact about now, and
+//! replicating every flip through the log would turn probe noise into disk writes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::{self, StreamExt};
+use nacre_ring::ServiceKey;
+use parking_lot::RwLock;
+use tokio_util::sync::CancellationToken;
+
+use crate::naming::model::{ClusterMeta, InstanceKey};
+use crate::node::Node;
+
+/// Consecutive opposite results needed to flip an instance (Nacos `checkTimes`).
+pub const CHECK_TIMES: u8 = 3;
+/// Probes in flight at once, so a large fleet cannot exhaust sockets.
+const MAX_CONCURRENT_PROBES: usize = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct State {
+    healthy: bool,
+    streak: u8,
+}
+
+/// Probe results per persistent instance.
+#[derive(Debug, Default)]
+pub struct HealthOverlay {
+    states: RwLock<HashMap<(ServiceKey, InstanceKey), State>>,
+}
+
+impl HealthOverlay {
+    /// An empty overlay (every instance keeps its stored flag until probed).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Health decided by probes, if any.
+    pub fn get(&self, key: &ServiceKey, id: &InstanceKey) -> Option<bool> {
+        self.states
+            .read()
+            .get(&(key.clone(), id.clone()))
+            .map(|s| s.healthy)
+    }
+
+    /// Whether the overlay holds anything for this service (cheap pre-check for readers).
+    pub fn has_service(&self, key: &ServiceKey) -> bool {
+        self.states.read().keys().any(|(k, _)| k == key)
+    }
+
+    /// Records one probe result; returns the new health when the instance flipped.
+    pub fn record(
+        &self,
+        key: &ServiceKey,
+        id: &InstanceKey,
+        stored: bool,
+        ok: bool,
+    ) -> Option<bool> {
+        let mut map = self.states.write();
+        let st = map.entry((key.clone(), id.clone())).or_insert(State {
+            healthy: stored,
+            streak: 0,
+        });
+        if ok == st.healthy {
+            st.streak = 0;
+            return None;
+        }
+        st.streak += 1;
+        if st.streak >= CHECK_TIMES {
+            st.healthy = ok;
+            st.streak = 0;
+            return Some(ok);
+        }
+        None
+    }
+
+    /// Drops entries for instances that no longer exist or are no longer probed.
+    pub fn retain(&self, live: &std::collections::HashSet<(ServiceKey, InstanceKey)>) {
+        self.states.write().retain(|k, _| live.contains(k));
+    }
+}
+
+/// One probe to run.
+#[derive(Debug, Clone)]
+struct Target {
+    key: ServiceKey,
+    id: InstanceKey,
+    stored: bool,
+    host: String,
+    port: u16,
+    check: Check,
+}
+
+#[derive(Debug, Clone)]
+enum Check {
+    Tcp,
+    Http { path: String, expected: u16 },
+}
+
+fn check_of(cluster: &ClusterMeta) -> Option<Check> {
+    let hc = &cluster.health_checker;
+    match hc.kind.to_ascii_uppercase().as_str() {
+        "TCP" => Some(Check::Tcp),
+        "HTTP" => Some(Check::Http {
+            path: hc.path.clone().unwrap_or_else(|| "/".to_string()),
+            expected: hc.expected_response_code.unwrap_or(200),
+        }),
+        // MYSQL needs credentials and a driver; NONE means manual. Neither is probed.
+        _ => None,
+    }
+}
+
+fn targets(node: &Node) -> Vec<Target> {
+    node.persistent().read(|st| {
+        let mut out = Vec::new();
+        for (key, svc) in st.services() {
+            for inst in &svc.instances {
+                let cluster = svc
+                    .meta
+                    .clusters
+                    .get(&inst.cluster)
+                    .cloned()
+                    .unwrap_or_default();
+                let Some(check) = check_of(&cluster) else {
+                    continue;
+                };
+                let port = if cluster.use_instance_port {
+                    inst.port
+                } else {
+                    cluster.check_port
+                };
+                out.push(Target {
+                    key: key.clone(),
+                    id: inst.key(),
+                    stored: inst.healthy,
+                    host: inst.ip.clone(),
+                    port,
+                    check,
+                });
+            }
+        }
+        out
+    })
+}
+
+async fn probe(t: &Target, timeout: Duration) -> bool {
+    let connect = tokio::time::timeout(
+        timeout,
+        tokio::net::TcpStream::connect((t.host.as_str(), t.port)),
+    );
+    let Ok(Ok(mut stream)) = connect.await else {
+        return false;
+    };
+    match &t.check {
+        Check::Tcp => true,
+        Check::Http { path, expected } => {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let req = format!(
+                "GET {path} HTTP/1.0\r\nHost: {}:{}\r\nUser-Agent: Nacos-Server:nacre\r\nConnection: close\r\n\r\n",
+                t.host, t.port
+            );
+            let exchange = async {
+                stream.write_all(req.as_bytes()).await.ok()?;
+                let mut head = vec![0u8; 64];
+                let n = stream.read(&mut head).await.ok()?;
+                let line = std::str::from_utf8(&head[..n]).ok()?;
+                line.split_whitespace().nth(1)?.parse::<u16>().ok()
+            };
+            matches!(tokio::time::timeout(timeout, exchange).await, Ok(Some(code)) if code == *expected)
+        }
+    }
+}
+
+/// Probes every persistent instance each `interval` until `stop` fires.
+pub async fn run(node: Arc<Node>, interval: Duration, timeout: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let all = targets(&node);
+        let live = all.iter().map(|t| (t.key.clone(), t.id.clone())).collect();
+        node.health_overlay().retain(&live);
+        let results: Vec<(Target, bool)> = stream::iter(all)
+            .map(|t| async move {
+                let ok = probe(&t, timeout).await;
+                (t, ok)
+            })
+            .buffer_unordered(MAX_CONCURRENT_PROBES)
+            .collect()
+            .await;
+        for (t, ok) in results {
+            if let Some(healthy) = node.health_overlay().record(&t.key, &t.id, t.stored, ok) {
+                node.health_flipped(&t.key, &t.id, healthy);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids() -> (ServiceKey, InstanceKey) {
+        (
+            ServiceKey::new("public", "DEFAULT_GROUP", "db"),
+            InstanceKey {
+                ip: "127.0.0.1".into(),
+                port: 1,
+                cluster: "DEFAULT".into(),
+            },
+        )
+    }
+
+    #[test]
+    fn flips_only_after_three_opposite_results() {
+        let o = HealthOverlay::new();
+        let (k, i) = ids();
+        assert_eq!(o.record(&k, &i, true, false), None);
+        assert_eq!(o.record(&k, &i, true, false), None);
+        assert_eq!(o.get(&k, &i), Some(true));
+        assert_eq!(o.record(&k, &i, true, false), Some(false));
+        assert_eq!(o.get(&k, &i), Some(false));
+        // A success in between resets the streak.
+        assert_eq!(o.record(&k, &i, true, true), None);
+        assert_eq!(o.record(&k, &i, true, false), None);
+        assert_eq!(o.record(&k, &i, true, true), None);
+        assert_eq!(o.record(&k, &i, true, true), Some(true));
+    }
+
+    #[tokio::test]
+    async fn tcp_and_http_probes_on_loopback() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (k, i) = ids();
+        let tcp = Target {
+            key: k.clone(),
+            id: i.clone(),
+            stored: true,
+            host: "127.0.0.1".into(),
+            port,
+            check: Check::Tcp,
+        };
+        assert!(probe(&tcp, Duration::from_secs(1)).await);
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut buf = [0u8; 512];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(b"HTTP/1.0 503 Unavailable\r\n\r\n").await;
+            }
+        });
+        let http = Target {
+            check: Check::Http {
+                path: "/health".into(),
+                expected: 200,
+            },
+            ..tcp.clone()
+        };
+        assert!(!probe(&http, Duration::from_secs(1)).await);
+        let http503 = Target {
+            check: Check::Http {
+                path: "/health".into(),
+                expected: 503,
+            },
+            ..tcp
+        };
+        assert!(probe(&http503, Duration::from_secs(1)).await);
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dead_port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let dead = Target {
+            key: k,
+            id: i,
+            stored: true,
+            host: "127.0.0.1".into(),
+            port: dead_port,
+            check: Check::Tcp,
+        };
+        assert!(!probe(&dead, Duration::from_secs(1)).await);
+    }
+}
