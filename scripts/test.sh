@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# THE test command: installs the pinned legacy Nacos clients (Python 0.1.x, Node nacos 2.x)
-# used by tests/legacy_clients.rs, then runs every test of the workspace.
+# THE test command: installs the pinned legacy Nacos clients (Python nacos-sdk-python 0.1.x,
+# Node nacos 2.x) used by tests/legacy_clients.rs, then runs every test of the workspace.
+# Extra arguments go to `cargo nextest run` (e.g. a test filter).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -8,9 +9,13 @@ cd "$ROOT"
 
 bash scripts/install-legacy-clients.sh
 
+# nextest does not run doc tests. Run them first so that nextest's summary is the last word.
+doc_status=0
+cargo test --workspace --doc || doc_status=$?
+
 cargo nextest run --workspace --no-fail-fast "$@"
 
-# nextest does not run doc tests; run them only if some crate has a doc test.
-if grep -rqE '^\s*//[!/]\s*```' --include='*.rs' src ring config registry testkit 2>/dev/null; then
-    cargo test --workspace --doc
+if [ "$doc_status" -ne 0 ]; then
+    echo "doc tests failed (exit $doc_status)" >&2
+    exit "$doc_status"
 fi

@@ -16,6 +16,7 @@ modify_naming_instance, list_naming_instance, get_naming_instance, send_heartbea
 
 import argparse
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -620,7 +621,10 @@ def main():
     failed = len(RESULTS) - passed
     print("# elapsed %.1f s" % (time.monotonic() - started), flush=True)
     print("python-legacy: %d passed, %d failed" % (passed, failed), flush=True)
-    return 1 if failed or not RESULTS else 0
+    if failed or not RESULTS:
+        return 1
+    shutil.rmtree(log_dir, ignore_errors=True)  # kept (and named above) when something failed
+    return 0
 
 
 if __name__ == "__main__":

@@ -264,20 +264,7 @@ impl Node {
     /// Registers (or replaces) an instance.
     pub async fn register(&self, key: &ServiceKey, spec: InstanceSpec) -> Result<(), NodeError> {
         validate::service_name(&key.grouped())?;
-        let inst = self.build_instance(key, spec);
-        if inst.ephemeral {
-            self.ephemeral.register(key, inst, self.now_ms());
-            self.changed(key);
-            Ok(())
-        } else {
-            self.propose(Command::PutInstance {
-                key: key.clone(),
-                instance: inst,
-                mode: PutMode::Upsert,
-            })
-            .await
-            .map(drop)
-        }
+        self.put(key, spec, PutMode::Upsert).await
     }
 
     /// Updates an instance; with `must_exist` (Java ≥ 1.0 clients) it must already be there.
@@ -287,23 +274,37 @@ impl Node {
         spec: InstanceSpec,
         must_exist: bool,
     ) -> Result<(), NodeError> {
-        if !must_exist {
-            return self.register(key, spec).await;
-        }
-        let inst = self.build_instance(key, spec);
-        if inst.ephemeral {
-            self.ephemeral.update_existing(key, inst, self.now_ms())?;
-            self.changed(key);
-            Ok(())
+        if must_exist {
+            self.put(key, spec, PutMode::UpdateExisting).await
         } else {
-            self.propose(Command::PutInstance {
-                key: key.clone(),
-                instance: inst,
-                mode: PutMode::UpdateExisting,
-            })
-            .await
-            .map(drop)
+            self.register(key, spec).await
         }
+    }
+
+    async fn put(
+        &self,
+        key: &ServiceKey,
+        spec: InstanceSpec,
+        mode: PutMode,
+    ) -> Result<(), NodeError> {
+        let inst = self.build_instance(key, spec);
+        if !inst.ephemeral {
+            return self
+                .propose(Command::PutInstance {
+                    key: key.clone(),
+                    instance: inst,
+                    mode,
+                })
+                .await
+                .map(drop);
+        }
+        let now = self.now_ms();
+        match mode {
+            PutMode::Upsert => self.ephemeral.register(key, inst, now),
+            PutMode::UpdateExisting => self.ephemeral.update_existing(key, inst, now)?,
+        }
+        self.changed(key);
+        Ok(())
     }
 
     /// Applies the given fields to an existing instance (ephemeral first, then persistent).
@@ -318,13 +319,23 @@ impl Node {
             self.changed(key);
             return Ok(());
         }
+        self.patch_persistent(key, id, patch, now).await
+    }
+
+    async fn patch_persistent(
+        &self,
+        key: &ServiceKey,
+        id: &InstanceKey,
+        patch: InstancePatch,
+        now_ms: u64,
+    ) -> Result<(), NodeError> {
         self.propose(Command::PatchInstance {
             key: key.clone(),
             ip: id.ip.clone(),
             port: id.port,
             cluster: id.cluster.clone(),
             patch,
-            now_ms: now,
+            now_ms,
         })
         .await
         .map(drop)
@@ -468,20 +479,13 @@ impl Node {
                 }
                 Ok(())
             }
-            Err(_) => self
-                .propose(Command::PatchInstance {
-                    key: key.clone(),
-                    ip: id.ip.clone(),
-                    port: id.port,
-                    cluster: id.cluster.clone(),
-                    patch: InstancePatch {
-                        healthy: Some(healthy),
-                        ..Default::default()
-                    },
-                    now_ms: now,
-                })
-                .await
-                .map(drop),
+            Err(_) => {
+                let patch = InstancePatch {
+                    healthy: Some(healthy),
+                    ..Default::default()
+                };
+                self.patch_persistent(key, id, patch, now).await
+            }
         }
     }
 
@@ -531,15 +535,7 @@ impl Node {
                     continue;
                 }
             } else {
-                self.propose(Command::PatchInstance {
-                    key: key.clone(),
-                    ip: id.ip.clone(),
-                    port: id.port,
-                    cluster: id.cluster.clone(),
-                    patch,
-                    now_ms: now,
-                })
-                .await?;
+                self.patch_persistent(key, &id, patch, now).await?;
             }
             let kind = if inst.ephemeral {
                 "ephemeral"

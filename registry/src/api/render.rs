@@ -191,16 +191,8 @@ mod tests {
             instances: vec![Instance {
                 ip: "10.0.0.5".into(),
                 port: 8080,
-                cluster: "DEFAULT".into(),
-                weight: 1.0,
-                healthy: true,
-                enabled: true,
-                ephemeral: true,
                 metadata: [("v".to_string(), "1".to_string())].into(),
-                instance_id: "10.0.0.5#8080#DEFAULT#DEFAULT_GROUP@@orders".into(),
-                app: "DEFAULT".into(),
-                last_beat_ms: 0,
-                marked: false,
+                ..crate::naming::model::test_instance("10.0.0.5", 8080, "DEFAULT", true)
             }],
         }
     }

@@ -140,6 +140,28 @@ impl EphemeralStore {
         Ok(())
     }
 
+    /// Runs `f` on an existing instance; `f` says whether it made a visible change.
+    fn modify(
+        &self,
+        key: &ServiceKey,
+        id: &InstanceKey,
+        now_ms: u64,
+        f: impl FnOnce(&mut Instance) -> bool,
+    ) -> Result<bool, NamingError> {
+        let mut map = self.services.write();
+        let svc = map
+            .get_mut(key)
+            .ok_or_else(|| NamingError::bad("instance not found"))?;
+        let inst = svc
+            .find_mut(&id.ip, id.port, &id.cluster)
+            .ok_or_else(|| NamingError::bad("instance not found"))?;
+        let changed = f(inst);
+        if changed {
+            svc.touch(now_ms);
+        }
+        Ok(changed)
+    }
+
     /// Applies the given fields to an existing instance.
     pub fn patch(
         &self,
@@ -148,16 +170,11 @@ impl EphemeralStore {
         patch: &InstancePatch,
         now_ms: u64,
     ) -> Result<(), NamingError> {
-        let mut map = self.services.write();
-        let svc = map
-            .get_mut(key)
-            .ok_or_else(|| NamingError::bad("instance not found"))?;
-        let inst = svc
-            .find_mut(&id.ip, id.port, &id.cluster)
-            .ok_or_else(|| NamingError::bad("instance not found"))?;
-        apply_patch(inst, patch, now_ms);
-        svc.touch(now_ms);
-        Ok(())
+        self.modify(key, id, now_ms, |inst| {
+            apply_patch(inst, patch, now_ms);
+            true
+        })
+        .map(drop)
     }
 
     /// Removes an instance; true when something was removed.
@@ -208,19 +225,11 @@ impl EphemeralStore {
         healthy: bool,
         now_ms: u64,
     ) -> Result<bool, NamingError> {
-        let mut map = self.services.write();
-        let svc = map
-            .get_mut(key)
-            .ok_or_else(|| NamingError::bad("instance not found"))?;
-        let inst = svc
-            .find_mut(&id.ip, id.port, &id.cluster)
-            .ok_or_else(|| NamingError::bad("instance not found"))?;
-        let changed = inst.healthy != healthy;
-        inst.healthy = healthy;
-        if changed {
-            svc.touch(now_ms);
-        }
-        Ok(changed)
+        self.modify(key, id, now_ms, |inst| {
+            let changed = inst.healthy != healthy;
+            inst.healthy = healthy;
+            changed
+        })
     }
 
     /// Drops a whole service; true when it existed.
@@ -300,7 +309,6 @@ impl EphemeralStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::naming::model::Metadata;
 
     fn key() -> ServiceKey {
         ServiceKey::new("public", "DEFAULT_GROUP", "orders")
@@ -308,18 +316,8 @@ mod tests {
 
     fn inst(ip: &str, now: u64) -> Instance {
         Instance {
-            ip: ip.into(),
-            port: 8080,
-            cluster: "DEFAULT".into(),
-            weight: 1.0,
-            healthy: true,
-            enabled: true,
-            ephemeral: true,
-            metadata: Metadata::new(),
-            instance_id: format!("{ip}#8080#DEFAULT#DEFAULT_GROUP@@orders"),
-            app: "DEFAULT".into(),
             last_beat_ms: now,
-            marked: false,
+            ..crate::naming::model::test_instance(ip, 8080, "DEFAULT", true)
         }
     }
 
@@ -468,7 +466,6 @@ mod paused_time_tests {
 
     use super::*;
     use crate::clock::Clock;
-    use crate::naming::model::Metadata;
 
     #[tokio::test(start_paused = true)]
     async fn expiry_follows_the_tokio_clock() {
@@ -479,18 +476,8 @@ mod paused_time_tests {
         store.register(
             &key,
             Instance {
-                ip: "10.0.0.1".into(),
-                port: 80,
-                cluster: "DEFAULT".into(),
-                weight: 1.0,
-                healthy: true,
-                enabled: true,
-                ephemeral: true,
-                metadata: Metadata::new(),
-                instance_id: "x".into(),
-                app: "DEFAULT".into(),
                 last_beat_ms: now,
-                marked: false,
+                ..crate::naming::model::test_instance("10.0.0.1", 80, "DEFAULT", true)
             },
             now,
         );

@@ -229,9 +229,10 @@ mod tests {
         assert_eq!(o.get(&k, &i), Some(true));
         assert_eq!(o.record(&k, &i, true, false), Some(false));
         assert_eq!(o.get(&k, &i), Some(false));
-        // A success in between resets the streak.
+        // A failure in between resets the recovery streak.
         assert_eq!(o.record(&k, &i, true, true), None);
         assert_eq!(o.record(&k, &i, true, false), None);
+        assert_eq!(o.record(&k, &i, true, true), None);
         assert_eq!(o.record(&k, &i, true, true), None);
         assert_eq!(o.record(&k, &i, true, true), Some(true));
     }

@@ -226,3 +226,22 @@ pub struct Namespace {
     /// Description.
     pub desc: String,
 }
+
+/// A plain healthy, enabled instance for tests across modules.
+#[cfg(test)]
+pub(crate) fn test_instance(ip: &str, port: u16, cluster: &str, ephemeral: bool) -> Instance {
+    Instance {
+        ip: ip.into(),
+        port,
+        cluster: cluster.into(),
+        weight: 1.0,
+        healthy: true,
+        enabled: true,
+        ephemeral,
+        metadata: Metadata::new(),
+        instance_id: format!("{ip}#{port}#{cluster}#DEFAULT_GROUP@@orders"),
+        app: "DEFAULT".into(),
+        last_beat_ms: 0,
+        marked: false,
+    }
+}

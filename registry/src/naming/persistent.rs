@@ -455,20 +455,7 @@ mod tests {
     }
 
     fn inst(ip: &str, port: u16) -> Instance {
-        Instance {
-            ip: ip.into(),
-            port,
-            cluster: "DEFAULT".into(),
-            weight: 1.0,
-            healthy: true,
-            enabled: true,
-            ephemeral: false,
-            metadata: Metadata::new(),
-            instance_id: format!("{ip}#{port}#DEFAULT#DEFAULT_GROUP@@orders"),
-            app: "DEFAULT".into(),
-            last_beat_ms: 1,
-            marked: false,
-        }
+        crate::naming::model::test_instance(ip, port, "DEFAULT", false)
     }
 
     #[test]

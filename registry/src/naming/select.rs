@@ -109,22 +109,12 @@ pub fn smallest_free_id(instances: &[Instance]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::naming::model::Metadata;
 
     fn inst(ip: &str, cluster: &str, healthy: bool, enabled: bool) -> Instance {
         Instance {
-            ip: ip.into(),
-            port: 80,
-            cluster: cluster.into(),
-            weight: 1.0,
             healthy,
             enabled,
-            ephemeral: true,
-            metadata: Metadata::new(),
-            instance_id: ip.into(),
-            app: "DEFAULT".into(),
-            last_beat_ms: 0,
-            marked: false,
+            ..crate::naming::model::test_instance(ip, 80, cluster, true)
         }
     }
 
