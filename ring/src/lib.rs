@@ -78,6 +78,10 @@ impl ServiceKey {
             }
             None => {
                 let group = non_blank(group_name).unwrap_or(DEFAULT_GROUP);
+                // A group ending in '@' would make an ambiguous `a@@@svc` grouped name.
+                if group.contains('@') {
+                    return Err(KeyError::Malformed);
+                }
                 Ok(Self::new(namespace, group, service_name))
             }
         }
@@ -141,6 +145,10 @@ mod tests {
         );
         assert_eq!(
             ServiceKey::from_request(None, "  ", None),
+            Err(KeyError::Malformed)
+        );
+        assert_eq!(
+            ServiceKey::from_request(None, "svc", Some("a@")),
             Err(KeyError::Malformed)
         );
     }

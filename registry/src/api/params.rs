@@ -92,11 +92,12 @@ fn decode_component(raw: &[u8]) -> Result<String, ApiError> {
         match raw[i] {
             b'+' => bytes.push(b' '),
             b'%' => {
-                let hex = raw.get(i + 1..i + 3).and_then(|h| {
-                    std::str::from_utf8(h)
-                        .ok()
-                        .and_then(|h| u8::from_str_radix(h, 16).ok())
-                });
+                // Both digits must be hex: `u8::from_str_radix` alone would accept "+1".
+                let hex = raw
+                    .get(i + 1..i + 3)
+                    .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
                 match hex {
                     Some(b) => {
                         bytes.push(b);
