@@ -114,6 +114,31 @@ async fn register_list_and_grouping_follow_nacos() {
         .json();
     assert_eq!(filtered["clusters"], "A,B");
     assert_eq!(filtered["hosts"], serde_json::json!([]));
+
+    // Python 0.1.7 deregisters with a DELETE carrying a form body.
+    let r = python
+        .form(
+            "DELETE",
+            &path("/instance"),
+            &[
+                ("serviceName", "orders"),
+                ("groupName", "G1"),
+                ("ip", "10.0.0.5"),
+                ("port", "8080"),
+                ("clusterName", "None"),
+            ],
+        )
+        .await;
+    assert_eq!(r.body, "ok");
+    let gone = java
+        .call(
+            "GET",
+            &path("/instance/list"),
+            &[("serviceName", "G1@@orders")],
+        )
+        .await
+        .json();
+    assert_eq!(gone["hosts"], serde_json::json!([]));
 }
 
 #[tokio::test]
