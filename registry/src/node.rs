@@ -13,7 +13,7 @@ use crate::clock::Clock;
 use crate::distro::{BeatOutcome, EphemeralStore, ExpiryKind};
 use crate::metrics::Metrics;
 use crate::naming::model::{ClusterMeta, Instance, InstanceKey, Metadata, Namespace, ServiceMeta};
-use crate::naming::persistent::{Command, CommandOutput, InstancePatch, PutMode, ServiceUpdate};
+use crate::naming::persistent::{Command, InstancePatch, PutMode, ServiceUpdate};
 use crate::naming::{validate, NamingError};
 use crate::push::{PushHub, Subscriber};
 use crate::raft::{PersistentStore, WriteError};
@@ -43,29 +43,6 @@ impl From<WriteError> for NodeError {
             WriteError::Fatal(m) => NodeError::Internal(m),
         }
     }
-}
-
-/// An instance as a client describes it in register / update.
-#[derive(Debug, Clone, PartialEq)]
-pub struct InstanceSpec {
-    /// Address.
-    pub ip: String,
-    /// Port.
-    pub port: u16,
-    /// Cluster.
-    pub cluster: String,
-    /// Weight.
-    pub weight: f64,
-    /// Initial health (only seeds new instances).
-    pub healthy: bool,
-    /// Enabled flag.
-    pub enabled: bool,
-    /// Ephemeral or persistent.
-    pub ephemeral: bool,
-    /// Metadata.
-    pub metadata: Metadata,
-    /// Application name.
-    pub app: String,
 }
 
 /// The `beat` JSON body a client may send (Nacos "RsInfo"); unknown fields are ignored.
@@ -224,45 +201,30 @@ impl Node {
         }
     }
 
-    fn changed_all(&self, out: &CommandOutput) {
-        for k in &out.changed {
-            self.changed(k);
-        }
+    /// Proposes a persistent change. Pushes are triggered by the store's apply hook, which runs
+    /// on every replica, so nothing is notified here.
+    async fn propose(&self, cmd: Command) -> Result<(), NodeError> {
+        self.persistent.write(cmd).await??;
+        Ok(())
     }
 
-    async fn propose(&self, cmd: Command) -> Result<CommandOutput, NodeError> {
-        let out = self.persistent.write(cmd).await??;
-        // The store's apply hook also notifies; a second notification is merged by the debounce.
-        self.changed_all(&out);
-        Ok(out)
-    }
-
-    fn build_instance(&self, key: &ServiceKey, spec: InstanceSpec) -> Instance {
-        let instance_id = format!(
+    /// Stamps what the node, not the client, decides: the default instance id and the
+    /// registration time.
+    fn stamp(&self, key: &ServiceKey, mut inst: Instance) -> Instance {
+        inst.instance_id = format!(
             "{}#{}#{}#{}",
-            spec.ip,
-            spec.port,
-            spec.cluster,
+            inst.ip,
+            inst.port,
+            inst.cluster,
             key.grouped()
         );
-        Instance {
-            ip: spec.ip,
-            port: spec.port,
-            cluster: spec.cluster,
-            weight: spec.weight,
-            healthy: spec.healthy,
-            enabled: spec.enabled,
-            ephemeral: spec.ephemeral,
-            metadata: spec.metadata,
-            instance_id,
-            app: spec.app,
-            last_beat_ms: self.now_ms(),
-            marked: false,
-        }
+        inst.last_beat_ms = self.now_ms();
+        inst
     }
 
-    /// Registers (or replaces) an instance.
-    pub async fn register(&self, key: &ServiceKey, spec: InstanceSpec) -> Result<(), NodeError> {
+    /// Registers (or replaces) an instance as the client described it; its `instance_id` and
+    /// `last_beat_ms` are assigned here.
+    pub async fn register(&self, key: &ServiceKey, spec: Instance) -> Result<(), NodeError> {
         validate::service_name(&key.grouped())?;
         self.put(key, spec, PutMode::Upsert).await
     }
@@ -271,7 +233,7 @@ impl Node {
     pub async fn update(
         &self,
         key: &ServiceKey,
-        spec: InstanceSpec,
+        spec: Instance,
         must_exist: bool,
     ) -> Result<(), NodeError> {
         if must_exist {
@@ -281,13 +243,8 @@ impl Node {
         }
     }
 
-    async fn put(
-        &self,
-        key: &ServiceKey,
-        spec: InstanceSpec,
-        mode: PutMode,
-    ) -> Result<(), NodeError> {
-        let inst = self.build_instance(key, spec);
+    async fn put(&self, key: &ServiceKey, spec: Instance, mode: PutMode) -> Result<(), NodeError> {
+        let inst = self.stamp(key, spec);
         if !inst.ephemeral {
             return self
                 .propose(Command::PutInstance {
@@ -295,14 +252,9 @@ impl Node {
                     instance: inst,
                     mode,
                 })
-                .await
-                .map(drop);
+                .await;
         }
-        let now = self.now_ms();
-        match mode {
-            PutMode::Upsert => self.ephemeral.register(key, inst, now),
-            PutMode::UpdateExisting => self.ephemeral.update_existing(key, inst, now)?,
-        }
+        self.ephemeral.put(key, inst, mode, self.now_ms())?;
         self.changed(key);
         Ok(())
     }
@@ -338,7 +290,6 @@ impl Node {
             now_ms,
         })
         .await
-        .map(drop)
     }
 
     /// Removes an instance from the chosen list; succeeds when it is already gone.
@@ -371,7 +322,6 @@ impl Node {
             cluster: id.cluster.clone(),
         })
         .await
-        .map(drop)
     }
 
     /// Handles a client beat, re-registering from its body when the instance is unknown.
@@ -418,7 +368,7 @@ impl Node {
         };
         validate::cluster_name(&id.cluster)?;
         validate::ip(&id.ip)?;
-        let spec = InstanceSpec {
+        let spec = Instance {
             ip: id.ip.clone(),
             port: id.port,
             cluster: id.cluster.clone(),
@@ -427,14 +377,13 @@ impl Node {
             enabled: true,
             ephemeral: body.ephemeral.unwrap_or(true),
             metadata: body.metadata.unwrap_or_default(),
+            instance_id: String::new(),
             app: "DEFAULT".to_string(),
+            last_beat_ms: 0,
+            marked: false,
         };
         validate::check_weight(spec.weight)?;
-        let interval_ms = spec
-            .metadata
-            .get(crate::naming::model::META_BEAT_INTERVAL)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default_interval);
+        let interval_ms = spec.beat_interval_ms();
         self.register(key, spec).await?;
         Ok(BeatReply::Ok { interval_ms })
     }
@@ -584,13 +533,7 @@ impl Node {
             Some(p) => (p.meta, p.instances),
             None => (ServiceMeta::default(), Vec::new()),
         };
-        if !persistent.is_empty() && self.health.has_service(key) {
-            for inst in &mut persistent {
-                if let Some(h) = self.health.get(key, &inst.key()) {
-                    inst.healthy = h;
-                }
-            }
-        }
+        self.health.apply(key, &mut persistent);
         let mut instances = eph.unwrap_or_default();
         instances.append(&mut persistent);
         Some(ServiceView { meta, instances })
@@ -629,10 +572,10 @@ impl Node {
             exists_elsewhere,
         })
         .await
-        .map(drop)
     }
 
-    /// Updates a service's settings.
+    /// Updates a service's settings. A missing service is rejected by the state machine, the
+    /// one place that decides (and words) it.
     pub async fn update_service(
         &self,
         key: &ServiceKey,
@@ -645,10 +588,9 @@ impl Node {
             exists_elsewhere,
         })
         .await
-        .map(drop)
     }
 
-    /// Deletes a service with all its instances.
+    /// Deletes a service with all its instances; a missing one is rejected by the state machine.
     pub async fn delete_service(&self, key: &ServiceKey) -> Result<(), NodeError> {
         let exists_elsewhere = self.ephemeral.contains(key);
         let persisted = self.persistent.read(|st| st.service(key).is_some());
@@ -680,12 +622,11 @@ impl Node {
             exists_elsewhere,
         })
         .await
-        .map(drop)
     }
 
     /// Creates, updates or deletes a namespace.
     pub async fn namespace_command(&self, cmd: Command) -> Result<(), NodeError> {
-        self.propose(cmd).await.map(drop)
+        self.propose(cmd).await
     }
 
     /// User-created namespaces.
@@ -704,20 +645,15 @@ impl Node {
     /// (services, ephemeral instances, persistent instances) held by this node.
     pub fn counts(&self) -> (usize, usize, usize) {
         let (eph_services, eph_instances) = self.ephemeral.counts();
-        let (per_services, per_instances) = self
-            .persistent
-            .read(|st| (st.services().count(), st.instance_count()));
         // Services present in both stores are counted once.
-        let both = self.persistent.read(|st| {
-            st.services()
-                .filter(|(k, _)| self.ephemeral.contains(k))
-                .count()
+        let (only_persistent, per_instances) = self.persistent.read(|st| {
+            let only = st
+                .services()
+                .filter(|(k, _)| !self.ephemeral.contains(k))
+                .count();
+            (only, st.instance_count())
         });
-        (
-            eph_services + per_services - both,
-            eph_instances,
-            per_instances,
-        )
+        (eph_services + only_persistent, eph_instances, per_instances)
     }
 
     /// Updates the gauges that are computed from state rather than counted on events.

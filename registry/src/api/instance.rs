@@ -11,10 +11,10 @@ use super::error::ApiError;
 use super::params::Params;
 use super::render::{self, ListOptions};
 use super::{cluster_param, json, ok, service_key, App};
-use crate::naming::model::InstanceKey;
+use crate::naming::model::{Instance, InstanceKey};
 use crate::naming::persistent::InstancePatch;
 use crate::naming::validate;
-use crate::node::{Beat, BeatBody, BeatReply, InstanceSpec};
+use crate::node::{Beat, BeatBody, BeatReply};
 use crate::push::Subscriber;
 
 fn instance_key(p: &Params, cluster_names: &[&str]) -> Result<InstanceKey, ApiError> {
@@ -32,7 +32,8 @@ fn flag(p: &Params, name: &str, default: bool) -> bool {
     p.opt(name).map(validate::lenient_bool).unwrap_or(default)
 }
 
-fn spec(p: &Params) -> Result<InstanceSpec, ApiError> {
+/// The instance a register / update request describes (id and timestamps are the node's).
+fn spec(p: &Params) -> Result<Instance, ApiError> {
     let id = instance_key(p, &["clusterName", "cluster"])?;
     if id.port == 0 {
         return Err(ApiError::bad_request(
@@ -48,7 +49,7 @@ fn spec(p: &Params) -> Result<InstanceSpec, ApiError> {
         None => true,
     };
     let metadata = validate::metadata(p.opt("metadata").unwrap_or(""))?;
-    Ok(InstanceSpec {
+    Ok(Instance {
         ip: id.ip,
         port: id.port,
         cluster: id.cluster,
@@ -57,7 +58,10 @@ fn spec(p: &Params) -> Result<InstanceSpec, ApiError> {
         enabled,
         ephemeral: flag(p, "ephemeral", true),
         metadata,
+        instance_id: String::new(),
         app: p.opt("app").unwrap_or("DEFAULT").to_string(),
+        last_beat_ms: 0,
+        marked: false,
     })
 }
 

@@ -121,13 +121,12 @@ fn decode_component(raw: &[u8]) -> Result<String, ApiError> {
 fn is_form(headers: &HeaderMap) -> bool {
     match headers.get(header::CONTENT_TYPE) {
         None => true,
-        Some(ct) => ct
-            .to_str()
-            .map(|s| {
-                s.to_ascii_lowercase()
-                    .starts_with("application/x-www-form-urlencoded")
-            })
-            .unwrap_or(false),
+        Some(ct) => {
+            const FORM: &[u8] = b"application/x-www-form-urlencoded";
+            ct.as_bytes()
+                .get(..FORM.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(FORM))
+        }
     }
 }
 

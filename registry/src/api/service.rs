@@ -62,12 +62,6 @@ pub async fn create(State(app): State<Arc<App>>, p: Params) -> Result<Response, 
 /// `DELETE /service`: delete with all instances.
 pub async fn delete(State(app): State<Arc<App>>, p: Params) -> Result<Response, ApiError> {
     let key = service_key(&p)?;
-    if !app.node.exists(&key) {
-        return Err(ApiError::bad_request(format!(
-            "specified service not exist, serviceName : {}",
-            key.grouped()
-        )));
-    }
     app.node.delete_service(&key).await?;
     Ok(ok())
 }
@@ -80,12 +74,6 @@ pub async fn update(State(app): State<Arc<App>>, p: Params) -> Result<Response, 
         metadata: validate::metadata(p.get("metadata").unwrap_or(""))?,
         selector: p.opt("selector").map(selector).transpose()?,
     };
-    if !app.node.exists(&key) {
-        return Err(ApiError::bad_request(format!(
-            "service {} not found!",
-            key.grouped()
-        )));
-    }
     app.node.update_service(&key, update).await?;
     Ok(ok())
 }
@@ -339,12 +327,6 @@ pub async fn update_cluster(State(app): State<Arc<App>>, p: Params) -> Result<Re
         use_instance_port: use_port,
         metadata: validate::metadata(p.opt("metadata").unwrap_or(""))?,
     };
-    if !app.node.exists(&key) {
-        return Err(ApiError::bad_request(format!(
-            "service not found:{}",
-            key.grouped()
-        )));
-    }
     app.node
         .update_cluster(&key, cluster.to_string(), meta)
         .await?;

@@ -11,8 +11,7 @@ use nacre_ring::ServiceKey;
 use parking_lot::RwLock;
 
 use crate::naming::model::{Instance, InstanceKey};
-use crate::naming::persistent::{apply_patch, InstancePatch};
-use crate::naming::select::smallest_free_id;
+use crate::naming::persistent::{apply_patch, put_into, service_not_found, InstancePatch, PutMode};
 use crate::naming::NamingError;
 
 /// How long an ephemeral service may stay empty before it is dropped (ms). Nacos's shipped
@@ -90,54 +89,29 @@ impl EphemeralStore {
         Self::default()
     }
 
-    /// Inserts or replaces an instance. An existing instance keeps its health and id (Nacos
-    /// semantics: `healthy` only seeds new instances).
-    pub fn register(&self, key: &ServiceKey, mut instance: Instance, now_ms: u64) {
-        let mut map = self.services.write();
-        let svc = map.entry(key.clone()).or_default();
-        match svc.find_mut(&instance.ip, instance.port, &instance.cluster) {
-            Some(old) => {
-                instance.healthy = old.healthy;
-                instance.instance_id = std::mem::take(&mut old.instance_id);
-                *old = instance;
-            }
-            None => {
-                if instance.uses_snowflake_ids() {
-                    instance.instance_id = smallest_free_id(&svc.instances);
-                }
-                svc.instances.push(instance);
-            }
-        }
-        svc.touch(now_ms);
-    }
-
-    /// Replaces an existing instance; errors when the service or instance is missing.
-    pub fn update_existing(
+    /// Inserts or replaces an instance (see [`put_into`] for the rules); `UpdateExisting`
+    /// fails when the service or the instance is missing.
+    pub fn put(
         &self,
         key: &ServiceKey,
         instance: Instance,
+        mode: PutMode,
         now_ms: u64,
     ) -> Result<(), NamingError> {
         let mut map = self.services.write();
-        let svc = map.get_mut(key).ok_or_else(|| {
-            NamingError::bad(format!(
-                "service not found, namespace: {}, service: {}",
-                key.namespace,
-                key.grouped()
-            ))
-        })?;
-        if svc
-            .find_mut(&instance.ip, instance.port, &instance.cluster)
-            .is_none()
-        {
-            return Err(NamingError::bad(format!(
-                "instance not exist: {}",
-                instance.key()
-            )));
-        }
-        drop(map);
-        self.register(key, instance, now_ms);
+        let svc = match mode {
+            PutMode::Upsert => map.entry(key.clone()).or_default(),
+            PutMode::UpdateExisting => map.get_mut(key).ok_or_else(|| service_not_found(key))?,
+        };
+        put_into(&mut svc.instances, instance, mode)?;
+        svc.touch(now_ms);
         Ok(())
+    }
+
+    /// Inserts or replaces an instance; an upsert cannot fail.
+    pub fn register(&self, key: &ServiceKey, instance: Instance, now_ms: u64) {
+        // Only `UpdateExisting` has failure cases.
+        let _ = self.put(key, instance, PutMode::Upsert, now_ms);
     }
 
     /// Runs `f` on an existing instance; `f` says whether it made a visible change.

@@ -6,7 +6,7 @@
 //! packet does not flap it. Results live in memory, not in Raft: health is a fact about now, and
 //! replicating every flip through the log would turn probe noise into disk writes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use nacre_ring::ServiceKey;
 use parking_lot::RwLock;
 use tokio_util::sync::CancellationToken;
 
-use crate::naming::model::{ClusterMeta, InstanceKey};
+use crate::naming::model::{ClusterMeta, Instance, InstanceKey};
 use crate::node::Node;
 
 /// Consecutive opposite results needed to flip an instance (Nacos `checkTimes`).
@@ -29,11 +29,15 @@ struct State {
     streak: u8,
 }
 
-/// Probe results per persistent instance.
+/// Probe results per persistent instance, grouped by service so that a list query touches
+/// only its own service's entries.
 #[derive(Debug, Default)]
 pub struct HealthOverlay {
-    states: RwLock<HashMap<(ServiceKey, InstanceKey), State>>,
+    states: RwLock<HashMap<ServiceKey, HashMap<InstanceKey, State>>>,
 }
+
+/// The instances each service still has probed, for [`HealthOverlay::retain`].
+pub type LiveTargets = HashMap<ServiceKey, HashSet<InstanceKey>>;
 
 impl HealthOverlay {
     /// An empty overlay (every instance keeps its stored flag until probed).
@@ -41,17 +45,17 @@ impl HealthOverlay {
         Self::default()
     }
 
-    /// Health decided by probes, if any.
-    pub fn get(&self, key: &ServiceKey, id: &InstanceKey) -> Option<bool> {
-        self.states
-            .read()
-            .get(&(key.clone(), id.clone()))
-            .map(|s| s.healthy)
-    }
-
-    /// Whether the overlay holds anything for this service (cheap pre-check for readers).
-    pub fn has_service(&self, key: &ServiceKey) -> bool {
-        self.states.read().keys().any(|(k, _)| k == key)
+    /// Overwrites the stored health of `instances` of `key` with probe results, where any.
+    pub fn apply(&self, key: &ServiceKey, instances: &mut [Instance]) {
+        let states = self.states.read();
+        let Some(probed) = states.get(key) else {
+            return;
+        };
+        for inst in instances {
+            if let Some(st) = probed.get(&inst.key()) {
+                inst.healthy = st.healthy;
+            }
+        }
     }
 
     /// Records one probe result; returns the new health when the instance flipped.
@@ -63,10 +67,14 @@ impl HealthOverlay {
         ok: bool,
     ) -> Option<bool> {
         let mut map = self.states.write();
-        let st = map.entry((key.clone(), id.clone())).or_insert(State {
-            healthy: stored,
-            streak: 0,
-        });
+        let st = map
+            .entry(key.clone())
+            .or_default()
+            .entry(id.clone())
+            .or_insert(State {
+                healthy: stored,
+                streak: 0,
+            });
         if ok == st.healthy {
             st.streak = 0;
             return None;
@@ -81,8 +89,14 @@ impl HealthOverlay {
     }
 
     /// Drops entries for instances that no longer exist or are no longer probed.
-    pub fn retain(&self, live: &std::collections::HashSet<(ServiceKey, InstanceKey)>) {
-        self.states.write().retain(|k, _| live.contains(k));
+    pub fn retain(&self, live: &LiveTargets) {
+        self.states.write().retain(|key, probed| {
+            let Some(ids) = live.get(key) else {
+                return false;
+            };
+            probed.retain(|id, _| ids.contains(id));
+            !probed.is_empty()
+        });
     }
 }
 
@@ -187,7 +201,10 @@ pub async fn run(node: Arc<Node>, interval: Duration, timeout: Duration, stop: C
             _ = tick.tick() => {}
         }
         let all = targets(&node);
-        let live = all.iter().map(|t| (t.key.clone(), t.id.clone())).collect();
+        let mut live = LiveTargets::new();
+        for t in &all {
+            live.entry(t.key.clone()).or_default().insert(t.id.clone());
+        }
         node.health_overlay().retain(&live);
         let results: Vec<(Target, bool)> = stream::iter(all)
             .map(|t| async move {
@@ -220,15 +237,24 @@ mod tests {
         )
     }
 
+    /// Health the overlay reports for an instance stored as healthy.
+    fn reported(o: &HealthOverlay, k: &ServiceKey, i: &InstanceKey) -> bool {
+        let mut inst = [crate::naming::model::test_instance(
+            &i.ip, i.port, &i.cluster, false,
+        )];
+        o.apply(k, &mut inst);
+        inst[0].healthy
+    }
+
     #[test]
     fn flips_only_after_three_opposite_results() {
         let o = HealthOverlay::new();
         let (k, i) = ids();
         assert_eq!(o.record(&k, &i, true, false), None);
         assert_eq!(o.record(&k, &i, true, false), None);
-        assert_eq!(o.get(&k, &i), Some(true));
+        assert!(reported(&o, &k, &i));
         assert_eq!(o.record(&k, &i, true, false), Some(false));
-        assert_eq!(o.get(&k, &i), Some(false));
+        assert!(!reported(&o, &k, &i));
         // A failure in between resets the recovery streak.
         assert_eq!(o.record(&k, &i, true, true), None);
         assert_eq!(o.record(&k, &i, true, false), None);

@@ -383,47 +383,58 @@ impl PersistentState {
         let svc = match (self.services.get_mut(key), mode) {
             (Some(s), _) => s,
             (None, PutMode::Upsert) => self.services.entry(key.clone()).or_default(),
-            (None, PutMode::UpdateExisting) => {
-                return Err(NamingError::bad(format!(
-                    "service not found, namespace: {}, service: {}",
-                    key.namespace,
-                    key.grouped()
-                )))
-            }
+            (None, PutMode::UpdateExisting) => return Err(service_not_found(key)),
         };
-        let existing = svc
-            .instances
-            .iter_mut()
-            .find(|i| i.matches(&instance.ip, instance.port, &instance.cluster));
-        match existing {
-            Some(old) => {
-                let mut new = instance.clone();
-                // Nacos keeps health and id across re-registration: the `healthy` param only
-                // seeds brand-new instances.
-                new.healthy = old.healthy;
-                new.instance_id = old.instance_id.clone();
-                *old = new;
-            }
-            None if mode == PutMode::UpdateExisting => {
-                return Err(NamingError::bad(format!(
-                    "instance not exist: {}",
-                    instance.key()
-                )))
-            }
-            None => {
-                let mut new = instance.clone();
-                if new.uses_snowflake_ids() {
-                    new.instance_id = super::select::smallest_free_id(&svc.instances);
-                }
-                svc.instances.push(new);
-            }
-        }
+        put_into(&mut svc.instances, instance.clone(), mode)?;
         svc.meta
             .clusters
             .entry(instance.cluster.clone())
             .or_default();
         Ok(CommandOutput::changed(key))
     }
+}
+
+/// The error for an update of an instance whose service does not exist.
+pub fn service_not_found(key: &ServiceKey) -> NamingError {
+    NamingError::bad(format!(
+        "service not found, namespace: {}, service: {}",
+        key.namespace,
+        key.grouped()
+    ))
+}
+
+/// Inserts or replaces `instance` in one service's list, with Nacos's re-registration rules
+/// (shared by the ephemeral store and the persistent state machine): an existing instance keeps
+/// its health and id, since `healthy` only seeds brand-new instances; a new one with the
+/// snowflake generator takes the smallest free integer id.
+pub fn put_into(
+    list: &mut Vec<Instance>,
+    mut instance: Instance,
+    mode: PutMode,
+) -> Result<(), NamingError> {
+    match list
+        .iter_mut()
+        .find(|i| i.matches(&instance.ip, instance.port, &instance.cluster))
+    {
+        Some(old) => {
+            instance.healthy = old.healthy;
+            instance.instance_id = std::mem::take(&mut old.instance_id);
+            *old = instance;
+        }
+        None if mode == PutMode::UpdateExisting => {
+            return Err(NamingError::bad(format!(
+                "instance not exist: {}",
+                instance.key()
+            )))
+        }
+        None => {
+            if instance.uses_snowflake_ids() {
+                instance.instance_id = super::select::smallest_free_id(list);
+            }
+            list.push(instance);
+        }
+    }
+    Ok(())
 }
 
 /// Applies the non-`None` fields of a patch to an instance.
