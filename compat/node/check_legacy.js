@@ -504,7 +504,7 @@ const SCENARIOS = {
 };
 
 function parseArgs(argv) {
-  const o = { servers: process.env.NACRE_SERVERS, deadServer: null, only: null, list: false, verbose: false };
+  const o = { servers: process.env.NACRE_COMPAT_SERVERS, deadServer: null, only: null, list: false, verbose: false };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const val = () => {

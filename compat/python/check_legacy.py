@@ -579,7 +579,7 @@ SCENARIOS = {
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--servers", required=False, default=os.environ.get("NACRE_SERVERS"),
+    ap.add_argument("--servers", required=False, default=os.environ.get("NACRE_COMPAT_SERVERS"),
                     help="comma separated ip:port list of live servers (first one is used for failover)")
     ap.add_argument("--dead-server", default=None,
                     help="an address nothing listens on (default: a just-freed loopback port)")

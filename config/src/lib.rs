@@ -280,10 +280,19 @@ impl RegistrySettings {
     }
 }
 
-/// Env names owned by the registry; an unknown one of these shapes is a typo.
+/// `NACRE_*` name prefixes that belong to someone other than the registry: the other tiers,
+/// the log filter, and the test harness (whose variables a spawned node inherits).
+const FOREIGN_ENV_PREFIXES: [&str; 5] = [
+    "NACRE_GATEWAY_",
+    "NACRE_LOADTEST_",
+    "NACRE_TEST_",
+    "NACRE_COMPAT_",
+    "NACRE_LOG",
+];
+
+/// Env names owned by the registry; an unknown one of these is a typo.
 fn is_registry_env(k: &str) -> bool {
-    // Other tiers (gateway, loadtest) read their own NACRE_GATEWAY_* / NACRE_LOADTEST_* names.
-    !(k.starts_with("NACRE_GATEWAY_") || k.starts_with("NACRE_LOADTEST_") || k == "NACRE_LOG")
+    !FOREIGN_ENV_PREFIXES.iter().any(|p| k.starts_with(p))
 }
 
 #[cfg(test)]
@@ -312,6 +321,16 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("lots"), "{e}");
+        // Variables of other tiers and of the test harness are not the registry's business.
+        RegistrySettings::load(
+            None,
+            vec![
+                ("NACRE_COMPAT_ONLY".to_string(), "push".to_string()),
+                ("NACRE_TEST_BIN".to_string(), "/bin/x".to_string()),
+                ("NACRE_GATEWAY_THREADS".to_string(), "2".to_string()),
+            ],
+        )
+        .unwrap();
     }
 
     #[test]
