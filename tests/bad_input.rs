@@ -10,14 +10,7 @@ use nacre_testkit::NodeProcess;
 const INSTANCE: &str = "/nacos/v1/ns/instance";
 
 async fn snapshot(api: &Api) -> serde_json::Value {
-    let mut l = api
-        .call(
-            "GET",
-            "/nacos/v1/ns/instance/list",
-            &[("serviceName", "stable")],
-        )
-        .await
-        .json();
+    let mut l = api.list(&[("serviceName", "stable")]).await;
     // lastRefTime is the server clock; everything else must be identical.
     l.as_object_mut()
         .expect("list is an object")
@@ -37,9 +30,8 @@ async fn malformed_requests_get_clear_4xx_and_change_nothing() {
     let api = Api::new(node.addr());
     for (ip, eph) in [("10.0.0.1", "true"), ("127.0.0.2", "false")] {
         let r = api
-            .call(
+            .instance(
                 "POST",
-                INSTANCE,
                 &[
                     ("serviceName", "stable"),
                     ("ip", ip),

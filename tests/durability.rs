@@ -31,9 +31,8 @@ async fn persistent_data_survives_kill_9() {
     for i in 0..50 {
         let ip = format!("127.2.0.{i}");
         let r = api
-            .call(
+            .instance(
                 "POST",
-                "/nacos/v1/ns/instance",
                 &[
                     ("serviceName", "FIN@@ledger"),
                     ("namespaceId", "prod"),
@@ -48,9 +47,8 @@ async fn persistent_data_survives_kill_9() {
     }
     // One persistent instance deregistered: the delete must survive too.
     let r = api
-        .call(
+        .instance(
             "DELETE",
-            "/nacos/v1/ns/instance",
             &[
                 ("serviceName", "FIN@@ledger"),
                 ("namespaceId", "prod"),
@@ -73,9 +71,8 @@ async fn persistent_data_survives_kill_9() {
         .await;
     assert_eq!(r.body, "true");
     let r = api
-        .call(
+        .instance(
             "POST",
-            "/nacos/v1/ns/instance",
             &[("serviceName", "temp"), ("ip", "10.3.0.1"), ("port", "1")],
         )
         .await;
@@ -102,13 +99,8 @@ async fn persistent_data_survives_kill_9() {
     assert_eq!(svc["protectThreshold"], 0.4);
     assert_eq!(svc["metadata"]["owner"], "fin");
     let list = api
-        .call(
-            "GET",
-            "/nacos/v1/ns/instance/list",
-            &[("serviceName", "FIN@@ledger"), ("namespaceId", "prod")],
-        )
-        .await
-        .json();
+        .list(&[("serviceName", "FIN@@ledger"), ("namespaceId", "prod")])
+        .await;
     let hosts = list["hosts"].as_array().unwrap();
     assert_eq!(hosts.len(), 49);
     assert!(hosts
@@ -120,14 +112,7 @@ async fn persistent_data_survives_kill_9() {
         .await
         .json();
     assert_eq!(ns["data"][1]["namespaceShowName"], "Production");
-    let temp = api
-        .call(
-            "GET",
-            "/nacos/v1/ns/instance/list",
-            &[("serviceName", "temp")],
-        )
-        .await
-        .json();
+    let temp = api.list(&[("serviceName", "temp")]).await;
     assert_eq!(
         temp["hosts"],
         serde_json::json!([]),
@@ -136,9 +121,8 @@ async fn persistent_data_survives_kill_9() {
 
     // The restarted node still takes writes.
     let r = api
-        .call(
+        .instance(
             "POST",
-            "/nacos/v1/ns/instance",
             &[
                 ("serviceName", "FIN@@ledger"),
                 ("namespaceId", "prod"),

@@ -10,9 +10,8 @@ use nacre_testkit::NodeProcess;
 
 async fn healthy(api: &Api, port: &str) -> Option<bool> {
     let r = api
-        .call(
+        .instance(
             "GET",
-            "/nacos/v1/ns/instance",
             &[("serviceName", "db"), ("ip", "127.0.0.1"), ("port", port)],
         )
         .await;
@@ -52,9 +51,8 @@ async fn tcp_check_marks_dead_instances_and_recovers_them() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port().to_string();
     let r = api
-        .call(
+        .instance(
             "POST",
-            "/nacos/v1/ns/instance",
             &[
                 ("serviceName", "db"),
                 ("ip", "127.0.0.1"),

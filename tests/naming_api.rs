@@ -50,14 +50,7 @@ async fn register_list_and_grouping_follow_nacos() {
     assert_eq!((r.status, r.body.as_str()), (200, "ok"));
 
     // Java asks with the grouped name in the query string.
-    let list = java
-        .call(
-            "GET",
-            &path("/instance/list"),
-            &[("serviceName", "G1@@orders")],
-        )
-        .await
-        .json();
+    let list = java.list(&[("serviceName", "G1@@orders")]).await;
     assert_eq!(list["name"], "G1@@orders");
     assert_eq!(list["dom"], "G1@@orders");
     assert_eq!(list["clusters"], "");
@@ -74,44 +67,26 @@ async fn register_list_and_grouping_follow_nacos() {
 
     // Python sees a bare `dom`.
     let list = python
-        .call(
-            "GET",
-            &path("/instance/list"),
-            &[("serviceName", "orders"), ("groupName", "G1")],
-        )
-        .await
-        .json();
+        .list(&[("serviceName", "orders"), ("groupName", "G1")])
+        .await;
     assert_eq!(list["dom"], "orders");
     assert_eq!(list["name"], "G1@@orders");
 
     // Other group and other namespace see nothing.
-    let other = java
-        .call("GET", &path("/instance/list"), &[("serviceName", "orders")])
-        .await
-        .json();
+    let other = java.list(&[("serviceName", "orders")]).await;
     assert_eq!(
         other,
         serde_json::json!({"name":"DEFAULT_GROUP@@orders","clusters":"","cacheMillis":3000,"hosts":[]})
     );
     let other_ns = java
-        .call(
-            "GET",
-            &path("/instance/list"),
-            &[("serviceName", "G1@@orders"), ("namespaceId", "dev")],
-        )
-        .await
-        .json();
+        .list(&[("serviceName", "G1@@orders"), ("namespaceId", "dev")])
+        .await;
     assert_eq!(other_ns["hosts"], serde_json::json!([]));
 
     // Cluster filter echoes `clusters` verbatim.
     let filtered = java
-        .call(
-            "GET",
-            &path("/instance/list"),
-            &[("serviceName", "G1@@orders"), ("clusters", "A,B")],
-        )
-        .await
-        .json();
+        .list(&[("serviceName", "G1@@orders"), ("clusters", "A,B")])
+        .await;
     assert_eq!(filtered["clusters"], "A,B");
     assert_eq!(filtered["hosts"], serde_json::json!([]));
 
@@ -130,14 +105,7 @@ async fn register_list_and_grouping_follow_nacos() {
         )
         .await;
     assert_eq!(r.body, "ok");
-    let gone = java
-        .call(
-            "GET",
-            &path("/instance/list"),
-            &[("serviceName", "G1@@orders")],
-        )
-        .await
-        .json();
+    let gone = java.list(&[("serviceName", "G1@@orders")]).await;
     assert_eq!(gone["hosts"], serde_json::json!([]));
 }
 
@@ -152,9 +120,8 @@ async fn health_threshold_and_update_semantics() {
         ("10.0.0.3", "false"),
     ] {
         let r = api
-            .call(
+            .instance(
                 "POST",
-                &path("/instance"),
                 &[
                     ("serviceName", "pay"),
                     ("ip", ip),
@@ -165,10 +132,7 @@ async fn health_threshold_and_update_semantics() {
             .await;
         assert_eq!(r.body, "ok");
     }
-    let all = api
-        .call("GET", &path("/instance/list"), &[("serviceName", "pay")])
-        .await
-        .json();
+    let all = api.list(&[("serviceName", "pay")]).await;
     let order: Vec<_> = all["hosts"]
         .as_array()
         .unwrap()
@@ -189,13 +153,8 @@ async fn health_threshold_and_update_semantics() {
         ]
     );
     let healthy = api
-        .call(
-            "GET",
-            &path("/instance/list"),
-            &[("serviceName", "pay"), ("healthyOnly", "true")],
-        )
-        .await
-        .json();
+        .list(&[("serviceName", "pay"), ("healthyOnly", "true")])
+        .await;
     assert_eq!(healthy["hosts"].as_array().unwrap().len(), 1);
 
     // Raise the protect threshold to 0.5: 1/3 healthy <= 0.5, so all come back healthy.
@@ -208,22 +167,16 @@ async fn health_threshold_and_update_semantics() {
         .await;
     assert_eq!(r.body, "ok");
     let protected = api
-        .call(
-            "GET",
-            &path("/instance/list"),
-            &[("serviceName", "pay"), ("healthyOnly", "true")],
-        )
-        .await
-        .json();
+        .list(&[("serviceName", "pay"), ("healthyOnly", "true")])
+        .await;
     let hosts = protected["hosts"].as_array().unwrap();
     assert_eq!(hosts.len(), 3);
     assert!(hosts.iter().all(|h| h["healthy"] == true));
 
     // Java ≥ 1.0: PUT on a missing instance is a 400; Python: upsert.
     let r = api
-        .call(
+        .instance(
             "PUT",
-            &path("/instance"),
             &[("serviceName", "pay"), ("ip", "10.0.0.9"), ("port", "80")],
         )
         .await;
@@ -231,9 +184,8 @@ async fn health_threshold_and_update_semantics() {
     assert!(r.body.starts_with("instance not exist"), "{}", r.body);
     let py = api.clone().with_agent("Nacos-Python-Client:v0.1.16");
     let r = py
-        .call(
+        .instance(
             "PUT",
-            &path("/instance"),
             &[("serviceName", "pay"), ("ip", "10.0.0.9"), ("port", "80")],
         )
         .await;
@@ -241,9 +193,8 @@ async fn health_threshold_and_update_semantics() {
 
     // Re-registration keeps the health flag; PATCH changes only what it names.
     let r = api
-        .call(
+        .instance(
             "PATCH",
-            &path("/instance"),
             &[
                 ("serviceName", "pay"),
                 ("ip", "10.0.0.2"),
@@ -254,9 +205,8 @@ async fn health_threshold_and_update_semantics() {
         .await;
     assert_eq!(r.body, "ok");
     let detail = api
-        .call(
+        .instance(
             "GET",
-            &path("/instance"),
             &[("serviceName", "pay"), ("ip", "10.0.0.2"), ("port", "80")],
         )
         .await
@@ -266,9 +216,8 @@ async fn health_threshold_and_update_semantics() {
     assert_eq!(detail["service"], "DEFAULT_GROUP@@pay");
 
     let missing = api
-        .call(
+        .instance(
             "GET",
-            &path("/instance"),
             &[("serviceName", "pay"), ("ip", "10.9.9.9"), ("port", "80")],
         )
         .await;
@@ -309,10 +258,7 @@ async fn beats_revive_and_unknown_instances_reregister() {
     assert_eq!(r["code"], 10200);
     assert_eq!(r["clientBeatInterval"], 2000);
     assert_eq!(r["lightBeatEnabled"], true);
-    let list = api
-        .call("GET", &path("/instance/list"), &[("serviceName", "svc")])
-        .await
-        .json();
+    let list = api.list(&[("serviceName", "svc")]).await;
     assert_eq!(list["hosts"][0]["clusterName"], "C1");
     assert_eq!(list["hosts"][0]["weight"], 3.0);
 
@@ -340,9 +286,8 @@ async fn silent_instances_expire_by_their_preserved_timeouts() {
     let api = Api::new(node.addr());
     let meta = r#"{"preserved.heart.beat.timeout":"1000","preserved.ip.delete.timeout":"2500"}"#;
     let r = api
-        .call(
+        .instance(
             "POST",
-            &path("/instance"),
             &[
                 ("serviceName", "short"),
                 ("ip", "10.0.0.1"),
@@ -353,10 +298,7 @@ async fn silent_instances_expire_by_their_preserved_timeouts() {
         .await;
     assert_eq!(r.body, "ok");
     let host_state = || async {
-        let l = api
-            .call("GET", &path("/instance/list"), &[("serviceName", "short")])
-            .await
-            .json();
+        let l = api.list(&[("serviceName", "short")]).await;
         l["hosts"]
             .as_array()
             .unwrap()
@@ -371,9 +313,8 @@ async fn silent_instances_expire_by_their_preserved_timeouts() {
             // protection; check the detail endpoint, which reports the stored flag.
             Some(_) => {
                 let d = api
-                    .call(
+                    .instance(
                         "GET",
-                        &path("/instance"),
                         &[("serviceName", "short"), ("ip", "10.0.0.1"), ("port", "80")],
                     )
                     .await;
@@ -435,9 +376,8 @@ async fn services_catalog_and_namespaces() {
 
     for i in 0..3 {
         let name = format!("svc{i}");
-        api.call(
+        api.instance(
             "POST",
-            &path("/instance"),
             &[("serviceName", &name), ("ip", "10.1.1.1"), ("port", "80")],
         )
         .await;
@@ -592,9 +532,8 @@ async fn operator_and_health_endpoints() {
         .json();
     assert_eq!(nodes["data"][0]["state"], "UP");
 
-    api.call(
+    api.instance(
         "POST",
-        &path("/instance"),
         &[("serviceName", "m"), ("ip", "10.0.0.1"), ("port", "80")],
     )
     .await;
@@ -657,9 +596,8 @@ async fn operator_and_health_endpoints() {
         .await;
     assert_eq!(r.body, "ok");
     let d = api
-        .call(
+        .instance(
             "GET",
-            &path("/instance"),
             &[("serviceName", "m"), ("ip", "10.0.0.1"), ("port", "80")],
         )
         .await
@@ -675,22 +613,16 @@ async fn udp_push_reaches_a_java_subscriber() {
     let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let port = sock.local_addr().unwrap().port().to_string();
     let sub = api
-        .call(
-            "GET",
-            &path("/instance/list"),
-            &[
-                ("serviceName", "pushy"),
-                ("udpPort", &port),
-                ("clientIP", "127.0.0.1"),
-            ],
-        )
-        .await
-        .json();
+        .list(&[
+            ("serviceName", "pushy"),
+            ("udpPort", &port),
+            ("clientIP", "127.0.0.1"),
+        ])
+        .await;
     assert_eq!(sub["cacheMillis"], 10000);
     let r = api
-        .call(
+        .instance(
             "POST",
-            &path("/instance"),
             &[("serviceName", "pushy"), ("ip", "10.0.0.7"), ("port", "80")],
         )
         .await;
@@ -744,9 +676,8 @@ async fn metadata_batch_updates_and_removes_keys() {
         ("127.0.0.3", "false"),
     ] {
         let r = api
-            .call(
+            .instance(
                 "POST",
-                &path("/instance"),
                 &[
                     ("serviceName", "meta"),
                     ("ip", ip),
@@ -801,10 +732,7 @@ async fn metadata_batch_updates_and_removes_keys() {
         r["updated"],
         serde_json::json!(["127.0.0.3:80:unknown:DEFAULT:persist"])
     );
-    let list = api
-        .call("GET", &path("/instance/list"), &[("serviceName", "meta")])
-        .await
-        .json();
+    let list = api.list(&[("serviceName", "meta")]).await;
     for h in list["hosts"].as_array().unwrap() {
         let want = if h["ip"] == "127.0.0.3" { "b" } else { "a" };
         assert_eq!(h["metadata"]["zone"], want, "{h}");
@@ -819,10 +747,7 @@ async fn metadata_batch_updates_and_removes_keys() {
         .await
         .json();
     assert_eq!(r["updated"].as_array().unwrap().len(), 3);
-    let list = api
-        .call("GET", &path("/instance/list"), &[("serviceName", "meta")])
-        .await
-        .json();
+    let list = api.list(&[("serviceName", "meta")]).await;
     assert!(list["hosts"]
         .as_array()
         .unwrap()

@@ -50,6 +50,18 @@ impl Api {
         self
     }
 
+    /// `GET /nacos/v1/ns/instance/list` with the given query, parsed as JSON.
+    pub async fn list(&self, query: &[(&str, &str)]) -> serde_json::Value {
+        self.call("GET", "/nacos/v1/ns/instance/list", query)
+            .await
+            .json()
+    }
+
+    /// `method /nacos/v1/ns/instance` with the given query.
+    pub async fn instance(&self, method: &str, query: &[(&str, &str)]) -> Reply {
+        self.call(method, "/nacos/v1/ns/instance", query).await
+    }
+
     /// Sends `method path?query` with no body.
     pub async fn call(&self, method: &str, path: &str, query: &[(&str, &str)]) -> Reply {
         self.send(method, path, query, None).await
