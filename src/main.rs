@@ -29,17 +29,23 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run nacre locally with zero configuration: a registry on --listen, data under --data.
+    /// Run nacre locally with zero configuration: a cluster of --nodes registry nodes on
+    /// loopback ports starting at --listen, data under --data/node-K.
     Up {
-        /// Address clients use.
+        /// Address of the first node; node K listens on the port K-1 above it.
         #[arg(long, default_value = "127.0.0.1:8848")]
         listen: SocketAddr,
-        /// Data directory.
+        /// Data directory (one sub-directory per node, plus the shared cluster secret).
         #[arg(long, default_value = "./data")]
         data: PathBuf,
+        /// Number of registry nodes (1 runs a standalone node).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=16))]
+        nodes: u16,
     },
     /// Run one registry node.
     Registry(RegistryArgs),
+    /// Load-test a Nacos 1.x compatible registry (nacre, r-nacos, Java Nacos).
+    Loadtest(nacre_loadtest::LoadtestArgs),
 }
 
 #[derive(Debug, Args)]
@@ -59,9 +65,26 @@ struct RegistryArgs {
     /// Data directory (SQLite file, node id, generated cluster secret).
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Shared secret for node-to-node traffic (default: generated into the data dir).
+    /// Shared secret for node-to-node traffic (required for a cluster; a standalone node
+    /// generates one into its data dir).
     #[arg(long, env = "NACRE_CLUSTER_SECRET", hide_env_values = true)]
     cluster_secret: Option<String>,
+    /// Cluster members, `host:port,host:port,…` (this node included).
+    #[arg(long, group = "source")]
+    members: Option<String>,
+    /// A Nacos `cluster.conf` listing the members; re-read when it changes.
+    #[arg(long, group = "source")]
+    members_file: Option<PathBuf>,
+    /// An address server URL (`http://host:port/nacos/serverlist`) answering the members.
+    #[arg(long, group = "source")]
+    members_endpoint: Option<String>,
+    /// `NAME:PORT` of a DNS name (a Kubernetes headless Service) whose A records are the members.
+    #[arg(long, group = "source")]
+    members_dns: Option<String>,
+    /// Members that must be known before a fresh cluster forms (needed with endpoint or DNS
+    /// discovery; defaults to the size of a static list or file).
+    #[arg(long)]
+    bootstrap_expect: Option<usize>,
 }
 
 fn init_logging(format: LogFormat) {
@@ -125,12 +148,6 @@ async fn run_registry(settings: RegistrySettings) -> anyhow::Result<()> {
 
 fn registry_settings(args: RegistryArgs) -> anyhow::Result<RegistrySettings> {
     let mut s = RegistrySettings::load(args.config.as_deref(), std::env::vars())?;
-    if !args.standalone {
-        anyhow::bail!(
-            "only --standalone nodes are supported in this version; clustering is not built yet"
-        );
-    }
-    s.standalone = true;
     if let Some(l) = args.listen {
         s.listen = l;
     }
@@ -143,7 +160,128 @@ fn registry_settings(args: RegistryArgs) -> anyhow::Result<RegistrySettings> {
     if let Some(c) = args.cluster_secret {
         s.cluster_secret = Some(c);
     }
+    let c = &mut s.cluster;
+    if let Some(m) = args.members {
+        c.members = nacre_config::members::parse_members_flag(&m)?;
+    }
+    if let Some(f) = args.members_file {
+        c.members_file = Some(f);
+    }
+    if let Some(u) = args.members_endpoint {
+        c.members_endpoint = Some(u);
+    }
+    if let Some(d) = args.members_dns {
+        c.members_dns = Some(d);
+    }
+    if let Some(n) = args.bootstrap_expect {
+        c.bootstrap_expect = Some(n);
+    }
+    // A member source means a cluster unless --standalone says otherwise; without one the
+    // settings file decides (standalone by default).
+    if args.standalone {
+        s.standalone = true;
+    } else if s.cluster.source()?.is_some() {
+        s.standalone = false;
+    }
     Ok(s)
+}
+
+/// The secret shared by the nodes of `nacre up`, generated once into the data dir.
+fn local_cluster_secret(data: &std::path::Path) -> anyhow::Result<String> {
+    let path = data.join("cluster-secret");
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        if s.trim().len() >= 16 {
+            return Ok(s.trim().to_string());
+        }
+    }
+    std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
+    let secret = format!(
+        "{:016x}{:016x}",
+        rand_u64(),
+        rand_u64() ^ std::process::id() as u64
+    );
+    std::fs::write(&path, &secret).with_context(|| format!("writing {}", path.display()))?;
+    Ok(secret)
+}
+
+/// 64 random bits from the OS-seeded hasher (no extra dependency for a local secret).
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
+}
+
+/// `nacre up`: `nodes` registry nodes in this process, on consecutive loopback ports.
+async fn run_up(listen: SocketAddr, data: PathBuf, nodes: u16) -> anyhow::Result<()> {
+    let base = RegistrySettings::load(None, std::env::vars())?;
+    if nodes == 1 {
+        let mut s = base;
+        s.listen = listen;
+        s.data_dir = data;
+        s.standalone = true;
+        println!(
+            "nacre: registry node on http://{listen} (data in {})",
+            s.data_dir.display()
+        );
+        return run_registry(s).await;
+    }
+    let secret = local_cluster_secret(&data)?;
+    let addrs: Vec<SocketAddr> = (0..nodes)
+        .map(|k| {
+            listen
+                .port()
+                .checked_add(k)
+                .map(|p| SocketAddr::new(listen.ip(), p))
+                .context("port range overflows")
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let token = CancellationToken::new();
+    shutdown_on_signals(token.clone());
+    let mut set = tokio::task::JoinSet::new();
+    for (k, addr) in addrs.iter().enumerate() {
+        let mut s = base.clone();
+        s.listen = *addr;
+        s.data_dir = data.join(format!("node-{}", k + 1));
+        s.standalone = false;
+        s.cluster_secret = Some(secret.clone());
+        s.cluster.members = addrs.iter().map(|a| a.to_string()).collect();
+        s.validate()?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        println!(
+            "nacre: node {} on http://{addr} (data in {})",
+            k + 1,
+            s.data_dir.display()
+        );
+        let span = tracing::info_span!("node", addr = %addr);
+        let t = token.clone();
+        set.spawn(tracing::Instrument::instrument(
+            nacre_registry::run(listener, s, t),
+            span,
+        ));
+    }
+    let mut result = Ok(());
+    while let Some(r) = set.join_next().await {
+        // One node failing takes the local cluster down: a half-started cluster on fixed
+        // ports would only confuse.
+        let r = r
+            .map_err(anyhow::Error::from)
+            .and_then(|r| r.map_err(anyhow::Error::from));
+        if let Err(e) = r {
+            token.cancel();
+            if result.is_ok() {
+                result = Err(e);
+            }
+        }
+    }
+    result
 }
 
 #[tokio::main]
@@ -151,17 +289,15 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
-        Command::Up { listen, data } => {
-            let mut s = RegistrySettings::load(None, std::env::vars())?;
-            s.listen = listen;
-            s.data_dir = data;
-            s.standalone = true;
-            println!(
-                "nacre: registry node on http://{listen} (data in {})",
-                s.data_dir.display()
-            );
-            run_registry(s).await
-        }
+        Command::Up {
+            listen,
+            data,
+            nodes,
+        } => run_up(listen, data, nodes).await,
         Command::Registry(args) => run_registry(registry_settings(args)?).await,
+        Command::Loadtest(args) => {
+            nacre_loadtest::run(args).await?;
+            Ok(())
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! Real legacy-client compatibility suite.
 //!
-//! Starts the real `nacre` binary (`nacre registry --standalone`) on a free loopback port and
-//! drives it with the unmodified legacy clients:
+//! Starts the real `nacre` binary — a standalone node, and a 3-node cluster handed to the
+//! clients as a server list — on free loopback ports and drives it with the unmodified legacy
+//! clients:
 //!
 //! - Python `nacos-sdk-python` 0.1.x: `compat/python/check_legacy.py` (venv `compat/python/.venv`)
 //! - Node `nacos` 2.x (`nacos-naming`): `compat/node/check_legacy.js` (`compat/node/node_modules`)
@@ -21,6 +22,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use nacre_testkit::cluster::{ClusterOptions, TestCluster};
 use nacre_testkit::NodeProcess;
 
 const INSTALL_HINT: &str =
@@ -31,17 +33,55 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn start_node(tag: &str) -> Result<(tempfile::TempDir, NodeProcess)> {
+/// The binary under test; NACRE_TEST_BIN overrides it (e.g. a release build).
+fn bin() -> PathBuf {
+    std::env::var_os("NACRE_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_nacre")))
+}
+
+/// What the clients run against: one standalone node, or a 3-node cluster given to the
+/// clients as a server list.
+enum Target {
+    Single(NodeProcess),
+    Cluster(TestCluster),
+}
+
+impl Target {
+    fn servers(&self) -> String {
+        match self {
+            Target::Single(n) => n.addr().to_string(),
+            Target::Cluster(c) => (0..c.len())
+                .map(|i| c.node(i).addr().to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        }
+    }
+
+    fn log_tails(&self) -> String {
+        match self {
+            Target::Single(n) => format!(
+                "--- nacre log tail ({}) ---\n{}",
+                n.log_path().display(),
+                n.log_tail(6000)
+            ),
+            Target::Cluster(c) => c.log_tails(),
+        }
+    }
+}
+
+fn start_target(tag: &str, cluster: bool) -> Result<(tempfile::TempDir, Target)> {
     let data = tempfile::Builder::new()
         .prefix(&format!("nacre-legacy-{tag}-"))
         .tempdir()?;
-    // NACRE_TEST_BIN overrides the binary under test (e.g. a release build or a stand-in).
-    let bin = std::env::var_os("NACRE_TEST_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_nacre")));
-    let mut node = NodeProcess::start(&bin, data.path())?;
+    if cluster {
+        let mut c = TestCluster::start(&bin(), data.path(), ClusterOptions::new(3))?;
+        c.wait_ready(Duration::from_secs(60))?;
+        return Ok((data, Target::Cluster(c)));
+    }
+    let mut node = NodeProcess::start(&bin(), data.path())?;
     node.wait_ready(Duration::from_secs(30))?;
-    Ok((data, node))
+    Ok((data, Target::Single(node)))
 }
 
 /// Runs a driver to completion (bounded by DRIVER_TIMEOUT), returns (success, stdout+stderr).
@@ -103,13 +143,12 @@ fn run_driver(mut cmd: Command) -> Result<(bool, String)> {
     }
 }
 
-fn finish(name: &str, node: &NodeProcess, ok: bool, output: String) -> Result<()> {
+fn finish(name: &str, target: &Target, ok: bool, output: String) -> Result<()> {
     println!("{output}");
     if !ok {
         bail!(
-            "{name} legacy-client checks failed (FAIL lines above).\n--- nacre log tail ({}) ---\n{}",
-            node.log_path().display(),
-            node.log_tail(6000)
+            "{name} legacy-client checks failed (FAIL lines above).\n{}",
+            target.log_tails()
         );
     }
     Ok(())
@@ -117,6 +156,25 @@ fn finish(name: &str, node: &NodeProcess, ok: bool, output: String) -> Result<()
 
 #[test]
 fn python_legacy_client() -> Result<()> {
+    python_suite(false)
+}
+
+#[test]
+fn python_legacy_client_against_a_cluster() -> Result<()> {
+    python_suite(true)
+}
+
+#[test]
+fn node_legacy_client() -> Result<()> {
+    node_suite(false)
+}
+
+#[test]
+fn node_legacy_client_against_a_cluster() -> Result<()> {
+    node_suite(true)
+}
+
+fn python_suite(cluster: bool) -> Result<()> {
     let py = root().join("compat/python/.venv/bin/python");
     if !py.exists() {
         bail!(
@@ -134,18 +192,17 @@ fn python_legacy_client() -> Result<()> {
             py.display()
         );
     }
-    let (_data, node) = start_node("py")?;
+    let (_data, target) = start_target("py", cluster)?;
     let mut cmd = Command::new(&py);
     cmd.arg(root().join("compat/python/check_legacy.py"))
         .arg("--servers")
-        .arg(node.addr().to_string())
+        .arg(target.servers())
         .current_dir(root().join("compat/python"));
     let (ok, output) = run_driver(cmd)?;
-    finish("python (nacos-sdk-python 0.1.x)", &node, ok, output)
+    finish("python (nacos-sdk-python 0.1.x)", &target, ok, output)
 }
 
-#[test]
-fn node_legacy_client() -> Result<()> {
+fn node_suite(cluster: bool) -> Result<()> {
     let dir = root().join("compat/node");
     if !dir.join("node_modules/nacos/package.json").exists()
         || !dir.join("node_modules/nacos-naming/package.json").exists()
@@ -159,12 +216,12 @@ fn node_legacy_client() -> Result<()> {
         Ok(o) if o.status.success() => {}
         _ => bail!("`node` is not on PATH; the Node legacy-client suite needs Node.js (20.x)"),
     }
-    let (_data, node) = start_node("node")?;
+    let (_data, target) = start_target("node", cluster)?;
     let mut cmd = Command::new("node");
     cmd.arg(dir.join("check_legacy.js"))
         .arg("--servers")
-        .arg(node.addr().to_string())
+        .arg(target.servers())
         .current_dir(&dir);
     let (ok, output) = run_driver(cmd)?;
-    finish("node (nacos 2.x / nacos-naming)", &node, ok, output)
+    finish("node (nacos 2.x / nacos-naming)", &target, ok, output)
 }

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub mod members;
+
 /// Why settings could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -82,6 +84,99 @@ impl Default for PushSettings {
     }
 }
 
+/// How a clustered node finds and watches its peers.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// Static member list (`host:port`; a bare host means port 8848).
+    pub members: Vec<String>,
+    /// A Nacos `cluster.conf`, re-read when it changes.
+    pub members_file: Option<PathBuf>,
+    /// An address-server URL answering the member list, polled.
+    pub members_endpoint: Option<String>,
+    /// `NAME:PORT` of a DNS name (a Kubernetes headless Service) whose A records are the members.
+    pub members_dns: Option<String>,
+    /// Members that must be known before a fresh cluster forms. Defaults to the size of the
+    /// static list or file; required for endpoint and DNS discovery.
+    pub bootstrap_expect: Option<usize>,
+    /// How often file, endpoint and DNS sources are re-read (ms).
+    pub discovery_interval_ms: u64,
+    /// How often peers are probed (ms).
+    pub probe_interval_ms: u64,
+    /// Time allowed for one probe (ms).
+    pub probe_timeout_ms: u64,
+    /// Failed probes in a row after which a peer is DOWN and loses its services.
+    pub down_after: u32,
+    /// How long a sync worker gathers changes before sending them (ms).
+    pub sync_batch_ms: u64,
+    /// Most services remembered per peer before its backlog is dropped (verify repairs it).
+    pub sync_queue_capacity: usize,
+    /// Time between Distro verify rounds (ms).
+    pub verify_interval_ms: u64,
+    /// How often the Raft leader reconciles membership with the member list (ms).
+    pub raft_membership_interval_ms: u64,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        Self {
+            members: Vec::new(),
+            members_file: None,
+            members_endpoint: None,
+            members_dns: None,
+            bootstrap_expect: None,
+            discovery_interval_ms: 1_000,
+            probe_interval_ms: 1_000,
+            probe_timeout_ms: 800,
+            down_after: 3,
+            sync_batch_ms: 0,
+            sync_queue_capacity: 100_000,
+            verify_interval_ms: 5_000,
+            raft_membership_interval_ms: 1_000,
+        }
+    }
+}
+
+impl ClusterSettings {
+    /// The one configured discovery source, if any.
+    pub fn source(&self) -> Result<Option<members::MemberSource>, ConfigError> {
+        let mut sources = Vec::new();
+        if !self.members.is_empty() {
+            let list = self
+                .members
+                .iter()
+                .map(|m| members::parse_address(m))
+                .collect::<Result<Vec<_>, _>>()?;
+            sources.push(members::MemberSource::Static(list));
+        }
+        if let Some(f) = &self.members_file {
+            sources.push(members::MemberSource::File(f.clone()));
+        }
+        if let Some(u) = &self.members_endpoint {
+            if !u.starts_with("http://") {
+                return Err(invalid(
+                    "cluster.members_endpoint",
+                    u,
+                    "expected an http:// URL",
+                ));
+            }
+            sources.push(members::MemberSource::Endpoint(u.clone()));
+        }
+        if let Some(d) = &self.members_dns {
+            let (name, port) = members::parse_dns_target(d)?;
+            sources.push(members::MemberSource::Dns { name, port });
+        }
+        if sources.len() > 1 {
+            return Err(invalid(
+                "cluster",
+                "several member sources",
+                "give exactly one of members, members_file, members_endpoint, members_dns",
+            ));
+        }
+        Ok(sources.pop())
+    }
+}
+
 /// Settings of a registry node.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -114,6 +209,8 @@ pub struct RegistrySettings {
     pub shutdown_grace_ms: u64,
     /// UDP push.
     pub push: PushSettings,
+    /// Clustering (ignored when standalone).
+    pub cluster: ClusterSettings,
 }
 
 impl Default for RegistrySettings {
@@ -133,6 +230,7 @@ impl Default for RegistrySettings {
             push_cache_millis: 10_000,
             shutdown_grace_ms: 5_000,
             push: PushSettings::default(),
+            cluster: ClusterSettings::default(),
         }
     }
 }
@@ -188,6 +286,23 @@ impl RegistrySettings {
                     "false" | "0" => false,
                     _ => return Err(invalid(key, v, "expected true or false")),
                 }
+            }
+            "NACRE_MEMBERS" => {
+                self.cluster.members = members::parse_members_flag(v)?;
+            }
+            "NACRE_MEMBERS_FILE" => self.cluster.members_file = Some(PathBuf::from(v)),
+            "NACRE_MEMBERS_ENDPOINT" => self.cluster.members_endpoint = Some(v.to_string()),
+            "NACRE_MEMBERS_DNS" => self.cluster.members_dns = Some(v.to_string()),
+            "NACRE_BOOTSTRAP_EXPECT" => self.cluster.bootstrap_expect = Some(num(key, v)?),
+            "NACRE_DISCOVERY_INTERVAL_MS" => self.cluster.discovery_interval_ms = num(key, v)?,
+            "NACRE_PROBE_INTERVAL_MS" => self.cluster.probe_interval_ms = num(key, v)?,
+            "NACRE_PROBE_TIMEOUT_MS" => self.cluster.probe_timeout_ms = num(key, v)?,
+            "NACRE_DOWN_AFTER" => self.cluster.down_after = num(key, v)?,
+            "NACRE_SYNC_BATCH_MS" => self.cluster.sync_batch_ms = num(key, v)?,
+            "NACRE_SYNC_QUEUE_CAPACITY" => self.cluster.sync_queue_capacity = num(key, v)?,
+            "NACRE_VERIFY_INTERVAL_MS" => self.cluster.verify_interval_ms = num(key, v)?,
+            "NACRE_RAFT_MEMBERSHIP_INTERVAL_MS" => {
+                self.cluster.raft_membership_interval_ms = num(key, v)?
             }
             k if k.starts_with("NACRE_") && is_registry_env(k) => {
                 return Err(invalid(key, v, "unknown setting"));
@@ -263,6 +378,9 @@ impl RegistrySettings {
                 ));
             }
         }
+        if !self.standalone {
+            self.validate_cluster()?;
+        }
         if self.push.max_sends == 0 {
             return Err(invalid("push.max_sends", 0, "must be at least 1"));
         }
@@ -280,13 +398,87 @@ impl RegistrySettings {
     }
 }
 
+impl RegistrySettings {
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let c = &self.cluster;
+        let source = c.source()?.ok_or_else(|| {
+            invalid(
+                "cluster",
+                "no member source",
+                "a clustered node needs members, members_file, members_endpoint or members_dns (or run standalone)",
+            )
+        })?;
+        if self.cluster_secret.is_none() {
+            return Err(invalid(
+                "cluster_secret",
+                "<unset>",
+                "a clustered node needs the secret shared by all members (--cluster-secret or NACRE_CLUSTER_SECRET)",
+            ));
+        }
+        let dynamic = matches!(
+            source,
+            members::MemberSource::Endpoint(_) | members::MemberSource::Dns { .. }
+        );
+        if dynamic && c.bootstrap_expect.is_none() {
+            return Err(invalid(
+                "cluster.bootstrap_expect",
+                "<unset>",
+                "endpoint and DNS discovery need the number of members that found the cluster",
+            ));
+        }
+        if c.bootstrap_expect == Some(0) {
+            return Err(invalid("cluster.bootstrap_expect", 0, "must be at least 1"));
+        }
+        for (key, v, lo, hi) in [
+            (
+                "cluster.discovery_interval_ms",
+                c.discovery_interval_ms,
+                50,
+                600_000,
+            ),
+            ("cluster.probe_interval_ms", c.probe_interval_ms, 50, 60_000),
+            ("cluster.probe_timeout_ms", c.probe_timeout_ms, 10, 60_000),
+            ("cluster.sync_batch_ms", c.sync_batch_ms, 0, 1_000),
+            (
+                "cluster.verify_interval_ms",
+                c.verify_interval_ms,
+                100,
+                600_000,
+            ),
+            (
+                "cluster.raft_membership_interval_ms",
+                c.raft_membership_interval_ms,
+                100,
+                600_000,
+            ),
+        ] {
+            if !(lo..=hi).contains(&v) {
+                return Err(invalid(key, v, &format!("must be between {lo} and {hi}")));
+            }
+        }
+        if c.down_after == 0 {
+            return Err(invalid("cluster.down_after", 0, "must be at least 1"));
+        }
+        if c.sync_queue_capacity == 0 {
+            return Err(invalid(
+                "cluster.sync_queue_capacity",
+                0,
+                "must be positive",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// `NACRE_*` name prefixes that belong to someone other than the registry: the other tiers,
 /// the log filter, and the test harness (whose variables a spawned node inherits).
-const FOREIGN_ENV_PREFIXES: [&str; 5] = [
+const FOREIGN_ENV_PREFIXES: [&str; 7] = [
     "NACRE_GATEWAY_",
     "NACRE_LOADTEST_",
     "NACRE_TEST_",
     "NACRE_COMPAT_",
+    "NACRE_BENCH_",
+    "NACRE_BIN",
     "NACRE_LOG",
 ];
 

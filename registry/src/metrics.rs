@@ -28,6 +28,9 @@ pub struct Metrics {
     pub health_flips: IntCounterVec,
     /// Time from a persistent write's proposal to its applied result.
     pub raft_apply: Histogram,
+    /// Raft state: `term`, `commit_index`, `last_applied`, `apply_lag` (commit − applied),
+    /// `is_leader`.
+    pub raft: IntGaugeVec,
 }
 
 impl Metrics {
@@ -81,6 +84,14 @@ impl Metrics {
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
             ]),
         )?;
+        let raft = IntGaugeVec::new(
+            Opts::new(
+                "nacre_raft",
+                "Raft state of this node: term, commit_index, last_applied, apply_lag, is_leader",
+            ),
+            &["field"],
+        )?;
+        registry.register(Box::new(raft.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(instances.clone()))?;
@@ -99,6 +110,7 @@ impl Metrics {
             expirations,
             raft_apply,
             health_flips,
+            raft,
         })
     }
 

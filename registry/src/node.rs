@@ -10,7 +10,8 @@ use nacre_config::RegistrySettings;
 use nacre_ring::ServiceKey;
 
 use crate::clock::Clock;
-use crate::distro::{BeatOutcome, EphemeralStore, ExpiryKind};
+use crate::distro::{BeatOutcome, Distro, EphemeralStore, ExpiryKind, ServiceRecord};
+use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::naming::model::{ClusterMeta, Instance, InstanceKey, Metadata, Namespace, ServiceMeta};
 use crate::naming::persistent::{Command, InstancePatch, PutMode, ServiceUpdate};
@@ -124,7 +125,7 @@ impl ServiceView {
 /// One registry node's state and stores.
 pub struct Node {
     settings: RegistrySettings,
-    ephemeral: EphemeralStore,
+    distro: Distro,
     persistent: PersistentStore,
     push: Option<Arc<PushHub>>,
     metrics: Metrics,
@@ -136,6 +137,7 @@ impl Node {
     /// Assembles a node from its parts.
     pub fn new(
         settings: RegistrySettings,
+        distro: Distro,
         persistent: PersistentStore,
         push: Option<Arc<PushHub>>,
         metrics: Metrics,
@@ -143,13 +145,36 @@ impl Node {
     ) -> Self {
         Self {
             settings,
-            ephemeral: EphemeralStore::new(),
+            distro,
             persistent,
             push,
             metrics,
             clock,
             health: crate::health::HealthOverlay::new(),
         }
+    }
+
+    fn ephemeral(&self) -> &EphemeralStore {
+        self.distro.store()
+    }
+
+    /// The ephemeral side (store, replication, verify).
+    pub fn distro(&self) -> &Distro {
+        &self.distro
+    }
+
+    /// The membership view.
+    pub fn membership(&self) -> &Membership {
+        self.distro.membership()
+    }
+
+    /// Applies service records sent by a peer and notifies subscribers of what changed.
+    pub fn apply_remote(&self, records: Vec<ServiceRecord>) -> usize {
+        let changed = self.distro.apply_remote(records, self.now_ms());
+        for k in &changed {
+            self.changed(k);
+        }
+        changed.len()
     }
 
     /// Probe results for persistent instances.
@@ -190,15 +215,30 @@ impl Node {
         self.clock.now_ms()
     }
 
-    /// Ready to serve: the persistent store has a leader and has caught up.
+    /// Ready to serve: the ephemeral snapshot is loaded, and the persistent store has a
+    /// leader and has caught up.
     pub fn is_ready(&self) -> bool {
-        self.persistent.is_ready()
+        self.distro.is_loaded() && self.persistent.is_ready()
     }
 
-    fn changed(&self, key: &ServiceKey) {
+    /// Notifies push subscribers of a change that arrived here (replicated or persistent).
+    pub fn changed(&self, key: &ServiceKey) {
         if let Some(p) = &self.push {
             p.service_changed(key);
         }
+    }
+
+    /// A change made on this node to an ephemeral service: subscribers and peers hear of it.
+    fn ephemeral_changed(&self, key: &ServiceKey) {
+        self.changed(key);
+        self.distro.local_change(key);
+    }
+
+    /// A client's write to an ephemeral service: like [`Self::ephemeral_changed`], and the
+    /// answer waits until live peers have it (read-your-writes through any node).
+    async fn client_wrote(&self, key: &ServiceKey) {
+        self.changed(key);
+        self.distro.local_change_acked(key).await;
     }
 
     /// Proposes a persistent change. Pushes are triggered by the store's apply hook, which runs
@@ -254,8 +294,8 @@ impl Node {
                 })
                 .await;
         }
-        self.ephemeral.put(key, inst, mode, self.now_ms())?;
-        self.changed(key);
+        self.ephemeral().put(key, inst, mode, self.now_ms())?;
+        self.client_wrote(key).await;
         Ok(())
     }
 
@@ -267,8 +307,8 @@ impl Node {
         patch: InstancePatch,
     ) -> Result<(), NodeError> {
         let now = self.now_ms();
-        if self.ephemeral.patch(key, id, &patch, now).is_ok() {
-            self.changed(key);
+        if self.ephemeral().patch(key, id, &patch, now).is_ok() {
+            self.client_wrote(key).await;
             return Ok(());
         }
         self.patch_persistent(key, id, patch, now).await
@@ -300,8 +340,8 @@ impl Node {
         ephemeral: bool,
     ) -> Result<(), NodeError> {
         if ephemeral {
-            if self.ephemeral.remove(key, id, self.now_ms()) {
-                self.changed(key);
+            if self.ephemeral().remove(key, id, self.now_ms()) {
+                self.client_wrote(key).await;
             }
             return Ok(());
         }
@@ -343,13 +383,13 @@ impl Node {
         }
         let id = InstanceKey { ip, port, cluster };
         let now = self.now_ms();
-        match self.ephemeral.beat(key, &id, now) {
+        match self.ephemeral().beat(key, &id, now) {
             BeatOutcome::Alive {
                 interval_ms,
                 revived,
             } => {
                 if revived {
-                    self.changed(key);
+                    self.ephemeral_changed(key);
                 }
                 return Ok(BeatReply::Ok { interval_ms });
             }
@@ -421,10 +461,10 @@ impl Node {
             .into());
         }
         let now = self.now_ms();
-        match self.ephemeral.set_health(key, id, healthy, now) {
+        match self.ephemeral().set_health(key, id, healthy, now) {
             Ok(changed) => {
                 if changed {
-                    self.changed(key);
+                    self.ephemeral_changed(key);
                 }
                 Ok(())
             }
@@ -480,7 +520,7 @@ impl Node {
             let id = inst.key();
             if inst.ephemeral {
                 // The instance may have expired since the view was taken: skip it then.
-                if self.ephemeral.patch(key, &id, &patch, now).is_err() {
+                if self.ephemeral().patch(key, &id, &patch, now).is_err() {
                     continue;
                 }
             } else {
@@ -494,14 +534,14 @@ impl Node {
             updated.push(format!("{id}:{kind}"));
         }
         if !updated.is_empty() {
-            self.changed(key);
+            self.ephemeral_changed(key);
         }
         Ok(updated)
     }
 
     /// Runs one expiry sweep over ephemeral instances.
     pub fn sweep(&self) {
-        let expired = self.ephemeral.sweep(self.now_ms());
+        let expired = self.distro.sweep(self.now_ms());
         let mut keys = std::collections::HashSet::new();
         for e in &expired {
             let kind = match e.kind {
@@ -513,18 +553,18 @@ impl Node {
             keys.insert(e.key.clone());
         }
         for k in keys {
-            self.changed(&k);
+            self.ephemeral_changed(&k);
         }
     }
 
     /// Whether the service exists in either store.
     pub fn exists(&self, key: &ServiceKey) -> bool {
-        self.ephemeral.contains(key) || self.persistent.read(|st| st.service(key).is_some())
+        self.ephemeral().contains(key) || self.persistent.read(|st| st.service(key).is_some())
     }
 
     /// A merged view of one service, or `None` when it exists nowhere.
     pub fn view(&self, key: &ServiceKey) -> Option<ServiceView> {
-        let eph = self.ephemeral.with_service(key, |s| s.instances.clone());
+        let eph = self.ephemeral().with_service(key, |s| s.instances.clone());
         let per = self.persistent.read(|st| st.service(key).cloned());
         if eph.is_none() && per.is_none() {
             return None;
@@ -542,7 +582,7 @@ impl Node {
     /// Every service key in a namespace (`None` = all namespaces), sorted.
     pub fn service_keys(&self, namespace: Option<&str>) -> Vec<ServiceKey> {
         let mut keys: std::collections::BTreeSet<ServiceKey> = self
-            .ephemeral
+            .ephemeral()
             .keys()
             .into_iter()
             .filter(|k| namespace.is_none_or(|n| k.namespace == n))
@@ -565,7 +605,7 @@ impl Node {
         meta: ServiceMeta,
     ) -> Result<(), NodeError> {
         validate::service_name(&key.grouped())?;
-        let exists_elsewhere = self.ephemeral.contains(key);
+        let exists_elsewhere = self.ephemeral().contains(key);
         self.propose(Command::CreateService {
             key: key.clone(),
             meta,
@@ -581,7 +621,7 @@ impl Node {
         key: &ServiceKey,
         update: ServiceUpdate,
     ) -> Result<(), NodeError> {
-        let exists_elsewhere = self.ephemeral.contains(key);
+        let exists_elsewhere = self.ephemeral().contains(key);
         self.propose(Command::UpdateService {
             key: key.clone(),
             update,
@@ -592,7 +632,7 @@ impl Node {
 
     /// Deletes a service with all its instances; a missing one is rejected by the state machine.
     pub async fn delete_service(&self, key: &ServiceKey) -> Result<(), NodeError> {
-        let exists_elsewhere = self.ephemeral.contains(key);
+        let exists_elsewhere = self.ephemeral().contains(key);
         let persisted = self.persistent.read(|st| st.service(key).is_some());
         if persisted || !exists_elsewhere {
             self.propose(Command::DeleteService {
@@ -601,8 +641,9 @@ impl Node {
             })
             .await?;
         }
-        if self.ephemeral.remove_service(key) {
+        if let Some(deleted) = self.ephemeral().remove_service(key, self.now_ms()) {
             self.changed(key);
+            self.distro.local_deletion(&deleted);
         }
         Ok(())
     }
@@ -614,7 +655,7 @@ impl Node {
         cluster: String,
         meta: ClusterMeta,
     ) -> Result<(), NodeError> {
-        let exists_elsewhere = self.ephemeral.contains(key);
+        let exists_elsewhere = self.ephemeral().contains(key);
         self.propose(Command::UpdateCluster {
             key: key.clone(),
             cluster,
@@ -644,12 +685,12 @@ impl Node {
 
     /// (services, ephemeral instances, persistent instances) held by this node.
     pub fn counts(&self) -> (usize, usize, usize) {
-        let (eph_services, eph_instances) = self.ephemeral.counts();
+        let (eph_services, eph_instances) = self.ephemeral().counts();
         // Services present in both stores are counted once.
         let (only_persistent, per_instances) = self.persistent.read(|st| {
             let only = st
                 .services()
-                .filter(|(k, _)| !self.ephemeral.contains(k))
+                .filter(|(k, _)| !self.ephemeral().contains(k))
                 .count();
             (only, st.instance_count())
         });
@@ -668,5 +709,17 @@ impl Node {
             .instances
             .with_label_values(&["persistent"])
             .set(per as i64);
+        let st = self.persistent.status();
+        let commit = st.commit_index.unwrap_or(0);
+        let applied = st.last_applied.unwrap_or(0);
+        let raft = &self.metrics.raft;
+        raft.with_label_values(&["term"]).set(st.term as i64);
+        raft.with_label_values(&["commit_index"]).set(commit as i64);
+        raft.with_label_values(&["last_applied"])
+            .set(applied as i64);
+        raft.with_label_values(&["apply_lag"])
+            .set(commit.saturating_sub(applied) as i64);
+        raft.with_label_values(&["is_leader"])
+            .set(i64::from(st.role == "Leader"));
     }
 }

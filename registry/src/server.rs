@@ -16,8 +16,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, render, App};
 use crate::clock::Clock;
+use crate::distro::{
+    Distro, DistroCluster, DistroMetrics, DistroSettings, Replicator, SyncSettings,
+};
+use crate::membership::{Membership, ProbeSettings};
 use crate::metrics::Metrics;
 use crate::node::Node;
+use crate::peer::PeerClient;
 use crate::push::{PushHub, PushMetrics, PushSettings, Renderer};
 use crate::raft::{PersistentStore, RaftSettings};
 
@@ -52,6 +57,9 @@ pub enum ServeError {
     /// The HTTP server failed.
     #[error("http server: {0}")]
     Http(std::io::Error),
+    /// The peer HTTP client could not be built.
+    #[error("peer client: {0}")]
+    Peer(String),
 }
 
 fn data_err(path: &Path, source: std::io::Error) -> ServeError {
@@ -103,6 +111,53 @@ fn push_settings(s: &RegistrySettings) -> PushSettings {
     }
 }
 
+/// Spawns a node task inside the caller's span, so that with several nodes in one process
+/// (`nacre up`) every log line still names its node.
+fn spawn_in_span<F>(f: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    tokio::spawn(tracing::Instrument::in_current_span(f))
+}
+
+/// The cluster side of Distro: hands ownership over when the ring changes (with grace), keeps
+/// the sync workers matched to the member list, and runs verify rounds.
+async fn distro_loop(node: Arc<Node>, verify_every: Duration, stop: CancellationToken) {
+    let mut rings = node.membership().subscribe();
+    let mut last_ring = rings.borrow_and_update().clone();
+    let mut verify = tokio::time::interval(verify_every);
+    verify.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut peers_tick = tokio::time::interval(Duration::from_millis(500));
+    peers_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = rings.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let ring = rings.borrow_and_update().clone();
+                let granted = node.distro().ownership_moved(&last_ring, &ring, node.now_ms());
+                if granted > 0 {
+                    tracing::info!(services = granted, "took over services; their instances get one full timeout of grace");
+                }
+                last_ring = ring;
+            }
+            _ = peers_tick.tick() => {
+                if let Some(c) = node.distro().cluster() {
+                    c.replicator.set_peers(&node.membership().peers());
+                }
+            }
+            _ = verify.tick() => {
+                if node.distro().is_loaded() {
+                    node.distro().verify_round(node.now_ms()).await;
+                }
+            }
+        }
+    }
+}
+
 /// Runs a registry node on `listener` until `shutdown` fires.
 pub async fn run(
     listener: TcpListener,
@@ -139,10 +194,70 @@ pub async fn run(
         None
     };
 
+    let tasks = CancellationToken::new();
+    let mut handles = Vec::new();
+    let advertised = settings.advertised();
+
+    // Membership and Distro: trivial when standalone, discovery-driven otherwise.
+    let (membership, distro, discovery) = if settings.standalone {
+        let m = Arc::new(Membership::standalone(advertised.clone()));
+        (m.clone(), Distro::standalone(m), None)
+    } else {
+        let c = &settings.cluster;
+        let source = c.source()?.ok_or_else(|| {
+            ServeError::Config(nacre_config::ConfigError::Invalid {
+                key: "cluster".into(),
+                value: "no member source".into(),
+                reason: "a clustered node needs a member source".into(),
+            })
+        })?;
+        let discovery = nacre_config::members::Discovery::start(
+            source,
+            Duration::from_millis(c.discovery_interval_ms),
+            tasks.clone(),
+        )
+        .await?;
+        let m = Arc::new(Membership::clustered(
+            advertised.clone(),
+            &discovery.current(),
+            metrics.registry(),
+        )?);
+        let client = PeerClient::new(&secret).map_err(ServeError::Peer)?;
+        let store = Arc::new(crate::distro::EphemeralStore::new());
+        let distro_settings = DistroSettings {
+            sync: SyncSettings {
+                batch_window: Duration::from_millis(c.sync_batch_ms),
+                queue_capacity: c.sync_queue_capacity,
+                ..SyncSettings::default()
+            },
+            verify_interval: Duration::from_millis(c.verify_interval_ms),
+            ..DistroSettings::default()
+        };
+        let replicator = Arc::new(Replicator::new(
+            advertised.clone(),
+            store.clone(),
+            client.clone(),
+            distro_settings.sync,
+            DistroMetrics::new(metrics.registry())?,
+            tasks.child_token(),
+        ));
+        replicator.set_peers(&m.peers());
+        let distro = Distro::clustered(
+            store,
+            m.clone(),
+            DistroCluster {
+                replicator,
+                client,
+                settings: distro_settings,
+            },
+        );
+        (m, distro, Some(discovery))
+    };
+
     let mut raft_settings = RaftSettings::new(
         settings.data_dir.clone(),
-        settings.advertised(),
-        secret,
+        advertised.clone(),
+        secret.clone(),
         settings.standalone,
     );
     raft_settings.apply_latency = Some(metrics.raft_apply.clone());
@@ -158,18 +273,48 @@ pub async fn run(
 
     let node = Arc::new(Node::new(
         settings.clone(),
+        distro,
         persistent.clone(),
         push.clone(),
         metrics,
         Clock::new(),
     ));
-    let tasks = CancellationToken::new();
-    let mut handles = Vec::new();
+
+    if let Some(discovery) = &discovery {
+        let c = &settings.cluster;
+        let client = PeerClient::new(&secret).map_err(ServeError::Peer)?;
+        handles.push(spawn_in_span(crate::membership::run(
+            membership.clone(),
+            discovery.subscribe(),
+            client,
+            ProbeSettings {
+                interval: Duration::from_millis(c.probe_interval_ms),
+                timeout: Duration::from_millis(c.probe_timeout_ms),
+                down_after: c.down_after,
+            },
+            tasks.clone(),
+        )));
+        let expect = c
+            .bootstrap_expect
+            .unwrap_or_else(|| discovery.current().len());
+        handles.push(spawn_in_span(crate::raft::cluster::run(
+            persistent.clone(),
+            membership.clone(),
+            expect,
+            Duration::from_millis(c.raft_membership_interval_ms),
+            tasks.clone(),
+        )));
+        handles.push(spawn_in_span(distro_loop(
+            node.clone(),
+            Duration::from_millis(c.verify_interval_ms),
+            tasks.clone(),
+        )));
+    }
 
     let sweeper = node.clone();
     let stop = tasks.clone();
     let every = Duration::from_millis(settings.expiry_interval_ms);
-    handles.push(tokio::spawn(async move {
+    handles.push(spawn_in_span(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -180,7 +325,7 @@ pub async fn run(
         }
     }));
 
-    handles.push(tokio::spawn(crate::health::run(
+    handles.push(spawn_in_span(crate::health::run(
         node.clone(),
         Duration::from_millis(settings.health_check_interval_ms),
         Duration::from_millis(settings.health_check_timeout_ms),
@@ -207,10 +352,13 @@ pub async fn run(
                 },
             ))
         });
-        handles.push(tokio::spawn(hub.clone().run(renderer, tasks.clone())));
+        handles.push(spawn_in_span(hub.clone().run(renderer, tasks.clone())));
     }
 
-    let app = Arc::new(App { node: node.clone() });
+    let app = Arc::new(App {
+        node: node.clone(),
+        secret: secret.clone(),
+    });
     let router = api::router(app, persistent.router());
     tracing::info!(listen = %local, advertise = %settings.advertised(), data = %settings.data_dir.display(), "registry node serving");
 
@@ -221,7 +369,17 @@ pub async fn run(
         router.into_make_service_with_connect_info::<crate::listener::PeerAddr>(),
     )
     .with_graceful_shutdown(async move { drain.cancelled().await });
-    let served = tokio::spawn(async move { server.await });
+    let served = spawn_in_span(async move { server.await });
+    if discovery.is_some() {
+        // Serve first (peers probe us and fetch our snapshot too), then load peers' data;
+        // the node reports ready only once this is done.
+        let loader = node.clone();
+        handles.push(spawn_in_span(async move {
+            let clock = loader.clone();
+            let n = loader.distro().load_snapshot(move || clock.now_ms()).await;
+            tracing::info!(services = n, "distro start-up snapshot loaded");
+        }));
+    }
     let result = tokio::select! {
         r = served => r.map_err(|e| ServeError::Http(std::io::Error::other(e))).and_then(|r| r.map_err(ServeError::Http)),
         _ = async {
@@ -233,15 +391,33 @@ pub async fn run(
         }
     };
 
+    tracing::info!("http server stopped; stopping background tasks");
     tasks.cancel();
-    for h in handles {
-        if tokio::time::timeout(Duration::from_secs(2), h)
+    let aborts: Vec<_> = handles.iter().map(|h| h.abort_handle()).collect();
+    if tokio::time::timeout(Duration::from_secs(3), futures::future::join_all(handles))
+        .await
+        .is_err()
+    {
+        tracing::warn!("background tasks did not stop in time; aborting them");
+        for a in aborts {
+            a.abort();
+        }
+    }
+    tracing::debug!("background tasks stopped");
+    if let Some(c) = node.distro().cluster() {
+        c.replicator.stopped().await;
+        tracing::debug!("distro sync workers stopped");
+    }
+    if let Some(d) = discovery {
+        if tokio::time::timeout(Duration::from_secs(3), d.stopped())
             .await
             .is_err()
         {
-            tracing::warn!("background task did not stop in time");
+            tracing::warn!("member discovery did not stop in time");
         }
+        tracing::debug!("member discovery stopped");
     }
+    tracing::info!("stopping raft");
     persistent.shutdown().await;
     tracing::info!("registry node stopped");
     result

@@ -8,6 +8,12 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+mod member;
+mod ring;
+
+pub use member::{Member, MemberState, Members};
+pub use ring::{Ring, VNODES};
+
 /// The namespace a request lands in when it names none.
 pub const DEFAULT_NAMESPACE: &str = "public";
 /// The group a service belongs to when its name carries no `group@@` prefix.

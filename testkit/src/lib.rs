@@ -6,10 +6,17 @@
 //! `<data dir>/nacre.log` (appended across restarts); [`NodeProcess::log_tail`] returns its end
 //! for failure messages.
 //!
+//! [`NodeProcess::start_member`] runs a cluster member instead (no `--standalone`), and
+//! [`cluster::TestCluster`] runs a whole multi-node cluster with a [`proxy::LinkProxy`] in front
+//! of every node so tests can cut or slow down the links between nodes. [`wait_until`] polls for
+//! convergence.
+//!
 //! Everything here is synchronous and std-only (the readiness probe is a tiny HTTP/1.0 GET),
 //! so it can be used from plain `#[test]`s and from async tests alike.
 
+pub mod cluster;
 pub mod http;
+pub mod proxy;
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -24,13 +31,18 @@ use anyhow::{anyhow, bail, Context, Result};
 /// Path of the readiness probe (the Java/Node clients' own health check).
 pub const METRICS_PATH: &str = "/nacos/v1/ns/operator/metrics";
 
-/// A `nacre registry --standalone` child process bound to `127.0.0.1:<port>`.
+/// A `nacre registry` child process bound to `127.0.0.1:<port>`: standalone
+/// ([`NodeProcess::start`]) or a cluster member ([`NodeProcess::start_member`]).
 #[derive(Debug)]
 pub struct NodeProcess {
     bin: PathBuf,
     data_dir: PathBuf,
     addr: SocketAddr,
+    /// Whether `--standalone` is passed (kept on restart).
+    standalone: bool,
     extra_args: Vec<String>,
+    /// Extra environment for the child, on top of the inherited one (kept on restart).
+    env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -55,7 +67,37 @@ impl NodeProcess {
             bin: bin.to_path_buf(),
             data_dir: data_dir.to_path_buf(),
             addr,
+            standalone: true,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
+            child: None,
+        };
+        node.spawn()?;
+        Ok(node)
+    }
+
+    /// Spawns a cluster member: `bin registry --listen <listen> --data <data_dir> <args...>`
+    /// (no `--standalone`) with `env` added to the inherited environment. The caller picks
+    /// `listen` (cluster tests allocate every port up front) and passes the cluster flags
+    /// (`--advertise`, `--cluster-secret`, `--members`/`--members-file`) in `args`.
+    /// [`NodeProcess::restart`] reuses the same address, arguments, environment and data dir.
+    /// Does not wait for readiness.
+    pub fn start_member(
+        bin: &Path,
+        data_dir: &Path,
+        listen: SocketAddr,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+    ) -> Result<NodeProcess> {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+        let mut node = NodeProcess {
+            bin: bin.to_path_buf(),
+            data_dir: data_dir.to_path_buf(),
+            addr: listen,
+            standalone: false,
+            extra_args: args,
+            env,
             child: None,
         };
         node.spawn()?;
@@ -69,14 +111,18 @@ impl NodeProcess {
             .open(self.log_path())
             .with_context(|| format!("opening {}", self.log_path().display()))?;
         let log_err = log.try_clone()?;
-        let child = Command::new(&self.bin)
-            .arg("registry")
-            .arg("--standalone")
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("registry");
+        if self.standalone {
+            cmd.arg("--standalone");
+        }
+        let child = cmd
             .arg("--listen")
             .arg(self.addr.to_string())
             .arg("--data")
             .arg(&self.data_dir)
             .args(&self.extra_args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err))
@@ -96,6 +142,7 @@ impl NodeProcess {
         format!("http://{}", self.addr)
     }
 
+    /// The node's data directory (also holds `nacre.log`).
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }
@@ -115,6 +162,7 @@ impl NodeProcess {
         String::from_utf8_lossy(&buf[start..]).into_owned()
     }
 
+    /// The child's process id, `None` after [`NodeProcess::kill9`] (until restarted).
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
@@ -126,6 +174,21 @@ impl NodeProcess {
             Some(c) => Ok(c.try_wait()?),
             None => Ok(None),
         }
+    }
+
+    /// Whether the child is alive: spawned, not killed by [`NodeProcess::kill9`], and not
+    /// exited on its own (needs `&mut` because checking reaps an exited child).
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Whether [`NodeProcess::kill9`] stopped the node and it was not restarted since
+    /// (as opposed to a child that exited or crashed by itself).
+    pub fn is_killed(&self) -> bool {
+        self.child.is_none()
     }
 
     /// Polls `GET /nacos/v1/ns/operator/metrics` until it answers 200 with JSON
@@ -200,10 +263,47 @@ impl Drop for NodeProcess {
     }
 }
 
+/// Calls `f` every `poll` until it returns `Some`, and returns that value; fails once `timeout`
+/// has passed (after one last call at the deadline). Blocks the calling thread: from an async
+/// test on a current-thread runtime, only poll things outside the runtime (child processes,
+/// blocking HTTP via [`http_get`]) or use `spawn_blocking`.
+pub fn wait_until<T>(
+    timeout: Duration,
+    poll: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> Result<T> {
+    let start = Instant::now();
+    let deadline = start + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            bail!(
+                "condition not met within {timeout:?} (polled every {poll:?} for {:?})",
+                now - start
+            );
+        }
+        thread::sleep(poll.min(deadline - now));
+    }
+}
+
 /// A loopback address whose port was free a moment ago.
 pub fn free_loopback_addr() -> Result<SocketAddr> {
     let l = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
     Ok(l.local_addr()?)
+}
+
+/// `n` distinct loopback addresses whose ports were free a moment ago. All `n` ports are held
+/// at once while choosing, so (unlike `n` calls to [`free_loopback_addr`]) they never repeat.
+pub fn free_loopback_addrs(n: usize) -> Result<Vec<SocketAddr>> {
+    let held = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0"))
+        .collect::<Result<Vec<_>>>()?;
+    held.iter()
+        .map(|l| l.local_addr().context("local_addr"))
+        .collect()
 }
 
 /// Minimal blocking HTTP/1.0 GET (no chunked encoding, connection closed by the server).
@@ -229,4 +329,41 @@ pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16,
         .and_then(|c| c.parse::<u16>().ok())
         .ok_or_else(|| anyhow!("malformed status line: {head:?}"))?;
     Ok((status, body.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_until_returns_the_first_some() {
+        let mut calls = 0;
+        let v = wait_until(Duration::from_secs(5), Duration::from_millis(1), || {
+            calls += 1;
+            (calls == 3).then_some(calls * 10)
+        })
+        .unwrap();
+        assert_eq!(v, 30);
+    }
+
+    #[test]
+    fn wait_until_times_out_with_a_description() {
+        let t = Instant::now();
+        let e = wait_until(Duration::from_millis(50), Duration::from_millis(10), || {
+            None::<()>
+        })
+        .unwrap_err();
+        assert!(t.elapsed() >= Duration::from_millis(50));
+        assert!(e.to_string().contains("not met within"), "{e}");
+    }
+
+    #[test]
+    fn free_loopback_addrs_are_distinct() {
+        let addrs = free_loopback_addrs(20).unwrap();
+        let mut ports: Vec<u16> = addrs.iter().map(|a| a.port()).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), 20);
+        assert!(addrs.iter().all(|a| a.ip().is_loopback()));
+    }
 }

@@ -114,16 +114,28 @@ pub async fn update_switch(p: Params) -> Result<Response, ApiError> {
     )))
 }
 
-fn member_json(app: &App) -> serde_json::Value {
-    let addr = app.node.settings().advertised();
+fn member_json(app: &App, m: &crate::membership::MemberView) -> serde_json::Value {
+    let addr = &m.address;
     let (ip, port) = addr
         .rsplit_once(':')
         .map(|(h, p)| (h.to_string(), p.parse::<u16>().unwrap_or(0)))
         .unwrap_or((addr.clone(), 0));
+    // Nacos reports a member that answers but is still starting as STARTING; nacre's probe
+    // states map onto Nacos's UP / SUSPICIOUS / DOWN otherwise.
+    let state = if m.state == nacre_ring::MemberState::Up && !m.ready {
+        "STARTING"
+    } else {
+        m.state.as_str()
+    };
+    let fail = app
+        .node
+        .membership()
+        .peer_status(addr)
+        .map_or(0, |s| s.failures);
     serde_json::json!({
         "ip": ip,
         "port": port,
-        "state": if app.node.is_ready() { "UP" } else { "STARTING" },
+        "state": state,
         "extendInfo": {
             "lastRefreshTime": app.node.now_ms(),
             "raftPort": port.saturating_sub(1000).to_string(),
@@ -131,29 +143,35 @@ fn member_json(app: &App) -> serde_json::Value {
             "site": "nacre",
         },
         "address": addr,
-        "failAccessCnt": 0,
+        "failAccessCnt": fail,
     })
 }
 
-/// `GET /operator/servers`: cluster members.
+fn members(app: &App) -> Vec<crate::membership::MemberView> {
+    app.node.membership().members(app.node.is_ready())
+}
+
+/// `GET /operator/servers`: cluster members (`healthy=true`: only those serving).
 pub async fn servers(State(app): State<Arc<App>>, p: Params) -> Response {
     let healthy_only = p.opt("healthy").is_some_and(validate::strict_bool);
-    let members: Vec<_> = if healthy_only && !app.node.is_ready() {
-        Vec::new()
-    } else {
-        vec![member_json(&app)]
-    };
-    json(&serde_json::json!({ "servers": members }))
+    let list: Vec<_> = members(&app)
+        .iter()
+        .filter(|m| !healthy_only || (m.state == nacre_ring::MemberState::Up && m.ready))
+        .map(|m| member_json(&app, m))
+        .collect();
+    json(&serde_json::json!({ "servers": list }))
 }
 
 /// `GET /nacos/v1/core/cluster/nodes`: the core member list.
 pub async fn core_nodes(State(app): State<Arc<App>>) -> Response {
-    json(&serde_json::json!({"code": 200, "message": null, "data": [member_json(&app)]}))
+    let list: Vec<_> = members(&app).iter().map(|m| member_json(&app, m)).collect();
+    json(&serde_json::json!({"code": 200, "message": null, "data": list}))
 }
 
 /// `GET /nacos/v1/core/cluster/nodes/self`.
 pub async fn core_self(State(app): State<Arc<App>>) -> Response {
-    json(&serde_json::json!({"code": 200, "message": null, "data": member_json(&app)}))
+    let me = members(&app).swap_remove(0);
+    json(&serde_json::json!({"code": 200, "message": null, "data": member_json(&app, &me)}))
 }
 
 /// `GET /nacos/v1/core/cluster/health`.
@@ -169,7 +187,7 @@ pub async fn distro_server(State(app): State<Arc<App>>, p: Params) -> Result<Res
         return Err(ApiError::bad_request("service not found"));
     }
     Ok(json(
-        &serde_json::json!({ "responsibleServer": app.node.settings().advertised() }),
+        &serde_json::json!({ "responsibleServer": app.node.membership().owner(&key) }),
     ))
 }
 
@@ -404,17 +422,35 @@ pub async fn delete_namespace(
     Ok(json(&true))
 }
 
-/// `GET /nacre/v1/cluster`: nacre's own cluster view.
+/// `GET /nacre/v1/cluster`: nacre's own cluster view: Raft leader and state, members with
+/// their probe states, and the ownership ring.
 pub async fn nacre_cluster(State(app): State<Arc<App>>) -> Response {
     let st = app.node.persistent().status();
-    let me = app.node.settings().advertised();
+    let me = app.node.membership().self_addr().to_string();
+    let ring = app.node.membership().ring();
+    let members: Vec<_> = members(&app)
+        .into_iter()
+        .map(|m| {
+            serde_json::json!({
+                "address": m.address,
+                "state": m.state,
+                "ready": m.ready,
+                "inRing": m.in_ring,
+                "self": m.is_self,
+            })
+        })
+        .collect();
     json(&serde_json::json!({
         "self": me,
+        "standalone": app.node.membership().is_standalone(),
+        "ready": app.node.is_ready(),
         "leader": st.leader,
         "term": st.term,
         "role": st.role,
         "commitIndex": st.commit_index,
         "lastApplied": st.last_applied,
-        "members": [{"address": me, "state": if app.node.is_ready() { "UP" } else { "STARTING" }}],
+        "raftMembers": st.members.values().collect::<Vec<_>>(),
+        "ring": ring.members().to_vec(),
+        "members": members,
     }))
 }

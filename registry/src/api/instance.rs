@@ -8,6 +8,7 @@ use axum::response::Response;
 
 use super::agent::ClientInfo;
 use super::error::ApiError;
+use super::forward;
 use super::params::Params;
 use super::render::{self, ListOptions};
 use super::{cluster_param, json, ok, service_key, App};
@@ -68,6 +69,9 @@ fn spec(p: &Params) -> Result<Instance, ApiError> {
 /// `POST /instance`: register.
 pub async fn register(State(app): State<Arc<App>>, p: Params) -> Result<Response, ApiError> {
     let key = service_key(&p)?;
+    if let Some(r) = forward::to_owner(&app, &key, &p).await {
+        return Ok(r);
+    }
     let spec = spec(&p)?;
     app.node.register(&key, spec).await?;
     Ok(ok())
@@ -76,6 +80,9 @@ pub async fn register(State(app): State<Arc<App>>, p: Params) -> Result<Response
 /// `DELETE /instance`: deregister (idempotent).
 pub async fn deregister(State(app): State<Arc<App>>, p: Params) -> Result<Response, ApiError> {
     let key = service_key(&p)?;
+    if let Some(r) = forward::to_owner(&app, &key, &p).await {
+        return Ok(r);
+    }
     let id = instance_key(&p, &["clusterName", "cluster"])?;
     app.node
         .deregister(&key, &id, flag(&p, "ephemeral", true))
@@ -86,6 +93,9 @@ pub async fn deregister(State(app): State<Arc<App>>, p: Params) -> Result<Respon
 /// `PUT /instance`: update (Java ≥ 1.0 clients) or upsert (everyone else).
 pub async fn update(State(app): State<Arc<App>>, p: Params) -> Result<Response, ApiError> {
     let key = service_key(&p)?;
+    if let Some(r) = forward::to_owner(&app, &key, &p).await {
+        return Ok(r);
+    }
     let spec = spec(&p)?;
     let must_exist = ClientInfo::parse(p.user_agent()).is_modern_java();
     app.node.update(&key, spec, must_exist).await?;
@@ -95,6 +105,9 @@ pub async fn update(State(app): State<Arc<App>>, p: Params) -> Result<Response, 
 /// `PATCH /instance`: change only the given fields.
 pub async fn patch(State(app): State<Arc<App>>, p: Params) -> Result<Response, ApiError> {
     let key = service_key(&p)?;
+    if let Some(r) = forward::to_owner(&app, &key, &p).await {
+        return Ok(r);
+    }
     let id = instance_key(&p, &["clusterName", "cluster"])?;
     let patch = InstancePatch {
         metadata: p.opt("metadata").map(validate::metadata).transpose()?,
@@ -244,6 +257,9 @@ fn parse_beat_body(raw: &str) -> Result<BeatBody, ApiError> {
 /// `PUT /instance/beat`: heartbeat.
 pub async fn beat(State(app): State<Arc<App>>, p: Params) -> Result<Response, ApiError> {
     let key = service_key(&p)?;
+    if let Some(r) = forward::to_owner(&app, &key, &p).await {
+        return Ok(r);
+    }
     let body = p.opt("beat").map(parse_beat_body).transpose()?;
     let cluster = match p.opt("clusterName") {
         Some(c) => {

@@ -7,7 +7,9 @@
 pub mod admin;
 pub mod agent;
 pub mod error;
+pub mod forward;
 pub mod instance;
+pub mod internal;
 pub mod params;
 pub mod render;
 pub mod service;
@@ -33,6 +35,8 @@ use params::Params;
 pub struct App {
     /// The node's domain facade.
     pub node: Arc<Node>,
+    /// The cluster secret internal callers must present.
+    pub secret: String,
 }
 
 /// Plain `ok`, the body Nacos clients compare write answers with.
@@ -158,8 +162,8 @@ pub fn router(app: Arc<App>, internal: Router) -> Router {
         .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::from_fn_with_state(app.clone(), gate))
         .layer(axum::middleware::from_fn_with_state(app.clone(), track))
-        .with_state(app);
-    public.merge(internal)
+        .with_state(app.clone());
+    public.merge(internal).merge(internal::routes(app))
 }
 
 /// Unknown paths answer 404 and known paths with an unsupported method 405, both with the
@@ -189,18 +193,15 @@ fn answer_unknown(app: &App, status: StatusCode, method: Method, path: &str) -> 
 }
 
 /// Nacos's status gate: while the node is not ready, naming requests get 503 so clients move
-/// to another server. Peers (`Nacos-Server` UA) and the health probe pass.
+/// to another server. Peers (holding the cluster secret) and the health probe pass.
 async fn gate(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
     let gated = path.starts_with("/nacos/v1/ns/")
         && !path.ends_with("/operator/metrics")
         && !path.ends_with("/ops/metrics");
     if gated && !app.node.is_ready() {
-        let from_peer = req
-            .headers()
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|ua| ua.starts_with("Nacos-Server"));
+        // Only a peer holding the cluster secret gets past; a User-Agent proves nothing.
+        let from_peer = crate::peer::secret_matches(req.headers(), &app.secret);
         if !from_peer {
             return ApiError::unavailable("server is DOWNnow, please try again later!")
                 .into_response();

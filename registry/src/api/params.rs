@@ -7,7 +7,8 @@
 use std::sync::Arc;
 
 use axum::extract::FromRequest;
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, Method, Uri};
+use bytes::Bytes;
 use http_body_util::BodyExt;
 use http_body_util::LengthLimitError;
 
@@ -22,6 +23,19 @@ pub struct Params {
     pub headers: HeaderMap,
     /// The TCP peer, when the server records it.
     pub peer: Option<std::net::SocketAddr>,
+    /// The request as received, kept so a write can be replayed on the service's owner.
+    pub raw: RawRequest,
+}
+
+/// A request's method, target and body as received (cheap clones).
+#[derive(Debug, Default, Clone)]
+pub struct RawRequest {
+    /// Method.
+    pub method: Method,
+    /// Path and query.
+    pub uri: Uri,
+    /// Body bytes.
+    pub body: Bytes,
 }
 
 impl Params {
@@ -31,6 +45,7 @@ impl Params {
             pairs,
             headers: HeaderMap::new(),
             peer: None,
+            raw: RawRequest::default(),
         }
     }
 
@@ -174,6 +189,15 @@ impl FromRequest<Arc<App>> for Params {
             pairs,
             headers: parts.headers,
             peer,
+            raw: RawRequest {
+                method: parts.method,
+                // Nested routers strip their prefix from `uri`; a replay needs the full path.
+                uri: parts
+                    .extensions
+                    .get::<axum::extract::OriginalUri>()
+                    .map_or(parts.uri, |o| o.0.clone()),
+                body: bytes,
+            },
         })
     }
 }

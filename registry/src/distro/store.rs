@@ -1,14 +1,19 @@
-//! The in-memory store of ephemeral instances (the AP side).
+//! The in-memory store of ephemeral instances (the AP side of the registry).
 //!
 //! Plain data and logic driven by explicit timestamps: registration, beats, patching and the
-//! expiry sweep all take `now_ms` from the caller, so expiry is testable without sleeping. Each
-//! service carries a revision that grows on every visible change; replication (cluster issue)
-//! and caches key off it.
+//! expiry sweep all take `now_ms` from the caller, so expiry is testable without sleeping.
+//!
+//! Every visible change of a service gets a new **version** from a hybrid logical clock
+//! (`max(now_ms << 16, last + 1)`, raised past every version seen from peers), so versions order
+//! changes across owners: a node that takes over a service always writes above the previous
+//! owner's versions. Replication ships whole [`ServiceRecord`]s and a peer applies one only when
+//! its version is newer, which makes delivery idempotent and order-insensitive.
 
 use std::collections::HashMap;
 
 use nacre_ring::ServiceKey;
 use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
 
 use crate::naming::model::{Instance, InstanceKey};
 use crate::naming::persistent::{apply_patch, put_into, service_not_found, InstancePatch, PutMode};
@@ -19,13 +24,21 @@ use crate::naming::NamingError;
 /// without racing a client that re-registers after a restart.
 pub const EMPTY_SERVICE_TTL_MS: u64 = 60_000;
 
+/// Bits of a version below the millisecond part: room for 65,536 changes per ms.
+const VERSION_SHIFT: u32 = 16;
+
+/// The wall-clock millisecond a version was issued at (for ages in logs and repair rules).
+pub fn version_ms(version: u64) -> u64 {
+    version >> VERSION_SHIFT
+}
+
 /// Ephemeral instances of one service.
 #[derive(Debug, Clone, Default)]
 pub struct EphemeralService {
     /// Instances in registration order.
     pub instances: Vec<Instance>,
-    /// Grows on every visible change.
-    pub revision: u64,
+    /// Hybrid-logical-clock version of the last visible change.
+    pub version: u64,
     /// When the service last became empty (ms), if it is empty.
     empty_since_ms: Option<u64>,
 }
@@ -37,10 +50,67 @@ impl EphemeralService {
             .find(|i| i.matches(ip, port, cluster))
     }
 
-    fn touch(&mut self, now_ms: u64) {
-        self.revision += 1;
-        self.empty_since_ms = self.instances.is_empty().then_some(now_ms);
+    fn set_version(&mut self, version: u64, now_ms: u64) {
+        self.version = version;
+        self.empty_since_ms = match (self.instances.is_empty(), self.empty_since_ms) {
+            (false, _) => None,
+            (true, Some(since)) => Some(since),
+            (true, None) => Some(now_ms),
+        };
     }
+
+    /// Order-independent checksum of what replicas must agree on. `last_beat_ms` is left out:
+    /// each node stamps it with its own clock.
+    pub fn checksum(&self) -> u64 {
+        let mut sum = 0u64;
+        for i in &self.instances {
+            let mut h = xxhash_rust::xxh3::Xxh3::new();
+            h.update(i.ip.as_bytes());
+            h.update(&i.port.to_le_bytes());
+            h.update(i.cluster.as_bytes());
+            h.update(&i.weight.to_bits().to_le_bytes());
+            h.update(&[
+                i.healthy as u8,
+                i.enabled as u8,
+                i.ephemeral as u8,
+                i.marked as u8,
+            ]);
+            for (k, v) in &i.metadata {
+                h.update(k.as_bytes());
+                h.update(&[0]);
+                h.update(v.as_bytes());
+                h.update(&[0]);
+            }
+            h.update(i.instance_id.as_bytes());
+            h.update(&[0]);
+            h.update(i.app.as_bytes());
+            // Wrapping sum: the order instances were registered in does not matter.
+            sum = sum.wrapping_add(h.digest());
+        }
+        sum ^ (self.instances.len() as u64)
+    }
+}
+
+/// One service's replicated state: what Distro ships between nodes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    /// The service.
+    pub key: ServiceKey,
+    /// Version of this state.
+    pub version: u64,
+    /// The instances, or `None` when the service was deleted at `version`.
+    pub instances: Option<Vec<Instance>>,
+}
+
+/// A service's version and checksum, compared by the periodic verify.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Digest {
+    /// The service.
+    pub key: ServiceKey,
+    /// Version of the sender's copy.
+    pub version: u64,
+    /// [`EphemeralService::checksum`] of the sender's copy.
+    pub checksum: u64,
 }
 
 /// What a beat found.
@@ -77,10 +147,34 @@ pub struct Expiry {
     pub kind: ExpiryKind,
 }
 
+#[derive(Debug, Default)]
+struct Inner {
+    services: HashMap<ServiceKey, EphemeralService>,
+    /// The hybrid logical clock: the highest version issued or seen.
+    hlc: u64,
+}
+
+impl Inner {
+    fn next_version(&mut self, now_ms: u64, floor: u64) -> u64 {
+        let v = (now_ms << VERSION_SHIFT).max(self.hlc.max(floor) + 1);
+        self.hlc = v;
+        v
+    }
+
+    /// Stamps a visible change of `key` with a fresh version.
+    fn touch(&mut self, key: &ServiceKey, now_ms: u64) {
+        let floor = self.services.get(key).map_or(0, |s| s.version);
+        let v = self.next_version(now_ms, floor);
+        if let Some(s) = self.services.get_mut(key) {
+            s.set_version(v, now_ms);
+        }
+    }
+}
+
 /// All ephemeral services of a node.
 #[derive(Debug, Default)]
 pub struct EphemeralStore {
-    services: RwLock<HashMap<ServiceKey, EphemeralService>>,
+    inner: RwLock<Inner>,
 }
 
 impl EphemeralStore {
@@ -98,13 +192,16 @@ impl EphemeralStore {
         mode: PutMode,
         now_ms: u64,
     ) -> Result<(), NamingError> {
-        let mut map = self.services.write();
+        let mut inner = self.inner.write();
         let svc = match mode {
-            PutMode::Upsert => map.entry(key.clone()).or_default(),
-            PutMode::UpdateExisting => map.get_mut(key).ok_or_else(|| service_not_found(key))?,
+            PutMode::Upsert => inner.services.entry(key.clone()).or_default(),
+            PutMode::UpdateExisting => inner
+                .services
+                .get_mut(key)
+                .ok_or_else(|| service_not_found(key))?,
         };
         put_into(&mut svc.instances, instance, mode)?;
-        svc.touch(now_ms);
+        inner.touch(key, now_ms);
         Ok(())
     }
 
@@ -122,8 +219,9 @@ impl EphemeralStore {
         now_ms: u64,
         f: impl FnOnce(&mut Instance) -> bool,
     ) -> Result<bool, NamingError> {
-        let mut map = self.services.write();
-        let svc = map
+        let mut inner = self.inner.write();
+        let svc = inner
+            .services
             .get_mut(key)
             .ok_or_else(|| NamingError::bad("instance not found"))?;
         let inst = svc
@@ -131,7 +229,7 @@ impl EphemeralStore {
             .ok_or_else(|| NamingError::bad("instance not found"))?;
         let changed = f(inst);
         if changed {
-            svc.touch(now_ms);
+            inner.touch(key, now_ms);
         }
         Ok(changed)
     }
@@ -153,8 +251,8 @@ impl EphemeralStore {
 
     /// Removes an instance; true when something was removed.
     pub fn remove(&self, key: &ServiceKey, id: &InstanceKey, now_ms: u64) -> bool {
-        let mut map = self.services.write();
-        let Some(svc) = map.get_mut(key) else {
+        let mut inner = self.inner.write();
+        let Some(svc) = inner.services.get_mut(key) else {
             return false;
         };
         let before = svc.instances.len();
@@ -162,15 +260,15 @@ impl EphemeralStore {
             .retain(|i| !i.matches(&id.ip, id.port, &id.cluster));
         let removed = svc.instances.len() != before;
         if removed {
-            svc.touch(now_ms);
+            inner.touch(key, now_ms);
         }
         removed
     }
 
     /// Records a beat.
     pub fn beat(&self, key: &ServiceKey, id: &InstanceKey, now_ms: u64) -> BeatOutcome {
-        let mut map = self.services.write();
-        let Some(svc) = map.get_mut(key) else {
+        let mut inner = self.inner.write();
+        let Some(svc) = inner.services.get_mut(key) else {
             return BeatOutcome::Unknown;
         };
         let Some(inst) = svc.find_mut(&id.ip, id.port, &id.cluster) else {
@@ -183,7 +281,7 @@ impl EphemeralStore {
         }
         let interval_ms = inst.beat_interval_ms();
         if revived {
-            svc.touch(now_ms);
+            inner.touch(key, now_ms);
         }
         BeatOutcome::Alive {
             interval_ms,
@@ -206,17 +304,65 @@ impl EphemeralStore {
         })
     }
 
-    /// Drops a whole service; true when it existed.
-    pub fn remove_service(&self, key: &ServiceKey) -> bool {
-        self.services.write().remove(key).is_some()
+    /// Drops a whole service. Returns the deletion as a record to replicate (its version is
+    /// above every version the service had), or `None` when it did not exist.
+    pub fn remove_service(&self, key: &ServiceKey, now_ms: u64) -> Option<ServiceRecord> {
+        let mut inner = self.inner.write();
+        let old = inner.services.remove(key)?;
+        let version = inner.next_version(now_ms, old.version);
+        Some(ServiceRecord {
+            key: key.clone(),
+            version,
+            instances: None,
+        })
     }
 
-    /// Marks silent instances unhealthy and removes those silent past their delete timeout.
-    /// Empty services older than [`EMPTY_SERVICE_TTL_MS`] are dropped.
+    /// A deletion record for a service that no longer exists here, versioned above everything
+    /// this node has seen; `None` when the service exists.
+    pub fn deletion_record(&self, key: &ServiceKey) -> Option<ServiceRecord> {
+        let mut inner = self.inner.write();
+        if inner.services.contains_key(key) {
+            return None;
+        }
+        inner.hlc += 1;
+        Some(ServiceRecord {
+            key: key.clone(),
+            version: inner.hlc,
+            instances: None,
+        })
+    }
+
+    /// Gives an existing service a fresh version without changing it, so that every peer
+    /// takes this node's copy (used when copies with equal versions disagree).
+    pub fn restamp(&self, key: &ServiceKey, now_ms: u64) -> bool {
+        let mut inner = self.inner.write();
+        if !inner.services.contains_key(key) {
+            return false;
+        }
+        inner.touch(key, now_ms);
+        true
+    }
+
+    /// Marks silent instances unhealthy and removes those silent past their delete timeout,
+    /// in every service. Empty services older than [`EMPTY_SERVICE_TTL_MS`] are dropped.
     pub fn sweep(&self, now_ms: u64) -> Vec<Expiry> {
+        self.sweep_owned(now_ms, |_| true)
+    }
+
+    /// Like [`sweep`](Self::sweep), but expires instances only of services for which `owned`
+    /// holds: in a cluster only a service's owner judges its instances. Empty services are
+    /// dropped everywhere, as every node sees the same emptiness.
+    pub fn sweep_owned(&self, now_ms: u64, owned: impl Fn(&ServiceKey) -> bool) -> Vec<Expiry> {
         let mut out = Vec::new();
-        let mut map = self.services.write();
-        map.retain(|key, svc| {
+        let mut changed_keys = Vec::new();
+        let mut inner = self.inner.write();
+        inner.services.retain(|key, svc| {
+            if let Some(since) = svc.empty_since_ms {
+                return now_ms.saturating_sub(since) < EMPTY_SERVICE_TTL_MS;
+            }
+            if !owned(key) {
+                return true;
+            }
             let mut changed = false;
             svc.instances.retain_mut(|inst| {
                 if inst.marked {
@@ -244,14 +390,114 @@ impl EphemeralStore {
                 true
             });
             if changed {
-                svc.touch(now_ms);
+                changed_keys.push(key.clone());
             }
-            match svc.empty_since_ms {
-                Some(since) => now_ms.saturating_sub(since) < EMPTY_SERVICE_TTL_MS,
-                None => true,
-            }
+            true
         });
+        for k in &changed_keys {
+            inner.touch(k, now_ms);
+        }
         out
+    }
+
+    /// Gives every instance of the services selected by `pred` a fresh beat time, so a node
+    /// that has just become their owner waits one full timeout before expiring anything: it
+    /// never saw their beats, and a membership change must not mass-delete live instances.
+    pub fn grant_grace(&self, now_ms: u64, pred: impl Fn(&ServiceKey) -> bool) -> usize {
+        let mut inner = self.inner.write();
+        let mut n = 0;
+        for (key, svc) in inner.services.iter_mut() {
+            if pred(key) {
+                for i in &mut svc.instances {
+                    i.last_beat_ms = i.last_beat_ms.max(now_ms);
+                }
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Applies a peer's record when it is newer than the local copy; true when applied.
+    ///
+    /// Incoming instances get `last_beat_ms = now_ms` unless the local copy knows a later beat:
+    /// the sender's beat times come from another clock, and "last heard of" is what expiry
+    /// needs should this node become the owner.
+    pub fn apply_remote(&self, record: ServiceRecord, now_ms: u64) -> bool {
+        let mut inner = self.inner.write();
+        inner.hlc = inner.hlc.max(record.version);
+        let local = inner.services.get(&record.key).map(|s| s.version);
+        if local.is_some_and(|v| v >= record.version) {
+            return false;
+        }
+        match record.instances {
+            None => inner.services.remove(&record.key).is_some(),
+            Some(mut instances) => {
+                let svc = inner.services.entry(record.key).or_default();
+                for i in &mut instances {
+                    let known = svc
+                        .instances
+                        .iter()
+                        .find(|l| l.matches(&i.ip, i.port, &i.cluster))
+                        .map_or(0, |l| l.last_beat_ms);
+                    i.last_beat_ms = known.max(now_ms);
+                }
+                svc.instances = instances;
+                svc.set_version(record.version, now_ms);
+                true
+            }
+        }
+    }
+
+    /// The current records of `keys` (a missing service is left out).
+    pub fn export(&self, keys: &[ServiceKey]) -> Vec<ServiceRecord> {
+        let inner = self.inner.read();
+        keys.iter()
+            .filter_map(|k| {
+                inner.services.get(k).map(|s| ServiceRecord {
+                    key: k.clone(),
+                    version: s.version,
+                    instances: Some(s.instances.clone()),
+                })
+            })
+            .collect()
+    }
+
+    /// Every service's record (a full snapshot for a starting peer).
+    pub fn export_all(&self) -> Vec<ServiceRecord> {
+        let inner = self.inner.read();
+        inner
+            .services
+            .iter()
+            .map(|(k, s)| ServiceRecord {
+                key: k.clone(),
+                version: s.version,
+                instances: Some(s.instances.clone()),
+            })
+            .collect()
+    }
+
+    /// Version and checksum of every service selected by `pred`.
+    pub fn digests(&self, pred: impl Fn(&ServiceKey) -> bool) -> Vec<Digest> {
+        let inner = self.inner.read();
+        inner
+            .services
+            .iter()
+            .filter(|(k, _)| pred(k))
+            .map(|(k, s)| Digest {
+                key: k.clone(),
+                version: s.version,
+                checksum: s.checksum(),
+            })
+            .collect()
+    }
+
+    /// The local version and checksum of one service.
+    pub fn digest(&self, key: &ServiceKey) -> Option<(u64, u64)> {
+        self.inner
+            .read()
+            .services
+            .get(key)
+            .map(|s| (s.version, s.checksum()))
     }
 
     /// Runs `f` on one service, if present.
@@ -260,23 +506,26 @@ impl EphemeralStore {
         key: &ServiceKey,
         f: impl FnOnce(&EphemeralService) -> R,
     ) -> Option<R> {
-        self.services.read().get(key).map(f)
+        self.inner.read().services.get(key).map(f)
     }
 
     /// Whether the service exists here.
     pub fn contains(&self, key: &ServiceKey) -> bool {
-        self.services.read().contains_key(key)
+        self.inner.read().services.contains_key(key)
     }
 
     /// Keys of all services, unordered.
     pub fn keys(&self) -> Vec<ServiceKey> {
-        self.services.read().keys().cloned().collect()
+        self.inner.read().services.keys().cloned().collect()
     }
 
     /// (services, instances) currently held.
     pub fn counts(&self) -> (usize, usize) {
-        let map = self.services.read();
-        (map.len(), map.values().map(|s| s.instances.len()).sum())
+        let inner = self.inner.read();
+        (
+            inner.services.len(),
+            inner.services.values().map(|s| s.instances.len()).sum(),
+        )
     }
 }
 
@@ -388,16 +637,16 @@ mod tests {
     }
 
     #[test]
-    fn reregistration_keeps_health_and_bumps_revision() {
+    fn reregistration_keeps_health_and_bumps_version() {
         let s = EphemeralStore::new();
         s.register(&key(), inst("10.0.0.1", 0), 0);
         s.sweep(20_000);
-        let rev = s.with_service(&key(), |s| s.revision).unwrap();
+        let rev = s.with_service(&key(), |s| s.version).unwrap();
         let mut again = inst("10.0.0.1", 20_000);
         again.weight = 2.0;
         s.register(&key(), again, 20_000);
         assert_eq!(healthy(&s, "10.0.0.1"), Some(false));
-        assert!(s.with_service(&key(), |s| s.revision).unwrap() > rev);
+        assert!(s.with_service(&key(), |s| s.version).unwrap() > rev);
     }
 
     #[test]
@@ -431,6 +680,94 @@ mod tests {
             })
             .unwrap();
         assert_eq!(ids, vec!["0", "2", "1"]);
+    }
+
+    fn record(s: &EphemeralStore) -> ServiceRecord {
+        s.export(&[key()]).pop().unwrap()
+    }
+
+    #[test]
+    fn versions_grow_and_order_across_nodes() {
+        let a = EphemeralStore::new();
+        a.register(&key(), inst("10.0.0.1", 0), 1_000);
+        let v1 = record(&a).version;
+        assert_eq!(version_ms(v1), 1_000);
+        a.register(&key(), inst("10.0.0.2", 0), 1_000);
+        assert!(record(&a).version > v1, "same millisecond still advances");
+
+        // A peer whose clock is behind still writes above what it has seen.
+        let b = EphemeralStore::new();
+        assert!(b.apply_remote(record(&a), 5));
+        b.register(&key(), inst("10.0.0.3", 0), 5);
+        assert!(record(&b).version > record(&a).version);
+        // Idempotent and order-insensitive: an older or equal record is ignored.
+        assert!(!b.apply_remote(record(&a), 6));
+        assert!(a.apply_remote(record(&b), 7));
+        assert_eq!(a.digest(&key()), b.digest(&key()));
+    }
+
+    #[test]
+    fn checksum_ignores_beat_times_and_order() {
+        let a = EphemeralStore::new();
+        a.register(&key(), inst("10.0.0.1", 0), 0);
+        a.register(&key(), inst("10.0.0.2", 0), 0);
+        let b = EphemeralStore::new();
+        b.register(&key(), inst("10.0.0.2", 99), 50);
+        b.register(&key(), inst("10.0.0.1", 77), 50);
+        let sum = |s: &EphemeralStore| s.digest(&key()).unwrap().1;
+        assert_eq!(sum(&a), sum(&b));
+        b.patch(
+            &key(),
+            &id("10.0.0.1"),
+            &InstancePatch {
+                weight: Some(3.0),
+                ..Default::default()
+            },
+            60,
+        )
+        .unwrap();
+        assert_ne!(sum(&a), sum(&b));
+    }
+
+    #[test]
+    fn deletion_replicates_and_stale_records_do_not_resurrect() {
+        let a = EphemeralStore::new();
+        a.register(&key(), inst("10.0.0.1", 0), 10);
+        let b = EphemeralStore::new();
+        let old = record(&a);
+        b.apply_remote(old.clone(), 10);
+        let del = a.remove_service(&key(), 20).unwrap();
+        assert!(del.version > old.version && del.instances.is_none());
+        assert!(b.apply_remote(del, 20));
+        assert!(!b.contains(&key()));
+        // The deleted service is gone from `a`, so it can only come back with a newer version.
+        assert!(a.apply_remote(old, 30), "an unknown service is accepted");
+    }
+
+    #[test]
+    fn only_owned_services_expire_and_grace_defers_expiry() {
+        let s = EphemeralStore::new();
+        s.register(&key(), inst("10.0.0.1", 0), 0);
+        assert!(s.sweep_owned(40_000, |_| false).is_empty());
+        assert_eq!(healthy(&s, "10.0.0.1"), Some(true));
+        assert_eq!(s.grant_grace(40_000, |_| true), 1);
+        assert!(s.sweep_owned(54_000, |_| true).is_empty());
+        assert_eq!(
+            s.sweep_owned(55_001, |_| true)[0].kind,
+            ExpiryKind::Unhealthy
+        );
+    }
+
+    #[test]
+    fn remote_records_stamp_local_beat_time() {
+        let a = EphemeralStore::new();
+        a.register(&key(), inst("10.0.0.1", 0), 0);
+        let b = EphemeralStore::new();
+        b.apply_remote(record(&a), 100_000);
+        let beat = b
+            .with_service(&key(), |s| s.instances[0].last_beat_ms)
+            .unwrap();
+        assert_eq!(beat, 100_000);
     }
 }
 

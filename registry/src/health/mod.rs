@@ -197,7 +197,10 @@ pub async fn run(node: Arc<Node>, interval: Duration, timeout: Duration, stop: C
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => {
+                tracing::debug!("health checker stopped");
+                return;
+            }
             _ = tick.tick() => {}
         }
         let all = targets(&node);

@@ -6,6 +6,7 @@
 //! status, and serves the internal Raft routes ([`PersistentStore::router`]). Storage lives in
 //! [`store`], transport in [`network`], openraft's type configuration in [`types`].
 
+pub mod cluster;
 pub mod network;
 pub mod store;
 pub mod types;
@@ -107,7 +108,7 @@ pub enum RaftStartError {
 }
 
 /// Why a write was not applied; each variant says what the caller should do next.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum WriteError {
     /// This node is not the leader: forward to `leader` (`host:port`) when known, else retry.
     #[error("not the raft leader (leader: {leader:?})")]
@@ -148,9 +149,23 @@ pub struct RaftStatus {
     pub members: BTreeMap<u64, String>,
 }
 
+/// Route on which the leader accepts commands forwarded by followers.
+pub const WRITE_PATH: &str = "/nacre/internal/raft/write";
+
+/// A committed write as the leader reports it to a forwarding follower.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Committed {
+    /// The command's own outcome.
+    pub result: CommandResult,
+    /// Log index of the entry, so the follower can wait until it has applied it too.
+    pub index: u64,
+}
+
 struct Inner {
     raft: Raft,
     node_id: NodeId,
+    advertise: String,
+    peer: crate::peer::PeerClient,
     state: Arc<RwLock<PersistentState>>,
     commit_index: Arc<CommitIndex>,
     secret: String,
@@ -224,6 +239,8 @@ impl PersistentStore {
                     path: db_path.clone(),
                     source,
                 })?;
+        let peer = crate::peer::PeerClient::new(&settings.cluster_secret)
+            .map_err(RaftStartError::Network)?;
         let network = network::HttpNetworkFactory::new(node_id, &settings.cluster_secret)
             .map_err(|e| RaftStartError::Network(e.to_string()))?;
         let raft = Raft::new(node_id, config, network, store.log, store.state_machine)
@@ -247,6 +264,8 @@ impl PersistentStore {
             inner: Arc::new(Inner {
                 raft,
                 node_id,
+                advertise: settings.advertise,
+                peer,
                 state: store.state,
                 commit_index: store.commit_index,
                 secret: settings.cluster_secret,
@@ -256,33 +275,108 @@ impl PersistentStore {
     }
 
     /// Proposes `cmd` and waits (up to [`WRITE_TIMEOUT`]) until it is committed and applied
-    /// here. `Ok` carries the command's own outcome, which may be a replicated rejection.
+    /// here. A follower forwards the command to the leader and then waits until it has applied
+    /// the entry itself, so a client reads its own write from any node. While no leader is
+    /// known (an election), it retries until the deadline. `Ok` carries the command's own
+    /// outcome, which may be a replicated rejection.
     pub async fn write(&self, cmd: Command) -> Result<CommandResult, WriteError> {
+        let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
         let started = Instant::now();
-        let res = tokio::time::timeout(WRITE_TIMEOUT, self.inner.raft.client_write(cmd)).await;
-        match res {
-            Err(_) => Err(WriteError::Unavailable(format!(
-                "no commit within {WRITE_TIMEOUT:?}"
-            ))),
-            Ok(Ok(resp)) => {
-                // Only committed writes are observed: fast NotLeader answers would otherwise
-                // drag the latency distribution towards zero.
-                if let Some(h) = &self.inner.apply_latency {
-                    h.observe(started.elapsed().as_secs_f64());
+        let mut last_err;
+        loop {
+            let attempt = tokio::time::timeout_at(deadline, self.write_once(cmd.clone())).await;
+            match attempt {
+                Err(_) => {
+                    return Err(WriteError::Unavailable(format!(
+                        "no commit within {WRITE_TIMEOUT:?}"
+                    )))
                 }
-                Ok(resp.data)
+                Ok(Ok(result)) => {
+                    // Only committed writes are observed: fast refusals would otherwise drag
+                    // the latency distribution towards zero.
+                    if let Some(h) = &self.inner.apply_latency {
+                        h.observe(started.elapsed().as_secs_f64());
+                    }
+                    return Ok(result);
+                }
+                Ok(Err(e @ WriteError::Fatal(_))) => return Err(e),
+                Ok(Err(e)) => last_err = e,
             }
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+            if tokio::time::Instant::now() + Duration::from_millis(100) >= deadline {
+                return Err(last_err);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn write_once(&self, cmd: Command) -> Result<CommandResult, WriteError> {
+        match self.write_local(cmd.clone()).await {
+            Err(WriteError::NotLeader {
+                leader: Some(leader),
+            }) if leader != self.inner.advertise => {
+                let committed: Result<Committed, WriteError> = self
+                    .inner
+                    .peer
+                    .post_json(&leader, WRITE_PATH, &cmd, WRITE_TIMEOUT)
+                    .await
+                    .map_err(|e| WriteError::Unavailable(format!("forwarding to leader: {e}")))?;
+                let committed = committed?;
+                self.wait_applied(committed.index).await;
+                Ok(committed.result)
+            }
+            other => other.map(|c| c.result),
+        }
+    }
+
+    /// Proposes `cmd` on this node only: `NotLeader` when it is not the leader.
+    pub async fn write_local(&self, cmd: Command) -> Result<Committed, WriteError> {
+        match self.inner.raft.client_write(cmd).await {
+            Ok(resp) => Ok(Committed {
+                result: resp.data,
+                index: resp.log_id.index,
+            }),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 Err(WriteError::NotLeader {
                     leader: f.leader_node.map(|n| n.addr),
                 })
             }
-            Ok(Err(RaftError::APIError(e))) => Err(WriteError::Unavailable(e.to_string())),
-            Ok(Err(RaftError::Fatal(Fatal::Stopped))) => {
+            Err(RaftError::APIError(e)) => Err(WriteError::Unavailable(e.to_string())),
+            Err(RaftError::Fatal(Fatal::Stopped)) => {
                 Err(WriteError::Unavailable("raft is shutting down".into()))
             }
-            Ok(Err(RaftError::Fatal(e))) => Err(WriteError::Fatal(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(WriteError::Fatal(e.to_string())),
         }
+    }
+
+    /// Waits until the local state machine has applied `index` (the caller's deadline bounds
+    /// the wait).
+    async fn wait_applied(&self, index: u64) {
+        let mut rx = self.inner.raft.metrics();
+        loop {
+            if rx
+                .borrow_and_update()
+                .last_applied
+                .is_some_and(|l| l.index >= index)
+            {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Whether this node's Raft state belongs to an initialized cluster.
+    pub fn is_initialized(&self) -> bool {
+        let rx = self.inner.raft.metrics();
+        let initialized = rx
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .next()
+            .is_some();
+        initialized
     }
 
     /// Reads the applied state. Never touches SQLite; do not block inside `f`.
@@ -354,9 +448,17 @@ impl PersistentStore {
         &self.inner.raft
     }
 
-    /// The internal Raft routes (`/nacre/internal/raft/…`), guarded by the cluster secret.
+    /// The internal Raft routes (`/nacre/internal/raft/…`), guarded by the cluster secret:
+    /// openraft's RPCs plus the leader's write route for forwarding followers.
     pub fn router(&self) -> axum::Router {
-        network::raft_router(self.inner.raft.clone(), self.inner.secret.clone())
+        let write = axum::Router::new()
+            .route(WRITE_PATH, axum::routing::post(forwarded_write))
+            .with_state(self.clone())
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::<str>::from(self.inner.secret.as_str()),
+                crate::peer::require_secret,
+            ));
+        network::raft_router(self.inner.raft.clone(), self.inner.secret.clone()).merge(write)
     }
 
     /// Stops openraft; later writes answer `Unavailable`. Idempotent.
@@ -365,6 +467,21 @@ impl PersistentStore {
             tracing::warn!(error = %e, "raft core ended abnormally");
         }
     }
+}
+
+/// The leader's side of write forwarding: proposes locally, never forwards again.
+async fn forwarded_write(
+    axum::extract::State(store): axum::extract::State<PersistentStore>,
+    axum::Json(cmd): axum::Json<Command>,
+) -> axum::Json<Result<Committed, WriteError>> {
+    let res = tokio::time::timeout(WRITE_TIMEOUT, store.write_local(cmd))
+        .await
+        .unwrap_or_else(|_| {
+            Err(WriteError::Unavailable(format!(
+                "no commit within {WRITE_TIMEOUT:?}"
+            )))
+        });
+    axum::Json(res)
 }
 
 #[cfg(test)]

@@ -182,12 +182,27 @@ async fn three_nodes_over_http_replicate_and_redirect_to_leader() {
         .unwrap();
 
     leader.store.write(create("orders")).await.unwrap().unwrap();
+    // Proposing on the follower alone is refused with the leader's address…
     assert_eq!(
-        follower.store.write(create("other")).await,
+        follower
+            .store
+            .write_local(create("other"))
+            .await
+            .map(|c| c.result),
         Err(WriteError::NotLeader {
             leader: Some(leader.addr.clone())
         })
     );
+    // …while `write` forwards to the leader and returns once the follower has applied it.
+    follower
+        .store
+        .write(create("other"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(follower
+        .store
+        .read(|st| st.service(&key("other")).is_some()));
     for n in &nodes {
         wait_for("replicated to every node", || {
             n.store.read(|st| st.service(&key("orders")).is_some())

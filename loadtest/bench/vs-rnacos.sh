@@ -1,0 +1,196 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: a nacre standalone node against r-nacos 0.8.8, both on loopback,
+# driven by the same harness (`nacre loadtest`) in alternating rounds (--compare), plus the
+# memory mode (RSS per instance at 10k and 100k instances, fresh processes each) and a check
+# of the harness's own cost per request against wrk's on the same server.
+#
+#   bash loadtest/bench/vs-rnacos.sh            # results under $NACRE_BENCH_OUT (printed)
+#
+# Knobs (environment): NACRE_BENCH_CACHE (r-nacos install root, default ~/.cache/nacre-bench),
+# NACRE_BENCH_OUT (results dir), BENCH_DURATION (per round, default 10s), BENCH_ROUNDS (3),
+# BENCH_CONCURRENCY (32), BENCH_PORT_BASE (first of the loopback ports used, default 39000),
+# NACRE_BIN (an already built nacre binary: skips the release build).
+# Needs: cargo, curl, python3; wrk for the harness-cost section (skipped if missing).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+CACHE="${NACRE_BENCH_CACHE:-$HOME/.cache/nacre-bench}"
+OUT="${NACRE_BENCH_OUT:-$CACHE/results-$(date +%Y%m%d-%H%M%S)}"
+DURATION="${BENCH_DURATION:-10s}"
+ROUNDS="${BENCH_ROUNDS:-3}"
+CONC="${BENCH_CONCURRENCY:-32}"
+PORT="${BENCH_PORT_BASE:-39000}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+PREBUILT="${NACRE_BIN:-}"
+NACRE="${PREBUILT:-$CARGO_TARGET_DIR/release/nacre}"
+RNACOS="$CACHE/bin/rnacos"
+NACRE_ADDR="127.0.0.1:$PORT"
+RNACOS_PORT=$((PORT + 10))
+RNACOS_ADDR="127.0.0.1:$RNACOS_PORT"
+mkdir -p "$OUT"
+# nacre refuses to start on an unknown NACRE_* variable (a typo must not pass silently), so
+# the script's own knobs must not reach it.
+unset NACRE_BENCH_CACHE NACRE_BENCH_OUT NACRE_BIN
+
+if [ ! -x "$RNACOS" ]; then
+    echo "== installing r-nacos 0.8.8 into $CACHE (nice 19; takes a while)"
+    nice -n 19 cargo install rnacos --version 0.8.8 --locked --root "$CACHE"
+fi
+if [ -z "$PREBUILT" ]; then
+    echo "== building nacre (release)"
+    (cd "$ROOT" && nice -n 10 cargo build --release -p nacre)
+fi
+
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do
+        kill "$p" 2>/dev/null || true
+        wait "$p" 2>/dev/null || true
+    done
+}
+trap cleanup EXIT
+
+wait_up() { # addr name
+    for _ in $(seq 1 150); do
+        if curl -fsS "http://$1/nacos/v1/ns/operator/metrics" >/dev/null 2>&1; then
+            return 0
+        fi
+        sleep 0.2
+    done
+    echo "$2 on $1 did not come up" >&2
+    return 1
+}
+
+start_nacre() { # data dir; sets NACRE_PID
+    rm -rf "$1" && mkdir -p "$1"
+    NACRE_LOG=warn "$NACRE" registry --standalone --listen "$NACRE_ADDR" --data "$1" \
+        >"$1/nacre.log" 2>&1 &
+    NACRE_PID=$!
+    PIDS+=("$NACRE_PID")
+    wait_up "$NACRE_ADDR" nacre
+}
+
+start_rnacos() { # data dir; sets RNACOS_PID
+    # r-nacos reads only RNACOS_* variables (and a .env file in its working directory, hence
+    # the fresh cwd). RUST_LOG=warn: its actix Logger middleware otherwise writes a line per
+    # request at info, which would be measured as server cost. Console off (port 0).
+    rm -rf "$1" && mkdir -p "$1"
+    (cd "$1" && exec env RNACOS_HTTP_PORT="$RNACOS_PORT" \
+        RNACOS_GRPC_PORT=$((RNACOS_PORT + 1)) \
+        RNACOS_RAFT_NODE_ADDR="127.0.0.1:$((RNACOS_PORT + 1))" \
+        RNACOS_HTTP_CONSOLE_PORT=0 \
+        RNACOS_SDK_HOST=127.0.0.1 RNACOS_CONSOLE_HOST=127.0.0.1 \
+        RNACOS_DATA_DIR="$1/db" RNACOS_CONFIG_DB_DIR="$1/db" \
+        RNACOS_ENABLE_METRICS=false RUST_LOG=warn \
+        "$RNACOS" >"$1/rnacos.log" 2>&1) &
+    RNACOS_PID=$!
+    PIDS+=("$RNACOS_PID")
+    wait_up "$RNACOS_ADDR" r-nacos
+}
+
+stop() { # pid
+    kill "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
+
+run() { # name, then loadtest args
+    local name=$1
+    shift
+    echo "== $name"
+    local cmd=("$NACRE" loadtest "$@" --json "$OUT/$name.json" --svg "$OUT/$name.svg")
+    echo "${cmd[*]}" | sed "s|$NACRE|nacre|" >"$OUT/$name.cmd"
+    "${cmd[@]}" | tee "$OUT/$name.txt"
+}
+
+echo "nacre $NACRE_ADDR, r-nacos $RNACOS_ADDR; results in $OUT"
+start_nacre "$OUT/nacre-data"
+start_rnacos "$OUT/rnacos-data"
+COMMON=(--target "$NACRE_ADDR" --target-pid "$NACRE_PID" --compare "$RNACOS_ADDR"
+    --compare-pid "$RNACOS_PID" --rounds "$ROUNDS" --duration "$DURATION"
+    --concurrency "$CONC")
+run register "${COMMON[@]}" --scenario register --services 10 --instances-per-service 1000 --seed 101
+run list "${COMMON[@]}" --scenario list --services 10 --instances-per-service 100 --seed 102
+run beat "${COMMON[@]}" --scenario beat --services 10 --instances-per-service 100 --seed 103
+stop "$NACRE_PID"
+stop "$RNACOS_PID"
+
+# Memory: a fresh process per server and size, so the baseline is an empty registry.
+for n in 10k 100k; do
+    per=$([ "$n" = 10k ] && echo 100 || echo 1000)
+    start_nacre "$OUT/nacre-mem-$n"
+    run "memory-$n-nacre" --target "$NACRE_ADDR" --target-pid "$NACRE_PID" --scenario memory \
+        --services 100 --instances-per-service "$per" --concurrency "$CONC" --seed 104
+    stop "$NACRE_PID"
+    start_rnacos "$OUT/rnacos-mem-$n"
+    run "memory-$n-rnacos" --target "$RNACOS_ADDR" --target-pid "$RNACOS_PID" \
+        --scenario memory --services 100 --instances-per-service "$per" --concurrency "$CONC" \
+        --seed 104
+    stop "$RNACOS_PID"
+done
+
+# Harness cost per request against wrk's, same server, same beat request, alternating.
+if command -v wrk >/dev/null 2>&1; then
+    start_nacre "$OUT/nacre-wrk"
+    BEAT="http://$NACRE_ADDR/nacos/v1/ns/instance/beat?serviceName=lt105-svc00000&groupName=DEFAULT_GROUP&namespaceId=public&ip=127.0.0.1&port=8080&clusterName=DEFAULT"
+    echo 'wrk.method = "PUT"' >"$OUT/beat.lua"
+    for i in 1 2 3; do
+        run "harness-$i" --target "$NACRE_ADDR" --target-pid "$NACRE_PID" --scenario beat \
+            --services 1 --instances-per-service 1 --concurrency "$CONC" --duration "$DURATION" \
+            --seed 105
+        echo "== wrk-$i"
+        echo "wrk -t1 -c$CONC -d$DURATION -s beat.lua '$BEAT'" >"$OUT/wrk-$i.cmd"
+        /usr/bin/time -f "wrk_cpu_seconds %U %S" -o "$OUT/wrk-$i.time" \
+            wrk -t1 -c"$CONC" -d"$DURATION" -s "$OUT/beat.lua" "$BEAT" | tee "$OUT/wrk-$i.txt"
+    done
+    stop "$NACRE_PID"
+fi
+
+python3 - "$OUT" <<'EOF' | tee "$OUT/summary.md"
+import json, os, re, sys
+out = sys.argv[1]
+def load(name):
+    p = os.path.join(out, name + ".json")
+    return json.load(open(p)) if os.path.exists(p) else None
+print("| scenario | server | req/s | p50 ms | p99 ms | max ms | errors | server CPU-s | req per server CPU-s | peak RSS MiB |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+for sc in ["register", "list", "beat"]:
+    c = load(sc)
+    if not c:
+        continue
+    for label, r in [("nacre", c["a"]), ("r-nacos", c["b"])]:
+        s = r.get("server") or {}
+        print(f"| {sc} | {label} | {r['throughput_rps']:.0f} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | "
+              f"{r['max_ms']:.2f} | {r['errors']} | {s.get('cpu_seconds', 0):.1f} | "
+              f"{s.get('requests_per_cpu_second', 0):.0f} | {s.get('peak_rss_bytes', 0)/2**20:.1f} |")
+    x = c["ratios"]
+    print(f"| {sc} | r-nacos / nacre | x{x['throughput']:.2f} | x{x['p50']:.2f} | x{x['p99']:.2f} | x{x['max']:.2f} | | | "
+          f"x{(x.get('server_requests_per_cpu_second') or 0):.2f} | |")
+print()
+print("| memory | server | instances listed back | RSS before MiB | RSS after MiB | bytes per instance | register req/s |")
+print("|---|---|---|---|---|---|---|")
+for n in ["10k", "100k"]:
+    for label in ["nacre", "rnacos"]:
+        r = load(f"memory-{n}-{label}")
+        if not r:
+            continue
+        m = r["memory"]
+        print(f"| {n} | {label} | {m['verified_instances']} / {m['instances']} | {m['rss_before_bytes']/2**20:.1f} | "
+              f"{m['rss_after_bytes']/2**20:.1f} | {m['bytes_per_instance']:.0f} | {r['throughput_rps']:.0f} |")
+print()
+print("| harness vs wrk (beat, nacre) | requests/s | client CPU-s | requests per client CPU-s |")
+print("|---|---|---|---|")
+for i in [1, 2, 3]:
+    r = load(f"harness-{i}")
+    if r:
+        h = r["harness"]
+        print(f"| nacre loadtest run {i} | {r['throughput_rps']:.0f} | {h['cpu_seconds']:.2f} | {h['requests_per_cpu_second']:.0f} |")
+    t = os.path.join(out, f"wrk-{i}.time")
+    w = os.path.join(out, f"wrk-{i}.txt")
+    if os.path.exists(t) and os.path.exists(w):
+        cpu = sum(float(v) for v in re.search(r"wrk_cpu_seconds (\S+) (\S+)", open(t).read()).groups())
+        text = open(w).read()
+        n = int(re.search(r"(\d+) requests in", text).group(1))
+        rps = float(re.search(r"Requests/sec:\s+(\S+)", text).group(1))
+        print(f"| wrk run {i} | {rps:.0f} | {cpu:.2f} | {n / cpu:.0f} |")
+EOF
+echo "results: $OUT"

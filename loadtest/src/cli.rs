@@ -1,0 +1,240 @@
+//! The `nacre loadtest` flags and their validation (a bad value stops the run before any
+//! traffic and names the flag).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::LoadtestError;
+use crate::scenario::ScenarioKind;
+
+/// Load-test a Nacos 1.x compatible registry (nacre, r-nacos, Java Nacos) over its HTTP Open
+/// API.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadtestArgs {
+    /// Server to load, HOST:PORT.
+    #[arg(long)]
+    pub target: String,
+    /// What to send.
+    #[arg(long, value_enum, default_value_t = ScenarioKind::Mixed)]
+    pub scenario: ScenarioKind,
+    /// Measured time per round (e.g. 10s, 500ms, 2m).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Traffic sent before measuring starts, not recorded.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// Connections (one sender each).
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Open loop at this many requests per second, latency measured from each request's
+    /// intended send time; without it, closed loop (as fast as answers come back).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Services the scenario spreads over.
+    #[arg(long, default_value_t = 10)]
+    pub services: usize,
+    /// Instances registered per service.
+    #[arg(long, default_value_t = 10)]
+    pub instances_per_service: u64,
+    /// Size of each instance's metadata JSON (0: none).
+    #[arg(long, default_value_t = 0)]
+    pub metadata_bytes: usize,
+    /// Nacos namespace id.
+    #[arg(long, default_value = "public")]
+    pub namespace: String,
+    /// Seed of every generated name: same seed, same services and instances.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// mixed: services each fleet client lists.
+    #[arg(long, default_value_t = 3)]
+    pub dependencies: usize,
+    /// Register persistent instances (ephemeral=false) instead of ephemeral ones.
+    #[arg(long)]
+    pub persistent: bool,
+    /// Per-request timeout.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Load-generator threads (1 = a single-threaded runtime on one core).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// User-Agent sent; a Java client agent is what makes Nacos push to subscribers.
+    #[arg(long, default_value = "Nacos-Java-Client:v1.4.1")]
+    pub user_agent: String,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write a latency-by-percentile SVG chart here.
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
+    /// Second target, HOST:PORT: run the same scenario against both in alternating rounds and
+    /// print B / A ratios.
+    #[arg(long)]
+    pub compare: Option<String>,
+    /// Rounds per target (default 1, or 3 with --compare).
+    #[arg(long)]
+    pub rounds: Option<u32>,
+    /// PID of the target server: report its CPU-seconds, requests per CPU-second, peak RSS.
+    #[arg(long)]
+    pub target_pid: Option<u32>,
+    /// PID of the --compare server.
+    #[arg(long)]
+    pub compare_pid: Option<u32>,
+    /// memory: wait this long after registering before reading the RSS.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub settle: Duration,
+}
+
+/// Parses `250ms`, `10s`, `1.5s`, `2m`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("not a duration: {s:?} (use e.g. 500ms, 10s, 2m)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("unknown unit {unit:?} in {s:?} (ms, s, m, h)")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("bad duration {s:?}: {e}"))
+}
+
+impl LoadtestArgs {
+    /// Arguments with every default, for `target` and `scenario` (library and test use).
+    pub fn new(target: &str, scenario: ScenarioKind) -> LoadtestArgs {
+        LoadtestArgs {
+            target: target.to_string(),
+            scenario,
+            duration: Duration::from_secs(10),
+            warmup: Duration::from_secs(1),
+            concurrency: 16,
+            rate: None,
+            services: 10,
+            instances_per_service: 10,
+            metadata_bytes: 0,
+            namespace: "public".into(),
+            seed: 1,
+            dependencies: 3,
+            persistent: false,
+            timeout: Duration::from_secs(5),
+            threads: 1,
+            user_agent: "Nacos-Java-Client:v1.4.1".into(),
+            json: None,
+            svg: None,
+            compare: None,
+            rounds: None,
+            target_pid: None,
+            compare_pid: None,
+            settle: Duration::from_secs(2),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), LoadtestError> {
+        let bad = |flag: &'static str, reason: &str| {
+            Err(LoadtestError::InvalidArg {
+                flag,
+                reason: reason.to_string(),
+            })
+        };
+        if self.duration.is_zero() {
+            return bad("--duration", "must be positive");
+        }
+        if self.timeout.is_zero() {
+            return bad("--timeout", "must be positive");
+        }
+        if !(1..=100_000).contains(&self.concurrency) {
+            return bad("--concurrency", "must be 1..=100000");
+        }
+        if !(1..=256).contains(&self.threads) {
+            return bad("--threads", "must be 1..=256");
+        }
+        if let Some(r) = self.rate {
+            if !(r.is_finite() && r > 0.0) {
+                return bad("--rate", "must be a positive number of requests per second");
+            }
+        }
+        if self.services == 0 || self.services > 1_000_000 {
+            return bad("--services", "must be 1..=1000000");
+        }
+        // Instance addresses are 127.x.y.z; churn uses twice the per-service count.
+        if self.instances_per_service == 0 || self.instances_per_service > 8_000_000 {
+            return bad("--instances-per-service", "must be 1..=8000000");
+        }
+        if self.metadata_bytes > 64 * 1024 {
+            return bad("--metadata-bytes", "at most 65536");
+        }
+        if self.namespace.is_empty() {
+            return bad("--namespace", "must not be empty");
+        }
+        if self.rounds == Some(0) {
+            return bad("--rounds", "must be at least 1");
+        }
+        if self.compare_pid.is_some() && self.compare.is_none() {
+            return bad("--compare-pid", "only with --compare");
+        }
+        if self.scenario == ScenarioKind::Memory {
+            if self.target_pid.is_none() {
+                return bad(
+                    "--target-pid",
+                    "the memory scenario reads the target's RSS: give its PID",
+                );
+            }
+            if self.compare.is_some() && self.compare_pid.is_none() {
+                return bad("--compare-pid", "the memory scenario needs both PIDs");
+            }
+            if self.rounds.is_some_and(|r| r > 1) {
+                return bad(
+                    "--rounds",
+                    "the memory scenario registers once per target (a second round only re-registers)",
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_accept_the_usual_units() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("5y").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn validation_names_the_bad_flag() {
+        let ok = LoadtestArgs::new("127.0.0.1:8848", ScenarioKind::List);
+        assert!(ok.validate().is_ok());
+        let mut a = ok.clone();
+        a.rate = Some(0.0);
+        assert!(a.validate().unwrap_err().to_string().contains("--rate"));
+        let mut a = ok.clone();
+        a.scenario = ScenarioKind::Memory;
+        assert!(a
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("--target-pid"));
+        let mut a = ok;
+        a.concurrency = 0;
+        assert!(a
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("--concurrency"));
+    }
+}

@@ -1,0 +1,328 @@
+//! The Nacos 1.x naming requests the scenarios send, and how their answers are judged.
+//!
+//! Names are derived from the seed alone, so two runs with the same `--seed` touch the same
+//! services and instances and two different seeds never collide. Instance addresses are in
+//! 127.0.0.0/8: a registry that health-checks instances then probes loopback only.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use crate::client::{Method, Request};
+use crate::stats::ErrorKind;
+
+const NS: &str = "/nacos/v1/ns";
+/// The group every scenario uses; push packets name services as `group@@service`.
+pub const GROUP: &str = "DEFAULT_GROUP";
+/// Port of every registered instance; instances differ by address.
+pub const INSTANCE_PORT: u16 = 8080;
+
+/// How an answer is judged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// A write: 2xx with the body `ok`.
+    OkText,
+    /// A beat: 2xx JSON whose `code`, if present, is 10200.
+    Beat,
+    /// A list: 2xx with a JSON object.
+    JsonObject,
+}
+
+/// Judges one answer.
+pub fn check(check: Check, status: u16, body: &[u8]) -> Result<(), ErrorKind> {
+    if !(200..300).contains(&status) {
+        return Err(ErrorKind::HttpStatus(status));
+    }
+    match check {
+        Check::OkText => {
+            if body.trim_ascii() == b"ok" {
+                Ok(())
+            } else {
+                Err(ErrorKind::UnexpectedBody)
+            }
+        }
+        Check::Beat => {
+            #[derive(serde::Deserialize)]
+            struct BeatReply {
+                code: Option<i64>,
+            }
+            match serde_json::from_slice::<BeatReply>(body) {
+                // Nacos before 1.4 answered without a code.
+                Ok(BeatReply {
+                    code: None | Some(10200),
+                }) => Ok(()),
+                Ok(BeatReply { code: Some(c) }) => Err(ErrorKind::NacosCode(c)),
+                Err(_) => Err(ErrorKind::UnexpectedBody),
+            }
+        }
+        Check::JsonObject => {
+            if body.trim_ascii_start().first() == Some(&b'{') {
+                Ok(())
+            } else {
+                Err(ErrorKind::UnexpectedBody)
+            }
+        }
+    }
+}
+
+/// Counts the instances in a list answer (setup checks and the memory mode's verification).
+pub fn count_hosts(body: &[u8]) -> Option<usize> {
+    #[derive(serde::Deserialize)]
+    struct List {
+        #[serde(default)]
+        hosts: Vec<serde::de::IgnoredAny>,
+    }
+    serde_json::from_slice::<List>(body)
+        .ok()
+        .map(|l| l.hosts.len())
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+pub fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// SplitMix64: a tiny seeded generator, so derived names and padding do not depend on the
+/// version of any random-number crate.
+pub fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Where a subscriber wants its pushes (`clientIP` + `udpPort` of a list request).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PushAddr {
+    pub ip: IpAddr,
+    pub port: u16,
+}
+
+/// Every name and request a run uses.
+#[derive(Clone, Debug)]
+pub struct Names {
+    seed: u64,
+    namespace: String,
+    services: Vec<String>,
+    /// Already encoded `&metadata=...`, or empty.
+    metadata_param: String,
+    ephemeral: bool,
+}
+
+impl Names {
+    pub fn new(
+        seed: u64,
+        namespace: &str,
+        services: usize,
+        metadata_bytes: usize,
+        ephemeral: bool,
+    ) -> Names {
+        let services = (0..services)
+            .map(|i| format!("lt{seed}-svc{i:05}"))
+            .collect();
+        Names {
+            seed,
+            namespace: namespace.to_string(),
+            services,
+            metadata_param: metadata_param(seed, metadata_bytes),
+            ephemeral,
+        }
+    }
+
+    pub fn service_count(&self) -> usize {
+        self.services.len()
+    }
+
+    /// The bare service name of service `s` (wraps around).
+    pub fn service(&self, s: usize) -> &str {
+        &self.services[s % self.services.len()]
+    }
+
+    /// `DEFAULT_GROUP@@<service>`, the name push packets carry.
+    pub fn grouped(&self, s: usize) -> String {
+        format!("{GROUP}@@{}", self.service(s))
+    }
+
+    /// The address of instance `i` of any service: 127.x.y.z counting from 127.0.0.1.
+    pub fn ip(i: u64) -> Ipv4Addr {
+        let n = i.wrapping_add(1) & 0x00FF_FFFF;
+        Ipv4Addr::new(127, (n >> 16) as u8, (n >> 8) as u8, n as u8)
+    }
+
+    /// A deterministic pick among `n` for (`a`, `b`): which services a fleet client depends on.
+    pub fn pick(&self, a: u64, b: u64, n: usize) -> usize {
+        let mut st = self.seed ^ a.wrapping_mul(0x100_0000_01B3) ^ (b << 32);
+        (splitmix64(&mut st) % n.max(1) as u64) as usize
+    }
+
+    fn common(&self, s: usize) -> String {
+        format!(
+            "serviceName={}&groupName={GROUP}&namespaceId={}",
+            self.service(s),
+            encode(&self.namespace)
+        )
+    }
+
+    pub fn register(&self, s: usize, i: u64) -> Request {
+        Request {
+            method: Method::Post,
+            target: format!(
+                "{NS}/instance?{}&ip={}&port={INSTANCE_PORT}&clusterName=DEFAULT&weight=1.0&enable=true&healthy=true&ephemeral={}{}",
+                self.common(s),
+                Self::ip(i),
+                self.ephemeral,
+                self.metadata_param
+            ),
+        }
+    }
+
+    pub fn deregister(&self, s: usize, i: u64) -> Request {
+        Request {
+            method: Method::Delete,
+            target: format!(
+                "{NS}/instance?{}&ip={}&port={INSTANCE_PORT}&clusterName=DEFAULT&ephemeral={}",
+                self.common(s),
+                Self::ip(i),
+                self.ephemeral
+            ),
+        }
+    }
+
+    /// A light beat (query parameters, no `beat` body), as the Java client sends once the
+    /// server said `lightBeatEnabled`.
+    pub fn beat(&self, s: usize, i: u64) -> Request {
+        Request {
+            method: Method::Put,
+            target: format!(
+                "{NS}/instance/beat?{}&ip={}&port={INSTANCE_PORT}&clusterName=DEFAULT",
+                self.common(s),
+                Self::ip(i)
+            ),
+        }
+    }
+
+    /// A list query; with `push`, it also (re)subscribes `push` to UDP pushes.
+    pub fn list(&self, s: usize, push: Option<PushAddr>) -> Request {
+        let sub = match push {
+            Some(p) => format!("&udpPort={}&clientIP={}", p.port, p.ip),
+            None => String::new(),
+        };
+        Request {
+            method: Method::Get,
+            target: format!(
+                "{NS}/instance/list?{}&clusters=&healthyOnly=false{sub}",
+                self.common(s)
+            ),
+        }
+    }
+}
+
+/// `&metadata=<json>` whose JSON text is about `bytes` long, with seeded filler.
+fn metadata_param(seed: u64, bytes: usize) -> String {
+    if bytes == 0 {
+        return String::new();
+    }
+    const ALNUM: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let frame = r#"{"lt.pad":""}"#.len();
+    let mut st = seed;
+    let pad: String = (0..bytes.saturating_sub(frame).max(1))
+        .map(|_| ALNUM[(splitmix64(&mut st) % ALNUM.len() as u64) as usize] as char)
+        .collect();
+    format!("&metadata={}", encode(&format!(r#"{{"lt.pad":"{pad}"}}"#)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_deterministic_per_seed() {
+        let a = Names::new(7, "public", 3, 64, true);
+        let b = Names::new(7, "public", 3, 64, true);
+        let c = Names::new(8, "public", 3, 64, true);
+        assert_eq!(a.register(2, 5), b.register(2, 5));
+        assert_ne!(a.register(2, 5), c.register(2, 5));
+        assert_eq!(a.service(4), "lt7-svc00001");
+        assert_eq!(a.grouped(0), "DEFAULT_GROUP@@lt7-svc00000");
+        assert_eq!(a.pick(3, 1, 10), b.pick(3, 1, 10));
+    }
+
+    #[test]
+    fn instance_addresses_stay_in_loopback() {
+        assert_eq!(Names::ip(0), Ipv4Addr::new(127, 0, 0, 1));
+        assert_eq!(Names::ip(255), Ipv4Addr::new(127, 0, 1, 0));
+        assert_eq!(Names::ip(99_999), Ipv4Addr::new(127, 1, 134, 160));
+        assert!(Names::ip(u64::MAX).is_loopback());
+    }
+
+    #[test]
+    fn metadata_has_the_requested_size() {
+        let p = metadata_param(1, 200);
+        let json = p.trim_start_matches("&metadata=");
+        // Only alphanumerics are padded, so the decoded size is exact.
+        let decoded_len = json.len() - 2 * json.matches('%').count();
+        assert_eq!(decoded_len, 200);
+        assert_eq!(metadata_param(1, 0), "");
+    }
+
+    #[test]
+    fn answers_are_judged_like_a_nacos_client_would() {
+        assert_eq!(check(Check::OkText, 200, b"ok"), Ok(()));
+        assert_eq!(
+            check(Check::OkText, 200, b"caused: x"),
+            Err(ErrorKind::UnexpectedBody)
+        );
+        assert_eq!(
+            check(Check::OkText, 503, b"ok"),
+            Err(ErrorKind::HttpStatus(503))
+        );
+        assert_eq!(
+            check(
+                Check::Beat,
+                200,
+                br#"{"clientBeatInterval":5000,"code":10200}"#
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            check(
+                Check::Beat,
+                200,
+                br#"{"clientBeatInterval":5000,"code":20404}"#
+            ),
+            Err(ErrorKind::NacosCode(20404))
+        );
+        assert_eq!(check(Check::JsonObject, 200, b" {\"hosts\":[]}"), Ok(()));
+        assert_eq!(
+            count_hosts(br#"{"hosts":[{"ip":"1"},{"ip":"2"}]}"#),
+            Some(2)
+        );
+        assert_eq!(count_hosts(br#"{"name":"x"}"#), Some(0));
+    }
+
+    #[test]
+    fn requests_carry_the_java_client_parameters() {
+        let n = Names::new(1, "dev ns", 1, 0, true);
+        let r = n.beat(0, 0);
+        assert_eq!(r.method, Method::Put);
+        assert_eq!(
+            r.target,
+            "/nacos/v1/ns/instance/beat?serviceName=lt1-svc00000&groupName=DEFAULT_GROUP&namespaceId=dev%20ns&ip=127.0.0.1&port=8080&clusterName=DEFAULT"
+        );
+        let l = n.list(
+            0,
+            Some(PushAddr {
+                ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                port: 4000,
+            }),
+        );
+        assert!(l.target.ends_with("&udpPort=4000&clientIP=127.0.0.1"));
+    }
+}

@@ -1,0 +1,564 @@
+//! The run report: built from merged [`Stats`], written as a human-readable table and as JSON
+//! (`--json`). The JSON field names are a contract for scripts (`bench/vs-rnacos.sh`, the smoke
+//! test); add fields, do not rename them.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use crate::error::LoadtestError;
+use crate::push::PushStats;
+use crate::stats::{quantile_ms, OpStats, Stats};
+
+/// Latency summary in milliseconds (successful requests only).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Latency {
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+    pub mean_ms: f64,
+}
+
+impl Latency {
+    pub fn of(h: &Histogram<u64>) -> Latency {
+        Latency {
+            p50_ms: quantile_ms(h, 0.50),
+            p90_ms: quantile_ms(h, 0.90),
+            p99_ms: quantile_ms(h, 0.99),
+            p999_ms: quantile_ms(h, 0.999),
+            max_ms: if h.is_empty() {
+                0.0
+            } else {
+                h.max() as f64 / 1000.0
+            },
+            mean_ms: if h.is_empty() { 0.0 } else { h.mean() / 1000.0 },
+        }
+    }
+}
+
+/// One point of the latency-by-percentile curve (the chart's data).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CurvePoint {
+    pub percentile: f64,
+    pub ms: f64,
+}
+
+/// Percentiles the curve is sampled at; dense in the tail, where the interest is.
+pub const CURVE_PERCENTILES: &[f64] = &[
+    0.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 99.999, 100.0,
+];
+
+pub fn curve(h: &Histogram<u64>) -> Vec<CurvePoint> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    CURVE_PERCENTILES
+        .iter()
+        .map(|&p| CurvePoint {
+            percentile: p,
+            ms: h.value_at_percentile(p) as f64 / 1000.0,
+        })
+        .collect()
+}
+
+/// One operation's row.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OpReport {
+    pub op: String,
+    pub requests: u64,
+    pub errors: u64,
+    pub throughput_rps: f64,
+    #[serde(flatten)]
+    pub latency: Latency,
+    pub errors_by_kind: BTreeMap<String, u64>,
+}
+
+/// CPU and memory of one process over the measured window(s).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProcReport {
+    pub pid: Option<u32>,
+    pub cpu_seconds: f64,
+    /// Requests answered per CPU-second this process used (0 if it used none measurably).
+    pub requests_per_cpu_second: f64,
+    pub peak_rss_bytes: u64,
+}
+
+/// The push side (scenarios that subscribe).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PushReport {
+    pub received: u64,
+    pub gzip: u64,
+    pub acked: u64,
+    pub decode_errors: u64,
+    /// Changes made that subscribers should hear about.
+    pub changes: u64,
+    /// Changes seen in a push.
+    pub observed: u64,
+    /// Changes overtaken by a newer one to the same instance before a push showed them.
+    pub superseded: u64,
+    /// Push latency (change sent → packet received) of observed changes.
+    #[serde(flatten)]
+    pub latency: Latency,
+}
+
+impl PushReport {
+    pub fn of(p: &PushStats) -> PushReport {
+        PushReport {
+            received: p.received,
+            gzip: p.gzip,
+            acked: p.acked,
+            decode_errors: p.decode_errors,
+            changes: p.changes,
+            observed: p.observed,
+            superseded: p.superseded,
+            latency: Latency::of(&p.latency),
+        }
+    }
+}
+
+/// The memory mode's result.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MemoryReport {
+    pub instances: u64,
+    /// Instances the target listed back after registration.
+    pub verified_instances: u64,
+    pub rss_before_bytes: u64,
+    pub rss_after_bytes: u64,
+    pub bytes_per_instance: f64,
+}
+
+/// How the run was configured (echoed so a JSON file is self-describing).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunConfig {
+    pub target: String,
+    pub seed: u64,
+    pub concurrency: usize,
+    pub rate_rps: Option<f64>,
+    pub duration_s: f64,
+    pub warmup_s: f64,
+    pub rounds: u32,
+    pub services: usize,
+    pub instances_per_service: u64,
+    pub metadata_bytes: usize,
+    pub namespace: String,
+    pub threads: usize,
+}
+
+/// A single-target report (`--json FILE`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub scenario: String,
+    pub requests: u64,
+    pub errors: u64,
+    pub throughput_rps: f64,
+    #[serde(flatten)]
+    pub latency: Latency,
+    /// Seconds the recorded requests span (summed over rounds).
+    pub measured_s: f64,
+    pub errors_by_kind: BTreeMap<String, u64>,
+    pub operations: Vec<OpReport>,
+    pub server: Option<ProcReport>,
+    pub harness: ProcReport,
+    pub push: Option<PushReport>,
+    pub memory: Option<MemoryReport>,
+    pub latency_curve: Vec<CurvePoint>,
+    pub config: RunConfig,
+}
+
+/// What a run accumulated for one target, before it becomes a [`Report`].
+pub struct Measured<'a> {
+    pub stats: &'a Stats,
+    pub measured_s: f64,
+    pub server: Option<(Option<u32>, f64, u64)>,
+    pub harness_cpu_s: f64,
+    pub harness_peak_rss: u64,
+    pub push: Option<PushStats>,
+    pub memory: Option<MemoryReport>,
+}
+
+fn per_sec(n: u64, secs: f64) -> f64 {
+    if secs > 0.0 {
+        n as f64 / secs
+    } else {
+        0.0
+    }
+}
+
+fn kinds(s: &OpStats) -> BTreeMap<String, u64> {
+    s.errors.iter().map(|(k, n)| (k.to_string(), *n)).collect()
+}
+
+impl Report {
+    pub fn build(
+        scenario: &str,
+        m: Measured<'_>,
+        config: RunConfig,
+    ) -> Result<Report, LoadtestError> {
+        let total = m.stats.total()?;
+        let requests = total.requests();
+        let operations = m
+            .stats
+            .ops
+            .iter()
+            .map(|(op, s)| OpReport {
+                op: op.to_string(),
+                requests: s.requests(),
+                errors: s.error_count(),
+                throughput_rps: per_sec(s.requests(), m.measured_s),
+                latency: Latency::of(&s.latency),
+                errors_by_kind: kinds(s),
+            })
+            .collect();
+        let push_errors = m.push.as_ref().map_or(0, |p| p.decode_errors);
+        let mut errors_by_kind = kinds(&total);
+        if push_errors > 0 {
+            errors_by_kind.insert("push_decode".into(), push_errors);
+        }
+        Ok(Report {
+            scenario: scenario.to_string(),
+            requests,
+            errors: total.error_count() + push_errors,
+            throughput_rps: per_sec(requests, m.measured_s),
+            latency: Latency::of(&total.latency),
+            measured_s: m.measured_s,
+            errors_by_kind,
+            operations,
+            server: m.server.map(|(pid, cpu, peak)| ProcReport {
+                pid,
+                cpu_seconds: cpu,
+                requests_per_cpu_second: if cpu > 0.0 {
+                    requests as f64 / cpu
+                } else {
+                    0.0
+                },
+                peak_rss_bytes: peak,
+            }),
+            harness: ProcReport {
+                pid: Some(std::process::id()),
+                cpu_seconds: m.harness_cpu_s,
+                requests_per_cpu_second: if m.harness_cpu_s > 0.0 {
+                    requests as f64 / m.harness_cpu_s
+                } else {
+                    0.0
+                },
+                peak_rss_bytes: m.harness_peak_rss,
+            },
+            push: m.push.as_ref().map(PushReport::of),
+            memory: m.memory,
+            latency_curve: curve(&total.latency),
+            config,
+        })
+    }
+}
+
+/// `b / a` for the compare mode (above 1: B is higher).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Ratios {
+    pub throughput: f64,
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+    pub server_requests_per_cpu_second: Option<f64>,
+}
+
+/// One target's figures in one round.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RoundRow {
+    pub round: u32,
+    pub target: String,
+    pub requests: u64,
+    pub errors: u64,
+    pub throughput_rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// The `--compare` report: both targets over all rounds, and B relative to A.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CompareReport {
+    pub scenario: String,
+    pub a: Report,
+    pub b: Report,
+    pub ratios: Ratios,
+    pub rounds: Vec<RoundRow>,
+}
+
+fn ratio(b: f64, a: f64) -> f64 {
+    if a > 0.0 {
+        b / a
+    } else {
+        0.0
+    }
+}
+
+impl CompareReport {
+    pub fn new(a: Report, b: Report, rounds: Vec<RoundRow>) -> CompareReport {
+        let rpc = match (&a.server, &b.server) {
+            (Some(x), Some(y)) => Some(ratio(y.requests_per_cpu_second, x.requests_per_cpu_second)),
+            _ => None,
+        };
+        CompareReport {
+            scenario: a.scenario.clone(),
+            ratios: Ratios {
+                throughput: ratio(b.throughput_rps, a.throughput_rps),
+                p50: ratio(b.latency.p50_ms, a.latency.p50_ms),
+                p99: ratio(b.latency.p99_ms, a.latency.p99_ms),
+                max: ratio(b.latency.max_ms, a.latency.max_ms),
+                server_requests_per_cpu_second: rpc,
+            },
+            a,
+            b,
+            rounds,
+        }
+    }
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+fn latency_cells(out: &mut String, l: &Latency) {
+    let _ = write!(
+        out,
+        " {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>9.3}",
+        l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms
+    );
+}
+
+/// The human-readable table.
+pub fn render(r: &Report) -> String {
+    let c = &r.config;
+    let pace = match c.rate_rps {
+        Some(rate) => format!("open loop at {rate} req/s"),
+        None => "closed loop".to_string(),
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "scenario {} against {}: {} services x {} instances, concurrency {}, {pace}, {:.1} s measured after {:.1} s warm-up, seed {}",
+        r.scenario, c.target, c.services, c.instances_per_service, c.concurrency, r.measured_s, c.warmup_s, c.seed
+    );
+    let _ = writeln!(
+        out,
+        "{:<16} {:>10} {:>8} {:>11} {:>8} {:>8} {:>8} {:>8} {:>9}",
+        "operation",
+        "requests",
+        "errors",
+        "req/s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "max ms"
+    );
+    let mut row = |name: &str, requests: u64, errors: u64, rps: f64, l: &Latency| {
+        let _ = write!(out, "{name:<16} {requests:>10} {errors:>8} {rps:>11.1}");
+        latency_cells(&mut out, l);
+        out.push('\n');
+    };
+    for op in &r.operations {
+        row(
+            &op.op,
+            op.requests,
+            op.errors,
+            op.throughput_rps,
+            &op.latency,
+        );
+    }
+    if r.operations.len() > 1 {
+        row("total", r.requests, r.errors, r.throughput_rps, &r.latency);
+    }
+    if !r.errors_by_kind.is_empty() {
+        let kinds: Vec<String> = r
+            .errors_by_kind
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        let _ = writeln!(out, "errors: {}", kinds.join(", "));
+    }
+    if let Some(p) = &r.push {
+        let _ = writeln!(
+            out,
+            "push: {} packets ({} gzip, {} acked, {} undecodable); of {} changes {} seen, {} superseded before a push, {} never seen; latency p50 {:.1} ms p99 {:.1} ms max {:.1} ms",
+            p.received, p.gzip, p.acked, p.decode_errors, p.changes, p.observed, p.superseded,
+            p.changes.saturating_sub(p.observed + p.superseded),
+            p.latency.p50_ms, p.latency.p99_ms, p.latency.max_ms
+        );
+    }
+    if let Some(s) = &r.server {
+        let _ = writeln!(
+            out,
+            "server pid {}: {:.2} CPU-s, {:.0} requests per CPU-s, peak RSS {:.1} MiB",
+            s.pid.map_or_else(|| "?".to_string(), |p| p.to_string()),
+            s.cpu_seconds,
+            s.requests_per_cpu_second,
+            mib(s.peak_rss_bytes)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "harness ({} thread{}): {:.2} CPU-s, {:.0} requests per CPU-s, peak RSS {:.1} MiB",
+        c.threads,
+        if c.threads == 1 { "" } else { "s" },
+        r.harness.cpu_seconds,
+        r.harness.requests_per_cpu_second,
+        mib(r.harness.peak_rss_bytes)
+    );
+    if let Some(m) = &r.memory {
+        let _ = writeln!(
+            out,
+            "memory: {} instances registered, {} listed back; RSS {:.1} MiB -> {:.1} MiB = {:.0} bytes per instance",
+            m.instances,
+            m.verified_instances,
+            mib(m.rss_before_bytes),
+            mib(m.rss_after_bytes),
+            m.bytes_per_instance
+        );
+    }
+    if let Some(rate) = c.rate_rps {
+        let achieved = r.throughput_rps;
+        if achieved < rate * 0.95 && r.memory.is_none() {
+            let _ = writeln!(
+                out,
+                "note: achieved {achieved:.0} req/s of the {rate} req/s asked for; latencies include the queueing"
+            );
+        }
+    }
+    out
+}
+
+/// The compare table: per-round rows, totals, and ratios.
+pub fn render_compare(c: &CompareReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "compare {} (B / A), alternating rounds", c.scenario);
+    let _ = writeln!(
+        out,
+        "{:<6} {:<24} {:>10} {:>8} {:>11} {:>8} {:>8}",
+        "round", "target", "requests", "errors", "req/s", "p50 ms", "p99 ms"
+    );
+    for r in &c.rounds {
+        let _ = writeln!(
+            out,
+            "{:<6} {:<24} {:>10} {:>8} {:>11.1} {:>8.3} {:>8.3}",
+            r.round, r.target, r.requests, r.errors, r.throughput_rps, r.p50_ms, r.p99_ms
+        );
+    }
+    for (label, r) in [("A", &c.a), ("B", &c.b)] {
+        let _ = writeln!(out, "\n{label}: {}", render(r));
+    }
+    let _ = write!(
+        out,
+        "B / A: throughput x{:.3}, p50 x{:.3}, p99 x{:.3}, max x{:.3}",
+        c.ratios.throughput, c.ratios.p50, c.ratios.p99, c.ratios.max
+    );
+    if let Some(x) = c.ratios.server_requests_per_cpu_second {
+        let _ = write!(out, ", server requests per CPU-s x{x:.3}");
+    }
+    out.push('\n');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::ErrorKind;
+    use std::time::Duration;
+
+    fn config() -> RunConfig {
+        RunConfig {
+            target: "127.0.0.1:8848".into(),
+            seed: 1,
+            concurrency: 4,
+            rate_rps: Some(100.0),
+            duration_s: 2.0,
+            warmup_s: 0.0,
+            rounds: 1,
+            services: 2,
+            instances_per_service: 3,
+            metadata_bytes: 0,
+            namespace: "public".into(),
+            threads: 1,
+        }
+    }
+
+    fn report() -> Report {
+        let mut stats = Stats::new().unwrap();
+        for i in 1..=200 {
+            stats.record_ok("list", Duration::from_micros(i * 10));
+        }
+        stats.record_ok("beat", Duration::from_millis(1));
+        stats.record_error("beat", ErrorKind::HttpStatus(503));
+        Report::build(
+            "mixed",
+            Measured {
+                stats: &stats,
+                measured_s: 2.0,
+                server: Some((Some(42), 0.5, 1 << 20)),
+                harness_cpu_s: 0.25,
+                harness_peak_rss: 1 << 20,
+                push: None,
+                memory: None,
+            },
+            config(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn json_has_the_documented_fields_and_types() {
+        let r = report();
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["scenario"], "mixed");
+        assert_eq!(v["requests"], 202);
+        assert_eq!(v["errors"], 1);
+        assert_eq!(v["throughput_rps"], 101.0);
+        for key in ["p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms", "mean_ms"] {
+            assert!(v[key].is_f64(), "{key}: {}", v[key]);
+        }
+        assert!((v["p50_ms"].as_f64().unwrap() - 1.0).abs() < 0.02);
+        assert_eq!(v["errors_by_kind"]["http_503"], 1);
+        assert_eq!(v["operations"][0]["op"], "beat");
+        assert!(v["operations"][1]["p99_ms"].is_f64());
+        assert_eq!(v["server"]["requests_per_cpu_second"], 404.0);
+        assert_eq!(v["harness"]["requests_per_cpu_second"], 808.0);
+        assert!(v["push"].is_null());
+        assert_eq!(
+            v["latency_curve"].as_array().unwrap().len(),
+            CURVE_PERCENTILES.len()
+        );
+        assert_eq!(v["config"]["seed"], 1);
+        // And it reads back unchanged.
+        let back: Report = serde_json::from_value(v).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn compare_ratios_are_b_over_a() {
+        let a = report();
+        let mut b = report();
+        b.throughput_rps *= 2.0;
+        b.latency.p99_ms *= 0.5;
+        let c = CompareReport::new(a, b, Vec::new());
+        assert_eq!(c.ratios.throughput, 2.0);
+        assert_eq!(c.ratios.p99, 0.5);
+        assert_eq!(c.ratios.server_requests_per_cpu_second, Some(1.0));
+        let v = serde_json::to_value(&c).unwrap();
+        assert_eq!(v["scenario"], "mixed");
+        assert_eq!(v["a"]["scenario"], "mixed");
+        assert!(render_compare(&c).contains("throughput x2.000"));
+    }
+
+    #[test]
+    fn table_lists_each_operation_and_the_total() {
+        let t = render(&report());
+        assert!(t.contains("\nbeat "));
+        assert!(t.contains("\nlist "));
+        assert!(t.contains("\ntotal "));
+        assert!(t.contains("errors: http_503 1"));
+        assert!(t.contains("404 requests per CPU-s"));
+    }
+}

@@ -1,0 +1,57 @@
+//! Node-to-node routes under `/nacre/internal/…` (besides Raft's own): member probes and
+//! Distro sync, verify and snapshot. Every route requires the cluster secret.
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+
+use super::App;
+use crate::distro::wire::{
+    SyncBatch, SyncReply, VerifyReply, VerifyRequest, SNAPSHOT_PATH, SYNC_PATH, VERIFY_PATH,
+};
+use crate::distro::ServiceRecord;
+use crate::membership::{PingReply, PING_PATH};
+use crate::peer::{require_secret, MAX_INTERNAL_BODY};
+
+async fn ping(State(app): State<Arc<App>>) -> Json<PingReply> {
+    let node = &app.node;
+    Json(PingReply {
+        address: node.membership().self_addr().to_string(),
+        node_id: node.persistent().node_id(),
+        ready: node.is_ready(),
+        raft_initialized: node.persistent().is_initialized(),
+        members_digest: node.membership().configured().digest(),
+    })
+}
+
+async fn sync(State(app): State<Arc<App>>, Json(batch): Json<SyncBatch>) -> Json<SyncReply> {
+    let applied = app.node.apply_remote(batch.records);
+    Json(SyncReply { applied })
+}
+
+async fn verify(State(app): State<Arc<App>>, Json(req): Json<VerifyRequest>) -> Json<VerifyReply> {
+    let (reply, removed) = app.node.distro().handle_verify(&req, app.node.now_ms());
+    for k in &removed {
+        app.node.changed(k);
+    }
+    Json(reply)
+}
+
+async fn snapshot(State(app): State<Arc<App>>) -> Json<Vec<ServiceRecord>> {
+    Json(app.node.distro().store().export_all())
+}
+
+/// The internal routes of the node, guarded by the cluster secret.
+pub fn routes(app: Arc<App>) -> Router {
+    let secret: Arc<str> = Arc::from(app.secret.as_str());
+    Router::new()
+        .route(PING_PATH, get(ping))
+        .route(SYNC_PATH, post(sync))
+        .route(VERIFY_PATH, post(verify))
+        .route(SNAPSHOT_PATH, get(snapshot))
+        .layer(DefaultBodyLimit::max(MAX_INTERNAL_BODY))
+        .layer(axum::middleware::from_fn_with_state(secret, require_secret))
+        .with_state(app)
+}

@@ -1,0 +1,451 @@
+//! Pushing local changes of ephemeral services to every peer (Distro sync).
+//!
+//! A change only marks its service *dirty* for each peer; a worker per peer drains the dirty set
+//! in batches and ships the services' current records. Marking instead of queueing each change
+//! means a burst of changes to one service costs one transfer, and a peer's backlog is bounded
+//! by the number of distinct services, never by the change rate. The set is also capped: when a
+//! dead peer's backlog passes the cap it is dropped and the periodic verify repairs the peer
+//! once it is back, so memory never grows without limit.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nacre_ring::ServiceKey;
+use parking_lot::Mutex;
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::store::{EphemeralStore, ServiceRecord};
+use super::wire::{SyncBatch, SyncReply, SYNC_PATH};
+use crate::peer::PeerClient;
+
+/// Tuning of the sync workers.
+#[derive(Debug, Clone, Copy)]
+pub struct SyncSettings {
+    /// How long a worker waits after the first change before sending, to batch a burst.
+    pub batch_window: Duration,
+    /// Most services in one request.
+    pub max_batch: usize,
+    /// Most dirty services remembered per peer before the backlog is dropped.
+    pub queue_capacity: usize,
+    /// Time allowed for one sync request.
+    pub timeout: Duration,
+}
+
+impl Default for SyncSettings {
+    fn default() -> Self {
+        Self {
+            // No deliberate delay: changes made while a request is in flight already form the
+            // next batch, and writers wait for the acknowledgement.
+            batch_window: Duration::ZERO,
+            max_batch: 1000,
+            queue_capacity: 100_000,
+            timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Backlog {
+    dirty: HashSet<ServiceKey>,
+    /// Counts marks; a writer waits until the peer has acknowledged its mark's number.
+    seq: u64,
+    /// When the oldest unsent change was marked (the peer's replication lag).
+    oldest: Option<Instant>,
+}
+
+struct PeerQueue {
+    backlog: Mutex<Backlog>,
+    /// Highest mark number whose change the peer has acknowledged.
+    acked: tokio::sync::watch::Sender<u64>,
+    wake: Notify,
+    stop: CancellationToken,
+}
+
+/// Metrics of Distro sync and verify.
+#[derive(Clone)]
+pub struct DistroMetrics {
+    /// Dirty services waiting per peer.
+    pub queue_depth: IntGaugeVec,
+    /// Age of the oldest unsent change per peer (ms).
+    pub lag_ms: IntGaugeVec,
+    /// Sync requests by peer and result.
+    pub syncs: IntCounterVec,
+    /// Backlogs dropped because a peer fell too far behind.
+    pub dropped: IntCounterVec,
+    /// Records received from peers, by whether they were newer and applied.
+    pub received: IntCounterVec,
+    /// Verify mismatches found, by how they were repaired.
+    pub verify_repairs: IntCounterVec,
+    /// Client writes forwarded to the owner, by result.
+    pub forwards: IntCounterVec,
+}
+
+impl DistroMetrics {
+    /// Creates and registers the metrics.
+    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let queue_depth = IntGaugeVec::new(
+            Opts::new(
+                "nacre_distro_queue_depth",
+                "Services waiting to be synced, per peer",
+            ),
+            &["peer"],
+        )?;
+        let lag_ms = IntGaugeVec::new(
+            Opts::new(
+                "nacre_distro_lag_ms",
+                "Age of the oldest change not yet synced to a peer (ms)",
+            ),
+            &["peer"],
+        )?;
+        let syncs = IntCounterVec::new(
+            Opts::new(
+                "nacre_distro_syncs_total",
+                "Distro sync requests, by peer and result",
+            ),
+            &["peer", "result"],
+        )?;
+        let dropped = IntCounterVec::new(
+            Opts::new(
+                "nacre_distro_backlog_dropped_total",
+                "Peer backlogs dropped at the queue cap (verify repairs the peer)",
+            ),
+            &["peer"],
+        )?;
+        let received = IntCounterVec::new(
+            Opts::new(
+                "nacre_distro_records_received_total",
+                "Service records received from peers, by outcome",
+            ),
+            &["outcome"],
+        )?;
+        let verify_repairs = IntCounterVec::new(
+            Opts::new(
+                "nacre_distro_verify_repairs_total",
+                "Divergent services found by verify, by repair",
+            ),
+            &["repair"],
+        )?;
+        let forwards = IntCounterVec::new(
+            Opts::new(
+                "nacre_forwards_total",
+                "Client writes for services owned elsewhere, by result",
+            ),
+            &["result"],
+        )?;
+        for m in [&queue_depth, &lag_ms] {
+            registry.register(Box::new(m.clone()))?;
+        }
+        for m in [&syncs, &dropped, &received, &verify_repairs, &forwards] {
+            registry.register(Box::new(m.clone()))?;
+        }
+        Ok(Self {
+            queue_depth,
+            lag_ms,
+            syncs,
+            dropped,
+            received,
+            verify_repairs,
+            forwards,
+        })
+    }
+}
+
+/// Sends this node's ephemeral changes to its peers.
+pub struct Replicator {
+    self_addr: String,
+    store: Arc<EphemeralStore>,
+    client: PeerClient,
+    settings: SyncSettings,
+    metrics: DistroMetrics,
+    peers: Mutex<HashMap<String, Arc<PeerQueue>>>,
+    stop: CancellationToken,
+    workers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Replicator {
+    /// A replicator with no peers yet; `stop` ends every worker.
+    pub fn new(
+        self_addr: String,
+        store: Arc<EphemeralStore>,
+        client: PeerClient,
+        settings: SyncSettings,
+        metrics: DistroMetrics,
+        stop: CancellationToken,
+    ) -> Self {
+        Self {
+            self_addr,
+            store,
+            client,
+            settings,
+            metrics,
+            peers: Mutex::new(HashMap::new()),
+            stop,
+            workers: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The metrics (shared with verify and forwarding).
+    pub fn metrics(&self) -> &DistroMetrics {
+        &self.metrics
+    }
+
+    /// Makes the worker set match `peers`: new peers get a worker, removed ones are stopped.
+    pub fn set_peers(self: &Arc<Self>, peers: &[String]) {
+        let mut map = self.peers.lock();
+        map.retain(|addr, q| {
+            let keep = peers.contains(addr);
+            if !keep {
+                q.stop.cancel();
+                let _ = self.metrics.queue_depth.remove_label_values(&[addr]);
+                let _ = self.metrics.lag_ms.remove_label_values(&[addr]);
+            }
+            keep
+        });
+        for addr in peers {
+            if *addr == self.self_addr || map.contains_key(addr) {
+                continue;
+            }
+            let q = Arc::new(PeerQueue {
+                backlog: Mutex::new(Backlog::default()),
+                acked: tokio::sync::watch::channel(0).0,
+                wake: Notify::new(),
+                stop: self.stop.child_token(),
+            });
+            map.insert(addr.clone(), q.clone());
+            let me = self.clone();
+            let addr = addr.clone();
+            let handle = tokio::spawn(tracing::Instrument::in_current_span(async move {
+                me.worker(addr, q).await
+            }));
+            let mut workers = self.workers.lock();
+            workers.retain(|h| !h.is_finished());
+            workers.push(handle);
+        }
+    }
+
+    /// Marks `key` changed for every peer.
+    pub fn changed(&self, key: &ServiceKey) {
+        for (addr, q) in self.queues() {
+            self.mark(&addr, &q, key);
+        }
+    }
+
+    fn queues(&self) -> Vec<(String, Arc<PeerQueue>)> {
+        self.peers
+            .lock()
+            .iter()
+            .map(|(a, q)| (a.clone(), q.clone()))
+            .collect()
+    }
+
+    /// Marks `key` changed for every peer and waits (at most `timeout`) until each peer in
+    /// `wait_for` has acknowledged it. A client that writes through one node and reads through
+    /// another — legacy clients pick a server per request — then reads its own write. Peers
+    /// that are slow or down only delay the answer up to `timeout`: availability first.
+    pub async fn changed_and_wait(&self, key: &ServiceKey, wait_for: &[String], timeout: Duration) {
+        let mut waits = Vec::new();
+        for (addr, q) in self.queues() {
+            let n = self.mark(&addr, &q, key);
+            if wait_for.contains(&addr) {
+                waits.push((q.acked.subscribe(), n));
+            }
+        }
+        let all = futures::future::join_all(waits.into_iter().map(|(mut rx, n)| async move {
+            let _ = rx.wait_for(|acked| *acked >= n).await;
+        }));
+        let _ = tokio::time::timeout(timeout, all).await;
+    }
+
+    /// Marks `key` changed for one peer (verify found it behind).
+    pub fn changed_for(&self, peer: &str, key: &ServiceKey) {
+        let q = self.peers.lock().get(peer).cloned();
+        if let Some(q) = q {
+            self.mark(peer, &q, key);
+        }
+    }
+
+    fn mark(&self, addr: &str, q: &PeerQueue, key: &ServiceKey) -> u64 {
+        let mut b = q.backlog.lock();
+        b.seq += 1;
+        let n = b.seq;
+        if b.dirty.len() >= self.settings.queue_capacity && !b.dirty.contains(key) {
+            tracing::warn!(peer = %addr, dropped = b.dirty.len(), "distro backlog for peer is full; dropping it, verify will repair the peer");
+            self.metrics.dropped.with_label_values(&[addr]).inc();
+            b.dirty.clear();
+            b.oldest = None;
+        }
+        if b.dirty.insert(key.clone()) && b.oldest.is_none() {
+            b.oldest = Some(Instant::now());
+        }
+        self.metrics
+            .queue_depth
+            .with_label_values(&[addr])
+            .set(b.dirty.len() as i64);
+        drop(b);
+        q.wake.notify_one();
+        n
+    }
+
+    /// Sends the current records of `keys` to `peer` right away, bypassing the backlog: verify
+    /// repairs must not be lost to the very cap whose overflow they repair.
+    pub async fn send_now(&self, peer: &str, keys: &[ServiceKey]) -> Result<(), String> {
+        for chunk in keys.chunks(self.settings.max_batch.max(1)) {
+            let records = self.records(chunk);
+            let result = self.send(peer, records).await;
+            let outcome = if result.is_ok() { "ok" } else { "error" };
+            self.metrics.syncs.with_label_values(&[peer, outcome]).inc();
+            result?;
+        }
+        Ok(())
+    }
+
+    /// Waits for every worker to end (after `stop` was cancelled).
+    pub async fn stopped(&self) {
+        let handles: Vec<_> = std::mem::take(&mut *self.workers.lock());
+        let aborts: Vec<_> = handles.iter().map(|h| h.abort_handle()).collect();
+        let all = futures::future::join_all(handles);
+        if tokio::time::timeout(Duration::from_secs(3), all)
+            .await
+            .is_err()
+        {
+            tracing::warn!("distro sync workers did not stop in time; aborting them");
+            aborts.iter().for_each(|a| a.abort());
+        }
+    }
+
+    async fn worker(self: Arc<Self>, addr: String, q: Arc<PeerQueue>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            tokio::select! {
+                _ = q.stop.cancelled() => return,
+                _ = q.wake.notified() => {}
+            }
+            if !self.settings.batch_window.is_zero() {
+                // Let a burst of changes accumulate into one request.
+                tokio::select! {
+                    _ = q.stop.cancelled() => return,
+                    _ = tokio::time::sleep(self.settings.batch_window) => {}
+                }
+            }
+            loop {
+                let (keys, since, covers) = {
+                    let mut b = q.backlog.lock();
+                    let keys: Vec<ServiceKey> = b
+                        .dirty
+                        .iter()
+                        .take(self.settings.max_batch)
+                        .cloned()
+                        .collect();
+                    for k in &keys {
+                        b.dirty.remove(k);
+                    }
+                    let since = b.oldest;
+                    b.oldest = if b.dirty.is_empty() { None } else { since };
+                    // Once this batch lands, every mark so far has reached the peer, unless
+                    // keys are still waiting for a later batch.
+                    let covers = b.dirty.is_empty().then_some(b.seq);
+                    (keys, since, covers)
+                };
+                if keys.is_empty() {
+                    self.metrics.lag_ms.with_label_values(&[&addr]).set(0);
+                    self.metrics.queue_depth.with_label_values(&[&addr]).set(0);
+                    break;
+                }
+                let records = self.records(&keys);
+                match self.send(&addr, records).await {
+                    Ok(()) => {
+                        backoff = Duration::from_millis(100);
+                        self.metrics.syncs.with_label_values(&[&addr, "ok"]).inc();
+                        if let Some(n) = covers {
+                            q.acked.send_if_modified(|a| {
+                                let newer = n > *a;
+                                *a = (*a).max(n);
+                                newer
+                            });
+                        }
+                    }
+                    Err(e) => {
+                        self.metrics
+                            .syncs
+                            .with_label_values(&[&addr, "error"])
+                            .inc();
+                        tracing::debug!(peer = %addr, error = %e, "distro sync failed; will retry");
+                        self.requeue(&addr, &q, keys, since);
+                        tokio::select! {
+                            _ = q.stop.cancelled() => return,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                        continue;
+                    }
+                }
+                if let Some(t) = since {
+                    self.metrics
+                        .lag_ms
+                        .with_label_values(&[&addr])
+                        .set(t.elapsed().as_millis() as i64);
+                }
+            }
+        }
+    }
+
+    /// The current state of `keys`; a service missing locally was deleted, which the peer
+    /// learns as a deletion record stamped with the store's clock.
+    fn records(&self, keys: &[ServiceKey]) -> Vec<ServiceRecord> {
+        let mut found = self.store.export(keys);
+        if found.len() < keys.len() {
+            let present: HashSet<&ServiceKey> = found.iter().map(|r| &r.key).collect();
+            let missing: Vec<ServiceKey> = keys
+                .iter()
+                .filter(|k| !present.contains(k))
+                .cloned()
+                .collect();
+            found.extend(
+                missing
+                    .into_iter()
+                    .filter_map(|k| self.store.deletion_record(&k)),
+            );
+        }
+        found
+    }
+
+    fn requeue(&self, addr: &str, q: &PeerQueue, keys: Vec<ServiceKey>, since: Option<Instant>) {
+        let mut b = q.backlog.lock();
+        if b.dirty.len() + keys.len() > self.settings.queue_capacity {
+            self.metrics.dropped.with_label_values(&[addr]).inc();
+            b.dirty.clear();
+            b.oldest = None;
+            return;
+        }
+        b.dirty.extend(keys);
+        b.oldest = match (b.oldest, since) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.metrics
+            .queue_depth
+            .with_label_values(&[addr])
+            .set(b.dirty.len() as i64);
+        if let Some(t) = b.oldest {
+            self.metrics
+                .lag_ms
+                .with_label_values(&[addr])
+                .set(t.elapsed().as_millis() as i64);
+        }
+    }
+
+    async fn send(&self, addr: &str, records: Vec<ServiceRecord>) -> Result<(), String> {
+        let batch = SyncBatch {
+            from: self.self_addr.clone(),
+            records,
+        };
+        self.client
+            .post_json::<_, SyncReply>(addr, SYNC_PATH, &batch, self.settings.timeout)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+}

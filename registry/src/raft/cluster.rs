@@ -1,0 +1,208 @@
+//! Raft cluster formation and membership changes, driven by the discovered member list.
+//!
+//! **Bootstrap.** openraft's `initialize` is safe on several nodes only with the *identical*
+//! member set; anything else risks two clusters. A node therefore initializes only when (1) its
+//! own Raft state is empty, (2) the configured member list has reached the expected size, (3)
+//! no peer that answers says it is already initialized (then this node waits to be added by
+//! that cluster's leader), and (4) a majority of the configured members answered, so a lone
+//! node cut off from an existing cluster cannot found its own. Every founding node then
+//! proposes the same full list.
+//!
+//! **Changes.** The leader compares the Raft membership with the configured list every tick:
+//! a new member is added as a learner (which waits for it to catch up) and then promoted to
+//! voter; a member no longer configured is removed. One change per tick, so a flapping list
+//! can never drop a majority at once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{InitializeError, RaftError};
+use openraft::{BasicNode, ChangeMembers, ServerState};
+use tokio_util::sync::CancellationToken;
+
+use super::types::{node_id_for, NodeId};
+use super::PersistentStore;
+use crate::membership::Membership;
+
+/// How long adding a learner may wait for it to catch up before the next tick retries.
+const LEARNER_CATCH_UP: Duration = Duration::from_secs(10);
+
+/// The Raft id of a configured member: what it reported, else the hash of its address.
+fn member_id(membership: &Membership, addr: &str) -> NodeId {
+    membership
+        .peer_status(addr)
+        .and_then(|s| s.node_id)
+        .unwrap_or_else(|| node_id_for(addr))
+}
+
+fn desired_members(
+    store: &PersistentStore,
+    membership: &Membership,
+) -> BTreeMap<NodeId, BasicNode> {
+    membership
+        .configured()
+        .iter()
+        .map(|addr| {
+            let id = if addr == membership.self_addr() {
+                store.node_id()
+            } else {
+                member_id(membership, addr)
+            };
+            (id, BasicNode::new(addr))
+        })
+        .collect()
+}
+
+/// Whether a fresh cluster may be founded now (see the module docs).
+fn may_bootstrap(membership: &Membership, expect: usize) -> bool {
+    let configured = membership.configured();
+    if configured.len() < expect.max(1) || !configured.contains(membership.self_addr()) {
+        return false;
+    }
+    let peers = membership.peers();
+    let mut answered = 1; // this node
+    for p in &peers {
+        if let Some(st) = membership.peer_status(p) {
+            if st.failures == 0 && st.node_id.is_some() {
+                if st.raft_initialized {
+                    return false;
+                }
+                answered += 1;
+            }
+        }
+    }
+    answered * 2 > configured.len()
+}
+
+/// Forms the cluster and follows member-list changes until `shutdown`.
+pub async fn run(
+    store: PersistentStore,
+    membership: Arc<Membership>,
+    bootstrap_expect: usize,
+    tick: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut every = tokio::time::interval(tick);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        if !store.is_initialized() {
+            if may_bootstrap(&membership, bootstrap_expect) {
+                bootstrap(&store, &membership).await;
+            }
+            continue;
+        }
+        if store.raft().metrics().borrow().state == ServerState::Leader {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = reconcile(&store, &membership) => {}
+            }
+        }
+    }
+}
+
+async fn bootstrap(store: &PersistentStore, membership: &Membership) {
+    let members = desired_members(store, membership);
+    match store.raft().initialize(members.clone()).await {
+        Ok(()) => {
+            let addrs: Vec<&str> = members.values().map(|n| n.addr.as_str()).collect();
+            tracing::info!(members = ?addrs, "initialized the raft cluster");
+        }
+        Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+        Err(e) => tracing::warn!(error = %e, "raft initialize failed; will retry"),
+    }
+}
+
+async fn reconcile(store: &PersistentStore, membership: &Membership) {
+    let desired = desired_members(store, membership);
+    let (voters, nodes): (BTreeSet<NodeId>, BTreeMap<NodeId, BasicNode>) = {
+        let m = store.raft().metrics();
+        let m = m.borrow();
+        let mem = m.membership_config.membership();
+        (
+            mem.voter_ids().collect(),
+            mem.nodes().map(|(id, n)| (*id, n.clone())).collect(),
+        )
+    };
+    let raft = store.raft();
+
+    // Additions first: a new member becomes a learner, then a voter once caught up.
+    if let Some((id, node)) = desired.iter().find(|(id, _)| !nodes.contains_key(id)) {
+        tracing::info!(member = %node.addr, id, "adding raft learner");
+        match tokio::time::timeout(LEARNER_CATCH_UP, raft.add_learner(*id, node.clone(), true))
+            .await
+        {
+            Ok(Ok(_)) => tracing::info!(member = %node.addr, "raft learner caught up"),
+            Ok(Err(e)) => {
+                tracing::warn!(member = %node.addr, error = %e, "adding raft learner failed")
+            }
+            Err(_) => tracing::info!(member = %node.addr, "raft learner still catching up"),
+        }
+        return;
+    }
+    if let Some(id) = desired.keys().find(|id| !voters.contains(id)) {
+        let mut next = voters.clone();
+        next.insert(*id);
+        tracing::info!(id, "promoting raft learner to voter");
+        if let Err(e) = raft.change_membership(next, false).await {
+            tracing::warn!(error = %e, "promoting raft learner failed");
+        }
+        return;
+    }
+    // Removals: one member per tick, never the last voter.
+    if let Some(id) = nodes.keys().find(|id| !desired.contains_key(id)) {
+        let change = if voters.contains(id) {
+            if voters.len() <= 1 {
+                return;
+            }
+            let next: BTreeSet<NodeId> = voters.iter().copied().filter(|v| v != id).collect();
+            ChangeMembers::ReplaceAllVoters(next)
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([*id]))
+        };
+        tracing::info!(id, "removing raft member no longer configured");
+        if let Err(e) = raft.change_membership(change, false).await {
+            tracing::warn!(error = %e, "removing raft member failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::membership::PingReply;
+    use prometheus::Registry;
+
+    fn ping(addr: &str, initialized: bool) -> Option<PingReply> {
+        Some(PingReply {
+            address: addr.into(),
+            node_id: node_id_for(addr),
+            ready: false,
+            raft_initialized: initialized,
+            members_digest: 0,
+        })
+    }
+
+    #[test]
+    fn bootstrap_needs_the_expected_list_a_majority_and_no_existing_cluster() {
+        let reg = Registry::new();
+        let all = vec!["a:1".to_string(), "b:1".into(), "c:1".into()];
+        let m = Membership::clustered("a:1", &all, &reg).unwrap();
+        assert!(!may_bootstrap(&m, 3), "nobody answered yet: no majority");
+        m.record_probe("b:1", ping("b:1", false), 3);
+        assert!(may_bootstrap(&m, 3), "a and b are a majority of three");
+        assert!(!may_bootstrap(&m, 4), "fewer members than expected");
+        m.record_probe("c:1", ping("c:1", true), 3);
+        assert!(
+            !may_bootstrap(&m, 3),
+            "c belongs to a cluster: wait to be added"
+        );
+
+        let lonely = Membership::clustered("z:1", &all, &Registry::new()).unwrap();
+        assert!(!may_bootstrap(&lonely, 3), "not in its own member list");
+    }
+}

@@ -1,0 +1,306 @@
+//! `nacre loadtest` smoke runs: every scenario, for a couple of seconds at low concurrency,
+//! against a real nacre node, must produce its JSON report with zero errors (and, where the
+//! scenario subscribes, pushes that were received, acked and matched to the changes made).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use nacre_testkit::NodeProcess;
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_nacre");
+
+fn start_node(dir: &Path) -> NodeProcess {
+    let mut node = NodeProcess::start(Path::new(BIN), &dir.join("node")).expect("start nacre");
+    node.wait_ready(Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("nacre not ready: {e:#}"));
+    node
+}
+
+/// Runs `nacre loadtest` with `args` (plus `--json`) and returns the parsed report.
+fn loadtest(node: &NodeProcess, dir: &Path, args: &[&str]) -> Value {
+    let json = dir.join("report.json");
+    let out = Command::new(BIN)
+        .arg("loadtest")
+        .arg("--target")
+        .arg(node.addr().to_string())
+        .args(args)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("run nacre loadtest");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "nacre loadtest {args:?} failed ({}):\n{stdout}\n{stderr}\nnode log:\n{}",
+        out.status,
+        node.log_tail(3000)
+    );
+    assert!(
+        stdout.contains("requests per CPU-s"),
+        "no table on stdout:\n{stdout}"
+    );
+    let text = std::fs::read_to_string(&json).expect("JSON report written");
+    serde_json::from_str(&text).expect("JSON report parses")
+}
+
+/// The fields every report has, and no errors.
+fn assert_clean(report: &Value, scenario: &str) {
+    assert_eq!(report["scenario"], scenario, "{report:#}");
+    assert!(report["requests"].as_u64().unwrap_or(0) > 0, "{report:#}");
+    assert_eq!(
+        report["errors"], 0,
+        "errors: {:#}",
+        report["errors_by_kind"]
+    );
+    for key in ["throughput_rps", "p50_ms", "p99_ms", "max_ms"] {
+        let v = report[key].as_f64().unwrap_or(-1.0);
+        assert!(v > 0.0, "{key} = {v} in {report:#}");
+    }
+    assert!(report["p50_ms"].as_f64() <= report["max_ms"].as_f64());
+}
+
+fn short(extra: &[&'static str]) -> Vec<&'static str> {
+    let mut v = vec![
+        "--duration",
+        "2s",
+        "--warmup",
+        "500ms",
+        "--concurrency",
+        "2",
+    ];
+    v.extend_from_slice(extra);
+    v
+}
+
+#[test]
+fn register_scenario_runs_clean() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start_node(dir.path());
+    let pid = node.pid().expect("pid").to_string();
+    let mut args = short(&[
+        "--scenario",
+        "register",
+        "--seed",
+        "11",
+        "--metadata-bytes",
+        "64",
+    ]);
+    args.extend(["--target-pid", pid.as_str()]);
+    let r = loadtest(&node, dir.path(), &args);
+    assert_clean(&r, "register");
+    assert_eq!(r["operations"][0]["op"], "register");
+    assert!(
+        r["server"]["cpu_seconds"].as_f64().unwrap_or(0.0) > 0.0,
+        "{r:#}"
+    );
+    assert!(r["server"]["peak_rss_bytes"].as_u64().unwrap_or(0) > 0);
+}
+
+#[test]
+fn deregister_scenario_removes_each_instance_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start_node(dir.path());
+    let r = loadtest(
+        &node,
+        dir.path(),
+        &short(&[
+            "--scenario",
+            "deregister",
+            "--seed",
+            "12",
+            "--services",
+            "4",
+            "--instances-per-service",
+            "25",
+        ]),
+    );
+    assert_clean(&r, "deregister");
+    assert_eq!(r["requests"], 100);
+}
+
+#[test]
+fn beat_scenario_runs_clean_open_loop() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start_node(dir.path());
+    let r = loadtest(
+        &node,
+        dir.path(),
+        &short(&["--scenario", "beat", "--seed", "13", "--rate", "200"]),
+    );
+    assert_clean(&r, "beat");
+    // Open loop: about rate × duration requests, whatever the server's speed.
+    let n = r["requests"].as_u64().unwrap_or(0);
+    assert!((300..=420).contains(&n), "{n} beats at 200/s for 2 s");
+}
+
+#[test]
+fn list_scenario_runs_clean() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start_node(dir.path());
+    let svg = dir.path().join("list.svg");
+    let svg_arg = svg.to_str().expect("utf-8 path").to_string();
+    let mut args = short(&["--scenario", "list", "--seed", "14"]);
+    args.extend(["--svg", svg_arg.as_str()]);
+    let r = loadtest(&node, dir.path(), &args);
+    assert_clean(&r, "list");
+    let chart = std::fs::read_to_string(&svg).expect("SVG written");
+    assert!(chart.starts_with("<svg") && chart.contains("<polyline"));
+}
+
+#[test]
+fn subscribe_scenario_receives_and_acks_pushes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start_node(dir.path());
+    let r = loadtest(
+        &node,
+        dir.path(),
+        &short(&["--scenario", "subscribe", "--seed", "15", "--services", "3"]),
+    );
+    assert_clean(&r, "subscribe");
+    let push = &r["push"];
+    assert!(push["received"].as_u64().unwrap_or(0) > 0, "{push:#}");
+    assert_eq!(push["received"], push["acked"], "{push:#}");
+    assert_eq!(push["decode_errors"], 0);
+    assert!(push["observed"].as_u64().unwrap_or(0) > 0, "{push:#}");
+    assert!(push["p50_ms"].as_f64().unwrap_or(0.0) > 0.0, "{push:#}");
+}
+
+#[test]
+fn mixed_fleet_runs_clean() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start_node(dir.path());
+    let r = loadtest(
+        &node,
+        dir.path(),
+        &short(&[
+            "--scenario",
+            "mixed",
+            "--seed",
+            "16",
+            "--services",
+            "5",
+            "--instances-per-service",
+            "20",
+        ]),
+    );
+    assert_clean(&r, "mixed");
+    let ops: Vec<&str> = r["operations"]
+        .as_array()
+        .expect("operations")
+        .iter()
+        .filter_map(|o| o["op"].as_str())
+        .collect();
+    assert_eq!(ops, ["beat", "list"]);
+    // 100 clients: 20 beats/s and 30 lists/s.
+    let n = r["requests"].as_u64().unwrap_or(0);
+    assert!((80..=120).contains(&n), "{n} requests in 2 s");
+}
+
+#[test]
+fn churn_scenario_runs_clean_and_is_pushed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start_node(dir.path());
+    let r = loadtest(
+        &node,
+        dir.path(),
+        &short(&[
+            "--scenario",
+            "churn",
+            "--seed",
+            "17",
+            "--services",
+            "3",
+            "--rate",
+            "100",
+        ]),
+    );
+    assert_clean(&r, "churn");
+    let push = &r["push"];
+    assert!(push["observed"].as_u64().unwrap_or(0) > 0, "{push:#}");
+    assert_eq!(push["decode_errors"], 0);
+}
+
+#[test]
+fn memory_mode_reports_bytes_per_instance() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start_node(dir.path());
+    let pid = node.pid().expect("pid").to_string();
+    let r = loadtest(
+        &node,
+        dir.path(),
+        &[
+            "--scenario",
+            "memory",
+            "--seed",
+            "18",
+            "--services",
+            "5",
+            "--instances-per-service",
+            "400",
+            "--concurrency",
+            "4",
+            "--settle",
+            "200ms",
+            "--target-pid",
+            pid.as_str(),
+        ],
+    );
+    assert_clean(&r, "memory");
+    assert_eq!(r["requests"], 2000);
+    let m = &r["memory"];
+    assert_eq!(m["instances"], 2000);
+    assert_eq!(m["verified_instances"], 2000, "{m:#}");
+    assert!(m["rss_after_bytes"].as_u64().unwrap_or(0) > 0);
+    assert!(m["bytes_per_instance"].is_f64());
+}
+
+#[test]
+fn compare_alternates_two_targets_and_reports_ratios() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = start_node(&dir.path().join("a"));
+    let b = start_node(&dir.path().join("b"));
+    let b_addr = b.addr().to_string();
+    let r = loadtest(
+        &a,
+        dir.path(),
+        &[
+            "--scenario",
+            "list",
+            "--seed",
+            "19",
+            "--duration",
+            "1s",
+            "--warmup",
+            "200ms",
+            "--concurrency",
+            "2",
+            "--rounds",
+            "2",
+            "--compare",
+            b_addr.as_str(),
+        ],
+    );
+    assert_clean(&r["a"], "list");
+    assert_clean(&r["b"], "list");
+    assert!(r["ratios"]["throughput"].as_f64().unwrap_or(0.0) > 0.0);
+    let targets: Vec<&str> = r["rounds"]
+        .as_array()
+        .expect("rounds")
+        .iter()
+        .filter_map(|row| row["target"].as_str())
+        .collect();
+    let a_addr = a.addr().to_string();
+    // A B, then B A.
+    assert_eq!(
+        targets,
+        [
+            a_addr.as_str(),
+            b_addr.as_str(),
+            b_addr.as_str(),
+            a_addr.as_str()
+        ]
+    );
+}
