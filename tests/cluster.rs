@@ -91,6 +91,25 @@ async fn hosts(api: &Api, service: &str) -> Vec<(String, bool)> {
         .unwrap_or_default()
 }
 
+/// Waits until `api`'s node lists `ip` in `service`; the error carries every node's log.
+async fn wait_listed(
+    c: &TestCluster,
+    api: &Api,
+    service: &str,
+    ip: &str,
+    timeout: Duration,
+) -> Result<()> {
+    eventually(timeout, &format!("{service} {ip} listed"), || async {
+        hosts(api, service)
+            .await
+            .iter()
+            .any(|(h, _)| h == ip)
+            .then_some(())
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", c.log_tails()))
+}
+
 async fn register(api: &Api, service: &str, ip: &str, extra: &[(&str, &str)]) {
     let mut q = vec![("serviceName", service), ("ip", ip), ("port", "8080")];
     q.extend_from_slice(extra);
@@ -137,19 +156,7 @@ async fn writes_on_any_node_are_listed_by_every_node() -> Result<()> {
         let started = Instant::now();
         register(&apis[i % 3], &service, &ip, &[]).await;
         for a in &apis {
-            eventually(
-                Duration::from_secs(5),
-                &format!("{service} on every node"),
-                || async {
-                    hosts(a, &service)
-                        .await
-                        .iter()
-                        .any(|(h, _)| *h == ip)
-                        .then_some(())
-                },
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}\n{}", c.log_tails()))?;
+            wait_listed(&c, a, &service, &ip, Duration::from_secs(5)).await?;
         }
         latencies.push(started.elapsed());
     }
@@ -408,19 +415,7 @@ async fn a_cut_link_heals_and_verify_repairs_the_copies() -> Result<()> {
     let healed = Instant::now();
     for (i, s) in services.iter().enumerate() {
         let ip = format!("10.4.0.{i}");
-        eventually(
-            Duration::from_secs(15),
-            &format!("{s} repaired on node 2"),
-            || async {
-                hosts(&a2, s)
-                    .await
-                    .iter()
-                    .any(|(h, _)| *h == ip)
-                    .then_some(())
-            },
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}\n{}", c.log_tails()))?;
+        wait_listed(&c, &a2, s, &ip, Duration::from_secs(15)).await?;
     }
     println!(
         "all copies repaired {:?} after the link healed",

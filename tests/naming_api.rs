@@ -766,3 +766,117 @@ async fn metadata_batch_updates_and_removes_keys() {
         .await;
     assert_eq!(bad.status, 400);
 }
+
+/// Lists are served from a cache of rendered answers; every kind of change must show in the
+/// very next list, and `lastRefTime` must still be the time of the request.
+#[tokio::test]
+async fn cached_lists_follow_every_change_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path());
+    let api = Api::new(node.addr());
+    let svc = [("serviceName", "cached")];
+    let ips = |v: &serde_json::Value| -> Vec<String> {
+        let mut ips: Vec<String> = v["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| format!("{}:{}", h["ip"].as_str().unwrap(), h["healthy"]))
+            .collect();
+        ips.sort();
+        ips
+    };
+
+    assert!(ips(&api.list(&svc).await).is_empty(), "missing service");
+    let reg = |ip: &'static str, eph: &'static str| {
+        let api = api.clone();
+        async move {
+            let r = api
+                .instance(
+                    "POST",
+                    &[
+                        ("serviceName", "cached"),
+                        ("ip", ip),
+                        ("port", "80"),
+                        ("ephemeral", eph),
+                    ],
+                )
+                .await;
+            assert_eq!(r.body, "ok");
+        }
+    };
+    // Ephemeral register after a cached "missing" answer.
+    reg("10.9.0.1", "true").await;
+    let first = api.list(&svc).await;
+    assert_eq!(ips(&first), vec!["10.9.0.1:true"]);
+    // Repeated lists (cache hits) carry a fresh lastRefTime.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let again = api.list(&svc).await;
+    assert!(again["lastRefTime"].as_u64() > first["lastRefTime"].as_u64());
+    assert_eq!(again["checksum"], first["checksum"]);
+
+    // A persistent register (Raft apply path).
+    reg("127.9.0.2", "false").await;
+    assert_eq!(
+        ips(&api.list(&svc).await),
+        vec!["10.9.0.1:true", "127.9.0.2:true"]
+    );
+    // Health set by hand (cluster checker NONE, through Raft).
+    let r = api
+        .call(
+            "PUT",
+            &path("/cluster"),
+            &[
+                ("serviceName", "cached"),
+                ("clusterName", "DEFAULT"),
+                ("checkPort", "80"),
+                ("useInstancePort4Check", "true"),
+                ("healthChecker", r#"{"type":"NONE"}"#),
+            ],
+        )
+        .await;
+    assert_eq!(r.body, "ok");
+    let r = api
+        .call(
+            "PUT",
+            &path("/health/instance"),
+            &[
+                ("serviceName", "cached"),
+                ("ip", "10.9.0.1"),
+                ("port", "80"),
+                ("healthy", "false"),
+            ],
+        )
+        .await;
+    assert_eq!(r.body, "ok");
+    assert_eq!(
+        ips(&api.list(&svc).await),
+        vec!["10.9.0.1:false", "127.9.0.2:true"]
+    );
+    // The protect threshold (service metadata through Raft) changes the healthy flags shown.
+    let r = api
+        .call(
+            "PUT",
+            &path("/service"),
+            &[("serviceName", "cached"), ("protectThreshold", "0.9")],
+        )
+        .await;
+    assert_eq!(r.body, "ok");
+    assert_eq!(
+        ips(&api.list(&svc).await),
+        vec!["10.9.0.1:true", "127.9.0.2:true"],
+        "protect threshold reached: everyone is returned as healthy"
+    );
+    // Deregistration.
+    let r = api
+        .instance(
+            "DELETE",
+            &[
+                ("serviceName", "cached"),
+                ("ip", "10.9.0.1"),
+                ("port", "80"),
+            ],
+        )
+        .await;
+    assert_eq!(r.body, "ok");
+    assert_eq!(ips(&api.list(&svc).await), vec!["127.9.0.2:true"]);
+}

@@ -207,6 +207,8 @@ pub struct RegistrySettings {
     pub push_cache_millis: u64,
     /// Grace period for in-flight requests on shutdown (ms).
     pub shutdown_grace_ms: u64,
+    /// Most bytes of rendered `instance/list` answers kept for reuse.
+    pub list_cache_bytes: usize,
     /// UDP push.
     pub push: PushSettings,
     /// Clustering (ignored when standalone).
@@ -229,6 +231,7 @@ impl Default for RegistrySettings {
             default_cache_millis: 3_000,
             push_cache_millis: 10_000,
             shutdown_grace_ms: 5_000,
+            list_cache_bytes: 64 * 1024 * 1024,
             push: PushSettings::default(),
             cluster: ClusterSettings::default(),
         }
@@ -277,6 +280,7 @@ impl RegistrySettings {
             "NACRE_CLUSTER_SECRET" => self.cluster_secret = Some(v.to_string()),
             "NACRE_MAX_BODY_BYTES" => self.max_body_bytes = num(key, v)?,
             "NACRE_MAX_CONNECTIONS" => self.max_connections = num(key, v)?,
+            "NACRE_LIST_CACHE_BYTES" => self.list_cache_bytes = num(key, v)?,
             "NACRE_EXPIRY_INTERVAL_MS" => self.expiry_interval_ms = num(key, v)?,
             "NACRE_HEALTH_CHECK_INTERVAL_MS" => self.health_check_interval_ms = num(key, v)?,
             "NACRE_HEALTH_CHECK_TIMEOUT_MS" => self.health_check_timeout_ms = num(key, v)?,

@@ -131,6 +131,7 @@ pub struct Node {
     metrics: Metrics,
     clock: Clock,
     health: crate::health::HealthOverlay,
+    changes: Arc<crate::changes::Changes>,
 }
 
 impl Node {
@@ -142,6 +143,7 @@ impl Node {
         push: Option<Arc<PushHub>>,
         metrics: Metrics,
         clock: Clock,
+        changes: Arc<crate::changes::Changes>,
     ) -> Self {
         Self {
             settings,
@@ -151,6 +153,7 @@ impl Node {
             metrics,
             clock,
             health: crate::health::HealthOverlay::new(),
+            changes,
         }
     }
 
@@ -221,8 +224,16 @@ impl Node {
         self.distro.is_loaded() && self.persistent.is_ready()
     }
 
-    /// Notifies push subscribers of a change that arrived here (replicated or persistent).
+    /// Change generations of services (for caches of rendered answers).
+    pub fn changes(&self) -> &crate::changes::Changes {
+        &self.changes
+    }
+
+    /// Records a visible change of `key` that arrived here (replicated, expired, a health
+    /// flip) and notifies push subscribers. Persistent changes are recorded by the Raft apply
+    /// hook instead (see `server.rs`).
     pub fn changed(&self, key: &ServiceKey) {
+        self.changes.bump(key);
         if let Some(p) = &self.push {
             p.service_changed(key);
         }

@@ -261,10 +261,13 @@ pub async fn run(
         settings.standalone,
     );
     raft_settings.apply_latency = Some(metrics.raft_apply.clone());
+    let changes = Arc::new(crate::changes::Changes::new());
     let hub_for_changes = push.clone();
+    let changes_for_raft = changes.clone();
     let on_change: crate::raft::ChangeCallback = Arc::new(move |keys| {
-        if let Some(h) = &hub_for_changes {
-            for k in keys {
+        for k in keys {
+            changes_for_raft.bump(k);
+            if let Some(h) = &hub_for_changes {
                 h.service_changed(k);
             }
         }
@@ -278,6 +281,7 @@ pub async fn run(
         push.clone(),
         metrics,
         Clock::new(),
+        changes,
     ));
 
     if let Some(discovery) = &discovery {
@@ -358,6 +362,7 @@ pub async fn run(
     let app = Arc::new(App {
         node: node.clone(),
         secret: secret.clone(),
+        lists: api::list_cache::ListCache::new(settings.list_cache_bytes),
     });
     let router = api::router(app, persistent.router());
     tracing::info!(listen = %local, advertise = %settings.advertised(), data = %settings.data_dir.display(), "registry node serving");

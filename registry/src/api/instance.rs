@@ -9,6 +9,7 @@ use axum::response::Response;
 use super::agent::ClientInfo;
 use super::error::ApiError;
 use super::forward;
+use super::list_cache::{Variant, SENTINEL_TIME};
 use super::params::Params;
 use super::render::{self, ListOptions};
 use super::{cluster_param, json, ok, service_key, App};
@@ -196,6 +197,21 @@ pub async fn list(State(app): State<Arc<App>>, p: Params) -> Result<Response, Ap
             cache_millis = settings.push_cache_millis;
         }
     }
+    let env = p.get("env").unwrap_or("");
+    let variant = Variant {
+        clusters: clusters.to_string(),
+        healthy_only,
+        grouped_dom: agent.is_modern_java(),
+        cache_millis,
+        env: env.to_string(),
+    };
+    // The generation is read before the view: a change racing this render bumps it past
+    // what the cached copy is tagged with, so the copy is never served after the change.
+    let generation = app.node.changes().generation(&key);
+    let now_ms = app.node.now_ms();
+    if let Some(body) = app.lists.get(&key, &variant, generation, now_ms) {
+        return Ok(super::json_text(body));
+    }
     let view = app.node.view(&key);
     if view.as_ref().is_some_and(|v| !v.meta.enabled) {
         return Err(ApiError::internal("service is disabled now."));
@@ -206,12 +222,13 @@ pub async fn list(State(app): State<Arc<App>>, p: Params) -> Result<Response, Ap
         ListOptions {
             clusters,
             healthy_only,
-            grouped_dom: agent.is_modern_java(),
+            grouped_dom: variant.grouped_dom,
             cache_millis,
-            env: p.get("env").unwrap_or(""),
-            now_ms: app.node.now_ms(),
+            env,
+            now_ms: SENTINEL_TIME,
         },
     );
+    let body = app.lists.put(key, variant, generation, body, now_ms);
     Ok(super::json_text(body))
 }
 

@@ -10,6 +10,7 @@ pub mod error;
 pub mod forward;
 pub mod instance;
 pub mod internal;
+pub mod list_cache;
 pub mod params;
 pub mod render;
 pub mod service;
@@ -37,6 +38,8 @@ pub struct App {
     pub node: Arc<Node>,
     /// The cluster secret internal callers must present.
     pub secret: String,
+    /// Rendered list answers.
+    pub lists: list_cache::ListCache,
 }
 
 /// Plain `ok`, the body Nacos clients compare write answers with.
