@@ -12,6 +12,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
+use nacre_testkit::addr_server::AddressServer;
 use nacre_testkit::cluster::{ClusterOptions, TestCluster};
 use nacre_testkit::http::Api;
 
@@ -593,4 +594,52 @@ fn cluster_view_now(a: &Api) -> String {
     })
     .join()
     .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn members_from_an_address_server_form_and_follow_the_cluster() -> Result<()> {
+    let root = tempfile::Builder::new()
+        .prefix("nacre-cluster-")
+        .tempdir()?;
+    // The address server answers whatever `<root>/cluster.conf` says at the time.
+    let server = AddressServer::start(&root.path().join("cluster.conf"))?;
+    let opts = fast(ClusterOptions::new(3).with_members_endpoint(&server.url()));
+    let mut c = TestCluster::start(bin(), root.path(), opts)?;
+    c.wait_ready(READY)?;
+    let a0 = api(&c, 0);
+    let v = cluster_view(&a0).await;
+    assert!(v["leader"].is_string(), "{v}");
+    assert_eq!(v["raftMembers"].as_array().map(Vec::len), Some(3), "{v}");
+
+    let n = c.add_node()?;
+    c.node_mut(n).wait_ready(READY)?;
+    let added = c.advertised(n);
+    eventually(
+        Duration::from_secs(20),
+        "4th member found through the endpoint",
+        || async {
+            let v = cluster_view(&a0).await;
+            let listed = v["members"]
+                .as_array()?
+                .iter()
+                .any(|m| m["address"] == added.as_str() && m["state"] == "UP");
+            let in_raft = v["raftMembers"]
+                .as_array()?
+                .iter()
+                .any(|m| m == added.as_str());
+            (listed && in_raft).then_some(())
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", c.log_tails()))?;
+    register(&a0, "via-endpoint", "10.7.0.1", &[]).await;
+    wait_listed(
+        &c,
+        &api(&c, n),
+        "via-endpoint",
+        "10.7.0.1",
+        Duration::from_secs(5),
+    )
+    .await?;
+    Ok(())
 }

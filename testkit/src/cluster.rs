@@ -49,6 +49,10 @@ pub struct ClusterOptions {
     pub env: Vec<(String, String)>,
     /// Extra arguments appended to every node's command line (after the cluster flags).
     pub args: Vec<String>,
+    /// Discover members from this address-server URL (`--members-endpoint`, with
+    /// `--bootstrap-expect` = the initial node count) instead of a list or file. The cluster
+    /// still keeps `<root>/cluster.conf` current, for the test's address server to serve.
+    pub members_endpoint: Option<String>,
 }
 
 impl ClusterOptions {
@@ -59,12 +63,19 @@ impl ClusterOptions {
             members_file: false,
             env: Vec::new(),
             args: Vec::new(),
+            members_endpoint: None,
         }
     }
 
     /// Switches to a shared members file.
     pub fn with_members_file(mut self) -> Self {
         self.members_file = true;
+        self
+    }
+
+    /// Switches to an address server at `url` (see [`ClusterOptions::members_endpoint`]).
+    pub fn with_members_endpoint(mut self, url: &str) -> Self {
+        self.members_endpoint = Some(url.to_string());
         self
     }
 
@@ -107,6 +118,8 @@ pub struct TestCluster {
     env: Vec<(String, String)>,
     args: Vec<String>,
     members_file: Option<PathBuf>,
+    /// Address-server URL and bootstrap size, when members come from an endpoint.
+    endpoint: Option<(String, usize)>,
     slots: Vec<Slot>,
     /// Ordered pairs `(from, to)`: connections opened by node `from` towards node `to` are
     /// refused (by `to`'s proxy).
@@ -142,7 +155,7 @@ impl TestCluster {
         drop(held);
 
         let advertised: Vec<String> = proxies.iter().map(|p| p.addr().to_string()).collect();
-        let members_file = if opts.members_file {
+        let members_file = if opts.members_file || opts.members_endpoint.is_some() {
             let path = root.join("cluster.conf");
             write_cluster_conf(&path, &advertised)?;
             Some(path)
@@ -156,6 +169,7 @@ impl TestCluster {
             env: opts.env,
             args: opts.args,
             members_file,
+            endpoint: opts.members_endpoint.map(|u| (u, opts.nodes)),
             slots: Vec::with_capacity(opts.nodes),
             blocked: BTreeSet::new(),
         };
@@ -180,9 +194,10 @@ impl TestCluster {
         proxy: &LinkProxy,
         members: &[String],
     ) -> Result<NodeProcess> {
-        let membership = match &self.members_file {
-            Some(path) => Membership::File(path.clone()),
-            None => Membership::List(members.to_vec()),
+        let membership = match (&self.endpoint, &self.members_file) {
+            (Some((url, expect)), _) => Membership::Endpoint(url.clone(), *expect),
+            (None, Some(path)) => Membership::File(path.clone()),
+            (None, None) => Membership::List(members.to_vec()),
         };
         let args = member_args(
             &proxy.addr().to_string(),
@@ -450,6 +465,8 @@ enum Membership {
     List(Vec<String>),
     /// `--members-file PATH`.
     File(PathBuf),
+    /// `--members-endpoint URL --bootstrap-expect N`.
+    Endpoint(String, usize),
 }
 
 /// The cluster flags for one node (`--listen`/`--data` are added by [`NodeProcess`]).
@@ -473,6 +490,12 @@ fn member_args(
         Membership::File(path) => {
             args.push("--members-file".to_string());
             args.push(path.display().to_string());
+        }
+        Membership::Endpoint(url, expect) => {
+            args.push("--members-endpoint".to_string());
+            args.push(url.clone());
+            args.push("--bootstrap-expect".to_string());
+            args.push(expect.to_string());
         }
     }
     args.extend(extra.iter().cloned());

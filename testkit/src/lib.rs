@@ -14,6 +14,7 @@
 //! Everything here is synchronous and std-only (the readiness probe is a tiny HTTP/1.0 GET),
 //! so it can be used from plain `#[test]`s and from async tests alike.
 
+pub mod addr_server;
 pub mod cluster;
 pub mod http;
 pub mod proxy;
