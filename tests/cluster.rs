@@ -33,12 +33,25 @@ fn fast(opts: ClusterOptions) -> ClusterOptions {
         .with_env("NACRE_EXPIRY_INTERVAL_MS", "200")
 }
 
+/// Starts a cluster and waits until every node is ready and every node's ownership ring holds
+/// every member (a node learns that a peer is ready one probe after the peer is).
 fn start(opts: ClusterOptions) -> Result<(tempfile::TempDir, TestCluster)> {
     let root = tempfile::Builder::new()
         .prefix("nacre-cluster-")
         .tempdir()?;
     let mut c = TestCluster::start(bin(), root.path(), fast(opts))?;
     c.wait_ready(READY)?;
+    let n = c.len();
+    for i in 0..n {
+        let addr = c.node(i).addr();
+        nacre_testkit::wait_until(READY, Duration::from_millis(50), || {
+            let (_, body) =
+                nacre_testkit::http_get(addr, "/nacre/v1/cluster", Duration::from_secs(2)).ok()?;
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            (v["ring"].as_array()?.len() == n).then_some(())
+        })
+        .map_err(|e| anyhow::anyhow!("ring of node {i} incomplete: {e}\n{}", c.log_tails()))?;
+    }
     Ok((root, c))
 }
 
@@ -641,5 +654,74 @@ async fn members_from_an_address_server_form_and_follow_the_cluster() -> Result<
         Duration::from_secs(5),
     )
     .await?;
+    Ok(())
+}
+
+async fn metric(api: &Api, name: &str) -> f64 {
+    api.call("GET", "/metrics", &[])
+        .await
+        .body
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_the_owner_probes_persistent_instances_and_every_node_shows_its_verdict() -> Result<()>
+{
+    let (_root, c) = start(
+        ClusterOptions::new(3)
+            .with_env("NACRE_HEALTH_CHECK_INTERVAL_MS", "200")
+            .with_env("NACRE_HEALTH_CHECK_TIMEOUT_MS", "150"),
+    )?;
+    // One instance with a listener (probes succeed) and one on a port nothing listens on:
+    // with every instance down the protect threshold would show them all as healthy.
+    let live = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let live_port = live.local_addr()?.port().to_string();
+    let dead = nacre_testkit::free_loopback_addr()?;
+    let dead_port = dead.port().to_string();
+    let a0 = api(&c, 0);
+    for (ip, port) in [("127.0.0.1", &live_port), ("127.0.0.2", &dead_port)] {
+        let r = a0
+            .instance(
+                "POST",
+                &[
+                    ("serviceName", "db"),
+                    ("ip", ip),
+                    ("port", port),
+                    ("ephemeral", "false"),
+                ],
+            )
+            .await;
+        assert_eq!(r.body, "ok");
+    }
+    let expected = vec![
+        ("127.0.0.1".to_string(), true),
+        ("127.0.0.2".to_string(), false),
+    ];
+    for i in 0..3 {
+        let a = api(&c, i);
+        eventually(
+            Duration::from_secs(10),
+            "the verdict on every node",
+            || async {
+                let mut hs = hosts(&a, "db").await;
+                hs.sort();
+                (hs == expected).then_some(())
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("node {i}: {e}\n{}", c.log_tails()))?;
+    }
+    let owner = owner_of(&a0, "db").await;
+    for i in 0..3 {
+        let probes = metric(&api(&c, i), "nacre_health_probes_total").await;
+        if c.advertised(i) == owner {
+            assert!(probes > 0.0, "the owner never probed");
+        } else {
+            assert_eq!(probes, 0.0, "node {i} is not the owner but probed");
+        }
+    }
     Ok(())
 }

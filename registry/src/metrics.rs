@@ -26,6 +26,8 @@ pub struct Metrics {
     pub expirations: IntCounterVec,
     /// Health-check flips of persistent instances, by result.
     pub health_flips: IntCounterVec,
+    /// Health probes sent by this node (only the owner of a service probes it).
+    pub health_probes: IntCounter,
     /// Time from a persistent write's proposal to its applied result.
     pub raft_apply: Histogram,
     /// Raft state: `term`, `commit_index`, `last_applied`, `apply_lag` (commit − applied),
@@ -84,6 +86,11 @@ impl Metrics {
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
             ]),
         )?;
+        let health_probes = IntCounter::new(
+            "nacre_health_probes_total",
+            "Health probes of persistent instances sent by this node",
+        )?;
+        registry.register(Box::new(health_probes.clone()))?;
         let raft = IntGaugeVec::new(
             Opts::new(
                 "nacre_raft",
@@ -110,6 +117,7 @@ impl Metrics {
             expirations,
             raft_apply,
             health_flips,
+            health_probes,
             raft,
         })
     }

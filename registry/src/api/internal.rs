@@ -1,5 +1,5 @@
-//! Node-to-node routes under `/nacre/internal/…` (besides Raft's own): member probes and
-//! Distro sync, verify and snapshot. Every route requires the cluster secret.
+//! Node-to-node routes under `/nacre/internal/…` (besides Raft's own): member probes, Distro
+//! sync, verify and snapshot, and owners' health results. Every route requires the secret.
 
 use std::sync::Arc;
 
@@ -39,6 +39,17 @@ async fn verify(State(app): State<Arc<App>>, Json(req): Json<VerifyRequest>) -> 
     Json(reply)
 }
 
+async fn health(
+    State(app): State<Arc<App>>,
+    Json(results): Json<Vec<crate::health::HealthResult>>,
+) -> Json<usize> {
+    let changed = crate::health::accept(&app.node, results);
+    for k in &changed {
+        app.node.changed(k);
+    }
+    Json(changed.len())
+}
+
 async fn snapshot(State(app): State<Arc<App>>) -> Json<Vec<ServiceRecord>> {
     Json(app.node.distro().store().export_all())
 }
@@ -51,6 +62,7 @@ pub fn routes(app: Arc<App>) -> Router {
         .route(SYNC_PATH, post(sync))
         .route(VERIFY_PATH, post(verify))
         .route(SNAPSHOT_PATH, get(snapshot))
+        .route(crate::health::SYNC_PATH, post(health))
         .layer(DefaultBodyLimit::max(MAX_INTERNAL_BODY))
         .layer(axum::middleware::from_fn_with_state(secret, require_secret))
         .with_state(app)

@@ -5,6 +5,10 @@
 //! hand). An instance flips only after [`CHECK_TIMES`] consecutive opposite results, so one lost
 //! packet does not flap it. Results live in memory, not in Raft: health is a fact about now, and
 //! replicating every flip through the log would turn probe noise into disk writes.
+//!
+//! In a cluster only the owner of a service probes its instances (N nodes probing would put N
+//! times the load on every instance and let nodes disagree); after each round it sends the
+//! judged health of its services to every live peer ([`SYNC_PATH`]), which take it as is.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -34,6 +38,20 @@ struct State {
 #[derive(Debug, Default)]
 pub struct HealthOverlay {
     states: RwLock<HashMap<ServiceKey, HashMap<InstanceKey, State>>>,
+}
+
+/// Route on which peers receive an owner's health results.
+pub const SYNC_PATH: &str = "/nacre/internal/health/sync";
+
+/// One judged health, as an owner shares it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HealthResult {
+    /// Service.
+    pub key: ServiceKey,
+    /// Instance.
+    pub id: InstanceKey,
+    /// Judged health.
+    pub healthy: bool,
 }
 
 /// The instances each service still has probed, for [`HealthOverlay::retain`].
@@ -86,6 +104,38 @@ impl HealthOverlay {
             return Some(ok);
         }
         None
+    }
+
+    /// Takes a health judged by the service's owner; true when it changed what lists show.
+    pub fn set(&self, key: &ServiceKey, id: &InstanceKey, healthy: bool) -> bool {
+        let mut map = self.states.write();
+        let st = map.entry(key.clone()).or_default().entry(id.clone());
+        match st {
+            std::collections::hash_map::Entry::Occupied(mut o) => {
+                let changed = o.get().healthy != healthy;
+                *o.get_mut() = State { healthy, streak: 0 };
+                changed
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(State { healthy, streak: 0 });
+                true
+            }
+        }
+    }
+
+    /// The judged health of every probed instance of the services selected by `pred`.
+    pub fn results(&self, pred: impl Fn(&ServiceKey) -> bool) -> Vec<HealthResult> {
+        let map = self.states.read();
+        map.iter()
+            .filter(|(k, _)| pred(k))
+            .flat_map(|(k, probed)| {
+                probed.iter().map(move |(id, st)| HealthResult {
+                    key: k.clone(),
+                    id: id.clone(),
+                    healthy: st.healthy,
+                })
+            })
+            .collect()
     }
 
     /// Drops entries for instances that no longer exist or are no longer probed.
@@ -209,7 +259,13 @@ pub async fn run(node: Arc<Node>, interval: Duration, timeout: Duration, stop: C
             live.entry(t.key.clone()).or_default().insert(t.id.clone());
         }
         node.health_overlay().retain(&live);
-        let results: Vec<(Target, bool)> = stream::iter(all)
+        let membership = node.membership();
+        let owned: Vec<Target> = all
+            .into_iter()
+            .filter(|t| membership.is_owner(&t.key))
+            .collect();
+        node.metrics().health_probes.inc_by(owned.len() as u64);
+        let results: Vec<(Target, bool)> = stream::iter(owned)
             .map(|t| async move {
                 let ok = probe(&t, timeout).await;
                 (t, ok)
@@ -222,12 +278,71 @@ pub async fn run(node: Arc<Node>, interval: Duration, timeout: Duration, stop: C
                 node.health_flipped(&t.key, &t.id, healthy);
             }
         }
+        share(&node, timeout).await;
     }
+}
+
+/// Sends the health of the services this node owns to every live peer.
+async fn share(node: &Node, timeout: Duration) {
+    let Some(cluster) = node.distro().cluster() else {
+        return;
+    };
+    let membership = node.membership();
+    let results = node.health_overlay().results(|k| membership.is_owner(k));
+    if results.is_empty() {
+        return;
+    }
+    let peers = membership.live_peers();
+    let sends = peers.iter().map(|peer| {
+        cluster
+            .client
+            .post_json::<_, usize>(peer, SYNC_PATH, &results, timeout)
+    });
+    for r in futures::future::join_all(sends).await {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "sharing health results failed");
+        }
+    }
+}
+
+/// Applies health results shared by their services' owner; returns the services whose
+/// visible health changed.
+pub fn accept(node: &Node, results: Vec<HealthResult>) -> Vec<ServiceKey> {
+    let mut changed = Vec::new();
+    for r in results {
+        if node.health_overlay().set(&r.key, &r.id, r.healthy) && !changed.contains(&r.key) {
+            changed.push(r.key);
+        }
+    }
+    changed
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn owners_results_are_taken_as_is_and_listed_back() {
+        let o = HealthOverlay::new();
+        let (k, id) = ids();
+        assert!(
+            o.set(&k, &id, false),
+            "first result changes what lists show"
+        );
+        assert!(!o.set(&k, &id, false));
+        assert!(o.set(&k, &id, true));
+        assert_eq!(
+            o.results(|_| true),
+            vec![HealthResult {
+                key: k.clone(),
+                id: id.clone(),
+                healthy: true
+            }]
+        );
+        assert!(o.results(|_| false).is_empty());
+        // A later probe on this node (after ownership moved here) continues from it.
+        assert_eq!(o.record(&k, &id, false, false), None);
+    }
 
     fn ids() -> (ServiceKey, InstanceKey) {
         (
