@@ -141,11 +141,15 @@ struct Node {
 }
 
 async fn start_node(dir: &Path) -> Node {
+    start_node_with(dir, |_| {}).await
+}
+
+async fn start_node_with(dir: &Path, tune: impl FnOnce(&mut RaftSettings)) -> Node {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let store = PersistentStore::start(settings(dir, &addr, false), noop())
-        .await
-        .unwrap();
+    let mut cfg = settings(dir, &addr, false);
+    tune(&mut cfg);
+    let store = PersistentStore::start(cfg, noop()).await.unwrap();
     let router = store.router();
     let server = tokio::spawn(async move {
         let _ = axum::serve(listener, router).await;
@@ -211,6 +215,53 @@ async fn three_nodes_over_http_replicate_and_redirect_to_leader() {
         assert_eq!(n.store.status().members.len(), 3);
     }
     for n in &nodes {
+        n.store.shutdown().await;
+        n.server.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_behind_the_purged_log_catches_up_from_a_snapshot_over_http() {
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let leader = start_node_with(d1.path(), |s| {
+        s.snapshot_logs_since_last = 20;
+        s.logs_kept_after_snapshot = 5;
+    })
+    .await;
+    let members = BTreeMap::from([(leader.store.node_id(), BasicNode::new(&leader.addr))]);
+    leader.store.raft().initialize(members).await.unwrap();
+    assert!(leader.store.wait_ready(READY).await);
+    for i in 0..60 {
+        leader
+            .store
+            .write(create(&format!("s{i}")))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    wait_for("the leader's log purged past the start", || {
+        leader.store.status().purged_index.is_some_and(|p| p > 20)
+    })
+    .await;
+
+    // The log no longer starts at 1: the newcomer can only be brought up by a snapshot.
+    let late = start_node(d2.path()).await;
+    leader
+        .store
+        .raft()
+        .add_learner(late.store.node_id(), BasicNode::new(&late.addr), true)
+        .await
+        .unwrap();
+    wait_for("the newcomer holds every service", || {
+        late.store
+            .read(|st| (0..60).all(|i| st.service(&key(&format!("s{i}"))).is_some()))
+    })
+    .await;
+    assert!(
+        late.store.status().snapshot_index.is_some(),
+        "caught up without installing a snapshot"
+    );
+    for n in [&leader, &late] {
         n.store.shutdown().await;
         n.server.abort();
     }
