@@ -117,7 +117,7 @@ async fn bootstrap(store: &PersistentStore, membership: &Membership) {
     }
 }
 
-async fn reconcile(store: &PersistentStore, membership: &Membership) {
+pub(crate) async fn reconcile(store: &PersistentStore, membership: &Membership) {
     let desired = desired_members(store, membership);
     let (voters, nodes): (BTreeSet<NodeId>, BTreeMap<NodeId, BasicNode>) = {
         let m = store.raft().metrics();
@@ -129,6 +129,21 @@ async fn reconcile(store: &PersistentStore, membership: &Membership) {
         )
     };
     let raft = store.raft();
+
+    // A known member that now answers at another address (a rescheduled pod with a new IP
+    // keeps its pinned id): point Raft at the new address. Safe because the id, and with it
+    // the log and votes, is the same node's.
+    if let Some((id, node)) = desired
+        .iter()
+        .find(|(id, n)| nodes.get(id).is_some_and(|old| old.addr != n.addr))
+    {
+        tracing::info!(id, member = %node.addr, "raft member moved to a new address");
+        let change = ChangeMembers::SetNodes(BTreeMap::from([(*id, node.clone())]));
+        if let Err(e) = raft.change_membership(change, false).await {
+            tracing::warn!(error = %e, "updating a raft member's address failed");
+        }
+        return;
+    }
 
     // Additions first: a new member becomes a learner, then a voter once caught up.
     if let Some((id, node)) = desired.iter().find(|(id, _)| !nodes.contains_key(id)) {
@@ -185,6 +200,75 @@ mod tests {
             raft_initialized: initialized,
             members_digest: 0,
         })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_member_back_at_a_new_address_is_followed_by_raft() {
+        use crate::raft::tests::{create, key, start_node, wait_for, READY};
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a = start_node(da.path()).await;
+        let b = start_node(db.path()).await;
+        let members = BTreeMap::from([
+            (a.store.node_id(), BasicNode::new(&a.addr)),
+            (b.store.node_id(), BasicNode::new(&b.addr)),
+        ]);
+        a.store.raft().initialize(members).await.unwrap();
+        assert!(a.store.wait_ready(READY).await && b.store.wait_ready(READY).await);
+        let ((leader, _leader_dir), (mover, mover_dir)) = if a.store.status().role == "Leader" {
+            ((a, da), (b, db))
+        } else {
+            ((b, db), (a, da))
+        };
+        let leader = &leader;
+        let mover_id = mover.store.node_id();
+
+        // The follower comes back on another port with its data dir (same pinned id).
+        mover.store.shutdown().await;
+        mover.server.abort();
+        let moved = start_node(mover_dir.path()).await;
+        assert_eq!(moved.store.node_id(), mover_id);
+        assert_ne!(moved.addr, mover.addr);
+
+        let view = Membership::clustered(
+            leader.addr.clone(),
+            &[leader.addr.clone(), moved.addr.clone()],
+            &Registry::new(),
+        )
+        .unwrap();
+        view.record_probe(
+            &moved.addr,
+            Some(PingReply {
+                address: moved.addr.clone(),
+                node_id: mover_id,
+                ready: false,
+                raft_initialized: true,
+                members_digest: 0,
+            }),
+            3,
+        );
+        reconcile(&leader.store, &view).await;
+        assert_eq!(
+            leader.store.status().members.get(&mover_id),
+            Some(&moved.addr),
+            "raft still points at the old address"
+        );
+        // Replication reaches the node at its new address.
+        leader
+            .store
+            .write(create("after-move"))
+            .await
+            .unwrap()
+            .unwrap();
+        wait_for("the moved node applies new writes", || {
+            moved
+                .store
+                .read(|st| st.service(&key("after-move")).is_some())
+        })
+        .await;
+        for n in [leader, &moved] {
+            n.store.shutdown().await;
+            n.server.abort();
+        }
     }
 
     #[test]

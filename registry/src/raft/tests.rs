@@ -16,14 +16,14 @@ use super::*;
 use crate::naming::model::Namespace;
 use crate::naming::persistent::CommandOutput;
 
-const SECRET: &str = "test-secret";
-const READY: Duration = Duration::from_secs(10);
+pub(crate) const SECRET: &str = "test-secret";
+pub(crate) const READY: Duration = Duration::from_secs(10);
 
-fn key(name: &str) -> ServiceKey {
+pub(crate) fn key(name: &str) -> ServiceKey {
     ServiceKey::new("public", "DEFAULT_GROUP", name)
 }
 
-fn create(name: &str) -> Command {
+pub(crate) fn create(name: &str) -> Command {
     Command::CreateService {
         key: key(name),
         meta: Default::default(),
@@ -39,7 +39,7 @@ fn settings(dir: &Path, addr: &str, standalone: bool) -> RaftSettings {
     RaftSettings::new(dir, addr, SECRET, standalone)
 }
 
-async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+pub(crate) async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + READY;
     while !cond() {
         assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
@@ -134,13 +134,13 @@ async fn snapshot_compacts_log_and_restart_restores_everything() {
     s.shutdown().await;
 }
 
-struct Node {
-    store: PersistentStore,
-    addr: String,
-    server: tokio::task::JoinHandle<()>,
+pub(crate) struct Node {
+    pub(crate) store: PersistentStore,
+    pub(crate) addr: String,
+    pub(crate) server: tokio::task::JoinHandle<()>,
 }
 
-async fn start_node(dir: &Path) -> Node {
+pub(crate) async fn start_node(dir: &Path) -> Node {
     start_node_with(dir, |_| {}).await
 }
 
