@@ -224,6 +224,11 @@ impl Node {
         self.distro.is_loaded() && self.persistent.is_ready()
     }
 
+    /// Forgets the change generations of services that exist nowhere any more.
+    pub fn prune_changes(&self) -> usize {
+        self.changes.prune(|k| self.exists(k))
+    }
+
     /// Change generations of services (for caches of rendered answers).
     pub fn changes(&self) -> &crate::changes::Changes {
         &self.changes

@@ -111,6 +111,9 @@ fn push_settings(s: &RegistrySettings) -> PushSettings {
     }
 }
 
+/// How often change generations of services that no longer exist are forgotten.
+const CHANGES_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+
 /// Spawns a node task inside the caller's span, so that with several nodes in one process
 /// (`nacre up`) every log line still names its node.
 fn spawn_in_span<F>(f: F) -> tokio::task::JoinHandle<F::Output>
@@ -321,10 +324,18 @@ pub async fn run(
     handles.push(spawn_in_span(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut prune = tokio::time::interval(CHANGES_PRUNE_INTERVAL);
+        prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = tick.tick() => sweeper.sweep(),
+                _ = prune.tick() => {
+                    let dropped = sweeper.prune_changes();
+                    if dropped > 0 {
+                        tracing::debug!(dropped, "forgot change generations of removed services");
+                    }
+                }
             }
         }
     }));
