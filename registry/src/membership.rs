@@ -225,15 +225,24 @@ impl Membership {
         self.view.read().peers.keys().cloned().collect()
     }
 
-    /// Peers that currently answer probes.
+    /// Peers that answered their last probe.
     pub fn live_peers(&self) -> Vec<String> {
         self.view
             .read()
             .peers
             .iter()
-            .filter(|(_, s)| s.state.is_live() && s.failures == 0)
+            .filter(|(_, s)| s.state == MemberState::Up)
             .map(|(a, _)| a.clone())
             .collect()
+    }
+
+    /// Whether `addr` answered its last probe (see [`Membership::live_peers`]).
+    pub fn is_live(&self, addr: &str) -> bool {
+        self.view
+            .read()
+            .peers
+            .get(addr)
+            .is_some_and(|s| s.state == MemberState::Up)
     }
 
     /// A peer's last probe status.

@@ -520,6 +520,7 @@ impl Node {
             .collect();
         let now = self.now_ms();
         let mut updated = Vec::with_capacity(chosen.len());
+        let mut ephemeral_patched = false;
         for inst in chosen {
             let mut meta = inst.metadata.clone();
             for (k, v) in metadata {
@@ -539,6 +540,7 @@ impl Node {
                 if self.ephemeral().patch(key, &id, &patch, now).is_err() {
                     continue;
                 }
+                ephemeral_patched = true;
             } else {
                 self.patch_persistent(key, &id, patch, now).await?;
             }
@@ -549,7 +551,9 @@ impl Node {
             };
             updated.push(format!("{id}:{kind}"));
         }
-        if !updated.is_empty() {
+        // Persistent patches notify through the Raft apply hook; only ephemeral ones are ours
+        // to announce and replicate.
+        if ephemeral_patched {
             self.ephemeral_changed(key);
         }
         Ok(updated)
@@ -657,9 +661,8 @@ impl Node {
             })
             .await?;
         }
-        if let Some(deleted) = self.ephemeral().remove_service(key, self.now_ms()) {
-            self.changed(key);
-            self.distro.local_deletion(&deleted);
+        if self.ephemeral().remove_service(key) {
+            self.ephemeral_changed(key);
         }
         Ok(())
     }

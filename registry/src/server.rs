@@ -287,13 +287,12 @@ pub async fn run(
         changes,
     ));
 
-    if let Some(discovery) = &discovery {
+    if let (Some(discovery), Some(distro)) = (&discovery, node.distro().cluster()) {
         let c = &settings.cluster;
-        let client = PeerClient::new(&secret).map_err(ServeError::Peer)?;
         handles.push(spawn_in_span(crate::membership::run(
             membership.clone(),
             discovery.subscribe(),
-            client,
+            distro.client.clone(),
             ProbeSettings {
                 interval: Duration::from_millis(c.probe_interval_ms),
                 timeout: Duration::from_millis(c.probe_timeout_ms),

@@ -26,24 +26,18 @@ pub fn is_forwarded(app: &App, p: &Params) -> bool {
 
 /// The owner's answer when `key` belongs to another reachable node; `None` means "apply here".
 pub async fn to_owner(app: &App, key: &ServiceKey, p: &Params) -> Option<Response> {
-    let membership = app.node.membership();
-    if membership.is_standalone() || is_forwarded(app, p) {
+    // A standalone node has no cluster parts, and owns everything.
+    let cluster = app.node.distro().cluster()?;
+    if is_forwarded(app, p) {
         return None;
     }
+    let membership = app.node.membership();
     let owner = membership.owner(key);
     if owner == membership.self_addr() {
         return None;
     }
-    let client = app
-        .node
-        .distro()
-        .cluster()
-        .map(|c| (c.client.clone(), c.replicator.clone()))?;
-    let (client, replicator) = client;
-    let path = p.raw.uri.path_and_query().map_or_else(
-        || p.raw.uri.path().to_string(),
-        |pq| pq.as_str().to_string(),
-    );
+    let uri = &p.raw.uri;
+    let path = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
     // Behind a proxy or another node the real client address must survive, so UDP pushes
     // and client IPs stay right.
     let mut headers = p.headers.clone();
@@ -54,12 +48,13 @@ pub async fn to_owner(app: &App, key: &ServiceKey, p: &Params) -> Option<Respons
             }
         }
     }
-    let forwards = &replicator.metrics().forwards;
-    match client
+    let forwards = &cluster.replicator.metrics().forwards;
+    match cluster
+        .client
         .forward(
             &owner,
             p.raw.method.clone(),
-            &path,
+            path,
             &headers,
             p.raw.body.clone(),
             FORWARD_TIMEOUT,

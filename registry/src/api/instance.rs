@@ -199,17 +199,17 @@ pub async fn list(State(app): State<Arc<App>>, p: Params) -> Result<Response, Ap
     }
     let env = p.get("env").unwrap_or("");
     let variant = Variant {
-        clusters: clusters.to_string(),
+        clusters,
         healthy_only,
         grouped_dom: agent.is_modern_java(),
         cache_millis,
-        env: env.to_string(),
+        env,
     };
     // The generation is read before the view: a change racing this render bumps it past
     // what the cached copy is tagged with, so the copy is never served after the change.
     let generation = app.node.changes().generation(&key);
     let now_ms = app.node.now_ms();
-    if let Some(body) = app.lists.get(&key, &variant, generation, now_ms) {
+    if let Some(body) = app.lists.get(&key, variant, generation, now_ms) {
         return Ok(super::json_text(body));
     }
     let view = app.node.view(&key);

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
@@ -50,8 +51,13 @@ async fn health(
     Json(changed.len())
 }
 
-async fn snapshot(State(app): State<Arc<App>>) -> Json<Vec<ServiceRecord>> {
-    Json(app.node.distro().store().export_all())
+/// 503 while this node is still loading: a starting peer then asks the next one.
+async fn snapshot(State(app): State<Arc<App>>) -> Result<Json<Vec<ServiceRecord>>, StatusCode> {
+    app.node
+        .distro()
+        .snapshot()
+        .map(Json)
+        .ok_or(StatusCode::SERVICE_UNAVAILABLE)
 }
 
 /// The internal routes of the node, guarded by the cluster secret.

@@ -9,7 +9,6 @@
 //! every hit, so a cached answer is byte-for-byte what a fresh render would give.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use nacre_ring::ServiceKey;
 use parking_lot::RwLock;
@@ -19,11 +18,12 @@ pub const SENTINEL_TIME: u64 = u64::MAX;
 const SENTINEL_FIELD: &str = "\"lastRefTime\":18446744073709551615";
 const FIELD: &str = "\"lastRefTime\":";
 
-/// Everything in a list request that changes the answer (not `udpPort` / `clientIP`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Variant {
+/// Everything in a list request that changes the answer (not `udpPort` / `clientIP`),
+/// borrowed from the request so that a cache hit allocates nothing for the lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Variant<'a> {
     /// The `clusters` parameter as given.
-    pub clusters: String,
+    pub clusters: &'a str,
     /// `healthyOnly`.
     pub healthy_only: bool,
     /// Grouped `dom` (modern Java clients).
@@ -31,7 +31,37 @@ pub struct Variant {
     /// `cacheMillis` told to the client.
     pub cache_millis: u64,
     /// The `env` parameter.
-    pub env: String,
+    pub env: &'a str,
+}
+
+/// A [`Variant`] as stored with its answer.
+#[derive(Debug)]
+struct Shape {
+    clusters: String,
+    healthy_only: bool,
+    grouped_dom: bool,
+    cache_millis: u64,
+    env: String,
+}
+
+impl Shape {
+    fn of(v: Variant<'_>) -> Self {
+        Self {
+            clusters: v.clusters.to_string(),
+            healthy_only: v.healthy_only,
+            grouped_dom: v.grouped_dom,
+            cache_millis: v.cache_millis,
+            env: v.env.to_string(),
+        }
+    }
+
+    fn matches(&self, v: Variant<'_>) -> bool {
+        self.clusters == v.clusters
+            && self.healthy_only == v.healthy_only
+            && self.grouped_dom == v.grouped_dom
+            && self.cache_millis == v.cache_millis
+            && self.env == v.env
+    }
 }
 
 #[derive(Debug)]
@@ -39,8 +69,14 @@ struct Rendered {
     generation: u64,
     /// Text before and after the `lastRefTime` value; `tail` is `None` when the answer has
     /// no such field (a missing service).
-    head: Arc<str>,
-    tail: Option<Arc<str>>,
+    head: String,
+    tail: Option<String>,
+}
+
+impl Rendered {
+    fn size(&self) -> usize {
+        self.head.len() + self.tail.as_ref().map_or(0, String::len)
+    }
 }
 
 /// The cache. Bounded by total bytes: when full it starts over, which costs one render per
@@ -51,16 +87,11 @@ pub struct ListCache {
     max_bytes: usize,
 }
 
+/// Answers per service, then per request shape (a service has only a few shapes in use).
 #[derive(Debug, Default)]
 struct Inner {
-    entries: HashMap<(ServiceKey, Variant), Rendered>,
+    entries: HashMap<ServiceKey, Vec<(Shape, Rendered)>>,
     bytes: usize,
-}
-
-impl Rendered {
-    fn size(&self) -> usize {
-        self.head.len() + self.tail.as_ref().map_or(0, |t| t.len())
-    }
 }
 
 impl ListCache {
@@ -77,18 +108,17 @@ impl ListCache {
     pub fn get(
         &self,
         key: &ServiceKey,
-        variant: &Variant,
+        variant: Variant<'_>,
         generation: u64,
         now_ms: u64,
     ) -> Option<String> {
         let inner = self.inner.read();
-        // Looking up by a borrowed pair would need a custom Borrow impl; the clone is cheap
-        // next to a render.
-        let r = inner.entries.get(&(key.clone(), variant.clone()))?;
-        if r.generation != generation {
-            return None;
-        }
-        Some(splice(&r.head, r.tail.as_deref(), now_ms))
+        let (_, r) = inner
+            .entries
+            .get(key)?
+            .iter()
+            .find(|(shape, _)| shape.matches(variant))?;
+        (r.generation == generation).then(|| splice(&r.head, r.tail.as_deref(), now_ms))
     }
 
     /// Stores `body`, rendered with [`SENTINEL_TIME`] as `lastRefTime` at `generation`, and
@@ -96,41 +126,49 @@ impl ListCache {
     pub fn put(
         &self,
         key: ServiceKey,
-        variant: Variant,
+        variant: Variant<'_>,
         generation: u64,
         body: String,
         now_ms: u64,
     ) -> String {
-        let (head, tail): (Arc<str>, Option<Arc<str>>) = match body.find(SENTINEL_FIELD) {
+        let rendered = match body.find(SENTINEL_FIELD) {
             Some(i) => {
                 let cut = i + FIELD.len();
-                let after = cut + SENTINEL_FIELD.len() - FIELD.len();
-                (Arc::from(&body[..cut]), Some(Arc::from(&body[after..])))
+                let after = i + SENTINEL_FIELD.len();
+                Rendered {
+                    generation,
+                    head: body[..cut].to_string(),
+                    tail: Some(body[after..].to_string()),
+                }
             }
-            None => (Arc::from(body.as_str()), None),
+            None => Rendered {
+                generation,
+                head: body,
+                tail: None,
+            },
         };
-        let out = splice(&head, tail.as_deref(), now_ms);
-        let rendered = Rendered {
-            generation,
-            head,
-            tail,
-        };
+        let out = splice(&rendered.head, rendered.tail.as_deref(), now_ms);
         let size = rendered.size();
         let mut inner = self.inner.write();
         if inner.bytes + size > self.max_bytes {
             inner.entries.clear();
             inner.bytes = 0;
         }
-        if let Some(old) = inner.entries.insert((key, variant), rendered) {
-            inner.bytes -= old.size();
-        }
-        inner.bytes += size;
+        let shapes = inner.entries.entry(key).or_default();
+        let freed = match shapes.iter_mut().find(|(shape, _)| shape.matches(variant)) {
+            Some((_, old)) => std::mem::replace(old, rendered).size(),
+            None => {
+                shapes.push((Shape::of(variant), rendered));
+                0
+            }
+        };
+        inner.bytes = inner.bytes + size - freed;
         out
     }
 
-    /// Entries held (for tests and metrics).
+    /// Answers held (for tests and metrics).
     pub fn len(&self) -> usize {
-        self.inner.read().entries.len()
+        self.inner.read().entries.values().map(Vec::len).sum()
     }
 
     /// Whether nothing is cached.
@@ -158,13 +196,13 @@ fn splice(head: &str, tail: Option<&str>, now_ms: u64) -> String {
 mod tests {
     use super::*;
 
-    fn variant() -> Variant {
+    fn variant() -> Variant<'static> {
         Variant {
-            clusters: String::new(),
+            clusters: "",
             healthy_only: false,
             grouped_dom: false,
             cache_millis: 3000,
-            env: String::new(),
+            env: "",
         }
     }
 
@@ -179,11 +217,11 @@ mod tests {
             "{\"hosts\":[],\"lastRefTime\":100,\"checksum\":\"x\"}"
         );
         assert_eq!(
-            c.get(&k, &variant(), 7, 250).as_deref(),
+            c.get(&k, variant(), 7, 250).as_deref(),
             Some("{\"hosts\":[],\"lastRefTime\":250,\"checksum\":\"x\"}")
         );
         assert_eq!(
-            c.get(&k, &variant(), 8, 250),
+            c.get(&k, variant(), 8, 250),
             None,
             "a newer generation is a miss"
         );
@@ -191,7 +229,7 @@ mod tests {
             healthy_only: true,
             ..variant()
         };
-        assert_eq!(c.get(&k, &other, 7, 250), None);
+        assert_eq!(c.get(&k, other, 7, 250), None);
     }
 
     #[test]
@@ -200,10 +238,10 @@ mod tests {
         let k = ServiceKey::new("public", "G", "missing");
         let body = "{\"name\":\"G@@missing\",\"hosts\":[]}".to_string();
         assert_eq!(c.put(k.clone(), variant(), 1, body.clone(), 5), body);
-        assert_eq!(c.get(&k, &variant(), 1, 9).as_deref(), Some(body.as_str()));
+        assert_eq!(c.get(&k, variant(), 1, 9).as_deref(), Some(body.as_str()));
         let k2 = ServiceKey::new("public", "G", "other");
         c.put(k2.clone(), variant(), 1, body.clone(), 5);
         assert_eq!(c.len(), 1, "over the byte bound the cache starts over");
-        assert!(c.get(&k2, &variant(), 1, 9).is_some());
+        assert!(c.get(&k2, variant(), 1, 9).is_some());
     }
 }

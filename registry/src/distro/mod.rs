@@ -110,6 +110,12 @@ impl Distro {
         self.loaded.load(Ordering::Acquire)
     }
 
+    /// Every record held, for a starting peer; `None` while this node is loading its own
+    /// snapshot (what it holds may be incomplete).
+    pub fn snapshot(&self) -> Option<Vec<ServiceRecord>> {
+        self.is_loaded().then(|| self.store.export_all())
+    }
+
     /// Records a local change of `key` for replication.
     pub fn local_change(&self, key: &ServiceKey) {
         if let Some(c) = &self.cluster {
@@ -121,16 +127,11 @@ impl Distro {
     /// client can read it from any node next.
     pub async fn local_change_acked(&self, key: &ServiceKey) {
         if let Some(c) = &self.cluster {
-            let live = self.membership.live_peers();
+            let membership = &self.membership;
             c.replicator
-                .changed_and_wait(key, &live, WRITE_ACK_TIMEOUT)
+                .changed_and_wait(key, |peer| membership.is_live(peer), WRITE_ACK_TIMEOUT)
                 .await;
         }
-    }
-
-    /// Replicates a deletion record made locally.
-    pub fn local_deletion(&self, record: &ServiceRecord) {
-        self.local_change(&record.key);
     }
 
     /// Applies records from a peer; returns the keys that changed here.
@@ -171,9 +172,10 @@ impl Distro {
         })
     }
 
-    /// Loads every reachable peer's snapshot (newest version wins per service), then marks
-    /// the store loaded. Peers that cannot be reached are skipped: when the whole cluster
-    /// starts together there is nothing to load, and verify repairs the rest later.
+    /// Loads the snapshot of the first peer that has one to give, then marks the store loaded.
+    /// A peer that is itself still loading refuses (see [`Distro::snapshot`]), so one full
+    /// transfer from a loaded peer suffices; when no peer has one (the whole cluster starting
+    /// together) there is nothing to load, and verify repairs any difference later.
     pub async fn load_snapshot(&self, now_ms: impl Fn() -> u64) -> usize {
         let Some(c) = &self.cluster else {
             self.loaded.store(true, Ordering::Release);
@@ -192,9 +194,9 @@ impl Distro {
             {
                 Ok(records) => {
                     let n = records.len();
-                    let applied = self.apply_remote(records, now_ms()).len();
-                    tracing::info!(peer = %peer, services = n, applied, "loaded distro snapshot");
-                    total += applied;
+                    total = self.apply_remote(records, now_ms()).len();
+                    tracing::info!(peer = %peer, services = n, applied = total, "loaded distro snapshot");
+                    break;
                 }
                 Err(e) => {
                     tracing::info!(peer = %peer, error = %e, "no distro snapshot from peer");

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nacre_ring::ServiceKey;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -160,7 +160,7 @@ pub struct Replicator {
     client: PeerClient,
     settings: SyncSettings,
     metrics: DistroMetrics,
-    peers: Mutex<HashMap<String, Arc<PeerQueue>>>,
+    peers: RwLock<HashMap<String, Arc<PeerQueue>>>,
     stop: CancellationToken,
     workers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -181,7 +181,7 @@ impl Replicator {
             client,
             settings,
             metrics,
-            peers: Mutex::new(HashMap::new()),
+            peers: RwLock::new(HashMap::new()),
             stop,
             workers: Mutex::new(Vec::new()),
         }
@@ -194,7 +194,7 @@ impl Replicator {
 
     /// Makes the worker set match `peers`: new peers get a worker, removed ones are stopped.
     pub fn set_peers(self: &Arc<Self>, peers: &[String]) {
-        let mut map = self.peers.lock();
+        let mut map = self.peers.write();
         map.retain(|addr, q| {
             let keep = peers.contains(addr);
             if !keep {
@@ -228,28 +228,28 @@ impl Replicator {
 
     /// Marks `key` changed for every peer.
     pub fn changed(&self, key: &ServiceKey) {
-        for (addr, q) in self.queues() {
-            self.mark(&addr, &q, key);
+        // Under the read lock: this runs on every write, and copying the peer list each time
+        // would cost an allocation per peer. `mark` only takes the peer's own backlog lock.
+        for (addr, q) in self.peers.read().iter() {
+            self.mark(addr, q, key);
         }
     }
 
-    fn queues(&self) -> Vec<(String, Arc<PeerQueue>)> {
-        self.peers
-            .lock()
-            .iter()
-            .map(|(a, q)| (a.clone(), q.clone()))
-            .collect()
-    }
-
-    /// Marks `key` changed for every peer and waits (at most `timeout`) until each peer in
-    /// `wait_for` has acknowledged it. A client that writes through one node and reads through
-    /// another — legacy clients pick a server per request — then reads its own write. Peers
-    /// that are slow or down only delay the answer up to `timeout`: availability first.
-    pub async fn changed_and_wait(&self, key: &ServiceKey, wait_for: &[String], timeout: Duration) {
+    /// Marks `key` changed for every peer and waits (at most `timeout`) until each peer for
+    /// which `wait_for` holds has acknowledged it. A client that writes through one node and
+    /// reads through another — legacy clients pick a server per request — then reads its own
+    /// write. Peers that are slow or down only delay the answer up to `timeout`:
+    /// availability first.
+    pub async fn changed_and_wait(
+        &self,
+        key: &ServiceKey,
+        wait_for: impl Fn(&str) -> bool,
+        timeout: Duration,
+    ) {
         let mut waits = Vec::new();
-        for (addr, q) in self.queues() {
-            let n = self.mark(&addr, &q, key);
-            if wait_for.contains(&addr) {
+        for (addr, q) in self.peers.read().iter() {
+            let n = self.mark(addr, q, key);
+            if wait_for(addr) {
                 waits.push((q.acked.subscribe(), n));
             }
         }
@@ -261,7 +261,7 @@ impl Replicator {
 
     /// Marks `key` changed for one peer (verify found it behind).
     pub fn changed_for(&self, peer: &str, key: &ServiceKey) {
-        let q = self.peers.lock().get(peer).cloned();
+        let q = self.peers.read().get(peer).cloned();
         if let Some(q) = q {
             self.mark(peer, &q, key);
         }

@@ -156,7 +156,9 @@ struct Inner {
 
 impl Inner {
     fn next_version(&mut self, now_ms: u64, floor: u64) -> u64 {
-        let v = (now_ms << VERSION_SHIFT).max(self.hlc.max(floor) + 1);
+        // Saturating: versions arrive from peers, and a corrupt one near u64::MAX must not
+        // overflow the clock (a panic in debug builds, a wrap to old versions in release).
+        let v = (now_ms << VERSION_SHIFT).max(self.hlc.max(floor).saturating_add(1));
         self.hlc = v;
         v
     }
@@ -304,17 +306,10 @@ impl EphemeralStore {
         })
     }
 
-    /// Drops a whole service. Returns the deletion as a record to replicate (its version is
-    /// above every version the service had), or `None` when it did not exist.
-    pub fn remove_service(&self, key: &ServiceKey, now_ms: u64) -> Option<ServiceRecord> {
-        let mut inner = self.inner.write();
-        let old = inner.services.remove(key)?;
-        let version = inner.next_version(now_ms, old.version);
-        Some(ServiceRecord {
-            key: key.clone(),
-            version,
-            instances: None,
-        })
+    /// Drops a whole service; true when it existed. Peers learn of it through
+    /// [`EphemeralStore::deletion_record`] when the change is replicated.
+    pub fn remove_service(&self, key: &ServiceKey) -> bool {
+        self.inner.write().services.remove(key).is_some()
     }
 
     /// A deletion record for a service that no longer exists here, versioned above everything
@@ -324,7 +319,7 @@ impl EphemeralStore {
         if inner.services.contains_key(key) {
             return None;
         }
-        inner.hlc += 1;
+        inner.hlc = inner.hlc.saturating_add(1);
         Some(ServiceRecord {
             key: key.clone(),
             version: inner.hlc,
@@ -736,12 +731,27 @@ mod tests {
         let b = EphemeralStore::new();
         let old = record(&a);
         b.apply_remote(old.clone(), 10);
-        let del = a.remove_service(&key(), 20).unwrap();
+        assert!(a.remove_service(&key()));
+        let del = a.deletion_record(&key()).unwrap();
         assert!(del.version > old.version && del.instances.is_none());
         assert!(b.apply_remote(del, 20));
         assert!(!b.contains(&key()));
         // The deleted service is gone from `a`, so it can only come back with a newer version.
         assert!(a.apply_remote(old, 30), "an unknown service is accepted");
+    }
+
+    #[test]
+    fn a_version_near_the_end_of_the_clock_does_not_overflow_it() {
+        let s = EphemeralStore::new();
+        let forged = ServiceRecord {
+            key: key(),
+            version: u64::MAX,
+            instances: Some(vec![inst("10.0.0.1", 0)]),
+        };
+        assert!(s.apply_remote(forged, 0));
+        s.register(&key(), inst("10.0.0.2", 0), 1);
+        assert!(s.remove_service(&key()));
+        assert_eq!(s.deletion_record(&key()).map(|r| r.version), Some(u64::MAX));
     }
 
     #[test]

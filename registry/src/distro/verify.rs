@@ -59,7 +59,7 @@ pub fn compare(
         store.digests(|k| ring.owner(k) == Some(req.from.as_str()) && !listed.contains(k));
     for d in orphans {
         if version_ms(d.version).saturating_add(stale_ms) < now_ms {
-            if store.remove_service(&d.key, now_ms).is_some() {
+            if store.remove_service(&d.key) {
                 out.removed.push(d.key);
             }
         } else {
