@@ -78,33 +78,7 @@ async fn tcp_check_marks_dead_instances_and_recovers_them() {
     wait_for(&api, &port, true).await;
 
     // With a NONE checker, probes stop and only the manual switch changes health.
-    let r = api
-        .call(
-            "PUT",
-            "/nacos/v1/ns/cluster",
-            &[
-                ("serviceName", "db"),
-                ("clusterName", "DEFAULT"),
-                ("checkPort", "80"),
-                ("useInstancePort4Check", "true"),
-                ("healthChecker", r#"{"type":"NONE"}"#),
-            ],
-        )
-        .await;
-    assert_eq!(r.body, "ok");
-    let r = api
-        .call(
-            "PUT",
-            "/nacos/v1/ns/health/instance",
-            &[
-                ("serviceName", "db"),
-                ("ip", "127.0.0.1"),
-                ("port", &port),
-                ("healthy", "false"),
-            ],
-        )
-        .await;
-    assert_eq!(r.body, "ok");
+    api.mark_unhealthy_by_hand("db", "127.0.0.1", &port).await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(healthy(&api, &port).await, Some(false));
 }

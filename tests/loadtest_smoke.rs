@@ -75,6 +75,13 @@ fn short(extra: &[&'static str]) -> Vec<&'static str> {
     v
 }
 
+/// A short run of one scenario against a fresh node of its own.
+fn run_short(extra: &[&'static str]) -> Value {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start_node(dir.path());
+    loadtest(&node, dir.path(), &short(extra))
+}
+
 #[test]
 fn register_scenario_runs_clean() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -101,35 +108,23 @@ fn register_scenario_runs_clean() {
 
 #[test]
 fn deregister_scenario_removes_each_instance_once() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let node = start_node(dir.path());
-    let r = loadtest(
-        &node,
-        dir.path(),
-        &short(&[
-            "--scenario",
-            "deregister",
-            "--seed",
-            "12",
-            "--services",
-            "4",
-            "--instances-per-service",
-            "25",
-        ]),
-    );
+    let r = run_short(&[
+        "--scenario",
+        "deregister",
+        "--seed",
+        "12",
+        "--services",
+        "4",
+        "--instances-per-service",
+        "25",
+    ]);
     assert_clean(&r, "deregister");
     assert_eq!(r["requests"], 100);
 }
 
 #[test]
 fn beat_scenario_runs_clean_open_loop() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let node = start_node(dir.path());
-    let r = loadtest(
-        &node,
-        dir.path(),
-        &short(&["--scenario", "beat", "--seed", "13", "--rate", "200"]),
-    );
+    let r = run_short(&["--scenario", "beat", "--seed", "13", "--rate", "200"]);
     assert_clean(&r, "beat");
     // Open loop: about rate × duration requests, whatever the server's speed.
     let n = r["requests"].as_u64().unwrap_or(0);
@@ -152,13 +147,7 @@ fn list_scenario_runs_clean() {
 
 #[test]
 fn subscribe_scenario_receives_and_acks_pushes() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let node = start_node(dir.path());
-    let r = loadtest(
-        &node,
-        dir.path(),
-        &short(&["--scenario", "subscribe", "--seed", "15", "--services", "3"]),
-    );
+    let r = run_short(&["--scenario", "subscribe", "--seed", "15", "--services", "3"]);
     assert_clean(&r, "subscribe");
     let push = &r["push"];
     assert!(push["received"].as_u64().unwrap_or(0) > 0, "{push:#}");
@@ -170,22 +159,16 @@ fn subscribe_scenario_receives_and_acks_pushes() {
 
 #[test]
 fn mixed_fleet_runs_clean() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let node = start_node(dir.path());
-    let r = loadtest(
-        &node,
-        dir.path(),
-        &short(&[
-            "--scenario",
-            "mixed",
-            "--seed",
-            "16",
-            "--services",
-            "5",
-            "--instances-per-service",
-            "20",
-        ]),
-    );
+    let r = run_short(&[
+        "--scenario",
+        "mixed",
+        "--seed",
+        "16",
+        "--services",
+        "5",
+        "--instances-per-service",
+        "20",
+    ]);
     assert_clean(&r, "mixed");
     let ops: Vec<&str> = r["operations"]
         .as_array()
@@ -201,22 +184,16 @@ fn mixed_fleet_runs_clean() {
 
 #[test]
 fn churn_scenario_runs_clean_and_is_pushed() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let node = start_node(dir.path());
-    let r = loadtest(
-        &node,
-        dir.path(),
-        &short(&[
-            "--scenario",
-            "churn",
-            "--seed",
-            "17",
-            "--services",
-            "3",
-            "--rate",
-            "100",
-        ]),
-    );
+    let r = run_short(&[
+        "--scenario",
+        "churn",
+        "--seed",
+        "17",
+        "--services",
+        "3",
+        "--rate",
+        "100",
+    ]);
     assert_clean(&r, "churn");
     let push = &r["push"];
     assert!(push["observed"].as_u64().unwrap_or(0) > 0, "{push:#}");

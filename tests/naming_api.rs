@@ -23,38 +23,6 @@ fn path(p: &str) -> String {
     format!("{NS}{p}")
 }
 
-/// Switches the DEFAULT cluster of `service` to the `NONE` checker and marks `ip:80` unhealthy
-/// by hand, as an operator would.
-async fn mark_unhealthy_by_hand(api: &Api, service: &str, ip: &str) {
-    let r = api
-        .call(
-            "PUT",
-            &path("/cluster"),
-            &[
-                ("serviceName", service),
-                ("clusterName", "DEFAULT"),
-                ("checkPort", "80"),
-                ("useInstancePort4Check", "true"),
-                ("healthChecker", r#"{"type":"NONE"}"#),
-            ],
-        )
-        .await;
-    assert_eq!(r.body, "ok");
-    let r = api
-        .call(
-            "PUT",
-            &path("/health/instance"),
-            &[
-                ("serviceName", service),
-                ("ip", ip),
-                ("port", "80"),
-                ("healthy", "false"),
-            ],
-        )
-        .await;
-    assert_eq!(r.body, "ok");
-}
-
 #[tokio::test]
 async fn register_list_and_grouping_follow_nacos() {
     let dir = tempfile::tempdir().unwrap();
@@ -600,7 +568,7 @@ async fn operator_and_health_endpoints() {
         "{}",
         r.body
     );
-    mark_unhealthy_by_hand(&api, "m", "10.0.0.1").await;
+    api.mark_unhealthy_by_hand("m", "10.0.0.1", "80").await;
     let d = api
         .instance(
             "GET",
@@ -827,7 +795,7 @@ async fn cached_lists_follow_every_change_at_once() {
         vec!["10.9.0.1:true", "127.9.0.2:true"]
     );
     // Health set by hand (cluster checker NONE, through Raft).
-    mark_unhealthy_by_hand(&api, "cached", "10.9.0.1").await;
+    api.mark_unhealthy_by_hand("cached", "10.9.0.1", "80").await;
     assert_eq!(
         ips(&api.list(&svc).await),
         vec!["10.9.0.1:false", "127.9.0.2:true"]

@@ -62,6 +62,38 @@ impl Api {
         self.call(method, "/nacos/v1/ns/instance", query).await
     }
 
+    /// Switches the `DEFAULT` cluster of `service` to the `NONE` checker (probes stop) and
+    /// sets `ip:port` unhealthy by hand, as an operator would; asserts both answers are `ok`.
+    pub async fn mark_unhealthy_by_hand(&self, service: &str, ip: &str, port: &str) {
+        let r = self
+            .call(
+                "PUT",
+                "/nacos/v1/ns/cluster",
+                &[
+                    ("serviceName", service),
+                    ("clusterName", "DEFAULT"),
+                    ("checkPort", "80"),
+                    ("useInstancePort4Check", "true"),
+                    ("healthChecker", r#"{"type":"NONE"}"#),
+                ],
+            )
+            .await;
+        assert_eq!(r.body, "ok", "switching {service} to the NONE checker");
+        let r = self
+            .call(
+                "PUT",
+                "/nacos/v1/ns/health/instance",
+                &[
+                    ("serviceName", service),
+                    ("ip", ip),
+                    ("port", port),
+                    ("healthy", "false"),
+                ],
+            )
+            .await;
+        assert_eq!(r.body, "ok", "marking {ip}:{port} unhealthy");
+    }
+
     /// Sends `method path?query` with no body.
     pub async fn call(&self, method: &str, path: &str, query: &[(&str, &str)]) -> Reply {
         self.send(method, path, query, None).await
