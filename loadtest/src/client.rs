@@ -82,6 +82,9 @@ struct Head {
 
 const MAX_HEADERS: usize = 32;
 const READ_CHUNK: usize = 64 * 1024;
+/// Largest response body accepted; the target is any server, and a bogus length must not make
+/// the harness allocate without bound or overflow its offsets.
+const MAX_BODY: usize = 256 * 1024 * 1024;
 
 /// Parses a response head at the start of `buf`; `Ok(None)` if more bytes are needed.
 fn parse_head(buf: &[u8], head_request: bool) -> Result<Option<Head>, ClientError> {
@@ -103,7 +106,8 @@ fn parse_head(buf: &[u8], head_request: bool) -> Result<Option<Head>, ClientErro
             let v = std::str::from_utf8(h.value)
                 .ok()
                 .and_then(|v| v.trim().parse::<usize>().ok())
-                .ok_or_else(|| ClientError::Protocol("bad content-length".into()))?;
+                .filter(|n| *n <= MAX_BODY)
+                .ok_or_else(|| ClientError::Protocol("bad or too large content-length".into()))?;
             length = Some(v);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             chunked = h
@@ -156,7 +160,8 @@ fn decode_chunked(buf: &[u8], out: &mut Vec<u8>) -> Result<Option<usize>, Client
         let size = std::str::from_utf8(size_hex)
             .ok()
             .and_then(|s| usize::from_str_radix(s, 16).ok())
-            .ok_or_else(|| ClientError::Protocol("bad chunk size".into()))?;
+            .filter(|n| *n <= MAX_BODY && out.len() + n <= MAX_BODY)
+            .ok_or_else(|| ClientError::Protocol("bad or too large chunk size".into()))?;
         pos += line_end + 2;
         if size == 0 {
             // Trailers: header lines until an empty line.
@@ -358,6 +363,8 @@ mod tests {
         assert!(!h.close);
         assert_eq!(&full[h.header_len..], b"ok");
         assert_eq!(parse_head(&full[..20], false).unwrap(), None);
+        let huge = b"HTTP/1.1 200 OK\r\nContent-Length: 18446744073709551615\r\n\r\n";
+        assert!(parse_head(huge, false).is_err());
         let h = parse_head(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n", false)
             .unwrap()
             .unwrap();
@@ -382,6 +389,8 @@ mod tests {
             );
         }
         assert!(decode_chunked(b"zz\r\n", &mut out).is_err());
+        // A chunk size near usize::MAX must be refused, not overflow the offsets.
+        assert!(decode_chunked(b"ffffffffffffffff\r\nx\r\n", &mut out).is_err());
     }
 
     #[tokio::test]
