@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use nacre_config::RegistrySettings;
+use nacre_config::{GatewaySettings, RegistrySettings};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -35,10 +35,10 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run nacre locally with zero configuration: a cluster of --nodes registry nodes on
-    /// loopback ports starting at --listen, data under --data/node-K.
+    /// Run nacre locally with zero configuration: a gateway on --listen in front of --nodes
+    /// registry nodes on the next loopback ports, data under --data/node-K.
     Up {
-        /// Address of the first node; node K listens on the port K-1 above it.
+        /// Address of the gateway, the one address clients use; node K listens K ports above.
         #[arg(long, default_value = "127.0.0.1:8848")]
         listen: SocketAddr,
         /// Data directory (one sub-directory per node, plus the shared cluster secret).
@@ -47,9 +47,14 @@ enum Command {
         /// Number of registry nodes (1 runs a standalone node).
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=16))]
         nodes: u16,
+        /// Gateway worker threads.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
+        threads: u16,
     },
     /// Run one registry node.
     Registry(RegistryArgs),
+    /// Run the gateway: one stateless address in front of the registry nodes.
+    Gateway(GatewayArgs),
     /// Load-test a Nacos 1.x compatible registry (nacre, r-nacos, Java Nacos).
     Loadtest(nacre_loadtest::LoadtestArgs),
 }
@@ -91,6 +96,62 @@ struct RegistryArgs {
     /// discovery; defaults to the size of a static list or file).
     #[arg(long)]
     bootstrap_expect: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+struct GatewayArgs {
+    /// TOML settings file (flags override it).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Listen address.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Addresses `/nacos/serverlist` answers, `host:port,…` (default: the listen address).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Worker threads of the proxy.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// The registry cluster's shared secret (probes and change feeds are internal calls).
+    #[arg(long, env = "NACRE_CLUSTER_SECRET", hide_env_values = true)]
+    cluster_secret: Option<String>,
+    /// Registry nodes, `host:port,host:port,…`.
+    #[arg(long, group = "upstream_source")]
+    upstreams: Option<String>,
+    /// An address server URL (`http://host:port/nacos/serverlist`) answering the nodes.
+    #[arg(long, group = "upstream_source")]
+    upstreams_endpoint: Option<String>,
+    /// `NAME:PORT` of a DNS name whose A records are the nodes.
+    #[arg(long, group = "upstream_source")]
+    upstreams_dns: Option<String>,
+}
+
+fn gateway_settings(args: GatewayArgs) -> anyhow::Result<GatewaySettings> {
+    let mut s = GatewaySettings::load(args.config.as_deref())?;
+    if let Some(l) = args.listen {
+        s.listen = l;
+    }
+    if let Some(a) = args.advertise {
+        s.advertise = nacre_config::members::parse_members_flag(&a)?;
+    }
+    if let Some(t) = args.threads {
+        s.threads = t;
+    }
+    if let Some(c) = args.cluster_secret {
+        s.cluster_secret = Some(c);
+    }
+    // A source on the command line replaces the file's.
+    if args.upstreams.is_some() || args.upstreams_endpoint.is_some() || args.upstreams_dns.is_some()
+    {
+        s.upstreams.clear();
+        s.upstreams_endpoint = args.upstreams_endpoint;
+        s.upstreams_dns = args.upstreams_dns;
+        if let Some(u) = args.upstreams {
+            s.upstreams = nacre_config::members::parse_members_flag(&u)?;
+        }
+    }
+    s.validate()?;
+    Ok(s)
 }
 
 fn init_logging(format: LogFormat) {
@@ -223,22 +284,12 @@ fn rand_u64() -> u64 {
     h.finish()
 }
 
-/// `nacre up`: `nodes` registry nodes in this process, on consecutive loopback ports.
-async fn run_up(listen: SocketAddr, data: PathBuf, nodes: u16) -> anyhow::Result<()> {
+/// `nacre up`: `nodes` registry nodes in this process on the ports after `listen`, and the
+/// gateway on `listen` (on a thread of its own: pingora runs its own runtimes).
+async fn run_up(listen: SocketAddr, data: PathBuf, nodes: u16, threads: u16) -> anyhow::Result<()> {
     let base = RegistrySettings::load(None, std::env::vars())?;
-    if nodes == 1 {
-        let mut s = base;
-        s.listen = listen;
-        s.data_dir = data;
-        s.standalone = true;
-        println!(
-            "nacre: registry node on http://{listen} (data in {})",
-            s.data_dir.display()
-        );
-        return run_registry(s).await;
-    }
     let secret = local_cluster_secret(&data)?;
-    let addrs: Vec<SocketAddr> = (0..nodes)
+    let addrs: Vec<SocketAddr> = (1..=nodes)
         .map(|k| {
             listen
                 .port()
@@ -247,6 +298,14 @@ async fn run_up(listen: SocketAddr, data: PathBuf, nodes: u16) -> anyhow::Result
                 .context("port range overflows")
         })
         .collect::<anyhow::Result<_>>()?;
+    let gateway = GatewaySettings {
+        listen,
+        threads: usize::from(threads),
+        cluster_secret: Some(secret.clone()),
+        upstreams: addrs.iter().map(|a| a.to_string()).collect(),
+        ..GatewaySettings::default()
+    };
+    gateway.validate()?;
     let token = CancellationToken::new();
     shutdown_on_signals(token.clone());
     let mut set = tokio::task::JoinSet::new();
@@ -254,9 +313,13 @@ async fn run_up(listen: SocketAddr, data: PathBuf, nodes: u16) -> anyhow::Result
         let mut s = base.clone();
         s.listen = *addr;
         s.data_dir = data.join(format!("node-{}", k + 1));
-        s.standalone = false;
         s.cluster_secret = Some(secret.clone());
-        s.cluster.members = addrs.iter().map(|a| a.to_string()).collect();
+        if nodes == 1 {
+            s.standalone = true;
+        } else {
+            s.standalone = false;
+            s.cluster.members = addrs.iter().map(|a| a.to_string()).collect();
+        }
         s.validate()?;
         let listener = TcpListener::bind(addr)
             .await
@@ -269,17 +332,28 @@ async fn run_up(listen: SocketAddr, data: PathBuf, nodes: u16) -> anyhow::Result
         let span = tracing::info_span!("node", addr = %addr);
         let t = token.clone();
         set.spawn(tracing::Instrument::instrument(
-            nacre_registry::run(listener, s, t),
+            async move {
+                nacre_registry::run(listener, s, t)
+                    .await
+                    .map_err(anyhow::Error::from)
+            },
             span,
         ));
     }
+    println!("nacre: gateway on http://{listen} (point clients here)");
+    let gateway_stop = token.clone();
+    set.spawn(async move {
+        tokio::task::spawn_blocking(move || {
+            nacre_gateway::run(gateway, nacre_gateway::Stop::Token(gateway_stop))
+        })
+        .await?
+        .map_err(anyhow::Error::from)
+    });
     let mut result = Ok(());
     while let Some(r) = set.join_next().await {
-        // One node failing takes the local cluster down: a half-started cluster on fixed
+        // One part failing takes the local cluster down: a half-started cluster on fixed
         // ports would only confuse.
-        let r = r
-            .map_err(anyhow::Error::from)
-            .and_then(|r| r.map_err(anyhow::Error::from));
+        let r = r.map_err(anyhow::Error::from).and_then(|r| r);
         if let Err(e) = r {
             token.cancel();
             if result.is_ok() {
@@ -290,20 +364,34 @@ async fn run_up(listen: SocketAddr, data: PathBuf, nodes: u16) -> anyhow::Result
     result
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    match cli.command {
-        Command::Up {
-            listen,
-            data,
-            nodes,
-        } => run_up(listen, data, nodes).await,
-        Command::Registry(args) => run_registry(registry_settings(args)?).await,
-        Command::Loadtest(args) => {
-            nacre_loadtest::run(args).await?;
-            Ok(())
-        }
+    // pingora builds its own runtimes and must not be started inside one.
+    if let Command::Gateway(args) = cli.command {
+        nacre_gateway::run(gateway_settings(args)?, nacre_gateway::Stop::Signals)?;
+        return Ok(());
     }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Up {
+                listen,
+                data,
+                nodes,
+                threads,
+            } => run_up(listen, data, nodes, threads).await,
+            Command::Registry(args) => run_registry(registry_settings(args)?).await,
+            Command::Loadtest(args) => {
+                nacre_loadtest::run(args).await?;
+                Ok(())
+            }
+            Command::Gateway(_) => Err(anyhow::anyhow!(
+                "the gateway runs outside the async runtime"
+            )),
+        }
+    })
 }

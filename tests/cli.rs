@@ -1,5 +1,5 @@
-//! The binary's command line: `nacre up` runs a 3-node cluster and stops cleanly on Ctrl-C; bad settings stop
-//! start-up with the offending key named.
+//! The binary's command line: `nacre up` runs a gateway in front of a 3-node cluster and stops
+//! cleanly on Ctrl-C; bad settings stop start-up with the offending key named.
 
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, Stdio};
@@ -9,25 +9,26 @@ use nacre_testkit::{free_loopback_addr, http_get, METRICS_PATH};
 
 const BIN: &str = env!("CARGO_BIN_EXE_nacre");
 
-/// A loopback base port whose next two ports are free too (`nacre up` uses three).
-fn three_free_ports() -> SocketAddr {
+/// A loopback base port whose next three ports are free too (`nacre up` uses four: the
+/// gateway, then three nodes).
+fn four_free_ports() -> SocketAddr {
     for _ in 0..50 {
         let base = free_loopback_addr().expect("free port");
-        let held: Vec<_> = (0..3u16)
+        let held: Vec<_> = (0..4u16)
             .filter_map(|k| base.port().checked_add(k))
             .filter_map(|p| TcpListener::bind(SocketAddr::new(base.ip(), p)).ok())
             .collect();
-        if held.len() == 3 {
+        if held.len() == 4 {
             return base;
         }
     }
-    panic!("no three consecutive free loopback ports");
+    panic!("no four consecutive free loopback ports");
 }
 
 #[test]
-fn up_starts_a_three_node_cluster_and_stops_cleanly_on_sigint() {
+fn up_starts_a_gateway_and_three_nodes_and_stops_cleanly_on_sigint() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let base = three_free_ports();
+    let base = four_free_ports();
     let data = dir.path().join("data");
     let mut child = Command::new(BIN)
         .args(["up", "--listen", &base.to_string(), "--data"])
@@ -36,7 +37,7 @@ fn up_starts_a_three_node_cluster_and_stops_cleanly_on_sigint() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn nacre up");
-    let addrs: Vec<SocketAddr> = (0..3u16)
+    let addrs: Vec<SocketAddr> = (1..=3u16)
         .map(|k| SocketAddr::new(base.ip(), base.port() + k))
         .collect();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -67,6 +68,25 @@ fn up_starts_a_three_node_cluster_and_stops_cleanly_on_sigint() {
         data.join("cluster-secret").exists(),
         "no shared secret generated"
     );
+    // The one address clients get: the gateway, routing to all three nodes.
+    loop {
+        if let Ok((200, body)) = http_get(base, "/nacre/gateway/ready", Duration::from_secs(2)) {
+            if body.contains("\"nodes\":3") && body.contains("\"feedsFollowed\":true") {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the gateway never became ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, list) = http_get(base, "/nacos/serverlist", Duration::from_secs(2)).expect("list");
+    assert_eq!((code, list.as_str()), (200, base.to_string().as_str()));
+    let (code, body) = http_get(
+        base,
+        "/nacos/v1/ns/instance/list?serviceName=none",
+        Duration::from_secs(2),
+    )
+    .expect("list through the gateway");
+    assert_eq!(code, 200, "{body}");
     let status = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
@@ -83,7 +103,7 @@ fn up_starts_a_three_node_cluster_and_stops_cleanly_on_sigint() {
     assert!(exit.success(), "exit status {exit:?}");
     let mut out = String::new();
     let _ = std::io::Read::read_to_string(&mut child.stdout.take().expect("stdout"), &mut out);
-    for addr in &addrs {
+    for addr in addrs.iter().chain([&base]) {
         assert!(
             out.contains(&addr.to_string()),
             "address {addr} not printed: {out}"
@@ -123,4 +143,20 @@ fn bad_settings_fail_loudly() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("max_body_byts"), "{err}");
+
+    // The gateway refuses to start without the cluster's secret, and names it.
+    let out = Command::new(BIN)
+        .args([
+            "gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstreams",
+            "127.0.0.1:9",
+        ])
+        .env_remove("NACRE_CLUSTER_SECRET")
+        .output()
+        .expect("run nacre gateway");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cluster_secret"), "{err}");
 }

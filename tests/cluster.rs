@@ -7,30 +7,18 @@
 //! under a second; nothing here asserts on speed.
 
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use nacre_testkit::addr_server::AddressServer;
 use nacre_testkit::cluster::{ClusterOptions, TestCluster};
-use nacre_testkit::http::Api;
+use nacre_testkit::http::{eventually, Api};
 
 const READY: Duration = Duration::from_secs(60);
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_nacre"))
-}
-
-/// Fast failure detection and repair, so fault tests run in seconds.
-fn fast(opts: ClusterOptions) -> ClusterOptions {
-    opts.with_env("NACRE_PROBE_INTERVAL_MS", "200")
-        .with_env("NACRE_PROBE_TIMEOUT_MS", "400")
-        .with_env("NACRE_DOWN_AFTER", "3")
-        .with_env("NACRE_VERIFY_INTERVAL_MS", "1000")
-        .with_env("NACRE_DISCOVERY_INTERVAL_MS", "200")
-        .with_env("NACRE_RAFT_MEMBERSHIP_INTERVAL_MS", "300")
-        .with_env("NACRE_EXPIRY_INTERVAL_MS", "200")
 }
 
 /// Starts a cluster and waits until every node is ready and every node's ownership ring holds
@@ -39,38 +27,10 @@ fn start(opts: ClusterOptions) -> Result<(tempfile::TempDir, TestCluster)> {
     let root = tempfile::Builder::new()
         .prefix("nacre-cluster-")
         .tempdir()?;
-    let mut c = TestCluster::start(bin(), root.path(), fast(opts))?;
+    let mut c = TestCluster::start(bin(), root.path(), opts.fast())?;
     c.wait_ready(READY)?;
-    let n = c.len();
-    for i in 0..n {
-        let addr = c.node(i).addr();
-        nacre_testkit::wait_until(READY, Duration::from_millis(50), || {
-            let (_, body) =
-                nacre_testkit::http_get(addr, "/nacre/v1/cluster", Duration::from_secs(2)).ok()?;
-            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-            (v["ring"].as_array()?.len() == n).then_some(())
-        })
-        .map_err(|e| anyhow::anyhow!("ring of node {i} incomplete: {e}\n{}", c.log_tails()))?;
-    }
+    c.wait_rings_complete(READY)?;
     Ok((root, c))
-}
-
-/// Polls `f` until it yields `Some`, for at most `timeout`.
-async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return Ok(v);
-        }
-        if Instant::now() >= deadline {
-            bail!("{what}: not within {timeout:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn api(c: &TestCluster, i: usize) -> Api {
@@ -616,7 +576,9 @@ async fn members_from_an_address_server_form_and_follow_the_cluster() -> Result<
         .tempdir()?;
     // The address server answers whatever `<root>/cluster.conf` says at the time.
     let server = AddressServer::start(&root.path().join("cluster.conf"))?;
-    let opts = fast(ClusterOptions::new(3).with_members_endpoint(&server.url()));
+    let opts = ClusterOptions::new(3)
+        .with_members_endpoint(&server.url())
+        .fast();
     let mut c = TestCluster::start(bin(), root.path(), opts)?;
     c.wait_ready(READY)?;
     let a0 = api(&c, 0);
@@ -655,16 +617,6 @@ async fn members_from_an_address_server_form_and_follow_the_cluster() -> Result<
     )
     .await?;
     Ok(())
-}
-
-async fn metric(api: &Api, name: &str) -> f64 {
-    api.call("GET", "/metrics", &[])
-        .await
-        .body
-        .lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -716,7 +668,7 @@ async fn only_the_owner_probes_persistent_instances_and_every_node_shows_its_ver
     }
     let owner = owner_of(&a0, "db").await;
     for i in 0..3 {
-        let probes = metric(&api(&c, i), "nacre_health_probes_total").await;
+        let probes = api(&c, i).metric("nacre_health_probes_total").await;
         if c.advertised(i) == owner {
             assert!(probes > 0.0, "the owner never probed");
         } else {

@@ -1,8 +1,9 @@
 //! Real legacy-client compatibility suite.
 //!
-//! Starts the real `nacre` binary — a standalone node, and a 3-node cluster handed to the
-//! clients as a server list — on free loopback ports and drives it with the unmodified legacy
-//! clients:
+//! Starts the real `nacre` binary — a standalone node, a 3-node cluster handed to the clients
+//! as a server list, and the same cluster behind `nacre gateway` (one address, and endpoint
+//! mode: the clients only know the gateway's `/nacos/serverlist`) — on loopback and drives it
+//! with the unmodified legacy clients:
 //!
 //! - Python `nacos-sdk-python` 0.1.x: `compat/python/check_legacy.py` (venv `compat/python/.venv`)
 //! - Node `nacos` 2.x (`nacos-naming`): `compat/node/check_legacy.js` (`compat/node/node_modules`)
@@ -23,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use nacre_testkit::cluster::{ClusterOptions, TestCluster};
+use nacre_testkit::gateway::GatewayProcess;
 use nacre_testkit::NodeProcess;
 
 const INSTALL_HINT: &str =
@@ -40,11 +42,26 @@ fn bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_nacre")))
 }
 
-/// What the clients run against: one standalone node, or a 3-node cluster given to the
-/// clients as a server list.
+/// How the clients reach the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// One standalone node.
+    Single,
+    /// A 3-node cluster given to the clients as a server list.
+    Cluster,
+    /// The 3-node cluster behind a gateway: the clients get its one address.
+    Gateway,
+    /// The same, but the clients only get the gateway's address-server endpoint. The gateway
+    /// listens on `127.0.0.X:8848`, the only form nacos-sdk-python 0.1.x can use from an
+    /// endpoint (bare IPs).
+    Endpoint,
+}
+
+/// What the clients run against.
 enum Target {
     Single(NodeProcess),
     Cluster(TestCluster),
+    Gateway(TestCluster, GatewayProcess),
 }
 
 impl Target {
@@ -55,6 +72,7 @@ impl Target {
                 .map(|i| c.node(i).addr().to_string())
                 .collect::<Vec<_>>()
                 .join(","),
+            Target::Gateway(_, g) => g.addr().to_string(),
         }
     }
 
@@ -66,22 +84,37 @@ impl Target {
                 n.log_tail(6000)
             ),
             Target::Cluster(c) => c.log_tails(),
+            Target::Gateway(c, g) => format!(
+                "{}\n--- gateway log tail ---\n{}",
+                c.log_tails(),
+                g.log_tail(6000)
+            ),
         }
     }
 }
 
-fn start_target(tag: &str, cluster: bool) -> Result<(tempfile::TempDir, Target)> {
+fn start_target(tag: &str, mode: Mode) -> Result<(tempfile::TempDir, Target)> {
     let data = tempfile::Builder::new()
         .prefix(&format!("nacre-legacy-{tag}-"))
         .tempdir()?;
-    if cluster {
-        let mut c = TestCluster::start(&bin(), data.path(), ClusterOptions::new(3))?;
-        c.wait_ready(Duration::from_secs(60))?;
+    if mode == Mode::Single {
+        let mut node = NodeProcess::start(&bin(), data.path())?;
+        node.wait_ready(Duration::from_secs(30))?;
+        return Ok((data, Target::Single(node)));
+    }
+    let mut c = TestCluster::start(&bin(), data.path(), ClusterOptions::new(3))?;
+    c.wait_ready(Duration::from_secs(60))?;
+    if mode == Mode::Cluster {
         return Ok((data, Target::Cluster(c)));
     }
-    let mut node = NodeProcess::start(&bin(), data.path())?;
-    node.wait_ready(Duration::from_secs(30))?;
-    Ok((data, Target::Single(node)))
+    let listen = if mode == Mode::Endpoint {
+        nacre_testkit::gateway::free_loopback_8848()?
+    } else {
+        nacre_testkit::free_loopback_addr()?
+    };
+    let mut g = GatewayProcess::in_front_of(&bin(), &c, &data.path().join("gateway"), listen, &[])?;
+    g.wait_ready(c.len(), Duration::from_secs(60))?;
+    Ok((data, Target::Gateway(c, g)))
 }
 
 /// Runs a driver to completion (bounded by DRIVER_TIMEOUT), returns (success, stdout+stderr).
@@ -156,25 +189,45 @@ fn finish(name: &str, target: &Target, ok: bool, output: String) -> Result<()> {
 
 #[test]
 fn python_legacy_client() -> Result<()> {
-    python_suite(false)
+    python_suite(Mode::Single)
 }
 
 #[test]
 fn python_legacy_client_against_a_cluster() -> Result<()> {
-    python_suite(true)
+    python_suite(Mode::Cluster)
+}
+
+#[test]
+fn python_legacy_client_through_the_gateway() -> Result<()> {
+    python_suite(Mode::Gateway)
+}
+
+#[test]
+fn python_legacy_client_in_endpoint_mode() -> Result<()> {
+    python_suite(Mode::Endpoint)
 }
 
 #[test]
 fn node_legacy_client() -> Result<()> {
-    node_suite(false)
+    node_suite(Mode::Single)
 }
 
 #[test]
 fn node_legacy_client_against_a_cluster() -> Result<()> {
-    node_suite(true)
+    node_suite(Mode::Cluster)
 }
 
-fn python_suite(cluster: bool) -> Result<()> {
+#[test]
+fn node_legacy_client_through_the_gateway() -> Result<()> {
+    node_suite(Mode::Gateway)
+}
+
+#[test]
+fn node_legacy_client_in_endpoint_mode() -> Result<()> {
+    node_suite(Mode::Endpoint)
+}
+
+fn python_suite(mode: Mode) -> Result<()> {
     let py = root().join("compat/python/.venv/bin/python");
     if !py.exists() {
         bail!(
@@ -192,17 +245,21 @@ fn python_suite(cluster: bool) -> Result<()> {
             py.display()
         );
     }
-    let (_data, target) = start_target("py", cluster)?;
+    let (_data, target) = start_target("py", mode)?;
     let mut cmd = Command::new(&py);
     cmd.arg(root().join("compat/python/check_legacy.py"))
         .arg("--servers")
         .arg(target.servers())
         .current_dir(root().join("compat/python"));
+    if mode == Mode::Endpoint {
+        cmd.arg("--endpoint")
+            .arg(format!("http://{}/nacos/serverlist", target.servers()));
+    }
     let (ok, output) = run_driver(cmd)?;
     finish("python (nacos-sdk-python 0.1.x)", &target, ok, output)
 }
 
-fn node_suite(cluster: bool) -> Result<()> {
+fn node_suite(mode: Mode) -> Result<()> {
     let dir = root().join("compat/node");
     if !dir.join("node_modules/nacos/package.json").exists()
         || !dir.join("node_modules/nacos-naming/package.json").exists()
@@ -216,12 +273,16 @@ fn node_suite(cluster: bool) -> Result<()> {
         Ok(o) if o.status.success() => {}
         _ => bail!("`node` is not on PATH; the Node legacy-client suite needs Node.js (20.x)"),
     }
-    let (_data, target) = start_target("node", cluster)?;
+    let (_data, target) = start_target("node", mode)?;
     let mut cmd = Command::new("node");
     cmd.arg(dir.join("check_legacy.js"))
         .arg("--servers")
         .arg(target.servers())
         .current_dir(&dir);
+    if mode == Mode::Endpoint {
+        // The Node client builds `http://<endpoint>/nacos/serverlist` itself.
+        cmd.arg("--endpoint").arg(target.servers());
+    }
     let (ok, output) = run_driver(cmd)?;
     finish("node (nacos 2.x / nacos-naming)", &target, ok, output)
 }

@@ -113,7 +113,11 @@ class Logger {
 
 async function newClient(name, { namespace, serverList } = {}) {
   const logger = new Logger(name);
-  const options = { logger, serverList: serverList || opts.servers };
+  // Endpoint mode: the client learns its servers from the address server only (scenarios that
+  // need an explicit list still pass one).
+  const options = serverList || !opts.endpoint
+    ? { logger, serverList: serverList || opts.servers }
+    : { logger, endpoint: opts.endpoint };
   if (namespace) options.namespace = namespace;
   const client = new NacosNamingClient(options);
   client.on('error', err => logger.error('client error: %s', err && err.message));
@@ -504,7 +508,7 @@ const SCENARIOS = {
 };
 
 function parseArgs(argv) {
-  const o = { servers: process.env.NACRE_COMPAT_SERVERS, deadServer: null, only: null, list: false, verbose: false };
+  const o = { servers: process.env.NACRE_COMPAT_SERVERS, endpoint: null, deadServer: null, only: null, list: false, verbose: false };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const val = () => {
@@ -513,6 +517,7 @@ function parseArgs(argv) {
       return argv[i];
     };
     if (a === '--servers' || a.startsWith('--servers=')) o.servers = val();
+    else if (a === '--endpoint' || a.startsWith('--endpoint=')) o.endpoint = val();
     else if (a === '--dead-server' || a.startsWith('--dead-server=')) o.deadServer = val();
     else if (a === '--only' || a.startsWith('--only=')) o.only = val();
     else if (a === '--list') o.list = true;
@@ -543,7 +548,7 @@ async function main() {
   }
   if (!opts.deadServer) opts.deadServer = `${IP}:${await freePort()}`;
   const versions = `nacos ${require('nacos/package.json').version}, nacos-naming ${require('nacos-naming/package.json').version}`;
-  console.log(`# ${versions} against ${opts.servers} (dead server ${opts.deadServer}, clientIP ${CLIENT_IP})`);
+  console.log(`# ${versions} against ${opts.servers} (endpoint ${opts.endpoint}, dead server ${opts.deadServer}, clientIP ${CLIENT_IP})`);
   const started = Date.now();
   const timeout = new Promise(resolve => setTimeout(() => resolve('timeout'), 150000));
   const all = Promise.all(names.map(n => SCENARIOS[n]().catch(err => {

@@ -95,13 +95,20 @@ def free_port():
 
 
 class Ctx:
-    def __init__(self, servers, dead, log_dir):
+    def __init__(self, servers, dead, log_dir, endpoint=None):
         self.servers = servers
         self.dead = dead
         self.log_dir = log_dir
+        self.endpoint = endpoint
 
     def client(self, namespace=None, servers=None):
-        c = nacos.NacosClient(servers or self.servers, namespace=namespace, logDir=self.log_dir)
+        if self.endpoint and not servers:
+            # Endpoint mode: the client learns its servers from the address server only.
+            # 0.1.x appends "?namespace=<ns>" and fails on None, so name the default one.
+            c = nacos.NacosClient(endpoint=self.endpoint, namespace=namespace or "public",
+                                  logDir=self.log_dir)
+        else:
+            c = nacos.NacosClient(servers or self.servers, namespace=namespace, logDir=self.log_dir)
         c.set_options(default_timeout=5)
         return c
 
@@ -581,6 +588,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--servers", required=False, default=os.environ.get("NACRE_COMPAT_SERVERS"),
                     help="comma separated ip:port list of live servers (first one is used for failover)")
+    ap.add_argument("--endpoint", default=None,
+                    help="address-server URL (http://host:port/nacos/serverlist): clients use it "
+                         "instead of --servers, except scenarios that need an explicit list")
     ap.add_argument("--dead-server", default=None,
                     help="an address nothing listens on (default: a just-freed loopback port)")
     ap.add_argument("--only", default=None, help="comma separated scenario names")
@@ -597,9 +607,9 @@ def main():
         ap.error("unknown scenario(s): %s (known: %s)" % (", ".join(unknown), ", ".join(SCENARIOS)))
     dead = args.dead_server or "%s:%d" % (IP, free_port())
     log_dir = tempfile.mkdtemp(prefix="nacre-compat-py-")
-    ctx = Ctx(args.servers, dead, log_dir)
-    print("# nacos-sdk-python %s against %s (dead server %s, client log %s)"
-          % (nacos.client.VERSION, args.servers, dead, log_dir), flush=True)
+    ctx = Ctx(args.servers, dead, log_dir, args.endpoint)
+    print("# nacos-sdk-python %s against %s (endpoint %s, dead server %s, client log %s)"
+          % (nacos.client.VERSION, args.servers, args.endpoint, dead, log_dir), flush=True)
 
     started = time.monotonic()
     threads = []

@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub mod gateway;
 pub mod members;
+
+pub use gateway::GatewaySettings;
 
 /// Why settings could not be loaded.
 #[derive(Debug, thiserror::Error)]

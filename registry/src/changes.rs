@@ -10,36 +10,91 @@
 //! with every name ever used. A pruned (or never seen) service reports the *floor*: a value
 //! raised above every generation handed out before the prune, so nothing cached under an old
 //! generation can match it again.
+//!
+//! The same counter is the cursor of the *change feed* that gateways follow to invalidate
+//! their caches: a bounded log of recent (generation, service) events. A reader whose cursor
+//! fell out of the log, or that comes from another incarnation of this node (`epoch`), is told
+//! to reset (drop everything it derived) instead of being handed a silent gap.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use nacre_ring::ServiceKey;
 use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+
+/// Events kept for feed readers; a reader further behind than this resets.
+pub const FEED_CAPACITY: usize = 65_536;
+/// Most keys handed out by one feed read.
+pub const FEED_BATCH: usize = 4096;
 
 /// Change generations of every service that has changed since the node started.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Changes {
     seq: AtomicU64,
     generations: RwLock<Generations>,
+    /// Identifies this incarnation: generations restart from zero with the process.
+    epoch: u64,
+    /// The newest generation, for feed readers waiting on the next change.
+    newest: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Changes {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 #[derive(Debug, Default)]
 struct Generations {
     by_key: HashMap<ServiceKey, u64>,
     floor: u64,
+    /// Recent events in generation order.
+    log: VecDeque<Event>,
+    /// The newest generation that fell out of `log` (readers at or below it reset).
+    evicted_through: u64,
+}
+
+#[derive(Debug)]
+struct Event {
+    generation: u64,
+    key: ServiceKey,
+    at_ms: u64,
+}
+
+/// One answer of the change feed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedPage {
+    /// The incarnation the cursor belongs to.
+    pub epoch: u64,
+    /// Pass this back as `cursor` for the next page.
+    pub cursor: u64,
+    /// The reader missed events (cursor too old or from another epoch): it must drop
+    /// everything it derived from this node.
+    pub reset: bool,
+    /// Services changed after the given cursor (a service may appear more than once).
+    pub keys: Vec<ServiceKey>,
+    /// Wall-clock time (ms) of the newest change in `keys`, 0 when empty.
+    pub newest_ms: u64,
 }
 
 impl Changes {
     /// No changes yet.
     pub fn new() -> Self {
-        Self::default()
+        Self {
+            seq: AtomicU64::new(0),
+            generations: RwLock::new(Generations::default()),
+            epoch: rand::random::<u64>() | 1,
+            newest: tokio::sync::watch::Sender::new(0),
+        }
     }
 
     /// Records a change of `key`; call it after the change is visible to readers.
     pub fn bump(&self, key: &ServiceKey) -> u64 {
         let mut gens = self.generations.write();
-        // Taken under the lock so a concurrent prune cannot set the floor above it.
+        // Taken under the lock so a concurrent prune cannot set the floor above it, and so
+        // the log stays in generation order.
         let g = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
         match gens.by_key.get_mut(key) {
             Some(v) => *v = g,
@@ -47,7 +102,74 @@ impl Changes {
                 gens.by_key.insert(key.clone(), g);
             }
         }
+        if gens.log.len() >= FEED_CAPACITY {
+            if let Some(old) = gens.log.pop_front() {
+                gens.evicted_through = old.generation;
+            }
+        }
+        gens.log.push_back(Event {
+            generation: g,
+            key: key.clone(),
+            at_ms: now_ms(),
+        });
+        drop(gens);
+        self.newest.send_replace(g);
         g
+    }
+
+    /// This incarnation's epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The changes after `cursor` (of `epoch`), without waiting.
+    pub fn read(&self, epoch: u64, cursor: u64) -> FeedPage {
+        let gens = self.generations.read();
+        let current = self.seq.load(Ordering::Acquire);
+        let reset = epoch != self.epoch || cursor > current || cursor < gens.evicted_through;
+        if reset {
+            // Start the reader at "now": everything before is covered by its reset.
+            return FeedPage {
+                epoch: self.epoch,
+                cursor: current,
+                reset: true,
+                keys: Vec::new(),
+                newest_ms: 0,
+            };
+        }
+        // The log is in generation order: skip what the reader has seen.
+        let start = gens.log.partition_point(|e| e.generation <= cursor);
+        let mut keys = Vec::new();
+        let mut next = current;
+        let mut newest_ms = 0;
+        for e in gens.log.range(start..) {
+            if keys.len() == FEED_BATCH {
+                next = e.generation - 1;
+                break;
+            }
+            keys.push(e.key.clone());
+            newest_ms = e.at_ms;
+        }
+        FeedPage {
+            epoch: self.epoch,
+            cursor: next,
+            reset: false,
+            keys,
+            newest_ms,
+        }
+    }
+
+    /// Like [`Changes::read`], but waits up to `wait` for a change when there is none yet.
+    pub async fn wait_read(&self, epoch: u64, cursor: u64, wait: Duration) -> FeedPage {
+        let mut rx = self.newest.subscribe();
+        let page = self.read(epoch, cursor);
+        if page.reset || !page.keys.is_empty() {
+            return page;
+        }
+        let after = page.cursor;
+        // Generations handed out by a prune never enter the log: wait for a logged one.
+        let _ = tokio::time::timeout(wait, rx.wait_for(|g| *g > after)).await;
+        self.read(epoch, cursor)
     }
 
     /// The generation of `key`'s last change (the floor when unknown or pruned).
@@ -64,6 +186,13 @@ impl Changes {
         gens.by_key.retain(|k, _| keep(k));
         before - gens.by_key.len()
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -101,5 +230,83 @@ mod tests {
         assert!(c.generation(&never) > old_never);
         assert_eq!(c.generation(&b), gb, "kept services keep their generation");
         assert!(c.bump(&a) > c.generation(&never));
+    }
+
+    #[test]
+    fn the_feed_hands_out_changes_after_a_cursor_once() {
+        let c = Changes::new();
+        let a = ServiceKey::new("public", "G", "a");
+        let b = ServiceKey::new("public", "G", "b");
+        let first = c.read(c.epoch(), 0);
+        assert!(!first.reset);
+        assert!(first.keys.is_empty());
+        c.bump(&a);
+        c.bump(&b);
+        let page = c.read(c.epoch(), first.cursor);
+        assert_eq!(page.keys, vec![a.clone(), b.clone()]);
+        assert!(page.newest_ms > 0);
+        let again = c.read(c.epoch(), page.cursor);
+        assert!(again.keys.is_empty() && !again.reset);
+        // A prune takes a generation without an event: nothing is reported, nothing reset.
+        c.prune(|_| true);
+        let after_prune = c.read(c.epoch(), page.cursor);
+        assert!(after_prune.keys.is_empty() && !after_prune.reset);
+        c.bump(&a);
+        assert_eq!(c.read(c.epoch(), after_prune.cursor).keys, vec![a]);
+    }
+
+    #[test]
+    fn readers_from_another_epoch_or_too_far_behind_reset() {
+        let c = Changes::new();
+        let a = ServiceKey::new("public", "G", "a");
+        c.bump(&a);
+        let other = c.read(c.epoch() ^ 2, 0);
+        assert!(other.reset);
+        assert_eq!(other.epoch, c.epoch());
+        let ahead = c.read(c.epoch(), 1_000);
+        assert!(
+            ahead.reset,
+            "a cursor from the future is another incarnation's"
+        );
+        for _ in 0..FEED_CAPACITY {
+            c.bump(&a);
+        }
+        assert!(
+            c.read(c.epoch(), 0).reset,
+            "the first event fell out of the log"
+        );
+        assert!(!c.read(c.epoch(), 2).reset);
+    }
+
+    #[test]
+    fn a_long_backlog_comes_in_batches_without_loss() {
+        let c = Changes::new();
+        let n = FEED_BATCH + 10;
+        for i in 0..n {
+            c.bump(&ServiceKey::new("public", "G", format!("s{i}")));
+        }
+        let p1 = c.read(c.epoch(), 0);
+        assert_eq!(p1.keys.len(), FEED_BATCH);
+        let p2 = c.read(c.epoch(), p1.cursor);
+        assert_eq!(p2.keys.len(), 10);
+        assert_eq!(p2.keys[9].service, format!("s{}", n - 1));
+    }
+
+    #[tokio::test]
+    async fn a_waiting_reader_wakes_on_the_next_change() {
+        let c = std::sync::Arc::new(Changes::new());
+        let start = c.read(c.epoch(), 0).cursor;
+        let c2 = c.clone();
+        let bumper = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            c2.bump(&ServiceKey::new("public", "G", "late"));
+        });
+        let page = c.wait_read(c.epoch(), start, Duration::from_secs(10)).await;
+        assert_eq!(page.keys.len(), 1);
+        bumper.await.unwrap();
+        let idle = c
+            .wait_read(c.epoch(), page.cursor, Duration::from_millis(20))
+            .await;
+        assert!(idle.keys.is_empty() && !idle.reset);
     }
 }

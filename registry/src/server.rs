@@ -373,6 +373,7 @@ pub async fn run(
         node: node.clone(),
         secret: secret.clone(),
         lists: api::list_cache::ListCache::new(settings.list_cache_bytes),
+        shutdown: shutdown.clone(),
     });
     let router = api::router(app, persistent.router());
     tracing::info!(listen = %local, advertise = %settings.advertised(), data = %settings.data_dir.display(), "registry node serving");

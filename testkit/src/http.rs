@@ -3,8 +3,27 @@
 //! Requests are sent the way legacy clients send them: parameters in the query string or in a
 //! form body, with a chosen User-Agent, so tests exercise the same parsing paths.
 
+use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// Polls `f` every 20 ms until it yields `Some`, for at most `timeout`; the error names `what`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if Instant::now() >= deadline {
+            anyhow::bail!("{what}: not within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 
 /// What a test needs from an answer.
 #[derive(Debug, Clone)]
@@ -48,6 +67,18 @@ impl Api {
     pub fn with_agent(mut self, ua: &str) -> Self {
         self.user_agent = ua.to_string();
         self
+    }
+
+    /// The sum of every sample of the Prometheus metric lines starting with `name` (give
+    /// labels too, e.g. `nacre_forwards_total{result="forwarded"}`, to pick one series).
+    pub async fn metric(&self, name: &str) -> f64 {
+        self.call("GET", "/metrics", &[])
+            .await
+            .body
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 
     /// `GET /nacos/v1/ns/instance/list` with the given query, parsed as JSON.

@@ -8,7 +8,8 @@
 //!
 //! [`NodeProcess::start_member`] runs a cluster member instead (no `--standalone`), and
 //! [`cluster::TestCluster`] runs a whole multi-node cluster with a [`proxy::LinkProxy`] in front
-//! of every node so tests can cut or slow down the links between nodes. [`wait_until`] polls for
+//! of every node so tests can cut or slow down the links between nodes.
+//! [`gateway::GatewayProcess`] runs `nacre gateway` in front of nodes. [`wait_until`] polls for
 //! convergence.
 //!
 //! Everything here is synchronous and std-only (the readiness probe is a tiny HTTP/1.0 GET),
@@ -16,6 +17,7 @@
 
 pub mod addr_server;
 pub mod cluster;
+pub mod gateway;
 pub mod http;
 pub mod proxy;
 

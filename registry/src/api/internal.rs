@@ -1,7 +1,9 @@
 //! Node-to-node routes under `/nacre/internal/…` (besides Raft's own): member probes, Distro
-//! sync, verify and snapshot, and owners' health results. Every route requires the secret.
+//! sync, verify and snapshot, owners' health results, and the change feed gateways follow.
+//! Every route requires the secret.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
@@ -60,6 +62,35 @@ async fn snapshot(State(app): State<Arc<App>>) -> Result<Json<Vec<ServiceRecord>
         .ok_or(StatusCode::SERVICE_UNAVAILABLE)
 }
 
+/// Path of the change feed that gateways follow.
+pub const CHANGES_PATH: &str = "/nacre/internal/changes";
+/// Longest a feed read may be held open.
+const MAX_FEED_WAIT_MS: u64 = 30_000;
+
+#[derive(Debug, serde::Deserialize)]
+struct FeedQuery {
+    #[serde(default)]
+    epoch: u64,
+    #[serde(default)]
+    cursor: u64,
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+/// Changed service keys after a cursor, held open up to `wait_ms` until there is one.
+async fn changes(
+    State(app): State<Arc<App>>,
+    axum::extract::Query(q): axum::extract::Query<FeedQuery>,
+) -> Json<crate::changes::FeedPage> {
+    let wait = Duration::from_millis(q.wait_ms.min(MAX_FEED_WAIT_MS));
+    let page = tokio::select! {
+        p = app.node.changes().wait_read(q.epoch, q.cursor, wait) => p,
+        // A held read must not keep a stopping node alive.
+        _ = app.shutdown.cancelled() => app.node.changes().read(q.epoch, q.cursor),
+    };
+    Json(page)
+}
+
 /// The internal routes of the node, guarded by the cluster secret.
 pub fn routes(app: Arc<App>) -> Router {
     let secret: Arc<str> = Arc::from(app.secret.as_str());
@@ -68,6 +99,7 @@ pub fn routes(app: Arc<App>) -> Router {
         .route(SYNC_PATH, post(sync))
         .route(VERIFY_PATH, post(verify))
         .route(SNAPSHOT_PATH, get(snapshot))
+        .route(CHANGES_PATH, get(changes))
         .route(crate::health::SYNC_PATH, post(health))
         .layer(DefaultBodyLimit::max(MAX_INTERNAL_BODY))
         .layer(axum::middleware::from_fn_with_state(secret, require_secret))

@@ -40,6 +40,8 @@ pub struct App {
     pub secret: String,
     /// Rendered list answers.
     pub lists: list_cache::ListCache,
+    /// Fires when the node stops: held requests (the change feed) answer at once.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// Plain `ok`, the body Nacos clients compare write answers with.

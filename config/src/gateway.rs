@@ -1,0 +1,271 @@
+//! Settings of the gateway tier (`nacre gateway`): where it listens, which registry nodes it
+//! fronts and how it finds them, its cache and its shutdown.
+//!
+//! Same layering as the registry: defaults, then an optional TOML file, then flags applied by
+//! the binary; `validate()` names the key of any bad value before anything binds.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::members::{self, MemberSource};
+use crate::{invalid, ConfigError};
+
+/// Everything `nacre gateway` needs.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewaySettings {
+    /// Address the gateway listens on.
+    pub listen: SocketAddr,
+    /// Addresses `/nacos/serverlist` answers (default: the listen address). Replicas behind a
+    /// load balancer advertise the balancer.
+    pub advertise: Vec<String>,
+    /// Worker threads of the proxy.
+    pub threads: usize,
+    /// Shared secret of the registry cluster (the change feed and probes are internal).
+    pub cluster_secret: Option<String>,
+    /// Static list of registry nodes.
+    pub upstreams: Vec<String>,
+    /// Address-server URL answering the registry nodes, polled.
+    pub upstreams_endpoint: Option<String>,
+    /// `NAME:PORT` whose A records are the registry nodes.
+    pub upstreams_dns: Option<String>,
+    /// How often file, endpoint and DNS sources are re-read (ms).
+    pub discovery_interval_ms: u64,
+    /// How often every node's readiness is probed (ms).
+    pub probe_interval_ms: u64,
+    /// Time allowed for one probe (ms).
+    pub probe_timeout_ms: u64,
+    /// Time allowed to connect to a node before the next one is tried (ms).
+    pub connect_timeout_ms: u64,
+    /// Time allowed for a node's answer (ms).
+    pub read_timeout_ms: u64,
+    /// Memory for cached list answers (bytes); 0 turns the cache off.
+    pub cache_bytes: u64,
+    /// Backstop lifetime of a cached answer (ms); the change feed invalidates far sooner.
+    pub cache_ttl_ms: u64,
+    /// A subscriber's query (`udpPort` > 0) reaches its node at least this often, so the
+    /// node keeps pushing to it (ms; under the node's subscriber TTL).
+    pub push_refresh_ms: u64,
+    /// How long one change-feed read is held open by a node (ms).
+    pub feed_wait_ms: u64,
+    /// After SIGTERM, time the gateway keeps serving before it stops accepting (s).
+    pub grace_period_seconds: u64,
+    /// Time in-flight requests get to finish once the gateway stops (s).
+    pub shutdown_timeout_seconds: u64,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8848)),
+            advertise: Vec::new(),
+            threads: 2,
+            cluster_secret: None,
+            upstreams: Vec::new(),
+            upstreams_endpoint: None,
+            upstreams_dns: None,
+            discovery_interval_ms: 1_000,
+            probe_interval_ms: 500,
+            probe_timeout_ms: 400,
+            connect_timeout_ms: 500,
+            read_timeout_ms: 10_000,
+            cache_bytes: 64 * 1024 * 1024,
+            cache_ttl_ms: 5_000,
+            push_refresh_ms: 5_000,
+            feed_wait_ms: 10_000,
+            grace_period_seconds: 1,
+            shutdown_timeout_seconds: 5,
+        }
+    }
+}
+
+impl GatewaySettings {
+    /// Defaults overlaid with the TOML file at `file`, if any.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let Some(path) = file else {
+            return Ok(Self::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    /// The one configured source of registry nodes.
+    pub fn source(&self) -> Result<MemberSource, ConfigError> {
+        let mut sources = Vec::new();
+        if !self.upstreams.is_empty() {
+            let list = self
+                .upstreams
+                .iter()
+                .map(|m| members::parse_address(m))
+                .collect::<Result<Vec<_>, _>>()?;
+            sources.push(MemberSource::Static(list));
+        }
+        if let Some(u) = &self.upstreams_endpoint {
+            if !u.starts_with("http://") {
+                return Err(invalid("upstreams_endpoint", u, "expected an http:// URL"));
+            }
+            sources.push(MemberSource::Endpoint(u.clone()));
+        }
+        if let Some(d) = &self.upstreams_dns {
+            let (name, port) = members::parse_dns_target(d)?;
+            sources.push(MemberSource::Dns { name, port });
+        }
+        match sources.len() {
+            1 => Ok(sources.remove(0)),
+            0 => Err(invalid(
+                "upstreams",
+                "none",
+                "give upstreams, upstreams_endpoint or upstreams_dns",
+            )),
+            _ => Err(invalid(
+                "upstreams",
+                "several sources",
+                "give exactly one of upstreams, upstreams_endpoint, upstreams_dns",
+            )),
+        }
+    }
+
+    /// What `/nacos/serverlist` answers: `advertise`, or the listen address.
+    pub fn advertised(&self) -> Vec<String> {
+        if self.advertise.is_empty() {
+            vec![self.listen.to_string()]
+        } else {
+            self.advertise.clone()
+        }
+    }
+
+    /// Checks every value; the error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.source()?;
+        match &self.cluster_secret {
+            Some(s) if s.len() >= 16 => {}
+            _ => {
+                return Err(invalid(
+                    "cluster_secret",
+                    "(hidden)",
+                    "the registry cluster's secret (16+ characters) is required",
+                ))
+            }
+        }
+        for a in &self.advertise {
+            members::parse_address(a)?;
+        }
+        if self.threads == 0 || self.threads > 256 {
+            return Err(invalid("threads", self.threads, "must be 1-256"));
+        }
+        for (key, v) in [
+            ("discovery_interval_ms", self.discovery_interval_ms),
+            ("probe_interval_ms", self.probe_interval_ms),
+            ("probe_timeout_ms", self.probe_timeout_ms),
+            ("connect_timeout_ms", self.connect_timeout_ms),
+            ("read_timeout_ms", self.read_timeout_ms),
+            ("cache_ttl_ms", self.cache_ttl_ms),
+            ("push_refresh_ms", self.push_refresh_ms),
+            ("feed_wait_ms", self.feed_wait_ms),
+        ] {
+            if v == 0 || v > 3_600_000 {
+                return Err(invalid(key, v, "must be 1 ms to 1 hour"));
+            }
+        }
+        if self.feed_wait_ms > 30_000 {
+            return Err(invalid(
+                "feed_wait_ms",
+                self.feed_wait_ms,
+                "nodes hold a feed read at most 30000 ms",
+            ));
+        }
+        if self.shutdown_timeout_seconds == 0 || self.shutdown_timeout_seconds > 600 {
+            return Err(invalid(
+                "shutdown_timeout_seconds",
+                self.shutdown_timeout_seconds,
+                "must be 1-600",
+            ));
+        }
+        if self.grace_period_seconds > 600 {
+            return Err(invalid(
+                "grace_period_seconds",
+                self.grace_period_seconds,
+                "must be 0-600",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> GatewaySettings {
+        GatewaySettings {
+            upstreams: vec!["127.0.0.1:9001".into()],
+            cluster_secret: Some("0123456789abcdef".into()),
+            ..GatewaySettings::default()
+        }
+    }
+
+    #[test]
+    fn a_source_and_a_secret_are_required() {
+        assert!(valid().validate().is_ok());
+        let mut s = valid();
+        s.upstreams.clear();
+        assert!(s.validate().unwrap_err().to_string().contains("upstreams"));
+        let mut s = valid();
+        s.upstreams_dns = Some("nacre.default.svc:8848".into());
+        assert!(s.validate().is_err(), "two sources");
+        let mut s = valid();
+        s.cluster_secret = Some("short".into());
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("cluster_secret"));
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let mut s = valid();
+        s.threads = 0;
+        assert!(s.validate().unwrap_err().to_string().contains("threads"));
+        let mut s = valid();
+        s.feed_wait_ms = 60_000;
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("feed_wait_ms"));
+        let mut s = valid();
+        s.upstreams_endpoint = Some("ftp://x".into());
+        s.upstreams.clear();
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("upstreams_endpoint"));
+    }
+
+    #[test]
+    fn advertised_defaults_to_the_listen_address() {
+        let s = valid();
+        assert_eq!(s.advertised(), vec!["127.0.0.1:8848".to_string()]);
+    }
+
+    #[test]
+    fn a_file_overrides_defaults_and_rejects_typos() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("g.toml");
+        std::fs::write(&p, "threads = 4\nupstreams = [\"127.0.0.1:1\"]\n").unwrap();
+        let s = GatewaySettings::load(Some(&p)).unwrap();
+        assert_eq!(s.threads, 4);
+        std::fs::write(&p, "thread = 4\n").unwrap();
+        assert!(GatewaySettings::load(Some(&p)).is_err());
+    }
+}

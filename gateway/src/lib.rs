@@ -1,0 +1,80 @@
+//! The gateway tier: one stateless address in front of the registry nodes, on pingora.
+//!
+//! - [`route`]: what a request is (pure): local endpoint, owner-routed, cacheable.
+//! - [`upstreams`]: the nodes in rotation and the routing ring.
+//! - [`monitor`]: discovery, readiness probes, view rebuilds, feed followers.
+//! - [`feed`]: following one node's change feed into cache invalidations.
+//! - [`cache`]: cached list answers and the rule that keeps stale ones out.
+//! - [`proxy`]: the pingora `ProxyHttp` glue (thin).
+//! - [`server`]: building and running the pingora server.
+//! - [`metrics`]: Prometheus metrics.
+
+pub mod cache;
+pub mod feed;
+pub mod metrics;
+pub mod monitor;
+pub mod proxy;
+pub mod route;
+pub mod server;
+pub mod upstreams;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use nacre_config::GatewaySettings;
+
+pub use server::{run, GatewayError, Stop};
+
+/// State shared by the proxy threads and the background tasks.
+#[derive(Debug)]
+pub struct Shared {
+    /// Validated settings.
+    pub settings: GatewaySettings,
+    /// Nodes in rotation.
+    pub upstreams: upstreams::Upstreams,
+    /// Cached list answers.
+    pub cache: cache::ListCache,
+    /// Metrics.
+    pub metrics: metrics::Metrics,
+    /// Subscribers whose query reached a node recently (see `push_refresh_ms`).
+    pub push_seen: moka::sync::Cache<(String, u16, nacre_ring::ServiceKey, route::Variant), ()>,
+    /// The `/nacos/serverlist` body.
+    pub server_list: Bytes,
+}
+
+impl Shared {
+    /// Shared state for `settings` (already validated).
+    pub fn new(settings: GatewaySettings) -> Result<Self, prometheus::Error> {
+        let cache = cache::ListCache::new(
+            settings.cache_bytes,
+            Duration::from_millis(settings.cache_ttl_ms),
+        );
+        let push_seen = moka::sync::Cache::builder()
+            .max_capacity(1_000_000)
+            .time_to_live(Duration::from_millis(settings.push_refresh_ms))
+            .build();
+        let server_list = Bytes::from(route::server_list_body(&settings.advertised()));
+        Ok(Self {
+            upstreams: upstreams::Upstreams::new(),
+            cache,
+            metrics: metrics::Metrics::new()?,
+            push_seen,
+            server_list,
+            settings,
+        })
+    }
+
+    /// Drops every cached answer (and counts it).
+    pub fn reset_cache(&self) {
+        self.cache.reset();
+        self.metrics.cache_resets.inc();
+    }
+}
+
+/// Wall-clock milliseconds (the clock `lastRefTime` and feed timestamps use).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,200 @@
+//! The gateway's Prometheus metrics. Handles with fixed labels are resolved once, so the
+//! request path only bumps atomics.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Every metric the gateway exports.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    /// Requests answered from the cache.
+    pub cache_hits: IntCounter,
+    /// Cacheable requests sent to a node.
+    pub cache_misses: IntCounter,
+    /// Cacheable requests sent to a node because a feed was not following (cache bypassed).
+    pub cache_bypassed: IntCounter,
+    /// Answers stored.
+    pub cache_stores: IntCounter,
+    /// Answers not stored because their service changed while they were fetched.
+    pub cache_stale_skips: IntCounter,
+    /// Invalidations caused by a write through the gateway.
+    pub invalidations_write: IntCounter,
+    /// Invalidations caused by a change feed.
+    pub invalidations_feed: IntCounter,
+    /// Whole-cache resets (a feed restarted or was cut, the node set changed).
+    pub cache_resets: IntCounter,
+    /// Services with cached answers.
+    pub cache_services: IntGauge,
+    /// Retries on another node after a connect failure or a dropped reused connection.
+    pub retries: IntCounter,
+    upstream_seconds: HistogramVec,
+    upstream_up: IntGaugeVec,
+    feed_lag_ms: IntGaugeVec,
+    /// Nodes in the routing ring.
+    pub ring_members: IntGauge,
+}
+
+/// Route labels of `nacre_gateway_requests_total`.
+#[derive(Debug, Clone, Copy)]
+pub enum RouteLabel {
+    /// To the owner of the named service.
+    Owner,
+    /// To any ready node.
+    Any,
+    /// From the cache.
+    Cache,
+    /// Answered by the gateway itself.
+    Local,
+}
+
+impl RouteLabel {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Owner => "owner",
+            Self::Any => "any",
+            Self::Cache => "cache",
+            Self::Local => "local",
+        }
+    }
+}
+
+impl Metrics {
+    /// Registers every metric in a fresh registry.
+    pub fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| -> prometheus::Result<IntCounter> {
+            let c = IntCounter::new(name, help)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "nacre_gateway_requests_total",
+                "Requests by route and status class",
+            ),
+            &["route", "status"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        let cache = IntCounterVec::new(
+            Opts::new("nacre_gateway_cache_total", "List lookups by result"),
+            &["result"],
+        )?;
+        registry.register(Box::new(cache.clone()))?;
+        let inval = IntCounterVec::new(
+            Opts::new(
+                "nacre_gateway_cache_invalidations_total",
+                "Service invalidations by cause",
+            ),
+            &["cause"],
+        )?;
+        registry.register(Box::new(inval.clone()))?;
+        let upstream_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "nacre_gateway_upstream_seconds",
+                "Time from choosing a node to the end of its answer",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+            &["upstream"],
+        )?;
+        registry.register(Box::new(upstream_seconds.clone()))?;
+        let upstream_up = IntGaugeVec::new(
+            Opts::new(
+                "nacre_gateway_upstream_up",
+                "1 when a node answers probes and is ready",
+            ),
+            &["upstream"],
+        )?;
+        registry.register(Box::new(upstream_up.clone()))?;
+        let feed_lag_ms = IntGaugeVec::new(
+            Opts::new(
+                "nacre_gateway_feed_lag_ms",
+                "Age of the newest change when its feed page arrived",
+            ),
+            &["upstream"],
+        )?;
+        registry.register(Box::new(feed_lag_ms.clone()))?;
+        let cache_services = IntGauge::new(
+            "nacre_gateway_cache_services",
+            "Services with cached list answers",
+        )?;
+        registry.register(Box::new(cache_services.clone()))?;
+        let ring_members = IntGauge::new(
+            "nacre_gateway_ring_members",
+            "Ready nodes in the routing ring",
+        )?;
+        registry.register(Box::new(ring_members.clone()))?;
+        Ok(Self {
+            requests,
+            cache_hits: cache.with_label_values(&["hit"]),
+            cache_misses: cache.with_label_values(&["miss"]),
+            cache_bypassed: cache.with_label_values(&["bypass"]),
+            cache_stores: cache.with_label_values(&["stored"]),
+            cache_stale_skips: cache.with_label_values(&["stale_skipped"]),
+            invalidations_write: inval.with_label_values(&["write"]),
+            invalidations_feed: inval.with_label_values(&["feed"]),
+            cache_resets: counter(
+                "nacre_gateway_cache_resets_total",
+                "Whole-cache resets (feed restart or cut, node set change)",
+            )?,
+            cache_services,
+            retries: counter(
+                "nacre_gateway_retries_total",
+                "Requests retried on another node",
+            )?,
+            upstream_seconds,
+            upstream_up,
+            feed_lag_ms,
+            ring_members,
+            registry,
+        })
+    }
+
+    /// Counts one answered request.
+    pub fn request(&self, route: RouteLabel, status: u16) {
+        let class = match status {
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            500..=599 => "5xx",
+            _ => "other",
+        };
+        self.requests
+            .with_label_values(&[route.as_str(), class])
+            .inc();
+    }
+
+    /// The latency histogram of one node.
+    pub fn upstream_latency(&self, upstream: &str) -> Histogram {
+        self.upstream_seconds.with_label_values(&[upstream])
+    }
+
+    /// Records whether a node is up.
+    pub fn set_upstream_up(&self, upstream: &str, up: bool) {
+        self.upstream_up
+            .with_label_values(&[upstream])
+            .set(i64::from(up));
+    }
+
+    /// Records the lag of a node's feed.
+    pub fn set_feed_lag(&self, upstream: &str, lag_ms: u64) {
+        self.feed_lag_ms
+            .with_label_values(&[upstream])
+            .set(i64::try_from(lag_ms).unwrap_or(i64::MAX));
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        if encoder.encode(&self.registry.gather(), &mut buf).is_err() {
+            return String::new();
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

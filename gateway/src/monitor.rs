@@ -1,0 +1,249 @@
+//! Keeps the routing view current: follows the node source (static list, address server or
+//! DNS), probes every node's readiness, rebuilds the ring when the set of ready nodes changes,
+//! and runs one change-feed follower per node in the view.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nacre_config::members::Discovery;
+use serde::Deserialize;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::feed::{self, SECRET_HEADER};
+use crate::upstreams::{PeerTimeouts, Upstream, View};
+use crate::Shared;
+
+/// A node's readiness probe.
+const PING_PATH: &str = "/nacre/internal/member/ping";
+/// Failed probes in a row before a node leaves the ring. The first failure already takes it
+/// out of rotation; the ring (and with it the cache) is rebuilt only on the second, so one slow
+/// probe under load does not move every service.
+const DOWN_AFTER: u32 = 2;
+
+/// The fields of a node's ping answer the gateway reads.
+#[derive(Debug, Deserialize)]
+struct Ping {
+    address: String,
+    ready: bool,
+}
+
+/// One probed node: where it is and what it calls itself, if ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Ready {
+    name: String,
+    addr: SocketAddr,
+    /// False for a node kept in the ring despite a missed probe.
+    probed: bool,
+}
+
+/// Runs until `shutdown` is cancelled; every follower it started has stopped when it returns.
+pub async fn run(shared: Arc<Shared>, discovery: Discovery, shutdown: CancellationToken) {
+    let client = match reqwest::Client::builder()
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the probe client; the gateway has no nodes");
+            return;
+        }
+    };
+    let mut members = discovery.subscribe();
+    let interval = Duration::from_millis(shared.settings.probe_interval_ms);
+    let mut followers: HashMap<(SocketAddr, String), CancellationToken> = HashMap::new();
+    let mut misses: HashMap<SocketAddr, u32> = HashMap::new();
+    let mut tasks = JoinSet::new();
+    loop {
+        let addresses = members.borrow_and_update().clone();
+        let mut ready = probe_all(&shared, &client, &addresses).await;
+        // Nodes of the view that missed this probe stay in the ring (out of rotation) until
+        // they miss DOWN_AFTER in a row.
+        let current = shared.upstreams.view();
+        misses.retain(|addr, _| current.upstreams().iter().any(|u| u.addr == *addr));
+        for u in current.upstreams() {
+            if ready.iter().any(|r| r.addr == u.addr) {
+                misses.remove(&u.addr);
+                continue;
+            }
+            let n = misses.entry(u.addr).or_insert(0);
+            *n += 1;
+            u.mark_unusable();
+            if *n < DOWN_AFTER
+                && addresses
+                    .iter()
+                    .any(|a| a.parse::<SocketAddr>().ok() == Some(u.addr) || *a == u.name)
+            {
+                ready.push(Ready {
+                    name: u.name.clone(),
+                    addr: u.addr,
+                    probed: false,
+                });
+            }
+        }
+        ready.sort_by(|a, b| a.name.cmp(&b.name));
+        update_view(&shared, &ready);
+        let view = shared.upstreams.view();
+        // One follower per node in the view; a node that left gets its follower stopped.
+        followers.retain(|(addr, name), stop| {
+            let keep = view
+                .upstreams()
+                .iter()
+                .any(|u| u.addr == *addr && u.name == *name);
+            if !keep {
+                stop.cancel();
+            }
+            keep
+        });
+        for up in view.upstreams() {
+            if let std::collections::hash_map::Entry::Vacant(slot) =
+                followers.entry((up.addr, up.name.clone()))
+            {
+                let stop = slot.insert(shutdown.child_token()).clone();
+                tasks.spawn(feed::follow(
+                    shared.clone(),
+                    client.clone(),
+                    up.clone(),
+                    stop,
+                ));
+            }
+        }
+        while tasks.try_join_next().is_some() {}
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(interval) => {}
+            _ = members.changed() => {}
+        }
+    }
+    for stop in followers.values() {
+        stop.cancel();
+    }
+    while tasks.join_next().await.is_some() {}
+    discovery.stopped().await;
+}
+
+/// Probes every address at once; returns the ready ones.
+async fn probe_all(
+    shared: &Arc<Shared>,
+    client: &reqwest::Client,
+    addresses: &[String],
+) -> Vec<Ready> {
+    let timeout = Duration::from_millis(shared.settings.probe_timeout_ms);
+    let secret = shared.settings.cluster_secret.clone().unwrap_or_default();
+    let mut set = JoinSet::new();
+    for address in addresses {
+        let (client, secret, address) = (client.clone(), secret.clone(), address.clone());
+        set.spawn(async move {
+            (
+                address.clone(),
+                probe(&client, &secret, &address, timeout).await,
+            )
+        });
+    }
+    let mut ready = Vec::new();
+    while let Some(r) = set.join_next().await {
+        let Ok((address, outcome)) = r else { continue };
+        match outcome {
+            Ok(Some(r)) => ready.push(r),
+            Ok(None) => tracing::debug!(%address, "node not ready"),
+            Err(e) => tracing::debug!(%address, error = %e, "probe failed"),
+        }
+    }
+    ready.sort_by(|a, b| a.name.cmp(&b.name));
+    ready
+}
+
+async fn probe(
+    client: &reqwest::Client,
+    secret: &str,
+    address: &str,
+    timeout: Duration,
+) -> Result<Option<Ready>, String> {
+    let addr = resolve(address).await?;
+    let resp = client
+        .get(format!("http://{addr}{PING_PATH}"))
+        .header(SECRET_HEADER, secret)
+        .timeout(timeout)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if !resp.status().is_success() {
+        return Err(format!("status {}", resp.status()));
+    }
+    let ping: Ping = resp.json().await.map_err(|e| e.to_string())?;
+    Ok(ping.ready.then_some(Ready {
+        name: ping.address,
+        addr,
+        probed: true,
+    }))
+}
+
+async fn resolve(address: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = address.parse() {
+        return Ok(a);
+    }
+    tokio::net::lookup_host(address)
+        .await
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or_else(|| format!("{address} resolves to nothing"))
+}
+
+/// Installs a new view when the ready set changed; otherwise puts probed nodes back in
+/// rotation. A new view resets the cache: ownership moved, and answers cached from the
+/// previous owner need not match the new one.
+fn update_view(shared: &Shared, ready: &[Ready]) {
+    let current = shared.upstreams.view();
+    let same = current.upstreams().len() == ready.len()
+        && current
+            .upstreams()
+            .iter()
+            .zip(ready)
+            .all(|(u, r)| u.name == r.name && u.addr == r.addr);
+    for u in current.upstreams() {
+        let up = ready
+            .iter()
+            .any(|r| r.probed && r.name == u.name && r.addr == u.addr);
+        if up {
+            u.mark_usable();
+        }
+        shared.metrics.set_upstream_up(&u.name, up);
+    }
+    if same {
+        return;
+    }
+    let timeouts = PeerTimeouts {
+        connect: Duration::from_millis(shared.settings.connect_timeout_ms),
+        read: Duration::from_millis(shared.settings.read_timeout_ms),
+    };
+    let upstreams: Vec<Arc<Upstream>> = ready
+        .iter()
+        .map(|r| {
+            current
+                .upstreams()
+                .iter()
+                .find(|u| u.name == r.name && u.addr == r.addr)
+                .cloned()
+                .unwrap_or_else(|| {
+                    Arc::new(Upstream::new(
+                        r.name.clone(),
+                        r.addr,
+                        timeouts,
+                        shared.metrics.upstream_latency(&r.name),
+                    ))
+                })
+        })
+        .collect();
+    for (u, r) in upstreams.iter().zip(ready) {
+        shared.metrics.set_upstream_up(&u.name, r.probed);
+    }
+    tracing::info!(
+        nodes = ?upstreams.iter().map(|u| u.name.as_str()).collect::<Vec<_>>(),
+        "routing ring changed"
+    );
+    shared.metrics.ring_members.set(upstreams.len() as i64);
+    shared.upstreams.replace(View::new(upstreams));
+    shared.reset_cache();
+}

@@ -1,0 +1,416 @@
+//! The pingora `ProxyHttp` glue: each phase hands its decision to [`crate::route`],
+//! [`crate::upstreams`] or [`crate::cache`] and keeps only per-request state here.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use http::header;
+use nacre_ring::ServiceKey;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType, Result};
+
+use crate::cache::{Stored, Ticket};
+use crate::metrics::RouteLabel;
+use crate::route::{self, Local, Params, Variant};
+use crate::upstreams::{Tried, Upstream};
+use crate::Shared;
+
+/// Largest form body the gateway reads to find the service (pingora's retry buffer: a body
+/// it reads must be replayable to the node).
+pub const MAX_ROUTED_BODY: usize = 64 * 1024;
+/// Largest answer kept for the cache; bigger ones are passed through uncached.
+const MAX_CACHED_ANSWER: usize = 8 * 1024 * 1024;
+/// What nodes answer JSON with (a cached answer looks exactly like a fresh one).
+const JSON: &str = "application/json;charset=UTF-8";
+const TEXT: &str = "text/plain; charset=utf-8";
+
+/// The proxy service.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    shared: Arc<Shared>,
+}
+
+impl Gateway {
+    /// A proxy over `shared`.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+/// A list answer being fetched for the cache.
+#[derive(Debug)]
+struct Fill {
+    key: ServiceKey,
+    variant: Variant,
+    ticket: Ticket,
+    body: BytesMut,
+    ok: bool,
+}
+
+/// Per-request state.
+#[derive(Debug)]
+pub struct Ctx {
+    route: RouteLabel,
+    key: Option<ServiceKey>,
+    invalidates: bool,
+    fill: Option<Fill>,
+    tried: Tried,
+    upstream: Option<Arc<Upstream>>,
+    started: Option<Instant>,
+}
+
+impl Ctx {
+    fn new() -> Self {
+        Self {
+            route: RouteLabel::Any,
+            key: None,
+            invalidates: false,
+            fill: None,
+            tried: Tried::default(),
+            upstream: None,
+            started: None,
+        }
+    }
+}
+
+/// Writes a complete answer from the gateway itself.
+async fn respond(
+    session: &mut Session,
+    status: u16,
+    content_type: &str,
+    body: Bytes,
+) -> Result<()> {
+    let mut h = ResponseHeader::build(status, Some(3))?;
+    h.insert_header(header::CONTENT_TYPE, content_type)?;
+    h.insert_header(
+        header::CONTENT_LENGTH,
+        itoa::Buffer::new().format(body.len()),
+    )?;
+    session.write_response_header(Box::new(h), false).await?;
+    session.write_response_body(Some(body), true).await
+}
+
+fn is_form(req: &RequestHeader) -> bool {
+    match req.headers.get(header::CONTENT_TYPE) {
+        None => true,
+        Some(v) => v
+            .as_bytes()
+            .get(..33)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"application/x-www-form-urlencoded")),
+    }
+}
+
+/// Whether the request announces a body.
+fn has_body(req: &RequestHeader) -> bool {
+    let declared = req
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match declared {
+        Some(n) => n > 0,
+        None => req.headers.contains_key(header::TRANSFER_ENCODING),
+    }
+}
+
+/// The client kind string nodes format answers by: User-Agent, else Client-Version.
+fn agent(req: &RequestHeader) -> &str {
+    let get = |name: &str| {
+        req.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+    };
+    get("user-agent")
+        .or_else(|| get("client-version"))
+        .unwrap_or("")
+}
+
+fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}
+
+impl Gateway {
+    async fn serve_local(&self, session: &mut Session, local: Local) -> Result<()> {
+        let shared = &self.shared;
+        match local {
+            Local::ServerList => respond(session, 200, TEXT, shared.server_list.clone()).await,
+            Local::Metrics => {
+                shared.cache.sync();
+                shared
+                    .metrics
+                    .cache_services
+                    .set(i64::try_from(shared.cache.services()).unwrap_or(i64::MAX));
+                let text = shared.metrics.render();
+                respond(session, 200, "text/plain; version=0.0.4", Bytes::from(text)).await
+            }
+            Local::Health => {
+                respond(
+                    session,
+                    200,
+                    JSON,
+                    Bytes::from_static(b"{\"status\":\"UP\"}"),
+                )
+                .await
+            }
+            Local::Ready => {
+                let view = shared.upstreams.view();
+                let n = view.upstreams().iter().filter(|u| u.is_usable()).count();
+                let body = Bytes::from(format!(
+                    "{{\"status\":\"{}\",\"nodes\":{n},\"feedsFollowed\":{}}}",
+                    if n > 0 { "UP" } else { "DOWN" },
+                    view.feeds_ok()
+                ));
+                respond(session, if n > 0 { 200 } else { 503 }, JSON, body).await
+            }
+            Local::Hidden => respond(session, 404, TEXT, Bytes::from_static(b"not found")).await,
+        }
+    }
+
+    /// Reads a form body so its parameters can route the request; pingora replays it to the
+    /// node from its retry buffer.
+    async fn read_form_body(&self, session: &mut Session) -> Result<Option<Bytes>> {
+        session.as_downstream_mut().enable_retry_buffering();
+        let mut body = BytesMut::new();
+        while let Some(chunk) = session.as_downstream_mut().read_request_body().await? {
+            if body.len() + chunk.len() > MAX_ROUTED_BODY {
+                return Ok(None);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Some(body.freeze()))
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::new()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let path = session.req_header().uri.path();
+        if let Some(local) = route::local(path) {
+            ctx.route = RouteLabel::Local;
+            self.serve_local(session, local).await?;
+            return Ok(true);
+        }
+        if !route::is_naming(path) {
+            return Ok(false);
+        }
+        let shared = &self.shared;
+        let req = session.req_header();
+        let query = req.uri.query().unwrap_or("").as_bytes().to_vec();
+        let mut params = Params::parse(&query, None);
+        let body;
+        if !params.has_service() && has_body(req) && is_form(req) {
+            body = match self.read_form_body(session).await? {
+                Some(b) => b,
+                None => {
+                    ctx.route = RouteLabel::Local;
+                    let msg = format!("request body over {MAX_ROUTED_BODY} bytes");
+                    respond(session, 413, TEXT, Bytes::from(msg)).await?;
+                    return Ok(true);
+                }
+            };
+            params = Params::parse(&query, Some(&body));
+        }
+        let req = session.req_header();
+        ctx.key = params.service_key();
+        let Some(key) = ctx.key.as_ref() else {
+            return Ok(false);
+        };
+        ctx.route = RouteLabel::Owner;
+        ctx.invalidates = route::invalidates(&req.method, req.uri.path());
+        if req.method != http::Method::GET
+            || req.uri.path() != route::LIST_PATH
+            || !shared.cache.enabled()
+        {
+            return Ok(false);
+        }
+        let variant = params.list_variant(agent(req));
+        // A subscriber must reach its node now and then, or the node stops pushing to it.
+        if let Some(udp) = params.udp_port() {
+            let client = params
+                .client_ip()
+                .map(str::to_string)
+                .or_else(|| client_ip(session).map(|ip| ip.to_string()))
+                .unwrap_or_default();
+            let seen = (client, udp, key.clone(), variant.clone());
+            if shared.push_seen.get(&seen).is_none() {
+                shared.push_seen.insert(seen, ());
+                shared.metrics.cache_misses.inc();
+                ctx.fill = Some(Fill {
+                    key: key.clone(),
+                    variant,
+                    ticket: shared.cache.begin(),
+                    body: BytesMut::new(),
+                    ok: false,
+                });
+                return Ok(false);
+            }
+        }
+        if !shared.upstreams.view().feeds_ok() {
+            shared.metrics.cache_bypassed.inc();
+            return Ok(false);
+        }
+        if let Some(answer) = shared.cache.get(key, &variant, crate::now_ms()) {
+            shared.metrics.cache_hits.inc();
+            ctx.route = RouteLabel::Cache;
+            respond(session, 200, JSON, answer).await?;
+            return Ok(true);
+        }
+        shared.metrics.cache_misses.inc();
+        ctx.fill = Some(Fill {
+            key: key.clone(),
+            variant,
+            ticket: shared.cache.begin(),
+            body: BytesMut::new(),
+            ok: false,
+        });
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let shared = &self.shared;
+        let view = shared.upstreams.view();
+        if ctx.tried.any() {
+            shared.metrics.retries.inc();
+        }
+        let up = shared
+            .upstreams
+            .pick(&view, ctx.key.as_ref(), &mut ctx.tried)
+            .ok_or_else(|| {
+                Error::explain(ErrorType::HTTPStatus(503), "no registry node is ready")
+            })?;
+        let peer = Box::new(up.peer.clone());
+        ctx.upstream = Some(up);
+        ctx.started = Some(Instant::now());
+        Ok(peer)
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        _ctx: &mut Ctx,
+    ) -> Result<()> {
+        // Nodes push to the first hop: keep what an outer proxy put there.
+        if let Some(ip) = client_ip(session) {
+            let value = match upstream_request.headers.get("x-forwarded-for") {
+                Some(v) => format!("{}, {ip}", String::from_utf8_lossy(v.as_bytes())),
+                None => ip.to_string(),
+            };
+            upstream_request.insert_header("x-forwarded-for", value)?;
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(up) = &ctx.upstream {
+            tracing::debug!(upstream = %up.name, error = %e, "connect failed; trying the next node");
+            up.mark_unusable();
+        }
+        e.set_retry(true);
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        _ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        // Every Nacos v1 naming write is idempotent (register and update are upserts,
+        // deregister of a missing instance is fine, beats carry no counter), so a request whose
+        // pooled connection turned out dead is replayed like a GET would be — as long as its
+        // whole body is still at hand.
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if session.as_downstream().retry_buffer_truncated() {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if ctx.invalidates {
+            if let Some(key) = &ctx.key {
+                // Before the client hears "ok": its next read must not find the old answer.
+                self.shared.cache.invalidate(key);
+                self.shared.metrics.invalidations_write.inc();
+            }
+        }
+        if let Some(fill) = &mut ctx.fill {
+            fill.ok = upstream_response.status == 200;
+            fill.body.clear();
+        }
+        Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        if let (Some(fill), Some(chunk)) = (&mut ctx.fill, body.as_ref()) {
+            if fill.ok {
+                if fill.body.len() + chunk.len() > MAX_CACHED_ANSWER {
+                    fill.ok = false;
+                    fill.body = BytesMut::new();
+                } else {
+                    fill.body.extend_from_slice(chunk);
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let shared = &self.shared;
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        shared.metrics.request(ctx.route, status);
+        if let (Some(up), Some(started)) = (&ctx.upstream, ctx.started) {
+            up.latency.observe(started.elapsed().as_secs_f64());
+        }
+        if e.is_some() {
+            return;
+        }
+        if let Some(fill) = ctx.fill.take() {
+            if fill.ok && status == 200 {
+                match shared
+                    .cache
+                    .store(&fill.key, fill.variant, fill.ticket, fill.body.freeze())
+                {
+                    Stored::Yes => shared.metrics.cache_stores.inc(),
+                    Stored::Stale => shared.metrics.cache_stale_skips.inc(),
+                }
+            }
+        }
+    }
+}

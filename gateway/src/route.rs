@@ -1,0 +1,253 @@
+//! What the gateway does with a request, decided from its path and parameters alone (pure).
+//!
+//! Naming requests carry their service in `serviceName` (or `dom`), `groupName` and
+//! `namespaceId`, in the query string or a form body: the same names the nodes read, resolved by
+//! the same [`ServiceKey::from_request`], so the gateway hashes exactly the key a node would.
+
+use std::borrow::Cow;
+
+use nacre_ring::ServiceKey;
+
+/// Path of the address-server endpoint.
+pub const SERVER_LIST_PATH: &str = "/nacos/serverlist";
+/// Path of the gateway's Prometheus metrics.
+pub const METRICS_PATH: &str = "/metrics";
+/// Liveness of the gateway process.
+pub const HEALTH_PATH: &str = "/nacre/gateway/health";
+/// Readiness: at least one registry node can take requests.
+pub const READY_PATH: &str = "/nacre/gateway/ready";
+/// Node-to-node routes, never reachable through the gateway.
+const INTERNAL_PREFIX: &str = "/nacre/internal/";
+/// Naming API prefix.
+const NAMING_PREFIX: &str = "/nacos/v1/ns/";
+/// The cached read.
+pub const LIST_PATH: &str = "/nacos/v1/ns/instance/list";
+/// Heartbeats: frequent, and they only change a list when they revive an instance, which the
+/// change feed reports; they do not invalidate on their own.
+const BEAT_PATH: &str = "/nacos/v1/ns/instance/beat";
+
+/// Requests the gateway answers itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Local {
+    /// `GET /nacos/serverlist`.
+    ServerList,
+    /// `GET /metrics`.
+    Metrics,
+    /// Liveness.
+    Health,
+    /// Readiness.
+    Ready,
+    /// `/nacre/internal/…`: 404.
+    Hidden,
+}
+
+/// The gateway's own endpoints, by path.
+pub fn local(path: &str) -> Option<Local> {
+    match path {
+        SERVER_LIST_PATH => Some(Local::ServerList),
+        METRICS_PATH => Some(Local::Metrics),
+        HEALTH_PATH => Some(Local::Health),
+        READY_PATH => Some(Local::Ready),
+        p if p.starts_with(INTERNAL_PREFIX) => Some(Local::Hidden),
+        _ => None,
+    }
+}
+
+/// Whether `path` is a naming call that may name its service only in a form body.
+pub fn is_naming(path: &str) -> bool {
+    path.starts_with(NAMING_PREFIX)
+}
+
+/// Whether a request changes registry state (and so invalidates its service's answers).
+pub fn invalidates(method: &http::Method, path: &str) -> bool {
+    let writes = matches!(
+        *method,
+        http::Method::POST | http::Method::PUT | http::Method::DELETE | http::Method::PATCH
+    );
+    writes && path != BEAT_PATH
+}
+
+/// The parameters the gateway reads, from a query string and an optional form body.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Params<'a> {
+    service_name: Option<Cow<'a, str>>,
+    dom: Option<Cow<'a, str>>,
+    group_name: Option<Cow<'a, str>>,
+    namespace: Option<Cow<'a, str>>,
+    clusters: Option<Cow<'a, str>>,
+    healthy_only: Option<Cow<'a, str>>,
+    env: Option<Cow<'a, str>>,
+    udp_port: Option<Cow<'a, str>>,
+    client_ip: Option<Cow<'a, str>>,
+}
+
+impl<'a> Params<'a> {
+    /// Reads the parameters of `query` then `body` (first value wins, as the servlet map
+    /// the nodes mimic does).
+    pub fn parse(query: &'a [u8], body: Option<&'a [u8]>) -> Self {
+        let mut p = Params::default();
+        for part in [Some(query), body].into_iter().flatten() {
+            for (k, v) in form_urlencoded::parse(part) {
+                let slot = match k.as_ref() {
+                    "serviceName" => &mut p.service_name,
+                    "dom" => &mut p.dom,
+                    "groupName" => &mut p.group_name,
+                    "namespaceId" => &mut p.namespace,
+                    "clusters" => &mut p.clusters,
+                    "healthyOnly" => &mut p.healthy_only,
+                    "env" => &mut p.env,
+                    "udpPort" => &mut p.udp_port,
+                    "clientIP" => &mut p.client_ip,
+                    _ => continue,
+                };
+                if slot.is_none() {
+                    *slot = Some(v);
+                }
+            }
+        }
+        p
+    }
+
+    /// `serviceName`, else the legacy `dom`, as the nodes read them (blank counts as absent).
+    fn name(&self) -> Option<&str> {
+        fn given<'b>(v: &'b Option<Cow<'_, str>>) -> Option<&'b str> {
+            v.as_deref().filter(|s| !s.is_empty())
+        }
+        given(&self.service_name).or_else(|| given(&self.dom))
+    }
+
+    /// Whether a service name was given (in the parameters read so far).
+    pub fn has_service(&self) -> bool {
+        self.name().is_some()
+    }
+
+    /// The service the request names, as a node resolves it; `None` when absent or malformed
+    /// (the node then answers the client's mistake).
+    pub fn service_key(&self) -> Option<ServiceKey> {
+        let name = self.name()?;
+        ServiceKey::from_request(self.namespace.as_deref(), name, self.group_name.as_deref()).ok()
+    }
+
+    /// The part of a list request that shapes the answer besides the service, with the
+    /// client's `agent` (User-Agent, or Client-Version when that is empty).
+    pub fn list_variant(&self, agent: &str) -> Variant {
+        let s = |v: &Option<Cow<'a, str>>| v.as_deref().unwrap_or("").to_string();
+        Variant {
+            clusters: s(&self.clusters),
+            healthy_only: s(&self.healthy_only),
+            env: s(&self.env),
+            agent: agent.to_string(),
+            subscribes: self.udp_port().is_some(),
+        }
+    }
+
+    /// `udpPort` when the client asks for pushes (a valid, non-zero port).
+    pub fn udp_port(&self) -> Option<u16> {
+        self.udp_port
+            .as_deref()
+            .and_then(|p| p.trim().parse::<u16>().ok())
+            .filter(|p| *p > 0)
+    }
+
+    /// `clientIP`, when given.
+    pub fn client_ip(&self) -> Option<&str> {
+        self.client_ip.as_deref().filter(|s| !s.is_empty())
+    }
+}
+
+/// Everything in a list request besides the service that changes the answer. `udpPort` and
+/// `clientIP` do not, except that a subscribing client of a push-capable kind is told a longer
+/// `cacheMillis`: `subscribes` keeps those answers apart. The agent decides the answer's
+/// format (grouped `dom` for modern Java clients).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Variant {
+    /// `clusters` as given.
+    pub clusters: String,
+    /// `healthyOnly` as given.
+    pub healthy_only: String,
+    /// `env` as given.
+    pub env: String,
+    /// User-Agent (or Client-Version).
+    pub agent: String,
+    /// `udpPort` > 0.
+    pub subscribes: bool,
+}
+
+/// The `serverlist` body all three legacy clients parse: one address a line, `\r\n` between
+/// lines, and a bare IP where the port is Nacos's default 8848.
+pub fn server_list_body(addresses: &[String]) -> String {
+    addresses
+        .iter()
+        .map(|a| a.strip_suffix(":8848").unwrap_or(a))
+        .collect::<Vec<_>>()
+        .join("\r\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_paths() {
+        assert_eq!(local("/nacos/serverlist"), Some(Local::ServerList));
+        assert_eq!(local("/metrics"), Some(Local::Metrics));
+        assert_eq!(local("/nacre/internal/changes"), Some(Local::Hidden));
+        assert_eq!(local("/nacos/v1/ns/instance/list"), None);
+    }
+
+    #[test]
+    fn the_key_is_the_one_a_node_resolves() {
+        let p = Params::parse(
+            b"serviceName=G%40%40svc&namespaceId=dev&groupName=ignored",
+            None,
+        );
+        assert_eq!(p.service_key(), Some(ServiceKey::new("dev", "G", "svc")));
+        let p = Params::parse(b"serviceName=svc", None);
+        assert_eq!(
+            p.service_key(),
+            Some(ServiceKey::new("public", "DEFAULT_GROUP", "svc"))
+        );
+        let p = Params::parse(b"", Some(b"ip=1.1.1.1&serviceName=svc&groupName=B"));
+        assert_eq!(p.service_key(), Some(ServiceKey::new("public", "B", "svc")));
+        assert_eq!(Params::parse(b"serviceName=@@x", None).service_key(), None);
+        assert_eq!(Params::parse(b"ip=1", None).service_key(), None);
+    }
+
+    #[test]
+    fn query_values_win_over_the_body_and_dom_is_a_fallback() {
+        let p = Params::parse(b"serviceName=a", Some(b"serviceName=b"));
+        assert_eq!(p.service_key().unwrap().service, "a");
+        let p = Params::parse(b"dom=d", None);
+        assert_eq!(p.service_key().unwrap().service, "d");
+        let p = Params::parse(b"dom=d&serviceName=s", None);
+        assert_eq!(p.service_key().unwrap().service, "s");
+    }
+
+    #[test]
+    fn variants_ignore_push_addresses_but_not_the_answer_shape() {
+        let a = Params::parse(b"serviceName=s&udpPort=5000&clientIP=1.2.3.4", None);
+        let b = Params::parse(b"serviceName=s&udpPort=6000&clientIP=5.6.7.8", None);
+        assert_eq!(a.list_variant("ua"), b.list_variant("ua"));
+        let c = Params::parse(b"serviceName=s&udpPort=0", None);
+        assert_ne!(a.list_variant("ua"), c.list_variant("ua"));
+        assert_ne!(a.list_variant("ua"), a.list_variant("other"));
+        let d = Params::parse(b"serviceName=s&healthyOnly=true", None);
+        assert_ne!(c.list_variant("ua"), d.list_variant("ua"));
+    }
+
+    #[test]
+    fn writes_except_beats_invalidate() {
+        assert!(invalidates(&http::Method::POST, "/nacos/v1/ns/instance"));
+        assert!(invalidates(&http::Method::DELETE, "/nacos/v1/ns/instance"));
+        assert!(!invalidates(&http::Method::PUT, BEAT_PATH));
+        assert!(!invalidates(&http::Method::GET, LIST_PATH));
+    }
+
+    #[test]
+    fn server_list_format() {
+        assert_eq!(
+            server_list_body(&["10.0.0.1:8848".into(), "10.0.0.2:9000".into()]),
+            "10.0.0.1\r\n10.0.0.2:9000"
+        );
+    }
+}

@@ -1,0 +1,212 @@
+//! A `nacre gateway` child process in front of registry nodes, for integration tests.
+//!
+//! Like [`crate::NodeProcess`], it runs the real binary on a loopback port, logs to a file,
+//! can be `kill -9`ed and restarted, and is waited on until ready: here, until the gateway has
+//! ready nodes and follows every node's change feed.
+
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// Readiness endpoint of the gateway.
+pub const READY_PATH: &str = "/nacre/gateway/ready";
+
+/// A running `nacre gateway`.
+#[derive(Debug)]
+pub struct GatewayProcess {
+    bin: PathBuf,
+    dir: PathBuf,
+    addr: SocketAddr,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl GatewayProcess {
+    /// Spawns `bin gateway --listen <listen> --cluster-secret <secret> <args...>`, logging to
+    /// `<dir>/gateway.log`. `args` names the node source (`--upstreams …` or
+    /// `--upstreams-endpoint …`) and anything else. Does not wait for readiness.
+    pub fn start(
+        bin: &Path,
+        dir: &Path,
+        listen: SocketAddr,
+        secret: &str,
+        args: &[String],
+    ) -> Result<GatewayProcess> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut all = vec![
+            "--cluster-secret".to_string(),
+            secret.to_string(),
+            "--threads".to_string(),
+            "2".to_string(),
+        ];
+        all.extend(args.iter().cloned());
+        let mut g = GatewayProcess {
+            bin: bin.to_path_buf(),
+            dir: dir.to_path_buf(),
+            addr: listen,
+            args: all,
+            child: None,
+        };
+        g.spawn()?;
+        Ok(g)
+    }
+
+    /// A gateway in front of every node of `cluster` (connecting to the nodes directly, not
+    /// through the link proxies), with `args` added. The node list is the cluster's at start.
+    pub fn in_front_of(
+        bin: &Path,
+        cluster: &crate::cluster::TestCluster,
+        dir: &Path,
+        listen: SocketAddr,
+        args: &[String],
+    ) -> Result<GatewayProcess> {
+        let upstreams = cluster
+            .member_indices()
+            .into_iter()
+            .map(|i| cluster.node(i).addr().to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut all = vec!["--upstreams".to_string(), upstreams];
+        all.extend(args.iter().cloned());
+        Self::start(bin, dir, listen, cluster.secret(), &all)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .with_context(|| format!("opening {}", self.log_path().display()))?;
+        let log_err = log.try_clone()?;
+        let child = Command::new(&self.bin)
+            .arg("gateway")
+            .arg("--listen")
+            .arg(self.addr.to_string())
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log_err))
+            .spawn()
+            .with_context(|| format!("spawning {} gateway", self.bin.display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// The listen address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The child's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Where the gateway logs.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("gateway.log")
+    }
+
+    /// The end of the gateway's log, for failure messages.
+    pub fn log_tail(&self, max_bytes: usize) -> String {
+        let mut buf = Vec::new();
+        if let Ok(mut f) = File::open(self.log_path()) {
+            let _ = f.read_to_end(&mut buf);
+        }
+        let start = buf.len().saturating_sub(max_bytes);
+        String::from_utf8_lossy(&buf[start..]).into_owned()
+    }
+
+    /// Waits until the gateway routes to `nodes` ready nodes and follows every node's feed.
+    pub fn wait_ready(&mut self, nodes: usize, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(c) = self.child.as_mut() {
+                if let Some(status) = c.try_wait()? {
+                    bail!(
+                        "gateway exited ({status}) before ready; log tail:\n{}",
+                        self.log_tail(4000)
+                    );
+                }
+            }
+            let last = match crate::http_get(self.addr, READY_PATH, Duration::from_secs(2)) {
+                Ok((200, body)) => {
+                    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                    if v["nodes"].as_u64() == Some(nodes as u64)
+                        && v["feedsFollowed"].as_bool() == Some(true)
+                    {
+                        return Ok(());
+                    }
+                    body
+                }
+                Ok((code, body)) => format!("HTTP {code}: {body}"),
+                Err(e) => format!("{e:#}"),
+            };
+            if Instant::now() >= deadline {
+                bail!(
+                    "gateway on {} not ready with {nodes} nodes within {timeout:?} (last: {last}); log tail:\n{}",
+                    self.addr,
+                    self.log_tail(4000)
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILLs the gateway and reaps it.
+    pub fn kill9(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            if child.try_wait()?.is_none() {
+                child.kill().context("killing the gateway")?;
+            }
+            child.wait().context("reaping the gateway")?;
+        }
+        Ok(())
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for a clean exit; returns the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let child = self.child.as_mut().context("gateway not running")?;
+        let pid = child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .context("sending SIGTERM")?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = child.try_wait()? {
+                self.child = None;
+                return Ok(st);
+            }
+            if Instant::now() >= deadline {
+                bail!("gateway did not exit within {timeout:?} of SIGTERM");
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// A loopback address on Nacos's default port 8848 that is free: `127.0.0.X:8848` for the
+/// first X from 2 up that can be bound. Endpoint-mode clients that only understand bare IPs
+/// (nacos-sdk-python 0.1.x) need a server on 8848; the 127/8 block is all loopback on Linux.
+pub fn free_loopback_8848() -> Result<SocketAddr> {
+    for x in 2..=254u8 {
+        let addr = SocketAddr::from(([127, 0, 0, x], 8848));
+        if std::net::TcpListener::bind(addr).is_ok() {
+            return Ok(addr);
+        }
+    }
+    bail!("no 127.0.0.X:8848 is free")
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.kill9();
+    }
+}

@@ -1,0 +1,474 @@
+//! `nacre gateway` in front of a real 3-node cluster on loopback: owner routing, read-your-
+//! writes through the gateway, the list cache and its invalidation by the nodes' change feeds,
+//! the address-server endpoint, shutdown, and a node killed under load.
+//!
+//! Nodes and gateway are child processes; the gateway connects to the nodes directly. Nothing
+//! here asserts on speed except bounds far above what a healthy run shows (the figures seen are
+//! printed).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Result};
+use nacre_testkit::cluster::{ClusterOptions, TestCluster};
+use nacre_testkit::gateway::GatewayProcess;
+use nacre_testkit::http::{eventually, Api};
+
+const READY: Duration = Duration::from_secs(60);
+/// How soon a change made on a node must be visible through the gateway. The feed delivers
+/// in a few milliseconds; the bound leaves room for a loaded CI machine.
+const FEED_BOUND: Duration = Duration::from_secs(1);
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_nacre"))
+}
+
+struct Setup {
+    cluster: TestCluster,
+    gateway: GatewayProcess,
+    _root: tempfile::TempDir,
+}
+
+impl Setup {
+    fn gw(&self) -> Api {
+        Api::new(self.gateway.addr())
+    }
+
+    fn node(&self, i: usize) -> Api {
+        Api::new(self.cluster.node(i).addr())
+    }
+
+    /// Sum of a metric over every live node.
+    async fn nodes_metric(&self, name: &str) -> f64 {
+        let mut sum = 0.0;
+        for i in self.cluster.member_indices() {
+            if !self.cluster.node(i).is_killed() {
+                sum += self.node(i).metric(name).await;
+            }
+        }
+        sum
+    }
+}
+
+/// A fast-detecting 3-node cluster with a gateway in front, both ready.
+fn setup(gateway_args: &[&str]) -> Result<Setup> {
+    let root = tempfile::Builder::new()
+        .prefix("nacre-gateway-")
+        .tempdir()?;
+    let mut cluster = TestCluster::start(bin(), root.path(), ClusterOptions::new(3).fast())?;
+    cluster.wait_ready(READY)?;
+    cluster.wait_rings_complete(READY)?;
+    let conf = root.path().join("gateway.toml");
+    std::fs::write(
+        &conf,
+        "probe_interval_ms = 100\nprobe_timeout_ms = 300\nconnect_timeout_ms = 300\n",
+    )?;
+    let mut args = vec!["--config".to_string(), conf.display().to_string()];
+    args.extend(gateway_args.iter().map(|s| s.to_string()));
+    let listen = nacre_testkit::free_loopback_addr()?;
+    let mut gateway =
+        GatewayProcess::in_front_of(bin(), &cluster, &root.path().join("gw"), listen, &args)?;
+    gateway.wait_ready(3, READY)?;
+    Ok(Setup {
+        cluster,
+        gateway,
+        _root: root,
+    })
+}
+
+/// The IPs listed for `service` through `api` (empty on a non-200 answer).
+async fn ips(api: &Api, service: &str) -> Vec<String> {
+    let r = api
+        .call(
+            "GET",
+            "/nacos/v1/ns/instance/list",
+            &[("serviceName", service)],
+        )
+        .await;
+    if r.status != 200 {
+        return Vec::new();
+    }
+    let mut v: Vec<String> = r.json()["hosts"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|h| h["ip"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+async fn register(api: &Api, service: &str, ip: &str) -> Result<()> {
+    // A form body, as the Node and Python clients send it: the gateway must read it to route.
+    let r = api
+        .form(
+            "POST",
+            "/nacos/v1/ns/instance",
+            &[("serviceName", service), ("ip", ip), ("port", "8080")],
+        )
+        .await;
+    ensure!(
+        r.status == 200 && r.body == "ok",
+        "register {service} {ip}: {r:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_reach_the_owner_and_reads_right_after_see_them() -> Result<()> {
+    let s = setup(&[])?;
+    let gw = s.gw();
+    for i in 0..30 {
+        let service = format!("owned-{i}");
+        let ip = format!("10.1.0.{i}");
+        register(&gw, &service, &ip).await?;
+        // Read-your-writes through the gateway, with no wait.
+        assert_eq!(ips(&gw, &service).await, vec![ip.clone()], "{service}");
+        let r = gw
+            .call(
+                "DELETE",
+                "/nacos/v1/ns/instance",
+                &[("serviceName", &service), ("ip", &ip), ("port", "8080")],
+            )
+            .await;
+        assert_eq!(r.body, "ok");
+        assert!(
+            ips(&gw, &service).await.is_empty(),
+            "{service} after delete"
+        );
+    }
+    // Every write arrived at its owner: no node had to forward one.
+    let forwarded = s
+        .nodes_metric("nacre_forwards_total{result=\"forwarded\"}")
+        .await;
+    assert_eq!(forwarded, 0.0, "writes the gateway sent to a non-owner");
+    // And the owners are spread over the nodes.
+    let mut per_node = BTreeMap::new();
+    for i in 0..3 {
+        let n = s
+            .node(i)
+            .metric("nacre_http_requests_total{api=\"POST /nacos/v1/ns/instance\",status=\"200\"}")
+            .await;
+        per_node.insert(i, n);
+    }
+    println!("registrations per node: {per_node:?}");
+    assert!(
+        per_node.values().filter(|n| **n > 0.0).count() >= 2,
+        "{per_node:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cache_hits_stay_in_the_gateway_and_changes_on_nodes_invalidate_them() -> Result<()> {
+    let s = setup(&[])?;
+    let gw = s.gw();
+    register(&gw, "cached", "10.2.0.1").await?;
+    assert_eq!(ips(&gw, "cached").await, vec!["10.2.0.1"]);
+    let list_api = "nacre_http_requests_total{api=\"GET /nacos/v1/ns/instance/list\"";
+    let node_lists = s.nodes_metric(list_api).await;
+    let hits = gw.metric("nacre_gateway_cache_total{result=\"hit\"}").await;
+    for _ in 0..100 {
+        assert_eq!(ips(&gw, "cached").await, vec!["10.2.0.1"]);
+    }
+    assert_eq!(
+        s.nodes_metric(list_api).await,
+        node_lists,
+        "cache hits reached a node"
+    );
+    let hits_after = gw.metric("nacre_gateway_cache_total{result=\"hit\"}").await;
+    assert!(hits_after - hits >= 100.0, "{hits} -> {hits_after}");
+
+    // Changes made on the nodes directly (every node in turn, owner or not) while readers
+    // keep the cache hot: each shows through the gateway within the bound.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for _ in 0..4 {
+        let (gw, stop) = (s.gw(), stop.clone());
+        readers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                ips(&gw, "cached").await;
+            }
+        }));
+    }
+    let mut delays = Vec::new();
+    let mut expected = vec!["10.2.0.1".to_string()];
+    for round in 0..21usize {
+        let node = s.node(round % 3);
+        let ip = format!("10.2.1.{round}");
+        if round % 4 == 3 {
+            // A deregistration, of an instance added earlier.
+            let gone = expected.pop().unwrap_or_default();
+            let r = node
+                .call(
+                    "DELETE",
+                    "/nacos/v1/ns/instance",
+                    &[("serviceName", "cached"), ("ip", &gone), ("port", "8080")],
+                )
+                .await;
+            assert_eq!(r.body, "ok");
+        } else {
+            register(&node, "cached", &ip).await?;
+            expected.push(ip);
+        }
+        let acked = Instant::now();
+        let mut want = expected.clone();
+        want.sort();
+        eventually(
+            FEED_BOUND,
+            &format!("round {round} through the gateway"),
+            || {
+                let (gw, want) = (s.gw(), want.clone());
+                async move { (ips(&gw, "cached").await == want).then_some(()) }
+            },
+        )
+        .await?;
+        delays.push(acked.elapsed());
+    }
+    stop.store(true, Ordering::Relaxed);
+    for r in readers {
+        r.await?;
+    }
+    delays.sort();
+    println!(
+        "node change visible through the gateway after: median {:?}, max {:?} ({} changes)",
+        delays[delays.len() / 2],
+        delays[delays.len() - 1],
+        delays.len()
+    );
+    let feed = gw
+        .metric("nacre_gateway_cache_invalidations_total{cause=\"feed\"}")
+        .await;
+    assert!(feed > 0.0, "no invalidation came from the feeds");
+    assert!(
+        gw.metric("nacre_gateway_cache_total{result=\"hit\"}").await > hits_after,
+        "the readers never hit the cache"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_right_after_a_write_never_gets_a_cached_older_answer() -> Result<()> {
+    let s = setup(&[])?;
+    let gw = s.gw();
+    register(&gw, "racy", "10.3.0.0").await?;
+    // Readers refill the cache as fast as they can, so fetches are in flight whenever a write
+    // lands: an answer fetched before a write must never be cached after it.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for _ in 0..6 {
+        let (gw, stop) = (s.gw(), stop.clone());
+        readers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                ips(&gw, "racy").await;
+            }
+        }));
+    }
+    let mut expected = vec!["10.3.0.0".to_string()];
+    for i in 1..=60 {
+        let ip = format!("10.3.0.{i}");
+        register(&gw, "racy", &ip).await?;
+        expected.push(ip);
+        expected.sort();
+        assert_eq!(ips(&gw, "racy").await, expected, "right after write {i}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for r in readers {
+        r.await?;
+    }
+    let skipped = gw
+        .metric("nacre_gateway_cache_total{result=\"stale_skipped\"}")
+        .await;
+    println!("answers kept out of the cache as stale: {skipped}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_endpoint_answers_the_advertised_gateways_and_internal_paths_stay_hidden() -> Result<()>
+{
+    let s = setup(&["--advertise", "10.9.0.1:8848,10.9.0.2:9000"])?;
+    let gw = s.gw();
+    let r = gw.call("GET", "/nacos/serverlist", &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, "10.9.0.1\r\n10.9.0.2:9000");
+    let r = gw
+        .call("GET", "/nacos/serverlist", &[("namespace", "public")])
+        .await;
+    assert_eq!(r.body, "10.9.0.1\r\n10.9.0.2:9000", "query ignored");
+    let hidden = gw.call("GET", "/nacre/internal/member/ping", &[]).await;
+    assert_eq!(hidden.status, 404);
+    let health = gw.call("GET", "/nacre/gateway/health", &[]).await;
+    assert_eq!(health.status, 200);
+    let ready = gw.call("GET", "/nacre/gateway/ready", &[]).await;
+    assert_eq!(ready.json()["nodes"], 3);
+    // A body too large to route is refused in the Nacos style, and nothing is stored.
+    let big = format!("ip=10.9.9.9&port=1&metadata={}", "x".repeat(70 * 1024));
+    let r = gw
+        .raw(
+            "POST",
+            "/nacos/v1/ns/instance",
+            "application/x-www-form-urlencoded",
+            format!("{big}&serviceName=big").into_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 413, "{r:?}");
+    assert!(ips(&gw, "big").await.is_empty());
+    // Client mistakes are the nodes' 4xx answers, passed through.
+    let r = gw
+        .call("POST", "/nacos/v1/ns/instance", &[("serviceName", "x")])
+        .await;
+    assert_eq!(r.status, 400, "{r:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_stops_the_gateway_cleanly() -> Result<()> {
+    let mut s = setup(&[])?;
+    let started = Instant::now();
+    let status = s.gateway.terminate(Duration::from_secs(30))?;
+    assert!(status.success(), "exit status {status}");
+    println!("gateway stopped {:?} after SIGTERM", started.elapsed());
+    Ok(())
+}
+
+/// Counts of one client loop.
+#[derive(Default)]
+struct Tally {
+    ok: AtomicU64,
+    failed: AtomicU64,
+    /// Milliseconds after the kill of the last failure (0: none after it).
+    last_failure_ms: AtomicU64,
+    /// What the first failures were.
+    samples: std::sync::Mutex<Vec<String>>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_a_node_under_load_keeps_clients_working() -> Result<()> {
+    let mut s = setup(&[])?;
+    let services: Vec<String> = (0..24).map(|i| format!("load-{i}")).collect();
+    for (i, svc) in services.iter().enumerate() {
+        register(&s.gw(), svc, &format!("10.4.0.{i}")).await?;
+    }
+    let tally = Arc::new(Tally::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let killed_at: Arc<std::sync::Mutex<Option<Instant>>> = Arc::default();
+    let mut clients = Vec::new();
+    for c in 0..8usize {
+        let (gw, tally, stop, killed_at) = (s.gw(), tally.clone(), stop.clone(), killed_at.clone());
+        let services = services.clone();
+        clients.push(tokio::spawn(async move {
+            let mut k = c;
+            while !stop.load(Ordering::Relaxed) {
+                k += 1;
+                let i = k % services.len();
+                let svc = &services[i];
+                let ip = format!("10.4.0.{i}");
+                let (ok, what) = match k % 3 {
+                    0 => {
+                        let got = ips(&gw, svc).await;
+                        (got.contains(&ip), format!("list {svc}: {got:?}"))
+                    }
+                    1 => {
+                        let r = gw
+                            .form(
+                                "POST",
+                                "/nacos/v1/ns/instance",
+                                &[("serviceName", svc), ("ip", &ip), ("port", "8080")],
+                            )
+                            .await;
+                        (
+                            r.status == 200 && r.body == "ok",
+                            format!("register {svc}: {r:?}"),
+                        )
+                    }
+                    _ => {
+                        let r = gw
+                            .call(
+                                "PUT",
+                                "/nacos/v1/ns/instance/beat",
+                                &[("serviceName", svc), ("ip", &ip), ("port", "8080")],
+                            )
+                            .await;
+                        (r.status == 200, format!("beat {svc}: {r:?}"))
+                    }
+                };
+                if ok {
+                    tally.ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    tally.failed.fetch_add(1, Ordering::Relaxed);
+                    let mut samples = tally.samples.lock().unwrap_or_else(|e| e.into_inner());
+                    if samples.len() < 10 {
+                        samples.push(what);
+                    }
+                    drop(samples);
+                    if let Some(at) = *killed_at.lock().unwrap_or_else(|e| e.into_inner()) {
+                        let ms = at.elapsed().as_millis() as u64;
+                        tally.last_failure_ms.fetch_max(ms, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    // The worst node to lose: the Raft leader (an election runs while clients keep going).
+    let leader = s.node(0).call("GET", "/nacre/v1/cluster", &[]).await.json()["leader"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let victim = (0..3)
+        .find(|&i| s.cluster.advertised(i) == leader)
+        .unwrap_or(1);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = tally.ok.load(Ordering::Relaxed);
+    *killed_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    s.cluster.kill9(victim)?;
+    let kill = Instant::now();
+    // Routing has recovered once the gateway's ring holds the two survivors.
+    eventually(
+        Duration::from_secs(10),
+        "gateway ring without the dead node",
+        || {
+            let gw = s.gw();
+            async move {
+                let v = gw.call("GET", "/nacre/gateway/ready", &[]).await.json();
+                (v["nodes"] == 2).then_some(())
+            }
+        },
+    )
+    .await?;
+    let ring_after = kill.elapsed();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await?;
+    }
+    let ok = tally.ok.load(Ordering::Relaxed);
+    let failed = tally.failed.load(Ordering::Relaxed);
+    let last = tally.last_failure_ms.load(Ordering::Relaxed);
+    let retries = s.gw().metric("nacre_gateway_retries_total").await;
+    println!(
+        "kill -9 of node {victim} (Raft leader {leader}) under load: {ok} requests ok ({} after the kill), {failed} failed, last failure \
+         {last} ms after the kill, ring without the node after {ring_after:?}, {retries} retries",
+        ok - before
+    );
+    println!(
+        "first failures: {:#?}",
+        tally.samples.lock().unwrap_or_else(|e| e.into_inner())
+    );
+    assert!(ok - before > 100, "clients stalled after the kill");
+    // Writes and reads of the dead node's services move to the next node; a failure is only
+    // tolerable right at the kill (a request in flight on the dead node's connection).
+    assert!(
+        failed <= 8,
+        "{failed} requests failed (last {last} ms after the kill)"
+    );
+    ensure!(
+        last < 3_000,
+        "requests still failed {last} ms after the kill"
+    );
+    Ok(())
+}
