@@ -327,6 +327,45 @@ async fn the_endpoint_answers_the_advertised_gateways_and_internal_paths_stay_hi
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_found_through_an_address_server_are_followed() -> Result<()> {
+    let s = setup(&[])?;
+    // A second gateway that learns the nodes from an address server, starting with two.
+    let conf = s._root.path().join("upstreams.conf");
+    let nodes: Vec<String> = (0..3)
+        .map(|i| s.cluster.node(i).addr().to_string())
+        .collect();
+    nacre_testkit::cluster::write_cluster_conf(&conf, &nodes[..2])?;
+    let server = nacre_testkit::addr_server::AddressServer::start(&conf)?;
+    let gw_conf = s._root.path().join("gw2.toml");
+    std::fs::write(&gw_conf, "discovery_interval_ms = 100\nprobe_interval_ms = 100\n")?;
+    let mut g = GatewayProcess::start(
+        bin(),
+        &s._root.path().join("gw2"),
+        nacre_testkit::free_loopback_addr()?,
+        s.cluster.secret(),
+        &[
+            "--upstreams-endpoint".to_string(),
+            server.url(),
+            "--config".to_string(),
+            gw_conf.display().to_string(),
+        ],
+    )?;
+    g.wait_ready(2, READY)?;
+    nacre_testkit::cluster::write_cluster_conf(&conf, &nodes)?;
+    g.wait_ready(3, READY)?;
+    // Both gateways route the same service to the same owner: a write through one is read
+    // through the other at once, and no node forwarded anything.
+    let other = Api::new(g.addr());
+    register(&other, "via-endpoint", "10.5.0.1").await?;
+    assert_eq!(ips(&s.gw(), "via-endpoint").await, vec!["10.5.0.1"]);
+    let forwarded = s
+        .nodes_metric("nacre_forwards_total{result=\"forwarded\"}")
+        .await;
+    assert_eq!(forwarded, 0.0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_stops_the_gateway_cleanly() -> Result<()> {
     let mut s = setup(&[])?;
     let started = Instant::now();
