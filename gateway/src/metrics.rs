@@ -10,7 +10,8 @@ use prometheus::{
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Registry,
-    requests: IntCounterVec,
+    /// `nacre_gateway_requests_total`, resolved per (route, status class) once.
+    requests: [[IntCounter; 5]; 4],
     /// Requests answered from the cache.
     pub cache_hits: IntCounter,
     /// Cacheable requests sent to a node.
@@ -39,7 +40,7 @@ pub struct Metrics {
 }
 
 /// Route labels of `nacre_gateway_requests_total`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouteLabel {
     /// To the owner of the named service.
     Owner,
@@ -51,7 +52,24 @@ pub enum RouteLabel {
     Local,
 }
 
+const ROUTES: [RouteLabel; 4] = [
+    RouteLabel::Owner,
+    RouteLabel::Any,
+    RouteLabel::Cache,
+    RouteLabel::Local,
+];
+const CLASSES: [&str; 5] = ["2xx", "3xx", "4xx", "5xx", "other"];
+
 impl RouteLabel {
+    fn index(self) -> usize {
+        match self {
+            Self::Owner => 0,
+            Self::Any => 1,
+            Self::Cache => 2,
+            Self::Local => 3,
+        }
+    }
+
     fn as_str(self) -> &'static str {
         match self {
             Self::Owner => "owner",
@@ -129,6 +147,8 @@ impl Metrics {
             "Ready nodes in the routing ring",
         )?;
         registry.register(Box::new(ring_members.clone()))?;
+        let requests =
+            ROUTES.map(|r| CLASSES.map(|c| requests.with_label_values(&[r.as_str(), c])));
         Ok(Self {
             requests,
             cache_hits: cache.with_label_values(&["hit"]),
@@ -158,15 +178,13 @@ impl Metrics {
     /// Counts one answered request.
     pub fn request(&self, route: RouteLabel, status: u16) {
         let class = match status {
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            500..=599 => "5xx",
-            _ => "other",
+            200..=299 => 0,
+            300..=399 => 1,
+            400..=499 => 2,
+            500..=599 => 3,
+            _ => 4,
         };
-        self.requests
-            .with_label_values(&[route.as_str(), class])
-            .inc();
+        self.requests[route.index()][class].inc();
     }
 
     /// The latency histogram of one node.

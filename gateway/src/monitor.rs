@@ -97,7 +97,9 @@ pub async fn run(shared: Arc<Shared>, discovery: Discovery, shutdown: Cancellati
             }
             keep
         });
-        for up in view.upstreams() {
+        // Feeds only serve the cache: with it off there is nothing to follow.
+        let follow = shared.cache.enabled();
+        for up in view.upstreams().iter().filter(|_| follow) {
             if let std::collections::hash_map::Entry::Vacant(slot) =
                 followers.entry((up.addr, up.name.clone()))
             {

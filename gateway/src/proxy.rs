@@ -44,7 +44,6 @@ impl Gateway {
 /// A list answer being fetched for the cache.
 #[derive(Debug)]
 struct Fill {
-    key: ServiceKey,
     variant: Variant,
     ticket: Ticket,
     body: BytesMut,
@@ -130,6 +129,45 @@ fn agent(req: &RequestHeader) -> &str {
         .unwrap_or("")
 }
 
+/// What the gateway will do with a naming request, taken from its parameters.
+struct Plan {
+    key: Option<ServiceKey>,
+    invalidates: bool,
+    list: Option<ListPlan>,
+}
+
+/// A cacheable list request.
+struct ListPlan {
+    variant: Variant,
+    /// `(client, udpPort)` of a push subscriber.
+    subscriber: Option<(String, u16)>,
+}
+
+impl Plan {
+    fn of(params: &Params<'_>, session: &Session) -> Plan {
+        let req = session.req_header();
+        let key = params.service_key();
+        let cacheable =
+            key.is_some() && req.method == http::Method::GET && req.uri.path() == route::LIST_PATH;
+        let list = cacheable.then(|| ListPlan {
+            variant: params.list_variant(agent(req)),
+            subscriber: params.udp_port().map(|udp| {
+                let client = params
+                    .client_ip()
+                    .map(str::to_string)
+                    .or_else(|| client_ip(session).map(|ip| ip.to_string()))
+                    .unwrap_or_default();
+                (client, udp)
+            }),
+        });
+        Plan {
+            invalidates: route::invalidates(&req.method, req.uri.path()),
+            key,
+            list,
+        }
+    }
+}
+
 fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
     session
         .client_addr()
@@ -163,10 +201,12 @@ impl Gateway {
             Local::Ready => {
                 let view = shared.upstreams.view();
                 let n = view.upstreams().iter().filter(|u| u.is_usable()).count();
+                // With the cache off no feed is needed, so every needed one is followed.
+                let followed = view.feeds_ok() || !shared.cache.enabled();
                 let body = Bytes::from(format!(
-                    "{{\"status\":\"{}\",\"nodes\":{n},\"feedsFollowed\":{}}}",
+                    "{{\"status\":\"{}\",\"nodes\":{n},\"feedsFollowed\":{followed},\"cache\":{}}}",
                     if n > 0 { "UP" } else { "DOWN" },
-                    view.feeds_ok()
+                    shared.cache.enabled()
                 ));
                 respond(session, if n > 0 { 200 } else { 503 }, JSON, body).await
             }
@@ -207,76 +247,60 @@ impl ProxyHttp for Gateway {
         if !route::is_naming(path) {
             return Ok(false);
         }
-        let shared = &self.shared;
         let req = session.req_header();
-        let query = req.uri.query().unwrap_or("").as_bytes().to_vec();
-        let mut params = Params::parse(&query, None);
-        let body;
-        if !params.has_service() && has_body(req) && is_form(req) {
-            body = match self.read_form_body(session).await? {
-                Some(b) => b,
-                None => {
-                    ctx.route = RouteLabel::Local;
-                    let msg = format!("request body over {MAX_ROUTED_BODY} bytes");
-                    respond(session, 413, TEXT, Bytes::from(msg)).await?;
-                    return Ok(true);
-                }
+        let query = req.uri.query().unwrap_or("");
+        let params = Params::parse(query.as_bytes(), None);
+        let plan = if params.has_service() || !(has_body(req) && is_form(req)) {
+            Plan::of(&params, session)
+        } else {
+            // The service is only in the form body: read it (the common case needs no copy
+            // of the query, this one does, since reading borrows the session).
+            let query = query.to_string();
+            let Some(body) = self.read_form_body(session).await? else {
+                ctx.route = RouteLabel::Local;
+                let msg = format!("request body over {MAX_ROUTED_BODY} bytes");
+                respond(session, 413, TEXT, Bytes::from(msg)).await?;
+                return Ok(true);
             };
-            params = Params::parse(&query, Some(&body));
-        }
-        let req = session.req_header();
-        ctx.key = params.service_key();
-        let Some(key) = ctx.key.as_ref() else {
+            Plan::of(&Params::parse(query.as_bytes(), Some(&body)), session)
+        };
+        let Some(key) = plan.key else {
             return Ok(false);
         };
         ctx.route = RouteLabel::Owner;
-        ctx.invalidates = route::invalidates(&req.method, req.uri.path());
-        if req.method != http::Method::GET
-            || req.uri.path() != route::LIST_PATH
-            || !shared.cache.enabled()
-        {
+        ctx.invalidates = plan.invalidates;
+        let shared = &self.shared;
+        let Some(list) = plan.list.filter(|_| shared.cache.enabled()) else {
+            ctx.key = Some(key);
             return Ok(false);
-        }
-        let variant = params.list_variant(agent(req));
+        };
         // A subscriber must reach its node now and then, or the node stops pushing to it.
-        if let Some(udp) = params.udp_port() {
-            let client = params
-                .client_ip()
-                .map(str::to_string)
-                .or_else(|| client_ip(session).map(|ip| ip.to_string()))
-                .unwrap_or_default();
-            let seen = (client, udp, key.clone(), variant.clone());
-            if shared.push_seen.get(&seen).is_none() {
-                shared.push_seen.insert(seen, ());
-                shared.metrics.cache_misses.inc();
-                ctx.fill = Some(Fill {
-                    key: key.clone(),
-                    variant,
-                    ticket: shared.cache.begin(),
-                    body: BytesMut::new(),
-                    ok: false,
-                });
+        let refresh = list.subscriber.and_then(|(client, udp)| {
+            let seen = (client, udp, key.clone(), list.variant.clone());
+            let fresh = shared.push_seen.get(&seen).is_none();
+            fresh.then(|| shared.push_seen.insert(seen, ()))
+        });
+        if refresh.is_none() {
+            if !shared.upstreams.view().feeds_ok() {
+                shared.metrics.cache_bypassed.inc();
+                ctx.key = Some(key);
                 return Ok(false);
             }
-        }
-        if !shared.upstreams.view().feeds_ok() {
-            shared.metrics.cache_bypassed.inc();
-            return Ok(false);
-        }
-        if let Some(answer) = shared.cache.get(key, &variant, crate::now_ms()) {
-            shared.metrics.cache_hits.inc();
-            ctx.route = RouteLabel::Cache;
-            respond(session, 200, JSON, answer).await?;
-            return Ok(true);
+            if let Some(answer) = shared.cache.get(&key, &list.variant, crate::now_ms()) {
+                shared.metrics.cache_hits.inc();
+                ctx.route = RouteLabel::Cache;
+                respond(session, 200, JSON, answer).await?;
+                return Ok(true);
+            }
         }
         shared.metrics.cache_misses.inc();
         ctx.fill = Some(Fill {
-            key: key.clone(),
-            variant,
-            ticket: shared.cache.begin(),
+            variant: list.variant,
+            ticket: shared.cache.begin(&key),
             body: BytesMut::new(),
             ok: false,
         });
+        ctx.key = Some(key);
         Ok(false)
     }
 
@@ -405,7 +429,7 @@ impl ProxyHttp for Gateway {
             if fill.ok && status == 200 {
                 match shared
                     .cache
-                    .store(&fill.key, fill.variant, fill.ticket, fill.body.freeze())
+                    .store(fill.ticket, fill.variant, fill.body.freeze())
                 {
                     Stored::Yes => shared.metrics.cache_stores.inc(),
                     Stored::Stale => shared.metrics.cache_stale_skips.inc(),

@@ -108,6 +108,7 @@ pub fn run(settings: GatewaySettings, stop: Stop) -> Result<(), GatewayError> {
         graceful_shutdown_timeout_seconds: Some(settings.shutdown_timeout_seconds),
         // One attempt per node is enough; more only repeats a failure.
         max_retries: 3,
+        work_stealing: false,
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
