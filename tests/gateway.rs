@@ -337,7 +337,10 @@ async fn nodes_found_through_an_address_server_are_followed() -> Result<()> {
     nacre_testkit::cluster::write_cluster_conf(&conf, &nodes[..2])?;
     let server = nacre_testkit::addr_server::AddressServer::start(&conf)?;
     let gw_conf = s._root.path().join("gw2.toml");
-    std::fs::write(&gw_conf, "discovery_interval_ms = 100\nprobe_interval_ms = 100\n")?;
+    std::fs::write(
+        &gw_conf,
+        "discovery_interval_ms = 100\nprobe_interval_ms = 100\n",
+    )?;
     let mut g = GatewayProcess::start(
         bin(),
         &s._root.path().join("gw2"),
@@ -466,16 +469,23 @@ async fn killing_a_node_under_load_keeps_clients_working() -> Result<()> {
     *killed_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
     s.cluster.kill9(victim)?;
     let kill = Instant::now();
-    // Routing has recovered once the gateway's ring holds the two survivors.
+    // Routing has recovered once the dead node is out of rotation (first refused connect or
+    // missed probe), and the ring is rebuilt without it after two missed probes.
+    eventually(Duration::from_secs(10), "dead node out of rotation", || {
+        let gw = s.gw();
+        async move {
+            let v = gw.call("GET", "/nacre/gateway/ready", &[]).await.json();
+            (v["nodes"] == 2).then_some(())
+        }
+    })
+    .await?;
+    let out_of_rotation = kill.elapsed();
     eventually(
         Duration::from_secs(10),
         "gateway ring without the dead node",
         || {
             let gw = s.gw();
-            async move {
-                let v = gw.call("GET", "/nacre/gateway/ready", &[]).await.json();
-                (v["nodes"] == 2).then_some(())
-            }
+            async move { (gw.metric("nacre_gateway_ring_members").await == 2.0).then_some(()) }
         },
     )
     .await?;
@@ -491,7 +501,8 @@ async fn killing_a_node_under_load_keeps_clients_working() -> Result<()> {
     let retries = s.gw().metric("nacre_gateway_retries_total").await;
     println!(
         "kill -9 of node {victim} (Raft leader {leader}) under load: {ok} requests ok ({} after the kill), {failed} failed, last failure \
-         {last} ms after the kill, ring without the node after {ring_after:?}, {retries} retries",
+         {last} ms after the kill, node out of rotation after {out_of_rotation:?} and out of the ring \
+         after {ring_after:?}, {retries} retries",
         ok - before
     );
     println!(

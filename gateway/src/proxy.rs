@@ -237,6 +237,11 @@ impl ProxyHttp for Gateway {
         Ctx::new()
     }
 
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {
+        // pingora's default adds a (disabled) compression module that still runs its filters on
+        // every request; nodes answer uncompressed and so does the gateway.
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let path = session.req_header().uri.path();
         if let Some(local) = route::local(path) {
@@ -381,7 +386,7 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if ctx.invalidates {
+        if ctx.invalidates && self.shared.cache.enabled() {
             if let Some(key) = &ctx.key {
                 // Before the client hears "ok": its next read must not find the old answer.
                 self.shared.cache.invalidate(key);
