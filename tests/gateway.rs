@@ -369,6 +369,33 @@ async fn nodes_found_through_an_address_server_are_followed() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_found_through_dns_are_probed_and_used() -> Result<()> {
+    // Loopback has no multi-record DNS name; `localhost` resolves to 127.0.0.1 (and maybe
+    // ::1, where nothing listens: that record must simply stay out of rotation).
+    let root = tempfile::Builder::new()
+        .prefix("nacre-gateway-dns-")
+        .tempdir()?;
+    let mut node = nacre_testkit::NodeProcess::start(bin(), &root.path().join("node"))?;
+    node.wait_ready(READY)?;
+    let secret = std::fs::read_to_string(root.path().join("node").join("cluster-secret"))?;
+    let mut g = GatewayProcess::start(
+        bin(),
+        &root.path().join("gw"),
+        nacre_testkit::free_loopback_addr()?,
+        secret.trim(),
+        &[
+            "--upstreams-dns".to_string(),
+            format!("localhost:{}", node.addr().port()),
+        ],
+    )?;
+    g.wait_ready(1, READY)?;
+    let gw = Api::new(g.addr());
+    register(&gw, "via-dns", "10.6.0.1").await?;
+    assert_eq!(ips(&gw, "via-dns").await, vec!["10.6.0.1"]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_stops_the_gateway_cleanly() -> Result<()> {
     let mut s = setup(&[])?;
     let started = Instant::now();
