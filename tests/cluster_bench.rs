@@ -19,14 +19,7 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 }
 
 async fn listed(api: &Api, service: &str, ip: &str) -> bool {
-    let r = api
-        .call(
-            "GET",
-            "/nacos/v1/ns/instance/list",
-            &[("serviceName", service)],
-        )
-        .await;
-    r.status == 200 && r.body.contains(&format!("\"ip\":\"{ip}\""))
+    api.ips(service).await.iter().any(|i| i == ip)
 }
 
 async fn instance_count(api: &Api) -> u64 {

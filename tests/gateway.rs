@@ -79,28 +79,8 @@ fn setup(gateway_args: &[&str]) -> Result<Setup> {
     })
 }
 
-/// The IPs listed for `service` through `api` (empty on a non-200 answer).
 async fn ips(api: &Api, service: &str) -> Vec<String> {
-    let r = api
-        .call(
-            "GET",
-            "/nacos/v1/ns/instance/list",
-            &[("serviceName", service)],
-        )
-        .await;
-    if r.status != 200 {
-        return Vec::new();
-    }
-    let mut v: Vec<String> = r.json()["hosts"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|h| h["ip"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
+    api.ips(service).await
 }
 
 async fn register(api: &Api, service: &str, ip: &str) -> Result<()> {

@@ -99,38 +99,21 @@ impl GatewaySettings {
 
     /// The one configured source of registry nodes.
     pub fn source(&self) -> Result<MemberSource, ConfigError> {
-        let mut sources = Vec::new();
-        if !self.upstreams.is_empty() {
-            let list = self
-                .upstreams
-                .iter()
-                .map(|m| members::parse_address(m))
-                .collect::<Result<Vec<_>, _>>()?;
-            sources.push(MemberSource::Static(list));
+        members::SourceKeys {
+            names: ["upstreams", "", "upstreams_endpoint", "upstreams_dns"],
+            list: &self.upstreams,
+            file: None,
+            endpoint: self.upstreams_endpoint.as_deref(),
+            dns: self.upstreams_dns.as_deref(),
         }
-        if let Some(u) = &self.upstreams_endpoint {
-            if !u.starts_with("http://") {
-                return Err(invalid("upstreams_endpoint", u, "expected an http:// URL"));
-            }
-            sources.push(MemberSource::Endpoint(u.clone()));
-        }
-        if let Some(d) = &self.upstreams_dns {
-            let (name, port) = members::parse_dns_target(d)?;
-            sources.push(MemberSource::Dns { name, port });
-        }
-        match sources.len() {
-            1 => Ok(sources.remove(0)),
-            0 => Err(invalid(
+        .resolve()?
+        .ok_or_else(|| {
+            invalid(
                 "upstreams",
                 "none",
                 "give upstreams, upstreams_endpoint or upstreams_dns",
-            )),
-            _ => Err(invalid(
-                "upstreams",
-                "several sources",
-                "give exactly one of upstreams, upstreams_endpoint, upstreams_dns",
-            )),
-        }
+            )
+        })
     }
 
     /// What `/nacos/serverlist` answers: `advertise`, or the listen address.

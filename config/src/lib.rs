@@ -143,40 +143,19 @@ impl Default for ClusterSettings {
 impl ClusterSettings {
     /// The one configured discovery source, if any.
     pub fn source(&self) -> Result<Option<members::MemberSource>, ConfigError> {
-        let mut sources = Vec::new();
-        if !self.members.is_empty() {
-            let list = self
-                .members
-                .iter()
-                .map(|m| members::parse_address(m))
-                .collect::<Result<Vec<_>, _>>()?;
-            sources.push(members::MemberSource::Static(list));
+        members::SourceKeys {
+            names: [
+                "cluster.members",
+                "cluster.members_file",
+                "cluster.members_endpoint",
+                "cluster.members_dns",
+            ],
+            list: &self.members,
+            file: self.members_file.as_deref(),
+            endpoint: self.members_endpoint.as_deref(),
+            dns: self.members_dns.as_deref(),
         }
-        if let Some(f) = &self.members_file {
-            sources.push(members::MemberSource::File(f.clone()));
-        }
-        if let Some(u) = &self.members_endpoint {
-            if !u.starts_with("http://") {
-                return Err(invalid(
-                    "cluster.members_endpoint",
-                    u,
-                    "expected an http:// URL",
-                ));
-            }
-            sources.push(members::MemberSource::Endpoint(u.clone()));
-        }
-        if let Some(d) = &self.members_dns {
-            let (name, port) = members::parse_dns_target(d)?;
-            sources.push(members::MemberSource::Dns { name, port });
-        }
-        if sources.len() > 1 {
-            return Err(invalid(
-                "cluster",
-                "several member sources",
-                "give exactly one of members, members_file, members_endpoint, members_dns",
-            ));
-        }
-        Ok(sources.pop())
+        .resolve()
     }
 }
 

@@ -267,6 +267,66 @@ pub enum MemberSource {
     },
 }
 
+/// The places a member list may come from, as settings name them; [`SourceKeys::resolve`]
+/// checks that at most one is given. Shared by the registry's `[cluster]` and the gateway.
+#[derive(Debug, Clone, Copy)]
+pub struct SourceKeys<'a> {
+    /// Setting names, in the order: list, file, endpoint, DNS (for error messages).
+    pub names: [&'a str; 4],
+    /// A static list.
+    pub list: &'a [String],
+    /// A Nacos `cluster.conf`.
+    pub file: Option<&'a Path>,
+    /// An address-server URL.
+    pub endpoint: Option<&'a str>,
+    /// `NAME:PORT` to resolve.
+    pub dns: Option<&'a str>,
+}
+
+impl SourceKeys<'_> {
+    /// The one source given, `None` when none is; an error names the key of a malformed value
+    /// or says that several were given.
+    pub fn resolve(&self) -> Result<Option<MemberSource>, ConfigError> {
+        let [list_key, _, endpoint_key, _] = self.names;
+        let mut sources = Vec::new();
+        if !self.list.is_empty() {
+            let list = self
+                .list
+                .iter()
+                .map(|m| parse_address(m))
+                .collect::<Result<Vec<_>, _>>()?;
+            sources.push(MemberSource::Static(list));
+        }
+        if let Some(f) = self.file {
+            sources.push(MemberSource::File(f.to_path_buf()));
+        }
+        if let Some(u) = self.endpoint {
+            if !u.starts_with("http://") {
+                return Err(invalid(endpoint_key, u, "expected an http:// URL"));
+            }
+            sources.push(MemberSource::Endpoint(u.to_string()));
+        }
+        if let Some(d) = self.dns {
+            let (name, port) = parse_dns_target(d)?;
+            sources.push(MemberSource::Dns { name, port });
+        }
+        if sources.len() > 1 {
+            let given: Vec<&str> = self
+                .names
+                .iter()
+                .copied()
+                .filter(|n| !n.is_empty())
+                .collect();
+            return Err(invalid(
+                list_key,
+                "several sources",
+                &format!("give exactly one of {}", given.join(", ")),
+            ));
+        }
+        Ok(sources.pop())
+    }
+}
+
 impl fmt::Display for MemberSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -4,11 +4,9 @@
 //! can be `kill -9`ed and restarted, and is waited on until ready: here, until the gateway has
 //! ready nodes and follows every node's change feed.
 
-use std::fs::{File, OpenOptions};
-use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -78,23 +76,12 @@ impl GatewayProcess {
     }
 
     fn spawn(&mut self) -> Result<()> {
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .with_context(|| format!("opening {}", self.log_path().display()))?;
-        let log_err = log.try_clone()?;
-        let child = Command::new(&self.bin)
-            .arg("gateway")
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("gateway")
             .arg("--listen")
             .arg(self.addr.to_string())
-            .args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log_err))
-            .spawn()
-            .with_context(|| format!("spawning {} gateway", self.bin.display()))?;
-        self.child = Some(child);
+            .args(&self.args);
+        self.child = Some(crate::process::spawn_logged(&mut cmd, &self.log_path())?);
         Ok(())
     }
 
@@ -115,12 +102,7 @@ impl GatewayProcess {
 
     /// The end of the gateway's log, for failure messages.
     pub fn log_tail(&self, max_bytes: usize) -> String {
-        let mut buf = Vec::new();
-        if let Ok(mut f) = File::open(self.log_path()) {
-            let _ = f.read_to_end(&mut buf);
-        }
-        let start = buf.len().saturating_sub(max_bytes);
-        String::from_utf8_lossy(&buf[start..]).into_owned()
+        crate::process::log_tail(&self.log_path(), max_bytes)
     }
 
     /// Waits until the gateway routes to `nodes` ready nodes and follows every node's feed.
@@ -161,13 +143,7 @@ impl GatewayProcess {
 
     /// SIGKILLs the gateway and reaps it.
     pub fn kill9(&mut self) -> Result<()> {
-        if let Some(mut child) = self.child.take() {
-            if child.try_wait()?.is_none() {
-                child.kill().context("killing the gateway")?;
-            }
-            child.wait().context("reaping the gateway")?;
-        }
-        Ok(())
+        crate::process::kill9(&mut self.child)
     }
 
     /// Sends SIGTERM and waits up to `timeout` for a clean exit; returns the exit status.

@@ -81,6 +81,32 @@ impl Api {
             .sum()
     }
 
+    /// The IPs listed for `service`, sorted (empty on a non-200 answer).
+    pub async fn ips(&self, service: &str) -> Vec<String> {
+        let r = self
+            .call(
+                "GET",
+                "/nacos/v1/ns/instance/list",
+                &[("serviceName", service)],
+            )
+            .await;
+        if r.status != 200 {
+            return Vec::new();
+        }
+        let mut v: Vec<String> = serde_json::from_str::<serde_json::Value>(&r.body)
+            .ok()
+            .and_then(|j| {
+                j["hosts"].as_array().map(|a| {
+                    a.iter()
+                        .filter_map(|h| h["ip"].as_str().map(str::to_string))
+                        .collect()
+                })
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
     /// `GET /nacos/v1/ns/instance/list` with the given query, parsed as JSON.
     pub async fn list(&self, query: &[(&str, &str)]) -> serde_json::Value {
         self.call("GET", "/nacos/v1/ns/instance/list", query)

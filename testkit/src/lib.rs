@@ -19,13 +19,13 @@ pub mod addr_server;
 pub mod cluster;
 pub mod gateway;
 pub mod http;
+mod process;
 pub mod proxy;
 
-use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -108,30 +108,18 @@ impl NodeProcess {
     }
 
     fn spawn(&mut self) -> Result<()> {
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .with_context(|| format!("opening {}", self.log_path().display()))?;
-        let log_err = log.try_clone()?;
         let mut cmd = Command::new(&self.bin);
         cmd.arg("registry");
         if self.standalone {
             cmd.arg("--standalone");
         }
-        let child = cmd
-            .arg("--listen")
+        cmd.arg("--listen")
             .arg(self.addr.to_string())
             .arg("--data")
             .arg(&self.data_dir)
             .args(&self.extra_args)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log_err))
-            .spawn()
-            .with_context(|| format!("spawning {}", self.bin.display()))?;
-        self.child = Some(child);
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        self.child = Some(process::spawn_logged(&mut cmd, &self.log_path())?);
         Ok(())
     }
 
@@ -157,12 +145,7 @@ impl NodeProcess {
 
     /// The last `max_bytes` of the node's log (lossy UTF-8), for failure messages.
     pub fn log_tail(&self, max_bytes: usize) -> String {
-        let mut buf = Vec::new();
-        if let Ok(mut f) = File::open(self.log_path()) {
-            let _ = f.read_to_end(&mut buf);
-        }
-        let start = buf.len().saturating_sub(max_bytes);
-        String::from_utf8_lossy(&buf[start..]).into_owned()
+        process::log_tail(&self.log_path(), max_bytes)
     }
 
     /// The child's process id, `None` after [`NodeProcess::kill9`] (until restarted).
@@ -237,14 +220,7 @@ impl NodeProcess {
 
     /// SIGKILLs the child (no graceful shutdown) and reaps it. No-op if not running.
     pub fn kill9(&mut self) -> Result<()> {
-        if let Some(mut child) = self.child.take() {
-            if child.try_wait()?.is_none() {
-                // std's Child::kill is SIGKILL on Unix.
-                child.kill().context("killing nacre")?;
-            }
-            child.wait().context("reaping nacre")?;
-        }
-        Ok(())
+        process::kill9(&mut self.child)
     }
 
     /// Kills the child if still running, then starts it again with the same port, data dir and
