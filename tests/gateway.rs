@@ -376,6 +376,37 @@ async fn nodes_found_through_dns_are_probed_and_used() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_a_ready_node_clients_get_a_clear_503() -> Result<()> {
+    let root = tempfile::Builder::new()
+        .prefix("nacre-gateway-none-")
+        .tempdir()?;
+    let nobody = nacre_testkit::free_loopback_addr()?;
+    let g = GatewayProcess::start(
+        bin(),
+        &root.path().join("gw"),
+        nacre_testkit::free_loopback_addr()?,
+        "0123456789abcdef-secret",
+        &["--upstreams".to_string(), nobody.to_string()],
+    )?;
+    let gw = Api::new(g.addr());
+    eventually(READY, "gateway answering", || {
+        let gw = gw.clone();
+        async move {
+            (gw.call("GET", "/nacre/gateway/health", &[]).await.status == 200).then_some(())
+        }
+    })
+    .await?;
+    let ready = gw.call("GET", "/nacre/gateway/ready", &[]).await;
+    assert_eq!(ready.status, 503, "{ready:?}");
+    let r = gw
+        .call("GET", "/nacos/v1/ns/instance/list", &[("serviceName", "x")])
+        .await;
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(r.body, "no registry node is ready");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_stops_the_gateway_cleanly() -> Result<()> {
     let mut s = setup(&[])?;
     let started = Instant::now();

@@ -9,9 +9,9 @@ use bytes::{Bytes, BytesMut};
 use http::header;
 use nacre_ring::ServiceKey;
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::proxy::{ProxyHttp, Session};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
-use pingora::{Error, ErrorType, Result};
+use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::cache::{Stored, Ticket};
 use crate::metrics::RouteLabel;
@@ -263,6 +263,8 @@ impl ProxyHttp for Gateway {
             let query = query.to_string();
             let Some(body) = self.read_form_body(session).await? else {
                 ctx.route = RouteLabel::Local;
+                // The rest of the body is unread: the connection cannot carry another request.
+                session.set_keepalive(None);
                 let msg = format!("request body over {MAX_ROUTED_BODY} bytes");
                 respond(session, 413, TEXT, Bytes::from(msg)).await?;
                 return Ok(true);
@@ -342,6 +344,39 @@ impl ProxyHttp for Gateway {
             upstream_request.insert_header("x-forwarded-for", value)?;
         }
         Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
+        // pingora's default answers an empty body; say what happened, as Nacos answers do.
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if code > 0 {
+            let why = match code {
+                503 => "no registry node is ready".to_string(),
+                502 => "no registry node answered".to_string(),
+                400 => "malformed request".to_string(),
+                _ => format!("gateway error: {}", e.etype().as_str()),
+            };
+            if let Err(err) = session
+                .respond_error_with_body(code, Bytes::from(why))
+                .await
+            {
+                tracing::debug!(error = %err, "cannot answer the client");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
     }
 
     fn fail_to_connect(

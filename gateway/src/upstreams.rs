@@ -46,7 +46,8 @@ impl Upstream {
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(t.connect);
         peer.options.read_timeout = Some(t.read);
-        peer.options.write_timeout = Some(t.read);
+        // No write timeout: requests are small (the read timeout bounds a stuck node), and
+        // each armed timer costs on every request.
         // Nodes keep idle connections for a while; reuse them rather than reconnect.
         peer.options.idle_timeout = Some(Duration::from_secs(50));
         Self {
