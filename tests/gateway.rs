@@ -407,6 +407,40 @@ async fn without_a_ready_node_clients_get_a_clear_503() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gateway_with_the_wrong_secret_uses_no_node_and_says_why() -> Result<()> {
+    let s = setup(&[])?;
+    let nodes = (0..3)
+        .map(|i| s.cluster.node(i).addr().to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let g = GatewayProcess::start(
+        bin(),
+        &s._root.path().join("gw-wrong"),
+        nacre_testkit::free_loopback_addr()?,
+        "not-the-cluster-secret",
+        &["--upstreams".to_string(), nodes],
+    )?;
+    let gw = Api::new(g.addr());
+    eventually(READY, "the secret mismatch logged", || {
+        let log = g.log_tail(20_000);
+        async move {
+            log.contains("cluster secret is not the nodes'")
+                .then_some(())
+        }
+    })
+    .await?;
+    assert_eq!(
+        gw.call("GET", "/nacre/gateway/ready", &[]).await.status,
+        503
+    );
+    let r = gw
+        .call("GET", "/nacos/v1/ns/instance/list", &[("serviceName", "x")])
+        .await;
+    assert_eq!(r.status, 503, "{r:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_stops_the_gateway_cleanly() -> Result<()> {
     let mut s = setup(&[])?;
     let started = Instant::now();

@@ -55,10 +55,11 @@ pub async fn run(shared: Arc<Shared>, discovery: Discovery, shutdown: Cancellati
     let interval = Duration::from_millis(shared.settings.probe_interval_ms);
     let mut followers: HashMap<(SocketAddr, String), CancellationToken> = HashMap::new();
     let mut misses: HashMap<SocketAddr, u32> = HashMap::new();
+    let mut probe_states: HashMap<String, String> = HashMap::new();
     let mut tasks = JoinSet::new();
     loop {
         let addresses = members.borrow_and_update().clone();
-        let mut ready = probe_all(&shared, &client, &addresses).await;
+        let mut ready = probe_all(&shared, &client, &addresses, &mut probe_states).await;
         // Nodes of the view that missed this probe stay in the ring (out of rotation) until
         // they miss DOWN_AFTER in a row.
         let current = shared.upstreams.view();
@@ -131,6 +132,7 @@ async fn probe_all(
     shared: &Arc<Shared>,
     client: &reqwest::Client,
     addresses: &[String],
+    states: &mut HashMap<String, String>,
 ) -> Vec<Ready> {
     let timeout = Duration::from_millis(shared.settings.probe_timeout_ms);
     let secret = shared.settings.cluster_secret.clone().unwrap_or_default();
@@ -147,12 +149,26 @@ async fn probe_all(
     let mut ready = Vec::new();
     while let Some(r) = set.join_next().await {
         let Ok((address, outcome)) = r else { continue };
-        match outcome {
-            Ok(Some(r)) => ready.push(r),
-            Ok(None) => tracing::debug!(%address, "node not ready"),
-            Err(e) => tracing::debug!(%address, error = %e, "probe failed"),
+        // Logged when a node's probe outcome changes, not on every probe: a wrong secret
+        // (401) or an unreachable node must be visible without flooding the log.
+        let state = match &outcome {
+            Ok(Some(_)) => "ready".to_string(),
+            Ok(None) => "not ready".to_string(),
+            Err(e) => e.clone(),
+        };
+        if states.get(&address) != Some(&state) {
+            match &outcome {
+                Ok(Some(_)) => tracing::info!(%address, "node ready"),
+                Ok(None) => tracing::info!(%address, "node answers but is not ready"),
+                Err(e) => tracing::warn!(%address, error = %e, "node probe failed"),
+            }
+            states.insert(address.clone(), state);
+        }
+        if let Ok(Some(r)) = outcome {
+            ready.push(r);
         }
     }
+    states.retain(|a, _| addresses.contains(a));
     ready.sort_by(|a, b| a.name.cmp(&b.name));
     ready
 }
@@ -171,8 +187,15 @@ async fn probe(
         .send()
         .await
         .map_err(|e| e.to_string())?;
-    if !resp.status().is_success() {
-        return Err(format!("status {}", resp.status()));
+    match resp.status().as_u16() {
+        200..=299 => {}
+        401 | 403 => {
+            return Err(format!(
+                "status {}: the gateway's cluster secret is not the nodes'",
+                resp.status()
+            ))
+        }
+        _ => return Err(format!("status {}", resp.status())),
     }
     let ping: Ping = resp.json().await.map_err(|e| e.to_string())?;
     Ok(ping.ready.then_some(Ready {
