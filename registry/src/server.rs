@@ -317,6 +317,23 @@ pub async fn run(
         )));
     }
 
+    // Readiness waits for a read-index barrier (see `PersistentStore::catch_up`): a restarted
+    // node must not serve persistent data from before its crash as current.
+    let catcher = persistent.clone();
+    let stop = tasks.clone();
+    handles.push(spawn_in_span(async move {
+        loop {
+            if catcher.catch_up(Duration::from_secs(5)).await {
+                tracing::info!("persistent state caught up with the leader");
+                break;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
+    }));
+
     let sweeper = node.clone();
     let stop = tasks.clone();
     let every = Duration::from_millis(settings.expiry_interval_ms);

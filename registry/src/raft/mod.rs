@@ -13,6 +13,7 @@ pub mod types;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -151,6 +152,8 @@ pub struct RaftStatus {
 
 /// Route on which the leader accepts commands forwarded by followers.
 pub const WRITE_PATH: &str = "/nacre/internal/raft/write";
+/// Route on which the leader answers its read index (a commit index confirmed by a quorum).
+pub const READ_INDEX_PATH: &str = "/nacre/internal/raft/read-index";
 
 /// A committed write as the leader reports it to a forwarding follower.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -170,6 +173,9 @@ struct Inner {
     commit_index: Arc<CommitIndex>,
     secret: String,
     apply_latency: Option<prometheus::Histogram>,
+    /// Set once this node has applied everything committed when it started: see
+    /// [`PersistentStore::catch_up`].
+    caught_up: std::sync::atomic::AtomicBool,
 }
 
 /// The node's persistent store handle. Cheap to clone.
@@ -270,6 +276,7 @@ impl PersistentStore {
                 commit_index: store.commit_index,
                 secret: settings.cluster_secret,
                 apply_latency: settings.apply_latency,
+                caught_up: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -390,12 +397,70 @@ impl PersistentStore {
     /// Every leader's first entry of its term is a blank entry that is committed only after
     /// everything earlier is, so having applied any entry of the current term means every
     /// write acknowledged before this leader took over is visible locally.
+    ///
+    /// That rule alone misses a node restarted while the term stayed the same: its old entries
+    /// are of the current term, yet entries committed while it was down are missing. So a node
+    /// is also ready only after [`PersistentStore::catch_up`] succeeded once.
     pub fn is_ready(&self) -> bool {
+        self.has_current_leader() && self.inner.caught_up.load(Ordering::Acquire)
+    }
+
+    fn has_current_leader(&self) -> bool {
         let m = self.inner.raft.metrics();
         let m = m.borrow();
         m.current_leader.is_some()
             && m.last_applied
                 .is_some_and(|l| l.leader_id.term >= m.current_term)
+    }
+
+    /// Read-index barrier, run once after start: asks the leader for a commit index confirmed
+    /// by a quorum *now* and waits until this node has applied it. Returns whether it is done
+    /// (it keeps failing while no leader is known).
+    pub async fn catch_up(&self, timeout: Duration) -> bool {
+        if self.inner.caught_up.load(Ordering::Acquire) {
+            return true;
+        }
+        if !self.has_current_leader() {
+            return false;
+        }
+        let leader = self.inner.raft.metrics().borrow().current_leader;
+        let index = if leader == Some(self.inner.node_id) {
+            match self.inner.raft.get_read_log_id().await {
+                Ok((read, _)) => read.map_or(0, |l| l.index),
+                Err(_) => return false,
+            }
+        } else {
+            let Some(addr) = self.leader_addr() else {
+                return false;
+            };
+            match self
+                .inner
+                .peer
+                .get_json::<Option<u64>>(&addr, READ_INDEX_PATH, timeout)
+                .await
+            {
+                Ok(Some(i)) => i,
+                _ => return false,
+            }
+        };
+        if tokio::time::timeout(timeout, self.wait_applied(index))
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        self.inner.caught_up.store(true, Ordering::Release);
+        true
+    }
+
+    fn leader_addr(&self) -> Option<String> {
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        let leader = m.current_leader?;
+        m.membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.addr.clone())
     }
 
     /// Waits until [`is_ready`](Self::is_ready) holds or `timeout` passes; returns readiness.
@@ -405,6 +470,18 @@ impl PersistentStore {
         loop {
             if self.is_ready() {
                 return true;
+            }
+            if self.has_current_leader() {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if self.catch_up(left).await {
+                    continue;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return false;
+                }
+                // The leader may not have confirmed a quorum yet: ask again shortly.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
             }
             match tokio::time::timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) => {}
@@ -453,6 +530,7 @@ impl PersistentStore {
     pub fn router(&self) -> axum::Router {
         let write = axum::Router::new()
             .route(WRITE_PATH, axum::routing::post(forwarded_write))
+            .route(READ_INDEX_PATH, axum::routing::get(read_index))
             .with_state(self.clone())
             .layer(axum::middleware::from_fn_with_state(
                 Arc::<str>::from(self.inner.secret.as_str()),
@@ -467,6 +545,18 @@ impl PersistentStore {
             tracing::warn!(error = %e, "raft core ended abnormally");
         }
     }
+}
+
+/// The leader's read index for a catching-up follower: `None` when this node is not the
+/// leader (or cannot confirm it with a quorum).
+async fn read_index(
+    axum::extract::State(store): axum::extract::State<PersistentStore>,
+) -> axum::Json<Option<u64>> {
+    let read = tokio::time::timeout(WRITE_TIMEOUT, store.inner.raft.get_read_log_id()).await;
+    axum::Json(match read {
+        Ok(Ok((read, _))) => Some(read.map_or(0, |l| l.index)),
+        _ => None,
+    })
 }
 
 /// The leader's side of write forwarding: proposes locally, never forwards again.
