@@ -154,6 +154,11 @@ pub struct RaftStatus {
 pub const WRITE_PATH: &str = "/nacre/internal/raft/write";
 /// Route on which the leader answers its read index (a commit index confirmed by a quorum).
 pub const READ_INDEX_PATH: &str = "/nacre/internal/raft/read-index";
+/// Route on which a node answers once it has applied a log index (or a short wait passed).
+pub const APPLIED_PATH: &str = "/nacre/internal/raft/applied";
+/// How long a write waits for the other members to apply it (read-your-writes from any node;
+/// a slow or dead member costs this much latency, never the write).
+const PEER_APPLY_WAIT: Duration = Duration::from_millis(500);
 
 /// A committed write as the leader reports it to a forwarding follower.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -298,13 +303,16 @@ impl PersistentStore {
                         "no commit within {WRITE_TIMEOUT:?}"
                     )))
                 }
-                Ok(Ok(result)) => {
+                Ok(Ok(committed)) => {
+                    // Legacy clients send each request to any server: the next read may go to
+                    // another member, so it must have applied the write too.
+                    self.wait_peers_applied(committed.index).await;
                     // Only committed writes are observed: fast refusals would otherwise drag
                     // the latency distribution towards zero.
                     if let Some(h) = &self.inner.apply_latency {
                         h.observe(started.elapsed().as_secs_f64());
                     }
-                    return Ok(result);
+                    return Ok(committed.result);
                 }
                 Ok(Err(e @ WriteError::Fatal(_))) => return Err(e),
                 Ok(Err(e)) => last_err = e,
@@ -316,7 +324,7 @@ impl PersistentStore {
         }
     }
 
-    async fn write_once(&self, cmd: Command) -> Result<CommandResult, WriteError> {
+    async fn write_once(&self, cmd: Command) -> Result<Committed, WriteError> {
         match self.write_local(cmd.clone()).await {
             Err(WriteError::NotLeader {
                 leader: Some(leader),
@@ -329,10 +337,34 @@ impl PersistentStore {
                     .map_err(|e| WriteError::Unavailable(format!("forwarding to leader: {e}")))?;
                 let committed = committed?;
                 self.wait_applied(committed.index).await;
-                Ok(committed.result)
+                Ok(committed)
             }
-            other => other.map(|c| c.result),
+            other => other,
         }
+    }
+
+    /// Asks every other member to confirm it has applied `index`, each waiting at most
+    /// [`PEER_APPLY_WAIT`]; failures are ignored (the member catches up on its own).
+    async fn wait_peers_applied(&self, index: u64) {
+        let peers: Vec<String> = {
+            let m = self.inner.raft.metrics();
+            let m = m.borrow();
+            m.membership_config
+                .membership()
+                .nodes()
+                .filter(|(id, _)| **id != self.inner.node_id)
+                .map(|(_, n)| n.addr.clone())
+                .collect()
+        };
+        let path = format!("{APPLIED_PATH}?index={index}");
+        let asks = peers.iter().map(|addr| {
+            self.inner.peer.get_json::<bool>(
+                addr,
+                &path,
+                PEER_APPLY_WAIT + Duration::from_millis(100),
+            )
+        });
+        futures::future::join_all(asks).await;
     }
 
     /// Proposes `cmd` on this node only: `NotLeader` when it is not the leader.
@@ -531,6 +563,7 @@ impl PersistentStore {
         let write = axum::Router::new()
             .route(WRITE_PATH, axum::routing::post(forwarded_write))
             .route(READ_INDEX_PATH, axum::routing::get(read_index))
+            .route(APPLIED_PATH, axum::routing::get(applied))
             .with_state(self.clone())
             .layer(axum::middleware::from_fn_with_state(
                 Arc::<str>::from(self.inner.secret.as_str()),
@@ -557,6 +590,22 @@ async fn read_index(
         Ok(Ok((read, _))) => Some(read.map_or(0, |l| l.index)),
         _ => None,
     })
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct AppliedQuery {
+    index: u64,
+}
+
+/// Answers `true` once this node has applied `index`, `false` after [`PEER_APPLY_WAIT`].
+async fn applied(
+    axum::extract::State(store): axum::extract::State<PersistentStore>,
+    axum::extract::Query(q): axum::extract::Query<AppliedQuery>,
+) -> axum::Json<bool> {
+    let done = tokio::time::timeout(PEER_APPLY_WAIT, store.wait_applied(q.index))
+        .await
+        .is_ok();
+    axum::Json(done)
 }
 
 /// The leader's side of write forwarding: proposes locally, never forwards again.
