@@ -103,9 +103,9 @@ pub fn service_hosts(data: &str) -> Result<(String, HashSet<(String, u16)>), Pac
     ))
 }
 
-/// Counters and latencies of the push side of a run.
-#[derive(Clone, Debug)]
-pub struct PushStats {
+/// Counters of the push side of a run, as counted and as reported.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PushCounts {
     pub received: u64,
     pub gzip: u64,
     pub acked: u64,
@@ -117,6 +117,12 @@ pub struct PushStats {
     /// Changes overtaken by a newer change to the same instance before any push showed them
     /// (a debounced server pushes only the latest state).
     pub superseded: u64,
+}
+
+/// Counters and latencies of the push side of a run.
+#[derive(Clone, Debug)]
+pub struct PushStats {
+    pub counts: PushCounts,
     pub latency: Histogram<u64>,
 }
 
@@ -138,13 +144,7 @@ impl PushTracker {
             state: Mutex::new(TrackerState {
                 pending: HashMap::new(),
                 stats: PushStats {
-                    received: 0,
-                    gzip: 0,
-                    acked: 0,
-                    decode_errors: 0,
-                    changes: 0,
-                    observed: 0,
-                    superseded: 0,
+                    counts: PushCounts::default(),
                     latency: new_histogram()?,
                 },
             }),
@@ -162,12 +162,12 @@ impl PushTracker {
     /// replaces an unobserved older one: only the latest state can show up in a push.
     pub fn note_change(&self, change: Change, sent: Instant) {
         let mut st = self.lock();
-        st.stats.changes += 1;
+        st.stats.counts.changes += 1;
         let TrackerState { pending, stats } = &mut *st;
         let list = pending.entry(change.service.clone()).or_default();
         let before = list.len();
         list.retain(|(c, _)| !(c.ip == change.ip && c.port == change.port));
-        stats.superseded += (before - list.len()) as u64;
+        stats.counts.superseded += (before - list.len()) as u64;
         list.push((change, sent));
     }
 
@@ -181,7 +181,7 @@ impl PushTracker {
         list.retain(|(c, sent)| {
             let present = hosts.contains(&(c.ip.to_string(), c.port));
             if present == c.appear {
-                stats.observed += 1;
+                stats.counts.observed += 1;
                 record_latency(&mut stats.latency, at.saturating_duration_since(*sent));
                 false
             } else {
@@ -192,15 +192,15 @@ impl PushTracker {
 
     fn count_packet(&self, gzip: bool, acked: bool) {
         let mut st = self.lock();
-        st.stats.received += 1;
-        st.stats.gzip += u64::from(gzip);
-        st.stats.acked += u64::from(acked);
+        st.stats.counts.received += 1;
+        st.stats.counts.gzip += u64::from(gzip);
+        st.stats.counts.acked += u64::from(acked);
     }
 
     fn count_decode_error(&self) {
         let mut st = self.lock();
-        st.stats.received += 1;
-        st.stats.decode_errors += 1;
+        st.stats.counts.received += 1;
+        st.stats.counts.decode_errors += 1;
     }
 
     pub fn snapshot(&self) -> PushStats {
@@ -294,21 +294,24 @@ mod tests {
         let with: HashSet<(String, u16)> = [("127.0.0.9".to_string(), 8080)].into();
         // A push of the old state does not count.
         t.observe("DEFAULT_GROUP@@s", &none, t0 + Duration::from_millis(10));
-        assert_eq!(t.snapshot().observed, 0);
+        assert_eq!(t.snapshot().counts.observed, 0);
         t.observe("DEFAULT_GROUP@@s", &with, t0 + Duration::from_millis(60));
         let s = t.snapshot();
-        assert_eq!((s.changes, s.observed), (1, 1));
+        assert_eq!((s.counts.changes, s.counts.observed), (1, 1));
         assert_eq!(s.latency.max() / 1000, 60);
         // The vanishing is matched by a push without it.
         t.note_change(change(false), t0);
         t.observe("DEFAULT_GROUP@@s", &with, t0);
-        assert_eq!(t.snapshot().observed, 1);
+        assert_eq!(t.snapshot().counts.observed, 1);
         t.observe("DEFAULT_GROUP@@s", &none, t0);
-        assert_eq!(t.snapshot().observed, 2);
+        assert_eq!(t.snapshot().counts.observed, 2);
         // Appear then vanish before any push: the first is superseded, never observed.
         t.note_change(change(true), t0);
         t.note_change(change(false), t0);
         let s = t.snapshot();
-        assert_eq!((s.changes, s.observed, s.superseded), (4, 2, 1));
+        assert_eq!(
+            (s.counts.changes, s.counts.observed, s.counts.superseded),
+            (4, 2, 1)
+        );
     }
 }

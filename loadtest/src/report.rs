@@ -9,7 +9,7 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use crate::error::LoadtestError;
-use crate::push::PushStats;
+use crate::push::{PushCounts, PushStats};
 use crate::stats::{quantile_ms, OpStats, Stats};
 
 /// Latency summary in milliseconds (successful requests only).
@@ -90,16 +90,9 @@ pub struct ProcReport {
 /// The push side (scenarios that subscribe).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PushReport {
-    pub received: u64,
-    pub gzip: u64,
-    pub acked: u64,
-    pub decode_errors: u64,
-    /// Changes made that subscribers should hear about.
-    pub changes: u64,
-    /// Changes seen in a push.
-    pub observed: u64,
-    /// Changes overtaken by a newer one to the same instance before a push showed them.
-    pub superseded: u64,
+    /// Packets, decode errors, and changes made / seen / superseded.
+    #[serde(flatten)]
+    pub counts: PushCounts,
     /// Push latency (change sent → packet received) of observed changes.
     #[serde(flatten)]
     pub latency: Latency,
@@ -108,13 +101,7 @@ pub struct PushReport {
 impl PushReport {
     pub fn of(p: &PushStats) -> PushReport {
         PushReport {
-            received: p.received,
-            gzip: p.gzip,
-            acked: p.acked,
-            decode_errors: p.decode_errors,
-            changes: p.changes,
-            observed: p.observed,
-            superseded: p.superseded,
+            counts: p.counts.clone(),
             latency: Latency::of(&p.latency),
         }
     }
@@ -213,7 +200,7 @@ impl Report {
                 errors_by_kind: kinds(s),
             })
             .collect();
-        let push_errors = m.push.as_ref().map_or(0, |p| p.decode_errors);
+        let push_errors = m.push.as_ref().map_or(0, |p| p.counts.decode_errors);
         let mut errors_by_kind = kinds(&total);
         if push_errors > 0 {
             errors_by_kind.insert("push_decode".into(), push_errors);
@@ -381,11 +368,12 @@ pub fn render(r: &Report) -> String {
         let _ = writeln!(out, "errors: {}", kinds.join(", "));
     }
     if let Some(p) = &r.push {
+        let c = &p.counts;
         let _ = writeln!(
             out,
             "push: {} packets ({} gzip, {} acked, {} undecodable); of {} changes {} seen, {} superseded before a push, {} never seen; latency p50 {:.1} ms p99 {:.1} ms max {:.1} ms",
-            p.received, p.gzip, p.acked, p.decode_errors, p.changes, p.observed, p.superseded,
-            p.changes.saturating_sub(p.observed + p.superseded),
+            c.received, c.gzip, c.acked, c.decode_errors, c.changes, c.observed, c.superseded,
+            c.changes.saturating_sub(c.observed + c.superseded),
             p.latency.p50_ms, p.latency.p99_ms, p.latency.max_ms
         );
     }
