@@ -132,8 +132,6 @@ pub struct Node {
     clock: Clock,
     health: crate::health::HealthOverlay,
     changes: Arc<crate::changes::Changes>,
-    /// Set once the node has been ready: see [`Node::is_ready`].
-    was_ready: std::sync::atomic::AtomicBool,
 }
 
 impl Node {
@@ -156,7 +154,6 @@ impl Node {
             clock,
             health: crate::health::HealthOverlay::new(),
             changes,
-            was_ready: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -221,21 +218,10 @@ impl Node {
         self.clock.now_ms()
     }
 
-    /// Ready to serve: the ephemeral snapshot is loaded, and the persistent store has had a
-    /// leader and caught up. Once reached, readiness stays: a Raft election later (the leader
-    /// died) must not turn the whole node away — ephemeral reads and writes are AP and go on,
-    /// and only persistent writes wait for the new leader. Before this latch, killing the
-    /// leader made every survivor answer 503 to everything for the election's duration.
+    /// Ready to serve: the ephemeral snapshot is loaded and the persistent store has caught up.
+    /// Both hold for good once reached (see [`PersistentStore::is_ready`]).
     pub fn is_ready(&self) -> bool {
-        use std::sync::atomic::Ordering;
-        if self.was_ready.load(Ordering::Acquire) {
-            return true;
-        }
-        let ready = self.distro.is_loaded() && self.persistent.is_ready();
-        if ready {
-            self.was_ready.store(true, Ordering::Release);
-        }
-        ready
+        self.distro.is_loaded() && self.persistent.is_ready()
     }
 
     /// Forgets the change generations of services that exist nowhere any more.

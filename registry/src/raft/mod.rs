@@ -423,20 +423,22 @@ impl PersistentStore {
         f(&self.inner.state.read())
     }
 
-    /// Whether local reads are current enough to serve.
+    /// Whether local reads are current enough to serve: this node has passed the read-index
+    /// barrier of [`PersistentStore::catch_up`] once.
     ///
-    /// Rule: a leader is known **and** this node has applied an entry of the current term.
-    /// Every leader's first entry of its term is a blank entry that is committed only after
-    /// everything earlier is, so having applied any entry of the current term means every
-    /// write acknowledged before this leader took over is visible locally.
-    ///
-    /// That rule alone misses a node restarted while the term stayed the same: its old entries
-    /// are of the current term, yet entries committed while it was down are missing. So a node
-    /// is also ready only after [`PersistentStore::catch_up`] succeeded once.
+    /// It stays ready afterwards. A later Raft election (the leader died) must not turn the
+    /// whole node away: ephemeral reads and writes are AP and go on, and only persistent writes
+    /// wait for the new leader. (When readiness followed the current leader, killing the leader
+    /// made every survivor answer 503 to everything for the election's duration.)
     pub fn is_ready(&self) -> bool {
-        self.has_current_leader() && self.inner.caught_up.load(Ordering::Acquire)
+        self.inner.caught_up.load(Ordering::Acquire)
     }
 
+    /// A leader is known **and** this node has applied an entry of the current term. Every
+    /// leader's first entry of its term is a blank entry committed only after everything
+    /// earlier, so this already covers a node that followed an election. It misses a node
+    /// restarted within one term (its old entries are of the current term, yet entries
+    /// committed while it was down are missing), hence the barrier on top.
     fn has_current_leader(&self) -> bool {
         let m = self.inner.raft.metrics();
         let m = m.borrow();
