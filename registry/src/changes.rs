@@ -14,10 +14,12 @@
 //! The same counter is the cursor of the *change feed* that gateways follow to invalidate
 //! their caches: a bounded log of recent (generation, service) events. A reader whose cursor
 //! fell out of the log, or that comes from another incarnation of this node (`epoch`), is told
-//! to reset (drop everything it derived) instead of being handed a silent gap.
+//! to reset (drop everything it derived) instead of being handed a silent gap. The log is kept
+//! only once a reader has come: a node nobody follows pays nothing for it on the write path,
+//! and a first reader is told to reset anyway.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use nacre_ring::ServiceKey;
@@ -38,6 +40,8 @@ pub struct Changes {
     epoch: u64,
     /// The newest generation, for feed readers waiting on the next change.
     newest: tokio::sync::watch::Sender<u64>,
+    /// Set by the first feed read; until then no event is logged.
+    followed: AtomicBool,
 }
 
 impl Default for Changes {
@@ -87,6 +91,7 @@ impl Changes {
             generations: RwLock::new(Generations::default()),
             epoch: rand::random::<u64>() | 1,
             newest: tokio::sync::watch::Sender::new(0),
+            followed: AtomicBool::new(false),
         }
     }
 
@@ -101,6 +106,11 @@ impl Changes {
             None => {
                 gens.by_key.insert(key.clone(), g);
             }
+        }
+        // Checked under the write lock, which the first reader takes to set it: a change is
+        // either logged or at most the first reader's starting point.
+        if !self.followed.load(Ordering::Acquire) {
+            return g;
         }
         if gens.log.len() >= FEED_CAPACITY {
             if let Some(old) = gens.log.pop_front() {
@@ -124,6 +134,13 @@ impl Changes {
 
     /// The changes after `cursor` (of `epoch`), without waiting.
     pub fn read(&self, epoch: u64, cursor: u64) -> FeedPage {
+        if !self.followed.load(Ordering::Acquire) {
+            // First reader: logging starts now, and everything before counts as evicted (a
+            // cursor from before can only be answered with a reset).
+            let mut gens = self.generations.write();
+            gens.evicted_through = gens.evicted_through.max(self.seq.load(Ordering::Acquire));
+            self.followed.store(true, Ordering::Release);
+        }
         let gens = self.generations.read();
         let current = self.seq.load(Ordering::Acquire);
         let reset = epoch != self.epoch || cursor > current || cursor < gens.evicted_through;
@@ -281,6 +298,7 @@ mod tests {
     #[test]
     fn a_long_backlog_comes_in_batches_without_loss() {
         let c = Changes::new();
+        c.read(c.epoch(), 0); // a reader follows from the start
         let n = FEED_BATCH + 10;
         for i in 0..n {
             c.bump(&ServiceKey::new("public", "G", format!("s{i}")));
@@ -290,6 +308,22 @@ mod tests {
         let p2 = c.read(c.epoch(), p1.cursor);
         assert_eq!(p2.keys.len(), 10);
         assert_eq!(p2.keys[9].service, format!("s{}", n - 1));
+    }
+
+    #[test]
+    fn nothing_is_logged_until_a_reader_comes() {
+        let c = Changes::new();
+        let a = ServiceKey::new("public", "G", "a");
+        c.bump(&a);
+        assert!(c.generations.read().log.is_empty());
+        let first = c.read(c.epoch(), 0);
+        assert!(first.reset, "a first reader always resets");
+        c.bump(&a);
+        assert_eq!(c.read(c.epoch(), first.cursor).keys, vec![a]);
+        assert!(
+            c.read(c.epoch(), 0).reset,
+            "a cursor from before the log started"
+        );
     }
 
     #[tokio::test]
