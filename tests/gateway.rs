@@ -81,10 +81,6 @@ fn setup(gateway_args: &[&str]) -> Result<Setup> {
     })
 }
 
-async fn ips(api: &Api, service: &str) -> Vec<String> {
-    api.ips(service).await
-}
-
 async fn register(api: &Api, service: &str, ip: &str) -> Result<()> {
     // A form body, as the Node and Python clients send it: the gateway must read it to route.
     let r = api
@@ -110,7 +106,7 @@ async fn writes_reach_the_owner_and_reads_right_after_see_them() -> Result<()> {
         let ip = format!("10.1.0.{i}");
         register(&gw, &service, &ip).await?;
         // Read-your-writes through the gateway, with no wait.
-        assert_eq!(ips(&gw, &service).await, vec![ip.clone()], "{service}");
+        assert_eq!(gw.ips(&service).await, vec![ip.clone()], "{service}");
         let r = gw
             .call(
                 "DELETE",
@@ -119,10 +115,7 @@ async fn writes_reach_the_owner_and_reads_right_after_see_them() -> Result<()> {
             )
             .await;
         assert_eq!(r.body, "ok");
-        assert!(
-            ips(&gw, &service).await.is_empty(),
-            "{service} after delete"
-        );
+        assert!(gw.ips(&service).await.is_empty(), "{service} after delete");
     }
     // Every write arrived at its owner: no node had to forward one.
     let forwarded = s
@@ -151,12 +144,12 @@ async fn cache_hits_stay_in_the_gateway_and_changes_on_nodes_invalidate_them() -
     let s = setup(&[])?;
     let gw = s.gw();
     register(&gw, "cached", "10.2.0.1").await?;
-    assert_eq!(ips(&gw, "cached").await, vec!["10.2.0.1"]);
+    assert_eq!(gw.ips("cached").await, vec!["10.2.0.1"]);
     let list_api = "nacre_http_requests_total{api=\"GET /nacos/v1/ns/instance/list\"";
     let node_lists = s.nodes_metric(list_api).await;
     let hits = gw.metric("nacre_gateway_cache_total{result=\"hit\"}").await;
     for _ in 0..100 {
-        assert_eq!(ips(&gw, "cached").await, vec!["10.2.0.1"]);
+        assert_eq!(gw.ips("cached").await, vec!["10.2.0.1"]);
     }
     assert_eq!(
         s.nodes_metric(list_api).await,
@@ -174,7 +167,7 @@ async fn cache_hits_stay_in_the_gateway_and_changes_on_nodes_invalidate_them() -
         let (gw, stop) = (s.gw(), stop.clone());
         readers.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                ips(&gw, "cached").await;
+                gw.ips("cached").await;
             }
         }));
     }
@@ -206,7 +199,7 @@ async fn cache_hits_stay_in_the_gateway_and_changes_on_nodes_invalidate_them() -
             &format!("round {round} through the gateway"),
             || {
                 let (gw, want) = (s.gw(), want.clone());
-                async move { (ips(&gw, "cached").await == want).then_some(()) }
+                async move { (gw.ips("cached").await == want).then_some(()) }
             },
         )
         .await?;
@@ -247,7 +240,7 @@ async fn a_read_right_after_a_write_never_gets_a_cached_older_answer() -> Result
         let (gw, stop) = (s.gw(), stop.clone());
         readers.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                ips(&gw, "racy").await;
+                gw.ips("racy").await;
             }
         }));
     }
@@ -257,7 +250,7 @@ async fn a_read_right_after_a_write_never_gets_a_cached_older_answer() -> Result
         register(&gw, "racy", &ip).await?;
         expected.push(ip);
         expected.sort();
-        assert_eq!(ips(&gw, "racy").await, expected, "right after write {i}");
+        assert_eq!(gw.ips("racy").await, expected, "right after write {i}");
     }
     stop.store(true, Ordering::Relaxed);
     for r in readers {
@@ -299,7 +292,7 @@ async fn the_endpoint_answers_the_advertised_gateways_and_internal_paths_stay_hi
         )
         .await;
     assert_eq!(r.status, 413, "{r:?}");
-    assert!(ips(&gw, "big").await.is_empty());
+    assert!(gw.ips("big").await.is_empty());
     // Client mistakes are the nodes' 4xx answers, passed through.
     let r = gw
         .call("POST", "/nacos/v1/ns/instance", &[("serviceName", "x")])
@@ -342,7 +335,7 @@ async fn nodes_found_through_an_address_server_are_followed() -> Result<()> {
     // through the other at once, and no node forwarded anything.
     let other = Api::new(g.addr());
     register(&other, "via-endpoint", "10.5.0.1").await?;
-    assert_eq!(ips(&s.gw(), "via-endpoint").await, vec!["10.5.0.1"]);
+    assert_eq!(s.gw().ips("via-endpoint").await, vec!["10.5.0.1"]);
     let forwarded = s
         .nodes_metric("nacre_forwards_total{result=\"forwarded\"}")
         .await;
@@ -373,7 +366,7 @@ async fn nodes_found_through_dns_are_probed_and_used() -> Result<()> {
     g.wait_ready(1, READY)?;
     let gw = Api::new(g.addr());
     register(&gw, "via-dns", "10.6.0.1").await?;
-    assert_eq!(ips(&gw, "via-dns").await, vec!["10.6.0.1"]);
+    assert_eq!(gw.ips("via-dns").await, vec!["10.6.0.1"]);
     Ok(())
 }
 
@@ -486,7 +479,7 @@ async fn killing_a_node_under_load_keeps_clients_working() -> Result<()> {
                 let ip = format!("10.4.0.{i}");
                 let (ok, what) = match k % 3 {
                     0 => {
-                        let got = ips(&gw, svc).await;
+                        let got = gw.ips(svc).await;
                         (got.contains(&ip), format!("list {svc}: {got:?}"))
                     }
                     1 => {
