@@ -65,30 +65,10 @@ if ! command -v nginx >/dev/null 2>&1; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light
 fi
-if [ -z "$PREBUILT" ]; then
-    echo "== building nacre (release)"
-    (cd "$ROOT" && nice -n 10 cargo build --release --workspace)
-fi
+# shellcheck source=loadtest/bench/lib.sh
+source "$ROOT/loadtest/bench/lib.sh"
+build_nacre
 
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do
-        kill "$p" 2>/dev/null || true
-        wait "$p" 2>/dev/null || true
-    done
-}
-trap cleanup EXIT
-
-wait_for() { # what, url, text the answer must contain
-    for _ in $(seq 1 150); do
-        if curl -fsS "$2" 2>/dev/null | grep -qF "$3"; then
-            return 0
-        fi
-        sleep 0.2
-    done
-    echo "$1 did not come up ($2 never answered with $3)" >&2
-    return 1
-}
 wait_up() { wait_for "node $1" "http://$1/nacos/v1/ns/operator/metrics" '"status":"UP"'; }
 wait_ready() { wait_for "gateway $1" "http://$1/nacre/gateway/ready" '"feedsFollowed":true'; }
 

@@ -36,30 +36,13 @@ if [ ! -x "$RNACOS" ]; then
     echo "== installing r-nacos 0.8.8 into $CACHE (nice 19; takes a while)"
     nice -n 19 cargo install rnacos --version 0.8.8 --locked --root "$CACHE"
 fi
-if [ -z "$PREBUILT" ]; then
-    echo "== building nacre (release)"
-    (cd "$ROOT" && nice -n 10 cargo build --release -p nacre)
-fi
+# shellcheck source=loadtest/bench/lib.sh
+source "$ROOT/loadtest/bench/lib.sh"
+build_nacre
 
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do
-        kill "$p" 2>/dev/null || true
-        wait "$p" 2>/dev/null || true
-    done
-}
-trap cleanup EXIT
-
-wait_up() { # addr name
-    for _ in $(seq 1 150); do
-        if curl -fsS "http://$1/nacos/v1/ns/operator/metrics" >/dev/null 2>&1; then
-            return 0
-        fi
-        sleep 0.2
-    done
-    echo "$2 on $1 did not come up" >&2
-    return 1
-}
+# Until a node is ready its metrics answer 200 with "status":"DOWN" (and writes get 503), so
+# wait for "UP" where the server says it (nacre); any answer counts for r-nacos.
+wait_up() { wait_for "$2 on $1" "http://$1/nacos/v1/ns/operator/metrics" "${3:-}"; } # addr name [text]
 
 start_nacre() { # data dir; sets NACRE_PID
     rm -rf "$1" && mkdir -p "$1"
@@ -67,7 +50,7 @@ start_nacre() { # data dir; sets NACRE_PID
         >"$1/nacre.log" 2>&1 &
     NACRE_PID=$!
     PIDS+=("$NACRE_PID")
-    wait_up "$NACRE_ADDR" nacre
+    wait_up "$NACRE_ADDR" nacre '"status":"UP"'
 }
 
 start_rnacos() { # data dir; sets RNACOS_PID
