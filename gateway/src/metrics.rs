@@ -80,73 +80,76 @@ impl RouteLabel {
     }
 }
 
+/// `c`, registered in `registry`.
+fn registered<C: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    c: C,
+) -> prometheus::Result<C> {
+    registry.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
 impl Metrics {
     /// Registers every metric in a fresh registry.
     pub fn new() -> prometheus::Result<Self> {
         let registry = Registry::new();
-        let counter = |name: &str, help: &str| -> prometheus::Result<IntCounter> {
-            let c = IntCounter::new(name, help)?;
-            registry.register(Box::new(c.clone()))?;
-            Ok(c)
+        let counter = |name: &str, help: &str| registered(&registry, IntCounter::new(name, help)?);
+        let gauge = |name: &str, help: &str| registered(&registry, IntGauge::new(name, help)?);
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            registered(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), labels)?,
+            )
         };
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "nacre_gateway_requests_total",
-                "Requests by route and status class",
-            ),
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            registered(&registry, IntGaugeVec::new(Opts::new(name, help), labels)?)
+        };
+        let requests = counter_vec(
+            "nacre_gateway_requests_total",
+            "Requests by route and status class",
             &["route", "status"],
         )?;
-        registry.register(Box::new(requests.clone()))?;
-        let cache = IntCounterVec::new(
-            Opts::new("nacre_gateway_cache_total", "List lookups by result"),
+        let cache = counter_vec(
+            "nacre_gateway_cache_total",
+            "List lookups by result",
             &["result"],
         )?;
-        registry.register(Box::new(cache.clone()))?;
-        let inval = IntCounterVec::new(
-            Opts::new(
-                "nacre_gateway_cache_invalidations_total",
-                "Service invalidations by cause",
-            ),
+        let inval = counter_vec(
+            "nacre_gateway_cache_invalidations_total",
+            "Service invalidations by cause",
             &["cause"],
         )?;
-        registry.register(Box::new(inval.clone()))?;
-        let upstream_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "nacre_gateway_upstream_seconds",
-                "Time from choosing a node to the end of its answer",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-            ]),
+        let upstream_seconds = registered(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "nacre_gateway_upstream_seconds",
+                    "Time from choosing a node to the end of its answer",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ]),
+                &["upstream"],
+            )?,
+        )?;
+        let upstream_up = gauge_vec(
+            "nacre_gateway_upstream_up",
+            "1 when a node answers probes and is ready",
             &["upstream"],
         )?;
-        registry.register(Box::new(upstream_seconds.clone()))?;
-        let upstream_up = IntGaugeVec::new(
-            Opts::new(
-                "nacre_gateway_upstream_up",
-                "1 when a node answers probes and is ready",
-            ),
+        let feed_lag_ms = gauge_vec(
+            "nacre_gateway_feed_lag_ms",
+            "Age of the newest change when its feed page arrived",
             &["upstream"],
         )?;
-        registry.register(Box::new(upstream_up.clone()))?;
-        let feed_lag_ms = IntGaugeVec::new(
-            Opts::new(
-                "nacre_gateway_feed_lag_ms",
-                "Age of the newest change when its feed page arrived",
-            ),
-            &["upstream"],
-        )?;
-        registry.register(Box::new(feed_lag_ms.clone()))?;
-        let cache_services = IntGauge::new(
+        let cache_services = gauge(
             "nacre_gateway_cache_services",
             "Services with cached list answers",
         )?;
-        registry.register(Box::new(cache_services.clone()))?;
-        let ring_members = IntGauge::new(
+        let ring_members = gauge(
             "nacre_gateway_ring_members",
             "Ready nodes in the routing ring",
         )?;
-        registry.register(Box::new(ring_members.clone()))?;
         let requests =
             ROUTES.map(|r| CLASSES.map(|c| requests.with_label_values(&[r.as_str(), c])));
         Ok(Self {
