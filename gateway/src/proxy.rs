@@ -16,7 +16,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use crate::cache::{Stored, Ticket};
 use crate::metrics::RouteLabel;
 use crate::route::{self, Local, Params, Variant};
-use crate::upstreams::{Tried, Upstream};
+use crate::upstreams::{Tried, Upstream, View};
 use crate::Shared;
 
 /// Largest form body the gateway reads to find the service (pingora's retry buffer: a body
@@ -57,6 +57,9 @@ pub struct Ctx {
     key: Option<ServiceKey>,
     invalidates: bool,
     fill: Option<Fill>,
+    /// The view the request is routed in, taken once: `tried` indexes into it, so retries
+    /// must not switch to a newer one.
+    view: Option<Arc<View>>,
     tried: Tried,
     upstream: Option<Arc<Upstream>>,
     started: Option<Instant>,
@@ -69,6 +72,7 @@ impl Ctx {
             key: None,
             invalidates: false,
             fill: None,
+            view: None,
             tried: Tried::default(),
             upstream: None,
             started: None,
@@ -288,7 +292,8 @@ impl ProxyHttp for Gateway {
             fresh.then(|| shared.push_seen.insert(seen, ()))
         });
         if refresh.is_none() {
-            if !shared.upstreams.view().feeds_ok() {
+            let view = ctx.view.insert(shared.upstreams.view());
+            if !view.feeds_ok() {
                 shared.metrics.cache_bypassed.inc();
                 ctx.key = Some(key);
                 return Ok(false);
@@ -313,13 +318,13 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let shared = &self.shared;
-        let view = shared.upstreams.view();
+        let view = ctx.view.get_or_insert_with(|| shared.upstreams.view());
         if ctx.tried.any() {
             shared.metrics.retries.inc();
         }
         let up = shared
             .upstreams
-            .pick(&view, ctx.key.as_ref(), &mut ctx.tried)
+            .pick(view, ctx.key.as_ref(), &mut ctx.tried)
             .ok_or_else(|| {
                 Error::explain(ErrorType::HTTPStatus(503), "no registry node is ready")
             })?;
