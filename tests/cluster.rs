@@ -505,17 +505,8 @@ async fn cluster_conf_changes_are_followed_at_runtime() -> Result<()> {
         Duration::from_secs(20),
         "4th node in members, ring and raft",
         || async {
-            let v = cluster_view(&a0).await;
-            let in_members = v["members"]
-                .as_array()?
-                .iter()
-                .any(|m| m["address"] == added.as_str() && m["state"] == "UP");
-            let in_ring = v["ring"].as_array()?.iter().any(|m| m == added.as_str());
-            let in_raft = v["raftMembers"]
-                .as_array()?
-                .iter()
-                .any(|m| m == added.as_str());
-            (in_members && in_ring && in_raft).then_some(())
+            let p = placement(&cluster_view(&a0).await, &added)?;
+            (p.up && p.in_ring && p.in_raft).then_some(())
         },
     )
     .await
@@ -527,16 +518,8 @@ async fn cluster_conf_changes_are_followed_at_runtime() -> Result<()> {
         Duration::from_secs(20),
         "node 1 gone from members and raft",
         || async {
-            let v = cluster_view(&a0).await;
-            let listed = v["members"]
-                .as_array()?
-                .iter()
-                .any(|m| m["address"] == removed.as_str());
-            let in_raft = v["raftMembers"]
-                .as_array()?
-                .iter()
-                .any(|m| m == removed.as_str());
-            (!listed && !in_raft).then_some(())
+            let p = placement(&cluster_view(&a0).await, &removed)?;
+            (!p.listed && !p.in_raft).then_some(())
         },
     )
     .await
@@ -553,6 +536,30 @@ async fn cluster_conf_changes_are_followed_at_runtime() -> Result<()> {
     )
     .await?;
     Ok(())
+}
+
+/// Where a member address appears in a `/nacre/v1/cluster` view.
+struct Placement {
+    /// Among the members, in any state.
+    listed: bool,
+    /// Among the members and UP.
+    up: bool,
+    in_ring: bool,
+    in_raft: bool,
+}
+
+/// `None` when the view lacks one of its lists.
+fn placement(v: &serde_json::Value, addr: &str) -> Option<Placement> {
+    let members = v["members"].as_array()?;
+    let has = |list: &str| -> Option<bool> { Some(v[list].as_array()?.iter().any(|m| m == addr)) };
+    Some(Placement {
+        listed: members.iter().any(|m| m["address"] == addr),
+        up: members
+            .iter()
+            .any(|m| m["address"] == addr && m["state"] == "UP"),
+        in_ring: has("ring")?,
+        in_raft: has("raftMembers")?,
+    })
 }
 
 /// The cluster view, fetched from a blocking context for an error message.
@@ -593,16 +600,8 @@ async fn members_from_an_address_server_form_and_follow_the_cluster() -> Result<
         Duration::from_secs(20),
         "4th member found through the endpoint",
         || async {
-            let v = cluster_view(&a0).await;
-            let listed = v["members"]
-                .as_array()?
-                .iter()
-                .any(|m| m["address"] == added.as_str() && m["state"] == "UP");
-            let in_raft = v["raftMembers"]
-                .as_array()?
-                .iter()
-                .any(|m| m == added.as_str());
-            (listed && in_raft).then_some(())
+            let p = placement(&cluster_view(&a0).await, &added)?;
+            (p.up && p.in_raft).then_some(())
         },
     )
     .await
