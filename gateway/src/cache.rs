@@ -267,8 +267,12 @@ impl ListCache {
         Stored::Yes
     }
 
-    /// Drops every answer of `key`; fetches of it in flight will not be stored.
-    pub fn invalidate(&self, key: &ServiceKey) {
+    /// Drops every answer of `key`; fetches of it in flight will not be stored. Returns false
+    /// (and does nothing) when caching is off.
+    pub fn invalidate(&self, key: &ServiceKey) -> bool {
+        if !self.enabled {
+            return false;
+        }
         let mut fetches = self.state.fetches.lock();
         let at = self.state.seq.fetch_add(1, Ordering::AcqRel);
         if let Some(entry) = fetches.by_key.get_mut(key) {
@@ -277,6 +281,7 @@ impl ListCache {
         if self.slots.contains_key(key) {
             self.slots.invalidate(key);
         }
+        true
     }
 
     /// Drops everything; fetches in flight will not be stored. Used when a change feed may

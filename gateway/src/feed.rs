@@ -70,8 +70,9 @@ pub async fn follow(
                 }
                 let unique: HashSet<&ServiceKey> = page.keys.iter().collect();
                 for key in unique {
-                    shared.cache.invalidate(key);
-                    shared.metrics.invalidations_feed.inc();
+                    if shared.cache.invalidate(key) {
+                        shared.metrics.invalidations_feed.inc();
+                    }
                 }
                 if page.newest_ms > 0 {
                     shared

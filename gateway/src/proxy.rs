@@ -426,10 +426,9 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if ctx.invalidates && self.shared.cache.enabled() {
-            if let Some(key) = &ctx.key {
-                // Before the client hears "ok": its next read must not find the old answer.
-                self.shared.cache.invalidate(key);
+        if let Some(key) = ctx.key.as_ref().filter(|_| ctx.invalidates) {
+            // Before the client hears "ok": its next read must not find the old answer.
+            if self.shared.cache.invalidate(key) {
                 self.shared.metrics.invalidations_write.inc();
             }
         }
