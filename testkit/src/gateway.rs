@@ -107,38 +107,18 @@ impl GatewayProcess {
 
     /// Waits until the gateway routes to `nodes` ready nodes and follows every node's feed.
     pub fn wait_ready(&mut self, nodes: usize, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(c) = self.child.as_mut() {
-                if let Some(status) = c.try_wait()? {
-                    bail!(
-                        "gateway exited ({status}) before ready; log tail:\n{}",
-                        self.log_tail(4000)
-                    );
-                }
-            }
-            let last = match crate::http_get(self.addr, READY_PATH, Duration::from_secs(2)) {
-                Ok((200, body)) => {
-                    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-                    if v["nodes"].as_u64() == Some(nodes as u64)
-                        && v["feedsFollowed"].as_bool() == Some(true)
-                    {
-                        return Ok(());
-                    }
-                    body
-                }
-                Ok((code, body)) => format!("HTTP {code}: {body}"),
-                Err(e) => format!("{e:#}"),
-            };
-            if Instant::now() >= deadline {
-                bail!(
-                    "gateway on {} not ready with {nodes} nodes within {timeout:?} (last: {last}); log tail:\n{}",
-                    self.addr,
-                    self.log_tail(4000)
-                );
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
+        let log = self.log_path();
+        let ready = |v: &serde_json::Value| {
+            v["nodes"].as_u64() == Some(nodes as u64) && v["feedsFollowed"] == true
+        };
+        let r = crate::process::Readiness {
+            what: "gateway",
+            addr: self.addr,
+            path: READY_PATH,
+            ready: &ready,
+            log: &log,
+        };
+        crate::process::wait_ready(&mut self.child, &r, timeout)
     }
 
     /// SIGKILLs the gateway and reaps it.

@@ -180,42 +180,16 @@ impl NodeProcess {
     /// Polls `GET /nacos/v1/ns/operator/metrics` until it answers 200 with JSON
     /// `"status":"UP"`. Fails early (with the log tail) if the child exits.
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.try_exit_status()? {
-                bail!(
-                    "nacre exited ({status}) before becoming ready on {}; log tail:\n{}",
-                    self.addr,
-                    self.log_tail(4000)
-                );
-            }
-            if self.child.is_none() {
-                bail!(
-                    "nacre on {} is not running (killed and not restarted)",
-                    self.addr
-                );
-            }
-            let last = match http_get(self.addr, METRICS_PATH, Duration::from_secs(2)) {
-                Ok((200, body)) => match serde_json::from_str::<serde_json::Value>(&body) {
-                    Ok(v) if v.get("status").and_then(|s| s.as_str()) == Some("UP") => {
-                        return Ok(())
-                    }
-                    Ok(_) => format!("200 but not UP: {body}"),
-                    Err(e) => format!("200 but not JSON ({e}): {body}"),
-                },
-                Ok((code, body)) => format!("HTTP {code}: {body}"),
-                Err(e) => format!("{e:#}"),
-            };
-            if Instant::now() >= deadline {
-                bail!(
-                    "nacre on {} not ready within {:?} (last probe: {last}); log tail:\n{}",
-                    self.addr,
-                    timeout,
-                    self.log_tail(4000)
-                );
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
+        let log = self.log_path();
+        let ready = |v: &serde_json::Value| v["status"] == "UP";
+        let r = process::Readiness {
+            what: "nacre",
+            addr: self.addr,
+            path: METRICS_PATH,
+            ready: &ready,
+            log: &log,
+        };
+        process::wait_ready(&mut self.child, &r, timeout)
     }
 
     /// SIGKILLs the child (no graceful shutdown) and reaps it. No-op if not running.

@@ -1,13 +1,16 @@
 //! Child-process plumbing shared by [`crate::NodeProcess`] and
 //! [`crate::gateway::GatewayProcess`]: output appended to a log file, the log's tail for
-//! failure messages, and `kill -9` with reaping.
+//! failure messages, `kill -9` with reaping, and polling a readiness endpoint.
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 /// Spawns `cmd` with stdin closed and stdout/stderr appended to `log`.
 pub(crate) fn spawn_logged(cmd: &mut Command, log: &Path) -> Result<Child> {
@@ -44,4 +47,63 @@ pub(crate) fn kill9(child: &mut Option<Child>) -> Result<()> {
         c.wait().context("reaping the child")?;
     }
     Ok(())
+}
+
+/// What [`wait_ready`] polls.
+pub(crate) struct Readiness<'a> {
+    /// Names the process in errors ("nacre", "gateway").
+    pub what: &'a str,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The path answering 200 with JSON.
+    pub path: &'a str,
+    /// Whether an answer means ready.
+    pub ready: &'a dyn Fn(&serde_json::Value) -> bool,
+    /// Its log, for failure messages.
+    pub log: &'a Path,
+}
+
+/// Polls `r.path` until `r.ready` accepts its JSON answer, failing early (with the log tail)
+/// when the child exits or was killed, and at `timeout`.
+pub(crate) fn wait_ready(
+    child: &mut Option<Child>,
+    r: &Readiness<'_>,
+    timeout: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let Some(c) = child.as_mut() else {
+            bail!(
+                "{} on {} is not running (killed and not restarted)",
+                r.what,
+                r.addr
+            );
+        };
+        if let Some(status) = c.try_wait()? {
+            bail!(
+                "{} exited ({status}) before becoming ready on {}; log tail:\n{}",
+                r.what,
+                r.addr,
+                log_tail(r.log, 4000)
+            );
+        }
+        let last = match crate::http_get(r.addr, r.path, Duration::from_secs(2)) {
+            Ok((200, body)) => match serde_json::from_str::<serde_json::Value>(&body) {
+                Ok(v) if (r.ready)(&v) => return Ok(()),
+                Ok(_) => format!("200 but not ready: {body}"),
+                Err(e) => format!("200 but not JSON ({e}): {body}"),
+            },
+            Ok((code, body)) => format!("HTTP {code}: {body}"),
+            Err(e) => format!("{e:#}"),
+        };
+        if Instant::now() >= deadline {
+            bail!(
+                "{} on {} not ready within {timeout:?} (last probe: {last}); log tail:\n{}",
+                r.what,
+                r.addr,
+                log_tail(r.log, 4000)
+            );
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
 }
