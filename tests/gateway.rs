@@ -81,6 +81,37 @@ fn setup(gateway_args: &[&str]) -> Result<Setup> {
     })
 }
 
+/// Tasks listing one service through the gateway as fast as they can, until stopped.
+struct Readers {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Readers {
+    fn start(gw: &Api, n: usize, service: &'static str) -> Readers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = (0..n)
+            .map(|_| {
+                let (gw, stop) = (gw.clone(), stop.clone());
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        gw.ips(service).await;
+                    }
+                })
+            })
+            .collect();
+        Readers { stop, tasks }
+    }
+
+    async fn stop(self) -> Result<()> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await?;
+        }
+        Ok(())
+    }
+}
+
 async fn register(api: &Api, service: &str, ip: &str) -> Result<()> {
     // A form body, as the Node and Python clients send it: the gateway must read it to route.
     let r = api
@@ -161,16 +192,7 @@ async fn cache_hits_stay_in_the_gateway_and_changes_on_nodes_invalidate_them() -
 
     // Changes made on the nodes directly (every node in turn, owner or not) while readers
     // keep the cache hot: each shows through the gateway within the bound.
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut readers = Vec::new();
-    for _ in 0..4 {
-        let (gw, stop) = (s.gw(), stop.clone());
-        readers.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                gw.ips("cached").await;
-            }
-        }));
-    }
+    let readers = Readers::start(&s.gw(), 4, "cached");
     let mut delays = Vec::new();
     let mut expected = vec!["10.2.0.1".to_string()];
     for round in 0..21usize {
@@ -205,10 +227,7 @@ async fn cache_hits_stay_in_the_gateway_and_changes_on_nodes_invalidate_them() -
         .await?;
         delays.push(acked.elapsed());
     }
-    stop.store(true, Ordering::Relaxed);
-    for r in readers {
-        r.await?;
-    }
+    readers.stop().await?;
     delays.sort();
     println!(
         "node change visible through the gateway after: median {:?}, max {:?} ({} changes)",
@@ -234,16 +253,7 @@ async fn a_read_right_after_a_write_never_gets_a_cached_older_answer() -> Result
     register(&gw, "racy", "10.3.0.0").await?;
     // Readers refill the cache as fast as they can, so fetches are in flight whenever a write
     // lands: an answer fetched before a write must never be cached after it.
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut readers = Vec::new();
-    for _ in 0..6 {
-        let (gw, stop) = (s.gw(), stop.clone());
-        readers.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                gw.ips("racy").await;
-            }
-        }));
-    }
+    let readers = Readers::start(&gw, 6, "racy");
     let mut expected = vec!["10.3.0.0".to_string()];
     for i in 1..=60 {
         let ip = format!("10.3.0.{i}");
@@ -252,10 +262,7 @@ async fn a_read_right_after_a_write_never_gets_a_cached_older_answer() -> Result
         expected.sort();
         assert_eq!(gw.ips("racy").await, expected, "right after write {i}");
     }
-    stop.store(true, Ordering::Relaxed);
-    for r in readers {
-        r.await?;
-    }
+    readers.stop().await?;
     let skipped = gw
         .metric("nacre_gateway_cache_total{result=\"stale_skipped\"}")
         .await;
