@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use nacre_config::members::Discovery;
 use nacre_config::{ConfigError, GatewaySettings};
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
@@ -93,6 +94,12 @@ impl BackgroundService for Monitor {
     }
 }
 
+/// Client-side write buffer. pingora's default (one MSS) sends a response header in a write of
+/// its own, and the body in a second one whenever the body is larger than that; with room for
+/// a typical list answer, header and body leave in one write. Only the bytes written are ever
+/// touched, so a connection holds at most this much (on top of pingora's 64 KiB read buffer).
+const DOWNSTREAM_WRITE_BUFFER: usize = 32 * 1024;
+
 /// Runs the gateway until `stop`; blocks the calling thread.
 pub fn run(settings: GatewaySettings, stop: Stop) -> Result<(), GatewayError> {
     settings.validate()?;
@@ -118,7 +125,10 @@ pub fn run(settings: GatewaySettings, stop: Stop) -> Result<(), GatewayError> {
         Gateway::new(shared.clone()),
         "nacre gateway",
     );
-    proxy.add_tcp(&settings.listen.to_string());
+    proxy.add_listener(
+        ListenerConfig::tcp(settings.listen.to_string())
+            .l4_buffer(L4BufferSettings::default().write(DOWNSTREAM_WRITE_BUFFER)),
+    );
     server.add_service(proxy);
     server.add_service(background_service(
         "nacre gateway monitor",
