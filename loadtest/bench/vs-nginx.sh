@@ -27,7 +27,8 @@
 # BENCH_REGISTER_INSTANCES (instances per service of the 10 registered services, 10: mostly
 # re-registrations, which a node takes at ~14k/s here; with 1000 per service a node manages
 # only ~1k registrations/s and the proxies would be measured idling),
-# BENCH_PORT_BASE (first loopback port used, default 39100; uses base+1..+3, +10, +11, +20),
+# BENCH_PORT_BASE (first loopback port used, default 29100, below the kernel's ephemeral range
+# where an outgoing connection could hold it; uses base+1..+3, +10, +11, +20),
 # NACRE_BIN (an already built nacre binary: skips the release build).
 # Needs: cargo, curl, python3, and nginx (nginx-light is installed with apt-get when missing).
 set -euo pipefail
@@ -40,7 +41,7 @@ CONC="${BENCH_CONCURRENCY:-64}"
 LIST_INSTANCES="${BENCH_LIST_INSTANCES:-66}"
 REG_INSTANCES="${BENCH_REGISTER_INSTANCES:-10}"
 LIST_METADATA="${BENCH_LIST_METADATA:-128}"
-PORT="${BENCH_PORT_BASE:-39100}"
+PORT="${BENCH_PORT_BASE:-29100}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 PREBUILT="${NACRE_BIN:-}"
 NACRE="${PREBUILT:-$CARGO_TARGET_DIR/release/nacre}"

@@ -8,7 +8,8 @@
 #
 # Knobs (environment): NACRE_BENCH_CACHE (r-nacos install root, default ~/.cache/nacre-bench),
 # NACRE_BENCH_OUT (results dir), BENCH_DURATION (per round, default 10s), BENCH_ROUNDS (3),
-# BENCH_CONCURRENCY (32), BENCH_PORT_BASE (first of the loopback ports used, default 39000),
+# BENCH_CONCURRENCY (32), BENCH_PORT_BASE (first of the loopback ports used, default 29000,
+# below the kernel's ephemeral range, where an outgoing connection could hold it),
 # NACRE_BIN (an already built nacre binary: skips the release build).
 # Needs: cargo, curl, python3; wrk for the harness-cost section (skipped if missing).
 set -euo pipefail
@@ -19,7 +20,7 @@ OUT="${NACRE_BENCH_OUT:-$CACHE/results-$(date +%Y%m%d-%H%M%S)}"
 DURATION="${BENCH_DURATION:-10s}"
 ROUNDS="${BENCH_ROUNDS:-3}"
 CONC="${BENCH_CONCURRENCY:-32}"
-PORT="${BENCH_PORT_BASE:-39000}"
+PORT="${BENCH_PORT_BASE:-29000}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 PREBUILT="${NACRE_BIN:-}"
 NACRE="${PREBUILT:-$CARGO_TARGET_DIR/release/nacre}"
