@@ -12,8 +12,15 @@
 //! a new member is added as a learner (which waits for it to catch up) and then promoted to
 //! voter; a member no longer configured is removed. One change per tick, so a flapping list
 //! can never drop a majority at once.
+//!
+//! **Ids and addresses.** A member's id is pinned in its data dir, so a member found at a new
+//! address is the same member. Every node keeps Raft's
+//! [`PeerDirectory`](super::network::PeerDirectory) in step with where
+//! the pings place each id, which is how RPCs find a moved member before (or without) a leader.
+//! The leader adds or re-addresses a member only under the id the member itself reported; an
+//! id guessed from an address (a member not answering yet) only keeps it from being removed.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,28 +35,49 @@ use crate::membership::Membership;
 /// How long adding a learner may wait for it to catch up before the next tick retries.
 const LEARNER_CATCH_UP: Duration = Duration::from_secs(10);
 
-/// The Raft id of a configured member: what it reported, else the hash of its address.
-fn member_id(membership: &Membership, addr: &str) -> NodeId {
-    membership
-        .peer_status(addr)
-        .and_then(|s| s.node_id)
-        .unwrap_or_else(|| node_id_for(addr))
+/// The configured members by Raft id.
+struct Desired {
+    members: BTreeMap<NodeId, BasicNode>,
+    /// Ids the members reported themselves (this node's included); the others in `members`
+    /// are guesses from the address, for members that have not answered.
+    reported: BTreeSet<NodeId>,
 }
 
-fn desired_members(
-    store: &PersistentStore,
-    membership: &Membership,
-) -> BTreeMap<NodeId, BasicNode> {
+fn desired_members(store: &PersistentStore, membership: &Membership) -> Desired {
+    let mut members = BTreeMap::new();
+    let mut guessed = Vec::new();
+    let configured = membership.configured();
+    for addr in configured.iter() {
+        let reported = if addr == membership.self_addr() {
+            Some(store.node_id())
+        } else {
+            membership.peer_status(addr).and_then(|s| s.node_id)
+        };
+        match reported {
+            Some(id) => {
+                members.insert(id, BasicNode::new(addr));
+            }
+            None => guessed.push((node_id_for(addr), addr)),
+        }
+    }
+    let reported = members.keys().copied().collect();
+    // A guess never displaces a reported id: after a move, an address's hash may well be
+    // another member's real id.
+    for (id, addr) in guessed {
+        members.entry(id).or_insert_with(|| BasicNode::new(addr));
+    }
+    Desired { members, reported }
+}
+
+/// Where each peer that answered its last probe says it is, by the id it reported.
+fn answering_peers(membership: &Membership) -> HashMap<NodeId, String> {
     membership
-        .configured()
-        .iter()
-        .map(|addr| {
-            let id = if addr == membership.self_addr() {
-                store.node_id()
-            } else {
-                member_id(membership, addr)
-            };
-            (id, BasicNode::new(addr))
+        .peers()
+        .into_iter()
+        .filter_map(|addr| {
+            let st = membership.peer_status(&addr)?;
+            let id = st.node_id.filter(|_| st.failures == 0)?;
+            Some((id, addr))
         })
         .collect()
 }
@@ -90,6 +118,7 @@ pub async fn run(
             _ = shutdown.cancelled() => return,
             _ = every.tick() => {}
         }
+        store.peer_directory().replace(answering_peers(&membership));
         if !store.is_initialized() {
             if may_bootstrap(&membership, bootstrap_expect) {
                 bootstrap(&store, &membership).await;
@@ -106,7 +135,7 @@ pub async fn run(
 }
 
 async fn bootstrap(store: &PersistentStore, membership: &Membership) {
-    let members = desired_members(store, membership);
+    let members = desired_members(store, membership).members;
     match store.raft().initialize(members.clone()).await {
         Ok(()) => {
             let addrs: Vec<&str> = members.values().map(|n| n.addr.as_str()).collect();
@@ -118,7 +147,10 @@ async fn bootstrap(store: &PersistentStore, membership: &Membership) {
 }
 
 pub(crate) async fn reconcile(store: &PersistentStore, membership: &Membership) {
-    let desired = desired_members(store, membership);
+    let Desired {
+        members: desired,
+        reported,
+    } = desired_members(store, membership);
     let (voters, nodes): (BTreeSet<NodeId>, BTreeMap<NodeId, BasicNode>) = {
         let m = store.raft().metrics();
         let m = m.borrow();
@@ -133,10 +165,9 @@ pub(crate) async fn reconcile(store: &PersistentStore, membership: &Membership) 
     // A known member that now answers at another address (a rescheduled pod with a new IP
     // keeps its pinned id): point Raft at the new address. Safe because the id, and with it
     // the log and votes, is the same node's.
-    if let Some((id, node)) = desired
-        .iter()
-        .find(|(id, n)| nodes.get(id).is_some_and(|old| old.addr != n.addr))
-    {
+    if let Some((id, node)) = desired.iter().find(|(id, n)| {
+        reported.contains(id) && nodes.get(id).is_some_and(|old| old.addr != n.addr)
+    }) {
         tracing::info!(id, member = %node.addr, "raft member moved to a new address");
         let change = ChangeMembers::SetNodes(BTreeMap::from([(*id, node.clone())]));
         if let Err(e) = raft.change_membership(change, false).await {
@@ -146,7 +177,10 @@ pub(crate) async fn reconcile(store: &PersistentStore, membership: &Membership) 
     }
 
     // Additions first: a new member becomes a learner, then a voter once caught up.
-    if let Some((id, node)) = desired.iter().find(|(id, _)| !nodes.contains_key(id)) {
+    if let Some((id, node)) = desired
+        .iter()
+        .find(|(id, _)| reported.contains(id) && !nodes.contains_key(id))
+    {
         tracing::info!(member = %node.addr, id, "adding raft learner");
         match tokio::time::timeout(LEARNER_CATCH_UP, raft.add_learner(*id, node.clone(), true))
             .await
@@ -159,7 +193,10 @@ pub(crate) async fn reconcile(store: &PersistentStore, membership: &Membership) 
         }
         return;
     }
-    if let Some(id) = desired.keys().find(|id| !voters.contains(id)) {
+    if let Some(id) = desired
+        .keys()
+        .find(|id| nodes.contains_key(id) && !voters.contains(id))
+    {
         let mut next = voters.clone();
         next.insert(*id);
         tracing::info!(id, "promoting raft learner to voter");

@@ -181,6 +181,7 @@ struct Inner {
     /// Set once this node has applied everything committed when it started: see
     /// [`PersistentStore::catch_up`].
     caught_up: std::sync::atomic::AtomicBool,
+    directory: network::PeerDirectory,
 }
 
 /// The node's persistent store handle. Cheap to clone.
@@ -252,8 +253,10 @@ impl PersistentStore {
                 })?;
         let peer = crate::peer::PeerClient::new(&settings.cluster_secret)
             .map_err(RaftStartError::Network)?;
-        let network = network::HttpNetworkFactory::new(node_id, &settings.cluster_secret)
-            .map_err(|e| RaftStartError::Network(e.to_string()))?;
+        let directory = network::PeerDirectory::default();
+        let network =
+            network::HttpNetworkFactory::new(node_id, &settings.cluster_secret, directory.clone())
+                .map_err(|e| RaftStartError::Network(e.to_string()))?;
         let raft = Raft::new(node_id, config, network, store.log, store.state_machine)
             .await
             .map_err(|e| RaftStartError::Raft(e.to_string()))?;
@@ -282,6 +285,7 @@ impl PersistentStore {
                 secret: settings.cluster_secret,
                 apply_latency: settings.apply_latency,
                 caught_up: std::sync::atomic::AtomicBool::new(false),
+                directory,
             }),
         })
     }
@@ -353,7 +357,7 @@ impl PersistentStore {
                 .membership()
                 .nodes()
                 .filter(|(id, _)| **id != self.inner.node_id)
-                .map(|(_, n)| n.addr.clone())
+                .filter_map(|(id, n)| self.address_of(*id, Some(n)))
                 .collect()
         };
         let path = format!("{APPLIED_PATH}?index={index}");
@@ -376,7 +380,9 @@ impl PersistentStore {
             }),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 Err(WriteError::NotLeader {
-                    leader: f.leader_node.map(|n| n.addr),
+                    leader: f
+                        .leader_id
+                        .and_then(|id| self.address_of(id, f.leader_node.as_ref())),
                 })
             }
             Err(RaftError::APIError(e)) => Err(WriteError::Unavailable(e.to_string())),
@@ -491,10 +497,16 @@ impl PersistentStore {
         let m = self.inner.raft.metrics();
         let m = m.borrow();
         let leader = m.current_leader?;
-        m.membership_config
-            .membership()
-            .get_node(&leader)
-            .map(|n| n.addr.clone())
+        self.address_of(leader, m.membership_config.membership().get_node(&leader))
+    }
+
+    /// Where member `id` answers: where its pings place it, else the address Raft stores
+    /// (`stored`). The two differ while a member that moved has not been rewritten yet.
+    fn address_of(&self, id: NodeId, stored: Option<&BasicNode>) -> Option<String> {
+        self.inner
+            .directory
+            .address_of(id)
+            .or_else(|| stored.map(|n| n.addr.clone()))
     }
 
     /// Waits until [`is_ready`](Self::is_ready) holds or `timeout` passes; returns readiness.
@@ -536,7 +548,7 @@ impl PersistentStore {
             role: role_name(m.state).to_owned(),
             leader: m
                 .current_leader
-                .and_then(|id| membership.get_node(&id).map(|n| n.addr.clone())),
+                .and_then(|id| self.address_of(id, membership.get_node(&id))),
             commit_index: self.inner.commit_index.get(),
             last_applied: m.last_applied.map(|l| l.index),
             last_log_index: m.last_log_index,
@@ -559,6 +571,11 @@ impl PersistentStore {
         &self.inner.raft
     }
 
+    /// Where the other members answer now, as their pings report it (kept by the cluster loop).
+    pub fn peer_directory(&self) -> &network::PeerDirectory {
+        &self.inner.directory
+    }
+
     /// The internal Raft routes (`/nacre/internal/raft/…`), guarded by the cluster secret:
     /// openraft's RPCs plus the leader's write route for forwarding followers.
     pub fn router(&self) -> axum::Router {
@@ -571,7 +588,12 @@ impl PersistentStore {
                 Arc::<str>::from(self.inner.secret.as_str()),
                 crate::peer::require_secret,
             ));
-        network::raft_router(self.inner.raft.clone(), self.inner.secret.clone()).merge(write)
+        network::raft_router(
+            self.inner.raft.clone(),
+            self.inner.secret.clone(),
+            self.inner.node_id,
+        )
+        .merge(write)
     }
 
     /// Stops openraft; later writes answer `Unavailable`. Idempotent.

@@ -6,7 +6,15 @@
 //! `Result<Response, RaftError>`, so a remote Raft error travels back typed, while transport
 //! failures are classified for openraft's retry logic: a refused connection is `Unreachable`
 //! (back off), a deadline is `Timeout`, anything else is a `NetworkError` (retry).
+//!
+//! A member is reached at the address its own ping answers place it ([`PeerDirectory`]), and
+//! only then at the address Raft's membership stores: a member that came back at another
+//! address keeps its id, and until the leader rewrites the stored address (or while no leader
+//! can be elected because of it) its RPCs must still find it. Every request names its target
+//! id and a node refuses one meant for another member (421), so a stale address can delay an
+//! RPC but never deliver it to the wrong node.
 
+use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +42,9 @@ use super::types::{NodeId, Raft, TypeConfig};
 /// The header that carries the cluster secret on internal calls.
 pub const SECRET_HEADER: &str = "x-nacre-cluster-secret";
 
+/// The header naming the Raft member a request is meant for.
+pub const TARGET_HEADER: &str = "x-nacre-raft-target";
+
 /// Path prefix of the Raft routes.
 pub const RAFT_PATH: &str = "/nacre/internal/raft";
 
@@ -55,17 +66,39 @@ pub struct HttpStatusError {
     pub body: String,
 }
 
+/// Where each Raft member answers now, by id, as the members' own ping answers report it.
+#[derive(Debug, Clone, Default)]
+pub struct PeerDirectory(Arc<parking_lot::RwLock<HashMap<NodeId, String>>>);
+
+impl PeerDirectory {
+    /// Replaces every entry: ids that no longer answer are dropped, not kept stale.
+    pub fn replace(&self, addresses: HashMap<NodeId, String>) {
+        *self.0.write() = addresses;
+    }
+
+    /// The address member `id` answered at last, if it did.
+    pub fn address_of(&self, id: NodeId) -> Option<String> {
+        self.0.read().get(&id).cloned()
+    }
+}
+
 /// Creates one [`HttpNetwork`] per peer; all share one connection pool.
 #[derive(Clone)]
 pub struct HttpNetworkFactory {
     client: reqwest::Client,
     secret: Arc<str>,
     self_id: NodeId,
+    directory: PeerDirectory,
 }
 
 impl HttpNetworkFactory {
-    /// A factory for the node `self_id` that authenticates with `secret`.
-    pub fn new(self_id: NodeId, secret: &str) -> Result<Self, reqwest::Error> {
+    /// A factory for the node `self_id` that authenticates with `secret` and finds members in
+    /// `directory` first.
+    pub fn new(
+        self_id: NodeId,
+        secret: &str,
+        directory: PeerDirectory,
+    ) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             // Peers are addressed directly; an HTTP(S)_PROXY meant for egress must not capture
@@ -76,6 +109,7 @@ impl HttpNetworkFactory {
             client,
             secret: Arc::from(secret),
             self_id,
+            directory,
         })
     }
 }
@@ -89,8 +123,9 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetworkFactory {
             secret: self.secret.clone(),
             self_id: self.self_id,
             target,
+            target_header: target.to_string(),
             target_node: node.clone(),
-            base: format!("http://{}{RAFT_PATH}", node.addr),
+            directory: self.directory.clone(),
         }
     }
 }
@@ -101,8 +136,10 @@ pub struct HttpNetwork {
     secret: Arc<str>,
     self_id: NodeId,
     target: NodeId,
+    target_header: String,
+    /// The member as Raft's membership stores it.
     target_node: BasicNode,
-    base: String,
+    directory: PeerDirectory,
 }
 
 type RpcResult<T, E> = Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
@@ -120,11 +157,15 @@ impl HttpNetwork {
         Resp: DeserializeOwned,
         E: StdError + DeserializeOwned,
     {
-        let url = format!("{}/{route}", self.base);
+        let url = match self.directory.address_of(self.target) {
+            Some(addr) => format!("http://{addr}{RAFT_PATH}/{route}"),
+            None => format!("http://{}{RAFT_PATH}/{route}", self.target_node.addr),
+        };
         let res = self
             .client
             .post(&url)
             .header(SECRET_HEADER, &*self.secret)
+            .header(TARGET_HEADER, &self.target_header)
             .timeout(ttl)
             .json(req)
             .send()
@@ -137,10 +178,10 @@ impl HttpNetwork {
                 status: status.as_u16(),
                 body: body.chars().take(512).collect(),
             };
-            // A peer that refuses our secret (or lacks the route) will keep refusing: back off
-            // rather than hammering it.
+            // A peer that refuses our secret (or lacks the route, or is another member than
+            // the one meant) will keep refusing: back off rather than hammering it.
             return Err(match status {
-                StatusCode::FORBIDDEN | StatusCode::NOT_FOUND => {
+                StatusCode::FORBIDDEN | StatusCode::NOT_FOUND | StatusCode::MISDIRECTED_REQUEST => {
                     RPCError::Unreachable(Unreachable::new(&err))
                 }
                 _ => RPCError::Network(NetworkError::new(&err)),
@@ -217,6 +258,7 @@ impl RaftNetwork<TypeConfig> for HttpNetwork {
 struct RouterState {
     raft: Raft,
     secret: String,
+    self_id: NodeId,
 }
 
 impl RouterState {
@@ -234,6 +276,20 @@ async fn parse<T: DeserializeOwned>(
 ) -> Result<T, Response> {
     if !st.authorized(headers) {
         return Err((StatusCode::FORBIDDEN, "missing or wrong cluster secret").into_response());
+    }
+    // One naming another member reached the wrong node (a stale address) and must not touch
+    // this log. A request without the header is let through: nodes from before the header
+    // existed send none, and a rolling upgrade must keep them in the cluster.
+    if let Some(target) = headers.get(TARGET_HEADER) {
+        let target = target.to_str().ok().and_then(|t| t.parse::<NodeId>().ok());
+        if target != Some(st.self_id) {
+            let msg = format!(
+                "this node is raft member {}, not {}",
+                st.self_id,
+                target.map_or_else(|| "an unreadable id".to_string(), |t| t.to_string())
+            );
+            return Err((StatusCode::MISDIRECTED_REQUEST, msg).into_response());
+        }
     }
     let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
         .await
@@ -269,12 +325,13 @@ async fn snapshot(State(st): State<Arc<RouterState>>, headers: HeaderMap, body: 
     }
 }
 
-/// The internal Raft routes of a node, guarded by `secret` (403 when missing or wrong, 400 for
-/// an undecodable body).
-pub fn raft_router(raft: Raft, secret: impl Into<String>) -> Router {
+/// The internal Raft routes of member `self_id`, guarded by `secret` (403 when missing or
+/// wrong, 421 when meant for another member, 400 for an undecodable body).
+pub fn raft_router(raft: Raft, secret: impl Into<String>, self_id: NodeId) -> Router {
     let state = Arc::new(RouterState {
         raft,
         secret: secret.into(),
+        self_id,
     });
     Router::new()
         .route(&format!("{RAFT_PATH}/append"), post(append))

@@ -11,7 +11,7 @@ use openraft::BasicNode;
 use parking_lot::Mutex;
 use tokio::net::TcpListener;
 
-use super::network::SECRET_HEADER;
+use super::network::{SECRET_HEADER, TARGET_HEADER};
 use super::*;
 use crate::naming::model::Namespace;
 use crate::naming::persistent::CommandOutput;
@@ -305,6 +305,36 @@ async fn internal_routes_require_the_secret_and_valid_json() {
     assert_eq!(ok.status().as_u16(), 200);
     let body: serde_json::Value = ok.json().await.unwrap();
     assert!(body.get("Ok").is_some(), "{body}");
+
+    // A request meant for another member (it reached this node at a stale address) is refused
+    // before Raft sees it: the higher term of the vote is not taken.
+    let vote = openraft::raft::VoteRequest::<u64>::new(openraft::Vote::new(7, 42), None);
+    let other = node.store.node_id().wrapping_add(1);
+    let misdirected = client
+        .post(&url)
+        .header(SECRET_HEADER, SECRET)
+        .header(TARGET_HEADER, other.to_string())
+        .json(&vote)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(misdirected.status().as_u16(), 421);
+    let text = misdirected.text().await.unwrap();
+    assert!(text.contains(&other.to_string()), "{text}");
+    assert!(
+        node.store.status().term < 7,
+        "a misdirected vote reached raft"
+    );
+    let meant = client
+        .post(&url)
+        .header(SECRET_HEADER, SECRET)
+        .header(TARGET_HEADER, node.store.node_id().to_string())
+        .json(&vote)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(meant.status().as_u16(), 200);
+    wait_for("the vote's term is taken", || node.store.status().term == 7).await;
 
     node.store.shutdown().await;
     node.server.abort();
