@@ -1,60 +1,140 @@
-//! The binary's command line: `nacre up` runs a gateway in front of a 3-node cluster and stops
-//! cleanly on Ctrl-C; bad settings stop start-up with the offending key named.
+//! The binary's command line: `nacre up` runs a gateway in front of a 3-node cluster, stops
+//! cleanly on Ctrl-C and finds its data again on the next start (even with its ports moved);
+//! bad settings stop start-up with the offending key named.
 
 use std::net::{SocketAddr, TcpListener};
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use nacre_testkit::{free_loopback_addr, http_get, METRICS_PATH};
+use nacre_testkit::{free_loopback_addr, http_call, http_get, METRICS_PATH};
 
 const BIN: &str = env!("CARGO_BIN_EXE_nacre");
 
-/// A loopback base port whose next three ports are free too (`nacre up` uses four: the
+/// A loopback base port whose next `n - 1` ports are free too (`nacre up` uses four: the
 /// gateway, then three nodes).
-fn four_free_ports() -> SocketAddr {
+fn consecutive_free_ports(n: u16) -> SocketAddr {
     for _ in 0..50 {
         let base = free_loopback_addr().expect("free port");
-        let held: Vec<_> = (0..4u16)
+        let held: Vec<_> = (0..n)
             .filter_map(|k| base.port().checked_add(k))
             .filter_map(|p| TcpListener::bind(SocketAddr::new(base.ip(), p)).ok())
             .collect();
-        if held.len() == 4 {
+        if held.len() == usize::from(n) {
             return base;
         }
     }
-    panic!("no four consecutive free loopback ports");
+    panic!("no {n} consecutive free loopback ports");
+}
+
+/// `port + k` on the same IP.
+fn plus(addr: SocketAddr, k: u16) -> SocketAddr {
+    SocketAddr::new(addr.ip(), addr.port() + k)
+}
+
+/// A running `nacre up`: the gateway on `base`, three nodes on the next ports.
+struct Up {
+    child: Child,
+    base: SocketAddr,
+    log: PathBuf,
+}
+
+impl Up {
+    /// Starts `nacre up`; its log goes to `log`, shown when it fails to become ready.
+    fn start(base: SocketAddr, data: &Path, log: &Path) -> Up {
+        let stderr = std::fs::File::create(log).expect("create log");
+        let child = Command::new(BIN)
+            .args(["up", "--listen", &base.to_string(), "--data"])
+            .arg(data)
+            .env("NACRE_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn nacre up");
+        Up {
+            child,
+            base,
+            log: log.to_path_buf(),
+        }
+    }
+
+    fn nodes(&self) -> Vec<SocketAddr> {
+        (1..=3).map(|k| plus(self.base, k)).collect()
+    }
+
+    /// Every node ready, and the gateway routing to all three with their feeds followed.
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let ready = |addr: SocketAddr, path: &str, marks: &[&str]| loop {
+            if let Ok((200, body)) = http_get(addr, path, Duration::from_secs(2)) {
+                if marks.iter().all(|m| body.contains(m)) {
+                    break;
+                }
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "{addr}{path} never showed {marks:?}; log:\n{}",
+                    nacre_testkit::log_tail(&self.log, 6000)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        for addr in self.nodes() {
+            ready(addr, METRICS_PATH, &["\"status\":\"UP\""]);
+        }
+        ready(
+            self.base,
+            "/nacre/gateway/ready",
+            &["\"nodes\":3", "\"feedsFollowed\":true"],
+        );
+    }
+
+    /// A call through the gateway.
+    fn call(&self, method: &str, path: &str) -> (u16, String) {
+        http_call(self.base, method, path, Duration::from_secs(5)).expect("call the gateway")
+    }
+
+    /// SIGINT, as Ctrl-C; returns the exit status and what was printed.
+    fn interrupt(mut self) -> (ExitStatus, String) {
+        let status = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .expect("kill -INT");
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let exit = loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "nacre up did not stop on SIGINT");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut out = String::new();
+        if let Some(mut stdout) = self.child.stdout.take() {
+            let _ = std::io::Read::read_to_string(&mut stdout, &mut out);
+        }
+        (exit, out)
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        // A failed assertion must not leave a cluster running on fixed ports.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 #[test]
 fn up_starts_a_gateway_and_three_nodes_and_stops_cleanly_on_sigint() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let base = four_free_ports();
+    let base = consecutive_free_ports(4);
     let data = dir.path().join("data");
-    let mut child = Command::new(BIN)
-        .args(["up", "--listen", &base.to_string(), "--data"])
-        .arg(&data)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn nacre up");
-    let addrs: Vec<SocketAddr> = (1..=3u16)
-        .map(|k| SocketAddr::new(base.ip(), base.port() + k))
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for addr in &addrs {
-        loop {
-            if let Ok((200, body)) = http_get(*addr, METRICS_PATH, Duration::from_secs(2)) {
-                if body.contains("\"status\":\"UP\"") {
-                    break;
-                }
-            }
-            assert!(Instant::now() < deadline, "node {addr} never became ready");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
+    let up = Up::start(base, &data, &dir.path().join("up.log"));
+    up.wait_ready();
     // One cluster: every node names the same leader and all three members.
     let (_, view) =
-        http_get(addrs[0], "/nacre/v1/cluster", Duration::from_secs(2)).expect("cluster view");
+        http_get(up.nodes()[0], "/nacre/v1/cluster", Duration::from_secs(2)).expect("cluster view");
     let view: serde_json::Value = serde_json::from_str(&view).expect("json");
     assert_eq!(view["members"].as_array().map(Vec::len), Some(3), "{view}");
     assert!(view["leader"].is_string(), "{view}");
@@ -69,46 +149,79 @@ fn up_starts_a_gateway_and_three_nodes_and_stops_cleanly_on_sigint() {
         "no shared secret generated"
     );
     // The one address clients get: the gateway, routing to all three nodes.
-    loop {
-        if let Ok((200, body)) = http_get(base, "/nacre/gateway/ready", Duration::from_secs(2)) {
-            if body.contains("\"nodes\":3") && body.contains("\"feedsFollowed\":true") {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "the gateway never became ready");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let (code, list) = http_get(base, "/nacos/serverlist", Duration::from_secs(2)).expect("list");
+    let (code, list) = up.call("GET", "/nacos/serverlist");
     assert_eq!((code, list.as_str()), (200, base.to_string().as_str()));
-    let (code, body) = http_get(
-        base,
-        "/nacos/v1/ns/instance/list?serviceName=none",
-        Duration::from_secs(2),
-    )
-    .expect("list through the gateway");
+    let (code, body) = up.call("GET", "/nacos/v1/ns/instance/list?serviceName=none");
     assert_eq!(code, 200, "{body}");
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .expect("kill -INT");
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let exit = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "nacre up did not stop on SIGINT");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let nodes = up.nodes();
+    let (exit, out) = up.interrupt();
     assert!(exit.success(), "exit status {exit:?}");
-    let mut out = String::new();
-    let _ = std::io::Read::read_to_string(&mut child.stdout.take().expect("stdout"), &mut out);
-    for addr in addrs.iter().chain([&base]) {
+    for addr in nodes.iter().chain([&base]) {
         assert!(
             out.contains(&addr.to_string()),
             "address {addr} not printed: {out}"
         );
     }
+}
+
+/// The IPs `service` lists through the gateway, sorted.
+fn registered_ips(up: &Up, service: &str) -> Vec<String> {
+    let (code, body) = up.call(
+        "GET",
+        &format!("/nacos/v1/ns/instance/list?serviceName={service}"),
+    );
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let mut ips: Vec<String> = v["hosts"]
+        .as_array()
+        .map(|hosts| {
+            hosts
+                .iter()
+                .filter_map(|h| h["ip"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    ips.sort();
+    ips
+}
+
+fn register_persistent(up: &Up, service: &str, ip: &str) {
+    let (code, body) = up.call(
+        "POST",
+        &format!("/nacos/v1/ns/instance?serviceName={service}&ip={ip}&port=80&ephemeral=false"),
+    );
+    assert_eq!((code, body.as_str()), (200, "ok"));
+}
+
+#[test]
+fn up_keeps_persistent_data_across_restarts_and_a_moved_port_layout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let base = consecutive_free_ports(5);
+
+    let up = Up::start(base, &data, &dir.path().join("up-1.log"));
+    up.wait_ready();
+    register_persistent(&up, "kept", "10.7.0.1");
+    let (exit, _) = up.interrupt();
+    assert!(exit.success(), "{exit:?}");
+
+    // The same command again: everything stored is there as soon as the gateway is ready.
+    let up = Up::start(base, &data, &dir.path().join("up-2.log"));
+    up.wait_ready();
+    assert_eq!(registered_ips(&up, "kept"), vec!["10.7.0.1"]);
+    let (exit, _) = up.interrupt();
+    assert!(exit.success(), "{exit:?}");
+
+    // One port up: each node's data now belongs to another node's old address, as a `./data`
+    // from before the gateway does (its nodes ran on the ports the gateway and the first two
+    // nodes use now). The cluster re-forms over the new addresses and keeps everything.
+    let up = Up::start(plus(base, 1), &data, &dir.path().join("up-3.log"));
+    up.wait_ready();
+    assert_eq!(registered_ips(&up, "kept"), vec!["10.7.0.1"]);
+    register_persistent(&up, "kept", "10.7.0.2");
+    assert_eq!(registered_ips(&up, "kept"), vec!["10.7.0.1", "10.7.0.2"]);
+    let (exit, _) = up.interrupt();
+    assert!(exit.success(), "{exit:?}");
 }
 
 #[test]

@@ -20,6 +20,7 @@ pub mod cluster;
 pub mod gateway;
 pub mod http;
 mod process;
+pub use process::log_tail;
 pub mod proxy;
 
 use std::io::{Read, Write};
@@ -262,13 +263,29 @@ pub fn free_loopback_addrs(n: usize) -> Result<Vec<SocketAddr>> {
 /// Minimal blocking HTTP/1.0 GET (no chunked encoding, connection closed by the server).
 /// Returns (status, body).
 pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, String)> {
+    http_call(addr, "GET", path, timeout)
+}
+
+/// [`http_get`] with another method and no body (Nacos reads parameters from the query of any
+/// method).
+pub fn http_call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    timeout: Duration,
+) -> Result<(u16, String)> {
     let mut s =
         TcpStream::connect_timeout(&addr, timeout).with_context(|| format!("connect {addr}"))?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
+    let length = if method == "GET" {
+        ""
+    } else {
+        "Content-Length: 0\r\n"
+    };
     write!(
         s,
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: */*\r\n\r\n"
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: */*\r\n{length}\r\n"
     )?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).context("reading response")?;

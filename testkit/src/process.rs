@@ -28,7 +28,7 @@ pub(crate) fn spawn_logged(cmd: &mut Command, log: &Path) -> Result<Child> {
 }
 
 /// The last `max_bytes` of `log` (lossy UTF-8; empty when unreadable).
-pub(crate) fn log_tail(log: &Path, max_bytes: usize) -> String {
+pub fn log_tail(log: &Path, max_bytes: usize) -> String {
     let mut buf = Vec::new();
     if let Ok(mut f) = File::open(log) {
         let _ = f.read_to_end(&mut buf);
