@@ -100,7 +100,8 @@ struct RegistryArgs {
 
 #[derive(Debug, Args)]
 struct GatewayArgs {
-    /// TOML settings file (flags override it).
+    /// TOML settings file. `NACRE_GATEWAY_<KEY>` variables override it (any key of the file,
+    /// in capitals), and flags override both.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Listen address.
@@ -127,7 +128,7 @@ struct GatewayArgs {
 }
 
 fn gateway_settings(args: GatewayArgs) -> anyhow::Result<GatewaySettings> {
-    let mut s = GatewaySettings::load(args.config.as_deref())?;
+    let mut s = GatewaySettings::load(args.config.as_deref(), std::env::vars())?;
     if let Some(l) = args.listen {
         s.listen = l;
     }

@@ -272,4 +272,22 @@ fn bad_settings_fail_loudly() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cluster_secret"), "{err}");
+
+    // A mistyped gateway variable is a typo, not something to ignore.
+    let out = Command::new(BIN)
+        .args([
+            "gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstreams",
+            "127.0.0.1:9",
+            "--cluster-secret",
+            "0123456789abcdef0123",
+        ])
+        .env("NACRE_GATEWAY_THREADZ", "4")
+        .output()
+        .expect("run nacre gateway");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("NACRE_GATEWAY_THREADZ"), "{err}");
 }

@@ -394,7 +394,7 @@ async fn nodes_found_through_an_address_server_are_followed() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn nodes_found_through_dns_are_probed_and_used() -> Result<()> {
+async fn nodes_found_through_dns_given_in_the_environment_are_probed_and_used() -> Result<()> {
     // Loopback has no multi-record DNS name; `localhost` resolves to 127.0.0.1 (and maybe
     // ::1, where nothing listens: that record must simply stay out of rotation).
     let root = tempfile::Builder::new()
@@ -403,15 +403,15 @@ async fn nodes_found_through_dns_are_probed_and_used() -> Result<()> {
     let mut node = nacre_testkit::NodeProcess::start(bin(), &root.path().join("node"))?;
     node.wait_ready(READY)?;
     let secret = std::fs::read_to_string(root.path().join("node").join("cluster-secret"))?;
-    let mut g = GatewayProcess::start(
+    // Given in the environment, as a Kubernetes Deployment would.
+    let dns = format!("localhost:{}", node.addr().port());
+    let mut g = GatewayProcess::start_with_env(
         bin(),
         &root.path().join("gw"),
         nacre_testkit::free_loopback_addr()?,
         secret.trim(),
-        &[
-            "--upstreams-dns".to_string(),
-            format!("localhost:{}", node.addr().port()),
-        ],
+        &[],
+        &[("NACRE_GATEWAY_UPSTREAMS_DNS", &dns)],
     )?;
     g.wait_ready(1, READY)?;
     let gw = Api::new(g.addr());

@@ -1,8 +1,11 @@
 //! Settings of the gateway tier (`nacre gateway`): where it listens, which registry nodes it
 //! fronts and how it finds them, its cache and its shutdown.
 //!
-//! Same layering as the registry: defaults, then an optional TOML file, then flags applied by
-//! the binary; `validate()` names the key of any bad value before anything binds.
+//! Same layering as the registry: defaults, then an optional TOML file, then
+//! `NACRE_GATEWAY_<KEY>` environment variables (the TOML key in capitals; an unknown one is a
+//! typo and stops start-up), then flags applied by the binary. `validate()` names the key of
+//! any bad value before anything binds. The cluster secret is the nodes' own
+//! `NACRE_CLUSTER_SECRET`, read by the binary.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -81,20 +84,98 @@ impl Default for GatewaySettings {
     }
 }
 
+/// Prefix of the gateway's environment variables.
+pub const ENV_PREFIX: &str = "NACRE_GATEWAY_";
+
+/// The keys naming a source of registry nodes: one given in the environment replaces the
+/// file's, as one given on the command line does.
+const SOURCE_KEYS: [&str; 3] = ["upstreams", "upstreams_endpoint", "upstreams_dns"];
+
 impl GatewaySettings {
-    /// Defaults overlaid with the TOML file at `file`, if any.
-    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        let Some(path) = file else {
-            return Ok(Self::default());
+    /// Defaults overlaid with the TOML file at `file`, if any, then with the
+    /// `NACRE_GATEWAY_*` variables of `env`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut s: Self = match file {
+            None => Self::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })?
+            }
         };
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })
+        let ours: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        let key = |var: &str| var[ENV_PREFIX.len()..].to_ascii_lowercase();
+        if ours
+            .iter()
+            .any(|(k, _)| SOURCE_KEYS.contains(&key(k).as_str()))
+        {
+            s.upstreams.clear();
+            s.upstreams_endpoint = None;
+            s.upstreams_dns = None;
+        }
+        for (var, v) in &ours {
+            s.apply_env(var, &key(var), v)?;
+        }
+        Ok(s)
+    }
+
+    fn apply_env(&mut self, var: &str, key: &str, v: &str) -> Result<(), ConfigError> {
+        fn num<T: std::str::FromStr>(var: &str, v: &str) -> Result<T, ConfigError> {
+            v.trim()
+                .parse()
+                .map_err(|_| invalid(var, v, "not a number"))
+        }
+        // Address-list errors name the generic `members` key; name the variable instead.
+        let addresses = |v: &str| {
+            members::parse_members_flag(v).map_err(|e| match e {
+                ConfigError::Invalid { value, reason, .. } => invalid(var, value, &reason),
+                other => other,
+            })
+        };
+        match key {
+            "listen" => {
+                self.listen = v
+                    .trim()
+                    .parse()
+                    .map_err(|_| invalid(var, v, "expected host:port"))?
+            }
+            "advertise" => self.advertise = addresses(v)?,
+            "threads" => self.threads = num(var, v)?,
+            "upstreams" => self.upstreams = addresses(v)?,
+            "upstreams_endpoint" => self.upstreams_endpoint = Some(v.trim().to_string()),
+            "upstreams_dns" => self.upstreams_dns = Some(v.trim().to_string()),
+            "discovery_interval_ms" => self.discovery_interval_ms = num(var, v)?,
+            "probe_interval_ms" => self.probe_interval_ms = num(var, v)?,
+            "probe_timeout_ms" => self.probe_timeout_ms = num(var, v)?,
+            "connect_timeout_ms" => self.connect_timeout_ms = num(var, v)?,
+            "read_timeout_ms" => self.read_timeout_ms = num(var, v)?,
+            "cache_bytes" => self.cache_bytes = num(var, v)?,
+            "cache_ttl_ms" => self.cache_ttl_ms = num(var, v)?,
+            "push_refresh_ms" => self.push_refresh_ms = num(var, v)?,
+            "feed_wait_ms" => self.feed_wait_ms = num(var, v)?,
+            "grace_period_seconds" => self.grace_period_seconds = num(var, v)?,
+            "shutdown_timeout_seconds" => self.shutdown_timeout_seconds = num(var, v)?,
+            "cluster_secret" => {
+                return Err(invalid(
+                    var,
+                    "(hidden)",
+                    "the secret is the nodes' own NACRE_CLUSTER_SECRET",
+                ))
+            }
+            _ => return Err(invalid(var, v, "unknown setting")),
+        }
+        Ok(())
     }
 
     /// The one configured source of registry nodes.
@@ -246,9 +327,79 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("g.toml");
         std::fs::write(&p, "threads = 4\nupstreams = [\"127.0.0.1:1\"]\n").unwrap();
-        let s = GatewaySettings::load(Some(&p)).unwrap();
+        let s = GatewaySettings::load(Some(&p), []).unwrap();
         assert_eq!(s.threads, 4);
         std::fs::write(&p, "thread = 4\n").unwrap();
-        assert!(GatewaySettings::load(Some(&p)).is_err());
+        assert!(GatewaySettings::load(Some(&p), []).is_err());
+    }
+
+    fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+        vars.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_environment_overrides_the_file_and_rejects_typos() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("g.toml");
+        std::fs::write(
+            &p,
+            "threads = 4\ncache_bytes = 10\nupstreams = [\"127.0.0.1:1\"]\n",
+        )
+        .unwrap();
+        let s = GatewaySettings::load(
+            Some(&p),
+            env(&[
+                ("NACRE_GATEWAY_THREADS", "8"),
+                ("NACRE_GATEWAY_LISTEN", "127.0.0.1:9848"),
+                ("NACRE_GATEWAY_UPSTREAMS_DNS", "nacre.default.svc:8848"),
+                ("NACRE_GATEWAY_ADVERTISE", "10.0.0.1:8848,10.0.0.2:8848"),
+                ("NACRE_LOG", "debug"),
+                ("NACRE_MEMBERS", "ignored:1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.threads, 8);
+        assert_eq!(
+            s.cache_bytes, 10,
+            "the file's value stays where no variable is set"
+        );
+        assert_eq!(s.listen, "127.0.0.1:9848".parse().unwrap());
+        assert_eq!(s.advertise, vec!["10.0.0.1:8848", "10.0.0.2:8848"]);
+        // A source from the environment replaces the file's instead of adding a second one.
+        assert!(s.upstreams.is_empty());
+        assert_eq!(s.upstreams_dns.as_deref(), Some("nacre.default.svc:8848"));
+
+        for (var, value, named) in [
+            ("NACRE_GATEWAY_THREAD", "2", "NACRE_GATEWAY_THREAD"),
+            ("NACRE_GATEWAY_THREADS", "two", "NACRE_GATEWAY_THREADS"),
+            (
+                "NACRE_GATEWAY_UPSTREAMS",
+                "http://x",
+                "NACRE_GATEWAY_UPSTREAMS",
+            ),
+            (
+                "NACRE_GATEWAY_CLUSTER_SECRET",
+                "0123456789abcdef",
+                "NACRE_CLUSTER_SECRET",
+            ),
+        ] {
+            let e = GatewaySettings::load(None, env(&[(var, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(named), "{var}: {e}");
+            assert!(!e.contains("0123456789abcdef"), "a secret was echoed: {e}");
+        }
+        // Two sources, one from the environment and one from the file, are not silently merged.
+        let both = GatewaySettings::load(
+            None,
+            env(&[
+                ("NACRE_GATEWAY_UPSTREAMS", "127.0.0.1:1"),
+                ("NACRE_GATEWAY_UPSTREAMS_DNS", "n:1"),
+            ]),
+        )
+        .unwrap();
+        assert!(both.source().is_err());
     }
 }

@@ -22,6 +22,7 @@ pub struct GatewayProcess {
     dir: PathBuf,
     addr: SocketAddr,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -36,6 +37,18 @@ impl GatewayProcess {
         secret: &str,
         args: &[String],
     ) -> Result<GatewayProcess> {
+        Self::start_with_env(bin, dir, listen, secret, args, &[])
+    }
+
+    /// [`start`](Self::start) with `env` added to the child's environment.
+    pub fn start_with_env(
+        bin: &Path,
+        dir: &Path,
+        listen: SocketAddr,
+        secret: &str,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> Result<GatewayProcess> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut all = vec![
             "--cluster-secret".to_string(),
@@ -49,6 +62,10 @@ impl GatewayProcess {
             dir: dir.to_path_buf(),
             addr: listen,
             args: all,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             child: None,
         };
         g.spawn()?;
@@ -80,7 +97,8 @@ impl GatewayProcess {
         cmd.arg("gateway")
             .arg("--listen")
             .arg(self.addr.to_string())
-            .args(&self.args);
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         self.child = Some(crate::process::spawn_logged(&mut cmd, &self.log_path())?);
         Ok(())
     }
