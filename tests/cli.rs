@@ -224,23 +224,28 @@ fn up_keeps_persistent_data_across_restarts_and_a_moved_port_layout() {
     assert!(exit.success(), "{exit:?}");
 }
 
+/// Runs `cmd`, expects it to refuse to start, and returns what it printed on stderr.
+fn refused(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run nacre");
+    assert!(!out.status.success(), "{cmd:?} started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn bad_settings_fail_loudly() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = Command::new(BIN)
-        .args([
-            "registry",
-            "--standalone",
-            "--listen",
-            "127.0.0.1:0",
-            "--data",
-        ])
-        .arg(dir.path())
-        .env("NACRE_MAX_BODY_BYTES", "lots")
-        .output()
-        .expect("run nacre");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused(
+        Command::new(BIN)
+            .args([
+                "registry",
+                "--standalone",
+                "--listen",
+                "127.0.0.1:0",
+                "--data",
+            ])
+            .arg(dir.path())
+            .env("NACRE_MAX_BODY_BYTES", "lots"),
+    );
     assert!(
         err.contains("NACRE_MAX_BODY_BYTES") && err.contains("lots"),
         "{err}"
@@ -248,46 +253,33 @@ fn bad_settings_fail_loudly() {
 
     let cfg = dir.path().join("nacre.toml");
     std::fs::write(&cfg, "max_body_byts = 10\n").expect("write config");
-    let out = Command::new(BIN)
-        .args(["registry", "--standalone", "--config"])
-        .arg(&cfg)
-        .output()
-        .expect("run nacre");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused(
+        Command::new(BIN)
+            .args(["registry", "--standalone", "--config"])
+            .arg(&cfg),
+    );
     assert!(err.contains("max_body_byts"), "{err}");
 
     // The gateway refuses to start without the cluster's secret, and names it.
-    let out = Command::new(BIN)
-        .args([
+    let gateway = || {
+        let mut c = Command::new(BIN);
+        c.args([
             "gateway",
             "--listen",
             "127.0.0.1:0",
             "--upstreams",
             "127.0.0.1:9",
-        ])
-        .env_remove("NACRE_CLUSTER_SECRET")
-        .output()
-        .expect("run nacre gateway");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+        ]);
+        c
+    };
+    let err = refused(gateway().env_remove("NACRE_CLUSTER_SECRET"));
     assert!(err.contains("cluster_secret"), "{err}");
 
     // A mistyped gateway variable is a typo, not something to ignore.
-    let out = Command::new(BIN)
-        .args([
-            "gateway",
-            "--listen",
-            "127.0.0.1:0",
-            "--upstreams",
-            "127.0.0.1:9",
-            "--cluster-secret",
-            "0123456789abcdef0123",
-        ])
-        .env("NACRE_GATEWAY_THREADZ", "4")
-        .output()
-        .expect("run nacre gateway");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused(
+        gateway()
+            .args(["--cluster-secret", "0123456789abcdef0123"])
+            .env("NACRE_GATEWAY_THREADZ", "4"),
+    );
     assert!(err.contains("NACRE_GATEWAY_THREADZ"), "{err}");
 }

@@ -98,19 +98,7 @@ impl GatewaySettings {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let mut s: Self = match file {
-            None => Self::default(),
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.to_path_buf(),
-                    source,
-                })?;
-                toml::from_str(&text).map_err(|e| ConfigError::Parse {
-                    path: path.to_path_buf(),
-                    message: e.to_string(),
-                })?
-            }
-        };
+        let mut s: Self = crate::load_toml(file)?;
         let ours: Vec<(String, String)> = env
             .into_iter()
             .filter(|(k, _)| k.starts_with(ENV_PREFIX))
@@ -131,11 +119,7 @@ impl GatewaySettings {
     }
 
     fn apply_env(&mut self, var: &str, key: &str, v: &str) -> Result<(), ConfigError> {
-        fn num<T: std::str::FromStr>(var: &str, v: &str) -> Result<T, ConfigError> {
-            v.trim()
-                .parse()
-                .map_err(|_| invalid(var, v, "not a number"))
-        }
+        use crate::env_num as num;
         // Address-list errors name the generic `members` key; name the variable instead.
         let addresses = |v: &str| {
             members::parse_members_flag(v).map_err(|e| match e {

@@ -53,6 +53,31 @@ fn invalid(key: &str, value: impl ToString, reason: &str) -> ConfigError {
     }
 }
 
+/// A number from the environment variable `key`.
+fn env_num<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, ConfigError> {
+    v.trim()
+        .parse()
+        .map_err(|_| invalid(key, v, "not a number"))
+}
+
+/// The TOML file at `file` over the defaults (unknown keys are refused by the type), or the
+/// defaults without a file.
+fn load_toml<T: serde::de::DeserializeOwned + Default>(
+    file: Option<&Path>,
+) -> Result<T, ConfigError> {
+    let Some(path) = file else {
+        return Ok(T::default());
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
 /// UDP push to legacy (1.x) subscribers.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -226,19 +251,7 @@ impl RegistrySettings {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let mut s = match file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.to_path_buf(),
-                    source,
-                })?;
-                toml::from_str(&text).map_err(|e| ConfigError::Parse {
-                    path: path.to_path_buf(),
-                    message: e.to_string(),
-                })?
-            }
-            None => Self::default(),
-        };
+        let mut s: Self = load_toml(file)?;
         for (k, v) in env {
             s.apply_env(&k, &v)?;
         }
@@ -246,11 +259,7 @@ impl RegistrySettings {
     }
 
     fn apply_env(&mut self, key: &str, v: &str) -> Result<(), ConfigError> {
-        fn num<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, ConfigError> {
-            v.trim()
-                .parse()
-                .map_err(|_| invalid(key, v, "not a number"))
-        }
+        use env_num as num;
         match key {
             "NACRE_LISTEN" => {
                 self.listen = v
