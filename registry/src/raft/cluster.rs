@@ -43,13 +43,13 @@ struct Desired {
     reported: BTreeSet<NodeId>,
 }
 
-fn desired_members(store: &PersistentStore, membership: &Membership) -> Desired {
+fn desired_members(self_id: NodeId, membership: &Membership) -> Desired {
     let mut members = BTreeMap::new();
     let mut guessed = Vec::new();
     let configured = membership.configured();
     for addr in configured.iter() {
         let reported = if addr == membership.self_addr() {
-            Some(store.node_id())
+            Some(self_id)
         } else {
             membership.peer_status(addr).and_then(|s| s.node_id)
         };
@@ -135,7 +135,7 @@ pub async fn run(
 }
 
 async fn bootstrap(store: &PersistentStore, membership: &Membership) {
-    let members = desired_members(store, membership).members;
+    let members = desired_members(store.node_id(), membership).members;
     match store.raft().initialize(members.clone()).await {
         Ok(()) => {
             let addrs: Vec<&str> = members.values().map(|n| n.addr.as_str()).collect();
@@ -150,7 +150,7 @@ pub(crate) async fn reconcile(store: &PersistentStore, membership: &Membership) 
     let Desired {
         members: desired,
         reported,
-    } = desired_members(store, membership);
+    } = desired_members(store.node_id(), membership);
     let (voters, nodes): (BTreeSet<NodeId>, BTreeMap<NodeId, BasicNode>) = {
         let m = store.raft().metrics();
         let m = m.borrow();
@@ -306,6 +306,36 @@ mod tests {
             n.store.shutdown().await;
             n.server.abort();
         }
+    }
+
+    #[test]
+    fn reported_ids_win_over_guesses_and_only_answering_peers_are_located() {
+        let reg = Registry::new();
+        let all = vec!["a:1".to_string(), "b:1".into(), "c:1".into()];
+        let m = Membership::clustered("a:1", &all, &reg).unwrap();
+        // After a move, b answers with the id once derived from c's address, and c is silent:
+        // the guess for c must not take b's id.
+        let moved = PingReply {
+            node_id: node_id_for("c:1"),
+            ..ping("b:1", true).unwrap()
+        };
+        m.record_probe("b:1", Some(moved), 3);
+        let d = desired_members(7, &m);
+        assert_eq!(d.reported, BTreeSet::from([7, node_id_for("c:1")]));
+        assert_eq!(
+            d.members,
+            BTreeMap::from([
+                (7, BasicNode::new("a:1")),
+                (node_id_for("c:1"), BasicNode::new("b:1")),
+            ])
+        );
+        assert_eq!(
+            answering_peers(&m),
+            HashMap::from([(node_id_for("c:1"), "b:1".to_string())])
+        );
+        // A peer whose last probe failed is no longer located by its old answer.
+        m.record_probe("b:1", None, 3);
+        assert!(answering_peers(&m).is_empty());
     }
 
     #[test]
