@@ -250,6 +250,16 @@ impl Membership {
         self.view.read().peers.get(addr).cloned()
     }
 
+    /// The configured address of the peer whose last probe answered with Raft id `id`.
+    pub fn locate(&self, id: u64) -> Option<String> {
+        self.view
+            .read()
+            .peers
+            .iter()
+            .find(|(_, st)| st.node_id == Some(id) && st.failures == 0)
+            .map(|(addr, _)| addr.clone())
+    }
+
     /// Every member for the cluster API, this node first.
     pub fn members(&self, self_ready: bool) -> Vec<MemberView> {
         let view = self.view.read();

@@ -264,6 +264,10 @@ pub async fn run(
         settings.standalone,
     );
     raft_settings.apply_latency = Some(metrics.raft_apply.clone());
+    raft_settings.locator = {
+        let membership = membership.clone();
+        crate::raft::network::Locator::new(move |id| membership.locate(id))
+    };
     let changes = Arc::new(crate::changes::Changes::new());
     let hub_for_changes = push.clone();
     let changes_for_raft = changes.clone();

@@ -14,13 +14,12 @@
 //! can never drop a majority at once.
 //!
 //! **Ids and addresses.** A member's id is pinned in its data dir, so a member found at a new
-//! address is the same member. Every node keeps Raft's
-//! [`PeerDirectory`](super::network::PeerDirectory) in step with where
-//! the pings place each id, which is how RPCs find a moved member before (or without) a leader.
-//! The leader adds or re-addresses a member only under the id the member itself reported; an
+//! address is the same member. Raft's RPCs find it where its pings place it
+//! ([`Membership::locate`], through the store's [`Locator`](super::network::Locator)), before
+//! (or without) a leader rewriting its stored address. The leader adds or re-addresses a member only under the id the member itself reported; an
 //! id guessed from an address (a member not answering yet) only keeps it from being removed.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -69,19 +68,6 @@ fn desired_members(self_id: NodeId, membership: &Membership) -> Desired {
     Desired { members, reported }
 }
 
-/// Where each peer that answered its last probe says it is, by the id it reported.
-fn answering_peers(membership: &Membership) -> HashMap<NodeId, String> {
-    membership
-        .peers()
-        .into_iter()
-        .filter_map(|addr| {
-            let st = membership.peer_status(&addr)?;
-            let id = st.node_id.filter(|_| st.failures == 0)?;
-            Some((id, addr))
-        })
-        .collect()
-}
-
 /// Whether a fresh cluster may be founded now (see the module docs).
 fn may_bootstrap(membership: &Membership, expect: usize) -> bool {
     let configured = membership.configured();
@@ -118,7 +104,6 @@ pub async fn run(
             _ = shutdown.cancelled() => return,
             _ = every.tick() => {}
         }
-        store.peer_directory().replace(answering_peers(&membership));
         if !store.is_initialized() {
             if may_bootstrap(&membership, bootstrap_expect) {
                 bootstrap(&store, &membership).await;
@@ -329,13 +314,15 @@ mod tests {
                 (node_id_for("c:1"), BasicNode::new("b:1")),
             ])
         );
+        assert_eq!(m.locate(node_id_for("c:1")), Some("b:1".to_string()));
         assert_eq!(
-            answering_peers(&m),
-            HashMap::from([(node_id_for("c:1"), "b:1".to_string())])
+            m.locate(node_id_for("b:1")),
+            None,
+            "located by address, not id"
         );
         // A peer whose last probe failed is no longer located by its old answer.
         m.record_probe("b:1", None, 3);
-        assert!(answering_peers(&m).is_empty());
+        assert_eq!(m.locate(node_id_for("c:1")), None);
     }
 
     #[test]

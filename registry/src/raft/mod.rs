@@ -54,6 +54,9 @@ pub struct RaftSettings {
     pub snapshot_logs_since_last: u64,
     /// Log entries kept behind the latest snapshot when the log is purged.
     pub logs_kept_after_snapshot: u64,
+    /// Where the other members answer now (a member that moved keeps its id); by default
+    /// nobody is located and the addresses Raft stores are used.
+    pub locator: network::Locator,
 }
 
 impl RaftSettings {
@@ -72,6 +75,7 @@ impl RaftSettings {
             apply_latency: None,
             snapshot_logs_since_last: DEFAULT_SNAPSHOT_LOGS_SINCE_LAST,
             logs_kept_after_snapshot: DEFAULT_LOGS_KEPT_AFTER_SNAPSHOT,
+            locator: network::Locator::default(),
         }
     }
 }
@@ -181,7 +185,7 @@ struct Inner {
     /// Set once this node has applied everything committed when it started: see
     /// [`PersistentStore::catch_up`].
     caught_up: std::sync::atomic::AtomicBool,
-    directory: network::PeerDirectory,
+    locator: network::Locator,
 }
 
 /// The node's persistent store handle. Cheap to clone.
@@ -253,10 +257,12 @@ impl PersistentStore {
                 })?;
         let peer = crate::peer::PeerClient::new(&settings.cluster_secret)
             .map_err(RaftStartError::Network)?;
-        let directory = network::PeerDirectory::default();
-        let network =
-            network::HttpNetworkFactory::new(node_id, &settings.cluster_secret, directory.clone())
-                .map_err(|e| RaftStartError::Network(e.to_string()))?;
+        let network = network::HttpNetworkFactory::new(
+            node_id,
+            &settings.cluster_secret,
+            settings.locator.clone(),
+        )
+        .map_err(|e| RaftStartError::Network(e.to_string()))?;
         let raft = Raft::new(node_id, config, network, store.log, store.state_machine)
             .await
             .map_err(|e| RaftStartError::Raft(e.to_string()))?;
@@ -285,7 +291,7 @@ impl PersistentStore {
                 secret: settings.cluster_secret,
                 apply_latency: settings.apply_latency,
                 caught_up: std::sync::atomic::AtomicBool::new(false),
-                directory,
+                locator: settings.locator,
             }),
         })
     }
@@ -504,8 +510,8 @@ impl PersistentStore {
     /// (`stored`). The two differ while a member that moved has not been rewritten yet.
     fn address_of(&self, id: NodeId, stored: Option<&BasicNode>) -> Option<String> {
         self.inner
-            .directory
-            .address_of(id)
+            .locator
+            .locate(id)
             .or_else(|| stored.map(|n| n.addr.clone()))
     }
 
@@ -569,11 +575,6 @@ impl PersistentStore {
     /// The underlying openraft handle, for membership management.
     pub fn raft(&self) -> &Raft {
         &self.inner.raft
-    }
-
-    /// Where the other members answer now, as their pings report it (kept by the cluster loop).
-    pub fn peer_directory(&self) -> &network::PeerDirectory {
-        &self.inner.directory
     }
 
     /// The internal Raft routes (`/nacre/internal/raft/…`), guarded by the cluster secret:

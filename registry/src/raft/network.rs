@@ -7,14 +7,13 @@
 //! failures are classified for openraft's retry logic: a refused connection is `Unreachable`
 //! (back off), a deadline is `Timeout`, anything else is a `NetworkError` (retry).
 //!
-//! A member is reached at the address its own ping answers place it ([`PeerDirectory`]), and
-//! only then at the address Raft's membership stores: a member that came back at another
+//! A member is reached at the address its own ping answers place it ([`Locator`]), and only
+//! then at the address Raft's membership stores: a member that came back at another
 //! address keeps its id, and until the leader rewrites the stored address (or while no leader
 //! can be elected because of it) its RPCs must still find it. Every request names its target
 //! id and a node refuses one meant for another member (421), so a stale address can delay an
 //! RPC but never deliver it to the wrong node.
 
-use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,19 +65,33 @@ pub struct HttpStatusError {
     pub body: String,
 }
 
-/// Where each Raft member answers now, by id, as the members' own ping answers report it.
-#[derive(Debug, Clone, Default)]
-pub struct PeerDirectory(Arc<parking_lot::RwLock<HashMap<NodeId, String>>>);
+/// Where a Raft member answers now, by id, as its own ping answers report it (the node's
+/// membership view); `None` for a member that has not answered its last probe.
+#[derive(Clone)]
+pub struct Locator(Arc<dyn Fn(NodeId) -> Option<String> + Send + Sync>);
 
-impl PeerDirectory {
-    /// Replaces every entry: ids that no longer answer are dropped, not kept stale.
-    pub fn replace(&self, addresses: HashMap<NodeId, String>) {
-        *self.0.write() = addresses;
+impl Locator {
+    /// A locator asking `find`.
+    pub fn new(find: impl Fn(NodeId) -> Option<String> + Send + Sync + 'static) -> Self {
+        Self(Arc::new(find))
     }
 
-    /// The address member `id` answered at last, if it did.
-    pub fn address_of(&self, id: NodeId) -> Option<String> {
-        self.0.read().get(&id).cloned()
+    /// Where member `id` answered its last probe, if it did.
+    pub fn locate(&self, id: NodeId) -> Option<String> {
+        (self.0)(id)
+    }
+}
+
+impl Default for Locator {
+    /// Locates nobody: every member is reached at its stored address (a standalone node).
+    fn default() -> Self {
+        Self::new(|_| None)
+    }
+}
+
+impl std::fmt::Debug for Locator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Locator")
     }
 }
 
@@ -88,17 +101,13 @@ pub struct HttpNetworkFactory {
     client: reqwest::Client,
     secret: Arc<str>,
     self_id: NodeId,
-    directory: PeerDirectory,
+    locator: Locator,
 }
 
 impl HttpNetworkFactory {
-    /// A factory for the node `self_id` that authenticates with `secret` and finds members in
-    /// `directory` first.
-    pub fn new(
-        self_id: NodeId,
-        secret: &str,
-        directory: PeerDirectory,
-    ) -> Result<Self, reqwest::Error> {
+    /// A factory for the node `self_id` that authenticates with `secret` and finds members
+    /// with `locator` first.
+    pub fn new(self_id: NodeId, secret: &str, locator: Locator) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             // Peers are addressed directly; an HTTP(S)_PROXY meant for egress must not capture
@@ -109,7 +118,7 @@ impl HttpNetworkFactory {
             client,
             secret: Arc::from(secret),
             self_id,
-            directory,
+            locator,
         })
     }
 }
@@ -125,7 +134,7 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetworkFactory {
             target,
             target_header: target.to_string(),
             target_node: node.clone(),
-            directory: self.directory.clone(),
+            locator: self.locator.clone(),
         }
     }
 }
@@ -139,7 +148,7 @@ pub struct HttpNetwork {
     target_header: String,
     /// The member as Raft's membership stores it.
     target_node: BasicNode,
-    directory: PeerDirectory,
+    locator: Locator,
 }
 
 type RpcResult<T, E> = Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
@@ -157,7 +166,7 @@ impl HttpNetwork {
         Resp: DeserializeOwned,
         E: StdError + DeserializeOwned,
     {
-        let url = match self.directory.address_of(self.target) {
+        let url = match self.locator.locate(self.target) {
             Some(addr) => format!("http://{addr}{RAFT_PATH}/{route}"),
             None => format!("http://{}{RAFT_PATH}/{route}", self.target_node.addr),
         };
