@@ -5,9 +5,10 @@
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use nacre_testkit::{free_loopback_addr, http_call, http_get, METRICS_PATH};
+use nacre_testkit::http::{ips_of, listed_hosts};
+use nacre_testkit::{free_loopback_addr, http_call, http_get, wait_until, METRICS_PATH};
 
 const BIN: &str = env!("CARGO_BIN_EXE_nacre");
 
@@ -64,29 +65,30 @@ impl Up {
 
     /// Every node ready, and the gateway routing to all three with their feeds followed.
     fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let ready = |addr: SocketAddr, path: &str, marks: &[&str]| loop {
-            if let Ok((200, body)) = http_get(addr, path, Duration::from_secs(2)) {
-                if marks.iter().all(|m| body.contains(m)) {
-                    break;
-                }
-            }
-            if Instant::now() >= deadline {
-                panic!(
-                    "{addr}{path} never showed {marks:?}; log:\n{}",
-                    nacre_testkit::log_tail(&self.log, 6000)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        for addr in self.nodes() {
-            ready(addr, METRICS_PATH, &["\"status\":\"UP\""]);
-        }
-        ready(
+        let mut checks: Vec<(SocketAddr, &str, &[&str])> = self
+            .nodes()
+            .into_iter()
+            .map(|addr| (addr, METRICS_PATH, &["\"status\":\"UP\""][..]))
+            .collect();
+        checks.push((
             self.base,
             "/nacre/gateway/ready",
             &["\"nodes\":3", "\"feedsFollowed\":true"],
-        );
+        ));
+        let shows = |(addr, path, marks): &(SocketAddr, &str, &[&str])| {
+            matches!(http_get(*addr, path, Duration::from_secs(2)),
+                Ok((200, body)) if marks.iter().all(|m| body.contains(m)))
+        };
+        let ready = wait_until(Duration::from_secs(60), Duration::from_millis(100), || {
+            checks.iter().all(shows).then_some(())
+        });
+        if let Err(e) = ready {
+            let pending: Vec<_> = checks.iter().filter(|c| !shows(c)).collect();
+            panic!(
+                "nacre up not ready ({e}); still waiting for {pending:?}; log:\n{}",
+                nacre_testkit::log_tail(&self.log, 6000)
+            );
+        }
     }
 
     /// A call through the gateway.
@@ -101,14 +103,10 @@ impl Up {
             .status()
             .expect("kill -INT");
         assert!(status.success());
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let exit = loop {
-            if let Some(s) = self.child.try_wait().expect("wait") {
-                break s;
-            }
-            assert!(Instant::now() < deadline, "nacre up did not stop on SIGINT");
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let exit = wait_until(Duration::from_secs(15), Duration::from_millis(50), || {
+            self.child.try_wait().ok().flatten()
+        })
+        .expect("nacre up did not stop on SIGINT");
         let mut out = String::new();
         if let Some(mut stdout) = self.child.stdout.take() {
             let _ = std::io::Read::read_to_string(&mut stdout, &mut out);
@@ -171,18 +169,7 @@ fn registered_ips(up: &Up, service: &str) -> Vec<String> {
         &format!("/nacos/v1/ns/instance/list?serviceName={service}"),
     );
     assert_eq!(code, 200, "{body}");
-    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
-    let mut ips: Vec<String> = v["hosts"]
-        .as_array()
-        .map(|hosts| {
-            hosts
-                .iter()
-                .filter_map(|h| h["ip"].as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
-    ips.sort();
-    ips
+    ips_of(&listed_hosts(&body))
 }
 
 fn register_persistent(up: &Up, service: &str, ip: &str) {

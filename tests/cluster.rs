@@ -39,30 +39,16 @@ fn api(c: &TestCluster, i: usize) -> Api {
 
 /// (ip, healthy) of every instance a node lists for `service`.
 async fn hosts(api: &Api, service: &str) -> Vec<(String, bool)> {
-    let reply = api
-        .call(
-            "GET",
-            "/nacos/v1/ns/instance/list",
-            &[("serviceName", service)],
-        )
-        .await;
-    if reply.status != 200 {
-        return Vec::new();
-    }
-    let v = reply.json();
-    v["hosts"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|h| {
-                    (
-                        h["ip"].as_str().unwrap_or_default().to_string(),
-                        h["healthy"].as_bool().unwrap_or(false),
-                    )
-                })
-                .collect()
+    api.hosts(service)
+        .await
+        .iter()
+        .map(|h| {
+            (
+                h["ip"].as_str().unwrap_or_default().to_string(),
+                h["healthy"].as_bool().unwrap_or(false),
+            )
         })
-        .unwrap_or_default()
+        .collect()
 }
 
 /// Waits until `api`'s node lists `ip` in `service`; the error carries every node's log.

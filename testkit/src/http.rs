@@ -7,6 +7,27 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+/// The `hosts` of an instance-list answer (empty when `body` is not one).
+pub fn listed_hosts(body: &str) -> Vec<serde_json::Value> {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|mut j| match j["hosts"].take() {
+            serde_json::Value::Array(a) => Some(a),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+/// The IPs of `hosts`, sorted.
+pub fn ips_of(hosts: &[serde_json::Value]) -> Vec<String> {
+    let mut ips: Vec<String> = hosts
+        .iter()
+        .filter_map(|h| h["ip"].as_str().map(str::to_string))
+        .collect();
+    ips.sort();
+    ips
+}
+
 /// Polls `f` every 20 ms until it yields `Some`, for at most `timeout`; the error names `what`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> anyhow::Result<T>
 where
@@ -81,8 +102,8 @@ impl Api {
             .sum()
     }
 
-    /// The IPs listed for `service`, sorted (empty on a non-200 answer).
-    pub async fn ips(&self, service: &str) -> Vec<String> {
+    /// The `hosts` listed for `service` (empty on a non-200 answer).
+    pub async fn hosts(&self, service: &str) -> Vec<serde_json::Value> {
         let r = self
             .call(
                 "GET",
@@ -93,18 +114,12 @@ impl Api {
         if r.status != 200 {
             return Vec::new();
         }
-        let mut v: Vec<String> = serde_json::from_str::<serde_json::Value>(&r.body)
-            .ok()
-            .and_then(|j| {
-                j["hosts"].as_array().map(|a| {
-                    a.iter()
-                        .filter_map(|h| h["ip"].as_str().map(str::to_string))
-                        .collect()
-                })
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
+        listed_hosts(&r.body)
+    }
+
+    /// The IPs listed for `service`, sorted (empty on a non-200 answer).
+    pub async fn ips(&self, service: &str) -> Vec<String> {
+        ips_of(&self.hosts(service).await)
     }
 
     /// `GET /nacos/v1/ns/instance/list` with the given query, parsed as JSON.
