@@ -1,5 +1,23 @@
-# Shared by the benchmark scripts (sourced, not run): the release build, child-process cleanup
-# and readiness polling. Expects ROOT and PREBUILT (NACRE_BIN, possibly empty) to be set.
+# shellcheck shell=bash
+# Shared by the benchmark scripts (sourced right after they set ROOT, not run): the common
+# knobs, the release build, child-process cleanup, readiness polling and loadtest runs.
+
+# Read by the sourcing scripts.
+# shellcheck disable=SC2034
+DURATION="${BENCH_DURATION:-10s}"
+# shellcheck disable=SC2034
+ROUNDS="${BENCH_ROUNDS:-3}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+PREBUILT="${NACRE_BIN:-}"
+# shellcheck disable=SC2034
+NACRE="${PREBUILT:-$CARGO_TARGET_DIR/release/nacre}"
+
+# nacre refuses to start on an unknown NACRE_* variable (a typo must not pass silently), so
+# the scripts' own knobs must not reach it: call once the script has read them.
+forget_knobs() {
+    unset NACRE_BIN
+    for v in $(compgen -e | grep '^NACRE_BENCH_' || true); do unset "$v"; done
+}
 
 # Builds the release binary unless an already built one was given.
 build_nacre() {
@@ -30,4 +48,15 @@ wait_for() { # what, url, [text]
     done
     echo "$1 did not come up (${2}${3:+ never answered with $3})" >&2
     return 1
+}
+
+# Runs one `nacre loadtest` (name, then its arguments), keeping its command line, text report,
+# JSON and SVG under $OUT.
+run() {
+    local name=$1
+    shift
+    echo "== $name"
+    local cmd=("$NACRE" loadtest "$@" --json "$OUT/$name.json" --svg "$OUT/$name.svg")
+    echo "${cmd[*]//$NACRE/nacre}" >"$OUT/$name.cmd"
+    "${cmd[@]}" | tee "$OUT/$name.txt"
 }

@@ -34,17 +34,14 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# shellcheck source=loadtest/bench/lib.sh
+source "$ROOT/loadtest/bench/lib.sh"
 OUT="${NACRE_BENCH_OUT:-$HOME/.cache/nacre-bench/nginx-$(date +%Y%m%d-%H%M%S)}"
-DURATION="${BENCH_DURATION:-10s}"
-ROUNDS="${BENCH_ROUNDS:-3}"
 CONC="${BENCH_CONCURRENCY:-64}"
 LIST_INSTANCES="${BENCH_LIST_INSTANCES:-66}"
 REG_INSTANCES="${BENCH_REGISTER_INSTANCES:-10}"
 LIST_METADATA="${BENCH_LIST_METADATA:-128}"
 PORT="${BENCH_PORT_BASE:-29100}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-PREBUILT="${NACRE_BIN:-}"
-NACRE="${PREBUILT:-$CARGO_TARGET_DIR/release/nacre}"
 SECRET="vs-nginx-bench-cluster-secret"
 NODES=("127.0.0.1:$((PORT + 1))" "127.0.0.1:$((PORT + 2))" "127.0.0.1:$((PORT + 3))")
 MEMBERS="$(IFS=,; echo "${NODES[*]}")"
@@ -56,18 +53,13 @@ LIST_SERVICE="lt$LIST_SEED-svc00000"
 LIST_QUERY="/nacos/v1/ns/instance/list?serviceName=$LIST_SERVICE&groupName=DEFAULT_GROUP&namespaceId=public&clusters=&healthyOnly=false"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)" # nginx wants absolute paths
-# nacre refuses to start on an unknown NACRE_* variable (a typo must not pass silently), so
-# the script's own knobs must not reach it.
-unset NACRE_BIN
-for v in $(compgen -e | grep '^NACRE_BENCH_' || true); do unset "$v"; done
+forget_knobs
 
 if ! command -v nginx >/dev/null 2>&1; then
     echo "== installing nginx-light"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light
 fi
-# shellcheck source=loadtest/bench/lib.sh
-source "$ROOT/loadtest/bench/lib.sh"
 build_nacre
 
 wait_up() { wait_for "node $1" "http://$1/nacos/v1/ns/operator/metrics" '"status":"UP"'; }
@@ -151,14 +143,6 @@ echo "nodes $MEMBERS (pids ${NODE_PIDS[*]}); gateway cache off $GW_OFF (pid $GW_
     "cache on $GW_ON (pid $GW_ON_PID); nginx $NGINX_ADDR (worker pid $NGINX_WORKER)"
 echo "results in $OUT"
 
-run() { # name, then loadtest args
-    local name=$1
-    shift
-    echo "== $name"
-    local cmd=("$NACRE" loadtest "$@" --json "$OUT/$name.json" --svg "$OUT/$name.svg")
-    echo "${cmd[*]}" | sed "s|$NACRE|nacre|" >"$OUT/$name.cmd"
-    "${cmd[@]}" | tee "$OUT/$name.txt"
-}
 gw_metrics() { # addr, file
     curl -fsS "http://$1/metrics" >"$2"
 }

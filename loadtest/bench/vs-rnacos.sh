@@ -15,30 +15,23 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# shellcheck source=loadtest/bench/lib.sh
+source "$ROOT/loadtest/bench/lib.sh"
 CACHE="${NACRE_BENCH_CACHE:-$HOME/.cache/nacre-bench}"
 OUT="${NACRE_BENCH_OUT:-$CACHE/results-$(date +%Y%m%d-%H%M%S)}"
-DURATION="${BENCH_DURATION:-10s}"
-ROUNDS="${BENCH_ROUNDS:-3}"
 CONC="${BENCH_CONCURRENCY:-32}"
 PORT="${BENCH_PORT_BASE:-29000}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-PREBUILT="${NACRE_BIN:-}"
-NACRE="${PREBUILT:-$CARGO_TARGET_DIR/release/nacre}"
 RNACOS="$CACHE/bin/rnacos"
 NACRE_ADDR="127.0.0.1:$PORT"
 RNACOS_PORT=$((PORT + 10))
 RNACOS_ADDR="127.0.0.1:$RNACOS_PORT"
 mkdir -p "$OUT"
-# nacre refuses to start on an unknown NACRE_* variable (a typo must not pass silently), so
-# the script's own knobs must not reach it.
-unset NACRE_BENCH_CACHE NACRE_BENCH_OUT NACRE_BIN
+forget_knobs
 
 if [ ! -x "$RNACOS" ]; then
     echo "== installing r-nacos 0.8.8 into $CACHE (nice 19; takes a while)"
     nice -n 19 cargo install rnacos --version 0.8.8 --locked --root "$CACHE"
 fi
-# shellcheck source=loadtest/bench/lib.sh
-source "$ROOT/loadtest/bench/lib.sh"
 build_nacre
 
 # Until a node is ready its metrics answer 200 with "status":"DOWN" (and writes get 503), so
@@ -75,15 +68,6 @@ start_rnacos() { # data dir; sets RNACOS_PID
 stop() { # pid
     kill "$1" 2>/dev/null || true
     wait "$1" 2>/dev/null || true
-}
-
-run() { # name, then loadtest args
-    local name=$1
-    shift
-    echo "== $name"
-    local cmd=("$NACRE" loadtest "$@" --json "$OUT/$name.json" --svg "$OUT/$name.svg")
-    echo "${cmd[*]}" | sed "s|$NACRE|nacre|" >"$OUT/$name.cmd"
-    "${cmd[@]}" | tee "$OUT/$name.txt"
 }
 
 echo "nacre $NACRE_ADDR, r-nacos $RNACOS_ADDR; results in $OUT"
