@@ -14,6 +14,7 @@ use anyhow::{bail, Result};
 use nacre_testkit::addr_server::AddressServer;
 use nacre_testkit::cluster::{ClusterOptions, TestCluster};
 use nacre_testkit::http::{eventually, Api};
+use nacre_testkit::METRICS_PATH;
 
 const READY: Duration = Duration::from_secs(60);
 
@@ -126,6 +127,30 @@ async fn writes_on_any_node_are_listed_by_every_node() -> Result<()> {
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99),
         latencies[latencies.len() - 1]
+    );
+
+    // Every node holds all 30 services but is responsible only for those the ring gives it;
+    // the nodes' shares add up to the whole.
+    let mut owned_by = std::collections::BTreeMap::<String, u64>::new();
+    for i in 0..30 {
+        *owned_by
+            .entry(owner_of(&apis[0], &format!("orders-{i}")).await)
+            .or_default() += 1;
+    }
+    let mut shares = 0;
+    for (i, a) in apis.iter().enumerate() {
+        let m = a.call("GET", METRICS_PATH, &[]).await.json();
+        let want = owned_by.get(&c.advertised(i)).copied().unwrap_or(0);
+        assert_eq!(m["serviceCount"], 30, "{m}");
+        assert_eq!(m["instanceCount"], 30, "{m}");
+        assert_eq!(m["responsibleServiceCount"], want, "node {i}: {m}");
+        assert_eq!(m["responsibleInstanceCount"], want, "node {i}: {m}");
+        shares += want;
+    }
+    assert_eq!(shares, 30);
+    assert!(
+        owned_by.values().all(|&n| n < 30),
+        "one node owns everything: {owned_by:?}"
     );
 
     // Deregistration through yet another node disappears everywhere.

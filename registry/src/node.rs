@@ -10,7 +10,7 @@ use nacre_config::RegistrySettings;
 use nacre_ring::ServiceKey;
 
 use crate::clock::Clock;
-use crate::distro::{BeatOutcome, Distro, EphemeralStore, ExpiryKind, ServiceRecord};
+use crate::distro::{BeatOutcome, Distro, EphemeralStore, ServiceRecord};
 use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::naming::model::{ClusterMeta, Instance, InstanceKey, Metadata, Namespace, ServiceMeta};
@@ -559,21 +559,26 @@ impl Node {
         Ok(updated)
     }
 
-    /// Runs one expiry sweep over ephemeral instances.
+    /// Runs one expiry sweep over ephemeral instances. Logs one line per service touched
+    /// (counts and a few names), not one per instance: a stopped fleet of thousands would
+    /// otherwise flood the log.
     pub fn sweep(&self) {
         let expired = self.distro.sweep(self.now_ms());
-        let mut keys = std::collections::HashSet::new();
-        for e in &expired {
-            let kind = match e.kind {
-                ExpiryKind::Unhealthy => "unhealthy",
-                ExpiryKind::Removed => "removed",
-            };
-            self.metrics.expirations.with_label_values(&[kind]).inc();
-            tracing::info!(service = %e.key, instance = %e.instance, kind, "instance expired");
-            keys.insert(e.key.clone());
-        }
-        for k in keys {
-            self.ephemeral_changed(&k);
+        for s in crate::distro::store::summarize(&expired) {
+            let m = &self.metrics.expirations;
+            m.with_label_values(&["unhealthy"])
+                .inc_by(s.unhealthy as u64);
+            m.with_label_values(&["removed"]).inc_by(s.removed as u64);
+            let sample: Vec<String> = s.sample.iter().map(ToString::to_string).collect();
+            tracing::info!(
+                service = %s.key,
+                unhealthy = s.unhealthy,
+                removed = s.removed,
+                instances = %sample.join(","),
+                more = (s.unhealthy + s.removed).saturating_sub(sample.len()),
+                "instances expired"
+            );
+            self.ephemeral_changed(&s.key);
         }
     }
 
@@ -714,6 +719,31 @@ impl Node {
             (only, st.instance_count())
         });
         (eph_services + only_persistent, eph_instances, per_instances)
+    }
+
+    /// (services, instances) this node is responsible for: the services the ring gives it,
+    /// with their ephemeral and persistent instances (`responsible*` in `operator/metrics`).
+    pub fn owned_counts(&self) -> (usize, usize) {
+        // One ring for the whole count, so a ring change midway cannot count a service twice.
+        let ring = self.membership().ring();
+        let (standalone, me) = (
+            self.membership().is_standalone(),
+            self.membership().self_addr(),
+        );
+        let owned = |k: &ServiceKey| standalone || ring.owner(k) == Some(me);
+        let (eph_services, eph_instances) = self.ephemeral().counts_where(owned);
+        let (only_persistent, per_instances) = self.persistent.read(|st| {
+            st.services()
+                .filter(|(k, _)| owned(k))
+                .fold((0, 0), |(s, i), (k, svc)| {
+                    let new_service = usize::from(!self.ephemeral().contains(k));
+                    (s + new_service, i + svc.instances.len())
+                })
+        });
+        (
+            eph_services + only_persistent,
+            eph_instances + per_instances,
+        )
     }
 
     /// Updates the gauges that are computed from state rather than counted on events.

@@ -50,6 +50,7 @@ async fn system_load() -> (f64, f64, f64) {
 /// `GET /operator/metrics`: what Java and Node clients probe for `"status":"UP"`.
 pub async fn operator_metrics(State(app): State<Arc<App>>) -> Response {
     let (services, eph, per) = app.node.counts();
+    let (owned_services, owned_instances) = app.node.owned_counts();
     let (cpu, load, mem) = system_load().await;
     let status = if app.node.is_ready() { "UP" } else { "DOWN" };
     json(&serde_json::json!({
@@ -57,8 +58,8 @@ pub async fn operator_metrics(State(app): State<Arc<App>>) -> Response {
         "serviceCount": services,
         "instanceCount": eph + per,
         "raftNotifyTaskCount": 0,
-        "responsibleServiceCount": services,
-        "responsibleInstanceCount": eph + per,
+        "responsibleServiceCount": owned_services,
+        "responsibleInstanceCount": owned_instances,
         "cpu": cpu,
         "load": load,
         "mem": mem,

@@ -147,6 +147,49 @@ pub struct Expiry {
     pub kind: ExpiryKind,
 }
 
+/// What one sweep did to one service: the sweep's log unit (one line per service and round,
+/// however many instances a stopped fleet takes with it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceExpiry {
+    /// Service.
+    pub key: ServiceKey,
+    /// Instances marked unhealthy.
+    pub unhealthy: usize,
+    /// Instances removed.
+    pub removed: usize,
+    /// The first few instances touched, for the log line.
+    pub sample: Vec<InstanceKey>,
+}
+
+/// Instances named per service in a sweep's log line.
+pub const EXPIRY_SAMPLE: usize = 3;
+
+/// Groups a sweep's expiries by service, in the order services first appear.
+pub fn summarize(expired: &[Expiry]) -> Vec<ServiceExpiry> {
+    let mut out: Vec<ServiceExpiry> = Vec::new();
+    let mut index: HashMap<&ServiceKey, usize> = HashMap::new();
+    for e in expired {
+        let i = *index.entry(&e.key).or_insert_with(|| {
+            out.push(ServiceExpiry {
+                key: e.key.clone(),
+                unhealthy: 0,
+                removed: 0,
+                sample: Vec::new(),
+            });
+            out.len() - 1
+        });
+        let s = &mut out[i];
+        match e.kind {
+            ExpiryKind::Unhealthy => s.unhealthy += 1,
+            ExpiryKind::Removed => s.removed += 1,
+        }
+        if s.sample.len() < EXPIRY_SAMPLE {
+            s.sample.push(e.instance.clone());
+        }
+    }
+    out
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     services: HashMap<ServiceKey, EphemeralService>,
@@ -516,11 +559,17 @@ impl EphemeralStore {
 
     /// (services, instances) currently held.
     pub fn counts(&self) -> (usize, usize) {
+        self.counts_where(|_| true)
+    }
+
+    /// (services, instances) of the services for which `pred` holds.
+    pub fn counts_where(&self, pred: impl Fn(&ServiceKey) -> bool) -> (usize, usize) {
         let inner = self.inner.read();
-        (
-            inner.services.len(),
-            inner.services.values().map(|s| s.instances.len()).sum(),
-        )
+        inner
+            .services
+            .iter()
+            .filter(|(k, _)| pred(k))
+            .fold((0, 0), |(s, i), (_, svc)| (s + 1, i + svc.instances.len()))
     }
 }
 
@@ -553,6 +602,40 @@ mod tests {
                 s.instances.iter().find(|i| i.ip == ip).map(|i| i.healthy)
             })
             .flatten()
+    }
+
+    #[test]
+    fn a_stopped_fleet_is_summarized_per_service() {
+        let s = EphemeralStore::new();
+        let other = ServiceKey::new("public", "DEFAULT_GROUP", "billing");
+        for n in 0..500 {
+            s.register(&key(), inst(&format!("10.0.{}.{}", n / 250, n % 250), 0), 0);
+        }
+        s.register(&other, inst("10.9.0.1", 0), 0);
+        let expired = s.sweep(30_001);
+        assert_eq!(expired.len(), 501);
+        let mut summary = summarize(&expired);
+        summary.sort_by(|a, b| a.key.cmp(&b.key));
+        assert_eq!(summary.len(), 2, "one entry per service, not per instance");
+        assert_eq!((summary[0].key.clone(), summary[0].removed), (other, 1));
+        assert_eq!(summary[0].sample, vec![id("10.9.0.1")]);
+        assert_eq!((summary[1].unhealthy, summary[1].removed), (0, 500));
+        assert_eq!(summary[1].sample.len(), EXPIRY_SAMPLE);
+        // Unhealthy and removed in one round are counted apart.
+        let mixed = [
+            Expiry {
+                key: key(),
+                instance: id("10.0.0.1"),
+                kind: ExpiryKind::Unhealthy,
+            },
+            Expiry {
+                key: key(),
+                instance: id("10.0.0.2"),
+                kind: ExpiryKind::Removed,
+            },
+        ];
+        let m = summarize(&mixed);
+        assert_eq!((m.len(), m[0].unhealthy, m[0].removed), (1, 1, 1));
     }
 
     #[test]
