@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# THE test command: installs the pinned legacy Nacos clients (Python nacos-sdk-python 0.1.x,
+# THE test command: installs the pinned test runner and legacy Nacos clients (Python nacos-sdk-python 0.1.x,
 # Node nacos 2.x) used by tests/legacy_clients.rs, then runs every test of the workspace.
 # Extra arguments go to `cargo nextest run` (e.g. a test filter).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+
+# The test runner, pinned; installed from crates.io when missing (a fresh machine may lack it).
+NEXTEST_VERSION=0.9.143
+if ! cargo nextest --version 2>/dev/null | grep -q "cargo-nextest $NEXTEST_VERSION"; then
+    cargo install cargo-nextest --version "$NEXTEST_VERSION" --locked
+fi
 
 bash scripts/install-legacy-clients.sh
 

@@ -1,14 +1,20 @@
-//! The `nacre` binary: parses flags, sets up logging, binds listeners and hands over to the
-//! tier crates. Nothing else lives here.
+//! The `nacre` binary: parses flags, sets up logging, and hands over to the tier crates. A
+//! failure is printed as one message and a hint, never a backtrace: a mistake in a flag or a
+//! setting is the user's to fix, not a crash to debug.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
+mod logging;
+mod settings;
+mod up;
+
+use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
-use nacre_config::{GatewaySettings, RegistrySettings};
+use clap::{Parser, Subcommand};
+use nacre_config::{ConfigError, RegistrySettings};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use logging::LogFormat;
 
 // The request path allocates many small, short-lived buffers (parameters, keys, JSON); glibc's
 // malloc/free/consolidate took ~13 % of a register-heavy profile. `no_thp` (Cargo.toml) keeps
@@ -27,153 +33,28 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run nacre locally with zero configuration: a gateway on --listen in front of --nodes
-    /// registry nodes on the next loopback ports, data under --data/node-K.
-    Up {
-        /// Address of the gateway, the one address clients use; node K listens K ports above.
-        #[arg(long, default_value = "127.0.0.1:8848")]
-        listen: SocketAddr,
-        /// Data directory (one sub-directory per node, plus the shared cluster secret).
-        #[arg(long, default_value = "./data")]
-        data: PathBuf,
-        /// Number of registry nodes (1 runs a standalone node).
-        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=16))]
-        nodes: u16,
-        /// Gateway worker threads.
-        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
-        threads: u16,
-    },
+    /// registry nodes on the next loopback ports, data and logs under --data.
+    Up(up::UpArgs),
     /// Run one registry node.
-    Registry(RegistryArgs),
+    Registry(settings::RegistryArgs),
     /// Run the gateway: one stateless address in front of the registry nodes.
-    Gateway(GatewayArgs),
+    Gateway(settings::GatewayArgs),
     /// Load-test a Nacos 1.x compatible registry (nacre, r-nacos, Java Nacos).
     Loadtest(nacre_loadtest::LoadtestArgs),
 }
 
-#[derive(Debug, Args)]
-struct RegistryArgs {
-    /// TOML settings file (flags and NACRE_* variables override it).
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Run as a single-node cluster.
-    #[arg(long)]
-    standalone: bool,
-    /// HTTP listen address.
-    #[arg(long)]
-    listen: Option<SocketAddr>,
-    /// Address peers and clients use for this node (default: the listen address).
-    #[arg(long)]
-    advertise: Option<String>,
-    /// Data directory (SQLite file, node id, generated cluster secret).
-    #[arg(long)]
-    data: Option<PathBuf>,
-    /// Shared secret for node-to-node traffic (required for a cluster; a standalone node
-    /// generates one into its data dir).
-    #[arg(long, env = "NACRE_CLUSTER_SECRET", hide_env_values = true)]
-    cluster_secret: Option<String>,
-    /// Cluster members, `host:port,host:port,…` (this node included).
-    #[arg(long, group = "source")]
-    members: Option<String>,
-    /// A Nacos `cluster.conf` listing the members; re-read when it changes.
-    #[arg(long, group = "source")]
-    members_file: Option<PathBuf>,
-    /// An address server URL (`http://host:port/nacos/serverlist`) answering the members.
-    #[arg(long, group = "source")]
-    members_endpoint: Option<String>,
-    /// `NAME:PORT` of a DNS name (a Kubernetes headless Service) whose A records are the members.
-    #[arg(long, group = "source")]
-    members_dns: Option<String>,
-    /// Members that must be known before a fresh cluster forms (needed with endpoint or DNS
-    /// discovery; defaults to the size of a static list or file).
-    #[arg(long)]
-    bootstrap_expect: Option<usize>,
-}
-
-#[derive(Debug, Args)]
-struct GatewayArgs {
-    /// TOML settings file. `NACRE_GATEWAY_<KEY>` variables override it (any key of the file,
-    /// in capitals), and flags override both.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Listen address.
-    #[arg(long)]
-    listen: Option<SocketAddr>,
-    /// Addresses `/nacos/serverlist` answers, `host:port,…` (default: the listen address).
-    #[arg(long)]
-    advertise: Option<String>,
-    /// Worker threads of the proxy.
-    #[arg(long)]
-    threads: Option<usize>,
-    /// The registry cluster's shared secret (probes and change feeds are internal calls).
-    #[arg(long, env = "NACRE_CLUSTER_SECRET", hide_env_values = true)]
-    cluster_secret: Option<String>,
-    /// Registry nodes, `host:port,host:port,…`.
-    #[arg(long, group = "upstream_source")]
-    upstreams: Option<String>,
-    /// An address server URL (`http://host:port/nacos/serverlist`) answering the nodes.
-    #[arg(long, group = "upstream_source")]
-    upstreams_endpoint: Option<String>,
-    /// `NAME:PORT` of a DNS name whose A records are the nodes.
-    #[arg(long, group = "upstream_source")]
-    upstreams_dns: Option<String>,
-}
-
-fn gateway_settings(args: GatewayArgs) -> anyhow::Result<GatewaySettings> {
-    let mut s = GatewaySettings::load(args.config.as_deref(), std::env::vars())?;
-    if let Some(l) = args.listen {
-        s.listen = l;
-    }
-    if let Some(a) = args.advertise {
-        s.advertise = nacre_config::members::parse_members_flag(&a)?;
-    }
-    if let Some(t) = args.threads {
-        s.threads = t;
-    }
-    if let Some(c) = args.cluster_secret {
-        s.cluster_secret = Some(c);
-    }
-    // A source on the command line replaces the file's.
-    if args.upstreams.is_some() || args.upstreams_endpoint.is_some() || args.upstreams_dns.is_some()
-    {
-        s.upstreams.clear();
-        s.upstreams_endpoint = args.upstreams_endpoint;
-        s.upstreams_dns = args.upstreams_dns;
-        if let Some(u) = args.upstreams {
-            s.upstreams = nacre_config::members::parse_members_flag(&u)?;
-        }
-    }
-    s.validate()?;
-    Ok(s)
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("NACRE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
-/// Cancels `token` on SIGINT or SIGTERM; a second signal exits at once.
-fn shutdown_on_signals(token: CancellationToken) {
+/// Cancels `token` on SIGINT or SIGTERM; a second signal exits at once. `tell` also says so
+/// on the terminal (`nacre up`, whose logs go to files).
+fn shutdown_on_signals(token: CancellationToken, tell: bool) {
     tokio::spawn(async move {
         wait_signal().await;
         tracing::info!("shutting down (send the signal again to exit at once)");
+        if tell {
+            println!("nacre: stopping (Ctrl-C again to exit at once)");
+        }
         token.cancel();
         wait_signal().await;
         tracing::warn!("second signal: exiting immediately");
@@ -204,195 +85,110 @@ async fn wait_signal() {
 }
 
 async fn run_registry(settings: RegistrySettings) -> anyhow::Result<()> {
-    settings.validate()?;
     let listener = TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let token = CancellationToken::new();
-    shutdown_on_signals(token.clone());
+    shutdown_on_signals(token.clone(), false);
     nacre_registry::run(listener, settings, token).await?;
     Ok(())
 }
 
-fn registry_settings(args: RegistryArgs) -> anyhow::Result<RegistrySettings> {
-    let mut s = RegistrySettings::load(args.config.as_deref(), std::env::vars())?;
-    if let Some(l) = args.listen {
-        s.listen = l;
-    }
-    if let Some(a) = args.advertise {
-        s.advertise = Some(a);
-    }
-    if let Some(d) = args.data {
-        s.data_dir = d;
-    }
-    if let Some(c) = args.cluster_secret {
-        s.cluster_secret = Some(c);
-    }
-    let c = &mut s.cluster;
-    if let Some(m) = args.members {
-        c.members = nacre_config::members::parse_members_flag(&m)?;
-    }
-    if let Some(f) = args.members_file {
-        c.members_file = Some(f);
-    }
-    if let Some(u) = args.members_endpoint {
-        c.members_endpoint = Some(u);
-    }
-    if let Some(d) = args.members_dns {
-        c.members_dns = Some(d);
-    }
-    if let Some(n) = args.bootstrap_expect {
-        c.bootstrap_expect = Some(n);
-    }
-    // A member source means a cluster unless --standalone says otherwise; without one the
-    // settings file decides (standalone by default).
-    if args.standalone {
-        s.standalone = true;
-    } else if s.cluster.source()?.is_some() {
-        s.standalone = false;
-    }
-    Ok(s)
-}
-
-/// The secret shared by the nodes of `nacre up`, generated once into the data dir.
-fn local_cluster_secret(data: &std::path::Path) -> anyhow::Result<String> {
-    let path = data.join("cluster-secret");
-    if let Ok(s) = std::fs::read_to_string(&path) {
-        if s.trim().len() >= 16 {
-            return Ok(s.trim().to_string());
-        }
-    }
-    std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
-    let secret = format!(
-        "{:016x}{:016x}",
-        rand_u64(),
-        rand_u64() ^ std::process::id() as u64
-    );
-    std::fs::write(&path, &secret).with_context(|| format!("writing {}", path.display()))?;
-    Ok(secret)
-}
-
-/// 64 random bits from the OS-seeded hasher (no extra dependency for a local secret).
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.finish()
-}
-
-/// `nacre up`: `nodes` registry nodes in this process on the ports after `listen`, and the
-/// gateway on `listen` (on a thread of its own: pingora runs its own runtimes).
-async fn run_up(listen: SocketAddr, data: PathBuf, nodes: u16, threads: u16) -> anyhow::Result<()> {
-    let base = RegistrySettings::load(None, std::env::vars())?;
-    let secret = local_cluster_secret(&data)?;
-    let addrs: Vec<SocketAddr> = (1..=nodes)
-        .map(|k| {
-            listen
-                .port()
-                .checked_add(k)
-                .map(|p| SocketAddr::new(listen.ip(), p))
-                .context("port range overflows")
-        })
-        .collect::<anyhow::Result<_>>()?;
-    let gateway = GatewaySettings {
-        listen,
-        threads: usize::from(threads),
-        cluster_secret: Some(secret.clone()),
-        upstreams: addrs.iter().map(|a| a.to_string()).collect(),
-        ..GatewaySettings::default()
-    };
-    gateway.validate()?;
-    let token = CancellationToken::new();
-    shutdown_on_signals(token.clone());
-    let mut set = tokio::task::JoinSet::new();
-    for (k, addr) in addrs.iter().enumerate() {
-        let mut s = base.clone();
-        s.listen = *addr;
-        s.data_dir = data.join(format!("node-{}", k + 1));
-        s.cluster_secret = Some(secret.clone());
-        if nodes == 1 {
-            s.standalone = true;
-        } else {
-            s.standalone = false;
-            s.cluster.members = addrs.iter().map(|a| a.to_string()).collect();
-        }
-        s.validate()?;
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr}"))?;
-        println!(
-            "nacre: node {} on http://{addr} (data in {})",
-            k + 1,
-            s.data_dir.display()
-        );
-        let span = tracing::info_span!("node", addr = %addr);
-        let t = token.clone();
-        set.spawn(tracing::Instrument::instrument(
-            async move {
-                nacre_registry::run(listener, s, t)
-                    .await
-                    .map_err(anyhow::Error::from)
-            },
-            span,
-        ));
-    }
-    println!("nacre: gateway on http://{listen} (point clients here)");
-    let gateway_stop = token.clone();
-    set.spawn(async move {
-        tokio::task::spawn_blocking(move || {
-            nacre_gateway::run(gateway, nacre_gateway::Stop::Token(gateway_stop))
-        })
-        .await?
-        .map_err(anyhow::Error::from)
-    });
-    let mut result = Ok(());
-    while let Some(r) = set.join_next().await {
-        // One part failing takes the local cluster down: a half-started cluster on fixed
-        // ports would only confuse.
-        let r = r.map_err(anyhow::Error::from).and_then(|r| r);
-        if let Err(e) = r {
-            token.cancel();
-            if result.is_ok() {
-                result = Err(e);
-            }
-        }
-    }
-    result
-}
-
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    init_logging(cli.log_format);
-    // pingora builds its own runtimes and must not be started inside one.
-    if let Command::Gateway(args) = cli.command {
-        nacre_gateway::run(gateway_settings(args)?, nacre_gateway::Stop::Signals)?;
-        return Ok(());
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(async move {
-        match cli.command {
-            Command::Up {
-                listen,
-                data,
-                nodes,
-                threads,
-            } => run_up(listen, data, nodes, threads).await,
-            Command::Registry(args) => run_registry(registry_settings(args)?).await,
-            Command::Loadtest(args) => {
-                nacre_loadtest::run(args).await?;
-                Ok(())
-            }
-            Command::Gateway(_) => Err(anyhow::anyhow!(
-                "the gateway runs outside the async runtime"
-            )),
+        .context("starting the async runtime")
+}
+
+/// Runs the chosen command to its end.
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Up(args) => {
+            // Logs go to files before anything can log; the guard flushes them at exit.
+            let logs = logging::to_files(cli.log_format, &args.data.join("logs"), args.verbose)
+                .with_context(|| format!("cannot write logs under {}", args.data.display()))?;
+            let current = logs.current.clone();
+            runtime()?.block_on(up::run(args, current))
         }
+        Command::Registry(args) => {
+            logging::to_stderr(cli.log_format);
+            let loaded = settings::registry(args)?;
+            settings::warn_unknown_env(&loaded.unknown_env);
+            runtime()?.block_on(run_registry(loaded.settings))
+        }
+        Command::Gateway(args) => {
+            logging::to_stderr(cli.log_format);
+            let loaded = settings::gateway(args)?;
+            settings::warn_unknown_env(&loaded.unknown_env);
+            // pingora builds its own runtimes and must not be started inside one.
+            nacre_gateway::run(loaded.settings, nacre_gateway::Stop::Signals)?;
+            Ok(())
+        }
+        Command::Loadtest(args) => {
+            logging::to_stderr(cli.log_format);
+            runtime()?.block_on(nacre_loadtest::run(args))?;
+            Ok(())
+        }
+    }
+}
+
+/// The configuration error somewhere in `e`'s chain, also when a tier wrapped it.
+fn config_error(e: &anyhow::Error) -> Option<&ConfigError> {
+    e.chain().find_map(|c| {
+        c.downcast_ref::<ConfigError>()
+            .or_else(|| match c.downcast_ref::<nacre_registry::ServeError>() {
+                Some(nacre_registry::ServeError::Config(ce)) => Some(ce),
+                _ => None,
+            })
+            .or_else(|| match c.downcast_ref::<nacre_gateway::GatewayError>() {
+                Some(nacre_gateway::GatewayError::Config(ce)) => Some(ce),
+                _ => None,
+            })
     })
+}
+
+/// What to do about `e`, when there is something to say beyond its message.
+fn hint(e: &anyhow::Error) -> Option<&'static str> {
+    if let Some(ce) = config_error(e) {
+        return Some(match ce {
+            ConfigError::Read { .. } => "check the path given to --config",
+            ConfigError::Parse { .. } => {
+                "fix or remove the key named above; README.md lists every setting"
+            }
+            ConfigError::Invalid { .. } => {
+                "fix the value named above (a flag, a NACRE_* variable or the --config file); `nacre <command> --help` lists the flags"
+            }
+        });
+    }
+    let io = e.chain().find_map(|c| c.downcast_ref::<std::io::Error>())?;
+    match io.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            Some("another process is listening there: stop it, or choose another address with --listen")
+        }
+        std::io::ErrorKind::AddrNotAvailable => {
+            Some("that address is not one of this machine's: use 127.0.0.1, 0.0.0.0 or a local interface's address")
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            Some("this user may not use that port or path: choose a port above 1023, or a directory you own (--data)")
+        }
+        _ => None,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` prints the cause chain on one line and never a backtrace, whatever
+            // RUST_BACKTRACE says.
+            eprintln!("nacre: error: {e:#}");
+            if let Some(h) = hint(&e) {
+                eprintln!("hint: {h}");
+            }
+            // 2 for a usage or settings mistake, as clap's own usage errors; 1 otherwise.
+            ExitCode::from(if config_error(&e).is_some() { 2 } else { 1 })
+        }
+    }
 }

@@ -1,6 +1,8 @@
-//! The binary's command line: `nacre up` runs a gateway in front of a 3-node cluster, stops
-//! cleanly on Ctrl-C and finds its data again on the next start (even with its ports moved);
-//! bad settings stop start-up with the offending key named.
+//! The binary's command line: `nacre up` runs a gateway in front of a 3-node cluster with a
+//! short status on the terminal and its logs in files, stops cleanly on Ctrl-C and finds its
+//! data again on the next start (even with its ports moved); bad settings stop start-up with
+//! the offending key named and a hint, never a backtrace; a stray `NACRE_*` variable in the
+//! environment is a warning, not a refusal.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -37,26 +39,47 @@ fn plus(addr: SocketAddr, k: u16) -> SocketAddr {
 struct Up {
     child: Child,
     base: SocketAddr,
-    log: PathBuf,
+    data: PathBuf,
+    stderr: PathBuf,
 }
 
 impl Up {
-    /// Starts `nacre up`; its log goes to `log`, shown when it fails to become ready.
-    fn start(base: SocketAddr, data: &Path, log: &Path) -> Up {
-        let stderr = std::fs::File::create(log).expect("create log");
+    /// Starts `nacre up`; what it prints on stderr goes to `stderr` (nothing, unless it fails).
+    fn start(base: SocketAddr, data: &Path, stderr: &Path) -> Up {
+        let err = std::fs::File::create(stderr).expect("create stderr file");
         let child = Command::new(BIN)
             .args(["up", "--listen", &base.to_string(), "--data"])
             .arg(data)
-            .env("NACRE_LOG", "info")
             .stdout(Stdio::piped())
-            .stderr(stderr)
+            .stderr(err)
             .spawn()
             .expect("spawn nacre up");
         Up {
             child,
             base,
-            log: log.to_path_buf(),
+            data: data.to_path_buf(),
+            stderr: stderr.to_path_buf(),
         }
+    }
+
+    /// The log file(s) `nacre up` writes under its data dir.
+    fn log_files(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.data.join("logs"))
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default()
+    }
+
+    /// The end of the log files and of stderr, for a failure message.
+    fn log_tail(&self) -> String {
+        let mut out = String::new();
+        for f in self.log_files().iter().chain([&self.stderr]) {
+            out += &format!(
+                "--- {}\n{}\n",
+                f.display(),
+                nacre_testkit::log_tail(f, 6000)
+            );
+        }
+        out
     }
 
     fn nodes(&self) -> Vec<SocketAddr> {
@@ -86,7 +109,7 @@ impl Up {
             let pending: Vec<_> = checks.iter().filter(|c| !shows(c)).collect();
             panic!(
                 "nacre up not ready ({e}); still waiting for {pending:?}; log:\n{}",
-                nacre_testkit::log_tail(&self.log, 6000)
+                self.log_tail()
             );
         }
     }
@@ -152,14 +175,44 @@ fn up_starts_a_gateway_and_three_nodes_and_stops_cleanly_on_sigint() {
     let (code, body) = up.call("GET", "/nacos/v1/ns/instance/list?serviceName=none");
     assert_eq!(code, 200, "{body}");
     let nodes = up.nodes();
+    let log_files = up.log_files();
+    let stderr_path = up.stderr.clone();
     let (exit, out) = up.interrupt();
     assert!(exit.success(), "exit status {exit:?}");
+    // A short status, not the logs: the addresses, where data and logs are, how to stop.
     for addr in nodes.iter().chain([&base]) {
         assert!(
             out.contains(&addr.to_string()),
             "address {addr} not printed: {out}"
         );
     }
+    for mark in ["logs:", "data:", "Ctrl-C", "ready in", "stopped"] {
+        assert!(out.contains(mark), "{mark:?} not printed: {out}");
+    }
+    assert!(out.lines().count() <= 16, "too chatty:\n{out}");
+    assert!(!out.contains("INFO"), "log lines on the terminal:\n{out}");
+    let stderr = std::fs::read_to_string(&stderr_path).expect("read stderr");
+    assert!(stderr.trim().is_empty(), "printed on stderr:\n{stderr}");
+    // ... while the full logs are in a file under the data dir.
+    assert_eq!(log_files.len(), 1, "{log_files:?}");
+    let log = std::fs::read_to_string(&log_files[0]).expect("read log");
+    assert!(
+        log.contains("gateway serving") && log.contains("INFO"),
+        "{log}"
+    );
+    assert!(
+        out.contains(&log_files[0].display().to_string()),
+        "log path not printed: {out}"
+    );
+    // The generated cluster secret is readable by its owner only.
+    let mode = std::fs::metadata(data.join("cluster-secret"))
+        .expect("secret")
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o077,
+        0,
+        "{mode:?}"
+    );
 }
 
 /// The IPs `service` lists through the gateway, sorted.
@@ -261,12 +314,122 @@ fn bad_settings_fail_loudly() {
     };
     let err = refused(gateway().env_remove("NACRE_CLUSTER_SECRET"));
     assert!(err.contains("cluster_secret"), "{err}");
+}
 
-    // A mistyped gateway variable is a typo, not something to ignore.
-    let err = refused(
-        gateway()
+/// Starts `cmd` with stderr in `stderr`, waits until `addr` answers `path` with 200, stops it
+/// and returns what it printed on stderr.
+fn serves_and_says(cmd: &mut Command, addr: SocketAddr, path: &str, stderr: &Path) -> String {
+    let err = std::fs::File::create(stderr).expect("create stderr file");
+    let mut child = cmd.stderr(err).spawn().expect("spawn nacre");
+    let served = wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
+        matches!(http_get(addr, path, Duration::from_secs(2)), Ok((200, _))).then_some(())
+    });
+    let exited = child.try_wait().ok().flatten();
+    let _ = child.kill();
+    let _ = child.wait();
+    let said = std::fs::read_to_string(stderr).unwrap_or_default();
+    assert!(
+        served.is_ok(),
+        "{cmd:?} did not serve {path} (exit {exited:?}):\n{said}"
+    );
+    said
+}
+
+#[test]
+fn unknown_variables_in_the_environment_are_warnings_not_refusals() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let addr = free_loopback_addr().expect("free port");
+    let said = serves_and_says(
+        Command::new(BIN)
+            .args([
+                "registry",
+                "--standalone",
+                "--listen",
+                &addr.to_string(),
+                "--data",
+            ])
+            .arg(dir.path().join("node"))
+            .env("NACRE_HOME", "/home/someone/nacre")
+            .env("NACRE_LISTN", "127.0.0.1:1"),
+        addr,
+        METRICS_PATH,
+        &dir.path().join("node.err"),
+    );
+    for var in ["NACRE_HOME", "NACRE_LISTN"] {
+        assert!(
+            said.lines().any(|l| l.contains("WARN") && l.contains(var)),
+            "no warning naming {var}:\n{said}"
+        );
+    }
+
+    let addr = free_loopback_addr().expect("free port");
+    let said = serves_and_says(
+        Command::new(BIN)
+            .args([
+                "gateway",
+                "--listen",
+                &addr.to_string(),
+                "--upstreams",
+                "127.0.0.1:9",
+            ])
             .args(["--cluster-secret", "0123456789abcdef0123"])
             .env("NACRE_GATEWAY_THREADZ", "4"),
+        addr,
+        "/nacre/gateway/health",
+        &dir.path().join("gateway.err"),
     );
-    assert!(err.contains("NACRE_GATEWAY_THREADZ"), "{err}");
+    assert!(
+        said.lines()
+            .any(|l| l.contains("WARN") && l.contains("NACRE_GATEWAY_THREADZ")),
+        "no warning naming the variable:\n{said}"
+    );
+}
+
+#[test]
+fn user_errors_print_a_message_and_a_hint_never_a_backtrace() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken_addr = taken.local_addr().expect("addr").to_string();
+    let registry = |extra: &[&str]| {
+        let mut c = Command::new(BIN);
+        c.args(["registry", "--standalone", "--data"])
+            .arg(dir.path().join("node"))
+            .args(extra)
+            .env("RUST_BACKTRACE", "full")
+            .env("RUST_LIB_BACKTRACE", "1");
+        c
+    };
+    let cases: Vec<(Command, i32, &str, &str)> = vec![
+        (
+            {
+                let mut c = registry(&["--listen", "127.0.0.1:0"]);
+                c.env("NACRE_MAX_BODY_BYTES", "lots");
+                c
+            },
+            2,
+            "NACRE_MAX_BODY_BYTES",
+            "hint: fix the value",
+        ),
+        (
+            registry(&["--listen", &taken_addr]),
+            1,
+            &taken_addr,
+            "hint: another process is listening there",
+        ),
+    ];
+    for (mut cmd, code, named, hint) in cases {
+        let out = cmd.output().expect("run nacre");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{cmd:?}:\n{err}");
+        assert!(err.contains(named) && err.contains(hint), "{cmd:?}:\n{err}");
+        for noise in ["backtrace", "panicked", "Stack", "at src/"] {
+            assert!(!err.contains(noise), "{noise:?} printed:\n{err}");
+        }
+        let lines: Vec<&str> = err
+            .lines()
+            .filter(|l| !l.contains("INFO") && !l.trim().is_empty())
+            .collect();
+        assert_eq!(lines.len(), 2, "one message and one hint:\n{err}");
+    }
+    drop(taken);
 }

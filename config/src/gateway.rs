@@ -2,8 +2,8 @@
 //! fronts and how it finds them, its cache and its shutdown.
 //!
 //! Same layering as the registry: defaults, then an optional TOML file, then
-//! `NACRE_GATEWAY_<KEY>` environment variables (the TOML key in capitals; an unknown one is a
-//! typo and stops start-up), then flags applied by the binary. `validate()` names the key of
+//! `NACRE_GATEWAY_<KEY>` environment variables (the TOML key in capitals; an unknown one is
+//! reported for a warning, as the registry's are), then flags applied by the binary. `validate()` names the key of
 //! any bad value before anything binds. The cluster secret is the nodes' own
 //! `NACRE_CLUSTER_SECRET`, read by the binary.
 
@@ -13,7 +13,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::members::{self, MemberSource};
-use crate::{invalid, ConfigError};
+use crate::{invalid, ConfigError, Loaded};
 
 /// Everything `nacre gateway` needs.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -97,7 +97,7 @@ impl GatewaySettings {
     pub fn load(
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Self, ConfigError> {
+    ) -> Result<Loaded<Self>, ConfigError> {
         let mut s: Self = crate::load_toml(file)?;
         let ours: Vec<(String, String)> = env
             .into_iter()
@@ -112,13 +112,21 @@ impl GatewaySettings {
             s.upstreams_endpoint = None;
             s.upstreams_dns = None;
         }
-        for (var, v) in &ours {
-            s.apply_env(var, &key(var), v)?;
+        let mut unknown_env = Vec::new();
+        for (var, v) in ours {
+            if !s.apply_env(&var, &key(&var), &v)? {
+                unknown_env.push(var);
+            }
         }
-        Ok(s)
+        unknown_env.sort();
+        Ok(Loaded {
+            settings: s,
+            unknown_env,
+        })
     }
 
-    fn apply_env(&mut self, var: &str, key: &str, v: &str) -> Result<(), ConfigError> {
+    /// Applies one variable; `Ok(false)` when no setting reads it.
+    fn apply_env(&mut self, var: &str, key: &str, v: &str) -> Result<bool, ConfigError> {
         use crate::env_num as num;
         // Address-list errors name the generic `members` key; name the variable instead.
         let addresses = |v: &str| {
@@ -157,9 +165,9 @@ impl GatewaySettings {
                     "the secret is the nodes' own NACRE_CLUSTER_SECRET",
                 ))
             }
-            _ => return Err(invalid(var, v, "unknown setting")),
+            _ => return Ok(false),
         }
-        Ok(())
+        Ok(true)
     }
 
     /// The one configured source of registry nodes.
@@ -311,7 +319,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("g.toml");
         std::fs::write(&p, "threads = 4\nupstreams = [\"127.0.0.1:1\"]\n").unwrap();
-        let s = GatewaySettings::load(Some(&p), []).unwrap();
+        let s = GatewaySettings::load(Some(&p), []).unwrap().settings;
         assert_eq!(s.threads, 4);
         std::fs::write(&p, "thread = 4\n").unwrap();
         assert!(GatewaySettings::load(Some(&p), []).is_err());
@@ -324,7 +332,7 @@ mod tests {
     }
 
     #[test]
-    fn the_environment_overrides_the_file_and_rejects_typos() {
+    fn the_environment_overrides_the_file_and_bad_values_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("g.toml");
         std::fs::write(
@@ -341,9 +349,13 @@ mod tests {
                 ("NACRE_GATEWAY_ADVERTISE", "10.0.0.1:8848,10.0.0.2:8848"),
                 ("NACRE_LOG", "debug"),
                 ("NACRE_MEMBERS", "ignored:1"),
+                ("NACRE_GATEWAY_THREADZ", "3"),
             ]),
         )
         .unwrap();
+        // A typo in the environment is named for a warning, and changes nothing.
+        assert_eq!(s.unknown_env, vec!["NACRE_GATEWAY_THREADZ"]);
+        let s = s.settings;
         assert_eq!(s.threads, 8);
         assert_eq!(
             s.cache_bytes, 10,
@@ -356,7 +368,6 @@ mod tests {
         assert_eq!(s.upstreams_dns.as_deref(), Some("nacre.default.svc:8848"));
 
         for (var, value, named) in [
-            ("NACRE_GATEWAY_THREAD", "2", "NACRE_GATEWAY_THREAD"),
             ("NACRE_GATEWAY_THREADS", "two", "NACRE_GATEWAY_THREADS"),
             (
                 "NACRE_GATEWAY_UPSTREAMS",
@@ -383,7 +394,8 @@ mod tests {
                 ("NACRE_GATEWAY_UPSTREAMS_DNS", "n:1"),
             ]),
         )
-        .unwrap();
+        .unwrap()
+        .settings;
         assert!(both.source().is_err());
     }
 }

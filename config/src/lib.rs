@@ -3,6 +3,10 @@
 //! Settings come from defaults, then an optional TOML file, then `NACRE_*` environment
 //! variables, then command-line flags (applied by the binary). `validate()` runs before anything
 //! binds: a bad value stops start-up with the key and the value named, never a silent fallback.
+//!
+//! Unknown keys in a file the operator passed are refused (a typo there is the operator's own).
+//! An unknown `NACRE_*` variable is only reported ([`Loaded::unknown_env`]): the environment is
+//! ambient, and a user's own `NACRE_HOME` or a script's `NACRE_BIN` must not stop every node.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -51,6 +55,16 @@ fn invalid(key: &str, value: impl ToString, reason: &str) -> ConfigError {
         value: value.to_string(),
         reason: reason.to_string(),
     }
+}
+
+/// Settings, with what loading them noticed without refusing it.
+#[derive(Debug, Clone)]
+pub struct Loaded<T> {
+    /// The settings.
+    pub settings: T,
+    /// `NACRE_*` variables of this tier that no setting reads, sorted; the binary warns about
+    /// each, naming it.
+    pub unknown_env: Vec<String>,
 }
 
 /// A number from the environment variable `key`.
@@ -250,15 +264,23 @@ impl RegistrySettings {
     pub fn load(
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Self, ConfigError> {
-        let mut s: Self = load_toml(file)?;
+    ) -> Result<Loaded<Self>, ConfigError> {
+        let mut settings: Self = load_toml(file)?;
+        let mut unknown_env = Vec::new();
         for (k, v) in env {
-            s.apply_env(&k, &v)?;
+            if !settings.apply_env(&k, &v)? && k.starts_with("NACRE_") && is_registry_env(&k) {
+                unknown_env.push(k);
+            }
         }
-        Ok(s)
+        unknown_env.sort();
+        Ok(Loaded {
+            settings,
+            unknown_env,
+        })
     }
 
-    fn apply_env(&mut self, key: &str, v: &str) -> Result<(), ConfigError> {
+    /// Applies one variable; `Ok(false)` when no setting reads it.
+    fn apply_env(&mut self, key: &str, v: &str) -> Result<bool, ConfigError> {
         use env_num as num;
         match key {
             "NACRE_LISTEN" => {
@@ -299,12 +321,9 @@ impl RegistrySettings {
             "NACRE_RAFT_MEMBERSHIP_INTERVAL_MS" => {
                 self.cluster.raft_membership_interval_ms = num(key, v)?
             }
-            k if k.starts_with("NACRE_") && is_registry_env(k) => {
-                return Err(invalid(key, v, "unknown setting"));
-            }
-            _ => {}
+            _ => return Ok(false),
         }
-        Ok(())
+        Ok(true)
     }
 
     /// The address this node is known by.
@@ -477,7 +496,7 @@ const FOREIGN_ENV_PREFIXES: [&str; 7] = [
     "NACRE_LOG",
 ];
 
-/// Env names owned by the registry; an unknown one of these is a typo.
+/// Env names the registry would read; an unknown one of these is worth a warning.
 fn is_registry_env(k: &str) -> bool {
     !FOREIGN_ENV_PREFIXES.iter().any(|p| k.starts_with(p))
 }
@@ -491,33 +510,49 @@ mod tests {
         RegistrySettings::default().validate().unwrap();
     }
 
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
     #[test]
-    fn env_overrides_and_rejects_typos() {
-        let s = RegistrySettings::load(
-            None,
-            vec![("NACRE_LISTEN".to_string(), "127.0.0.1:9000".to_string())],
-        )
-        .unwrap();
+    fn env_overrides_and_bad_values_are_refused() {
+        let s = RegistrySettings::load(None, env(&[("NACRE_LISTEN", "127.0.0.1:9000")]))
+            .unwrap()
+            .settings;
         assert_eq!(s.listen, "127.0.0.1:9000".parse().unwrap());
-        let e = RegistrySettings::load(None, vec![("NACRE_LISTN".to_string(), "x".to_string())])
-            .unwrap_err();
-        assert!(e.to_string().contains("NACRE_LISTN"), "{e}");
+        let e = RegistrySettings::load(None, env(&[("NACRE_LISTEN", "nowhere")])).unwrap_err();
+        assert!(e.to_string().contains("NACRE_LISTEN"), "{e}");
         let e = RegistrySettings::load(
             None,
             vec![("NACRE_MAX_BODY_BYTES".to_string(), "lots".to_string())],
         )
         .unwrap_err();
         assert!(e.to_string().contains("lots"), "{e}");
-        // Variables of other tiers and of the test harness are not the registry's business.
-        RegistrySettings::load(
+    }
+
+    #[test]
+    fn unknown_ambient_variables_are_reported_not_refused() {
+        let loaded = RegistrySettings::load(
             None,
-            vec![
-                ("NACRE_COMPAT_ONLY".to_string(), "push".to_string()),
-                ("NACRE_TEST_BIN".to_string(), "/bin/x".to_string()),
-                ("NACRE_GATEWAY_THREADS".to_string(), "2".to_string()),
-            ],
+            env(&[
+                ("NACRE_LISTN", "x"),
+                ("NACRE_HOME", "/home/me/nacre"),
+                ("NACRE_LISTEN", "127.0.0.1:9001"),
+                ("HOME", "/root"),
+                // Variables of other tiers and of the test harness are not the registry's
+                // business: not even a warning.
+                ("NACRE_COMPAT_ONLY", "push"),
+                ("NACRE_TEST_BIN", "/bin/x"),
+                ("NACRE_GATEWAY_THREADS", "2"),
+                ("NACRE_BIN", "/usr/bin/nacre"),
+            ]),
         )
         .unwrap();
+        assert_eq!(loaded.unknown_env, vec!["NACRE_HOME", "NACRE_LISTN"]);
+        assert_eq!(loaded.settings.listen, "127.0.0.1:9001".parse().unwrap());
     }
 
     #[test]
@@ -528,7 +563,7 @@ mod tests {
         let e = RegistrySettings::load(Some(&p), vec![]).unwrap_err();
         assert!(e.to_string().contains("max_body_byts"), "{e}");
         std::fs::write(&p, "[push]\nmax_sends = 0\n").unwrap();
-        let s = RegistrySettings::load(Some(&p), vec![]).unwrap();
+        let s = RegistrySettings::load(Some(&p), vec![]).unwrap().settings;
         assert!(s
             .validate()
             .unwrap_err()
