@@ -4,9 +4,11 @@
 //! the offending key named and a hint, never a backtrace; a stray `NACRE_*` variable in the
 //! environment is a warning, not a refusal.
 
+use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nacre_testkit::http::{ips_of, listed_hosts};
@@ -41,25 +43,44 @@ struct Up {
     base: SocketAddr,
     data: PathBuf,
     stderr: PathBuf,
+    /// What it printed on stdout so far (read by a thread as it comes).
+    stdout: Arc<Mutex<String>>,
 }
 
 impl Up {
     /// Starts `nacre up`; what it prints on stderr goes to `stderr` (nothing, unless it fails).
     fn start(base: SocketAddr, data: &Path, stderr: &Path) -> Up {
         let err = std::fs::File::create(stderr).expect("create stderr file");
-        let child = Command::new(BIN)
+        let mut child = Command::new(BIN)
             .args(["up", "--listen", &base.to_string(), "--data"])
             .arg(data)
             .stdout(Stdio::piped())
             .stderr(err)
             .spawn()
             .expect("spawn nacre up");
+        let stdout = Arc::new(Mutex::new(String::new()));
+        if let Some(pipe) = child.stdout.take() {
+            let sink = stdout.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if let Ok(mut s) = sink.lock() {
+                        s.push_str(&line);
+                        s.push('\n');
+                    }
+                }
+            });
+        }
         Up {
             child,
             base,
             data: data.to_path_buf(),
             stderr: stderr.to_path_buf(),
+            stdout,
         }
+    }
+
+    fn printed(&self) -> String {
+        self.stdout.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
     /// The log file(s) `nacre up` writes under its data dir.
@@ -103,7 +124,8 @@ impl Up {
                 Ok((200, body)) if marks.iter().all(|m| body.contains(m)))
         };
         let ready = wait_until(Duration::from_secs(60), Duration::from_millis(100), || {
-            checks.iter().all(shows).then_some(())
+            // The terminal says so too, once the gateway routes to every node.
+            (checks.iter().all(shows) && self.printed().contains("nacre: ready")).then_some(())
         });
         if let Err(e) = ready {
             let pending: Vec<_> = checks.iter().filter(|c| !shows(c)).collect();
@@ -130,10 +152,12 @@ impl Up {
             self.child.try_wait().ok().flatten()
         })
         .expect("nacre up did not stop on SIGINT");
-        let mut out = String::new();
-        if let Some(mut stdout) = self.child.stdout.take() {
-            let _ = std::io::Read::read_to_string(&mut stdout, &mut out);
-        }
+        // The reader thread sees the pipe close right after the exit.
+        let out = wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
+            let out = self.printed();
+            out.contains("nacre: stopped").then_some(out)
+        })
+        .unwrap_or_else(|_| self.printed());
         (exit, out)
     }
 }

@@ -236,6 +236,17 @@ impl Membership {
             .collect()
     }
 
+    /// (members this node can reach, itself included; members configured, itself counted
+    /// even when missing from the list). Reachable peers are UP or SUSPICIOUS: the same
+    /// probe states that keep a peer on the ring.
+    pub fn reachable_and_configured(&self) -> (usize, usize) {
+        let view = self.view.read();
+        let reachable = 1 + view.peers.values().filter(|s| s.state.is_live()).count();
+        let configured =
+            view.configured.len() + usize::from(!view.configured.contains(&self.self_addr));
+        (reachable, configured)
+    }
+
     /// Whether `addr` answered its last probe (see [`Membership::live_peers`]).
     pub fn is_live(&self, addr: &str) -> bool {
         self.view

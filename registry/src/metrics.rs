@@ -24,6 +24,11 @@ pub struct Metrics {
     pub beats: IntCounter,
     /// Instances expired by the health sweep, by kind (`unhealthy` / `removed`).
     pub expirations: IntCounterVec,
+    /// Expiry ticks held, by reason (`not_ready` / `no_majority`): the node did not judge.
+    pub expiry_held: IntCounterVec,
+    /// Times every deadline (or a taken-over service's) moved later, by cause
+    /// (`unobserved` / `regained` / `takeover`).
+    pub deadline_moves: IntCounterVec,
     /// Health-check flips of persistent instances, by result.
     pub health_flips: IntCounterVec,
     /// Health probes sent by this node (only the owner of a service probes it).
@@ -70,6 +75,22 @@ impl Metrics {
             ),
             &["kind"],
         )?;
+        let expiry_held = IntCounterVec::new(
+            Opts::new(
+                "nacre_expiry_held_total",
+                "Expiry ticks on which this node did not judge silence, by reason",
+            ),
+            &["reason"],
+        )?;
+        let deadline_moves = IntCounterVec::new(
+            Opts::new(
+                "nacre_expiry_deadline_moves_total",
+                "Times instance deadlines moved later (stall, regained standing, takeover)",
+            ),
+            &["cause"],
+        )?;
+        registry.register(Box::new(expiry_held.clone()))?;
+        registry.register(Box::new(deadline_moves.clone()))?;
         let health_flips = IntCounterVec::new(
             Opts::new(
                 "nacre_health_check_flips_total",
@@ -115,6 +136,8 @@ impl Metrics {
             services,
             beats,
             expirations,
+            expiry_held,
+            deadline_moves,
             raft_apply,
             health_flips,
             health_probes,

@@ -559,12 +559,49 @@ impl Node {
         Ok(updated)
     }
 
-    /// Runs one expiry sweep over ephemeral instances. Logs one line per service touched
-    /// (counts and a few names), not one per instance: a stopped fleet of thousands would
-    /// otherwise flood the log.
+    /// Runs one expiry tick (see the rules in [`crate::distro`]): the node judges silence only
+    /// with the standing to, and after moving deadlines it could not observe. Logs one line
+    /// per service touched (counts and a few names), not one per instance: a stopped fleet of
+    /// thousands would otherwise flood the log.
     pub fn sweep(&self) {
-        let expired = self.distro.sweep(self.now_ms());
-        for s in crate::distro::store::summarize(&expired) {
+        let report = self.distro.sweep(
+            self.now_ms(),
+            self.settings.expiry_interval_ms,
+            self.is_ready(),
+        );
+        let plan = &report.plan;
+        let moves = &self.metrics.deadline_moves;
+        if plan.unobserved_ms > 0 {
+            moves.with_label_values(&["unobserved"]).inc();
+            tracing::warn!(
+                unobserved_ms = plan.unobserved_ms,
+                "this node stalled between expiry ticks; every deadline moves later by the time it could not observe"
+            );
+        }
+        if let Some(reason) = plan.held {
+            self.metrics.expiry_held.with_label_values(&[reason]).inc();
+            if plan.lost_standing {
+                tracing::warn!(
+                    reason,
+                    "expiry held: this node may not judge silence (not ready, or out of contact with a majority of members)"
+                );
+            }
+            return;
+        }
+        if plan.restart_all {
+            moves.with_label_values(&["regained"]).inc();
+            tracing::info!(
+                services = report.granted,
+                "expiry resumed; every deadline restarts from now"
+            );
+        } else if report.granted > 0 {
+            moves.with_label_values(&["takeover"]).inc();
+            tracing::info!(
+                services = report.granted,
+                "took over services; their instances get one full timeout of grace"
+            );
+        }
+        for s in crate::distro::store::summarize(&report.expired) {
             let m = &self.metrics.expirations;
             m.with_label_values(&["unhealthy"])
                 .inc_by(s.unhealthy as u64);

@@ -124,11 +124,9 @@ where
     tokio::spawn(tracing::Instrument::in_current_span(f))
 }
 
-/// The cluster side of Distro: hands ownership over when the ring changes (with grace), keeps
-/// the sync workers matched to the member list, and runs verify rounds.
+/// The cluster side of Distro: keeps the sync workers matched to the member list and runs
+/// verify rounds. (Takeover grace is granted by the expiry sweep itself, rule E4.)
 async fn distro_loop(node: Arc<Node>, verify_every: Duration, stop: CancellationToken) {
-    let mut rings = node.membership().subscribe();
-    let mut last_ring = rings.borrow_and_update().clone();
     let mut verify = tokio::time::interval(verify_every);
     verify.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut peers_tick = tokio::time::interval(Duration::from_millis(500));
@@ -136,17 +134,6 @@ async fn distro_loop(node: Arc<Node>, verify_every: Duration, stop: Cancellation
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            changed = rings.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                let ring = rings.borrow_and_update().clone();
-                let granted = node.distro().ownership_moved(&last_ring, &ring, node.now_ms());
-                if granted > 0 {
-                    tracing::info!(services = granted, "took over services; their instances get one full timeout of grace");
-                }
-                last_ring = ring;
-            }
             _ = peers_tick.tick() => {
                 if let Some(c) = node.distro().cluster() {
                     c.replicator.set_peers(&node.membership().peers());
@@ -234,6 +221,10 @@ pub async fn run(
                 ..SyncSettings::default()
             },
             verify_interval: Duration::from_millis(c.verify_interval_ms),
+            expected_members: c
+                .bootstrap_expect
+                .unwrap_or_else(|| discovery.current().len())
+                .max(1),
             ..DistroSettings::default()
         };
         let replicator = Arc::new(Replicator::new(
@@ -411,10 +402,16 @@ pub async fn run(
         // Serve first (peers probe us and fetch our snapshot too), then load peers' data;
         // the node reports ready only once this is done.
         let loader = node.clone();
+        let stop = tasks.clone();
         handles.push(spawn_in_span(async move {
             let clock = loader.clone();
-            let n = loader.distro().load_snapshot(move || clock.now_ms()).await;
-            tracing::info!(services = n, "distro start-up snapshot loaded");
+            if let Some(n) = loader
+                .distro()
+                .load_snapshot(move || clock.now_ms(), &stop)
+                .await
+            {
+                tracing::info!(services = n, "distro start-up load done");
+            }
         }));
     }
     let result = tokio::select! {

@@ -327,6 +327,17 @@ impl TestCluster {
         self.slot_mut(i)?.node.kill9()
     }
 
+    /// Freezes node `i` with SIGSTOP: it holds its sockets but answers nothing, as in a long
+    /// GC pause or a VM freeze. [`TestCluster::resume`] thaws it.
+    pub fn pause(&mut self, i: usize) -> Result<()> {
+        self.slot_mut(i)?.node.pause()
+    }
+
+    /// Thaws node `i` (SIGCONT) after [`TestCluster::pause`].
+    pub fn resume(&mut self, i: usize) -> Result<()> {
+        self.slot_mut(i)?.node.resume()
+    }
+
     /// Kills node `i` if running and starts it again with the same port, arguments,
     /// environment and data dir (with a members file it reads the file's current content).
     /// Partitions set with [`TestCluster::partition`] are re-applied to the new process.

@@ -84,6 +84,16 @@ impl Api {
         }
     }
 
+    /// The same client with another per-request timeout (a frozen node never answers; a
+    /// checker must move on).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.client = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .unwrap_or_default();
+        self
+    }
+
     /// The same client with another User-Agent.
     pub fn with_agent(mut self, ua: &str) -> Self {
         self.user_agent = ua.to_string();

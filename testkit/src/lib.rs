@@ -10,13 +10,16 @@
 //! [`cluster::TestCluster`] runs a whole multi-node cluster with a [`proxy::LinkProxy`] in front
 //! of every node so tests can cut or slow down the links between nodes.
 //! [`gateway::GatewayProcess`] runs `nacre gateway` in front of nodes. [`wait_until`] polls for
-//! convergence.
+//! convergence. Faults: `kill -9`, SIGSTOP / SIGCONT pauses, partitions and cut or delayed
+//! links. [`fleet`] is the workload of the fault tests (instances beating as 1.x clients do)
+//! and their "live never absent" checker.
 //!
 //! Everything here is synchronous and std-only (the readiness probe is a tiny HTTP/1.0 GET),
 //! so it can be used from plain `#[test]`s and from async tests alike.
 
 pub mod addr_server;
 pub mod cluster;
+pub mod fleet;
 pub mod gateway;
 pub mod http;
 mod process;
@@ -196,6 +199,17 @@ impl NodeProcess {
     /// SIGKILLs the child (no graceful shutdown) and reaps it. No-op if not running.
     pub fn kill9(&mut self) -> Result<()> {
         process::kill9(&mut self.child)
+    }
+
+    /// Freezes the node with SIGSTOP (see [`NodeProcess::resume`]); a paused node is killed as
+    /// usual on drop.
+    pub fn pause(&mut self) -> Result<()> {
+        process::set_paused(&self.child, true)
+    }
+
+    /// Thaws a node frozen by [`NodeProcess::pause`] (SIGCONT).
+    pub fn resume(&mut self) -> Result<()> {
+        process::set_paused(&self.child, false)
     }
 
     /// Kills the child if still running, then starts it again with the same port, data dir and

@@ -1,6 +1,7 @@
 //! Child-process plumbing shared by [`crate::NodeProcess`] and
 //! [`crate::gateway::GatewayProcess`]: output appended to a log file, the log's tail for
-//! failure messages, `kill -9` with reaping, and polling a readiness endpoint.
+//! failure messages, `kill -9` with reaping, SIGSTOP / SIGCONT pauses, and polling a readiness
+//! endpoint.
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
@@ -47,6 +48,22 @@ pub(crate) fn kill9(child: &mut Option<Child>) -> Result<()> {
         c.wait().context("reaping the child")?;
     }
     Ok(())
+}
+
+/// Freezes (`SIGSTOP`) or thaws (`SIGCONT`) the child, as a long GC pause, a VM freeze or a
+/// starved process would: its sockets stay open and the kernel still accepts connections for
+/// it, but it answers nothing until resumed.
+pub(crate) fn set_paused(child: &Option<Child>, paused: bool) -> Result<()> {
+    let Some(c) = child else {
+        bail!("no running child to pause or resume");
+    };
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(c.id()).context("pid out of range")?);
+    let sig = if paused {
+        nix::sys::signal::Signal::SIGSTOP
+    } else {
+        nix::sys::signal::Signal::SIGCONT
+    };
+    nix::sys::signal::kill(pid, sig).with_context(|| format!("sending {sig} to {pid}"))
 }
 
 /// What [`wait_ready`] polls.

@@ -2,11 +2,63 @@
 //!
 //! [`store`] holds the data with versions; [`replicate`] pushes local changes to peers within
 //! milliseconds; [`verify`] compares digests periodically and repairs what pushes missed; the
-//! wire messages live in [`wire`]. [`Distro`] ties them to the membership view: it decides
-//! which services this node owns (and so expires), applies what peers send, and loads a full
-//! snapshot from peers before a starting node reports ready.
+//! wire messages live in [`wire`]; [`expiry`] decides when this node may act on silence;
+//! [`startup`] loads the peers' data before a starting node reports ready. [`Distro`] ties
+//! them to the membership view.
+//!
+//! # The rules (each enforced in one place, each with its test)
+//!
+//! **Ownership and writes**
+//! - **O1 — owner.** A service's owner is its owner on this node's ring: this node plus every
+//!   peer that answers probes and is ready (`membership`). Only the owner judges its
+//!   instances' silence. *Test:* `membership::tests::ring_follows_probe_results`.
+//! - **O2 — forwarding.** A client's write for a service another node owns is replayed on the
+//!   owner once (never re-forwarded); when the owner cannot be reached it is applied here, and
+//!   replication reconciles (`api::forward`). *Test:* `tests/cluster.rs`
+//!   `writes_on_any_node_are_listed_by_every_node`.
+//! - **V1 — versions.** Every visible change of a service gets a hybrid-logical-clock version
+//!   above every version this node has seen; peers apply a whole service record only when it
+//!   is newer than theirs, so delivery is idempotent and order-free (`store`). *Tests:*
+//!   `store::tests::versions_grow_and_order_across_nodes`,
+//!   `store::tests::deletion_replicates_and_stale_records_do_not_resurrect`.
+//!
+//! **Expiry** (`expiry::ExpiryGate`, applied by [`Distro::sweep`]): a node must never act on a
+//! silence it could not have observed.
+//! - **E1 — standing.** A node judges silence only while it is ready and can reach a majority
+//!   of the expected members (itself included; `bootstrap_expect` is a floor under the list,
+//!   so an empty first lookup cannot make one node a majority). A starting, lagging or cut-off
+//!   node holds every deadline: the beats went to the nodes that can see them, and its
+//!   removals would carry fresh versions that win everywhere. *Tests:*
+//!   `expiry::tests::e1_only_a_ready_node_in_contact_with_a_majority_judges`;
+//!   `tests/faults.rs` `an_isolated_node_coming_back_never_removes_live_instances`.
+//! - **E2 — continuity.** A sweep tick that comes more than one interval (at least 1 s) late
+//!   means the node was paused or starved: every deadline moves later by the time it could not
+//!   observe, before anything is judged. *Tests:*
+//!   `expiry::tests::e2_time_the_node_could_not_observe_moves_every_deadline`;
+//!   `tests/faults.rs` `a_paused_node_resuming_never_removes_live_instances`.
+//! - **E3 — regained standing.** When a node (re)gains the standing of E1, every deadline
+//!   restarts from now: it saw no beats while it had none. *Test:*
+//!   `expiry::tests::e3_regaining_the_standing_restarts_every_deadline`.
+//! - **E4 — takeover grace.** Services this node owns under the current ring but did not own
+//!   under the ring of its previous sweep get one full timeout of grace, granted in the same
+//!   call that sweeps, so no expiry ever runs under a new ring before its grace. *Tests:*
+//!   `expiry::tests::e4_a_ring_change_is_reported_with_the_ring_it_replaces`,
+//!   `tests::e4_takeover_grace_comes_before_any_expiry_under_the_new_ring`.
+//!
+//! **Start-up**
+//! - **S1 — loaded before ready.** A clustered node reports ready only after it applied the
+//!   snapshot of a loaded peer, or after a majority of the expected members answered that they
+//!   are all starting (then nobody holds data). Timeouts, errors and an empty peer list settle
+//!   nothing: it retries, out of every ring. *Test:*
+//!   `startup::tests::s1_ready_only_with_the_peers_data_or_a_majority_starting_together`;
+//!   `tests/cluster.rs` `restarted_and_new_nodes_load_everything_before_ready`.
+//!
+//! **Repair** — the verify rules (missing / older / newer / conflicting copies, orphans) are
+//! stated in [`verify`], each with its test there.
 
+pub mod expiry;
 pub mod replicate;
+pub mod startup;
 pub mod store;
 pub mod verify;
 pub mod wire;
@@ -15,8 +67,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use nacre_ring::{Ring, ServiceKey};
+use nacre_ring::ServiceKey;
 
+pub use expiry::{ExpiryGate, Plan, Standing};
 pub use replicate::{DistroMetrics, Replicator, SyncSettings};
 pub use store::{BeatOutcome, Digest, EphemeralStore, Expiry, ExpiryKind, ServiceRecord};
 
@@ -35,6 +88,10 @@ pub struct DistroSettings {
     pub verify_interval: Duration,
     /// Time allowed to fetch a snapshot from one peer at start-up.
     pub snapshot_timeout: Duration,
+    /// Members the cluster should have (`bootstrap_expect`, else the configured list at
+    /// start): a floor under the member count, so a failed first lookup cannot make one node
+    /// look like a majority.
+    pub expected_members: usize,
 }
 
 impl Default for DistroSettings {
@@ -43,6 +100,7 @@ impl Default for DistroSettings {
             sync: SyncSettings::default(),
             verify_interval: Duration::from_secs(5),
             snapshot_timeout: Duration::from_secs(30),
+            expected_members: 1,
         }
     }
 }
@@ -57,12 +115,24 @@ pub struct DistroCluster {
     pub settings: DistroSettings,
 }
 
+/// What one sweep tick decided and did.
+#[derive(Debug)]
+pub struct SweepReport {
+    /// The gate's decision (held or not, deadlines moved).
+    pub plan: Plan,
+    /// Services given takeover grace (rule E4).
+    pub granted: usize,
+    /// Instances marked unhealthy or removed.
+    pub expired: Vec<Expiry>,
+}
+
 /// The ephemeral side of a node.
 pub struct Distro {
     store: Arc<EphemeralStore>,
     membership: Arc<Membership>,
     cluster: Option<DistroCluster>,
     loaded: AtomicBool,
+    gate: parking_lot::Mutex<ExpiryGate>,
 }
 
 impl Distro {
@@ -73,6 +143,7 @@ impl Distro {
             membership,
             cluster: None,
             loaded: AtomicBool::new(true),
+            gate: parking_lot::Mutex::new(ExpiryGate::new()),
         }
     }
 
@@ -87,6 +158,7 @@ impl Distro {
             membership,
             cluster: Some(cluster),
             loaded: AtomicBool::new(false),
+            gate: parking_lot::Mutex::new(ExpiryGate::new()),
         }
     }
 
@@ -155,55 +227,159 @@ impl Distro {
         changed
     }
 
-    /// Runs one expiry sweep over the services this node owns.
-    pub fn sweep(&self, now_ms: u64) -> Vec<Expiry> {
-        let ring = self.membership.ring();
-        let me = self.membership.self_addr();
-        let standalone = self.membership.is_standalone();
-        self.store
-            .sweep_owned(now_ms, |k| standalone || ring.owner(k) == Some(me))
+    /// This node's standing to judge silence (rule E1), from its readiness and membership.
+    pub fn standing(&self, ready: bool) -> Standing {
+        let expected = self
+            .cluster
+            .as_ref()
+            .map_or(1, |c| c.settings.expected_members);
+        let (reachable, configured) = self.membership.reachable_and_configured();
+        Standing {
+            ready,
+            reachable,
+            expected: configured.max(expected),
+            standalone: self.membership.is_standalone(),
+        }
     }
 
-    /// Grants grace to services this node owns under `new` but did not under `old`.
-    pub fn ownership_moved(&self, old: &Ring, new: &Ring, now_ms: u64) -> usize {
+    /// One expiry tick: the gate decides whether this node may judge and which deadlines to
+    /// move first (rules E1–E4), then the services this node owns are swept. Deadlines move
+    /// and instances expire in this one call, so no expiry ever runs under a new ring or after
+    /// a gap before its grace is granted.
+    pub fn sweep(&self, now_ms: u64, interval_ms: u64, ready: bool) -> SweepReport {
+        let ring = self.membership.ring();
+        let plan = self
+            .gate
+            .lock()
+            .decide(now_ms, interval_ms, &self.standing(ready), &ring);
+        if plan.unobserved_ms > 0 {
+            self.store.extend_deadlines(plan.unobserved_ms, now_ms);
+        }
+        if !plan.sweep {
+            return SweepReport {
+                plan,
+                granted: 0,
+                expired: Vec::new(),
+            };
+        }
         let me = self.membership.self_addr();
-        self.store.grant_grace(now_ms, |k| {
-            new.owner(k) == Some(me) && old.owner(k) != Some(me)
+        let standalone = self.membership.is_standalone();
+        let owned = |k: &ServiceKey| standalone || ring.owner(k) == Some(me);
+        let granted = if plan.restart_all {
+            self.store.grant_grace(now_ms, |_| true)
+        } else if let Some(old) = &plan.took_over_from {
+            self.store
+                .grant_grace(now_ms, |k| owned(k) && old.owner(k) != Some(me))
+        } else {
+            0
+        };
+        let expired = self.store.sweep_owned(now_ms, owned);
+        SweepReport {
+            plan,
+            granted,
+            expired,
+        }
+    }
+
+    /// Marks the start-up load done (rule S1; see [`startup`]).
+    fn mark_loaded(&self) {
+        self.loaded.store(true, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus::Registry;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::membership::PingReply;
+    use crate::naming::model::test_instance;
+
+    fn ping(addr: &str) -> Option<PingReply> {
+        Some(PingReply {
+            address: addr.into(),
+            node_id: 1,
+            ready: true,
+            raft_initialized: true,
+            members_digest: 0,
         })
     }
 
-    /// Loads the snapshot of the first peer that has one to give, then marks the store loaded.
-    /// A peer that is itself still loading refuses (see [`Distro::snapshot`]), so one full
-    /// transfer from a loaded peer suffices; when no peer has one (the whole cluster starting
-    /// together) there is nothing to load, and verify repairs any difference later.
-    pub async fn load_snapshot(&self, now_ms: impl Fn() -> u64) -> usize {
-        let Some(c) = &self.cluster else {
-            self.loaded.store(true, Ordering::Release);
-            return 0;
-        };
-        let mut total = 0;
-        for peer in self.membership.peers() {
-            match c
-                .client
-                .get_json::<Vec<ServiceRecord>>(
-                    &peer,
-                    wire::SNAPSHOT_PATH,
-                    c.settings.snapshot_timeout,
-                )
-                .await
-            {
-                Ok(records) => {
-                    let n = records.len();
-                    total = self.apply_remote(records, now_ms()).len();
-                    tracing::info!(peer = %peer, services = n, applied = total, "loaded distro snapshot");
-                    break;
-                }
-                Err(e) => {
-                    tracing::info!(peer = %peer, error = %e, "no distro snapshot from peer");
-                }
-            }
+    /// A clustered Distro for `a:1` in a three-member cluster whose peers answered.
+    fn distro_of_a(stop: &CancellationToken) -> Distro {
+        let reg = Registry::new();
+        let members = ["a:1", "b:1", "c:1"].map(String::from);
+        let membership = Arc::new(Membership::clustered("a:1", &members, &reg).unwrap());
+        membership.record_probe("b:1", ping("b:1"), 3);
+        membership.record_probe("c:1", ping("c:1"), 3);
+        let store = Arc::new(EphemeralStore::new());
+        let client = PeerClient::new("0123456789abcdef").unwrap();
+        let replicator = Arc::new(Replicator::new(
+            "a:1".into(),
+            store.clone(),
+            client.clone(),
+            SyncSettings::default(),
+            DistroMetrics::new(&reg).unwrap(),
+            stop.child_token(),
+        ));
+        Distro::clustered(
+            store,
+            membership,
+            DistroCluster {
+                replicator,
+                client,
+                settings: DistroSettings {
+                    expected_members: 3,
+                    ..DistroSettings::default()
+                },
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn e4_takeover_grace_comes_before_any_expiry_under_the_new_ring() {
+        let stop = CancellationToken::new();
+        let d = distro_of_a(&stop);
+        // Services b owns: a holds replicas whose beats it never sees.
+        let ring = d.membership().ring();
+        let keys: Vec<ServiceKey> = (0..60)
+            .map(|n| ServiceKey::new("public", "DEFAULT_GROUP", format!("s{n}")))
+            .filter(|k| ring.owner(k) == Some("b:1"))
+            .collect();
+        assert!(!keys.is_empty());
+        for k in &keys {
+            d.store()
+                .register(k, test_instance("10.0.0.1", 80, "DEFAULT", true), 0);
         }
-        self.loaded.store(true, Ordering::Release);
-        total
+        // On-time ticks for 20 s: nothing of b's is a's to judge.
+        for t in (1..=20).map(|s| s * 1_000) {
+            assert!(d.sweep(t, 1_000, true).expired.is_empty());
+        }
+        // b goes down: its services move, and the very next sweep must grant grace first.
+        for _ in 0..3 {
+            d.membership().record_probe("b:1", None, 3);
+        }
+        let report = d.sweep(21_000, 1_000, true);
+        assert!(report.expired.is_empty(), "{:?}", report.expired);
+        let new_ring = d.membership().ring();
+        let taken = keys
+            .iter()
+            .filter(|k| new_ring.owner(k) == Some("a:1"))
+            .count();
+        assert!(taken > 0);
+        assert_eq!(report.granted, taken, "{report:?}");
+        // The grace is one timeout, not forever: silent instances of the services a took
+        // over turn unhealthy 15 s after the takeover, and only those.
+        for t in (22..=36).map(|s| s * 1_000) {
+            assert!(d.sweep(t, 1_000, true).expired.is_empty(), "at {t}");
+        }
+        let expired = d.sweep(37_000, 1_000, true).expired;
+        assert!(!expired.is_empty());
+        let ring = d.membership().ring();
+        assert!(expired
+            .iter()
+            .all(|e| e.kind == ExpiryKind::Unhealthy && ring.owner(&e.key) == Some("a:1")));
+        stop.cancel();
     }
 }

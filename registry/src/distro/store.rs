@@ -455,6 +455,17 @@ impl EphemeralStore {
         n
     }
 
+    /// Moves every instance's last beat `by_ms` later (never past `now_ms`): the node could
+    /// not observe that long (a pause, a stall), so that silence is not the instances'.
+    pub fn extend_deadlines(&self, by_ms: u64, now_ms: u64) {
+        let mut inner = self.inner.write();
+        for svc in inner.services.values_mut() {
+            for i in &mut svc.instances {
+                i.last_beat_ms = i.last_beat_ms.saturating_add(by_ms).min(now_ms);
+            }
+        }
+    }
+
     /// Applies a peer's record when it is newer than the local copy; true when applied.
     ///
     /// Incoming instances get `last_beat_ms = now_ms` unless the local copy knows a later beat:

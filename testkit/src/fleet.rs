@@ -1,0 +1,366 @@
+//! A fleet of ephemeral instances that beat as 1.x clients do, and the "live never absent"
+//! checker the fault tests run against it.
+//!
+//! The fleet registers `services × per_service` instances with short `preserved.*` timeouts
+//! (so faults longer than the delete timeout fit in a test), then beats each one every
+//! `beat_every` through any of the current target nodes, without a body (the light beat of the
+//! Java client). A 20404 answer means the node forgot a live instance: the fleet counts it as a
+//! loss and re-registers, as the client would. The checker lists every service on every
+//! watched node and records each time a fleet instance is missing or unhealthy; an answer that
+//! does not come (a frozen node) is unavailability, not a violation.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::http::{listed_hosts, Api};
+
+/// What the fleet looks like.
+#[derive(Debug, Clone)]
+pub struct FleetSpec {
+    /// Service name prefix (`{prefix}-{n}`).
+    pub prefix: String,
+    /// Number of services.
+    pub services: usize,
+    /// Instances per service.
+    pub per_service: usize,
+    /// Beat period.
+    pub beat_every: Duration,
+    /// `preserved.heart.beat.timeout` (unhealthy after this much silence).
+    pub beat_timeout: Duration,
+    /// `preserved.ip.delete.timeout` (removed after this much silence).
+    pub delete_timeout: Duration,
+}
+
+impl FleetSpec {
+    /// `services × per_service` instances beating every 500 ms, unhealthy after 3 s and
+    /// removed after 6 s of silence.
+    pub fn new(prefix: &str, services: usize, per_service: usize) -> Self {
+        Self {
+            prefix: prefix.to_string(),
+            services,
+            per_service,
+            beat_every: Duration::from_millis(500),
+            beat_timeout: Duration::from_secs(3),
+            delete_timeout: Duration::from_secs(6),
+        }
+    }
+}
+
+/// One instance of the fleet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Service name.
+    pub service: String,
+    /// Instance IP.
+    pub ip: String,
+    /// Instance port.
+    pub port: u16,
+}
+
+/// Addresses a workload or checker talks to; tests swap them as nodes pause or die.
+#[derive(Debug, Clone, Default)]
+pub struct Targets(Arc<Mutex<Vec<SocketAddr>>>);
+
+impl Targets {
+    /// Starts with `addrs`.
+    pub fn new(addrs: Vec<SocketAddr>) -> Self {
+        Self(Arc::new(Mutex::new(addrs)))
+    }
+
+    /// Replaces the addresses.
+    pub fn set(&self, addrs: Vec<SocketAddr>) {
+        if let Ok(mut g) = self.0.lock() {
+            *g = addrs;
+        }
+    }
+
+    /// The current addresses.
+    pub fn get(&self) -> Vec<SocketAddr> {
+        self.0.lock().map(|g| g.clone()).unwrap_or_default()
+    }
+}
+
+/// Counters of the fleet's beats.
+#[derive(Debug, Default)]
+pub struct BeatCounts {
+    /// Beats answered 200.
+    pub ok: AtomicU64,
+    /// Beats answered 20404: a live instance the node had forgotten.
+    pub lost: AtomicU64,
+    /// Beats without an answer or with another error (a frozen or dead node).
+    pub failed: AtomicU64,
+}
+
+/// A registered fleet.
+#[derive(Debug)]
+pub struct Fleet {
+    spec: FleetSpec,
+    members: Vec<Member>,
+    stop: Arc<AtomicBool>,
+    /// Beat outcomes so far.
+    pub beats: Arc<BeatCounts>,
+    /// The first few 20404s (service ip, node, time since start) for the failure message.
+    lost_log: Arc<Mutex<Vec<String>>>,
+    started: Instant,
+}
+
+fn register_query(spec: &FleetSpec, m: &Member) -> Vec<(String, String)> {
+    let metadata = serde_json::json!({
+        "preserved.heart.beat.interval": spec.beat_every.as_millis().to_string(),
+        "preserved.heart.beat.timeout": spec.beat_timeout.as_millis().to_string(),
+        "preserved.ip.delete.timeout": spec.delete_timeout.as_millis().to_string(),
+    });
+    vec![
+        ("serviceName".into(), m.service.clone()),
+        ("ip".into(), m.ip.clone()),
+        ("port".into(), m.port.to_string()),
+        ("metadata".into(), metadata.to_string()),
+    ]
+}
+
+async fn register_one(api: &Api, spec: &FleetSpec, m: &Member) -> bool {
+    let q = register_query(spec, m);
+    let q: Vec<(&str, &str)> = q.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    api.instance("POST", &q).await.body == "ok"
+}
+
+impl Fleet {
+    /// Registers every instance through `via` (round robin) and returns the fleet, not yet
+    /// beating.
+    pub async fn register(spec: FleetSpec, via: &[SocketAddr]) -> anyhow::Result<Fleet> {
+        anyhow::ensure!(!via.is_empty(), "no node to register through");
+        let apis: Vec<Api> = via.iter().map(|a| Api::new(*a)).collect();
+        let mut members = Vec::new();
+        for s in 0..spec.services {
+            for i in 0..spec.per_service {
+                members.push(Member {
+                    service: format!("{}-{s}", spec.prefix),
+                    ip: format!("10.{}.{}.{}", 100 + s / 250, s % 250, i + 1),
+                    port: 8080,
+                });
+            }
+        }
+        for (n, m) in members.iter().enumerate() {
+            let api = &apis[n % apis.len()];
+            anyhow::ensure!(
+                register_one(api, &spec, m).await,
+                "registering {m:?} failed"
+            );
+        }
+        Ok(Fleet {
+            spec,
+            members,
+            stop: Arc::new(AtomicBool::new(false)),
+            beats: Arc::new(BeatCounts::default()),
+            lost_log: Arc::new(Mutex::new(Vec::new())),
+            started: Instant::now(),
+        })
+    }
+
+    /// Every instance.
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    /// The service names.
+    pub fn services(&self) -> Vec<String> {
+        (0..self.spec.services)
+            .map(|s| format!("{}-{s}", self.spec.prefix))
+            .collect()
+    }
+
+    /// Starts beating every instance every `beat_every` through `targets` (each instance picks
+    /// the next target on each beat), until [`Fleet::stop`].
+    pub fn start_beating(&self, targets: Targets) -> tokio::task::JoinHandle<()> {
+        let spec = self.spec.clone();
+        let members = self.members.clone();
+        let stop = self.stop.clone();
+        let counts = self.beats.clone();
+        let lost_log = self.lost_log.clone();
+        let started = self.started;
+        tokio::spawn(async move {
+            let mut turn = 0usize;
+            let mut tick = tokio::time::interval(spec.beat_every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let nodes = targets.get();
+                if nodes.is_empty() {
+                    continue;
+                }
+                let beats = members.iter().map(|m| {
+                    turn = turn.wrapping_add(1);
+                    let addr = nodes[turn % nodes.len()];
+                    let (spec, counts, lost_log) = (&spec, &counts, &lost_log);
+                    async move {
+                        // Beats must not wait on a frozen node for a whole period.
+                        let api = Api::new(addr).with_timeout(spec.beat_every * 4);
+                        let port = m.port.to_string();
+                        let r = api
+                            .call(
+                                "PUT",
+                                "/nacos/v1/ns/instance/beat",
+                                &[
+                                    ("serviceName", m.service.as_str()),
+                                    ("ip", m.ip.as_str()),
+                                    ("port", port.as_str()),
+                                ],
+                            )
+                            .await;
+                        let code = serde_json::from_str::<serde_json::Value>(&r.body)
+                            .ok()
+                            .and_then(|j| j["code"].as_i64());
+                        match (r.status, code) {
+                            (200, Some(20404)) => {
+                                counts.lost.fetch_add(1, Ordering::Relaxed);
+                                if let Ok(mut log) = lost_log.lock() {
+                                    if log.len() < 20 {
+                                        log.push(format!(
+                                            "{} {} at {addr} after {:.1}s",
+                                            m.service,
+                                            m.ip,
+                                            started.elapsed().as_secs_f64()
+                                        ));
+                                    }
+                                }
+                                register_one(&api, spec, m).await;
+                            }
+                            (200, _) => {
+                                counts.ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            _ => {
+                                counts.failed.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                });
+                futures::future::join_all(beats).await;
+            }
+        })
+    }
+
+    /// Stops beating (the task ends after its current round).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// The first recorded 20404s, for failure messages.
+    pub fn lost_examples(&self) -> Vec<String> {
+        self.lost_log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+}
+
+/// One moment a live instance was not listed as live.
+#[derive(Debug, Clone)]
+pub struct Violation {
+    /// Seconds since the checker started.
+    pub at_s: f64,
+    /// The node that answered.
+    pub node: SocketAddr,
+    /// The service.
+    pub service: String,
+    /// Fleet instances absent from the answer.
+    pub missing: Vec<String>,
+    /// Fleet instances listed unhealthy.
+    pub unhealthy: Vec<String>,
+}
+
+/// The "live never absent" checker: lists every fleet service on every watched node, again
+/// and again, until stopped.
+#[derive(Debug)]
+pub struct LiveChecker {
+    stop: Arc<AtomicBool>,
+    violations: Arc<Mutex<Vec<Violation>>>,
+    /// Lists answered.
+    pub reads: Arc<AtomicU64>,
+    /// Lists that got no answer in time.
+    pub unanswered: Arc<AtomicU64>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl LiveChecker {
+    /// Starts checking `fleet` on `watched` every `every`.
+    pub fn start(fleet: &Fleet, watched: Targets, every: Duration) -> LiveChecker {
+        let stop = Arc::new(AtomicBool::new(false));
+        let violations = Arc::new(Mutex::new(Vec::new()));
+        let reads = Arc::new(AtomicU64::new(0));
+        let unanswered = Arc::new(AtomicU64::new(0));
+        let members = fleet.members().to_vec();
+        let services = fleet.services();
+        let started = Instant::now();
+        let task = {
+            let (stop, violations, reads, unanswered) = (
+                stop.clone(),
+                violations.clone(),
+                reads.clone(),
+                unanswered.clone(),
+            );
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    for node in watched.get() {
+                        let api = Api::new(node).with_timeout(Duration::from_secs(1));
+                        for service in &services {
+                            let r = api
+                                .call(
+                                    "GET",
+                                    "/nacos/v1/ns/instance/list",
+                                    &[("serviceName", service.as_str())],
+                                )
+                                .await;
+                            if r.status != 200 {
+                                unanswered.fetch_add(1, Ordering::Relaxed);
+                                continue;
+                            }
+                            reads.fetch_add(1, Ordering::Relaxed);
+                            let hosts = listed_hosts(&r.body);
+                            let listed = |ip: &str| hosts.iter().find(|h| h["ip"] == ip);
+                            let mut v = Violation {
+                                at_s: started.elapsed().as_secs_f64(),
+                                node,
+                                service: service.clone(),
+                                missing: Vec::new(),
+                                unhealthy: Vec::new(),
+                            };
+                            for m in members.iter().filter(|m| &m.service == service) {
+                                match listed(&m.ip) {
+                                    None => v.missing.push(m.ip.clone()),
+                                    Some(h) if h["healthy"] != true => {
+                                        v.unhealthy.push(m.ip.clone())
+                                    }
+                                    Some(_) => {}
+                                }
+                            }
+                            if !v.missing.is_empty() || !v.unhealthy.is_empty() {
+                                if let Ok(mut all) = violations.lock() {
+                                    all.push(v);
+                                }
+                            }
+                        }
+                    }
+                    tokio::time::sleep(every).await;
+                }
+            })
+        };
+        LiveChecker {
+            stop,
+            violations,
+            reads,
+            unanswered,
+            task: Some(task),
+        }
+    }
+
+    /// Stops checking and returns every violation seen.
+    pub async fn finish(mut self) -> Vec<Violation> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+        self.violations
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default()
+    }
+}
