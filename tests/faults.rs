@@ -10,11 +10,12 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
 use nacre_testkit::cluster::{ClusterOptions, TestCluster};
 use nacre_testkit::fleet::{Fleet, FleetSpec, LiveChecker, Targets};
+use nacre_testkit::http::{eventually, Api};
 
 const READY: Duration = Duration::from_secs(60);
 /// Longer than the fleet's 6 s delete timeout, and than failure detection.
@@ -26,9 +27,16 @@ fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_nacre"))
 }
 
+/// The verify interval of `ClusterOptions::fast`.
+const VERIFY: Duration = Duration::from_secs(1);
+
 async fn start() -> Result<(tempfile::TempDir, TestCluster)> {
+    start_with(ClusterOptions::new(3).fast()).await
+}
+
+async fn start_with(opts: ClusterOptions) -> Result<(tempfile::TempDir, TestCluster)> {
     let root = tempfile::Builder::new().prefix("nacre-faults-").tempdir()?;
-    let mut c = TestCluster::start(bin(), root.path(), ClusterOptions::new(3).fast())?;
+    let mut c = TestCluster::start(bin(), root.path(), opts)?;
     c.wait_ready(READY)?;
     c.wait_rings_complete(READY)?;
     Ok((root, c))
@@ -36,6 +44,57 @@ async fn start() -> Result<(tempfile::TempDir, TestCluster)> {
 
 fn addrs(c: &TestCluster, nodes: &[usize]) -> Vec<SocketAddr> {
     nodes.iter().map(|&i| c.node(i).addr()).collect()
+}
+
+/// Each node's ephemeral (services, fingerprint), from `/nacre/v1/cluster`.
+async fn fingerprints(nodes: &[SocketAddr]) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    for n in nodes {
+        let v = Api::new(*n)
+            .call("GET", "/nacre/v1/cluster", &[])
+            .await
+            .json();
+        out.push((
+            v["ephemeral"]["services"].as_u64().unwrap_or(u64::MAX),
+            v["ephemeral"]["fingerprint"]
+                .as_str()
+                .unwrap_or("?")
+                .to_string(),
+        ));
+    }
+    out
+}
+
+/// Waits until every node holds the same ephemeral data (and, with `services`, that many
+/// services); returns how long it took.
+async fn converged(
+    nodes: &[SocketAddr],
+    services: Option<u64>,
+    within: Duration,
+) -> Result<Duration> {
+    let started = Instant::now();
+    eventually(
+        within,
+        "every node's ephemeral fingerprint equal",
+        || async {
+            let f = fingerprints(nodes).await;
+            let same = f.windows(2).all(|w| w[0] == w[1]);
+            (same && services.is_none_or(|n| f[0].0 == n)).then_some(())
+        },
+    )
+    .await?;
+    Ok(started.elapsed())
+}
+
+/// Sum of the verify repairs every node has made so far.
+async fn verify_repairs(nodes: &[SocketAddr]) -> f64 {
+    let mut sum = 0.0;
+    for n in nodes {
+        sum += Api::new(*n)
+            .metric("nacre_distro_verify_repairs_total")
+            .await;
+    }
+    sum
 }
 
 /// Fails with every violation, the forgotten instances and the nodes' logs.
@@ -77,13 +136,65 @@ async fn an_isolated_node_coming_back_never_removes_live_instances() -> Result<(
     c.isolate(2)?;
     tokio::time::sleep(FAULT).await;
     c.heal()?;
-    watched.set(addrs(&c, &[0, 1, 2]));
+    let all = addrs(&c, &[0, 1, 2]);
+    watched.set(all.clone());
+    // Convergence after the heal: failure detection gives node 2 back its ring place, then at
+    // most two verify rounds repair what it missed.
+    let took = converged(&all, None, AFTER).await?;
+    println!("converged {took:?} after the heal");
+    ensure!(
+        took <= 2 * VERIFY + Duration::from_secs(1),
+        "converged only after {took:?}"
+    );
     tokio::time::sleep(AFTER).await;
 
     fleet.stop();
     let violations = checker.finish().await;
     let _ = beating.await;
     verdict(&c, &fleet, &violations)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopped_fleet_converges_within_two_verify_rounds() -> Result<()> {
+    // Empty services are dropped 2 s after their last instance (instead of 60 s).
+    let opts = ClusterOptions::new(3)
+        .fast()
+        .with_env("NACRE_EMPTY_SERVICE_TTL_MS", "2000");
+    let (_root, c) = start_with(opts).await?;
+    let all = addrs(&c, &[0, 1, 2]);
+    let spec = FleetSpec::new("stop", 40, 3);
+    let delete = spec.delete_timeout;
+    let fleet = Fleet::register(spec, &all).await?;
+    let beating = fleet.start_beating(Targets::new(all.clone()));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    fleet.stop();
+    let _ = beating.await;
+    let stopped = Instant::now();
+
+    // The whole fleet expires (6 s), its services empty out and their owners drop them (2 s);
+    // every node then agrees within two verify rounds, instead of trading the empty services
+    // back and forth.
+    let bound = delete + Duration::from_secs(2) + 2 * VERIFY + Duration::from_secs(2);
+    converged(&all, Some(0), bound + Duration::from_secs(10)).await?;
+    let took = stopped.elapsed();
+    println!("a stopped fleet of 120 instances in 40 services gone on every node after {took:?} (bound {bound:?})");
+    ensure!(
+        took <= bound,
+        "converged only after {took:?}\n{}",
+        c.log_tails()
+    );
+
+    // And it stays settled: no verify round finds anything left to repair.
+    let before = verify_repairs(&all).await;
+    tokio::time::sleep(3 * VERIFY).await;
+    let after = verify_repairs(&all).await;
+    ensure!(
+        before == after,
+        "verify kept repairing: {before} -> {after}\n{}",
+        c.log_tails()
+    );
+    ensure!(fingerprints(&all).await.iter().all(|f| f.0 == 0));
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

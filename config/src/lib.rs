@@ -218,6 +218,9 @@ pub struct RegistrySettings {
     pub max_connections: usize,
     /// How often the expiry sweep runs (ms).
     pub expiry_interval_ms: u64,
+    /// How long an ephemeral service may stay empty before its owner drops it (ms; Nacos's
+    /// `nacos.naming.clean.empty-service.expired-time`).
+    pub empty_service_ttl_ms: u64,
     /// How often persistent instances are health-checked (ms).
     pub health_check_interval_ms: u64,
     /// Connect / response timeout of one health check (ms).
@@ -247,6 +250,7 @@ impl Default for RegistrySettings {
             max_body_bytes: 1024 * 1024,
             max_connections: 10_000,
             expiry_interval_ms: 1_000,
+            empty_service_ttl_ms: 60_000,
             health_check_interval_ms: 5_000,
             health_check_timeout_ms: 2_000,
             default_cache_millis: 3_000,
@@ -295,6 +299,7 @@ impl RegistrySettings {
             "NACRE_MAX_CONNECTIONS" => self.max_connections = num(key, v)?,
             "NACRE_LIST_CACHE_BYTES" => self.list_cache_bytes = num(key, v)?,
             "NACRE_EXPIRY_INTERVAL_MS" => self.expiry_interval_ms = num(key, v)?,
+            "NACRE_EMPTY_SERVICE_TTL_MS" => self.empty_service_ttl_ms = num(key, v)?,
             "NACRE_HEALTH_CHECK_INTERVAL_MS" => self.health_check_interval_ms = num(key, v)?,
             "NACRE_HEALTH_CHECK_TIMEOUT_MS" => self.health_check_timeout_ms = num(key, v)?,
             "NACRE_PUSH_ENABLED" => {
@@ -350,6 +355,13 @@ impl RegistrySettings {
                 "expiry_interval_ms",
                 self.expiry_interval_ms,
                 "must be between 10 and 60000",
+            ));
+        }
+        if !(1_000..=86_400_000).contains(&self.empty_service_ttl_ms) {
+            return Err(invalid(
+                "empty_service_ttl_ms",
+                self.empty_service_ttl_ms,
+                "must be between 1000 and 86400000",
             ));
         }
         if !(100..=600_000).contains(&self.health_check_interval_ms) {

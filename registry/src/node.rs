@@ -617,6 +617,16 @@ impl Node {
             );
             self.ephemeral_changed(&s.key);
         }
+        if !report.dropped.is_empty() {
+            tracing::info!(
+                services = report.dropped.len(),
+                first = %report.dropped[0],
+                "dropped services empty for their whole TTL"
+            );
+            for k in &report.dropped {
+                self.ephemeral_changed(k);
+            }
+        }
     }
 
     /// Whether the service exists in either store.
@@ -703,7 +713,7 @@ impl Node {
             })
             .await?;
         }
-        if self.ephemeral().remove_service(key) {
+        if self.ephemeral().remove_service(key, self.now_ms()) {
             self.ephemeral_changed(key);
         }
         Ok(())

@@ -191,7 +191,10 @@ pub async fn run(
     // Membership and Distro: trivial when standalone, discovery-driven otherwise.
     let (membership, distro, discovery) = if settings.standalone {
         let m = Arc::new(Membership::standalone(advertised.clone()));
-        (m.clone(), Distro::standalone(m), None)
+        let store = Arc::new(crate::distro::EphemeralStore::with_empty_ttl(
+            settings.empty_service_ttl_ms,
+        ));
+        (m.clone(), Distro::standalone(store, m), None)
     } else {
         let c = &settings.cluster;
         let source = c.source()?.ok_or_else(|| {
@@ -213,7 +216,9 @@ pub async fn run(
             metrics.registry(),
         )?);
         let client = PeerClient::new(&secret).map_err(ServeError::Peer)?;
-        let store = Arc::new(crate::distro::EphemeralStore::new());
+        let store = Arc::new(crate::distro::EphemeralStore::with_empty_ttl(
+            settings.empty_service_ttl_ms,
+        ));
         let distro_settings = DistroSettings {
             sync: SyncSettings {
                 batch_window: Duration::from_millis(c.sync_batch_ms),

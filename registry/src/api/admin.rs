@@ -424,7 +424,8 @@ pub async fn delete_namespace(
 }
 
 /// `GET /nacre/v1/cluster`: nacre's own cluster view: Raft leader and state, members with
-/// their probe states, and the ownership ring.
+/// their probe states, the ownership ring, and a fingerprint of the ephemeral data (equal on
+/// nodes that hold the same).
 pub async fn nacre_cluster(State(app): State<Arc<App>>) -> Response {
     let st = app.node.persistent().status();
     let me = app.node.membership().self_addr().to_string();
@@ -441,9 +442,20 @@ pub async fn nacre_cluster(State(app): State<Arc<App>>) -> Response {
             })
         })
         .collect();
+    // O(instances): off the async workers.
+    let node = app.node.clone();
+    let (services, instances, fingerprint) =
+        tokio::task::spawn_blocking(move || node.distro().store().fingerprint())
+            .await
+            .unwrap_or_default();
     json(&serde_json::json!({
         "self": me,
         "standalone": app.node.membership().is_standalone(),
+        "ephemeral": {
+            "services": services,
+            "instances": instances,
+            "fingerprint": format!("{fingerprint:016x}"),
+        },
         "ready": app.node.is_ready(),
         "leader": st.leader,
         "term": st.term,

@@ -45,6 +45,18 @@
 //!   `expiry::tests::e4_a_ring_change_is_reported_with_the_ring_it_replaces`,
 //!   `tests::e4_takeover_grace_comes_before_any_expiry_under_the_new_ring`.
 //!
+//! **Deletion**
+//! - **D1 — the owner's word.** Only a service's owner drops it once it has stayed empty for
+//!   `EMPTY_SERVICE_TTL_MS`; the others follow the deletion record it replicates. Every
+//!   deletion leaves a tombstone for `TOMBSTONE_TTL_MS`: an older copy of the service (a record
+//!   in flight, a peer's verify digest) meets the tombstone and learns the deletion instead of
+//!   re-creating the service, so nodes stop disagreeing about removed services within one
+//!   verify round. *Tests:*
+//!   `store::tests::d1_only_the_owner_drops_an_empty_service_and_peers_follow_its_deletion`,
+//!   `store::tests::deletion_replicates_and_stale_records_do_not_resurrect`,
+//!   `verify::tests::a_deleted_service_is_sent_back_as_a_deletion_not_wanted_again`;
+//!   `tests/faults.rs` `a_stopped_fleet_converges_within_two_verify_rounds`.
+//!
 //! **Start-up**
 //! - **S1 — loaded before ready.** A clustered node reports ready only after it applied the
 //!   snapshot of a loaded peer, or after a majority of the expected members answered that they
@@ -71,7 +83,7 @@ use nacre_ring::ServiceKey;
 
 pub use expiry::{ExpiryGate, Plan, Standing};
 pub use replicate::{DistroMetrics, Replicator, SyncSettings};
-pub use store::{BeatOutcome, Digest, EphemeralStore, Expiry, ExpiryKind, ServiceRecord};
+pub use store::{BeatOutcome, Digest, EphemeralStore, Expiry, ExpiryKind, ServiceRecord, Swept};
 
 use crate::membership::Membership;
 use crate::peer::PeerClient;
@@ -124,6 +136,8 @@ pub struct SweepReport {
     pub granted: usize,
     /// Instances marked unhealthy or removed.
     pub expired: Vec<Expiry>,
+    /// Empty services dropped as their owner (rule D1).
+    pub dropped: Vec<ServiceKey>,
 }
 
 /// The ephemeral side of a node.
@@ -137,9 +151,9 @@ pub struct Distro {
 
 impl Distro {
     /// A standalone node's Distro: a store and nothing to replicate to.
-    pub fn standalone(membership: Arc<Membership>) -> Self {
+    pub fn standalone(store: Arc<EphemeralStore>, membership: Arc<Membership>) -> Self {
         Self {
-            store: Arc::new(EphemeralStore::new()),
+            store,
             membership,
             cluster: None,
             loaded: AtomicBool::new(true),
@@ -260,6 +274,7 @@ impl Distro {
                 plan,
                 granted: 0,
                 expired: Vec::new(),
+                dropped: Vec::new(),
             };
         }
         let me = self.membership.self_addr();
@@ -273,11 +288,12 @@ impl Distro {
         } else {
             0
         };
-        let expired = self.store.sweep_owned(now_ms, owned);
+        let swept = self.store.sweep_owned(now_ms, owned);
         SweepReport {
             plan,
             granted,
-            expired,
+            expired: swept.expired,
+            dropped: swept.dropped,
         }
     }
 

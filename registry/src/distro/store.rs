@@ -19,10 +19,15 @@ use crate::naming::model::{Instance, InstanceKey};
 use crate::naming::persistent::{apply_patch, put_into, service_not_found, InstancePatch, PutMode};
 use crate::naming::NamingError;
 
-/// How long an ephemeral service may stay empty before it is dropped (ms). Nacos's shipped
+/// How long an ephemeral service may stay empty before it is dropped (ms), by default (the
+/// `empty_service_ttl_ms` setting). Nacos's shipped
 /// config cleans empty services after roughly five 30 s checks; one minute keeps lists tidy
 /// without racing a client that re-registers after a restart.
 pub const EMPTY_SERVICE_TTL_MS: u64 = 60_000;
+
+/// How long a deleted service's tombstone is kept (ms): far longer than a verify round, so a
+/// copy a peer still holds meets the deletion instead of bringing the service back.
+pub const TOMBSTONE_TTL_MS: u64 = 300_000;
 
 /// Bits of a version below the millisecond part: room for 65,536 changes per ms.
 const VERSION_SHIFT: u32 = 16;
@@ -190,11 +195,29 @@ pub fn summarize(expired: &[Expiry]) -> Vec<ServiceExpiry> {
     out
 }
 
+/// A deleted service: the version of its deletion, and when this node learned of it.
+#[derive(Debug, Clone, Copy)]
+struct Tombstone {
+    version: u64,
+    at_ms: u64,
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     services: HashMap<ServiceKey, EphemeralService>,
+    /// Deleted services, kept [`TOMBSTONE_TTL_MS`]: older copies of them are refused.
+    tombstones: HashMap<ServiceKey, Tombstone>,
     /// The hybrid logical clock: the highest version issued or seen.
     hlc: u64,
+}
+
+/// What a sweep did.
+#[derive(Debug, Default)]
+pub struct Swept {
+    /// Instances marked unhealthy or removed.
+    pub expired: Vec<Expiry>,
+    /// Empty services this node dropped as their owner (peers learn it as deletions).
+    pub dropped: Vec<ServiceKey>,
 }
 
 impl Inner {
@@ -212,20 +235,54 @@ impl Inner {
         let v = self.next_version(now_ms, floor);
         if let Some(s) = self.services.get_mut(key) {
             s.set_version(v, now_ms);
+            // Re-created above its deletion: the tombstone has nothing left to guard.
+            self.tombstones.remove(key);
         }
+    }
+
+    /// Removes `key` here and remembers the deletion at a fresh version.
+    fn delete(&mut self, key: &ServiceKey, now_ms: u64) -> bool {
+        let Some(svc) = self.services.remove(key) else {
+            return false;
+        };
+        let version = self.next_version(now_ms, svc.version);
+        self.tombstones.insert(
+            key.clone(),
+            Tombstone {
+                version,
+                at_ms: now_ms,
+            },
+        );
+        true
     }
 }
 
 /// All ephemeral services of a node.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct EphemeralStore {
     inner: RwLock<Inner>,
+    /// How long a service may stay empty before its owner drops it (ms).
+    empty_ttl_ms: u64,
+}
+
+impl Default for EphemeralStore {
+    fn default() -> Self {
+        Self::with_empty_ttl(EMPTY_SERVICE_TTL_MS)
+    }
 }
 
 impl EphemeralStore {
-    /// An empty store.
+    /// An empty store that drops services empty for [`EMPTY_SERVICE_TTL_MS`].
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty store that drops services empty for `empty_ttl_ms`.
+    pub fn with_empty_ttl(empty_ttl_ms: u64) -> Self {
+        Self {
+            inner: RwLock::new(Inner::default()),
+            empty_ttl_ms,
+        }
     }
 
     /// Inserts or replaces an instance (see [`put_into`] for the rules); `UpdateExisting`
@@ -349,23 +406,34 @@ impl EphemeralStore {
         })
     }
 
-    /// Drops a whole service; true when it existed. Peers learn of it through
-    /// [`EphemeralStore::deletion_record`] when the change is replicated.
-    pub fn remove_service(&self, key: &ServiceKey) -> bool {
-        self.inner.write().services.remove(key).is_some()
+    /// Drops a whole service, keeping a tombstone; true when it existed. Peers learn of it
+    /// through [`EphemeralStore::deletion_record`] when the change is replicated.
+    pub fn remove_service(&self, key: &ServiceKey, now_ms: u64) -> bool {
+        self.inner.write().delete(key, now_ms)
     }
 
-    /// A deletion record for a service that no longer exists here, versioned above everything
-    /// this node has seen; `None` when the service exists.
+    /// The version of `key`'s deletion, while its tombstone is kept.
+    pub fn tombstone(&self, key: &ServiceKey) -> Option<u64> {
+        self.inner.read().tombstones.get(key).map(|t| t.version)
+    }
+
+    /// A deletion record for a service that no longer exists here: at its tombstone's version,
+    /// or (no tombstone kept) above everything this node has seen; `None` when it exists.
     pub fn deletion_record(&self, key: &ServiceKey) -> Option<ServiceRecord> {
         let mut inner = self.inner.write();
         if inner.services.contains_key(key) {
             return None;
         }
-        inner.hlc = inner.hlc.saturating_add(1);
+        let version = match inner.tombstones.get(key) {
+            Some(t) => t.version,
+            None => {
+                inner.hlc = inner.hlc.saturating_add(1);
+                inner.hlc
+            }
+        };
         Some(ServiceRecord {
             key: key.clone(),
-            version: inner.hlc,
+            version,
             instances: None,
         })
     }
@@ -382,24 +450,28 @@ impl EphemeralStore {
     }
 
     /// Marks silent instances unhealthy and removes those silent past their delete timeout,
-    /// in every service. Empty services older than [`EMPTY_SERVICE_TTL_MS`] are dropped.
+    /// in every service; drops services empty for the store's empty-service TTL.
     pub fn sweep(&self, now_ms: u64) -> Vec<Expiry> {
-        self.sweep_owned(now_ms, |_| true)
+        self.sweep_owned(now_ms, |_| true).expired
     }
 
-    /// Like [`sweep`](Self::sweep), but expires instances only of services for which `owned`
-    /// holds: in a cluster only a service's owner judges its instances. Empty services are
-    /// dropped everywhere, as every node sees the same emptiness.
-    pub fn sweep_owned(&self, now_ms: u64, owned: impl Fn(&ServiceKey) -> bool) -> Vec<Expiry> {
-        let mut out = Vec::new();
+    /// Like [`sweep`](Self::sweep), for the services for which `owned` holds: in a cluster only
+    /// a service's owner judges its instances, and only the owner drops it once empty (rule
+    /// D1 in [`crate::distro`]); the others follow its deletion record, and an older copy meets
+    /// the tombstone instead of bringing the service back. Expired tombstones are forgotten.
+    pub fn sweep_owned(&self, now_ms: u64, owned: impl Fn(&ServiceKey) -> bool) -> Swept {
+        let mut out = Swept::default();
         let mut changed_keys = Vec::new();
         let mut inner = self.inner.write();
-        inner.services.retain(|key, svc| {
-            if let Some(since) = svc.empty_since_ms {
-                return now_ms.saturating_sub(since) < EMPTY_SERVICE_TTL_MS;
-            }
+        for (key, svc) in inner.services.iter_mut() {
             if !owned(key) {
-                return true;
+                continue;
+            }
+            if let Some(since) = svc.empty_since_ms {
+                if now_ms.saturating_sub(since) >= self.empty_ttl_ms {
+                    out.dropped.push(key.clone());
+                }
+                continue;
             }
             let mut changed = false;
             svc.instances.retain_mut(|inst| {
@@ -408,7 +480,7 @@ impl EphemeralStore {
                 }
                 let silent = now_ms.saturating_sub(inst.last_beat_ms);
                 if silent > inst.delete_timeout_ms() {
-                    out.push(Expiry {
+                    out.expired.push(Expiry {
                         key: key.clone(),
                         instance: inst.key(),
                         kind: ExpiryKind::Removed,
@@ -418,7 +490,7 @@ impl EphemeralStore {
                 }
                 if inst.healthy && silent > inst.beat_timeout_ms() {
                     inst.healthy = false;
-                    out.push(Expiry {
+                    out.expired.push(Expiry {
                         key: key.clone(),
                         instance: inst.key(),
                         kind: ExpiryKind::Unhealthy,
@@ -430,11 +502,16 @@ impl EphemeralStore {
             if changed {
                 changed_keys.push(key.clone());
             }
-            true
-        });
+        }
         for k in &changed_keys {
             inner.touch(k, now_ms);
         }
+        for k in &out.dropped {
+            inner.delete(k, now_ms);
+        }
+        inner
+            .tombstones
+            .retain(|_, t| now_ms.saturating_sub(t.at_ms) < TOMBSTONE_TTL_MS);
         out
     }
 
@@ -474,13 +551,28 @@ impl EphemeralStore {
     pub fn apply_remote(&self, record: ServiceRecord, now_ms: u64) -> bool {
         let mut inner = self.inner.write();
         inner.hlc = inner.hlc.max(record.version);
-        let local = inner.services.get(&record.key).map(|s| s.version);
+        let local = inner
+            .services
+            .get(&record.key)
+            .map(|s| s.version)
+            .or_else(|| inner.tombstones.get(&record.key).map(|t| t.version));
         if local.is_some_and(|v| v >= record.version) {
             return false;
         }
         match record.instances {
-            None => inner.services.remove(&record.key).is_some(),
+            None => {
+                let existed = inner.services.remove(&record.key).is_some();
+                inner.tombstones.insert(
+                    record.key,
+                    Tombstone {
+                        version: record.version,
+                        at_ms: now_ms,
+                    },
+                );
+                existed
+            }
             Some(mut instances) => {
+                inner.tombstones.remove(&record.key);
                 let svc = inner.services.entry(record.key).or_default();
                 for i in &mut instances {
                     let known = svc
@@ -566,6 +658,23 @@ impl EphemeralStore {
     /// Keys of all services, unordered.
     pub fn keys(&self) -> Vec<ServiceKey> {
         self.inner.read().services.keys().cloned().collect()
+    }
+
+    /// (services, instances, fingerprint) of everything held. The fingerprint is an
+    /// order-independent hash of every service's key and [`EphemeralService::checksum`]: nodes
+    /// that hold the same data show the same value, which is how convergence is observed.
+    pub fn fingerprint(&self) -> (usize, usize, u64) {
+        let inner = self.inner.read();
+        let mut sum = 0u64;
+        let mut instances = 0;
+        for (k, svc) in &inner.services {
+            let mut h = xxhash_rust::xxh3::Xxh3::new();
+            h.update(&k.ring_bytes());
+            h.update(&svc.checksum().to_le_bytes());
+            sum = sum.wrapping_add(h.digest());
+            instances += svc.instances.len();
+        }
+        (inner.services.len(), instances, sum)
     }
 
     /// (services, instances) currently held.
@@ -825,13 +934,50 @@ mod tests {
         let b = EphemeralStore::new();
         let old = record(&a);
         b.apply_remote(old.clone(), 10);
-        assert!(a.remove_service(&key()));
+        assert!(a.remove_service(&key(), 20));
         let del = a.deletion_record(&key()).unwrap();
         assert!(del.version > old.version && del.instances.is_none());
-        assert!(b.apply_remote(del, 20));
+        assert_eq!(
+            a.deletion_record(&key()).map(|r| r.version),
+            Some(del.version),
+            "the deletion keeps one version"
+        );
+        assert!(b.apply_remote(del.clone(), 20));
         assert!(!b.contains(&key()));
-        // The deleted service is gone from `a`, so it can only come back with a newer version.
-        assert!(a.apply_remote(old, 30), "an unknown service is accepted");
+        // Both keep a tombstone: the old copy, still held somewhere, revives nothing.
+        assert!(!a.apply_remote(old.clone(), 30));
+        assert!(!b.apply_remote(old, 30));
+        assert_eq!(b.tombstone(&key()), Some(del.version));
+        // A registration after the deletion is newer and brings the service back.
+        a.register(&key(), inst("10.0.0.2", 40), 40);
+        assert!(b.apply_remote(record(&a), 40));
+        assert_eq!(b.tombstone(&key()), None);
+    }
+
+    #[test]
+    fn d1_only_the_owner_drops_an_empty_service_and_peers_follow_its_deletion() {
+        let owner = EphemeralStore::new();
+        let peer = EphemeralStore::new();
+        owner.register(&key(), inst("10.0.0.1", 0), 0);
+        assert!(owner.remove(&key(), &id("10.0.0.1"), 1_000));
+        let emptied = record(&owner);
+        peer.apply_remote(emptied.clone(), 1_000);
+        let late = 1_000 + EMPTY_SERVICE_TTL_MS + 5_000;
+        // A non-owner waits for the owner's word, however long the service stays empty.
+        let swept = peer.sweep_owned(late, |_| false);
+        assert!(swept.dropped.is_empty() && peer.contains(&key()));
+        // The owner drops it once, and its deletion record removes the peer's copy.
+        let swept = owner.sweep_owned(late, |_| true);
+        assert_eq!(swept.dropped, vec![key()]);
+        assert!(owner.sweep_owned(late + 1, |_| true).dropped.is_empty());
+        let del = owner.deletion_record(&key()).unwrap();
+        assert!(peer.apply_remote(del, late));
+        assert!(!peer.contains(&key()));
+        // The empty copy a slow peer still sends back is refused, not re-created.
+        assert!(!owner.apply_remote(emptied, late + 2));
+        // Tombstones are forgotten after their horizon.
+        owner.sweep_owned(late + TOMBSTONE_TTL_MS, |_| true);
+        assert_eq!(owner.tombstone(&key()), None);
     }
 
     #[test]
@@ -844,7 +990,7 @@ mod tests {
         };
         assert!(s.apply_remote(forged, 0));
         s.register(&key(), inst("10.0.0.2", 0), 1);
-        assert!(s.remove_service(&key()));
+        assert!(s.remove_service(&key(), 2));
         assert_eq!(s.deletion_record(&key()).map(|r| r.version), Some(u64::MAX));
     }
 
@@ -852,12 +998,12 @@ mod tests {
     fn only_owned_services_expire_and_grace_defers_expiry() {
         let s = EphemeralStore::new();
         s.register(&key(), inst("10.0.0.1", 0), 0);
-        assert!(s.sweep_owned(40_000, |_| false).is_empty());
+        assert!(s.sweep_owned(40_000, |_| false).expired.is_empty());
         assert_eq!(healthy(&s, "10.0.0.1"), Some(true));
         assert_eq!(s.grant_grace(40_000, |_| true), 1);
-        assert!(s.sweep_owned(54_000, |_| true).is_empty());
+        assert!(s.sweep_owned(54_000, |_| true).expired.is_empty());
         assert_eq!(
-            s.sweep_owned(55_001, |_| true)[0].kind,
+            s.sweep_owned(55_001, |_| true).expired[0].kind,
             ExpiryKind::Unhealthy
         );
     }

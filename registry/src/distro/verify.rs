@@ -5,7 +5,8 @@
 //! it owns or the peer owns; the peer answers which of them it lacks or holds older copies of, and the owner
 //! resends those through the normal sync path. The rules, decided by the receiver:
 //!
-//! - missing here, or older here → *want* it;
+//! - missing here, or older here → *want* it; but deleted here at or after the sender's version
+//!   (a tombstone) → send the deletion back, so an old copy never revives a deleted service;
 //! - newer here (a write accepted here while the owner was unreachable) → send ours back;
 //! - same version, different checksum → *conflicting*: the owner restamps and resends;
 //! - held here, owned by the sender (both rings agree), absent from its digests → it was
@@ -45,6 +46,10 @@ pub fn compare(
     for d in &req.digests {
         listed.insert(&d.key);
         match store.digest(&d.key) {
+            // Deleted here at or after the sender's version: the sender learns the deletion.
+            None if store.tombstone(&d.key).is_some_and(|t| t >= d.version) => {
+                out.send_back.push(d.key.clone())
+            }
             None => out.reply.want.push(d.key.clone()),
             Some((v, _)) if v < d.version => out.reply.want.push(d.key.clone()),
             Some((v, _)) if v > d.version => out.send_back.push(d.key.clone()),
@@ -59,7 +64,7 @@ pub fn compare(
         store.digests(|k| ring.owner(k) == Some(req.from.as_str()) && !listed.contains(k));
     for d in orphans {
         if version_ms(d.version).saturating_add(stale_ms) < now_ms {
-            if store.remove_service(&d.key) {
+            if store.remove_service(&d.key, now_ms) {
                 out.removed.push(d.key);
             }
         } else {
@@ -218,6 +223,35 @@ mod tests {
         };
         let out = compare(&peer, &forged, &ring, 4_000, 15_000);
         assert_eq!(out.reply.conflicting, vec![key("same")]);
+    }
+
+    #[test]
+    fn a_deleted_service_is_sent_back_as_a_deletion_not_wanted_again() {
+        let ring = Ring::new(&Members::new(["a:1".to_string()]));
+        let sender = EphemeralStore::new();
+        let here = EphemeralStore::new();
+        sender.register(&key("gone"), inst("10.0.0.1"), 1_000);
+        here.apply_remote(sender.export(&[key("gone")]).remove(0), 1_000);
+        assert!(here.remove_service(&key("gone"), 2_000));
+        let out = compare(
+            &here,
+            &req_from(&sender, "a:1", &ring),
+            &ring,
+            3_000,
+            15_000,
+        );
+        assert!(out.reply.want.is_empty(), "{:?}", out.reply);
+        assert_eq!(out.send_back, vec![key("gone")]);
+        // Re-registered at the sender after the deletion: newer, so wanted.
+        sender.register(&key("gone"), inst("10.0.0.2"), 4_000);
+        let out = compare(
+            &here,
+            &req_from(&sender, "a:1", &ring),
+            &ring,
+            5_000,
+            15_000,
+        );
+        assert_eq!(out.reply.want, vec![key("gone")]);
     }
 
     #[test]
