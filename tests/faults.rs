@@ -219,3 +219,82 @@ async fn a_paused_node_resuming_never_removes_live_instances() -> Result<()> {
     let _ = beating.await;
     verdict(&c, &fleet, &violations)
 }
+
+/// Registers `ip` in `service` through `via`, retrying on 503 as the 1.x clients do (another
+/// try after a pause); returns how many tries it took.
+async fn register_retrying(via: SocketAddr, service: &str, ip: &str) -> Result<u32> {
+    let api = Api::new(via).with_timeout(Duration::from_secs(5));
+    for attempt in 1..=20 {
+        let r = api
+            .instance(
+                "POST",
+                &[("serviceName", service), ("ip", ip), ("port", "8080")],
+            )
+            .await;
+        if r.status == 200 && r.body == "ok" {
+            return Ok(attempt);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    anyhow::bail!("registering {service} {ip} through {via} never succeeded")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn registrations_acknowledged_while_the_owner_is_frozen_survive_its_return() -> Result<()> {
+    let (_root, mut c) = start().await?;
+    let all = addrs(&c, &[0, 1, 2]);
+    let owner = c.advertised(2);
+    // Services node 2 owns, each with an instance registered before the freeze.
+    let api0 = Api::new(all[0]);
+    let mut services = Vec::new();
+    for n in 0..24 {
+        let s = format!("frozen-{n}");
+        register_retrying(all[0], &s, "10.9.0.1").await?;
+        let r = api0
+            .call(
+                "GET",
+                "/nacos/v1/ns/operator/distro/server",
+                &[("serviceName", &s)],
+            )
+            .await;
+        if r.json()["responsibleServer"] == owner.as_str() {
+            services.push(s);
+        }
+    }
+    ensure!(
+        services.len() >= 2,
+        "node 2 owns {} of 24 services",
+        services.len()
+    );
+    converged(&all, None, Duration::from_secs(10)).await?;
+
+    // Frozen owner: two clients register two new instances through the two other nodes. Each
+    // write is acknowledged only once a node took it; the frozen node also still holds the
+    // requests forwarded to it before it was declared down, and applies them when it resumes.
+    c.pause(2)?;
+    // All at once, so that many of them reach the frozen owner before it is declared down.
+    let (first, second) = (all[0], all[1]);
+    let writes = services.iter().map(|s| async move {
+        tokio::try_join!(
+            register_retrying(first, s, "10.9.0.2"),
+            register_retrying(second, s, "10.9.0.3")
+        )
+    });
+    let tries = futures::future::try_join_all(writes).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.resume(2)?;
+    let took = converged(&all, None, Duration::from_secs(15)).await?;
+    println!("tries per write {tries:?}; converged {took:?} after the resume");
+
+    for s in &services {
+        for node in &all {
+            let ips = Api::new(*node).ips(s).await;
+            ensure!(
+                ips == ["10.9.0.1", "10.9.0.2", "10.9.0.3"],
+                "{s} on {node} lists {ips:?}: an acknowledged registration was lost\n{}",
+                c.log_tails()
+            );
+        }
+    }
+    Ok(())
+}

@@ -71,6 +71,16 @@ impl PeerError {
     pub fn is_unreachable(&self) -> bool {
         matches!(self, PeerError::Unreachable { .. })
     }
+
+    /// True when the peer gave no answer at all: unreachable, or the connection closed or
+    /// reset before a response (a killed process). A timeout is not this: the peer may still
+    /// be working on the request.
+    pub fn gave_no_answer(&self) -> bool {
+        matches!(
+            self,
+            PeerError::Unreachable { .. } | PeerError::Protocol { .. }
+        )
+    }
 }
 
 /// A forwarded request's answer, passed back to the client as is.

@@ -3,9 +3,10 @@
 //!
 //! The fleet registers `services × per_service` instances with short `preserved.*` timeouts
 //! (so faults longer than the delete timeout fit in a test), then beats each one every
-//! `beat_every` through any of the current target nodes, without a body (the light beat of the
-//! Java client). A 20404 answer means the node forgot a live instance: the fleet counts it as a
-//! loss and re-registers, as the client would. The checker lists every service on every
+//! `beat_every` through the current target nodes, without a body (the light beat of the Java
+//! client), moving on to the next node when one does not answer (as clients configured with a
+//! server list do). A 20404 answer means the node forgot a live instance: the fleet counts it
+//! as a loss and re-registers, as the client would. The checker lists every service on every
 //! watched node and records each time a fleet instance is missing or unhealthy; an answer that
 //! does not come (a frozen node) is unavailability, not a violation.
 
@@ -89,7 +90,8 @@ pub struct BeatCounts {
     pub ok: AtomicU64,
     /// Beats answered 20404: a live instance the node had forgotten.
     pub lost: AtomicU64,
-    /// Beats without an answer or with another error (a frozen or dead node).
+    /// Beat attempts that got no answer or an error (a frozen or dead node); the beat then
+    /// moves on to the next node.
     pub failed: AtomicU64,
 }
 
@@ -192,46 +194,51 @@ impl Fleet {
                 }
                 let beats = members.iter().map(|m| {
                     turn = turn.wrapping_add(1);
-                    let addr = nodes[turn % nodes.len()];
-                    let (spec, counts, lost_log) = (&spec, &counts, &lost_log);
+                    let first = turn % nodes.len();
+                    let (spec, counts, lost_log, nodes) = (&spec, &counts, &lost_log, &nodes);
                     async move {
-                        // Beats must not wait on a frozen node for a whole period.
-                        let api = Api::new(addr).with_timeout(spec.beat_every * 4);
                         let port = m.port.to_string();
-                        let r = api
-                            .call(
-                                "PUT",
-                                "/nacos/v1/ns/instance/beat",
-                                &[
-                                    ("serviceName", m.service.as_str()),
-                                    ("ip", m.ip.as_str()),
-                                    ("port", port.as_str()),
-                                ],
-                            )
-                            .await;
-                        let code = serde_json::from_str::<serde_json::Value>(&r.body)
-                            .ok()
-                            .and_then(|j| j["code"].as_i64());
-                        match (r.status, code) {
-                            (200, Some(20404)) => {
-                                counts.lost.fetch_add(1, Ordering::Relaxed);
-                                if let Ok(mut log) = lost_log.lock() {
-                                    if log.len() < 20 {
-                                        log.push(format!(
-                                            "{} {} at {addr} after {:.1}s",
-                                            m.service,
-                                            m.ip,
-                                            started.elapsed().as_secs_f64()
-                                        ));
+                        // Fail over across the nodes, at most once around, within one period.
+                        for k in 0..nodes.len() {
+                            let addr = nodes[(first + k) % nodes.len()];
+                            let api = Api::new(addr).with_timeout(spec.beat_every);
+                            let r = api
+                                .call(
+                                    "PUT",
+                                    "/nacos/v1/ns/instance/beat",
+                                    &[
+                                        ("serviceName", m.service.as_str()),
+                                        ("ip", m.ip.as_str()),
+                                        ("port", port.as_str()),
+                                    ],
+                                )
+                                .await;
+                            let code = serde_json::from_str::<serde_json::Value>(&r.body)
+                                .ok()
+                                .and_then(|j| j["code"].as_i64());
+                            match (r.status, code) {
+                                (200, Some(20404)) => {
+                                    counts.lost.fetch_add(1, Ordering::Relaxed);
+                                    if let Ok(mut log) = lost_log.lock() {
+                                        if log.len() < 20 {
+                                            log.push(format!(
+                                                "{} {} at {addr} after {:.1}s",
+                                                m.service,
+                                                m.ip,
+                                                started.elapsed().as_secs_f64()
+                                            ));
+                                        }
                                     }
+                                    register_one(&api, spec, m).await;
+                                    return;
                                 }
-                                register_one(&api, spec, m).await;
-                            }
-                            (200, _) => {
-                                counts.ok.fetch_add(1, Ordering::Relaxed);
-                            }
-                            _ => {
-                                counts.failed.fetch_add(1, Ordering::Relaxed);
+                                (200, _) => {
+                                    counts.ok.fetch_add(1, Ordering::Relaxed);
+                                    return;
+                                }
+                                _ => {
+                                    counts.failed.fetch_add(1, Ordering::Relaxed);
+                                }
                             }
                         }
                     }
@@ -310,8 +317,10 @@ impl LiveChecker {
                                 )
                                 .await;
                             if r.status != 200 {
+                                // Down or frozen: no use asking it about the other services
+                                // in this pass.
                                 unanswered.fetch_add(1, Ordering::Relaxed);
-                                continue;
+                                break;
                             }
                             reads.fetch_add(1, Ordering::Relaxed);
                             let hosts = listed_hosts(&r.body);

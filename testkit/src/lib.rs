@@ -22,6 +22,8 @@ pub mod cluster;
 pub mod fleet;
 pub mod gateway;
 pub mod http;
+pub mod ledger;
+pub mod nemesis;
 mod process;
 pub use process::log_tail;
 pub mod proxy;

@@ -1,17 +1,23 @@
-//! Sends a client's write for a service owned by another node to that owner.
+//! Sends a client's write for a service owned by another node to that owner (rule O2 in
+//! [`crate::distro`]).
 //!
-//! Distro's rule: the owner applies writes to its services. A node that receives one for a
-//! service it does not own replays the request on the owner once, marked as forwarded (with the
-//! cluster secret, so the mark cannot be forged by a client), and relays the owner's answer. A
-//! forwarded request is never forwarded again, even if the rings disagree for a moment. When
-//! the owner cannot be reached the write is applied here: availability first; replication and
-//! verify reconcile later.
+//! The owner applies writes to its services. A node that receives one for a service it does
+//! not own replays the request on the owner once, marked as forwarded (with the cluster secret,
+//! so the mark cannot be forged by a client), and relays the owner's answer. A forwarded
+//! request is never forwarded again, even if the rings disagree for a moment. The write is
+//! applied here instead only when the owner gave no answer at all (connection refused, or
+//! closed before a response: a dead process), or left this node's ring while the request
+//! waited (frozen or cut off: the service is no longer its). An owner that holds the request
+//! without answering may still apply it, so on a timeout the client gets a 503 and retries
+//! (every 1.x client does). Either way instance-level merging (rule V1) keeps a write that
+//! lands twice, or two writes that land on two nodes, from erasing one another.
 
 use std::time::Duration;
 
 use axum::response::{IntoResponse, Response};
 use nacre_ring::ServiceKey;
 
+use super::error::ApiError;
 use super::params::Params;
 use super::App;
 use crate::peer::{secret_matches, FORWARDED_HEADER};
@@ -49,26 +55,73 @@ pub async fn to_owner(app: &App, key: &ServiceKey, p: &Params) -> Option<Respons
         }
     }
     let forwards = &cluster.replicator.metrics().forwards;
-    match cluster
-        .client
-        .forward(
-            &owner,
-            p.raw.method.clone(),
-            path,
-            &headers,
-            p.raw.body.clone(),
-            FORWARD_TIMEOUT,
-        )
-        .await
-    {
-        Ok(relayed) => {
+    // Subscribe before sending: a ring change during the wait must not be missed.
+    let mut rings = membership.subscribe();
+    let forward = cluster.client.forward(
+        &owner,
+        p.raw.method.clone(),
+        path,
+        &headers,
+        p.raw.body.clone(),
+        FORWARD_TIMEOUT,
+    );
+    let answered = tokio::select! {
+        r = forward => Some(r),
+        () = owner_leaves(&mut rings, key, &owner) => None,
+    };
+    match answered {
+        Some(Ok(relayed)) => {
             forwards.with_label_values(&["forwarded"]).inc();
             Some(relayed.into_response())
         }
-        Err(e) => {
+        Some(Err(e)) if e.gave_no_answer() => {
             forwards.with_label_values(&["applied_locally"]).inc();
             tracing::info!(service = %key, owner = %owner, error = %e, "owner unreachable; applying the write here");
             None
+        }
+        Some(Err(e)) => {
+            forwards.with_label_values(&["owner_silent"]).inc();
+            tracing::info!(service = %key, owner = %owner, error = %e, "owner took the write but did not answer; the client retries");
+            Some(
+                ApiError::unavailable(format!(
+                    "the node owning {} did not answer in time; retry",
+                    key.grouped()
+                ))
+                .into_response(),
+            )
+        }
+        None => {
+            forwards.with_label_values(&["owner_left"]).inc();
+            let now = membership.owner(key);
+            tracing::info!(service = %key, owner = %owner, new_owner = %now, "owner left the ring while the write waited");
+            if now == membership.self_addr() {
+                None
+            } else {
+                Some(
+                    ApiError::unavailable(format!(
+                        "the owner of {} changed while the write waited; retry",
+                        key.grouped()
+                    ))
+                    .into_response(),
+                )
+            }
+        }
+    }
+}
+
+/// Resolves once `key` is no longer owned by `owner` on this node's ring.
+async fn owner_leaves(
+    rings: &mut tokio::sync::watch::Receiver<std::sync::Arc<nacre_ring::Ring>>,
+    key: &ServiceKey,
+    owner: &str,
+) {
+    loop {
+        if rings.changed().await.is_err() {
+            // The membership is gone (shutdown): never resolve; the forward decides.
+            std::future::pending::<()>().await;
+        }
+        if rings.borrow_and_update().owner(key) != Some(owner) {
+            return;
         }
     }
 }

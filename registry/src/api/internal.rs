@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, State};
+use axum::http::header::CONTENT_TYPE;
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
@@ -14,7 +16,6 @@ use super::App;
 use crate::distro::wire::{
     SyncBatch, SyncReply, VerifyReply, VerifyRequest, SNAPSHOT_PATH, SYNC_PATH, VERIFY_PATH,
 };
-use crate::distro::ServiceRecord;
 use crate::membership::{PingReply, PING_PATH};
 use crate::peer::{require_secret, MAX_INTERNAL_BODY};
 
@@ -53,13 +54,28 @@ async fn health(
     Json(changed.len())
 }
 
-/// 503 while this node is still loading: a starting peer then asks the next one.
-async fn snapshot(State(app): State<Arc<App>>) -> Result<Json<Vec<ServiceRecord>>, StatusCode> {
-    app.node
-        .distro()
-        .snapshot()
-        .map(Json)
-        .ok_or(StatusCode::SERVICE_UNAVAILABLE)
+/// 503 while this node is still loading: a starting peer then asks the next one. Copying and
+/// serializing every record is O(instances): it runs off the async workers.
+async fn snapshot(State(app): State<Arc<App>>) -> Response {
+    let node = app.node.clone();
+    let body = tokio::task::spawn_blocking(move || {
+        node.distro()
+            .snapshot()
+            .map(|records| serde_json::to_vec(&records))
+    })
+    .await;
+    match body {
+        Ok(Some(Ok(bytes))) => ([(CONTENT_TYPE, "application/json")], bytes).into_response(),
+        Ok(None) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+        Ok(Some(Err(e))) => {
+            tracing::warn!(error = %e, "snapshot serialization failed");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "snapshot task failed");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
 }
 
 /// Path of the change feed that gateways follow.

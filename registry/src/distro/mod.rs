@@ -13,14 +13,24 @@
 //!   peer that answers probes and is ready (`membership`). Only the owner judges its
 //!   instances' silence. *Test:* `membership::tests::ring_follows_probe_results`.
 //! - **O2 — forwarding.** A client's write for a service another node owns is replayed on the
-//!   owner once (never re-forwarded); when the owner cannot be reached it is applied here, and
-//!   replication reconciles (`api::forward`). *Test:* `tests/cluster.rs`
-//!   `writes_on_any_node_are_listed_by_every_node`.
-//! - **V1 — versions.** Every visible change of a service gets a hybrid-logical-clock version
-//!   above every version this node has seen; peers apply a whole service record only when it
-//!   is newer than theirs, so delivery is idempotent and order-free (`store`). *Tests:*
+//!   owner once (never re-forwarded). It is applied here instead only when the owner gave no
+//!   answer at all (refused, or closed before a response: a dead process) or left this node's
+//!   ring while the request waited (frozen, cut off); an owner that holds the request past the
+//!   timeout gets the client a 503 to retry (`api::forward`). *Tests:*
+//!   `tests/cluster.rs` `writes_on_any_node_are_listed_by_every_node`; `tests/faults.rs`
+//!   `registrations_acknowledged_while_the_owner_is_frozen_survive_its_return`.
+//! - **V1 — versions and merge.** Every visible change gets a hybrid-logical-clock version
+//!   above every version this node has seen; each instance carries the version of its own
+//!   last change and a removed one leaves a stamped tombstone. A peer merges a record instance
+//!   by instance (higher stamp wins, a tombstone beats an instance no newer than it, an
+//!   instance only one side knows is kept) and sends its copy back when it holds something the
+//!   sender lacked: delivery is idempotent and order-free, and two registrations accepted on
+//!   two nodes at once both survive (`store`). *Tests:*
 //!   `store::tests::versions_grow_and_order_across_nodes`,
-//!   `store::tests::deletion_replicates_and_stale_records_do_not_resurrect`.
+//!   `store::tests::concurrent_registrations_on_two_nodes_both_survive`,
+//!   `store::tests::a_removal_beats_an_older_copy_and_loses_to_a_newer_registration`,
+//!   `store::tests::deletion_replicates_and_stale_records_do_not_resurrect`;
+//!   `tests/faults.rs` `registrations_acknowledged_while_the_owner_is_frozen_survive_its_return`.
 //!
 //! **Expiry** (`expiry::ExpiryGate`, applied by [`Distro::sweep`]): a node must never act on a
 //! silence it could not have observed.
@@ -220,21 +230,29 @@ impl Distro {
         }
     }
 
-    /// Applies records from a peer; returns the keys that changed here.
+    /// Merges records from a peer (rule V1); returns the keys that changed here. A merged copy
+    /// that holds something the sender lacked is replicated back, so both converge on the union.
     pub fn apply_remote(&self, records: Vec<ServiceRecord>, now_ms: u64) -> Vec<ServiceKey> {
         let mut changed = Vec::new();
         for r in records {
             let key = r.key.clone();
-            let applied = self.store.apply_remote(r, now_ms);
+            let merged = self.store.apply_remote(r, now_ms);
             if let Some(c) = &self.cluster {
-                let outcome = if applied { "applied" } else { "stale" };
+                let outcome = match (merged.changed, merged.diverged) {
+                    (_, true) => "merged",
+                    (true, false) => "applied",
+                    (false, false) => "stale",
+                };
                 c.replicator
                     .metrics()
                     .received
                     .with_label_values(&[outcome])
                     .inc();
+                if merged.diverged {
+                    c.replicator.changed(&key);
+                }
             }
-            if applied {
+            if merged.changed {
                 changed.push(key);
             }
         }

@@ -3,11 +3,16 @@
 //! Plain data and logic driven by explicit timestamps: registration, beats, patching and the
 //! expiry sweep all take `now_ms` from the caller, so expiry is testable without sleeping.
 //!
-//! Every visible change of a service gets a new **version** from a hybrid logical clock
-//! (`max(now_ms << 16, last + 1)`, raised past every version seen from peers), so versions order
-//! changes across owners: a node that takes over a service always writes above the previous
-//! owner's versions. Replication ships whole [`ServiceRecord`]s and a peer applies one only when
-//! its version is newer, which makes delivery idempotent and order-insensitive.
+//! Every visible change gets a **version** from a hybrid logical clock (`max(now_ms << 16,
+//! last + 1)`, raised past every version seen from peers): the service carries the version of
+//! its last change, and each instance the version of its own last change (its *stamp*); a
+//! removed instance leaves a stamped tombstone for [`TOMBSTONE_TTL_MS`]. Replication ships
+//! whole [`ServiceRecord`]s, and a peer **merges** one into its copy instance by instance: the
+//! higher stamp wins, a tombstone beats an instance no newer than it, and an instance only one
+//! side knows is kept. Merging is idempotent, order-insensitive and commutative, so two nodes
+//! that accepted different registrations of one service at once both keep both (rule V1 in
+//! [`crate::distro`]); a node whose merged copy holds something the sender lacked sends its
+//! copy back.
 
 use std::collections::HashMap;
 
@@ -42,6 +47,10 @@ pub fn version_ms(version: u64) -> u64 {
 pub struct EphemeralService {
     /// Instances in registration order.
     pub instances: Vec<Instance>,
+    /// The version of each instance's last change, aligned with `instances`.
+    stamps: Vec<u64>,
+    /// Instances removed within [`TOMBSTONE_TTL_MS`]: identity → (removal version, ms learned).
+    removed: HashMap<InstanceKey, (u64, u64)>,
     /// Hybrid-logical-clock version of the last visible change.
     pub version: u64,
     /// When the service last became empty (ms), if it is empty.
@@ -49,6 +58,46 @@ pub struct EphemeralService {
 }
 
 impl EphemeralService {
+    fn position(&self, ip: &str, port: u16, cluster: &str) -> Option<usize> {
+        self.instances
+            .iter()
+            .position(|i| i.matches(ip, port, cluster))
+    }
+
+    /// Records that instance `id` changed at version `v`: a new instance (pushed last, as
+    /// [`put_into`] does) gets a stamp, an existing one a new stamp; a tombstone is lifted.
+    fn stamp(&mut self, id: &InstanceKey, v: u64) {
+        if self.stamps.len() < self.instances.len() {
+            self.stamps.resize(self.instances.len(), v);
+        }
+        if let Some(i) = self.position(&id.ip, id.port, &id.cluster) {
+            self.stamps[i] = v;
+        }
+        self.removed.remove(id);
+    }
+
+    /// This service's replicated state.
+    fn record(&self, key: &ServiceKey) -> ServiceRecord {
+        ServiceRecord {
+            key: key.clone(),
+            version: self.version,
+            instances: Some(self.instances.clone()),
+            stamps: self.stamps.clone(),
+            removed: self
+                .removed
+                .iter()
+                .map(|(id, (v, _))| (id.clone(), *v))
+                .collect(),
+        }
+    }
+
+    /// Removes the instance at `i`, leaving a tombstone at version `v`.
+    fn remove_at(&mut self, i: usize, v: u64, now_ms: u64) {
+        let inst = self.instances.remove(i);
+        self.stamps.remove(i);
+        self.removed.insert(inst.key(), (v, now_ms));
+    }
+
     fn find_mut(&mut self, ip: &str, port: u16, cluster: &str) -> Option<&mut Instance> {
         self.instances
             .iter_mut()
@@ -67,31 +116,11 @@ impl EphemeralService {
     /// Order-independent checksum of what replicas must agree on. `last_beat_ms` is left out:
     /// each node stamps it with its own clock.
     pub fn checksum(&self) -> u64 {
-        let mut sum = 0u64;
-        for i in &self.instances {
-            let mut h = xxhash_rust::xxh3::Xxh3::new();
-            h.update(i.ip.as_bytes());
-            h.update(&i.port.to_le_bytes());
-            h.update(i.cluster.as_bytes());
-            h.update(&i.weight.to_bits().to_le_bytes());
-            h.update(&[
-                i.healthy as u8,
-                i.enabled as u8,
-                i.ephemeral as u8,
-                i.marked as u8,
-            ]);
-            for (k, v) in &i.metadata {
-                h.update(k.as_bytes());
-                h.update(&[0]);
-                h.update(v.as_bytes());
-                h.update(&[0]);
-            }
-            h.update(i.instance_id.as_bytes());
-            h.update(&[0]);
-            h.update(i.app.as_bytes());
+        let sum = self
+            .instances
+            .iter()
             // Wrapping sum: the order instances were registered in does not matter.
-            sum = sum.wrapping_add(h.digest());
-        }
+            .fold(0u64, |sum, i| sum.wrapping_add(instance_hash(i)));
         sum ^ (self.instances.len() as u64)
     }
 }
@@ -105,6 +134,61 @@ pub struct ServiceRecord {
     pub version: u64,
     /// The instances, or `None` when the service was deleted at `version`.
     pub instances: Option<Vec<Instance>>,
+    /// Each instance's stamp, aligned with `instances` (empty from a sender that keeps none:
+    /// every instance is then taken at `version`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stamps: Vec<u64>,
+    /// Instances the sender removed recently, with the version of each removal.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<(InstanceKey, u64)>,
+}
+
+impl ServiceRecord {
+    /// A record of a service deleted at `version`.
+    pub fn deletion(key: ServiceKey, version: u64) -> Self {
+        Self {
+            key,
+            version,
+            instances: None,
+            stamps: Vec::new(),
+            removed: Vec::new(),
+        }
+    }
+}
+
+/// What merging one record did here.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Merged {
+    /// The local copy changed (subscribers must hear of it).
+    pub changed: bool,
+    /// The local copy holds something the sender lacks: send it back.
+    pub diverged: bool,
+}
+
+/// Hash of one instance's replicated content (the checksum's unit; ties between equal stamps
+/// are broken by it, the same way on every node).
+fn instance_hash(i: &Instance) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(i.ip.as_bytes());
+    h.update(&i.port.to_le_bytes());
+    h.update(i.cluster.as_bytes());
+    h.update(&i.weight.to_bits().to_le_bytes());
+    h.update(&[
+        i.healthy as u8,
+        i.enabled as u8,
+        i.ephemeral as u8,
+        i.marked as u8,
+    ]);
+    for (k, v) in &i.metadata {
+        h.update(k.as_bytes());
+        h.update(&[0]);
+        h.update(v.as_bytes());
+        h.update(&[0]);
+    }
+    h.update(i.instance_id.as_bytes());
+    h.update(&[0]);
+    h.update(i.app.as_bytes());
+    h.digest()
 }
 
 /// A service's version and checksum, compared by the periodic verify.
@@ -229,14 +313,70 @@ impl Inner {
         v
     }
 
-    /// Stamps a visible change of `key` with a fresh version.
-    fn touch(&mut self, key: &ServiceKey, now_ms: u64) {
+    /// Stamps a visible change of `key` with a fresh version, and returns it.
+    fn touch(&mut self, key: &ServiceKey, now_ms: u64) -> u64 {
         let floor = self.services.get(key).map_or(0, |s| s.version);
         let v = self.next_version(now_ms, floor);
         if let Some(s) = self.services.get_mut(key) {
             s.set_version(v, now_ms);
             // Re-created above its deletion: the tombstone has nothing left to guard.
             self.tombstones.remove(key);
+        }
+        v
+    }
+
+    /// Stamps a change of instance `id` of `key`: a fresh service version, which becomes the
+    /// instance's stamp.
+    fn touch_instance(&mut self, key: &ServiceKey, id: &InstanceKey, now_ms: u64) {
+        let v = self.touch(key, now_ms);
+        if let Some(s) = self.services.get_mut(key) {
+            s.stamp(id, v);
+        }
+    }
+
+    /// Merges a peer's deletion of `key` at `version`: every instance no newer than it goes;
+    /// an instance changed here after the deletion keeps the service alive (and the sender
+    /// hears of it).
+    fn merge_deletion(&mut self, key: &ServiceKey, version: u64, now_ms: u64) -> Merged {
+        let newer = self
+            .services
+            .get(key)
+            .map(|svc| svc.stamps.iter().any(|s| *s > version));
+        match newer {
+            None | Some(false) => {
+                let existed = self.services.remove(key).is_some();
+                let t = self.tombstones.entry(key.clone()).or_insert(Tombstone {
+                    version,
+                    at_ms: now_ms,
+                });
+                t.version = t.version.max(version);
+                Merged {
+                    changed: existed,
+                    diverged: false,
+                }
+            }
+            Some(true) => {
+                let Some(svc) = self.services.get_mut(key) else {
+                    return Merged::default();
+                };
+                let old: Vec<InstanceKey> = svc
+                    .instances
+                    .iter()
+                    .zip(&svc.stamps)
+                    .filter(|(_, s)| **s <= version)
+                    .map(|(i, _)| i.key())
+                    .collect();
+                for id in &old {
+                    if let Some(i) = svc.position(&id.ip, id.port, &id.cluster) {
+                        svc.remove_at(i, version, now_ms);
+                    }
+                }
+                self.touch(key, now_ms);
+                Merged {
+                    changed: !old.is_empty(),
+                    diverged: true,
+                }
+            }
         }
     }
 
@@ -302,8 +442,9 @@ impl EphemeralStore {
                 .get_mut(key)
                 .ok_or_else(|| service_not_found(key))?,
         };
+        let id = instance.key();
         put_into(&mut svc.instances, instance, mode)?;
-        inner.touch(key, now_ms);
+        inner.touch_instance(key, &id, now_ms);
         Ok(())
     }
 
@@ -331,7 +472,7 @@ impl EphemeralStore {
             .ok_or_else(|| NamingError::bad("instance not found"))?;
         let changed = f(inst);
         if changed {
-            inner.touch(key, now_ms);
+            inner.touch_instance(key, id, now_ms);
         }
         Ok(changed)
     }
@@ -354,17 +495,19 @@ impl EphemeralStore {
     /// Removes an instance; true when something was removed.
     pub fn remove(&self, key: &ServiceKey, id: &InstanceKey, now_ms: u64) -> bool {
         let mut inner = self.inner.write();
-        let Some(svc) = inner.services.get_mut(key) else {
+        let Some(i) = inner
+            .services
+            .get(key)
+            .and_then(|svc| svc.position(&id.ip, id.port, &id.cluster))
+        else {
             return false;
         };
-        let before = svc.instances.len();
-        svc.instances
-            .retain(|i| !i.matches(&id.ip, id.port, &id.cluster));
-        let removed = svc.instances.len() != before;
-        if removed {
-            inner.touch(key, now_ms);
+        let v = inner.touch(key, now_ms);
+        if let Some(svc) = inner.services.get_mut(key) {
+            svc.remove_at(i, v, now_ms);
+            svc.set_version(v, now_ms);
         }
-        removed
+        true
     }
 
     /// Records a beat.
@@ -383,7 +526,7 @@ impl EphemeralStore {
         }
         let interval_ms = inst.beat_interval_ms();
         if revived {
-            inner.touch(key, now_ms);
+            inner.touch_instance(key, id, now_ms);
         }
         BeatOutcome::Alive {
             interval_ms,
@@ -431,11 +574,7 @@ impl EphemeralStore {
                 inner.hlc
             }
         };
-        Some(ServiceRecord {
-            key: key.clone(),
-            version,
-            instances: None,
-        })
+        Some(ServiceRecord::deletion(key.clone(), version))
     }
 
     /// Gives an existing service a fresh version without changing it, so that every peer
@@ -461,9 +600,13 @@ impl EphemeralStore {
     /// the tombstone instead of bringing the service back. Expired tombstones are forgotten.
     pub fn sweep_owned(&self, now_ms: u64, owned: impl Fn(&ServiceKey) -> bool) -> Swept {
         let mut out = Swept::default();
-        let mut changed_keys = Vec::new();
+        // (service, instances turned unhealthy, instances removed): stamped once the
+        // service's new version is known.
+        let mut changed: Vec<(ServiceKey, Vec<InstanceKey>, Vec<InstanceKey>)> = Vec::new();
         let mut inner = self.inner.write();
         for (key, svc) in inner.services.iter_mut() {
+            svc.removed
+                .retain(|_, (_, at)| now_ms.saturating_sub(*at) < TOMBSTONE_TTL_MS);
             if !owned(key) {
                 continue;
             }
@@ -473,38 +616,60 @@ impl EphemeralStore {
                 }
                 continue;
             }
-            let mut changed = false;
-            svc.instances.retain_mut(|inst| {
-                if inst.marked {
-                    return true;
-                }
+            let (mut unhealthy, mut removed) = (Vec::new(), Vec::new());
+            for inst in svc.instances.iter_mut().filter(|i| !i.marked) {
                 let silent = now_ms.saturating_sub(inst.last_beat_ms);
                 if silent > inst.delete_timeout_ms() {
-                    out.expired.push(Expiry {
-                        key: key.clone(),
-                        instance: inst.key(),
-                        kind: ExpiryKind::Removed,
-                    });
-                    changed = true;
-                    return false;
-                }
-                if inst.healthy && silent > inst.beat_timeout_ms() {
+                    removed.push(inst.key());
+                } else if inst.healthy && silent > inst.beat_timeout_ms() {
                     inst.healthy = false;
-                    out.expired.push(Expiry {
-                        key: key.clone(),
-                        instance: inst.key(),
-                        kind: ExpiryKind::Unhealthy,
-                    });
-                    changed = true;
+                    unhealthy.push(inst.key());
                 }
-                true
-            });
-            if changed {
-                changed_keys.push(key.clone());
+            }
+            for (ids, kind) in [
+                (&unhealthy, ExpiryKind::Unhealthy),
+                (&removed, ExpiryKind::Removed),
+            ] {
+                out.expired.extend(ids.iter().map(|id| Expiry {
+                    key: key.clone(),
+                    instance: id.clone(),
+                    kind,
+                }));
+            }
+            if !unhealthy.is_empty() || !removed.is_empty() {
+                changed.push((key.clone(), unhealthy, removed));
             }
         }
-        for k in &changed_keys {
-            inner.touch(k, now_ms);
+        for (key, unhealthy, removed) in changed {
+            let v = inner.touch(&key, now_ms);
+            let Some(svc) = inner.services.get_mut(&key) else {
+                continue;
+            };
+            for id in &unhealthy {
+                svc.stamp(id, v);
+            }
+            if !removed.is_empty() {
+                let gone: std::collections::HashSet<&InstanceKey> = removed.iter().collect();
+                let keep: Vec<bool> = svc
+                    .instances
+                    .iter()
+                    .map(|i| !gone.contains(&i.key()))
+                    .collect();
+                let mut n = 0;
+                svc.stamps.retain(|_| {
+                    n += 1;
+                    keep[n - 1]
+                });
+                n = 0;
+                svc.instances.retain(|_| {
+                    n += 1;
+                    keep[n - 1]
+                });
+                for id in removed {
+                    svc.removed.insert(id, (v, now_ms));
+                }
+                svc.set_version(v, now_ms);
+            }
         }
         for k in &out.dropped {
             inner.delete(k, now_ms);
@@ -543,78 +708,113 @@ impl EphemeralStore {
         }
     }
 
-    /// Applies a peer's record when it is newer than the local copy; true when applied.
+    /// Merges a peer's record into the local copy (rule V1: instance by instance, the higher
+    /// stamp wins; see the module doc).
     ///
-    /// Incoming instances get `last_beat_ms = now_ms` unless the local copy knows a later beat:
-    /// the sender's beat times come from another clock, and "last heard of" is what expiry
-    /// needs should this node become the owner.
-    pub fn apply_remote(&self, record: ServiceRecord, now_ms: u64) -> bool {
+    /// Instances taken from the record get `last_beat_ms = now_ms`: the sender's beat times
+    /// come from another clock, and "last heard of" is what expiry needs should this node
+    /// become the owner. Instances kept from the local copy keep their beat times.
+    pub fn apply_remote(&self, record: ServiceRecord, now_ms: u64) -> Merged {
         let mut inner = self.inner.write();
-        inner.hlc = inner.hlc.max(record.version);
-        let local = inner
-            .services
-            .get(&record.key)
-            .map(|s| s.version)
-            .or_else(|| inner.tombstones.get(&record.key).map(|t| t.version));
-        if local.is_some_and(|v| v >= record.version) {
-            return false;
+        let top = record
+            .stamps
+            .iter()
+            .chain(record.removed.iter().map(|(_, v)| v))
+            .fold(record.version, |a, b| a.max(*b));
+        inner.hlc = inner.hlc.max(top);
+        let key = record.key.clone();
+        let tomb = inner.tombstones.get(&key).map(|t| t.version);
+        let Some(remote) = record.instances else {
+            return inner.merge_deletion(&key, record.version, now_ms);
+        };
+        let stamps = if record.stamps.len() == remote.len() {
+            record.stamps
+        } else {
+            vec![record.version; remote.len()]
+        };
+        // Instances no newer than the service's deletion here stay deleted.
+        let live: Vec<(Instance, u64)> = remote
+            .into_iter()
+            .zip(stamps)
+            .filter(|(_, s)| tomb.is_none_or(|t| *s > t))
+            .collect();
+        if !inner.services.contains_key(&key) && live.is_empty() && tomb.is_some() {
+            return Merged::default();
         }
-        match record.instances {
-            None => {
-                let existed = inner.services.remove(&record.key).is_some();
-                inner.tombstones.insert(
-                    record.key,
-                    Tombstone {
-                        version: record.version,
-                        at_ms: now_ms,
-                    },
-                );
-                existed
-            }
-            Some(mut instances) => {
-                inner.tombstones.remove(&record.key);
-                let svc = inner.services.entry(record.key).or_default();
-                for i in &mut instances {
-                    let known = svc
-                        .instances
-                        .iter()
-                        .find(|l| l.matches(&i.ip, i.port, &i.cluster))
-                        .map_or(0, |l| l.last_beat_ms);
-                    i.last_beat_ms = known.max(now_ms);
+        let created = !inner.services.contains_key(&key);
+        let svc = inner.services.entry(key.clone()).or_default();
+        let mut changed = created;
+        for (id, t) in &record.removed {
+            if let Some(i) = svc.position(&id.ip, id.port, &id.cluster) {
+                if svc.stamps[i] <= *t {
+                    svc.remove_at(i, *t, now_ms);
+                    changed = true;
+                    continue;
                 }
-                svc.instances = instances;
-                svc.set_version(record.version, now_ms);
-                true
+            }
+            let known = svc.removed.entry(id.clone()).or_insert((*t, now_ms));
+            known.0 = known.0.max(*t);
+        }
+        let mut sender: HashMap<InstanceKey, u64> = HashMap::with_capacity(live.len());
+        for (mut inst, s) in live {
+            let id = inst.key();
+            sender.insert(id.clone(), s);
+            if svc.removed.get(&id).is_some_and(|(t, _)| *t >= s) {
+                continue;
+            }
+            inst.last_beat_ms = now_ms;
+            match svc.position(&inst.ip, inst.port, &inst.cluster) {
+                Some(i) => {
+                    let local = (svc.stamps[i], instance_hash(&svc.instances[i]));
+                    if (s, instance_hash(&inst)) > local {
+                        inst.last_beat_ms = inst.last_beat_ms.max(svc.instances[i].last_beat_ms);
+                        svc.instances[i] = inst;
+                        svc.stamps[i] = s;
+                        changed = true;
+                    }
+                }
+                None => {
+                    svc.instances.push(inst);
+                    svc.stamps.push(s);
+                    svc.removed.remove(&id);
+                    changed = true;
+                }
             }
         }
+        // Does the sender lack anything of ours: an instance, a newer stamp, a removal?
+        let diverged = svc
+            .instances
+            .iter()
+            .zip(&svc.stamps)
+            .any(|(i, s)| sender.get(&i.key()) != Some(s))
+            || svc
+                .removed
+                .iter()
+                .any(|(id, (t, _))| sender.get(id).is_some_and(|s| s <= t));
+        let version = svc.version.max(record.version);
+        svc.set_version(version, now_ms);
+        if changed {
+            inner.tombstones.remove(&key);
+        }
+        if diverged {
+            // Our merged copy must win the sender's version comparisons (verify) from now on.
+            inner.touch(&key, now_ms);
+        }
+        Merged { changed, diverged }
     }
 
     /// The current records of `keys` (a missing service is left out).
     pub fn export(&self, keys: &[ServiceKey]) -> Vec<ServiceRecord> {
         let inner = self.inner.read();
         keys.iter()
-            .filter_map(|k| {
-                inner.services.get(k).map(|s| ServiceRecord {
-                    key: k.clone(),
-                    version: s.version,
-                    instances: Some(s.instances.clone()),
-                })
-            })
+            .filter_map(|k| inner.services.get(k).map(|s| s.record(k)))
             .collect()
     }
 
     /// Every service's record (a full snapshot for a starting peer).
     pub fn export_all(&self) -> Vec<ServiceRecord> {
         let inner = self.inner.read();
-        inner
-            .services
-            .iter()
-            .map(|(k, s)| ServiceRecord {
-                key: k.clone(),
-                version: s.version,
-                instances: Some(s.instances.clone()),
-            })
-            .collect()
+        inner.services.iter().map(|(k, s)| s.record(k)).collect()
     }
 
     /// Version and checksum of every service selected by `pred`.
@@ -884,6 +1084,68 @@ mod tests {
         s.export(&[key()]).pop().unwrap()
     }
 
+    fn ips(s: &EphemeralStore) -> Vec<String> {
+        let mut ips: Vec<String> = s
+            .with_service(&key(), |svc| {
+                svc.instances.iter().map(|i| i.ip.clone()).collect()
+            })
+            .unwrap_or_default();
+        ips.sort();
+        ips
+    }
+
+    #[test]
+    fn concurrent_registrations_on_two_nodes_both_survive() {
+        let a = EphemeralStore::new();
+        let b = EphemeralStore::new();
+        a.register(&key(), inst("10.0.0.1", 0), 1_000);
+        b.apply_remote(record(&a), 1_000);
+        // Each node accepts one new instance while the other is out of reach; b's is later.
+        a.register(&key(), inst("10.0.0.2", 0), 2_000);
+        b.register(&key(), inst("10.0.0.3", 0), 3_000);
+        let (from_a, from_b) = (record(&a), record(&b));
+
+        // Whole-record last-writer-wins would keep only b's copy; the merge keeps both.
+        let at_a = a.apply_remote(from_b.clone(), 4_000);
+        assert!(at_a.changed && at_a.diverged, "{at_a:?}: b lacks 10.0.0.2");
+        let at_b = b.apply_remote(from_a.clone(), 4_000);
+        assert!(at_b.changed && at_b.diverged, "{at_b:?}");
+        let all = ["10.0.0.1", "10.0.0.2", "10.0.0.3"];
+        assert_eq!(ips(&a), all);
+        assert_eq!(ips(&b), all);
+        // What each sends back settles the other without further changes.
+        let settled = b.apply_remote(record(&a), 5_000);
+        assert!(!settled.changed && !settled.diverged, "{settled:?}");
+        let settled = a.apply_remote(record(&b), 5_000);
+        assert!(!settled.changed && !settled.diverged, "{settled:?}");
+        assert_eq!(a.digest(&key()).map(|d| d.1), b.digest(&key()).map(|d| d.1));
+        // Old records delivered again, in any order, change nothing.
+        assert!(!a.apply_remote(from_a, 6_000).changed);
+        assert!(!b.apply_remote(from_b, 6_000).changed);
+        assert_eq!(ips(&b), all);
+    }
+
+    #[test]
+    fn a_removal_beats_an_older_copy_and_loses_to_a_newer_registration() {
+        let a = EphemeralStore::new();
+        let b = EphemeralStore::new();
+        a.register(&key(), inst("10.0.0.1", 0), 1_000);
+        a.register(&key(), inst("10.0.0.2", 0), 1_000);
+        b.apply_remote(record(&a), 1_000);
+        let before = record(&b);
+        assert!(a.remove(&key(), &id("10.0.0.1"), 2_000));
+        assert!(b.apply_remote(record(&a), 2_000).changed);
+        assert_eq!(ips(&b), ["10.0.0.2"]);
+        // A copy from before the removal does not bring it back.
+        assert!(!a.apply_remote(before.clone(), 3_000).changed);
+        assert!(!b.apply_remote(before, 3_000).changed);
+        assert_eq!(ips(&a), ["10.0.0.2"]);
+        // A registration after the removal does.
+        b.register(&key(), inst("10.0.0.1", 0), 4_000);
+        assert!(a.apply_remote(record(&b), 4_000).changed);
+        assert_eq!(ips(&a), ["10.0.0.1", "10.0.0.2"]);
+    }
+
     #[test]
     fn versions_grow_and_order_across_nodes() {
         let a = EphemeralStore::new();
@@ -895,12 +1157,12 @@ mod tests {
 
         // A peer whose clock is behind still writes above what it has seen.
         let b = EphemeralStore::new();
-        assert!(b.apply_remote(record(&a), 5));
+        assert!(b.apply_remote(record(&a), 5).changed);
         b.register(&key(), inst("10.0.0.3", 0), 5);
         assert!(record(&b).version > record(&a).version);
-        // Idempotent and order-insensitive: an older or equal record is ignored.
-        assert!(!b.apply_remote(record(&a), 6));
-        assert!(a.apply_remote(record(&b), 7));
+        // Idempotent and order-insensitive: an older record changes nothing here.
+        assert!(!b.apply_remote(record(&a), 6).changed);
+        assert!(a.apply_remote(record(&b), 7).changed);
         assert_eq!(a.digest(&key()), b.digest(&key()));
     }
 
@@ -942,15 +1204,15 @@ mod tests {
             Some(del.version),
             "the deletion keeps one version"
         );
-        assert!(b.apply_remote(del.clone(), 20));
+        assert!(b.apply_remote(del.clone(), 20).changed);
         assert!(!b.contains(&key()));
         // Both keep a tombstone: the old copy, still held somewhere, revives nothing.
-        assert!(!a.apply_remote(old.clone(), 30));
-        assert!(!b.apply_remote(old, 30));
+        assert!(!a.apply_remote(old.clone(), 30).changed);
+        assert!(!b.apply_remote(old, 30).changed);
         assert_eq!(b.tombstone(&key()), Some(del.version));
         // A registration after the deletion is newer and brings the service back.
         a.register(&key(), inst("10.0.0.2", 40), 40);
-        assert!(b.apply_remote(record(&a), 40));
+        assert!(b.apply_remote(record(&a), 40).changed);
         assert_eq!(b.tombstone(&key()), None);
     }
 
@@ -971,10 +1233,10 @@ mod tests {
         assert_eq!(swept.dropped, vec![key()]);
         assert!(owner.sweep_owned(late + 1, |_| true).dropped.is_empty());
         let del = owner.deletion_record(&key()).unwrap();
-        assert!(peer.apply_remote(del, late));
+        assert!(peer.apply_remote(del, late).changed);
         assert!(!peer.contains(&key()));
         // The empty copy a slow peer still sends back is refused, not re-created.
-        assert!(!owner.apply_remote(emptied, late + 2));
+        assert!(!owner.apply_remote(emptied, late + 2).changed);
         // Tombstones are forgotten after their horizon.
         owner.sweep_owned(late + TOMBSTONE_TTL_MS, |_| true);
         assert_eq!(owner.tombstone(&key()), None);
@@ -987,8 +1249,10 @@ mod tests {
             key: key(),
             version: u64::MAX,
             instances: Some(vec![inst("10.0.0.1", 0)]),
+            stamps: Vec::new(),
+            removed: Vec::new(),
         };
-        assert!(s.apply_remote(forged, 0));
+        assert!(s.apply_remote(forged, 0).changed);
         s.register(&key(), inst("10.0.0.2", 0), 1);
         assert!(s.remove_service(&key(), 2));
         assert_eq!(s.deletion_record(&key()).map(|r| r.version), Some(u64::MAX));

@@ -1,0 +1,340 @@
+//! The nemesis: seeded fault schedules against a 3-node cluster under load, with checkers
+//! around every fault, and a report.
+//!
+//! One command runs it (`scripts/nemesis.sh`; CI runs the short schedule below through the test
+//! suite): a fleet of ephemeral instances beats through every node with fail-over, a ledger
+//! writes persistent instances through every node, and the checkers watch throughout:
+//! - *live never absent*: no fleet instance is missing or unhealthy in any node's list;
+//! - *no instance forgotten*: no beat answered 20404;
+//! - *convergence*: after each heal, every node's ephemeral fingerprint is equal within two
+//!   verify rounds (plus failure detection), timed;
+//! - *no acknowledged persistent write lost*, and no node's reads going back in time.
+//!
+//! Knobs (environment): `NACRE_NEMESIS_SEED` (default 1), `NACRE_NEMESIS_SECS` (extra random
+//! faults after one of every kind; default 0), `NACRE_NEMESIS_OUT` (report directory; default
+//! a temporary one). The report (`report.json`, `report.md`) holds the schedule, the operations,
+//! violations per checker and per fault, and recovery and convergence times; on failure the
+//! nodes' data dirs and logs are copied next to it, so the run can be examined and replayed
+//! with the same seed.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use nacre_testkit::cluster::{ClusterOptions, TestCluster};
+use nacre_testkit::fleet::{Fleet, FleetSpec, LiveChecker, Targets};
+use nacre_testkit::http::{eventually, Api};
+use nacre_testkit::ledger::Ledger;
+use nacre_testkit::nemesis::{self, FaultKind, Step, Target};
+
+/// The verify interval of `ClusterOptions::fast`.
+const VERIFY: Duration = Duration::from_secs(1);
+/// Convergence bound after a heal: two verify rounds, plus failure detection and hand-back.
+const CONVERGE: Duration = Duration::from_secs(4);
+/// Quiet time before the first fault: the checkers' control run.
+const CONTROL: Duration = Duration::from_secs(5);
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+/// Each node's ephemeral fingerprint (`None` for a node that does not answer).
+async fn fingerprints(nodes: &[SocketAddr]) -> Vec<Option<String>> {
+    let mut out = Vec::new();
+    for n in nodes {
+        let r = Api::new(*n)
+            .with_timeout(Duration::from_secs(1))
+            .call("GET", "/nacre/v1/cluster", &[])
+            .await;
+        out.push((r.status == 200).then(|| {
+            let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+            v["ephemeral"]["fingerprint"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        }));
+    }
+    out
+}
+
+/// Time until every node answers with the same fingerprint (`None` if not within `limit`).
+async fn convergence(nodes: &[SocketAddr], limit: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    eventually(limit, "fingerprints equal", || async {
+        let f = fingerprints(nodes).await;
+        (f.iter().all(Option::is_some) && f.windows(2).all(|w| w[0] == w[1])).then_some(())
+    })
+    .await
+    .ok()
+    .map(|()| started.elapsed())
+}
+
+/// The index of the node `GET /nacre/v1/cluster` names as Raft leader.
+async fn leader(c: &TestCluster) -> Option<usize> {
+    for i in 0..c.len() {
+        let r = Api::new(c.node(i).addr())
+            .with_timeout(Duration::from_secs(1))
+            .call("GET", "/nacre/v1/cluster", &[])
+            .await;
+        if r.status != 200 {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+        if let Some(l) = v["leader"].as_str() {
+            return (0..c.len()).find(|&j| c.advertised(j) == l);
+        }
+    }
+    None
+}
+
+/// The index of the Distro owner of `service`.
+async fn owner(c: &TestCluster, service: &str) -> Option<usize> {
+    for i in 0..c.len() {
+        let r = Api::new(c.node(i).addr())
+            .with_timeout(Duration::from_secs(1))
+            .call(
+                "GET",
+                "/nacos/v1/ns/operator/distro/server",
+                &[("serviceName", service)],
+            )
+            .await;
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+        if let Some(o) = v["responsibleServer"].as_str() {
+            return (0..c.len()).find(|&j| c.advertised(j) == o);
+        }
+    }
+    None
+}
+
+/// What happened around one fault.
+#[derive(Debug, Default, serde::Serialize)]
+struct StepReport {
+    kind: &'static str,
+    target: usize,
+    hold_ms: u128,
+    start_s: f64,
+    /// Kills: time from the restart to ready.
+    recovery_ms: Option<u128>,
+    /// Time from the heal (or ready) until every node's fingerprint was equal.
+    convergence_ms: Option<u128>,
+    /// Raft leader kills: time from the kill to the first persistent write acknowledged.
+    failover_ms: Option<u128>,
+    live_violations: usize,
+    forgotten: u64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nemesis_schedule_keeps_every_promise() -> Result<()> {
+    let seed = env_u64("NACRE_NEMESIS_SEED", 1);
+    let extra = Duration::from_secs(env_u64("NACRE_NEMESIS_SECS", 0));
+    let out: PathBuf = std::env::var_os("NACRE_NEMESIS_OUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("nacre-nemesis-{seed}")));
+    std::fs::create_dir_all(&out)?;
+    let steps = nemesis::schedule(seed, 3, true, extra);
+
+    let root = tempfile::Builder::new()
+        .prefix("nacre-nemesis-")
+        .tempdir()?;
+    let bin = Path::new(env!("CARGO_BIN_EXE_nacre"));
+    let mut c = TestCluster::start(bin, root.path(), ClusterOptions::new(3).fast())?;
+    c.wait_ready(Duration::from_secs(60))?;
+    c.wait_rings_complete(Duration::from_secs(60))?;
+    let nodes: Vec<SocketAddr> = (0..3).map(|i| c.node(i).addr()).collect();
+    let all = Targets::new(nodes.clone());
+
+    let fleet = Fleet::register(FleetSpec::new("nem", 20, 2), &nodes).await?;
+    let hot = fleet.services()[0].clone();
+    let origin = Instant::now();
+    let beating = fleet.start_beating(all.clone());
+    let checker = LiveChecker::start(&fleet, all.clone(), Duration::from_millis(100));
+    let mut ledger = Ledger::start(
+        "nemesis-ledger",
+        all.clone(),
+        all.clone(),
+        Duration::from_millis(250),
+    );
+
+    tokio::time::sleep(CONTROL).await;
+    let mut reports = Vec::new();
+    for step in &steps {
+        reports.push(run_step(&mut c, step, &nodes, &hot, &fleet, &ledger, origin).await?);
+    }
+
+    fleet.stop();
+    let _ = beating.await;
+    ledger.stop().await;
+    let final_convergence = convergence(&nodes, Duration::from_secs(15)).await;
+    let (reads, unanswered) = (checker.reads.clone(), checker.unanswered.clone());
+    let violations = checker.finish().await;
+    let mut ledger_missing = Vec::new();
+    for n in &nodes {
+        ledger_missing.push(ledger.missing_on(*n).await.unwrap_or_default());
+    }
+    let writes = ledger.writes();
+    let regressions = ledger.regressions();
+
+    // Attribute live violations to the control run or to the fault whose window they fell
+    // in (from its start to the next one's).
+    let control_violations = violations
+        .iter()
+        .filter(|v| v.at_s < CONTROL.as_secs_f64())
+        .count();
+    let starts: Vec<f64> = reports.iter().map(|r| r.start_s).collect();
+    for (k, r) in reports.iter_mut().enumerate() {
+        let end = starts.get(k + 1).copied().unwrap_or(f64::INFINITY);
+        r.live_violations = violations
+            .iter()
+            .filter(|v| v.at_s >= r.start_s && v.at_s < end)
+            .count();
+    }
+    let forgotten = fleet.beats.lost.load(Ordering::Relaxed);
+    let slow: Vec<&StepReport> = reports
+        .iter()
+        .filter(|r| r.convergence_ms.is_none_or(|ms| ms > CONVERGE.as_millis()))
+        .collect();
+    let lost_writes: usize = ledger_missing.iter().map(Vec::len).sum();
+    let report = serde_json::json!({
+        "seed": seed,
+        "steps": reports,
+        "ops": {
+            "beats_ok": fleet.beats.ok.load(Ordering::Relaxed),
+            "beat_attempts_failed": fleet.beats.failed.load(Ordering::Relaxed),
+            "list_reads": reads.load(Ordering::Relaxed),
+            "list_reads_unanswered": unanswered.load(Ordering::Relaxed),
+            "persistent_writes": writes.len(),
+            "persistent_acked": writes.iter().filter(|w| w.acked).count(),
+            "persistent_unknown": writes.iter().filter(|w| !w.acked).count(),
+        },
+        "violations": {
+            "live_never_absent": violations.len(),
+            "live_never_absent_in_control": control_violations,
+            "forgotten_20404": forgotten,
+            "convergence_over_bound": slow.len(),
+            "acked_persistent_writes_lost": lost_writes,
+            "reads_back_in_time": regressions.len(),
+        },
+        "final_convergence_ms": final_convergence.map(|d| d.as_millis()),
+        "first_violations": violations.iter().take(10).map(|v| format!("{v:?}")).collect::<Vec<_>>(),
+        "first_forgotten": fleet.lost_examples(),
+        "missing_writes": ledger_missing,
+        "regressions": regressions.iter().take(10).map(|r| format!("{r:?}")).collect::<Vec<_>>(),
+    });
+    std::fs::write(
+        out.join("report.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    let md = markdown(seed, &reports, &report);
+    std::fs::write(out.join("report.md"), &md)?;
+    println!("{md}\nreport in {}", out.display());
+
+    let failed = !violations.is_empty()
+        || forgotten > 0
+        || !slow.is_empty()
+        || lost_writes > 0
+        || !regressions.is_empty()
+        || final_convergence.is_none();
+    if failed {
+        copy_dir(root.path(), &out.join("cluster")).context("keeping the data dirs and logs")?;
+        anyhow::bail!(
+            "nemesis seed {seed}: promises broken (see {}):\n{}",
+            out.display(),
+            serde_json::to_string_pretty(&report["violations"])?
+        );
+    }
+    Ok(())
+}
+
+/// Runs one step: resolve the target, break, hold, heal, wait for recovery and convergence.
+async fn run_step(
+    c: &mut TestCluster,
+    step: &Step,
+    nodes: &[SocketAddr],
+    hot: &str,
+    fleet: &Fleet,
+    ledger: &Ledger,
+    origin: Instant,
+) -> Result<StepReport> {
+    let target = match step.target {
+        Target::Node(i) => i,
+        Target::Leader => leader(c).await.unwrap_or(0),
+        Target::Owner => owner(c, hot).await.unwrap_or(0),
+    };
+    let lost_before = fleet.beats.lost.load(Ordering::Relaxed);
+    let start = origin.elapsed();
+    nemesis::apply(c, step.kind, target)?;
+    tokio::time::sleep(step.hold).await;
+    nemesis::heal(c, step.kind, target)?;
+    let mut r = StepReport {
+        kind: step.kind.name(),
+        target,
+        hold_ms: step.hold.as_millis(),
+        start_s: start.as_secs_f64(),
+        ..StepReport::default()
+    };
+    let healed = Instant::now();
+    if matches!(step.kind, FaultKind::Kill | FaultKind::KillLeader) {
+        c.node_mut(target).wait_ready(Duration::from_secs(60))?;
+        r.recovery_ms = Some(healed.elapsed().as_millis());
+    }
+    let back = Instant::now();
+    r.convergence_ms = convergence(nodes, Duration::from_secs(15))
+        .await
+        .map(|_| back.elapsed().as_millis());
+    if step.kind == FaultKind::KillLeader {
+        let from = start.as_secs_f64();
+        r.failover_ms = ledger
+            .writes()
+            .iter()
+            .filter(|w| w.acked && w.call_s >= from)
+            .map(|w| ((w.return_s - from) * 1000.0) as u128)
+            .min();
+    }
+    // Let the effects of the heal play out before the next fault.
+    tokio::time::sleep(2 * VERIFY).await;
+    r.forgotten = fleet.beats.lost.load(Ordering::Relaxed) - lost_before;
+    Ok(r)
+}
+
+fn markdown(seed: u64, steps: &[StepReport], report: &serde_json::Value) -> String {
+    let mut s = format!("# nemesis run, seed {seed}\n\n| fault | target | hold | recovery | convergence | raft failover | live violations | forgotten |\n|---|---|---|---|---|---|---|---|\n");
+    let ms = |v: Option<u128>| v.map_or("—".to_string(), |m| format!("{m} ms"));
+    for r in steps {
+        s += &format!(
+            "| {} | node {} | {} ms | {} | {} | {} | {} | {} |\n",
+            r.kind,
+            r.target,
+            r.hold_ms,
+            ms(r.recovery_ms),
+            ms(r.convergence_ms),
+            ms(r.failover_ms),
+            r.live_violations,
+            r.forgotten
+        );
+    }
+    s += &format!(
+        "\nops: {}\n\nviolations: {}\n",
+        report["ops"], report["violations"]
+    );
+    s
+}
+
+/// Copies `from` into `to` (data dirs and logs of a failed run).
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let dest = to.join(e.file_name());
+        if e.file_type()?.is_dir() {
+            copy_dir(&e.path(), &dest)?;
+        } else {
+            std::fs::copy(e.path(), dest)?;
+        }
+    }
+    Ok(())
+}
