@@ -298,3 +298,64 @@ async fn registrations_acknowledged_while_the_owner_is_frozen_survive_its_return
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_cut_off_from_the_majority_sends_writes_elsewhere() -> Result<()> {
+    let (_root, mut c) = start().await?;
+    let cut = Api::new(c.node(2).addr()).with_timeout(Duration::from_secs(5));
+    let register = |ip: &'static str| {
+        let cut = cut.clone();
+        async move {
+            cut.instance(
+                "POST",
+                &[("serviceName", "standing"), ("ip", ip), ("port", "8080")],
+            )
+            .await
+        }
+    };
+    ensure!(register("10.8.0.1").await.body == "ok");
+
+    // Cut off, node 2 refuses instance writes (clients fail over), but still answers reads.
+    c.isolate(2)?;
+    let refused = eventually(Duration::from_secs(10), "node 2 refuses writes", || async {
+        let r = register("10.8.0.2").await;
+        (r.status == 503).then_some(r.body)
+    })
+    .await?;
+    ensure!(refused.contains("cut off from the majority"), "{refused}");
+    let beat = cut
+        .call(
+            "PUT",
+            "/nacos/v1/ns/instance/beat",
+            &[
+                ("serviceName", "standing"),
+                ("ip", "10.8.0.1"),
+                ("port", "8080"),
+            ],
+        )
+        .await;
+    ensure!(beat.status == 503, "a beat was taken: {beat:?}");
+    ensure!(cut.ips("standing").await.contains(&"10.8.0.1".to_string()));
+    // The majority takes writes as usual.
+    let ok = Api::new(c.node(0).addr())
+        .instance(
+            "POST",
+            &[
+                ("serviceName", "standing"),
+                ("ip", "10.8.0.3"),
+                ("port", "8080"),
+            ],
+        )
+        .await;
+    ensure!(ok.body == "ok", "{ok:?}");
+
+    // Healed, it takes writes again.
+    c.heal()?;
+    eventually(
+        Duration::from_secs(10),
+        "node 2 takes writes again",
+        || async { (register("10.8.0.2").await.body == "ok").then_some(()) },
+    )
+    .await?;
+    Ok(())
+}

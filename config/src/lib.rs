@@ -498,8 +498,9 @@ impl RegistrySettings {
 
 /// `NACRE_*` name prefixes that belong to someone other than the registry: the other tiers,
 /// the log filter, and the test harness (whose variables a spawned node inherits).
-const FOREIGN_ENV_PREFIXES: [&str; 7] = [
+const FOREIGN_ENV_PREFIXES: [&str; 8] = [
     "NACRE_GATEWAY_",
+    "NACRE_NEMESIS_",
     "NACRE_LOADTEST_",
     "NACRE_TEST_",
     "NACRE_COMPAT_",

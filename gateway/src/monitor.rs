@@ -28,6 +28,13 @@ const DOWN_AFTER: u32 = 2;
 struct Ping {
     address: String,
     ready: bool,
+    /// In contact with a majority of its cluster (older nodes do not say: assume so).
+    #[serde(default = "yes")]
+    standing: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// One probed node: where it is and what it calls itself, if ready.
@@ -37,6 +44,9 @@ struct Ready {
     addr: SocketAddr,
     /// False for a node kept in the ring despite a missed probe.
     probed: bool,
+    /// The node can reach a majority of its cluster (it takes writes; one cut off answers
+    /// them 503).
+    standing: bool,
 }
 
 /// Runs until `shutdown` is cancelled; every follower it started has stopped when it returns.
@@ -81,6 +91,7 @@ pub async fn run(shared: Arc<Shared>, discovery: Discovery, shutdown: Cancellati
                     name: u.name.clone(),
                     addr: u.addr,
                     probed: false,
+                    standing: true,
                 });
             }
         }
@@ -169,6 +180,12 @@ async fn probe_all(
         }
     }
     states.retain(|a, _| addresses.contains(a));
+    // A node cut off from the majority of its cluster is out of rotation while another one
+    // has the standing to take writes; when none has (most of the cluster is down), the
+    // ready ones still serve what they hold.
+    if ready.iter().any(|r| r.standing) {
+        ready.retain(|r| r.standing);
+    }
     ready.sort_by(|a, b| a.name.cmp(&b.name));
     ready
 }
@@ -202,6 +219,7 @@ async fn probe(
         name: ping.address,
         addr,
         probed: true,
+        standing: ping.standing,
     }))
 }
 

@@ -35,8 +35,17 @@ pub struct PingReply {
     pub ready: bool,
     /// Whether its Raft state has a membership (it belongs to an initialized cluster).
     pub raft_initialized: bool,
+    /// Whether it can reach a majority of its cluster (rule E1): a node without standing
+    /// answers client writes 503, and gateways route around it.
+    #[serde(default = "standing_unknown")]
+    pub standing: bool,
     /// [`Members::digest`] of its configured member list.
     pub members_digest: u64,
+}
+
+/// Nodes that do not report their standing (older versions) are taken to have it.
+fn standing_unknown() -> bool {
+    true
 }
 
 /// Probe timing.
@@ -442,6 +451,7 @@ mod tests {
             node_id: 1,
             ready,
             raft_initialized: true,
+            standing: true,
             members_digest: 0,
         })
     }

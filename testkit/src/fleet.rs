@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::http::{listed_hosts, Api};
+use crate::http::{list_document, Api};
 
 /// What the fleet looks like.
 #[derive(Debug, Clone)]
@@ -35,6 +35,14 @@ pub struct FleetSpec {
 }
 
 impl FleetSpec {
+    /// The same fleet with other silence timeouts (unhealthy after `beat`, removed after
+    /// `delete`).
+    pub fn with_timeouts(mut self, beat: Duration, delete: Duration) -> Self {
+        self.beat_timeout = beat;
+        self.delete_timeout = delete;
+        self
+    }
+
     /// `services × per_service` instances beating every 500 ms, unhealthy after 3 s and
     /// removed after 6 s of silence.
     pub fn new(prefix: &str, services: usize, per_service: usize) -> Self {
@@ -316,14 +324,15 @@ impl LiveChecker {
                                     &[("serviceName", service.as_str())],
                                 )
                                 .await;
-                            if r.status != 200 {
-                                // Down or frozen: no use asking it about the other services
-                                // in this pass.
+                            // Down or frozen (or an answer cut short): no use asking it
+                            // about the other services in this pass.
+                            let Some(hosts) =
+                                (r.status == 200).then(|| list_document(&r.body)).flatten()
+                            else {
                                 unanswered.fetch_add(1, Ordering::Relaxed);
                                 break;
-                            }
+                            };
                             reads.fetch_add(1, Ordering::Relaxed);
-                            let hosts = listed_hosts(&r.body);
                             let listed = |ip: &str| hosts.iter().find(|h| h["ip"] == ip);
                             let mut v = Violation {
                                 at_s: started.elapsed().as_secs_f64(),

@@ -18,6 +18,16 @@ pub fn listed_hosts(body: &str) -> Vec<serde_json::Value> {
         .unwrap_or_default()
 }
 
+/// The `hosts` of an instance-list answer, or `None` when `body` is not one (a body cut short
+/// by a timeout must not read as an empty list).
+pub fn list_document(body: &str) -> Option<Vec<serde_json::Value>> {
+    let mut j = serde_json::from_str::<serde_json::Value>(body).ok()?;
+    match j["hosts"].take() {
+        serde_json::Value::Array(a) => Some(a),
+        _ => None,
+    }
+}
+
 /// The IPs of `hosts`, sorted.
 pub fn ips_of(hosts: &[serde_json::Value]) -> Vec<String> {
     let mut ips: Vec<String> = hosts

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::fleet::Targets;
-use crate::http::{ips_of, listed_hosts, Api};
+use crate::http::{ips_of, list_document, Api};
 
 /// One write as the client saw it.
 #[derive(Debug, Clone)]
@@ -180,7 +180,7 @@ impl Ledger {
     }
 }
 
-/// The IPs `node` lists for `service`, or `None` without a 200 answer.
+/// The IPs `node` lists for `service`, or `None` without a whole list answer.
 async fn read(node: SocketAddr, service: &str) -> Option<BTreeSet<String>> {
     let r = Api::new(node)
         .with_timeout(Duration::from_secs(1))
@@ -190,5 +190,8 @@ async fn read(node: SocketAddr, service: &str) -> Option<BTreeSet<String>> {
             &[("serviceName", service)],
         )
         .await;
-    (r.status == 200).then(|| ips_of(&listed_hosts(&r.body)).into_iter().collect())
+    if r.status != 200 {
+        return None;
+    }
+    Some(ips_of(&list_document(&r.body)?).into_iter().collect())
 }

@@ -95,8 +95,8 @@ pub struct Step {
 }
 
 /// A schedule drawn from `seed`: every kind once in a seeded order (`every_kind`), then random
-/// kinds until the holds add up to `budget`. Holds are 4–9 s: some shorter and some longer than
-/// the fault tests' 6 s delete timeout.
+/// kinds until the holds add up to `budget`. Holds are 5–12 s: some shorter and some longer than
+/// the nemesis fleet's 8 s delete timeout.
 pub fn schedule(seed: u64, nodes: usize, every_kind: bool, budget: Duration) -> Vec<Step> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut kinds: Vec<FaultKind> = Vec::new();
@@ -119,7 +119,7 @@ pub fn schedule(seed: u64, nodes: usize, every_kind: bool, budget: Duration) -> 
             FaultKind::PauseOwner => Target::Owner,
             _ => Target::Node(rng.gen_range(0..nodes)),
         };
-        let hold = Duration::from_millis(rng.gen_range(4_000..=9_000));
+        let hold = Duration::from_millis(rng.gen_range(5_000..=12_000));
         used += hold;
         steps.push(Step { kind, target, hold });
     }
@@ -189,7 +189,7 @@ mod tests {
         }
         let held: Duration = a.iter().map(|s| s.hold).sum();
         assert!(held >= Duration::from_secs(60));
-        assert!(a.iter().all(|s| (4..=9).contains(&s.hold.as_secs())));
+        assert!(a.iter().all(|s| (5..=12).contains(&s.hold.as_secs())));
         // Without the every-kind pass, a zero budget is an empty schedule.
         assert!(schedule(1, 3, false, Duration::ZERO).is_empty());
     }

@@ -26,6 +26,7 @@ async fn ping(State(app): State<Arc<App>>) -> Json<PingReply> {
         node_id: node.persistent().node_id(),
         ready: node.is_ready(),
         raft_initialized: node.persistent().is_initialized(),
+        standing: node.has_standing(),
         members_digest: node.membership().configured().digest(),
     })
 }

@@ -198,18 +198,32 @@ fn answer_unknown(app: &App, status: StatusCode, method: Method, path: &str) -> 
 }
 
 /// Nacos's status gate: while the node is not ready, naming requests get 503 so clients move
-/// to another server. Peers (holding the cluster secret) and the health probe pass.
+/// to another server. A ready node cut off from the majority of its cluster still serves
+/// reads, but answers instance writes 503 too (rule O3 in [`crate::distro`]): a beat it took
+/// could reach no owner the cluster agrees on, and the majority would expire that instance.
+/// Peers (holding the cluster secret) and the health probe pass.
 async fn gate(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
     let gated = path.starts_with("/nacos/v1/ns/")
         && !path.ends_with("/operator/metrics")
         && !path.ends_with("/ops/metrics");
-    if gated && !app.node.is_ready() {
+    if !gated {
+        return next.run(req).await;
+    }
+    let refusal = if !app.node.is_ready() {
+        Some("server is DOWNnow, please try again later!")
+    } else if req.method() != Method::GET
+        && path.starts_with("/nacos/v1/ns/instance")
+        && !app.node.has_standing()
+    {
+        Some("this server is cut off from the majority of its cluster; please try another one")
+    } else {
+        None
+    };
+    if let Some(message) = refusal {
         // Only a peer holding the cluster secret gets past; a User-Agent proves nothing.
-        let from_peer = crate::peer::secret_matches(req.headers(), &app.secret);
-        if !from_peer {
-            return ApiError::unavailable("server is DOWNnow, please try again later!")
-                .into_response();
+        if !crate::peer::secret_matches(req.headers(), &app.secret) {
+            return ApiError::unavailable(message).into_response();
         }
     }
     next.run(req).await

@@ -19,6 +19,14 @@
 //!   timeout gets the client a 503 to retry (`api::forward`). *Tests:*
 //!   `tests/cluster.rs` `writes_on_any_node_are_listed_by_every_node`; `tests/faults.rs`
 //!   `registrations_acknowledged_while_the_owner_is_frozen_survive_its_return`.
+//! - **O3 — writes need standing.** A clustered node without the standing of rule E1 (not
+//!   ready, or out of contact with a majority) answers client instance writes (registrations,
+//!   beats, updates) 503 so that clients fail over to a node that can act, and reports it in
+//!   its ping answer so gateways route around it; it still serves reads. A beat taken by a
+//!   cut-off node reaches no owner the cluster agrees on, and the majority would expire the
+//!   instance for want of it. *Test:* `tests/faults.rs`
+//!   `a_node_cut_off_from_the_majority_sends_writes_elsewhere`; `tests/nemesis.rs`
+//!   (isolate).
 //! - **V1 — versions and merge.** Every visible change gets a hybrid-logical-clock version
 //!   above every version this node has seen; each instance carries the version of its own
 //!   last change and a removed one leaves a stamped tombstone. A peer merges a record instance
@@ -336,6 +344,7 @@ mod tests {
             node_id: 1,
             ready: true,
             raft_initialized: true,
+            standing: true,
             members_digest: 0,
         })
     }

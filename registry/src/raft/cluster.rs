@@ -220,6 +220,7 @@ mod tests {
             node_id: node_id_for(addr),
             ready: false,
             raft_initialized: initialized,
+            standing: true,
             members_digest: 0,
         })
     }
@@ -264,6 +265,7 @@ mod tests {
                 node_id: mover_id,
                 ready: false,
                 raft_initialized: true,
+                standing: true,
                 members_digest: 0,
             }),
             3,
