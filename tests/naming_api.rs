@@ -356,6 +356,19 @@ async fn services_catalog_and_namespaces() {
         )
         .await;
     assert_eq!(r.body, "ok");
+    // A client retrying the same create (its first answer lost) gets the same outcome.
+    let retried = api
+        .form(
+            "POST",
+            &path("/service"),
+            &[
+                ("serviceName", "inventory"),
+                ("protectThreshold", "0.3"),
+                ("metadata", "team=core,tier=1"),
+            ],
+        )
+        .await;
+    assert_eq!((retried.status, retried.body.as_str()), (200, "ok"));
     let dup = api
         .call("POST", &path("/service"), &[("serviceName", "inventory")])
         .await;

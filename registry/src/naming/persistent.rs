@@ -235,6 +235,13 @@ impl PersistentState {
                 meta,
                 exists_elsewhere,
             } => {
+                // A retried create (the first one committed behind a timeout) must not report
+                // a failure: the same settings again are the same outcome.
+                if let Some(existing) = self.services.get(key) {
+                    if existing.meta == *meta && !*exists_elsewhere {
+                        return Ok(CommandOutput::default());
+                    }
+                }
                 if *exists_elsewhere || self.services.contains_key(key) {
                     return Err(NamingError::bad(format!(
                         "specified service already exists, serviceName : {}",
@@ -344,6 +351,10 @@ impl PersistentState {
                 Ok(CommandOutput::default())
             }
             Command::CreateNamespace(ns) => {
+                // A retried create with the same fields is the same outcome, not an error.
+                if self.namespaces.get(&ns.id) == Some(ns) {
+                    return Ok(CommandOutput::default());
+                }
                 if ns.id == nacre_ring::DEFAULT_NAMESPACE || self.namespaces.contains_key(&ns.id) {
                     return Err(NamingError::bad(format!(
                         "namespace already exists, namespaceId : {}",
@@ -470,7 +481,7 @@ mod tests {
     }
 
     #[test]
-    fn create_twice_is_rejected_without_change() {
+    fn a_retried_create_succeeds_and_a_conflicting_one_is_rejected_without_change() {
         let mut st = PersistentState::default();
         let c = Command::CreateService {
             key: key(),
@@ -479,8 +490,35 @@ mod tests {
         };
         assert!(st.apply(&c).is_ok());
         let before = st.clone();
-        assert!(matches!(st.apply(&c), Err(NamingError::BadRequest(_))));
+        // The client's retry of a create that committed: the same outcome, nothing changes.
+        let again = st.apply(&c).expect("a retried create succeeds");
+        assert!(again.changed.is_empty());
         assert_eq!(st, before);
+        // Other settings for an existing service: still the Nacos error.
+        let other = Command::CreateService {
+            key: key(),
+            meta: ServiceMeta {
+                protect_threshold: 0.5,
+                ..ServiceMeta::default()
+            },
+            exists_elsewhere: false,
+        };
+        assert!(matches!(st.apply(&other), Err(NamingError::BadRequest(_))));
+        assert_eq!(st, before);
+        // Namespaces: a retried create succeeds, a different one with the same id does not.
+        let ns = Namespace {
+            id: "dev".into(),
+            show_name: "Dev".into(),
+            desc: String::new(),
+        };
+        st.apply(&Command::CreateNamespace(ns.clone())).unwrap();
+        st.apply(&Command::CreateNamespace(ns.clone()))
+            .expect("a retried namespace create succeeds");
+        let renamed = Namespace {
+            show_name: "Other".into(),
+            ..ns
+        };
+        assert!(st.apply(&Command::CreateNamespace(renamed)).is_err());
     }
 
     #[test]
