@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use nacre_testkit::cluster::{ClusterOptions, TestCluster};
 use nacre_testkit::fleet::{Fleet, FleetSpec, LiveChecker, Targets};
 use nacre_testkit::http::{eventually, Api};
@@ -357,5 +357,84 @@ async fn a_node_cut_off_from_the_majority_sends_writes_elsewhere() -> Result<()>
         || async { (register("10.8.0.2").await.body == "ok").then_some(()) },
     )
     .await?;
+    Ok(())
+}
+
+/// `raftNodes` of a node's cluster view: (id, address) pairs.
+async fn raft_members(node: SocketAddr) -> Vec<(u64, String)> {
+    let v = Api::new(node)
+        .call("GET", "/nacre/v1/cluster", &[])
+        .await
+        .json();
+    let mut out: Vec<(u64, String)> = v["raftNodes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|m| Some((m["id"].as_u64()?, m["addr"].as_str()?.to_string())))
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_whose_data_was_wiped_rejoins_as_a_new_member_with_everything() -> Result<()> {
+    let (_root, mut c) = start().await?;
+    let all = addrs(&c, &[0, 1, 2]);
+    for i in 0..10 {
+        let ip = format!("127.6.0.{i}");
+        let r = Api::new(all[i % 3])
+            .instance(
+                "POST",
+                &[
+                    ("serviceName", "kept"),
+                    ("ip", &ip),
+                    ("port", "80"),
+                    ("ephemeral", "false"),
+                ],
+            )
+            .await;
+        ensure!(r.body == "ok", "{r:?}");
+    }
+    let before = raft_members(all[0]).await;
+    ensure!(before.len() == 3, "{before:?}");
+    let old_id = before
+        .iter()
+        .find(|(_, a)| *a == c.advertised(2))
+        .map(|(id, _)| *id)
+        .context("node 2 in the raft membership")?;
+
+    // The disk of node 2 is replaced: same address, empty data dir.
+    c.wipe_and_restart(2)?;
+    c.node_mut(2).wait_ready(Duration::from_secs(60))?;
+    // It joins as a new member (learner, then voter) and the old identity is removed: never
+    // an empty log acting as the old voter.
+    let members = eventually(Duration::from_secs(30), "the old id replaced", || async {
+        let m = raft_members(all[0]).await;
+        (m.len() == 3 && m.iter().all(|(id, _)| *id != old_id)).then_some(m)
+    })
+    .await
+    .with_context(|| c.log_tails())?;
+    let new_id = members
+        .iter()
+        .find(|(_, a)| *a == c.advertised(2))
+        .map(|(id, _)| *id)
+        .context("node 2 is a member again")?;
+    ensure!(new_id != old_id);
+    // Everything persistent is there on the new member, and new writes work.
+    let ips = Api::new(all[2]).ips("kept").await;
+    ensure!(ips.len() == 10, "node 2 lists {ips:?}");
+    let r = Api::new(all[2])
+        .instance(
+            "POST",
+            &[
+                ("serviceName", "kept"),
+                ("ip", "127.6.1.1"),
+                ("port", "80"),
+                ("ephemeral", "false"),
+            ],
+        )
+        .await;
+    ensure!(r.body == "ok", "{r:?}");
     Ok(())
 }

@@ -351,6 +351,32 @@ impl TestCluster {
         self.apply_blocks()
     }
 
+    /// Kills node `i` and deletes its data (its log file is kept), then starts it again at the
+    /// same address: a machine whose disk was replaced. Does not wait for readiness.
+    pub fn wipe_and_restart(&mut self, i: usize) -> Result<()> {
+        let slot = self.slot_mut(i)?;
+        if slot.removed {
+            bail!("cluster node {i} was removed; it cannot be restarted");
+        }
+        slot.node.kill9()?;
+        let dir = slot.node.data_dir().to_path_buf();
+        let log = slot.node.log_path();
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?
+        {
+            let path = entry?.path();
+            if path == log {
+                continue;
+            }
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path)?;
+            } else {
+                std::fs::remove_file(&path)?;
+            }
+        }
+        self.restart(i)
+    }
+
     /// Starts a new, empty node (new index, data dir, port and proxy) and returns its index.
     /// With a members file, the new member is written to `cluster.conf` first, so running
     /// nodes learn about it and the new node starts with the full list. Without one, only the

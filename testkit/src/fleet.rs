@@ -10,6 +10,7 @@
 //! watched node and records each time a fleet instance is missing or unhealthy; an answer that
 //! does not come (a frozen node) is unavailability, not a violation.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -194,22 +195,31 @@ impl Fleet {
             let mut turn = 0usize;
             let mut tick = tokio::time::interval(spec.beat_every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // One client (and its pooled connections) per node, as a real client keeps.
+            let mut apis: HashMap<SocketAddr, Api> = HashMap::new();
             while !stop.load(Ordering::Relaxed) {
                 tick.tick().await;
                 let nodes = targets.get();
                 if nodes.is_empty() {
                     continue;
                 }
+                for n in &nodes {
+                    apis.entry(*n)
+                        .or_insert_with(|| Api::new(*n).with_timeout(spec.beat_every));
+                }
                 let beats = members.iter().map(|m| {
                     turn = turn.wrapping_add(1);
                     let first = turn % nodes.len();
-                    let (spec, counts, lost_log, nodes) = (&spec, &counts, &lost_log, &nodes);
+                    let (spec, counts, lost_log, nodes, apis) =
+                        (&spec, &counts, &lost_log, &nodes, &apis);
                     async move {
                         let port = m.port.to_string();
                         // Fail over across the nodes, at most once around, within one period.
                         for k in 0..nodes.len() {
                             let addr = nodes[(first + k) % nodes.len()];
-                            let api = Api::new(addr).with_timeout(spec.beat_every);
+                            let Some(api) = apis.get(&addr) else {
+                                continue;
+                            };
                             let r = api
                                 .call(
                                     "PUT",
@@ -237,7 +247,7 @@ impl Fleet {
                                             ));
                                         }
                                     }
-                                    register_one(&api, spec, m).await;
+                                    register_one(api, spec, m).await;
                                     return;
                                 }
                                 (200, _) => {
@@ -313,9 +323,12 @@ impl LiveChecker {
                 unanswered.clone(),
             );
             tokio::spawn(async move {
+                let mut apis: HashMap<SocketAddr, Api> = HashMap::new();
                 while !stop.load(Ordering::Relaxed) {
                     for node in watched.get() {
-                        let api = Api::new(node).with_timeout(Duration::from_secs(1));
+                        let api = apis
+                            .entry(node)
+                            .or_insert_with(|| Api::new(node).with_timeout(Duration::from_secs(1)));
                         for service in &services {
                             let r = api
                                 .call(

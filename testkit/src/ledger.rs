@@ -9,7 +9,7 @@
 //! must never shrink (writes only add), and at the end every acknowledged write must be
 //! listed by every node.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -68,6 +68,7 @@ impl Ledger {
         let writer = {
             let (stop, state, service) = (stop.clone(), state.clone(), service.to_string());
             tokio::spawn(async move {
+                let mut apis: HashMap<SocketAddr, Api> = HashMap::new();
                 let mut n: u32 = 0;
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
@@ -79,8 +80,9 @@ impl Ledger {
                     let mut acked = false;
                     for k in 0..nodes.len() {
                         let addr = nodes[(n as usize + k) % nodes.len()];
-                        let r = Api::new(addr)
-                            .with_timeout(Duration::from_secs(3))
+                        let r = apis
+                            .entry(addr)
+                            .or_insert_with(|| Api::new(addr).with_timeout(Duration::from_secs(3)))
                             .instance(
                                 "POST",
                                 &[
@@ -112,9 +114,13 @@ impl Ledger {
         let reader = {
             let (stop, state, service) = (stop.clone(), state.clone(), service.to_string());
             tokio::spawn(async move {
+                let mut apis: HashMap<SocketAddr, Api> = HashMap::new();
                 while !stop.load(Ordering::Relaxed) {
                     for node in readers.get() {
-                        let Some(now) = read(node, &service).await else {
+                        let api = apis
+                            .entry(node)
+                            .or_insert_with(|| Api::new(node).with_timeout(Duration::from_secs(1)));
+                        let Some(now) = read(api, &service).await else {
                             continue;
                         };
                         if let Ok(mut st) = state.lock() {
@@ -169,7 +175,8 @@ impl Ledger {
     /// Acknowledged writes that `node` does not list (call after [`Ledger::stop`] and once
     /// the cluster settled); `None` when the node does not answer.
     pub async fn missing_on(&self, node: SocketAddr) -> Option<Vec<String>> {
-        let listed = read(node, &self.service).await?;
+        let api = Api::new(node).with_timeout(Duration::from_secs(1));
+        let listed = read(&api, &self.service).await?;
         Some(
             self.writes()
                 .into_iter()
@@ -180,10 +187,9 @@ impl Ledger {
     }
 }
 
-/// The IPs `node` lists for `service`, or `None` without a whole list answer.
-async fn read(node: SocketAddr, service: &str) -> Option<BTreeSet<String>> {
-    let r = Api::new(node)
-        .with_timeout(Duration::from_secs(1))
+/// The IPs `api`'s node lists for `service`, or `None` without a whole list answer.
+async fn read(api: &Api, service: &str) -> Option<BTreeSet<String>> {
+    let r = api
         .call(
             "GET",
             "/nacos/v1/ns/instance/list",

@@ -463,6 +463,11 @@ pub async fn nacre_cluster(State(app): State<Arc<App>>) -> Response {
         "commitIndex": st.commit_index,
         "lastApplied": st.last_applied,
         "raftMembers": st.members.values().collect::<Vec<_>>(),
+        "raftNodes": st
+            .members
+            .iter()
+            .map(|(id, addr)| serde_json::json!({ "id": id, "addr": addr }))
+            .collect::<Vec<_>>(),
         "ring": ring.members().to_vec(),
         "members": members,
     }))

@@ -75,7 +75,8 @@ pub struct DistroMetrics {
     pub syncs: IntCounterVec,
     /// Backlogs dropped because a peer fell too far behind.
     pub dropped: IntCounterVec,
-    /// Records received from peers, by whether they were newer and applied.
+    /// Records received from peers, by outcome: `applied`, `stale`, or `merged` (this node
+    /// held something the sender lacked and sent its copy back).
     pub received: IntCounterVec,
     /// Verify mismatches found, by how they were repaired.
     pub verify_repairs: IntCounterVec,

@@ -3,21 +3,27 @@
 //! **Bootstrap.** openraft's `initialize` is safe on several nodes only with the *identical*
 //! member set; anything else risks two clusters. A node therefore initializes only when (1) its
 //! own Raft state is empty, (2) the configured member list has reached the expected size, (3)
-//! no peer that answers says it is already initialized (then this node waits to be added by
-//! that cluster's leader), and (4) a majority of the configured members answered, so a lone
-//! node cut off from an existing cluster cannot found its own. Every founding node then
-//! proposes the same full list.
+//! no peer says it is already initialized (then this node waits to be added by that cluster's
+//! leader), and (4) every configured member answered with its id: ids are random per data dir,
+//! so a founder can only propose members it has heard from, and with everyone heard from
+//! every founder proposes the same full set. A lone node cut off from an existing cluster
+//! cannot found its own.
 //!
 //! **Changes.** The leader compares the Raft membership with the configured list every tick:
 //! a new member is added as a learner (which waits for it to catch up) and then promoted to
 //! voter; a member no longer configured is removed. One change per tick, so a flapping list
 //! can never drop a majority at once.
 //!
-//! **Ids and addresses.** A member's id is pinned in its data dir, so a member found at a new
-//! address is the same member. Raft's RPCs find it where its pings place it
-//! ([`Membership::locate`], through the store's [`Locator`](super::network::Locator)), before
-//! (or without) a leader rewriting its stored address. The leader adds or re-addresses a member only under the id the member itself reported; an
-//! id guessed from an address (a member not answering yet) only keeps it from being removed.
+//! **Ids and addresses.** A member's id is drawn at random and pinned in its data dir, so a
+//! member found at a new address is the same member, and a member whose data was wiped is a
+//! new one (an empty log never acts as the voter it replaces). Raft's RPCs find a member where
+//! its pings place it ([`Membership::locate`], through the store's
+//! [`Locator`](super::network::Locator)), before (or without) a leader rewriting its stored
+//! address. The leader adds or re-addresses a member only under the id the member itself
+//! reported. A configured member that does not answer keeps the ids Raft holds at its address
+//! (it is down, not gone); one that answers with a new id (wiped data) is added as a learner,
+//! promoted once caught up, and only then is the old id at its address removed, so the voter
+//! count never drops below what it was.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -27,7 +33,7 @@ use openraft::error::{InitializeError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ServerState};
 use tokio_util::sync::CancellationToken;
 
-use super::types::{node_id_for, NodeId};
+use super::types::NodeId;
 use super::PersistentStore;
 use crate::membership::Membership;
 
@@ -42,9 +48,15 @@ struct Desired {
     reported: BTreeSet<NodeId>,
 }
 
-fn desired_members(self_id: NodeId, membership: &Membership) -> Desired {
+/// The members the list asks for, by id. `known` is Raft's current membership: a configured
+/// member that has not answered keeps the ids Raft holds at its address.
+fn desired_members(
+    self_id: NodeId,
+    membership: &Membership,
+    known: &BTreeMap<NodeId, BasicNode>,
+) -> Desired {
     let mut members = BTreeMap::new();
-    let mut guessed = Vec::new();
+    let mut silent = Vec::new();
     let configured = membership.configured();
     for addr in configured.iter() {
         let reported = if addr == membership.self_addr() {
@@ -56,14 +68,16 @@ fn desired_members(self_id: NodeId, membership: &Membership) -> Desired {
             Some(id) => {
                 members.insert(id, BasicNode::new(addr));
             }
-            None => guessed.push((node_id_for(addr), addr)),
+            None => silent.push(addr.clone()),
         }
     }
     let reported = members.keys().copied().collect();
-    // A guess never displaces a reported id: after a move, an address's hash may well be
-    // another member's real id.
-    for (id, addr) in guessed {
-        members.entry(id).or_insert_with(|| BasicNode::new(addr));
+    // A silent member's stored ids never displace a reported one: after a move, another
+    // member may answer at an address Raft still records for someone else.
+    for addr in silent {
+        for (id, node) in known.iter().filter(|(_, n)| n.addr == addr) {
+            members.entry(*id).or_insert_with(|| node.clone());
+        }
     }
     Desired { members, reported }
 }
@@ -74,19 +88,17 @@ fn may_bootstrap(membership: &Membership, expect: usize) -> bool {
     if configured.len() < expect.max(1) || !configured.contains(membership.self_addr()) {
         return false;
     }
-    let peers = membership.peers();
-    let mut answered = 1; // this node
-    for p in &peers {
-        if let Some(st) = membership.peer_status(p) {
-            if st.failures == 0 && st.node_id.is_some() {
+    for p in membership.peers() {
+        match membership.peer_status(&p) {
+            Some(st) if st.failures == 0 && st.node_id.is_some() => {
                 if st.raft_initialized {
                     return false;
                 }
-                answered += 1;
             }
+            _ => return false,
         }
     }
-    answered * 2 > configured.len()
+    true
 }
 
 /// Forms the cluster and follows member-list changes until `shutdown`.
@@ -120,7 +132,8 @@ pub async fn run(
 }
 
 async fn bootstrap(store: &PersistentStore, membership: &Membership) {
-    let members = desired_members(store.node_id(), membership).members;
+    // Every member answered (see `may_bootstrap`): nothing is left to look up.
+    let members = desired_members(store.node_id(), membership, &BTreeMap::new()).members;
     match store.raft().initialize(members.clone()).await {
         Ok(()) => {
             let addrs: Vec<&str> = members.values().map(|n| n.addr.as_str()).collect();
@@ -132,10 +145,6 @@ async fn bootstrap(store: &PersistentStore, membership: &Membership) {
 }
 
 pub(crate) async fn reconcile(store: &PersistentStore, membership: &Membership) {
-    let Desired {
-        members: desired,
-        reported,
-    } = desired_members(store.node_id(), membership);
     let (voters, nodes): (BTreeSet<NodeId>, BTreeMap<NodeId, BasicNode>) = {
         let m = store.raft().metrics();
         let m = m.borrow();
@@ -145,6 +154,10 @@ pub(crate) async fn reconcile(store: &PersistentStore, membership: &Membership) 
             mem.nodes().map(|(id, n)| (*id, n.clone())).collect(),
         )
     };
+    let Desired {
+        members: desired,
+        reported,
+    } = desired_members(store.node_id(), membership, &nodes);
     let raft = store.raft();
 
     // A known member that now answers at another address (a rescheduled pod with a new IP
@@ -212,6 +225,7 @@ pub(crate) async fn reconcile(store: &PersistentStore, membership: &Membership) 
 mod tests {
     use super::*;
     use crate::membership::PingReply;
+    use crate::raft::types::node_id_for;
     use prometheus::Registry;
 
     fn ping(addr: &str, initialized: bool) -> Option<PingReply> {
@@ -296,45 +310,91 @@ mod tests {
     }
 
     #[test]
-    fn reported_ids_win_over_guesses_and_only_answering_peers_are_located() {
+    fn reported_ids_win_and_silent_members_keep_their_raft_ids() {
         let reg = Registry::new();
         let all = vec!["a:1".to_string(), "b:1".into(), "c:1".into()];
         let m = Membership::clustered("a:1", &all, &reg).unwrap();
-        // After a move, b answers with the id once derived from c's address, and c is silent:
-        // the guess for c must not take b's id.
+        // Raft holds b as 20 and c as 30. After a move, b answers with c's id, and c is
+        // silent: c's stored id must not take b's place, and b is where it answers.
+        let known = BTreeMap::from([
+            (7, BasicNode::new("a:1")),
+            (20, BasicNode::new("b:1")),
+            (30, BasicNode::new("c:1")),
+        ]);
         let moved = PingReply {
-            node_id: node_id_for("c:1"),
+            node_id: 30,
             ..ping("b:1", true).unwrap()
         };
         m.record_probe("b:1", Some(moved), 3);
-        let d = desired_members(7, &m);
-        assert_eq!(d.reported, BTreeSet::from([7, node_id_for("c:1")]));
+        let d = desired_members(7, &m, &known);
+        assert_eq!(d.reported, BTreeSet::from([7, 30]));
         assert_eq!(
             d.members,
-            BTreeMap::from([
-                (7, BasicNode::new("a:1")),
-                (node_id_for("c:1"), BasicNode::new("b:1")),
-            ])
+            BTreeMap::from([(7, BasicNode::new("a:1")), (30, BasicNode::new("b:1"))]),
+            "c is silent and Raft records only b's old id at c's address"
         );
-        assert_eq!(m.locate(node_id_for("c:1")), Some("b:1".to_string()));
-        assert_eq!(
-            m.locate(node_id_for("b:1")),
-            None,
-            "located by address, not id"
-        );
+        assert_eq!(m.locate(30), Some("b:1".to_string()));
+        assert_eq!(m.locate(20), None, "located by reported id, not by address");
         // A peer whose last probe failed is no longer located by its old answer.
         m.record_probe("b:1", None, 3);
-        assert_eq!(m.locate(node_id_for("c:1")), None);
+        assert_eq!(m.locate(30), None);
+        // Silent at their own addresses, b and c keep the ids Raft holds for them: a member
+        // that is down is not a member that left.
+        let quiet = Membership::clustered("a:1", &all, &Registry::new()).unwrap();
+        let d = desired_members(7, &quiet, &known);
+        assert_eq!(d.members, known);
+        assert_eq!(d.reported, BTreeSet::from([7]));
     }
 
     #[test]
-    fn bootstrap_needs_the_expected_list_a_majority_and_no_existing_cluster() {
+    fn a_wiped_member_is_a_new_member_and_its_old_id_goes() {
         let reg = Registry::new();
         let all = vec!["a:1".to_string(), "b:1".into(), "c:1".into()];
         let m = Membership::clustered("a:1", &all, &reg).unwrap();
-        assert!(!may_bootstrap(&m, 3), "nobody answered yet: no majority");
+        let known = BTreeMap::from([
+            (7, BasicNode::new("a:1")),
+            (20, BasicNode::new("b:1")),
+            (30, BasicNode::new("c:1")),
+        ]);
+        m.record_probe(
+            "b:1",
+            Some(PingReply {
+                node_id: 20,
+                ..ping("b:1", true).unwrap()
+            }),
+            3,
+        );
+        // c's data dir was wiped: it answers at the same address with a new id, uninitialized.
+        m.record_probe(
+            "c:1",
+            Some(PingReply {
+                node_id: 31,
+                ..ping("c:1", false).unwrap()
+            }),
+            3,
+        );
+        let d = desired_members(7, &m, &known);
+        assert_eq!(d.reported, BTreeSet::from([7, 20, 31]));
+        assert!(d.members.contains_key(&31), "the new identity is added");
+        assert!(
+            !d.members.contains_key(&30),
+            "the old voter's id goes once replaced"
+        );
+    }
+
+    #[test]
+    fn bootstrap_needs_the_expected_list_every_member_and_no_existing_cluster() {
+        let reg = Registry::new();
+        let all = vec!["a:1".to_string(), "b:1".into(), "c:1".into()];
+        let m = Membership::clustered("a:1", &all, &reg).unwrap();
+        assert!(!may_bootstrap(&m, 3), "nobody answered yet");
         m.record_probe("b:1", ping("b:1", false), 3);
-        assert!(may_bootstrap(&m, 3), "a and b are a majority of three");
+        assert!(
+            !may_bootstrap(&m, 3),
+            "c's id is unknown: founders could propose different sets"
+        );
+        m.record_probe("c:1", ping("c:1", false), 3);
+        assert!(may_bootstrap(&m, 3), "every member answered");
         assert!(!may_bootstrap(&m, 4), "fewer members than expected");
         m.record_probe("c:1", ping("c:1", true), 3);
         assert!(

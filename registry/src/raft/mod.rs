@@ -212,16 +212,13 @@ impl PersistentStore {
         on_change: ChangeCallback,
     ) -> Result<Self, RaftStartError> {
         let data_dir = settings.data_dir.clone();
-        let advertise = settings.advertise.clone();
-        let node_id = tokio::task::spawn_blocking(move || {
-            types::load_or_create_node_id(&data_dir, &advertise)
-        })
-        .await
-        .map_err(|e| RaftStartError::Raft(format!("node id task: {e}")))?
-        .map_err(|source| RaftStartError::DataDir {
-            path: settings.data_dir.clone(),
-            source,
-        })?;
+        let node_id = tokio::task::spawn_blocking(move || types::load_or_create_node_id(&data_dir))
+            .await
+            .map_err(|e| RaftStartError::Raft(format!("node id task: {e}")))?
+            .map_err(|source| RaftStartError::DataDir {
+                path: settings.data_dir.clone(),
+                source,
+            })?;
 
         let config = openraft::Config {
             cluster_name: "nacre".into(),

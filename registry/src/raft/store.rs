@@ -954,7 +954,16 @@ mod tests {
                 .state_machine
                 .apply([
                     entry(1, 1, create("a")),
-                    entry(1, 2, create("a")),
+                    // Another create of "a", by a node that also holds it ephemerally.
+                    entry(
+                        1,
+                        2,
+                        Command::CreateService {
+                            key: ServiceKey::new("public", "DEFAULT_GROUP", "a"),
+                            meta: Default::default(),
+                            exists_elsewhere: true,
+                        },
+                    ),
                     entry(1, 3, ns("dev")),
                     entry(1, 4, create("b")),
                     entry(
@@ -971,7 +980,7 @@ mod tests {
             assert!(res[0].is_ok());
             assert!(
                 res[1].is_err(),
-                "duplicate create is a replicated rejection"
+                "a conflicting create is a replicated rejection"
             );
             assert_eq!(seen.lock().len(), 3);
         }

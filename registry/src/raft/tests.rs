@@ -66,8 +66,16 @@ async fn standalone_restart_keeps_acknowledged_writes() {
             changed: vec![key("orders")]
         })
     );
-    // A rejection is a committed outcome, not a write error.
-    assert!(s.write(create("orders")).await.unwrap().is_err());
+    // A rejection (a create with other settings) is a committed outcome, not a write error.
+    let conflicting = Command::CreateService {
+        key: key("orders"),
+        meta: crate::naming::model::ServiceMeta {
+            protect_threshold: 0.5,
+            ..Default::default()
+        },
+        exists_elsewhere: false,
+    };
+    assert!(s.write(conflicting).await.unwrap().is_err());
     s.write(Command::CreateNamespace(Namespace {
         id: "dev".into(),
         show_name: "Dev".into(),
