@@ -282,7 +282,10 @@ async fn run_step(
         ..StepReport::default()
     };
     let healed = Instant::now();
-    if matches!(step.kind, FaultKind::Kill | FaultKind::KillLeader) {
+    if matches!(
+        step.kind,
+        FaultKind::Kill | FaultKind::KillLeader | FaultKind::Wipe
+    ) {
         c.node_mut(target).wait_ready(Duration::from_secs(60))?;
         r.recovery_ms = Some(healed.elapsed().as_millis());
     }

@@ -22,6 +22,8 @@ pub enum FaultKind {
     Kill,
     /// `kill -9` of the Raft leader, then a restart on the same data.
     KillLeader,
+    /// `kill -9`, then a restart with the data dir wiped (a replaced disk).
+    Wipe,
     /// SIGSTOP for the hold, then SIGCONT.
     Pause,
     /// SIGSTOP of the Distro owner of the hot service.
@@ -38,9 +40,10 @@ pub enum FaultKind {
 
 impl FaultKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [FaultKind; 8] = [
+    pub const ALL: [FaultKind; 9] = [
         FaultKind::Kill,
         FaultKind::KillLeader,
+        FaultKind::Wipe,
         FaultKind::Pause,
         FaultKind::PauseOwner,
         FaultKind::Isolate,
@@ -54,6 +57,7 @@ impl FaultKind {
         match self {
             FaultKind::Kill => "kill -9 + restart",
             FaultKind::KillLeader => "kill -9 raft leader + restart",
+            FaultKind::Wipe => "kill -9 + restart with data wiped",
             FaultKind::Pause => "SIGSTOP / SIGCONT",
             FaultKind::PauseOwner => "SIGSTOP hot-service owner",
             FaultKind::Isolate => "isolate (minority | majority)",
@@ -61,14 +65,6 @@ impl FaultKind {
             FaultKind::Bridge => "bridge partition",
             FaultKind::Delay => "delay 150 ms all links",
         }
-    }
-
-    /// Whether the target node stops answering clients while the fault holds.
-    pub fn silences_target(self) -> bool {
-        matches!(
-            self,
-            FaultKind::Kill | FaultKind::KillLeader | FaultKind::Pause | FaultKind::PauseOwner
-        )
     }
 }
 
@@ -129,7 +125,7 @@ pub fn schedule(seed: u64, nodes: usize, every_kind: bool, budget: Duration) -> 
 /// Breaks `kind` at node `i`.
 pub fn apply(c: &mut TestCluster, kind: FaultKind, i: usize) -> Result<()> {
     match kind {
-        FaultKind::Kill | FaultKind::KillLeader => c.kill9(i),
+        FaultKind::Kill | FaultKind::KillLeader | FaultKind::Wipe => c.kill9(i),
         FaultKind::Pause | FaultKind::PauseOwner => c.pause(i),
         FaultKind::Isolate => c.isolate(i),
         FaultKind::CutInbound => {
@@ -150,11 +146,12 @@ pub fn apply(c: &mut TestCluster, kind: FaultKind, i: usize) -> Result<()> {
     }
 }
 
-/// Undoes `kind` at node `i` (a killed node is restarted on its data; readiness is the
-/// caller's to wait for).
+/// Undoes `kind` at node `i` (a killed node is restarted on its data, or on an empty data dir
+/// for [`FaultKind::Wipe`]; readiness is the caller's to wait for).
 pub fn heal(c: &mut TestCluster, kind: FaultKind, i: usize) -> Result<()> {
     match kind {
         FaultKind::Kill | FaultKind::KillLeader => c.restart(i),
+        FaultKind::Wipe => c.wipe_and_restart(i),
         FaultKind::Pause | FaultKind::PauseOwner => c.resume(i),
         FaultKind::Isolate | FaultKind::CutInbound | FaultKind::Bridge => c.heal(),
         FaultKind::Delay => {
