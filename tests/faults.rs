@@ -122,14 +122,48 @@ fn verdict(
     Ok(())
 }
 
+/// A fleet beating through nodes 0 and 1 (node 2 is the one the test breaks), and the
+/// live-never-absent checker watching those two.
+struct Watch {
+    fleet: Fleet,
+    beating: tokio::task::JoinHandle<()>,
+    watched: Targets,
+    checker: LiveChecker,
+}
+
+impl Watch {
+    async fn start(c: &TestCluster, prefix: &str) -> Result<Watch> {
+        let healthy = addrs(c, &[0, 1]);
+        let fleet = Fleet::register(FleetSpec::new(prefix, 12, 2), &healthy).await?;
+        let beating = fleet.start_beating(Targets::new(healthy.clone()));
+        let watched = Targets::new(healthy);
+        let checker = LiveChecker::start(&fleet, watched.clone(), Duration::from_millis(100));
+        Ok(Watch {
+            fleet,
+            beating,
+            watched,
+            checker,
+        })
+    }
+
+    /// Watches node 2 too, once healed.
+    fn watch_all(&self, c: &TestCluster) {
+        self.watched.set(addrs(c, &[0, 1, 2]));
+    }
+
+    /// Stops the fleet and fails on any violation or forgotten instance.
+    async fn finish(self, c: &TestCluster) -> Result<()> {
+        self.fleet.stop();
+        let violations = self.checker.finish().await;
+        let _ = self.beating.await;
+        verdict(c, &self.fleet, &violations)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_isolated_node_coming_back_never_removes_live_instances() -> Result<()> {
     let (_root, mut c) = start().await?;
-    let healthy = addrs(&c, &[0, 1]);
-    let fleet = Fleet::register(FleetSpec::new("iso", 12, 2), &healthy).await?;
-    let beating = fleet.start_beating(Targets::new(healthy.clone()));
-    let watched = Targets::new(healthy);
-    let checker = LiveChecker::start(&fleet, watched.clone(), Duration::from_millis(100));
+    let watch = Watch::start(&c, "iso").await?;
 
     // Node 2 is cut off from its peers (clients still reach it, none beat through it) for
     // longer than the delete timeout: it must not judge instances whose beats it cannot see.
@@ -137,7 +171,7 @@ async fn an_isolated_node_coming_back_never_removes_live_instances() -> Result<(
     tokio::time::sleep(FAULT).await;
     c.heal()?;
     let all = addrs(&c, &[0, 1, 2]);
-    watched.set(all.clone());
+    watch.watch_all(&c);
     // Convergence after the heal: failure detection gives node 2 back its ring place, then at
     // most two verify rounds repair what it missed.
     let took = converged(&all, None, AFTER).await?;
@@ -147,11 +181,7 @@ async fn an_isolated_node_coming_back_never_removes_live_instances() -> Result<(
         "converged only after {took:?}"
     );
     tokio::time::sleep(AFTER).await;
-
-    fleet.stop();
-    let violations = checker.finish().await;
-    let _ = beating.await;
-    verdict(&c, &fleet, &violations)
+    watch.finish(&c).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -200,24 +230,16 @@ async fn a_stopped_fleet_converges_within_two_verify_rounds() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_paused_node_resuming_never_removes_live_instances() -> Result<()> {
     let (_root, mut c) = start().await?;
-    let healthy = addrs(&c, &[0, 1]);
-    let fleet = Fleet::register(FleetSpec::new("pause", 12, 2), &healthy).await?;
-    let beating = fleet.start_beating(Targets::new(healthy.clone()));
-    let watched = Targets::new(healthy);
-    let checker = LiveChecker::start(&fleet, watched.clone(), Duration::from_millis(100));
+    let watch = Watch::start(&c, "pause").await?;
 
     // Node 2 freezes (a long GC pause, a VM freeze) for longer than the delete timeout; on
     // resuming, every last-beat time it holds is stale by the pause.
     c.pause(2)?;
     tokio::time::sleep(FAULT).await;
     c.resume(2)?;
-    watched.set(addrs(&c, &[0, 1, 2]));
+    watch.watch_all(&c);
     tokio::time::sleep(AFTER).await;
-
-    fleet.stop();
-    let violations = checker.finish().await;
-    let _ = beating.await;
-    verdict(&c, &fleet, &violations)
+    watch.finish(&c).await
 }
 
 /// Registers `ip` in `service` through `via`, retrying on 503 as the 1.x clients do (another

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::http::{list_document, Api};
+use crate::http::Api;
 
 /// What the fleet looks like.
 #[derive(Debug, Clone)]
@@ -330,18 +330,9 @@ impl LiveChecker {
                             .entry(node)
                             .or_insert_with(|| Api::new(node).with_timeout(Duration::from_secs(1)));
                         for service in &services {
-                            let r = api
-                                .call(
-                                    "GET",
-                                    "/nacos/v1/ns/instance/list",
-                                    &[("serviceName", service.as_str())],
-                                )
-                                .await;
                             // Down or frozen (or an answer cut short): no use asking it
                             // about the other services in this pass.
-                            let Some(hosts) =
-                                (r.status == 200).then(|| list_document(&r.body)).flatten()
-                            else {
+                            let Some(hosts) = api.listed(service).await else {
                                 unanswered.fetch_add(1, Ordering::Relaxed);
                                 break;
                             };

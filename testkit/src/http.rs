@@ -122,8 +122,9 @@ impl Api {
             .sum()
     }
 
-    /// The `hosts` listed for `service` (empty on a non-200 answer).
-    pub async fn hosts(&self, service: &str) -> Vec<serde_json::Value> {
+    /// The `hosts` listed for `service`, or `None` without a whole list answer (no answer, a
+    /// non-200 one, or a body cut short).
+    pub async fn listed(&self, service: &str) -> Option<Vec<serde_json::Value>> {
         let r = self
             .call(
                 "GET",
@@ -132,9 +133,14 @@ impl Api {
             )
             .await;
         if r.status != 200 {
-            return Vec::new();
+            return None;
         }
-        listed_hosts(&r.body)
+        list_document(&r.body)
+    }
+
+    /// The `hosts` listed for `service` (empty without a list answer).
+    pub async fn hosts(&self, service: &str) -> Vec<serde_json::Value> {
+        self.listed(service).await.unwrap_or_default()
     }
 
     /// The IPs listed for `service`, sorted (empty on a non-200 answer).

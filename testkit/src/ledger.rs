@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::fleet::Targets;
-use crate::http::{ips_of, list_document, Api};
+use crate::http::{ips_of, Api};
 
 /// One write as the client saw it.
 #[derive(Debug, Clone)]
@@ -189,15 +189,5 @@ impl Ledger {
 
 /// The IPs `api`'s node lists for `service`, or `None` without a whole list answer.
 async fn read(api: &Api, service: &str) -> Option<BTreeSet<String>> {
-    let r = api
-        .call(
-            "GET",
-            "/nacos/v1/ns/instance/list",
-            &[("serviceName", service)],
-        )
-        .await;
-    if r.status != 200 {
-        return None;
-    }
-    Some(ips_of(&list_document(&r.body)?).into_iter().collect())
+    Some(ips_of(&api.listed(service).await?).into_iter().collect())
 }
