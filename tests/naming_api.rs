@@ -344,30 +344,15 @@ async fn services_catalog_and_namespaces() {
     let dir = tempfile::tempdir().unwrap();
     let node = start(dir.path());
     let api = Api::new(node.addr());
-    let r = api
-        .form(
-            "POST",
-            &path("/service"),
-            &[
-                ("serviceName", "inventory"),
-                ("protectThreshold", "0.3"),
-                ("metadata", "team=core,tier=1"),
-            ],
-        )
-        .await;
+    let create = [
+        ("serviceName", "inventory"),
+        ("protectThreshold", "0.3"),
+        ("metadata", "team=core,tier=1"),
+    ];
+    let r = api.form("POST", &path("/service"), &create).await;
     assert_eq!(r.body, "ok");
     // A client retrying the same create (its first answer lost) gets the same outcome.
-    let retried = api
-        .form(
-            "POST",
-            &path("/service"),
-            &[
-                ("serviceName", "inventory"),
-                ("protectThreshold", "0.3"),
-                ("metadata", "team=core,tier=1"),
-            ],
-        )
-        .await;
+    let retried = api.form("POST", &path("/service"), &create).await;
     assert_eq!((retried.status, retried.body.as_str()), (200, "ok"));
     let dup = api
         .call("POST", &path("/service"), &[("serviceName", "inventory")])

@@ -309,18 +309,24 @@ mod tests {
         }
     }
 
-    #[test]
-    fn reported_ids_win_and_silent_members_keep_their_raft_ids() {
-        let reg = Registry::new();
+    /// a's view of a three-member list, and a Raft membership holding a as 7, b as 20 and c
+    /// as 30.
+    fn a_b_c() -> (Membership, BTreeMap<NodeId, BasicNode>) {
         let all = vec!["a:1".to_string(), "b:1".into(), "c:1".into()];
-        let m = Membership::clustered("a:1", &all, &reg).unwrap();
-        // Raft holds b as 20 and c as 30. After a move, b answers with c's id, and c is
-        // silent: c's stored id must not take b's place, and b is where it answers.
+        let m = Membership::clustered("a:1", &all, &Registry::new()).unwrap();
         let known = BTreeMap::from([
             (7, BasicNode::new("a:1")),
             (20, BasicNode::new("b:1")),
             (30, BasicNode::new("c:1")),
         ]);
+        (m, known)
+    }
+
+    #[test]
+    fn reported_ids_win_and_silent_members_keep_their_raft_ids() {
+        // After a move, b answers with c's id, and c is silent: c's stored id must not take
+        // b's place, and b is where it answers.
+        let (m, known) = a_b_c();
         let moved = PingReply {
             node_id: 30,
             ..ping("b:1", true).unwrap()
@@ -340,7 +346,7 @@ mod tests {
         assert_eq!(m.locate(30), None);
         // Silent at their own addresses, b and c keep the ids Raft holds for them: a member
         // that is down is not a member that left.
-        let quiet = Membership::clustered("a:1", &all, &Registry::new()).unwrap();
+        let (quiet, _) = a_b_c();
         let d = desired_members(7, &quiet, &known);
         assert_eq!(d.members, known);
         assert_eq!(d.reported, BTreeSet::from([7]));
@@ -348,14 +354,7 @@ mod tests {
 
     #[test]
     fn a_wiped_member_is_a_new_member_and_its_old_id_goes() {
-        let reg = Registry::new();
-        let all = vec!["a:1".to_string(), "b:1".into(), "c:1".into()];
-        let m = Membership::clustered("a:1", &all, &reg).unwrap();
-        let known = BTreeMap::from([
-            (7, BasicNode::new("a:1")),
-            (20, BasicNode::new("b:1")),
-            (30, BasicNode::new("c:1")),
-        ]);
+        let (m, known) = a_b_c();
         m.record_probe(
             "b:1",
             Some(PingReply {
