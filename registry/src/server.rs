@@ -345,7 +345,13 @@ pub async fn run(
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = tick.tick() => sweeper.sweep(),
+                _ = tick.tick() => {
+                    // A walk over every service: off the async workers.
+                    let node = sweeper.clone();
+                    if let Err(e) = tokio::task::spawn_blocking(move || node.sweep()).await {
+                        tracing::warn!(error = %e, "expiry sweep task failed");
+                    }
+                }
                 _ = prune.tick() => {
                     let dropped = sweeper.prune_changes();
                     if dropped > 0 {

@@ -76,6 +76,28 @@ impl EphemeralService {
         self.removed.remove(id);
     }
 
+    /// Whether a sweep at `now_ms` has anything to do here: expired instance tombstones, or
+    /// (when `owned`) an empty service past `empty_ttl_ms` or an instance past a timeout.
+    fn needs_sweep(&self, now_ms: u64, empty_ttl_ms: u64, owned: bool) -> bool {
+        let stale_tombstone = self
+            .removed
+            .values()
+            .any(|(_, at)| now_ms.saturating_sub(*at) >= TOMBSTONE_TTL_MS);
+        if stale_tombstone {
+            return true;
+        }
+        if !owned {
+            return false;
+        }
+        if let Some(since) = self.empty_since_ms {
+            return now_ms.saturating_sub(since) >= empty_ttl_ms;
+        }
+        self.instances.iter().filter(|i| !i.marked).any(|i| {
+            let silent = now_ms.saturating_sub(i.last_beat_ms);
+            silent > i.delete_timeout_ms() || (i.healthy && silent > i.beat_timeout_ms())
+        })
+    }
+
     /// This service's replicated state.
     fn record(&self, key: &ServiceKey) -> ServiceRecord {
         ServiceRecord {
@@ -598,13 +620,31 @@ impl EphemeralStore {
     /// a service's owner judges its instances, and only the owner drops it once empty (rule
     /// D1 in [`crate::distro`]); the others follow its deletion record, and an older copy meets
     /// the tombstone instead of bringing the service back. Expired tombstones are forgotten.
+    ///
+    /// Two passes, so that beats and writes are not held up by a walk over every instance:
+    /// a read-locked pass finds the services with something to do (an instance past a
+    /// timeout, an empty service past its TTL, expired instance tombstones); only those are
+    /// then judged again, and changed, under the write lock.
     pub fn sweep_owned(&self, now_ms: u64, owned: impl Fn(&ServiceKey) -> bool) -> Swept {
+        let candidates: Vec<ServiceKey> = {
+            let inner = self.inner.read();
+            inner
+                .services
+                .iter()
+                .filter(|(key, svc)| svc.needs_sweep(now_ms, self.empty_ttl_ms, owned(key)))
+                .map(|(key, _)| key.clone())
+                .collect()
+        };
         let mut out = Swept::default();
         // (service, instances turned unhealthy, instances removed): stamped once the
         // service's new version is known.
         let mut changed: Vec<(ServiceKey, Vec<InstanceKey>, Vec<InstanceKey>)> = Vec::new();
         let mut inner = self.inner.write();
-        for (key, svc) in inner.services.iter_mut() {
+        for key in candidates {
+            let Some(svc) = inner.services.get_mut(&key) else {
+                continue;
+            };
+            let key = &key;
             svc.removed
                 .retain(|_, (_, at)| now_ms.saturating_sub(*at) < TOMBSTONE_TTL_MS);
             if !owned(key) {

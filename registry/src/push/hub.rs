@@ -5,6 +5,7 @@
 //! periodic zombie sweep. All state lives behind one short-held mutex; rendering and socket
 //! I/O happen outside it. Time comes from `tokio::time`, so paused-time tests drive it.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -229,11 +230,17 @@ impl PushHub {
             self.metrics.subscribers.set(gauge(core.table.len()));
             subs
         };
+        // Subscribers that asked the same way get the same render: one render per shape.
+        let mut rendered: HashMap<(String, String), Option<Arc<str>>> = HashMap::new();
         for sub in subs {
             if shutdown.is_cancelled() {
                 return;
             }
-            let Some(data) = render(&sub) else {
+            let data = rendered
+                .entry((sub.clusters.clone(), sub.agent.clone()))
+                .or_insert_with(|| render(&sub).map(Arc::from))
+                .clone();
+            let Some(data) = data else {
                 continue;
             };
             let seq = self.seq.next_seq();
@@ -382,6 +389,46 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    #[tokio::test]
+    async fn one_render_per_request_shape_serves_every_subscriber_of_it() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let render: Renderer = {
+            let calls = Arc::clone(&calls);
+            Arc::new(move |s: &Subscriber| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Some(format!(r#"{{"hosts":[],"clusters":"{}"}}"#, s.clusters))
+            })
+        };
+        let (hub, token, task) = start(settings(Duration::from_secs(30)), render).await;
+        let mut clients = Vec::new();
+        for clusters in ["", "", "", "east"] {
+            let client = UdpSocket::bind("127.0.0.1:0").await.expect("client");
+            let sub = Subscriber {
+                clusters: clusters.into(),
+                ..subscriber("orders", client.local_addr().expect("addr"))
+            };
+            assert!(hub.subscribe(sub, Instant::now()));
+            clients.push((clusters, client));
+        }
+        hub.service_changed(&key("orders"));
+        for (clusters, client) in &clients {
+            let (_, v, _) = recv_push(client).await;
+            let data: serde_json::Value =
+                serde_json::from_str(v["data"].as_str().expect("data")).expect("json");
+            assert_eq!(
+                data["clusters"], *clusters,
+                "each gets its own shape's render"
+            );
+        }
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "four subscribers, two shapes: two renders"
+        );
+        token.cancel();
+        let _ = task.await;
     }
 
     #[tokio::test]

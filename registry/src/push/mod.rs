@@ -110,7 +110,9 @@ impl PushMetrics {
 }
 
 /// Renders the `data` payload (the list-response JSON object, serialised) for one subscriber.
-/// `None` means the service is gone: that subscriber is skipped.
+/// `None` means the service is gone: that subscriber is skipped. The render may depend only on
+/// the subscriber's service, `clusters` and `agent`: one push round renders each distinct
+/// (`clusters`, `agent`) once and sends it to every subscriber that shares it.
 pub type Renderer = Arc<dyn Fn(&Subscriber) -> Option<String> + Send + Sync>;
 
 /// Push counters for `GET /nacos/v1/ns/operator/push/state`.
