@@ -35,10 +35,16 @@ pub struct PingReply {
     pub ready: bool,
     /// Whether its Raft state has a membership (it belongs to an initialized cluster).
     pub raft_initialized: bool,
-    /// Whether it can reach a majority of its cluster (rule E1): a node without standing
-    /// answers client writes 503, and gateways route around it.
+    /// Whether it can reach a majority of its cluster that counts it a member (rule O3): a
+    /// node without standing answers client writes 503, and gateways route around it.
     #[serde(default = "standing_unknown")]
     pub standing: bool,
+    /// The members of its ownership ring: peers compare it with their own (rule E1).
+    #[serde(default)]
+    pub ring: Vec<String>,
+    /// The members it holds DOWN: a node its peers hold down has no standing (rule O3).
+    #[serde(default)]
+    pub down: Vec<String>,
     /// [`Members::digest`] of its configured member list.
     pub members_digest: u64,
 }
@@ -46,6 +52,17 @@ pub struct PingReply {
 /// Nodes that do not report their standing (older versions) are taken to have it.
 fn standing_unknown() -> bool {
     true
+}
+
+/// What the members this node can reach say about it (see [`Membership::vouchers`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vouchers {
+    /// Reachable members that do not hold this node DOWN, itself included.
+    pub holding_me: usize,
+    /// Reachable members whose ring equals this node's, itself included.
+    pub same_ring: usize,
+    /// Configured members, itself included.
+    pub configured: usize,
 }
 
 /// Probe timing.
@@ -72,6 +89,10 @@ pub struct PeerStatus {
     pub node_id: Option<u64>,
     /// Failed probes in a row.
     pub failures: u32,
+    /// The peer's ownership ring as it last reported it (`None` until it answers).
+    pub ring: Option<Members>,
+    /// Whether its last answer held this node DOWN.
+    pub holds_me_down: bool,
 }
 
 impl PeerStatus {
@@ -84,6 +105,8 @@ impl PeerStatus {
             raft_initialized: false,
             node_id: None,
             failures: 0,
+            ring: None,
+            holds_me_down: false,
         }
     }
 
@@ -245,15 +268,41 @@ impl Membership {
             .collect()
     }
 
-    /// (members this node can reach, itself included; members configured, itself counted
-    /// even when missing from the list). Reachable peers are UP or SUSPICIOUS: the same
-    /// probe states that keep a peer on the ring.
-    pub fn reachable_and_configured(&self) -> (usize, usize) {
+    /// How many members vouch for this node, itself included: (those it can reach that do not
+    /// hold it DOWN, those it can reach whose ring equals its own), and how many members are
+    /// configured (itself counted even when missing from the list). Reachable peers are UP or
+    /// SUSPICIOUS, the states that keep a peer on the ring; a peer that has not answered yet
+    /// vouches for nothing.
+    pub fn vouchers(&self) -> Vouchers {
         let view = self.view.read();
-        let reachable = 1 + view.peers.values().filter(|s| s.state.is_live()).count();
-        let configured =
-            view.configured.len() + usize::from(!view.configured.contains(&self.self_addr));
-        (reachable, configured)
+        let mine = view.ring.members();
+        let answering = || {
+            view.peers
+                .values()
+                .filter(|s| s.state.is_live())
+                .filter_map(|s| s.ring.as_ref())
+        };
+        Vouchers {
+            holding_me: 1 + view
+                .peers
+                .values()
+                .filter(|s| s.state.is_live() && s.ring.is_some() && !s.holds_me_down)
+                .count(),
+            same_ring: 1 + answering().filter(|r| *r == mine).count(),
+            configured: view.configured.len()
+                + usize::from(!view.configured.contains(&self.self_addr)),
+        }
+    }
+
+    /// The peers this node holds DOWN (sent in its ping answer, rule O3).
+    pub fn down_peers(&self) -> Vec<String> {
+        self.view
+            .read()
+            .peers
+            .iter()
+            .filter(|(_, s)| s.state == MemberState::Down)
+            .map(|(a, _)| a.clone())
+            .collect()
     }
 
     /// Whether `addr` answered its last probe (see [`Membership::live_peers`]).
@@ -344,6 +393,8 @@ impl Membership {
                 st.ready = r.ready;
                 st.raft_initialized = r.raft_initialized;
                 st.node_id = Some(r.node_id);
+                st.holds_me_down = r.down.iter().any(|a| *a == self.self_addr);
+                st.ring = Some(Members::new(r.ring));
             }
             None => {
                 st.failures = st.failures.saturating_add(1);
@@ -452,6 +503,8 @@ mod tests {
             ready,
             raft_initialized: true,
             standing: true,
+            ring: Vec::new(),
+            down: Vec::new(),
             members_digest: 0,
         })
     }
@@ -493,6 +546,36 @@ mod tests {
         assert_eq!(m.peers(), vec!["c:1"]);
         assert_eq!(m.ring().len(), 1);
         assert!(m.is_owner(&ServiceKey::new("public", "G", "s")));
+    }
+
+    #[test]
+    fn peers_vouch_unless_they_hold_this_node_down_and_rings_are_compared() {
+        let reg = Registry::new();
+        let all = vec!["a:1".to_string(), "b:1".into(), "c:1".into()];
+        let m = Membership::clustered("a:1", &all, &reg).unwrap();
+        let nobody = m.vouchers();
+        assert_eq!(
+            (nobody.holding_me, nobody.same_ring, nobody.configured),
+            (1, 1, 3),
+            "peers that never answered vouch for nothing"
+        );
+        let answer = |ring: &[&str], down: &[&str]| PingReply {
+            ring: ring.iter().map(|s| s.to_string()).collect(),
+            down: down.iter().map(|s| s.to_string()).collect(),
+            ..reply("x", true).unwrap()
+        };
+        m.record_probe("b:1", Some(answer(&["a:1", "b:1", "c:1"], &[])), 3);
+        m.record_probe("c:1", Some(answer(&["a:1", "b:1", "c:1"], &[])), 3);
+        let v = m.vouchers();
+        assert_eq!((v.holding_me, v.same_ring), (3, 3));
+        // A one-way cut: both answer, and both hold a DOWN.
+        m.record_probe("b:1", Some(answer(&["b:1", "c:1"], &["a:1"])), 3);
+        m.record_probe("c:1", Some(answer(&["b:1", "c:1"], &["a:1"])), 3);
+        let v = m.vouchers();
+        assert_eq!((v.holding_me, v.same_ring), (1, 1));
+        // A peer that has not seen a ready yet (not in its ring, not DOWN) still vouches.
+        m.record_probe("b:1", Some(answer(&["b:1", "c:1"], &[])), 3);
+        assert_eq!(m.vouchers().holding_me, 2);
     }
 
     #[test]

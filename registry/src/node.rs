@@ -224,10 +224,10 @@ impl Node {
         self.distro.is_loaded() && self.persistent.is_ready()
     }
 
-    /// Ready and in contact with a majority of the cluster (rule E1): the standing to judge
-    /// silence and to take client writes (rule O3). Always true when standalone.
+    /// Ready and counted a member by a majority of the cluster it reaches: the standing to
+    /// take client writes (rule O3). Always true when standalone.
     pub fn has_standing(&self) -> bool {
-        self.distro.standing(self.is_ready()).may_judge()
+        self.distro.standing(self.is_ready()).may_serve()
     }
 
     /// Forgets the change generations of services that exist nowhere any more.

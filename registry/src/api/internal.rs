@@ -27,6 +27,8 @@ async fn ping(State(app): State<Arc<App>>) -> Json<PingReply> {
         ready: node.is_ready(),
         raft_initialized: node.persistent().is_initialized(),
         standing: node.has_standing(),
+        ring: node.membership().ring().members().to_vec(),
+        down: node.membership().down_peers(),
         members_digest: node.membership().configured().digest(),
     })
 }

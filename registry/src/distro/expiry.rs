@@ -14,8 +14,10 @@ use nacre_ring::Ring;
 pub struct Standing {
     /// The node is ready (start-up snapshot loaded, persistent state caught up).
     pub ready: bool,
-    /// Members this node can reach, itself included (peers UP or SUSPICIOUS).
-    pub reachable: usize,
+    /// Members it can reach that do not hold it DOWN, itself included.
+    pub holding_me: usize,
+    /// Members it can reach whose ring equals its own, itself included.
+    pub same_ring: usize,
     /// Members the cluster should have: the configured list, at least `bootstrap_expect`.
     pub expected: usize,
     /// A standalone node answers to nobody.
@@ -23,17 +25,32 @@ pub struct Standing {
 }
 
 impl Standing {
-    /// Rule E1: a node judges silence only while ready and in contact with a majority.
+    fn majority(&self, n: usize) -> bool {
+        self.standalone || n * 2 > self.expected.max(1)
+    }
+
+    /// Rule O3: a node takes client writes only while ready and a majority of the cluster
+    /// (itself included) answers it without holding it DOWN. A node cut off, or one its peers
+    /// have declared down while it still reaches them (a one-way cut), has no standing.
+    pub fn may_serve(&self) -> bool {
+        self.ready && self.majority(self.holding_me)
+    }
+
+    /// Rule E1: a node judges silence only while it may serve and a majority it can reach
+    /// (itself included) has the same ring, so that every judge agrees who owns what. While
+    /// rings disagree (a bridge partition, a change still spreading), nobody judges.
     pub fn may_judge(&self) -> bool {
-        self.ready && (self.standalone || self.reachable * 2 > self.expected.max(1))
+        self.may_serve() && self.majority(self.same_ring)
     }
 
     /// Why the node may not judge, for logs and metrics.
     pub fn hold_reason(&self) -> Option<&'static str> {
         if !self.ready {
             Some("not_ready")
-        } else if !self.may_judge() {
+        } else if !self.may_serve() {
             Some("no_majority")
+        } else if !self.may_judge() {
+            Some("rings_disagree")
         } else {
             None
         }
@@ -139,7 +156,8 @@ mod tests {
     fn standing(ready: bool, reachable: usize, expected: usize) -> Standing {
         Standing {
             ready,
-            reachable,
+            holding_me: reachable,
+            same_ring: reachable,
             expected,
             standalone: false,
         }
@@ -158,7 +176,8 @@ mod tests {
         );
         let alone = Standing {
             ready: true,
-            reachable: 1,
+            holding_me: 1,
+            same_ring: 1,
             expected: 1,
             standalone: true,
         };
@@ -174,6 +193,33 @@ mod tests {
         assert_eq!(held.held, Some("no_majority"));
         let held = gate.decide(2_000, 1_000, &standing(false, 3, 3), &r);
         assert_eq!(held.held, Some("not_ready"));
+    }
+
+    #[test]
+    fn e1_o3_a_node_its_peers_do_not_count_neither_serves_nor_judges() {
+        // One-way cut: it reaches both peers, but they hold it DOWN.
+        let cut = Standing {
+            ready: true,
+            holding_me: 1,
+            same_ring: 1,
+            expected: 3,
+            standalone: false,
+        };
+        assert!(!cut.may_serve() && !cut.may_judge());
+        assert_eq!(cut.hold_reason(), Some("no_majority"));
+        // Bridge: the node in the middle is held by both sides, but neither side's ring is
+        // its own: it serves writes, and judges nothing.
+        let bridge = Standing {
+            ready: true,
+            holding_me: 3,
+            same_ring: 1,
+            expected: 3,
+            standalone: false,
+        };
+        assert!(bridge.may_serve() && !bridge.may_judge());
+        assert_eq!(bridge.hold_reason(), Some("rings_disagree"));
+        let mut gate = ExpiryGate::new();
+        assert!(!gate.decide(0, 1_000, &bridge, &ring(&["a:1"])).sweep);
     }
 
     #[test]

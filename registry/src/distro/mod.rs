@@ -19,14 +19,16 @@
 //!   timeout gets the client a 503 to retry (`api::forward`). *Tests:*
 //!   `tests/cluster.rs` `writes_on_any_node_are_listed_by_every_node`; `tests/faults.rs`
 //!   `registrations_acknowledged_while_the_owner_is_frozen_survive_its_return`.
-//! - **O3 — writes need standing.** A clustered node without the standing of rule E1 (not
-//!   ready, or out of contact with a majority) answers client instance writes (registrations,
-//!   beats, updates) 503 so that clients fail over to a node that can act, and reports it in
-//!   its ping answer so gateways route around it; it still serves reads. A beat taken by a
-//!   cut-off node reaches no owner the cluster agrees on, and the majority would expire the
-//!   instance for want of it. *Test:* `tests/faults.rs`
-//!   `a_node_cut_off_from_the_majority_sends_writes_elsewhere`; `tests/nemesis.rs`
-//!   (isolate).
+//! - **O3 — writes need standing.** A clustered node takes client instance writes
+//!   (registrations, beats, updates) only while it is ready and a majority of the expected
+//!   members (itself included) answer its probes without holding it DOWN (peers send the
+//!   members they hold down in every ping answer). Otherwise (cut off, or declared down by
+//!   peers it still reaches: a one-way cut) it answers them 503 so that
+//!   clients fail over, and says so in its ping answer so that gateways route around it; it
+//!   still serves reads. A beat taken by such a node reaches no owner the cluster agrees on,
+//!   and the majority would expire the instance for want of it. *Tests:* `tests/faults.rs`
+//!   `a_node_cut_off_from_the_majority_sends_writes_elsewhere`;
+//!   `expiry::tests::e1_o3_a_node_its_peers_do_not_count_neither_serves_nor_judges`.
 //! - **V1 — versions and merge.** Every visible change gets a hybrid-logical-clock version
 //!   above every version this node has seen; each instance carries the version of its own
 //!   last change and a removed one leaves a stamped tombstone. A peer merges a record instance
@@ -42,13 +44,18 @@
 //!
 //! **Expiry** (`expiry::ExpiryGate`, applied by [`Distro::sweep`]): a node must never act on a
 //! silence it could not have observed.
-//! - **E1 — standing.** A node judges silence only while it is ready and can reach a majority
-//!   of the expected members (itself included; `bootstrap_expect` is a floor under the list,
-//!   so an empty first lookup cannot make one node a majority). A starting, lagging or cut-off
-//!   node holds every deadline: the beats went to the nodes that can see them, and its
-//!   removals would carry fresh versions that win everywhere. *Tests:*
-//!   `expiry::tests::e1_only_a_ready_node_in_contact_with_a_majority_judges`;
-//!   `tests/faults.rs` `an_isolated_node_coming_back_never_removes_live_instances`.
+//! - **E1 — standing.** A node judges silence only while it may serve (rule O3) and a majority
+//!   of the expected members it can reach (itself included) report the same ring as its own
+//!   (peers send their ring in every ping answer). A starting, lagging or cut-off node holds
+//!   every deadline: the beats went to the nodes that can see them, and its removals would
+//!   carry fresh versions that win everywhere; while rings disagree (a bridge partition, a
+//!   change still spreading) nobody judges, since two nodes could each believe they own a
+//!   service. `bootstrap_expect` is a floor under the member count, so an empty first lookup
+//!   cannot make one node a majority. *Tests:*
+//!   `expiry::tests::e1_only_a_ready_node_in_contact_with_a_majority_judges`,
+//!   `expiry::tests::e1_o3_a_node_its_peers_do_not_count_neither_serves_nor_judges`;
+//!   `tests/faults.rs` `an_isolated_node_coming_back_never_removes_live_instances`;
+//!   `tests/nemesis.rs` (one-way cut and bridge partition with a gateway in front).
 //! - **E2 — continuity.** A sweep tick that comes more than one interval (at least 1 s) late
 //!   means the node was paused or starved: every deadline moves later by the time it could not
 //!   observe, before anything is judged. *Tests:*
@@ -267,17 +274,19 @@ impl Distro {
         changed
     }
 
-    /// This node's standing to judge silence (rule E1), from its readiness and membership.
+    /// This node's standing to serve writes and judge silence (rules O3, E1), from its
+    /// readiness and what the peers it reaches report.
     pub fn standing(&self, ready: bool) -> Standing {
         let expected = self
             .cluster
             .as_ref()
             .map_or(1, |c| c.settings.expected_members);
-        let (reachable, configured) = self.membership.reachable_and_configured();
+        let v = self.membership.vouchers();
         Standing {
             ready,
-            reachable,
-            expected: configured.max(expected),
+            holding_me: v.holding_me,
+            same_ring: v.same_ring,
+            expected: v.configured.max(expected),
             standalone: self.membership.is_standalone(),
         }
     }
@@ -338,13 +347,16 @@ mod tests {
     use crate::membership::PingReply;
     use crate::naming::model::test_instance;
 
-    fn ping(addr: &str) -> Option<PingReply> {
+    /// `addr`'s ping answer, reporting `ring` as its ownership ring.
+    fn ping(addr: &str, ring: &[&str]) -> Option<PingReply> {
         Some(PingReply {
             address: addr.into(),
             node_id: 1,
             ready: true,
             raft_initialized: true,
             standing: true,
+            ring: ring.iter().map(|m| m.to_string()).collect(),
+            down: Vec::new(),
             members_digest: 0,
         })
     }
@@ -354,8 +366,9 @@ mod tests {
         let reg = Registry::new();
         let members = ["a:1", "b:1", "c:1"].map(String::from);
         let membership = Arc::new(Membership::clustered("a:1", &members, &reg).unwrap());
-        membership.record_probe("b:1", ping("b:1"), 3);
-        membership.record_probe("c:1", ping("c:1"), 3);
+        let all = ["a:1", "b:1", "c:1"];
+        membership.record_probe("b:1", ping("b:1", &all), 3);
+        membership.record_probe("c:1", ping("c:1", &all), 3);
         let store = Arc::new(EphemeralStore::new());
         let client = PeerClient::new("0123456789abcdef").unwrap();
         let replicator = Arc::new(Replicator::new(
@@ -403,6 +416,9 @@ mod tests {
         for _ in 0..3 {
             d.membership().record_probe("b:1", None, 3);
         }
+        // c saw it too: the rings agree again.
+        d.membership()
+            .record_probe("c:1", ping("c:1", &["a:1", "c:1"]), 3);
         let report = d.sweep(21_000, 1_000, true);
         assert!(report.expired.is_empty(), "{:?}", report.expired);
         let new_ring = d.membership().ring();

@@ -235,6 +235,8 @@ mod tests {
             ready: false,
             raft_initialized: initialized,
             standing: true,
+            ring: Vec::new(),
+            down: Vec::new(),
             members_digest: 0,
         })
     }
@@ -280,6 +282,8 @@ mod tests {
                 ready: false,
                 raft_initialized: true,
                 standing: true,
+                ring: Vec::new(),
+                down: Vec::new(),
                 members_digest: 0,
             }),
             3,
