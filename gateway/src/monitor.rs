@@ -28,7 +28,8 @@ const DOWN_AFTER: u32 = 2;
 struct Ping {
     address: String,
     ready: bool,
-    /// In contact with a majority of its cluster (older nodes do not say: assume so).
+    /// A majority of its cluster answers it and does not hold it DOWN, so it takes writes
+    /// (older nodes do not say: assume so).
     #[serde(default = "yes")]
     standing: bool,
 }
@@ -44,8 +45,8 @@ struct Ready {
     addr: SocketAddr,
     /// False for a node kept in the ring despite a missed probe.
     probed: bool,
-    /// The node can reach a majority of its cluster (it takes writes; one cut off answers
-    /// them 503).
+    /// The node has the standing to take writes (one cut off, or held DOWN by its peers,
+    /// answers them 503).
     standing: bool,
 }
 

@@ -393,7 +393,7 @@ impl Membership {
                 st.ready = r.ready;
                 st.raft_initialized = r.raft_initialized;
                 st.node_id = Some(r.node_id);
-                st.holds_me_down = r.down.iter().any(|a| *a == self.self_addr);
+                st.holds_me_down = r.down.contains(&self.self_addr);
                 st.ring = Some(Members::new(r.ring));
             }
             None => {
