@@ -37,7 +37,7 @@ pub fn settled(expected: usize, answers: &[Answer]) -> bool {
 const RETRY: Duration = Duration::from_millis(500);
 
 impl Distro {
-    /// Loads the snapshot of the first loaded peer, retrying every [`RETRY`] until rule S1
+    /// Loads the snapshot of the first loaded peer, retrying every `RETRY` (500 ms) until rule S1
     /// settles it (or `stop` fires); then marks the store loaded. Returns the services
     /// applied, `None` when stopped first.
     pub async fn load_snapshot(
