@@ -10,6 +10,9 @@
 //! - *no instance forgotten*: no beat answered 20404;
 //! - *convergence*: after each heal, every node's ephemeral fingerprint is equal within two
 //!   verify rounds (plus failure detection), timed;
+//! - *expiry on time*: an instance that stops beating before the first fault is unhealthy
+//!   everywhere at its beat timeout and gone everywhere at its delete timeout (± 2 s); one that
+//!   stops as a fault begins is gone everywhere eventually, and how late is reported;
 //! - *no acknowledged persistent write lost*, and no node's reads going back in time (read
 //!   per node: through the gateway a read may reach a node cut off a moment before).
 //!
@@ -27,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use nacre_testkit::cluster::{ClusterOptions, TestCluster};
-use nacre_testkit::fleet::{Fleet, FleetSpec, LiveChecker, Targets};
+use nacre_testkit::fleet::{ExpiryWatch, Fleet, FleetSpec, LiveChecker, Targets};
 use nacre_testkit::gateway::GatewayProcess;
 use nacre_testkit::http::{eventually, Api};
 use nacre_testkit::ledger::Ledger;
@@ -37,8 +40,15 @@ use nacre_testkit::nemesis::{self, FaultKind, Step, Target};
 const VERIFY: Duration = Duration::from_secs(1);
 /// Convergence bound after a heal: two verify rounds, plus failure detection and hand-back.
 const CONVERGE: Duration = Duration::from_secs(4);
-/// Quiet time before the first fault: the checkers' control run.
-const CONTROL: Duration = Duration::from_secs(5);
+/// Quiet time before the first fault: the checkers' control run (long enough for the
+/// instance silenced at its start to be gone: the 8 s delete timeout and some).
+const CONTROL: Duration = Duration::from_secs(11);
+/// The fleet's silence timeouts (unhealthy, removed).
+const BEAT_TIMEOUT: Duration = Duration::from_secs(4);
+const DELETE_TIMEOUT: Duration = Duration::from_secs(8);
+/// How far from its timeout an expiry may land without a fault (sweep every 200 ms, a 200 ms
+/// watch, a beat period of 500 ms before the silence).
+const ON_TIME: f64 = 2.0;
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -130,6 +140,10 @@ struct StepReport {
     failover_ms: Option<u128>,
     live_violations: usize,
     forgotten: u64,
+    /// The instance that stopped beating as this fault began: seconds from its last beat to
+    /// unhealthy everywhere, and to gone everywhere.
+    expiry_unhealthy_s: Option<f64>,
+    expiry_gone_s: Option<f64>,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -165,9 +179,15 @@ async fn nemesis_schedule_keeps_every_promise() -> Result<()> {
 
     // Silence timeouts well below production's (15 s / 30 s) so that faults outlast them, yet
     // above the stalls a debug build on two cores shows while Raft re-elects under this load.
-    let spec =
-        FleetSpec::new("nem", 20, 2).with_timeouts(Duration::from_secs(4), Duration::from_secs(8));
+    let spec = FleetSpec::new("nem", 20, 2).with_timeouts(BEAT_TIMEOUT, DELETE_TIMEOUT);
     let fleet = Fleet::register(spec, &nodes).await?;
+    // Instances that die, one as the control run starts and one as each fault begins: the
+    // *expiry on time* checker follows them.
+    let dying_spec =
+        FleetSpec::new("die", steps.len() + 1, 2).with_timeouts(BEAT_TIMEOUT, DELETE_TIMEOUT);
+    let dying = Fleet::register(dying_spec, &nodes).await?;
+    let dying_beats = dying.start_beating(all.clone());
+    let expiry = ExpiryWatch::start(all.clone());
     let hot = fleet.services()[0].clone();
     let origin = Instant::now();
     let beating = fleet.start_beating(all.clone());
@@ -181,14 +201,44 @@ async fn nemesis_schedule_keeps_every_promise() -> Result<()> {
         Duration::from_millis(250),
     );
 
+    let die = |dying: &Fleet, expiry: &ExpiryWatch| {
+        if let Some((m, at)) = dying.silence_next() {
+            expiry.watch(m, at);
+        }
+    };
+    die(&dying, &expiry);
     tokio::time::sleep(CONTROL).await;
     let mut reports = Vec::new();
     for step in &steps {
+        die(&dying, &expiry);
         reports.push(run_step(&mut c, step, &nodes, &hot, &fleet, &ledger, origin).await?);
     }
 
     fleet.stop();
     let _ = beating.await;
+    dying.stop();
+    let _ = dying_beats.await;
+    // Every silenced instance must be gone everywhere eventually (2 delete timeouts and
+    // some after the last one stopped beating).
+    let expired = expiry
+        .finish(2 * DELETE_TIMEOUT + Duration::from_secs(10))
+        .await;
+    for (r, e) in reports.iter_mut().zip(expired.iter().skip(1)) {
+        r.expiry_unhealthy_s = e.unhealthy_after_s;
+        r.expiry_gone_s = e.gone_after_s;
+    }
+    let never_expired: Vec<String> = expired
+        .iter()
+        .filter(|e| e.gone_after_s.is_none())
+        .map(|e| format!("{} {}", e.member.service, e.member.ip))
+        .collect();
+    let on_time = |got: Option<f64>, want: Duration| {
+        got.is_some_and(|g| (g - want.as_secs_f64()).abs() <= ON_TIME)
+    };
+    let control_expiry = expired.first();
+    let control_late = !control_expiry.is_some_and(|e| {
+        on_time(e.unhealthy_after_s, BEAT_TIMEOUT) && on_time(e.gone_after_s, DELETE_TIMEOUT)
+    });
     ledger.stop().await;
     let final_convergence = convergence(&nodes, Duration::from_secs(15)).await;
     let (reads, unanswered) = (checker.reads.clone(), checker.unanswered.clone());
@@ -239,7 +289,11 @@ async fn nemesis_schedule_keeps_every_promise() -> Result<()> {
             "convergence_over_bound": slow.len(),
             "acked_persistent_writes_lost": lost_writes,
             "reads_back_in_time": regressions.len(),
+            "expiry_late_in_control": u8::from(control_late),
+            "never_expired": never_expired.len(),
         },
+        "control_expiry_s": control_expiry.map(|e| (e.unhealthy_after_s, e.gone_after_s)),
+        "never_expired": never_expired,
         "final_convergence_ms": final_convergence.map(|d| d.as_millis()),
         "first_violations": violations.iter().take(10).map(|v| format!("{v:?}")).collect::<Vec<_>>(),
         "first_forgotten": fleet.lost_examples(),
@@ -259,7 +313,9 @@ async fn nemesis_schedule_keeps_every_promise() -> Result<()> {
         || !slow.is_empty()
         || lost_writes > 0
         || !regressions.is_empty()
-        || final_convergence.is_none();
+        || final_convergence.is_none()
+        || control_late
+        || !never_expired.is_empty();
     if failed {
         copy_dir(root.path(), &out.join("cluster")).context("keeping the data dirs and logs")?;
         anyhow::bail!(
@@ -326,11 +382,12 @@ async fn run_step(
 }
 
 fn markdown(seed: u64, steps: &[StepReport], report: &serde_json::Value) -> String {
-    let mut s = format!("# nemesis run, seed {seed}\n\n| fault | target | hold | recovery | convergence | raft failover | live violations | forgotten |\n|---|---|---|---|---|---|---|---|\n");
+    let mut s = format!("# nemesis run, seed {seed}\n\n| fault | target | hold | recovery | convergence | raft failover | live violations | forgotten | dying instance unhealthy / gone after |\n|---|---|---|---|---|---|---|---|---|\n");
     let ms = |v: Option<u128>| v.map_or("—".to_string(), |m| format!("{m} ms"));
+    let secs = |v: Option<f64>| v.map_or("never".to_string(), |s| format!("{s:.1} s"));
     for r in steps {
         s += &format!(
-            "| {} | node {} | {} ms | {} | {} | {} | {} | {} |\n",
+            "| {} | node {} | {} ms | {} | {} | {} | {} | {} | {} / {} |\n",
             r.kind,
             r.target,
             r.hold_ms,
@@ -338,7 +395,9 @@ fn markdown(seed: u64, steps: &[StepReport], report: &serde_json::Value) -> Stri
             ms(r.convergence_ms),
             ms(r.failover_ms),
             r.live_violations,
-            r.forgotten
+            r.forgotten,
+            secs(r.expiry_unhealthy_s),
+            secs(r.expiry_gone_s)
         );
     }
     s += &format!(

@@ -115,6 +115,8 @@ pub struct Fleet {
     /// The first few 20404s (service ip, node, time since start) for the failure message.
     lost_log: Arc<Mutex<Vec<String>>>,
     started: Instant,
+    /// Members that stopped beating ([`Fleet::silence_next`]), and when.
+    silenced: Arc<Mutex<Vec<(usize, Instant)>>>,
 }
 
 fn register_query(spec: &FleetSpec, m: &Member) -> Vec<(String, String)> {
@@ -167,7 +169,22 @@ impl Fleet {
             beats: Arc::new(BeatCounts::default()),
             lost_log: Arc::new(Mutex::new(Vec::new())),
             started: Instant::now(),
+            silenced: Arc::new(Mutex::new(Vec::new())),
         })
+    }
+
+    /// Stops beating the first instance of the next service (a client that died), and returns
+    /// it with the moment its beats stopped; `None` once every service has lost one. The
+    /// other instances of its service keep beating: a service whose every instance is
+    /// unhealthy is shown healthy under Nacos's protect threshold, so a death shows only in a
+    /// service that still has a live instance.
+    pub fn silence_next(&self) -> Option<(Member, Instant)> {
+        let mut silenced = self.silenced.lock().ok()?;
+        let n = silenced.len() * self.spec.per_service.max(1);
+        let m = self.members.get(n)?.clone();
+        let at = Instant::now();
+        silenced.push((n, at));
+        Some((m, at))
     }
 
     /// Every instance.
@@ -191,6 +208,7 @@ impl Fleet {
         let counts = self.beats.clone();
         let lost_log = self.lost_log.clone();
         let started = self.started;
+        let silenced = self.silenced.clone();
         tokio::spawn(async move {
             let mut turn = 0usize;
             let mut tick = tokio::time::interval(spec.beat_every);
@@ -207,60 +225,69 @@ impl Fleet {
                     apis.entry(*n)
                         .or_insert_with(|| Api::new(*n).with_timeout(spec.beat_every));
                 }
-                let beats = members.iter().map(|m| {
-                    turn = turn.wrapping_add(1);
-                    let first = turn % nodes.len();
-                    let (spec, counts, lost_log, nodes, apis) =
-                        (&spec, &counts, &lost_log, &nodes, &apis);
-                    async move {
-                        let port = m.port.to_string();
-                        // Fail over across the nodes, at most once around, within one period.
-                        for k in 0..nodes.len() {
-                            let addr = nodes[(first + k) % nodes.len()];
-                            let Some(api) = apis.get(&addr) else {
-                                continue;
-                            };
-                            let r = api
-                                .call(
-                                    "PUT",
-                                    "/nacos/v1/ns/instance/beat",
-                                    &[
-                                        ("serviceName", m.service.as_str()),
-                                        ("ip", m.ip.as_str()),
-                                        ("port", port.as_str()),
-                                    ],
-                                )
-                                .await;
-                            let code = serde_json::from_str::<serde_json::Value>(&r.body)
-                                .ok()
-                                .and_then(|j| j["code"].as_i64());
-                            match (r.status, code) {
-                                (200, Some(20404)) => {
-                                    counts.lost.fetch_add(1, Ordering::Relaxed);
-                                    if let Ok(mut log) = lost_log.lock() {
-                                        if log.len() < 20 {
-                                            log.push(format!(
-                                                "{} {} at {addr} after {:.1}s",
-                                                m.service,
-                                                m.ip,
-                                                started.elapsed().as_secs_f64()
-                                            ));
+                // Members silenced so far beat no more.
+                let quiet: Vec<usize> = silenced
+                    .lock()
+                    .map(|s| s.iter().map(|(n, _)| *n).collect())
+                    .unwrap_or_default();
+                let beats = members
+                    .iter()
+                    .enumerate()
+                    .filter(|(n, _)| !quiet.contains(n))
+                    .map(|(_, m)| {
+                        turn = turn.wrapping_add(1);
+                        let first = turn % nodes.len();
+                        let (spec, counts, lost_log, nodes, apis) =
+                            (&spec, &counts, &lost_log, &nodes, &apis);
+                        async move {
+                            let port = m.port.to_string();
+                            // Fail over across the nodes, at most once around, within one period.
+                            for k in 0..nodes.len() {
+                                let addr = nodes[(first + k) % nodes.len()];
+                                let Some(api) = apis.get(&addr) else {
+                                    continue;
+                                };
+                                let r = api
+                                    .call(
+                                        "PUT",
+                                        "/nacos/v1/ns/instance/beat",
+                                        &[
+                                            ("serviceName", m.service.as_str()),
+                                            ("ip", m.ip.as_str()),
+                                            ("port", port.as_str()),
+                                        ],
+                                    )
+                                    .await;
+                                let code = serde_json::from_str::<serde_json::Value>(&r.body)
+                                    .ok()
+                                    .and_then(|j| j["code"].as_i64());
+                                match (r.status, code) {
+                                    (200, Some(20404)) => {
+                                        counts.lost.fetch_add(1, Ordering::Relaxed);
+                                        if let Ok(mut log) = lost_log.lock() {
+                                            if log.len() < 20 {
+                                                log.push(format!(
+                                                    "{} {} at {addr} after {:.1}s",
+                                                    m.service,
+                                                    m.ip,
+                                                    started.elapsed().as_secs_f64()
+                                                ));
+                                            }
                                         }
+                                        register_one(api, spec, m).await;
+                                        return;
                                     }
-                                    register_one(api, spec, m).await;
-                                    return;
-                                }
-                                (200, _) => {
-                                    counts.ok.fetch_add(1, Ordering::Relaxed);
-                                    return;
-                                }
-                                _ => {
-                                    counts.failed.fetch_add(1, Ordering::Relaxed);
+                                    (200, _) => {
+                                        counts.ok.fetch_add(1, Ordering::Relaxed);
+                                        return;
+                                    }
+                                    _ => {
+                                        counts.failed.fetch_add(1, Ordering::Relaxed);
+                                    }
                                 }
                             }
                         }
-                    }
-                });
+                    });
                 futures::future::join_all(beats).await;
             }
         })
@@ -384,5 +411,141 @@ impl LiveChecker {
             .lock()
             .map(|v| v.clone())
             .unwrap_or_default()
+    }
+}
+
+/// When a silenced instance was seen expired: the first moment every node that answered
+/// listed it unhealthy (or no more), and the first moment every one listed it no more.
+#[derive(Debug, Clone)]
+pub struct Expired {
+    /// The instance.
+    pub member: Member,
+    /// Seconds from its last beat to "unhealthy everywhere", if seen.
+    pub unhealthy_after_s: Option<f64>,
+    /// Seconds from its last beat to "gone everywhere", if seen.
+    pub gone_after_s: Option<f64>,
+}
+
+/// The *expiry on time* checker: watches instances that stopped beating until every entry
+/// point lists them unhealthy and then no more.
+#[derive(Debug)]
+pub struct ExpiryWatch {
+    stop: Arc<AtomicBool>,
+    watched: Arc<Mutex<Vec<(Member, Instant)>>>,
+    seen: Arc<Mutex<Vec<Expired>>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl ExpiryWatch {
+    /// Starts watching, through `entry_points`, every instance later passed to
+    /// [`ExpiryWatch::watch`].
+    pub fn start(entry_points: Targets) -> ExpiryWatch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let watched: Arc<Mutex<Vec<(Member, Instant)>>> = Arc::new(Mutex::new(Vec::new()));
+        let seen: Arc<Mutex<Vec<Expired>>> = Arc::new(Mutex::new(Vec::new()));
+        let task = {
+            let (stop, watched, seen) = (stop.clone(), watched.clone(), seen.clone());
+            tokio::spawn(async move {
+                let mut apis: HashMap<SocketAddr, Api> = HashMap::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let pending: Vec<(usize, Member, Instant)> = {
+                        let w = watched.lock().map(|w| w.clone()).unwrap_or_default();
+                        let s = seen.lock().map(|s| s.clone()).unwrap_or_default();
+                        w.into_iter()
+                            .enumerate()
+                            .filter(|(i, _)| s.get(*i).is_none_or(|e| e.gone_after_s.is_none()))
+                            .map(|(i, (m, at))| (i, m, at))
+                            .collect()
+                    };
+                    for (i, m, at) in pending {
+                        let (mut answered, mut unhealthy, mut gone) = (0, 0, 0);
+                        for node in entry_points.get() {
+                            let api = apis.entry(node).or_insert_with(|| {
+                                Api::new(node).with_timeout(Duration::from_secs(1))
+                            });
+                            let Some(hosts) = api.listed(&m.service).await else {
+                                continue;
+                            };
+                            answered += 1;
+                            match hosts.iter().find(|h| h["ip"] == m.ip.as_str()) {
+                                None => gone += 1,
+                                Some(h) if h["healthy"] != true => unhealthy += 1,
+                                Some(_) => {}
+                            }
+                        }
+                        let now = at.elapsed().as_secs_f64();
+                        if let Ok(mut s) = seen.lock() {
+                            while s.len() <= i {
+                                s.push(Expired {
+                                    member: m.clone(),
+                                    unhealthy_after_s: None,
+                                    gone_after_s: None,
+                                });
+                            }
+                            let e = &mut s[i];
+                            e.member = m.clone();
+                            if answered > 0 && unhealthy + gone == answered {
+                                e.unhealthy_after_s.get_or_insert(now);
+                            }
+                            if answered > 0 && gone == answered {
+                                e.gone_after_s.get_or_insert(now);
+                            }
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            })
+        };
+        ExpiryWatch {
+            stop,
+            watched,
+            seen,
+            task: Some(task),
+        }
+    }
+
+    /// Watches `member`, silent since `since`.
+    pub fn watch(&self, member: Member, since: Instant) {
+        if let Ok(mut w) = self.watched.lock() {
+            w.push((member, since));
+        }
+    }
+
+    /// What was seen of the instance watched `n`-th, so far.
+    pub fn get(&self, n: usize) -> Option<Expired> {
+        self.seen.lock().ok()?.get(n).cloned()
+    }
+
+    /// Waits (at most `limit`) until every watched instance is gone everywhere, stops, and
+    /// returns what was seen, in the order they were watched.
+    pub async fn finish(mut self, limit: Duration) -> Vec<Expired> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let watched = self.watched.lock().map(|w| w.len()).unwrap_or(0);
+            let done = self
+                .seen
+                .lock()
+                .map(|s| s.len() == watched && s.iter().all(|e| e.gone_after_s.is_some()))
+                .unwrap_or(false);
+            if done || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+        let mut seen = self.seen.lock().map(|s| s.clone()).unwrap_or_default();
+        // Watched but never answered for: still report it, as never seen expired.
+        let watched = self.watched.lock().map(|w| w.clone()).unwrap_or_default();
+        for (m, _) in watched.into_iter().skip(seen.len()) {
+            seen.push(Expired {
+                member: m,
+                unhealthy_after_s: None,
+                gone_after_s: None,
+            });
+        }
+        seen
     }
 }
