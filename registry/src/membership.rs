@@ -54,6 +54,30 @@ fn standing_unknown() -> bool {
     true
 }
 
+/// This node's ownership on one ring (see [`Membership::ownership`]).
+pub struct Ownership<'a> {
+    ring: Arc<Ring>,
+    me: &'a str,
+    standalone: bool,
+}
+
+impl Ownership<'_> {
+    /// Whether this node owns `key` on this ring.
+    pub fn owns(&self, key: &ServiceKey) -> bool {
+        self.standalone || self.ring.owner(key) == Some(self.me)
+    }
+
+    /// Whether this node owned `key` on `ring` (an earlier ring than this one).
+    pub fn owned_on(&self, ring: &Ring, key: &ServiceKey) -> bool {
+        self.standalone || ring.owner(key) == Some(self.me)
+    }
+
+    /// The ring this ownership was taken from.
+    pub fn ring(&self) -> &Arc<Ring> {
+        &self.ring
+    }
+}
+
 /// What the members this node can reach say about it (see [`Membership::vouchers`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Vouchers {
@@ -244,7 +268,17 @@ impl Membership {
 
     /// Whether this node owns `key`.
     pub fn is_owner(&self, key: &ServiceKey) -> bool {
-        self.standalone || self.ring().owner(key) == Some(self.self_addr.as_str())
+        self.ownership().owns(key)
+    }
+
+    /// Which services this node owns, on one snapshot of the ring: a walk over many services
+    /// asks this once, so a ring change midway cannot count a service twice or not at all.
+    pub fn ownership(&self) -> Ownership<'_> {
+        Ownership {
+            ring: self.ring(),
+            me: &self.self_addr,
+            standalone: self.standalone,
+        }
     }
 
     /// The configured members (including this node when configured).
@@ -276,19 +310,15 @@ impl Membership {
     pub fn vouchers(&self) -> Vouchers {
         let view = self.view.read();
         let mine = view.ring.members();
-        let answering = || {
-            view.peers
-                .values()
-                .filter(|s| s.state.is_live())
-                .filter_map(|s| s.ring.as_ref())
-        };
+        let (mut holding_me, mut same_ring) = (1, 1);
+        for st in view.peers.values().filter(|s| s.state.is_live()) {
+            let Some(ring) = &st.ring else { continue };
+            holding_me += usize::from(!st.holds_me_down);
+            same_ring += usize::from(ring == mine);
+        }
         Vouchers {
-            holding_me: 1 + view
-                .peers
-                .values()
-                .filter(|s| s.state.is_live() && s.ring.is_some() && !s.holds_me_down)
-                .count(),
-            same_ring: 1 + answering().filter(|r| *r == mine).count(),
+            holding_me,
+            same_ring,
             configured: view.configured.len()
                 + usize::from(!view.configured.contains(&self.self_addr)),
         }

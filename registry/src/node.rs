@@ -589,7 +589,7 @@ impl Node {
             if plan.lost_standing {
                 tracing::warn!(
                     reason,
-                    "expiry held: this node may not judge silence (not ready, or out of contact with a majority of members)"
+                    "expiry held: this node may not judge silence (not ready, out of contact with a majority of members, or their rings disagree)"
                 );
             }
             return;
@@ -777,13 +777,8 @@ impl Node {
     /// (services, instances) this node is responsible for: the services the ring gives it,
     /// with their ephemeral and persistent instances (`responsible*` in `operator/metrics`).
     pub fn owned_counts(&self) -> (usize, usize) {
-        // One ring for the whole count, so a ring change midway cannot count a service twice.
-        let ring = self.membership().ring();
-        let (standalone, me) = (
-            self.membership().is_standalone(),
-            self.membership().self_addr(),
-        );
-        let owned = |k: &ServiceKey| standalone || ring.owner(k) == Some(me);
+        let ownership = self.membership().ownership();
+        let owned = |k: &ServiceKey| ownership.owns(k);
         let (eph_services, eph_instances) = self.ephemeral().counts_where(owned);
         let (only_persistent, per_instances) = self.persistent.read(|st| {
             st.services()

@@ -296,12 +296,13 @@ impl Distro {
     /// and instances expire in this one call, so no expiry ever runs under a new ring or after
     /// a gap before its grace is granted.
     pub fn sweep(&self, now_ms: u64, interval_ms: u64, ready: bool) -> SweepReport {
-        let ring = self.membership.ring();
-        let plan = self
-            .gate
-            .lock()
-            .decide(now_ms, interval_ms, &self.standing(ready), &ring);
-        if plan.unobserved_ms > 0 {
+        let ownership = self.membership.ownership();
+        let plan =
+            self.gate
+                .lock()
+                .decide(now_ms, interval_ms, &self.standing(ready), ownership.ring());
+        // Restarting every deadline below already covers any time the node could not observe.
+        if plan.unobserved_ms > 0 && !plan.restart_all {
             self.store.extend_deadlines(plan.unobserved_ms, now_ms);
         }
         if !plan.sweep {
@@ -312,14 +313,12 @@ impl Distro {
                 dropped: Vec::new(),
             };
         }
-        let me = self.membership.self_addr();
-        let standalone = self.membership.is_standalone();
-        let owned = |k: &ServiceKey| standalone || ring.owner(k) == Some(me);
+        let owned = |k: &ServiceKey| ownership.owns(k);
         let granted = if plan.restart_all {
             self.store.grant_grace(now_ms, |_| true)
         } else if let Some(old) = &plan.took_over_from {
             self.store
-                .grant_grace(now_ms, |k| owned(k) && old.owner(k) != Some(me))
+                .grant_grace(now_ms, |k| owned(k) && !ownership.owned_on(old, k))
         } else {
             0
         };

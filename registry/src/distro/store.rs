@@ -113,11 +113,41 @@ impl EphemeralService {
         }
     }
 
+    /// The stamp of the instance at `i` (0, older than every change, if it has none).
+    fn stamp_at(&self, i: usize) -> u64 {
+        self.stamps.get(i).copied().unwrap_or(0)
+    }
+
     /// Removes the instance at `i`, leaving a tombstone at version `v`.
     fn remove_at(&mut self, i: usize, v: u64, now_ms: u64) {
         let inst = self.instances.remove(i);
-        self.stamps.remove(i);
+        if i < self.stamps.len() {
+            self.stamps.remove(i);
+        }
         self.removed.insert(inst.key(), (v, now_ms));
+    }
+
+    /// Removes every instance for which `gone(instance, stamp)` holds, in one pass, leaving a
+    /// tombstone at version `v` for each; returns how many went.
+    fn remove_where(
+        &mut self,
+        v: u64,
+        now_ms: u64,
+        gone: impl Fn(&Instance, u64) -> bool,
+    ) -> usize {
+        let before = self.instances.len();
+        let instances = std::mem::take(&mut self.instances);
+        let mut stamps = std::mem::take(&mut self.stamps);
+        stamps.resize(instances.len(), 0);
+        for (inst, stamp) in instances.into_iter().zip(stamps) {
+            if gone(&inst, stamp) {
+                self.removed.insert(inst.key(), (v, now_ms));
+            } else {
+                self.instances.push(inst);
+                self.stamps.push(stamp);
+            }
+        }
+        before - self.instances.len()
     }
 
     fn find_mut(&mut self, ip: &str, port: u16, cluster: &str) -> Option<&mut Instance> {
@@ -381,21 +411,10 @@ impl Inner {
                 let Some(svc) = self.services.get_mut(key) else {
                     return Merged::default();
                 };
-                let old: Vec<InstanceKey> = svc
-                    .instances
-                    .iter()
-                    .zip(&svc.stamps)
-                    .filter(|(_, s)| **s <= version)
-                    .map(|(i, _)| i.key())
-                    .collect();
-                for id in &old {
-                    if let Some(i) = svc.position(&id.ip, id.port, &id.cluster) {
-                        svc.remove_at(i, version, now_ms);
-                    }
-                }
+                let gone = svc.remove_where(version, now_ms, |_, stamp| stamp <= version);
                 self.touch(key, now_ms);
                 Merged {
-                    changed: !old.is_empty(),
+                    changed: gone > 0,
                     diverged: true,
                 }
             }
@@ -690,24 +709,7 @@ impl EphemeralStore {
             }
             if !removed.is_empty() {
                 let gone: std::collections::HashSet<&InstanceKey> = removed.iter().collect();
-                let keep: Vec<bool> = svc
-                    .instances
-                    .iter()
-                    .map(|i| !gone.contains(&i.key()))
-                    .collect();
-                let mut n = 0;
-                svc.stamps.retain(|_| {
-                    n += 1;
-                    keep[n - 1]
-                });
-                n = 0;
-                svc.instances.retain(|_| {
-                    n += 1;
-                    keep[n - 1]
-                });
-                for id in removed {
-                    svc.removed.insert(id, (v, now_ms));
-                }
+                svc.remove_where(v, now_ms, |inst, _| gone.contains(&inst.key()));
                 svc.set_version(v, now_ms);
             }
         }
@@ -783,10 +785,12 @@ impl EphemeralStore {
         }
         let created = !inner.services.contains_key(&key);
         let svc = inner.services.entry(key.clone()).or_default();
+        // Every instance has a stamp (see `stamp`); the merge below indexes both together.
+        svc.stamps.resize(svc.instances.len(), 0);
         let mut changed = created;
         for (id, t) in &record.removed {
             if let Some(i) = svc.position(&id.ip, id.port, &id.cluster) {
-                if svc.stamps[i] <= *t {
+                if svc.stamp_at(i) <= *t {
                     svc.remove_at(i, *t, now_ms);
                     changed = true;
                     continue;
@@ -805,7 +809,7 @@ impl EphemeralStore {
             inst.last_beat_ms = now_ms;
             match svc.position(&inst.ip, inst.port, &inst.cluster) {
                 Some(i) => {
-                    let local = (svc.stamps[i], instance_hash(&svc.instances[i]));
+                    let local = (svc.stamp_at(i), instance_hash(&svc.instances[i]));
                     if (s, instance_hash(&inst)) > local {
                         inst.last_beat_ms = inst.last_beat_ms.max(svc.instances[i].last_beat_ms);
                         svc.instances[i] = inst;
