@@ -77,10 +77,8 @@ pub struct GatewayArgs {
 
 /// The gateway's settings: file, then `NACRE_GATEWAY_*`, then flags; validated.
 pub fn gateway(args: GatewayArgs) -> anyhow::Result<Loaded<GatewaySettings>> {
-    let Loaded {
-        settings: mut s,
-        unknown_env,
-    } = GatewaySettings::load(args.config.as_deref(), std::env::vars())?;
+    let mut loaded = GatewaySettings::load(args.config.as_deref(), std::env::vars())?;
+    let s = &mut loaded.settings;
     if let Some(l) = args.listen {
         s.listen = l;
     }
@@ -104,18 +102,13 @@ pub fn gateway(args: GatewayArgs) -> anyhow::Result<Loaded<GatewaySettings>> {
         }
     }
     s.validate()?;
-    Ok(Loaded {
-        settings: s,
-        unknown_env,
-    })
+    Ok(loaded)
 }
 
 /// A node's settings: file, then `NACRE_*`, then flags; validated.
 pub fn registry(args: RegistryArgs) -> anyhow::Result<Loaded<RegistrySettings>> {
-    let Loaded {
-        settings: mut s,
-        unknown_env,
-    } = RegistrySettings::load(args.config.as_deref(), std::env::vars())?;
+    let mut loaded = RegistrySettings::load(args.config.as_deref(), std::env::vars())?;
+    let s = &mut loaded.settings;
     if let Some(l) = args.listen {
         s.listen = l;
     }
@@ -152,10 +145,7 @@ pub fn registry(args: RegistryArgs) -> anyhow::Result<Loaded<RegistrySettings>> 
         s.standalone = false;
     }
     s.validate()?;
-    Ok(Loaded {
-        settings: s,
-        unknown_env,
-    })
+    Ok(loaded)
 }
 
 /// Logs one warning per unknown variable (the server commands; `nacre up` prints them).

@@ -36,28 +36,11 @@ pub struct UpArgs {
 /// How long to wait for the cluster before saying it is slow (and where to look).
 const SLOW_START: Duration = Duration::from_secs(60);
 
-/// The shared secret of the local nodes, generated once into the data dir, readable only by
-/// its owner.
+/// The shared secret of the local nodes, generated once into the data dir (as a standalone
+/// node does with its own), readable only by its owner.
 fn local_cluster_secret(data: &Path) -> anyhow::Result<String> {
-    let path = data.join("cluster-secret");
-    if let Ok(s) = std::fs::read_to_string(&path) {
-        if s.trim().len() >= 16 {
-            return Ok(s.trim().to_string());
-        }
-    }
     std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
-    let secret = uuid::Uuid::new_v4().simple().to_string();
-    write_private(&path, &secret).with_context(|| format!("writing {}", path.display()))?;
-    Ok(secret)
-}
-
-/// Writes `contents` to a new file only its owner can read.
-fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    std::io::Write::write_all(&mut opts.open(path)?, contents.as_bytes())
+    Ok(nacre_registry::load_or_create_secret(data)?)
 }
 
 /// The nodes' addresses: the `nodes` ports after the gateway's.

@@ -16,4 +16,4 @@ pub mod push;
 pub mod raft;
 pub mod server;
 
-pub use server::{run, ServeError};
+pub use server::{load_or_create_secret, run, ServeError};

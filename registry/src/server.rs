@@ -69,12 +69,20 @@ fn data_err(path: &Path, source: std::io::Error) -> ServeError {
     }
 }
 
-/// The cluster secret from settings, or one generated once into `<data>/cluster-secret`.
+/// The cluster secret from settings, or the one in the data dir (see
+/// [`load_or_create_secret`]).
 fn cluster_secret(settings: &RegistrySettings) -> Result<String, ServeError> {
-    if let Some(s) = &settings.cluster_secret {
-        return Ok(s.clone());
+    match &settings.cluster_secret {
+        Some(s) => Ok(s.clone()),
+        None => load_or_create_secret(&settings.data_dir),
     }
-    let path = settings.data_dir.join("cluster-secret");
+}
+
+/// The secret in `<dir>/cluster-secret`, or a new random one written there (readable by its
+/// owner only, synced) when the file is missing or too short. `nacre up` shares one between
+/// its nodes this way.
+pub fn load_or_create_secret(dir: &Path) -> Result<String, ServeError> {
+    let path = dir.join("cluster-secret");
     match std::fs::read_to_string(&path) {
         Ok(s) if s.trim().len() >= 16 => return Ok(s.trim().to_string()),
         Ok(_) => {}

@@ -49,8 +49,10 @@ async fn system_load() -> (f64, f64, f64) {
 
 /// `GET /operator/metrics`: what Java and Node clients probe for `"status":"UP"`.
 pub async fn operator_metrics(State(app): State<Arc<App>>) -> Response {
-    let (services, eph, per) = app.node.counts();
-    let (owned_services, owned_instances) = app.node.owned_counts();
+    // Both counts walk every service: off the async workers (clients poll this route).
+    let node = app.node.clone();
+    let counts = tokio::task::spawn_blocking(move || (node.counts(), node.owned_counts())).await;
+    let ((services, eph, per), (owned_services, owned_instances)) = counts.unwrap_or_default();
     let (cpu, load, mem) = system_load().await;
     let status = if app.node.is_ready() { "UP" } else { "DOWN" };
     json(&serde_json::json!({

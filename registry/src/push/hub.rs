@@ -231,14 +231,14 @@ impl PushHub {
             subs
         };
         // Subscribers that asked the same way get the same render: one render per shape.
-        let mut rendered: HashMap<(String, String), Option<Arc<str>>> = HashMap::new();
-        for sub in subs {
+        let mut rendered: HashMap<(&str, &str), Option<Arc<str>>> = HashMap::new();
+        for sub in &subs {
             if shutdown.is_cancelled() {
                 return;
             }
             let data = rendered
-                .entry((sub.clusters.clone(), sub.agent.clone()))
-                .or_insert_with(|| render(&sub).map(Arc::from))
+                .entry((sub.clusters.as_str(), sub.agent.as_str()))
+                .or_insert_with(|| render(sub).map(Arc::from))
                 .clone();
             let Some(data) = data else {
                 continue;
@@ -259,7 +259,7 @@ impl PushHub {
                 continue;
             }
             let mut core = self.core.lock();
-            if let Some(prev) = core.table.set_last_seq(&sub, seq) {
+            if let Some(prev) = core.table.set_last_seq(sub, seq) {
                 core.acks.supersede(prev);
             }
             let evicted = core.acks.track(seq, target, bytes, now());
