@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use nacre_testkit::cluster::{ClusterOptions, TestCluster};
-use nacre_testkit::fleet::{Fleet, FleetSpec, LiveChecker, Targets};
+use nacre_testkit::fleet::{self, Fleet, FleetSpec, LiveChecker, Targets};
 use nacre_testkit::http::{eventually, Api};
 
 const READY: Duration = Duration::from_secs(60);
@@ -46,25 +46,6 @@ fn addrs(c: &TestCluster, nodes: &[usize]) -> Vec<SocketAddr> {
     nodes.iter().map(|&i| c.node(i).addr()).collect()
 }
 
-/// Each node's ephemeral (services, fingerprint), from `/nacre/v1/cluster`.
-async fn fingerprints(nodes: &[SocketAddr]) -> Vec<(u64, String)> {
-    let mut out = Vec::new();
-    for n in nodes {
-        let v = Api::new(*n)
-            .call("GET", "/nacre/v1/cluster", &[])
-            .await
-            .json();
-        out.push((
-            v["ephemeral"]["services"].as_u64().unwrap_or(u64::MAX),
-            v["ephemeral"]["fingerprint"]
-                .as_str()
-                .unwrap_or("?")
-                .to_string(),
-        ));
-    }
-    out
-}
-
 /// Waits until every node holds the same ephemeral data (and, with `services`, that many
 /// services); returns how long it took.
 async fn converged(
@@ -72,18 +53,9 @@ async fn converged(
     services: Option<u64>,
     within: Duration,
 ) -> Result<Duration> {
-    let started = Instant::now();
-    eventually(
-        within,
-        "every node's ephemeral fingerprint equal",
-        || async {
-            let f = fingerprints(nodes).await;
-            let same = f.windows(2).all(|w| w[0] == w[1]);
-            (same && services.is_none_or(|n| f[0].0 == n)).then_some(())
-        },
-    )
-    .await?;
-    Ok(started.elapsed())
+    fleet::converged(nodes, services, within)
+        .await
+        .with_context(|| format!("fingerprints still differ after {within:?}"))
 }
 
 /// Sum of the verify repairs every node has made so far.
@@ -223,7 +195,10 @@ async fn a_stopped_fleet_converges_within_two_verify_rounds() -> Result<()> {
         "verify kept repairing: {before} -> {after}\n{}",
         c.log_tails()
     );
-    ensure!(fingerprints(&all).await.iter().all(|f| f.0 == 0));
+    ensure!(fleet::fingerprints(&all)
+        .await
+        .iter()
+        .all(|f| f.as_ref().is_some_and(|f| f.0 == 0)));
     Ok(())
 }
 

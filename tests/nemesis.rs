@@ -30,9 +30,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use nacre_testkit::cluster::{ClusterOptions, TestCluster};
-use nacre_testkit::fleet::{ExpiryWatch, Fleet, FleetSpec, LiveChecker, Targets};
+use nacre_testkit::fleet::{self, ExpiryWatch, Fleet, FleetSpec, LiveChecker, Targets};
 use nacre_testkit::gateway::GatewayProcess;
-use nacre_testkit::http::{eventually, Api};
+use nacre_testkit::http::Api;
 use nacre_testkit::ledger::Ledger;
 use nacre_testkit::nemesis::{self, FaultKind, Step, Target};
 
@@ -55,37 +55,6 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(default)
-}
-
-/// Each node's ephemeral fingerprint (`None` for a node that does not answer).
-async fn fingerprints(nodes: &[SocketAddr]) -> Vec<Option<String>> {
-    let mut out = Vec::new();
-    for n in nodes {
-        let r = Api::new(*n)
-            .with_timeout(Duration::from_secs(1))
-            .call("GET", "/nacre/v1/cluster", &[])
-            .await;
-        out.push((r.status == 200).then(|| {
-            let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
-            v["ephemeral"]["fingerprint"]
-                .as_str()
-                .unwrap_or("")
-                .to_string()
-        }));
-    }
-    out
-}
-
-/// Time until every node answers with the same fingerprint (`None` if not within `limit`).
-async fn convergence(nodes: &[SocketAddr], limit: Duration) -> Option<Duration> {
-    let started = Instant::now();
-    eventually(limit, "fingerprints equal", || async {
-        let f = fingerprints(nodes).await;
-        (f.iter().all(Option::is_some) && f.windows(2).all(|w| w[0] == w[1])).then_some(())
-    })
-    .await
-    .ok()
-    .map(|()| started.elapsed())
 }
 
 /// The index of the node `GET /nacre/v1/cluster` names as Raft leader.
@@ -240,7 +209,7 @@ async fn nemesis_schedule_keeps_every_promise() -> Result<()> {
         on_time(e.unhealthy_after_s, BEAT_TIMEOUT) && on_time(e.gone_after_s, DELETE_TIMEOUT)
     });
     ledger.stop().await;
-    let final_convergence = convergence(&nodes, Duration::from_secs(15)).await;
+    let final_convergence = fleet::converged(&nodes, None, Duration::from_secs(15)).await;
     let (reads, unanswered) = (checker.reads.clone(), checker.unanswered.clone());
     let violations = checker.finish().await;
     let mut ledger_missing = Vec::new();
@@ -363,7 +332,7 @@ async fn run_step(
         r.recovery_ms = Some(healed.elapsed().as_millis());
     }
     let back = Instant::now();
-    r.convergence_ms = convergence(nodes, Duration::from_secs(15))
+    r.convergence_ms = fleet::converged(nodes, None, Duration::from_secs(15))
         .await
         .map(|_| back.elapsed().as_millis());
     if step.kind == FaultKind::KillLeader {

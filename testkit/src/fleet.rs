@@ -10,13 +10,12 @@
 //! watched node and records each time a fleet instance is missing or unhealthy; an answer that
 //! does not come (a frozen node) is unavailability, not a violation.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::http::Api;
+use crate::http::{eventually, Api, Clients};
 
 /// What the fleet looks like.
 #[derive(Debug, Clone)]
@@ -213,18 +212,14 @@ impl Fleet {
             let mut turn = 0usize;
             let mut tick = tokio::time::interval(spec.beat_every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            // One client (and its pooled connections) per node, as a real client keeps.
-            let mut apis: HashMap<SocketAddr, Api> = HashMap::new();
+            let mut clients = Clients::new(spec.beat_every);
             while !stop.load(Ordering::Relaxed) {
                 tick.tick().await;
                 let nodes = targets.get();
                 if nodes.is_empty() {
                     continue;
                 }
-                for n in &nodes {
-                    apis.entry(*n)
-                        .or_insert_with(|| Api::new(*n).with_timeout(spec.beat_every));
-                }
+                let apis: Vec<Api> = nodes.iter().map(|n| clients.get(*n)).collect();
                 // Members silenced so far beat no more.
                 let quiet: Vec<usize> = silenced
                     .lock()
@@ -243,10 +238,8 @@ impl Fleet {
                             let port = m.port.to_string();
                             // Fail over across the nodes, at most once around, within one period.
                             for k in 0..nodes.len() {
-                                let addr = nodes[(first + k) % nodes.len()];
-                                let Some(api) = apis.get(&addr) else {
-                                    continue;
-                                };
+                                let at = (first + k) % nodes.len();
+                                let (addr, api) = (nodes[at], &apis[at]);
                                 let r = api
                                     .call(
                                         "PUT",
@@ -350,12 +343,10 @@ impl LiveChecker {
                 unanswered.clone(),
             );
             tokio::spawn(async move {
-                let mut apis: HashMap<SocketAddr, Api> = HashMap::new();
+                let mut clients = Clients::new(Duration::from_secs(1));
                 while !stop.load(Ordering::Relaxed) {
                     for node in watched.get() {
-                        let api = apis
-                            .entry(node)
-                            .or_insert_with(|| Api::new(node).with_timeout(Duration::from_secs(1)));
+                        let api = clients.get(node);
                         for service in &services {
                             // Down or frozen (or an answer cut short): no use asking it
                             // about the other services in this pass.
@@ -446,7 +437,7 @@ impl ExpiryWatch {
         let task = {
             let (stop, watched, seen) = (stop.clone(), watched.clone(), seen.clone());
             tokio::spawn(async move {
-                let mut apis: HashMap<SocketAddr, Api> = HashMap::new();
+                let mut clients = Clients::new(Duration::from_secs(1));
                 while !stop.load(Ordering::Relaxed) {
                     let pending: Vec<(usize, Member, Instant)> = {
                         let w = watched.lock().map(|w| w.clone()).unwrap_or_default();
@@ -460,9 +451,7 @@ impl ExpiryWatch {
                     for (i, m, at) in pending {
                         let (mut answered, mut unhealthy, mut gone) = (0, 0, 0);
                         for node in entry_points.get() {
-                            let api = apis.entry(node).or_insert_with(|| {
-                                Api::new(node).with_timeout(Duration::from_secs(1))
-                            });
+                            let api = clients.get(node);
                             let Some(hosts) = api.listed(&m.service).await else {
                                 continue;
                             };
@@ -548,4 +537,40 @@ impl ExpiryWatch {
         }
         seen
     }
+}
+
+/// Each node's ephemeral (services, fingerprint); `None` for a node that does not answer.
+pub async fn fingerprints(nodes: &[SocketAddr]) -> Vec<Option<(u64, String)>> {
+    let mut clients = Clients::new(Duration::from_secs(1));
+    let mut out = Vec::with_capacity(nodes.len());
+    for n in nodes {
+        out.push(clients.get(*n).ephemeral_fingerprint().await);
+    }
+    out
+}
+
+/// Waits (at most `within`) until every node answers with the same ephemeral fingerprint
+/// (and, given `services`, that many services); how long it took, `None` if not in time.
+pub async fn converged(
+    nodes: &[SocketAddr],
+    services: Option<u64>,
+    within: Duration,
+) -> Option<Duration> {
+    let started = Instant::now();
+    eventually(
+        within,
+        "every node's ephemeral fingerprint equal",
+        || async {
+            let all: Vec<(u64, String)> = fingerprints(nodes)
+                .await
+                .into_iter()
+                .collect::<Option<_>>()?;
+            let same = all.windows(2).all(|w| w[0] == w[1]);
+            let count = services.is_none_or(|n| all.first().is_some_and(|f| f.0 == n));
+            (same && count).then_some(())
+        },
+    )
+    .await
+    .ok()
+    .map(|()| started.elapsed())
 }

@@ -73,6 +73,33 @@ impl Reply {
     }
 }
 
+/// One [`Api`] per node with a given timeout, kept across calls (with its pooled
+/// connections) as a real client keeps them; the workloads and checkers share this.
+#[derive(Debug)]
+pub struct Clients {
+    timeout: Duration,
+    by_node: std::collections::HashMap<SocketAddr, Api>,
+}
+
+impl Clients {
+    /// No clients yet; each gets `timeout` per request.
+    pub fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            by_node: std::collections::HashMap::new(),
+        }
+    }
+
+    /// The client of `node` (a cheap clone sharing its connections).
+    pub fn get(&mut self, node: SocketAddr) -> Api {
+        let timeout = self.timeout;
+        self.by_node
+            .entry(node)
+            .or_insert_with(|| Api::new(node).with_timeout(timeout))
+            .clone()
+    }
+}
+
 /// A client bound to one node.
 #[derive(Debug, Clone)]
 pub struct Api {
@@ -120,6 +147,20 @@ impl Api {
             .filter(|l| l.starts_with(name))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
+    }
+
+    /// The node's ephemeral data as `GET /nacre/v1/cluster` reports it: (services,
+    /// fingerprint), or `None` without an answer.
+    pub async fn ephemeral_fingerprint(&self) -> Option<(u64, String)> {
+        let r = self.call("GET", "/nacre/v1/cluster", &[]).await;
+        if r.status != 200 {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(&r.body).ok()?;
+        Some((
+            v["ephemeral"]["services"].as_u64()?,
+            v["ephemeral"]["fingerprint"].as_str()?.to_string(),
+        ))
     }
 
     /// The `hosts` listed for `service`, or `None` without a whole list answer (no answer, a

@@ -9,14 +9,14 @@
 //! must never shrink (writes only add), and at the end every acknowledged write must be
 //! listed by every node.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::fleet::Targets;
-use crate::http::{ips_of, Api};
+use crate::http::{ips_of, Api, Clients};
 
 /// One write as the client saw it.
 #[derive(Debug, Clone)]
@@ -68,7 +68,7 @@ impl Ledger {
         let writer = {
             let (stop, state, service) = (stop.clone(), state.clone(), service.to_string());
             tokio::spawn(async move {
-                let mut apis: HashMap<SocketAddr, Api> = HashMap::new();
+                let mut clients = Clients::new(Duration::from_secs(3));
                 let mut n: u32 = 0;
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
@@ -80,9 +80,8 @@ impl Ledger {
                     let mut acked = false;
                     for k in 0..nodes.len() {
                         let addr = nodes[(n as usize + k) % nodes.len()];
-                        let r = apis
-                            .entry(addr)
-                            .or_insert_with(|| Api::new(addr).with_timeout(Duration::from_secs(3)))
+                        let r = clients
+                            .get(addr)
                             .instance(
                                 "POST",
                                 &[
@@ -114,13 +113,10 @@ impl Ledger {
         let reader = {
             let (stop, state, service) = (stop.clone(), state.clone(), service.to_string());
             tokio::spawn(async move {
-                let mut apis: HashMap<SocketAddr, Api> = HashMap::new();
+                let mut clients = Clients::new(Duration::from_secs(1));
                 while !stop.load(Ordering::Relaxed) {
                     for node in readers.get() {
-                        let api = apis
-                            .entry(node)
-                            .or_insert_with(|| Api::new(node).with_timeout(Duration::from_secs(1)));
-                        let Some(now) = read(api, &service).await else {
+                        let Some(now) = read(&clients.get(node), &service).await else {
                             continue;
                         };
                         if let Ok(mut st) = state.lock() {
