@@ -297,6 +297,23 @@ impl Fleet {
     }
 }
 
+/// How a list answer shows one instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shown {
+    Healthy,
+    Unhealthy,
+    Missing,
+}
+
+/// How `hosts` (a list answer's) shows the instance at `ip`.
+fn shown(hosts: &[serde_json::Value], ip: &str) -> Shown {
+    match hosts.iter().find(|h| h["ip"] == ip) {
+        None => Shown::Missing,
+        Some(h) if h["healthy"] != true => Shown::Unhealthy,
+        Some(_) => Shown::Healthy,
+    }
+}
+
 /// One moment a live instance was not listed as live.
 #[derive(Debug, Clone)]
 pub struct Violation {
@@ -355,7 +372,6 @@ impl LiveChecker {
                                 break;
                             };
                             reads.fetch_add(1, Ordering::Relaxed);
-                            let listed = |ip: &str| hosts.iter().find(|h| h["ip"] == ip);
                             let mut v = Violation {
                                 at_s: started.elapsed().as_secs_f64(),
                                 node,
@@ -364,12 +380,10 @@ impl LiveChecker {
                                 unhealthy: Vec::new(),
                             };
                             for m in members.iter().filter(|m| &m.service == service) {
-                                match listed(&m.ip) {
-                                    None => v.missing.push(m.ip.clone()),
-                                    Some(h) if h["healthy"] != true => {
-                                        v.unhealthy.push(m.ip.clone())
-                                    }
-                                    Some(_) => {}
+                                match shown(&hosts, &m.ip) {
+                                    Shown::Missing => v.missing.push(m.ip.clone()),
+                                    Shown::Unhealthy => v.unhealthy.push(m.ip.clone()),
+                                    Shown::Healthy => {}
                                 }
                             }
                             if !v.missing.is_empty() || !v.unhealthy.is_empty() {
@@ -456,10 +470,10 @@ impl ExpiryWatch {
                                 continue;
                             };
                             answered += 1;
-                            match hosts.iter().find(|h| h["ip"] == m.ip.as_str()) {
-                                None => gone += 1,
-                                Some(h) if h["healthy"] != true => unhealthy += 1,
-                                Some(_) => {}
+                            match shown(&hosts, &m.ip) {
+                                Shown::Missing => gone += 1,
+                                Shown::Unhealthy => unhealthy += 1,
+                                Shown::Healthy => {}
                             }
                         }
                         let now = at.elapsed().as_secs_f64();
