@@ -357,6 +357,84 @@ async fn a_node_cut_off_from_the_majority_sends_writes_elsewhere() -> Result<()>
     Ok(())
 }
 
+/// Defect 8: idle client sockets take every client slot of node 2. Its peers must still reach
+/// it (probes, Raft, sync) through the peer reserve, so it never leaves their rings and no
+/// live instance moves or goes missing; a client past the budget gets a clear 503, and idle
+/// sockets are closed after the idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_of_idle_client_connections_never_cuts_a_node_off_from_its_peers() -> Result<()> {
+    const CLIENTS: usize = 60;
+    const PAGE: &[(&str, &str)] = &[("pageNo", "1"), ("pageSize", "10")];
+    let (_root, mut c) = start_with(
+        ClusterOptions::new(3)
+            .fast()
+            .with_env("NACRE_MAX_CONNECTIONS", &CLIENTS.to_string())
+            .with_env("NACRE_IDLE_TIMEOUT_MS", "3000"),
+    )
+    .await?;
+    let watch = Watch::start(&c, "flood").await?;
+    let flood = nacre_testkit::flood::ConnectionFlood::start(c.node(2).addr(), CLIENTS + 30);
+    // The client budget fills up; then the peers' connections to node 2 are closed (as after
+    // any network blip or peer restart), so they must open new ones during the flood.
+    let refused = eventually(
+        Duration::from_secs(10),
+        "node 2's client budget fills",
+        || async {
+            let r = Api::new(c.node(2).addr())
+                .with_timeout(Duration::from_secs(2))
+                .call("GET", "/nacos/v1/ns/service/list", PAGE)
+                .await;
+            (r.status == 503).then_some(r.body)
+        },
+    )
+    .await?;
+    ensure!(refused.contains("connection limit"), "{refused}");
+    c.proxy(2).cut();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    c.heal()?;
+
+    let node2 = c.advertised(2);
+    let started = Instant::now();
+    while started.elapsed() < FAULT {
+        for i in [0, 1] {
+            let view = Api::new(c.node(i).addr())
+                .call("GET", "/nacre/v1/cluster", &[])
+                .await
+                .json();
+            let in_ring = view["ring"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|m| m.as_str() == Some(node2.as_str())));
+            ensure!(
+                in_ring,
+                "node {i} dropped node 2 from its ring after {:?} of flood: {view}\n{}",
+                started.elapsed(),
+                c.log_tails()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ensure!(
+        flood.closed_by_server() > 0,
+        "node 2 never closed an idle connection"
+    );
+    drop(flood);
+    // The flood is gone: clients are served again.
+    eventually(
+        Duration::from_secs(10),
+        "node 2 serves clients again",
+        || async {
+            let r = Api::new(c.node(2).addr())
+                .call("GET", "/nacos/v1/ns/service/list", PAGE)
+                .await;
+            (r.status == 200).then_some(())
+        },
+    )
+    .await?;
+    watch.watch_all(&c);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    watch.finish(&c).await
+}
+
 /// `raftNodes` of a node's cluster view: (id, address) pairs.
 async fn raft_members(node: SocketAddr) -> Vec<(u64, String)> {
     let v = Api::new(node)

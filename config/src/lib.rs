@@ -214,8 +214,13 @@ pub struct RegistrySettings {
     pub cluster_secret: Option<String>,
     /// Largest accepted request body (bytes); larger bodies get 413.
     pub max_body_bytes: usize,
-    /// Upper bound on concurrently served HTTP connections.
+    /// Upper bound on concurrently served client connections.
     pub max_connections: usize,
+    /// Further connections kept for peers (nodes, the gateway's monitor) once clients hold
+    /// `max_connections`, so a flood of client sockets cannot cut a node off from its cluster.
+    pub peer_connections: usize,
+    /// A connection with nothing read or written for this long is closed (ms).
+    pub idle_timeout_ms: u64,
     /// How often the expiry sweep runs (ms).
     pub expiry_interval_ms: u64,
     /// How long an ephemeral service may stay empty before its owner drops it (ms; Nacos's
@@ -249,6 +254,8 @@ impl Default for RegistrySettings {
             cluster_secret: None,
             max_body_bytes: 1024 * 1024,
             max_connections: 10_000,
+            peer_connections: 256,
+            idle_timeout_ms: 60_000,
             expiry_interval_ms: 1_000,
             empty_service_ttl_ms: 60_000,
             health_check_interval_ms: 5_000,
@@ -297,6 +304,8 @@ impl RegistrySettings {
             "NACRE_CLUSTER_SECRET" => self.cluster_secret = Some(v.to_string()),
             "NACRE_MAX_BODY_BYTES" => self.max_body_bytes = num(key, v)?,
             "NACRE_MAX_CONNECTIONS" => self.max_connections = num(key, v)?,
+            "NACRE_PEER_CONNECTIONS" => self.peer_connections = num(key, v)?,
+            "NACRE_IDLE_TIMEOUT_MS" => self.idle_timeout_ms = num(key, v)?,
             "NACRE_LIST_CACHE_BYTES" => self.list_cache_bytes = num(key, v)?,
             "NACRE_EXPIRY_INTERVAL_MS" => self.expiry_interval_ms = num(key, v)?,
             "NACRE_EMPTY_SERVICE_TTL_MS" => self.empty_service_ttl_ms = num(key, v)?,
@@ -349,6 +358,16 @@ impl RegistrySettings {
         }
         if self.max_connections == 0 {
             return Err(invalid("max_connections", 0, "must be positive"));
+        }
+        if self.peer_connections == 0 {
+            return Err(invalid("peer_connections", 0, "must be positive"));
+        }
+        if !(1_000..=3_600_000).contains(&self.idle_timeout_ms) {
+            return Err(invalid(
+                "idle_timeout_ms",
+                self.idle_timeout_ms,
+                "must be between 1000 and 3600000",
+            ));
         }
         if !(10..=60_000).contains(&self.expiry_interval_ms) {
             return Err(invalid(

@@ -9,30 +9,15 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use nacre_ring::wire::{FeedPage, CHANGES_PATH, SECRET_HEADER};
 use nacre_ring::ServiceKey;
-use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::upstreams::Upstream;
 use crate::Shared;
 
-/// Path of a node's change feed.
-pub const FEED_PATH: &str = "/nacre/internal/changes";
-/// Header carrying the cluster secret on internal calls.
-pub const SECRET_HEADER: &str = "x-nacre-cluster-secret";
 /// Pause before reconnecting a lost feed.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
-
-/// One page of a node's feed (the fields the gateway reads).
-#[derive(Debug, Deserialize)]
-struct FeedPage {
-    epoch: u64,
-    cursor: u64,
-    reset: bool,
-    keys: Vec<ServiceKey>,
-    #[serde(default)]
-    newest_ms: u64,
-}
 
 /// Follows `up`'s feed until `stop` is cancelled.
 pub async fn follow(
@@ -42,7 +27,7 @@ pub async fn follow(
     stop: CancellationToken,
 ) {
     let wait_ms = shared.settings.feed_wait_ms;
-    let url = format!("http://{}{FEED_PATH}", up.addr);
+    let url = format!("http://{}{CHANGES_PATH}", up.addr);
     let secret = shared.settings.cluster_secret.clone().unwrap_or_default();
     let (mut epoch, mut cursor) = (0u64, 0u64);
     loop {

@@ -8,35 +8,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nacre_config::members::Discovery;
-use serde::Deserialize;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::feed::{self, SECRET_HEADER};
+use crate::feed;
 use crate::upstreams::{PeerTimeouts, Upstream, View};
 use crate::Shared;
+use nacre_ring::wire::{PingReply, PING_PATH, SECRET_HEADER};
 
-/// A node's readiness probe.
-const PING_PATH: &str = "/nacre/internal/member/ping";
 /// Failed probes in a row before a node leaves the ring. The first failure already takes it
 /// out of rotation; the ring (and with it the cache) is rebuilt only on the second, so one slow
 /// probe under load does not move every service.
 const DOWN_AFTER: u32 = 2;
-
-/// The fields of a node's ping answer the gateway reads.
-#[derive(Debug, Deserialize)]
-struct Ping {
-    address: String,
-    ready: bool,
-    /// A majority of its cluster answers it and does not hold it DOWN, so it takes writes
-    /// (older nodes do not say: assume so).
-    #[serde(default = "yes")]
-    standing: bool,
-}
-
-fn yes() -> bool {
-    true
-}
 
 /// One probed node: where it is and what it calls itself, if ready.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -215,7 +198,7 @@ async fn probe(
         }
         _ => return Err(format!("status {}", resp.status())),
     }
-    let ping: Ping = resp.json().await.map_err(|e| e.to_string())?;
+    let ping: PingReply = resp.json().await.map_err(|e| e.to_string())?;
     Ok(ping.ready.then_some(Ready {
         name: ping.address,
         addr,

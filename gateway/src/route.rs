@@ -6,6 +6,8 @@
 
 use std::borrow::Cow;
 
+// Node-to-node routes (`INTERNAL_PREFIX`) are never reachable through the gateway.
+use nacre_ring::wire::INTERNAL_PREFIX;
 use nacre_ring::ServiceKey;
 
 /// Path of the address-server endpoint.
@@ -16,8 +18,6 @@ pub const METRICS_PATH: &str = "/metrics";
 pub const HEALTH_PATH: &str = "/nacre/gateway/health";
 /// Readiness: at least one registry node can take requests.
 pub const READY_PATH: &str = "/nacre/gateway/ready";
-/// Node-to-node routes, never reachable through the gateway.
-const INTERNAL_PREFIX: &str = "/nacre/internal/";
 /// Naming API prefix.
 const NAMING_PREFIX: &str = "/nacos/v1/ns/";
 /// The cached read.

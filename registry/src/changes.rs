@@ -24,7 +24,6 @@ use std::time::Duration;
 
 use nacre_ring::ServiceKey;
 use parking_lot::RwLock;
-use serde::{Deserialize, Serialize};
 
 /// Events kept for feed readers; a reader further behind than this resets.
 pub const FEED_CAPACITY: usize = 65_536;
@@ -67,21 +66,7 @@ struct Event {
     at_ms: u64,
 }
 
-/// One answer of the change feed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FeedPage {
-    /// The incarnation the cursor belongs to.
-    pub epoch: u64,
-    /// Pass this back as `cursor` for the next page.
-    pub cursor: u64,
-    /// The reader missed events (cursor too old or from another epoch): it must drop
-    /// everything it derived from this node.
-    pub reset: bool,
-    /// Services changed after the given cursor (a service may appear more than once).
-    pub keys: Vec<ServiceKey>,
-    /// Wall-clock time (ms) of the newest change in `keys`, 0 when empty.
-    pub newest_ms: u64,
-}
+pub use nacre_ring::wire::FeedPage;
 
 impl Changes {
     /// No changes yet.

@@ -1,51 +1,215 @@
-//! A TCP listener that bounds concurrent connections.
+//! The node's TCP listener: a connection budget for clients, a reserve that only peers may use,
+//! and an idle timeout for every connection.
 //!
-//! Each accepted stream holds a semaphore permit until it closes; when all permits are taken the
-//! listener stops accepting, so the kernel backlog (not our memory) absorbs a connection flood.
+//! Peers (other nodes, the gateway's monitor and feed) share the public port with clients. If
+//! clients could take every connection slot — ten thousand idle keep-alive sockets are enough —
+//! a node would stop answering its peers' probes, be marked DOWN and lose its services while
+//! perfectly healthy. So the listener admits connections in two tiers:
+//!
+//! - **Client budget** (`max_connections`): any connection, until the budget is used up.
+//! - **Peer reserve** (`peer_connections`): connections accepted while the client budget is
+//!   full. They are tagged [`Admission::Reserve`]; [`admit_reserve`] answers every request on
+//!   such a connection that does not carry the cluster secret with 503 and closes it, so only
+//!   peers are ever served from the reserve. Until a request with the secret has vouched for
+//!   it, a reserve connection is closed after [`UNVOUCHED_IDLE`] of silence, so sockets that
+//!   never say anything cannot sit on the reserve either.
+//!
+//! When both are full the listener stops accepting and the kernel backlog absorbs the flood.
+//!
+//! **Idle timeout** (`idle_timeout_ms`): a connection on which nothing was read or written for
+//! that long is closed, so idle client sockets give their slot back. Peers' own connection pools
+//! idle out before it (30 s), so a peer never sends on a connection the node is closing.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
 
-/// A listener admitting at most `max` open connections.
+/// How long a reserve connection may stay silent before a peer has vouched for it (sent a
+/// request with the cluster secret): a peer sends its request right after connecting, while
+/// idle sockets must give the slot back quickly.
+pub const UNVOUCHED_IDLE: Duration = Duration::from_secs(2);
+
+/// Which budget a connection was admitted from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// The client budget: any caller.
+    Client,
+    /// The peer reserve: only requests carrying the cluster secret are served.
+    Reserve,
+}
+
+/// Connection limits of a [`BoundedListener`].
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections any caller may hold.
+    pub clients: usize,
+    /// Further connections kept for peers once `clients` are taken.
+    pub peer_reserve: usize,
+    /// A connection idle this long is closed.
+    pub idle: Duration,
+}
+
+/// A listener admitting at most `clients + peer_reserve` open connections.
 pub struct BoundedListener {
     inner: TcpListener,
-    permits: Arc<Semaphore>,
+    clients: Arc<Semaphore>,
+    reserve: Arc<Semaphore>,
+    idle: Duration,
 }
 
 impl BoundedListener {
-    /// Wraps `inner`, allowing `max` connections at once.
-    pub fn new(inner: TcpListener, max: usize) -> Self {
+    /// Wraps `inner` with `limits`.
+    pub fn new(inner: TcpListener, limits: Limits) -> Self {
         Self {
             inner,
-            permits: Arc::new(Semaphore::new(max)),
+            clients: Arc::new(Semaphore::new(limits.clients)),
+            reserve: Arc::new(Semaphore::new(limits.peer_reserve)),
+            idle: limits.idle,
+        }
+    }
+
+    /// A slot from the client budget if one is free, else from the reserve; waits for
+    /// whichever frees first when both are full.
+    async fn slot(&self) -> (OwnedSemaphorePermit, Admission) {
+        loop {
+            if let Ok(p) = self.clients.clone().try_acquire_owned() {
+                return (p, Admission::Client);
+            }
+            if let Ok(p) = self.reserve.clone().try_acquire_owned() {
+                return (p, Admission::Reserve);
+            }
+            let acquired = tokio::select! {
+                p = self.clients.clone().acquire_owned() => p.map(|p| (p, Admission::Client)),
+                p = self.reserve.clone().acquire_owned() => p.map(|p| (p, Admission::Reserve)),
+            };
+            match acquired {
+                Ok(slot) => return slot,
+                // The semaphores are never closed; if they were, stop admitting for a moment.
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
         }
     }
 }
 
-/// The TCP peer of a connection, recorded as axum `ConnectInfo`.
-#[derive(Debug, Clone, Copy)]
-pub struct PeerAddr(pub SocketAddr);
+/// What a handler knows about its connection, recorded as axum `ConnectInfo`.
+#[derive(Debug, Clone)]
+pub struct PeerAddr {
+    /// The TCP peer.
+    pub addr: SocketAddr,
+    /// The budget the connection came from.
+    pub admission: Admission,
+    /// Set once a request on the connection carried the cluster secret.
+    vouched: Arc<AtomicBool>,
+}
 
 impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, BoundedListener>>
     for PeerAddr
 {
     fn connect_info(stream: axum::serve::IncomingStream<'_, BoundedListener>) -> Self {
-        PeerAddr(*stream.remote_addr())
+        PeerAddr {
+            addr: *stream.remote_addr(),
+            admission: stream.io().admission,
+            vouched: stream.io().vouched.clone(),
+        }
     }
 }
 
-/// A TCP stream that returns its connection permit when dropped.
+/// Middleware for every route: on a reserve connection, only requests carrying the cluster
+/// secret are served; anyone else gets 503 and the connection is closed, freeing the slot.
+pub async fn admit_reserve(State(secret): State<Arc<str>>, req: Request, next: Next) -> Response {
+    let Some(conn) = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<PeerAddr>>()
+        .filter(|c| c.0.admission == Admission::Reserve)
+    else {
+        return next.run(req).await;
+    };
+    if crate::peer::secret_matches(req.headers(), &secret) {
+        conn.0.vouched.store(true, Ordering::Relaxed);
+    } else {
+        tracing::debug!("client request on a reserve connection refused");
+        let mut r = (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server is at its connection limit, retry later",
+        )
+            .into_response();
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return r;
+    }
+    next.run(req).await
+}
+
+/// A TCP stream that returns its connection slot when dropped and fails once idle too long.
 pub struct BoundedStream {
     stream: TcpStream,
+    admission: Admission,
+    vouched: Arc<AtomicBool>,
+    idle: Duration,
+    /// Fires `idle` after the last byte read or written.
+    deadline: Pin<Box<Sleep>>,
     _permit: OwnedSemaphorePermit,
+}
+
+impl BoundedStream {
+    fn new(
+        stream: TcpStream,
+        admission: Admission,
+        idle: Duration,
+        permit: OwnedSemaphorePermit,
+    ) -> Self {
+        let mut s = Self {
+            stream,
+            admission,
+            vouched: Arc::new(AtomicBool::new(false)),
+            idle,
+            deadline: Box::pin(tokio::time::sleep(idle)),
+            _permit: permit,
+        };
+        s.touched();
+        s
+    }
+
+    /// How long the connection may stay silent now.
+    fn idle_limit(&self) -> Duration {
+        match self.admission {
+            Admission::Reserve if !self.vouched.load(Ordering::Relaxed) => {
+                self.idle.min(UNVOUCHED_IDLE)
+            }
+            _ => self.idle,
+        }
+    }
+
+    /// Moves the idle deadline after activity.
+    fn touched(&mut self) {
+        let next = Instant::now() + self.idle_limit();
+        self.deadline.as_mut().reset(next);
+    }
+
+    /// While the stream has nothing to offer: an error once the idle deadline has passed.
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        match self.deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "connection idle too long",
+            )),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 impl axum::serve::Listener for BoundedListener {
@@ -54,22 +218,15 @@ impl axum::serve::Listener for BoundedListener {
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         loop {
-            let permit = match self.permits.clone().acquire_owned().await {
-                Ok(p) => p,
-                // The semaphore is never closed; if it were, stop admitting for a moment.
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
+            let (permit, admission) = self.slot().await;
             match self.inner.accept().await {
                 Ok((stream, addr)) => {
                     let _ = stream.set_nodelay(true);
+                    if admission == Admission::Reserve {
+                        tracing::debug!(%addr, "client budget full, connection admitted from the peer reserve");
+                    }
                     return (
-                        BoundedStream {
-                            stream,
-                            _permit: permit,
-                        },
+                        BoundedStream::new(stream, admission, self.idle, permit),
                         addr,
                     );
                 }
@@ -93,7 +250,16 @@ impl AsyncRead for BoundedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        let before = buf.filled().len();
+        match Pin::new(&mut self.stream).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                if buf.filled().len() > before {
+                    self.touched();
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => self.poll_idle(cx).map(Err),
+        }
     }
 }
 
@@ -103,7 +269,11 @@ impl AsyncWrite for BoundedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let r = Pin::new(&mut self.stream).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.touched();
+        }
+        r
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -119,7 +289,11 @@ impl AsyncWrite for BoundedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.touched();
+        }
+        r
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -131,12 +305,21 @@ impl AsyncWrite for BoundedStream {
 mod tests {
     use super::*;
     use axum::serve::Listener;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn limits(clients: usize, peer_reserve: usize) -> Limits {
+        Limits {
+            clients,
+            peer_reserve,
+            idle: Duration::from_secs(60),
+        }
+    }
 
     #[tokio::test]
-    async fn third_connection_waits_for_a_free_slot() {
+    async fn a_connection_beyond_both_budgets_waits_for_a_free_slot() {
         let inner = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = inner.local_addr().unwrap();
-        let mut l = BoundedListener::new(inner, 2);
+        let mut l = BoundedListener::new(inner, limits(2, 0));
         let _c1 = TcpStream::connect(addr).await.unwrap();
         let _c2 = TcpStream::connect(addr).await.unwrap();
         let _c3 = TcpStream::connect(addr).await.unwrap();
@@ -152,5 +335,71 @@ mod tests {
         assert!(tokio::time::timeout(Duration::from_secs(2), l.accept())
             .await
             .is_ok());
+    }
+
+    #[tokio::test]
+    async fn connections_past_the_client_budget_come_from_the_reserve() {
+        let inner = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = inner.local_addr().unwrap();
+        let mut l = BoundedListener::new(inner, limits(1, 1));
+        let _c1 = TcpStream::connect(addr).await.unwrap();
+        let _c2 = TcpStream::connect(addr).await.unwrap();
+        let (first, _) = l.accept().await;
+        let (second, _) = l.accept().await;
+        assert_eq!(first.admission, Admission::Client);
+        assert_eq!(second.admission, Admission::Reserve);
+        // A freed client slot is used before the reserve again.
+        drop(first);
+        let _c3 = TcpStream::connect(addr).await.unwrap();
+        let (third, _) = tokio::time::timeout(Duration::from_secs(2), l.accept())
+            .await
+            .unwrap();
+        assert_eq!(third.admission, Admission::Client);
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_fails_after_the_idle_timeout_and_activity_postpones_it() {
+        let inner = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = inner.local_addr().unwrap();
+        let mut l = BoundedListener::new(
+            inner,
+            Limits {
+                clients: 4,
+                peer_reserve: 0,
+                idle: Duration::from_millis(300),
+            },
+        );
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        let (mut s, _) = l.accept().await;
+        let started = Instant::now();
+        // Bytes every 100 ms keep it open past the timeout.
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            c.write_all(b"x").await.unwrap();
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).await.unwrap();
+        }
+        assert!(started.elapsed() >= Duration::from_millis(500));
+        let mut b = [0u8; 1];
+        let err = tokio::time::timeout(Duration::from_secs(2), s.read(&mut b))
+            .await
+            .expect("idle read never ended")
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test]
+    async fn reserve_connections_idle_out_sooner_until_a_peer_vouches_for_them() {
+        let inner = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = inner.local_addr().unwrap();
+        let mut l = BoundedListener::new(inner, limits(1, 1));
+        let _c1 = TcpStream::connect(addr).await.unwrap();
+        let _c2 = TcpStream::connect(addr).await.unwrap();
+        let (client, _) = l.accept().await;
+        let (reserve, _) = l.accept().await;
+        assert_eq!(client.idle_limit(), Duration::from_secs(60));
+        assert_eq!(reserve.idle_limit(), UNVOUCHED_IDLE);
+        reserve.vouched.store(true, Ordering::Relaxed);
+        assert_eq!(reserve.idle_limit(), Duration::from_secs(60));
     }
 }

@@ -15,44 +15,13 @@ use std::time::Duration;
 use nacre_ring::{MemberState, Members, Ring, ServiceKey};
 use parking_lot::RwLock;
 use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::peer::PeerClient;
 
-/// Path of the internal liveness probe every node serves.
-pub const PING_PATH: &str = "/nacre/internal/member/ping";
-
-/// What a node answers to a probe.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PingReply {
-    /// The node's advertised address.
-    pub address: String,
-    /// Its Raft id.
-    pub node_id: u64,
-    /// Whether it serves clients (snapshot loaded, Raft caught up).
-    pub ready: bool,
-    /// Whether its Raft state has a membership (it belongs to an initialized cluster).
-    pub raft_initialized: bool,
-    /// Whether it can reach a majority of its cluster that counts it a member (rule O3): a
-    /// node without standing answers client writes 503, and gateways route around it.
-    #[serde(default = "standing_unknown")]
-    pub standing: bool,
-    /// The members of its ownership ring: peers compare it with their own (rule E1).
-    #[serde(default)]
-    pub ring: Vec<String>,
-    /// The members it holds DOWN: a node its peers hold down has no standing (rule O3).
-    #[serde(default)]
-    pub down: Vec<String>,
-    /// [`Members::digest`] of its configured member list.
-    pub members_digest: u64,
-}
-
-/// Nodes that do not report their standing (older versions) are taken to have it.
-fn standing_unknown() -> bool {
-    true
-}
+pub use nacre_ring::wire::{PingReply, PING_PATH};
 
 /// This node's ownership on one ring (see [`Membership::ownership`]).
 pub struct Ownership<'a> {

@@ -412,7 +412,14 @@ pub async fn run(
     let grace = Duration::from_millis(settings.shutdown_grace_ms);
     let drain = shutdown.clone();
     let server = axum::serve(
-        crate::listener::BoundedListener::new(listener, settings.max_connections),
+        crate::listener::BoundedListener::new(
+            listener,
+            crate::listener::Limits {
+                clients: settings.max_connections,
+                peer_reserve: settings.peer_connections,
+                idle: Duration::from_millis(settings.idle_timeout_ms),
+            },
+        ),
         router.into_make_service_with_connect_info::<crate::listener::PeerAddr>(),
     )
     .with_graceful_shutdown(async move { drain.cancelled().await });

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 mod member;
 mod ring;
+pub mod wire;
 
 pub use member::{Member, MemberState, Members};
 pub use ring::{Ring, VNODES};

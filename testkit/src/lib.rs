@@ -10,9 +10,9 @@
 //! [`cluster::TestCluster`] runs a whole multi-node cluster with a [`proxy::LinkProxy`] in front
 //! of every node so tests can cut or slow down the links between nodes.
 //! [`gateway::GatewayProcess`] runs `nacre gateway` in front of nodes. [`wait_until`] polls for
-//! convergence. Faults: `kill -9`, SIGSTOP / SIGCONT pauses, partitions and cut or delayed
-//! links. [`fleet`] is the workload of the fault tests (instances beating as 1.x clients do)
-//! and their "live never absent" checker.
+//! convergence. Faults: `kill -9`, SIGSTOP / SIGCONT pauses, partitions, cut or delayed links,
+//! and floods of idle client sockets ([`flood::ConnectionFlood`]). [`fleet`] is the workload of
+//! the fault tests (instances beating as 1.x clients do) and their "live never absent" checker.
 //!
 //! Everything here is synchronous and std-only (the readiness probe is a tiny HTTP/1.0 GET),
 //! so it can be used from plain `#[test]`s and from async tests alike.
@@ -20,6 +20,7 @@
 pub mod addr_server;
 pub mod cluster;
 pub mod fleet;
+pub mod flood;
 pub mod gateway;
 pub mod http;
 pub mod ledger;

@@ -82,7 +82,7 @@ async fn snapshot(State(app): State<Arc<App>>) -> Response {
 }
 
 /// Path of the change feed that gateways follow.
-pub const CHANGES_PATH: &str = "/nacre/internal/changes";
+pub use nacre_ring::wire::CHANGES_PATH;
 /// Longest a feed read may be held open.
 const MAX_FEED_WAIT_MS: u64 = 30_000;
 

@@ -168,7 +168,15 @@ pub fn router(app: Arc<App>, internal: Router) -> Router {
         .layer(axum::middleware::from_fn_with_state(app.clone(), gate))
         .layer(axum::middleware::from_fn_with_state(app.clone(), track))
         .with_state(app.clone());
-    public.merge(internal).merge(internal::routes(app))
+    let secret: Arc<str> = Arc::from(app.secret.as_str());
+    public
+        .merge(internal)
+        .merge(internal::routes(app))
+        // Outermost: decides whether a connection from the peer reserve is served at all.
+        .layer(axum::middleware::from_fn_with_state(
+            secret,
+            crate::listener::admit_reserve,
+        ))
 }
 
 /// Unknown paths answer 404 and known paths with an unsupported method 405, both with the

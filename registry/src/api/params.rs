@@ -184,7 +184,7 @@ impl FromRequest<Arc<App>> for Params {
         let peer = parts
             .extensions
             .get::<axum::extract::ConnectInfo<crate::listener::PeerAddr>>()
-            .map(|c| c.0 .0);
+            .map(|c| c.0.addr);
         Ok(Self {
             pairs,
             headers: parts.headers,

@@ -39,7 +39,7 @@ use serde::Serialize;
 use super::types::{NodeId, Raft, TypeConfig};
 
 /// The header that carries the cluster secret on internal calls.
-pub const SECRET_HEADER: &str = "x-nacre-cluster-secret";
+pub use nacre_ring::wire::SECRET_HEADER;
 
 /// The header naming the Raft member a request is meant for.
 pub const TARGET_HEADER: &str = "x-nacre-raft-target";
@@ -110,6 +110,9 @@ impl HttpNetworkFactory {
     pub fn new(self_id: NodeId, secret: &str, locator: Locator) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
+            // Below the nodes' default idle timeout (`idle_timeout_ms`, 60 s), so a pooled
+            // connection is normally dropped here before the peer closes it.
+            .pool_idle_timeout(std::time::Duration::from_secs(30))
             // Peers are addressed directly; an HTTP(S)_PROXY meant for egress must not capture
             // cluster-internal traffic (or see the secret).
             .no_proxy()

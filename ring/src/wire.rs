@@ -1,0 +1,81 @@
+//! What the gateway and the registry nodes say to each other: internal paths, headers and the
+//! documents both sides read. Defined once here so the two crates cannot drift apart.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ServiceKey;
+
+/// Prefix of every node-internal route; the gateway never forwards a client request to one.
+pub const INTERNAL_PREFIX: &str = "/nacre/internal/";
+/// Header carrying the cluster secret on internal calls.
+pub const SECRET_HEADER: &str = "x-nacre-cluster-secret";
+/// A node's liveness and readiness probe, answered with a [`PingReply`].
+pub const PING_PATH: &str = "/nacre/internal/member/ping";
+/// A node's change feed: a held read answered with a [`FeedPage`].
+pub const CHANGES_PATH: &str = "/nacre/internal/changes";
+
+/// What a node answers to a probe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PingReply {
+    /// The node's advertised address.
+    pub address: String,
+    /// Its Raft id.
+    pub node_id: u64,
+    /// Whether it serves clients (snapshot loaded, Raft caught up).
+    pub ready: bool,
+    /// Whether its Raft state has a membership (it belongs to an initialized cluster).
+    pub raft_initialized: bool,
+    /// Whether it can reach a majority of its cluster that counts it a member (Distro rule
+    /// O3): a node without standing answers client writes 503, and gateways route around it.
+    #[serde(default = "standing_unknown")]
+    pub standing: bool,
+    /// The members of its ownership ring: peers compare it with their own (Distro rule E1).
+    #[serde(default)]
+    pub ring: Vec<String>,
+    /// The members it holds DOWN: a node its peers hold down has no standing (rule O3).
+    #[serde(default)]
+    pub down: Vec<String>,
+    /// [`crate::Members::digest`] of its configured member list.
+    pub members_digest: u64,
+}
+
+/// Nodes that do not report their standing (older versions) are taken to have it.
+fn standing_unknown() -> bool {
+    true
+}
+
+/// One answer of the change feed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedPage {
+    /// The incarnation the cursor belongs to.
+    pub epoch: u64,
+    /// Pass this back as `cursor` for the next page.
+    pub cursor: u64,
+    /// The reader missed events (cursor too old or from another epoch): it must drop
+    /// everything it derived from this node.
+    pub reset: bool,
+    /// Services changed after the given cursor (a service may appear more than once).
+    pub keys: Vec<ServiceKey>,
+    /// Wall-clock time (ms) of the newest change in `keys`, 0 when empty.
+    pub newest_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ping_from_a_node_that_predates_standing_reads_as_standing() {
+        let old = r#"{"address":"10.0.0.1:8848","node_id":7,"ready":true,"raft_initialized":true,"members_digest":1}"#;
+        let p: PingReply = serde_json::from_str(old).unwrap();
+        assert!(p.standing);
+        assert!(p.ring.is_empty() && p.down.is_empty());
+    }
+
+    #[test]
+    fn internal_paths_share_the_internal_prefix() {
+        for p in [PING_PATH, CHANGES_PATH] {
+            assert!(p.starts_with(INTERNAL_PREFIX), "{p}");
+        }
+    }
+}
