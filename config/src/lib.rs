@@ -157,6 +157,14 @@ pub struct ClusterSettings {
     pub verify_interval_ms: u64,
     /// How often the Raft leader reconciles membership with the member list (ms).
     pub raft_membership_interval_ms: u64,
+    /// Raft's shortest election timeout (ms). Heartbeats go every third of it, and a follower
+    /// that stops hearing from a known leader starts an election after 8/3 to 10/3 of it (the
+    /// leader's lease, then a randomized timeout): about 1 s by default.
+    pub raft_election_timeout_ms: u64,
+    /// Applied Raft entries between two snapshots (log compaction).
+    pub raft_snapshot_logs: u64,
+    /// Raft entries kept behind the latest snapshot; a member further behind gets the snapshot.
+    pub raft_logs_kept: u64,
 }
 
 impl Default for ClusterSettings {
@@ -175,6 +183,9 @@ impl Default for ClusterSettings {
             sync_queue_capacity: 100_000,
             verify_interval_ms: 5_000,
             raft_membership_interval_ms: 1_000,
+            raft_election_timeout_ms: 300,
+            raft_snapshot_logs: 5_000,
+            raft_logs_kept: 200,
         }
     }
 }
@@ -335,6 +346,11 @@ impl RegistrySettings {
             "NACRE_RAFT_MEMBERSHIP_INTERVAL_MS" => {
                 self.cluster.raft_membership_interval_ms = num(key, v)?
             }
+            "NACRE_RAFT_ELECTION_TIMEOUT_MS" => {
+                self.cluster.raft_election_timeout_ms = num(key, v)?
+            }
+            "NACRE_RAFT_SNAPSHOT_LOGS" => self.cluster.raft_snapshot_logs = num(key, v)?,
+            "NACRE_RAFT_LOGS_KEPT" => self.cluster.raft_logs_kept = num(key, v)?,
             _ => return Ok(false),
         }
         Ok(true)
@@ -496,6 +512,19 @@ impl RegistrySettings {
                 100,
                 600_000,
             ),
+            (
+                "cluster.raft_election_timeout_ms",
+                c.raft_election_timeout_ms,
+                60,
+                60_000,
+            ),
+            (
+                "cluster.raft_snapshot_logs",
+                c.raft_snapshot_logs,
+                1,
+                100_000_000,
+            ),
+            ("cluster.raft_logs_kept", c.raft_logs_kept, 0, 100_000_000),
         ] {
             if !(lo..=hi).contains(&v) {
                 return Err(invalid(key, v, &format!("must be between {lo} and {hi}")));

@@ -268,6 +268,9 @@ pub async fn run(
         settings.standalone,
     );
     raft_settings.apply_latency = Some(metrics.raft_apply.clone());
+    raft_settings.election_timeout_ms = settings.cluster.raft_election_timeout_ms;
+    raft_settings.snapshot_logs_since_last = settings.cluster.raft_snapshot_logs;
+    raft_settings.logs_kept_after_snapshot = settings.cluster.raft_logs_kept;
     raft_settings.locator = {
         let membership = membership.clone();
         crate::raft::network::Locator::new(move |id| membership.locate(id))

@@ -37,6 +37,24 @@ pub const DEFAULT_SNAPSHOT_LOGS_SINCE_LAST: u64 = 5000;
 /// up from the log instead of receiving a whole snapshot.
 pub const DEFAULT_LOGS_KEPT_AFTER_SNAPSHOT: u64 = 200;
 
+/// Default shortest election timeout (ms): failover in about a second (see [`election_timers`]).
+pub const DEFAULT_ELECTION_TIMEOUT_MS: u64 = 300;
+
+/// openraft's `(heartbeat_interval, election_timeout_min, election_timeout_max)` for a shortest
+/// election timeout of `min` ms.
+///
+/// Why these ratios: openraft lets a follower that knows a leader start an election only after
+/// the leader's lease (`election_timeout_max`) **plus** a random timeout in `[min, max]`, checked
+/// on a tick of 1.5 heartbeats. With `max = 5/3 min` and heartbeats every `min / 3`, a dead
+/// leader is replaced after `8/3 … 10/3 × min` (+ one tick and a vote round trip): 0.8–1.15 s
+/// for the default 300 ms, inside the 1.5 s failover goal. A false election needs a follower
+/// to miss every heartbeat for eight heartbeat intervals, and the other voters still refuse
+/// it while their own lease runs.
+pub fn election_timers(min: u64) -> (u64, u64, u64) {
+    let min = min.max(60);
+    (min / 3, min, min * 5 / 3)
+}
+
 /// How a node runs its Raft store.
 #[derive(Debug, Clone)]
 pub struct RaftSettings {
@@ -54,6 +72,8 @@ pub struct RaftSettings {
     pub snapshot_logs_since_last: u64,
     /// Log entries kept behind the latest snapshot when the log is purged.
     pub logs_kept_after_snapshot: u64,
+    /// Shortest election timeout (ms); see [`election_timers`].
+    pub election_timeout_ms: u64,
     /// Where the other members answer now (a member that moved keeps its id); by default
     /// nobody is located and the addresses Raft stores are used.
     pub locator: network::Locator,
@@ -75,6 +95,7 @@ impl RaftSettings {
             apply_latency: None,
             snapshot_logs_since_last: DEFAULT_SNAPSHOT_LOGS_SINCE_LAST,
             logs_kept_after_snapshot: DEFAULT_LOGS_KEPT_AFTER_SNAPSHOT,
+            election_timeout_ms: DEFAULT_ELECTION_TIMEOUT_MS,
             locator: network::Locator::default(),
         }
     }
@@ -220,13 +241,13 @@ impl PersistentStore {
                 source,
             })?;
 
+        let (heartbeat_interval, election_timeout_min, election_timeout_max) =
+            election_timers(settings.election_timeout_ms);
         let config = openraft::Config {
             cluster_name: "nacre".into(),
-            // Generous for an HTTP transport between possibly distant pods; a standalone node
-            // elects itself on first start without waiting for a timeout.
-            heartbeat_interval: 150,
-            election_timeout_min: 750,
-            election_timeout_max: 1500,
+            heartbeat_interval,
+            election_timeout_min,
+            election_timeout_max,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_logs_since_last),
             max_in_snapshot_log_to_keep: settings.logs_kept_after_snapshot,
             // JSON inflates the chunk about 3.6×; stays well inside network::MAX_BODY_BYTES.

@@ -347,3 +347,23 @@ async fn internal_routes_require_the_secret_and_valid_json() {
     node.store.shutdown().await;
     node.server.abort();
 }
+
+#[test]
+fn default_election_timers_replace_a_dead_leader_within_the_failover_goal() {
+    let (heartbeat, min, max) = super::election_timers(super::DEFAULT_ELECTION_TIMEOUT_MS);
+    // openraft: lease (= max) + a random timeout in [min, max], checked every 1.5 heartbeats.
+    let worst = max + max + heartbeat * 3 / 2;
+    assert!(worst <= 1_300, "worst election start {worst} ms");
+    // A follower must miss several heartbeats before it may even consider an election.
+    assert!(max + min >= 8 * heartbeat, "{heartbeat} {min} {max}");
+    let cfg = openraft::Config {
+        heartbeat_interval: heartbeat,
+        election_timeout_min: min,
+        election_timeout_max: max,
+        ..Default::default()
+    };
+    assert!(cfg.validate().is_ok());
+    // Tiny values are raised to something openraft accepts.
+    let (h, lo, hi) = super::election_timers(1);
+    assert!(h > 0 && lo > h && hi > lo);
+}
