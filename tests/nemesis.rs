@@ -13,8 +13,14 @@
 //! - *expiry on time*: an instance that stops beating before the first fault is unhealthy
 //!   everywhere at its beat timeout and gone everywhere at its delete timeout (± 2 s); one that
 //!   stops as a fault begins is gone everywhere eventually, and how late is reported;
-//! - *no acknowledged persistent write lost*, and no node's reads going back in time (read
-//!   per node: through the gateway a read may reach a node cut off a moment before).
+//! - *no empty push*: a UDP subscriber (one socket, as a 1.x client has) subscribed at every
+//!   entry point gets every change of every fleet service pushed (a marker instance churns to
+//!   make changes); no push may leave out a live instance or show it unhealthy, let alone be
+//!   empty (`nacre_testkit::subscriber`);
+//! - *persistent writes* against the ledger's model (`nacre_testkit::ledger`): no acknowledged
+//!   write lost, none half-visible, and per node no read going back in time, no phantom and
+//!   none out of log order (read per node: through the gateway a read may reach a node cut off
+//!   a moment before).
 //!
 //! Knobs (environment): `NACRE_NEMESIS_SEED` (default 1), `NACRE_NEMESIS_SECS` (extra random
 //! faults after one of every kind; default 0), `NACRE_NEMESIS_OUT` (report directory; default
@@ -35,6 +41,7 @@ use nacre_testkit::gateway::GatewayProcess;
 use nacre_testkit::http::Api;
 use nacre_testkit::ledger::Ledger;
 use nacre_testkit::nemesis::{self, FaultKind, Step, Target};
+use nacre_testkit::subscriber::PushChecker;
 
 /// The verify interval of `ClusterOptions::fast`.
 const VERIFY: Duration = Duration::from_secs(1);
@@ -107,7 +114,11 @@ struct StepReport {
     convergence_ms: Option<u128>,
     /// Raft leader kills: time from the kill to the first persistent write acknowledged.
     failover_ms: Option<u128>,
+    /// Raft snapshots the target installed from the leader during the step.
+    snapshots_installed: Option<u64>,
     live_violations: usize,
+    /// Pushes that left out a live instance or showed it unhealthy.
+    push_violations: usize,
     forgotten: u64,
     /// The instance that stopped beating as this fault began: seconds from its last beat to
     /// unhealthy everywhere, and to gone everywhere.
@@ -129,7 +140,13 @@ async fn nemesis_schedule_keeps_every_promise() -> Result<()> {
         .prefix("nacre-nemesis-")
         .tempdir()?;
     let bin = Path::new(env!("CARGO_BIN_EXE_nacre"));
-    let mut c = TestCluster::start(bin, root.path(), ClusterOptions::new(3).fast())?;
+    // Snapshots every 20 entries, 5 kept behind: the ledger's 4 writes a second leave a node
+    // that misses a few seconds behind the leader's log, so it is sent a snapshot.
+    let opts = ClusterOptions::new(3)
+        .fast()
+        .with_env("NACRE_RAFT_SNAPSHOT_LOGS", "20")
+        .with_env("NACRE_RAFT_LOGS_KEPT", "5");
+    let mut c = TestCluster::start(bin, root.path(), opts)?;
     c.wait_ready(Duration::from_secs(60))?;
     c.wait_rings_complete(Duration::from_secs(60))?;
     let nodes: Vec<SocketAddr> = (0..3).map(|i| c.node(i).addr()).collect();
@@ -161,6 +178,8 @@ async fn nemesis_schedule_keeps_every_promise() -> Result<()> {
     let origin = Instant::now();
     let beating = fleet.start_beating(all.clone());
     let checker = LiveChecker::start(&fleet, all.clone(), Duration::from_millis(250));
+    let pushes = PushChecker::start(&fleet, all.clone(), all.clone()).await?;
+    let push_counts = pushes.counts.clone();
     // Reads going back in time are checked per node: the gateway routes a read to whichever
     // node owns the service at the moment, and a node cut off a moment ago may be behind.
     let mut ledger = Ledger::start(
@@ -183,6 +202,13 @@ async fn nemesis_schedule_keeps_every_promise() -> Result<()> {
         reports.push(run_step(&mut c, step, &nodes, &hot, &fleet, &ledger, origin).await?);
     }
 
+    // The live checkers stop before the fleet does: once it stops beating, its instances
+    // expire as they should.
+    let (reads, unanswered) = (checker.reads.clone(), checker.unanswered.clone());
+    let violations = checker.finish().await;
+    let push_violations = pushes.finish().await;
+    let pushes_received = push_counts.received.load(Ordering::Relaxed);
+    let empty_pushes = push_violations.iter().filter(|v| v.empty).count();
     fleet.stop();
     let _ = beating.await;
     dying.stop();
@@ -210,14 +236,14 @@ async fn nemesis_schedule_keeps_every_promise() -> Result<()> {
     });
     ledger.stop().await;
     let final_convergence = fleet::converged(&nodes, None, Duration::from_secs(15)).await;
-    let (reads, unanswered) = (checker.reads.clone(), checker.unanswered.clone());
-    let violations = checker.finish().await;
     let mut ledger_missing = Vec::new();
     for n in &nodes {
         ledger_missing.push(ledger.missing_on(*n).await.unwrap_or_default());
     }
     let writes = ledger.writes();
     let regressions = ledger.regressions();
+    let anomalies = ledger.anomalies();
+    let half_visible = ledger.half_visible(&nodes).await;
 
     // Attribute live violations to the control run or to the fault whose window they fell
     // in (from its start to the next one's).
@@ -229,6 +255,10 @@ async fn nemesis_schedule_keeps_every_promise() -> Result<()> {
     for (k, r) in reports.iter_mut().enumerate() {
         let end = starts.get(k + 1).copied().unwrap_or(f64::INFINITY);
         r.live_violations = violations
+            .iter()
+            .filter(|v| v.at_s >= r.start_s && v.at_s < end)
+            .count();
+        r.push_violations = push_violations
             .iter()
             .filter(|v| v.at_s >= r.start_s && v.at_s < end)
             .count();
@@ -250,14 +280,27 @@ async fn nemesis_schedule_keeps_every_promise() -> Result<()> {
             "persistent_writes": writes.len(),
             "persistent_acked": writes.iter().filter(|w| w.acked).count(),
             "persistent_unknown": writes.iter().filter(|w| !w.acked).count(),
+            "pushes_checked": pushes_received,
+            "push_subscriptions_renewed": push_counts.subscribed.load(Ordering::Relaxed),
+            "push_marker_changes": push_counts.churned.load(Ordering::Relaxed),
+            "push_packets_ignored": push_counts.ignored.load(Ordering::Relaxed),
         },
         "violations": {
             "live_never_absent": violations.len(),
             "live_never_absent_in_control": control_violations,
             "forgotten_20404": forgotten,
+            "push_live_absent": push_violations.len(),
+            "push_empty": empty_pushes,
+            "push_violations_in_control": push_violations
+                .iter()
+                .filter(|v| v.at_s < CONTROL.as_secs_f64())
+                .count(),
+            "no_push_received": u8::from(pushes_received == 0),
             "convergence_over_bound": slow.len(),
             "acked_persistent_writes_lost": lost_writes,
             "reads_back_in_time": regressions.len(),
+            "reads_phantom_or_out_of_log_order": anomalies.len(),
+            "writes_half_visible": half_visible.as_ref().map_or(-1, |h| h.len() as i64),
             "expiry_late_in_control": u8::from(control_late),
             "never_expired": never_expired.len(),
         },
@@ -266,8 +309,11 @@ async fn nemesis_schedule_keeps_every_promise() -> Result<()> {
         "final_convergence_ms": final_convergence.map(|d| d.as_millis()),
         "first_violations": violations.iter().take(10).map(|v| format!("{v:?}")).collect::<Vec<_>>(),
         "first_forgotten": fleet.lost_examples(),
+        "first_push_violations": push_violations.iter().take(10).map(|v| format!("{v:?}")).collect::<Vec<_>>(),
         "missing_writes": ledger_missing,
         "regressions": regressions.iter().take(10).map(|r| format!("{r:?}")).collect::<Vec<_>>(),
+        "anomalies": anomalies.iter().take(10).map(|a| format!("{a:?}")).collect::<Vec<_>>(),
+        "half_visible": half_visible,
     });
     std::fs::write(
         out.join("report.json"),
@@ -278,10 +324,14 @@ async fn nemesis_schedule_keeps_every_promise() -> Result<()> {
     println!("{md}\nreport in {}", out.display());
 
     let failed = !violations.is_empty()
+        || !push_violations.is_empty()
+        || pushes_received == 0
         || forgotten > 0
         || !slow.is_empty()
         || lost_writes > 0
         || !regressions.is_empty()
+        || !anomalies.is_empty()
+        || half_visible.as_ref().is_none_or(|h| !h.is_empty())
         || final_convergence.is_none()
         || control_late
         || !never_expired.is_empty();
@@ -312,6 +362,7 @@ async fn run_step(
         Target::Owner => owner(c, hot).await.unwrap_or(0),
     };
     let lost_before = fleet.beats.lost.load(Ordering::Relaxed);
+    let installed_before = snapshots_installed(nodes[target]).await;
     let start = origin.elapsed();
     nemesis::apply(c, step.kind, target)?;
     tokio::time::sleep(step.hold).await;
@@ -346,24 +397,44 @@ async fn run_step(
     }
     // Let the effects of the heal play out before the next fault.
     tokio::time::sleep(2 * VERIFY).await;
+    let restarted = matches!(
+        step.kind,
+        FaultKind::Kill | FaultKind::KillLeader | FaultKind::Wipe
+    );
+    r.snapshots_installed = match (installed_before, snapshots_installed(nodes[target]).await) {
+        // A restarted node counts from its start.
+        (_, Some(after)) if restarted => Some(after),
+        (Some(before), Some(after)) => Some(after.saturating_sub(before)),
+        _ => None,
+    };
     r.forgotten = fleet.beats.lost.load(Ordering::Relaxed) - lost_before;
     Ok(r)
 }
 
+/// Snapshots `node` has installed since it started, from `GET /nacre/v1/cluster`.
+async fn snapshots_installed(node: SocketAddr) -> Option<u64> {
+    let r = Api::new(node).call("GET", "/nacre/v1/cluster", &[]).await;
+    let v: serde_json::Value = serde_json::from_str(&r.body).ok()?;
+    v["snapshots"]["installed"].as_u64()
+}
+
 fn markdown(seed: u64, steps: &[StepReport], report: &serde_json::Value) -> String {
-    let mut s = format!("# nemesis run, seed {seed}\n\n| fault | target | hold | recovery | convergence | raft failover | live violations | forgotten | dying instance unhealthy / gone after |\n|---|---|---|---|---|---|---|---|---|\n");
+    let mut s = format!("# nemesis run, seed {seed}\n\n| fault | target | hold | recovery | convergence | raft failover | snapshots installed | live violations | push violations | forgotten | dying instance unhealthy / gone after |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
     let ms = |v: Option<u128>| v.map_or("—".to_string(), |m| format!("{m} ms"));
     let secs = |v: Option<f64>| v.map_or("never".to_string(), |s| format!("{s:.1} s"));
     for r in steps {
         s += &format!(
-            "| {} | node {} | {} ms | {} | {} | {} | {} | {} | {} / {} |\n",
+            "| {} | node {} | {} ms | {} | {} | {} | {} | {} | {} | {} | {} / {} |\n",
             r.kind,
             r.target,
             r.hold_ms,
             ms(r.recovery_ms),
             ms(r.convergence_ms),
             ms(r.failover_ms),
+            r.snapshots_installed
+                .map_or("—".to_string(), |n| n.to_string()),
             r.live_violations,
+            r.push_violations,
             r.forgotten,
             secs(r.expiry_unhealthy_s),
             secs(r.expiry_gone_s)

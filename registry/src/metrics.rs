@@ -115,7 +115,7 @@ impl Metrics {
         let raft = IntGaugeVec::new(
             Opts::new(
                 "nacre_raft",
-                "Raft state of this node: term, commit_index, last_applied, apply_lag, is_leader",
+                "Raft state of this node: term, commit_index, last_applied, apply_lag, is_leader, snapshots_built and snapshots_installed (since start)",
             ),
             &["field"],
         )?;

@@ -818,5 +818,9 @@ impl Node {
             .set(commit.saturating_sub(applied) as i64);
         raft.with_label_values(&["is_leader"])
             .set(i64::from(st.role == "Leader"));
+        raft.with_label_values(&["snapshots_built"])
+            .set(st.snapshots_built as i64);
+        raft.with_label_values(&["snapshots_installed"])
+            .set(st.snapshots_installed as i64);
     }
 }

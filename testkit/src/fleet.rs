@@ -299,14 +299,14 @@ impl Fleet {
 
 /// How a list answer shows one instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Shown {
+pub(crate) enum Shown {
     Healthy,
     Unhealthy,
     Missing,
 }
 
 /// How `hosts` (a list answer's) shows the instance at `ip`.
-fn shown(hosts: &[serde_json::Value], ip: &str) -> Shown {
+pub(crate) fn shown(hosts: &[serde_json::Value], ip: &str) -> Shown {
     match hosts.iter().find(|h| h["ip"] == ip) {
         None => Shown::Missing,
         Some(h) if h["healthy"] != true => Shown::Unhealthy,

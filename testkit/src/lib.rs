@@ -28,6 +28,7 @@ pub mod nemesis;
 mod process;
 pub use process::log_tail;
 pub mod proxy;
+pub mod subscriber;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

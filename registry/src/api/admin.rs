@@ -464,6 +464,7 @@ pub async fn nacre_cluster(State(app): State<Arc<App>>) -> Response {
         "role": st.role,
         "commitIndex": st.commit_index,
         "lastApplied": st.last_applied,
+        "snapshots": { "built": st.snapshots_built, "installed": st.snapshots_installed },
         "raftMembers": st.members.values().collect::<Vec<_>>(),
         "raftNodes": st
             .members

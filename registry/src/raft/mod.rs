@@ -173,6 +173,10 @@ pub struct RaftStatus {
     pub purged_index: Option<u64>,
     /// Current members (voters and learners): id → advertised address.
     pub members: BTreeMap<u64, String>,
+    /// Snapshots built here since start.
+    pub snapshots_built: u64,
+    /// Snapshots received from a leader and installed since start.
+    pub snapshots_installed: u64,
 }
 
 /// Route on which the leader accepts commands forwarded by followers.
@@ -201,6 +205,7 @@ struct Inner {
     peer: crate::peer::PeerClient,
     state: Arc<RwLock<PersistentState>>,
     commit_index: Arc<CommitIndex>,
+    snapshots: Arc<store::SnapshotCounts>,
     secret: String,
     apply_latency: Option<prometheus::Histogram>,
     /// Set once this node has applied everything committed when it started: see
@@ -306,6 +311,7 @@ impl PersistentStore {
                 peer,
                 state: store.state,
                 commit_index: store.commit_index,
+                snapshots: store.snapshots,
                 secret: settings.cluster_secret,
                 apply_latency: settings.apply_latency,
                 caught_up: std::sync::atomic::AtomicBool::new(false),
@@ -582,6 +588,8 @@ impl PersistentStore {
                 .nodes()
                 .map(|(id, n)| (*id, n.addr.clone()))
                 .collect(),
+            snapshots_built: self.inner.snapshots.built.load(Ordering::Relaxed),
+            snapshots_installed: self.inner.snapshots.installed.load(Ordering::Relaxed),
         }
     }
 

@@ -473,6 +473,17 @@ struct Applied {
 struct SmShared {
     state: Arc<RwLock<PersistentState>>,
     applied: Mutex<Applied>,
+    snapshots: Arc<SnapshotCounts>,
+}
+
+/// Snapshots this node built and installed since it started (a member too far behind the
+/// leader's log is sent a snapshot instead of entries).
+#[derive(Debug, Default)]
+pub struct SnapshotCounts {
+    /// Snapshots built from the local state (log compaction).
+    pub built: std::sync::atomic::AtomicU64,
+    /// Snapshots received from a leader and installed.
+    pub installed: std::sync::atomic::AtomicU64,
 }
 
 /// The state machine half of the store.
@@ -664,27 +675,40 @@ fn unix_millis() -> u128 {
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
         let shared = self.shared.clone();
+        // Copy and serialize the state on the blocking pool, not on the storage thread: log
+        // appends (and so every persistent write) queue on that thread, and a whole-state
+        // serialization there stalled them. State and applied id are read together under
+        // the state lock, which `apply_batch` holds while it moves both; any apply already
+        // read here is committed to SQLite before the `store_snapshot` call below runs (the
+        // storage thread runs calls in order).
+        let (meta, data) = tokio::task::spawn_blocking(move || {
+            let (state, applied) = {
+                let st = shared.state.read();
+                let applied = shared.applied.lock().clone();
+                (st.to_snapshot(), applied)
+            };
+            let blob = SnapshotBlob {
+                membership: applied.membership.clone(),
+                state,
+            };
+            let data = serde_json::to_vec(&blob)?;
+            let snapshot_id = match &applied.last_applied {
+                Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, unix_millis()),
+                None => format!("0-none-{}", unix_millis()),
+            };
+            let meta = SnapshotMeta {
+                last_log_id: applied.last_applied,
+                last_membership: applied.membership,
+                snapshot_id,
+            };
+            Ok::<_, serde_json::Error>((meta, data))
+        })
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(None, &std::io::Error::other(e)))?
+        .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        let counts = self.shared.snapshots.clone();
         self.db
             .call(move |c| {
-                let (state, applied) = {
-                    let st = shared.state.read();
-                    let applied = shared.applied.lock().clone();
-                    (st.to_snapshot(), applied)
-                };
-                let blob = SnapshotBlob {
-                    membership: applied.membership.clone(),
-                    state,
-                };
-                let data = serde_json::to_vec(&blob)?;
-                let snapshot_id = match &applied.last_applied {
-                    Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, unix_millis()),
-                    None => format!("0-none-{}", unix_millis()),
-                };
-                let meta = SnapshotMeta {
-                    last_log_id: applied.last_applied,
-                    last_membership: applied.membership,
-                    snapshot_id,
-                };
                 durable(c)?;
                 store_snapshot(c, &meta, &data)?;
                 Ok(Snapshot {
@@ -693,6 +717,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 })
             })
             .await
+            .inspect(|_| {
+                counts
+                    .built
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            })
             .map_err(|e| StorageIOError::write_snapshot(None, &e).into())
     }
 }
@@ -783,6 +812,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             })
             .await
             .map_err(|e| StorageIOError::write_snapshot(Some(signature), &e))?;
+        self.shared
+            .snapshots
+            .installed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if !changed.is_empty() {
             (self.on_change)(&changed);
         }
@@ -821,6 +854,8 @@ pub struct SqliteStore {
     pub state: Arc<RwLock<PersistentState>>,
     /// The commit index last saved by openraft.
     pub commit_index: Arc<CommitIndex>,
+    /// Snapshots built and installed.
+    pub snapshots: Arc<SnapshotCounts>,
 }
 
 type Loaded = (PersistentState, Applied, Option<LogId<NodeId>>);
@@ -873,9 +908,11 @@ pub async fn open(path: &Path, on_change: ChangeCallback) -> Result<SqliteStore,
     let state = Arc::new(RwLock::new(state));
     let commit_index = Arc::new(CommitIndex::default());
     commit_index.set(committed.as_ref());
+    let snapshots = Arc::new(SnapshotCounts::default());
     let shared = Arc::new(SmShared {
         state: state.clone(),
         applied: Mutex::new(applied),
+        snapshots: snapshots.clone(),
     });
     Ok(SqliteStore {
         log: LogStore {
@@ -889,6 +926,7 @@ pub async fn open(path: &Path, on_change: ChangeCallback) -> Result<SqliteStore,
         },
         state,
         commit_index,
+        snapshots,
     })
 }
 
