@@ -35,7 +35,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use nacre_testkit::cluster::{ClusterOptions, TestCluster};
+use nacre_testkit::addr_server::AddressServer;
+use nacre_testkit::cluster::{write_cluster_conf, ClusterOptions, TestCluster};
 use nacre_testkit::fleet::{self, ExpiryWatch, Fleet, FleetSpec, LiveChecker, Targets};
 use nacre_testkit::gateway::GatewayProcess;
 use nacre_testkit::http::Api;
@@ -142,26 +143,38 @@ async fn nemesis_schedule_keeps_every_promise() -> Result<()> {
     let bin = Path::new(env!("CARGO_BIN_EXE_nacre"));
     // Snapshots every 20 entries, 5 kept behind: the ledger's 4 writes a second leave a node
     // that misses a few seconds behind the leader's log, so it is sent a snapshot.
+    // A members file, so that members can be removed and added (`FaultKind::Replace`).
     let opts = ClusterOptions::new(3)
         .fast()
+        .with_members_file()
         .with_env("NACRE_RAFT_SNAPSHOT_LOGS", "20")
         .with_env("NACRE_RAFT_LOGS_KEPT", "5");
     let mut c = TestCluster::start(bin, root.path(), opts)?;
     c.wait_ready(Duration::from_secs(60))?;
     c.wait_rings_complete(Duration::from_secs(60))?;
     let nodes: Vec<SocketAddr> = (0..3).map(|i| c.node(i).addr()).collect();
-    let mut gateway = GatewayProcess::in_front_of(
+    // The gateway finds the nodes through an address server, which the runner keeps current
+    // as members are replaced.
+    let upstreams_file = root.path().join("gateway-upstreams.conf");
+    write_cluster_conf(&upstreams_file, &addrs(&nodes))?;
+    let upstreams_server = AddressServer::start(&upstreams_file)?;
+    let mut gateway = GatewayProcess::start(
         bin,
-        &c,
         &root.path().join("gateway"),
         nacre_testkit::free_loopback_addr()?,
-        &[],
+        c.secret(),
+        &["--upstreams-endpoint".to_string(), upstreams_server.url()],
     )?;
     gateway.wait_ready(3, Duration::from_secs(60))?;
     // Clients use the gateway and the nodes alike; the checkers read from all of them.
-    let mut entry_points = vec![gateway.addr()];
-    entry_points.extend(&nodes);
-    let all = Targets::new(entry_points);
+    let entry = Entry {
+        gateway: gateway.addr(),
+        nodes: Targets::new(nodes.clone()),
+        all: Targets::new(Vec::new()),
+        upstreams_file,
+    };
+    entry.refresh(&c)?;
+    let all = entry.all.clone();
 
     // Silence timeouts well below production's (15 s / 30 s) so that faults outlast them, yet
     // above the stalls a debug build on two cores shows while Raft re-elects under this load.
@@ -185,7 +198,7 @@ async fn nemesis_schedule_keeps_every_promise() -> Result<()> {
     let mut ledger = Ledger::start(
         "nemesis-ledger",
         all.clone(),
-        Targets::new(nodes.clone()),
+        entry.nodes.clone(),
         Duration::from_millis(250),
     );
 
@@ -199,7 +212,7 @@ async fn nemesis_schedule_keeps_every_promise() -> Result<()> {
     let mut reports = Vec::new();
     for step in &steps {
         die(&dying, &expiry);
-        reports.push(run_step(&mut c, step, &nodes, &hot, &fleet, &ledger, origin).await?);
+        reports.push(run_step(&mut c, step, &entry, &hot, &fleet, &ledger, origin).await?);
     }
 
     // The live checkers stop before the fleet does: once it stops beating, its instances
@@ -235,6 +248,8 @@ async fn nemesis_schedule_keeps_every_promise() -> Result<()> {
         on_time(e.unhealthy_after_s, BEAT_TIMEOUT) && on_time(e.gone_after_s, DELETE_TIMEOUT)
     });
     ledger.stop().await;
+    // Members may have been replaced: the final checks read the current ones.
+    let nodes = entry.nodes.get();
     let final_convergence = fleet::converged(&nodes, None, Duration::from_secs(15)).await;
     let mut ledger_missing = Vec::new();
     for n in &nodes {
@@ -346,27 +361,64 @@ async fn nemesis_schedule_keeps_every_promise() -> Result<()> {
     Ok(())
 }
 
+/// Where clients and checkers go: the gateway and the current members (real addresses), and
+/// the gateway's upstream list, kept in step as members are replaced.
+struct Entry {
+    gateway: SocketAddr,
+    /// The current members.
+    nodes: Targets,
+    /// The gateway, then the current members.
+    all: Targets,
+    upstreams_file: PathBuf,
+}
+
+impl Entry {
+    /// Points everything at `c`'s current members.
+    fn refresh(&self, c: &TestCluster) -> Result<()> {
+        let nodes: Vec<SocketAddr> = c
+            .member_indices()
+            .iter()
+            .map(|&i| c.node(i).addr())
+            .collect();
+        write_cluster_conf(&self.upstreams_file, &addrs(&nodes))?;
+        let mut all = vec![self.gateway];
+        all.extend(&nodes);
+        self.nodes.set(nodes);
+        self.all.set(all);
+        Ok(())
+    }
+}
+
+fn addrs(nodes: &[SocketAddr]) -> Vec<String> {
+    nodes.iter().map(ToString::to_string).collect()
+}
+
 /// Runs one step: resolve the target, break, hold, heal, wait for recovery and convergence.
 async fn run_step(
     c: &mut TestCluster,
     step: &Step,
-    nodes: &[SocketAddr],
+    entry: &Entry,
     hot: &str,
     fleet: &Fleet,
     ledger: &Ledger,
     origin: Instant,
 ) -> Result<StepReport> {
     let target = match step.target {
-        Target::Node(i) => i,
-        Target::Leader => leader(c).await.unwrap_or(0),
-        Target::Owner => owner(c, hot).await.unwrap_or(0),
+        Target::Node(k) => nemesis::member_at(c, k),
+        Target::Leader => leader(c).await.unwrap_or_else(|| nemesis::member_at(c, 0)),
+        Target::Owner => owner(c, hot)
+            .await
+            .unwrap_or_else(|| nemesis::member_at(c, 0)),
     };
     let lost_before = fleet.beats.lost.load(Ordering::Relaxed);
-    let installed_before = snapshots_installed(nodes[target]).await;
+    let installed_before = snapshots_installed(c.node(target).addr()).await;
     let start = origin.elapsed();
     nemesis::apply(c, step.kind, target)?;
+    if step.kind == FaultKind::Replace {
+        entry.refresh(c)?;
+    }
     tokio::time::sleep(step.hold).await;
-    nemesis::heal(c, step.kind, target)?;
+    let joined = nemesis::heal(c, step.kind, target)?;
     let mut r = StepReport {
         kind: step.kind.name(),
         target,
@@ -375,15 +427,25 @@ async fn run_step(
         ..StepReport::default()
     };
     let healed = Instant::now();
-    if matches!(
-        step.kind,
-        FaultKind::Kill | FaultKind::KillLeader | FaultKind::Wipe
-    ) {
-        c.node_mut(target).wait_ready(Duration::from_secs(60))?;
+    // The node that comes back: the target after a restart, the newcomer after a replace.
+    let restarted = match joined {
+        Some(j) => Some(j),
+        None if matches!(
+            step.kind,
+            FaultKind::Kill | FaultKind::KillLeader | FaultKind::Wipe
+        ) =>
+        {
+            Some(target)
+        }
+        None => None,
+    };
+    if let Some(n) = restarted {
+        c.node_mut(n).wait_ready(Duration::from_secs(60))?;
         r.recovery_ms = Some(healed.elapsed().as_millis());
+        entry.refresh(c)?;
     }
     let back = Instant::now();
-    r.convergence_ms = fleet::converged(nodes, None, Duration::from_secs(15))
+    r.convergence_ms = fleet::converged(&entry.nodes.get(), None, Duration::from_secs(15))
         .await
         .map(|_| back.elapsed().as_millis());
     if step.kind == FaultKind::KillLeader {
@@ -397,13 +459,10 @@ async fn run_step(
     }
     // Let the effects of the heal play out before the next fault.
     tokio::time::sleep(2 * VERIFY).await;
-    let restarted = matches!(
-        step.kind,
-        FaultKind::Kill | FaultKind::KillLeader | FaultKind::Wipe
-    );
-    r.snapshots_installed = match (installed_before, snapshots_installed(nodes[target]).await) {
-        // A restarted node counts from its start.
-        (_, Some(after)) if restarted => Some(after),
+    let back_node = c.node(restarted.unwrap_or(target)).addr();
+    r.snapshots_installed = match (installed_before, snapshots_installed(back_node).await) {
+        // A restarted or new node counts from its start.
+        (_, Some(after)) if restarted.is_some() => Some(after),
         (Some(before), Some(after)) => Some(after.saturating_sub(before)),
         _ => None,
     };

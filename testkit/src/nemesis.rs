@@ -36,11 +36,14 @@ pub enum FaultKind {
     Bridge,
     /// Every link slowed by 150 ms each way.
     Delay,
+    /// The node leaves the membership (`cluster.conf` rewritten, process killed); once
+    /// healed, a new empty node joins in its place. Needs a cluster with a members file.
+    Replace,
 }
 
 impl FaultKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [FaultKind; 9] = [
+    pub const ALL: [FaultKind; 10] = [
         FaultKind::Kill,
         FaultKind::KillLeader,
         FaultKind::Wipe,
@@ -50,6 +53,7 @@ impl FaultKind {
         FaultKind::CutInbound,
         FaultKind::Bridge,
         FaultKind::Delay,
+        FaultKind::Replace,
     ];
 
     /// The name used in reports.
@@ -64,6 +68,7 @@ impl FaultKind {
             FaultKind::CutInbound => "one-way cut (inbound)",
             FaultKind::Bridge => "bridge partition",
             FaultKind::Delay => "delay 150 ms all links",
+            FaultKind::Replace => "remove member, add a new one",
         }
     }
 }
@@ -71,7 +76,7 @@ impl FaultKind {
 /// Who a step targets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
-    /// A node index drawn from the seed.
+    /// A position among the current members, drawn from the seed (see [`member_at`]).
     Node(usize),
     /// The Raft leader at the time the step starts.
     Leader,
@@ -122,6 +127,13 @@ pub fn schedule(seed: u64, nodes: usize, every_kind: bool, budget: Duration) -> 
     steps
 }
 
+/// The node at position `k` among the current members (members come and go with
+/// [`FaultKind::Replace`], so positions drawn by the schedule are taken modulo their number).
+pub fn member_at(c: &TestCluster, k: usize) -> usize {
+    let members = c.member_indices();
+    members.get(k % members.len().max(1)).copied().unwrap_or(0)
+}
+
 /// Breaks `kind` at node `i`.
 pub fn apply(c: &mut TestCluster, kind: FaultKind, i: usize) -> Result<()> {
     match kind {
@@ -133,34 +145,37 @@ pub fn apply(c: &mut TestCluster, kind: FaultKind, i: usize) -> Result<()> {
             Ok(())
         }
         FaultKind::Bridge => {
-            let others: Vec<usize> = (0..c.len()).filter(|&j| j != i).collect();
+            let others: Vec<usize> = c.member_indices().into_iter().filter(|&j| j != i).collect();
             let (left, right) = others.split_at(others.len() / 2);
             c.partition(&[left.to_vec(), right.to_vec()])
         }
         FaultKind::Delay => {
-            for j in 0..c.len() {
+            for j in c.member_indices() {
                 c.proxy(j).set_delay(Duration::from_millis(150));
             }
             Ok(())
         }
+        FaultKind::Replace => c.remove_node(i),
     }
 }
 
 /// Undoes `kind` at node `i` (a killed node is restarted on its data, or on an empty data dir
-/// for [`FaultKind::Wipe`]; readiness is the caller's to wait for).
-pub fn heal(c: &mut TestCluster, kind: FaultKind, i: usize) -> Result<()> {
+/// for [`FaultKind::Wipe`]; readiness is the caller's to wait for). Returns the index of the
+/// node that joined for [`FaultKind::Replace`].
+pub fn heal(c: &mut TestCluster, kind: FaultKind, i: usize) -> Result<Option<usize>> {
     match kind {
-        FaultKind::Kill | FaultKind::KillLeader => c.restart(i),
-        FaultKind::Wipe => c.wipe_and_restart(i),
-        FaultKind::Pause | FaultKind::PauseOwner => c.resume(i),
-        FaultKind::Isolate | FaultKind::CutInbound | FaultKind::Bridge => c.heal(),
+        FaultKind::Kill | FaultKind::KillLeader => c.restart(i)?,
+        FaultKind::Wipe => c.wipe_and_restart(i)?,
+        FaultKind::Pause | FaultKind::PauseOwner => c.resume(i)?,
+        FaultKind::Isolate | FaultKind::CutInbound | FaultKind::Bridge => c.heal()?,
         FaultKind::Delay => {
-            for j in 0..c.len() {
+            for j in c.member_indices() {
                 c.proxy(j).set_delay(Duration::ZERO);
             }
-            Ok(())
         }
+        FaultKind::Replace => return c.add_node().map(Some),
     }
+    Ok(None)
 }
 
 #[cfg(test)]
