@@ -157,9 +157,10 @@ pub struct ClusterSettings {
     pub verify_interval_ms: u64,
     /// How often the Raft leader reconciles membership with the member list (ms).
     pub raft_membership_interval_ms: u64,
-    /// Raft's shortest election timeout (ms). Heartbeats go every sixth of it, and a follower
-    /// that stops hearing from a known leader starts an election after 3 to 4 times it (the
-    /// leader's lease, then a randomized timeout): about 1 s by default.
+    /// Raft's shortest election timeout (ms), also how long a vote request may take. Heartbeats
+    /// go every quarter of it, and a follower that stops hearing from a known leader starts an
+    /// election after 2.5 to 3 times it (the leader's lease, then a randomized timeout): about
+    /// 1.2 s by default.
     pub raft_election_timeout_ms: u64,
     /// Applied Raft entries between two snapshots (log compaction).
     pub raft_snapshot_logs: u64,
@@ -183,7 +184,7 @@ impl Default for ClusterSettings {
             sync_queue_capacity: 100_000,
             verify_interval_ms: 5_000,
             raft_membership_interval_ms: 1_000,
-            raft_election_timeout_ms: 250,
+            raft_election_timeout_ms: 400,
             raft_snapshot_logs: 5_000,
             raft_logs_kept: 200,
         }

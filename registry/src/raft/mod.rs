@@ -38,24 +38,30 @@ pub const DEFAULT_SNAPSHOT_LOGS_SINCE_LAST: u64 = 5000;
 pub const DEFAULT_LOGS_KEPT_AFTER_SNAPSHOT: u64 = 200;
 
 /// Default shortest election timeout (ms): failover in about a second (see [`election_timers`]).
-pub const DEFAULT_ELECTION_TIMEOUT_MS: u64 = 250;
+pub const DEFAULT_ELECTION_TIMEOUT_MS: u64 = 400;
 
 /// openraft's `(heartbeat_interval, election_timeout_min, election_timeout_max)` for a shortest
 /// election timeout of `min` ms.
 ///
-/// Why these ratios: openraft lets a follower that knows a leader start an election only after
-/// the leader's lease (`election_timeout_max`) **plus** its own timeout, drawn once per process
-/// from `[min, max]`, and checks on a tick of 1.5 heartbeats. With `max = 2 min` and heartbeats
-/// every `min / 6`, a dead leader is replaced after `3 … 4 × min` (+ one tick and a vote round
-/// trip): 0.75–1.06 s for the default 250 ms, inside the 1.5 s failover goal. The timeout
-/// window spans several ticks, so two followers rarely fire on the same tick and split the
-/// vote (a split costs another round: with `max = 5/3 min` and heartbeats every `min / 3` the
-/// window was barely more than one tick, and 2 of 7 failovers in a fault run took 2 s). A
-/// false election needs a follower to miss every heartbeat for eighteen intervals, and the
-/// other voters still refuse it while their own lease runs.
+/// openraft ties four things to these values, and the ratios balance them:
+/// - a follower that knows a leader starts an election only after the leader's lease
+///   (`election_timeout_max`) **plus** its own timeout, drawn once per process from
+///   `[min, max]`, checked on a tick of 1.5 heartbeats;
+/// - a vote request times out after `min`;
+/// - an append-entries request (heartbeats and replication alike) times out after one
+///   heartbeat interval.
+///
+/// With heartbeats every `min / 4` and `max = 3/2 min`, a dead leader is replaced after
+/// `2.5 … 3 × min` plus one tick and a vote round trip: 1.0–1.35 s for the default 400 ms,
+/// inside the 1.5 s failover goal, while a vote may take 400 ms and an append 100 ms before
+/// openraft gives up on it. Shorter values were tried under the fault suite's load (debug
+/// build, five processes on two cores): at 250 ms, votes timing out after 250 ms made some
+/// elections take several rounds (1.9 s failovers), and 41 ms append timeouts would cut
+/// replication short under load. A false election needs a follower to miss every heartbeat
+/// for ten intervals, and the other voters still refuse it while their own lease runs.
 pub fn election_timers(min: u64) -> (u64, u64, u64) {
     let min = min.max(60);
-    (min / 6, min, min * 2)
+    (min / 4, min, min * 3 / 2)
 }
 
 /// How a node runs its Raft store.
