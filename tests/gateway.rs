@@ -639,3 +639,49 @@ async fn killing_a_node_under_load_keeps_clients_working() -> Result<()> {
     );
     Ok(())
 }
+
+/// Behind the gateway, pushes go to the client's own address as the gateway saw it (asserted
+/// to the nodes with the cluster secret), never to what the client wrote in `clientIP`,
+/// `X-Forwarded-For` or a forged assertion header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_the_gateway_pushes_go_to_the_client_the_gateway_saw() -> Result<()> {
+    let s = setup(&[])?;
+    // The client connects from 127.0.0.2, the gateway from 127.0.0.1: the node must use the
+    // former.
+    let client = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()?;
+    let url = format!(
+        "http://{}/nacos/v1/ns/instance/list?serviceName=aimed-gw&udpPort=41236&clientIP=10.66.0.1",
+        s.gateway.addr()
+    );
+    let r = client
+        .get(&url)
+        .header("user-agent", "Nacos-Java-Client:v1.4.1")
+        .header("x-forwarded-for", "10.66.0.2")
+        .header("x-nacre-client-addr", "10.66.0.3")
+        .header("x-nacre-asserted-by", "not-the-secret-000")
+        .send()
+        .await?;
+    ensure!(r.status() == 200, "{}", r.text().await?);
+    let mut seen = Vec::new();
+    for i in 0..3 {
+        let subs = s
+            .node(i)
+            .call(
+                "GET",
+                "/nacos/v1/ns/service/subscribers",
+                &[("serviceName", "aimed-gw")],
+            )
+            .await
+            .json();
+        for sub in subs["subscribers"].as_array().cloned().unwrap_or_default() {
+            seen.push(sub["addrStr"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    ensure!(
+        seen == vec!["127.0.0.2:41236".to_string()],
+        "subscriptions: {seen:?}"
+    );
+    Ok(())
+}

@@ -577,6 +577,62 @@ async fn operator_and_health_endpoints() {
     assert_eq!(d["healthy"], false);
 }
 
+/// A client cannot aim pushes at another host: neither `clientIP` nor `X-Forwarded-For` nor a
+/// forged client-address assertion moves a subscription off the request's TCP peer.
+#[tokio::test]
+async fn pushes_go_to_the_verified_source_not_where_a_client_points_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path());
+    let api = Api::new(node.addr()).with_agent("Nacos-Java-Client:v1.4.1");
+    let svc = "aimed";
+    let sub = api
+        .list(&[
+            ("serviceName", svc),
+            ("udpPort", "41234"),
+            ("clientIP", "10.66.0.1"),
+        ])
+        .await;
+    assert_eq!(sub["cacheMillis"], 10000, "{sub}");
+    // Headers a client can write itself.
+    let client = reqwest::Client::new();
+    let url = format!(
+        "http://{}{}?serviceName={svc}&udpPort=41235",
+        node.addr(),
+        path("/instance/list")
+    );
+    let r = client
+        .get(&url)
+        .header("user-agent", "Nacos-Java-Client:v1.4.1")
+        .header("x-forwarded-for", "10.66.0.2")
+        .header("x-nacre-client-addr", "10.66.0.3")
+        .header("x-nacre-asserted-by", "not-the-secret-000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let subs = api
+        .call(
+            "GET",
+            &path("/service/subscribers"),
+            &[("serviceName", svc)],
+        )
+        .await
+        .json();
+    let ips: Vec<String> = subs["subscribers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["addrStr"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(subs["count"], 2, "{subs}");
+    for ip in &ips {
+        assert!(
+            ip.starts_with("127.0.0.1:"),
+            "a push was aimed elsewhere: {ips:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn udp_push_reaches_a_java_subscriber() {
     let dir = tempfile::tempdir().unwrap();

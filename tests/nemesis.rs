@@ -275,7 +275,7 @@ async fn nemesis_schedule_keeps_every_promise() -> Result<()> {
             .count();
         r.push_violations = push_violations
             .iter()
-            .filter(|v| v.at_s >= r.start_s && v.at_s < end)
+            .filter(|v| v.seen.at_s >= r.start_s && v.seen.at_s < end)
             .count();
     }
     let forgotten = fleet.beats.lost.load(Ordering::Relaxed);
@@ -308,7 +308,7 @@ async fn nemesis_schedule_keeps_every_promise() -> Result<()> {
             "push_empty": empty_pushes,
             "push_violations_in_control": push_violations
                 .iter()
-                .filter(|v| v.at_s < CONTROL.as_secs_f64())
+                .filter(|v| v.seen.at_s < CONTROL.as_secs_f64())
                 .count(),
             "no_push_received": u8::from(pushes_received == 0),
             "convergence_over_bound": slow.len(),

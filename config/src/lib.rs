@@ -110,6 +110,10 @@ pub struct PushSettings {
     pub max_sends: u32,
     /// Upper bound on remembered subscribers.
     pub max_subscribers: usize,
+    /// Push to a `clientIP` that differs from the request's verified source (the TCP peer, or
+    /// the client address an authenticated gateway asserts). Off: any client could otherwise
+    /// aim pushes at any host.
+    pub trust_client_ip: bool,
 }
 
 impl Default for PushSettings {
@@ -122,6 +126,7 @@ impl Default for PushSettings {
             resend_after_ms: 10_000,
             max_sends: 2,
             max_subscribers: 100_000,
+            trust_client_ip: false,
         }
     }
 }
@@ -325,6 +330,13 @@ impl RegistrySettings {
             "NACRE_HEALTH_CHECK_TIMEOUT_MS" => self.health_check_timeout_ms = num(key, v)?,
             "NACRE_PUSH_ENABLED" => {
                 self.push.enabled = match v.trim() {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => return Err(invalid(key, v, "expected true or false")),
+                }
+            }
+            "NACRE_PUSH_TRUST_CLIENT_IP" => {
+                self.push.trust_client_ip = match v.trim() {
                     "true" | "1" => true,
                     "false" | "0" => false,
                     _ => return Err(invalid(key, v, "expected true or false")),

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use http::header;
+use nacre_ring::wire::{ASSERTED_BY_HEADER, CLIENT_ADDR_HEADER, HEADER_PREFIX};
 use nacre_ring::ServiceKey;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -340,13 +341,25 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         _ctx: &mut Ctx,
     ) -> Result<()> {
-        // Nodes push to the first hop: keep what an outer proxy put there.
+        // Only nacre's tiers set `x-nacre-*` headers: drop whatever a client sent.
+        let foreign: Vec<_> = upstream_request
+            .headers
+            .keys()
+            .filter(|k| k.as_str().starts_with(HEADER_PREFIX))
+            .cloned()
+            .collect();
+        for name in foreign {
+            upstream_request.remove_header(&name);
+        }
         if let Some(ip) = client_ip(session) {
-            let value = match upstream_request.headers.get("x-forwarded-for") {
-                Some(v) => format!("{}, {ip}", String::from_utf8_lossy(v.as_bytes())),
-                None => ip.to_string(),
-            };
-            upstream_request.insert_header("x-forwarded-for", value)?;
+            // The TCP peer is the only client address the gateway knows to be true: it
+            // replaces a client-sent `X-Forwarded-For` rather than extending it.
+            upstream_request.insert_header("x-forwarded-for", ip.to_string())?;
+            // With the cluster secret the nodes believe it, and push there.
+            if let Some(secret) = self.shared.settings.cluster_secret.as_deref() {
+                upstream_request.insert_header(CLIENT_ADDR_HEADER, ip.to_string())?;
+                upstream_request.insert_header(ASSERTED_BY_HEADER, secret)?;
+            }
         }
         Ok(())
     }

@@ -222,7 +222,8 @@ impl PeerClient {
             "user-agent",
             "client-version",
             "content-type",
-            "x-forwarded-for",
+            nacre_ring::wire::CLIENT_ADDR_HEADER,
+            nacre_ring::wire::ASSERTED_BY_HEADER,
         ] {
             if let Some(v) = headers.get(name) {
                 req = req.header(name, v.clone());
@@ -243,7 +244,12 @@ impl PeerClient {
 /// Constant-time comparison of the secret a request carries with ours; an empty configured
 /// secret accepts nobody.
 pub fn secret_matches(headers: &HeaderMap, secret: &str) -> bool {
-    let Some(given) = headers.get(SECRET_HEADER) else {
+    header_matches(headers, SECRET_HEADER, secret)
+}
+
+/// Constant-time comparison of header `name` with `secret`; an empty secret matches nothing.
+pub fn header_matches(headers: &HeaderMap, name: &str, secret: &str) -> bool {
+    let Some(given) = headers.get(name) else {
         return false;
     };
     let (a, b) = (given.as_bytes(), secret.as_bytes());

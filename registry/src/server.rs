@@ -84,7 +84,10 @@ fn cluster_secret(settings: &RegistrySettings) -> Result<String, ServeError> {
 pub fn load_or_create_secret(dir: &Path) -> Result<String, ServeError> {
     let path = dir.join("cluster-secret");
     match std::fs::read_to_string(&path) {
-        Ok(s) if s.trim().len() >= 16 => return Ok(s.trim().to_string()),
+        Ok(s) if s.trim().len() >= 16 => {
+            warn_if_readable_by_others(&path);
+            return Ok(s.trim().to_string());
+        }
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(data_err(&path, e)),
@@ -106,6 +109,33 @@ pub fn load_or_create_secret(dir: &Path) -> Result<String, ServeError> {
         .and_then(|_| f.sync_all())
         .map_err(|e| data_err(&path, e))?;
     Ok(secret)
+}
+
+/// Warns when a secret file can be read by anyone but its owner (the secret lets a process
+/// act as a cluster member).
+pub fn warn_if_readable_by_others(path: &Path) {
+    if let Some(mode) = readable_by_others(path) {
+        tracing::warn!(
+            path = %path.display(),
+            mode = format!("{mode:o}"),
+            "secret file is readable by group or others; run chmod 600 on it"
+        );
+    }
+}
+
+/// The file's permission bits when group or others may read or write it.
+fn readable_by_others(path: &Path) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        (mode & 0o066 != 0).then_some(mode)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
 }
 
 fn push_settings(s: &RegistrySettings) -> PushSettings {
@@ -484,4 +514,23 @@ pub async fn run(
     persistent.shutdown().await;
     tracing::info!("registry node stopped");
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_generated_secret_is_owner_only_and_a_loose_one_is_noticed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let secret = load_or_create_secret(dir.path()).unwrap();
+        let path = dir.path().join("cluster-secret");
+        assert_eq!(readable_by_others(&path), None);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(readable_by_others(&path), Some(0o644));
+        // Still loaded (a warning, not a refusal): the operator may share it on purpose.
+        assert_eq!(load_or_create_secret(dir.path()).unwrap(), secret);
+    }
 }

@@ -9,6 +9,15 @@ use crate::ServiceKey;
 pub const INTERNAL_PREFIX: &str = "/nacre/internal/";
 /// Header carrying the cluster secret on internal calls.
 pub const SECRET_HEADER: &str = "x-nacre-cluster-secret";
+/// Prefix of the headers only nacre's own tiers may set; the gateway drops every client-sent
+/// header with it before adding its own.
+pub const HEADER_PREFIX: &str = "x-nacre-";
+/// The client address a gateway (or a node replaying a forwarded write) asserts for a request:
+/// where UDP pushes for a subscription go. Believed only with [`ASSERTED_BY_HEADER`].
+pub const CLIENT_ADDR_HEADER: &str = "x-nacre-client-addr";
+/// Proof for [`CLIENT_ADDR_HEADER`]: the cluster secret. Unlike [`SECRET_HEADER`] it grants
+/// nothing but the client address (a proxied client request must not pass as peer traffic).
+pub const ASSERTED_BY_HEADER: &str = "x-nacre-asserted-by";
 /// A node's liveness and readiness probe, answered with a [`PingReply`].
 pub const PING_PATH: &str = "/nacre/internal/member/ping";
 /// A node's change feed: a held read answered with a [`FeedPage`].
@@ -70,6 +79,13 @@ mod tests {
         let p: PingReply = serde_json::from_str(old).unwrap();
         assert!(p.standing);
         assert!(p.ring.is_empty() && p.down.is_empty());
+    }
+
+    #[test]
+    fn nacre_headers_share_the_header_prefix() {
+        for h in [SECRET_HEADER, CLIENT_ADDR_HEADER, ASSERTED_BY_HEADER] {
+            assert!(h.starts_with(HEADER_PREFIX), "{h}");
+        }
     }
 
     #[test]

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
 
-use crate::fleet::{shown, Fleet, Member, Shown, Targets};
+use crate::fleet::{shown, Fleet, Member, Shown, Targets, Violation};
 use crate::http::Clients;
 
 /// How often every subscription is renewed (the servers forget a subscriber after 10 s).
@@ -34,16 +34,8 @@ pub const CHURN: Duration = Duration::from_millis(300);
 /// One pushed list that did not show every live instance.
 #[derive(Debug, Clone)]
 pub struct PushViolation {
-    /// Seconds since the checker started.
-    pub at_s: f64,
-    /// Where the packet came from.
-    pub from: SocketAddr,
-    /// The service named in the packet.
-    pub service: String,
-    /// Live fleet instances absent from the push.
-    pub missing: Vec<String>,
-    /// Live fleet instances pushed as unhealthy.
-    pub unhealthy: Vec<String>,
+    /// What the push left out (`node` is where the packet came from).
+    pub seen: Violation,
     /// The push listed no instance at all.
     pub empty: bool,
 }
@@ -311,13 +303,12 @@ fn check(
     from: SocketAddr,
     started: Instant,
 ) -> Option<PushViolation> {
-    let mut v = PushViolation {
+    let mut v = Violation {
         at_s: started.elapsed().as_secs_f64(),
-        from,
+        node: from,
         service: push.service.clone(),
         missing: Vec::new(),
         unhealthy: Vec::new(),
-        empty: push.hosts.is_empty() && !members.is_empty(),
     };
     for m in members {
         match shown(&push.hosts, &m.ip) {
@@ -326,7 +317,10 @@ fn check(
             Shown::Healthy => {}
         }
     }
-    (!v.missing.is_empty() || !v.unhealthy.is_empty()).then_some(v)
+    (!v.missing.is_empty() || !v.unhealthy.is_empty()).then_some(PushViolation {
+        seen: v,
+        empty: push.hosts.is_empty() && !members.is_empty(),
+    })
 }
 
 #[cfg(test)]
@@ -380,10 +374,10 @@ mod tests {
         );
         assert!(check(&whole, &live, from, t).is_none());
         let short = check(&push(serde_json::json!([{"ip": "10.0.0.1", "healthy": true}, {"ip": "10.0.0.2", "healthy": false}])), &live, from, t).unwrap();
-        assert_eq!(short.unhealthy, vec!["10.0.0.2"]);
+        assert_eq!(short.seen.unhealthy, vec!["10.0.0.2"]);
         assert!(!short.empty);
         let empty = check(&push(serde_json::json!([])), &live, from, t).unwrap();
         assert!(empty.empty);
-        assert_eq!(empty.missing.len(), 2);
+        assert_eq!(empty.seen.missing.len(), 2);
     }
 }

@@ -44,15 +44,10 @@ pub async fn to_owner(app: &App, key: &ServiceKey, p: &Params) -> Option<Respons
     }
     let uri = &p.raw.uri;
     let path = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
-    // Behind a proxy or another node the real client address must survive, so UDP pushes
-    // and client IPs stay right.
+    // The owner must see the client's verified address, not this node's.
     let mut headers = p.headers.clone();
-    if !headers.contains_key("x-forwarded-for") {
-        if let Some(peer) = p.peer {
-            if let Ok(v) = axum::http::HeaderValue::from_str(&peer.ip().to_string()) {
-                headers.insert("x-forwarded-for", v);
-            }
-        }
+    if let Some(source) = super::source::verified_source(app, p) {
+        super::source::assert_source(&mut headers, source, &app.secret);
     }
     let forwards = &cluster.replicator.metrics().forwards;
     // Subscribe before sending: a ring change during the wait must not be missed.

@@ -157,18 +157,18 @@ pub async fn detail(State(app): State<Arc<App>>, p: Params) -> Result<Response, 
     })))
 }
 
-/// Where UDP pushes for this query should go: `clientIP` if given, else the first
-/// `X-Forwarded-For` hop (behind the gateway), else the TCP peer.
-fn push_target(p: &Params, udp_port: u16) -> Option<SocketAddr> {
-    let ip: IpAddr = match p.opt("clientIP") {
-        Some(ip) => ip.parse().ok()?,
-        None => p
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .and_then(|v| v.trim().parse().ok())
-            .or_else(|| p.peer.map(|a| a.ip()))?,
+/// Where UDP pushes for this query go: the request's verified source
+/// ([`super::source::verified_source`]). A `clientIP` naming another host is ignored unless the
+/// operator trusts it (`push.trust_client_ip`): otherwise any client could aim pushes at any
+/// host. `X-Forwarded-For` is never read: anyone can write it.
+fn push_target(app: &App, p: &Params, udp_port: u16) -> Option<SocketAddr> {
+    let source = super::source::verified_source(app, p);
+    let claimed: Option<IpAddr> = p.opt("clientIP").and_then(|ip| ip.parse().ok());
+    let ip = match (claimed, source) {
+        (Some(c), _) if app.node.settings().push.trust_client_ip => c,
+        (_, Some(s)) => s,
+        (Some(c), None) => c,
+        (None, None) => return None,
     };
     Some(SocketAddr::new(ip, udp_port))
 }
@@ -186,7 +186,7 @@ pub async fn list(State(app): State<Arc<App>>, p: Params) -> Result<Response, Ap
     let settings = app.node.settings();
     let mut cache_millis = settings.default_cache_millis;
     if udp_port > 0 && agent.push_capable() && app.node.push().is_some() {
-        if let Some(addr) = push_target(&p, udp_port) {
+        if let Some(addr) = push_target(&app, &p, udp_port) {
             app.node.subscribe(Subscriber {
                 key: key.clone(),
                 clusters: clusters.to_string(),

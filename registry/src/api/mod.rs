@@ -14,6 +14,7 @@ pub mod list_cache;
 pub mod params;
 pub mod render;
 pub mod service;
+pub mod source;
 
 use std::sync::Arc;
 use std::time::Instant;

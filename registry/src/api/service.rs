@@ -309,6 +309,12 @@ pub async fn update_cluster(State(app): State<Arc<App>>, p: Params) -> Result<Re
     let raw = p.required("healthChecker")?;
     let checker: HealthChecker = serde_json::from_str(raw)
         .map_err(|e| ApiError::bad_request(format!("healthChecker format incorrect: {e}")))?;
+    if let Some(path) = &checker.path {
+        validate::checker_path(path)?;
+    }
+    if let Some(h) = &checker.headers {
+        validate::checker_headers(h)?;
+    }
     if !["TCP", "HTTP", "MYSQL", "NONE"]
         .iter()
         .any(|t| t.eq_ignore_ascii_case(&checker.kind))

@@ -171,10 +171,17 @@ fn check_of(cluster: &ClusterMeta) -> Option<Check> {
     let hc = &cluster.health_checker;
     match hc.kind.to_ascii_uppercase().as_str() {
         "TCP" => Some(Check::Tcp),
-        "HTTP" => Some(Check::Http {
-            path: hc.path.clone().unwrap_or_else(|| "/".to_string()),
-            expected: hc.expected_response_code.unwrap_or(200),
-        }),
+        "HTTP" => {
+            let path = hc.path.clone().unwrap_or_else(|| "/".to_string());
+            // Validated on the way in; a path stored before that rule is not sent at all.
+            if crate::naming::validate::checker_path(&path).is_err() {
+                return None;
+            }
+            Some(Check::Http {
+                path,
+                expected: hc.expected_response_code.unwrap_or(200),
+            })
+        }
         // MYSQL needs credentials and a driver; NONE means manual. Neither is probed.
         _ => None,
     }

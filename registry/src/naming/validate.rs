@@ -94,6 +94,39 @@ pub fn service_name(grouped: &str) -> Result<(), NamingError> {
     Ok(())
 }
 
+/// Longest HTTP health-check path accepted.
+pub const MAX_CHECKER_PATH: usize = 512;
+/// Longest HTTP health-check `headers` value accepted.
+pub const MAX_CHECKER_HEADERS: usize = 1024;
+
+/// Checks an HTTP health checker's path. It goes verbatim into the request line of a probe
+/// the node sends, so it must be a path only: starting with `/`, visible ASCII (no space, CR,
+/// LF or other control byte, which would let a client make nodes send arbitrary bytes), and
+/// bounded.
+pub fn checker_path(v: &str) -> Result<(), NamingError> {
+    let ok = v.starts_with('/')
+        && v.len() <= MAX_CHECKER_PATH
+        && v.bytes().all(|b| b.is_ascii_graphic());
+    if !ok {
+        return Err(NamingError::bad(format!(
+            "healthChecker.path must be a path of at most {MAX_CHECKER_PATH} visible ASCII characters starting with '/'"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks an HTTP health checker's `headers` (`k:v|k:v`): printable ASCII without CR or LF,
+/// bounded.
+pub fn checker_headers(v: &str) -> Result<(), NamingError> {
+    let ok = v.len() <= MAX_CHECKER_HEADERS && v.bytes().all(|b| b == b' ' || b.is_ascii_graphic());
+    if !ok {
+        return Err(NamingError::bad(format!(
+            "healthChecker.headers must be at most {MAX_CHECKER_HEADERS} printable ASCII characters"
+        )));
+    }
+    Ok(())
+}
+
 /// Checks an instance address: digit-and-dot strings must be valid IPv4; host names pass.
 pub fn ip(v: &str) -> Result<(), NamingError> {
     let bad =
@@ -153,6 +186,28 @@ pub fn json_metadata(v: &serde_json::Value) -> Option<Metadata> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checker_paths_and_headers_cannot_smuggle_bytes_into_a_probe() {
+        assert!(checker_path("/health").is_ok());
+        assert!(checker_path("/a?b=c&d=%20").is_ok());
+        for bad in [
+            "",
+            "health",
+            "/h HTTP/1.0\r\nHost: evil\r\n\r\n",
+            "/h\nX: y",
+            "/h\r",
+            "/a b",
+            "http://evil/",
+            "/\u{e9}",
+        ] {
+            assert!(checker_path(bad).is_err(), "{bad:?}");
+        }
+        assert!(checker_path(&format!("/{}", "a".repeat(MAX_CHECKER_PATH))).is_err());
+        assert!(checker_headers("a:b|c: d").is_ok());
+        assert!(checker_headers("a:b\r\nX:y").is_err());
+        assert!(checker_headers(&"a".repeat(MAX_CHECKER_HEADERS + 1)).is_err());
+    }
 
     #[test]
     fn booleans() {
