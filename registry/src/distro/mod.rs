@@ -76,8 +76,14 @@
 //!   deletion leaves a tombstone for `TOMBSTONE_TTL_MS`: an older copy of the service (a record
 //!   in flight, a peer's verify digest) meets the tombstone and learns the deletion instead of
 //!   re-creating the service, so nodes stop disagreeing about removed services within one
-//!   verify round. *Tests:*
+//!   verify round. A service re-created above its deletion keeps the deletion's version as its
+//!   *floor* (and ships it in its records): instances stamped at or below it stay deleted
+//!   after the tombstone is gone, and a deletion below it is older news. Merging any records,
+//!   however malformed (duplicate instances, stamps that do not line up), is idempotent.
+//!   *Tests:*
 //!   `store::tests::d1_only_the_owner_drops_an_empty_service_and_peers_follow_its_deletion`,
+//!   `store::tests::d1_a_stale_copy_never_revives_instances_deleted_with_the_service`,
+//!   `tests/prop_peer_input.rs` `sync_records_merge_without_panic_and_idempotently`,
 //!   `store::tests::deletion_replicates_and_stale_records_do_not_resurrect`,
 //!   `verify::tests::a_deleted_service_is_sent_back_as_a_deletion_not_wanted_again`;
 //!   `tests/faults.rs` `a_stopped_fleet_converges_within_two_verify_rounds`.

@@ -55,6 +55,10 @@ pub struct EphemeralService {
     pub version: u64,
     /// When the service last became empty (ms), if it is empty.
     empty_since_ms: Option<u64>,
+    /// Instances stamped at or below this were deleted with the service: it was re-created
+    /// above a deletion (rule D1), and an older copy must not bring them back once the
+    /// service's tombstone is gone.
+    floor: u64,
 }
 
 impl EphemeralService {
@@ -110,7 +114,27 @@ impl EphemeralService {
                 .iter()
                 .map(|(id, (v, _))| (id.clone(), *v))
                 .collect(),
+            floor: self.floor,
         }
+    }
+
+    /// Raises the floor to `v`, dropping the instances it buries; returns how many went.
+    fn raise_floor(&mut self, v: u64) -> usize {
+        if v <= self.floor {
+            return 0;
+        }
+        self.floor = v;
+        self.stamps.resize(self.instances.len(), 0);
+        let before = self.instances.len();
+        let mut keep = self
+            .stamps
+            .iter()
+            .map(|s| *s > v)
+            .collect::<Vec<_>>()
+            .into_iter();
+        self.instances.retain(|_| keep.next().unwrap_or(true));
+        self.stamps.retain(|s| *s > v);
+        before - self.instances.len()
     }
 
     /// The stamp of the instance at `i` (0, older than every change, if it has none).
@@ -193,6 +217,14 @@ pub struct ServiceRecord {
     /// Instances the sender removed recently, with the version of each removal.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub removed: Vec<(InstanceKey, u64)>,
+    /// Instances stamped at or below this were deleted with the service (see
+    /// `EphemeralService::floor`); 0 when it never was.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub floor: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 impl ServiceRecord {
@@ -204,6 +236,7 @@ impl ServiceRecord {
             instances: None,
             stamps: Vec::new(),
             removed: Vec::new(),
+            floor: 0,
         }
     }
 }
@@ -371,8 +404,12 @@ impl Inner {
         let v = self.next_version(now_ms, floor);
         if let Some(s) = self.services.get_mut(key) {
             s.set_version(v, now_ms);
-            // Re-created above its deletion: the tombstone has nothing left to guard.
-            self.tombstones.remove(key);
+            // Re-created above its deletion: the floor keeps what the tombstone guarded.
+            // (Every instance here came after the deletion; the one being registered is
+            // stamped right after this.)
+            if let Some(t) = self.tombstones.remove(key) {
+                s.floor = s.floor.max(t.version);
+            }
         }
         v
     }
@@ -390,10 +427,12 @@ impl Inner {
     /// an instance changed here after the deletion keeps the service alive (and the sender
     /// hears of it).
     fn merge_deletion(&mut self, key: &ServiceKey, version: u64, now_ms: u64) -> Merged {
+        // The local copy outlives the deletion if anything in it is newer, or if it was
+        // re-created above a later deletion already (its floor).
         let newer = self
             .services
             .get(key)
-            .map(|svc| svc.stamps.iter().any(|s| *s > version));
+            .map(|svc| svc.floor > version || svc.stamps.iter().any(|s| *s > version));
         match newer {
             None | Some(false) => {
                 let existed = self.services.remove(key).is_some();
@@ -412,6 +451,7 @@ impl Inner {
                     return Merged::default();
                 };
                 let gone = svc.remove_where(version, now_ms, |_, stamp| stamp <= version);
+                svc.raise_floor(version);
                 self.touch(key, now_ms);
                 Merged {
                     changed: gone > 0,
@@ -765,7 +805,17 @@ impl EphemeralStore {
             .fold(record.version, |a, b| a.max(*b));
         inner.hlc = inner.hlc.max(top);
         let key = record.key.clone();
-        let tomb = inner.tombstones.get(&key).map(|t| t.version);
+        // Everything at or below the service's last deletion, as this node or the sender
+        // knows it, stays deleted.
+        let tomb = [
+            inner.tombstones.get(&key).map(|t| t.version),
+            inner.services.get(&key).map(|s| s.floor),
+            Some(record.floor),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+        .filter(|v| *v > 0);
         let Some(remote) = record.instances else {
             return inner.merge_deletion(&key, record.version, now_ms);
         };
@@ -774,20 +824,44 @@ impl EphemeralStore {
         } else {
             vec![record.version; remote.len()]
         };
-        // Instances no newer than the service's deletion here stay deleted.
-        let live: Vec<(Instance, u64)> = remote
-            .into_iter()
-            .zip(stamps)
-            .filter(|(_, s)| tomb.is_none_or(|t| *s > t))
-            .collect();
-        if !inner.services.contains_key(&key) && live.is_empty() && tomb.is_some() {
-            return Merged::default();
+        // Instances no newer than the service's deletion here stay deleted. A record naming
+        // one instance twice is malformed (no node sends one); the newest copy counts, as it
+        // would had the two arrived in two records, so merging stays idempotent.
+        let mut newest: HashMap<InstanceKey, (Instance, u64)> =
+            HashMap::with_capacity(remote.len());
+        for (inst, s) in remote.into_iter().zip(stamps) {
+            if tomb.is_some_and(|t| s <= t) {
+                continue;
+            }
+            match newest.entry(inst.key()) {
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert((inst, s));
+                }
+                std::collections::hash_map::Entry::Occupied(mut e) => {
+                    let (kept, ks) = e.get();
+                    if (s, instance_hash(&inst)) > (*ks, instance_hash(kept)) {
+                        e.insert((inst, s));
+                    }
+                }
+            }
+        }
+        let live: Vec<(Instance, u64)> = newest.into_values().collect();
+        if !inner.services.contains_key(&key) && live.is_empty() {
+            if let Some(t) = tomb {
+                // Nothing to create, but remember the deletion the sender knows of.
+                let kept = inner.tombstones.entry(key).or_insert(Tombstone {
+                    version: t,
+                    at_ms: now_ms,
+                });
+                kept.version = kept.version.max(t);
+                return Merged::default();
+            }
         }
         let created = !inner.services.contains_key(&key);
         let svc = inner.services.entry(key.clone()).or_default();
         // Every instance has a stamp (see `stamp`); the merge below indexes both together.
         svc.stamps.resize(svc.instances.len(), 0);
-        let mut changed = created;
+        let mut changed = created | (svc.raise_floor(tomb.unwrap_or(0)) > 0);
         for (id, t) in &record.removed {
             if let Some(i) = svc.position(&id.ip, id.port, &id.cluster) {
                 if svc.stamp_at(i) <= *t {
@@ -1260,6 +1334,28 @@ mod tests {
         assert_eq!(b.tombstone(&key()), None);
     }
 
+    /// Found by `tests/prop_peer_input.rs`: once a deleted service was re-created its
+    /// tombstone was dropped, and a stale copy from before the deletion brought the deleted
+    /// instances back (and merging was no longer idempotent).
+    #[test]
+    fn d1_a_stale_copy_never_revives_instances_deleted_with_the_service() {
+        let s = EphemeralStore::new();
+        s.register(&key(), inst("10.0.0.1", 0), 0);
+        let stale = record(&s);
+        assert!(s.remove_service(&key(), 1));
+        // Re-created by a new registration: the tombstone goes, its guard stays.
+        s.register(&key(), inst("10.0.0.2", 0), 2);
+        assert_eq!(s.tombstone(&key()), None);
+        s.apply_remote(stale.clone(), 3);
+        assert_eq!(ips(&s), vec!["10.0.0.2"]);
+        // A peer that only ever sees the re-created service learns the floor from its record,
+        // whichever order the two copies arrive in.
+        let peer = EphemeralStore::new();
+        peer.apply_remote(stale, 3);
+        peer.apply_remote(record(&s), 4);
+        assert_eq!(ips(&peer), vec!["10.0.0.2"]);
+    }
+
     #[test]
     fn d1_only_the_owner_drops_an_empty_service_and_peers_follow_its_deletion() {
         let owner = EphemeralStore::new();
@@ -1295,6 +1391,7 @@ mod tests {
             instances: Some(vec![inst("10.0.0.1", 0)]),
             stamps: Vec::new(),
             removed: Vec::new(),
+            floor: 0,
         };
         assert!(s.apply_remote(forged, 0).changed);
         s.register(&key(), inst("10.0.0.2", 0), 1);

@@ -1,0 +1,133 @@
+//! Property tests of what peers and UDP clients send a node: Distro sync records (applied to a
+//! real store), the wire documents of every internal route, and UDP datagrams. A peer holding
+//! the cluster secret is still not trusted to send well-formed data: nothing it sends may
+//! panic the node, and re-applying what was applied changes nothing.
+//!
+//! Case counts are modest so CI stays fast; failures are printed, not persisted.
+
+use nacre_registry::distro::store::{EphemeralStore, ServiceRecord};
+use nacre_registry::distro::wire::{SyncBatch, VerifyRequest};
+use nacre_registry::naming::model::{Instance, InstanceKey, Metadata};
+use nacre_registry::push::packet::{decode_incoming, maybe_gunzip};
+use nacre_ring::wire::{FeedPage, PingReply};
+use nacre_ring::ServiceKey;
+use proptest::prelude::*;
+
+fn config() -> ProptestConfig {
+    ProptestConfig {
+        cases: 256,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+/// Short names drawn from a small alphabet, so records collide on keys and instances.
+fn name() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => "[ab]{1,2}",
+        1 => ".{0,8}",
+    ]
+}
+
+fn instance() -> impl Strategy<Value = Instance> {
+    (
+        name(),
+        0u16..4,
+        name(),
+        any::<bool>(),
+        any::<f64>(),
+        any::<u64>(),
+    )
+        .prop_map(|(ip, port, cluster, healthy, weight, beat)| Instance {
+            ip,
+            port,
+            cluster,
+            weight,
+            healthy,
+            enabled: true,
+            ephemeral: true,
+            metadata: Metadata::new(),
+            instance_id: String::new(),
+            app: "DEFAULT".to_string(),
+            last_beat_ms: beat,
+            marked: false,
+        })
+}
+
+/// Records as a buggy or hostile peer could send them: stamps that do not line up with the
+/// instances, duplicate instances, removals of unknown instances, any versions.
+fn record() -> impl Strategy<Value = ServiceRecord> {
+    (
+        name(),
+        any::<u64>(),
+        prop::option::of(prop::collection::vec(instance(), 0..5)),
+        prop::collection::vec(any::<u64>(), 0..7),
+        prop::collection::vec(((name(), 0u16..4, name()), any::<u64>()), 0..4),
+        prop_oneof![3 => Just(0u64), 1 => any::<u64>()],
+    )
+        .prop_map(
+            |(svc, version, instances, stamps, removed, floor)| ServiceRecord {
+                key: ServiceKey::new("public", "DEFAULT_GROUP", &svc),
+                version,
+                instances,
+                stamps,
+                removed: removed
+                    .into_iter()
+                    .map(|((ip, port, cluster), v)| (InstanceKey { ip, port, cluster }, v))
+                    .collect(),
+                floor,
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Any sequence of records merges without a panic, and merging the same sequence again
+    /// leaves the store as it was (records are idempotent by version).
+    #[test]
+    fn sync_records_merge_without_panic_and_idempotently(
+        records in prop::collection::vec(record(), 0..12),
+        now in any::<u64>(),
+    ) {
+        let store = EphemeralStore::new();
+        for r in &records {
+            store.apply_remote(r.clone(), now);
+        }
+        let once = store.fingerprint();
+        for r in &records {
+            store.apply_remote(r.clone(), now);
+        }
+        prop_assert_eq!(store.fingerprint(), once);
+        let (services, instances) = store.counts();
+        prop_assert_eq!((services, instances), (once.0, once.1));
+    }
+
+    /// Arbitrary bytes on every internal route's body decode to an error, never a panic.
+    #[test]
+    fn peer_documents_never_panic(raw in prop::collection::vec(any::<u8>(), 0..300)) {
+        let _ = serde_json::from_slice::<SyncBatch>(&raw);
+        let _ = serde_json::from_slice::<VerifyRequest>(&raw);
+        let _ = serde_json::from_slice::<PingReply>(&raw);
+        let _ = serde_json::from_slice::<FeedPage>(&raw);
+        let _ = serde_json::from_slice::<Vec<ServiceRecord>>(&raw);
+    }
+
+    /// JSON-shaped noise, which gets further into the decoders than random bytes.
+    #[test]
+    fn peer_documents_never_panic_on_json_like_text(raw in r#"[{}\[\]":,0-9a-z_ -]{0,80}"#) {
+        let _ = serde_json::from_str::<SyncBatch>(&raw);
+        let _ = serde_json::from_str::<VerifyRequest>(&raw);
+        let _ = serde_json::from_str::<PingReply>(&raw);
+    }
+
+    /// Any datagram on the push socket decodes (to an ack, another packet or garbage).
+    #[test]
+    fn udp_datagrams_never_panic(raw in prop::collection::vec(any::<u8>(), 0..400)) {
+        let _ = decode_incoming(&raw);
+        let mut gz = vec![0x1f, 0x8b];
+        gz.extend_from_slice(&raw);
+        let _ = decode_incoming(&gz);
+        let _ = maybe_gunzip(&gz);
+    }
+}
