@@ -55,6 +55,11 @@ impl Setup {
 
 /// A fast-detecting 3-node cluster with a gateway in front, both ready.
 fn setup(gateway_args: &[&str]) -> Result<Setup> {
+    setup_with("", gateway_args)
+}
+
+/// [`setup`], with `config` added to the gateway's TOML file.
+fn setup_with(config: &str, gateway_args: &[&str]) -> Result<Setup> {
     let root = tempfile::Builder::new()
         .prefix("nacre-gateway-")
         .tempdir()?;
@@ -66,7 +71,9 @@ fn setup(gateway_args: &[&str]) -> Result<Setup> {
         &conf,
         // Probes answer in well under a millisecond; the long timeout only keeps a loaded CI
         // machine from dropping a node (a refused connect is still noticed at once).
-        "probe_interval_ms = 100\nprobe_timeout_ms = 1000\nconnect_timeout_ms = 300\n",
+        format!(
+            "probe_interval_ms = 100\nprobe_timeout_ms = 1000\nconnect_timeout_ms = 300\n{config}"
+        ),
     )?;
     let mut args = vec!["--config".to_string(), conf.display().to_string()];
     args.extend(gateway_args.iter().map(|s| s.to_string()));
@@ -683,5 +690,56 @@ async fn behind_the_gateway_pushes_go_to_the_client_the_gateway_saw() -> Result<
         seen == vec!["127.0.0.2:41236".to_string()],
         "subscriptions: {seen:?}"
     );
+    Ok(())
+}
+
+/// A client over its rate limit gets 429 from the gateway itself (no node sees the request),
+/// others keep being served, and probes and scrapes are never limited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_over_its_rate_limit_gets_429_and_others_are_served() -> Result<()> {
+    let s = setup_with("client_rate_limit = 2\nclient_rate_burst = 5\n", &[])?;
+    let list = format!(
+        "http://{}/nacos/v1/ns/instance/list?serviceName=limited",
+        s.gateway.addr()
+    );
+    let from = |last: u8| {
+        reqwest::Client::builder()
+            .local_address(std::net::IpAddr::from([127, 0, 0, last]))
+            .build()
+    };
+    let greedy = from(3)?;
+    let nodes_before = s.nodes_metric("nacre_http_requests_total").await;
+    let mut codes = Vec::new();
+    for _ in 0..12 {
+        codes.push(greedy.get(&list).send().await?.status().as_u16());
+    }
+    let refused = codes.iter().filter(|c| **c == 429).count();
+    ensure!(
+        codes.iter().take(5).all(|c| *c == 200) && refused >= 6,
+        "burst of 5, then refusals: {codes:?}"
+    );
+    let r = greedy.get(&list).send().await?;
+    ensure!(r.status() == 429);
+    let body = r.text().await?;
+    ensure!(body.contains("too many requests from 127.0.0.3"), "{body}");
+    // Its own endpoints stay open to probes and scrapers, whatever the rate.
+    for _ in 0..10 {
+        let h = greedy
+            .get(format!("http://{}/nacre/gateway/health", s.gateway.addr()))
+            .send()
+            .await?;
+        ensure!(h.status() == 200);
+    }
+    // Another client has its own budget.
+    let other = from(4)?;
+    ensure!(other.get(&list).send().await?.status() == 200);
+    // The refused requests never reached a node (the nodes saw the 5 + 1 served ones at most;
+    // cache hits are served by the gateway itself).
+    let reached = s.nodes_metric("nacre_http_requests_total").await - nodes_before;
+    ensure!(reached <= 6.0 + 3.0, "nodes saw {reached} requests");
+    ensure!(s.gw().metric("nacre_gateway_rate_limited_total").await >= refused as f64 + 1.0);
+    // After a pause the client is served again.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    ensure!(greedy.get(&list).send().await?.status() == 200);
     Ok(())
 }

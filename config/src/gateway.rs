@@ -57,6 +57,11 @@ pub struct GatewaySettings {
     pub grace_period_seconds: u64,
     /// Time in-flight requests get to finish once the gateway stops (s).
     pub shutdown_timeout_seconds: u64,
+    /// Requests per second one client address may send; 0 turns the limit off. Past it (and
+    /// its burst) the gateway answers 429 without involving a node.
+    pub client_rate_limit: u32,
+    /// Requests a client may send at once above its rate (0: the rate itself).
+    pub client_rate_burst: u32,
 }
 
 impl Default for GatewaySettings {
@@ -80,6 +85,8 @@ impl Default for GatewaySettings {
             feed_wait_ms: 10_000,
             grace_period_seconds: 1,
             shutdown_timeout_seconds: 5,
+            client_rate_limit: 0,
+            client_rate_burst: 0,
         }
     }
 }
@@ -158,6 +165,8 @@ impl GatewaySettings {
             "feed_wait_ms" => self.feed_wait_ms = num(var, v)?,
             "grace_period_seconds" => self.grace_period_seconds = num(var, v)?,
             "shutdown_timeout_seconds" => self.shutdown_timeout_seconds = num(var, v)?,
+            "client_rate_limit" => self.client_rate_limit = num(var, v)?,
+            "client_rate_burst" => self.client_rate_burst = num(var, v)?,
             "cluster_secret" => {
                 return Err(invalid(
                     var,

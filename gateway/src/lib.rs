@@ -5,12 +5,14 @@
 //! - [`monitor`]: discovery, readiness probes, view rebuilds, feed followers.
 //! - [`feed`]: following one node's change feed into cache invalidations.
 //! - [`cache`]: cached list answers and the rule that keeps stale ones out.
+//! - [`limits`]: per-client request-rate limits.
 //! - [`proxy`]: the pingora `ProxyHttp` glue (thin).
 //! - [`server`]: building and running the pingora server.
 //! - [`metrics`]: Prometheus metrics.
 
 pub mod cache;
 pub mod feed;
+pub mod limits;
 pub mod metrics;
 pub mod monitor;
 pub mod proxy;
@@ -40,6 +42,8 @@ pub struct Shared {
     pub push_seen: moka::sync::Cache<(String, u16, nacre_ring::ServiceKey, route::Variant), ()>,
     /// The `/nacos/serverlist` body.
     pub server_list: Bytes,
+    /// Per-client rate limits, when configured.
+    pub limiter: Option<limits::ClientLimiter>,
 }
 
 impl Shared {
@@ -60,6 +64,10 @@ impl Shared {
             metrics: metrics::Metrics::new()?,
             push_seen,
             server_list,
+            limiter: limits::ClientLimiter::new(
+                settings.client_rate_limit,
+                settings.client_rate_burst,
+            ),
             settings,
         })
     }

@@ -32,6 +32,8 @@ pub struct Metrics {
     pub cache_services: IntGauge,
     /// Retries on another node after a connect failure or a dropped reused connection.
     pub retries: IntCounter,
+    /// Requests refused with 429 by the per-client rate limit.
+    pub rate_limited: IntCounter,
     upstream_seconds: HistogramVec,
     upstream_up: IntGaugeVec,
     feed_lag_ms: IntGaugeVec,
@@ -169,6 +171,10 @@ impl Metrics {
             retries: counter(
                 "nacre_gateway_retries_total",
                 "Requests retried on another node",
+            )?,
+            rate_limited: counter(
+                "nacre_gateway_rate_limited_total",
+                "Requests refused with 429 by the per-client rate limit",
             )?,
             upstream_seconds,
             upstream_up,

@@ -181,6 +181,28 @@ fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
 }
 
 impl Gateway {
+    /// The refusal for a client over its rate limit. Liveness, readiness and metrics stay
+    /// open: probes and scrapers come from few addresses and must not be refused.
+    fn over_rate(&self, session: &Session) -> Option<String> {
+        let limiter = self.shared.limiter.as_ref()?;
+        let path = session.req_header().uri.path();
+        if matches!(
+            route::local(path),
+            Some(Local::Health | Local::Ready | Local::Metrics)
+        ) {
+            return None;
+        }
+        let ip = client_ip(session)?;
+        if limiter.allow(ip) {
+            return None;
+        }
+        self.shared.metrics.rate_limited.inc();
+        Some(format!(
+            "too many requests from {ip}: the limit is {} per second",
+            limiter.per_second()
+        ))
+    }
+
     async fn serve_local(&self, session: &mut Session, local: Local) -> Result<()> {
         let shared = &self.shared;
         match local {
@@ -248,6 +270,11 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if let Some(refusal) = self.over_rate(session) {
+            ctx.route = RouteLabel::Local;
+            respond(session, 429, TEXT, Bytes::from(refusal)).await?;
+            return Ok(true);
+        }
         let path = session.req_header().uri.path();
         if let Some(local) = route::local(path) {
             ctx.route = RouteLabel::Local;

@@ -83,6 +83,7 @@ impl BackgroundService for Monitor {
             Ok(source) => Discovery::start(source, interval, token.clone()).await,
             Err(e) => Err(e),
         };
+        let housekeeping = tokio::spawn(forget_idle_clients(self.shared.clone(), token.clone()));
         match discovery {
             Ok(d) => crate::monitor::run(self.shared.clone(), d, token.clone()).await,
             Err(e) => {
@@ -91,6 +92,31 @@ impl BackgroundService for Monitor {
         }
         token.cancel();
         let _ = watcher.await;
+        let _ = housekeeping.await;
+    }
+}
+
+/// How often the rate limiter forgets clients whose bucket is full again.
+const FORGET_IDLE_CLIENTS: Duration = Duration::from_secs(10);
+
+/// Keeps the per-client rate limiter bounded by the clients seen recently, until `stop`. The
+/// walk over every tracked client runs on the blocking pool.
+async fn forget_idle_clients(shared: Arc<Shared>, stop: CancellationToken) {
+    if shared.limiter.is_none() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(FORGET_IDLE_CLIENTS) => {}
+        }
+        let shared = shared.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(l) = &shared.limiter {
+                l.forget_idle();
+            }
+        })
+        .await;
     }
 }
 

@@ -454,3 +454,57 @@ mod tests {
         assert!(parse_beat_body(r#"{"metadata":"x"}"#).is_err());
     }
 }
+
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::parse_beat_body;
+
+    fn config() -> ProptestConfig {
+        ProptestConfig {
+            cases: 256,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    /// A value of the kinds a beat's fields may hold, right or wrong.
+    fn value() -> impl Strategy<Value = serde_json::Value> {
+        prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(|f| serde_json::json!(f)),
+            ".{0,8}".prop_map(serde_json::Value::from),
+            Just(serde_json::json!({"k": "v", "n": 1})),
+            Just(serde_json::json!([1, "a"])),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        /// Whatever a client puts in `beat`, the answer is a parsed body or a 400.
+        #[test]
+        fn beat_bodies_parse_or_are_a_client_error(
+            fields in prop::collection::btree_map(
+                prop::sample::select(vec!["ip", "port", "weight", "cluster", "metadata", "ephemeral", "serviceName", "x"]),
+                value(),
+                0..7,
+            ),
+        ) {
+            let raw = serde_json::to_string(&fields).unwrap_or_default();
+            if let Err(e) = parse_beat_body(&raw) {
+                prop_assert_eq!(e.status.as_u16(), 400);
+            }
+        }
+
+        #[test]
+        fn any_text_as_a_beat_is_parsed_or_a_client_error(raw in ".{0,80}") {
+            if let Err(e) = parse_beat_body(&raw) {
+                prop_assert_eq!(e.status.as_u16(), 400);
+            }
+        }
+    }
+}

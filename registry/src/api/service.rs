@@ -354,3 +354,39 @@ mod tests {
         assert!(selector(r#"{"type":"weird"}"#).is_err());
     }
 }
+
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::selector;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Whatever a client sends as `selector`, it is a selector or a 400.
+        #[test]
+        fn selectors_parse_or_are_a_client_error(raw in r#"[{}\[\]":, a-zA-Z0-9=.-]{0,60}"#) {
+            if let Err(e) = selector(&raw) {
+                prop_assert_eq!(e.status.as_u16(), 400);
+            }
+        }
+
+        #[test]
+        fn typed_selectors_with_any_expression_parse_or_are_a_client_error(
+            kind in prop_oneof![
+                Just("none".to_string()),
+                Just("label".to_string()),
+                Just("LABEL".to_string()),
+                ".{0,6}",
+            ],
+            expression in prop::option::of(".{0,30}"),
+        ) {
+            let raw = serde_json::json!({"type": kind, "expression": expression}).to_string();
+            match selector(&raw) {
+                Ok(_) => {}
+                Err(e) => prop_assert_eq!(e.status.as_u16(), 400),
+            }
+        }
+    }
+}
