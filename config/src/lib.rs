@@ -215,6 +215,30 @@ impl ClusterSettings {
     }
 }
 
+/// Authentication and authorization (Nacos 1.x style: login, access tokens, users, roles and
+/// permissions).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Require a user for every API call (off by default, as in Nacos).
+    pub enabled: bool,
+    /// The first administrator's (`nacos`) password, used once when the cluster first starts
+    /// with auth on; generated and logged once when unset.
+    pub admin_password: Option<String>,
+    /// Lifetime of an access token (s; Nacos's default 18000).
+    pub token_ttl_s: u64,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            admin_password: None,
+            token_ttl_s: 18_000,
+        }
+    }
+}
+
 /// Settings of a registry node.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -257,6 +281,8 @@ pub struct RegistrySettings {
     pub list_cache_bytes: usize,
     /// UDP push.
     pub push: PushSettings,
+    /// Authentication and authorization.
+    pub auth: AuthSettings,
     /// Clustering (ignored when standalone).
     pub cluster: ClusterSettings,
 }
@@ -282,6 +308,7 @@ impl Default for RegistrySettings {
             shutdown_grace_ms: 5_000,
             list_cache_bytes: 64 * 1024 * 1024,
             push: PushSettings::default(),
+            auth: AuthSettings::default(),
             cluster: ClusterSettings::default(),
         }
     }
@@ -342,6 +369,15 @@ impl RegistrySettings {
                     _ => return Err(invalid(key, v, "expected true or false")),
                 }
             }
+            "NACRE_AUTH_ENABLED" => {
+                self.auth.enabled = match v.trim() {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => return Err(invalid(key, v, "expected true or false")),
+                }
+            }
+            "NACRE_AUTH_ADMIN_PASSWORD" => self.auth.admin_password = Some(v.to_string()),
+            "NACRE_AUTH_TOKEN_TTL_S" => self.auth.token_ttl_s = num(key, v)?,
             "NACRE_MEMBERS" => {
                 self.cluster.members = members::parse_members_flag(v)?;
             }
@@ -387,6 +423,25 @@ impl RegistrySettings {
         }
         if self.max_connections == 0 {
             return Err(invalid("max_connections", 0, "must be positive"));
+        }
+        if !(60..=31_536_000).contains(&self.auth.token_ttl_s) {
+            return Err(invalid(
+                "auth.token_ttl_s",
+                self.auth.token_ttl_s,
+                "must be between 60 and 31536000",
+            ));
+        }
+        if self
+            .auth
+            .admin_password
+            .as_ref()
+            .is_some_and(|p| p.len() < 8)
+        {
+            return Err(invalid(
+                "auth.admin_password",
+                "(hidden)",
+                "must be at least 8 characters",
+            ));
         }
         if self.peer_connections == 0 {
             return Err(invalid("peer_connections", 0, "must be positive"));

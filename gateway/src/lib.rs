@@ -44,6 +44,9 @@ pub struct Shared {
     pub server_list: Bytes,
     /// Per-client rate limits, when configured.
     pub limiter: Option<limits::ClientLimiter>,
+    /// Some node requires credentials: answers are not cached or served from the cache,
+    /// since a cached answer would skip the node's check.
+    auth_required: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -64,12 +67,30 @@ impl Shared {
             metrics: metrics::Metrics::new()?,
             push_seen,
             server_list,
+            auth_required: std::sync::atomic::AtomicBool::new(false),
             limiter: limits::ClientLimiter::new(
                 settings.client_rate_limit,
                 settings.client_rate_burst,
             ),
             settings,
         })
+    }
+
+    /// Whether some node requires credentials (see [`Shared::set_auth_required`]).
+    pub fn auth_required(&self) -> bool {
+        self.auth_required
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Records whether some node requires credentials; turning it on drops every cached
+    /// answer.
+    pub fn set_auth_required(&self, on: bool) {
+        let was = self
+            .auth_required
+            .swap(on, std::sync::atomic::Ordering::Relaxed);
+        if on && !was {
+            self.reset_cache();
+        }
     }
 
     /// Drops every cached answer (and counts it).

@@ -31,6 +31,8 @@ struct Ready {
     /// The node has the standing to take writes (one cut off, or held DOWN by its peers,
     /// answers them 503).
     standing: bool,
+    /// The node requires credentials (then nothing may be served from the cache).
+    auth: bool,
 }
 
 /// Runs until `shutdown` is cancelled; every follower it started has stopped when it returns.
@@ -76,10 +78,13 @@ pub async fn run(shared: Arc<Shared>, discovery: Discovery, shutdown: Cancellati
                     addr: u.addr,
                     probed: false,
                     standing: true,
+                    auth: shared.auth_required(),
                 });
             }
         }
         ready.sort_by(|a, b| a.name.cmp(&b.name));
+        // One node with auth on is enough: a cached answer must never skip its check.
+        shared.set_auth_required(ready.iter().any(|r| r.auth));
         update_view(&shared, &ready);
         let view = shared.upstreams.view();
         // One follower per node in the view; a node that left gets its follower stopped.
@@ -204,6 +209,7 @@ async fn probe(
         addr,
         probed: true,
         standing: ping.standing,
+        auth: ping.auth,
     }))
 }
 

@@ -309,7 +309,10 @@ impl ProxyHttp for Gateway {
         ctx.route = RouteLabel::Owner;
         ctx.invalidates = plan.invalidates;
         let shared = &self.shared;
-        let Some(list) = plan.list.filter(|_| shared.cache.enabled()) else {
+        let Some(list) = plan
+            .list
+            .filter(|_| shared.cache.enabled() && !shared.auth_required())
+        else {
             ctx.key = Some(key);
             return Ok(false);
         };

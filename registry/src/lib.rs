@@ -2,6 +2,7 @@
 //! store (Distro) and a Raft-replicated persistent store kept in SQLite.
 
 pub mod api;
+pub mod auth;
 pub mod changes;
 pub mod clock;
 pub mod distro;

@@ -505,6 +505,7 @@ mod tests {
             ring: Vec::new(),
             down: Vec::new(),
             members_digest: 0,
+            auth: false,
         })
     }
 

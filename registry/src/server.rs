@@ -111,6 +111,62 @@ pub fn load_or_create_secret(dir: &Path) -> Result<String, ServeError> {
     Ok(secret)
 }
 
+/// With auth on, makes sure the cluster has a token key and a first administrator (`nacos`),
+/// once Raft takes writes. Every node tries; the first command applied wins, and only the
+/// node whose generated password was used logs it (once).
+async fn bootstrap_auth(node: Arc<Node>, admin_password: Option<String>, stop: CancellationToken) {
+    use crate::auth::{password, token, AuthCommand};
+    loop {
+        let done = node
+            .persistent()
+            .read(|s| s.auth().key.is_some() && !s.auth().users.is_empty());
+        if done {
+            return;
+        }
+        // Until the node is ready, look again soon; after a failed proposal, less often.
+        let mut pause = Duration::from_millis(100);
+        if node.is_ready() {
+            pause = Duration::from_secs(1);
+            let (pass, generated) = match &admin_password {
+                Some(p) => (p.clone(), false),
+                None => (password::generate(), true),
+            };
+            let hashed = {
+                let pass = pass.clone();
+                tokio::task::spawn_blocking(move || password::hash(&pass))
+                    .await
+                    .ok()
+                    .flatten()
+            };
+            if let Some(admin_hash) = hashed {
+                let cmd = crate::naming::persistent::Command::Auth(AuthCommand::Bootstrap {
+                    key: token::new_key(),
+                    admin_hash,
+                });
+                match node.namespace_command(cmd).await {
+                    Ok(()) if generated => tracing::warn!(
+                        user = crate::auth::ADMIN_USER,
+                        password = %pass,
+                        "auth: the first administrator was created with this generated password; it is shown once, change it"
+                    ),
+                    Ok(()) => tracing::info!(
+                        user = crate::auth::ADMIN_USER,
+                        "auth: the first administrator was created with the configured password"
+                    ),
+                    Err(crate::node::NodeError::Naming(_)) => return,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "auth bootstrap not applied yet; retrying")
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
 /// Warns when a secret file can be read by anyone but its owner (the secret lets a process
 /// act as a cluster member).
 pub fn warn_if_readable_by_others(path: &Path) {
@@ -438,7 +494,16 @@ pub async fn run(
         secret: secret.clone(),
         lists: api::list_cache::ListCache::new(settings.list_cache_bytes),
         shutdown: shutdown.clone(),
+        login_throttle: crate::auth::throttle::LoginThrottle::default(),
+        verified: crate::auth::password::Verified::default(),
     });
+    if settings.auth.enabled {
+        handles.push(spawn_in_span(bootstrap_auth(
+            node.clone(),
+            settings.auth.admin_password.clone(),
+            tasks.clone(),
+        )));
+    }
     let router = api::router(app, persistent.router());
     tracing::info!(listen = %local, advertise = %settings.advertised(), data = %settings.data_dir.display(), "registry node serving");
 

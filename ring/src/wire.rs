@@ -46,6 +46,10 @@ pub struct PingReply {
     pub down: Vec<String>,
     /// [`crate::Members::digest`] of its configured member list.
     pub members_digest: u64,
+    /// It requires credentials on its API: a gateway then caches no answer (a cached answer
+    /// would skip the node's check).
+    #[serde(default)]
+    pub auth: bool,
 }
 
 /// Nodes that do not report their standing (older versions) are taken to have it.

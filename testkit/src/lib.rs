@@ -87,6 +87,31 @@ impl NodeProcess {
         Ok(node)
     }
 
+    /// Like [`NodeProcess::start`], with `env` added to the inherited environment (kept on
+    /// restart).
+    pub fn start_with_env(
+        bin: &Path,
+        data_dir: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<NodeProcess> {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+        let mut node = NodeProcess {
+            bin: bin.to_path_buf(),
+            data_dir: data_dir.to_path_buf(),
+            addr: free_loopback_addr()?,
+            standalone: true,
+            extra_args: Vec::new(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            child: None,
+        };
+        node.spawn()?;
+        Ok(node)
+    }
+
     /// Spawns a cluster member: `bin registry --listen <listen> --data <data_dir> <args...>`
     /// (no `--standalone`) with `env` added to the inherited environment. The caller picks
     /// `listen` (cluster tests allocate every port up front) and passes the cluster flags

@@ -30,6 +30,7 @@ async fn ping(State(app): State<Arc<App>>) -> Json<PingReply> {
         ring: node.membership().ring().members().to_vec(),
         down: node.membership().down_peers(),
         members_digest: node.membership().configured().digest(),
+        auth: node.settings().auth.enabled,
     })
 }
 

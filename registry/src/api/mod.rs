@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod auth;
 pub mod error;
 pub mod forward;
 pub mod instance;
@@ -43,6 +44,10 @@ pub struct App {
     pub lists: list_cache::ListCache,
     /// Fires when the node stops: held requests (the change feed) answer at once.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Failed logins per user and per address (rule A6 in [`crate::auth`]).
+    pub login_throttle: crate::auth::throttle::LoginThrottle,
+    /// Passwords proven recently (see [`crate::auth::password::Verified`]).
+    pub verified: crate::auth::password::Verified,
 }
 
 /// Plain `ok`, the body Nacos clients compare write answers with.
@@ -163,10 +168,36 @@ pub fn router(app: Arc<App>, internal: Router) -> Router {
         .route("/nacos/v1/core/cluster/nodes/self", get(admin::core_self))
         .route("/nacos/v1/core/cluster/health", get(admin::core_health))
         .route("/nacre/v1/cluster", get(admin::nacre_cluster))
+        .route("/nacos/v1/auth/login", axum::routing::post(auth::login))
+        .route(
+            "/nacos/v1/auth/users/login",
+            axum::routing::post(auth::login),
+        )
+        .route(
+            "/nacos/v1/auth/users",
+            get(auth::users)
+                .post(auth::users)
+                .put(auth::users)
+                .delete(auth::users),
+        )
+        .route(
+            "/nacos/v1/auth/roles",
+            get(auth::roles).post(auth::roles).delete(auth::roles),
+        )
+        .route(
+            "/nacos/v1/auth/permissions",
+            get(auth::permissions)
+                .post(auth::permissions)
+                .delete(auth::permissions),
+        )
         .route("/metrics", get(admin::prometheus))
         .fallback(unknown_api)
         .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::from_fn_with_state(app.clone(), gate))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            auth::guard,
+        ))
         .layer(axum::middleware::from_fn_with_state(app.clone(), track))
         .with_state(app.clone());
     let secret: Arc<str> = Arc::from(app.secret.as_str());

@@ -363,6 +363,7 @@ mod tests {
             ring: ring.iter().map(|m| m.to_string()).collect(),
             down: Vec::new(),
             members_digest: 0,
+            auth: false,
         })
     }
 

@@ -132,6 +132,8 @@ pub enum Command {
         /// Namespace id.
         id: String,
     },
+    /// Change users, roles, permissions or the token key (see [`crate::auth`]).
+    Auth(crate::auth::AuthCommand),
 }
 
 /// The outcome of applying one command.
@@ -166,6 +168,7 @@ pub struct PersistentService {
 pub struct PersistentState {
     services: BTreeMap<ServiceKey, PersistentService>,
     namespaces: BTreeMap<String, Namespace>,
+    auth: crate::auth::AuthState,
 }
 
 /// The serialised form of [`PersistentState`] (JSON maps need string keys).
@@ -175,6 +178,9 @@ pub struct PersistentSnapshot {
     pub services: Vec<(ServiceKey, PersistentService)>,
     /// Namespaces.
     pub namespaces: Vec<Namespace>,
+    /// Users, roles, permissions and the token key (absent in snapshots of older versions).
+    #[serde(default)]
+    pub auth: crate::auth::AuthState,
 }
 
 impl PersistentState {
@@ -187,6 +193,7 @@ impl PersistentState {
                 .into_iter()
                 .map(|n| (n.id.clone(), n))
                 .collect(),
+            auth: s.auth,
         }
     }
 
@@ -199,7 +206,13 @@ impl PersistentState {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             namespaces: self.namespaces.values().cloned().collect(),
+            auth: self.auth.clone(),
         }
+    }
+
+    /// Users, roles, permissions and the token key.
+    pub fn auth(&self) -> &crate::auth::AuthState {
+        &self.auth
     }
 
     /// One persistent service.
@@ -382,6 +395,11 @@ impl PersistentState {
                 }
                 Ok(CommandOutput::default())
             }
+            Command::Auth(cmd) => self
+                .auth
+                .apply(cmd)
+                .map(|()| CommandOutput::default())
+                .map_err(NamingError::bad),
         }
     }
 

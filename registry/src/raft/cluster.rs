@@ -238,6 +238,7 @@ mod tests {
             ring: Vec::new(),
             down: Vec::new(),
             members_digest: 0,
+            auth: false,
         })
     }
 
@@ -285,6 +286,7 @@ mod tests {
                 ring: Vec::new(),
                 down: Vec::new(),
                 members_digest: 0,
+                auth: false,
             }),
             3,
         );

@@ -93,6 +93,7 @@ const KEY_COMMITTED: &str = "committed";
 const KEY_PURGED: &str = "last_purged";
 const KEY_APPLIED: &str = "last_applied";
 const KEY_MEMBERSHIP: &str = "last_membership";
+const KEY_AUTH: &str = "auth";
 
 /// A failure of the SQLite layer.
 #[derive(Debug, thiserror::Error)]
@@ -511,6 +512,7 @@ struct SnapshotBlob {
 enum Touched<'a> {
     Service(&'a ServiceKey),
     Namespace(&'a str),
+    Auth,
 }
 
 fn touched(cmd: &Command) -> Touched<'_> {
@@ -524,6 +526,7 @@ fn touched(cmd: &Command) -> Touched<'_> {
         | Command::RemoveInstance { key, .. } => Touched::Service(key),
         Command::CreateNamespace(ns) | Command::UpdateNamespace(ns) => Touched::Namespace(&ns.id),
         Command::DeleteNamespace { id } => Touched::Namespace(id),
+        Command::Auth(_) => Touched::Auth,
     }
 }
 
@@ -579,6 +582,7 @@ fn apply_batch(
     let mut changed = Vec::new();
     let mut services = BTreeSet::new();
     let mut namespaces = BTreeSet::new();
+    let mut auth_touched = false;
 
     let mut state = shared.state.write();
     let applied = {
@@ -595,6 +599,7 @@ fn apply_batch(
                         Touched::Namespace(id) => {
                             namespaces.insert(id.to_owned());
                         }
+                        Touched::Auth => auth_touched = true,
                     }
                     let res = state.apply(cmd);
                     if let Ok(out) = &res {
@@ -625,6 +630,8 @@ fn apply_batch(
             .transpose()?;
         namespace_rows.push((id, data));
     }
+    // The auth state is small (users, roles, permissions): stored whole.
+    let auth_row = auth_touched.then(|| state.auth().clone());
     drop(state);
 
     relaxed(conn)?;
@@ -634,6 +641,9 @@ fn apply_batch(
     }
     for (id, data) in &namespace_rows {
         upsert_namespace(&tx, id, data.as_deref())?;
+    }
+    if let Some(auth) = &auth_row {
+        kv_put(&tx, SM_KV, KEY_AUTH, auth)?;
     }
     put_applied(&tx, &applied)?;
     tx.commit()?;
@@ -799,6 +809,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 for ns in new_state.namespaces() {
                     upsert_namespace(&tx, &ns.id, Some(&serde_json::to_string(ns)?))?;
                 }
+                kv_put(&tx, SM_KV, KEY_AUTH, new_state.auth())?;
                 put_applied(&tx, &applied)?;
                 store_snapshot(&tx, &meta, &data)?;
                 tx.commit()?;
@@ -891,6 +902,7 @@ fn load_all(conn: &mut Connection) -> Result<Loaded, DbError> {
     let state = PersistentState::from_snapshot(PersistentSnapshot {
         services,
         namespaces,
+        auth: kv_get(conn, SM_KV, KEY_AUTH)?.unwrap_or_default(),
     });
     let applied = Applied {
         last_applied: kv_get(conn, SM_KV, KEY_APPLIED)?.flatten(),

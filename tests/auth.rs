@@ -1,0 +1,430 @@
+//! Authentication and authorization against a real node with auth on (rules in
+//! `registry/src/auth/mod.rs`), attacked the way Nacos was: no credential, a wrong password, a
+//! forged or stale token, a user without permission on the namespace, trust-me headers
+//! (CVE-2021-29441) and oddly spelled paths (its bypass). Every refusal must be a 403 that
+//! changes nothing.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nacre_testkit::http::{Api, Reply};
+use nacre_testkit::NodeProcess;
+
+const ADMIN_PASSWORD: &str = "first-admin-pw";
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_nacre"))
+}
+
+/// A standalone node with auth on, ready and bootstrapped (the admin can log in).
+async fn start(dir: &Path) -> (NodeProcess, Api) {
+    let node = NodeProcess::start_with_env(
+        bin(),
+        dir,
+        &[
+            ("NACRE_AUTH_ENABLED", "true"),
+            ("NACRE_AUTH_ADMIN_PASSWORD", ADMIN_PASSWORD),
+        ],
+    )
+    .expect("start nacre");
+    let api = Api::new(node.addr());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // Ready first (an open route), then log in: failed logins count towards the lockout, so
+    // the attempts are spaced.
+    while api
+        .call("GET", "/nacos/v1/console/health/readiness", &[])
+        .await
+        .status
+        != 200
+    {
+        assert!(Instant::now() < deadline, "never ready\n{}", node.log_tail(4000));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    loop {
+        let r = api
+            .form(
+                "POST",
+                "/nacos/v1/auth/login",
+                &[("username", "nacos"), ("password", ADMIN_PASSWORD)],
+            )
+            .await;
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "admin never logged in: {r:?}\n{}",
+            node.log_tail(4000)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    (node, api)
+}
+
+async fn login(api: &Api, user: &str, pass: &str) -> Reply {
+    api.form(
+        "POST",
+        "/nacos/v1/auth/login",
+        &[("username", user), ("password", pass)],
+    )
+    .await
+}
+
+async fn token(api: &Api, user: &str, pass: &str) -> String {
+    let r = login(api, user, pass).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    r.json()["accessToken"]
+        .as_str()
+        .expect("a token")
+        .to_string()
+}
+
+fn register_q<'a>(svc: &'a str, ns: &'a str, ip: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("serviceName", svc),
+        ("namespaceId", ns),
+        ("ip", ip),
+        ("port", "80"),
+    ]
+}
+
+/// Admin sets up bob with read-write on namespace `ns1` only.
+async fn bob(api: &Api, admin: &str) {
+    for (method, path, q) in [
+        (
+            "POST",
+            "/nacos/v1/auth/users",
+            vec![("username", "bob"), ("password", "bob-pw-123")],
+        ),
+        (
+            "POST",
+            "/nacos/v1/auth/roles",
+            vec![("role", "dev"), ("username", "bob")],
+        ),
+        (
+            "POST",
+            "/nacos/v1/auth/permissions",
+            vec![("role", "dev"), ("resource", "ns1:*:*"), ("action", "rw")],
+        ),
+    ] {
+        let mut q = q.clone();
+        q.push(("accessToken", admin));
+        let r = api.call(method, path, &q).await;
+        assert_eq!(r.status, 200, "{method} {path}: {r:?}");
+    }
+}
+
+#[tokio::test]
+async fn login_gives_a_token_clients_can_use_three_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, api) = start(dir.path()).await;
+    let r = login(&api, "nacos", ADMIN_PASSWORD).await;
+    let doc = r.json();
+    assert_eq!(doc["tokenTtl"], 18000);
+    assert_eq!(doc["globalAdmin"], true);
+    let t = doc["accessToken"].as_str().unwrap().to_string();
+    // The other login path the Java client uses.
+    let again = api
+        .form(
+            "POST",
+            "/nacos/v1/auth/users/login",
+            &[("username", "nacos"), ("password", ADMIN_PASSWORD)],
+        )
+        .await;
+    assert_eq!(again.status, 200);
+
+    let q = register_q("authd", "public", "10.0.0.1");
+    // No credential: refused, nothing stored.
+    let r = api.instance("POST", &q).await;
+    assert_eq!((r.status, r.body.as_str()), (403, "unknown user!"));
+    // accessToken parameter (Java, Python).
+    let mut with_token = q.clone();
+    with_token.push(("accessToken", &t));
+    assert_eq!(api.instance("POST", &with_token).await.body, "ok");
+    // Bearer header.
+    let bearer = reqwest::Client::new()
+        .get(format!(
+            "http://{}/nacos/v1/ns/instance/list?serviceName=authd",
+            node.addr()
+        ))
+        .header("Authorization", format!("Bearer {t}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bearer.status(), 200);
+    // username + password on every request (the npm client).
+    let r = api
+        .list(&[
+            ("serviceName", "authd"),
+            ("username", "nacos"),
+            ("password", ADMIN_PASSWORD),
+        ])
+        .await;
+    assert_eq!(r["hosts"][0]["ip"], "10.0.0.1");
+    // Open routes stay open.
+    for p in [
+        "/nacos/v1/console/health/readiness",
+        "/nacos/v1/console/health/liveness",
+        "/metrics",
+    ] {
+        assert_eq!(api.call("GET", p, &[]).await.status, 200, "{p}");
+    }
+}
+
+#[tokio::test]
+async fn wrong_forged_and_stale_credentials_are_refused_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_node, api) = start(dir.path()).await;
+    let admin = token(&api, "nacos", ADMIN_PASSWORD).await;
+    bob(&api, &admin).await;
+    assert_eq!(login(&api, "bob", "wrong").await.status, 403);
+    assert_eq!(login(&api, "nobody", "x").await.status, 403);
+
+    let list = |t: String| {
+        let api = api.clone();
+        async move {
+            api.call(
+                "GET",
+                "/nacos/v1/ns/service/list",
+                &[
+                    ("pageNo", "1"),
+                    ("pageSize", "10"),
+                    ("namespaceId", "ns1"),
+                    ("accessToken", &t),
+                ],
+            )
+            .await
+        }
+    };
+    let bob_t = token(&api, "bob", "bob-pw-123").await;
+    assert_eq!(list(bob_t.clone()).await.status, 200);
+    // Forged: the claims swapped for the admin's, the signature kept; and a token-shaped
+    // string signed with a key of our own.
+    let (_, sig) = bob_t.split_once('.').unwrap();
+    let (admin_claims, _) = admin.split_once('.').unwrap();
+    for forged in [
+        format!("{admin_claims}.{sig}"),
+        "eyJ1IjoibmFjb3MiLCJnIjoxLCJlIjo5OTk5OTk5OTk5fQ.c2lnbmVk".to_string(),
+        "SecretKey012345678901234567890123456789012345678901234567890123456789".to_string(),
+    ] {
+        let r = list(forged.clone()).await;
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (403, "token invalid!"),
+            "{forged}"
+        );
+    }
+    // A changed password makes every earlier token stale.
+    let r = api
+        .call(
+            "PUT",
+            "/nacos/v1/auth/users",
+            &[
+                ("username", "bob"),
+                ("newPassword", "bob-pw-456"),
+                ("accessToken", &admin),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(list(bob_t.clone()).await.status, 403);
+    let bob_t2 = token(&api, "bob", "bob-pw-456").await;
+    assert_eq!(list(bob_t2.clone()).await.status, 200);
+    // A deleted user's tokens are dead, and a new user of that name is someone else.
+    let r = api
+        .call(
+            "DELETE",
+            "/nacos/v1/auth/users",
+            &[("username", "bob"), ("accessToken", &admin)],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(list(bob_t2.clone()).await.status, 403);
+    // Too many failures lock the name out for a while, even with the right password then.
+    for _ in 0..5 {
+        assert_eq!(login(&api, "nacos", "guess").await.status, 403);
+    }
+    let locked = login(&api, "nacos", ADMIN_PASSWORD).await;
+    assert_eq!(locked.status, 403);
+    assert!(locked.body.contains("too many failed logins"), "{locked:?}");
+}
+
+#[tokio::test]
+async fn permission_on_one_namespace_gives_nothing_in_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_node, api) = start(dir.path()).await;
+    let admin = token(&api, "nacos", ADMIN_PASSWORD).await;
+    bob(&api, &admin).await;
+    let t = token(&api, "bob", "bob-pw-123").await;
+    let with = |mut q: Vec<(&'static str, &'static str)>, t: &str| {
+        let t = t.to_string();
+        let api = api.clone();
+        async move {
+            q.push(("accessToken", Box::leak(t.into_boxed_str())));
+            api.instance("POST", &q).await
+        }
+    };
+    assert_eq!(
+        with(register_q("s", "ns1", "10.0.0.1"), &t).await.body,
+        "ok"
+    );
+    let r = with(register_q("s", "public", "10.0.0.2"), &t).await;
+    assert_eq!((r.status, r.body.as_str()), (403, "authorization failed!"));
+    // Nothing was stored in `public`.
+    let l = api
+        .list(&[("serviceName", "s"), ("accessToken", &admin)])
+        .await;
+    assert_eq!(l["hosts"].as_array().map(Vec::len), Some(0), "{l}");
+    // Reads, subscriptions and catalog routes of the other namespace too.
+    for (path, q) in [
+        ("/nacos/v1/ns/instance/list", vec![("serviceName", "s")]),
+        (
+            "/nacos/v1/ns/instance/list",
+            vec![
+                ("serviceName", "s"),
+                ("udpPort", "41299"),
+                ("clientIP", "127.0.0.1"),
+            ],
+        ),
+        (
+            "/nacos/v1/ns/catalog/services",
+            vec![("pageNo", "1"), ("pageSize", "10")],
+        ),
+        (
+            "/nacos/v1/ns/service/list",
+            vec![("pageNo", "1"), ("pageSize", "10")],
+        ),
+    ] {
+        let mut q = q.clone();
+        q.push(("accessToken", &t));
+        let r = api.call("GET", path, &q).await;
+        assert_eq!(r.status, 403, "{path} {q:?}: {r:?}");
+    }
+    // And user management is the admin's.
+    let r = api
+        .call(
+            "POST",
+            "/nacos/v1/auth/users",
+            &[
+                ("username", "eve"),
+                ("password", "eve-pw-123"),
+                ("accessToken", &t),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 403);
+}
+
+#[tokio::test]
+async fn cve_style_headers_and_odd_paths_never_grant_access() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, api) = start(dir.path()).await;
+    // The admin's token first: the attacks below send `username` and `password` (the new
+    // user's), which count as failed logins and lock this address out of logging in.
+    let admin = token(&api, "nacos", ADMIN_PASSWORD).await;
+    let client = reqwest::Client::new();
+    let base = format!("http://{}", node.addr());
+    // CVE-2021-29441: a server User-Agent; the 1.4.1 identity header; both at once.
+    for (name, value) in [
+        ("User-Agent", "Nacos-Server"),
+        ("serverIdentity", "security"),
+        ("x-nacre-cluster-secret", "guessed-secret-0123456789"),
+    ] {
+        let r = client
+            .post(format!(
+                "{base}/nacos/v1/auth/users?username=evil&password=evil-pw-123"
+            ))
+            .header(name, value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{name}: {value}");
+        let r = client
+            .get(format!("{base}/nacos/v1/auth/users?pageNo=1&pageSize=9"))
+            .header(name, value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{name}: {value}");
+    }
+    // The 1.4.1 bypass: paths the router would not map must not pass unchecked.
+    for path in [
+        "//nacos/v1/auth/users?username=evil&password=evil-pw-123",
+        "/nacos/v1/auth/users/?username=evil&password=evil-pw-123",
+        "/nacos/v1/auth//users?username=evil&password=evil-pw-123",
+        "/nacos/v1/auth%2Fusers?username=evil&password=evil-pw-123",
+        "/nacos/v1/auth/users;x=y?username=evil&password=evil-pw-123",
+        "/NACOS/v1/auth/users?username=evil&password=evil-pw-123",
+        "/nacos/v1/ns//instance/list?serviceName=s",
+        "/nacos/v1/ns/instance/list/?serviceName=s",
+    ] {
+        let r = client.post(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 403, "{path}");
+    }
+    // Nothing was created.
+    let users = api
+        .call("GET", "/nacos/v1/auth/users", &[("accessToken", &admin)])
+        .await
+        .json();
+    assert_eq!(users["totalCount"], 1, "{users}");
+}
+
+/// Behind a gateway: an answer fetched with a token is never served from the gateway's cache
+/// to a caller without one (the nodes report auth in their pings; the gateway then caches
+/// nothing), and the gateway passes credentials through to the nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_never_serves_a_cached_answer_past_the_check() {
+    use nacre_testkit::cluster::{ClusterOptions, TestCluster};
+    use nacre_testkit::gateway::GatewayProcess;
+    let root = tempfile::tempdir().unwrap();
+    let opts = ClusterOptions::new(3)
+        .fast()
+        .with_env("NACRE_AUTH_ENABLED", "true")
+        .with_env("NACRE_AUTH_ADMIN_PASSWORD", ADMIN_PASSWORD);
+    let mut c = TestCluster::start(bin(), root.path(), opts).unwrap();
+    let mut gw = GatewayProcess::in_front_of(
+        bin(),
+        &c,
+        &root.path().join("gw"),
+        nacre_testkit::free_loopback_addr().unwrap(),
+        &[],
+    )
+    .unwrap();
+    gw.wait_ready(3, Duration::from_secs(60)).unwrap();
+    let api = Api::new(gw.addr());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let admin = loop {
+        let r = login(&api, "nacos", ADMIN_PASSWORD).await;
+        if r.status == 200 {
+            break r.json()["accessToken"].as_str().unwrap().to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no login through the gateway: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut q = register_q("cached", "public", "10.0.0.9");
+    q.push(("accessToken", &admin));
+    assert_eq!(api.instance("POST", &q).await.body, "ok");
+    for _ in 0..3 {
+        let l = api
+            .list(&[("serviceName", "cached"), ("accessToken", &admin)])
+            .await;
+        assert_eq!(l["hosts"][0]["ip"], "10.0.0.9", "{l}");
+    }
+    let r = api
+        .call(
+            "GET",
+            "/nacos/v1/ns/instance/list",
+            &[("serviceName", "cached")],
+        )
+        .await;
+    assert_eq!(r.status, 403, "{r:?}");
+    assert_eq!(
+        api.metric("nacre_gateway_cache_total{result=\"hit\"}")
+            .await,
+        0.0
+    );
+    c.kill9(0).unwrap();
+}
