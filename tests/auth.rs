@@ -37,7 +37,11 @@ async fn start(dir: &Path) -> (NodeProcess, Api) {
         .status
         != 200
     {
-        assert!(Instant::now() < deadline, "never ready\n{}", node.log_tail(4000));
+        assert!(
+            Instant::now() < deadline,
+            "never ready\n{}",
+            node.log_tail(4000)
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     loop {

@@ -148,8 +148,11 @@ async fn an_isolated_node_coming_back_never_removes_live_instances() -> Result<(
     // most two verify rounds repair what it missed.
     let took = converged(&all, None, AFTER).await?;
     println!("converged {took:?} after the heal");
+    // Two verify rounds, plus failure detection giving node 2 its ring place back (probes
+    // time out at 400 ms, and a loaded CI machine, running the whole suite on two cores, was
+    // seen to take a second or two more for it).
     ensure!(
-        took <= 2 * VERIFY + Duration::from_secs(1),
+        took <= 2 * VERIFY + Duration::from_secs(3),
         "converged only after {took:?}"
     );
     tokio::time::sleep(AFTER).await;
@@ -310,7 +313,14 @@ async fn a_node_cut_off_from_the_majority_sends_writes_elsewhere() -> Result<()>
             .await
         }
     };
-    ensure!(register("10.8.0.1").await.body == "ok");
+    // Before any fault a write may still meet a ring change (a probe timing out on a loaded
+    // machine) and get the 503 clients retry on; it must then succeed.
+    eventually(
+        Duration::from_secs(10),
+        "the first registration",
+        || async { (register("10.8.0.1").await.body == "ok").then_some(()) },
+    )
+    .await?;
 
     // Cut off, node 2 refuses instance writes (clients fail over), but still answers reads.
     c.isolate(2)?;
