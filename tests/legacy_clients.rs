@@ -55,6 +55,28 @@ enum Mode {
     /// listens on `127.0.0.X:8848`, the only form nacos-sdk-python 0.1.x can use from an
     /// endpoint (bare IPs).
     Endpoint,
+    /// The 3-node cluster with auth on, behind a gateway; the clients log in as the admin.
+    AuthGateway,
+    /// The same cluster with auth on, the clients given the nodes directly.
+    AuthCluster,
+}
+
+/// The admin password the auth modes start the cluster with.
+const ADMIN_PASSWORD: &str = "legacy-admin-pw";
+
+impl Mode {
+    fn auth(self) -> bool {
+        matches!(self, Mode::AuthGateway | Mode::AuthCluster)
+    }
+
+    /// Credential arguments for a driver.
+    fn credentials(self) -> Vec<&'static str> {
+        if self.auth() {
+            vec!["--username", "nacos", "--password", ADMIN_PASSWORD]
+        } else {
+            Vec::new()
+        }
+    }
 }
 
 /// What the clients run against.
@@ -62,13 +84,16 @@ enum Target {
     Single(NodeProcess),
     Cluster(TestCluster),
     Gateway(TestCluster, GatewayProcess),
+    /// Clients use the nodes; the gateway only tells when they are ready (with auth on, the
+    /// nodes' own readiness probe needs a user).
+    Nodes(TestCluster, GatewayProcess),
 }
 
 impl Target {
     fn servers(&self) -> String {
         match self {
             Target::Single(n) => n.addr().to_string(),
-            Target::Cluster(c) => (0..c.len())
+            Target::Cluster(c) | Target::Nodes(c, _) => (0..c.len())
                 .map(|i| c.node(i).addr().to_string())
                 .collect::<Vec<_>>()
                 .join(","),
@@ -84,7 +109,7 @@ impl Target {
                 n.log_tail(6000)
             ),
             Target::Cluster(c) => c.log_tails(),
-            Target::Gateway(c, g) => format!(
+            Target::Gateway(c, g) | Target::Nodes(c, g) => format!(
                 "{}\n--- gateway log tail ---\n{}",
                 c.log_tails(),
                 g.log_tail(6000)
@@ -102,8 +127,16 @@ fn start_target(tag: &str, mode: Mode) -> Result<(tempfile::TempDir, Target)> {
         node.wait_ready(Duration::from_secs(30))?;
         return Ok((data, Target::Single(node)));
     }
-    let mut c = TestCluster::start(&bin(), data.path(), ClusterOptions::new(3))?;
-    c.wait_ready(Duration::from_secs(60))?;
+    let mut opts = ClusterOptions::new(3);
+    if mode.auth() {
+        opts = opts
+            .with_env("NACRE_AUTH_ENABLED", "true")
+            .with_env("NACRE_AUTH_ADMIN_PASSWORD", ADMIN_PASSWORD);
+    }
+    let mut c = TestCluster::start(&bin(), data.path(), opts)?;
+    if !mode.auth() {
+        c.wait_ready(Duration::from_secs(60))?;
+    }
     if mode == Mode::Cluster {
         return Ok((data, Target::Cluster(c)));
     }
@@ -114,7 +147,40 @@ fn start_target(tag: &str, mode: Mode) -> Result<(tempfile::TempDir, Target)> {
     };
     let mut g = GatewayProcess::in_front_of(&bin(), &c, &data.path().join("gateway"), listen, &[])?;
     g.wait_ready(c.len(), Duration::from_secs(60))?;
+    if mode.auth() {
+        wait_for_admin(g.addr())?;
+    }
+    if mode == Mode::AuthCluster {
+        return Ok((data, Target::Nodes(c, g)));
+    }
     Ok((data, Target::Gateway(c, g)))
+}
+
+/// Waits until the admin can log in (the cluster has bootstrapped auth).
+fn wait_for_admin(gateway: std::net::SocketAddr) -> Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let api = nacre_testkit::http::Api::new(gateway);
+        loop {
+            let r = api
+                .form(
+                    "POST",
+                    "/nacos/v1/auth/login",
+                    &[("username", "nacos"), ("password", ADMIN_PASSWORD)],
+                )
+                .await;
+            if r.status == 200 {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("the admin never logged in: {r:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
 }
 
 /// Runs a driver to completion (bounded by DRIVER_TIMEOUT), returns (success, stdout+stderr).
@@ -208,6 +274,26 @@ fn python_legacy_client_in_endpoint_mode() -> Result<()> {
 }
 
 #[test]
+fn python_legacy_client_with_auth_through_the_gateway() -> Result<()> {
+    python_suite(Mode::AuthGateway)
+}
+
+#[test]
+fn python_legacy_client_with_auth_against_the_nodes() -> Result<()> {
+    python_suite(Mode::AuthCluster)
+}
+
+#[test]
+fn node_legacy_client_with_auth_through_the_gateway() -> Result<()> {
+    node_suite(Mode::AuthGateway)
+}
+
+#[test]
+fn node_legacy_client_with_auth_against_the_nodes() -> Result<()> {
+    node_suite(Mode::AuthCluster)
+}
+
+#[test]
 fn node_legacy_client() -> Result<()> {
     node_suite(Mode::Single)
 }
@@ -250,6 +336,7 @@ fn python_suite(mode: Mode) -> Result<()> {
     cmd.arg(root().join("compat/python/check_legacy.py"))
         .arg("--servers")
         .arg(target.servers())
+        .args(mode.credentials())
         .current_dir(root().join("compat/python"));
     if mode == Mode::Endpoint {
         cmd.arg("--endpoint")
@@ -278,6 +365,7 @@ fn node_suite(mode: Mode) -> Result<()> {
     cmd.arg(dir.join("check_legacy.js"))
         .arg("--servers")
         .arg(target.servers())
+        .args(mode.credentials())
         .current_dir(&dir);
     if mode == Mode::Endpoint {
         // The Node client builds `http://<endpoint>/nacos/serverlist` itself.

@@ -4,6 +4,7 @@
  * nacre server.
  *
  *   node check_legacy.js --servers 127.0.0.1:8848 [--dead-server 127.0.0.1:1] [--only a,b] [--list] [--verbose]
+ *                        [--username U --password P]
  *
  * Prints one line per check, `PASS name` or `FAIL name: reason`, then a summary line
  * `node-legacy: N passed, M failed`, and exits non-zero if any check failed.
@@ -119,6 +120,11 @@ async function newClient(name, { namespace, serverList } = {}) {
     ? { logger, serverList: serverList || opts.servers }
     : { logger, endpoint: opts.endpoint };
   if (namespace) options.namespace = namespace;
+  // With auth on, the client sends the user name and password with every request.
+  if (opts.username) {
+    options.username = opts.username;
+    options.password = opts.password;
+  }
   const client = new NacosNamingClient(options);
   client.on('error', err => logger.error('client error: %s', err && err.message));
   await client.ready();
@@ -520,6 +526,8 @@ function parseArgs(argv) {
     else if (a === '--endpoint' || a.startsWith('--endpoint=')) o.endpoint = val();
     else if (a === '--dead-server' || a.startsWith('--dead-server=')) o.deadServer = val();
     else if (a === '--only' || a.startsWith('--only=')) o.only = val();
+    else if (a === '--username' || a.startsWith('--username=')) o.username = val();
+    else if (a === '--password' || a.startsWith('--password=')) o.password = val();
     else if (a === '--list') o.list = true;
     else if (a === '--verbose') o.verbose = true;
     else {

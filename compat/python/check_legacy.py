@@ -3,6 +3,7 @@
 
 Usage:
     check_legacy.py --servers 127.0.0.1:8848 [--dead-server 127.0.0.1:1] [--only a,b] [--list]
+                    [--username U --password P]
 
 Prints one line per check, ``PASS name`` or ``FAIL name: reason``, then a summary line
 ``python-legacy: N passed, M failed`` and exits non-zero if any check failed.
@@ -95,20 +96,25 @@ def free_port():
 
 
 class Ctx:
-    def __init__(self, servers, dead, log_dir, endpoint=None):
+    def __init__(self, servers, dead, log_dir, endpoint=None, username=None, password=None):
         self.servers = servers
         self.dead = dead
         self.log_dir = log_dir
         self.endpoint = endpoint
+        self.username = username
+        self.password = password
 
     def client(self, namespace=None, servers=None):
         if self.endpoint and not servers:
             # Endpoint mode: the client learns its servers from the address server only.
             # 0.1.x appends "?namespace=<ns>" and fails on None, so name the default one.
             c = nacos.NacosClient(endpoint=self.endpoint, namespace=namespace or "public",
+                                  username=self.username, password=self.password,
                                   logDir=self.log_dir)
         else:
-            c = nacos.NacosClient(servers or self.servers, namespace=namespace, logDir=self.log_dir)
+            c = nacos.NacosClient(servers or self.servers, namespace=namespace,
+                                  username=self.username, password=self.password,
+                                  logDir=self.log_dir)
         c.set_options(default_timeout=5)
         return c
 
@@ -594,6 +600,8 @@ def main():
     ap.add_argument("--dead-server", default=None,
                     help="an address nothing listens on (default: a just-freed loopback port)")
     ap.add_argument("--only", default=None, help="comma separated scenario names")
+    ap.add_argument("--username", default=None, help="log in as this user (servers with auth on)")
+    ap.add_argument("--password", default=None, help="that user's password")
     ap.add_argument("--list", action="store_true", help="list scenario names and exit")
     args = ap.parse_args()
     if args.list:
@@ -607,7 +615,7 @@ def main():
         ap.error("unknown scenario(s): %s (known: %s)" % (", ".join(unknown), ", ".join(SCENARIOS)))
     dead = args.dead_server or "%s:%d" % (IP, free_port())
     log_dir = tempfile.mkdtemp(prefix="nacre-compat-py-")
-    ctx = Ctx(args.servers, dead, log_dir, args.endpoint)
+    ctx = Ctx(args.servers, dead, log_dir, args.endpoint, args.username, args.password)
     print("# nacos-sdk-python %s against %s (endpoint %s, dead server %s, client log %s)"
           % (nacos.client.VERSION, args.servers, args.endpoint, dead, log_dir), flush=True)
 
