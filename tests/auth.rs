@@ -44,23 +44,11 @@ async fn start(dir: &Path) -> (NodeProcess, Api) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    loop {
-        let r = api
-            .form(
-                "POST",
-                "/nacos/v1/auth/login",
-                &[("username", "nacos"), ("password", ADMIN_PASSWORD)],
-            )
-            .await;
-        if r.status == 200 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "admin never logged in: {r:?}\n{}",
-            node.log_tail(4000)
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    if let Err(e) = api
+        .login_when_ready("nacos", ADMIN_PASSWORD, Duration::from_secs(30))
+        .await
+    {
+        panic!("{e}\n{}", node.log_tail(4000));
     }
     (node, api)
 }
@@ -396,18 +384,10 @@ async fn the_gateway_never_serves_a_cached_answer_past_the_check() {
     .unwrap();
     gw.wait_ready(3, Duration::from_secs(60)).unwrap();
     let api = Api::new(gw.addr());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let admin = loop {
-        let r = login(&api, "nacos", ADMIN_PASSWORD).await;
-        if r.status == 200 {
-            break r.json()["accessToken"].as_str().unwrap().to_string();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no login through the gateway: {r:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let admin = api
+        .login_when_ready("nacos", ADMIN_PASSWORD, Duration::from_secs(60))
+        .await
+        .unwrap();
     let mut q = register_q("cached", "public", "10.0.0.9");
     q.push(("accessToken", &admin));
     assert_eq!(api.instance("POST", &q).await.body, "ok");

@@ -158,29 +158,15 @@ fn start_target(tag: &str, mode: Mode) -> Result<(tempfile::TempDir, Target)> {
 
 /// Waits until the admin can log in (the cluster has bootstrapped auth).
 fn wait_for_admin(gateway: std::net::SocketAddr) -> Result<()> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async {
-        let api = nacre_testkit::http::Api::new(gateway);
-        loop {
-            let r = api
-                .form(
-                    "POST",
-                    "/nacos/v1/auth/login",
-                    &[("username", "nacos"), ("password", ADMIN_PASSWORD)],
-                )
-                .await;
-            if r.status == 200 {
-                return Ok(());
-            }
-            if std::time::Instant::now() > deadline {
-                bail!("the admin never logged in: {r:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    })
+    rt.block_on(nacre_testkit::http::Api::new(gateway).login_when_ready(
+        "nacos",
+        ADMIN_PASSWORD,
+        Duration::from_secs(60),
+    ))?;
+    Ok(())
 }
 
 /// Runs a driver to completion (bounded by DRIVER_TIMEOUT), returns (success, stdout+stderr).

@@ -137,6 +137,38 @@ impl Api {
         self
     }
 
+    /// Logs in as `user` once the server can say yes (auth bootstrapped, node ready), trying
+    /// every 500 ms for at most `timeout`: failed logins count towards the lockout, so the
+    /// attempts are spaced. Returns the access token.
+    pub async fn login_when_ready(
+        &self,
+        user: &str,
+        password: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let r = self
+                .form(
+                    "POST",
+                    "/nacos/v1/auth/login",
+                    &[("username", user), ("password", password)],
+                )
+                .await;
+            if r.status == 200 {
+                let doc: serde_json::Value = serde_json::from_str(&r.body)?;
+                return doc["accessToken"]
+                    .as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| anyhow::anyhow!("login answer without a token: {}", r.body));
+            }
+            if Instant::now() >= deadline {
+                anyhow::bail!("{user} could not log in within {timeout:?}: {r:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
     /// The sum of every sample of the Prometheus metric lines starting with `name` (give
     /// labels too, e.g. `nacre_forwards_total{result="forwarded"}`, to pick one series).
     pub async fn metric(&self, name: &str) -> f64 {

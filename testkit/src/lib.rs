@@ -71,20 +71,7 @@ impl NodeProcess {
         data_dir: &Path,
         extra_args: &[&str],
     ) -> Result<NodeProcess> {
-        std::fs::create_dir_all(data_dir)
-            .with_context(|| format!("creating data dir {}", data_dir.display()))?;
-        let addr = free_loopback_addr()?;
-        let mut node = NodeProcess {
-            bin: bin.to_path_buf(),
-            data_dir: data_dir.to_path_buf(),
-            addr,
-            standalone: true,
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-            env: Vec::new(),
-            child: None,
-        };
-        node.spawn()?;
-        Ok(node)
+        Self::start_standalone(bin, data_dir, extra_args, &[])
     }
 
     /// Like [`NodeProcess::start`], with `env` added to the inherited environment (kept on
@@ -94,18 +81,30 @@ impl NodeProcess {
         data_dir: &Path,
         env: &[(&str, &str)],
     ) -> Result<NodeProcess> {
+        Self::start_standalone(bin, data_dir, &[], env)
+    }
+
+    fn start_standalone(
+        bin: &Path,
+        data_dir: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<NodeProcess> {
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+        let owned = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
         let mut node = NodeProcess {
             bin: bin.to_path_buf(),
             data_dir: data_dir.to_path_buf(),
             addr: free_loopback_addr()?,
             standalone: true,
-            extra_args: Vec::new(),
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            env: owned(env),
             child: None,
         };
         node.spawn()?;

@@ -13,16 +13,21 @@
 //!   HMAC-SHA256 under a key generated per cluster at first start and replicated through Raft
 //!   (no default key exists). Changing a user's password or deleting the user bumps or drops
 //!   its generation, so every token issued before stops working. *Tests:*
-//!   [`token::tests`], [`model::tests`].
+//!   `token::tests::a3_*`, `model::tests::a3_password_changes_and_deletions_move_the_generation_on`;
+//!   `tests/auth.rs` `wrong_forged_and_stale_credentials_are_refused_and_change_nothing`.
 //! - **A4 — passwords** are stored as Argon2id hashes only; hashing and checking run on the
-//!   blocking pool. *Tests:* [`password::tests`].
+//!   blocking pool; a password proven correct is remembered for a minute under an HMAC tag
+//!   (never in clear), so clients sending it with every request do not pay a hash each time.
+//!   *Tests:* `password::tests::a4_*`.
 //! - **A5 — permissions.** `ROLE_ADMIN` may do anything; others need a permission of one of
 //!   their roles whose resource pattern (`*` matches any run of characters) matches the
 //!   request's resource and whose action (`r`, `w`, `rw`) contains the request's. User, role
-//!   and permission management is admin-only. *Tests:* [`model::tests`].
+//!   and permission management is admin-only. *Tests:*
+//!   `model::tests::a5_permissions_match_by_pattern_and_action_and_admin_passes`;
+//!   `tests/auth.rs` `permission_on_one_namespace_gives_nothing_in_another`.
 //! - **A6 — throttling.** After [`throttle::MAX_FAILURES`] failed logins within a minute, a
 //!   user name, and separately a client address, is refused for the rest of that minute.
-//!   *Tests:* [`throttle::tests`].
+//!   *Tests:* `throttle::tests::a6_five_failures_lock_a_user_and_an_address_for_the_window`.
 
 pub mod model;
 pub mod password;
