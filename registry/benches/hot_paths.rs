@@ -2,7 +2,7 @@
 //!
 //! Run with `cargo bench -p nacre-registry --bench hot_paths`. Sizes follow what a busy node
 //! sees: services of tens to a thousand instances, instances carrying a few metadata keys, and
-//! a ten-thousand-instance expiry sweep every few seconds.
+//! a ten-thousand-instance expiry sweep every few seconds; and what auth adds to a request.
 
 use std::hint::black_box;
 
@@ -194,11 +194,50 @@ fn bench_decode_form(c: &mut Criterion) {
     group.finish();
 }
 
+/// What auth costs per request: checking a token (every call of a logged-in client), checking
+/// a remembered password (the npm client sends it with every call), and a login (an Argon2id
+/// verification; once per token lifetime for Java and Python clients).
+fn bench_auth(c: &mut Criterion) {
+    use nacre_registry::auth::{password, token};
+    let key = token::key_bytes(&token::new_key()).unwrap_or_default();
+    let t = token::sign(
+        &key,
+        &token::Claims {
+            user: "orders-service".into(),
+            generation: 3,
+            expires_s: u64::MAX / 2,
+        },
+    );
+    let hash = password::hash("a-long-enough-password").unwrap_or_default();
+    let proven = password::Verified::default();
+    proven.remember("orders-service", "a-long-enough-password", 3, 0);
+    let mut group = c.benchmark_group("auth");
+    group.bench_function("token_check", |b| {
+        b.iter(|| token::verify(black_box(&key), black_box(&t), black_box(1)))
+    });
+    group.bench_function("remembered_password_check", |b| {
+        b.iter(|| {
+            proven.known(
+                black_box("orders-service"),
+                black_box("a-long-enough-password"),
+                3,
+                1,
+            )
+        })
+    });
+    group.sample_size(10);
+    group.bench_function("login_argon2id_verify", |b| {
+        b.iter(|| password::check(black_box("a-long-enough-password"), black_box(&hash)))
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
     bench_list_json,
     bench_select,
     bench_ephemeral_store,
-    bench_decode_form
+    bench_decode_form,
+    bench_auth
 );
 criterion_main!(benches);
