@@ -11,13 +11,13 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use nacre_ring::{ServiceKey, DEFAULT_GROUP, DEFAULT_NAMESPACE};
 
 use super::error::ApiError;
-use super::params::{decode_form, Params};
+use super::params::{decode_form, is_form, Params};
 use super::{json, App};
 use crate::auth::model::Permission;
 use crate::auth::{password, token, AuthCommand, AuthState};
@@ -117,37 +117,31 @@ fn credential(headers: &HeaderMap, pairs: &[(String, String)]) -> Credential {
     }
 }
 
-/// 403 with Nacos's message.
-fn forbidden(msg: &str) -> ApiError {
-    ApiError {
-        status: StatusCode::FORBIDDEN,
-        body: msg.to_string(),
-    }
-}
-
-fn now_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+/// The node's clock in seconds (tokens expire by it).
+fn now_s(app: &App) -> u64 {
+    app.node.now_ms() / 1000
 }
 
 /// The user a credential proves, or the 403 to answer.
 async fn identify(app: &App, cred: Credential, source: &str) -> Result<String, ApiError> {
     match cred {
-        Credential::None => Err(forbidden("unknown user!")),
+        Credential::None => Err(ApiError::forbidden("unknown user!")),
         Credential::Token(t) => {
-            let st = auth_state(app);
-            let key = st
-                .key
-                .as_deref()
-                .and_then(token::key_bytes)
-                .ok_or_else(|| forbidden("token invalid!"))?;
-            let claims = token::verify(&key, &t, now_s()).map_err(|e| forbidden(&e.to_string()))?;
-            match st.users.get(&claims.user) {
-                Some(u) if u.generation == claims.generation => Ok(claims.user),
-                Some(_) => Err(forbidden("token invalid!")),
-                None => Err(forbidden("user not found!")),
-            }
+            let now = now_s(app);
+            with_auth(app, |st| {
+                let key = st
+                    .key
+                    .as_deref()
+                    .and_then(token::key_bytes)
+                    .ok_or_else(|| ApiError::forbidden("token invalid!"))?;
+                let claims =
+                    token::verify(&key, &t, now).map_err(|e| ApiError::forbidden(e.to_string()))?;
+                match st.users.get(&claims.user) {
+                    Some(u) if u.generation == claims.generation => Ok(claims.user),
+                    Some(_) => Err(ApiError::forbidden("token invalid!")),
+                    None => Err(ApiError::forbidden("user not found!")),
+                }
+            })
         }
         Credential::Password(user, pass) => check_password(app, &user, &pass, source).await,
     }
@@ -164,12 +158,15 @@ async fn check_password(
     let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
     let now = app.node.now_ms();
     if app.login_throttle.locked(&keys, now) {
-        return Err(forbidden("too many failed logins; retry in a minute"));
+        return Err(ApiError::forbidden(
+            "too many failed logins; retry in a minute",
+        ));
     }
-    let found = auth_state(app)
-        .users
-        .get(user)
-        .map(|u| (u.password_hash.clone(), u.generation));
+    let found = with_auth(app, |st| {
+        st.users
+            .get(user)
+            .map(|u| (u.password_hash.clone(), u.generation))
+    });
     if let Some((_, generation)) = &found {
         if app.verified.known(user, pass, *generation, now) {
             return Ok(user.to_string());
@@ -195,7 +192,7 @@ async fn check_password(
         Ok(user.to_string())
     } else {
         app.login_throttle.failed(&keys, now);
-        Err(forbidden(if hash.is_some() {
+        Err(ApiError::forbidden(if hash.is_some() {
             "unknown user!"
         } else {
             "user not found!"
@@ -203,8 +200,10 @@ async fn check_password(
     }
 }
 
-fn auth_state(app: &App) -> AuthState {
-    app.node.persistent().read(|s| s.auth().clone())
+/// Runs `f` on the replicated auth state, in place (no copy of users and permissions per
+/// request).
+fn with_auth<R>(app: &App, f: impl FnOnce(&AuthState) -> R) -> R {
+    app.node.persistent().read(|s| f(s.auth()))
 }
 
 /// The request's parameters (query, then a form body), and the request rebuilt with its body.
@@ -218,12 +217,7 @@ async fn read_pairs(app: &App, req: Request) -> Result<(Vec<(String, String)>, R
     let bytes = axum::body::to_bytes(body, limit)
         .await
         .map_err(|_| ApiError::too_large(limit))?;
-    let form = parts.headers.get(header::CONTENT_TYPE).is_none_or(|ct| {
-        ct.as_bytes()
-            .to_ascii_lowercase()
-            .starts_with(b"application/x-www-form-urlencoded")
-    });
-    if form && !bytes.is_empty() {
+    if is_form(&parts.headers) && !bytes.is_empty() {
         // A body that is not a form is the handler's to refuse; the guard reads what it can.
         let _ = decode_form(&bytes, &mut pairs);
     }
@@ -246,23 +240,26 @@ pub async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Res
     if need == Need::Open {
         return next.run(req).await;
     }
-    let source = req
+    // Throttled by the same address login uses: behind a gateway, the client's, not the
+    // gateway's (one client's failures must not lock out everyone behind it).
+    let peer = req
         .extensions()
         .get::<axum::extract::ConnectInfo<crate::listener::PeerAddr>>()
-        .map(|c| c.0.addr.ip().to_string())
+        .map(|c| c.0.addr);
+    let source = super::source::source_of(&app, req.headers(), peer)
+        .map(|ip| ip.to_string())
         .unwrap_or_default();
     let user = match identify(&app, credential(req.headers(), &pairs), &source).await {
         Ok(u) => u,
         Err(e) => return e.into_response(),
     };
-    let st = auth_state(&app);
-    let allowed = match &need {
+    let allowed = with_auth(&app, |st| match &need {
         Need::Open | Need::User => true,
         Need::Admin => st.is_admin(&user),
         Need::Resource(resource, action) => st.permits(&user, resource, *action),
-    };
+    });
     if !allowed {
-        return forbidden("authorization failed!").into_response();
+        return ApiError::forbidden("authorization failed!").into_response();
     }
     next.run(req).await
 }
@@ -275,26 +272,27 @@ pub async fn login(State(app): State<Arc<App>>, p: Params) -> Result<Response, A
         .map(|ip| ip.to_string())
         .unwrap_or_default();
     let user = check_password(&app, user, pass, &source).await?;
-    let st = auth_state(&app);
-    let key = st
-        .key
-        .as_deref()
-        .and_then(token::key_bytes)
-        .ok_or_else(|| ApiError::unavailable("auth is starting; retry shortly"))?;
+    let (key, generation, admin) = with_auth(&app, |st| {
+        (
+            st.key.as_deref().and_then(token::key_bytes),
+            st.users.get(&user).map_or(0, |u| u.generation),
+            st.is_admin(&user),
+        )
+    });
+    let key = key.ok_or_else(|| ApiError::unavailable("auth is starting; retry shortly"))?;
     let ttl = app.node.settings().auth.token_ttl_s;
-    let generation = st.users.get(&user).map_or(0, |u| u.generation);
     let t = token::sign(
         &key,
         &token::Claims {
             user: user.clone(),
             generation,
-            expires_s: now_s() + ttl,
+            expires_s: now_s(&app) + ttl,
         },
     );
     let mut r = json(&serde_json::json!({
         "accessToken": t,
         "tokenTtl": ttl,
-        "globalAdmin": st.is_admin(&user),
+        "globalAdmin": admin,
     }));
     if let Ok(v) = HeaderValue::from_str(&format!("Bearer {t}")) {
         r.headers_mut().insert(header::AUTHORIZATION, v);
@@ -374,11 +372,12 @@ pub async fn users(
 ) -> Result<Response, ApiError> {
     match method {
         Method::GET => {
-            let users: Vec<_> = auth_state(&app)
-                .users
-                .keys()
-                .map(|u| serde_json::json!({ "username": u, "password": "" }))
-                .collect();
+            let users: Vec<_> = with_auth(&app, |st| {
+                st.users
+                    .keys()
+                    .map(|u| serde_json::json!({ "username": u, "password": "" }))
+                    .collect()
+            });
             page(&p, users)
         }
         Method::POST => {
@@ -424,12 +423,13 @@ pub async fn roles(
     match method {
         Method::GET => {
             let only = p.opt("username");
-            let roles: Vec<_> = auth_state(&app)
-                .roles
-                .iter()
-                .filter(|(_, u)| only.is_none_or(|o| o == u))
-                .map(|(r, u)| serde_json::json!({ "role": r, "username": u }))
-                .collect();
+            let roles: Vec<_> = with_auth(&app, |st| {
+                st.roles
+                    .iter()
+                    .filter(|(_, u)| only.is_none_or(|o| o == u))
+                    .map(|(r, u)| serde_json::json!({ "role": r, "username": u }))
+                    .collect()
+            });
             page(&p, roles)
         }
         Method::POST => {
@@ -468,12 +468,13 @@ pub async fn permissions(
 ) -> Result<Response, ApiError> {
     if method == Method::GET {
         let only = p.opt("role");
-        let items: Vec<_> = auth_state(&app)
-            .permissions
-            .iter()
-            .filter(|x| only.is_none_or(|o| o == x.role))
-            .map(|x| serde_json::json!({ "role": x.role, "resource": x.resource, "action": x.action }))
-            .collect();
+        let items: Vec<_> = with_auth(&app, |st| {
+            st.permissions
+                .iter()
+                .filter(|x| only.is_none_or(|o| o == x.role))
+                .map(|x| serde_json::json!({ "role": x.role, "resource": x.resource, "action": x.action }))
+                .collect()
+        });
         return page(&p, items);
     }
     let role = name(&p, "role")?.to_string();

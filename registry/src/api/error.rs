@@ -36,6 +36,14 @@ impl ApiError {
         }
     }
 
+    /// 403 with a message (Nacos's auth refusals: `unknown user!`, `token invalid!`, …).
+    pub fn forbidden(msg: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::FORBIDDEN,
+            body: msg.into(),
+        }
+    }
+
     /// 413 for a body over the limit.
     pub fn too_large(limit: usize) -> Self {
         Self {

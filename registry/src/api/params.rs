@@ -133,7 +133,9 @@ fn decode_component(raw: &[u8]) -> Result<String, ApiError> {
         .map_err(|_| ApiError::bad_request("request parameters are not valid UTF-8"))
 }
 
-fn is_form(headers: &HeaderMap) -> bool {
+/// Whether a body with these headers is read as a form (no content type counts as one, as
+/// servlet containers read it).
+pub(crate) fn is_form(headers: &HeaderMap) -> bool {
     match headers.get(header::CONTENT_TYPE) {
         None => true,
         Some(ct) => {

@@ -6,7 +6,7 @@
 //! counts: not `X-Forwarded-For`, not `clientIP`, not a `x-nacre-client-addr` without the
 //! proof (which the gateway strips from client requests anyway).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use axum::http::{HeaderMap, HeaderValue};
 use nacre_ring::wire::{ASSERTED_BY_HEADER, CLIENT_ADDR_HEADER};
@@ -17,7 +17,13 @@ use crate::peer::header_matches;
 
 /// The verified source address of `p`; `None` only when the server recorded no TCP peer.
 pub fn verified_source(app: &App, p: &Params) -> Option<IpAddr> {
-    asserted(&p.headers, &app.secret).or_else(|| p.peer.map(|a| a.ip()))
+    source_of(app, &p.headers, p.peer)
+}
+
+/// The verified source of a request with `headers` from TCP peer `peer` (for middleware,
+/// which has no [`Params`]).
+pub fn source_of(app: &App, headers: &HeaderMap, peer: Option<SocketAddr>) -> Option<IpAddr> {
+    asserted(headers, &app.secret).or_else(|| peer.map(|a| a.ip()))
 }
 
 /// The client address asserted in `headers`, if the assertion carries the cluster secret.
