@@ -74,6 +74,15 @@ fn env_num<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, ConfigError> {
         .map_err(|_| invalid(key, v, "not a number"))
 }
 
+/// A boolean variable: `true`/`1` or `false`/`0`.
+fn env_bool(key: &str, v: &str) -> Result<bool, ConfigError> {
+    match v.trim() {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(invalid(key, v, "expected true or false")),
+    }
+}
+
 /// The TOML file at `file` over the defaults (unknown keys are refused by the type), or the
 /// defaults without a file.
 fn load_toml<T: serde::de::DeserializeOwned + Default>(
@@ -355,27 +364,9 @@ impl RegistrySettings {
             "NACRE_EMPTY_SERVICE_TTL_MS" => self.empty_service_ttl_ms = num(key, v)?,
             "NACRE_HEALTH_CHECK_INTERVAL_MS" => self.health_check_interval_ms = num(key, v)?,
             "NACRE_HEALTH_CHECK_TIMEOUT_MS" => self.health_check_timeout_ms = num(key, v)?,
-            "NACRE_PUSH_ENABLED" => {
-                self.push.enabled = match v.trim() {
-                    "true" | "1" => true,
-                    "false" | "0" => false,
-                    _ => return Err(invalid(key, v, "expected true or false")),
-                }
-            }
-            "NACRE_PUSH_TRUST_CLIENT_IP" => {
-                self.push.trust_client_ip = match v.trim() {
-                    "true" | "1" => true,
-                    "false" | "0" => false,
-                    _ => return Err(invalid(key, v, "expected true or false")),
-                }
-            }
-            "NACRE_AUTH_ENABLED" => {
-                self.auth.enabled = match v.trim() {
-                    "true" | "1" => true,
-                    "false" | "0" => false,
-                    _ => return Err(invalid(key, v, "expected true or false")),
-                }
-            }
+            "NACRE_PUSH_ENABLED" => self.push.enabled = env_bool(key, v)?,
+            "NACRE_PUSH_TRUST_CLIENT_IP" => self.push.trust_client_ip = env_bool(key, v)?,
+            "NACRE_AUTH_ENABLED" => self.auth.enabled = env_bool(key, v)?,
             "NACRE_AUTH_ADMIN_PASSWORD" => self.auth.admin_password = Some(v.to_string()),
             "NACRE_AUTH_TOKEN_TTL_S" => self.auth.token_ttl_s = num(key, v)?,
             "NACRE_MEMBERS" => {

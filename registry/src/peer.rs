@@ -22,6 +22,11 @@ pub use crate::raft::network::SECRET_HEADER;
 /// again (it only counts together with a valid secret).
 pub const FORWARDED_HEADER: &str = "x-nacre-forwarded";
 
+/// How long a pooled connection to a peer may idle: below the nodes' default idle timeout
+/// (`idle_timeout_ms`, 60 s), so a pooled connection is normally dropped here before the peer
+/// closes it. Every node-to-node client (Distro, forwarding, Raft) uses it.
+pub const POOL_IDLE: Duration = Duration::from_secs(30);
+
 /// Time allowed to open a TCP connection to a peer: a dead peer must fail fast so callers fall
 /// back (forwarding applies locally, probes mark it suspicious).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -117,7 +122,7 @@ impl PeerClient {
         let secret = HeaderValue::from_str(secret).map_err(|e| format!("cluster secret: {e}"))?;
         let client = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
-            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_idle_timeout(POOL_IDLE)
             // Peers are addressed directly; an egress proxy must never see the secret.
             .no_proxy()
             .build()

@@ -110,9 +110,7 @@ impl HttpNetworkFactory {
     pub fn new(self_id: NodeId, secret: &str, locator: Locator) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
-            // Below the nodes' default idle timeout (`idle_timeout_ms`, 60 s), so a pooled
-            // connection is normally dropped here before the peer closes it.
-            .pool_idle_timeout(std::time::Duration::from_secs(30))
+            .pool_idle_timeout(crate::peer::POOL_IDLE)
             // Peers are addressed directly; an HTTP(S)_PROXY meant for egress must not capture
             // cluster-internal traffic (or see the secret).
             .no_proxy()
