@@ -124,17 +124,8 @@ impl EphemeralService {
             return 0;
         }
         self.floor = v;
-        self.stamps.resize(self.instances.len(), 0);
-        let before = self.instances.len();
-        let mut keep = self
-            .stamps
-            .iter()
-            .map(|s| *s > v)
-            .collect::<Vec<_>>()
-            .into_iter();
-        self.instances.retain(|_| keep.next().unwrap_or(true));
-        self.stamps.retain(|s| *s > v);
-        before - self.instances.len()
+        // Buried by the floor, not removed one by one: no instance tombstones needed.
+        self.drain_where(|_, stamp| stamp <= v).len()
     }
 
     /// The stamp of the instance at `i` (0, older than every change, if it has none).
@@ -159,19 +150,29 @@ impl EphemeralService {
         now_ms: u64,
         gone: impl Fn(&Instance, u64) -> bool,
     ) -> usize {
-        let before = self.instances.len();
+        let removed = self.drain_where(gone);
+        for inst in &removed {
+            self.removed.insert(inst.key(), (v, now_ms));
+        }
+        removed.len()
+    }
+
+    /// Takes out every instance for which `gone(instance, stamp)` holds, in one pass, keeping
+    /// instances and stamps aligned; returns what went.
+    fn drain_where(&mut self, gone: impl Fn(&Instance, u64) -> bool) -> Vec<Instance> {
         let instances = std::mem::take(&mut self.instances);
         let mut stamps = std::mem::take(&mut self.stamps);
         stamps.resize(instances.len(), 0);
+        let mut drained = Vec::new();
         for (inst, stamp) in instances.into_iter().zip(stamps) {
             if gone(&inst, stamp) {
-                self.removed.insert(inst.key(), (v, now_ms));
+                drained.push(inst);
             } else {
                 self.instances.push(inst);
                 self.stamps.push(stamp);
             }
         }
-        before - self.instances.len()
+        drained
     }
 
     fn find_mut(&mut self, ip: &str, port: u16, cluster: &str) -> Option<&mut Instance> {
