@@ -333,9 +333,10 @@ async fn hash_of(pass: &str) -> Result<String, ApiError> {
         .ok_or_else(|| ApiError::internal("password hashing failed"))
 }
 
-async fn command(app: &App, cmd: AuthCommand) -> Result<(), ApiError> {
+/// Proposes `cmd` through Raft and answers Nacos's `{"code":200,"message":…}` once applied.
+async fn command(app: &App, cmd: AuthCommand, done: &str) -> Result<Response, ApiError> {
     app.node.namespace_command(Command::Auth(cmd)).await?;
-    Ok(())
+    Ok(ok_message(done))
 }
 
 /// One page of `items` in Nacos's page document.
@@ -389,9 +390,9 @@ pub async fn users(
                     username: user,
                     password_hash: hash,
                 },
+                "create user ok!",
             )
-            .await?;
-            Ok(ok_message("create user ok!"))
+            .await
         }
         Method::PUT => {
             let user = name(&p, "username")?.to_string();
@@ -402,14 +403,18 @@ pub async fn users(
                     username: user,
                     password_hash: hash,
                 },
+                "update user ok!",
             )
-            .await?;
-            Ok(ok_message("update user ok!"))
+            .await
         }
         _ => {
             let user = name(&p, "username")?.to_string();
-            command(&app, AuthCommand::DeleteUser { username: user }).await?;
-            Ok(ok_message("delete user ok!"))
+            command(
+                &app,
+                AuthCommand::DeleteUser { username: user },
+                "delete user ok!",
+            )
+            .await
         }
     }
 }
@@ -440,9 +445,9 @@ pub async fn roles(
                     role: role.to_string(),
                     username: user.to_string(),
                 },
+                "add role ok!",
             )
-            .await?;
-            Ok(ok_message("add role ok!"))
+            .await
         }
         _ => {
             let role = name(&p, "role")?.to_string();
@@ -453,9 +458,9 @@ pub async fn roles(
                     role,
                     username: user,
                 },
+                "delete role ok!",
             )
-            .await?;
-            Ok(ok_message("delete role ok!"))
+            .await
         }
     }
 }
@@ -494,11 +499,14 @@ pub async fn permissions(
         action: action.to_string(),
     };
     if method == Method::POST {
-        command(&app, AuthCommand::AddPermission(perm)).await?;
-        Ok(ok_message("add permission ok!"))
+        command(&app, AuthCommand::AddPermission(perm), "add permission ok!").await
     } else {
-        command(&app, AuthCommand::DeletePermission(perm)).await?;
-        Ok(ok_message("delete permission ok!"))
+        command(
+            &app,
+            AuthCommand::DeletePermission(perm),
+            "delete permission ok!",
+        )
+        .await
     }
 }
 
