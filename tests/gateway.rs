@@ -743,3 +743,67 @@ async fn a_client_over_its_rate_limit_gets_429_and_others_are_served() -> Result
     ensure!(greedy.get(&list).send().await?.status() == 200);
     Ok(())
 }
+
+/// A client past its connection cap has the extra connection closed as it is accepted (no
+/// request is read from it); its admitted connections and other clients are served, and a
+/// place frees up when one of its connections ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_past_its_connection_cap_is_closed_at_accept_and_others_are_served() -> Result<()>
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = setup_with("client_max_connections = 3\n", &[])?;
+    let gw = s.gateway.addr();
+    let connect = |last: u8| async move {
+        let sock = tokio::net::TcpSocket::new_v4()?;
+        sock.bind(std::net::SocketAddr::from(([127, 0, 0, last], 0)))?;
+        anyhow::Ok(sock.connect(gw).await?)
+    };
+    // One request on a kept-alive connection: the status, or None when the gateway closed it.
+    let ask = |mut c: tokio::net::TcpStream| async move {
+        let req = "GET /nacos/v1/ns/instance/list?serviceName=capped HTTP/1.1\r\nHost: gw\r\n\r\n";
+        let _ = c.write_all(req.as_bytes()).await;
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+            .await
+            .map_err(|_| anyhow::anyhow!("no answer and no close"))?
+            .unwrap_or(0);
+        let status = std::str::from_utf8(&buf[..n])
+            .ok()
+            .and_then(|t| t.split(' ').nth(1))
+            .and_then(|c| c.parse::<u16>().ok());
+        anyhow::Ok((status, c))
+    };
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(connect(5).await?);
+    }
+    // Let the gateway accept all three before the fourth arrives.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (fourth, _) = ask(connect(5).await?).await?;
+    ensure!(
+        fourth.is_none(),
+        "the fourth connection was served: {fourth:?}"
+    );
+    ensure!(
+        s.gw()
+            .metric("nacre_gateway_connections_refused_total")
+            .await
+            >= 1.0
+    );
+    let (other, _) = ask(connect(6).await?).await?;
+    ensure!(other == Some(200), "another client: {other:?}");
+    let (first, first_conn) = ask(held.remove(0)).await?;
+    ensure!(first == Some(200), "an admitted connection: {first:?}");
+    drop(first_conn);
+    // The freed place is taken by a new connection once the gateway has seen the close.
+    let mut again = None;
+    for _ in 0..50 {
+        again = ask(connect(5).await?).await?.0;
+        if again.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ensure!(again == Some(200), "after a close: {again:?}");
+    Ok(())
+}

@@ -62,6 +62,9 @@ pub struct GatewaySettings {
     pub client_rate_limit: u32,
     /// Requests a client may send at once above its rate (0: the rate itself).
     pub client_rate_burst: u32,
+    /// Open connections one client address may hold; 0 turns the cap off. A connection past
+    /// it is closed as it is accepted.
+    pub client_max_connections: usize,
 }
 
 impl Default for GatewaySettings {
@@ -87,6 +90,7 @@ impl Default for GatewaySettings {
             shutdown_timeout_seconds: 5,
             client_rate_limit: 0,
             client_rate_burst: 0,
+            client_max_connections: 0,
         }
     }
 }
@@ -167,6 +171,7 @@ impl GatewaySettings {
             "shutdown_timeout_seconds" => self.shutdown_timeout_seconds = num(var, v)?,
             "client_rate_limit" => self.client_rate_limit = num(var, v)?,
             "client_rate_burst" => self.client_rate_burst = num(var, v)?,
+            "client_max_connections" => self.client_max_connections = num(var, v)?,
             "cluster_secret" => {
                 return Err(invalid(
                     var,

@@ -5,7 +5,7 @@
 //! - [`monitor`]: discovery, readiness probes, view rebuilds, feed followers.
 //! - [`feed`]: following one node's change feed into cache invalidations.
 //! - [`cache`]: cached list answers and the rule that keeps stale ones out.
-//! - [`limits`]: per-client request-rate limits.
+//! - [`limits`]: per-client request-rate limits and connection caps.
 //! - [`proxy`]: the pingora `ProxyHttp` glue (thin).
 //! - [`server`]: building and running the pingora server.
 //! - [`metrics`]: Prometheus metrics.
@@ -20,6 +20,7 @@ pub mod route;
 pub mod server;
 pub mod upstreams;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -44,6 +45,8 @@ pub struct Shared {
     pub server_list: Bytes,
     /// Per-client rate limits, when configured.
     pub limiter: Option<limits::ClientLimiter>,
+    /// Per-client connection caps, when configured.
+    pub caps: Option<Arc<limits::ConnectionCaps>>,
     /// Some node requires credentials: answers are not cached or served from the cache,
     /// since a cached answer would skip the node's check.
     auth_required: std::sync::atomic::AtomicBool,
@@ -72,6 +75,7 @@ impl Shared {
                 settings.client_rate_limit,
                 settings.client_rate_burst,
             ),
+            caps: limits::ConnectionCaps::new(settings.client_max_connections),
             settings,
         })
     }

@@ -34,6 +34,10 @@ pub struct Metrics {
     pub retries: IntCounter,
     /// Requests refused with 429 by the per-client rate limit.
     pub rate_limited: IntCounter,
+    /// Connections closed at accept by the per-client connection cap.
+    pub connections_refused: IntCounter,
+    /// Client connections open now.
+    pub client_connections: IntGauge,
     upstream_seconds: HistogramVec,
     upstream_up: IntGaugeVec,
     feed_lag_ms: IntGaugeVec,
@@ -175,6 +179,14 @@ impl Metrics {
             rate_limited: counter(
                 "nacre_gateway_rate_limited_total",
                 "Requests refused with 429 by the per-client rate limit",
+            )?,
+            connections_refused: counter(
+                "nacre_gateway_connections_refused_total",
+                "Client connections closed at accept by the per-client connection cap",
+            )?,
+            client_connections: gauge(
+                "nacre_gateway_client_connections",
+                "Client connections open now",
             )?,
             upstream_seconds,
             upstream_up,

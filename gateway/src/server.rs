@@ -8,7 +8,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use nacre_config::members::Discovery;
 use nacre_config::{ConfigError, GatewaySettings};
+use pingora::apps::ServerApp;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
+use pingora::protocols::Stream;
+use pingora::proxy::HttpProxy;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
@@ -120,6 +123,64 @@ async fn forget_idle_clients(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
+/// The proxy behind the per-client connection cap: pingora hands each accepted connection to
+/// `process_new`, which serves every request of an HTTP/1 keep-alive connection before it
+/// returns, so the connection holds its place exactly as long as it is open.
+struct Admission {
+    proxy: Arc<HttpProxy<Gateway>>,
+    shared: Arc<Shared>,
+}
+
+/// Counts a connection in the open-connections gauge while it lives.
+struct Counted<'a>(&'a prometheus::IntGauge);
+
+impl<'a> Counted<'a> {
+    fn new(g: &'a prometheus::IntGauge) -> Self {
+        g.inc();
+        Self(g)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[async_trait]
+impl ServerApp for Admission {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let _counted = Counted::new(&self.shared.metrics.client_connections);
+        let _admitted = match &self.shared.caps {
+            None => None,
+            Some(caps) => {
+                let client = stream
+                    .get_socket_digest()
+                    .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+                match client.map(|ip| (ip, caps.admit(ip))) {
+                    // Not an IP peer (a Unix socket): nothing to key a cap on.
+                    None => None,
+                    Some((_, Some(admitted))) => Some(admitted),
+                    Some((ip, None)) => {
+                        self.shared.metrics.connections_refused.inc();
+                        tracing::debug!(client = %ip, cap = caps.per_client(), "connection over the per-client cap closed");
+                        return None;
+                    }
+                }
+            }
+        };
+        self.proxy.process_new(stream, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.proxy.cleanup().await;
+    }
+}
+
 /// Client-side write buffer. pingora's default (one MSS) sends a response header in a write of
 /// its own, and the body in a second one whenever the body is larger than that; with room for
 /// a typical list answer, header and body leave in one write. Only the bytes written are ever
@@ -146,10 +207,15 @@ pub fn run(settings: GatewaySettings, stop: Stop) -> Result<(), GatewayError> {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Gateway::new(shared.clone()),
-        "nacre gateway",
+    let mut proxy = pingora::services::listening::Service::new(
+        "nacre gateway".to_string(),
+        Admission {
+            proxy: Arc::new(pingora::proxy::http_proxy(
+                &server.configuration,
+                Gateway::new(shared.clone()),
+            )),
+            shared: shared.clone(),
+        },
     );
     proxy.add_listener(
         ListenerConfig::tcp(settings.listen.to_string())
