@@ -5,7 +5,7 @@
 //! changes nothing.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nacre_testkit::http::{Api, Reply};
 use nacre_testkit::NodeProcess;
@@ -18,38 +18,9 @@ fn bin() -> &'static Path {
 
 /// A standalone node with auth on, ready and bootstrapped (the admin can log in).
 async fn start(dir: &Path) -> (NodeProcess, Api) {
-    let node = NodeProcess::start_with_env(
-        bin(),
-        dir,
-        &[
-            ("NACRE_AUTH_ENABLED", "true"),
-            ("NACRE_AUTH_ADMIN_PASSWORD", ADMIN_PASSWORD),
-        ],
-    )
-    .expect("start nacre");
-    let api = Api::new(node.addr());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    // Ready first (an open route), then log in: failed logins count towards the lockout, so
-    // the attempts are spaced.
-    while api
-        .call("GET", "/nacos/v1/console/health/readiness", &[])
+    let (node, api, _) = NodeProcess::start_with_auth(bin(), dir, ADMIN_PASSWORD)
         .await
-        .status
-        != 200
-    {
-        assert!(
-            Instant::now() < deadline,
-            "never ready\n{}",
-            node.log_tail(4000)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    if let Err(e) = api
-        .login_when_ready("nacos", ADMIN_PASSWORD, Duration::from_secs(30))
-        .await
-    {
-        panic!("{e}\n{}", node.log_tail(4000));
-    }
+        .unwrap_or_else(|e| panic!("{e:#}"));
     (node, api)
 }
 

@@ -281,3 +281,29 @@ fn compare_alternates_two_targets_and_reports_ratios() {
         ]
     );
 }
+
+/// Against a node with auth on, `--auth USER:PASSWORD` logs in once and every request carries
+/// the token (zero errors); without it the run stops at its setup, refused.
+#[tokio::test]
+async fn auth_flag_logs_in_and_every_request_carries_the_token() {
+    const PASSWORD: &str = "loadtest-admin-pw";
+    const AUTH: &str = "nacos:loadtest-admin-pw";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (node, _, _) =
+        NodeProcess::start_with_auth(Path::new(BIN), &dir.path().join("node"), PASSWORD)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    let args = short(&["--scenario", "register", "--seed", "15", "--auth", AUTH]);
+    let r = loadtest(&node, dir.path(), &args);
+    assert_clean(&r, "register");
+    // Without credentials the list scenario's setup (registering what it lists) is refused,
+    // and the harness says so instead of measuring refusals.
+    let out = Command::new(BIN)
+        .args(["loadtest", "--target", &node.addr().to_string()])
+        .args(short(&["--scenario", "list", "--seed", "15"]))
+        .output()
+        .expect("run nacre loadtest");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("http_403"), "{stderr}");
+}

@@ -82,6 +82,19 @@ pub struct LoadtestArgs {
     /// memory: wait this long after registering before reading the RSS.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub settle: Duration,
+    /// USER:PASSWORD for a target with auth on: the harness logs in once before the run and
+    /// sends the token as `accessToken` on every request, as the Java and Python clients do.
+    #[arg(long, value_name = "USER:PASSWORD")]
+    pub auth: Option<String>,
+    /// USER:PASSWORD for the --compare target.
+    #[arg(long, value_name = "USER:PASSWORD")]
+    pub compare_auth: Option<String>,
+}
+
+/// `USER:PASSWORD` split at the first colon (a password may contain colons).
+pub fn credentials(s: &str) -> Option<(&str, &str)> {
+    s.split_once(':')
+        .filter(|(u, p)| !u.is_empty() && !p.is_empty())
 }
 
 /// Parses `250ms`, `10s`, `1.5s`, `2m`, or a bare number of seconds.
@@ -132,6 +145,8 @@ impl LoadtestArgs {
             target_pid: None,
             compare_pid: None,
             settle: Duration::from_secs(2),
+            auth: None,
+            compare_auth: None,
         }
     }
 
@@ -178,6 +193,17 @@ impl LoadtestArgs {
         if self.compare_pid.is_some() && self.compare.is_none() {
             return bad("--compare-pid", "only with --compare");
         }
+        if self.compare_auth.is_some() && self.compare.is_none() {
+            return bad("--compare-auth", "only with --compare");
+        }
+        for (flag, v) in [
+            ("--auth", &self.auth),
+            ("--compare-auth", &self.compare_auth),
+        ] {
+            if v.as_deref().is_some_and(|v| credentials(v).is_none()) {
+                return bad(flag, "expected USER:PASSWORD");
+            }
+        }
         if self.scenario == ScenarioKind::Memory {
             if self.target_pid.is_none() {
                 return bad(
@@ -216,6 +242,14 @@ mod tests {
     }
 
     #[test]
+    fn credentials_split_at_the_first_colon() {
+        assert_eq!(credentials("nacos:a:b"), Some(("nacos", "a:b")));
+        assert_eq!(credentials(":pw"), None);
+        assert_eq!(credentials("nacos:"), None);
+        assert_eq!(credentials("nacos"), None);
+    }
+
+    #[test]
     fn validation_names_the_bad_flag() {
         let ok = LoadtestArgs::new("127.0.0.1:8848", ScenarioKind::List);
         assert!(ok.validate().is_ok());
@@ -229,6 +263,16 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("--target-pid"));
+        let mut a = ok.clone();
+        a.auth = Some("nacos".into());
+        assert!(a.validate().unwrap_err().to_string().contains("--auth"));
+        let mut a = ok.clone();
+        a.compare_auth = Some("nacos:pw".into());
+        assert!(a
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("--compare-auth"));
         let mut a = ok;
         a.concurrency = 0;
         assert!(a

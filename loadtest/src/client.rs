@@ -196,6 +196,8 @@ pub struct Conn {
     stream: TcpStream,
     host: String,
     user_agent: String,
+    /// Appended to every request's query (`accessToken=…`), or empty.
+    query: String,
     wbuf: Vec<u8>,
     rbuf: Vec<u8>,
     chunked: Vec<u8>,
@@ -223,12 +225,19 @@ impl Conn {
             stream,
             host: host.to_string(),
             user_agent: user_agent.to_string(),
+            query: String::new(),
             wbuf: Vec::with_capacity(512),
             rbuf: Vec::with_capacity(READ_CHUNK),
             chunked: Vec::new(),
             consumed: 0,
             closed: false,
         })
+    }
+
+    /// Sends `query` (already encoded `name=value` pairs) with every request.
+    pub fn with_query(mut self, query: &str) -> Conn {
+        self.query = query.to_string();
+        self
     }
 
     /// False once the server said `Connection: close` (or an HTTP/1.0 answer without
@@ -250,6 +259,11 @@ impl Conn {
         self.wbuf.extend_from_slice(req.method.as_str().as_bytes());
         self.wbuf.push(b' ');
         self.wbuf.extend_from_slice(req.target.as_bytes());
+        if !self.query.is_empty() {
+            self.wbuf
+                .push(if req.target.contains('?') { b'&' } else { b'?' });
+            self.wbuf.extend_from_slice(self.query.as_bytes());
+        }
         self.wbuf.extend_from_slice(b" HTTP/1.1\r\nHost: ");
         self.wbuf.extend_from_slice(self.host.as_bytes());
         self.wbuf.extend_from_slice(b"\r\nUser-Agent: ");
@@ -424,7 +438,8 @@ mod tests {
         });
         let mut c = Conn::connect(addr, "h:1", "ua", Duration::from_secs(2))
             .await
-            .unwrap();
+            .unwrap()
+            .with_query("accessToken=t%2B1");
         let r = c
             .send(&Request {
                 method: Method::Post,
@@ -444,8 +459,9 @@ mod tests {
         assert!(c.reusable());
         let seen = server.await.unwrap();
         assert!(seen.starts_with(
-            "POST /a?x=1 HTTP/1.1\r\nHost: h:1\r\nUser-Agent: ua\r\nContent-Length: 0\r\n\r\n"
+            "POST /a?x=1&accessToken=t%2B1 HTTP/1.1\r\nHost: h:1\r\nUser-Agent: ua\r\nContent-Length: 0\r\n\r\n"
         ));
-        assert!(seen.ends_with("GET /b HTTP/1.1\r\nHost: h:1\r\nUser-Agent: ua\r\n\r\n"));
+        assert!(seen
+            .ends_with("GET /b?accessToken=t%2B1 HTTP/1.1\r\nHost: h:1\r\nUser-Agent: ua\r\n\r\n"));
     }
 }

@@ -29,6 +29,19 @@ pub struct Target {
     pub user_agent: String,
     pub timeout: Duration,
     pub pid: Option<u32>,
+    /// `accessToken=…` (encoded) sent on every request, for a target with auth on.
+    pub access: Option<String>,
+}
+
+impl Target {
+    /// A new keep-alive connection that sends this target's `Host`, `User-Agent` and token.
+    pub async fn connect(&self, timeout: Duration) -> Result<Conn, ClientError> {
+        let conn = Conn::connect(self.addr, &self.name, &self.user_agent, timeout).await?;
+        Ok(match &self.access {
+            Some(a) => conn.with_query(a),
+            None => conn,
+        })
+    }
 }
 
 /// One request a ticket turned into.
@@ -265,19 +278,10 @@ async fn exchange(
 ) -> Result<(), ErrorKind> {
     let c = match conn {
         Some(c) => c,
-        None => conn.insert(
-            Conn::connect(
-                target.addr,
-                &target.name,
-                &target.user_agent,
-                target.timeout,
-            )
-            .await
-            .map_err(|e| match e {
-                ClientError::Timeout => ErrorKind::Timeout,
-                _ => ErrorKind::Connect,
-            })?,
-        ),
+        None => conn.insert(target.connect(target.timeout).await.map_err(|e| match e {
+            ClientError::Timeout => ErrorKind::Timeout,
+            _ => ErrorKind::Connect,
+        })?),
     };
     let result = match tokio::time::timeout(target.timeout, c.send(&planned.request)).await {
         Err(_) => Err(ErrorKind::Timeout),

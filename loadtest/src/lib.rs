@@ -32,7 +32,6 @@ pub use error::LoadtestError;
 pub use report::{CompareReport, Report};
 pub use scenario::ScenarioKind;
 
-use crate::client::Conn;
 use crate::engine::{run_phase, PhaseSpec, Target};
 use crate::nacos::{Names, PushAddr};
 use crate::push::PushTracker;
@@ -108,9 +107,9 @@ struct PushSide {
 pub async fn execute(args: LoadtestArgs) -> Result<Outcome, LoadtestError> {
     args.validate()?;
     let kind = args.scenario;
-    let mut runs = vec![new_run(&args, &args.target, args.target_pid).await?];
+    let mut runs = vec![new_run(&args, &args.target, args.target_pid, args.auth.as_deref()).await?];
     if let Some(c) = &args.compare {
-        runs.push(new_run(&args, c, args.compare_pid).await?);
+        runs.push(new_run(&args, c, args.compare_pid, args.compare_auth.as_deref()).await?);
     }
     let rounds = args
         .rounds
@@ -262,6 +261,7 @@ async fn new_run(
     args: &LoadtestArgs,
     name: &str,
     pid: Option<u32>,
+    auth: Option<&str>,
 ) -> Result<TargetRun, LoadtestError> {
     let name = name
         .trim_start_matches("http://")
@@ -287,14 +287,19 @@ async fn new_run(
     } else {
         None
     };
+    let mut target = Target {
+        name,
+        addr,
+        user_agent: args.user_agent.clone(),
+        timeout: args.timeout,
+        pid,
+        access: None,
+    };
+    if let Some((user, password)) = auth.and_then(cli::credentials) {
+        target.access = Some(login(&target, user, password).await?);
+    }
     Ok(TargetRun {
-        target: Target {
-            name,
-            addr,
-            user_agent: args.user_agent.clone(),
-            timeout: args.timeout,
-            pid,
-        },
+        target,
         push,
         stats: Stats::new()?,
         measured_s: 0.0,
@@ -304,6 +309,40 @@ async fn new_run(
         harness_peak: 0,
         memory: None,
     })
+}
+
+/// Logs in to `target` once and returns the `accessToken=…` query pair its requests carry.
+/// Tokens live for hours (Nacos's default is 5 h); a run is minutes.
+async fn login(target: &Target, user: &str, password: &str) -> Result<String, LoadtestError> {
+    let failed = |detail: String| LoadtestError::Setup {
+        target: target.name.clone(),
+        detail: format!("login as {user}: {detail}"),
+    };
+    let mut conn = target
+        .connect(target.timeout)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let req = client::Request {
+        method: client::Method::Post,
+        target: format!(
+            "/nacos/v1/auth/login?username={}&password={}",
+            nacos::encode(user),
+            nacos::encode(password)
+        ),
+    };
+    let resp = tokio::time::timeout(target.timeout, conn.send(&req))
+        .await
+        .map_err(|_| failed("timed out".into()))?
+        .map_err(|e| failed(e.to_string()))?;
+    if resp.status != 200 {
+        return Err(failed(format!(
+            "answered {}: {}",
+            resp.status,
+            String::from_utf8_lossy(resp.body)
+        )));
+    }
+    let token = nacos::access_token(resp.body).ok_or_else(|| failed("no accessToken".into()))?;
+    Ok(format!("accessToken={}", nacos::encode(&token)))
 }
 
 /// Binds the push socket on the local address that routes to the target (loopback for a
@@ -444,7 +483,8 @@ async fn count_instances(target: &Target, names: &Names) -> Result<u64, Loadtest
         target: target.name.clone(),
         detail,
     };
-    let mut conn = Conn::connect(target.addr, &target.name, &target.user_agent, timeout)
+    let mut conn = target
+        .connect(timeout)
         .await
         .map_err(|e| setup_err(format!("verification connect: {e}")))?;
     let mut total = 0u64;
@@ -461,7 +501,8 @@ async fn count_instances(target: &Target, names: &Names) -> Result<u64, Loadtest
         }
         total += nacos::count_hosts(resp.body).unwrap_or(0) as u64;
         if !conn.reusable() {
-            conn = Conn::connect(target.addr, &target.name, &target.user_agent, timeout)
+            conn = target
+                .connect(timeout)
                 .await
                 .map_err(|e| setup_err(format!("verification connect: {e}")))?;
         }

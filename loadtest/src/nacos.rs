@@ -75,6 +75,19 @@ pub fn count_hosts(body: &[u8]) -> Option<usize> {
         .map(|l| l.hosts.len())
 }
 
+/// The `accessToken` of a login answer.
+pub fn access_token(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Login {
+        #[serde(rename = "accessToken")]
+        access_token: String,
+    }
+    serde_json::from_slice::<Login>(body)
+        .ok()
+        .map(|l| l.access_token)
+        .filter(|t| !t.is_empty())
+}
+
 /// Percent-encodes everything but RFC 3986 unreserved characters.
 pub fn encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len() * 3);
@@ -270,6 +283,14 @@ mod tests {
         let decoded_len = json.len() - 2 * json.matches('%').count();
         assert_eq!(decoded_len, 200);
         assert_eq!(metadata_param(1, 0), "");
+    }
+
+    #[test]
+    fn a_login_answer_gives_its_token() {
+        let body = br#"{"accessToken":"abc.def","tokenTtl":18000,"globalAdmin":true}"#;
+        assert_eq!(access_token(body).as_deref(), Some("abc.def"));
+        assert_eq!(access_token(br#"{"accessToken":""}"#), None);
+        assert_eq!(access_token(b"unknown user!"), None);
     }
 
     #[test]

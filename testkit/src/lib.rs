@@ -84,6 +84,43 @@ impl NodeProcess {
         Self::start_standalone(bin, data_dir, &[], env)
     }
 
+    /// A standalone node with auth on and `admin_password` for the first administrator
+    /// (`nacos`), returned once it is ready and the administrator can log in, with a client
+    /// and the administrator's token. Readiness is read from an open route, and logins are
+    /// spaced, since failed ones count towards the lockout.
+    pub async fn start_with_auth(
+        bin: &Path,
+        data_dir: &Path,
+        admin_password: &str,
+    ) -> Result<(NodeProcess, http::Api, String)> {
+        let node = Self::start_with_env(
+            bin,
+            data_dir,
+            &[
+                ("NACRE_AUTH_ENABLED", "true"),
+                ("NACRE_AUTH_ADMIN_PASSWORD", admin_password),
+            ],
+        )?;
+        let api = http::Api::new(node.addr());
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while api
+            .call("GET", "/nacos/v1/console/health/readiness", &[])
+            .await
+            .status
+            != 200
+        {
+            if std::time::Instant::now() >= deadline {
+                anyhow::bail!("never ready\n{}", node.log_tail(4000));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let token = api
+            .login_when_ready("nacos", admin_password, Duration::from_secs(30))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}\n{}", node.log_tail(4000)))?;
+        Ok((node, api, token))
+    }
+
     fn start_standalone(
         bin: &Path,
         data_dir: &Path,
