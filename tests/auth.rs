@@ -18,7 +18,7 @@ fn bin() -> &'static Path {
 
 /// A standalone node with auth on, ready and bootstrapped (the admin can log in).
 async fn start(dir: &Path) -> (NodeProcess, Api) {
-    let (node, api, _) = NodeProcess::start_with_auth(bin(), dir, ADMIN_PASSWORD)
+    let (node, api, _) = NodeProcess::start_with_auth(bin(), dir, ADMIN_PASSWORD, &[])
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
     (node, api)
@@ -332,33 +332,48 @@ async fn cve_style_headers_and_odd_paths_never_grant_access() {
     assert_eq!(users["totalCount"], 1, "{users}");
 }
 
+/// A 3-node cluster with auth on behind a gateway, with a client of the gateway and the
+/// administrator's token.
+async fn behind_a_gateway(
+    root: &Path,
+) -> (
+    nacre_testkit::cluster::TestCluster,
+    nacre_testkit::gateway::GatewayProcess,
+    Api,
+    String,
+) {
+    use nacre_testkit::cluster::{ClusterOptions, TestCluster};
+    use nacre_testkit::gateway::GatewayProcess;
+    let opts = ClusterOptions::new(3)
+        .fast()
+        .with_env("NACRE_AUTH_ENABLED", "true")
+        .with_env("NACRE_AUTH_ADMIN_PASSWORD", ADMIN_PASSWORD);
+    let c = TestCluster::start(bin(), root, opts).expect("cluster");
+    let mut gw = GatewayProcess::in_front_of(
+        bin(),
+        &c,
+        &root.join("gw"),
+        nacre_testkit::free_loopback_addr().expect("a free port"),
+        &[],
+    )
+    .expect("gateway");
+    gw.wait_ready(3, Duration::from_secs(60))
+        .expect("gateway ready");
+    let api = Api::new(gw.addr());
+    let admin = api
+        .login_when_ready("nacos", ADMIN_PASSWORD, Duration::from_secs(60))
+        .await
+        .expect("admin login");
+    (c, gw, api, admin)
+}
+
 /// Behind a gateway: an answer fetched with a token is never served from the gateway's cache
 /// to a caller without one (the nodes report auth in their pings; the gateway then caches
 /// nothing), and the gateway passes credentials through to the nodes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_never_serves_a_cached_answer_past_the_check() {
-    use nacre_testkit::cluster::{ClusterOptions, TestCluster};
-    use nacre_testkit::gateway::GatewayProcess;
     let root = tempfile::tempdir().unwrap();
-    let opts = ClusterOptions::new(3)
-        .fast()
-        .with_env("NACRE_AUTH_ENABLED", "true")
-        .with_env("NACRE_AUTH_ADMIN_PASSWORD", ADMIN_PASSWORD);
-    let mut c = TestCluster::start(bin(), root.path(), opts).unwrap();
-    let mut gw = GatewayProcess::in_front_of(
-        bin(),
-        &c,
-        &root.path().join("gw"),
-        nacre_testkit::free_loopback_addr().unwrap(),
-        &[],
-    )
-    .unwrap();
-    gw.wait_ready(3, Duration::from_secs(60)).unwrap();
-    let api = Api::new(gw.addr());
-    let admin = api
-        .login_when_ready("nacos", ADMIN_PASSWORD, Duration::from_secs(60))
-        .await
-        .unwrap();
+    let (mut c, _gw, api, admin) = behind_a_gateway(root.path()).await;
     let mut q = register_q("cached", "public", "10.0.0.9");
     q.push(("accessToken", &admin));
     assert_eq!(api.instance("POST", &q).await.body, "ok");
@@ -381,5 +396,78 @@ async fn the_gateway_never_serves_a_cached_answer_past_the_check() {
             .await,
         0.0
     );
+    c.kill9(0).unwrap();
+}
+
+/// A token past its lifetime is refused ("token expired!") and changes nothing; logging in
+/// again gives a working one.
+#[tokio::test]
+async fn an_expired_token_is_refused_and_a_new_login_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_node, api, admin) = NodeProcess::start_with_auth(
+        bin(),
+        dir.path(),
+        ADMIN_PASSWORD,
+        &[("NACRE_AUTH_TOKEN_TTL_S", "5")],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let mut q = register_q("expiring", "public", "10.0.0.7");
+    q.push(("accessToken", &admin));
+    assert_eq!(api.instance("POST", &q).await.body, "ok");
+    tokio::time::sleep(Duration::from_millis(6_500)).await;
+    let mut q = register_q("expiring", "public", "10.0.0.8");
+    q.push(("accessToken", &admin));
+    let r = api.instance("POST", &q).await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (403, "token expired!"),
+        "{r:?}"
+    );
+    let fresh = token(&api, "nacos", ADMIN_PASSWORD).await;
+    let l = api
+        .list(&[("serviceName", "expiring"), ("accessToken", &fresh)])
+        .await;
+    let ips: Vec<_> = l["hosts"]
+        .as_array()
+        .map(|h| h.iter().map(|i| i["ip"].clone()).collect())
+        .unwrap_or_default();
+    assert_eq!(ips, vec![serde_json::json!("10.0.0.7")], "{l}");
+}
+
+/// Behind a gateway, failed logins lock out the client that made them (the address the
+/// gateway asserts), not the gateway's address: another client behind the same gateway still
+/// logs in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_the_gateway_failed_logins_lock_out_their_client_only() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut c, gw, _api, _admin) = behind_a_gateway(root.path()).await;
+    let from = |last: u8| {
+        reqwest::Client::builder()
+            .local_address(std::net::IpAddr::from([127, 0, 0, last]))
+            .build()
+            .unwrap()
+    };
+    let login = |client: reqwest::Client, user: &'static str, pass: &'static str| {
+        let url = format!("http://{}/nacos/v1/auth/login", gw.addr());
+        async move {
+            let r = client
+                .post(url)
+                .form(&[("username", user), ("password", pass)])
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap_or_default())
+        }
+    };
+    // Different made-up users, so only the address can be what locks.
+    for user in ["u1", "u2", "u3", "u4", "u5"] {
+        assert_eq!(login(from(31), user, "guess").await.0, 403);
+    }
+    let (status, body) = login(from(31), "nacos", ADMIN_PASSWORD).await;
+    assert_eq!(status, 403);
+    assert!(body.contains("too many failed logins"), "{body}");
+    let (status, body) = login(from(32), "nacos", ADMIN_PASSWORD).await;
+    assert_eq!(status, 200, "another client behind the gateway: {body}");
     c.kill9(0).unwrap();
 }

@@ -236,3 +236,76 @@ async fn malformed_requests_get_clear_4xx_and_change_nothing() {
         "a client mistake produced a 5xx:\n{m}"
     );
 }
+
+/// A health checker's path and headers go into the request line and headers of probes the
+/// node sends: CR/LF, spaces or a full URL there are refused with 400 (a client cannot make
+/// nodes send bytes of its choosing), and the stored checker is unchanged.
+#[tokio::test]
+async fn a_health_checker_cannot_smuggle_bytes_into_a_probe() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = NodeProcess::start(Path::new(env!("CARGO_BIN_EXE_nacre")), dir.path()).unwrap();
+    node.wait_ready(Duration::from_secs(30)).unwrap();
+    let api = Api::new(node.addr());
+    let r = api
+        .instance(
+            "POST",
+            &[
+                ("serviceName", "probed"),
+                ("ip", "127.0.0.2"),
+                ("port", "80"),
+                ("ephemeral", "false"),
+            ],
+        )
+        .await;
+    assert_eq!(r.body, "ok");
+    let set = |checker: &'static str| {
+        let api = api.clone();
+        async move {
+            api.call(
+                "PUT",
+                "/nacos/v1/ns/cluster",
+                &[
+                    ("serviceName", "probed"),
+                    ("clusterName", "DEFAULT"),
+                    ("checkPort", "80"),
+                    ("useInstancePort4Check", "true"),
+                    ("healthChecker", checker),
+                ],
+            )
+            .await
+        }
+    };
+    let checker = |api: Api| async move {
+        api.call("GET", "/nacos/v1/ns/service", &[("serviceName", "probed")])
+            .await
+            .json()["clusters"]
+            .to_string()
+    };
+    let before = checker(api.clone()).await;
+    for (bad, says) in [
+        (
+            r#"{"type":"HTTP","path":"/ok HTTP/1.0\r\nHost: x\r\n\r\nGET /evil"}"#,
+            "healthChecker.path",
+        ),
+        (r#"{"type":"HTTP","path":"/a\nb"}"#, "healthChecker.path"),
+        (
+            r#"{"type":"HTTP","path":"http://10.9.9.9/x"}"#,
+            "healthChecker.path",
+        ),
+        (
+            r#"{"type":"HTTP","path":"/ok","headers":"X-A:1\r\nX-Evil:2"}"#,
+            "healthChecker.headers",
+        ),
+        (r#"{"type":"SMTP"}"#, "unknown health checker type"),
+    ] {
+        let r = set(bad).await;
+        assert_eq!(r.status, 400, "{bad}: {r:?}");
+        assert!(r.body.contains(says), "{bad}: {}", r.body);
+    }
+    assert_eq!(checker(api.clone()).await, before, "nothing stored");
+    // A plain path is taken.
+    let r = set(r#"{"type":"HTTP","path":"/health?x=1","headers":"X-A:1|X-B:2"}"#).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "ok"), "{r:?}");
+    assert!(checker(api).await.contains("/health?x=1"));
+    assert!(node.try_exit_status().unwrap().is_none(), "node died");
+}

@@ -457,3 +457,25 @@ fn user_errors_print_a_message_and_a_hint_never_a_backtrace() {
     }
     drop(taken);
 }
+
+/// A secret file that group or others can read gets a warning at start naming the file and
+/// the fix; one readable by its owner only does not.
+#[test]
+fn a_secret_file_readable_by_others_is_warned_about_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = Path::new(env!("CARGO_BIN_EXE_nacre"));
+    for (mode, warned) in [(0o644, true), (0o600, false)] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let secret = dir.path().join("cluster-secret");
+        std::fs::write(&secret, "0123456789abcdef0123456789abcdef").expect("write secret");
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        let mut node = nacre_testkit::NodeProcess::start(bin, dir.path()).expect("start");
+        node.wait_ready(Duration::from_secs(30)).expect("ready");
+        let log = node.log_tail(20_000);
+        assert_eq!(
+            log.contains("secret file is readable by group or others; run chmod 600 on it"),
+            warned,
+            "mode {mode:o}:\n{log}"
+        );
+    }
+}

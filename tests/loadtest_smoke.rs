@@ -290,7 +290,7 @@ async fn auth_flag_logs_in_and_every_request_carries_the_token() {
     const AUTH: &str = "nacos:loadtest-admin-pw";
     let dir = tempfile::tempdir().expect("tempdir");
     let (node, _, _) =
-        NodeProcess::start_with_auth(Path::new(BIN), &dir.path().join("node"), PASSWORD)
+        NodeProcess::start_with_auth(Path::new(BIN), &dir.path().join("node"), PASSWORD, &[])
             .await
             .unwrap_or_else(|e| panic!("{e:#}"));
     let args = short(&["--scenario", "register", "--seed", "15", "--auth", AUTH]);

@@ -112,7 +112,8 @@ class Logger {
   error(...a) { this._log('ERROR', a); }
 }
 
-async function newClient(name, { namespace, serverList } = {}) {
+// `auth`: the driver's credentials when absent, none when null, else {username, password}.
+async function newClient(name, { namespace, serverList, auth } = {}) {
   const logger = new Logger(name);
   // Endpoint mode: the client learns its servers from the address server only (scenarios that
   // need an explicit list still pass one).
@@ -121,9 +122,12 @@ async function newClient(name, { namespace, serverList } = {}) {
     : { logger, endpoint: opts.endpoint };
   if (namespace) options.namespace = namespace;
   // With auth on, the client sends the user name and password with every request.
-  if (opts.username) {
-    options.username = opts.username;
-    options.password = opts.password;
+  const creds = auth === undefined
+    ? (opts.username ? { username: opts.username, password: opts.password } : null)
+    : auth;
+  if (creds) {
+    options.username = creds.username;
+    options.password = creds.password;
   }
   const client = new NacosNamingClient(options);
   client.on('error', err => logger.error('client error: %s', err && err.message));
@@ -499,6 +503,42 @@ async function scFailover() {
   });
 }
 
+// With auth on: no credentials and a wrong password are refused on register and list, and the
+// refused registrations store nothing (checked with the right credentials).
+async function scAuthRefusals() {
+  if (!opts.username) return;
+  const svc = uniq('refused');
+  const port = fakePort();
+  await check('node.auth.refusals', async () => {
+    for (const [what, auth] of [
+      ['no credentials', null],
+      ['a wrong password', { username: opts.username, password: `${opts.password}-wrong` }],
+    ]) {
+      const c = await newClient(`refused-${what}`, { auth });
+      try {
+        let registered = true;
+        try {
+          await c.registerInstance(svc, { ip: IP, port });
+        } catch (_) {
+          registered = false;
+        }
+        expect(!registered, `register with ${what} was not refused`);
+        let listed = true;
+        try {
+          await c.getAllInstances(svc, 'DEFAULT_GROUP', '', false);
+        } catch (_) {
+          listed = false;
+        }
+        expect(!listed, `list with ${what} was not refused`);
+      } finally {
+        await closeClient(c);
+      }
+    }
+    const got = ports(await freshList(svc));
+    expect(got.length === 0, `refused registrations stored ${JSON.stringify(got)}`);
+  });
+}
+
 const SCENARIOS = {
   register: scRegister,
   select_healthy: scSelectHealthy,
@@ -511,6 +551,7 @@ const SCENARIOS = {
   namespace_isolation: scNamespaceIsolation,
   push: scPush,
   failover: scFailover,
+  auth_refusals: scAuthRefusals,
 };
 
 function parseArgs(argv) {

@@ -574,6 +574,43 @@ def sc_subscribe(ctx):
     writer.remove_naming_instance(svc, IP, p2, cluster_name="c1")
 
 
+def sc_auth_refusals(ctx):
+    """With auth on: no credentials, a wrong password and a forged token are all refused, and
+    the refused registrations store nothing (the listing client has the right credentials)."""
+    if not ctx.username:
+        return
+    svc = uniq("refused")
+    port = fake_port()
+    servers = ctx.servers
+
+    def refused(what, fn):
+        try:
+            fn()
+        except Exception:
+            return
+        raise CheckFailed("%s was not refused" % what)
+
+    def run():
+        anonymous = nacos.NacosClient(servers, logDir=ctx.log_dir)
+        anonymous.set_options(default_timeout=5)
+        refused("register without credentials",
+                lambda: anonymous.add_naming_instance(svc, IP, port))
+        refused("list without credentials", lambda: anonymous.list_naming_instance(svc))
+        # 0.1.x logs in from its constructor: the wrong password fails there.
+        refused("login with a wrong password",
+                lambda: nacos.NacosClient(servers, username=ctx.username,
+                                          password=ctx.password + "-wrong", logDir=ctx.log_dir))
+        forged = ctx.client()
+        forged.token = forged.token[:-4] + ("AAAA" if not forged.token.endswith("AAAA") else "BBBB")
+        forged.token_expire_time = time.time() + 3600
+        refused("register with a forged token",
+                lambda: forged.add_naming_instance(svc, IP, port))
+        got = ports(hosts_of(ctx.client().list_naming_instance(svc)))
+        expect(got == [], "refused registrations stored %r" % got)
+
+    check("py.auth.refusals", run)
+
+
 SCENARIOS = {
     "register": sc_register_fields,
     "healthy_only": sc_healthy_only,
@@ -587,6 +624,7 @@ SCENARIOS = {
     "namespace_isolation": sc_namespace_isolation,
     "failover": sc_failover,
     "subscribe": sc_subscribe,
+    "auth_refusals": sc_auth_refusals,
 }
 
 

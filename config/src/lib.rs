@@ -415,11 +415,13 @@ impl RegistrySettings {
         if self.max_connections == 0 {
             return Err(invalid("max_connections", 0, "must be positive"));
         }
-        if !(60..=31_536_000).contains(&self.auth.token_ttl_s) {
+        // Short lifetimes are the operator's choice (clients then log in more often); the
+        // floor only keeps a token usable for the requests right after its login.
+        if !(5..=31_536_000).contains(&self.auth.token_ttl_s) {
             return Err(invalid(
                 "auth.token_ttl_s",
                 self.auth.token_ttl_s,
-                "must be between 60 and 31536000",
+                "must be between 5 and 31536000",
             ));
         }
         if self

@@ -281,6 +281,11 @@ impl ProxyHttp for Gateway {
             self.serve_local(session, local).await?;
             return Ok(true);
         }
+        if route::is_auth(path) {
+            ctx.route = RouteLabel::Owner;
+            ctx.key = Some(route::auth_key());
+            return Ok(false);
+        }
         if !route::is_naming(path) {
             return Ok(false);
         }

@@ -26,6 +26,26 @@ pub const LIST_PATH: &str = "/nacos/v1/ns/instance/list";
 /// change feed reports; they do not invalidate on their own.
 const BEAT_PATH: &str = "/nacos/v1/ns/instance/beat";
 
+/// Auth API prefix (login, users, roles, permissions).
+const AUTH_PREFIX: &str = "/nacos/v1/auth/";
+
+/// Whether `path` is an auth call. Every gateway sends these to the node owning
+/// [`auth_key`], so one node's failed-login throttle sees every attempt that came through the
+/// gateway tier (round-robin would give a guesser one allowance per node).
+pub fn is_auth(path: &str) -> bool {
+    path.starts_with(AUTH_PREFIX)
+}
+
+/// The routing key of auth calls: a fixed name in no namespace a client can use, the same in
+/// every gateway replica.
+pub fn auth_key() -> ServiceKey {
+    ServiceKey {
+        namespace: String::new(),
+        group: String::new(),
+        service: "nacre:auth".into(),
+    }
+}
+
 /// Requests the gateway answers itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Local {
@@ -186,6 +206,16 @@ pub fn server_list_body(addresses: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auth_calls_share_one_fixed_key_that_no_client_service_can_have() {
+        assert!(is_auth("/nacos/v1/auth/login"));
+        assert!(is_auth("/nacos/v1/auth/users/login"));
+        assert!(!is_auth("/nacos/v1/ns/instance"));
+        assert_eq!(auth_key(), auth_key());
+        // Client keys always name a namespace (`public` at least).
+        assert_eq!(auth_key().namespace, "");
+    }
 
     #[test]
     fn local_paths() {

@@ -84,23 +84,22 @@ impl NodeProcess {
         Self::start_standalone(bin, data_dir, &[], env)
     }
 
-    /// A standalone node with auth on and `admin_password` for the first administrator
-    /// (`nacos`), returned once it is ready and the administrator can log in, with a client
+    /// A standalone node with auth on, `admin_password` for the first administrator
+    /// (`nacos`) and `env` added, returned once it is ready and the administrator can log in, with a client
     /// and the administrator's token. Readiness is read from an open route, and logins are
     /// spaced, since failed ones count towards the lockout.
     pub async fn start_with_auth(
         bin: &Path,
         data_dir: &Path,
         admin_password: &str,
+        env: &[(&str, &str)],
     ) -> Result<(NodeProcess, http::Api, String)> {
-        let node = Self::start_with_env(
-            bin,
-            data_dir,
-            &[
-                ("NACRE_AUTH_ENABLED", "true"),
-                ("NACRE_AUTH_ADMIN_PASSWORD", admin_password),
-            ],
-        )?;
+        let mut all = vec![
+            ("NACRE_AUTH_ENABLED", "true"),
+            ("NACRE_AUTH_ADMIN_PASSWORD", admin_password),
+        ];
+        all.extend_from_slice(env);
+        let node = Self::start_with_env(bin, data_dir, &all)?;
         let api = http::Api::new(node.addr());
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while api
