@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use http::header;
-use nacre_ring::wire::{ASSERTED_BY_HEADER, CLIENT_ADDR_HEADER, HEADER_PREFIX};
+use nacre_ring::wire::{
+    ASSERTED_BY_HEADER, CLIENT_ADDR_HEADER, CONFIG_LISTENER_PATH, CONFIG_LISTENER_READ_TIMEOUT_MS,
+    HEADER_PREFIX,
+};
 use nacre_ring::ServiceKey;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -64,6 +67,8 @@ pub struct Ctx {
     tried: Tried,
     upstream: Option<Arc<Upstream>>,
     started: Option<Instant>,
+    /// A config long-poll: the node holds it, so its read timeout is the long one.
+    long_poll: bool,
 }
 
 impl Ctx {
@@ -77,6 +82,7 @@ impl Ctx {
             tried: Tried::default(),
             upstream: None,
             started: None,
+            long_poll: false,
         }
     }
 }
@@ -281,6 +287,10 @@ impl ProxyHttp for Gateway {
             self.serve_local(session, local).await?;
             return Ok(true);
         }
+        if path == CONFIG_LISTENER_PATH {
+            ctx.long_poll = true;
+            return Ok(false);
+        }
         if route::is_auth(path) {
             ctx.route = RouteLabel::Owner;
             ctx.key = Some(route::auth_key());
@@ -364,7 +374,11 @@ impl ProxyHttp for Gateway {
             .ok_or_else(|| {
                 Error::explain(ErrorType::HTTPStatus(503), "no registry node is ready")
             })?;
-        let peer = Box::new(up.peer.clone());
+        let mut peer = Box::new(up.peer.clone());
+        if ctx.long_poll {
+            peer.options.read_timeout =
+                Some(Duration::from_millis(CONFIG_LISTENER_READ_TIMEOUT_MS));
+        }
         ctx.upstream = Some(up);
         ctx.started = Some(Instant::now());
         Ok(peer)

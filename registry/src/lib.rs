@@ -5,6 +5,7 @@ pub mod api;
 pub mod auth;
 pub mod changes;
 pub mod clock;
+pub mod configs;
 pub mod distro;
 pub mod health;
 pub mod listener;

@@ -263,6 +263,15 @@ impl Node {
         self.distro.local_change_acked(key).await;
     }
 
+    /// Proposes a config change through Raft; answers once it is applied here and on the live
+    /// members (read-your-writes through any node). Returns the configs it changed.
+    pub async fn propose_config(
+        &self,
+        cmd: crate::configs::ConfigCommand,
+    ) -> Result<Vec<crate::configs::ConfigKey>, NodeError> {
+        Ok(self.persistent.write(Command::Config(cmd)).await??.configs)
+    }
+
     /// Proposes a persistent change. Pushes are triggered by the store's apply hook, which runs
     /// on every replica, so nothing is notified here.
     async fn propose(&self, cmd: Command) -> Result<(), NodeError> {

@@ -364,7 +364,12 @@ pub async fn run(
     let changes = Arc::new(crate::changes::Changes::new());
     let hub_for_changes = push.clone();
     let changes_for_raft = changes.clone();
-    let on_change: crate::raft::ChangeCallback = Arc::new(move |keys| {
+    let config_watch = crate::configs::watch::ConfigWatch::new();
+    let watch_for_raft = config_watch.clone();
+    let on_change: crate::raft::ChangeCallback = Arc::new(move |keys, configs| {
+        if !configs.is_empty() {
+            watch_for_raft.changed(configs);
+        }
         for k in keys {
             changes_for_raft.bump(k);
             if let Some(h) = &hub_for_changes {
@@ -496,6 +501,7 @@ pub async fn run(
         shutdown: shutdown.clone(),
         login_throttle: crate::auth::throttle::LoginThrottle::default(),
         verified: crate::auth::password::Verified::default(),
+        configs: config_watch,
     });
     if settings.auth.enabled {
         handles.push(spawn_in_span(bootstrap_auth(

@@ -23,6 +23,13 @@ pub const PING_PATH: &str = "/nacre/internal/member/ping";
 /// A node's change feed: a held read answered with a [`FeedPage`].
 pub const CHANGES_PATH: &str = "/nacre/internal/changes";
 
+/// The config listener long-poll (a public Nacos path): a node holds it up to about 30 s,
+/// so whoever proxies it must wait longer than for any other answer.
+pub const CONFIG_LISTENER_PATH: &str = "/nacos/v1/cs/configs/listener";
+/// How long a proxy waits for a [`CONFIG_LISTENER_PATH`] answer: above the longest hold a node
+/// grants (120 s) so the node, not the proxy, ends every poll.
+pub const CONFIG_LISTENER_READ_TIMEOUT_MS: u64 = 125_000;
+
 /// What a node answers to a probe.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PingReply {

@@ -61,6 +61,11 @@ pub fn required(method: &Method, path: &str, pairs: &[(String, String)]) -> Need
         p if p.starts_with("/nacos/v1/ns/") => {
             Need::Resource(naming_resource(pairs), if read { 'r' } else { 'w' })
         }
+        // The listener is a read, though clients POST it.
+        super::configs::LISTENER_PATH => Need::Resource(config_resource(pairs), 'r'),
+        p if p.starts_with("/nacos/v1/cs/") => {
+            Need::Resource(config_resource(pairs), if read { 'r' } else { 'w' })
+        }
         _ => Need::User,
     }
 }
@@ -84,6 +89,27 @@ fn naming_resource(pairs: &[(String, String)]) -> String {
             get("groupName").unwrap_or(if name.is_some() { DEFAULT_GROUP } else { "*" })
         ),
     }
+}
+
+/// `namespace:group:config/dataId` for a config request (the public namespace, `""` on the
+/// wire, is `public` here as in naming resources); what it does not name is `*`.
+fn config_resource(pairs: &[(String, String)]) -> String {
+    let get = |k: &str| {
+        pairs
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.trim())
+            .filter(|v| !v.is_empty())
+    };
+    let tenant = match crate::configs::model::normalize_tenant(get("tenant")) {
+        "" => DEFAULT_NAMESPACE,
+        t => t,
+    };
+    format!(
+        "{tenant}:{}:config/{}",
+        get("group").unwrap_or("*"),
+        get("dataId").unwrap_or("*")
+    )
 }
 
 /// A credential as a request carries it.

@@ -74,6 +74,10 @@ impl From<NamingError> for ApiError {
         match e {
             NamingError::BadRequest(m) => Self::bad_request(m),
             NamingError::NotFound(m) => Self::not_found(m),
+            NamingError::Conflict(m) => Self {
+                status: StatusCode::CONFLICT,
+                body: m,
+            },
         }
     }
 }

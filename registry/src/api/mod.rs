@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod agent;
 pub mod auth;
+pub mod configs;
 pub mod error;
 pub mod forward;
 pub mod instance;
@@ -48,6 +49,8 @@ pub struct App {
     pub login_throttle: crate::auth::throttle::LoginThrottle,
     /// Passwords proven recently (see [`crate::auth::password::Verified`]).
     pub verified: crate::auth::password::Verified,
+    /// Wakes parked config listeners.
+    pub configs: crate::configs::watch::ConfigWatch,
 }
 
 /// Plain `ok`, the body Nacos clients compare write answers with.
@@ -190,6 +193,15 @@ pub fn router(app: Arc<App>, internal: Router) -> Router {
                 .post(auth::permissions)
                 .delete(auth::permissions),
         )
+        .route(
+            configs::CONFIGS_PATH,
+            get(configs::get)
+                .post(configs::publish)
+                .delete(configs::delete),
+        )
+        .route(configs::LISTENER_PATH, axum::routing::post(configs::listen))
+        .route("/nacos/v1/cs/history", get(configs::history))
+        .route("/nacos/v1/cs/history/previous", get(configs::previous))
         .route("/metrics", get(admin::prometheus))
         .fallback(unknown_api)
         .method_not_allowed_fallback(wrong_method)
@@ -244,7 +256,7 @@ fn answer_unknown(app: &App, status: StatusCode, method: Method, path: &str) -> 
 /// Peers (holding the cluster secret) and the health probe pass.
 async fn gate(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
-    let gated = path.starts_with("/nacos/v1/ns/")
+    let gated = (path.starts_with("/nacos/v1/ns/") || path.starts_with("/nacos/v1/cs/"))
         && !path.ends_with("/operator/metrics")
         && !path.ends_with("/ops/metrics");
     if !gated {

@@ -57,6 +57,14 @@ impl Params {
             .map(|(_, v)| v.trim())
     }
 
+    /// The first value of `name` exactly as sent (config content keeps its whitespace).
+    pub fn untrimmed(&self, name: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// The first value of `name` unless missing or blank (Nacos "optional").
     pub fn opt(&self, name: &str) -> Option<&str> {
         self.get(name).filter(|v| !v.is_empty())
@@ -154,8 +162,12 @@ impl FromRequest<Arc<App>> for Params {
         req: axum::extract::Request,
         state: &Arc<App>,
     ) -> Result<Self, Self::Rejection> {
-        let limit = state.node.settings().max_body_bytes;
         let (parts, body) = req.into_parts();
+        let mut limit = state.node.settings().max_body_bytes;
+        if parts.uri.path() == super::configs::CONFIGS_PATH {
+            // A config publish carries up to 10 MB of content, percent-encoded.
+            limit = limit.max(super::configs::PUBLISH_BODY_LIMIT);
+        }
         let mut pairs = Vec::new();
         if let Some(q) = parts.uri.query() {
             decode_form(q.as_bytes(), &mut pairs)?;

@@ -14,6 +14,9 @@ pub enum NamingError {
     /// A read named something that does not exist (Nacos answers 404).
     #[error("{0}")]
     NotFound(String),
+    /// A conditional write found the stored value changed (409).
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl NamingError {

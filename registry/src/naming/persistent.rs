@@ -134,6 +134,8 @@ pub enum Command {
     },
     /// Change users, roles, permissions or the token key (see [`crate::auth`]).
     Auth(crate::auth::AuthCommand),
+    /// A config-center change.
+    Config(crate::configs::ConfigCommand),
 }
 
 /// The outcome of applying one command.
@@ -144,12 +146,16 @@ pub type CommandResult = Result<CommandOutput, NamingError>;
 pub struct CommandOutput {
     /// Services whose visible state changed (drives push and cache invalidation).
     pub changed: Vec<ServiceKey>,
+    /// Configs whose record changed (wakes listeners; rows to rewrite).
+    #[serde(default)]
+    pub configs: Vec<crate::configs::ConfigKey>,
 }
 
 impl CommandOutput {
     fn changed(key: &ServiceKey) -> Self {
         Self {
             changed: vec![key.clone()],
+            configs: Vec::new(),
         }
     }
 }
@@ -169,6 +175,7 @@ pub struct PersistentState {
     services: BTreeMap<ServiceKey, PersistentService>,
     namespaces: BTreeMap<String, Namespace>,
     auth: crate::auth::AuthState,
+    configs: crate::configs::ConfigState,
 }
 
 /// The serialised form of [`PersistentState`] (JSON maps need string keys).
@@ -181,6 +188,9 @@ pub struct PersistentSnapshot {
     /// Users, roles, permissions and the token key (absent in snapshots of older versions).
     #[serde(default)]
     pub auth: crate::auth::AuthState,
+    /// Configs with their history (absent in snapshots of older versions).
+    #[serde(default)]
+    pub configs: Vec<(crate::configs::ConfigKey, crate::configs::ConfigRecord)>,
 }
 
 impl PersistentState {
@@ -194,6 +204,7 @@ impl PersistentState {
                 .map(|n| (n.id.clone(), n))
                 .collect(),
             auth: s.auth,
+            configs: crate::configs::ConfigState::from_records(s.configs),
         }
     }
 
@@ -207,7 +218,17 @@ impl PersistentState {
                 .collect(),
             namespaces: self.namespaces.values().cloned().collect(),
             auth: self.auth.clone(),
+            configs: self
+                .configs
+                .records()
+                .map(|(k, r)| (k.clone(), r.clone()))
+                .collect(),
         }
+    }
+
+    /// Configs and their history.
+    pub fn configs(&self) -> &crate::configs::ConfigState {
+        &self.configs
     }
 
     /// Users, roles, permissions and the token key.
@@ -400,6 +421,10 @@ impl PersistentState {
                 .apply(cmd)
                 .map(|()| CommandOutput::default())
                 .map_err(NamingError::bad),
+            Command::Config(cmd) => self.configs.apply(cmd).map(|configs| CommandOutput {
+                changed: Vec::new(),
+                configs,
+            }),
         }
     }
 
@@ -592,9 +617,26 @@ mod tests {
             desc: String::new(),
         }))
         .unwrap();
+        let config = crate::configs::ConfigKey::new("app.yaml", "G", Some("dev")).unwrap();
+        st.apply(&Command::Config(crate::configs::ConfigCommand::Publish(
+            crate::configs::Publish {
+                key: config.clone(),
+                content: "a: 1\n".into(),
+                kind: "yaml".into(),
+                app_name: String::new(),
+                desc: String::new(),
+                tags: String::new(),
+                src_user: String::new(),
+                src_ip: "10.0.0.1".into(),
+                time_ms: 5,
+                cas_md5: None,
+            },
+        )))
+        .unwrap();
         let json = serde_json::to_string(&st.to_snapshot()).unwrap();
         let back = PersistentState::from_snapshot(serde_json::from_str(&json).unwrap());
         assert_eq!(back, st);
+        assert_eq!(back.configs().get(&config).unwrap().content, "a: 1\n");
     }
 
     #[test]

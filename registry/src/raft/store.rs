@@ -3,8 +3,8 @@
 //! One file, `<data_dir>/nacre.db`, holds both halves so a node has exactly one thing to back
 //! up and one fsync domain:
 //! - the log (`raft_log`) and its bookkeeping (`raft_kv`: vote, committed, last purged id);
-//! - the state machine: one row per persistent service and per namespace, plus `sm_kv`
-//!   (last applied id, last membership), all rewritten in the same transaction after each
+//! - the state machine: one row per persistent service, per namespace and per config (with its
+//!   history), plus `sm_kv` (the auth state, last applied id, last membership), all rewritten in the same transaction after each
 //!   apply batch, so a crash never leaves a half-applied batch behind;
 //! - the latest snapshot (`sm_snapshot`), kept for followers that fell behind the purged log.
 //!
@@ -38,6 +38,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::types::{Entry, NodeId, TypeConfig};
+use crate::configs::{ConfigKey, ConfigRecord};
 use crate::naming::model::Namespace;
 use crate::naming::persistent::{
     Command, CommandOutput, CommandResult, PersistentService, PersistentSnapshot, PersistentState,
@@ -46,10 +47,11 @@ use crate::naming::persistent::{
 /// File name of the database inside the data dir.
 pub const DB_FILE: &str = "nacre.db";
 
-/// Called with the services whose visible state changed, after the change is applied (also after
-/// a snapshot install). It runs on openraft's state machine task: keep it quick and
-/// non-blocking (e.g. push to a bounded queue), or it delays every later apply.
-pub type ChangeCallback = Arc<dyn Fn(&[ServiceKey]) + Send + Sync>;
+/// Called with the services whose visible state changed and the configs whose record changed,
+/// after the change is applied (also after a snapshot install). It runs on openraft's state
+/// machine task: keep it quick and non-blocking (e.g. push to a bounded queue), or it delays
+/// every later apply.
+pub type ChangeCallback = Arc<dyn Fn(&[ServiceKey], &[ConfigKey]) + Send + Sync>;
 
 /// The schema this code reads and writes (`PRAGMA user_version`).
 const SCHEMA_VERSION: i64 = 1;
@@ -74,6 +76,13 @@ CREATE TABLE IF NOT EXISTS sm_service (
     service    TEXT NOT NULL,
     data       TEXT NOT NULL,
     PRIMARY KEY (namespace, group_name, service)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sm_config (
+    tenant     TEXT NOT NULL,
+    group_name TEXT NOT NULL,
+    data_id    TEXT NOT NULL,
+    data       TEXT NOT NULL,
+    PRIMARY KEY (tenant, group_name, data_id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sm_namespace (
     id   TEXT PRIMARY KEY,
@@ -508,11 +517,13 @@ struct SnapshotBlob {
 }
 
 /// What a command can modify. `PersistentState::apply` must never touch anything outside the
-/// row this names: only these rows are rewritten after the batch.
+/// row this names: only these rows are rewritten after the batch. A config command names its
+/// rows in its output instead (a batch delete learns its keys only as it applies).
 enum Touched<'a> {
     Service(&'a ServiceKey),
     Namespace(&'a str),
     Auth,
+    ConfigsInOutput,
 }
 
 fn touched(cmd: &Command) -> Touched<'_> {
@@ -527,7 +538,27 @@ fn touched(cmd: &Command) -> Touched<'_> {
         Command::CreateNamespace(ns) | Command::UpdateNamespace(ns) => Touched::Namespace(&ns.id),
         Command::DeleteNamespace { id } => Touched::Namespace(id),
         Command::Auth(_) => Touched::Auth,
+        Command::Config(_) => Touched::ConfigsInOutput,
     }
+}
+
+fn upsert_config(conn: &Connection, key: &ConfigKey, data: Option<&str>) -> Result<(), DbError> {
+    match data {
+        Some(json) => {
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO sm_config (tenant, group_name, data_id, data)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![key.tenant, key.group, key.data_id, json])?;
+        }
+        None => {
+            conn.prepare_cached(
+                "DELETE FROM sm_config WHERE tenant = ?1 AND group_name = ?2 AND data_id = ?3",
+            )?
+            .execute(params![key.tenant, key.group, key.data_id])?;
+        }
+    }
+    Ok(())
 }
 
 fn upsert_service(conn: &Connection, key: &ServiceKey, data: Option<&str>) -> Result<(), DbError> {
@@ -568,8 +599,8 @@ fn put_applied(conn: &Connection, applied: &Applied) -> Result<(), DbError> {
     kv_put(conn, SM_KV, KEY_MEMBERSHIP, &applied.membership)
 }
 
-/// The answers of one apply batch and the services it changed.
-type BatchOutcome = (Vec<CommandResult>, Vec<ServiceKey>);
+/// The answers of one apply batch, the services and the configs it changed.
+type BatchOutcome = (Vec<CommandResult>, Vec<ServiceKey>, Vec<ConfigKey>);
 
 /// Applies a batch in memory, then persists the touched rows and the applied id in one
 /// transaction. Runs on the storage thread.
@@ -582,6 +613,7 @@ fn apply_batch(
     let mut changed = Vec::new();
     let mut services = BTreeSet::new();
     let mut namespaces = BTreeSet::new();
+    let mut configs = BTreeSet::new();
     let mut auth_touched = false;
 
     let mut state = shared.state.write();
@@ -600,10 +632,12 @@ fn apply_batch(
                             namespaces.insert(id.to_owned());
                         }
                         Touched::Auth => auth_touched = true,
+                        Touched::ConfigsInOutput => {}
                     }
                     let res = state.apply(cmd);
                     if let Ok(out) = &res {
                         changed.extend(out.changed.iter().cloned());
+                        configs.extend(out.configs.iter().cloned());
                     }
                     results.push(res);
                 }
@@ -630,6 +664,15 @@ fn apply_batch(
             .transpose()?;
         namespace_rows.push((id, data));
     }
+    let mut config_rows = Vec::with_capacity(configs.len());
+    for key in &configs {
+        let data = state
+            .configs()
+            .record(key)
+            .map(serde_json::to_string)
+            .transpose()?;
+        config_rows.push((key.clone(), data));
+    }
     // The auth state is small (users, roles, permissions): stored whole.
     let auth_row = auth_touched.then(|| state.auth().clone());
     drop(state);
@@ -642,12 +685,15 @@ fn apply_batch(
     for (id, data) in &namespace_rows {
         upsert_namespace(&tx, id, data.as_deref())?;
     }
+    for (key, data) in &config_rows {
+        upsert_config(&tx, key, data.as_deref())?;
+    }
     if let Some(auth) = &auth_row {
         kv_put(&tx, SM_KV, KEY_AUTH, auth)?;
     }
     put_applied(&tx, &applied)?;
     tx.commit()?;
-    Ok((results, changed))
+    Ok((results, changed, configs.into_iter().collect()))
 }
 
 fn store_snapshot(
@@ -672,6 +718,20 @@ fn differing_services(old: &PersistentState, new: &PersistentState) -> Vec<Servi
         .collect();
     keys.into_iter()
         .filter(|k| old.service(k) != new.service(k))
+        .cloned()
+        .collect()
+}
+
+/// Configs whose record differs between two states (for change notification).
+fn differing_configs(old: &PersistentState, new: &PersistentState) -> Vec<ConfigKey> {
+    let keys: BTreeSet<&ConfigKey> = old
+        .configs()
+        .records()
+        .chain(new.configs().records())
+        .map(|(k, _)| k)
+        .collect();
+    keys.into_iter()
+        .filter(|k| old.configs().record(k) != new.configs().record(k))
         .cloned()
         .collect()
 }
@@ -757,13 +817,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(Vec::new());
         }
         let shared = self.shared.clone();
-        let (results, changed) = self
+        let (results, changed, configs) = self
             .db
             .call(move |c| apply_batch(c, &shared, entries))
             .await
             .map_err(|e| StorageIOError::write_state_machine(&e))?;
-        if !changed.is_empty() {
-            (self.on_change)(&changed);
+        if !changed.is_empty() || !configs.is_empty() {
+            (self.on_change)(&changed, &configs);
         }
         Ok(results)
     }
@@ -803,6 +863,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let tx = c.transaction()?;
                 tx.execute("DELETE FROM sm_service", [])?;
                 tx.execute("DELETE FROM sm_namespace", [])?;
+                tx.execute("DELETE FROM sm_config", [])?;
+                for (key, record) in new_state.configs().records() {
+                    upsert_config(&tx, key, Some(&serde_json::to_string(record)?))?;
+                }
                 for (key, svc) in new_state.services() {
                     upsert_service(&tx, key, Some(&serde_json::to_string(svc)?))?;
                 }
@@ -817,9 +881,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let mut state = shared.state.write();
                 let mut current = shared.applied.lock();
                 let changed = differing_services(&state, &new_state);
+                let configs = differing_configs(&state, &new_state);
                 *state = new_state;
                 *current = applied;
-                Ok(changed)
+                Ok((changed, configs))
             })
             .await
             .map_err(|e| StorageIOError::write_snapshot(Some(signature), &e))?;
@@ -827,8 +892,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .snapshots
             .installed
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if !changed.is_empty() {
-            (self.on_change)(&changed);
+        let (changed, configs) = changed;
+        if !changed.is_empty() || !configs.is_empty() {
+            (self.on_change)(&changed, &configs);
         }
         Ok(())
     }
@@ -899,10 +965,29 @@ fn load_all(conn: &mut Connection) -> Result<Loaded, DbError> {
             namespaces.push(serde_json::from_str::<Namespace>(&row?)?);
         }
     }
+    let mut configs = Vec::new();
+    {
+        let mut stmt = conn.prepare("SELECT tenant, group_name, data_id, data FROM sm_config")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                ConfigKey {
+                    tenant: r.get(0)?,
+                    group: r.get(1)?,
+                    data_id: r.get(2)?,
+                },
+                r.get::<_, String>(3)?,
+            ))
+        })?;
+        for row in rows {
+            let (key, data) = row?;
+            configs.push((key, serde_json::from_str::<ConfigRecord>(&data)?));
+        }
+    }
     let state = PersistentState::from_snapshot(PersistentSnapshot {
         services,
         namespaces,
         auth: kv_get(conn, SM_KV, KEY_AUTH)?.unwrap_or_default(),
+        configs,
     });
     let applied = Applied {
         last_applied: kv_get(conn, SM_KV, KEY_APPLIED)?.flatten(),
@@ -954,9 +1039,12 @@ mod tests {
     impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for SqliteBuilder {
         async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError<NodeId>> {
             let dir = tempfile::tempdir().map_err(|e| StorageIOError::write(&e))?;
-            let store = open(&dir.path().join(DB_FILE), Arc::new(|_: &[ServiceKey]| {}))
-                .await
-                .map_err(|e| StorageIOError::write(&e))?;
+            let store = open(
+                &dir.path().join(DB_FILE),
+                Arc::new(|_: &[ServiceKey], _: &[ConfigKey]| {}),
+            )
+            .await
+            .map_err(|e| StorageIOError::write(&e))?;
             Ok((dir, store.log, store.state_machine))
         }
     }
@@ -997,7 +1085,7 @@ mod tests {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let seen2 = seen.clone();
         let cb: ChangeCallback =
-            Arc::new(move |k: &[ServiceKey]| seen2.lock().extend_from_slice(k));
+            Arc::new(move |k: &[ServiceKey], _: &[ConfigKey]| seen2.lock().extend_from_slice(k));
         {
             let mut s = open(&path, cb).await.unwrap();
             let res = s
@@ -1034,7 +1122,9 @@ mod tests {
             );
             assert_eq!(seen.lock().len(), 3);
         }
-        let mut s = open(&path, Arc::new(|_: &[ServiceKey]| {})).await.unwrap();
+        let mut s = open(&path, Arc::new(|_: &[ServiceKey], _: &[ConfigKey]| {}))
+            .await
+            .unwrap();
         let st = s.state.read().clone();
         assert!(st
             .service(&ServiceKey::new("public", "DEFAULT_GROUP", "a"))
@@ -1050,9 +1140,12 @@ mod tests {
     #[tokio::test]
     async fn installed_snapshot_replaces_rows() {
         let dir = tempfile::tempdir().unwrap();
-        let mut src = open(&dir.path().join("a.db"), Arc::new(|_: &[ServiceKey]| {}))
-            .await
-            .unwrap();
+        let mut src = open(
+            &dir.path().join("a.db"),
+            Arc::new(|_: &[ServiceKey], _: &[ConfigKey]| {}),
+        )
+        .await
+        .unwrap();
         src.state_machine
             .apply([entry(1, 1, create("x")), entry(1, 2, ns("dev"))])
             .await
@@ -1071,7 +1164,9 @@ mod tests {
         {
             let mut dst = open(
                 &path,
-                Arc::new(move |k: &[ServiceKey]| seen2.lock().extend_from_slice(k)),
+                Arc::new(move |k: &[ServiceKey], _: &[ConfigKey]| {
+                    seen2.lock().extend_from_slice(k)
+                }),
             )
             .await
             .unwrap();
@@ -1086,7 +1181,9 @@ mod tests {
         }
         // "stale" removed and "x" added: both are reported as changed.
         assert_eq!(seen.lock().len(), 1 + 2);
-        let dst = open(&path, Arc::new(|_: &[ServiceKey]| {})).await.unwrap();
+        let dst = open(&path, Arc::new(|_: &[ServiceKey], _: &[ConfigKey]| {}))
+            .await
+            .unwrap();
         assert_eq!(*dst.state.read(), *src.state.read());
     }
 }

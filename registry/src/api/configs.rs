@@ -1,0 +1,463 @@
+//! `/nacos/v1/cs/*`: the config center's HTTP edge. Handlers read parameters, call the domain
+//! ([`crate::configs`]) or propose a command through Raft, and write Nacos's answers; the
+//! rules live in the domain module.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::error::ApiError;
+use super::params::Params;
+use super::{json, App};
+use crate::configs::listen::{self, Listened};
+use crate::configs::model::{self, wildcard_match};
+use crate::configs::{ConfigCommand, ConfigItem, ConfigKey, HistoryEntry, Publish, MAX_CONTENT};
+
+/// Read, publish, delete and search.
+pub const CONFIGS_PATH: &str = "/nacos/v1/cs/configs";
+/// The long-poll.
+pub const LISTENER_PATH: &str = nacre_ring::wire::CONFIG_LISTENER_PATH;
+/// Largest publish body: the content limit, percent-encoded, plus room for the other fields.
+pub const PUBLISH_BODY_LIMIT: usize = 3 * MAX_CONTENT + 64 * 1024;
+
+/// Shortest hold of a listener (Nacos's fixed 10 s floor).
+const MIN_HOLD: Duration = Duration::from_secs(10);
+/// Longest hold, whatever the client asks (clients send 30 s); proxies wait
+/// `CONFIG_LISTENER_READ_TIMEOUT_MS`, a little longer.
+const MAX_HOLD: Duration = Duration::from_secs(120);
+/// Answer this much before the client's timeout, so load balancers do not cut the poll.
+const HOLD_MARGIN: Duration = Duration::from_millis(500);
+/// Largest page of a search or history listing.
+const MAX_PAGE_SIZE: usize = 1000;
+
+const NO_CACHE: [(header::HeaderName, &str); 3] = [
+    (header::PRAGMA, "no-cache"),
+    (header::EXPIRES, "Thu, 01 Jan 1970 00:00:00 GMT"),
+    (header::CACHE_CONTROL, "no-cache,no-store"),
+];
+
+fn key_of(p: &Params) -> Result<ConfigKey, ApiError> {
+    Ok(ConfigKey::new(
+        p.required("dataId")?,
+        p.required("group")?,
+        p.get("tenant"),
+    )?)
+}
+
+/// `GET /configs`: the raw content with Nacos's headers, 404 `config data not exist`; with
+/// `search=` the paged search.
+pub async fn get(State(app): State<Arc<App>>, p: Params) -> Result<Response, ApiError> {
+    if let Some(mode) = p.opt("search") {
+        return search(&app, &p, mode);
+    }
+    let key = key_of(&p)?;
+    if p.opt("tag").is_some() || p.headers.contains_key("Vipserver-Tag") {
+        // No tag variants exist (publishing one is refused), so none can be read.
+        return Ok(not_exist());
+    }
+    let item = app
+        .node
+        .persistent()
+        .read(|st| st.configs().get(&key).cloned());
+    Ok(match item {
+        Some(c) => content_answer(c),
+        None => not_exist(),
+    })
+}
+
+fn not_exist() -> Response {
+    let mut r = (StatusCode::NOT_FOUND, "config data not exist\n").into_response();
+    set_headers(r.headers_mut(), "text/plain;charset=UTF-8", &NO_CACHE);
+    r
+}
+
+fn content_answer(c: ConfigItem) -> Response {
+    let content_type = match c.kind.as_str() {
+        "json" => "application/json;charset=UTF-8",
+        "xml" => "application/xml;charset=UTF-8",
+        "html" => "text/html;charset=UTF-8",
+        _ => "text/plain;charset=UTF-8",
+    };
+    let modified = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_millis(c.modified_ms));
+    let mut r = c.content.into_response();
+    let h = r.headers_mut();
+    set_headers(h, content_type, &NO_CACHE);
+    for (name, value) in [
+        ("Config-Type", c.kind.as_str()),
+        ("Content-MD5", c.md5.as_str()),
+        ("Last-Modified", modified.as_str()),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            h.insert(name, v);
+        }
+    }
+    r
+}
+
+fn set_headers(
+    h: &mut HeaderMap,
+    content_type: &'static str,
+    extra: &[(header::HeaderName, &'static str)],
+) {
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    for (name, value) in extra {
+        h.insert(name.clone(), HeaderValue::from_static(value));
+    }
+}
+
+/// `pageNo` and `pageSize` (defaults 1 and 100, size capped).
+fn page_of(p: &Params) -> Result<(usize, usize), ApiError> {
+    let num = |name: &str, default: usize| -> Result<usize, ApiError> {
+        match p.opt(name) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| ApiError::bad_request(format!("invalid {name}: {v}"))),
+        }
+    };
+    Ok((num("pageNo", 1)?, num("pageSize", 100)?.min(MAX_PAGE_SIZE)))
+}
+
+/// Nacos's `Page` document.
+fn page<T: serde::Serialize>(total: usize, page_no: usize, size: usize, items: Vec<T>) -> Response {
+    json(&serde_json::json!({
+        "totalCount": total,
+        "pageNumber": page_no,
+        "pagesAvailable": total.div_ceil(size),
+        "pageItems": items,
+    }))
+}
+
+fn search(app: &App, p: &Params, mode: &str) -> Result<Response, ApiError> {
+    let blur = match mode {
+        "accurate" => false,
+        "blur" => true,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "invalid search: {other} (accurate or blur)"
+            )))
+        }
+    };
+    let (page_no, size) = page_of(p)?;
+    let tenant = model::normalize_tenant(p.get("tenant")).to_string();
+    let data_id = p.get("dataId").unwrap_or("").to_string();
+    let group = p.get("group").unwrap_or("").to_string();
+    let matches = |pattern: &str, v: &str| {
+        pattern.is_empty()
+            || if blur {
+                wildcard_match(pattern, v)
+            } else {
+                pattern == v
+            }
+    };
+    let (total, items) = app.node.persistent().read(|st| {
+        let all: Vec<(&ConfigKey, &ConfigItem)> = st
+            .configs()
+            .records()
+            .filter(|(k, _)| k.tenant == tenant)
+            .filter(|(k, _)| matches(&data_id, &k.data_id) && matches(&group, &k.group))
+            .filter_map(|(k, r)| r.current.as_ref().map(|c| (k, c)))
+            .collect();
+        let items: Vec<serde_json::Value> = all
+            .iter()
+            .skip((page_no - 1).saturating_mul(size))
+            .take(size)
+            .map(|(k, c)| {
+                serde_json::json!({
+                    "id": c.id,
+                    "dataId": k.data_id,
+                    "group": k.group,
+                    "content": c.content,
+                    "md5": c.md5,
+                    "tenant": k.tenant,
+                    "appName": c.app_name,
+                    "type": c.kind,
+                })
+            })
+            .collect();
+        (all.len(), items)
+    });
+    Ok(page(total, page_no, size, items))
+}
+
+/// Who made a change: `src_user` as sent, and the verified source address.
+fn source(app: &App, p: &Params) -> (String, String) {
+    (
+        p.get("src_user").unwrap_or("").to_string(),
+        super::source::verified_source(app, p)
+            .map(|ip| ip.to_string())
+            .unwrap_or_default(),
+    )
+}
+
+/// `POST /configs`: publish; answers `true`.
+pub async fn publish(State(app): State<Arc<App>>, p: Params) -> Result<Response, ApiError> {
+    let key = key_of(&p)?;
+    if p.opt("tag").is_some() {
+        return Err(ApiError::bad_request(
+            "tag variants are not supported by this server",
+        ));
+    }
+    if p.headers.contains_key("betaIps") || p.opt("betaIps").is_some() {
+        return Err(ApiError::bad_request(
+            "beta publishing (betaIps) is not supported by this server",
+        ));
+    }
+    let content = p
+        .untrimmed("content")
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| ApiError::bad_request("Param 'content' is required."))?;
+    let kind = model::check_publish(
+        content,
+        p.opt("type"),
+        p.opt("desc"),
+        p.opt("config_tags"),
+        p.opt("appName"),
+        p.opt("src_user"),
+    )?;
+    let cas_md5 = p
+        .headers
+        .get("casMd5")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| p.get("casMd5").map(str::to_string));
+    let (src_user, src_ip) = source(&app, &p);
+    let cmd = ConfigCommand::Publish(Publish {
+        key,
+        content: content.to_string(),
+        kind,
+        app_name: p.get("appName").unwrap_or("").to_string(),
+        desc: p.get("desc").unwrap_or("").to_string(),
+        tags: p.get("config_tags").unwrap_or("").to_string(),
+        src_user,
+        src_ip,
+        time_ms: wall_ms(),
+        cas_md5,
+    });
+    app.node.propose_config(cmd).await?;
+    Ok(json_true())
+}
+
+/// `DELETE /configs`: by key (answers `true`), or `delType=ids&ids=1,2` (answers Nacos's
+/// `RestResult`).
+pub async fn delete(State(app): State<Arc<App>>, p: Params) -> Result<Response, ApiError> {
+    let (src_user, src_ip) = source(&app, &p);
+    let by_ids = p.opt("delType") == Some("ids");
+    let targets = if by_ids {
+        let ids = p
+            .required("ids")?
+            .split(',')
+            .map(|s| s.trim().parse::<u64>())
+            .collect::<Result<Vec<u64>, _>>()
+            .map_err(|_| ApiError::bad_request("invalid ids: expected comma-separated numbers"))?;
+        app.node.persistent().read(|st| {
+            st.configs()
+                .records()
+                .filter_map(|(k, r)| r.current.as_ref().map(|c| (k, c.id)))
+                .filter(|(_, id)| ids.contains(id))
+                .map(|(k, id)| (k.clone(), Some(id)))
+                .collect::<Vec<_>>()
+        })
+    } else {
+        vec![(key_of(&p)?, None)]
+    };
+    if !targets.is_empty() {
+        app.node
+            .propose_config(ConfigCommand::Delete {
+                targets,
+                src_user,
+                src_ip,
+                time_ms: wall_ms(),
+            })
+            .await?;
+    }
+    Ok(if by_ids {
+        json(&serde_json::json!({"code": 200, "message": null, "data": true}))
+    } else {
+        json_true()
+    })
+}
+
+fn json_true() -> Response {
+    super::json_text("true".to_string())
+}
+
+fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// How long a listener may be held: `max(10 s, Long-Pulling-Timeout − 500 ms)`, bounded;
+/// `None` to answer at once (no timeout header: short polling; or the no-hang-up header).
+fn hold_of(headers: &HeaderMap) -> Option<Duration> {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    if header("Long-Pulling-Timeout-No-Hangup").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+        return None;
+    }
+    let asked = header("Long-Pulling-Timeout")?.parse::<u64>().ok()?;
+    Some(
+        Duration::from_millis(asked)
+            .saturating_sub(HOLD_MARGIN)
+            .clamp(MIN_HOLD, MAX_HOLD),
+    )
+}
+
+/// `POST /configs/listener`: answers the listened keys whose md5 differs, at once or as soon
+/// as one changes within the hold; an empty body when none did.
+pub async fn listen(State(app): State<Arc<App>>, p: Params) -> Result<Response, ApiError> {
+    let value = p
+        .untrimmed("Listening-Configs")
+        .ok_or_else(|| ApiError::bad_request("Param 'Listening-Configs' is required."))?;
+    let listened = listen::parse(value, p.get("tenant"))?;
+    if listened.is_empty() {
+        return Err(ApiError::bad_request("invalid Listening-Configs: no keys"));
+    }
+    // Subscribe before the first comparison: a change applied in between still wakes us.
+    let mut rx = app.configs.subscribe();
+    let changed = |app: &App| -> Vec<Listened> {
+        app.node.persistent().read(|st| {
+            listened
+                .iter()
+                .filter(|l| st.configs().md5(&l.key) != l.md5)
+                .cloned()
+                .collect()
+        })
+    };
+    let mut now = changed(&app);
+    if let (true, Some(hold)) = (now.is_empty(), hold_of(&p.headers)) {
+        let deadline = tokio::time::Instant::now() + hold;
+        loop {
+            tokio::select! {
+                moved = rx.changed() => if moved.is_err() { break },
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = app.shutdown.cancelled() => break,
+            }
+            now = changed(&app);
+            if !now.is_empty() {
+                break;
+            }
+        }
+    }
+    let mut r = listen::reply(&now).into_response();
+    set_headers(r.headers_mut(), "text/plain;charset=UTF-8", &NO_CACHE);
+    Ok(r)
+}
+
+fn history_json(k: &ConfigKey, h: &HistoryEntry) -> serde_json::Value {
+    serde_json::json!({
+        "id": h.nid,
+        "lastId": -1,
+        "dataId": k.data_id,
+        "group": k.group,
+        "tenant": k.tenant,
+        "appName": h.app_name,
+        "md5": h.md5,
+        "content": h.content,
+        "srcIp": h.src_ip,
+        "srcUser": h.src_user,
+        "opType": h.op.to_string(),
+        "createdTime": h.created_ms,
+        "lastModifiedTime": h.modified_ms,
+    })
+}
+
+/// `GET /history`: `?nid=` one entry; `?search=accurate&dataId&group[&tenant]` a page, newest
+/// first.
+pub async fn history(State(app): State<Arc<App>>, p: Params) -> Result<Response, ApiError> {
+    if let Some(nid) = p.opt("nid") {
+        let nid = nid
+            .parse::<u64>()
+            .map_err(|_| ApiError::bad_request(format!("invalid nid: {nid}")))?;
+        return one_entry(&app, |st| st.history_entry(nid));
+    }
+    let key = key_of(&p)?;
+    let (page_no, size) = page_of(&p)?;
+    let (total, items) = app.node.persistent().read(|st| {
+        let history = st.configs().record(&key).map(|r| &r.history);
+        let total = history.map_or(0, |h| h.len());
+        let items: Vec<serde_json::Value> = history
+            .into_iter()
+            .flat_map(|h| h.iter().rev())
+            .skip((page_no - 1).saturating_mul(size))
+            .take(size)
+            .map(|h| history_json(&key, h))
+            .collect();
+        (total, items)
+    });
+    Ok(page(total, page_no, size, items))
+}
+
+/// `GET /history/previous?id=`: the entry before history entry `id` of the same config.
+pub async fn previous(State(app): State<Arc<App>>, p: Params) -> Result<Response, ApiError> {
+    let id = p.required("id")?;
+    let id = id
+        .parse::<u64>()
+        .map_err(|_| ApiError::bad_request(format!("invalid id: {id}")))?;
+    one_entry(&app, |st| st.previous_entry(id))
+}
+
+fn one_entry(
+    app: &App,
+    find: impl FnOnce(&crate::configs::ConfigState) -> Option<(&ConfigKey, &HistoryEntry)>,
+) -> Result<Response, ApiError> {
+    app.node
+        .persistent()
+        .read(|st| find(st.configs()).map(|(k, h)| history_json(k, h)))
+        .map(|v| json(&v))
+        .ok_or_else(|| ApiError::not_found("history not exist"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn proxies_wait_longer_than_the_longest_hold() {
+        assert!(
+            Duration::from_millis(nacre_ring::wire::CONFIG_LISTENER_READ_TIMEOUT_MS) > MAX_HOLD
+        );
+    }
+
+    #[test]
+    fn the_hold_is_the_timeout_less_half_a_second_within_bounds() {
+        assert_eq!(
+            hold_of(&headers(&[("Long-Pulling-Timeout", "30000")])),
+            Some(Duration::from_millis(29_500))
+        );
+        assert_eq!(
+            hold_of(&headers(&[("Long-Pulling-Timeout", "3000")])),
+            Some(MIN_HOLD)
+        );
+        assert_eq!(
+            hold_of(&headers(&[("Long-Pulling-Timeout", "9999999")])),
+            Some(MAX_HOLD)
+        );
+        assert_eq!(hold_of(&headers(&[])), None, "no header: short polling");
+        assert_eq!(
+            hold_of(&headers(&[
+                ("Long-Pulling-Timeout", "30000"),
+                ("Long-Pulling-Timeout-No-Hangup", "true")
+            ])),
+            None
+        );
+    }
+}

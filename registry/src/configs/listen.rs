@@ -1,0 +1,149 @@
+//! The config listener protocol (rule C6 in [`super`]): parsing `Listening-Configs` and
+//! writing the list of changed keys.
+//!
+//! Entries are `dataId ^2 group ^2 md5 [^2 tenant] ^1` (U+0002, U+0001). The reply names each
+//! changed entry as `dataId %02 group [%02 tenant] %01`, URL-encoded as Java's `URLEncoder`
+//! does, with the tenant exactly as the client sent it (clients match replies against their
+//! own keys), then one `\n`.
+
+use super::model::ConfigKey;
+use super::MAX_LISTENED;
+use crate::naming::error::NamingError;
+
+const FIELD: char = '\u{2}';
+const ENTRY: char = '\u{1}';
+
+/// One listened key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listened {
+    /// The config it names.
+    pub key: ConfigKey,
+    /// The md5 the client holds (`""` for none).
+    pub md5: String,
+    /// `dataId` as sent.
+    data_id: String,
+    /// `group` as sent.
+    group: String,
+    /// `tenant` as sent (absent in the three-field form).
+    tenant: Option<String>,
+}
+
+/// Parses a `Listening-Configs` value; `tenant` is the separate form field some clients (npm)
+/// send, used when an entry has no tenant of its own.
+pub fn parse(value: &str, tenant: Option<&str>) -> Result<Vec<Listened>, NamingError> {
+    let mut out = Vec::new();
+    for entry in value.split(ENTRY).filter(|e| !e.is_empty()) {
+        if out.len() == MAX_LISTENED {
+            return Err(NamingError::bad(format!(
+                "invalid Listening-Configs: more than {MAX_LISTENED} keys"
+            )));
+        }
+        let fields: Vec<&str> = entry.split(FIELD).collect();
+        if !(3..=4).contains(&fields.len()) {
+            return Err(NamingError::bad(format!(
+                "invalid Listening-Configs entry: {} fields, expected dataId, group, md5 and an optional tenant",
+                fields.len()
+            )));
+        }
+        let sent_tenant = fields.get(3).map(|t| t.to_string());
+        let key = ConfigKey::new(fields[0], fields[1], sent_tenant.as_deref().or(tenant))?;
+        let md5 = match fields[2] {
+            "null" => "",
+            m => m,
+        };
+        out.push(Listened {
+            key,
+            md5: md5.to_string(),
+            data_id: fields[0].to_string(),
+            group: fields[1].to_string(),
+            tenant: sent_tenant,
+        });
+    }
+    Ok(out)
+}
+
+/// The reply body naming `changed` (empty when nothing changed).
+pub fn reply<'a>(changed: impl IntoIterator<Item = &'a Listened>) -> String {
+    let mut body = String::new();
+    for l in changed {
+        encode_into(&mut body, &l.data_id);
+        body.push_str("%02");
+        encode_into(&mut body, &l.group);
+        if let Some(t) = l.tenant.as_deref().filter(|t| !t.trim().is_empty()) {
+            body.push_str("%02");
+            encode_into(&mut body, t);
+        }
+        body.push_str("%01");
+    }
+    if !body.is_empty() {
+        body.push('\n');
+    }
+    body
+}
+
+/// `application/x-www-form-urlencoded` as Java's `URLEncoder` writes it.
+fn encode_into(out: &mut String, s: &str) {
+    for b in s.bytes() {
+        match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'-' | b'*' | b'_' => {
+                out.push(b as char)
+            }
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn c6_three_and_four_field_entries_parse_and_null_md5_is_none() {
+        let v = "a\u{2}G\u{2}abc\u{1}b\u{2}G\u{2}null\u{2}\u{1}c\u{2}G\u{2}\u{2}ns-1\u{1}";
+        let l = parse(v, None).unwrap();
+        assert_eq!(l.len(), 3);
+        assert_eq!((l[0].key.data_id.as_str(), l[0].md5.as_str()), ("a", "abc"));
+        assert_eq!((l[1].key.tenant.as_str(), l[1].md5.as_str()), ("", ""));
+        assert_eq!(l[2].key.tenant, "ns-1");
+        // The separate tenant field applies to entries without one.
+        let l = parse("a\u{2}G\u{2}x\u{1}", Some("ns-2")).unwrap();
+        assert_eq!(l[0].key.tenant, "ns-2");
+    }
+
+    #[test]
+    fn c6_malformed_entries_and_too_many_keys_are_refused() {
+        for bad in [
+            "a\u{2}G\u{1}",
+            "a\u{2}G\u{2}m\u{2}t\u{2}x\u{1}",
+            "a b\u{2}G\u{2}m\u{1}",
+            "a\u{2}G/x\u{2}m\u{1}",
+        ] {
+            assert!(parse(bad, None).is_err(), "{bad:?}");
+        }
+        let many: String = (0..=MAX_LISTENED)
+            .map(|i| format!("d{i}\u{2}G\u{2}m\u{1}"))
+            .collect();
+        assert!(parse(&many, None).is_err());
+        let max: String = (0..MAX_LISTENED)
+            .map(|i| format!("d{i}\u{2}G\u{2}m\u{1}"))
+            .collect();
+        assert_eq!(parse(&max, None).unwrap().len(), MAX_LISTENED);
+        assert!(parse("", None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn c6_the_reply_echoes_the_tenant_as_sent_and_encodes_like_java() {
+        let l = parse(
+            "a.b\u{2}G:1\u{2}m\u{2}\u{1}c\u{2}G\u{2}m\u{2}public\u{1}d\u{2}G\u{2}m\u{1}",
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            reply(&l),
+            "a.b%02G%3A1%01c%02G%02public%01d%02G%01\n",
+            "an empty tenant is left out, `public` is echoed"
+        );
+        assert_eq!(reply(&[]), "");
+    }
+}

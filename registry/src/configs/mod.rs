@@ -1,0 +1,64 @@
+//! The config center's domain (Nacos 1.x `/nacos/v1/cs`): configs keyed by tenant, group and
+//! data id, their history, and the listener protocol. Free of I/O: the state is part of the
+//! Raft state machine ([`crate::naming::persistent::PersistentState`]), [`watch`] is the
+//! in-process signal that wakes parked listeners, and the HTTP edge is `api::configs`.
+//!
+//! Rules (each with its test):
+//! - **C1 — keys.** `dataId`, `group` and `tenant` use letters, digits and `_ - . :` only
+//!   (Nacos's `ParamUtils`), `dataId` and `group` at most 256 characters, `tenant` at most
+//!   128. A blank, `public` or `null` tenant is the public namespace and is stored as `""`.
+//!   *Tests:* `model::tests::c1_*`.
+//! - **C2 — content.** Content must not be blank and is at most [`MAX_CONTENT`] bytes (Nacos's
+//!   always-on `maxContent`). Its md5 is the hex MD5 of its UTF-8 bytes; a config that does not
+//!   exist has md5 `""`. *Tests:* `model::tests::c2_*`.
+//! - **C3 — deterministic apply.** Every input of a change (time, source address, user) travels
+//!   in the command, and history ids come from a counter in the state, so every replica that
+//!   applies the same log holds the same configs and history. *Tests:*
+//!   `model::tests::c3_*`.
+//! - **C4 — history.** Each publish and delete appends an entry (`I` insert, `U` update, `D`
+//!   delete) with the content as it was after the change (the deleted content for `D`); the
+//!   newest [`HISTORY_KEPT`] entries per config are kept. *Tests:* `model::tests::c4_*`.
+//! - **C5 — compare-and-set.** A publish carrying `casMd5` applies only if the stored md5
+//!   (`""` when missing) equals it; otherwise it is refused as a conflict and nothing changes.
+//!   *Tests:* `model::tests::c5_*`.
+//! - **C6 — listeners.** A listened key has changed iff the stored md5 differs from the md5
+//!   the client sent (empty or `null` meaning "none"). A request lists at most
+//!   [`MAX_LISTENED`] keys of at most four fields each; the reply names changed keys with the
+//!   tenant exactly as the client sent it. *Tests:* `listen::tests::c6_*`.
+
+pub mod listen;
+pub mod model;
+pub mod watch;
+
+pub use model::{
+    ConfigCommand, ConfigItem, ConfigKey, ConfigRecord, ConfigState, HistoryEntry, Publish,
+};
+
+/// Largest content accepted (bytes): Nacos's `maxContent`, 10 MB.
+pub const MAX_CONTENT: usize = 10 * 1024 * 1024;
+
+/// History entries kept per config (newest first out of the window).
+pub const HISTORY_KEPT: usize = 100;
+
+/// Most keys one listener request may name (Nacos's `MD5Util.getClientMd5Map`).
+pub const MAX_LISTENED: usize = 10_000;
+
+/// The md5 of a config that does not exist.
+pub const MISSING_MD5: &str = "";
+
+/// Hex MD5 of `content`'s UTF-8 bytes, as Nacos and its clients compute it.
+pub fn md5_hex(content: &str) -> String {
+    use md5::{Digest, Md5};
+    format!("{:x}", Md5::digest(content.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn c2_md5_is_the_hex_md5_of_the_utf8_bytes() {
+        assert_eq!(md5_hex("hello"), "5d41402abc4b2a76b9719d911017c592");
+        assert_eq!(md5_hex("配置"), "224e2ccda861c2514faa683b3683c361");
+    }
+}

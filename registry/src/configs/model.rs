@@ -1,0 +1,615 @@
+//! Configs, their history and the commands that change them (rules C1–C5 in [`super`]).
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use super::{md5_hex, HISTORY_KEPT, MAX_CONTENT, MISSING_MD5};
+use crate::naming::error::NamingError;
+
+/// Longest `dataId` or `group`.
+pub const MAX_NAME: usize = 256;
+/// Longest `tenant`.
+pub const MAX_TENANT: usize = 128;
+/// Longest `desc`.
+pub const MAX_DESC: usize = 128;
+/// Longest `appName`, `src_user`.
+pub const MAX_SHORT: usize = 128;
+/// Most `config_tags`, and the longest one.
+pub const MAX_TAGS: (usize, usize) = (5, 64);
+/// Config types Nacos knows; anything else is stored as `text`.
+pub const TYPES: [&str; 6] = ["text", "json", "xml", "yaml", "html", "properties"];
+
+/// Which config: tenant (`""` is public), group, data id.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ConfigKey {
+    /// Namespace id; `""` for public.
+    pub tenant: String,
+    /// Group.
+    pub group: String,
+    /// Data id.
+    pub data_id: String,
+}
+
+/// The tenant a client's value names: blank, `public` and `null` are the public namespace.
+pub fn normalize_tenant(tenant: Option<&str>) -> &str {
+    match tenant.map(str::trim) {
+        None | Some("") => "",
+        Some(t) if t.eq_ignore_ascii_case("public") || t.eq_ignore_ascii_case("null") => "",
+        Some(t) => t,
+    }
+}
+
+fn valid_chars(v: &str) -> bool {
+    v.chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'))
+}
+
+/// Checks a `dataId`, `group` or `tag` value (rule C1).
+pub fn check_name(field: &str, v: &str, max: usize) -> Result<(), NamingError> {
+    if v.is_empty() {
+        return Err(NamingError::bad(format!(
+            "invalid {field}: must not be blank"
+        )));
+    }
+    if v.len() > max || !valid_chars(v) {
+        return Err(NamingError::bad(format!(
+            "invalid {field}: at most {max} letters, digits and _ - . :"
+        )));
+    }
+    Ok(())
+}
+
+impl ConfigKey {
+    /// A validated key (rule C1).
+    pub fn new(data_id: &str, group: &str, tenant: Option<&str>) -> Result<Self, NamingError> {
+        check_name("dataId", data_id, MAX_NAME)?;
+        check_name("group", group, MAX_NAME)?;
+        let tenant = normalize_tenant(tenant);
+        if !tenant.is_empty() {
+            check_name("tenant", tenant, MAX_TENANT)?;
+        }
+        Ok(Self {
+            tenant: tenant.to_string(),
+            group: group.to_string(),
+            data_id: data_id.to_string(),
+        })
+    }
+}
+
+/// One stored config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigItem {
+    /// Id, assigned at creation (a config deleted and created again gets a new one).
+    pub id: u64,
+    /// Content.
+    pub content: String,
+    /// Hex MD5 of the content.
+    pub md5: String,
+    /// `Config-Type` (`text` by default).
+    pub kind: String,
+    /// `appName`.
+    pub app_name: String,
+    /// `desc`.
+    pub desc: String,
+    /// `config_tags`, comma-separated.
+    pub tags: String,
+    /// Who published it (`src_user`, else the authenticated user).
+    pub src_user: String,
+    /// From where (the verified source address).
+    pub src_ip: String,
+    /// Creation time (ms since the epoch).
+    pub created_ms: u64,
+    /// Last publish (ms since the epoch).
+    pub modified_ms: u64,
+}
+
+/// One history entry: the config as it was after a change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// History id (`nid`), unique across the cluster and increasing.
+    pub nid: u64,
+    /// The config's id at the time.
+    pub id: u64,
+    /// `I` insert, `U` update, `D` delete.
+    pub op: char,
+    /// Content after the change (the deleted content for `D`).
+    pub content: String,
+    /// Its md5.
+    pub md5: String,
+    /// `appName`.
+    pub app_name: String,
+    /// Who.
+    pub src_user: String,
+    /// From where.
+    pub src_ip: String,
+    /// When the config was created (ms).
+    pub created_ms: u64,
+    /// When this change happened (ms).
+    pub modified_ms: u64,
+}
+
+/// A config key's current value (absent once deleted) and its history.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ConfigRecord {
+    /// The config, or `None` after a delete.
+    pub current: Option<ConfigItem>,
+    /// Oldest first, at most [`HISTORY_KEPT`].
+    pub history: VecDeque<HistoryEntry>,
+}
+
+/// A publish, with everything the apply needs (rule C3).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Publish {
+    /// Which config.
+    pub key: ConfigKey,
+    /// Content (validated: rule C2).
+    pub content: String,
+    /// Type (already normalised to one of [`TYPES`]).
+    pub kind: String,
+    /// `appName`.
+    pub app_name: String,
+    /// `desc`.
+    pub desc: String,
+    /// `config_tags`.
+    pub tags: String,
+    /// Who.
+    pub src_user: String,
+    /// From where.
+    pub src_ip: String,
+    /// When (ms), stamped by the node that proposed it.
+    pub time_ms: u64,
+    /// Apply only if the stored md5 equals this (rule C5).
+    pub cas_md5: Option<String>,
+}
+
+/// A change to the configs, as stored in the Raft log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ConfigCommand {
+    /// Create or replace a config.
+    Publish(Publish),
+    /// Delete configs: each key, only if its id is the one given (a batch delete by ids must
+    /// not remove a config created again since the ids were read); deleting what is not there
+    /// is a no-op.
+    Delete {
+        /// Keys, with the id each must still have (`None`: whatever it is).
+        targets: Vec<(ConfigKey, Option<u64>)>,
+        /// Who.
+        src_user: String,
+        /// From where.
+        src_ip: String,
+        /// When (ms).
+        time_ms: u64,
+    },
+}
+
+/// Checks and normalises a publish's fields (rules C1, C2); returns the type to store.
+pub fn check_publish(
+    content: &str,
+    kind: Option<&str>,
+    desc: Option<&str>,
+    tags: Option<&str>,
+    app_name: Option<&str>,
+    src_user: Option<&str>,
+) -> Result<String, NamingError> {
+    if content.trim().is_empty() {
+        return Err(NamingError::bad("content must not be blank"));
+    }
+    if content.len() > MAX_CONTENT {
+        return Err(NamingError::bad(format!(
+            "content is {} bytes, over the {MAX_CONTENT}-byte limit",
+            content.len()
+        )));
+    }
+    if desc.is_some_and(|d| d.chars().count() > MAX_DESC) {
+        return Err(NamingError::bad(format!(
+            "invalid desc: at most {MAX_DESC} characters"
+        )));
+    }
+    for (field, v) in [("appName", app_name), ("src_user", src_user)] {
+        if v.is_some_and(|v| v.chars().count() > MAX_SHORT) {
+            return Err(NamingError::bad(format!(
+                "invalid {field}: at most {MAX_SHORT} characters"
+            )));
+        }
+    }
+    if let Some(tags) = tags.filter(|t| !t.trim().is_empty()) {
+        let list: Vec<&str> = tags.split(',').collect();
+        if list.len() > MAX_TAGS.0 || list.iter().any(|t| t.chars().count() > MAX_TAGS.1) {
+            return Err(NamingError::bad(format!(
+                "invalid config_tags: at most {} tags of at most {} characters",
+                MAX_TAGS.0, MAX_TAGS.1
+            )));
+        }
+    }
+    let kind = kind
+        .map(str::trim)
+        .map(str::to_ascii_lowercase)
+        .filter(|k| TYPES.contains(&k.as_str()))
+        .unwrap_or_else(|| "text".to_string());
+    Ok(kind)
+}
+
+/// Every config and its history; part of the Raft state machine.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ConfigState {
+    records: BTreeMap<ConfigKey, ConfigRecord>,
+    /// History id → key, for `history?nid=`.
+    by_nid: BTreeMap<u64, ConfigKey>,
+    /// The largest config or history id handed out (ids are never reused).
+    last_id: u64,
+}
+
+impl ConfigState {
+    /// Rebuilds the state from its records (start-up, snapshot install).
+    pub fn from_records(records: impl IntoIterator<Item = (ConfigKey, ConfigRecord)>) -> Self {
+        let records: BTreeMap<_, _> = records.into_iter().collect();
+        let mut by_nid = BTreeMap::new();
+        let mut max = 0;
+        for (k, r) in &records {
+            for h in &r.history {
+                by_nid.insert(h.nid, k.clone());
+                max = max.max(h.nid).max(h.id);
+            }
+            if let Some(c) = &r.current {
+                max = max.max(c.id);
+            }
+        }
+        Self {
+            records,
+            by_nid,
+            last_id: max,
+        }
+    }
+
+    /// Every record, ordered by key.
+    pub fn records(&self) -> impl Iterator<Item = (&ConfigKey, &ConfigRecord)> {
+        self.records.iter()
+    }
+
+    /// One record.
+    pub fn record(&self, key: &ConfigKey) -> Option<&ConfigRecord> {
+        self.records.get(key)
+    }
+
+    /// The current config.
+    pub fn get(&self, key: &ConfigKey) -> Option<&ConfigItem> {
+        self.records.get(key).and_then(|r| r.current.as_ref())
+    }
+
+    /// The md5 a listener compares with (rule C2: `""` when missing).
+    pub fn md5(&self, key: &ConfigKey) -> &str {
+        self.get(key).map_or(MISSING_MD5, |c| c.md5.as_str())
+    }
+
+    /// Configs that exist.
+    pub fn count(&self) -> usize {
+        self.records
+            .values()
+            .filter(|r| r.current.is_some())
+            .count()
+    }
+
+    /// A history entry by its id.
+    pub fn history_entry(&self, nid: u64) -> Option<(&ConfigKey, &HistoryEntry)> {
+        let key = self.by_nid.get(&nid)?;
+        let entry = self
+            .records
+            .get(key)?
+            .history
+            .iter()
+            .find(|h| h.nid == nid)?;
+        Some((key, entry))
+    }
+
+    /// The entry before history entry `nid` of the same config.
+    pub fn previous_entry(&self, nid: u64) -> Option<(&ConfigKey, &HistoryEntry)> {
+        let key = self.by_nid.get(&nid)?;
+        let history = &self.records.get(key)?.history;
+        let at = history.iter().position(|h| h.nid == nid)?;
+        let prev = history.get(at.checked_sub(1)?)?;
+        Some((key, prev))
+    }
+
+    /// Applies one command (rules C3–C5); returns the keys whose record changed.
+    pub fn apply(&mut self, cmd: &ConfigCommand) -> Result<Vec<ConfigKey>, NamingError> {
+        match cmd {
+            ConfigCommand::Publish(p) => self.publish(p).map(|()| vec![p.key.clone()]),
+            ConfigCommand::Delete {
+                targets,
+                src_user,
+                src_ip,
+                time_ms,
+            } => Ok(targets
+                .iter()
+                .filter(|(key, id)| self.delete(key, *id, src_user, src_ip, *time_ms))
+                .map(|(key, _)| key.clone())
+                .collect()),
+        }
+    }
+
+    fn publish(&mut self, p: &Publish) -> Result<(), NamingError> {
+        let stored = self.md5(&p.key).to_string();
+        if let Some(expected) = &p.cas_md5 {
+            if *expected != stored {
+                return Err(NamingError::Conflict(format!(
+                    "cas publish failed: the config's md5 is {stored:?}, not {expected:?}"
+                )));
+            }
+        }
+        let nid = self.take_id();
+        let record = self.records.entry(p.key.clone()).or_default();
+        let (id, created_ms, op) = match &record.current {
+            Some(c) => (c.id, c.created_ms, 'U'),
+            None => (nid, p.time_ms, 'I'),
+        };
+        let item = ConfigItem {
+            id,
+            md5: md5_hex(&p.content),
+            content: p.content.clone(),
+            kind: p.kind.clone(),
+            app_name: p.app_name.clone(),
+            desc: p.desc.clone(),
+            tags: p.tags.clone(),
+            src_user: p.src_user.clone(),
+            src_ip: p.src_ip.clone(),
+            created_ms,
+            modified_ms: p.time_ms,
+        };
+        let entry = history_of(nid, op, &item);
+        record.current = Some(item);
+        self.append_history(&p.key, entry);
+        Ok(())
+    }
+
+    fn delete(
+        &mut self,
+        key: &ConfigKey,
+        id: Option<u64>,
+        src_user: &str,
+        src_ip: &str,
+        time_ms: u64,
+    ) -> bool {
+        let matches = self
+            .get(key)
+            .is_some_and(|c| id.is_none_or(|want| want == c.id));
+        if !matches {
+            return false;
+        }
+        let nid = self.take_id();
+        let Some(mut gone) = self.records.get_mut(key).and_then(|r| r.current.take()) else {
+            return false;
+        };
+        gone.src_user = src_user.to_string();
+        gone.src_ip = src_ip.to_string();
+        gone.modified_ms = time_ms;
+        self.append_history(key, history_of(nid, 'D', &gone));
+        true
+    }
+
+    fn take_id(&mut self) -> u64 {
+        self.last_id += 1;
+        self.last_id
+    }
+
+    fn append_history(&mut self, key: &ConfigKey, entry: HistoryEntry) {
+        let Some(record) = self.records.get_mut(key) else {
+            return;
+        };
+        self.by_nid.insert(entry.nid, key.clone());
+        record.history.push_back(entry);
+        while record.history.len() > HISTORY_KEPT {
+            if let Some(old) = record.history.pop_front() {
+                self.by_nid.remove(&old.nid);
+            }
+        }
+    }
+}
+
+fn history_of(nid: u64, op: char, c: &ConfigItem) -> HistoryEntry {
+    HistoryEntry {
+        nid,
+        id: c.id,
+        op,
+        content: c.content.clone(),
+        md5: c.md5.clone(),
+        app_name: c.app_name.clone(),
+        src_user: c.src_user.clone(),
+        src_ip: c.src_ip.clone(),
+        created_ms: c.created_ms,
+        modified_ms: c.modified_ms,
+    }
+}
+
+/// A `*`-wildcard match (`blur` search): `*` matches any run of characters.
+pub fn wildcard_match(pattern: &str, value: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == value;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !value.starts_with(first) || value.len() < first.len() + last.len() {
+        return false;
+    }
+    let mut rest = &value[first.len()..];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(at) => rest = &rest[at + mid.len()..],
+            None => return false,
+        }
+    }
+    rest.ends_with(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(d: &str) -> ConfigKey {
+        ConfigKey::new(d, "DEFAULT_GROUP", None).unwrap()
+    }
+
+    fn publish(k: &ConfigKey, content: &str, t: u64) -> ConfigCommand {
+        ConfigCommand::Publish(Publish {
+            key: k.clone(),
+            content: content.into(),
+            kind: "text".into(),
+            app_name: String::new(),
+            desc: String::new(),
+            tags: String::new(),
+            src_user: "u".into(),
+            src_ip: "10.0.0.1".into(),
+            time_ms: t,
+            cas_md5: None,
+        })
+    }
+
+    fn delete(k: &ConfigKey, id: Option<u64>, t: u64) -> ConfigCommand {
+        ConfigCommand::Delete {
+            targets: vec![(k.clone(), id)],
+            src_user: "u".into(),
+            src_ip: "10.0.0.1".into(),
+            time_ms: t,
+        }
+    }
+
+    #[test]
+    fn c1_keys_allow_nacos_characters_only_and_public_is_the_empty_tenant() {
+        assert!(ConfigKey::new("app.yaml", "G-1:x_y", Some("ns-1")).is_ok());
+        for (d, g) in [
+            ("a b", "G"),
+            ("a/b", "G"),
+            ("a", "G\r\n"),
+            ("", "G"),
+            ("a", ""),
+        ] {
+            assert!(ConfigKey::new(d, g, None).is_err(), "{d:?} {g:?}");
+        }
+        assert!(ConfigKey::new(&"d".repeat(257), "G", None).is_err());
+        assert!(ConfigKey::new("d", "G", Some(&"t".repeat(129))).is_err());
+        assert!(ConfigKey::new("d", "G", Some("bad tenant")).is_err());
+        for t in [None, Some(""), Some(" "), Some("public"), Some("null")] {
+            assert_eq!(ConfigKey::new("d", "G", t).unwrap().tenant, "", "{t:?}");
+        }
+    }
+
+    #[test]
+    fn c2_content_must_not_be_blank_or_over_the_limit_and_types_default_to_text() {
+        assert!(check_publish(" \n", None, None, None, None, None).is_err());
+        assert!(check_publish(&"x".repeat(MAX_CONTENT + 1), None, None, None, None, None).is_err());
+        assert_eq!(
+            check_publish("x", Some("YAML"), None, None, None, None).unwrap(),
+            "yaml"
+        );
+        assert_eq!(
+            check_publish("x", Some("exe"), None, None, None, None).unwrap(),
+            "text"
+        );
+        assert!(check_publish("x", None, Some(&"d".repeat(129)), None, None, None).is_err());
+        assert!(check_publish("x", None, None, Some("a,b,c,d,e,f"), None, None).is_err());
+        assert!(check_publish("x", None, None, Some("a,b"), None, None).is_ok());
+        let mut st = ConfigState::default();
+        assert_eq!(st.md5(&key("d")), "");
+        st.apply(&publish(&key("d"), "hello", 1)).unwrap();
+        assert_eq!(st.md5(&key("d")), "5d41402abc4b2a76b9719d911017c592");
+    }
+
+    #[test]
+    fn c3_replicas_applying_the_same_commands_agree_and_a_rebuilt_state_continues_the_ids() {
+        let cmds = [
+            publish(&key("a"), "1", 10),
+            publish(&key("b"), "2", 11),
+            publish(&key("a"), "3", 12),
+            delete(&key("b"), None, 13),
+        ];
+        let (mut x, mut y) = (ConfigState::default(), ConfigState::default());
+        for c in &cmds {
+            assert_eq!(x.apply(c), y.apply(c));
+        }
+        assert_eq!(x, y);
+        let rebuilt = ConfigState::from_records(x.records().map(|(k, r)| (k.clone(), r.clone())));
+        assert_eq!(rebuilt, x, "ids continue where they were");
+        x.apply(&publish(&key("c"), "4", 14)).unwrap();
+        let mut r2 = rebuilt;
+        r2.apply(&publish(&key("c"), "4", 14)).unwrap();
+        assert_eq!(r2, x);
+    }
+
+    #[test]
+    fn c4_history_records_inserts_updates_and_deletes_and_keeps_a_window() {
+        let mut st = ConfigState::default();
+        let k = key("h");
+        st.apply(&publish(&k, "v1", 1)).unwrap();
+        st.apply(&publish(&k, "v2", 2)).unwrap();
+        assert_eq!(st.apply(&delete(&k, None, 3)).unwrap(), vec![k.clone()]);
+        assert!(st.get(&k).is_none());
+        let h = &st.record(&k).unwrap().history;
+        let ops: Vec<(char, &str)> = h.iter().map(|e| (e.op, e.content.as_str())).collect();
+        assert_eq!(ops, vec![('I', "v1"), ('U', "v2"), ('D', "v2")]);
+        let (_, prev) = st.previous_entry(h[2].nid).unwrap();
+        assert_eq!(prev.content, "v2");
+        assert!(st.previous_entry(h[0].nid).is_none());
+        // Deleting again changes nothing.
+        assert!(st.apply(&delete(&k, None, 4)).unwrap().is_empty());
+        for i in 0..(HISTORY_KEPT + 10) {
+            st.apply(&publish(&k, &format!("v{i}"), 10 + i as u64))
+                .unwrap();
+        }
+        let h = &st.record(&k).unwrap().history;
+        assert_eq!(h.len(), HISTORY_KEPT);
+        assert!(st.history_entry(h[0].nid).is_some());
+        assert_eq!(
+            st.by_nid.len(),
+            HISTORY_KEPT,
+            "evicted entries leave the index"
+        );
+    }
+
+    #[test]
+    fn c4_a_batch_delete_by_id_spares_a_config_created_again() {
+        let mut st = ConfigState::default();
+        let k = key("again");
+        st.apply(&publish(&k, "v1", 1)).unwrap();
+        let old_id = st.get(&k).unwrap().id;
+        st.apply(&delete(&k, None, 2)).unwrap();
+        st.apply(&publish(&k, "v2", 3)).unwrap();
+        assert_ne!(st.get(&k).unwrap().id, old_id);
+        assert!(st.apply(&delete(&k, Some(old_id), 4)).unwrap().is_empty());
+        assert_eq!(st.get(&k).unwrap().content, "v2");
+    }
+
+    #[test]
+    fn c5_a_cas_publish_applies_only_over_the_md5_it_names() {
+        let mut st = ConfigState::default();
+        let k = key("cas");
+        let cas = |content: &str, md5: &str| match publish(&k, content, 5) {
+            ConfigCommand::Publish(mut p) => {
+                p.cas_md5 = Some(md5.into());
+                ConfigCommand::Publish(p)
+            }
+            other => other,
+        };
+        assert!(matches!(
+            st.apply(&cas("v1", "abc")),
+            Err(NamingError::Conflict(_))
+        ));
+        assert!(st.get(&k).is_none(), "nothing stored");
+        st.apply(&cas("v1", "")).unwrap();
+        let md5 = st.md5(&k).to_string();
+        assert!(st.apply(&cas("v2", "stale")).is_err());
+        assert_eq!(st.get(&k).unwrap().content, "v1");
+        st.apply(&cas("v2", &md5)).unwrap();
+        assert_eq!(st.get(&k).unwrap().content, "v2");
+    }
+
+    #[test]
+    fn wildcards_match_runs_of_characters() {
+        assert!(wildcard_match("app*", "app.yaml"));
+        assert!(wildcard_match("*.yaml", "app.yaml"));
+        assert!(wildcard_match("a*p*l", "a-p-l"));
+        assert!(wildcard_match("*", ""));
+        assert!(!wildcard_match("app*", "ap"));
+        assert!(!wildcard_match("a*a", "a"));
+        assert!(wildcard_match("exact", "exact"));
+    }
+}
