@@ -275,6 +275,42 @@ impl Api {
         self.send(method, path, &[], Some(form)).await
     }
 
+    /// `GET /nacos/v1/cs/configs` (`tenant` only when given).
+    pub async fn config(&self, data_id: &str, group: &str, tenant: Option<&str>) -> Reply {
+        let mut q = vec![("dataId", data_id), ("group", group)];
+        q.extend(tenant.map(|t| ("tenant", t)));
+        self.call("GET", "/nacos/v1/cs/configs", &q).await
+    }
+
+    /// `POST /nacos/v1/cs/configs` with a form body, as the npm client sends it.
+    pub async fn publish_config(
+        &self,
+        data_id: &str,
+        group: &str,
+        tenant: Option<&str>,
+        content: &str,
+    ) -> Reply {
+        let mut f = vec![("dataId", data_id), ("group", group), ("content", content)];
+        f.extend(tenant.map(|t| ("tenant", t)));
+        self.form("POST", "/nacos/v1/cs/configs", &f).await
+    }
+
+    /// `POST /nacos/v1/cs/configs/listener` with `Listening-Configs` and, when given, the
+    /// `Long-Pulling-Timeout` header (ms) the clients send.
+    pub async fn listen_configs(&self, listening: &str, timeout_ms: Option<u64>) -> Reply {
+        let mut req = self
+            .client
+            .post(format!("{}/nacos/v1/cs/configs/listener", self.base))
+            .header("User-Agent", &self.user_agent)
+            .form(&[("Listening-Configs", listening)]);
+        if let Some(t) = timeout_ms {
+            req = req
+                .header("Long-Pulling-Timeout", t.to_string())
+                .timeout(Duration::from_millis(t + 10_000));
+        }
+        finish(req.send().await).await
+    }
+
     /// Sends raw bytes as the body with the given content type.
     pub async fn raw(&self, method: &str, path_and_query: &str, ct: &str, body: Vec<u8>) -> Reply {
         let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap_or(reqwest::Method::GET);

@@ -1,0 +1,512 @@
+//! The config center (`/nacos/v1/cs`) against real nodes: the wire contract of reads,
+//! publishes, deletes, searches, history and listener long-polls; bad input; durability across
+//! `kill -9`; a 3-node cluster (read-your-writes on every node, listeners woken by a publish
+//! on another node, acknowledged publishes surviving the Raft leader's death); and listeners
+//! through the gateway.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nacre_testkit::cluster::{ClusterOptions, TestCluster};
+use nacre_testkit::gateway::GatewayProcess;
+use nacre_testkit::http::Api;
+use nacre_testkit::NodeProcess;
+
+const READY: Duration = Duration::from_secs(60);
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_nacre"))
+}
+
+async fn standalone(dir: &Path) -> (NodeProcess, Api) {
+    let mut node = NodeProcess::start(bin(), dir).expect("start nacre");
+    node.wait_ready(READY).expect("ready");
+    let api = Api::new(node.addr());
+    (node, api)
+}
+
+fn md5_hex(s: &str) -> String {
+    use md5::{Digest, Md5};
+    format!("{:x}", Md5::digest(s.as_bytes()))
+}
+
+/// `dataId ^2 group ^2 md5 ^2 tenant ^1`, as the Python client writes every entry.
+fn entry(data_id: &str, group: &str, md5: &str, tenant: &str) -> String {
+    format!("{data_id}\u{2}{group}\u{2}{md5}\u{2}{tenant}\u{1}")
+}
+
+#[tokio::test]
+async fn publish_get_delete_and_the_headers_clients_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, api) = standalone(dir.path()).await;
+    let content = "spring:\n  name: demo # 配置 & = % +\n\n";
+    let r = api
+        .publish_config("app.yaml", "DEFAULT_GROUP", None, content)
+        .await;
+    assert_eq!((r.status, r.body.as_str()), (200, "true"), "{r:?}");
+    // The exact bytes back, whitespace included, with Nacos's headers.
+    let resp = reqwest::get(format!(
+        "http://{}/nacos/v1/cs/configs?dataId=app.yaml&group=DEFAULT_GROUP",
+        node.addr()
+    ))
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    let h = resp.headers().clone();
+    assert_eq!(h["Content-MD5"], md5_hex(content).as_str());
+    assert_eq!(h["Config-Type"], "text");
+    assert!(h["Content-Type"]
+        .to_str()
+        .unwrap()
+        .contains("charset=UTF-8"));
+    assert_eq!(h["Cache-Control"], "no-cache,no-store");
+    assert!(h.contains_key("Last-Modified"));
+    assert_eq!(resp.text().await.unwrap(), content);
+    // Query parameters (the Python client) and a type.
+    let r = api
+        .call(
+            "POST",
+            "/nacos/v1/cs/configs",
+            &[
+                ("dataId", "db.json"),
+                ("group", "G1"),
+                ("tenant", "ns-1"),
+                ("content", "{\"a\":1}"),
+                ("type", "json"),
+            ],
+        )
+        .await;
+    assert_eq!(r.body, "true");
+    // A namespace isolates: the same key elsewhere does not exist.
+    assert_eq!(
+        api.config("db.json", "G1", Some("ns-1")).await.body,
+        "{\"a\":1}"
+    );
+    let missing = api.config("db.json", "G1", None).await;
+    assert_eq!(
+        (missing.status, missing.body.as_str()),
+        (404, "config data not exist\n")
+    );
+    // `public` is the empty tenant.
+    assert_eq!(
+        api.config("app.yaml", "DEFAULT_GROUP", Some("public"))
+            .await
+            .body,
+        content
+    );
+    // Delete answers `true`, also for what is not there.
+    for _ in 0..2 {
+        let r = api
+            .call(
+                "DELETE",
+                "/nacos/v1/cs/configs",
+                &[("dataId", "app.yaml"), ("group", "DEFAULT_GROUP")],
+            )
+            .await;
+        assert_eq!(r.body, "true");
+    }
+    assert_eq!(
+        api.config("app.yaml", "DEFAULT_GROUP", None).await.status,
+        404
+    );
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_and_nothing_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut node, api) = standalone(dir.path()).await;
+    assert_eq!(
+        api.publish_config("kept", "G", None, "v1").await.body,
+        "true"
+    );
+    let too_big = "x".repeat(10 * 1024 * 1024 + 1);
+    for (d, g, t, c, says) in [
+        ("a b", "G", None, "v", "invalid dataId"),
+        ("kept", "G/../x", None, "v", "invalid group"),
+        ("kept", "G", Some("bad tenant"), "v", "invalid tenant"),
+        ("kept", "G", None, "   ", "content must not be blank"),
+        ("kept", "G", None, too_big.as_str(), "over the"),
+    ] {
+        let r = api.publish_config(d, g, t, c).await;
+        assert_eq!(r.status, 400, "{d} {g} {t:?}: {}", r.body);
+        assert!(r.body.contains(says), "{says}: {}", r.body);
+    }
+    let r = api
+        .form("POST", "/nacos/v1/cs/configs", &[("dataId", "kept")])
+        .await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (400, "Param 'group' is required.")
+    );
+    assert_eq!(api.config("kept", "G", None).await.body, "v1", "unchanged");
+    // Malformed listener requests.
+    let many: String = (0..10_001)
+        .map(|i| entry(&format!("d{i}"), "G", "", ""))
+        .collect();
+    for bad in [
+        String::new(),
+        "a\u{2}G\u{1}".to_string(),
+        "a\u{2}G\u{2}m\u{2}t\u{2}x\u{1}".to_string(),
+        many,
+    ] {
+        let r = api.listen_configs(&bad, None).await;
+        assert_eq!(r.status, 400, "{:?}: {}", bad.get(..20), r.body);
+    }
+    let r = api
+        .call("GET", "/nacos/v1/cs/configs", &[("search", "fuzzy")])
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(node.try_exit_status().unwrap().is_none(), "node died");
+}
+
+#[tokio::test]
+async fn listeners_fire_on_create_change_and_delete_and_echo_the_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_node, api) = standalone(dir.path()).await;
+    // Missing config, client holds nothing: no change, answered at once without a timeout.
+    let nothing = entry("later", "G", "", "");
+    let r = api.listen_configs(&nothing, None).await;
+    assert_eq!((r.status, r.body.as_str()), (200, ""));
+    // A parked listener on a not-yet-created config fires when it is created.
+    let parked = {
+        let api = api.clone();
+        let nothing = nothing.clone();
+        tokio::spawn(async move {
+            let t = Instant::now();
+            (
+                api.listen_configs(&nothing, Some(30_000)).await,
+                t.elapsed(),
+            )
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        api.publish_config("later", "G", None, "v1").await.body,
+        "true"
+    );
+    let (r, took) = parked.await.unwrap();
+    assert_eq!(r.body, "later%02G%01\n", "{r:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "woken by the publish: {took:?}"
+    );
+    // A stale md5 answers at once; the current one holds.
+    let r = api
+        .listen_configs(&entry("later", "G", "stale", ""), Some(30_000))
+        .await;
+    assert_eq!(r.body, "later%02G%01\n");
+    // The tenant is echoed as sent, and `null` md5 means none.
+    assert_eq!(
+        api.publish_config("t", "G", Some("ns-9"), "x").await.body,
+        "true"
+    );
+    let r = api
+        .listen_configs(&entry("t", "G", "null", "ns-9"), Some(30_000))
+        .await;
+    assert_eq!(r.body, "t%02G%02ns-9%01\n");
+    // A delete fires a listener holding the current md5.
+    let current = entry("later", "G", &md5_hex("v1"), "");
+    let parked = {
+        let api = api.clone();
+        tokio::spawn(async move { api.listen_configs(&current, Some(30_000)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = api
+        .call(
+            "DELETE",
+            "/nacos/v1/cs/configs",
+            &[("dataId", "later"), ("group", "G")],
+        )
+        .await;
+    assert_eq!(r.body, "true");
+    assert_eq!(parked.await.unwrap().body, "later%02G%01\n");
+    // Nothing changes: the hold ends with an empty body after max(10 s, timeout - 0.5 s).
+    let held = entry("t", "G", &md5_hex("x"), "ns-9");
+    let t = Instant::now();
+    let r = api.listen_configs(&held, Some(10_000)).await;
+    let took = t.elapsed();
+    assert_eq!((r.status, r.body.as_str()), (200, ""));
+    assert!(
+        (Duration::from_millis(9_500)..Duration::from_secs(12)).contains(&took),
+        "{took:?}"
+    );
+}
+
+#[tokio::test]
+async fn search_history_and_previous_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_node, api) = standalone(dir.path()).await;
+    for (d, g, c) in [
+        ("app-a.yaml", "G", "a1"),
+        ("app-b.yaml", "G", "b1"),
+        ("db.properties", "G", "d1"),
+        ("app-a.yaml", "G", "a2"),
+        ("app-a.yaml", "OTHER", "o1"),
+    ] {
+        assert_eq!(api.publish_config(d, g, None, c).await.body, "true");
+    }
+    // The Python client's get_configs: accurate, empty dataId and group: everything.
+    let all = api
+        .call(
+            "GET",
+            "/nacos/v1/cs/configs",
+            &[
+                ("dataId", ""),
+                ("group", ""),
+                ("search", "accurate"),
+                ("pageNo", "1"),
+                ("pageSize", "1000"),
+            ],
+        )
+        .await
+        .json();
+    assert_eq!(all["totalCount"], 4, "{all}");
+    let blur = api
+        .call(
+            "GET",
+            "/nacos/v1/cs/configs",
+            &[
+                ("dataId", "app-*"),
+                ("group", "G"),
+                ("search", "blur"),
+                ("pageNo", "1"),
+                ("pageSize", "1"),
+            ],
+        )
+        .await
+        .json();
+    assert_eq!(
+        (blur["totalCount"].clone(), blur["pagesAvailable"].clone()),
+        (2.into(), 2.into())
+    );
+    assert_eq!(blur["pageItems"][0]["dataId"], "app-a.yaml");
+    assert_eq!(blur["pageItems"][0]["content"], "a2");
+    // History, newest first, then one entry and the one before it.
+    let h = api
+        .call(
+            "GET",
+            "/nacos/v1/cs/history",
+            &[
+                ("search", "accurate"),
+                ("dataId", "app-a.yaml"),
+                ("group", "G"),
+                ("pageNo", "1"),
+                ("pageSize", "10"),
+            ],
+        )
+        .await
+        .json();
+    assert_eq!(h["totalCount"], 2, "{h}");
+    assert_eq!(h["pageItems"][0]["content"], "a2");
+    assert_eq!(h["pageItems"][0]["opType"], "U");
+    assert_eq!(h["pageItems"][1]["opType"], "I");
+    let nid = h["pageItems"][0]["id"].to_string();
+    let one = api
+        .call("GET", "/nacos/v1/cs/history", &[("nid", &nid)])
+        .await
+        .json();
+    assert_eq!(one["content"], "a2");
+    let prev = api
+        .call("GET", "/nacos/v1/cs/history/previous", &[("id", &nid)])
+        .await
+        .json();
+    assert_eq!(prev["content"], "a1");
+    let none = api
+        .call("GET", "/nacos/v1/cs/history", &[("nid", "999999")])
+        .await;
+    assert_eq!(none.status, 404);
+    // A batch delete by ids answers Nacos's RestResult.
+    let ids: Vec<String> = all["pageItems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["group"] == "OTHER")
+        .map(|i| i["id"].to_string())
+        .collect();
+    let r = api
+        .call(
+            "DELETE",
+            "/nacos/v1/cs/configs",
+            &[("delType", "ids"), ("ids", &ids.join(","))],
+        )
+        .await
+        .json();
+    assert_eq!(r["data"], true, "{r}");
+    assert_eq!(api.config("app-a.yaml", "OTHER", None).await.status, 404);
+    assert_eq!(api.config("app-a.yaml", "G", None).await.body, "a2");
+}
+
+#[tokio::test]
+async fn acknowledged_publishes_survive_kill_9_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut node, api) = standalone(dir.path()).await;
+    for i in 0..20 {
+        let r = api
+            .publish_config(&format!("d{i}"), "G", None, &format!("content {i}\n"))
+            .await;
+        assert_eq!(r.body, "true");
+    }
+    assert_eq!(
+        api.publish_config("d0", "G", None, "latest").await.body,
+        "true"
+    );
+    node.kill9().unwrap();
+    node.restart().unwrap();
+    node.wait_ready(READY).unwrap();
+    let api = Api::new(node.addr());
+    assert_eq!(api.config("d0", "G", None).await.body, "latest");
+    for i in 1..20 {
+        assert_eq!(
+            api.config(&format!("d{i}"), "G", None).await.body,
+            format!("content {i}\n")
+        );
+    }
+    // Its md5 index is back too: a listener holding the latest md5 sees no change.
+    let r = api
+        .listen_configs(&entry("d0", "G", &md5_hex("latest"), ""), None)
+        .await;
+    assert_eq!(r.body, "");
+}
+
+async fn cluster_leader(c: &TestCluster) -> Option<usize> {
+    for i in 0..c.len() {
+        let v = Api::new(c.node(i).addr())
+            .call("GET", "/nacre/v1/cluster", &[])
+            .await;
+        if v.status != 200 {
+            continue;
+        }
+        if let Some(l) = v.json()["leader"].as_str() {
+            return (0..c.len()).find(|&j| c.advertised(j) == l);
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_reads_its_writes_everywhere_wakes_listeners_on_other_nodes_and_keeps_them_past_the_leader(
+) {
+    let root = tempfile::tempdir().unwrap();
+    let mut c = TestCluster::start(bin(), root.path(), ClusterOptions::new(3).fast()).unwrap();
+    c.wait_ready(READY).unwrap();
+    let apis: Vec<Api> = (0..3).map(|i| Api::new(c.node(i).addr())).collect();
+    // Read-your-writes: a publish through any node is read back from every node at once.
+    for (i, a) in apis.iter().enumerate() {
+        let d = format!("ryw-{i}");
+        assert_eq!(
+            a.publish_config(&d, "G", None, &format!("v{i}")).await.body,
+            "true"
+        );
+        for b in &apis {
+            assert_eq!(b.config(&d, "G", None).await.body, format!("v{i}"));
+        }
+    }
+    // A listener parked on node 2 is woken by a publish on node 0.
+    let parked = {
+        let a = apis[2].clone();
+        tokio::spawn(async move {
+            a.listen_configs(&entry("ryw-0", "G", &md5_hex("v0"), ""), Some(30_000))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t = Instant::now();
+    assert_eq!(
+        apis[0]
+            .publish_config("ryw-0", "G", None, "v0-new")
+            .await
+            .body,
+        "true"
+    );
+    let r = parked.await.unwrap();
+    assert_eq!(r.body, "ryw-0%02G%01\n");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    // Kill the Raft leader: every acknowledged publish is still there on the others.
+    let leader = cluster_leader(&c).await.expect("a leader");
+    c.kill9(leader).unwrap();
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    for &i in &survivors {
+        for j in 0..3 {
+            let want = if j == 0 {
+                "v0-new".to_string()
+            } else {
+                format!("v{j}")
+            };
+            assert_eq!(
+                apis[i].config(&format!("ryw-{j}"), "G", None).await.body,
+                want
+            );
+        }
+    }
+    // And new publishes are accepted once a new leader is elected.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = apis[survivors[0]]
+            .publish_config("after", "G", None, "new leader")
+            .await;
+        if r.body == "true" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no publish after the kill: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        apis[survivors[1]].config("after", "G", None).await.body,
+        "new leader"
+    );
+}
+
+/// A listener registered through the gateway fires after a publish made directly on a node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_through_the_gateway_fires_on_a_publish_made_on_a_node() {
+    let root = tempfile::tempdir().unwrap();
+    let mut c = TestCluster::start(bin(), root.path(), ClusterOptions::new(3).fast()).unwrap();
+    c.wait_ready(READY).unwrap();
+    let mut gw = GatewayProcess::in_front_of(
+        bin(),
+        &c,
+        &root.path().join("gw"),
+        nacre_testkit::free_loopback_addr().unwrap(),
+        &[],
+    )
+    .unwrap();
+    gw.wait_ready(3, READY).unwrap();
+    let through = Api::new(gw.addr());
+    assert_eq!(
+        through.publish_config("gw", "G", None, "v1").await.body,
+        "true"
+    );
+    assert_eq!(through.config("gw", "G", None).await.body, "v1");
+    let parked = {
+        let a = through.clone();
+        tokio::spawn(async move {
+            a.listen_configs(&entry("gw", "G", &md5_hex("v1"), ""), Some(30_000))
+                .await
+        })
+    };
+    // Longer than the gateway's default read timeout would allow for other routes' answers
+    // is covered by the hold itself; here the publish comes after a short pause.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let direct = Api::new(c.node(1).addr());
+    assert_eq!(
+        direct.publish_config("gw", "G", None, "v2").await.body,
+        "true"
+    );
+    let r = parked.await.unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "gw%02G%01\n"));
+    // A hold longer than the gateway's read timeout for other answers (10 s) ends with the
+    // node's empty answer, not a gateway error.
+    let t = Instant::now();
+    let r = through
+        .listen_configs(&entry("gw", "G", &md5_hex("v2"), ""), Some(11_000))
+        .await;
+    assert_eq!((r.status, r.body.as_str()), (200, ""), "{r:?}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(10_000),
+        "{:?}",
+        t.elapsed()
+    );
+}
