@@ -10,9 +10,10 @@
  * `node-legacy: N passed, M failed`, and exits non-zero if any check failed.
  *
  * Scenarios use unique service names and run concurrently (wall time is dominated by the
- * beat-expiry scenario, about 50 s). Only public NacosNamingClient methods are used:
+ * beat-expiry scenario, about 50 s). Only public client methods are used: NacosNamingClient's
  * registerInstance, deregisterInstance, getAllInstances, selectInstances, subscribe,
- * getServerStatus, close.
+ * getServerStatus, close; NacosConfigClient's publishSingle, getConfig, remove, subscribe,
+ * close.
  */
 'use strict';
 
@@ -27,7 +28,7 @@ address.ip = () => CLIENT_IP;
 const net = require('net');
 const util = require('util');
 const crypto = require('crypto');
-const { NacosNamingClient } = require('nacos');
+const { NacosNamingClient, NacosConfigClient } = require('nacos');
 
 const IP = '127.0.0.1';
 const UNHEALTHY_WITHIN = 25;
@@ -135,6 +136,43 @@ async function newClient(name, { namespace, serverList, auth } = {}) {
   client.testLogger = logger;
   clients.push(client);
   return client;
+}
+
+// A config client: the driver's servers (or endpoint), credentials and an optional namespace.
+async function newConfigClient({ namespace, serverAddr } = {}) {
+  const options = serverAddr || !opts.endpoint
+    ? { serverAddr: serverAddr || opts.servers }
+    : { endpoint: opts.endpoint };
+  if (namespace) options.namespace = namespace;
+  if (opts.username) {
+    options.username = opts.username;
+    options.password = opts.password;
+  }
+  options.requestTimeout = 6000;
+  options.cacheDir = require('os').tmpdir() + '/nacre-compat-node-config-' + process.pid;
+  // NacosConfigClient shares one real client per `DiamondClient@<endpoint>` name through
+  // cluster-client, across every instance in the process and across processes on the machine
+  // (a leader on a local port). Without an endpoint every client would share one, whatever its
+  // servers and namespace: the suites that run at once against different servers would talk
+  // to each other's. A name per target and namespace, and a leader port of this process's
+  // own, keep them apart.
+  const name = `nacre-compat@${options.serverAddr || options.endpoint}@${namespace || ''}`;
+  options.cluster = (DataClient, clusterOptions) =>
+    require('cluster-client')(DataClient, Object.assign({}, clusterOptions, { name, port: opts.clusterPort }));
+  const client = new NacosConfigClient(options);
+  client.on('error', () => {});
+  await client.ready();
+  clients.push(client);
+  return client;
+}
+
+// Waits up to `ms` for `cond()` to hold.
+async function waitFor(cond, ms, what) {
+  const until = Date.now() + ms;
+  while (!cond()) {
+    expect(Date.now() < until, `timed out waiting for ${what}`);
+    await sleep(100);
+  }
 }
 
 async function closeClient(client) {
@@ -503,6 +541,71 @@ async function scFailover() {
   });
 }
 
+// Config publish, read, special characters and multi-byte content, remove.
+async function scConfig() {
+  const c = await newConfigClient();
+  const dataId = uniq('cfg');
+  const content = 'a: 1\n# 配置 & = % + ? #\n\tend\n';
+  await check('node.config.crud', async () => {
+    expect(await c.publishSingle(dataId, 'DEFAULT_GROUP', content) === true, 'publish');
+    const got = await c.getConfig(dataId, 'DEFAULT_GROUP');
+    expect(got === content, `getConfig returned ${JSON.stringify(got)}`);
+    expect(await c.publishSingle(dataId, 'DEFAULT_GROUP', 'v2', { type: 'yaml' }) === true, 'republish');
+    expect(await c.getConfig(dataId, 'DEFAULT_GROUP') === 'v2', 'updated content');
+    expect(await c.remove(dataId, 'DEFAULT_GROUP') === true, 'remove');
+    const gone = await c.getConfig(dataId, 'DEFAULT_GROUP');
+    expect(gone === null || gone === undefined || gone === '', `after remove: ${JSON.stringify(gone)}`);
+  });
+}
+
+// Listeners: on a config created later, on changes, in a namespace.
+async function scConfigSubscribe() {
+  const ns = uniq('cfg-ns');
+  for (const namespace of [undefined, ns]) {
+    const tag = namespace ? 'namespaced' : 'public';
+    const c = await newConfigClient({ namespace });
+    const writer = await newConfigClient({ namespace });
+    const dataId = uniq('watch');
+    const seen = [];
+    await check(`node.config.subscribe.${tag}`, async () => {
+      c.subscribe({ dataId, group: 'DEFAULT_GROUP' }, content => seen.push(content));
+      await sleep(1000);
+      expect(await writer.publishSingle(dataId, 'DEFAULT_GROUP', 'w1') === true, 'publish w1');
+      await waitFor(() => seen.includes('w1'), 10000, `w1 (seen ${JSON.stringify(seen)})`);
+      expect(await writer.publishSingle(dataId, 'DEFAULT_GROUP', 'w2') === true, 'publish w2');
+      await waitFor(() => seen.includes('w2'), 10000, `w2 (seen ${JSON.stringify(seen)})`);
+      if (namespace) {
+        const pub = await newConfigClient();
+        const other = await pub.getConfig(dataId, 'DEFAULT_GROUP');
+        expect(!other, `the public namespace sees ${JSON.stringify(other)}`);
+      }
+    });
+    c.unSubscribe({ dataId, group: 'DEFAULT_GROUP' });
+  }
+}
+
+// With a dead server first in the list, config calls still succeed.
+async function scConfigFailover() {
+  const c = await newConfigClient({ serverAddr: `${opts.deadServer},${opts.servers}` });
+  const dataId = uniq('cfg-fo');
+  await check('node.config.failover', async () => {
+    let ok = false;
+    for (let i = 0; i < 4 && !ok; i++) {
+      try {
+        ok = await c.publishSingle(dataId, 'DEFAULT_GROUP', 'fo') === true;
+      } catch (_) { /* the client moves to the next server */ }
+    }
+    expect(ok, 'publish never succeeded');
+    let got = null;
+    for (let i = 0; i < 4 && got !== 'fo'; i++) {
+      try {
+        got = await c.getConfig(dataId, 'DEFAULT_GROUP');
+      } catch (_) { /* next server */ }
+    }
+    expect(got === 'fo', `getConfig returned ${JSON.stringify(got)}`);
+  });
+}
+
 // With auth on: no credentials and a wrong password are refused on register and list, and the
 // refused registrations store nothing (checked with the right credentials).
 async function scAuthRefusals() {
@@ -552,6 +655,9 @@ const SCENARIOS = {
   push: scPush,
   failover: scFailover,
   auth_refusals: scAuthRefusals,
+  config: scConfig,
+  config_subscribe: scConfigSubscribe,
+  config_failover: scConfigFailover,
 };
 
 function parseArgs(argv) {
@@ -596,6 +702,7 @@ async function main() {
     return 2;
   }
   if (!opts.deadServer) opts.deadServer = `${IP}:${await freePort()}`;
+  opts.clusterPort = await freePort();
   const versions = `nacos ${require('nacos/package.json').version}, nacos-naming ${require('nacos-naming/package.json').version}`;
   console.log(`# ${versions} against ${opts.servers} (endpoint ${opts.endpoint}, dead server ${opts.deadServer}, clientIP ${CLIENT_IP})`);
   const started = Date.now();

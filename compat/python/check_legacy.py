@@ -16,6 +16,7 @@ modify_naming_instance, list_naming_instance, get_naming_instance, send_heartbea
 """
 
 import argparse
+import multiprocessing
 import os
 import shutil
 import socket
@@ -115,7 +116,10 @@ class Ctx:
             c = nacos.NacosClient(servers or self.servers, namespace=namespace,
                                   username=self.username, password=self.password,
                                   logDir=self.log_dir)
-        c.set_options(default_timeout=5)
+        # Snapshots and failover files go under the driver's temp dir, not the working dir.
+        c.set_options(default_timeout=5,
+                      snapshot_base=os.path.join(self.log_dir, "snapshot"),
+                      failover_base=os.path.join(self.log_dir, "failover"))
         return c
 
 
@@ -574,6 +578,92 @@ def sc_subscribe(ctx):
     writer.remove_naming_instance(svc, IP, p2, cluster_name="c1")
 
 
+def sc_config(ctx):
+    """Publish, read (special characters, multi-byte), update with a type, remove."""
+    c = ctx.client()
+    data_id = uniq("cfg")
+    content = "a: 1\n# \u914d\u7f6e & = % + ? #\n\tend\n"
+
+    def run():
+        expect(c.publish_config(data_id, "DEFAULT_GROUP", content) is True, "publish")
+        got = c.get_config(data_id, "DEFAULT_GROUP", no_snapshot=True)
+        expect(got == content, "get_config returned %r" % (got,))
+        expect(c.publish_config(data_id, "DEFAULT_GROUP", "v2", config_type="yaml") is True, "republish")
+        got = c.get_config(data_id, "DEFAULT_GROUP", no_snapshot=True)
+        expect(got == "v2", "after republish %r" % (got,))
+        expect(c.remove_config(data_id, "DEFAULT_GROUP") is True, "remove")
+        got = c.get_config(data_id, "DEFAULT_GROUP", no_snapshot=True)
+        expect(got is None, "after remove %r" % (got,))
+
+    check("py.config.crud", run)
+
+
+def wait_until(cond, seconds, what):
+    deadline = time.monotonic() + seconds
+    while not cond():
+        if time.monotonic() > deadline:
+            raise CheckFailed("timed out waiting for %s" % what)
+        time.sleep(0.1)
+
+
+def sc_config_watch(ctx):
+    """Watchers: on a config created later, on a change, on a delete, in public and in a
+    namespace; get_configs lists a namespace's configs."""
+    ns = uniq("cfg-ns")
+    for namespace in (None, ns):
+        tag = "namespaced" if namespace else "public"
+        c = ctx.client(namespace=namespace)
+        writer = ctx.client(namespace=namespace)
+        data_id = uniq("watch")
+        seen = []
+        lock = threading.Lock()
+
+        def cb(params, seen=seen, lock=lock):
+            with lock:
+                seen.append(params.get("content"))
+
+        def has(v, seen=seen, lock=lock):
+            with lock:
+                return v in seen
+
+        def run(c=c, writer=writer, data_id=data_id, seen=seen, namespace=namespace):
+            c.add_config_watcher(data_id, "DEFAULT_GROUP", cb)
+            time.sleep(1)
+            expect(writer.publish_config(data_id, "DEFAULT_GROUP", "w1") is True, "publish w1")
+            wait_until(lambda: has("w1"), 10, "w1 (seen %r)" % seen)
+            expect(writer.publish_config(data_id, "DEFAULT_GROUP", "w2") is True, "publish w2")
+            wait_until(lambda: has("w2"), 10, "w2 (seen %r)" % seen)
+            expect(writer.remove_config(data_id, "DEFAULT_GROUP") is True, "remove")
+            wait_until(lambda: has(None), 10, "the delete (seen %r)" % seen)
+            if namespace:
+                expect(writer.publish_config(data_id, "DEFAULT_GROUP", "listed") is True, "publish")
+                page = writer.get_configs(no_snapshot=True)
+                items = page.get("pageItems", []) if isinstance(page, dict) else []
+                ids = [i.get("dataId") for i in items]
+                expect(ids == [data_id], "get_configs in the namespace lists %r" % ids)
+                other = ctx.client().get_config(data_id, "DEFAULT_GROUP", no_snapshot=True)
+                expect(other is None, "the public namespace sees %r" % (other,))
+
+        check("py.config.watch.%s" % tag, run)
+        try:
+            c.remove_config_watcher(data_id, "DEFAULT_GROUP", cb, remove_all=True)
+        except Exception:
+            pass
+
+
+def sc_config_failover(ctx):
+    """With a dead server first in the list, config calls still succeed."""
+    c = ctx.client(servers="%s,%s" % (ctx.dead, ctx.servers))
+    data_id = uniq("cfg-fo")
+
+    def run():
+        expect(c.publish_config(data_id, "DEFAULT_GROUP", "fo") is True, "publish")
+        got = c.get_config(data_id, "DEFAULT_GROUP", no_snapshot=True)
+        expect(got == "fo", "get_config returned %r" % (got,))
+
+    check("py.config.failover", run)
+
+
 def sc_auth_refusals(ctx):
     """With auth on: no credentials, a wrong password and a forged token are all refused, and
     the refused registrations store nothing (the listing client has the right credentials)."""
@@ -625,6 +715,9 @@ SCENARIOS = {
     "failover": sc_failover,
     "subscribe": sc_subscribe,
     "auth_refusals": sc_auth_refusals,
+    "config": sc_config,
+    "config_watch": sc_config_watch,
+    "config_failover": sc_config_failover,
 }
 
 
@@ -687,5 +780,9 @@ if __name__ == "__main__":
     code = main()
     sys.stdout.flush()
     sys.stderr.flush()
+    # Config watchers start a multiprocessing Manager (a child process holding our stdout);
+    # os._exit skips its shutdown, so end the children here or they outlive the driver.
+    for child in multiprocessing.active_children():
+        child.terminate()
     # subscribe timers / beat tasks are threads of the client library; do not wait for them.
     os._exit(code)
