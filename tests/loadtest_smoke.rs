@@ -307,3 +307,34 @@ async fn auth_flag_logs_in_and_every_request_carries_the_token() {
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("http_403"), "{stderr}");
 }
+
+#[test]
+fn config_scenarios_run_clean() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start_node(dir.path());
+    for (scenario, seed) in [("config-publish", "16"), ("config-get", "17")] {
+        let args = short(&[
+            "--scenario",
+            scenario,
+            "--seed",
+            seed,
+            "--services",
+            "20",
+            "--config-bytes",
+            "512",
+        ]);
+        let r = loadtest(&node, dir.path(), &args);
+        assert_clean(&r, scenario);
+        assert_eq!(r["operations"][0]["op"], scenario, "{r:#}");
+    }
+    // What the runs stored is readable: 20 configs per seed.
+    let (status, body) = nacre_testkit::http_get(
+        node.addr(),
+        "/nacos/v1/cs/configs?search=accurate&dataId=&group=&pageNo=1&pageSize=100",
+        Duration::from_secs(10),
+    )
+    .expect("search");
+    assert_eq!(status, 200, "{body}");
+    let page: Value = serde_json::from_str(&body).expect("a page");
+    assert_eq!(page["totalCount"], 40, "{page:#}");
+}

@@ -39,6 +39,9 @@ pub struct LoadtestArgs {
     /// Size of each instance's metadata JSON (0: none).
     #[arg(long, default_value_t = 0)]
     pub metadata_bytes: usize,
+    /// config-publish / config-get: size of each config's content.
+    #[arg(long, default_value_t = 256)]
+    pub config_bytes: usize,
     /// Nacos namespace id.
     #[arg(long, default_value = "public")]
     pub namespace: String,
@@ -131,6 +134,7 @@ impl LoadtestArgs {
             services: 10,
             instances_per_service: 10,
             metadata_bytes: 0,
+            config_bytes: 256,
             namespace: "public".into(),
             seed: 1,
             dependencies: 3,
@@ -183,6 +187,10 @@ impl LoadtestArgs {
         }
         if self.metadata_bytes > 64 * 1024 {
             return bad("--metadata-bytes", "at most 65536");
+        }
+        // Content travels in the query string, as the Python client sends it.
+        if !(1..=64 * 1024).contains(&self.config_bytes) {
+            return bad("--config-bytes", "must be 1..=65536");
         }
         if self.namespace.is_empty() {
             return bad("--namespace", "must not be empty");

@@ -114,13 +114,16 @@ pub async fn execute(args: LoadtestArgs) -> Result<Outcome, LoadtestError> {
     let rounds = args
         .rounds
         .unwrap_or(if args.compare.is_some() { 3 } else { 1 });
-    let names = Arc::new(Names::new(
-        args.seed,
-        &args.namespace,
-        args.services,
-        args.metadata_bytes,
-        !args.persistent,
-    ));
+    let names = Arc::new(
+        Names::new(
+            args.seed,
+            &args.namespace,
+            args.services,
+            args.metadata_bytes,
+            !args.persistent,
+        )
+        .with_config_bytes(args.config_bytes),
+    );
     // Scenarios that consume a finite set of instances would spend it warming up.
     let warmup = if matches!(kind, ScenarioKind::Memory | ScenarioKind::Deregister) {
         Duration::ZERO

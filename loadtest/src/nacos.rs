@@ -10,6 +10,7 @@ use crate::client::{Method, Request};
 use crate::stats::ErrorKind;
 
 const NS: &str = "/nacos/v1/ns";
+const CS: &str = "/nacos/v1/cs/configs";
 /// The group every scenario uses; push packets name services as `group@@service`.
 pub const GROUP: &str = "DEFAULT_GROUP";
 /// Port of every registered instance; instances differ by address.
@@ -24,6 +25,10 @@ pub enum Check {
     Beat,
     /// A list: 2xx with a JSON object.
     JsonObject,
+    /// A config publish: 2xx with the body `true`.
+    TrueText,
+    /// A config read: 2xx, any body.
+    Success,
 }
 
 /// Judges one answer.
@@ -60,6 +65,14 @@ pub fn check(check: Check, status: u16, body: &[u8]) -> Result<(), ErrorKind> {
                 Err(ErrorKind::UnexpectedBody)
             }
         }
+        Check::TrueText => {
+            if body.trim_ascii() == b"true" {
+                Ok(())
+            } else {
+                Err(ErrorKind::UnexpectedBody)
+            }
+        }
+        Check::Success => Ok(()),
     }
 }
 
@@ -127,6 +140,8 @@ pub struct Names {
     /// Already encoded `&metadata=...`, or empty.
     metadata_param: String,
     ephemeral: bool,
+    /// Already encoded filler of the config scenarios' content.
+    config_pad: String,
 }
 
 impl Names {
@@ -146,6 +161,47 @@ impl Names {
             services,
             metadata_param: metadata_param(seed, metadata_bytes),
             ephemeral,
+            config_pad: encode(&filler(seed, 256)),
+        }
+    }
+
+    /// Config content of about `bytes` bytes (the config scenarios).
+    pub fn with_config_bytes(mut self, bytes: usize) -> Names {
+        self.config_pad = encode(&filler(self.seed, bytes));
+        self
+    }
+
+    /// `dataId=…&group=…[&tenant=…]` of config `c`.
+    fn config_key(&self, c: usize) -> String {
+        let tenant = if self.namespace == "public" {
+            String::new()
+        } else {
+            format!("&tenant={}", encode(&self.namespace))
+        };
+        format!(
+            "dataId={}.properties&group={GROUP}{tenant}",
+            self.service(c)
+        )
+    }
+
+    /// Publishes version `v` of config `c` (query parameters, as the Python client sends
+    /// them); each version's content differs, so its md5 does.
+    pub fn config_publish(&self, c: usize, v: u64) -> Request {
+        Request {
+            method: Method::Post,
+            target: format!(
+                "{CS}?{}&type=properties&content={}%0Aversion%3D{v}",
+                self.config_key(c),
+                self.config_pad
+            ),
+        }
+    }
+
+    /// Reads config `c`.
+    pub fn config_get(&self, c: usize) -> Request {
+        Request {
+            method: Method::Get,
+            target: format!("{CS}?{}", self.config_key(c)),
         }
     }
 
@@ -237,17 +293,22 @@ impl Names {
     }
 }
 
+/// `bytes` seeded alphanumeric characters (at least one).
+fn filler(seed: u64, bytes: usize) -> String {
+    const ALNUM: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut st = seed;
+    (0..bytes.max(1))
+        .map(|_| ALNUM[(splitmix64(&mut st) % ALNUM.len() as u64) as usize] as char)
+        .collect()
+}
+
 /// `&metadata=<json>` whose JSON text is about `bytes` long, with seeded filler.
 fn metadata_param(seed: u64, bytes: usize) -> String {
     if bytes == 0 {
         return String::new();
     }
-    const ALNUM: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
     let frame = r#"{"lt.pad":""}"#.len();
-    let mut st = seed;
-    let pad: String = (0..bytes.saturating_sub(frame).max(1))
-        .map(|_| ALNUM[(splitmix64(&mut st) % ALNUM.len() as u64) as usize] as char)
-        .collect();
+    let pad = filler(seed, bytes.saturating_sub(frame));
     format!("&metadata={}", encode(&format!(r#"{{"lt.pad":"{pad}"}}"#)))
 }
 

@@ -4,6 +4,7 @@
 
 mod beat;
 mod churn;
+mod config;
 mod deregister;
 mod list;
 mod mixed;
@@ -42,6 +43,12 @@ pub enum ScenarioKind {
     /// Register services × instances once, then report the target's RSS per instance
     /// (needs `--target-pid`).
     Memory,
+    /// POST /nacos/v1/cs/configs: a new version of one of `--services` configs each time.
+    #[serde(rename = "config-publish")]
+    ConfigPublish,
+    /// GET /nacos/v1/cs/configs of `--services` configs published during setup.
+    #[serde(rename = "config-get")]
+    ConfigGet,
 }
 
 impl ScenarioKind {
@@ -55,6 +62,8 @@ impl ScenarioKind {
             ScenarioKind::Mixed => "mixed",
             ScenarioKind::Churn => "churn",
             ScenarioKind::Memory => "memory",
+            ScenarioKind::ConfigPublish => "config-publish",
+            ScenarioKind::ConfigGet => "config-get",
         }
     }
 
@@ -112,6 +121,8 @@ pub fn build(
         ScenarioKind::Subscribe => subscribe::workload(names, shape, push()?),
         ScenarioKind::Mixed => mixed::workload(names, shape, push()?)?,
         ScenarioKind::Churn => churn::workload(names, shape, push()?),
+        ScenarioKind::ConfigPublish => config::publish(names, shape),
+        ScenarioKind::ConfigGet => config::get(names, shape),
     })
 }
 
@@ -239,15 +250,34 @@ mod tests {
             ScenarioKind::Mixed,
             ScenarioKind::Churn,
             ScenarioKind::Memory,
+            ScenarioKind::ConfigPublish,
+            ScenarioKind::ConfigGet,
         ] {
             let w = build(kind, names.clone(), &shape()).unwrap();
+            let api = match kind {
+                ScenarioKind::ConfigPublish | ScenarioKind::ConfigGet => "/nacos/v1/cs/configs?",
+                _ => "/nacos/v1/ns/instance",
+            };
             for (i, _) in w.streams.iter().enumerate() {
                 let p = w.plan.plan(i, 7);
-                assert!(
-                    p.request.target.starts_with("/nacos/v1/ns/instance"),
-                    "{kind:?}"
-                );
+                assert!(p.request.target.starts_with(api), "{kind:?}");
             }
         }
+    }
+
+    #[test]
+    fn config_publishes_give_each_version_new_content() {
+        let names = Arc::new(Names::new(1, "ns-1", 3, 0, true).with_config_bytes(16));
+        let w = build(ScenarioKind::ConfigPublish, names, &shape()).unwrap();
+        let (a, b) = (
+            w.plan.plan(0, 1).request.target,
+            w.plan.plan(0, 4).request.target,
+        );
+        assert!(
+            a.contains("tenant=ns-1") && a.contains("version%3D0"),
+            "{a}"
+        );
+        assert!(b.contains("version%3D1"), "same config, next version: {b}");
+        assert_eq!(a.split("&content").next(), b.split("&content").next());
     }
 }
