@@ -471,3 +471,83 @@ async fn behind_the_gateway_failed_logins_lock_out_their_client_only() {
     assert_eq!(status, 200, "another client behind the gateway: {body}");
     c.kill9(0).unwrap();
 }
+
+/// Configs are under the same model: permission on `ns1` lets a user publish, read and listen
+/// to configs in tenant `ns1` and nothing in the public namespace; without credentials
+/// nothing at all.
+#[tokio::test]
+async fn config_permissions_follow_the_namespace() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_node, api) = start(dir.path()).await;
+    let admin = token(&api, "nacos", ADMIN_PASSWORD).await;
+    bob(&api, &admin).await;
+    let t = token(&api, "bob", "bob-pw-123").await;
+    let publish = |tenant: Option<&'static str>, tok: Option<String>| {
+        let api = api.clone();
+        async move {
+            let mut q = vec![
+                ("dataId".to_string(), "app.yaml".to_string()),
+                ("group".to_string(), "G".to_string()),
+                ("content".to_string(), "a: 1".to_string()),
+            ];
+            q.extend(tenant.map(|t| ("tenant".to_string(), t.to_string())));
+            q.extend(tok.map(|t| ("accessToken".to_string(), t)));
+            let q: Vec<(&str, &str)> = q.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            api.call("POST", "/nacos/v1/cs/configs", &q).await
+        }
+    };
+    assert_eq!(publish(Some("ns1"), Some(t.clone())).await.body, "true");
+    for (tenant, tok) in [(None, Some(t.clone())), (Some("ns1"), None)] {
+        let r = publish(tenant, tok.clone()).await;
+        assert_eq!(r.status, 403, "{tenant:?} {:?}: {r:?}", tok.is_some());
+    }
+    let read = |tenant: &'static str| {
+        let api = api.clone();
+        let t = t.clone();
+        async move {
+            api.call(
+                "GET",
+                "/nacos/v1/cs/configs",
+                &[
+                    ("dataId", "app.yaml"),
+                    ("group", "G"),
+                    ("tenant", tenant),
+                    ("accessToken", &t),
+                ],
+            )
+            .await
+        }
+    };
+    assert_eq!(read("ns1").await.body, "a: 1");
+    assert_eq!(read("public").await.status, 403);
+    // The listener names no group or data id: the tenant decides.
+    for (tenant, want) in [("ns1", 200), ("", 403)] {
+        let r = api
+            .form(
+                "POST",
+                &format!("/nacos/v1/cs/configs/listener?accessToken={t}"),
+                &[
+                    (
+                        "Listening-Configs",
+                        &format!("app.yaml\u{2}G\u{2}\u{2}{tenant}\u{1}"),
+                    ),
+                    ("tenant", tenant),
+                ],
+            )
+            .await;
+        assert_eq!(r.status, want, "listener in {tenant:?}: {r:?}");
+    }
+    // Nothing was published in public.
+    let r = api
+        .call(
+            "GET",
+            "/nacos/v1/cs/configs",
+            &[
+                ("dataId", "app.yaml"),
+                ("group", "G"),
+                ("accessToken", &admin),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 404, "{r:?}");
+}
