@@ -338,3 +338,36 @@ fn config_scenarios_run_clean() {
     let page: Value = serde_json::from_str(&body).expect("a page");
     assert_eq!(page["totalCount"], 40, "{page:#}");
 }
+
+/// Every publish reaches every listener of its config (none missed), with its latency.
+#[test]
+fn config_listen_scenario_times_every_notification() {
+    let r = run_short(&[
+        "--scenario",
+        "config-listen",
+        "--seed",
+        "18",
+        "--services",
+        "5",
+        "--listeners",
+        "10",
+        "--rate",
+        "20",
+    ]);
+    assert_clean(&r, "config-listen");
+    let ops = r["operations"].as_array().cloned().unwrap_or_default();
+    let count = |op: &str| {
+        ops.iter()
+            .find(|o| o["op"] == op)
+            .and_then(|o| o["requests"].as_u64())
+            .unwrap_or(0)
+    };
+    let (publishes, notified) = (count("config-publish"), count("notify"));
+    assert!(publishes >= 30, "{r:#}");
+    // Two listeners per config, so about two notifications per publish (fewer only if a
+    // listener coalesced two publishes into one answer).
+    assert!(
+        notified >= publishes && notified <= 2 * publishes,
+        "{publishes} publishes, {notified} notifications: {r:#}"
+    );
+}

@@ -39,7 +39,10 @@ pub struct LoadtestArgs {
     /// Size of each instance's metadata JSON (0: none).
     #[arg(long, default_value_t = 0)]
     pub metadata_bytes: usize,
-    /// config-publish / config-get: size of each config's content.
+    /// config-listen: config listeners holding long-polls (each on its own connection).
+    #[arg(long, default_value_t = 100)]
+    pub listeners: usize,
+    /// config-publish / config-get / config-listen: size of each config's content.
     #[arg(long, default_value_t = 256)]
     pub config_bytes: usize,
     /// Nacos namespace id.
@@ -135,6 +138,7 @@ impl LoadtestArgs {
             instances_per_service: 10,
             metadata_bytes: 0,
             config_bytes: 256,
+            listeners: 100,
             namespace: "public".into(),
             seed: 1,
             dependencies: 3,
@@ -187,6 +191,9 @@ impl LoadtestArgs {
         }
         if self.metadata_bytes > 64 * 1024 {
             return bad("--metadata-bytes", "at most 65536");
+        }
+        if !(1..=100_000).contains(&self.listeners) {
+            return bad("--listeners", "must be 1..=100000");
         }
         // Content travels in the query string, as the Python client sends it.
         if !(1..=64 * 1024).contains(&self.config_bytes) {

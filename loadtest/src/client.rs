@@ -248,6 +248,28 @@ impl Conn {
 
     /// Sends `req` and reads the whole answer. Any error leaves the connection unusable.
     pub async fn send(&mut self, req: &Request) -> Result<Response<'_>, ClientError> {
+        self.exchange(req.method, &req.target, &[], None).await
+    }
+
+    /// POSTs `form` (already encoded) to `target` with extra `headers` (the config listener:
+    /// `Listening-Configs` in the body, `Long-Pulling-Timeout` in a header).
+    pub async fn send_form(
+        &mut self,
+        target: &str,
+        headers: &[(&str, &str)],
+        form: &[u8],
+    ) -> Result<Response<'_>, ClientError> {
+        self.exchange(Method::Post, target, headers, Some(form))
+            .await
+    }
+
+    async fn exchange(
+        &mut self,
+        method: Method,
+        target: &str,
+        headers: &[(&str, &str)],
+        form: Option<&[u8]>,
+    ) -> Result<Response<'_>, ClientError> {
         self.rbuf.drain(..self.consumed);
         self.consumed = 0;
         if !self.rbuf.is_empty() {
@@ -256,22 +278,41 @@ impl Conn {
             ));
         }
         self.wbuf.clear();
-        self.wbuf.extend_from_slice(req.method.as_str().as_bytes());
+        self.wbuf.extend_from_slice(method.as_str().as_bytes());
         self.wbuf.push(b' ');
-        self.wbuf.extend_from_slice(req.target.as_bytes());
+        self.wbuf.extend_from_slice(target.as_bytes());
         if !self.query.is_empty() {
             self.wbuf
-                .push(if req.target.contains('?') { b'&' } else { b'?' });
+                .push(if target.contains('?') { b'&' } else { b'?' });
             self.wbuf.extend_from_slice(self.query.as_bytes());
         }
         self.wbuf.extend_from_slice(b" HTTP/1.1\r\nHost: ");
         self.wbuf.extend_from_slice(self.host.as_bytes());
         self.wbuf.extend_from_slice(b"\r\nUser-Agent: ");
         self.wbuf.extend_from_slice(self.user_agent.as_bytes());
-        if req.method != Method::Get {
-            self.wbuf.extend_from_slice(b"\r\nContent-Length: 0");
+        for (name, value) in headers {
+            self.wbuf.extend_from_slice(b"\r\n");
+            self.wbuf.extend_from_slice(name.as_bytes());
+            self.wbuf.extend_from_slice(b": ");
+            self.wbuf.extend_from_slice(value.as_bytes());
         }
-        self.wbuf.extend_from_slice(b"\r\n\r\n");
+        match form {
+            Some(body) => {
+                self.wbuf.extend_from_slice(
+                    b"\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: ",
+                );
+                self.wbuf
+                    .extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+                self.wbuf.extend_from_slice(b"\r\n\r\n");
+                self.wbuf.extend_from_slice(body);
+            }
+            None => {
+                if method != Method::Get {
+                    self.wbuf.extend_from_slice(b"\r\nContent-Length: 0");
+                }
+                self.wbuf.extend_from_slice(b"\r\n\r\n");
+            }
+        }
         self.stream
             .write_all(&self.wbuf)
             .await

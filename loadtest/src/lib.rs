@@ -12,6 +12,7 @@ pub mod cli;
 pub mod client;
 pub mod engine;
 pub mod error;
+pub mod listen;
 pub mod nacos;
 pub mod procstat;
 pub mod push;
@@ -125,7 +126,11 @@ pub async fn execute(args: LoadtestArgs) -> Result<Outcome, LoadtestError> {
         .with_config_bytes(args.config_bytes),
     );
     // Scenarios that consume a finite set of instances would spend it warming up.
-    let warmup = if matches!(kind, ScenarioKind::Memory | ScenarioKind::Deregister) {
+    // config-listen's listeners time every publish, so there is nothing to warm up.
+    let warmup = if matches!(
+        kind,
+        ScenarioKind::Memory | ScenarioKind::Deregister | ScenarioKind::ConfigListen
+    ) {
         Duration::ZERO
     } else {
         args.warmup
@@ -435,7 +440,17 @@ async fn run_round(
         progress: Some(label(args.scenario.name())),
     };
     let tracker = run.push.as_ref().map(|p| p.tracker.clone());
-    let phase = run_phase(&run.target, workload.plan.clone(), &spec, tracker).await?;
+    let listeners = workload.listen.as_ref().map(|log| {
+        listen::Listeners::start(&run.target, names.clone(), log.clone(), args.listeners)
+    });
+    if listeners.is_some() {
+        // Listeners read their configs and park before the first publish.
+        tokio::time::sleep(LISTENERS_SETTLE).await;
+    }
+    let mut phase = run_phase(&run.target, workload.plan.clone(), &spec, tracker).await?;
+    if let Some(l) = listeners {
+        phase.stats.merge(&l.finish(LISTENERS_GRACE).await?)?;
+    }
 
     if let (Some(before), Some(pid)) = (rss_before, run.target.pid) {
         tokio::time::sleep(args.settle).await;
@@ -475,6 +490,12 @@ async fn run_round(
         p99_ms: stats::quantile_ms(&total.latency, 0.99),
     })
 }
+
+/// Time config listeners get to read their configs and park before publishes start.
+const LISTENERS_SETTLE: Duration = Duration::from_secs(2);
+/// Time the last publishes get to reach their listeners before the listeners stop; a listener
+/// still behind a publish sent before this wait counts as missed.
+const LISTENERS_GRACE: Duration = Duration::from_secs(3);
 
 /// Upper bound on a setup step; it normally ends when its last registration is answered.
 const SETUP_CAP: Duration = Duration::from_secs(600);

@@ -197,6 +197,20 @@ impl Names {
         }
     }
 
+    /// The `Listening-Configs` entry of config `c` held at `md5` (`dataId ^2 group ^2 md5
+    /// ^2 tenant ^1`, as the Python client writes it), not yet encoded.
+    pub fn config_listen_entry(&self, c: usize, md5: &str) -> String {
+        let tenant = if self.namespace == "public" {
+            ""
+        } else {
+            self.namespace.as_str()
+        };
+        format!(
+            "{}.properties\u{2}{GROUP}\u{2}{md5}\u{2}{tenant}\u{1}",
+            self.service(c)
+        )
+    }
+
     /// Reads config `c`.
     pub fn config_get(&self, c: usize) -> Request {
         Request {

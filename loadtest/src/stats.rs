@@ -31,6 +31,8 @@ pub enum ErrorKind {
     NacosCode(i64),
     /// HTTP 200 with a body the Nacos contract does not allow (e.g. not `ok` after a write).
     UnexpectedBody,
+    /// A config listener never learned of a publish made well before the run ended.
+    Missed,
 }
 
 impl fmt::Display for ErrorKind {
@@ -43,6 +45,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::HttpStatus(s) => write!(f, "http_{s}"),
             ErrorKind::NacosCode(c) => write!(f, "nacos_{c}"),
             ErrorKind::UnexpectedBody => f.write_str("unexpected_body"),
+            ErrorKind::Missed => f.write_str("missed"),
         }
     }
 }

@@ -35,5 +35,6 @@ pub(super) fn workload(names: Arc<Names>, shape: &Shape) -> Workload {
             instances: shape.instances,
         }),
         streams: vec![StreamSpec::at(shape.rate)],
+        listen: None,
     }
 }

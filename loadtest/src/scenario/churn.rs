@@ -52,5 +52,6 @@ pub(super) fn workload(names: Arc<Names>, shape: &Shape, push: PushAddr) -> Work
             StreamSpec::at(shape.rate),
             StreamSpec::at(Some(services / REFRESH_SECS)),
         ],
+        listen: None,
     }
 }

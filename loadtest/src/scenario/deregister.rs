@@ -30,5 +30,6 @@ pub(super) fn workload(names: Arc<Names>, shape: &Shape) -> Workload {
         setup: vec![register_all(&names, shape)],
         plan: Arc::new(Deregister { names }),
         streams: vec![StreamSpec::at(shape.rate).limited(total)],
+        listen: None,
     }
 }

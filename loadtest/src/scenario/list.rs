@@ -28,5 +28,6 @@ pub(super) fn workload(names: Arc<Names>, shape: &Shape) -> Workload {
         setup: vec![register_all(&names, shape)],
         plan: Arc::new(List { names }),
         streams: vec![StreamSpec::at(shape.rate)],
+        listen: None,
     }
 }

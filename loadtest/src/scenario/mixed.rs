@@ -75,5 +75,6 @@ pub(super) fn workload(
             StreamSpec::at(Some(clients as f64 / BEAT_SECS)),
             StreamSpec::at(Some((clients * dependencies) as f64 / LIST_SECS)),
         ],
+        listen: None,
     })
 }

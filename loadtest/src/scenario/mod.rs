@@ -49,6 +49,11 @@ pub enum ScenarioKind {
     /// GET /nacos/v1/cs/configs of `--services` configs published during setup.
     #[serde(rename = "config-get")]
     ConfigGet,
+    /// `--listeners` config listeners hold long-polls on `--services` configs while new
+    /// versions are published at `--rate`; reports the time from a publish to the answer that
+    /// tells its listener ("notify").
+    #[serde(rename = "config-listen")]
+    ConfigListen,
 }
 
 impl ScenarioKind {
@@ -64,6 +69,7 @@ impl ScenarioKind {
             ScenarioKind::Memory => "memory",
             ScenarioKind::ConfigPublish => "config-publish",
             ScenarioKind::ConfigGet => "config-get",
+            ScenarioKind::ConfigListen => "config-listen",
         }
     }
 
@@ -99,6 +105,8 @@ pub struct Workload {
     pub setup: Vec<SetupStep>,
     pub plan: Arc<dyn Plan>,
     pub streams: Vec<StreamSpec>,
+    /// config-listen: the log of what the publishes sent, for the listeners to time against.
+    pub listen: Option<Arc<crate::listen::PublishLog>>,
 }
 
 /// Builds the workload of `kind`.
@@ -123,6 +131,7 @@ pub fn build(
         ScenarioKind::Churn => churn::workload(names, shape, push()?),
         ScenarioKind::ConfigPublish => config::publish(names, shape),
         ScenarioKind::ConfigGet => config::get(names, shape),
+        ScenarioKind::ConfigListen => config::listen(names, shape),
     })
 }
 
@@ -252,10 +261,13 @@ mod tests {
             ScenarioKind::Memory,
             ScenarioKind::ConfigPublish,
             ScenarioKind::ConfigGet,
+            ScenarioKind::ConfigListen,
         ] {
             let w = build(kind, names.clone(), &shape()).unwrap();
             let api = match kind {
-                ScenarioKind::ConfigPublish | ScenarioKind::ConfigGet => "/nacos/v1/cs/configs?",
+                ScenarioKind::ConfigPublish
+                | ScenarioKind::ConfigGet
+                | ScenarioKind::ConfigListen => "/nacos/v1/cs/configs?",
                 _ => "/nacos/v1/ns/instance",
             };
             for (i, _) in w.streams.iter().enumerate() {

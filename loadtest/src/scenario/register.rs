@@ -42,5 +42,6 @@ pub(super) fn workload(kind: ScenarioKind, names: Arc<Names>, shape: &Shape) -> 
             instances: shape.instances,
         }),
         streams: vec![stream],
+        listen: None,
     }
 }

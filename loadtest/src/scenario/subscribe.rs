@@ -51,5 +51,6 @@ pub(super) fn workload(names: Arc<Names>, shape: &Shape, push: PushAddr) -> Work
             StreamSpec::at(shape.rate),
             StreamSpec::at(Some(services as f64)),
         ],
+        listen: None,
     }
 }
