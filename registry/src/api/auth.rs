@@ -70,15 +70,18 @@ pub fn required(method: &Method, path: &str, pairs: &[(String, String)]) -> Need
     }
 }
 
+/// The first non-blank value of parameter `k`, trimmed.
+fn param<'a>(pairs: &'a [(String, String)], k: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(n, _)| n == k)
+        .map(|(_, v)| v.trim())
+        .filter(|v| !v.is_empty())
+}
+
 /// `namespace:group:naming/service` for a naming request; what it does not name is `*`.
 fn naming_resource(pairs: &[(String, String)]) -> String {
-    let get = |k: &str| {
-        pairs
-            .iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.trim())
-            .filter(|v| !v.is_empty())
-    };
+    let get = |k: &str| param(pairs, k);
     let name = get("serviceName").or_else(|| get("dom"));
     match name.map(|n| ServiceKey::from_request(get("namespaceId"), n, get("groupName"))) {
         Some(Ok(k)) => format!("{}:{}:naming/{}", k.namespace, k.group, k.service),
@@ -94,13 +97,7 @@ fn naming_resource(pairs: &[(String, String)]) -> String {
 /// `namespace:group:config/dataId` for a config request (the public namespace, `""` on the
 /// wire, is `public` here as in naming resources); what it does not name is `*`.
 fn config_resource(pairs: &[(String, String)]) -> String {
-    let get = |k: &str| {
-        pairs
-            .iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.trim())
-            .filter(|v| !v.is_empty())
-    };
+    let get = |k: &str| param(pairs, k);
     let tenant = match crate::configs::model::normalize_tenant(get("tenant")) {
         "" => DEFAULT_NAMESPACE,
         t => t,

@@ -14,7 +14,9 @@ use super::params::Params;
 use super::{json, App};
 use crate::configs::listen::{self, Listened};
 use crate::configs::model::{self, wildcard_match};
-use crate::configs::{ConfigCommand, ConfigItem, ConfigKey, HistoryEntry, Publish, MAX_CONTENT};
+use crate::configs::{
+    ConfigCommand, ConfigItem, ConfigKey, ConfigMeta, HistoryEntry, Publish, MAX_CONTENT,
+};
 
 /// Read, publish, delete and search.
 pub const CONFIGS_PATH: &str = "/nacos/v1/cs/configs";
@@ -75,7 +77,7 @@ fn not_exist() -> Response {
 }
 
 fn content_answer(c: ConfigItem) -> Response {
-    let content_type = match c.kind.as_str() {
+    let content_type = match c.meta.kind.as_str() {
         "json" => "application/json;charset=UTF-8",
         "xml" => "application/xml;charset=UTF-8",
         "html" => "text/html;charset=UTF-8",
@@ -86,7 +88,7 @@ fn content_answer(c: ConfigItem) -> Response {
     let h = r.headers_mut();
     set_headers(h, content_type, &NO_CACHE);
     for (name, value) in [
-        ("Config-Type", c.kind.as_str()),
+        ("Config-Type", c.meta.kind.as_str()),
         ("Content-MD5", c.md5.as_str()),
         ("Last-Modified", modified.as_str()),
     ] {
@@ -175,8 +177,8 @@ fn search(app: &App, p: &Params, mode: &str) -> Result<Response, ApiError> {
                     "content": c.content,
                     "md5": c.md5,
                     "tenant": k.tenant,
-                    "appName": c.app_name,
-                    "type": c.kind,
+                    "appName": c.meta.app_name,
+                    "type": c.meta.kind,
                 })
             })
             .collect();
@@ -230,12 +232,14 @@ pub async fn publish(State(app): State<Arc<App>>, p: Params) -> Result<Response,
     let cmd = ConfigCommand::Publish(Publish {
         key,
         content: content.to_string(),
-        kind,
-        app_name: p.get("appName").unwrap_or("").to_string(),
-        desc: p.get("desc").unwrap_or("").to_string(),
-        tags: p.get("config_tags").unwrap_or("").to_string(),
-        src_user,
-        src_ip,
+        meta: ConfigMeta {
+            kind,
+            app_name: p.get("appName").unwrap_or("").to_string(),
+            desc: p.get("desc").unwrap_or("").to_string(),
+            tags: p.get("config_tags").unwrap_or("").to_string(),
+            src_user,
+            src_ip,
+        },
         time_ms: wall_ms(),
         cas_md5,
     });

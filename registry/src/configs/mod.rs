@@ -31,7 +31,8 @@ pub mod model;
 pub mod watch;
 
 pub use model::{
-    ConfigCommand, ConfigItem, ConfigKey, ConfigRecord, ConfigState, HistoryEntry, Publish,
+    ConfigCommand, ConfigItem, ConfigKey, ConfigMeta, ConfigRecord, ConfigState, HistoryEntry,
+    Publish,
 };
 
 /// Largest content accepted (bytes): Nacos's `maxContent`, 10 MB.

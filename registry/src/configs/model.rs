@@ -77,6 +77,23 @@ impl ConfigKey {
     }
 }
 
+/// What a publish says about a config besides its content.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ConfigMeta {
+    /// `Config-Type`: one of [`TYPES`] (`text` by default).
+    pub kind: String,
+    /// `appName`.
+    pub app_name: String,
+    /// `desc`.
+    pub desc: String,
+    /// `config_tags`, comma-separated.
+    pub tags: String,
+    /// Who published it (`src_user` as sent).
+    pub src_user: String,
+    /// From where (the verified source address).
+    pub src_ip: String,
+}
+
 /// One stored config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConfigItem {
@@ -86,18 +103,8 @@ pub struct ConfigItem {
     pub content: String,
     /// Hex MD5 of the content.
     pub md5: String,
-    /// `Config-Type` (`text` by default).
-    pub kind: String,
-    /// `appName`.
-    pub app_name: String,
-    /// `desc`.
-    pub desc: String,
-    /// `config_tags`, comma-separated.
-    pub tags: String,
-    /// Who published it (`src_user`, else the authenticated user).
-    pub src_user: String,
-    /// From where (the verified source address).
-    pub src_ip: String,
+    /// Type, app, description, tags, and who published it from where.
+    pub meta: ConfigMeta,
     /// Creation time (ms since the epoch).
     pub created_ms: u64,
     /// Last publish (ms since the epoch).
@@ -145,18 +152,8 @@ pub struct Publish {
     pub key: ConfigKey,
     /// Content (validated: rule C2).
     pub content: String,
-    /// Type (already normalised to one of [`TYPES`]).
-    pub kind: String,
-    /// `appName`.
-    pub app_name: String,
-    /// `desc`.
-    pub desc: String,
-    /// `config_tags`.
-    pub tags: String,
-    /// Who.
-    pub src_user: String,
-    /// From where.
-    pub src_ip: String,
+    /// Type (already normalised), app, description, tags, who and from where.
+    pub meta: ConfigMeta,
     /// When (ms), stamped by the node that proposed it.
     pub time_ms: u64,
     /// Apply only if the stored md5 equals this (rule C5).
@@ -347,12 +344,7 @@ impl ConfigState {
             id,
             md5: md5_hex(&p.content),
             content: p.content.clone(),
-            kind: p.kind.clone(),
-            app_name: p.app_name.clone(),
-            desc: p.desc.clone(),
-            tags: p.tags.clone(),
-            src_user: p.src_user.clone(),
-            src_ip: p.src_ip.clone(),
+            meta: p.meta.clone(),
             created_ms,
             modified_ms: p.time_ms,
         };
@@ -380,8 +372,8 @@ impl ConfigState {
         let Some(mut gone) = self.records.get_mut(key).and_then(|r| r.current.take()) else {
             return false;
         };
-        gone.src_user = src_user.to_string();
-        gone.src_ip = src_ip.to_string();
+        gone.meta.src_user = src_user.to_string();
+        gone.meta.src_ip = src_ip.to_string();
         gone.modified_ms = time_ms;
         self.append_history(key, history_of(nid, 'D', &gone));
         true
@@ -413,9 +405,9 @@ fn history_of(nid: u64, op: char, c: &ConfigItem) -> HistoryEntry {
         op,
         content: c.content.clone(),
         md5: c.md5.clone(),
-        app_name: c.app_name.clone(),
-        src_user: c.src_user.clone(),
-        src_ip: c.src_ip.clone(),
+        app_name: c.meta.app_name.clone(),
+        src_user: c.meta.src_user.clone(),
+        src_ip: c.meta.src_ip.clone(),
         created_ms: c.created_ms,
         modified_ms: c.modified_ms,
     }
@@ -453,12 +445,12 @@ mod tests {
         ConfigCommand::Publish(Publish {
             key: k.clone(),
             content: content.into(),
-            kind: "text".into(),
-            app_name: String::new(),
-            desc: String::new(),
-            tags: String::new(),
-            src_user: "u".into(),
-            src_ip: "10.0.0.1".into(),
+            meta: ConfigMeta {
+                kind: "text".into(),
+                src_user: "u".into(),
+                src_ip: "10.0.0.1".into(),
+                ..ConfigMeta::default()
+            },
             time_ms: t,
             cas_md5: None,
         })

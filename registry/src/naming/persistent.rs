@@ -622,12 +622,11 @@ mod tests {
             crate::configs::Publish {
                 key: config.clone(),
                 content: "a: 1\n".into(),
-                kind: "yaml".into(),
-                app_name: String::new(),
-                desc: String::new(),
-                tags: String::new(),
-                src_user: String::new(),
-                src_ip: "10.0.0.1".into(),
+                meta: crate::configs::ConfigMeta {
+                    kind: "yaml".into(),
+                    src_ip: "10.0.0.1".into(),
+                    ..Default::default()
+                },
                 time_ms: 5,
                 cas_md5: None,
             },
