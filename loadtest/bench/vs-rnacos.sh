@@ -10,7 +10,8 @@
 # NACRE_BENCH_OUT (results dir), BENCH_DURATION (per round, default 10s), BENCH_ROUNDS (3),
 # BENCH_CONCURRENCY (32), BENCH_PORT_BASE (first of the loopback ports used, default 29000,
 # below the kernel's ephemeral range, where an outgoing connection could hold it),
-# NACRE_BIN (an already built nacre binary: skips the release build).
+# NACRE_BIN (an already built nacre binary: skips the release build), BENCH_PARTS (which parts
+# to run, default "naming memory harness config").
 # Needs: cargo, curl, python3; wrk for the harness-cost section (skipped if missing).
 set -euo pipefail
 
@@ -70,20 +71,33 @@ stop() { # pid
     wait "$1" 2>/dev/null || true
 }
 
+PARTS=" ${BENCH_PARTS:-naming memory harness config} "
+part() { [[ "$PARTS" == *" $1 "* ]]; }
+
 echo "nacre $NACRE_ADDR, r-nacos $RNACOS_ADDR; results in $OUT"
 start_nacre "$OUT/nacre-data"
 start_rnacos "$OUT/rnacos-data"
 COMMON=(--target "$NACRE_ADDR" --target-pid "$NACRE_PID" --compare "$RNACOS_ADDR"
     --compare-pid "$RNACOS_PID" --rounds "$ROUNDS" --duration "$DURATION"
     --concurrency "$CONC")
-run register "${COMMON[@]}" --scenario register --services 10 --instances-per-service 1000 --seed 101
-run list "${COMMON[@]}" --scenario list --services 10 --instances-per-service 100 --seed 102
-run beat "${COMMON[@]}" --scenario beat --services 10 --instances-per-service 100 --seed 103
+if part naming; then
+    run register "${COMMON[@]}" --scenario register --services 10 --instances-per-service 1000 --seed 101
+    run list "${COMMON[@]}" --scenario list --services 10 --instances-per-service 100 --seed 102
+    run beat "${COMMON[@]}" --scenario beat --services 10 --instances-per-service 100 --seed 103
+fi
+if part config; then
+    # Config center: 100 configs of 1 KiB; publishes closed-loop, reads closed-loop, and
+    # notification latency with 1,000 listeners while 100 publishes per second land.
+    run config-publish "${COMMON[@]}" --scenario config-publish --services 100 --config-bytes 1024 --seed 106
+    run config-get "${COMMON[@]}" --scenario config-get --services 100 --config-bytes 1024 --seed 107
+    run config-listen "${COMMON[@]}" --scenario config-listen --services 100 --config-bytes 1024 \
+        --listeners 1000 --rate 100 --seed 108
+fi
 stop "$NACRE_PID"
 stop "$RNACOS_PID"
 
 # Memory: a fresh process per server and size, so the baseline is an empty registry.
-for n in 10k 100k; do
+part memory && for n in 10k 100k; do
     per=$([ "$n" = 10k ] && echo 100 || echo 1000)
     start_nacre "$OUT/nacre-mem-$n"
     run "memory-$n-nacre" --target "$NACRE_ADDR" --target-pid "$NACRE_PID" --scenario memory \
@@ -97,7 +111,7 @@ for n in 10k 100k; do
 done
 
 # Harness cost per request against wrk's, same server, same beat request, alternating.
-if command -v wrk >/dev/null 2>&1; then
+if part harness && command -v wrk >/dev/null 2>&1; then
     start_nacre "$OUT/nacre-wrk"
     BEAT="http://$NACRE_ADDR/nacos/v1/ns/instance/beat?serviceName=lt105-svc00000&groupName=DEFAULT_GROUP&namespaceId=public&ip=127.0.0.1&port=8080&clusterName=DEFAULT"
     echo 'wrk.method = "PUT"' >"$OUT/beat.lua"
@@ -121,7 +135,7 @@ def load(name):
     return json.load(open(p)) if os.path.exists(p) else None
 print("| scenario | server | req/s | p50 ms | p99 ms | max ms | errors | server CPU-s | req per server CPU-s | peak RSS MiB |")
 print("|---|---|---|---|---|---|---|---|---|---|")
-for sc in ["register", "list", "beat"]:
+for sc in ["register", "list", "beat", "config-publish", "config-get", "config-listen"]:
     c = load(sc)
     if not c:
         continue
@@ -130,6 +144,10 @@ for sc in ["register", "list", "beat"]:
         print(f"| {sc} | {label} | {r['throughput_rps']:.0f} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | "
               f"{r['max_ms']:.2f} | {r['errors']} | {s.get('cpu_seconds', 0):.1f} | "
               f"{s.get('requests_per_cpu_second', 0):.0f} | {s.get('peak_rss_bytes', 0)/2**20:.1f} |")
+        for op in r.get("operations", []):
+            if sc == "config-listen":
+                print(f"| {sc} `{op['op']}` | {label} | {op.get('throughput_rps', 0):.0f} | {op['p50_ms']:.3f} | "
+                      f"{op['p99_ms']:.3f} | {op['max_ms']:.2f} | {op['errors']} | | | |")
     x = c["ratios"]
     print(f"| {sc} | r-nacos / nacre | x{x['throughput']:.2f} | x{x['p50']:.2f} | x{x['p99']:.2f} | x{x['max']:.2f} | | | "
           f"x{(x.get('server_requests_per_cpu_second') or 0):.2f} | |")

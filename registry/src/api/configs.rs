@@ -327,8 +327,8 @@ pub async fn listen(State(app): State<Arc<App>>, p: Params) -> Result<Response, 
     if listened.is_empty() {
         return Err(ApiError::bad_request("invalid Listening-Configs: no keys"));
     }
-    // Subscribe before the first comparison: a change applied in between still wakes us.
-    let mut rx = app.configs.subscribe();
+    // Register before the first comparison: a change applied in between still wakes us.
+    let interest = app.configs.interest(listened.iter().map(|l| l.key.clone()));
     let changed = |app: &App| -> Vec<Listened> {
         app.node.persistent().read(|st| {
             listened
@@ -343,7 +343,7 @@ pub async fn listen(State(app): State<Arc<App>>, p: Params) -> Result<Response, 
         let deadline = tokio::time::Instant::now() + hold;
         loop {
             tokio::select! {
-                moved = rx.changed() => if moved.is_err() { break },
+                _ = interest.changed() => {}
                 _ = tokio::time::sleep_until(deadline) => break,
                 _ = app.shutdown.cancelled() => break,
             }
@@ -353,6 +353,7 @@ pub async fn listen(State(app): State<Arc<App>>, p: Params) -> Result<Response, 
             }
         }
     }
+    drop(interest);
     let mut r = listen::reply(&now).into_response();
     set_headers(r.headers_mut(), "text/plain;charset=UTF-8", &NO_CACHE);
     Ok(r)

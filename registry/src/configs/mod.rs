@@ -24,7 +24,8 @@
 //! - **C6 — listeners.** A listened key has changed iff the stored md5 differs from the md5
 //!   the client sent (empty or `null` meaning "none"). A request lists at most
 //!   [`MAX_LISTENED`] keys of at most four fields each; the reply names changed keys with the
-//!   tenant exactly as the client sent it. *Tests:* `listen::tests::c6_*`.
+//!   tenant exactly as the client sent it. A change wakes the listeners of the changed keys
+//!   only. *Tests:* `listen::tests::c6_*`, `watch::tests::c6_*`.
 
 pub mod listen;
 pub mod model;

@@ -279,6 +279,12 @@ impl ConfigState {
         self.get(key).map_or(MISSING_MD5, |c| c.md5.as_str())
     }
 
+    /// The largest id handed out so far: history entries appended after a call have larger
+    /// ones (the store writes only those).
+    pub fn last_id(&self) -> u64 {
+        self.last_id
+    }
+
     /// Configs that exist.
     pub fn count(&self) -> usize {
         self.records

@@ -3,8 +3,10 @@
 //! One file, `<data_dir>/nacre.db`, holds both halves so a node has exactly one thing to back
 //! up and one fsync domain:
 //! - the log (`raft_log`) and its bookkeeping (`raft_kv`: vote, committed, last purged id);
-//! - the state machine: one row per persistent service, per namespace and per config (with its
-//!   history), plus `sm_kv` (the auth state, last applied id, last membership), all rewritten in the same transaction after each
+//! - the state machine: one row per persistent service, per namespace, per config and per
+//!   config history entry (appended, never rewritten: a publish writes its config and one
+//!   entry, not the whole history), plus `sm_kv` (the auth state, last applied id, last
+//!   membership), all rewritten in the same transaction after each
 //!   apply batch, so a crash never leaves a half-applied batch behind;
 //! - the latest snapshot (`sm_snapshot`), kept for followers that fell behind the purged log.
 //!
@@ -84,6 +86,15 @@ CREATE TABLE IF NOT EXISTS sm_config (
     data       TEXT NOT NULL,
     PRIMARY KEY (tenant, group_name, data_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sm_config_history (
+    nid        INTEGER PRIMARY KEY,
+    tenant     TEXT NOT NULL,
+    group_name TEXT NOT NULL,
+    data_id    TEXT NOT NULL,
+    data       TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sm_config_history_key
+    ON sm_config_history (tenant, group_name, data_id, nid);
 CREATE TABLE IF NOT EXISTS sm_namespace (
     id   TEXT PRIMARY KEY,
     data TEXT NOT NULL
@@ -542,23 +553,72 @@ fn touched(cmd: &Command) -> Touched<'_> {
     }
 }
 
-fn upsert_config(conn: &Connection, key: &ConfigKey, data: Option<&str>) -> Result<(), DbError> {
-    match data {
+/// The rows of one config after a batch: its current value (or none), the history entries
+/// appended in the batch, and the oldest entry still kept (older rows are deleted).
+struct ConfigRows {
+    key: ConfigKey,
+    current: Option<String>,
+    appended: Vec<(u64, String)>,
+    oldest_kept: Option<u64>,
+}
+
+fn write_config(conn: &Connection, rows: &ConfigRows) -> Result<(), DbError> {
+    let k = &rows.key;
+    match &rows.current {
         Some(json) => {
             conn.prepare_cached(
                 "INSERT OR REPLACE INTO sm_config (tenant, group_name, data_id, data)
                  VALUES (?1, ?2, ?3, ?4)",
             )?
-            .execute(params![key.tenant, key.group, key.data_id, json])?;
+            .execute(params![k.tenant, k.group, k.data_id, json])?;
         }
         None => {
             conn.prepare_cached(
                 "DELETE FROM sm_config WHERE tenant = ?1 AND group_name = ?2 AND data_id = ?3",
             )?
-            .execute(params![key.tenant, key.group, key.data_id])?;
+            .execute(params![k.tenant, k.group, k.data_id])?;
         }
     }
+    for (nid, json) in &rows.appended {
+        conn.prepare_cached(
+            "INSERT OR REPLACE INTO sm_config_history (nid, tenant, group_name, data_id, data)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![*nid as i64, k.tenant, k.group, k.data_id, json])?;
+    }
+    conn.prepare_cached(
+        "DELETE FROM sm_config_history
+         WHERE tenant = ?1 AND group_name = ?2 AND data_id = ?3 AND nid < ?4",
+    )?
+    .execute(params![
+        k.tenant,
+        k.group,
+        k.data_id,
+        rows.oldest_kept.map_or(i64::MAX, |n| n as i64)
+    ])?;
     Ok(())
+}
+
+/// The rows of config `key` in `state`, with the history entries newer than `mark`.
+fn config_rows(state: &PersistentState, key: &ConfigKey, mark: u64) -> Result<ConfigRows, DbError> {
+    let record = state.configs().record(key);
+    let current = record
+        .and_then(|r| r.current.as_ref())
+        .map(serde_json::to_string)
+        .transpose()?;
+    let history = record.map(|r| &r.history);
+    let appended = history
+        .into_iter()
+        .flatten()
+        .filter(|h| h.nid > mark)
+        .map(|h| Ok((h.nid, serde_json::to_string(h)?)))
+        .collect::<Result<Vec<_>, DbError>>()?;
+    Ok(ConfigRows {
+        key: key.clone(),
+        current,
+        appended,
+        oldest_kept: history.and_then(|h| h.front()).map(|h| h.nid),
+    })
 }
 
 fn upsert_service(conn: &Connection, key: &ServiceKey, data: Option<&str>) -> Result<(), DbError> {
@@ -617,6 +677,7 @@ fn apply_batch(
     let mut auth_touched = false;
 
     let mut state = shared.state.write();
+    let config_mark = state.configs().last_id();
     let applied = {
         let mut applied = shared.applied.lock();
         for entry in &entries {
@@ -664,15 +725,10 @@ fn apply_batch(
             .transpose()?;
         namespace_rows.push((id, data));
     }
-    let mut config_rows = Vec::with_capacity(configs.len());
-    for key in &configs {
-        let data = state
-            .configs()
-            .record(key)
-            .map(serde_json::to_string)
-            .transpose()?;
-        config_rows.push((key.clone(), data));
-    }
+    let config_rows = configs
+        .iter()
+        .map(|key| config_rows(&state, key, config_mark))
+        .collect::<Result<Vec<_>, DbError>>()?;
     // The auth state is small (users, roles, permissions): stored whole.
     let auth_row = auth_touched.then(|| state.auth().clone());
     drop(state);
@@ -685,8 +741,8 @@ fn apply_batch(
     for (id, data) in &namespace_rows {
         upsert_namespace(&tx, id, data.as_deref())?;
     }
-    for (key, data) in &config_rows {
-        upsert_config(&tx, key, data.as_deref())?;
+    for rows in &config_rows {
+        write_config(&tx, rows)?;
     }
     if let Some(auth) = &auth_row {
         kv_put(&tx, SM_KV, KEY_AUTH, auth)?;
@@ -864,8 +920,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 tx.execute("DELETE FROM sm_service", [])?;
                 tx.execute("DELETE FROM sm_namespace", [])?;
                 tx.execute("DELETE FROM sm_config", [])?;
-                for (key, record) in new_state.configs().records() {
-                    upsert_config(&tx, key, Some(&serde_json::to_string(record)?))?;
+                tx.execute("DELETE FROM sm_config_history", [])?;
+                for (key, _) in new_state.configs().records() {
+                    write_config(&tx, &config_rows(&new_state, key, 0)?)?;
                 }
                 for (key, svc) in new_state.services() {
                     upsert_service(&tx, key, Some(&serde_json::to_string(svc)?))?;
@@ -965,24 +1022,35 @@ fn load_all(conn: &mut Connection) -> Result<Loaded, DbError> {
             namespaces.push(serde_json::from_str::<Namespace>(&row?)?);
         }
     }
-    let mut configs = Vec::new();
+    let mut configs: std::collections::BTreeMap<ConfigKey, ConfigRecord> = Default::default();
+    let config_key = |r: &rusqlite::Row<'_>| -> rusqlite::Result<ConfigKey> {
+        Ok(ConfigKey {
+            tenant: r.get(0)?,
+            group: r.get(1)?,
+            data_id: r.get(2)?,
+        })
+    };
     {
         let mut stmt = conn.prepare("SELECT tenant, group_name, data_id, data FROM sm_config")?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                ConfigKey {
-                    tenant: r.get(0)?,
-                    group: r.get(1)?,
-                    data_id: r.get(2)?,
-                },
-                r.get::<_, String>(3)?,
-            ))
-        })?;
+        let rows = stmt.query_map([], |r| Ok((config_key(r)?, r.get::<_, String>(3)?)))?;
         for row in rows {
             let (key, data) = row?;
-            configs.push((key, serde_json::from_str::<ConfigRecord>(&data)?));
+            configs.entry(key).or_default().current = Some(serde_json::from_str(&data)?);
+        }
+        let mut stmt = conn.prepare(
+            "SELECT tenant, group_name, data_id, data FROM sm_config_history ORDER BY nid",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((config_key(r)?, r.get::<_, String>(3)?)))?;
+        for row in rows {
+            let (key, data) = row?;
+            configs
+                .entry(key)
+                .or_default()
+                .history
+                .push_back(serde_json::from_str(&data)?);
         }
     }
+    let configs: Vec<_> = configs.into_iter().collect();
     let state = PersistentState::from_snapshot(PersistentSnapshot {
         services,
         namespaces,
@@ -1185,5 +1253,86 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(*dst.state.read(), *src.state.read());
+    }
+
+    fn publish(data_id: &str, content: &str, t: u64) -> Command {
+        Command::Config(crate::configs::ConfigCommand::Publish(
+            crate::configs::Publish {
+                key: ConfigKey::new(data_id, "G", None).unwrap(),
+                content: content.into(),
+                meta: Default::default(),
+                time_ms: t,
+                cas_md5: None,
+            },
+        ))
+    }
+
+    /// Configs and their history come back from their rows: each publish appended one history
+    /// row, evicted entries' rows are gone, and a config deleted keeps its history.
+    #[tokio::test]
+    async fn config_rows_and_history_rows_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        let changed = Arc::new(Mutex::new(Vec::new()));
+        let changed2 = changed.clone();
+        let n = crate::configs::HISTORY_KEPT as u64 + 5;
+        let before = {
+            let mut s = open(
+                &path,
+                Arc::new(move |_: &[ServiceKey], c: &[ConfigKey]| {
+                    changed2.lock().extend_from_slice(c)
+                }),
+            )
+            .await
+            .unwrap();
+            // One batch per publish, as commits arrive.
+            for i in 1..=n {
+                s.state_machine
+                    .apply([entry(1, i, publish("app", &format!("v{i}"), i))])
+                    .await
+                    .unwrap();
+            }
+            s.state_machine
+                .apply([
+                    entry(1, n + 1, publish("gone", "x", n + 1)),
+                    entry(
+                        1,
+                        n + 2,
+                        Command::Config(crate::configs::ConfigCommand::Delete {
+                            targets: vec![(ConfigKey::new("gone", "G", None).unwrap(), None)],
+                            src_user: String::new(),
+                            src_ip: String::new(),
+                            time_ms: n + 2,
+                        }),
+                    ),
+                ])
+                .await
+                .unwrap();
+            let st = s.state.read().clone();
+            st
+        };
+        assert_eq!(
+            changed.lock().len() as u64,
+            n + 1,
+            "each batch reports its configs"
+        );
+        let history_rows: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT count(*) FROM sm_config_history", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(history_rows, crate::configs::HISTORY_KEPT as i64 + 2);
+        let s = open(&path, Arc::new(|_: &[ServiceKey], _: &[ConfigKey]| {}))
+            .await
+            .unwrap();
+        assert_eq!(*s.state.read(), before);
+        let st = s.state.read();
+        let app = ConfigKey::new("app", "G", None).unwrap();
+        assert_eq!(st.configs().get(&app).unwrap().content, format!("v{n}"));
+        let gone = st
+            .configs()
+            .record(&ConfigKey::new("gone", "G", None).unwrap())
+            .unwrap();
+        assert!(gone.current.is_none());
+        assert_eq!(gone.history.len(), 2);
     }
 }
