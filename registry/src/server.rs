@@ -242,6 +242,45 @@ async fn distro_loop(node: Arc<Node>, verify_every: Duration, stop: Cancellation
     }
 }
 
+/// Every background task of a node: one stop token, and the handles awaited at shutdown.
+struct Tasks {
+    stop: CancellationToken,
+    handles: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Tasks {
+    fn new() -> Self {
+        Self {
+            stop: CancellationToken::new(),
+            handles: Vec::new(),
+        }
+    }
+
+    /// Spawns `f` in the caller's span and keeps its handle.
+    fn spawn(&mut self, f: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.handles.push(spawn_in_span(f));
+    }
+
+    /// Cancels every task and waits up to 3 s for them, then aborts the rest.
+    async fn stop(self) {
+        self.stop.cancel();
+        let aborts: Vec<_> = self.handles.iter().map(|h| h.abort_handle()).collect();
+        if tokio::time::timeout(
+            Duration::from_secs(3),
+            futures::future::join_all(self.handles),
+        )
+        .await
+        .is_err()
+        {
+            tracing::warn!("background tasks did not stop in time; aborting them");
+            for a in aborts {
+                a.abort();
+            }
+        }
+        tracing::debug!("background tasks stopped");
+    }
+}
+
 /// Runs a registry node on `listener` until `shutdown` fires.
 pub async fn run(
     listener: TcpListener,
@@ -252,105 +291,210 @@ pub async fn run(
     let local = listener.local_addr().map_err(ServeError::Http)?;
     // The listener may have been bound to port 0: advertise what was actually bound.
     settings.listen = local;
+    let secret = prepare_data_dir(&settings).await?;
+    let metrics = Metrics::new()?;
+    let push = bind_push(&settings, &metrics).await?;
+    let mut tasks = Tasks::new();
+    let (membership, distro, discovery) =
+        start_distro(&settings, &secret, &metrics, &tasks.stop).await?;
+    let changes = Arc::new(crate::changes::Changes::new());
+    let config_watch = crate::configs::watch::ConfigWatch::new();
+    let persistent = start_raft(
+        &settings,
+        &secret,
+        &metrics,
+        &membership,
+        on_change(changes.clone(), push.clone(), config_watch.clone()),
+    )
+    .await?;
+    let node = Arc::new(Node::new(
+        settings.clone(),
+        distro,
+        persistent.clone(),
+        push.clone(),
+        metrics,
+        Clock::new(),
+        changes,
+    ));
+    if let Some(discovery) = &discovery {
+        spawn_cluster_tasks(&mut tasks, &node, &membership, discovery, &persistent);
+    }
+    spawn_node_tasks(&mut tasks, &node, &persistent, push.as_ref());
+    let app = Arc::new(App {
+        node: node.clone(),
+        secret: secret.clone(),
+        lists: api::list_cache::ListCache::new(settings.list_cache_bytes),
+        shutdown: shutdown.clone(),
+        login_throttle: crate::auth::throttle::LoginThrottle::default(),
+        verified: crate::auth::password::Verified::default(),
+        configs: config_watch,
+    });
+    let router = api::router(app, persistent.router());
+    tracing::info!(listen = %local, advertise = %settings.advertised(), data = %settings.data_dir.display(), "registry node serving");
+    let served = serve(listener, router, &settings, shutdown.clone());
+    if discovery.is_some() {
+        // Serve first (peers probe us and fetch our snapshot too), then load peers' data;
+        // the node reports ready only once this is done.
+        tasks.spawn(load_peer_snapshot(node.clone(), tasks.stop.clone()));
+    }
+    let grace = Duration::from_millis(settings.shutdown_grace_ms);
+    let result = tokio::select! {
+        r = served => r.map_err(|e| ServeError::Http(std::io::Error::other(e))).and_then(|r| r.map_err(ServeError::Http)),
+        _ = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!("shutdown grace period elapsed with requests still in flight");
+            Ok(())
+        }
+    };
+    tracing::info!("http server stopped; stopping background tasks");
+    tasks.stop().await;
+    stop_cluster_parts(&node, discovery).await;
+    tracing::info!("stopping raft");
+    persistent.shutdown().await;
+    tracing::info!("registry node stopped");
+    result
+}
+
+/// Creates the data directory and reads (or creates) the cluster secret, off the async
+/// workers.
+async fn prepare_data_dir(settings: &RegistrySettings) -> Result<String, ServeError> {
     let dir = settings.data_dir.clone();
     tokio::task::spawn_blocking(move || std::fs::create_dir_all(&dir))
         .await
         .map_err(|e| data_err(&settings.data_dir, std::io::Error::other(e)))?
         .map_err(|e| data_err(&settings.data_dir, e))?;
-    let secret = {
-        let s = settings.clone();
-        tokio::task::spawn_blocking(move || cluster_secret(&s))
-            .await
-            .map_err(|e| data_err(&settings.data_dir, std::io::Error::other(e)))??
-    };
+    let s = settings.clone();
+    tokio::task::spawn_blocking(move || cluster_secret(&s))
+        .await
+        .map_err(|e| data_err(&settings.data_dir, std::io::Error::other(e)))?
+}
 
-    let metrics = Metrics::new()?;
-    let push = if settings.push.enabled {
-        let pm = PushMetrics::new(metrics.registry())?;
-        let hub = PushHub::bind(push_settings(&settings), pm)
-            .await
-            .map_err(|source| ServeError::Push {
-                addr: settings.push.bind,
-                source,
-            })?;
-        Some(hub)
-    } else {
-        None
-    };
-
-    let tasks = CancellationToken::new();
-    let mut handles = Vec::new();
-    let advertised = settings.advertised();
-
-    // Membership and Distro: trivial when standalone, discovery-driven otherwise.
-    let (membership, distro, discovery) = if settings.standalone {
-        let m = Arc::new(Membership::standalone(advertised.clone()));
-        let store = Arc::new(crate::distro::EphemeralStore::with_empty_ttl(
-            settings.empty_service_ttl_ms,
-        ));
-        (m.clone(), Distro::standalone(store, m), None)
-    } else {
-        let c = &settings.cluster;
-        let source = c.source()?.ok_or_else(|| {
-            ServeError::Config(nacre_config::ConfigError::Invalid {
-                key: "cluster".into(),
-                value: "no member source".into(),
-                reason: "a clustered node needs a member source".into(),
-            })
-        })?;
-        let discovery = nacre_config::members::Discovery::start(
+/// The UDP push socket, when push is on.
+async fn bind_push(
+    settings: &RegistrySettings,
+    metrics: &Metrics,
+) -> Result<Option<Arc<PushHub>>, ServeError> {
+    if !settings.push.enabled {
+        return Ok(None);
+    }
+    let pm = PushMetrics::new(metrics.registry())?;
+    PushHub::bind(push_settings(settings), pm)
+        .await
+        .map(Some)
+        .map_err(|source| ServeError::Push {
+            addr: settings.push.bind,
             source,
-            Duration::from_millis(c.discovery_interval_ms),
-            tasks.clone(),
-        )
-        .await?;
-        let m = Arc::new(Membership::clustered(
-            advertised.clone(),
-            &discovery.current(),
-            metrics.registry(),
-        )?);
-        let client = PeerClient::new(&secret).map_err(ServeError::Peer)?;
-        let store = Arc::new(crate::distro::EphemeralStore::with_empty_ttl(
-            settings.empty_service_ttl_ms,
-        ));
-        let distro_settings = DistroSettings {
-            sync: SyncSettings {
-                batch_window: Duration::from_millis(c.sync_batch_ms),
-                queue_capacity: c.sync_queue_capacity,
-                ..SyncSettings::default()
-            },
-            verify_interval: Duration::from_millis(c.verify_interval_ms),
-            expected_members: c
-                .bootstrap_expect
-                .unwrap_or_else(|| discovery.current().len())
-                .max(1),
-            ..DistroSettings::default()
-        };
-        let replicator = Arc::new(Replicator::new(
-            advertised.clone(),
-            store.clone(),
-            client.clone(),
-            distro_settings.sync,
-            DistroMetrics::new(metrics.registry())?,
-            tasks.child_token(),
-        ));
-        replicator.set_peers(&m.peers());
-        let distro = Distro::clustered(
-            store,
-            m.clone(),
-            DistroCluster {
-                replicator,
-                client,
-                settings: distro_settings,
-            },
-        );
-        (m, distro, Some(discovery))
-    };
+        })
+}
 
+/// Membership and Distro: trivial when standalone, discovery-driven otherwise.
+async fn start_distro(
+    settings: &RegistrySettings,
+    secret: &str,
+    metrics: &Metrics,
+    stop: &CancellationToken,
+) -> Result<
+    (
+        Arc<Membership>,
+        Distro,
+        Option<nacre_config::members::Discovery>,
+    ),
+    ServeError,
+> {
+    let advertised = settings.advertised();
+    let store = Arc::new(crate::distro::EphemeralStore::with_empty_ttl(
+        settings.empty_service_ttl_ms,
+    ));
+    if settings.standalone {
+        let m = Arc::new(Membership::standalone(advertised));
+        return Ok((m.clone(), Distro::standalone(store, m), None));
+    }
+    let c = &settings.cluster;
+    let source = c.source()?.ok_or_else(|| {
+        ServeError::Config(nacre_config::ConfigError::Invalid {
+            key: "cluster".into(),
+            value: "no member source".into(),
+            reason: "a clustered node needs a member source".into(),
+        })
+    })?;
+    let discovery = nacre_config::members::Discovery::start(
+        source,
+        Duration::from_millis(c.discovery_interval_ms),
+        stop.clone(),
+    )
+    .await?;
+    let m = Arc::new(Membership::clustered(
+        advertised.clone(),
+        &discovery.current(),
+        metrics.registry(),
+    )?);
+    let client = PeerClient::new(secret).map_err(ServeError::Peer)?;
+    let distro_settings = DistroSettings {
+        sync: SyncSettings {
+            batch_window: Duration::from_millis(c.sync_batch_ms),
+            queue_capacity: c.sync_queue_capacity,
+            ..SyncSettings::default()
+        },
+        verify_interval: Duration::from_millis(c.verify_interval_ms),
+        expected_members: c
+            .bootstrap_expect
+            .unwrap_or_else(|| discovery.current().len())
+            .max(1),
+        ..DistroSettings::default()
+    };
+    let replicator = Arc::new(Replicator::new(
+        advertised,
+        store.clone(),
+        client.clone(),
+        distro_settings.sync,
+        DistroMetrics::new(metrics.registry())?,
+        stop.child_token(),
+    ));
+    replicator.set_peers(&m.peers());
+    let distro = Distro::clustered(
+        store,
+        m.clone(),
+        DistroCluster {
+            replicator,
+            client,
+            settings: distro_settings,
+        },
+    );
+    Ok((m, distro, Some(discovery)))
+}
+
+/// What every Raft apply notifies: the change generations (caches, the gateways' feed), push
+/// subscribers of the changed services, and parked config listeners.
+fn on_change(
+    changes: Arc<crate::changes::Changes>,
+    push: Option<Arc<PushHub>>,
+    configs: crate::configs::watch::ConfigWatch,
+) -> crate::raft::ChangeCallback {
+    Arc::new(move |keys, changed_configs| {
+        configs.changed(changed_configs);
+        for k in keys {
+            changes.bump(k);
+            if let Some(h) = &push {
+                h.service_changed(k);
+            }
+        }
+    })
+}
+
+/// The Raft store, its timers and snapshot policy from the settings.
+async fn start_raft(
+    settings: &RegistrySettings,
+    secret: &str,
+    metrics: &Metrics,
+    membership: &Arc<Membership>,
+    on_change: crate::raft::ChangeCallback,
+) -> Result<PersistentStore, ServeError> {
     let mut raft_settings = RaftSettings::new(
         settings.data_dir.clone(),
-        advertised.clone(),
-        secret.clone(),
+        settings.advertised(),
+        secret.to_string(),
         settings.standalone,
     );
     raft_settings.apply_latency = Some(metrics.raft_apply.clone());
@@ -361,160 +505,156 @@ pub async fn run(
         let membership = membership.clone();
         crate::raft::network::Locator::new(move |id| membership.locate(id))
     };
-    let changes = Arc::new(crate::changes::Changes::new());
-    let hub_for_changes = push.clone();
-    let changes_for_raft = changes.clone();
-    let config_watch = crate::configs::watch::ConfigWatch::new();
-    let watch_for_raft = config_watch.clone();
-    let on_change: crate::raft::ChangeCallback = Arc::new(move |keys, configs| {
-        if !configs.is_empty() {
-            watch_for_raft.changed(configs);
-        }
-        for k in keys {
-            changes_for_raft.bump(k);
-            if let Some(h) = &hub_for_changes {
-                h.service_changed(k);
-            }
-        }
-    });
-    let persistent = PersistentStore::start(raft_settings, on_change).await?;
+    Ok(PersistentStore::start(raft_settings, on_change).await?)
+}
 
-    let node = Arc::new(Node::new(
-        settings.clone(),
-        distro,
-        persistent.clone(),
-        push.clone(),
-        metrics,
-        Clock::new(),
-        changes,
+/// A clustered node's tasks: member probes, Raft membership reconciliation, Distro sync and
+/// verify.
+fn spawn_cluster_tasks(
+    tasks: &mut Tasks,
+    node: &Arc<Node>,
+    membership: &Arc<Membership>,
+    discovery: &nacre_config::members::Discovery,
+    persistent: &PersistentStore,
+) {
+    let Some(distro) = node.distro().cluster() else {
+        return;
+    };
+    let c = &node.settings().cluster;
+    tasks.spawn(crate::membership::run(
+        membership.clone(),
+        discovery.subscribe(),
+        distro.client.clone(),
+        ProbeSettings {
+            interval: Duration::from_millis(c.probe_interval_ms),
+            timeout: Duration::from_millis(c.probe_timeout_ms),
+            down_after: c.down_after,
+        },
+        tasks.stop.clone(),
     ));
+    let expect = c
+        .bootstrap_expect
+        .unwrap_or_else(|| discovery.current().len());
+    tasks.spawn(crate::raft::cluster::run(
+        persistent.clone(),
+        membership.clone(),
+        expect,
+        Duration::from_millis(c.raft_membership_interval_ms),
+        tasks.stop.clone(),
+    ));
+    tasks.spawn(distro_loop(
+        node.clone(),
+        Duration::from_millis(c.verify_interval_ms),
+        tasks.stop.clone(),
+    ));
+}
 
-    if let (Some(discovery), Some(distro)) = (&discovery, node.distro().cluster()) {
-        let c = &settings.cluster;
-        handles.push(spawn_in_span(crate::membership::run(
-            membership.clone(),
-            discovery.subscribe(),
-            distro.client.clone(),
-            ProbeSettings {
-                interval: Duration::from_millis(c.probe_interval_ms),
-                timeout: Duration::from_millis(c.probe_timeout_ms),
-                down_after: c.down_after,
-            },
-            tasks.clone(),
-        )));
-        let expect = c
-            .bootstrap_expect
-            .unwrap_or_else(|| discovery.current().len());
-        handles.push(spawn_in_span(crate::raft::cluster::run(
-            persistent.clone(),
-            membership.clone(),
-            expect,
-            Duration::from_millis(c.raft_membership_interval_ms),
-            tasks.clone(),
-        )));
-        handles.push(spawn_in_span(distro_loop(
-            node.clone(),
-            Duration::from_millis(c.verify_interval_ms),
-            tasks.clone(),
-        )));
-    }
-
-    // Readiness waits for a read-index barrier (see `PersistentStore::catch_up`): a restarted
-    // node must not serve persistent data from before its crash as current.
-    let catcher = persistent.clone();
-    let stop = tasks.clone();
-    handles.push(spawn_in_span(async move {
-        loop {
-            if catcher.catch_up(Duration::from_secs(5)).await {
-                tracing::info!("persistent state caught up with the leader");
-                break;
-            }
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-            }
-        }
-    }));
-
-    let sweeper = node.clone();
-    let stop = tasks.clone();
-    let every = Duration::from_millis(settings.expiry_interval_ms);
-    handles.push(spawn_in_span(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut prune = tokio::time::interval(CHANGES_PRUNE_INTERVAL);
-        prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = tick.tick() => {
-                    // A walk over every service: off the async workers.
-                    let node = sweeper.clone();
-                    if let Err(e) = tokio::task::spawn_blocking(move || node.sweep()).await {
-                        tracing::warn!(error = %e, "expiry sweep task failed");
-                    }
-                }
-                _ = prune.tick() => {
-                    let dropped = sweeper.prune_changes();
-                    if dropped > 0 {
-                        tracing::debug!(dropped, "forgot change generations of removed services");
-                    }
-                }
-            }
-        }
-    }));
-
-    handles.push(spawn_in_span(crate::health::run(
+/// Every node's tasks: the read-index catch-up, the expiry sweep, health checks, pushes and
+/// (with auth on) the first administrator.
+fn spawn_node_tasks(
+    tasks: &mut Tasks,
+    node: &Arc<Node>,
+    persistent: &PersistentStore,
+    push: Option<&Arc<PushHub>>,
+) {
+    let settings = node.settings();
+    tasks.spawn(catch_up(persistent.clone(), tasks.stop.clone()));
+    tasks.spawn(sweep(
+        node.clone(),
+        Duration::from_millis(settings.expiry_interval_ms),
+        tasks.stop.clone(),
+    ));
+    tasks.spawn(crate::health::run(
         node.clone(),
         Duration::from_millis(settings.health_check_interval_ms),
         Duration::from_millis(settings.health_check_timeout_ms),
-        tasks.clone(),
-    )));
-
-    if let Some(hub) = &push {
-        let weak = Arc::downgrade(&node);
-        let cache_millis = settings.push_cache_millis;
-        let renderer: Renderer = Arc::new(move |sub| {
-            let node = weak.upgrade()?;
-            let view = node.view(&sub.key)?;
-            let agent = api::agent::ClientInfo::parse(&sub.agent);
-            Some(render::list_json(
-                &sub.key,
-                Some(&view),
-                render::ListOptions {
-                    clusters: &sub.clusters,
-                    healthy_only: false,
-                    grouped_dom: agent.is_modern_java(),
-                    cache_millis,
-                    env: "",
-                    now_ms: node.now_ms(),
-                },
-            ))
-        });
-        handles.push(spawn_in_span(hub.clone().run(renderer, tasks.clone())));
+        tasks.stop.clone(),
+    ));
+    if let Some(hub) = push {
+        tasks.spawn(hub.clone().run(push_renderer(node), tasks.stop.clone()));
     }
-
-    let app = Arc::new(App {
-        node: node.clone(),
-        secret: secret.clone(),
-        lists: api::list_cache::ListCache::new(settings.list_cache_bytes),
-        shutdown: shutdown.clone(),
-        login_throttle: crate::auth::throttle::LoginThrottle::default(),
-        verified: crate::auth::password::Verified::default(),
-        configs: config_watch,
-    });
     if settings.auth.enabled {
-        handles.push(spawn_in_span(bootstrap_auth(
+        tasks.spawn(bootstrap_auth(
             node.clone(),
             settings.auth.admin_password.clone(),
-            tasks.clone(),
-        )));
+            tasks.stop.clone(),
+        ));
     }
-    let router = api::router(app, persistent.router());
-    tracing::info!(listen = %local, advertise = %settings.advertised(), data = %settings.data_dir.display(), "registry node serving");
+}
 
-    let grace = Duration::from_millis(settings.shutdown_grace_ms);
-    let drain = shutdown.clone();
+/// Readiness waits for a read-index barrier (see `PersistentStore::catch_up`): a restarted
+/// node must not serve persistent data from before its crash as current.
+async fn catch_up(persistent: PersistentStore, stop: CancellationToken) {
+    loop {
+        if persistent.catch_up(Duration::from_secs(5)).await {
+            tracing::info!("persistent state caught up with the leader");
+            break;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    }
+}
+
+/// The expiry sweep every `every`, and now and then the pruning of change generations.
+async fn sweep(node: Arc<Node>, every: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut prune = tokio::time::interval(CHANGES_PRUNE_INTERVAL);
+    prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {
+                // A walk over every service: off the async workers.
+                let node = node.clone();
+                if let Err(e) = tokio::task::spawn_blocking(move || node.sweep()).await {
+                    tracing::warn!(error = %e, "expiry sweep task failed");
+                }
+            }
+            _ = prune.tick() => {
+                let dropped = node.prune_changes();
+                if dropped > 0 {
+                    tracing::debug!(dropped, "forgot change generations of removed services");
+                }
+            }
+        }
+    }
+}
+
+/// Renders a subscriber's push packet from the node's current view (holds the node weakly:
+/// the push task must not keep a stopped node alive).
+fn push_renderer(node: &Arc<Node>) -> Renderer {
+    let weak = Arc::downgrade(node);
+    let cache_millis = node.settings().push_cache_millis;
+    Arc::new(move |sub| {
+        let node = weak.upgrade()?;
+        let view = node.view(&sub.key)?;
+        let agent = api::agent::ClientInfo::parse(&sub.agent);
+        Some(render::list_json(
+            &sub.key,
+            Some(&view),
+            render::ListOptions {
+                clusters: &sub.clusters,
+                healthy_only: false,
+                grouped_dom: agent.is_modern_java(),
+                cache_millis,
+                env: "",
+                now_ms: node.now_ms(),
+            },
+        ))
+    })
+}
+
+/// Serves `router` on `listener` (bounded, with the peer reserve) until `shutdown`, then
+/// drains.
+fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    settings: &RegistrySettings,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
     let server = axum::serve(
         crate::listener::BoundedListener::new(
             listener,
@@ -526,48 +666,24 @@ pub async fn run(
         ),
         router.into_make_service_with_connect_info::<crate::listener::PeerAddr>(),
     )
-    .with_graceful_shutdown(async move { drain.cancelled().await });
-    let served = spawn_in_span(async move { server.await });
-    if discovery.is_some() {
-        // Serve first (peers probe us and fetch our snapshot too), then load peers' data;
-        // the node reports ready only once this is done.
-        let loader = node.clone();
-        let stop = tasks.clone();
-        handles.push(spawn_in_span(async move {
-            let clock = loader.clone();
-            if let Some(n) = loader
-                .distro()
-                .load_snapshot(move || clock.now_ms(), &stop)
-                .await
-            {
-                tracing::info!(services = n, "distro start-up load done");
-            }
-        }));
-    }
-    let result = tokio::select! {
-        r = served => r.map_err(|e| ServeError::Http(std::io::Error::other(e))).and_then(|r| r.map_err(ServeError::Http)),
-        _ = async {
-            shutdown.cancelled().await;
-            tokio::time::sleep(grace).await;
-        } => {
-            tracing::warn!("shutdown grace period elapsed with requests still in flight");
-            Ok(())
-        }
-    };
+    .with_graceful_shutdown(async move { shutdown.cancelled().await });
+    spawn_in_span(async move { server.await })
+}
 
-    tracing::info!("http server stopped; stopping background tasks");
-    tasks.cancel();
-    let aborts: Vec<_> = handles.iter().map(|h| h.abort_handle()).collect();
-    if tokio::time::timeout(Duration::from_secs(3), futures::future::join_all(handles))
+/// The Distro start-up load: peers' ephemeral data, before the node reports ready.
+async fn load_peer_snapshot(node: Arc<Node>, stop: CancellationToken) {
+    let clock = node.clone();
+    if let Some(n) = node
+        .distro()
+        .load_snapshot(move || clock.now_ms(), &stop)
         .await
-        .is_err()
     {
-        tracing::warn!("background tasks did not stop in time; aborting them");
-        for a in aborts {
-            a.abort();
-        }
+        tracing::info!(services = n, "distro start-up load done");
     }
-    tracing::debug!("background tasks stopped");
+}
+
+/// After the tasks: the Distro sync workers and member discovery.
+async fn stop_cluster_parts(node: &Node, discovery: Option<nacre_config::members::Discovery>) {
     if let Some(c) = node.distro().cluster() {
         c.replicator.stopped().await;
         tracing::debug!("distro sync workers stopped");
@@ -581,10 +697,6 @@ pub async fn run(
         }
         tracing::debug!("member discovery stopped");
     }
-    tracing::info!("stopping raft");
-    persistent.shutdown().await;
-    tracing::info!("registry node stopped");
-    result
 }
 
 #[cfg(test)]
