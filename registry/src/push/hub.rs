@@ -565,36 +565,42 @@ mod tests {
         let t0 = tokio::time::Instant::now();
         let sub = subscriber("orders", client.local_addr().expect("addr"));
         hub.subscribe(sub.clone(), now());
-        // Three changes within the window: one push, 1 s after the first change.
+        // A first change is pushed at once; two more within the window merge into one push
+        // at its end, 1 s after the first push.
         hub.service_changed(&key("orders"));
+        let (first, _, _) = recv_push(&client).await;
+        assert_eq!(t0.elapsed(), Duration::ZERO);
         tokio::time::sleep(Duration::from_millis(300)).await;
         hub.service_changed(&key("orders"));
         hub.service_changed(&key("orders"));
-
-        let (first, _, _) = recv_push(&client).await;
-        assert_eq!(t0.elapsed(), Duration::from_millis(1000));
         let (second, _, _) = recv_push(&client).await;
-        assert_eq!(first, second);
-        assert_eq!(t0.elapsed(), Duration::from_millis(11_000));
+        assert_ne!(first, second, "a new push");
+        assert_eq!(t0.elapsed(), Duration::from_millis(1000));
         assert_eq!(
             hub.state(),
             PushState {
                 succeed: 0,
-                total: 1,
+                total: 2,
                 failed: 0
             }
         );
+        // Unacked: the first, superseded by the second, is not resent and fails at 10 s; the
+        // second is resent once, 10 s after it was sent.
+        let (resent, _, _) = recv_push(&client).await;
+        assert_eq!(resent, second);
+        assert_eq!(t0.elapsed(), Duration::from_millis(11_000));
+        assert_eq!(hub.state().failed, 1);
 
-        // Failed 10 s after the second send, not before.
+        // The second fails 10 s after its resend, not before.
         tokio::time::sleep_until(t0 + Duration::from_millis(20_999)).await;
-        assert_eq!(hub.state().failed, 0);
+        assert_eq!(hub.state().failed, 1);
         tokio::time::sleep_until(t0 + Duration::from_millis(21_001)).await;
         assert_eq!(
             hub.state(),
             PushState {
                 succeed: 0,
-                total: 1,
-                failed: 1
+                total: 2,
+                failed: 2
             }
         );
         assert!(no_datagram_within(&client, Duration::from_secs(30)).await);
