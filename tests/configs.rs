@@ -510,3 +510,52 @@ async fn a_listener_through_the_gateway_fires_on_a_publish_made_on_a_node() {
         t.elapsed()
     );
 }
+
+/// A gateway killed mid-poll and started again loses no notification: the held poll breaks,
+/// the publish lands meanwhile, and the client's next poll (with the md5 it still holds) is
+/// answered at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_restarted_mid_poll_loses_no_notification() {
+    let root = tempfile::tempdir().unwrap();
+    let mut c = TestCluster::start(bin(), root.path(), ClusterOptions::new(3).fast()).unwrap();
+    c.wait_ready(READY).unwrap();
+    let mut gw = GatewayProcess::in_front_of(
+        bin(),
+        &c,
+        &root.path().join("gw"),
+        nacre_testkit::free_loopback_addr().unwrap(),
+        &[],
+    )
+    .unwrap();
+    gw.wait_ready(3, READY).unwrap();
+    let through = Api::new(gw.addr());
+    assert_eq!(
+        through.publish_config("rs", "G", None, "v1").await.body,
+        "true"
+    );
+    let held = entry("rs", "G", &md5_hex("v1"), "");
+    let parked = {
+        let a = through.clone();
+        let held = held.clone();
+        tokio::spawn(async move { a.listen_configs(&held, Some(30_000)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    gw.kill9().unwrap();
+    let broken = parked.await.unwrap();
+    assert_ne!(
+        broken.status, 200,
+        "the held poll cannot answer: {broken:?}"
+    );
+    let direct = Api::new(c.node(0).addr());
+    assert_eq!(
+        direct.publish_config("rs", "G", None, "v2").await.body,
+        "true"
+    );
+    gw.restart().unwrap();
+    gw.wait_ready(3, READY).unwrap();
+    let t = Instant::now();
+    let r = through.listen_configs(&held, Some(30_000)).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "rs%02G%01\n"), "{r:?}");
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert_eq!(through.config("rs", "G", None).await.body, "v2");
+}

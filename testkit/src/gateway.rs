@@ -103,6 +103,15 @@ impl GatewayProcess {
         Ok(())
     }
 
+    /// Starts the gateway again, same address and arguments (after [`Self::kill9`] or
+    /// [`Self::terminate`]). Does not wait for readiness.
+    pub fn restart(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            anyhow::bail!("the gateway is still running");
+        }
+        self.spawn()
+    }
+
     /// The listen address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
