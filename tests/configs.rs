@@ -186,6 +186,10 @@ async fn listeners_fire_on_create_change_and_delete_and_echo_the_tenant() {
     );
     let (r, took) = parked.await.unwrap();
     assert_eq!(r.body, "later%02G%01\n", "{r:?}");
+    assert_eq!(
+        api.metric("nacre_config{field=\"parked_listeners\"}").await,
+        0.0
+    );
     assert!(
         took < Duration::from_secs(5),
         "woken by the publish: {took:?}"

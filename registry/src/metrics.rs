@@ -38,6 +38,10 @@ pub struct Metrics {
     /// Raft state: `term`, `commit_index`, `last_applied`, `apply_lag` (commit − applied),
     /// `is_leader`.
     pub raft: IntGaugeVec,
+    /// Config center: `configs` stored, `parked_listeners` held now, `listened_keys`.
+    pub config: IntGaugeVec,
+    /// Config writes accepted through this node, by `op` (`publish`, `delete`).
+    pub config_writes: IntCounterVec,
 }
 
 impl Metrics {
@@ -120,6 +124,22 @@ impl Metrics {
             &["field"],
         )?;
         registry.register(Box::new(raft.clone()))?;
+        let config = IntGaugeVec::new(
+            Opts::new(
+                "nacre_config",
+                "Config center: configs stored, parked_listeners held now, listened_keys",
+            ),
+            &["field"],
+        )?;
+        registry.register(Box::new(config.clone()))?;
+        let config_writes = IntCounterVec::new(
+            Opts::new(
+                "nacre_config_writes_total",
+                "Config writes committed through this node, by op (publish, delete)",
+            ),
+            &["op"],
+        )?;
+        registry.register(Box::new(config_writes.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(instances.clone()))?;
@@ -142,6 +162,8 @@ impl Metrics {
             health_flips,
             health_probes,
             raft,
+            config,
+            config_writes,
         })
     }
 

@@ -275,6 +275,15 @@ pub async fn readiness(State(app): State<Arc<App>>) -> Response {
 /// `GET /metrics`: Prometheus exposition.
 pub async fn prometheus(State(app): State<Arc<App>>) -> Response {
     app.node.refresh_gauges();
+    let config = &app.node.metrics().config;
+    let stored = app.node.persistent().read(|st| st.configs().count());
+    config.with_label_values(&["configs"]).set(stored as i64);
+    config
+        .with_label_values(&["parked_listeners"])
+        .set(app.configs.parked() as i64);
+    config
+        .with_label_values(&["listened_keys"])
+        .set(app.configs.watched_keys() as i64);
     (
         [(
             axum::http::header::CONTENT_TYPE,

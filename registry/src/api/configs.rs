@@ -244,6 +244,7 @@ pub async fn publish(State(app): State<Arc<App>>, p: Params) -> Result<Response,
         cas_md5,
     });
     app.node.propose_config(cmd).await?;
+    count_write(&app, "publish");
     Ok(json_true())
 }
 
@@ -279,12 +280,21 @@ pub async fn delete(State(app): State<Arc<App>>, p: Params) -> Result<Response, 
                 time_ms: wall_ms(),
             })
             .await?;
+        count_write(&app, "delete");
     }
     Ok(if by_ids {
         json(&serde_json::json!({"code": 200, "message": null, "data": true}))
     } else {
         json_true()
     })
+}
+
+fn count_write(app: &App, op: &str) {
+    app.node
+        .metrics()
+        .config_writes
+        .with_label_values(&[op])
+        .inc();
 }
 
 fn json_true() -> Response {

@@ -22,6 +22,8 @@ pub struct ConfigWatch {
 struct Waiters {
     next_id: u64,
     by_key: HashMap<ConfigKey, HashMap<u64, Arc<Notify>>>,
+    /// Interests alive (parked listeners).
+    parked: usize,
 }
 
 /// One listener's registration; dropping it (the listener answered) unregisters it.
@@ -60,6 +62,7 @@ impl ConfigWatch {
         keys.dedup();
         let mut waiters = self.waiters.lock();
         waiters.next_id += 1;
+        waiters.parked += 1;
         let id = waiters.next_id;
         for key in &keys {
             waiters
@@ -81,6 +84,11 @@ impl ConfigWatch {
     pub fn watched_keys(&self) -> usize {
         self.waiters.lock().by_key.len()
     }
+
+    /// Listeners registered now (for metrics).
+    pub fn parked(&self) -> usize {
+        self.waiters.lock().parked
+    }
 }
 
 impl Interest {
@@ -93,6 +101,7 @@ impl Interest {
 impl Drop for Interest {
     fn drop(&mut self) {
         let mut waiters = self.waiters.lock();
+        waiters.parked = waiters.parked.saturating_sub(1);
         for key in &self.keys {
             if let Some(m) = waiters.by_key.get_mut(key) {
                 m.remove(&self.id);
@@ -138,11 +147,11 @@ mod tests {
         let w = ConfigWatch::new();
         let a = w.interest([key("a"), key("a"), key("b")]);
         let b = w.interest([key("a")]);
-        assert_eq!(w.watched_keys(), 2);
+        assert_eq!((w.watched_keys(), w.parked()), (2, 2));
         drop(a);
         assert_eq!(w.watched_keys(), 1);
         drop(b);
-        assert_eq!(w.watched_keys(), 0);
+        assert_eq!((w.watched_keys(), w.parked()), (0, 0));
         w.changed(&[key("a")]);
     }
 }
