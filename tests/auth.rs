@@ -367,35 +367,100 @@ async fn behind_a_gateway(
     (c, gw, api, admin)
 }
 
-/// Behind a gateway: an answer fetched with a token is never served from the gateway's cache
-/// to a caller without one (the nodes report auth in their pings; the gateway then caches
-/// nothing), and the gateway passes credentials through to the nodes.
+/// Behind a gateway: a cached list answer is served only to a credential a node accepted for
+/// that service within the last second. Without a credential, with a wrong password, or with
+/// the token of a user without permission, the answer cached for someone else is refused; a
+/// deleted user's token stops being served within a second; and the gateway passes
+/// credentials through to the nodes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_never_serves_a_cached_answer_past_the_check() {
     let root = tempfile::tempdir().unwrap();
-    let (mut c, _gw, api, admin) = behind_a_gateway(root.path()).await;
+    let (mut c, gw, api, admin) = behind_a_gateway(root.path()).await;
     let mut q = register_q("cached", "public", "10.0.0.9");
     q.push(("accessToken", &admin));
     assert_eq!(api.instance("POST", &q).await.body, "ok");
+    let hits = || {
+        let api = api.clone();
+        async move {
+            api.metric("nacre_gateway_cache_total{result=\"hit\"}")
+                .await
+        }
+    };
+    let list = |q: Vec<(&'static str, String)>| {
+        let api = api.clone();
+        async move {
+            let mut q2: Vec<(&str, &str)> = vec![("serviceName", "cached")];
+            q2.extend(q.iter().map(|(k, v)| (*k, v.as_str())));
+            api.call("GET", "/nacos/v1/ns/instance/list", &q2).await
+        }
+    };
+    for _ in 0..5 {
+        let r = list(vec![("accessToken", admin.clone())]).await;
+        assert_eq!(r.json()["hosts"][0]["ip"], "10.0.0.9", "{r:?}");
+    }
+    assert!(
+        hits().await >= 1.0,
+        "the admin's repeated lists are cache hits"
+    );
+    // Others get the node's answer, not the cached one.
+    bob(&api, &admin).await;
+    let bob_t = token(&api, "bob", "bob-pw-123").await;
+    for q in [
+        vec![],
+        vec![("accessToken", "forged.token".to_string())],
+        vec![
+            ("username", "nacos".to_string()),
+            ("password", "wrong".to_string()),
+        ],
+        vec![("accessToken", bob_t.clone())],
+        vec![("accessToken", " ".to_string())],
+    ] {
+        let r = list(q.clone()).await;
+        assert_eq!(r.status, 403, "{q:?}: {r:?}");
+    }
+    // Carol may read public; once deleted, her token is refused within a second, cached
+    // answer or not.
+    for (method, path, q) in [
+        (
+            "POST",
+            "/nacos/v1/auth/users",
+            vec![("username", "carol"), ("password", "carol-pw-1")],
+        ),
+        (
+            "POST",
+            "/nacos/v1/auth/roles",
+            vec![("role", "reader"), ("username", "carol")],
+        ),
+        (
+            "POST",
+            "/nacos/v1/auth/permissions",
+            vec![
+                ("role", "reader"),
+                ("resource", "public:*:*"),
+                ("action", "r"),
+            ],
+        ),
+    ] {
+        let mut q = q.clone();
+        q.push(("accessToken", &admin));
+        assert_eq!(api.call(method, path, &q).await.status, 200, "{path}");
+    }
+    let carol = token(&api, "carol", "carol-pw-1").await;
     for _ in 0..3 {
-        let l = api
-            .list(&[("serviceName", "cached"), ("accessToken", &admin)])
-            .await;
-        assert_eq!(l["hosts"][0]["ip"], "10.0.0.9", "{l}");
+        assert_eq!(list(vec![("accessToken", carol.clone())]).await.status, 200);
     }
     let r = api
         .call(
-            "GET",
-            "/nacos/v1/ns/instance/list",
-            &[("serviceName", "cached")],
+            "DELETE",
+            "/nacos/v1/auth/users",
+            &[("username", "carol"), ("accessToken", &admin)],
         )
         .await;
-    assert_eq!(r.status, 403, "{r:?}");
-    assert_eq!(
-        api.metric("nacre_gateway_cache_total{result=\"hit\"}")
-            .await,
-        0.0
-    );
+    assert_eq!(r.status, 200, "{r:?}");
+    tokio::time::sleep(nacre_gateway::authmemo::MEMO_TTL + Duration::from_millis(200)).await;
+    let r = list(vec![("accessToken", carol)]).await;
+    assert_eq!(r.status, 403, "a deleted user: {r:?}");
+    drop(gw);
     c.kill9(0).unwrap();
 }
 

@@ -5,11 +5,13 @@
 //! - [`monitor`]: discovery, readiness probes, view rebuilds, feed followers.
 //! - [`feed`]: following one node's change feed into cache invalidations.
 //! - [`cache`]: cached list answers and the rule that keeps stale ones out.
+//! - [`authmemo`]: which credentials nodes accepted for which service (cached answers with auth on).
 //! - [`limits`]: per-client request-rate limits and connection caps.
 //! - [`proxy`]: the pingora `ProxyHttp` glue (thin).
 //! - [`server`]: building and running the pingora server.
 //! - [`metrics`]: Prometheus metrics.
 
+pub mod authmemo;
 pub mod cache;
 pub mod feed;
 pub mod limits;
@@ -47,9 +49,14 @@ pub struct Shared {
     pub limiter: Option<limits::ClientLimiter>,
     /// Per-client connection caps, when configured.
     pub caps: Option<Arc<limits::ConnectionCaps>>,
-    /// Some node requires credentials: answers are not cached or served from the cache,
-    /// since a cached answer would skip the node's check.
+    /// Some node requires credentials: a cached answer is served only to a credential a node
+    /// accepted for that service a moment ago (see [`authmemo`]).
     auth_required: std::sync::atomic::AtomicBool,
+    /// Every ready node requires credentials: only then does a node's 200 prove a credential
+    /// (during a rollout of auth, a node without it accepts anything).
+    auth_everywhere: std::sync::atomic::AtomicBool,
+    /// Credentials nodes accepted recently, per service.
+    pub auth_memo: authmemo::AuthMemo,
 }
 
 impl Shared {
@@ -71,6 +78,8 @@ impl Shared {
             push_seen,
             server_list,
             auth_required: std::sync::atomic::AtomicBool::new(false),
+            auth_everywhere: std::sync::atomic::AtomicBool::new(false),
+            auth_memo: authmemo::AuthMemo::default(),
             limiter: limits::ClientLimiter::new(
                 settings.client_rate_limit,
                 settings.client_rate_burst,
@@ -95,6 +104,18 @@ impl Shared {
         if on && !was {
             self.reset_cache();
         }
+    }
+
+    /// Whether every ready node requires credentials.
+    pub fn auth_everywhere(&self) -> bool {
+        self.auth_everywhere
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Records whether every ready node requires credentials.
+    pub fn set_auth_everywhere(&self, on: bool) {
+        self.auth_everywhere
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Drops every cached answer (and counts it).

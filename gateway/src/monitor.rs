@@ -85,6 +85,7 @@ pub async fn run(shared: Arc<Shared>, discovery: Discovery, shutdown: Cancellati
         ready.sort_by(|a, b| a.name.cmp(&b.name));
         // One node with auth on is enough: a cached answer must never skip its check.
         shared.set_auth_required(ready.iter().any(|r| r.auth));
+        shared.set_auth_everywhere(!ready.is_empty() && ready.iter().all(|r| r.auth));
         update_view(&shared, &ready);
         let view = shared.upstreams.view();
         // One follower per node in the view; a node that left gets its follower stopped.

@@ -17,6 +17,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
+use crate::authmemo::Fingerprint;
 use crate::cache::{Stored, Ticket};
 use crate::metrics::RouteLabel;
 use crate::route::{self, Local, Params, Variant};
@@ -52,6 +53,8 @@ struct Fill {
     ticket: Ticket,
     body: BytesMut,
     ok: bool,
+    /// The credential the request carried: a node's 200 proves it for this service.
+    credential: Option<Fingerprint>,
 }
 
 /// Per-request state.
@@ -150,6 +153,8 @@ struct Plan {
 /// A cacheable list request.
 struct ListPlan {
     variant: Variant,
+    /// The credential a node will read from it.
+    credential: Option<Fingerprint>,
     /// `(client, udpPort)` of a push subscriber.
     subscriber: Option<(String, u16)>,
 }
@@ -162,6 +167,11 @@ impl Plan {
             key.is_some() && req.method == http::Method::GET && req.uri.path() == route::LIST_PATH;
         let list = cacheable.then(|| ListPlan {
             variant: params.list_variant(agent(req)),
+            credential: params.credential(
+                req.headers
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok()),
+            ),
             subscriber: params.udp_port().map(|udp| {
                 let client = params
                     .client_ip()
@@ -324,9 +334,13 @@ impl ProxyHttp for Gateway {
         ctx.route = RouteLabel::Owner;
         ctx.invalidates = plan.invalidates;
         let shared = &self.shared;
+        // With auth on, only a request with a credential may be answered from (or fill) the
+        // cache, and only once a node accepted that credential for this service (see
+        // `authmemo`).
+        let auth = shared.auth_required();
         let Some(list) = plan
             .list
-            .filter(|_| shared.cache.enabled() && !shared.auth_required())
+            .filter(|l| shared.cache.enabled() && (!auth || l.credential.is_some()))
         else {
             ctx.key = Some(key);
             return Ok(false);
@@ -344,7 +358,14 @@ impl ProxyHttp for Gateway {
                 ctx.key = Some(key);
                 return Ok(false);
             }
-            if let Some(answer) = shared.cache.get(&key, &list.variant, crate::now_ms()) {
+            let accepted = !auth
+                || list
+                    .credential
+                    .is_some_and(|c| shared.auth_memo.allows(c, &key));
+            let cached = accepted
+                .then(|| shared.cache.get(&key, &list.variant, crate::now_ms()))
+                .flatten();
+            if let Some(answer) = cached {
                 shared.metrics.cache_hits.inc();
                 ctx.route = RouteLabel::Cache;
                 respond(session, 200, JSON, answer).await?;
@@ -357,6 +378,7 @@ impl ProxyHttp for Gateway {
             ticket: shared.cache.begin(&key),
             body: BytesMut::new(),
             ok: false,
+            credential: list.credential,
         });
         ctx.key = Some(key);
         Ok(false)
@@ -539,6 +561,12 @@ impl ProxyHttp for Gateway {
                 {
                     Stored::Yes => shared.metrics.cache_stores.inc(),
                     Stored::Stale => shared.metrics.cache_stale_skips.inc(),
+                }
+                // The node checked this credential and answered: it may read this service.
+                if let (Some(c), Some(key), true) =
+                    (fill.credential, ctx.key.as_ref(), shared.auth_everywhere())
+                {
+                    shared.auth_memo.accepted(c, key);
                 }
             }
         }

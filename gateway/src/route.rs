@@ -99,6 +99,9 @@ pub struct Params<'a> {
     env: Option<Cow<'a, str>>,
     udp_port: Option<Cow<'a, str>>,
     client_ip: Option<Cow<'a, str>>,
+    access_token: Option<Cow<'a, str>>,
+    username: Option<Cow<'a, str>>,
+    password: Option<Cow<'a, str>>,
 }
 
 impl<'a> Params<'a> {
@@ -118,6 +121,9 @@ impl<'a> Params<'a> {
                     "env" => &mut p.env,
                     "udpPort" => &mut p.udp_port,
                     "clientIP" => &mut p.client_ip,
+                    "accessToken" => &mut p.access_token,
+                    "username" => &mut p.username,
+                    "password" => &mut p.password,
                     _ => continue,
                 };
                 if slot.is_none() {
@@ -167,6 +173,31 @@ impl<'a> Params<'a> {
             .as_deref()
             .and_then(|p| p.trim().parse::<u16>().ok())
             .filter(|p| *p > 0)
+    }
+
+    /// The credential a node reads from this request, fingerprinted; `authorization` is the
+    /// `Authorization` header. The rules are the nodes' exactly (a `Bearer` token, else the
+    /// first `accessToken`, else the first `username` and `password`; blank values count as
+    /// absent), or a node could accept one credential and the memo record another. A value
+    /// that was not valid UTF-8 (the nodes refuse it) yields no credential.
+    pub fn credential(&self, authorization: Option<&str>) -> Option<crate::authmemo::Fingerprint> {
+        fn given<'b>(v: &'b Option<Cow<'_, str>>) -> Option<&'b str> {
+            v.as_deref().filter(|v| !v.trim().is_empty())
+        }
+        let bearer = authorization
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty());
+        let token = bearer.or_else(|| given(&self.access_token));
+        let (user, password) = (given(&self.username), given(&self.password));
+        if [token, user, password]
+            .into_iter()
+            .flatten()
+            .any(|v| v.contains(char::REPLACEMENT_CHARACTER))
+        {
+            return None;
+        }
+        crate::authmemo::fingerprint(token, user, password)
     }
 
     /// `clientIP`, when given.
