@@ -53,8 +53,9 @@ pub struct PingReply {
     pub down: Vec<String>,
     /// [`crate::Members::digest`] of its configured member list.
     pub members_digest: u64,
-    /// It requires credentials on its API: a gateway then caches no answer (a cached answer
-    /// would skip the node's check).
+    /// It requires credentials on its API: a gateway then serves a cached answer only to a
+    /// credential a node accepted a moment ago for that service (a cached answer must never
+    /// skip the node's check).
     #[serde(default)]
     pub auth: bool,
 }
