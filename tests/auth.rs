@@ -263,6 +263,19 @@ async fn permission_on_one_namespace_gives_nothing_in_another() {
         let r = api.call("GET", path, &q).await;
         assert_eq!(r.status, 403, "{path} {q:?}: {r:?}");
     }
+    // Operator writes are the admin's too.
+    let r = api
+        .call(
+            "PUT",
+            "/nacos/v1/ns/operator/switches",
+            &[
+                ("entry", "pushEnabled"),
+                ("value", "false"),
+                ("accessToken", &t),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 403, "{r:?}");
     // And user management is the admin's.
     let r = api
         .call(
