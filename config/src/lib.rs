@@ -109,8 +109,8 @@ pub struct PushSettings {
     pub enabled: bool,
     /// Local address of the push socket; port 0 picks a free one.
     pub bind: SocketAddr,
-    /// At most one push per service per window (ms): a change after a quiet window is pushed
-    /// at once, changes within the window of the last push merge into one at its end.
+    /// Push debounce window (ms): a change after two quiet windows is pushed at once; other
+    /// changes are pushed one window later, merged with those that follow.
     pub debounce_ms: u64,
     /// A subscriber that has not re-queried for this long is dropped (ms).
     pub subscriber_ttl_ms: u64,
