@@ -364,28 +364,9 @@ async fn command(app: &App, cmd: AuthCommand, done: &str) -> Result<Response, Ap
 
 /// One page of `items` in Nacos's page document.
 fn page<T: serde::Serialize>(p: &Params, items: Vec<T>) -> Result<Response, ApiError> {
-    let no = p
-        .opt("pageNo")
-        .map(|v| crate::naming::validate::positive("pageNo", v, 1_000_000))
-        .transpose()?
-        .unwrap_or(1) as usize;
-    let size = p
-        .opt("pageSize")
-        .map(|v| crate::naming::validate::positive("pageSize", v, 1_000))
-        .transpose()?
-        .unwrap_or(100) as usize;
+    let page = super::Page::of(p, 1_000)?;
     let total = items.len();
-    let shown: Vec<T> = items
-        .into_iter()
-        .skip((no - 1).saturating_mul(size))
-        .take(size)
-        .collect();
-    Ok(json(&serde_json::json!({
-        "totalCount": total,
-        "pageNumber": no,
-        "pagesAvailable": total.div_ceil(size),
-        "pageItems": shown,
-    })))
+    Ok(page.answer(total, page.slice(items.into_iter()).collect()))
 }
 
 /// `GET|POST|PUT|DELETE /nacos/v1/auth/users`.

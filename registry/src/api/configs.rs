@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
 use super::params::Params;
-use super::{json, App};
+use super::{json, App, Page};
 use crate::configs::listen::{self, Listened};
 use crate::configs::model::{self, wildcard_match};
 use crate::configs::{
@@ -110,31 +110,6 @@ fn set_headers(
     }
 }
 
-/// `pageNo` and `pageSize` (defaults 1 and 100, size capped).
-fn page_of(p: &Params) -> Result<(usize, usize), ApiError> {
-    let num = |name: &str, default: usize| -> Result<usize, ApiError> {
-        match p.opt(name) {
-            None => Ok(default),
-            Some(v) => v
-                .parse::<usize>()
-                .ok()
-                .filter(|n| *n >= 1)
-                .ok_or_else(|| ApiError::bad_request(format!("invalid {name}: {v}"))),
-        }
-    };
-    Ok((num("pageNo", 1)?, num("pageSize", 100)?.min(MAX_PAGE_SIZE)))
-}
-
-/// Nacos's `Page` document.
-fn page<T: serde::Serialize>(total: usize, page_no: usize, size: usize, items: Vec<T>) -> Response {
-    json(&serde_json::json!({
-        "totalCount": total,
-        "pageNumber": page_no,
-        "pagesAvailable": total.div_ceil(size),
-        "pageItems": items,
-    }))
-}
-
 fn search(app: &App, p: &Params, mode: &str) -> Result<Response, ApiError> {
     let blur = match mode {
         "accurate" => false,
@@ -145,7 +120,7 @@ fn search(app: &App, p: &Params, mode: &str) -> Result<Response, ApiError> {
             )))
         }
     };
-    let (page_no, size) = page_of(p)?;
+    let page = Page::of(p, MAX_PAGE_SIZE)?;
     let tenant = model::normalize_tenant(p.get("tenant")).to_string();
     let data_id = p.get("dataId").unwrap_or("").to_string();
     let group = p.get("group").unwrap_or("").to_string();
@@ -165,10 +140,8 @@ fn search(app: &App, p: &Params, mode: &str) -> Result<Response, ApiError> {
             .filter(|(k, _)| matches(&data_id, &k.data_id) && matches(&group, &k.group))
             .filter_map(|(k, r)| r.current.as_ref().map(|c| (k, c)))
             .collect();
-        let items: Vec<serde_json::Value> = all
-            .iter()
-            .skip((page_no - 1).saturating_mul(size))
-            .take(size)
+        let items: Vec<serde_json::Value> = page
+            .slice(all.iter())
             .map(|(k, c)| {
                 serde_json::json!({
                     "id": c.id,
@@ -184,7 +157,7 @@ fn search(app: &App, p: &Params, mode: &str) -> Result<Response, ApiError> {
             .collect();
         (all.len(), items)
     });
-    Ok(page(total, page_no, size, items))
+    Ok(page.answer(total, items))
 }
 
 /// Who made a change: `src_user` as sent, and the verified source address.
@@ -397,20 +370,17 @@ pub async fn history(State(app): State<Arc<App>>, p: Params) -> Result<Response,
         return one_entry(&app, |st| st.history_entry(nid));
     }
     let key = key_of(&p)?;
-    let (page_no, size) = page_of(&p)?;
+    let page = Page::of(&p, MAX_PAGE_SIZE)?;
     let (total, items) = app.node.persistent().read(|st| {
         let history = st.configs().record(&key).map(|r| &r.history);
         let total = history.map_or(0, |h| h.len());
-        let items: Vec<serde_json::Value> = history
-            .into_iter()
-            .flat_map(|h| h.iter().rev())
-            .skip((page_no - 1).saturating_mul(size))
-            .take(size)
+        let items: Vec<serde_json::Value> = page
+            .slice(history.into_iter().flat_map(|h| h.iter().rev()))
             .map(|h| history_json(&key, h))
             .collect();
         (total, items)
     });
-    Ok(page(total, page_no, size, items))
+    Ok(page.answer(total, items))
 }
 
 /// `GET /history/previous?id=`: the entry before history entry `id` of the same config.

@@ -63,6 +63,48 @@ pub fn json<T: serde::Serialize>(v: &T) -> Response {
     json_text(render::to_json(v))
 }
 
+/// `pageNo` (default 1) and `pageSize` (default 100, capped) of a paged listing, and Nacos's
+/// `Page` document around one page of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    /// Page number, from 1.
+    pub no: usize,
+    /// Items per page.
+    pub size: usize,
+}
+
+impl Page {
+    /// The page `p` asks for; a `pageSize` above `max_size` is cut to it.
+    pub fn of(p: &params::Params, max_size: usize) -> Result<Page, ApiError> {
+        let num = |name: &str, default: u64| -> Result<u64, ApiError> {
+            match p.opt(name) {
+                None => Ok(default),
+                Some(v) => Ok(crate::naming::validate::positive(name, v, u32::MAX.into())?),
+            }
+        };
+        Ok(Page {
+            no: num("pageNo", 1)? as usize,
+            size: (num("pageSize", 100)? as usize).min(max_size),
+        })
+    }
+
+    /// This page's items out of `all`.
+    pub fn slice<T>(&self, all: impl Iterator<Item = T>) -> impl Iterator<Item = T> {
+        all.skip((self.no - 1).saturating_mul(self.size))
+            .take(self.size)
+    }
+
+    /// The `Page` document: `items` (this page's) out of `total`.
+    pub fn answer<T: serde::Serialize>(&self, total: usize, items: Vec<T>) -> Response {
+        json(&serde_json::json!({
+            "totalCount": total,
+            "pageNumber": self.no,
+            "pagesAvailable": total.div_ceil(self.size),
+            "pageItems": items,
+        }))
+    }
+}
+
 /// A JSON answer from already serialised text.
 pub fn json_text(body: String) -> Response {
     (
