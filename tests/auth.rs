@@ -355,23 +355,14 @@ async fn behind_a_gateway(
     Api,
     String,
 ) {
-    use nacre_testkit::cluster::{ClusterOptions, TestCluster};
+    use nacre_testkit::cluster::ClusterOptions;
     use nacre_testkit::gateway::GatewayProcess;
     let opts = ClusterOptions::new(3)
         .fast()
         .with_env("NACRE_AUTH_ENABLED", "true")
         .with_env("NACRE_AUTH_ADMIN_PASSWORD", ADMIN_PASSWORD);
-    let c = TestCluster::start(bin(), root, opts).expect("cluster");
-    let mut gw = GatewayProcess::in_front_of(
-        bin(),
-        &c,
-        &root.join("gw"),
-        nacre_testkit::free_loopback_addr().expect("a free port"),
-        &[],
-    )
-    .expect("gateway");
-    gw.wait_ready(3, Duration::from_secs(60))
-        .expect("gateway ready");
+    let (c, gw) = GatewayProcess::with_cluster(bin(), root, opts, Duration::from_secs(60))
+        .expect("cluster and gateway");
     let api = Api::new(gw.addr());
     let admin = api
         .login_when_ready("nacos", ADMIN_PASSWORD, Duration::from_secs(60))

@@ -467,17 +467,9 @@ async fn a_cluster_reads_its_writes_everywhere_wakes_listeners_on_other_nodes_an
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listener_through_the_gateway_fires_on_a_publish_made_on_a_node() {
     let root = tempfile::tempdir().unwrap();
-    let mut c = TestCluster::start(bin(), root.path(), ClusterOptions::new(3).fast()).unwrap();
-    c.wait_ready(READY).unwrap();
-    let mut gw = GatewayProcess::in_front_of(
-        bin(),
-        &c,
-        &root.path().join("gw"),
-        nacre_testkit::free_loopback_addr().unwrap(),
-        &[],
-    )
-    .unwrap();
-    gw.wait_ready(3, READY).unwrap();
+    let (c, gw) =
+        GatewayProcess::with_cluster(bin(), root.path(), ClusterOptions::new(3).fast(), READY)
+            .unwrap();
     let through = Api::new(gw.addr());
     assert_eq!(
         through.publish_config("gw", "G", None, "v1").await.body,
@@ -521,17 +513,9 @@ async fn a_listener_through_the_gateway_fires_on_a_publish_made_on_a_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_restarted_mid_poll_loses_no_notification() {
     let root = tempfile::tempdir().unwrap();
-    let mut c = TestCluster::start(bin(), root.path(), ClusterOptions::new(3).fast()).unwrap();
-    c.wait_ready(READY).unwrap();
-    let mut gw = GatewayProcess::in_front_of(
-        bin(),
-        &c,
-        &root.path().join("gw"),
-        nacre_testkit::free_loopback_addr().unwrap(),
-        &[],
-    )
-    .unwrap();
-    gw.wait_ready(3, READY).unwrap();
+    let (c, mut gw) =
+        GatewayProcess::with_cluster(bin(), root.path(), ClusterOptions::new(3).fast(), READY)
+            .unwrap();
     let through = Api::new(gw.addr());
     assert_eq!(
         through.publish_config("rs", "G", None, "v1").await.body,

@@ -103,6 +103,27 @@ impl GatewayProcess {
         Ok(())
     }
 
+    /// A cluster started with `opts` under `root` and a gateway in front of it (on a free
+    /// loopback address, logging under `root/gw`), ready within `ready`: the gateway sees every
+    /// node ready in its probes (which need no credentials, so this works with auth on).
+    pub fn with_cluster(
+        bin: &Path,
+        root: &Path,
+        opts: crate::cluster::ClusterOptions,
+        ready: Duration,
+    ) -> Result<(crate::cluster::TestCluster, GatewayProcess)> {
+        let cluster = crate::cluster::TestCluster::start(bin, root, opts)?;
+        let mut gw = Self::in_front_of(
+            bin,
+            &cluster,
+            &root.join("gw"),
+            crate::free_loopback_addr()?,
+            &[],
+        )?;
+        gw.wait_ready(cluster.len(), ready)?;
+        Ok((cluster, gw))
+    }
+
     /// Starts the gateway again, same address and arguments (after [`Self::kill9`] or
     /// [`Self::terminate`]). Does not wait for readiness.
     pub fn restart(&mut self) -> Result<()> {
