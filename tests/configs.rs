@@ -25,10 +25,8 @@ async fn standalone(dir: &Path) -> (NodeProcess, Api) {
     (node, api)
 }
 
-fn md5_hex(s: &str) -> String {
-    use md5::{Digest, Md5};
-    format!("{:x}", Md5::digest(s.as_bytes()))
-}
+/// The md5 a config listener holds: the one the nodes compute.
+use nacre_registry::configs::md5_hex;
 
 /// `dataId ^2 group ^2 md5 ^2 tenant ^1`, as the Python client writes every entry.
 fn entry(data_id: &str, group: &str, md5: &str, tenant: &str) -> String {
