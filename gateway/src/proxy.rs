@@ -160,18 +160,23 @@ struct ListPlan {
 }
 
 impl Plan {
-    fn of(params: &Params<'_>, session: &Session) -> Plan {
+    /// `auth`: nodes require credentials (only then is the request's credential read).
+    fn of(params: &Params<'_>, session: &Session, auth: bool) -> Plan {
         let req = session.req_header();
         let key = params.service_key();
         let cacheable =
             key.is_some() && req.method == http::Method::GET && req.uri.path() == route::LIST_PATH;
         let list = cacheable.then(|| ListPlan {
             variant: params.list_variant(agent(req)),
-            credential: params.credential(
-                req.headers
-                    .get(header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok()),
-            ),
+            credential: auth
+                .then(|| {
+                    params.credential(
+                        req.headers
+                            .get(header::AUTHORIZATION)
+                            .and_then(|v| v.to_str().ok()),
+                    )
+                })
+                .flatten(),
             subscriber: params.udp_port().map(|udp| {
                 let client = params
                     .client_ip()
@@ -313,7 +318,7 @@ impl ProxyHttp for Gateway {
         let query = req.uri.query().unwrap_or("");
         let params = Params::parse(query.as_bytes(), None);
         let plan = if params.has_service() || !(has_body(req) && is_form(req)) {
-            Plan::of(&params, session)
+            Plan::of(&params, session, self.shared.auth_required())
         } else {
             // The service is only in the form body: read it (the common case needs no copy
             // of the query, this one does, since reading borrows the session).
@@ -326,7 +331,11 @@ impl ProxyHttp for Gateway {
                 respond(session, 413, TEXT, Bytes::from(msg)).await?;
                 return Ok(true);
             };
-            Plan::of(&Params::parse(query.as_bytes(), Some(&body)), session)
+            Plan::of(
+                &Params::parse(query.as_bytes(), Some(&body)),
+                session,
+                self.shared.auth_required(),
+            )
         };
         let Some(key) = plan.key else {
             return Ok(false);
