@@ -620,3 +620,67 @@ async fn config_permissions_follow_the_namespace() {
         .await;
     assert_eq!(r.status, 404, "{r:?}");
 }
+
+/// Rule L6 of the gateway's config listeners: with auth on, a node checks each poll's
+/// credential before the gateway holds it. No credential and a forged token get the node's
+/// 403; the administrator's poll is held by the gateway (no node holds it) and fires on a
+/// publish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_the_gateway_a_config_listener_is_checked_by_a_node_then_held_at_the_edge() {
+    let root = tempfile::tempdir().unwrap();
+    let (c, _gw, api, admin) = behind_a_gateway(root.path()).await;
+    let publish = |content: &'static str| {
+        let (api, admin) = (api.clone(), admin.clone());
+        async move {
+            api.call(
+                "POST",
+                "/nacos/v1/cs/configs",
+                &[
+                    ("dataId", "l6"),
+                    ("group", "G"),
+                    ("content", content),
+                    ("accessToken", &admin),
+                ],
+            )
+            .await
+        }
+    };
+    assert_eq!(publish("v1").await.body, "true");
+    let entry = format!(
+        "l6\u{2}G\u{2}{}\u{1}",
+        nacre_registry::configs::md5_hex("v1")
+    );
+    for path in [
+        "/nacos/v1/cs/configs/listener".to_string(),
+        "/nacos/v1/cs/configs/listener?accessToken=forged".to_string(),
+    ] {
+        let r = api
+            .form("POST", &path, &[("Listening-Configs", &entry)])
+            .await;
+        assert_eq!(r.status, 403, "{path}: {r:?}");
+    }
+    let held = {
+        let (api, admin, entry) = (api.clone(), admin.clone(), entry.clone());
+        tokio::spawn(async move {
+            api.listen_configs_with(&entry, Some(30_000), &[("accessToken", &admin)])
+                .await
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while api.metric("nacre_gateway_config_listeners").await != 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never held at the gateway"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for i in 0..c.len() {
+        let parked = Api::new(c.node(i).addr())
+            .metric("nacre_config{field=\"parked_listeners\"}")
+            .await;
+        assert_eq!(parked, 0.0, "node {i} holds a listener");
+    }
+    assert_eq!(publish("v2").await.body, "true");
+    let r = held.await.unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "l6%02G%01\n"), "{r:?}");
+}

@@ -461,9 +461,39 @@ async fn a_cluster_reads_its_writes_everywhere_wakes_listeners_on_other_nodes_an
     );
 }
 
-/// A listener registered through the gateway fires after a publish made directly on a node.
+/// Listeners parked on the nodes of `c` (each node's `nacre_config{field="parked_listeners"}`).
+async fn parked_on_nodes(c: &TestCluster) -> f64 {
+    let mut n = 0.0;
+    for i in 0..c.len() {
+        n += Api::new(c.node(i).addr())
+            .metric("nacre_config{field=\"parked_listeners\"}")
+            .await;
+    }
+    n
+}
+
+/// Waits until `f` returns `want` (polled every 100 ms), or panics after `within`.
+async fn eventually<F, Fut>(what: &str, within: Duration, want: f64, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = f64>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        let got = f().await;
+        if got == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {got}, expected {want}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A listener registered through the gateway is held by the gateway itself (no node holds
+/// it) and fires after a publish made directly on a node; the hold ends with an empty answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_listener_through_the_gateway_fires_on_a_publish_made_on_a_node() {
+async fn a_listener_through_the_gateway_is_held_at_the_edge_and_fires_on_a_publish_made_on_a_node()
+{
     let root = tempfile::tempdir().unwrap();
     let (c, gw) =
         GatewayProcess::with_cluster(bin(), root.path(), ClusterOptions::new(3).fast(), READY)
@@ -481,9 +511,11 @@ async fn a_listener_through_the_gateway_fires_on_a_publish_made_on_a_node() {
                 .await
         })
     };
-    // Longer than the gateway's default read timeout would allow for other routes' answers
-    // is covered by the hold itself; here the publish comes after a short pause.
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    eventually("listeners parked at the gateway", READY, 1.0, || {
+        through.metric("nacre_gateway_config_listeners")
+    })
+    .await;
+    assert_eq!(parked_on_nodes(&c).await, 0.0, "nodes hold no listener");
     let direct = Api::new(c.node(1).addr());
     assert_eq!(
         direct.publish_config("gw", "G", None, "v2").await.body,
@@ -491,8 +523,8 @@ async fn a_listener_through_the_gateway_fires_on_a_publish_made_on_a_node() {
     );
     let r = parked.await.unwrap();
     assert_eq!((r.status, r.body.as_str()), (200, "gw%02G%01\n"));
-    // A hold longer than the gateway's read timeout for other answers (10 s) ends with the
-    // node's empty answer, not a gateway error.
+    // A hold longer than the gateway's read timeout for other answers (10 s) ends with an
+    // empty answer, not an error.
     let t = Instant::now();
     let r = through
         .listen_configs(&entry("gw", "G", &md5_hex("v2"), ""), Some(11_000))
@@ -503,11 +535,254 @@ async fn a_listener_through_the_gateway_fires_on_a_publish_made_on_a_node() {
         "{:?}",
         t.elapsed()
     );
+    assert_eq!(parked_on_nodes(&c).await, 0.0);
+    assert!(
+        through
+            .metric("nacre_gateway_config_polls_total{result=\"node\"}")
+            .await
+            == 0.0,
+        "every poll was answered at the edge"
+    );
+}
+
+/// Waits until the gateway follows every node's change feed.
+async fn wait_feeds_followed(gw: &Api) {
+    let deadline = Instant::now() + READY;
+    while !gw
+        .call("GET", "/nacre/gateway/ready", &[])
+        .await
+        .body
+        .contains("\"feedsFollowed\":true")
+    {
+        assert!(Instant::now() < deadline, "feeds not followed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Rule L4: a gateway that loses a node's feed passes held and new listeners to a node whose
+/// feed it still follows, relays that node's answers, and holds listeners itself again once
+/// every feed is back. No poll is answered empty before its hold ends. The paused node stays
+/// in rotation throughout (its probes hang), so only the broken feed tells the gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_that_loses_a_feed_passes_listeners_to_a_node_and_takes_them_back() {
+    let root = tempfile::tempdir().unwrap();
+    let mut c = TestCluster::start(bin(), root.path(), ClusterOptions::new(3).fast()).unwrap();
+    let upstreams = (0..c.len())
+        .map(|i| c.node(i).addr().to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut gw = GatewayProcess::start_with_env(
+        bin(),
+        &root.path().join("gw"),
+        nacre_testkit::free_loopback_addr().unwrap(),
+        c.secret(),
+        &["--upstreams".to_string(), upstreams],
+        &[
+            ("NACRE_GATEWAY_PROBE_TIMEOUT_MS", "120000"),
+            ("NACRE_GATEWAY_FEED_WAIT_MS", "500"),
+        ],
+    )
+    .unwrap();
+    gw.wait_ready(3, READY).unwrap();
+    let through = Api::new(gw.addr());
+    wait_feeds_followed(&through).await;
+    let leader = cluster_leader(&c).await.expect("a leader");
+    let paused = (0..3).find(|&i| i != leader).unwrap();
+    let other = (0..3).find(|&i| i != leader && i != paused).unwrap();
+    let apis: Vec<Api> = (0..3).map(|i| Api::new(c.node(i).addr())).collect();
+    let on = |i: usize| apis[i].clone();
+    assert_eq!(
+        on(leader).publish_config("f", "G", None, "v1").await.body,
+        "true"
+    );
+
+    let listen = |md5: String, hold: u64| {
+        let a = through.clone();
+        tokio::spawn(async move {
+            let t = Instant::now();
+            let r = a
+                .listen_configs(&entry("f", "G", &md5, ""), Some(hold))
+                .await;
+            (r, t.elapsed())
+        })
+    };
+    let first = listen(md5_hex("v1"), 30_000);
+    eventually("held at the gateway", READY, 1.0, || {
+        through.metric("nacre_gateway_config_listeners")
+    })
+    .await;
+    assert_eq!(parked_on_nodes(&c).await, 0.0);
+
+    c.pause(paused).unwrap();
+    // The feed read times out (500 ms wait + 3 s): the parked poll goes to a node.
+    eventually("passed to a node", Duration::from_secs(15), 1.0, || async {
+        let mut n = 0.0;
+        for i in [leader, other] {
+            n += on(i)
+                .metric("nacre_config{field=\"parked_listeners\"}")
+                .await;
+        }
+        n
+    })
+    .await;
+    assert_eq!(
+        on(other).publish_config("f", "G", None, "v2").await.body,
+        "true"
+    );
+    let (r, took) = first.await.unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "f%02G%01\n"), "{r:?}");
+    assert!(
+        took < Duration::from_secs(25),
+        "answered on the change: {took:?}"
+    );
+
+    // A new poll while the feed is still broken is passed too, and fires.
+    let second = listen(md5_hex("v2"), 20_000);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        on(leader).publish_config("f", "G", None, "v3").await.body,
+        "true"
+    );
+    let (r, took) = second.await.unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "f%02G%01\n"), "{r:?}");
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    assert!(
+        through
+            .metric("nacre_gateway_config_polls_total{result=\"node\"}")
+            .await
+            >= 2.0
+    );
+
+    // Every feed back: held at the edge again, woken by a publish on the node that was paused.
+    c.resume(paused).unwrap();
+    wait_feeds_followed(&through).await;
+    let third = listen(md5_hex("v3"), 30_000);
+    eventually("held at the gateway again", READY, 1.0, || {
+        through.metric("nacre_gateway_config_listeners")
+    })
+    .await;
+    assert_eq!(parked_on_nodes(&c).await, 0.0);
+    assert_eq!(
+        on(paused).publish_config("f", "G", None, "v4").await.body,
+        "true"
+    );
+    let (r, took) = third.await.unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "f%02G%01\n"), "{r:?}");
+    assert!(took < Duration::from_secs(25), "{took:?}");
+}
+
+/// Rule L7: the gateway answers repeated config reads from its cache, serves a change made
+/// directly on a node as soon as that node's feed reports it (never the old content after),
+/// gives a client that published through it its own write at once, and caches "not found" too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_reads_through_the_gateway_are_cached_until_the_config_changes() {
+    let root = tempfile::tempdir().unwrap();
+    let (c, gw) =
+        GatewayProcess::with_cluster(bin(), root.path(), ClusterOptions::new(3).fast(), READY)
+            .unwrap();
+    let through = Api::new(gw.addr());
+    wait_feeds_followed(&through).await;
+    let hits = || through.metric("nacre_gateway_config_reads_total{result=\"hit\"}");
+    assert_eq!(
+        through.publish_config("rd", "G", None, "v1").await.body,
+        "true"
+    );
+    // The first read after the publish may precede the feed's news of it: a miss. Once the
+    // table knows the config, reads are hits.
+    eventually("reads answered from the cache", READY, 1.0, || async {
+        let r = through.config("rd", "G", None).await;
+        assert_eq!((r.status, r.body.as_str()), (200, "v1"));
+        f64::from(hits().await >= 3.0)
+    })
+    .await;
+
+    // A publish made on a node: the gateway answers the new content once the feed reports
+    // it, and never the old one afterwards.
+    let direct = Api::new(c.node(2).addr());
+    assert_eq!(
+        direct.publish_config("rd", "G", None, "v2").await.body,
+        "true"
+    );
+    eventually(
+        "the change made on a node",
+        Duration::from_secs(5),
+        1.0,
+        || async { f64::from(through.config("rd", "G", None).await.body == "v2") },
+    )
+    .await;
+    for _ in 0..20 {
+        let r = through.config("rd", "G", None).await;
+        assert_eq!(r.body, "v2");
+        // A cached answer carries the node's headers.
+        assert_eq!(
+            r.header("content-md5"),
+            Some(md5_hex("v2").as_str()),
+            "{r:?}"
+        );
+        assert_eq!(r.header("config-type"), Some("text"));
+        assert!(r.header("last-modified").is_some());
+        assert!(
+            !r.headers.iter().any(|(n, _)| n.starts_with("x-nacre")),
+            "{r:?}"
+        );
+    }
+
+    // Read-your-writes through the gateway, every time. (Here the feed's news of each publish
+    // usually beats the publish's own answer back to the client; the rule for when it does
+    // not, a write through the gateway drops the cached reads, is `reads::tests::l7_*`.)
+    for i in 3..13 {
+        let v = format!("v{i}");
+        assert_eq!(
+            through.publish_config("rd", "G", None, &v).await.body,
+            "true"
+        );
+        assert_eq!(
+            through.config("rd", "G", None).await.body,
+            v,
+            "read after write"
+        );
+    }
+
+    // A delete on a node: "not found" is served, then cached too.
+    let r = direct
+        .call(
+            "DELETE",
+            "/nacos/v1/cs/configs",
+            &[("dataId", "rd"), ("group", "G")],
+        )
+        .await;
+    assert_eq!(r.body, "true");
+    eventually(
+        "the delete made on a node",
+        Duration::from_secs(5),
+        1.0,
+        || async { f64::from(through.config("rd", "G", None).await.status == 404) },
+    )
+    .await;
+    let before = hits().await;
+    for _ in 0..5 {
+        let r = through.config("rd", "G", None).await;
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (404, "config data not exist\n")
+        );
+    }
+    assert!(hits().await >= before + 4.0, "cached 404s");
+    assert!(
+        !through
+            .config("rd", "G", None)
+            .await
+            .headers
+            .iter()
+            .any(|(n, _)| n.starts_with("x-nacre")),
+        "nacre's own headers never reach clients"
+    );
 }
 
 /// A gateway killed mid-poll and started again loses no notification: the held poll breaks,
 /// the publish lands meanwhile, and the client's next poll (with the md5 it still holds) is
-/// answered at once.
+/// answered at once: the new gateway has heard of no config, so it fetches the md5 (rule L3)
+/// rather than guess.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_restarted_mid_poll_loses_no_notification() {
     let root = tempfile::tempdir().unwrap();
@@ -539,9 +814,19 @@ async fn a_gateway_restarted_mid_poll_loses_no_notification() {
     );
     gw.restart().unwrap();
     gw.wait_ready(3, READY).unwrap();
+    wait_feeds_followed(&through).await;
     let t = Instant::now();
     let r = through.listen_configs(&held, Some(30_000)).await;
     assert_eq!((r.status, r.body.as_str()), (200, "rs%02G%01\n"), "{r:?}");
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    // The restarted gateway had heard of no config: it fetched the md5 (rule L3) and
+    // answered at the edge, not by passing the poll on.
+    assert!(through.metric("nacre_gateway_config_fetches_total").await >= 1.0);
+    assert_eq!(
+        through
+            .metric("nacre_gateway_config_polls_total{result=\"changed\"}")
+            .await,
+        1.0
+    );
     assert_eq!(through.config("rs", "G", None).await.body, "v2");
 }

@@ -65,6 +65,11 @@ pub struct GatewaySettings {
     /// Open connections one client address may hold; 0 turns the cap off. A connection past
     /// it is closed as it is accepted.
     pub client_max_connections: usize,
+    /// Memory for cached config reads (bytes); 0 turns that cache off.
+    pub config_cache_bytes: u64,
+    /// Hold config listener long-polls at the gateway (answered from the nodes' change
+    /// feeds); off, they are passed to a node, which holds them.
+    pub hold_config_listeners: bool,
 }
 
 impl Default for GatewaySettings {
@@ -91,6 +96,8 @@ impl Default for GatewaySettings {
             client_rate_limit: 0,
             client_rate_burst: 0,
             client_max_connections: 0,
+            config_cache_bytes: 16 * 1024 * 1024,
+            hold_config_listeners: true,
         }
     }
 }
@@ -172,6 +179,14 @@ impl GatewaySettings {
             "client_rate_limit" => self.client_rate_limit = num(var, v)?,
             "client_rate_burst" => self.client_rate_burst = num(var, v)?,
             "client_max_connections" => self.client_max_connections = num(var, v)?,
+            "config_cache_bytes" => self.config_cache_bytes = num(var, v)?,
+            "hold_config_listeners" => {
+                self.hold_config_listeners = match v.trim() {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => return Err(invalid(var, v, "expected true or false")),
+                }
+            }
             "cluster_secret" => {
                 return Err(invalid(
                     var,
@@ -364,6 +379,7 @@ mod tests {
                 ("NACRE_LOG", "debug"),
                 ("NACRE_MEMBERS", "ignored:1"),
                 ("NACRE_GATEWAY_THREADZ", "3"),
+                ("NACRE_GATEWAY_HOLD_CONFIG_LISTENERS", "false"),
             ]),
         )
         .unwrap();
@@ -371,6 +387,7 @@ mod tests {
         assert_eq!(s.unknown_env, vec!["NACRE_GATEWAY_THREADZ"]);
         let s = s.settings;
         assert_eq!(s.threads, 8);
+        assert!(!s.hold_config_listeners);
         assert_eq!(
             s.cache_bytes, 10,
             "the file's value stays where no variable is set"
@@ -383,6 +400,11 @@ mod tests {
 
         for (var, value, named) in [
             ("NACRE_GATEWAY_THREADS", "two", "NACRE_GATEWAY_THREADS"),
+            (
+                "NACRE_GATEWAY_HOLD_CONFIG_LISTENERS",
+                "maybe",
+                "NACRE_GATEWAY_HOLD_CONFIG_LISTENERS",
+            ),
             (
                 "NACRE_GATEWAY_UPSTREAMS",
                 "http://x",

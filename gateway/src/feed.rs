@@ -1,5 +1,6 @@
 //! Following one node's change feed (`/nacre/internal/changes`): a held read returns the
-//! services changed after a cursor, and each is invalidated in the list cache.
+//! services changed after a cursor, each invalidated in the list cache, and the configs
+//! changed, whose md5s go to the table parked listeners wait on.
 //!
 //! A reset (the node restarted, or the gateway fell too far behind) and a lost feed both reset
 //! the whole cache: the gateway cannot know what it missed. While any feed is not followed the
@@ -53,6 +54,7 @@ pub async fn follow(
                     }
                     shared.reset_cache();
                 }
+                shared.config_md5s.learn(&page.configs);
                 let unique: HashSet<&ServiceKey> = page.keys.iter().collect();
                 for key in unique {
                     if shared.cache.invalidate(key) {

@@ -5,6 +5,7 @@
 //! - [`monitor`]: discovery, readiness probes, view rebuilds, feed followers.
 //! - [`feed`]: following one node's change feed into cache invalidations.
 //! - [`cache`]: cached list answers and the rule that keeps stale ones out.
+//! - [`configs`]: config listener long-polls held at the edge, from the feeds' md5s.
 //! - [`authmemo`]: which credentials nodes accepted for which service (cached answers with auth on).
 //! - [`limits`]: per-client request-rate limits and connection caps.
 //! - [`proxy`]: the pingora `ProxyHttp` glue (thin).
@@ -13,6 +14,7 @@
 
 pub mod authmemo;
 pub mod cache;
+pub mod configs;
 pub mod feed;
 pub mod limits;
 pub mod metrics;
@@ -57,6 +59,14 @@ pub struct Shared {
     auth_everywhere: std::sync::atomic::AtomicBool,
     /// Credentials nodes accepted recently, per service.
     pub auth_memo: authmemo::AuthMemo,
+    /// Config md5s learned from the feeds, and the listeners parked on them.
+    pub config_md5s: configs::Md5Table,
+    /// Cached config reads, when configured.
+    pub config_reads: Option<configs::ConfigReads>,
+    /// Calls the gateway makes itself (config md5 fetches, listener polls passed to a node).
+    pub http: reqwest::Client,
+    /// Cancelled when the gateway stops: parked listeners answer then.
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 impl Shared {
@@ -80,6 +90,13 @@ impl Shared {
             auth_required: std::sync::atomic::AtomicBool::new(false),
             auth_everywhere: std::sync::atomic::AtomicBool::new(false),
             auth_memo: authmemo::AuthMemo::default(),
+            config_md5s: configs::Md5Table::new(),
+            config_reads: configs::ConfigReads::new(settings.config_cache_bytes),
+            http: reqwest::Client::builder()
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build()
+                .map_err(|e| prometheus::Error::Msg(format!("http client: {e}")))?,
+            stopping: tokio_util::sync::CancellationToken::new(),
             limiter: limits::ClientLimiter::new(
                 settings.client_rate_limit,
                 settings.client_rate_burst,
@@ -118,9 +135,14 @@ impl Shared {
             .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Drops every cached answer (and counts it).
+    /// Drops everything learned from the nodes' feeds: every cached answer and every config
+    /// md5 (and counts it).
     pub fn reset_cache(&self) {
         self.cache.reset();
+        self.config_md5s.reset();
+        if let Some(reads) = &self.config_reads {
+            reads.clear();
+        }
         self.metrics.cache_resets.inc();
     }
 }

@@ -11,7 +11,7 @@ use prometheus::{
 pub struct Metrics {
     registry: Registry,
     /// `nacre_gateway_requests_total`, resolved per (route, status class) once.
-    requests: [[IntCounter; 5]; 4],
+    requests: [[IntCounter; 5]; 5],
     /// Requests answered from the cache.
     pub cache_hits: IntCounter,
     /// Cacheable requests sent to a node.
@@ -43,6 +43,19 @@ pub struct Metrics {
     feed_lag_ms: IntGaugeVec,
     /// Nodes in the routing ring.
     pub ring_members: IntGauge,
+    /// Config md5 fetches from a node (keys no feed had mentioned).
+    pub config_fetches: IntCounter,
+    config_polls: IntCounterVec,
+    /// Config listeners parked at the gateway now.
+    pub config_listeners: IntGauge,
+    /// Config md5s known.
+    pub config_keys: IntGauge,
+    /// Config reads answered from the cache.
+    pub config_read_hits: IntCounter,
+    /// Cacheable config reads sent to a node.
+    pub config_read_misses: IntCounter,
+    /// Config reads stored.
+    pub config_read_stores: IntCounter,
 }
 
 /// Route labels of `nacre_gateway_requests_total`.
@@ -56,13 +69,16 @@ pub enum RouteLabel {
     Cache,
     /// Answered by the gateway itself.
     Local,
+    /// A config listener held at the gateway (answered by it, or by a node it passed it to).
+    Edge,
 }
 
-const ROUTES: [RouteLabel; 4] = [
+const ROUTES: [RouteLabel; 5] = [
     RouteLabel::Owner,
     RouteLabel::Any,
     RouteLabel::Cache,
     RouteLabel::Local,
+    RouteLabel::Edge,
 ];
 const CLASSES: [&str; 5] = ["2xx", "3xx", "4xx", "5xx", "other"];
 
@@ -73,6 +89,7 @@ impl RouteLabel {
             Self::Any => 1,
             Self::Cache => 2,
             Self::Local => 3,
+            Self::Edge => 4,
         }
     }
 
@@ -82,6 +99,7 @@ impl RouteLabel {
             Self::Any => "any",
             Self::Cache => "cache",
             Self::Local => "local",
+            Self::Edge => "edge",
         }
     }
 }
@@ -156,6 +174,11 @@ impl Metrics {
             "nacre_gateway_ring_members",
             "Ready nodes in the routing ring",
         )?;
+        let config_reads = counter_vec(
+            "nacre_gateway_config_reads_total",
+            "Cacheable config reads by result",
+            &["result"],
+        )?;
         let requests =
             ROUTES.map(|r| CLASSES.map(|c| requests.with_label_values(&[r.as_str(), c])));
         Ok(Self {
@@ -192,6 +215,26 @@ impl Metrics {
             upstream_up,
             feed_lag_ms,
             ring_members,
+            config_fetches: counter(
+                "nacre_gateway_config_fetches_total",
+                "Config md5 fetches from a node for keys no feed had mentioned",
+            )?,
+            config_polls: counter_vec(
+                "nacre_gateway_config_polls_total",
+                "Config listener polls by how they were answered",
+                &["result"],
+            )?,
+            config_listeners: gauge(
+                "nacre_gateway_config_listeners",
+                "Config listeners parked at the gateway",
+            )?,
+            config_keys: gauge(
+                "nacre_gateway_config_keys",
+                "Config md5s the gateway knows from the feeds",
+            )?,
+            config_read_hits: config_reads.with_label_values(&["hit"]),
+            config_read_misses: config_reads.with_label_values(&["miss"]),
+            config_read_stores: config_reads.with_label_values(&["stored"]),
             registry,
         })
     }
@@ -206,6 +249,11 @@ impl Metrics {
             _ => 4,
         };
         self.requests[route.index()][class].inc();
+    }
+
+    /// Counts one config listener poll by how it was answered.
+    pub fn config_poll(&self, how: &str) {
+        self.config_polls.with_label_values(&[how]).inc();
     }
 
     /// The latency histogram of one node.

@@ -99,8 +99,9 @@ pub async fn run(shared: Arc<Shared>, discovery: Discovery, shutdown: Cancellati
             }
             keep
         });
-        // Feeds only serve the cache: with it off there is nothing to follow.
-        let follow = shared.cache.enabled();
+        // Feeds serve the cache and the config listeners held here: with both off there is
+        // nothing to follow.
+        let follow = shared.cache.enabled() || shared.settings.hold_config_listeners;
         for up in view.upstreams().iter().filter(|_| follow) {
             if let std::collections::hash_map::Entry::Vacant(slot) =
                 followers.entry((up.addr, up.name.clone()))

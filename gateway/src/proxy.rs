@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use http::header;
+use nacre_ring::configs::ConfigKey;
+use nacre_ring::wire::CONFIG_REVISION_HEADER;
 use nacre_ring::wire::{
     ASSERTED_BY_HEADER, CLIENT_ADDR_HEADER, CONFIG_LISTENER_PATH, CONFIG_LISTENER_READ_TIMEOUT_MS,
     HEADER_PREFIX,
@@ -19,6 +21,8 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::authmemo::Fingerprint;
 use crate::cache::{Stored, Ticket};
+use crate::configs::reads::Read;
+use crate::configs::PollRequest;
 use crate::metrics::RouteLabel;
 use crate::route::{self, Local, Params, Variant};
 use crate::upstreams::{Tried, Upstream, View};
@@ -30,6 +34,8 @@ pub const MAX_ROUTED_BODY: usize = 64 * 1024;
 /// Largest answer kept for the cache; bigger ones are passed through uncached.
 const MAX_CACHED_ANSWER: usize = 8 * 1024 * 1024;
 /// What nodes answer JSON with (a cached answer looks exactly like a fresh one).
+/// Largest config listener body: 10,000 keys of the longest names, percent-encoded.
+const MAX_LISTENER_BODY: usize = 8 * 1024 * 1024;
 const JSON: &str = "application/json;charset=UTF-8";
 const TEXT: &str = "text/plain; charset=utf-8";
 
@@ -72,6 +78,21 @@ pub struct Ctx {
     started: Option<Instant>,
     /// A config long-poll: the node holds it, so its read timeout is the long one.
     long_poll: bool,
+    /// A config read being fetched for the cache.
+    config_fill: Option<ConfigFill>,
+    /// A config write: cached config reads must not outlive it.
+    config_write: bool,
+}
+
+/// A config read being fetched for the cache (rule L7 of [`crate::configs`]).
+#[derive(Debug)]
+struct ConfigFill {
+    key: ConfigKey,
+    ticket: crate::configs::reads::Ticket,
+    /// The answer's status, headers, md5 and revision (its body comes in `body`), once it is
+    /// known to be cacheable.
+    head: Option<Read>,
+    body: BytesMut,
 }
 
 impl Ctx {
@@ -86,8 +107,50 @@ impl Ctx {
             upstream: None,
             started: None,
             long_poll: false,
+            config_fill: None,
+            config_write: false,
         }
     }
+}
+
+/// Headers of a node's config read that are not replayed from the cache (the length is the
+/// gateway's own; the rest are per connection).
+const NOT_REPLAYED: [http::header::HeaderName; 4] = [
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    header::CONNECTION,
+    header::DATE,
+];
+
+/// What of a node's config read is kept for the cache (rule L7 of [`crate::configs`]): status
+/// 200 with its `Content-MD5`, or 404 (md5 `""`), with the revision the node read at; `None`
+/// for anything else.
+fn cacheable_config_answer(r: &ResponseHeader) -> Option<Read> {
+    let text = |name: &str| r.headers.get(name).and_then(|v| v.to_str().ok());
+    let revision = text(CONFIG_REVISION_HEADER)?.parse::<u64>().ok()?;
+    let status = r.status.as_u16();
+    let md5 = match status {
+        200 => text("content-md5")?.to_string(),
+        404 => String::new(),
+        _ => return None,
+    };
+    let headers = r
+        .headers
+        .iter()
+        .filter(|(name, _)| {
+            !NOT_REPLAYED.contains(name)
+                && name.as_str() != "keep-alive"
+                && !name.as_str().starts_with(HEADER_PREFIX)
+        })
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
+    Some(Read {
+        status,
+        headers,
+        body: Bytes::new(),
+        md5,
+        revision,
+    })
 }
 
 /// Writes a complete answer from the gateway itself.
@@ -232,6 +295,10 @@ impl Gateway {
                 shared.cache.sync();
                 shared
                     .metrics
+                    .config_keys
+                    .set(i64::try_from(shared.config_md5s.len()).unwrap_or(i64::MAX));
+                shared
+                    .metrics
                     .cache_services
                     .set(i64::try_from(shared.cache.services()).unwrap_or(i64::MAX));
                 let text = shared.metrics.render();
@@ -260,6 +327,93 @@ impl Gateway {
             }
             Local::Hidden => respond(session, 404, TEXT, Bytes::from_static(b"not found")).await,
         }
+    }
+
+    /// A config read answered from the cache, or marked to fill it; a config write marked to
+    /// drop the cached reads (rule L7 of [`crate::configs`]). Always `Ok(true)` when answered.
+    async fn config_request(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let shared = &self.shared;
+        let Some(reads) = &shared.config_reads else {
+            return Ok(false);
+        };
+        let req = session.req_header();
+        if req.method != http::Method::GET {
+            ctx.config_write = true;
+            return Ok(false);
+        }
+        let Some(key) = route::cacheable_config_read(
+            req.uri.query().unwrap_or(""),
+            req.headers.contains_key("vipserver-tag"),
+        ) else {
+            return Ok(false);
+        };
+        if shared.auth_required() || !ctx.view.insert(shared.upstreams.view()).feeds_ok() {
+            return Ok(false);
+        }
+        if let Some(read) = reads.get(&key, &shared.config_md5s) {
+            shared.metrics.config_read_hits.inc();
+            ctx.route = RouteLabel::Cache;
+            let mut h = ResponseHeader::build(read.status, Some(read.headers.len() + 1))?;
+            for (name, value) in &read.headers {
+                h.append_header(name.clone(), value.clone())?;
+            }
+            h.insert_header(
+                header::CONTENT_LENGTH,
+                itoa::Buffer::new().format(read.body.len()),
+            )?;
+            session.write_response_header(Box::new(h), false).await?;
+            session
+                .write_response_body(Some(read.body.clone()), true)
+                .await?;
+            return Ok(true);
+        }
+        shared.metrics.config_read_misses.inc();
+        ctx.config_fill = Some(ConfigFill {
+            key,
+            ticket: reads.begin(),
+            head: None,
+            body: BytesMut::new(),
+        });
+        Ok(false)
+    }
+
+    /// Answers a config listener poll at the gateway (see [`crate::configs`]).
+    async fn hold_listener(&self, session: &mut Session) -> Result<()> {
+        let mut body = BytesMut::new();
+        while let Some(chunk) = session.as_downstream_mut().read_request_body().await? {
+            if body.len() + chunk.len() > MAX_LISTENER_BODY {
+                // The rest of the body is unread: the connection cannot carry another request.
+                session.set_keepalive(None);
+                let msg = format!("request body over {MAX_LISTENER_BODY} bytes");
+                return respond(session, 413, TEXT, Bytes::from(msg)).await;
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let req = session.req_header();
+        let query = req.uri.query().unwrap_or("");
+        let poll = match PollRequest::parse(query, body.freeze(), &req.headers) {
+            Ok(poll) => poll,
+            Err(e) => {
+                self.shared.metrics.config_poll("refused");
+                return respond(session, 400, TEXT, Bytes::from(e.to_string())).await;
+            }
+        };
+        let shared = &self.shared;
+        shared.metrics.config_listeners.inc();
+        let answer = crate::configs::serve(shared, &poll).await;
+        shared.metrics.config_listeners.dec();
+        shared.metrics.config_poll(answer.how.label());
+        let mut h = ResponseHeader::build(answer.status, Some(6))?;
+        h.insert_header(header::CONTENT_TYPE, answer.content_type)?;
+        h.insert_header(
+            header::CONTENT_LENGTH,
+            itoa::Buffer::new().format(answer.body.len()),
+        )?;
+        for (name, value) in nacre_ring::configs::NO_CACHE {
+            h.insert_header(name, value)?;
+        }
+        session.write_response_header(Box::new(h), false).await?;
+        session.write_response_body(Some(answer.body), true).await
     }
 
     /// Reads a form body so its parameters can route the request; pingora replays it to the
@@ -303,8 +457,18 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         }
         if path == CONFIG_LISTENER_PATH {
+            if session.req_header().method == http::Method::POST
+                && self.shared.settings.hold_config_listeners
+            {
+                ctx.route = RouteLabel::Edge;
+                self.hold_listener(session).await?;
+                return Ok(true);
+            }
             ctx.long_poll = true;
             return Ok(false);
+        }
+        if path == route::CONFIGS_PATH {
+            return self.config_request(session, ctx).await;
         }
         if route::is_auth(path) {
             ctx.route = RouteLabel::Owner;
@@ -529,6 +693,18 @@ impl ProxyHttp for Gateway {
             fill.ok = upstream_response.status == 200;
             fill.body.clear();
         }
+        if let Some(fill) = &mut ctx.config_fill {
+            fill.head = cacheable_config_answer(upstream_response);
+            fill.body.clear();
+        }
+        // Only the gateway reads it.
+        upstream_response.remove_header(CONFIG_REVISION_HEADER);
+        if ctx.config_write {
+            if let Some(reads) = &self.shared.config_reads {
+                // Before the writer hears "ok": its next read must not find the old content.
+                reads.written();
+            }
+        }
         Ok(())
     }
 
@@ -539,6 +715,16 @@ impl ProxyHttp for Gateway {
         _end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
+        if let (Some(fill), Some(chunk)) = (&mut ctx.config_fill, body.as_ref()) {
+            if fill.head.is_some() {
+                if fill.body.len() + chunk.len() > crate::configs::reads::MAX_CACHED_READ {
+                    fill.head = None;
+                    fill.body = BytesMut::new();
+                } else {
+                    fill.body.extend_from_slice(chunk);
+                }
+            }
+        }
         if let (Some(fill), Some(chunk)) = (&mut ctx.fill, body.as_ref()) {
             if fill.ok {
                 if fill.body.len() + chunk.len() > MAX_CACHED_ANSWER {
@@ -561,6 +747,17 @@ impl ProxyHttp for Gateway {
         }
         if e.is_some() {
             return;
+        }
+        if let (Some(fill), Some(reads)) = (ctx.config_fill.take(), &shared.config_reads) {
+            if let Some(head) = fill.head.filter(|h| h.status == status) {
+                let read = Read {
+                    body: fill.body.freeze(),
+                    ..head
+                };
+                if reads.store(fill.ticket, fill.key, read) {
+                    shared.metrics.config_read_stores.inc();
+                }
+            }
         }
         if let Some(fill) = ctx.fill.take() {
             if fill.ok && status == 200 {

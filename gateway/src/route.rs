@@ -26,6 +26,35 @@ pub const LIST_PATH: &str = "/nacos/v1/ns/instance/list";
 /// change feed reports; they do not invalidate on their own.
 const BEAT_PATH: &str = "/nacos/v1/ns/instance/beat";
 
+/// Config reads, publishes and deletes.
+pub const CONFIGS_PATH: &str = "/nacos/v1/cs/configs";
+
+/// The config a `GET` of [`CONFIGS_PATH`] reads, when its answer may be cached: not a search,
+/// not a tag variant (`tag` or the `Vipserver-Tag` header), and a valid key (a bad one goes to
+/// a node for its 400).
+pub fn cacheable_config_read(
+    query: &str,
+    tag_header: bool,
+) -> Option<nacre_ring::configs::ConfigKey> {
+    if tag_header {
+        return None;
+    }
+    let (mut data_id, mut group, mut tenant) = (None, None, None);
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        let slot = match k.as_ref() {
+            "dataId" => &mut data_id,
+            "group" => &mut group,
+            "tenant" => &mut tenant,
+            "search" | "tag" | "export" | "show" => return None,
+            _ => continue,
+        };
+        if slot.is_none() {
+            *slot = Some(v);
+        }
+    }
+    nacre_ring::configs::ConfigKey::new(data_id?.trim(), group?.trim(), tenant.as_deref()).ok()
+}
+
 /// Auth API prefix (login, users, roles, permissions).
 const AUTH_PREFIX: &str = "/nacos/v1/auth/";
 
@@ -246,6 +275,31 @@ mod tests {
         assert_eq!(auth_key(), auth_key());
         // Client keys always name a namespace (`public` at least).
         assert_eq!(auth_key().namespace, "");
+    }
+
+    #[test]
+    fn only_plain_config_reads_are_cacheable() {
+        let key = cacheable_config_read("dataId=a.yaml&group=G&tenant=ns-1", false).unwrap();
+        assert_eq!(
+            (key.data_id.as_str(), key.tenant.as_str()),
+            ("a.yaml", "ns-1")
+        );
+        assert_eq!(
+            cacheable_config_read("dataId=a&group=G&tenant=public", false)
+                .unwrap()
+                .tenant,
+            ""
+        );
+        for q in [
+            "dataId=a&group=G&tag=t",
+            "dataId=a&group=G&search=accurate",
+            "dataId=a&group=",
+            "dataId=a%20b&group=G",
+            "group=G",
+        ] {
+            assert!(cacheable_config_read(q, false).is_none(), "{q}");
+        }
+        assert!(cacheable_config_read("dataId=a&group=G", true).is_none());
     }
 
     #[test]

@@ -74,9 +74,11 @@ impl BackgroundService for Monitor {
         let token = CancellationToken::new();
         let watcher = {
             let token = token.clone();
+            let stopping = self.shared.stopping.clone();
             tokio::spawn(async move {
                 // Fires on the shutdown signal, or when the server is dropped.
                 let _ = shutdown.changed().await;
+                stopping.cancel();
                 token.cancel();
             })
         };
@@ -184,8 +186,14 @@ impl ServerApp for Admission {
 /// Client-side write buffer. pingora's default (one MSS) sends a response header in a write of
 /// its own, and the body in a second one whenever the body is larger than that; with room for
 /// a typical list answer, header and body leave in one write. Only the bytes written are ever
-/// touched, so a connection holds at most this much (on top of pingora's 64 KiB read buffer).
+/// touched, so a connection holds at most this much.
 const DOWNSTREAM_WRITE_BUFFER: usize = 32 * 1024;
+/// Client-side read buffer. pingora's default (64 KiB, sized for TLS records) is allocated
+/// zeroed per connection, so every open connection costs its full size in memory: with
+/// thousands of config listeners parked at the gateway that was most of its memory. Client
+/// requests are small (a large publish body is read in several calls), and nothing here
+/// speaks TLS.
+const DOWNSTREAM_READ_BUFFER: usize = 0;
 
 /// Runs the gateway until `stop`; blocks the calling thread.
 pub fn run(settings: GatewaySettings, stop: Stop) -> Result<(), GatewayError> {
@@ -217,10 +225,9 @@ pub fn run(settings: GatewaySettings, stop: Stop) -> Result<(), GatewayError> {
             shared: shared.clone(),
         },
     );
-    proxy.add_listener(
-        ListenerConfig::tcp(settings.listen.to_string())
-            .l4_buffer(L4BufferSettings::default().write(DOWNSTREAM_WRITE_BUFFER)),
-    );
+    proxy.add_listener(ListenerConfig::tcp(settings.listen.to_string()).l4_buffer(
+        L4BufferSettings::new(DOWNSTREAM_READ_BUFFER, DOWNSTREAM_WRITE_BUFFER),
+    ));
     server.add_service(proxy);
     server.add_service(background_service(
         "nacre gateway monitor",

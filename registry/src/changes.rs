@@ -17,11 +17,17 @@
 //! to reset (drop everything it derived) instead of being handed a silent gap. The log is kept
 //! only once a reader has come: a node nobody follows pays nothing for it on the write path,
 //! and a first reader is told to reset anyway.
+//!
+//! Config changes share the feed (with their new md5 and Raft revision, see
+//! [`nacre_ring::wire::ConfigChange`]): a gateway holding config listeners learns of them in the
+//! same read that invalidates its list cache. They take a feed position but no service
+//! generation.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use nacre_ring::wire::ConfigChange;
 use nacre_ring::ServiceKey;
 use parking_lot::RwLock;
 
@@ -62,8 +68,14 @@ struct Generations {
 #[derive(Debug)]
 struct Event {
     generation: u64,
-    key: ServiceKey,
+    what: What,
     at_ms: u64,
+}
+
+#[derive(Debug)]
+enum What {
+    Service(ServiceKey),
+    Config(ConfigChange),
 }
 
 pub use nacre_ring::wire::FeedPage;
@@ -92,10 +104,31 @@ impl Changes {
                 gens.by_key.insert(key.clone(), g);
             }
         }
+        self.log(gens, g, || What::Service(key.clone()));
+        g
+    }
+
+    /// Records config changes for feed readers (configs have no cached generation here);
+    /// call it after the changes are visible to readers.
+    pub fn configs_changed(&self, changes: &[ConfigChange]) {
+        for c in changes {
+            let gens = self.generations.write();
+            let g = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
+            self.log(gens, g, || What::Config(c.clone()));
+        }
+    }
+
+    /// Appends event `g` to the log (if a reader follows) and wakes waiting readers.
+    fn log(
+        &self,
+        mut gens: parking_lot::RwLockWriteGuard<'_, Generations>,
+        g: u64,
+        what: impl FnOnce() -> What,
+    ) {
         // Checked under the write lock, which the first reader takes to set it: a change is
         // either logged or at most the first reader's starting point.
         if !self.followed.load(Ordering::Acquire) {
-            return g;
+            return;
         }
         if gens.log.len() >= FEED_CAPACITY {
             if let Some(old) = gens.log.pop_front() {
@@ -104,12 +137,11 @@ impl Changes {
         }
         gens.log.push_back(Event {
             generation: g,
-            key: key.clone(),
+            what: what(),
             at_ms: now_ms(),
         });
         drop(gens);
         self.newest.send_replace(g);
-        g
     }
 
     /// This incarnation's epoch.
@@ -137,19 +169,23 @@ impl Changes {
                 reset: true,
                 keys: Vec::new(),
                 newest_ms: 0,
+                configs: Vec::new(),
             };
         }
         // The log is in generation order: skip what the reader has seen.
         let start = gens.log.partition_point(|e| e.generation <= cursor);
-        let mut keys = Vec::new();
+        let (mut keys, mut configs) = (Vec::new(), Vec::new());
         let mut next = current;
         let mut newest_ms = 0;
-        for e in gens.log.range(start..) {
-            if keys.len() == FEED_BATCH {
+        for (n, e) in gens.log.range(start..).enumerate() {
+            if n == FEED_BATCH {
                 next = e.generation - 1;
                 break;
             }
-            keys.push(e.key.clone());
+            match &e.what {
+                What::Service(k) => keys.push(k.clone()),
+                What::Config(c) => configs.push(c.clone()),
+            }
             newest_ms = e.at_ms;
         }
         FeedPage {
@@ -158,6 +194,7 @@ impl Changes {
             reset: false,
             keys,
             newest_ms,
+            configs,
         }
     }
 
@@ -165,7 +202,7 @@ impl Changes {
     pub async fn wait_read(&self, epoch: u64, cursor: u64, wait: Duration) -> FeedPage {
         let mut rx = self.newest.subscribe();
         let page = self.read(epoch, cursor);
-        if page.reset || !page.keys.is_empty() {
+        if page.reset || !page.keys.is_empty() || !page.configs.is_empty() {
             return page;
         }
         let after = page.cursor;
@@ -278,6 +315,44 @@ mod tests {
             "the first event fell out of the log"
         );
         assert!(!c.read(c.epoch(), 2).reset);
+    }
+
+    #[test]
+    fn config_changes_share_the_feed_in_order_without_touching_service_generations() {
+        let c = Changes::new();
+        let start = c.read(c.epoch(), 0).cursor;
+        let a = ServiceKey::new("public", "G", "a");
+        let cfg = |d: &str, rev| ConfigChange {
+            key: nacre_ring::configs::ConfigKey::new(d, "G", None).unwrap(),
+            md5: "m".into(),
+            revision: rev,
+        };
+        let before = c.generation(&a);
+        c.configs_changed(&[cfg("x", 7), cfg("y", 7)]);
+        assert_eq!(c.generation(&a), before);
+        c.bump(&a);
+        let page = c.read(c.epoch(), start);
+        assert_eq!(page.keys, vec![a]);
+        assert_eq!(page.configs, vec![cfg("x", 7), cfg("y", 7)]);
+        assert!(c.read(c.epoch(), page.cursor).configs.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_waiting_reader_wakes_on_a_config_change() {
+        let c = std::sync::Arc::new(Changes::new());
+        let start = c.read(c.epoch(), 0).cursor;
+        let c2 = c.clone();
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            c2.configs_changed(&[ConfigChange {
+                key: nacre_ring::configs::ConfigKey::new("x", "G", None).unwrap(),
+                md5: String::new(),
+                revision: 3,
+            }]);
+        });
+        let page = c.wait_read(c.epoch(), start, Duration::from_secs(10)).await;
+        assert_eq!(page.configs.len(), 1);
+        writer.await.unwrap();
     }
 
     #[test]

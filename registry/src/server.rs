@@ -473,7 +473,8 @@ fn on_change(
     configs: crate::configs::watch::ConfigWatch,
 ) -> crate::raft::ChangeCallback {
     Arc::new(move |keys, changed_configs| {
-        configs.changed(changed_configs);
+        configs.changed(changed_configs.iter().map(|c| &c.key));
+        changes.configs_changed(changed_configs);
         for k in keys {
             changes.bump(k);
             if let Some(h) = &push {

@@ -1,13 +1,16 @@
 //! Identity types every nacre tier agrees on.
 //!
 //! A service is named by `(namespace, group, service)`; the gateway and every registry node must
-//! derive exactly the same key from a request, or routing and ownership disagree. This crate is
-//! pure: no I/O, no async, so it can be shared by the gateway, the nodes and the tests.
+//! derive exactly the same key from a request, or routing and ownership disagree. The same holds
+//! for a config's key and the config listener protocol ([`configs`]), which both tiers serve.
+//! This crate does no I/O (its only async part is an in-process wake-up signal), so it can be
+//! shared by the gateway, the nodes and the tests.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub mod configs;
 mod member;
 mod ring;
 pub mod wire;

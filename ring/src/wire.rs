@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::configs::ConfigKey;
 use crate::ServiceKey;
 
 /// Prefix of every node-internal route; the gateway never forwards a client request to one.
@@ -22,6 +23,15 @@ pub const ASSERTED_BY_HEADER: &str = "x-nacre-asserted-by";
 pub const PING_PATH: &str = "/nacre/internal/member/ping";
 /// A node's change feed: a held read answered with a [`FeedPage`].
 pub const CHANGES_PATH: &str = "/nacre/internal/changes";
+
+/// The md5s of configs a gateway lacks: a POST of a [`Md5Query`] answered with a
+/// [`Md5Reply`].
+pub const CONFIG_MD5_PATH: &str = "/nacre/internal/configs/md5";
+
+/// On a node's answer to a config read: the Raft log index its state was at least as new as
+/// when it read. A gateway caching the answer serves it only while its md5 table knows no
+/// newer change of the config; it never reaches clients.
+pub const CONFIG_REVISION_HEADER: &str = "x-nacre-config-revision";
 
 /// The config listener long-poll (a public Nacos path): a node holds it up to about 30 s,
 /// so whoever proxies it must wait longer than for any other answer.
@@ -77,8 +87,42 @@ pub struct FeedPage {
     pub reset: bool,
     /// Services changed after the given cursor (a service may appear more than once).
     pub keys: Vec<ServiceKey>,
-    /// Wall-clock time (ms) of the newest change in `keys`, 0 when empty.
+    /// Wall-clock time (ms) of the newest change in `keys` or `configs`, 0 when empty.
     pub newest_ms: u64,
+    /// Configs changed after the given cursor, with their new md5 (older nodes send none).
+    #[serde(default)]
+    pub configs: Vec<ConfigChange>,
+}
+
+/// A config's md5 as of a Raft log index.
+///
+/// Every node applies every config change, so a gateway hears of one change from each node it
+/// follows, and from a fetch; it keeps the answer with the highest `revision` (a lagging node
+/// must not take a key back to an older md5).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigChange {
+    /// Which config.
+    pub key: ConfigKey,
+    /// Its md5 after the change ([`crate::configs::MISSING_MD5`] once deleted).
+    pub md5: String,
+    /// The Raft log index the md5 is current as of.
+    pub revision: u64,
+}
+
+/// Which configs' md5s a gateway asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Md5Query {
+    /// The keys, at most [`crate::configs::MAX_LISTENED`].
+    pub keys: Vec<ConfigKey>,
+}
+
+/// The md5s of a [`Md5Query`]'s keys, in its order, all as of one revision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Md5Reply {
+    /// The Raft log index the node had applied when it read them.
+    pub revision: u64,
+    /// One per key ([`crate::configs::MISSING_MD5`] for a config that does not exist).
+    pub md5s: Vec<String>,
 }
 
 #[cfg(test)]
@@ -95,14 +139,19 @@ mod tests {
 
     #[test]
     fn nacre_headers_share_the_header_prefix() {
-        for h in [SECRET_HEADER, CLIENT_ADDR_HEADER, ASSERTED_BY_HEADER] {
+        for h in [
+            SECRET_HEADER,
+            CLIENT_ADDR_HEADER,
+            ASSERTED_BY_HEADER,
+            CONFIG_REVISION_HEADER,
+        ] {
             assert!(h.starts_with(HEADER_PREFIX), "{h}");
         }
     }
 
     #[test]
     fn internal_paths_share_the_internal_prefix() {
-        for p in [PING_PATH, CHANGES_PATH] {
+        for p in [PING_PATH, CHANGES_PATH, CONFIG_MD5_PATH] {
             assert!(p.starts_with(INTERNAL_PREFIX), "{p}");
         }
     }

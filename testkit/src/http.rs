@@ -63,9 +63,19 @@ pub struct Reply {
     pub status: u16,
     /// Body as text.
     pub body: String,
+    /// Response headers (names in lower case), in order.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Reply {
+    /// The first value of header `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// The body parsed as JSON (panics with the body on failure: test-only).
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body)
@@ -298,10 +308,21 @@ impl Api {
     /// `POST /nacos/v1/cs/configs/listener` with `Listening-Configs` and, when given, the
     /// `Long-Pulling-Timeout` header (ms) the clients send.
     pub async fn listen_configs(&self, listening: &str, timeout_ms: Option<u64>) -> Reply {
+        self.listen_configs_with(listening, timeout_ms, &[]).await
+    }
+
+    /// [`Api::listen_configs`] with `query` parameters too (e.g. `accessToken`).
+    pub async fn listen_configs_with(
+        &self,
+        listening: &str,
+        timeout_ms: Option<u64>,
+        query: &[(&str, &str)],
+    ) -> Reply {
         let mut req = self
             .client
             .post(format!("{}/nacos/v1/cs/configs/listener", self.base))
             .header("User-Agent", &self.user_agent)
+            .query(query)
             .form(&[("Listening-Configs", listening)]);
         if let Some(t) = timeout_ms {
             req = req
@@ -349,12 +370,27 @@ async fn finish(r: reqwest::Result<reqwest::Response>) -> Reply {
     match r {
         Ok(resp) => {
             let status = resp.status().as_u16();
+            let headers = resp
+                .headers()
+                .iter()
+                .map(|(n, v)| {
+                    (
+                        n.as_str().to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect();
             let body = resp.text().await.unwrap_or_default();
-            Reply { status, body }
+            Reply {
+                status,
+                body,
+                headers,
+            }
         }
         Err(e) => Reply {
             status: 0,
             body: format!("transport error: {e}"),
+            headers: Vec::new(),
         },
     }
 }

@@ -25,21 +25,10 @@ pub const LISTENER_PATH: &str = nacre_ring::wire::CONFIG_LISTENER_PATH;
 /// Largest publish body: the content limit, percent-encoded, plus room for the other fields.
 pub const PUBLISH_BODY_LIMIT: usize = 3 * MAX_CONTENT + 64 * 1024;
 
-/// Shortest hold of a listener (Nacos's fixed 10 s floor).
-const MIN_HOLD: Duration = Duration::from_secs(10);
-/// Longest hold, whatever the client asks (clients send 30 s); proxies wait
-/// `CONFIG_LISTENER_READ_TIMEOUT_MS`, a little longer.
-const MAX_HOLD: Duration = Duration::from_secs(120);
-/// Answer this much before the client's timeout, so load balancers do not cut the poll.
-const HOLD_MARGIN: Duration = Duration::from_millis(500);
 /// Largest page of a search or history listing.
 const MAX_PAGE_SIZE: usize = 1000;
 
-const NO_CACHE: [(header::HeaderName, &str); 3] = [
-    (header::PRAGMA, "no-cache"),
-    (header::EXPIRES, "Thu, 01 Jan 1970 00:00:00 GMT"),
-    (header::CACHE_CONTROL, "no-cache,no-store"),
-];
+use nacre_ring::configs::{LISTENER_CONTENT_TYPE, NO_CACHE};
 
 fn key_of(p: &Params) -> Result<ConfigKey, ApiError> {
     Ok(ConfigKey::new(
@@ -60,19 +49,25 @@ pub async fn get(State(app): State<Arc<App>>, p: Params) -> Result<Response, Api
         // No tag variants exist (publishing one is refused), so none can be read.
         return Ok(not_exist());
     }
-    let item = app
+    let (revision, item) = app
         .node
         .persistent()
-        .read(|st| st.configs().get(&key).cloned());
-    Ok(match item {
+        .read_at(|st| st.configs().get(&key).cloned());
+    let mut r = match item {
         Some(c) => content_answer(c),
         None => not_exist(),
-    })
+    };
+    // What a gateway caching the answer checks it against (see `nacre_ring::wire`).
+    r.headers_mut().insert(
+        nacre_ring::wire::CONFIG_REVISION_HEADER,
+        HeaderValue::from(revision),
+    );
+    Ok(r)
 }
 
 fn not_exist() -> Response {
     let mut r = (StatusCode::NOT_FOUND, "config data not exist\n").into_response();
-    set_headers(r.headers_mut(), "text/plain;charset=UTF-8", &NO_CACHE);
+    set_headers(r.headers_mut(), LISTENER_CONTENT_TYPE, &NO_CACHE);
     r
 }
 
@@ -102,11 +97,14 @@ fn content_answer(c: ConfigItem) -> Response {
 fn set_headers(
     h: &mut HeaderMap,
     content_type: &'static str,
-    extra: &[(header::HeaderName, &'static str)],
+    extra: &[(&'static str, &'static str)],
 ) {
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     for (name, value) in extra {
-        h.insert(name.clone(), HeaderValue::from_static(value));
+        h.insert(
+            header::HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        );
     }
 }
 
@@ -280,36 +278,19 @@ fn wall_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// How long a listener may be held: `max(10 s, Long-Pulling-Timeout − 500 ms)`, bounded;
-/// `None` to answer at once (no timeout header: short polling; or the no-hang-up header).
+/// How long a listener may be held (rule C6), from its headers.
 fn hold_of(headers: &HeaderMap) -> Option<Duration> {
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-    };
-    if header("Long-Pulling-Timeout-No-Hangup").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
-        return None;
-    }
-    let asked = header("Long-Pulling-Timeout")?.parse::<u64>().ok()?;
-    Some(
-        Duration::from_millis(asked)
-            .saturating_sub(HOLD_MARGIN)
-            .clamp(MIN_HOLD, MAX_HOLD),
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    listen::hold(
+        header(listen::TIMEOUT_HEADER),
+        header(listen::NO_HANGUP_HEADER),
     )
 }
 
 /// `POST /configs/listener`: answers the listened keys whose md5 differs, at once or as soon
 /// as one changes within the hold; an empty body when none did.
 pub async fn listen(State(app): State<Arc<App>>, p: Params) -> Result<Response, ApiError> {
-    let value = p
-        .untrimmed("Listening-Configs")
-        .ok_or_else(|| ApiError::bad_request("Param 'Listening-Configs' is required."))?;
-    let listened = listen::parse(value, p.get("tenant"))?;
-    if listened.is_empty() {
-        return Err(ApiError::bad_request("invalid Listening-Configs: no keys"));
-    }
+    let listened = listen::parse_request(p.untrimmed("Listening-Configs"), p.get("tenant"))?;
     // Register before the first comparison: a change applied in between still wakes us.
     let interest = app.configs.interest(listened.iter().map(|l| l.key.clone()));
     let changed = |app: &App| -> Vec<Listened> {
@@ -338,7 +319,7 @@ pub async fn listen(State(app): State<Arc<App>>, p: Params) -> Result<Response, 
     }
     drop(interest);
     let mut r = listen::reply(&now).into_response();
-    set_headers(r.headers_mut(), "text/plain;charset=UTF-8", &NO_CACHE);
+    set_headers(r.headers_mut(), LISTENER_CONTENT_TYPE, &NO_CACHE);
     Ok(r)
 }
 
@@ -401,48 +382,4 @@ fn one_entry(
         .read(|st| find(st.configs()).map(|(k, h)| history_json(k, h)))
         .map(|v| json(&v))
         .ok_or_else(|| ApiError::not_found("history not exist"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.insert(*k, HeaderValue::from_static(v));
-        }
-        h
-    }
-
-    #[test]
-    fn proxies_wait_longer_than_the_longest_hold() {
-        assert!(
-            Duration::from_millis(nacre_ring::wire::CONFIG_LISTENER_READ_TIMEOUT_MS) > MAX_HOLD
-        );
-    }
-
-    #[test]
-    fn the_hold_is_the_timeout_less_half_a_second_within_bounds() {
-        assert_eq!(
-            hold_of(&headers(&[("Long-Pulling-Timeout", "30000")])),
-            Some(Duration::from_millis(29_500))
-        );
-        assert_eq!(
-            hold_of(&headers(&[("Long-Pulling-Timeout", "3000")])),
-            Some(MIN_HOLD)
-        );
-        assert_eq!(
-            hold_of(&headers(&[("Long-Pulling-Timeout", "9999999")])),
-            Some(MAX_HOLD)
-        );
-        assert_eq!(hold_of(&headers(&[])), None, "no header: short polling");
-        assert_eq!(
-            hold_of(&headers(&[
-                ("Long-Pulling-Timeout", "30000"),
-                ("Long-Pulling-Timeout-No-Hangup", "true")
-            ])),
-            None
-        );
-    }
 }

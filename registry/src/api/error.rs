@@ -95,6 +95,12 @@ impl From<NodeError> for ApiError {
     }
 }
 
+impl From<nacre_ring::configs::ParamError> for ApiError {
+    fn from(e: nacre_ring::configs::ParamError) -> Self {
+        Self::bad_request(e.0)
+    }
+}
+
 impl From<nacre_ring::KeyError> for ApiError {
     fn from(e: nacre_ring::KeyError) -> Self {
         Self::bad_request(e.to_string())

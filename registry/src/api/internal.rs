@@ -12,6 +12,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
+use nacre_ring::wire::{Md5Query, Md5Reply, CONFIG_MD5_PATH};
+
 use super::App;
 use crate::distro::wire::{
     SyncBatch, SyncReply, VerifyReply, VerifyRequest, SNAPSHOT_PATH, SYNC_PATH, VERIFY_PATH,
@@ -111,6 +113,32 @@ async fn changes(
     Json(page)
 }
 
+/// The md5s of the configs a gateway asks for (it parks listeners on keys it has not heard of
+/// on its feed yet), with the revision they are current as of.
+async fn config_md5s(
+    State(app): State<Arc<App>>,
+    Json(q): Json<Md5Query>,
+) -> Result<Json<Md5Reply>, super::error::ApiError> {
+    if !app.node.is_ready() {
+        return Err(super::error::ApiError::unavailable(
+            "node is starting: its configs may be behind",
+        ));
+    }
+    if q.keys.len() > crate::configs::MAX_LISTENED {
+        return Err(super::error::ApiError::bad_request(format!(
+            "at most {} keys",
+            crate::configs::MAX_LISTENED
+        )));
+    }
+    let (revision, md5s) = app.node.persistent().read_at(|st| {
+        q.keys
+            .iter()
+            .map(|k| st.configs().md5(k).to_string())
+            .collect()
+    });
+    Ok(Json(Md5Reply { revision, md5s }))
+}
+
 /// The internal routes of the node, guarded by the cluster secret.
 pub fn routes(app: Arc<App>) -> Router {
     let secret: Arc<str> = Arc::from(app.secret.as_str());
@@ -120,6 +148,7 @@ pub fn routes(app: Arc<App>) -> Router {
         .route(VERIFY_PATH, post(verify))
         .route(SNAPSHOT_PATH, get(snapshot))
         .route(CHANGES_PATH, get(changes))
+        .route(CONFIG_MD5_PATH, post(config_md5s))
         .route(crate::health::SYNC_PATH, post(health))
         .layer(DefaultBodyLimit::max(MAX_INTERNAL_BODY))
         .layer(axum::middleware::from_fn_with_state(secret, require_secret))

@@ -4,10 +4,9 @@
 //! in-process signal that wakes parked listeners, and the HTTP edge is `api::configs`.
 //!
 //! Rules (each with its test):
-//! - **C1 — keys.** `dataId`, `group` and `tenant` use letters, digits and `_ - . :` only
-//!   (Nacos's `ParamUtils`), `dataId` and `group` at most 256 characters, `tenant` at most
-//!   128. A blank, `public` or `null` tenant is the public namespace and is stored as `""`.
-//!   *Tests:* `model::tests::c1_*`.
+//! - **C1 — keys** and **C6 — listeners** are shared with the gateway, which parks listeners
+//!   too: they are stated and enforced in `nacre_ring::configs` (re-exported here as
+//!   [`listen`] and [`watch`]).
 //! - **C2 — content.** Content must not be blank and is at most [`MAX_CONTENT`] bytes (Nacos's
 //!   always-on `maxContent`). Its md5 is the hex MD5 of its UTF-8 bytes; a config that does not
 //!   exist has md5 `""`. *Tests:* `model::tests::c2_*`.
@@ -21,15 +20,10 @@
 //! - **C5 — compare-and-set.** A publish carrying `casMd5` applies only if the stored md5
 //!   (`""` when missing) equals it; otherwise it is refused as a conflict and nothing changes.
 //!   *Tests:* `model::tests::c5_*`.
-//! - **C6 — listeners.** A listened key has changed iff the stored md5 differs from the md5
-//!   the client sent (empty or `null` meaning "none"). A request lists at most
-//!   [`MAX_LISTENED`] keys of at most four fields each; the reply names changed keys with the
-//!   tenant exactly as the client sent it. A change wakes the listeners of the changed keys
-//!   only. *Tests:* `listen::tests::c6_*`, `watch::tests::c6_*`.
 
-pub mod listen;
 pub mod model;
-pub mod watch;
+
+pub use nacre_ring::configs::{listen, watch, MAX_LISTENED, MISSING_MD5};
 
 pub use model::{
     ConfigCommand, ConfigItem, ConfigKey, ConfigMeta, ConfigRecord, ConfigState, HistoryEntry,
@@ -41,12 +35,6 @@ pub const MAX_CONTENT: usize = 10 * 1024 * 1024;
 
 /// History entries kept per config (newest first out of the window).
 pub const HISTORY_KEPT: usize = 100;
-
-/// Most keys one listener request may name (Nacos's `MD5Util.getClientMd5Map`).
-pub const MAX_LISTENED: usize = 10_000;
-
-/// The md5 of a config that does not exist.
-pub const MISSING_MD5: &str = "";
 
 /// Hex MD5 of `content`'s UTF-8 bytes, as Nacos and its clients compute it.
 pub fn md5_hex(content: &str) -> String {

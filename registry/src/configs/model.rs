@@ -4,13 +4,11 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
+pub use nacre_ring::configs::{normalize_tenant, ConfigKey};
+
 use super::{md5_hex, HISTORY_KEPT, MAX_CONTENT, MISSING_MD5};
 use crate::naming::error::NamingError;
 
-/// Longest `dataId` or `group`.
-pub const MAX_NAME: usize = 256;
-/// Longest `tenant`.
-pub const MAX_TENANT: usize = 128;
 /// Longest `desc`.
 pub const MAX_DESC: usize = 128;
 /// Longest `appName`, `src_user`.
@@ -19,63 +17,6 @@ pub const MAX_SHORT: usize = 128;
 pub const MAX_TAGS: (usize, usize) = (5, 64);
 /// Config types Nacos knows; anything else is stored as `text`.
 pub const TYPES: [&str; 6] = ["text", "json", "xml", "yaml", "html", "properties"];
-
-/// Which config: tenant (`""` is public), group, data id.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct ConfigKey {
-    /// Namespace id; `""` for public.
-    pub tenant: String,
-    /// Group.
-    pub group: String,
-    /// Data id.
-    pub data_id: String,
-}
-
-/// The tenant a client's value names: blank, `public` and `null` are the public namespace.
-pub fn normalize_tenant(tenant: Option<&str>) -> &str {
-    match tenant.map(str::trim) {
-        None | Some("") => "",
-        Some(t) if t.eq_ignore_ascii_case("public") || t.eq_ignore_ascii_case("null") => "",
-        Some(t) => t,
-    }
-}
-
-fn valid_chars(v: &str) -> bool {
-    v.chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'))
-}
-
-/// Checks a `dataId`, `group` or `tag` value (rule C1).
-pub fn check_name(field: &str, v: &str, max: usize) -> Result<(), NamingError> {
-    if v.is_empty() {
-        return Err(NamingError::bad(format!(
-            "invalid {field}: must not be blank"
-        )));
-    }
-    if v.len() > max || !valid_chars(v) {
-        return Err(NamingError::bad(format!(
-            "invalid {field}: at most {max} letters, digits and _ - . :"
-        )));
-    }
-    Ok(())
-}
-
-impl ConfigKey {
-    /// A validated key (rule C1).
-    pub fn new(data_id: &str, group: &str, tenant: Option<&str>) -> Result<Self, NamingError> {
-        check_name("dataId", data_id, MAX_NAME)?;
-        check_name("group", group, MAX_NAME)?;
-        let tenant = normalize_tenant(tenant);
-        if !tenant.is_empty() {
-            check_name("tenant", tenant, MAX_TENANT)?;
-        }
-        Ok(Self {
-            tenant: tenant.to_string(),
-            group: group.to_string(),
-            data_id: data_id.to_string(),
-        })
-    }
-}
 
 /// What a publish says about a config besides its content.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -468,26 +409,6 @@ mod tests {
             src_user: "u".into(),
             src_ip: "10.0.0.1".into(),
             time_ms: t,
-        }
-    }
-
-    #[test]
-    fn c1_keys_allow_nacos_characters_only_and_public_is_the_empty_tenant() {
-        assert!(ConfigKey::new("app.yaml", "G-1:x_y", Some("ns-1")).is_ok());
-        for (d, g) in [
-            ("a b", "G"),
-            ("a/b", "G"),
-            ("a", "G\r\n"),
-            ("", "G"),
-            ("a", ""),
-        ] {
-            assert!(ConfigKey::new(d, g, None).is_err(), "{d:?} {g:?}");
-        }
-        assert!(ConfigKey::new(&"d".repeat(257), "G", None).is_err());
-        assert!(ConfigKey::new("d", "G", Some(&"t".repeat(129))).is_err());
-        assert!(ConfigKey::new("d", "G", Some("bad tenant")).is_err());
-        for t in [None, Some(""), Some(" "), Some("public"), Some("null")] {
-            assert_eq!(ConfigKey::new("d", "G", t).unwrap().tenant, "", "{t:?}");
         }
     }
 

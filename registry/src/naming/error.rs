@@ -19,6 +19,12 @@ pub enum NamingError {
     Conflict(String),
 }
 
+impl From<nacre_ring::configs::ParamError> for NamingError {
+    fn from(e: nacre_ring::configs::ParamError) -> Self {
+        Self::BadRequest(e.0)
+    }
+}
+
 impl NamingError {
     /// Shorthand for a 400-class error.
     pub fn bad(msg: impl Into<String>) -> Self {

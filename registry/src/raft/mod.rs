@@ -468,6 +468,21 @@ impl PersistentStore {
         f(&self.inner.state.read())
     }
 
+    /// Reads the applied state with a log index it is at least as new as. The index is taken
+    /// before the state is read, so it may be older than the state, never newer: whoever
+    /// merges the answer with later changes by index (a gateway's config md5s) never lets it
+    /// hide one.
+    pub fn read_at<R>(&self, f: impl FnOnce(&PersistentState) -> R) -> (u64, R) {
+        let index = self
+            .inner
+            .raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map_or(0, |l| l.index);
+        (index, self.read(f))
+    }
+
     /// Whether local reads are current enough to serve: this node has passed the read-index
     /// barrier of [`PersistentStore::catch_up`] once.
     ///

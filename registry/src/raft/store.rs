@@ -42,6 +42,8 @@ use serde::{Deserialize, Serialize};
 use super::types::{Entry, NodeId, TypeConfig};
 use crate::configs::{ConfigKey, ConfigRecord};
 use crate::naming::model::Namespace;
+use nacre_ring::wire::ConfigChange;
+
 use crate::naming::persistent::{
     Command, CommandOutput, CommandResult, PersistentService, PersistentSnapshot, PersistentState,
 };
@@ -49,11 +51,12 @@ use crate::naming::persistent::{
 /// File name of the database inside the data dir.
 pub const DB_FILE: &str = "nacre.db";
 
-/// Called with the services whose visible state changed and the configs whose record changed,
-/// after the change is applied (also after a snapshot install). It runs on openraft's state
+/// Called with the services whose visible state changed and the configs whose record changed
+/// (with their md5 and the log index it is current as of), after the change is applied (also
+/// after a snapshot install). It runs on openraft's state
 /// machine task: keep it quick and non-blocking (e.g. push to a bounded queue), or it delays
 /// every later apply.
-pub type ChangeCallback = Arc<dyn Fn(&[ServiceKey], &[ConfigKey]) + Send + Sync>;
+pub type ChangeCallback = Arc<dyn Fn(&[ServiceKey], &[ConfigChange]) + Send + Sync>;
 
 /// The schema this code reads and writes (`PRAGMA user_version`).
 const SCHEMA_VERSION: i64 = 1;
@@ -660,7 +663,7 @@ fn put_applied(conn: &Connection, applied: &Applied) -> Result<(), DbError> {
 }
 
 /// The answers of one apply batch, the services and the configs it changed.
-type BatchOutcome = (Vec<CommandResult>, Vec<ServiceKey>, Vec<ConfigKey>);
+type BatchOutcome = (Vec<CommandResult>, Vec<ServiceKey>, Vec<ConfigChange>);
 
 /// Applies a batch in memory, then persists the touched rows and the applied id in one
 /// transaction. Runs on the storage thread.
@@ -729,6 +732,8 @@ fn apply_batch(
         .iter()
         .map(|key| config_rows(&state, key, config_mark))
         .collect::<Result<Vec<_>, DbError>>()?;
+    let revision = applied.last_applied.map_or(0, |l| l.index);
+    let config_changes = config_changes(&state, configs, revision);
     // The auth state is small (users, roles, permissions): stored whole.
     let auth_row = auth_touched.then(|| state.auth().clone());
     drop(state);
@@ -749,7 +754,7 @@ fn apply_batch(
     }
     put_applied(&tx, &applied)?;
     tx.commit()?;
-    Ok((results, changed, configs.into_iter().collect()))
+    Ok((results, changed, config_changes))
 }
 
 fn store_snapshot(
@@ -779,6 +784,22 @@ fn differing_services(old: &PersistentState, new: &PersistentState) -> Vec<Servi
 }
 
 /// Configs whose record differs between two states (for change notification).
+/// What listeners and gateways are told of changed `keys`: their md5 in `state`, as of
+/// `revision`.
+fn config_changes(
+    state: &PersistentState,
+    keys: impl IntoIterator<Item = ConfigKey>,
+    revision: u64,
+) -> Vec<ConfigChange> {
+    keys.into_iter()
+        .map(|key| ConfigChange {
+            md5: state.configs().md5(&key).to_string(),
+            key,
+            revision,
+        })
+        .collect()
+}
+
 fn differing_configs(old: &PersistentState, new: &PersistentState) -> Vec<ConfigKey> {
     let keys: BTreeSet<&ConfigKey> = old
         .configs()
@@ -938,7 +959,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let mut state = shared.state.write();
                 let mut current = shared.applied.lock();
                 let changed = differing_services(&state, &new_state);
-                let configs = differing_configs(&state, &new_state);
+                let configs = config_changes(
+                    &new_state,
+                    differing_configs(&state, &new_state),
+                    meta.last_log_id.map_or(0, |l| l.index),
+                );
                 *state = new_state;
                 *current = applied;
                 Ok((changed, configs))
@@ -1109,7 +1134,7 @@ mod tests {
             let dir = tempfile::tempdir().map_err(|e| StorageIOError::write(&e))?;
             let store = open(
                 &dir.path().join(DB_FILE),
-                Arc::new(|_: &[ServiceKey], _: &[ConfigKey]| {}),
+                Arc::new(|_: &[ServiceKey], _: &[ConfigChange]| {}),
             )
             .await
             .map_err(|e| StorageIOError::write(&e))?;
@@ -1153,7 +1178,7 @@ mod tests {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let seen2 = seen.clone();
         let cb: ChangeCallback =
-            Arc::new(move |k: &[ServiceKey], _: &[ConfigKey]| seen2.lock().extend_from_slice(k));
+            Arc::new(move |k: &[ServiceKey], _: &[ConfigChange]| seen2.lock().extend_from_slice(k));
         {
             let mut s = open(&path, cb).await.unwrap();
             let res = s
@@ -1190,7 +1215,7 @@ mod tests {
             );
             assert_eq!(seen.lock().len(), 3);
         }
-        let mut s = open(&path, Arc::new(|_: &[ServiceKey], _: &[ConfigKey]| {}))
+        let mut s = open(&path, Arc::new(|_: &[ServiceKey], _: &[ConfigChange]| {}))
             .await
             .unwrap();
         let st = s.state.read().clone();
@@ -1210,7 +1235,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut src = open(
             &dir.path().join("a.db"),
-            Arc::new(|_: &[ServiceKey], _: &[ConfigKey]| {}),
+            Arc::new(|_: &[ServiceKey], _: &[ConfigChange]| {}),
         )
         .await
         .unwrap();
@@ -1232,7 +1257,7 @@ mod tests {
         {
             let mut dst = open(
                 &path,
-                Arc::new(move |k: &[ServiceKey], _: &[ConfigKey]| {
+                Arc::new(move |k: &[ServiceKey], _: &[ConfigChange]| {
                     seen2.lock().extend_from_slice(k)
                 }),
             )
@@ -1249,7 +1274,7 @@ mod tests {
         }
         // "stale" removed and "x" added: both are reported as changed.
         assert_eq!(seen.lock().len(), 1 + 2);
-        let dst = open(&path, Arc::new(|_: &[ServiceKey], _: &[ConfigKey]| {}))
+        let dst = open(&path, Arc::new(|_: &[ServiceKey], _: &[ConfigChange]| {}))
             .await
             .unwrap();
         assert_eq!(*dst.state.read(), *src.state.read());
@@ -1279,7 +1304,7 @@ mod tests {
         let before = {
             let mut s = open(
                 &path,
-                Arc::new(move |_: &[ServiceKey], c: &[ConfigKey]| {
+                Arc::new(move |_: &[ServiceKey], c: &[ConfigChange]| {
                     changed2.lock().extend_from_slice(c)
                 }),
             )
@@ -1316,12 +1341,23 @@ mod tests {
             n + 1,
             "each batch reports its configs"
         );
+        let last = changed.lock().last().cloned().unwrap();
+        assert_eq!(
+            (last.key.data_id.as_str(), last.md5.as_str(), last.revision),
+            ("gone", "", n + 2),
+            "a change carries the md5 after its batch and the batch's last log index"
+        );
+        assert_eq!(
+            changed.lock()[0].md5,
+            crate::configs::md5_hex("v1"),
+            "a publish reports its content's md5"
+        );
         let history_rows: i64 = Connection::open(&path)
             .unwrap()
             .query_row("SELECT count(*) FROM sm_config_history", [], |r| r.get(0))
             .unwrap();
         assert_eq!(history_rows, crate::configs::HISTORY_KEPT as i64 + 2);
-        let s = open(&path, Arc::new(|_: &[ServiceKey], _: &[ConfigKey]| {}))
+        let s = open(&path, Arc::new(|_: &[ServiceKey], _: &[ConfigChange]| {}))
             .await
             .unwrap();
         assert_eq!(*s.state.read(), before);

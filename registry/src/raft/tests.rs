@@ -32,7 +32,7 @@ pub(crate) fn create(name: &str) -> Command {
 }
 
 fn noop() -> ChangeCallback {
-    Arc::new(|_: &[ServiceKey], _: &[crate::configs::ConfigKey]| {})
+    Arc::new(|_: &[ServiceKey], _: &[nacre_ring::wire::ConfigChange]| {})
 }
 
 fn settings(dir: &Path, addr: &str, standalone: bool) -> RaftSettings {
@@ -52,9 +52,11 @@ async fn standalone_restart_keeps_acknowledged_writes() {
     let dir = tempfile::tempdir().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let seen2 = seen.clone();
-    let cb: ChangeCallback = Arc::new(move |k: &[ServiceKey], _: &[crate::configs::ConfigKey]| {
-        seen2.lock().extend_from_slice(k)
-    });
+    let cb: ChangeCallback = Arc::new(
+        move |k: &[ServiceKey], _: &[nacre_ring::wire::ConfigChange]| {
+            seen2.lock().extend_from_slice(k)
+        },
+    );
     let s = PersistentStore::start(settings(dir.path(), "127.0.0.1:1", true), cb)
         .await
         .unwrap();

@@ -1,14 +1,41 @@
-//! The config listener protocol (rule C6 in [`super`]): parsing `Listening-Configs` and
-//! writing the list of changed keys.
+//! The config listener protocol (rule C6 in [`super`]): parsing `Listening-Configs`, how long
+//! to hold a request, and writing the list of changed keys.
 //!
 //! Entries are `dataId ^2 group ^2 md5 [^2 tenant] ^1` (U+0002, U+0001). The reply names each
 //! changed entry as `dataId %02 group [%02 tenant] %01`, URL-encoded as Java's `URLEncoder`
 //! does, with the tenant exactly as the client sent it (clients match replies against their
 //! own keys), then one `\n`.
 
-use super::model::ConfigKey;
-use super::MAX_LISTENED;
-use crate::naming::error::NamingError;
+use std::time::Duration;
+
+use super::{ConfigKey, ParamError, MAX_LISTENED};
+
+/// Shortest hold of a listener (Nacos's fixed 10 s floor).
+pub const MIN_HOLD: Duration = Duration::from_secs(10);
+/// Longest hold, whatever the client asks (clients send 30 s); proxies in front of a node wait
+/// [`crate::wire::CONFIG_LISTENER_READ_TIMEOUT_MS`], a little longer.
+pub const MAX_HOLD: Duration = Duration::from_secs(120);
+/// Answer this much before the client's timeout, so load balancers do not cut the poll.
+pub const HOLD_MARGIN: Duration = Duration::from_millis(500);
+/// The header naming the client's poll timeout (ms).
+pub const TIMEOUT_HEADER: &str = "Long-Pulling-Timeout";
+/// The header asking for an answer at once.
+pub const NO_HANGUP_HEADER: &str = "Long-Pulling-Timeout-No-Hangup";
+
+/// How long a listener may be held, from its [`TIMEOUT_HEADER`] and [`NO_HANGUP_HEADER`]
+/// values: `max(10 s, timeout − 500 ms)`, bounded; `None` to answer at once (no timeout:
+/// short polling; or no-hang-up).
+pub fn hold(timeout: Option<&str>, no_hangup: Option<&str>) -> Option<Duration> {
+    if no_hangup.is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
+        return None;
+    }
+    let asked = timeout?.trim().parse::<u64>().ok()?;
+    Some(
+        Duration::from_millis(asked)
+            .saturating_sub(HOLD_MARGIN)
+            .clamp(MIN_HOLD, MAX_HOLD),
+    )
+}
 
 const FIELD: char = '\u{2}';
 const ENTRY: char = '\u{1}';
@@ -30,17 +57,17 @@ pub struct Listened {
 
 /// Parses a `Listening-Configs` value; `tenant` is the separate form field some clients (npm)
 /// send, used when an entry has no tenant of its own.
-pub fn parse(value: &str, tenant: Option<&str>) -> Result<Vec<Listened>, NamingError> {
+pub fn parse(value: &str, tenant: Option<&str>) -> Result<Vec<Listened>, ParamError> {
     let mut out = Vec::new();
     for entry in value.split(ENTRY).filter(|e| !e.is_empty()) {
         if out.len() == MAX_LISTENED {
-            return Err(NamingError::bad(format!(
+            return Err(ParamError(format!(
                 "invalid Listening-Configs: more than {MAX_LISTENED} keys"
             )));
         }
         let fields: Vec<&str> = entry.split(FIELD).collect();
         if !(3..=4).contains(&fields.len()) {
-            return Err(NamingError::bad(format!(
+            return Err(ParamError(format!(
                 "invalid Listening-Configs entry: {} fields, expected dataId, group, md5 and an optional tenant",
                 fields.len()
             )));
@@ -60,6 +87,20 @@ pub fn parse(value: &str, tenant: Option<&str>) -> Result<Vec<Listened>, NamingE
         });
     }
     Ok(out)
+}
+
+/// Parses a listener request's `Listening-Configs` (`value`, `None` when the parameter is
+/// missing) and `tenant` parameters: at least one key is required.
+pub fn parse_request(
+    value: Option<&str>,
+    tenant: Option<&str>,
+) -> Result<Vec<Listened>, ParamError> {
+    let value = value.ok_or_else(|| ParamError("Param 'Listening-Configs' is required.".into()))?;
+    let listened = parse(value, tenant)?;
+    if listened.is_empty() {
+        return Err(ParamError("invalid Listening-Configs: no keys".into()));
+    }
+    Ok(listened)
 }
 
 /// The reply body naming `changed` (empty when nothing changed).
@@ -99,6 +140,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn c6_the_hold_is_the_timeout_less_half_a_second_within_bounds() {
+        assert_eq!(
+            hold(Some("30000"), None),
+            Some(Duration::from_millis(29_500))
+        );
+        assert_eq!(hold(Some("3000"), None), Some(MIN_HOLD));
+        assert_eq!(hold(Some("9999999"), None), Some(MAX_HOLD));
+        assert_eq!(hold(None, None), None, "no header: short polling");
+        assert_eq!(hold(Some("x"), None), None);
+        assert_eq!(hold(Some("30000"), Some("true")), None);
+        assert_eq!(
+            hold(Some("30000"), Some("false")),
+            Some(Duration::from_millis(29_500))
+        );
+    }
+
+    #[test]
+    fn proxies_wait_longer_than_the_longest_hold() {
+        assert!(Duration::from_millis(crate::wire::CONFIG_LISTENER_READ_TIMEOUT_MS) > MAX_HOLD);
+    }
+
+    #[test]
     fn c6_three_and_four_field_entries_parse_and_null_md5_is_none() {
         let v = "a\u{2}G\u{2}abc\u{1}b\u{2}G\u{2}null\u{2}\u{1}c\u{2}G\u{2}\u{2}ns-1\u{1}";
         let l = parse(v, None).unwrap();
@@ -130,6 +193,17 @@ mod tests {
             .collect();
         assert_eq!(parse(&max, None).unwrap().len(), MAX_LISTENED);
         assert!(parse("", None).unwrap().is_empty());
+        assert!(
+            parse_request(Some(""), None).is_err(),
+            "a request names a key"
+        );
+        assert!(parse_request(None, None).is_err());
+        assert_eq!(
+            parse_request(Some("a\u{2}G\u{2}\u{1}"), None)
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[test]

@@ -1,8 +1,9 @@
-//! Wakes parked config listeners when the configs they listen to change. A parked listener
-//! registers an [`Interest`] in its keys; the Raft apply calls [`ConfigWatch::changed`] with
-//! the keys it changed, which wakes exactly the listeners of those keys (a publish must not
-//! wake every listener on the node: with a thousand parked listeners that was most of a
-//! node's CPU). In-process signalling only; it knows nothing of HTTP.
+//! Wakes parked config listeners when the configs they listen to change (rule C6 in
+//! [`super`]). A parked listener registers an [`Interest`] in its keys; whoever learns of a
+//! change (a node's Raft apply, a gateway's change feed) calls [`ConfigWatch::changed`] with
+//! the changed keys, which wakes exactly the listeners of those keys (a publish must not wake
+//! every listener: with a thousand parked listeners that was most of a node's CPU). In-process
+//! signalling only; it knows nothing of HTTP.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -41,8 +42,8 @@ impl ConfigWatch {
         Self::default()
     }
 
-    /// Wakes the listeners of `keys` (called by the Raft apply; quick and non-blocking).
-    pub fn changed(&self, keys: &[ConfigKey]) {
+    /// Wakes the listeners of `keys` (quick and non-blocking).
+    pub fn changed<'a>(&self, keys: impl IntoIterator<Item = &'a ConfigKey>) {
         let waiters = self.waiters.lock();
         for key in keys {
             for n in waiters.by_key.get(key).into_iter().flat_map(|m| m.values()) {
@@ -50,6 +51,14 @@ impl ConfigWatch {
                 // comparison and its wait still wakes it.
                 n.notify_one();
             }
+        }
+    }
+
+    /// Wakes every listener (what it compared against may be gone: it must look again).
+    pub fn wake_all(&self) {
+        let waiters = self.waiters.lock();
+        for n in waiters.by_key.values().flat_map(|m| m.values()) {
+            n.notify_one();
         }
     }
 
@@ -140,6 +149,8 @@ mod tests {
         assert!(!woken(&c).await, "another key's listener sleeps on");
         w.changed(&[]);
         assert!(!woken(&a).await);
+        w.wake_all();
+        assert!(woken(&a).await && woken(&c).await);
     }
 
     #[tokio::test]

@@ -1,0 +1,453 @@
+//! Serving one config listener poll at the edge (rules L3, L4 and L6 in [`super`]): compare
+//! with the md5 table, park until a listened key changes or the hold ends, fetch what the
+//! table lacks, and pass the poll to a node whenever the table cannot be trusted.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use nacre_ring::configs::listen::{self, Listened};
+use nacre_ring::configs::{ConfigKey, ParamError};
+use nacre_ring::wire::{Md5Query, Md5Reply, CONFIG_LISTENER_PATH, CONFIG_MD5_PATH, SECRET_HEADER};
+use tokio::time::Instant;
+
+use super::table::Lookup;
+use crate::upstreams::Upstream;
+use crate::Shared;
+
+/// How long a node may take over a fetch or an immediate answer.
+const NODE_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Fetches one poll may make before it stops trusting the table (resets kept voiding them).
+const MAX_FETCHES: usize = 3;
+/// How much longer than the rest of the hold a node that holds a passed poll may take.
+const PASS_GRACE: Duration = Duration::from_secs(1);
+/// A pass-through with less hold left than this is answered empty at once.
+const MIN_PASS_HOLD: Duration = Duration::from_millis(50);
+/// The content type of every listener answer the gateway writes.
+const TEXT: &str = nacre_ring::configs::LISTENER_CONTENT_TYPE;
+
+/// Request headers never passed on to a node: hop-by-hop ones, and the ones the forward
+/// sets itself.
+const NOT_FORWARDED: [HeaderName; 8] = [
+    header::HOST,
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    header::CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+];
+
+/// A parsed listener poll, with what a node needs to answer it instead.
+#[derive(Debug, Clone)]
+pub struct PollRequest {
+    query: String,
+    body: Bytes,
+    headers: HeaderMap,
+    listened: Vec<Listened>,
+    hold: Option<Duration>,
+}
+
+/// How a poll was answered (the `result` label of `nacre_gateway_config_polls_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum How {
+    /// At the edge: a listened key had changed (at once or while parked).
+    Changed,
+    /// At the edge: nothing changed within the hold.
+    Unchanged,
+    /// By a node (rules L4, L6).
+    Node,
+    /// No node could answer.
+    Unavailable,
+}
+
+impl How {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Changed => "changed",
+            Self::Unchanged => "unchanged",
+            Self::Node => "node",
+            Self::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// A complete answer to a poll.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// `Content-Type`.
+    pub content_type: HeaderValue,
+    /// Body.
+    pub body: Bytes,
+    /// How it was reached.
+    pub how: How,
+}
+
+impl Answer {
+    fn edge(changed: &[&Listened]) -> Self {
+        Self {
+            status: 200,
+            content_type: HeaderValue::from_static(TEXT),
+            body: Bytes::from(listen::reply(changed.iter().copied())),
+            how: if changed.is_empty() {
+                How::Unchanged
+            } else {
+                How::Changed
+            },
+        }
+    }
+
+    fn unavailable() -> Self {
+        Self {
+            status: 503,
+            content_type: HeaderValue::from_static(TEXT),
+            body: Bytes::from_static(b"no registry node is ready"),
+            how: How::Unavailable,
+        }
+    }
+}
+
+impl PollRequest {
+    /// Reads a poll from its query string, form body and headers (query values first, as
+    /// nodes read them). A bad `Listening-Configs` is the same 400 a node gives.
+    pub fn parse(query: &str, body: Bytes, headers: &HeaderMap) -> Result<Self, ParamError> {
+        let (mut value, mut tenant) = (None, None);
+        for part in [query.as_bytes(), &body] {
+            for (k, v) in form_urlencoded::parse(part) {
+                match k.as_ref() {
+                    "Listening-Configs" if value.is_none() => value = Some(v),
+                    "tenant" if tenant.is_none() => tenant = Some(v),
+                    _ => {}
+                }
+            }
+        }
+        let listened = listen::parse_request(value.as_deref(), tenant.as_deref())?;
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let hold = listen::hold(
+            header(listen::TIMEOUT_HEADER),
+            header(listen::NO_HANGUP_HEADER),
+        );
+        let mut forwarded = headers.clone();
+        for h in &NOT_FORWARDED {
+            forwarded.remove(h);
+        }
+        Ok(Self {
+            query: query.to_string(),
+            body,
+            headers: forwarded,
+            listened,
+            hold,
+        })
+    }
+
+    /// How long the poll may be held (`None`: answer at once).
+    pub fn hold(&self) -> Option<Duration> {
+        self.hold
+    }
+}
+
+/// Answers `req`: at the edge while the table can be trusted, else by a node (rule L4).
+pub async fn serve(shared: &Shared, req: &PollRequest) -> Answer {
+    let deadline = Instant::now() + req.hold.unwrap_or_default();
+    if shared.auth_required() {
+        // Rule L6: the node checks the credential (and answers a change at once).
+        if let Some(answer) = ask_node(shared, req, Ask::Now).await {
+            if answer.status != 200 || !answer.body.is_empty() {
+                return answer;
+            }
+        } else {
+            return Answer::unavailable();
+        }
+    }
+    let table = &shared.config_md5s;
+    // Registered before the first lookup: a change learned in between still wakes it.
+    let interest = table.interest(req.listened.iter().map(|l| l.key.clone()));
+    let mut fetches = 0;
+    loop {
+        if !shared.upstreams.view().feeds_ok() {
+            drop(interest);
+            return pass(shared, req, deadline).await;
+        }
+        match table.lookup(&req.listened) {
+            Lookup::Known(changed) if !changed.is_empty() || req.hold.is_none() => {
+                return Answer::edge(&changed)
+            }
+            Lookup::Known(_) => {}
+            Lookup::Missing { epoch, keys } => {
+                // A fetch voided by a reset is tried again, a few times; no node answering
+                // means the table cannot be completed.
+                fetches += 1;
+                if fetches > MAX_FETCHES || fetch(shared, epoch, &keys).await.is_none() {
+                    drop(interest);
+                    return pass(shared, req, deadline).await;
+                }
+                continue;
+            }
+        }
+        tokio::select! {
+            _ = interest.changed() => {}
+            _ = tokio::time::sleep_until(deadline) => return Answer::edge(&[]),
+            // A stopping gateway answers "no change" rather than cut the connection: the
+            // client polls again at once, elsewhere.
+            _ = shared.stopping.cancelled() => return Answer::edge(&[]),
+        }
+    }
+}
+
+/// Fetches `keys`' md5s from a node into the table (rule L3): whether the answer was kept (not
+/// when a reset came first), `None` when no node answered.
+async fn fetch(shared: &Shared, epoch: u64, keys: &[ConfigKey]) -> Option<bool> {
+    shared.metrics.config_fetches.inc();
+    let secret = shared
+        .settings
+        .cluster_secret
+        .as_deref()
+        .unwrap_or_default();
+    let query = Md5Query {
+        keys: keys.to_vec(),
+    };
+    for up in candidates(shared) {
+        let sent = shared
+            .http
+            .post(format!("http://{}{CONFIG_MD5_PATH}", up.addr))
+            .header(SECRET_HEADER, secret)
+            .json(&query)
+            .timeout(NODE_ANSWER_TIMEOUT)
+            .send()
+            .await;
+        let reply = match sent {
+            Ok(r) if r.status().is_success() => r.json::<Md5Reply>().await,
+            Ok(r) => {
+                tracing::debug!(upstream = %up.name, status = %r.status(), "config md5 fetch refused");
+                continue;
+            }
+            Err(e) => Err(e),
+        };
+        match reply {
+            Ok(reply) => return Some(shared.config_md5s.learn_fetched(epoch, keys, &reply)),
+            Err(e) => tracing::debug!(upstream = %up.name, error = %e, "config md5 fetch failed"),
+        }
+    }
+    None
+}
+
+/// Passes `req` to a node for the rest of its hold and relays the answer (rule L4).
+async fn pass(shared: &Shared, req: &PollRequest, deadline: Instant) -> Answer {
+    if req.hold.is_some() && deadline.saturating_duration_since(Instant::now()) < MIN_PASS_HOLD {
+        return Answer::edge(&[]);
+    }
+    match ask_node(shared, req, Ask::Rest(deadline)).await {
+        Some(answer) => answer,
+        None => Answer::unavailable(),
+    }
+}
+
+/// What a node is asked.
+#[derive(Debug, Clone, Copy)]
+enum Ask {
+    /// Compare now (`Long-Pulling-Timeout-No-Hangup`); with auth on, the node also checks
+    /// the credential.
+    Now,
+    /// Hold the poll until the deadline.
+    Rest(Instant),
+}
+
+/// The outcome of sending a poll to one node.
+enum Sent {
+    Answer(Answer),
+    /// The node did not answer in time.
+    TimedOut,
+    Failed,
+    /// The gateway is stopping.
+    Stopping,
+}
+
+/// Ready nodes, those whose feed is followed first (a node whose feed broke may be hung),
+/// starting at a rotating offset to spread passed polls.
+fn candidates(shared: &Shared) -> Vec<Arc<Upstream>> {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let view = shared.upstreams.view();
+    let all = view.upstreams();
+    if all.is_empty() {
+        return Vec::new();
+    }
+    let start = NEXT.fetch_add(1, Ordering::Relaxed) % all.len();
+    let mut order: Vec<Arc<Upstream>> = all[start..].iter().chain(&all[..start]).cloned().collect();
+    order.sort_by_key(|u| (!(u.is_usable() && u.feed_ok()), !u.is_usable()));
+    order
+}
+
+/// Sends the poll to the nodes in turn until one answers; `None` when none did. A poll held
+/// on a node that does not answer by the deadline is asked once more, at once, of another
+/// node before the gateway says "no change": the silent node may be the one that hung.
+async fn ask_node(shared: &Shared, req: &PollRequest, ask: Ask) -> Option<Answer> {
+    let nodes = candidates(shared);
+    for (i, up) in nodes.iter().enumerate() {
+        match send(shared, up, req, ask).await {
+            Sent::Answer(a) => return Some(a),
+            Sent::Stopping => return Some(Answer::edge(&[])),
+            Sent::TimedOut if matches!(ask, Ask::Rest(_)) && req.hold.is_some() => {
+                for other in nodes[i + 1..].iter().chain(&nodes[..i]) {
+                    if let Sent::Answer(a) = send(shared, other, req, Ask::Now).await {
+                        return Some(a);
+                    }
+                }
+                return Some(Answer {
+                    how: How::Node,
+                    ..Answer::edge(&[])
+                });
+            }
+            Sent::TimedOut | Sent::Failed => {}
+        }
+    }
+    None
+}
+
+/// Sends the poll to `up`: held until the deadline (plus a grace for the node's own answer)
+/// or answered at once.
+async fn send(shared: &Shared, up: &Upstream, req: &PollRequest, ask: Ask) -> Sent {
+    let mut headers = req.headers.clone();
+    let limit = match ask {
+        Ask::Now => {
+            headers.insert(
+                HeaderName::from_static("long-pulling-timeout-no-hangup"),
+                HeaderValue::from_static("true"),
+            );
+            NODE_ANSWER_TIMEOUT
+        }
+        Ask::Rest(_) if req.hold.is_none() => NODE_ANSWER_TIMEOUT,
+        Ask::Rest(deadline) => {
+            // The node holds what is left of the hold (its own floor may make it longer:
+            // the limit below cuts it), and answers just before the gateway would.
+            let left = deadline.saturating_duration_since(Instant::now());
+            let asked = left + listen::HOLD_MARGIN;
+            if let Ok(v) = HeaderValue::from_str(&asked.as_millis().to_string()) {
+                headers.insert(HeaderName::from_static("long-pulling-timeout"), v);
+            }
+            left + PASS_GRACE
+        }
+    };
+    let url = if req.query.is_empty() {
+        format!("http://{}{CONFIG_LISTENER_PATH}", up.addr)
+    } else {
+        format!("http://{}{CONFIG_LISTENER_PATH}?{}", up.addr, req.query)
+    };
+    let answered = async {
+        let resp = shared
+            .http
+            .post(url)
+            .headers(headers)
+            .body(req.body.clone())
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        let content_type = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .cloned()
+            .unwrap_or_else(|| HeaderValue::from_static(TEXT));
+        let body = resp.bytes().await?;
+        Ok::<_, reqwest::Error>(Answer {
+            status,
+            content_type,
+            body,
+            how: How::Node,
+        })
+    };
+    let result = tokio::select! {
+        r = tokio::time::timeout(limit, answered) => r,
+        _ = shared.stopping.cancelled() => return Sent::Stopping,
+    };
+    match result {
+        Ok(Ok(answer)) => Sent::Answer(answer),
+        Ok(Err(e)) => {
+            tracing::debug!(upstream = %up.name, error = %e, "config listener: node failed");
+            Sent::Failed
+        }
+        Err(_) => {
+            tracing::debug!(upstream = %up.name, "config listener: node did not answer in time");
+            Sent::TimedOut
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn a_poll_reads_its_keys_from_the_query_or_the_form_body_and_its_hold_from_headers() {
+        let body = Bytes::from("Listening-Configs=a%02G%02m%01b%02G%02%02ns%01&tenant=t");
+        let h = headers(&[
+            ("long-pulling-timeout", "30000"),
+            ("host", "gw"),
+            ("content-length", "55"),
+            ("authorization", "Bearer x"),
+        ]);
+        let req = PollRequest::parse("accessToken=k", body, &h).unwrap();
+        assert_eq!(req.listened.len(), 2);
+        assert_eq!(
+            req.listened[0].key.tenant, "t",
+            "the form's tenant fills in"
+        );
+        assert_eq!(req.listened[1].key.tenant, "ns");
+        assert_eq!(req.hold(), Some(Duration::from_millis(29_500)));
+        assert!(req.headers.get("host").is_none() && req.headers.get("content-length").is_none());
+        assert!(
+            req.headers.get("authorization").is_some(),
+            "credentials go on"
+        );
+        // Query values come first.
+        let q = PollRequest::parse(
+            "Listening-Configs=q%02G%02m%01",
+            Bytes::from("Listening-Configs=b%02G%02m%01"),
+            &HeaderMap::new(),
+        )
+        .unwrap();
+        assert_eq!(q.listened[0].key.data_id, "q");
+        assert_eq!(q.hold(), None, "no timeout header: answered at once");
+    }
+
+    #[test]
+    fn a_bad_poll_is_the_400_a_node_gives() {
+        for (query, body) in [
+            ("", ""),
+            ("", "Listening-Configs="),
+            ("", "Listening-Configs=a%02G%01"),
+            ("", "Listening-Configs=a%20b%02G%02m%01"),
+        ] {
+            let err = PollRequest::parse(query, Bytes::from(body), &HeaderMap::new());
+            assert!(err.is_err(), "{body:?}");
+        }
+    }
+
+    #[test]
+    fn edge_answers_are_nacos_shaped() {
+        let req = PollRequest::parse(
+            "",
+            Bytes::from("Listening-Configs=a%02G%02m%02ns%01"),
+            &HeaderMap::new(),
+        )
+        .unwrap();
+        let changed: Vec<&Listened> = req.listened.iter().collect();
+        let a = Answer::edge(&changed);
+        assert_eq!((a.status, a.how), (200, How::Changed));
+        assert_eq!(&a.body[..], b"a%02G%02ns%01\n");
+        let none = Answer::edge(&[]);
+        assert_eq!((none.body.len(), none.how), (0, How::Unchanged));
+    }
+}
