@@ -213,7 +213,32 @@ impl Conn {
         user_agent: &str,
         timeout: Duration,
     ) -> Result<Conn, ClientError> {
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Self::connect_from(addr, None, host, user_agent, timeout).await
+    }
+
+    /// [`Conn::connect`] from local address `source` (any port) when given.
+    pub async fn connect_from(
+        addr: SocketAddr,
+        source: Option<std::net::IpAddr>,
+        host: &str,
+        user_agent: &str,
+        timeout: Duration,
+    ) -> Result<Conn, ClientError> {
+        let connect = async {
+            match source {
+                None => TcpStream::connect(addr).await,
+                Some(ip) => {
+                    let socket = if ip.is_ipv4() {
+                        tokio::net::TcpSocket::new_v4()?
+                    } else {
+                        tokio::net::TcpSocket::new_v6()?
+                    };
+                    socket.bind(SocketAddr::new(ip, 0))?;
+                    socket.connect(addr).await
+                }
+            }
+        };
+        let stream = match tokio::time::timeout(timeout, connect).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(ClientError::Connect(e)),
             Err(_) => return Err(ClientError::Timeout),

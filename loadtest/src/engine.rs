@@ -36,7 +36,18 @@ pub struct Target {
 impl Target {
     /// A new keep-alive connection that sends this target's `Host`, `User-Agent` and token.
     pub async fn connect(&self, timeout: Duration) -> Result<Conn, ClientError> {
-        let conn = Conn::connect(self.addr, &self.name, &self.user_agent, timeout).await?;
+        self.connect_from(None, timeout).await
+    }
+
+    /// [`Target::connect`] from a chosen local address (many connections to one loopback
+    /// target need several source addresses: one has only ~28,000 ephemeral ports).
+    pub async fn connect_from(
+        &self,
+        source: Option<std::net::IpAddr>,
+        timeout: Duration,
+    ) -> Result<Conn, ClientError> {
+        let conn =
+            Conn::connect_from(self.addr, source, &self.name, &self.user_agent, timeout).await?;
         Ok(match &self.access {
             Some(a) => conn.with_query(a),
             None => conn,

@@ -21,6 +21,8 @@ use crate::stats::{ErrorKind, Stats};
 
 /// The long-poll timeout listeners send (what every 1.x client sends).
 const HOLD_MS: &str = "30000";
+/// Listeners sharing one loopback source address (of ~28,000 ephemeral ports each).
+const LISTENERS_PER_SOURCE: usize = 20_000;
 /// How long a listener waits for one answer before it counts a timeout.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(45);
 
@@ -95,6 +97,7 @@ impl Listeners {
             let c = i % names.service_count();
             tasks.spawn(listen(
                 target.clone(),
+                source(target, i),
                 names.clone(),
                 log.clone(),
                 c,
@@ -126,9 +129,21 @@ impl Listeners {
     }
 }
 
+/// The local address listener `i` connects from: towards an IPv4 loopback target, 127.0.0.1
+/// for the first [`LISTENERS_PER_SOURCE`], then 127.0.0.2, and so on (100,000 listeners need
+/// five); elsewhere the system's choice.
+fn source(target: &Target, i: usize) -> Option<std::net::IpAddr> {
+    let std::net::IpAddr::V4(ip) = target.addr.ip() else {
+        return None;
+    };
+    let k = u8::try_from(1 + i / LISTENERS_PER_SOURCE).ok()?;
+    (ip.is_loopback() && k > 1).then(|| std::net::Ipv4Addr::new(127, 0, 0, k).into())
+}
+
 /// One listener on config `c`; returns its stats, its config and the newest version it saw.
 async fn listen(
     target: Target,
+    source: Option<std::net::IpAddr>,
     names: Arc<Names>,
     log: Arc<PublishLog>,
     c: usize,
@@ -143,7 +158,7 @@ async fn listen(
     while !stop.is_cancelled() {
         let c_conn = match conn.as_mut() {
             Some(c) => c,
-            None => match target.connect(target.timeout).await {
+            None => match target.connect_from(source, target.timeout).await {
                 Ok(new) => conn.insert(new),
                 Err(_) => {
                     stats.record_error("notify", ErrorKind::Connect);
