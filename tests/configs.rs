@@ -779,6 +779,153 @@ async fn config_reads_through_the_gateway_are_cached_until_the_config_changes() 
     );
 }
 
+/// Rules C7 and L8: a beta is read (and listened to) by the addresses in its list only, a tag
+/// by `tag` or `Vipserver-Tag`; through the gateway, which sends such reads and polls to a
+/// node with the client's address, and never serves a beta'd config from its cache. Two
+/// clients on one machine: 127.0.0.1 (in the beta) and 127.0.0.2 (not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beta_and_tag_variants_through_the_gateway_and_on_a_node() {
+    let root = tempfile::tempdir().unwrap();
+    let (c, gw) =
+        GatewayProcess::with_cluster(bin(), root.path(), ClusterOptions::new(3).fast(), READY)
+            .unwrap();
+    let inside = Api::new(gw.addr());
+    let outside = Api::new(gw.addr()).with_local_address("127.0.0.2".parse().unwrap());
+    wait_feeds_followed(&inside).await;
+    const PATH: &str = "/nacos/v1/cs/configs";
+    let key = [("dataId", "gray"), ("group", "G")];
+    let with = |extra: &[(&'static str, &'static str)]| {
+        let mut q = key.to_vec();
+        q.extend_from_slice(extra);
+        q
+    };
+    let publish = |extra: &[(&'static str, &'static str)],
+                   headers: &[(&'static str, &'static str)]| {
+        let (q, h, api) = (with(extra), headers.to_vec(), inside.clone());
+        async move { api.call_with_headers("POST", PATH, &q, &h).await }
+    };
+    assert_eq!(publish(&[("content", "main")], &[]).await.body, "true");
+    assert_eq!(
+        publish(&[("content", "blue"), ("tag", "blue")], &[])
+            .await
+            .body,
+        "true"
+    );
+    assert_eq!(
+        publish(
+            &[("content", "beta")],
+            &[("betaIps", "127.0.0.1, 10.0.0.9")]
+        )
+        .await
+        .body,
+        "true"
+    );
+    for bad in [("betaIps", "not-an-ip"), ("betaIps", ",")] {
+        let r = publish(&[("content", "x")], &[bad]).await;
+        assert_eq!(r.status, 400, "{bad:?}: {r:?}");
+    }
+    let r = publish(&[("content", "x"), ("tag", "waytoolongforatag")], &[]).await;
+    assert_eq!(r.status, 400, "{r:?}");
+
+    let read = |api: &Api,
+                extra: &[(&'static str, &'static str)],
+                headers: &[(&'static str, &'static str)]| {
+        let (q, h, api) = (with(extra), headers.to_vec(), api.clone());
+        async move { api.call_with_headers("GET", PATH, &q, &h).await }
+    };
+    let hits = || inside.metric("nacre_gateway_config_reads_total{result=\"hit\"}");
+    let hits_before = hits().await;
+    for _ in 0..3 {
+        let r = read(&outside, &[], &[]).await;
+        assert_eq!(
+            (r.status, r.body.as_str(), r.header("isbeta")),
+            (200, "main", None)
+        );
+        let r = read(&inside, &[], &[]).await;
+        assert_eq!(
+            (r.body.as_str(), r.header("isbeta")),
+            ("beta", Some("true")),
+            "{r:?}"
+        );
+    }
+    assert_eq!(
+        hits().await,
+        hits_before,
+        "a beta'd config is never served from the cache"
+    );
+    assert_eq!(read(&outside, &[("tag", "blue")], &[]).await.body, "blue");
+    assert_eq!(read(&outside, &[("tag", "red")], &[]).await.status, 404);
+    let r = read(&outside, &[], &[("Vipserver-Tag", "blue")]).await;
+    assert_eq!(
+        (r.body.as_str(), r.header("vipserver-tag")),
+        ("blue", Some("blue"))
+    );
+    assert_eq!(
+        read(&outside, &[], &[("Vipserver-Tag", "red")]).await.body,
+        "main"
+    );
+    let beta = inside
+        .call("GET", PATH, &with(&[("beta", "true")]))
+        .await
+        .json();
+    assert_eq!(beta["data"]["content"], "beta", "{beta}");
+    assert_eq!(beta["data"]["betaIps"], "127.0.0.1,10.0.0.9");
+
+    // Listeners compare what their client reads; a beta'd key's polls are a node's.
+    let entry_of = |content: &str| entry("gray", "G", &md5_hex(content), "");
+    let r = inside.listen_configs(&entry_of("main"), Some(30_000)).await;
+    assert_eq!(
+        r.body, "gray%02G%01\n",
+        "the beta client holds the main md5: changed"
+    );
+    let r = inside.listen_configs(&entry_of("beta"), None).await;
+    assert_eq!(r.body, "", "short poll, up to date");
+    let parked_outside = {
+        let o = outside.clone();
+        let e = entry_of("main");
+        tokio::spawn(async move { o.listen_configs(&e, Some(30_000)).await })
+    };
+    let parked_inside = {
+        let i = inside.clone();
+        let e = entry_of("beta");
+        tokio::spawn(async move { i.listen_configs(&e, Some(30_000)).await })
+    };
+    eventually("both held by nodes", READY, 2.0, || parked_on_nodes(&c)).await;
+    // Stopping the beta: the beta client now reads the main content, so its listener fires;
+    // the other client's does not.
+    let r = inside
+        .call("DELETE", PATH, &with(&[("beta", "true")]))
+        .await;
+    assert_eq!(r.json()["message"], "stop beta ok", "{r:?}");
+    let r = parked_inside.await.unwrap();
+    assert_eq!(r.body, "gray%02G%01\n");
+    assert_eq!(read(&inside, &[], &[]).await.body, "main");
+    assert!(
+        !parked_outside.is_finished(),
+        "nothing changed for the other client"
+    );
+    // A publish of the config fires the other one, through the node that held it.
+    assert_eq!(publish(&[("content", "main2")], &[]).await.body, "true");
+    assert_eq!(parked_outside.await.unwrap().body, "gray%02G%01\n");
+
+    // Without a beta, listeners are the gateway's again; deleting the tag leaves the config.
+    let held = {
+        let o = outside.clone();
+        let e = entry_of("main2");
+        tokio::spawn(async move { o.listen_configs(&e, Some(30_000)).await })
+    };
+    eventually("held at the gateway", READY, 1.0, || {
+        inside.metric("nacre_gateway_config_listeners")
+    })
+    .await;
+    assert_eq!(parked_on_nodes(&c).await, 0.0);
+    let r = inside.call("DELETE", PATH, &with(&[("tag", "blue")])).await;
+    assert_eq!(r.body, "true");
+    assert_eq!(read(&outside, &[("tag", "blue")], &[]).await.status, 404);
+    assert_eq!(read(&outside, &[], &[]).await.body, "main2");
+    held.abort();
+}
+
 /// A gateway killed mid-poll and started again loses no notification: the held poll breaks,
 /// the publish lands meanwhile, and the client's next poll (with the md5 it still holds) is
 /// answered at once: the new gateway has heard of no config, so it fetches the md5 (rule L3)

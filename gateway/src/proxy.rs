@@ -389,9 +389,10 @@ impl Gateway {
             }
             body.extend_from_slice(&chunk);
         }
+        let client = client_ip(session);
         let req = session.req_header();
         let query = req.uri.query().unwrap_or("");
-        let poll = match PollRequest::parse(query, body.freeze(), &req.headers) {
+        let poll = match PollRequest::parse(query, body.freeze(), &req.headers, client) {
             Ok(poll) => poll,
             Err(e) => {
                 self.shared.metrics.config_poll("refused");

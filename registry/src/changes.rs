@@ -326,6 +326,7 @@ mod tests {
             key: nacre_ring::configs::ConfigKey::new(d, "G", None).unwrap(),
             md5: "m".into(),
             revision: rev,
+            beta: false,
         };
         let before = c.generation(&a);
         c.configs_changed(&[cfg("x", 7), cfg("y", 7)]);
@@ -348,6 +349,7 @@ mod tests {
                 key: nacre_ring::configs::ConfigKey::new("x", "G", None).unwrap(),
                 md5: String::new(),
                 revision: 3,
+                beta: false,
             }]);
         });
         let page = c.wait_read(c.epoch(), start, Duration::from_secs(10)).await;

@@ -107,6 +107,10 @@ pub struct ConfigChange {
     pub md5: String,
     /// The Raft log index the md5 is current as of.
     pub revision: u64,
+    /// The config has a beta: some clients see other content (a gateway sends its listeners
+    /// and reads to a node, which knows who they are).
+    #[serde(default)]
+    pub beta: bool,
 }
 
 /// Which configs' md5s a gateway asks for.
@@ -123,6 +127,9 @@ pub struct Md5Reply {
     pub revision: u64,
     /// One per key ([`crate::configs::MISSING_MD5`] for a config that does not exist).
     pub md5s: Vec<String>,
+    /// One per key: whether it has a beta (see [`ConfigChange::beta`]).
+    #[serde(default)]
+    pub betas: Vec<bool>,
 }
 
 #[cfg(test)]

@@ -131,6 +131,37 @@ impl Api {
         }
     }
 
+    /// The same client connecting from local address `ip` (a loopback address other than
+    /// 127.0.0.1 makes a second, distinguishable client on one machine).
+    pub fn with_local_address(mut self, ip: std::net::IpAddr) -> Self {
+        self.client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .local_address(ip)
+            .build()
+            .unwrap_or_default();
+        self
+    }
+
+    /// [`Api::call`] with request headers.
+    pub async fn call_with_headers(
+        &self,
+        method: &str,
+        path: &str,
+        query: &[(&str, &str)],
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap_or(reqwest::Method::GET);
+        let mut req = self
+            .client
+            .request(m, format!("{}{}", self.base, path))
+            .header("User-Agent", &self.user_agent)
+            .query(query);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        finish(req.send().await).await
+    }
+
     /// The same client with another per-request timeout (a frozen node never answers; a
     /// checker must move on).
     pub fn with_timeout(mut self, timeout: Duration) -> Self {

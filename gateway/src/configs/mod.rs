@@ -46,6 +46,12 @@
 //!   that write is not stored (the writer reads its own write). Tag, beta and search reads
 //!   are never cached. *Tests:* `reads::tests::l7_*`, `tests/configs.rs`
 //!   `config_reads_through_the_gateway_are_cached_until_the_config_changes`.
+//! - **L8 — gray releases are a node's call.** Which variant a client sees (rule C7) depends on
+//!   its address (beta) and its `Vipserver-Tag`, which only nodes can judge. A poll with
+//!   `Vipserver-Tag`, or naming a key the table knows to have a beta, is passed to a node with
+//!   the client's address asserted (a parked one too, the moment a beta appears); reads of a
+//!   key with a beta are never served from the cache. *Tests:* `table::tests::l8_*`,
+//!   `tests/configs.rs` `beta_and_tag_variants_through_the_gateway_and_on_a_node`.
 
 pub mod poll;
 pub mod reads;

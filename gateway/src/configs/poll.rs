@@ -10,7 +10,10 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use nacre_ring::configs::listen::{self, Listened};
 use nacre_ring::configs::{ConfigKey, ParamError};
-use nacre_ring::wire::{Md5Query, Md5Reply, CONFIG_LISTENER_PATH, CONFIG_MD5_PATH, SECRET_HEADER};
+use nacre_ring::wire::{
+    Md5Query, Md5Reply, ASSERTED_BY_HEADER, CLIENT_ADDR_HEADER, CONFIG_LISTENER_PATH,
+    CONFIG_MD5_PATH, HEADER_PREFIX, SECRET_HEADER,
+};
 use tokio::time::Instant;
 
 use super::table::Lookup;
@@ -49,6 +52,11 @@ pub struct PollRequest {
     headers: HeaderMap,
     listened: Vec<Listened>,
     hold: Option<Duration>,
+    /// It carries `Vipserver-Tag` (rule L8).
+    tagged: bool,
+    /// The client's address, asserted to a node the poll is passed to (beta membership is
+    /// decided by it).
+    client: Option<std::net::IpAddr>,
 }
 
 /// How a poll was answered (the `result` label of `nacre_gateway_config_polls_total`).
@@ -116,7 +124,12 @@ impl Answer {
 impl PollRequest {
     /// Reads a poll from its query string, form body and headers (query values first, as
     /// nodes read them). A bad `Listening-Configs` is the same 400 a node gives.
-    pub fn parse(query: &str, body: Bytes, headers: &HeaderMap) -> Result<Self, ParamError> {
+    pub fn parse(
+        query: &str,
+        body: Bytes,
+        headers: &HeaderMap,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<Self, ParamError> {
         let (mut value, mut tenant) = (None, None);
         for part in [query.as_bytes(), &body] {
             for (k, v) in form_urlencoded::parse(part) {
@@ -133,8 +146,18 @@ impl PollRequest {
             header(listen::TIMEOUT_HEADER),
             header(listen::NO_HANGUP_HEADER),
         );
+        let tagged = header("vipserver-tag").is_some_and(|t| !t.trim().is_empty());
         let mut forwarded = headers.clone();
         for h in &NOT_FORWARDED {
+            forwarded.remove(h);
+        }
+        // Only nacre's tiers set `x-nacre-*` headers.
+        let foreign: Vec<HeaderName> = forwarded
+            .keys()
+            .filter(|k| k.as_str().starts_with(HEADER_PREFIX))
+            .cloned()
+            .collect();
+        for h in foreign {
             forwarded.remove(h);
         }
         Ok(Self {
@@ -143,6 +166,8 @@ impl PollRequest {
             headers: forwarded,
             listened,
             hold,
+            tagged,
+            client,
         })
     }
 
@@ -165,6 +190,10 @@ pub async fn serve(shared: &Shared, req: &PollRequest) -> Answer {
             return Answer::unavailable();
         }
     }
+    if req.tagged {
+        // Rule L8: a `Vipserver-Tag` poll compares tag md5s, which only nodes keep.
+        return pass(shared, req, deadline).await;
+    }
     let table = &shared.config_md5s;
     // Registered before the first lookup: a change learned in between still wakes it.
     let interest = table.interest(req.listened.iter().map(|l| l.key.clone()));
@@ -179,6 +208,10 @@ pub async fn serve(shared: &Shared, req: &PollRequest) -> Answer {
                 return Answer::edge(&changed)
             }
             Lookup::Known(_) => {}
+            Lookup::Node => {
+                drop(interest);
+                return pass(shared, req, deadline).await;
+            }
             Lookup::Missing { epoch, keys } => {
                 // A fetch voided by a reset is tried again, a few times; no node answering
                 // means the table cannot be completed.
@@ -313,6 +346,16 @@ async fn ask_node(shared: &Shared, req: &PollRequest, ask: Ask) -> Option<Answer
 /// or answered at once.
 async fn send(shared: &Shared, up: &Upstream, req: &PollRequest, ask: Ask) -> Sent {
     let mut headers = req.headers.clone();
+    if let (Some(ip), Some(secret)) = (req.client, shared.settings.cluster_secret.as_deref()) {
+        // As for every proxied request: the node believes the address with the secret.
+        if let (Ok(addr), Ok(proof)) = (
+            HeaderValue::from_str(&ip.to_string()),
+            HeaderValue::from_str(secret),
+        ) {
+            headers.insert(CLIENT_ADDR_HEADER, addr);
+            headers.insert(ASSERTED_BY_HEADER, proof);
+        }
+    }
     let limit = match ask {
         Ask::Now => {
             headers.insert(
@@ -398,7 +441,7 @@ mod tests {
             ("content-length", "55"),
             ("authorization", "Bearer x"),
         ]);
-        let req = PollRequest::parse("accessToken=k", body, &h).unwrap();
+        let req = PollRequest::parse("accessToken=k", body, &h, None).unwrap();
         assert_eq!(req.listened.len(), 2);
         assert_eq!(
             req.listened[0].key.tenant, "t",
@@ -415,10 +458,19 @@ mod tests {
         let q = PollRequest::parse(
             "Listening-Configs=q%02G%02m%01",
             Bytes::from("Listening-Configs=b%02G%02m%01"),
-            &HeaderMap::new(),
+            &headers(&[
+                ("vipserver-tag", "blue"),
+                ("x-nacre-client-addr", "10.9.9.9"),
+            ]),
+            None,
         )
         .unwrap();
         assert_eq!(q.listened[0].key.data_id, "q");
+        assert!(q.tagged, "a tagged poll is a node's");
+        assert!(
+            q.headers.get("x-nacre-client-addr").is_none(),
+            "client-sent nacre headers go"
+        );
         assert_eq!(q.hold(), None, "no timeout header: answered at once");
     }
 
@@ -430,7 +482,7 @@ mod tests {
             ("", "Listening-Configs=a%02G%01"),
             ("", "Listening-Configs=a%20b%02G%02m%01"),
         ] {
-            let err = PollRequest::parse(query, Bytes::from(body), &HeaderMap::new());
+            let err = PollRequest::parse(query, Bytes::from(body), &HeaderMap::new(), None);
             assert!(err.is_err(), "{body:?}");
         }
     }
@@ -441,6 +493,7 @@ mod tests {
             "",
             Bytes::from("Listening-Configs=a%02G%02m%02ns%01"),
             &HeaderMap::new(),
+            None,
         )
         .unwrap();
         let changed: Vec<&Listened> = req.listened.iter().collect();

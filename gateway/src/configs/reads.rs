@@ -144,6 +144,7 @@ mod tests {
             key: key(d),
             md5: md5.into(),
             revision,
+            beta: false,
         }]);
     }
 

@@ -32,6 +32,8 @@ struct Inner {
 struct Known {
     md5: Box<str>,
     revision: u64,
+    /// The config has a beta (rule L8).
+    beta: bool,
 }
 
 /// What the table knows of a listener's keys.
@@ -39,6 +41,8 @@ struct Known {
 pub enum Lookup<'a> {
     /// Every key is known: these differ from the client's md5s (rule C6).
     Known(Vec<&'a Listened>),
+    /// A key has a beta: who sees what is a node's call (rule L8).
+    Node,
     /// These keys are unknown; fetch them and pass `epoch` to [`Md5Table::learn_fetched`].
     Missing {
         /// The table's epoch when it was looked at.
@@ -49,18 +53,20 @@ pub enum Lookup<'a> {
 }
 
 impl Inner {
-    /// Keeps `md5` for `key` unless what is known is as new (rule L2); true when the md5 a
-    /// listener would compare with changed (or appeared).
-    fn merge(&mut self, key: &ConfigKey, md5: &str, revision: u64) -> bool {
+    /// Keeps `md5` for `key` unless what is known is as new (rule L2); true when what a
+    /// parked listener compares with changed (the md5, or whether there is a beta), or
+    /// appeared.
+    fn merge(&mut self, key: &ConfigKey, md5: &str, revision: u64, beta: bool) -> bool {
         match self.known.get_mut(key) {
             Some(k) if k.revision >= revision => false,
             Some(k) => {
                 k.revision = revision;
-                if *k.md5 == *md5 {
-                    return false;
+                let moved = *k.md5 != *md5 || k.beta != beta;
+                if *k.md5 != *md5 {
+                    k.md5 = md5.into();
                 }
-                k.md5 = md5.into();
-                true
+                k.beta = beta;
+                moved
             }
             None => {
                 self.known.insert(
@@ -68,6 +74,7 @@ impl Inner {
                     Known {
                         md5: md5.into(),
                         revision,
+                        beta,
                     },
                 );
                 true
@@ -95,7 +102,7 @@ impl Md5Table {
         let mut inner = self.inner.lock();
         let changed: Vec<&ConfigKey> = changes
             .iter()
-            .filter(|c| inner.merge(&c.key, &c.md5, c.revision))
+            .filter(|c| inner.merge(&c.key, &c.md5, c.revision, c.beta))
             .map(|c| &c.key)
             .collect();
         let over = inner.known.len() > self.max_keys;
@@ -120,8 +127,12 @@ impl Md5Table {
         let changed: Vec<&ConfigKey> = keys
             .iter()
             .zip(&reply.md5s)
-            .filter(|(k, m)| inner.merge(k, m, reply.revision))
-            .map(|(k, _)| k)
+            .enumerate()
+            .filter(|(i, (k, m))| {
+                let beta = reply.betas.get(*i).copied().unwrap_or(false);
+                inner.merge(k, m, reply.revision, beta)
+            })
+            .map(|(_, (k, _))| k)
             .collect();
         let over = inner.known.len() > self.max_keys;
         drop(inner);
@@ -147,14 +158,22 @@ impl Md5Table {
         let inner = self.inner.lock();
         let mut changed = Vec::new();
         let mut missing = Vec::new();
+        let mut beta = false;
         for l in listened {
             match inner.known.get(&l.key) {
-                Some(k) if *k.md5 != *l.md5 => changed.push(l),
-                Some(_) => {}
+                Some(k) => {
+                    beta |= k.beta;
+                    if *k.md5 != *l.md5 {
+                        changed.push(l);
+                    }
+                }
                 None => missing.push(l.key.clone()),
             }
         }
         if missing.is_empty() {
+            if beta {
+                return Lookup::Node;
+            }
             Lookup::Known(changed)
         } else {
             missing.sort();
@@ -167,13 +186,14 @@ impl Md5Table {
     }
 
     /// Whether the table knows `key` with `md5` as of a revision no newer than `revision`
-    /// (an answer read at `revision` showing `md5` is then current).
+    /// (an answer read at `revision` showing `md5` is then current), and without a beta (whose
+    /// readers see something else, rule L8).
     pub fn is_current(&self, key: &ConfigKey, md5: &str, revision: u64) -> bool {
         let inner = self.inner.lock();
         inner
             .known
             .get(key)
-            .is_some_and(|k| *k.md5 == *md5 && k.revision <= revision)
+            .is_some_and(|k| !k.beta && *k.md5 == *md5 && k.revision <= revision)
     }
 
     /// Registers a parked listener on `keys`: register before the first lookup, so a change in
@@ -215,6 +235,7 @@ mod tests {
             key: key(d),
             md5: md5.into(),
             revision,
+            beta: false,
         }
     }
 
@@ -229,7 +250,7 @@ mod tests {
     fn names(l: &Lookup<'_>) -> Vec<String> {
         match l {
             Lookup::Known(c) => c.iter().map(|l| l.key.data_id.clone()).collect(),
-            Lookup::Missing { .. } => panic!("keys missing"),
+            other => panic!("not all known: {other:?}"),
         }
     }
 
@@ -255,12 +276,13 @@ mod tests {
                 assert_eq!(keys, vec![key("b")]);
                 epoch
             }
-            Lookup::Known(_) => panic!("b was never heard of"),
+            other => panic!("b was never heard of: {other:?}"),
         };
         // A fetch from a node that had applied only up to 5 answers for `a` too: ignored.
         let reply = Md5Reply {
             revision: 5,
             md5s: vec!["old".into(), String::new()],
+            betas: Vec::new(),
         };
         assert!(t.learn_fetched(epoch, &[key("a"), key("b")], &reply));
         assert!(names(&t.lookup(&listened(&[("a", "new"), ("b", "")]))).is_empty());
@@ -284,6 +306,7 @@ mod tests {
         let reply = Md5Reply {
             revision: 3,
             md5s: vec![String::new()],
+            betas: Vec::new(),
         };
         assert!(
             !t.learn_fetched(epoch, &keys, &reply),
@@ -295,7 +318,8 @@ mod tests {
             &keys,
             &Md5Reply {
                 revision: 3,
-                md5s: vec![]
+                md5s: vec![],
+                betas: vec![],
             }
         ));
     }
@@ -315,6 +339,32 @@ mod tests {
         assert!(woken(&on_a).await);
         assert!(!woken(&on_b).await);
         assert_eq!(t.parked(), 2);
+    }
+
+    #[tokio::test]
+    async fn l8_a_key_with_a_beta_is_a_nodes_call_and_its_appearance_wakes_listeners() {
+        let t = Md5Table::new();
+        t.learn(&[change("a", "m", 1), change("b", "m", 1)]);
+        let i = t.interest([key("a")]);
+        let l = listened(&[("a", "m"), ("b", "m")]);
+        assert_eq!(t.lookup(&l), Lookup::Known(Vec::new()));
+        t.learn(&[ConfigChange {
+            beta: true,
+            ..change("a", "m", 2)
+        }]);
+        assert!(
+            woken(&i).await,
+            "the listener must look again: it may be in the beta"
+        );
+        assert_eq!(t.lookup(&l), Lookup::Node);
+        assert!(
+            !t.is_current(&key("a"), "m", 9),
+            "no cached read of a beta'd config"
+        );
+        t.learn(&[change("a", "m", 3)]);
+        assert!(woken(&i).await);
+        assert_eq!(t.lookup(&l), Lookup::Known(Vec::new()));
+        assert!(t.is_current(&key("a"), "m", 9));
     }
 
     #[tokio::test]

@@ -13,7 +13,7 @@ use super::error::ApiError;
 use super::params::Params;
 use super::{json, App, Page};
 use crate::configs::listen::{self, Listened};
-use crate::configs::model::{self, wildcard_match};
+use crate::configs::model::{self, wildcard_match, Reader, Shown, Target};
 use crate::configs::{
     ConfigCommand, ConfigItem, ConfigKey, ConfigMeta, HistoryEntry, Publish, MAX_CONTENT,
 };
@@ -45,16 +45,38 @@ pub async fn get(State(app): State<Arc<App>>, p: Params) -> Result<Response, Api
         return search(&app, &p, mode);
     }
     let key = key_of(&p)?;
-    if p.opt("tag").is_some() || p.headers.contains_key("Vipserver-Tag") {
-        // No tag variants exist (publishing one is refused), so none can be read.
-        return Ok(not_exist());
+    if p.opt("beta") == Some("true") {
+        return Ok(query_beta(&app, &key));
     }
-    let (revision, item) = app
-        .node
-        .persistent()
-        .read_at(|st| st.configs().get(&key).cloned());
-    let mut r = match item {
-        Some(c) => content_answer(c),
+    let tag = tag_of(&p)?;
+    let ip = super::source::verified_source(&app, &p).map(|ip| ip.to_string());
+    let auto_tag = vipserver_tag(&p);
+    let reader = Reader {
+        ip: ip.as_deref(),
+        auto_tag: auto_tag.as_deref(),
+    };
+    let (revision, found) = app.node.persistent().read_at(|st| {
+        let configs = st.configs();
+        match &tag {
+            Some(t) => configs.tag(&key, t).map(|c| (c.clone(), None)),
+            None => configs.read(&key, reader).map(|(c, shown)| {
+                let extra = match shown {
+                    Shown::Main => None,
+                    Shown::Beta => Some(("isBeta", "true".to_string())),
+                    Shown::AutoTag(t) => Some(("Vipserver-Tag", t.to_string())),
+                };
+                (c.clone(), extra)
+            }),
+        }
+    });
+    let mut r = match found {
+        Some((c, extra)) => {
+            let mut r = content_answer(c);
+            if let Some(v) = extra.and_then(|(n, v)| Some((n, HeaderValue::from_str(&v).ok()?))) {
+                r.headers_mut().insert(v.0, v.1);
+            }
+            r
+        }
         None => not_exist(),
     };
     // What a gateway caching the answer checks it against (see `nacre_ring::wire`).
@@ -63,6 +85,82 @@ pub async fn get(State(app): State<Arc<App>>, p: Params) -> Result<Response, Api
         HeaderValue::from(revision),
     );
     Ok(r)
+}
+
+/// The `tag` parameter of a tag-variant read, publish or delete (rule C1's characters, at most
+/// 16); `None` when blank.
+fn tag_of(p: &Params) -> Result<Option<String>, ApiError> {
+    match p.opt("tag") {
+        None => Ok(None),
+        Some(t) => {
+            nacre_ring::configs::check_name("tag", t, model::MAX_TAG)?;
+            Ok(Some(t.to_string()))
+        }
+    }
+}
+
+/// The tag a client's `Vipserver-Tag` header names (rule C7).
+fn vipserver_tag(p: &Params) -> Option<String> {
+    p.headers
+        .get("Vipserver-Tag")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+}
+
+/// The addresses of a beta publish's `betaIps` header (or parameter); `None` when blank.
+fn beta_ips(p: &Params) -> Result<Option<Vec<String>>, ApiError> {
+    let raw = p
+        .headers
+        .get("betaIps")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| p.get("betaIps"))
+        .map(str::trim)
+        .filter(|v| !v.is_empty());
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    let ips = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|ip| !ip.is_empty())
+        .map(|ip| {
+            ip.parse::<std::net::IpAddr>()
+                .map(|a| a.to_string())
+                .map_err(|_| {
+                    ApiError::bad_request(format!("invalid betaIps: {ip:?} is not an IP address"))
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if ips.is_empty() || ips.len() > model::MAX_BETA_IPS {
+        return Err(ApiError::bad_request(format!(
+            "invalid betaIps: 1 to {} addresses",
+            model::MAX_BETA_IPS
+        )));
+    }
+    Ok(Some(ips))
+}
+
+/// `GET /configs?beta=true` (the console's beta query): Nacos's `RestResult` with the beta, or
+/// `null` data when there is none.
+fn query_beta(app: &App, key: &ConfigKey) -> Response {
+    let data = app.node.persistent().read(|st| {
+        st.configs().beta(key).map(|b| {
+            serde_json::json!({
+                "id": b.item.id,
+                "dataId": key.data_id,
+                "group": key.group,
+                "tenant": key.tenant,
+                "content": b.item.content,
+                "md5": b.item.md5,
+                "appName": b.item.meta.app_name,
+                "type": b.item.meta.kind,
+                "betaIps": b.ips.join(","),
+            })
+        })
+    });
+    json(&serde_json::json!({"code": 200, "message": "query beta ok", "data": data}))
 }
 
 fn not_exist() -> Response {
@@ -171,16 +269,12 @@ fn source(app: &App, p: &Params) -> (String, String) {
 /// `POST /configs`: publish; answers `true`.
 pub async fn publish(State(app): State<Arc<App>>, p: Params) -> Result<Response, ApiError> {
     let key = key_of(&p)?;
-    if p.opt("tag").is_some() {
-        return Err(ApiError::bad_request(
-            "tag variants are not supported by this server",
-        ));
-    }
-    if p.headers.contains_key("betaIps") || p.opt("betaIps").is_some() {
-        return Err(ApiError::bad_request(
-            "beta publishing (betaIps) is not supported by this server",
-        ));
-    }
+    // A beta wins over a tag, as in Nacos.
+    let target = match (beta_ips(&p)?, tag_of(&p)?) {
+        (Some(ips), _) => Target::Beta(ips),
+        (None, Some(tag)) => Target::Tag(tag),
+        (None, None) => Target::Main,
+    };
     let content = p
         .untrimmed("content")
         .filter(|c| !c.is_empty())
@@ -213,6 +307,7 @@ pub async fn publish(State(app): State<Arc<App>>, p: Params) -> Result<Response,
         },
         time_ms: wall_ms(),
         cas_md5,
+        target,
     });
     app.node.propose_config(cmd).await?;
     count_write(&app, "publish");
@@ -223,6 +318,12 @@ pub async fn publish(State(app): State<Arc<App>>, p: Params) -> Result<Response,
 /// `RestResult`).
 pub async fn delete(State(app): State<Arc<App>>, p: Params) -> Result<Response, ApiError> {
     let (src_user, src_ip) = source(&app, &p);
+    let stop_beta = p.opt("beta") == Some("true");
+    let of = match (stop_beta, tag_of(&p)?) {
+        (true, _) => Target::Beta(Vec::new()),
+        (false, Some(tag)) => Target::Tag(tag),
+        (false, None) => Target::Main,
+    };
     let by_ids = p.opt("delType") == Some("ids");
     let targets = if by_ids {
         let ids = p
@@ -249,11 +350,14 @@ pub async fn delete(State(app): State<Arc<App>>, p: Params) -> Result<Response, 
                 src_user,
                 src_ip,
                 time_ms: wall_ms(),
+                of,
             })
             .await?;
         count_write(&app, "delete");
     }
-    Ok(if by_ids {
+    Ok(if stop_beta {
+        json(&serde_json::json!({"code": 200, "message": "stop beta ok", "data": true}))
+    } else if by_ids {
         json(&serde_json::json!({"code": 200, "message": null, "data": true}))
     } else {
         json_true()
@@ -291,13 +395,20 @@ fn hold_of(headers: &HeaderMap) -> Option<Duration> {
 /// as one changes within the hold; an empty body when none did.
 pub async fn listen(State(app): State<Arc<App>>, p: Params) -> Result<Response, ApiError> {
     let listened = listen::parse_request(p.untrimmed("Listening-Configs"), p.get("tenant"))?;
+    // Each key is compared with what this client would read (rule C7).
+    let ip = super::source::verified_source(&app, &p).map(|ip| ip.to_string());
+    let auto_tag = vipserver_tag(&p);
+    let reader = Reader {
+        ip: ip.as_deref(),
+        auto_tag: auto_tag.as_deref(),
+    };
     // Register before the first comparison: a change applied in between still wakes us.
     let interest = app.configs.interest(listened.iter().map(|l| l.key.clone()));
     let changed = |app: &App| -> Vec<Listened> {
         app.node.persistent().read(|st| {
             listened
                 .iter()
-                .filter(|l| st.configs().md5(&l.key) != l.md5)
+                .filter(|l| st.configs().md5_for(&l.key, reader) != l.md5)
                 .cloned()
                 .collect()
         })

@@ -130,13 +130,17 @@ async fn config_md5s(
             crate::configs::MAX_LISTENED
         )));
     }
-    let (revision, md5s) = app.node.persistent().read_at(|st| {
+    let (revision, (md5s, betas)) = app.node.persistent().read_at(|st| {
         q.keys
             .iter()
-            .map(|k| st.configs().md5(k).to_string())
-            .collect()
+            .map(|k| (st.configs().md5(k).to_string(), st.configs().has_beta(k)))
+            .unzip()
     });
-    Ok(Json(Md5Reply { revision, md5s }))
+    Ok(Json(Md5Reply {
+        revision,
+        md5s,
+        betas,
+    }))
 }
 
 /// The internal routes of the node, guarded by the cluster secret.

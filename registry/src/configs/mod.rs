@@ -20,6 +20,14 @@
 //! - **C5 — compare-and-set.** A publish carrying `casMd5` applies only if the stored md5
 //!   (`""` when missing) equals it; otherwise it is refused as a conflict and nothing changes.
 //!   *Tests:* `model::tests::c5_*`.
+//! - **C7 — gray releases.** A publish with `tag` stores a tag variant, one with the `betaIps`
+//!   header (comma-separated client addresses) a beta; both live beside the config, keep no
+//!   history, take no `casMd5`, and survive the config's deletion (a delete with `tag` removes
+//!   that tag, `beta=true` the beta). A client whose verified address is in the beta's list
+//!   reads the beta (with `isBeta: true`); otherwise a `Vipserver-Tag` naming an existing tag
+//!   reads that tag; otherwise the config itself. A read with `tag` reads that tag only. A
+//!   listener compares the md5 of what the same client would read. *Tests:*
+//!   `model::tests::c7_*`.
 
 pub mod model;
 

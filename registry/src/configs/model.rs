@@ -1,4 +1,5 @@
-//! Configs, their history and the commands that change them (rules C1–C5 in [`super`]).
+//! Configs, their history, their gray-release variants and the commands that change them
+//! (rules C2–C5 and C7 in [`super`]).
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -15,6 +16,10 @@ pub const MAX_DESC: usize = 128;
 pub const MAX_SHORT: usize = 128;
 /// Most `config_tags`, and the longest one.
 pub const MAX_TAGS: (usize, usize) = (5, 64);
+/// Longest `tag` of a tag variant (Nacos's `ParamUtils`).
+pub const MAX_TAG: usize = 16;
+/// Most addresses in a beta publish's `betaIps`.
+pub const MAX_BETA_IPS: usize = 1000;
 /// Config types Nacos knows; anything else is stored as `text`.
 pub const TYPES: [&str; 6] = ["text", "json", "xml", "yaml", "html", "properties"];
 
@@ -77,13 +82,76 @@ pub struct HistoryEntry {
     pub modified_ms: u64,
 }
 
-/// A config key's current value (absent once deleted) and its history.
+/// A config key's current value (absent once deleted), its history and its gray-release
+/// variants (rule C7).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct ConfigRecord {
     /// The config, or `None` after a delete.
     pub current: Option<ConfigItem>,
     /// Oldest first, at most [`HISTORY_KEPT`].
     pub history: VecDeque<HistoryEntry>,
+    /// The variants, kept apart from the main config: deleting one never touches the other.
+    #[serde(default, skip_serializing_if = "Variants::is_empty")]
+    pub variants: Variants,
+}
+
+/// A config's tag variants and its beta.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Variants {
+    /// Tag variants, by tag.
+    #[serde(default)]
+    pub tags: BTreeMap<String, ConfigItem>,
+    /// The beta, and the client addresses that see it.
+    #[serde(default)]
+    pub beta: Option<Beta>,
+}
+
+impl Variants {
+    /// Whether there is no variant.
+    pub fn is_empty(&self) -> bool {
+        self.tags.is_empty() && self.beta.is_none()
+    }
+}
+
+/// A beta: content only the listed client addresses see.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Beta {
+    /// The beta content.
+    pub item: ConfigItem,
+    /// Client addresses, as sent in `betaIps`.
+    pub ips: Vec<String>,
+}
+
+/// Which of a config's variants a publish writes or a delete removes.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Target {
+    /// The config itself.
+    #[default]
+    Main,
+    /// Tag variant `tag`.
+    Tag(String),
+    /// The beta (a publish names the addresses that see it).
+    Beta(Vec<String>),
+}
+
+/// Who reads or listens: what decides which variant they see (rule C7).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Reader<'a> {
+    /// The client's verified address.
+    pub ip: Option<&'a str>,
+    /// The tag of the client's `Vipserver-Tag` header.
+    pub auto_tag: Option<&'a str>,
+}
+
+/// Which variant a reader was shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shown<'a> {
+    /// The config itself.
+    Main,
+    /// The beta (the reader's address is in its list).
+    Beta,
+    /// The tag variant its `Vipserver-Tag` names.
+    AutoTag(&'a str),
 }
 
 /// A publish, with everything the apply needs (rule C3).
@@ -99,6 +167,9 @@ pub struct Publish {
     pub time_ms: u64,
     /// Apply only if the stored md5 equals this (rule C5).
     pub cas_md5: Option<String>,
+    /// The config itself, a tag variant or the beta (rule C7).
+    #[serde(default)]
+    pub target: Target,
 }
 
 /// A change to the configs, as stored in the Raft log.
@@ -118,6 +189,9 @@ pub enum ConfigCommand {
         src_ip: String,
         /// When (ms).
         time_ms: u64,
+        /// The configs themselves, or one tag variant of each, or their betas (rule C7).
+        #[serde(default)]
+        of: Target,
     },
 }
 
@@ -192,6 +266,12 @@ impl ConfigState {
             if let Some(c) = &r.current {
                 max = max.max(c.id);
             }
+            for c in r.variants.tags.values() {
+                max = max.max(c.id);
+            }
+            if let Some(b) = &r.variants.beta {
+                max = max.max(b.item.id);
+            }
         }
         Self {
             records,
@@ -264,15 +344,119 @@ impl ConfigState {
                 src_user,
                 src_ip,
                 time_ms,
+                of: Target::Main,
             } => Ok(targets
                 .iter()
                 .filter(|(key, id)| self.delete(key, *id, src_user, src_ip, *time_ms))
                 .map(|(key, _)| key.clone())
                 .collect()),
+            ConfigCommand::Delete { targets, of, .. } => Ok(targets
+                .iter()
+                .filter(|(key, _)| self.delete_variant(key, of))
+                .map(|(key, _)| key.clone())
+                .collect()),
         }
     }
 
+    /// Removes a tag variant or the beta (rule C7); whether there was one.
+    fn delete_variant(&mut self, key: &ConfigKey, of: &Target) -> bool {
+        let Some(record) = self.records.get_mut(key) else {
+            return false;
+        };
+        let removed = match of {
+            Target::Main => false,
+            Target::Tag(tag) => record.variants.tags.remove(tag).is_some(),
+            Target::Beta(_) => record.variants.beta.take().is_some(),
+        };
+        if record.current.is_none() && record.history.is_empty() && record.variants.is_empty() {
+            self.records.remove(key);
+        }
+        removed
+    }
+
+    /// Stores a tag variant or a beta (rule C7): no history, no compare-and-set.
+    fn publish_variant(&mut self, p: &Publish) -> Result<(), NamingError> {
+        if p.cas_md5.is_some() {
+            return Err(NamingError::bad(
+                "casMd5 applies to the config itself, not to a tag or beta variant",
+            ));
+        }
+        let id = self.take_id();
+        let record = self.records.entry(p.key.clone()).or_default();
+        let slot = match &p.target {
+            Target::Main => return Ok(()),
+            Target::Tag(tag) => record.variants.tags.get(tag),
+            Target::Beta(_) => record.variants.beta.as_ref().map(|b| &b.item),
+        };
+        let (id, created_ms) = slot.map_or((id, p.time_ms), |c| (c.id, c.created_ms));
+        let item = ConfigItem {
+            id,
+            md5: md5_hex(&p.content),
+            content: p.content.clone(),
+            meta: p.meta.clone(),
+            created_ms,
+            modified_ms: p.time_ms,
+        };
+        match &p.target {
+            Target::Main => {}
+            Target::Tag(tag) => {
+                record.variants.tags.insert(tag.clone(), item);
+            }
+            Target::Beta(ips) => {
+                record.variants.beta = Some(Beta {
+                    item,
+                    ips: ips.clone(),
+                })
+            }
+        }
+        Ok(())
+    }
+
+    /// What `reader` reads of `key` (rule C7): the beta for an address in its list, else the
+    /// tag variant its `Vipserver-Tag` names when there is one, else the config itself.
+    pub fn read(&self, key: &ConfigKey, reader: Reader<'_>) -> Option<(&ConfigItem, Shown<'_>)> {
+        let record = self.records.get(key)?;
+        let v = &record.variants;
+        if let (Some(beta), Some(ip)) = (&v.beta, reader.ip) {
+            if beta.ips.iter().any(|b| b == ip) {
+                return Some((&beta.item, Shown::Beta));
+            }
+        }
+        if let Some((tag, item)) = reader.auto_tag.and_then(|t| v.tags.get_key_value(t)) {
+            return Some((item, Shown::AutoTag(tag.as_str())));
+        }
+        record.current.as_ref().map(|c| (c, Shown::Main))
+    }
+
+    /// Tag variant `tag` of `key` (a read with the `tag` parameter).
+    pub fn tag(&self, key: &ConfigKey, tag: &str) -> Option<&ConfigItem> {
+        self.records.get(key)?.variants.tags.get(tag)
+    }
+
+    /// The md5 a listener of `key` is compared with (rules C6, C7): of what `reader` would
+    /// read, `""` when that is nothing.
+    pub fn md5_for(&self, key: &ConfigKey, reader: Reader<'_>) -> &str {
+        self.read(key, reader)
+            .map_or(MISSING_MD5, |(c, _)| c.md5.as_str())
+    }
+
+    /// Whether `key` has a beta (a gateway sends listeners and reads of it to a node, which
+    /// knows who is in it).
+    pub fn has_beta(&self, key: &ConfigKey) -> bool {
+        self.records
+            .get(key)
+            .is_some_and(|r| r.variants.beta.is_some())
+    }
+
+    /// The beta of `key`.
+    pub fn beta(&self, key: &ConfigKey) -> Option<&Beta> {
+        self.records.get(key)?.variants.beta.as_ref()
+    }
+
     fn publish(&mut self, p: &Publish) -> Result<(), NamingError> {
+        if p.target != Target::Main {
+            return self.publish_variant(p);
+        }
         let stored = self.md5(&p.key).to_string();
         if let Some(expected) = &p.cas_md5 {
             if *expected != stored {
@@ -400,6 +584,7 @@ mod tests {
             },
             time_ms: t,
             cas_md5: None,
+            target: Default::default(),
         })
     }
 
@@ -409,7 +594,83 @@ mod tests {
             src_user: "u".into(),
             src_ip: "10.0.0.1".into(),
             time_ms: t,
+            of: Target::Main,
         }
+    }
+
+    fn variant(k: &ConfigKey, content: &str, target: Target) -> ConfigCommand {
+        match publish(k, content, 1) {
+            ConfigCommand::Publish(p) => ConfigCommand::Publish(Publish { target, ..p }),
+            other => other,
+        }
+    }
+
+    #[test]
+    fn c7_betas_and_tags_are_read_by_who_asks_and_kept_apart_from_the_config() {
+        let mut st = ConfigState::default();
+        let k = key("app");
+        st.apply(&publish(&k, "main", 1)).unwrap();
+        st.apply(&variant(&k, "gray", Target::Beta(vec!["10.0.0.7".into()])))
+            .unwrap();
+        st.apply(&variant(&k, "blue", Target::Tag("blue".into())))
+            .unwrap();
+        let reader = |ip, tag| Reader {
+            ip: Some(ip),
+            auto_tag: tag,
+        };
+        let shown = |st: &ConfigState, ip, tag| {
+            st.read(&k, reader(ip, tag))
+                .map(|(c, s)| (c.content.clone(), format!("{s:?}")))
+        };
+        assert_eq!(
+            shown(&st, "10.0.0.7", Some("blue")).unwrap().0,
+            "gray",
+            "beta first"
+        );
+        assert_eq!(shown(&st, "10.0.0.8", Some("blue")).unwrap().0, "blue");
+        assert_eq!(
+            shown(&st, "10.0.0.8", Some("red")).unwrap().0,
+            "main",
+            "unknown tag"
+        );
+        assert_eq!(shown(&st, "10.0.0.8", None).unwrap().0, "main");
+        assert_eq!(st.md5_for(&k, reader("10.0.0.7", None)), md5_hex("gray"));
+        assert_eq!(st.md5_for(&k, reader("10.0.0.8", None)), md5_hex("main"));
+        assert_eq!(st.md5(&k), md5_hex("main"), "the main md5 ignores variants");
+        assert_eq!(st.tag(&k, "blue").unwrap().content, "blue");
+        assert!(st.has_beta(&k));
+        assert_eq!(
+            st.record(&k).unwrap().history.len(),
+            1,
+            "variants keep no history"
+        );
+        // A variant is no compare-and-set target.
+        let cas = match variant(&k, "x", Target::Tag("blue".into())) {
+            ConfigCommand::Publish(p) => ConfigCommand::Publish(Publish {
+                cas_md5: Some(String::new()),
+                ..p
+            }),
+            other => other,
+        };
+        assert!(st.apply(&cas).is_err());
+        // Deleting the config leaves its variants; deleting a variant leaves the rest.
+        st.apply(&delete(&k, None, 2)).unwrap();
+        assert_eq!(st.md5_for(&k, reader("10.0.0.8", None)), "");
+        assert_eq!(shown(&st, "10.0.0.7", None).unwrap().0, "gray");
+        let stop_beta = ConfigCommand::Delete {
+            targets: vec![(k.clone(), None)],
+            src_user: String::new(),
+            src_ip: String::new(),
+            time_ms: 3,
+            of: Target::Beta(Vec::new()),
+        };
+        assert_eq!(st.apply(&stop_beta).unwrap(), vec![k.clone()]);
+        assert!(!st.has_beta(&k));
+        assert_eq!(st.apply(&stop_beta).unwrap(), Vec::<ConfigKey>::new());
+        assert_eq!(shown(&st, "10.0.0.8", Some("blue")).unwrap().0, "blue");
+        // A rebuilt state never reuses a variant's id.
+        let rebuilt = ConfigState::from_records(st.records().map(|(k, r)| (k.clone(), r.clone())));
+        assert!(rebuilt.last_id() >= st.tag(&k, "blue").unwrap().id);
     }
 
     #[test]

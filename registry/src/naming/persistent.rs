@@ -629,6 +629,7 @@ mod tests {
                 },
                 time_ms: 5,
                 cas_md5: None,
+                target: Default::default(),
             },
         )))
         .unwrap();

@@ -98,6 +98,13 @@ CREATE TABLE IF NOT EXISTS sm_config_history (
 );
 CREATE INDEX IF NOT EXISTS sm_config_history_key
     ON sm_config_history (tenant, group_name, data_id, nid);
+CREATE TABLE IF NOT EXISTS sm_config_variant (
+    tenant     TEXT NOT NULL,
+    group_name TEXT NOT NULL,
+    data_id    TEXT NOT NULL,
+    data       TEXT NOT NULL,
+    PRIMARY KEY (tenant, group_name, data_id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sm_namespace (
     id   TEXT PRIMARY KEY,
     data TEXT NOT NULL
@@ -561,6 +568,8 @@ fn touched(cmd: &Command) -> Touched<'_> {
 struct ConfigRows {
     key: ConfigKey,
     current: Option<String>,
+    /// The tag variants and the beta (`None`: there are none).
+    variants: Option<String>,
     appended: Vec<(u64, String)>,
     oldest_kept: Option<u64>,
 }
@@ -578,6 +587,22 @@ fn write_config(conn: &Connection, rows: &ConfigRows) -> Result<(), DbError> {
         None => {
             conn.prepare_cached(
                 "DELETE FROM sm_config WHERE tenant = ?1 AND group_name = ?2 AND data_id = ?3",
+            )?
+            .execute(params![k.tenant, k.group, k.data_id])?;
+        }
+    }
+    match &rows.variants {
+        Some(json) => {
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO sm_config_variant (tenant, group_name, data_id, data)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![k.tenant, k.group, k.data_id, json])?;
+        }
+        None => {
+            conn.prepare_cached(
+                "DELETE FROM sm_config_variant
+                 WHERE tenant = ?1 AND group_name = ?2 AND data_id = ?3",
             )?
             .execute(params![k.tenant, k.group, k.data_id])?;
         }
@@ -609,6 +634,11 @@ fn config_rows(state: &PersistentState, key: &ConfigKey, mark: u64) -> Result<Co
         .and_then(|r| r.current.as_ref())
         .map(serde_json::to_string)
         .transpose()?;
+    let variants = record
+        .map(|r| &r.variants)
+        .filter(|v| !v.is_empty())
+        .map(serde_json::to_string)
+        .transpose()?;
     let history = record.map(|r| &r.history);
     let appended = history
         .into_iter()
@@ -619,6 +649,7 @@ fn config_rows(state: &PersistentState, key: &ConfigKey, mark: u64) -> Result<Co
     Ok(ConfigRows {
         key: key.clone(),
         current,
+        variants,
         appended,
         oldest_kept: history.and_then(|h| h.front()).map(|h| h.nid),
     })
@@ -794,6 +825,7 @@ fn config_changes(
     keys.into_iter()
         .map(|key| ConfigChange {
             md5: state.configs().md5(&key).to_string(),
+            beta: state.configs().has_beta(&key),
             key,
             revision,
         })
@@ -942,6 +974,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 tx.execute("DELETE FROM sm_namespace", [])?;
                 tx.execute("DELETE FROM sm_config", [])?;
                 tx.execute("DELETE FROM sm_config_history", [])?;
+                tx.execute("DELETE FROM sm_config_variant", [])?;
                 for (key, _) in new_state.configs().records() {
                     write_config(&tx, &config_rows(&new_state, key, 0)?)?;
                 }
@@ -1073,6 +1106,13 @@ fn load_all(conn: &mut Connection) -> Result<Loaded, DbError> {
                 .or_default()
                 .history
                 .push_back(serde_json::from_str(&data)?);
+        }
+        let mut stmt =
+            conn.prepare("SELECT tenant, group_name, data_id, data FROM sm_config_variant")?;
+        let rows = stmt.query_map([], |r| Ok((config_key(r)?, r.get::<_, String>(3)?)))?;
+        for row in rows {
+            let (key, data) = row?;
+            configs.entry(key).or_default().variants = serde_json::from_str(&data)?;
         }
     }
     let configs: Vec<_> = configs.into_iter().collect();
@@ -1288,8 +1328,88 @@ mod tests {
                 meta: Default::default(),
                 time_ms: t,
                 cas_md5: None,
+                target: Default::default(),
             },
         ))
+    }
+
+    /// A config's tag variants and beta come back from their row, also once the config itself
+    /// was deleted (rule C7), and a variant's removal removes the row.
+    #[tokio::test]
+    async fn config_variants_survive_reopen() {
+        use crate::configs::model::{Reader, Target};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        let variant = |content: &str, target: Target| match publish("v", content, 1) {
+            Command::Config(crate::configs::ConfigCommand::Publish(p)) => Command::Config(
+                crate::configs::ConfigCommand::Publish(crate::configs::Publish { target, ..p }),
+            ),
+            other => other,
+        };
+        let delete = |of: Target| {
+            Command::Config(crate::configs::ConfigCommand::Delete {
+                targets: vec![(ConfigKey::new("v", "G", None).unwrap(), None)],
+                src_user: String::new(),
+                src_ip: String::new(),
+                time_ms: 9,
+                of,
+            })
+        };
+        let before = {
+            let mut s = open(&path, Arc::new(|_: &[ServiceKey], _: &[ConfigChange]| {}))
+                .await
+                .unwrap();
+            s.state_machine
+                .apply([
+                    entry(1, 1, publish("v", "main", 1)),
+                    entry(1, 2, variant("gray", Target::Beta(vec!["10.1.1.1".into()]))),
+                    entry(1, 3, variant("blue", Target::Tag("blue".into()))),
+                    entry(1, 4, variant("red", Target::Tag("red".into()))),
+                ])
+                .await
+                .unwrap();
+            s.state_machine
+                .apply([
+                    entry(1, 5, delete(Target::Main)),
+                    entry(1, 6, delete(Target::Tag("red".into()))),
+                ])
+                .await
+                .unwrap();
+            let st = s.state.read().clone();
+            st
+        };
+        let s = open(&path, Arc::new(|_: &[ServiceKey], _: &[ConfigChange]| {}))
+            .await
+            .unwrap();
+        assert_eq!(*s.state.read(), before);
+        let key = ConfigKey::new("v", "G", None).unwrap();
+        let beta_reader = Reader {
+            ip: Some("10.1.1.1"),
+            auto_tag: None,
+        };
+        assert_eq!(
+            s.state.read().configs().md5_for(&key, beta_reader),
+            crate::configs::md5_hex("gray")
+        );
+        assert!(s.state.read().configs().tag(&key, "red").is_none());
+        assert!(s.state.read().configs().tag(&key, "blue").is_some());
+        drop(s);
+        let mut s = open(&path, Arc::new(|_: &[ServiceKey], _: &[ConfigChange]| {}))
+            .await
+            .unwrap();
+        s.state_machine
+            .apply([
+                entry(1, 7, delete(Target::Beta(Vec::new()))),
+                entry(1, 8, delete(Target::Tag("blue".into()))),
+            ])
+            .await
+            .unwrap();
+        drop(s);
+        let rows: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT count(*) FROM sm_config_variant", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 0, "no variant left, no row left");
     }
 
     /// Configs and their history come back from their rows: each publish appended one history
@@ -1328,6 +1448,7 @@ mod tests {
                             src_user: String::new(),
                             src_ip: String::new(),
                             time_ms: n + 2,
+                            of: Default::default(),
                         }),
                     ),
                 ])
