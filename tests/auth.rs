@@ -606,6 +606,26 @@ async fn config_permissions_follow_the_namespace() {
             .await;
         assert_eq!(r.status, want, "listener in {tenant:?}: {r:?}");
     }
+    // An import is judged by the namespace it writes into: bob may not import into public,
+    // and may into ns1 (which is not a created namespace: the import's own 400 says so).
+    let import = |ns: &'static str| {
+        let (api, t) = (api.clone(), t.clone());
+        async move {
+            api.upload(
+                &format!("/nacos/v1/cs/configs?import=true&namespace={ns}&accessToken={t}"),
+                &[],
+                Some(("x.zip", b"not a zip".as_slice())),
+            )
+            .await
+        }
+    };
+    assert_eq!(import("public").await.status, 403);
+    let r = import("ns1").await;
+    assert_eq!(
+        (r.status, r.json()["code"].clone()),
+        (400, 100_001.into()),
+        "{r:?}"
+    );
     // Nothing was published in public.
     let r = api
         .call(

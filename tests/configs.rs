@@ -926,6 +926,169 @@ async fn beta_and_tag_variants_through_the_gateway_and_on_a_node() {
     held.abort();
 }
 
+/// Rule C8: a namespace's configs exported as the Nacos console's zip import into another
+/// namespace (through the gateway), with `ABORT`, `SKIP` and `OVERWRITE` for configs that
+/// exist; an import wakes listeners like any publish; bad uploads are refused with Nacos's
+/// result codes and import nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configs_export_and_import_through_the_gateway() {
+    let root = tempfile::tempdir().unwrap();
+    let (_c, gw) =
+        GatewayProcess::with_cluster(bin(), root.path(), ClusterOptions::new(3).fast(), READY)
+            .unwrap();
+    let api = Api::new(gw.addr());
+    wait_feeds_followed(&api).await;
+    for (id, content, app) in [
+        ("a.yaml", "a: 1", "shop"),
+        ("b.properties", "b=2", ""),
+        ("c", "多字节 content\nline 2", ""),
+    ] {
+        let mut f = vec![("dataId", id), ("group", "G"), ("content", content)];
+        if !app.is_empty() {
+            f.push(("appName", app));
+        }
+        assert_eq!(
+            api.form("POST", "/nacos/v1/cs/configs", &f).await.body,
+            "true"
+        );
+    }
+    let (status, headers, zip) = api
+        .get_bytes("/nacos/v1/cs/configs?export=true&tenant=&group=G")
+        .await;
+    assert_eq!(status, 200);
+    assert!(zip.starts_with(b"PK"), "a zip");
+    assert!(headers.iter().any(|(n, v)| n == "content-disposition"
+        && v.starts_with("attachment;filename=nacos_config_export_")));
+
+    let r = api
+        .form(
+            "POST",
+            "/nacos/v1/console/namespaces",
+            &[
+                ("customNamespaceId", "ns-imp"),
+                ("namespaceName", "imported"),
+                ("namespaceDesc", ""),
+            ],
+        )
+        .await;
+    assert_eq!(r.body, "true", "{r:?}");
+    const IMPORT: &str = "/nacos/v1/cs/configs?import=true&namespace=ns-imp";
+    let r = api.upload(IMPORT, &[], Some(("export.zip", &zip))).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["data"]["succCount"], 3, "{r:?}");
+    let got = api.config("a.yaml", "G", Some("ns-imp")).await;
+    assert_eq!(
+        (got.body.as_str(), got.header("config-type")),
+        ("a: 1", Some("yaml"))
+    );
+    assert_eq!(
+        api.config("c", "G", Some("ns-imp")).await.body,
+        "多字节 content\nline 2"
+    );
+    let found = api
+        .call(
+            "GET",
+            "/nacos/v1/cs/configs",
+            &[
+                ("search", "accurate"),
+                ("dataId", "a.yaml"),
+                ("group", "G"),
+                ("tenant", "ns-imp"),
+                ("pageNo", "1"),
+                ("pageSize", "10"),
+            ],
+        )
+        .await
+        .json();
+    assert_eq!(found["pageItems"][0]["appName"], "shop", "{found}");
+
+    // Again: everything exists.
+    let r = api
+        .upload(IMPORT, &[], Some(("export.zip", &zip)))
+        .await
+        .json();
+    assert_eq!(
+        (
+            r["data"]["succCount"].clone(),
+            r["data"]["failData"].as_array().map(Vec::len)
+        ),
+        (0.into(), Some(3)),
+        "{r}"
+    );
+    let r = api
+        .upload(IMPORT, &[("policy", "SKIP")], Some(("export.zip", &zip)))
+        .await
+        .json();
+    assert_eq!(r["data"]["skipCount"], 3, "{r}");
+    // A listener on an imported config fires when an overwrite changes it.
+    assert_eq!(
+        api.publish_config("a.yaml", "G", None, "a: 2").await.body,
+        "true"
+    );
+    let (_, _, newer) = api
+        .get_bytes("/nacos/v1/cs/configs?export=true&tenant=&group=G&dataId=a.*")
+        .await;
+    let parked = {
+        let a = api.clone();
+        tokio::spawn(async move {
+            a.listen_configs(
+                &entry("a.yaml", "G", &md5_hex("a: 1"), "ns-imp"),
+                Some(30_000),
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = api
+        .upload(
+            IMPORT,
+            &[("policy", "OVERWRITE")],
+            Some(("newer.zip", &newer)),
+        )
+        .await
+        .json();
+    assert_eq!(r["data"]["succCount"], 1, "only a.yaml was exported: {r}");
+    assert_eq!(parked.await.unwrap().body, "a.yaml%02G%02ns-imp%01\n");
+    assert_eq!(api.config("a.yaml", "G", Some("ns-imp")).await.body, "a: 2");
+
+    // Refused: a namespace that does not exist, a file that is not a zip, no file, a bad policy.
+    for (path, fields, file, code) in [
+        (
+            "/nacos/v1/cs/configs?import=true&namespace=nope",
+            vec![],
+            Some(zip.as_slice()),
+            Some(100_001),
+        ),
+        (IMPORT, vec![], Some(b"not a zip".as_slice()), Some(100_004)),
+        (IMPORT, vec![], None, Some(100_005)),
+        (
+            IMPORT,
+            vec![("policy", "MERGE")],
+            Some(zip.as_slice()),
+            None,
+        ),
+    ] {
+        let r = api.upload(path, &fields, file.map(|f| ("f.zip", f))).await;
+        assert_eq!(r.status, 400, "{r:?}");
+        if let Some(code) = code {
+            assert_eq!(r.json()["code"], code, "{r:?}");
+        }
+    }
+    let r = api
+        .raw(
+            "POST",
+            IMPORT,
+            "application/x-www-form-urlencoded",
+            b"file=x".to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, 400, "not multipart: {r:?}");
+    assert_eq!(
+        api.config("b.properties", "G", Some("nope")).await.status,
+        404
+    );
+}
+
 /// A gateway killed mid-poll and started again loses no notification: the held poll breaks,
 /// the publish lands meanwhile, and the client's next poll (with the md5 it still holds) is
 /// answered at once: the new gateway has heard of no config, so it fetches the md5 (rule L3)

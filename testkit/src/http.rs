@@ -363,6 +363,71 @@ impl Api {
         finish(req.send().await).await
     }
 
+    /// `GET path_and_query` with the body as bytes (a binary answer, such as an export's zip):
+    /// status, headers (lower-case names), body.
+    pub async fn get_bytes(&self, path_and_query: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
+        match self
+            .client
+            .get(format!("{}{}", self.base, path_and_query))
+            .header("User-Agent", &self.user_agent)
+            .send()
+            .await
+        {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let headers = resp
+                    .headers()
+                    .iter()
+                    .map(|(n, v)| {
+                        (
+                            n.as_str().to_string(),
+                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                        )
+                    })
+                    .collect();
+                let body = resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
+                (status, headers, body)
+            }
+            Err(e) => (0, Vec::new(), e.to_string().into_bytes()),
+        }
+    }
+
+    /// `POST path_and_query` with a `multipart/form-data` body: `fields` as text parts, then
+    /// `file` (name, bytes) as a file part, as a browser uploads a file.
+    pub async fn upload(
+        &self,
+        path_and_query: &str,
+        fields: &[(&str, &str)],
+        file: Option<(&str, &[u8])>,
+    ) -> Reply {
+        const BOUNDARY: &str = "----nacre-testkit-boundary-7d2f";
+        let mut body = Vec::new();
+        for (name, value) in fields {
+            body.extend_from_slice(
+                format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n")
+                    .as_bytes(),
+            );
+        }
+        if let Some((filename, data)) = file {
+            body.extend_from_slice(
+                format!(
+                    "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\nContent-Type: application/zip\r\n\r\n"
+                )
+                .as_bytes(),
+            );
+            body.extend_from_slice(data);
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+        self.raw(
+            "POST",
+            path_and_query,
+            &format!("multipart/form-data; boundary={BOUNDARY}"),
+            body,
+        )
+        .await
+    }
+
     /// Sends raw bytes as the body with the given content type.
     pub async fn raw(&self, method: &str, path_and_query: &str, ct: &str, body: Vec<u8>) -> Reply {
         let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap_or(reqwest::Method::GET);

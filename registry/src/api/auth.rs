@@ -98,7 +98,13 @@ fn naming_resource(pairs: &[(String, String)]) -> String {
 /// wire, is `public` here as in naming resources); what it does not name is `*`.
 fn config_resource(pairs: &[(String, String)]) -> String {
     let get = |k: &str| param(pairs, k);
-    let tenant = match crate::configs::model::normalize_tenant(get("tenant")) {
+    // An import names its target namespace `namespace`, everything else `tenant`.
+    let named = if get("import") == Some("true") {
+        get("namespace")
+    } else {
+        get("tenant")
+    };
+    let tenant = match crate::configs::model::normalize_tenant(named) {
         "" => DEFAULT_NAMESPACE,
         t => t,
     };

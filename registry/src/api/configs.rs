@@ -14,6 +14,7 @@ use super::params::Params;
 use super::{json, App, Page};
 use crate::configs::listen::{self, Listened};
 use crate::configs::model::{self, wildcard_match, Reader, Shown, Target};
+use crate::configs::transfer;
 use crate::configs::{
     ConfigCommand, ConfigItem, ConfigKey, ConfigMeta, HistoryEntry, Publish, MAX_CONTENT,
 };
@@ -43,6 +44,9 @@ fn key_of(p: &Params) -> Result<ConfigKey, ApiError> {
 pub async fn get(State(app): State<Arc<App>>, p: Params) -> Result<Response, ApiError> {
     if let Some(mode) = p.opt("search") {
         return search(&app, &p, mode);
+    }
+    if p.opt("export") == Some("true") {
+        return export(&app, &p);
     }
     let key = key_of(&p)?;
     if p.opt("beta") == Some("true") {
@@ -266,8 +270,252 @@ fn source(app: &App, p: &Params) -> (String, String) {
     )
 }
 
-/// `POST /configs`: publish; answers `true`.
+/// `GET /configs?export=true` (the console's export): the zip of the configs of `tenant`
+/// (all, those with the `ids` given, or those matching `group`, `dataId` (`*` wildcards) and
+/// `appName`), rule C8.
+fn export(app: &App, p: &Params) -> Result<Response, ApiError> {
+    let tenant = model::normalize_tenant(p.get("tenant")).to_string();
+    let ids = match p.opt("ids") {
+        None => None,
+        Some(v) => Some(
+            v.split(',')
+                .map(|s| s.trim().parse::<u64>())
+                .collect::<Result<Vec<u64>, _>>()
+                .map_err(|_| {
+                    ApiError::bad_request("invalid ids: expected comma-separated numbers")
+                })?,
+        ),
+    };
+    let (group, data_id, app_name) = (p.opt("group"), p.opt("dataId"), p.opt("appName"));
+    let zip = app.node.persistent().read(|st| {
+        let items: Vec<transfer::Exported<'_>> = st
+            .configs()
+            .records()
+            .filter(|(k, _)| k.tenant == tenant)
+            .filter_map(|(k, r)| r.current.as_ref().map(|c| (k, c)))
+            .filter(|(k, c)| match &ids {
+                Some(ids) => ids.contains(&c.id),
+                None => {
+                    group.is_none_or(|g| wildcard_match(g, &k.group))
+                        && data_id.is_none_or(|d| wildcard_match(d, &k.data_id))
+                        && app_name.is_none_or(|a| a == c.meta.app_name)
+                }
+            })
+            .map(|(k, c)| transfer::Exported {
+                group: &k.group,
+                data_id: &k.data_id,
+                content: &c.content,
+                app_name: &c.meta.app_name,
+            })
+            .collect();
+        transfer::export_zip(&items)
+    });
+    let zip = zip.map_err(ApiError::internal)?;
+    let name = format!(
+        "attachment;filename=nacos_config_export_{}.zip",
+        export_stamp(wall_ms())
+    );
+    let mut r = zip.into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/zip"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&name) {
+        r.headers_mut().insert(header::CONTENT_DISPOSITION, v);
+    }
+    Ok(r)
+}
+
+/// `yyyyMMddHHmmss` (UTC) of `ms`, as Nacos names export files.
+fn export_stamp(ms: u64) -> String {
+    let t = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_millis(ms));
+    // "Sun, 06 Nov 1994 08:49:37 GMT" → 19941106084937
+    let parts: Vec<&str> = t.split([' ', ':']).collect();
+    let month = match parts.get(2).copied().unwrap_or("") {
+        "Jan" => "01",
+        "Feb" => "02",
+        "Mar" => "03",
+        "Apr" => "04",
+        "May" => "05",
+        "Jun" => "06",
+        "Jul" => "07",
+        "Aug" => "08",
+        "Sep" => "09",
+        "Oct" => "10",
+        "Nov" => "11",
+        _ => "12",
+    };
+    match parts[..] {
+        [_, day, _, year, h, m, s, _] => format!("{year}{month}{day}{h}{m}{s}"),
+        _ => ms.to_string(),
+    }
+}
+
+/// A field of a multipart import: from the query string first, then the form's text fields.
+struct Upload {
+    file: Option<bytes::Bytes>,
+    fields: Vec<(String, String)>,
+}
+
+/// Reads the multipart body of an import (`file`, and text fields such as `policy`).
+async fn upload(p: &Params) -> Result<Upload, ApiError> {
+    let content_type = p
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let boundary = multer::parse_boundary(content_type).map_err(|_| {
+        ApiError::bad_request("an import is a multipart/form-data upload with a `file`")
+    })?;
+    let body = p.raw.body.clone();
+    let stream = futures::stream::once(async move { Ok::<_, std::convert::Infallible>(body) });
+    let mut form = multer::Multipart::new(stream, boundary);
+    let mut up = Upload {
+        file: None,
+        fields: Vec::new(),
+    };
+    let bad = |e: multer::Error| ApiError::bad_request(format!("malformed multipart body: {e}"));
+    while let Some(field) = form.next_field().await.map_err(bad)? {
+        let name = field.name().unwrap_or("").to_string();
+        if name == "file" {
+            up.file = Some(field.bytes().await.map_err(bad)?);
+        } else {
+            let text = field.text().await.map_err(bad)?;
+            up.fields.push((name, text));
+        }
+    }
+    Ok(up)
+}
+
+/// A refused import: Nacos's result code in the body, 400.
+fn import_refused(code: u32, message: String) -> Response {
+    let mut r = json(&serde_json::json!({
+        "code": code,
+        "message": message,
+        "data": {"succCount": 0},
+    }));
+    *r.status_mut() = StatusCode::BAD_REQUEST;
+    r
+}
+
+/// `POST /configs?import=true` (the console's import, rule C8): a multipart `file` (an
+/// export's zip) into `namespace`, with `policy` for configs that exist; answers Nacos's
+/// `RestResult` with `succCount`, `skipCount` and the `failData` / `skipData` keys.
+async fn import(app: &App, p: &Params) -> Result<Response, ApiError> {
+    let up = upload(p).await?;
+    let field = |name: &str| {
+        p.get(name).map(str::to_string).or_else(|| {
+            up.fields
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.trim().to_string())
+        })
+    };
+    let tenant = model::normalize_tenant(field("namespace").as_deref()).to_string();
+    if !tenant.is_empty()
+        && app
+            .node
+            .persistent()
+            .read(|st| st.namespace(&tenant).is_none())
+    {
+        return Ok(import_refused(
+            100_001,
+            format!("namespace {tenant} does not exist"),
+        ));
+    }
+    let policy = match field("policy").filter(|v| !v.is_empty()) {
+        None => transfer::Policy::Abort,
+        Some(v) => transfer::Policy::parse(&v)
+            .ok_or_else(|| ApiError::bad_request("invalid policy: ABORT, SKIP or OVERWRITE"))?,
+    };
+    let Some(file) = up.file else {
+        return Ok(import_refused(100_005, "no `file` in the upload".into()));
+    };
+    let imported = match transfer::read_zip(&file, &tenant) {
+        Ok(items) => items,
+        Err(e) => return Ok(import_refused(e.code(), e.to_string())),
+    };
+    let src_user = field("src_user").unwrap_or_default();
+    let (_, src_ip) = source(app, p);
+    let time_ms = wall_ms();
+    let mut seen = std::collections::HashSet::new();
+    let mut items = Vec::with_capacity(imported.len());
+    for i in imported {
+        // The same config twice in one file: the first one counts.
+        if !seen.insert(i.key.clone()) {
+            continue;
+        }
+        if let Err(e) = model::check_publish(
+            &i.content,
+            Some(&i.kind),
+            None,
+            None,
+            Some(&i.app_name),
+            Some(&src_user),
+        ) {
+            return Ok(import_refused(
+                100_003,
+                format!("{}/{}: {e}", i.key.group, i.key.data_id),
+            ));
+        }
+        items.push(Publish {
+            key: i.key,
+            content: i.content,
+            meta: ConfigMeta {
+                kind: i.kind,
+                app_name: i.app_name,
+                src_user: src_user.clone(),
+                src_ip: src_ip.clone(),
+                ..ConfigMeta::default()
+            },
+            time_ms,
+            cas_md5: None,
+            target: Target::Main,
+        });
+    }
+    let keys: Vec<ConfigKey> = items.iter().map(|i| i.key.clone()).collect();
+    let published: std::collections::HashSet<ConfigKey> = app
+        .node
+        .propose_config(ConfigCommand::Import { items, policy })
+        .await?
+        .into_iter()
+        .collect();
+    count_write(app, "import");
+    // What the apply did to each, in file order: published, or (abort) failed from the first
+    // one it stopped at, or (skip) skipped.
+    let entry = |k: &ConfigKey| serde_json::json!({"dataId": k.data_id, "group": k.group});
+    let (mut succ, mut fail, mut skip) = (0, Vec::new(), Vec::new());
+    for k in &keys {
+        if published.contains(k) && fail.is_empty() {
+            succ += 1;
+        } else if policy == transfer::Policy::Abort {
+            fail.push(entry(k));
+        } else {
+            skip.push(entry(k));
+        }
+    }
+    let mut data = serde_json::json!({"succCount": succ, "skipCount": skip.len()});
+    if !fail.is_empty() {
+        data["failData"] = serde_json::Value::Array(fail);
+    }
+    if !skip.is_empty() {
+        data["skipData"] = serde_json::Value::Array(skip);
+    }
+    Ok(json(
+        &serde_json::json!({"code": 200, "message": "import ok", "data": data}),
+    ))
+}
+
+/// `POST /configs`: publish; answers `true`. With `import=true`, an import.
 pub async fn publish(State(app): State<Arc<App>>, p: Params) -> Result<Response, ApiError> {
+    if p.opt("import") == Some("true") {
+        return import(&app, &p).await;
+    }
+    if p.opt("clone") == Some("true") {
+        return Err(ApiError::bad_request(
+            "cloning configs between namespaces is not supported by this server: export and import instead",
+        ));
+    }
     let key = key_of(&p)?;
     // A beta wins over a tag, as in Nacos.
     let target = match (beta_ips(&p)?, tag_of(&p)?) {

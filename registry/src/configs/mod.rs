@@ -28,8 +28,15 @@
 //!   reads that tag; otherwise the config itself. A read with `tag` reads that tag only. A
 //!   listener compares the md5 of what the same client would read. *Tests:*
 //!   `model::tests::c7_*`.
+//! - **C8 — import and export.** An export is a zip of a namespace's configs in the Nacos
+//!   console's format (see [`transfer`]); an import reads one into a namespace that exists,
+//!   every entry checked (C1, C2) and the whole file bounded before anything is proposed, then
+//!   publishes its configs in order in one Raft entry: a config that exists stops the import
+//!   (`ABORT`, the default: it and the rest are reported failed), is left (`SKIP`), or is
+//!   replaced (`OVERWRITE`). *Tests:* `transfer::tests::c8_*`, `model::tests::c8_*`.
 
 pub mod model;
+pub mod transfer;
 
 pub use nacre_ring::configs::{listen, watch, MAX_LISTENED, MISSING_MD5};
 

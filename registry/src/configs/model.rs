@@ -193,6 +193,14 @@ pub enum ConfigCommand {
         #[serde(default)]
         of: Target,
     },
+    /// Publish many configs, in order, each as a publish would (rule C8); what happens to one
+    /// that exists is `policy`'s call.
+    Import {
+        /// The publishes (the config itself, no compare-and-set).
+        items: Vec<Publish>,
+        /// For configs that exist.
+        policy: super::transfer::Policy,
+    },
 }
 
 /// Checks and normalises a publish's fields (rules C1, C2); returns the type to store.
@@ -350,6 +358,27 @@ impl ConfigState {
                 .filter(|(key, id)| self.delete(key, *id, src_user, src_ip, *time_ms))
                 .map(|(key, _)| key.clone())
                 .collect()),
+            ConfigCommand::Import { items, policy } => {
+                use super::transfer::Policy;
+                let mut published = Vec::new();
+                for p in items {
+                    if self.get(&p.key).is_some() {
+                        match policy {
+                            Policy::Abort => break,
+                            Policy::Skip => continue,
+                            Policy::Overwrite => {}
+                        }
+                    }
+                    let main = Publish {
+                        cas_md5: None,
+                        target: Target::Main,
+                        ..p.clone()
+                    };
+                    self.publish(&main)?;
+                    published.push(p.key.clone());
+                }
+                Ok(published)
+            }
             ConfigCommand::Delete { targets, of, .. } => Ok(targets
                 .iter()
                 .filter(|(key, _)| self.delete_variant(key, of))
@@ -603,6 +632,51 @@ mod tests {
             ConfigCommand::Publish(p) => ConfigCommand::Publish(Publish { target, ..p }),
             other => other,
         }
+    }
+
+    #[test]
+    fn c8_an_import_publishes_in_order_and_existing_configs_follow_the_policy() {
+        use super::super::transfer::Policy;
+        let import = |policy, names: &[&str]| ConfigCommand::Import {
+            items: names
+                .iter()
+                .map(|n| match publish(&key(n), &format!("imported {n}"), 5) {
+                    ConfigCommand::Publish(p) => p,
+                    _ => unreachable!(),
+                })
+                .collect(),
+            policy,
+        };
+        let fresh = || {
+            let mut st = ConfigState::default();
+            st.apply(&publish(&key("b"), "old", 1)).unwrap();
+            st
+        };
+        let mut st = fresh();
+        assert_eq!(
+            st.apply(&import(Policy::Abort, &["a", "b", "c"])).unwrap(),
+            vec![key("a")],
+            "abort stops at the first that exists"
+        );
+        assert!(st.get(&key("c")).is_none());
+        assert_eq!(st.get(&key("b")).unwrap().content, "old");
+        let mut st = fresh();
+        assert_eq!(
+            st.apply(&import(Policy::Skip, &["a", "b", "c"])).unwrap(),
+            vec![key("a"), key("c")]
+        );
+        assert_eq!(st.get(&key("b")).unwrap().content, "old");
+        let mut st = fresh();
+        assert_eq!(
+            st.apply(&import(Policy::Overwrite, &["a", "b"])).unwrap(),
+            vec![key("a"), key("b")]
+        );
+        assert_eq!(st.get(&key("b")).unwrap().content, "imported b");
+        assert_eq!(
+            st.record(&key("b")).unwrap().history.len(),
+            2,
+            "an import is history too"
+        );
     }
 
     #[test]
