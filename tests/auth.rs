@@ -606,8 +606,7 @@ async fn config_permissions_follow_the_namespace() {
             .await;
         assert_eq!(r.status, want, "listener in {tenant:?}: {r:?}");
     }
-    // An import is judged by the namespace it writes into: bob may not import into public,
-    // and may into ns1 (which is not a created namespace: the import's own 400 says so).
+    // An import is judged by the namespace it writes into: bob may not import into public.
     let import = |ns: &'static str| {
         let (api, t) = (api.clone(), t.clone());
         async move {
@@ -620,10 +619,69 @@ async fn config_permissions_follow_the_namespace() {
         }
     };
     assert_eq!(import("public").await.status, 403);
+    // A clone into ns1 (now created) of a config bob cannot read (in public) is refused too.
+    let r = api
+        .call(
+            "POST",
+            "/nacos/v1/console/namespaces",
+            &[
+                ("customNamespaceId", "ns1"),
+                ("namespaceName", "ns1"),
+                ("namespaceDesc", ""),
+                ("accessToken", &admin),
+            ],
+        )
+        .await;
+    assert_eq!(r.body, "true", "{r:?}");
+    assert_eq!(
+        api.call(
+            "POST",
+            "/nacos/v1/cs/configs",
+            &[
+                ("dataId", "hidden"),
+                ("group", "G"),
+                ("content", "s3cret"),
+                ("accessToken", &admin)
+            ],
+        )
+        .await
+        .body,
+        "true"
+    );
+    let hidden = api
+        .call(
+            "GET",
+            "/nacos/v1/cs/configs",
+            &[
+                ("search", "accurate"),
+                ("dataId", "hidden"),
+                ("group", "G"),
+                ("pageNo", "1"),
+                ("pageSize", "10"),
+                ("accessToken", &admin),
+            ],
+        )
+        .await
+        .json()["pageItems"][0]["id"]
+        .as_u64()
+        .unwrap();
+    let r = api
+        .raw(
+            "POST",
+            &format!("/nacos/v1/cs/configs?clone=true&tenant=ns1&accessToken={t}"),
+            "application/json",
+            format!(r#"[{{"cfgId": {hidden}}}]"#).into_bytes(),
+        )
+        .await;
+    assert_eq!(
+        r.status, 403,
+        "a clone must not read around permissions: {r:?}"
+    );
+    // Into ns1 bob may import: past the permission check, the file itself is refused.
     let r = import("ns1").await;
     assert_eq!(
         (r.status, r.json()["code"].clone()),
-        (400, 100_001.into()),
+        (400, 100_004.into()),
         "{r:?}"
     );
     // Nothing was published in public.

@@ -929,7 +929,7 @@ async fn beta_and_tag_variants_through_the_gateway_and_on_a_node() {
 /// Rule C8: a namespace's configs exported as the Nacos console's zip import into another
 /// namespace (through the gateway), with `ABORT`, `SKIP` and `OVERWRITE` for configs that
 /// exist; an import wakes listeners like any publish; bad uploads are refused with Nacos's
-/// result codes and import nothing.
+/// result codes and import nothing; a clone copies configs by id under new names.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn configs_export_and_import_through_the_gateway() {
     let root = tempfile::tempdir().unwrap();

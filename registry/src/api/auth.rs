@@ -290,7 +290,33 @@ pub async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Res
     if !allowed {
         return ApiError::forbidden("authorization failed!").into_response();
     }
+    // A handler touching more than the request names (a clone reads configs by id) checks
+    // the rest against the same user.
+    let mut req = req;
+    req.extensions_mut().insert(Caller(user));
     next.run(req).await
+}
+
+/// The user the guard let through (absent when auth is off or for peers).
+#[derive(Debug, Clone)]
+pub struct Caller(pub String);
+
+/// Whether `caller` may read config `key` (always, when auth is off: no caller).
+pub fn may_read_config(
+    app: &App,
+    caller: Option<&Caller>,
+    key: &crate::configs::ConfigKey,
+) -> bool {
+    let Some(Caller(user)) = caller else {
+        return true;
+    };
+    let tenant = if key.tenant.is_empty() {
+        DEFAULT_NAMESPACE
+    } else {
+        key.tenant.as_str()
+    };
+    let resource = format!("{tenant}:{}:config/{}", key.group, key.data_id);
+    with_auth(app, |st| st.permits(user, &resource, 'r'))
 }
 
 /// `POST /nacos/v1/auth/login` (and `/nacos/v1/auth/users/login`).

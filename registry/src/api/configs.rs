@@ -9,6 +9,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
+use super::auth::Caller;
 use super::error::ApiError;
 use super::params::Params;
 use super::{json, App, Page};
@@ -481,11 +482,20 @@ async fn import(app: &App, p: &Params) -> Result<Response, ApiError> {
         .into_iter()
         .collect();
     count_write(app, "import");
-    // What the apply did to each, in file order: published, or (abort) failed from the first
-    // one it stopped at, or (skip) skipped.
+    Ok(batch_answer(&keys, &published, policy, "import ok"))
+}
+
+/// Nacos's `RestResult` for an import or a clone: what the apply did to each config, in
+/// order: published, or (abort) failed from the first one it stopped at, or (skip) skipped.
+fn batch_answer(
+    keys: &[ConfigKey],
+    published: &std::collections::HashSet<ConfigKey>,
+    policy: transfer::Policy,
+    message: &str,
+) -> Response {
     let entry = |k: &ConfigKey| serde_json::json!({"dataId": k.data_id, "group": k.group});
     let (mut succ, mut fail, mut skip) = (0, Vec::new(), Vec::new());
-    for k in &keys {
+    for k in keys {
         if published.contains(k) && fail.is_empty() {
             succ += 1;
         } else if policy == transfer::Policy::Abort {
@@ -501,20 +511,125 @@ async fn import(app: &App, p: &Params) -> Result<Response, ApiError> {
     if !skip.is_empty() {
         data["skipData"] = serde_json::Value::Array(skip);
     }
-    Ok(json(
-        &serde_json::json!({"code": 200, "message": "import ok", "data": data}),
-    ))
+    json(&serde_json::json!({"code": 200, "message": message, "data": data}))
 }
 
-/// `POST /configs`: publish; answers `true`. With `import=true`, an import.
-pub async fn publish(State(app): State<Arc<App>>, p: Params) -> Result<Response, ApiError> {
+/// One config a clone copies: its id, and optionally a new data id and group.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CloneOf {
+    cfg_id: u64,
+    #[serde(default)]
+    data_id: Option<String>,
+    #[serde(default)]
+    group: Option<String>,
+}
+
+/// `POST /configs?clone=true&tenant=NS` (the console's clone, rule C8): a JSON list of
+/// `{cfgId, dataId, group}` copied into `tenant` as an import of them would be; the caller must
+/// be able to read every source.
+async fn clone_configs(
+    app: &App,
+    caller: Option<&Caller>,
+    p: &Params,
+) -> Result<Response, ApiError> {
+    let wanted: Vec<CloneOf> = serde_json::from_slice(&p.raw.body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "invalid clone body: expected [{{cfgId, dataId, group}}]: {e}"
+        ))
+    })?;
+    if wanted.is_empty() {
+        return Ok(import_refused(100_006, "no config selected".into()));
+    }
+    let tenant = model::normalize_tenant(p.get("tenant")).to_string();
+    if !tenant.is_empty()
+        && app
+            .node
+            .persistent()
+            .read(|st| st.namespace(&tenant).is_none())
+    {
+        return Ok(import_refused(
+            100_001,
+            format!("namespace {tenant} does not exist"),
+        ));
+    }
+    let policy = match p.opt("policy") {
+        None => transfer::Policy::Abort,
+        Some(v) => transfer::Policy::parse(v)
+            .ok_or_else(|| ApiError::bad_request("invalid policy: ABORT, SKIP or OVERWRITE"))?,
+    };
+    let sources: Vec<(ConfigKey, ConfigItem)> = app.node.persistent().read(|st| {
+        st.configs()
+            .records()
+            .filter_map(|(k, r)| r.current.as_ref().map(|c| (k, c)))
+            .filter(|(_, c)| wanted.iter().any(|w| w.cfg_id == c.id))
+            .map(|(k, c)| (k.clone(), c.clone()))
+            .collect()
+    });
+    if sources.is_empty() {
+        return Ok(import_refused(
+            100_005,
+            "none of the ids names a config".into(),
+        ));
+    }
+    let (src_user, src_ip) = source(app, p);
+    let time_ms = wall_ms();
+    let mut items = Vec::with_capacity(sources.len());
+    let mut seen = std::collections::HashSet::new();
+    for (from, c) in sources {
+        if !super::auth::may_read_config(app, caller, &from) {
+            return Err(ApiError::forbidden("authorization failed!"));
+        }
+        let w = wanted.iter().find(|w| w.cfg_id == c.id);
+        let pick = |given: Option<&String>, was: &str| {
+            given
+                .map(|s| s.trim())
+                .filter(|s| !s.is_empty())
+                .unwrap_or(was)
+                .to_string()
+        };
+        let data_id = pick(w.and_then(|w| w.data_id.as_ref()), &from.data_id);
+        let group = pick(w.and_then(|w| w.group.as_ref()), &from.group);
+        let key = ConfigKey::new(&data_id, &group, Some(&tenant))?;
+        if !seen.insert(key.clone()) {
+            continue;
+        }
+        items.push(Publish {
+            key,
+            content: c.content,
+            meta: ConfigMeta {
+                src_user: src_user.clone(),
+                src_ip: src_ip.clone(),
+                ..c.meta
+            },
+            time_ms,
+            cas_md5: None,
+            target: Target::Main,
+        });
+    }
+    let keys: Vec<ConfigKey> = items.iter().map(|i| i.key.clone()).collect();
+    let published: std::collections::HashSet<ConfigKey> = app
+        .node
+        .propose_config(ConfigCommand::Import { items, policy })
+        .await?
+        .into_iter()
+        .collect();
+    count_write(app, "clone");
+    Ok(batch_answer(&keys, &published, policy, "clone ok"))
+}
+
+/// `POST /configs`: publish; answers `true`. With `import=true` an import, with
+/// `clone=true` a clone.
+pub async fn publish(
+    State(app): State<Arc<App>>,
+    caller: Option<axum::Extension<Caller>>,
+    p: Params,
+) -> Result<Response, ApiError> {
     if p.opt("import") == Some("true") {
         return import(&app, &p).await;
     }
     if p.opt("clone") == Some("true") {
-        return Err(ApiError::bad_request(
-            "cloning configs between namespaces is not supported by this server: export and import instead",
-        ));
+        return clone_configs(&app, caller.as_ref().map(|c| &c.0), &p).await;
     }
     let key = key_of(&p)?;
     // A beta wins over a tag, as in Nacos.

@@ -33,7 +33,10 @@
 //!   every entry checked (C1, C2) and the whole file bounded before anything is proposed, then
 //!   publishes its configs in order in one Raft entry: a config that exists stops the import
 //!   (`ABORT`, the default: it and the rest are reported failed), is left (`SKIP`), or is
-//!   replaced (`OVERWRITE`). *Tests:* `transfer::tests::c8_*`, `model::tests::c8_*`.
+//!   replaced (`OVERWRITE`). A clone is the same import of configs picked by id (under new
+//!   names when given) from namespaces the caller may read. *Tests:* `transfer::tests::c8_*`,
+//!   `model::tests::c8_*`, `tests/configs.rs` `configs_export_and_import_through_the_gateway`,
+//!   `tests/auth.rs` `config_permissions_follow_the_namespace`.
 
 pub mod model;
 pub mod transfer;
