@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # THE test command: installs the pinned test runner and legacy Nacos clients (Python nacos-sdk-python 0.1.x,
-# Node nacos 2.x) used by tests/legacy_clients.rs, then runs every test of the workspace.
+# Node nacos 2.x) used by tests/legacy_clients.rs, checks the Prometheus alert rules with
+# promtool (Debian's `prometheus` package, pinned), then runs every test of the workspace.
 # Extra arguments go to `cargo nextest run` (e.g. a test filter).
 set -euo pipefail
 
@@ -14,6 +15,16 @@ if ! cargo nextest --version 2>/dev/null | grep -q "cargo-nextest $NEXTEST_VERSI
 fi
 
 bash scripts/install-legacy-clients.sh
+
+# The alert rules under deploy/prometheus: valid, and each alert fires on the series its test
+# gives it (promtool from Debian's prometheus package, pinned).
+PROMETHEUS_DEB_VERSION=2.42.0+ds-5+deb12u1
+if ! dpkg-query -W -f='${Version}' prometheus 2>/dev/null | grep -qx "$PROMETHEUS_DEB_VERSION"; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        "prometheus=$PROMETHEUS_DEB_VERSION" >/dev/null
+fi
+(cd deploy/prometheus && promtool check rules nacre-alerts.yml && promtool test rules nacre-alerts.test.yml)
 
 # nextest does not run doc tests. Run them first so that nextest's summary is the last word.
 doc_status=0

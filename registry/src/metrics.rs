@@ -42,6 +42,11 @@ pub struct Metrics {
     pub config: IntGaugeVec,
     /// Config writes accepted through this node, by `op` (`publish`, `delete`).
     pub config_writes: IntCounterVec,
+    /// 1 while the node serves clients (loaded, Raft caught up).
+    pub ready: IntGauge,
+    /// 1 while the node reaches a majority that counts it a member (Distro rule O3): without
+    /// standing it refuses instance writes and does not expire.
+    pub standing: IntGauge,
 }
 
 impl Metrics {
@@ -140,6 +145,16 @@ impl Metrics {
             &["op"],
         )?;
         registry.register(Box::new(config_writes.clone()))?;
+        let ready = IntGauge::new(
+            "nacre_ready",
+            "1 while the node serves clients (loaded, Raft caught up)",
+        )?;
+        registry.register(Box::new(ready.clone()))?;
+        let standing = IntGauge::new(
+            "nacre_standing",
+            "1 while the node reaches a majority that counts it a member",
+        )?;
+        registry.register(Box::new(standing.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(instances.clone()))?;
@@ -164,6 +179,8 @@ impl Metrics {
             raft,
             config,
             config_writes,
+            ready,
+            standing,
         })
     }
 

@@ -831,5 +831,7 @@ impl Node {
             .set(st.snapshots_built as i64);
         raft.with_label_values(&["snapshots_installed"])
             .set(st.snapshots_installed as i64);
+        self.metrics.ready.set(i64::from(self.is_ready()));
+        self.metrics.standing.set(i64::from(self.has_standing()));
     }
 }
