@@ -12,7 +12,9 @@ fn root() -> PathBuf {
 
 fn files_under(dir: &Path, ext: &str, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-        let path = entry.unwrap().path();
+        let path = entry
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .path();
         if path.is_dir() {
             files_under(&path, ext, out);
         } else if path.extension().is_some_and(|e| e == ext) {
@@ -50,7 +52,8 @@ fn registered() -> BTreeSet<String> {
     }
     let mut names = BTreeSet::new();
     for file in sources {
-        let text = std::fs::read_to_string(&file).unwrap();
+        let text =
+            std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         for name in metric_tokens(&text) {
             if text.contains(&format!("\"{name}\"")) {
                 names.insert(name);

@@ -375,16 +375,7 @@ impl Api {
         {
             Ok(resp) => {
                 let status = resp.status().as_u16();
-                let headers = resp
-                    .headers()
-                    .iter()
-                    .map(|(n, v)| {
-                        (
-                            n.as_str().to_string(),
-                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                        )
-                    })
-                    .collect();
+                let headers = header_pairs(resp.headers());
                 let body = resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
                 (status, headers, body)
             }
@@ -462,20 +453,23 @@ impl Api {
     }
 }
 
+/// A response's headers as (lower-case name, value) pairs.
+fn header_pairs(h: &reqwest::header::HeaderMap) -> Vec<(String, String)> {
+    h.iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
 async fn finish(r: reqwest::Result<reqwest::Response>) -> Reply {
     match r {
         Ok(resp) => {
             let status = resp.status().as_u16();
-            let headers = resp
-                .headers()
-                .iter()
-                .map(|(n, v)| {
-                    (
-                        n.as_str().to_string(),
-                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                    )
-                })
-                .collect();
+            let headers = header_pairs(resp.headers());
             let body = resp.text().await.unwrap_or_default();
             Reply {
                 status,

@@ -105,12 +105,18 @@ impl Md5Table {
             .filter(|c| inner.merge(&c.key, &c.md5, c.revision, c.beta))
             .map(|c| &c.key)
             .collect();
+        self.settle(inner, &changed);
+    }
+
+    /// After merging: starts over past the bound (rule L5), else wakes the listeners of
+    /// `changed`.
+    fn settle(&self, inner: parking_lot::MutexGuard<'_, Inner>, changed: &[&ConfigKey]) {
         let over = inner.known.len() > self.max_keys;
         drop(inner);
         if over {
             self.reset();
         } else {
-            self.watch.changed(changed);
+            self.watch.changed(changed.iter().copied());
         }
     }
 
@@ -134,13 +140,7 @@ impl Md5Table {
             })
             .map(|(_, (k, _))| k)
             .collect();
-        let over = inner.known.len() > self.max_keys;
-        drop(inner);
-        if over {
-            self.reset();
-        } else {
-            self.watch.changed(changed);
-        }
+        self.settle(inner, &changed);
         true
     }
 

@@ -474,6 +474,16 @@ async fn import(app: &App, p: &Params) -> Result<Response, ApiError> {
             target: Target::Main,
         });
     }
+    run_batch(app, items, policy, "import").await
+}
+
+/// Proposes an import (or a clone) of `items` and answers what the apply did to each.
+async fn run_batch(
+    app: &App,
+    items: Vec<Publish>,
+    policy: transfer::Policy,
+    op: &str,
+) -> Result<Response, ApiError> {
     let keys: Vec<ConfigKey> = items.iter().map(|i| i.key.clone()).collect();
     let published: std::collections::HashSet<ConfigKey> = app
         .node
@@ -481,8 +491,8 @@ async fn import(app: &App, p: &Params) -> Result<Response, ApiError> {
         .await?
         .into_iter()
         .collect();
-    count_write(app, "import");
-    Ok(batch_answer(&keys, &published, policy, "import ok"))
+    count_write(app, op);
+    Ok(batch_answer(&keys, &published, policy, &format!("{op} ok")))
 }
 
 /// Nacos's `RestResult` for an import or a clone: what the apply did to each config, in
@@ -607,15 +617,7 @@ async fn clone_configs(
             target: Target::Main,
         });
     }
-    let keys: Vec<ConfigKey> = items.iter().map(|i| i.key.clone()).collect();
-    let published: std::collections::HashSet<ConfigKey> = app
-        .node
-        .propose_config(ConfigCommand::Import { items, policy })
-        .await?
-        .into_iter()
-        .collect();
-    count_write(app, "clone");
-    Ok(batch_answer(&keys, &published, policy, "clone ok"))
+    run_batch(app, items, policy, "clone").await
 }
 
 /// `POST /configs`: publish; answers `true`. With `import=true` an import, with
