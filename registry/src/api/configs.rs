@@ -412,22 +412,13 @@ async fn import(app: &App, p: &Params) -> Result<Response, ApiError> {
                 .map(|(_, v)| v.trim().to_string())
         })
     };
-    let tenant = model::normalize_tenant(field("namespace").as_deref()).to_string();
-    if !tenant.is_empty()
-        && app
-            .node
-            .persistent()
-            .read(|st| st.namespace(&tenant).is_none())
-    {
-        return Ok(import_refused(
-            100_001,
-            format!("namespace {tenant} does not exist"),
-        ));
-    }
-    let policy = match field("policy").filter(|v| !v.is_empty()) {
-        None => transfer::Policy::Abort,
-        Some(v) => transfer::Policy::parse(&v)
-            .ok_or_else(|| ApiError::bad_request("invalid policy: ABORT, SKIP or OVERWRITE"))?,
+    let (tenant, policy) = match batch_target(
+        app,
+        field("namespace").as_deref(),
+        field("policy").as_deref(),
+    )? {
+        Ok(t) => t,
+        Err(refused) => return Ok(refused),
     };
     let Some(file) = up.file else {
         return Ok(import_refused(100_005, "no `file` in the upload".into()));
@@ -475,6 +466,33 @@ async fn import(app: &App, p: &Params) -> Result<Response, ApiError> {
         });
     }
     run_batch(app, items, policy, "import").await
+}
+
+/// The namespace an import or a clone writes into (it must exist: else the refusal to answer)
+/// and its policy for configs that exist (`ABORT` when not given).
+fn batch_target(
+    app: &App,
+    namespace: Option<&str>,
+    policy: Option<&str>,
+) -> Result<Result<(String, transfer::Policy), Response>, ApiError> {
+    let tenant = model::normalize_tenant(namespace).to_string();
+    if !tenant.is_empty()
+        && app
+            .node
+            .persistent()
+            .read(|st| st.namespace(&tenant).is_none())
+    {
+        return Ok(Err(import_refused(
+            100_001,
+            format!("namespace {tenant} does not exist"),
+        )));
+    }
+    let policy = match policy.map(str::trim).filter(|v| !v.is_empty()) {
+        None => transfer::Policy::Abort,
+        Some(v) => transfer::Policy::parse(v)
+            .ok_or_else(|| ApiError::bad_request("invalid policy: ABORT, SKIP or OVERWRITE"))?,
+    };
+    Ok(Ok((tenant, policy)))
 }
 
 /// Proposes an import (or a clone) of `items` and answers what the apply did to each.
@@ -551,22 +569,9 @@ async fn clone_configs(
     if wanted.is_empty() {
         return Ok(import_refused(100_006, "no config selected".into()));
     }
-    let tenant = model::normalize_tenant(p.get("tenant")).to_string();
-    if !tenant.is_empty()
-        && app
-            .node
-            .persistent()
-            .read(|st| st.namespace(&tenant).is_none())
-    {
-        return Ok(import_refused(
-            100_001,
-            format!("namespace {tenant} does not exist"),
-        ));
-    }
-    let policy = match p.opt("policy") {
-        None => transfer::Policy::Abort,
-        Some(v) => transfer::Policy::parse(v)
-            .ok_or_else(|| ApiError::bad_request("invalid policy: ABORT, SKIP or OVERWRITE"))?,
+    let (tenant, policy) = match batch_target(app, p.get("tenant"), p.opt("policy"))? {
+        Ok(t) => t,
+        Err(refused) => return Ok(refused),
     };
     let sources: Vec<(ConfigKey, ConfigItem)> = app.node.persistent().read(|st| {
         st.configs()
