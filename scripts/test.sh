@@ -19,7 +19,7 @@ bash scripts/install-legacy-clients.sh
 # The alert rules under deploy/prometheus: valid, and each alert fires on the series its test
 # gives it (promtool from Debian's prometheus package, pinned).
 PROMETHEUS_DEB_VERSION=2.42.0+ds-5+deb12u1
-if ! dpkg-query -W -f='${Version}' prometheus 2>/dev/null | grep -qx "$PROMETHEUS_DEB_VERSION"; then
+if ! command -v promtool >/dev/null 2>&1; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
         "prometheus=$PROMETHEUS_DEB_VERSION" >/dev/null
