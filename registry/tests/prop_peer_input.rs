@@ -131,3 +131,61 @@ proptest! {
         let _ = maybe_gunzip(&gz);
     }
 }
+
+/// A case the property above once found: the first record names a service this node does not
+/// hold, empty but with an instance removal newer than its deletion; the second brings that
+/// instance back with an older stamp. The removal was dropped with the absent service, so a
+/// second pass (where the service existed) removed the instance the first pass had kept.
+#[test]
+fn a_removal_carried_by_an_absent_empty_service_is_not_forgotten() {
+    let key = ServiceKey::new("public", "DEFAULT_GROUP", "bb");
+    let inst = |cluster: &str| Instance {
+        ip: "a".into(),
+        port: 0,
+        cluster: cluster.into(),
+        weight: 0.0,
+        healthy: false,
+        enabled: true,
+        ephemeral: true,
+        metadata: Metadata::new(),
+        instance_id: String::new(),
+        app: "DEFAULT".into(),
+        last_beat_ms: 0,
+        marked: false,
+    };
+    let records = [
+        ServiceRecord {
+            key: key.clone(),
+            version: 0,
+            instances: Some(Vec::new()),
+            stamps: Vec::new(),
+            removed: vec![(
+                InstanceKey {
+                    ip: "a".into(),
+                    port: 0,
+                    cluster: "b".into(),
+                },
+                11_822_935_350_341_780_633,
+            )],
+            floor: 1,
+        },
+        ServiceRecord {
+            key,
+            version: 0,
+            instances: Some(vec![inst("a"), inst("a"), inst("b")]),
+            stamps: vec![0, 0, 1_298_947_601_655_231_887],
+            removed: Vec::new(),
+            floor: 0,
+        },
+    ];
+    let store = EphemeralStore::new();
+    for r in &records {
+        store.apply_remote(r.clone(), 0);
+    }
+    let once = store.fingerprint();
+    for r in &records {
+        store.apply_remote(r.clone(), 0);
+    }
+    assert_eq!(store.fingerprint(), once);
+    assert_eq!(once.1, 0, "the removal is newer than the instance's stamp");
+}

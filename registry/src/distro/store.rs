@@ -365,11 +365,25 @@ pub fn summarize(expired: &[Expiry]) -> Vec<ServiceExpiry> {
     out
 }
 
-/// A deleted service: the version of its deletion, and when this node learned of it.
-#[derive(Debug, Clone, Copy)]
+/// A deleted service: the version of its deletion, when this node learned of it, and the
+/// instance removals a peer reported for it (an empty service's record can carry removals newer
+/// than its deletion: they must outlive its absence here, or merging the same records twice
+/// could end differently).
+#[derive(Debug, Clone, Default)]
 struct Tombstone {
     version: u64,
     at_ms: u64,
+    removed: HashMap<InstanceKey, u64>,
+}
+
+impl Tombstone {
+    /// Hands the removals it kept to `svc`, created again.
+    fn carry_into(&self, svc: &mut EphemeralService, now_ms: u64) {
+        for (id, t) in &self.removed {
+            let known = svc.removed.entry(id.clone()).or_insert((*t, now_ms));
+            known.0 = known.0.max(*t);
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -410,6 +424,7 @@ impl Inner {
             // stamped right after this.)
             if let Some(t) = self.tombstones.remove(key) {
                 s.floor = s.floor.max(t.version);
+                t.carry_into(s, now_ms);
             }
         }
         v
@@ -440,6 +455,7 @@ impl Inner {
                 let t = self.tombstones.entry(key.clone()).or_insert(Tombstone {
                     version,
                     at_ms: now_ms,
+                    ..Tombstone::default()
                 });
                 t.version = t.version.max(version);
                 Merged {
@@ -473,6 +489,7 @@ impl Inner {
             Tombstone {
                 version,
                 at_ms: now_ms,
+                ..Tombstone::default()
             },
         );
         true
@@ -853,13 +870,24 @@ impl EphemeralStore {
                 let kept = inner.tombstones.entry(key).or_insert(Tombstone {
                     version: t,
                     at_ms: now_ms,
+                    ..Tombstone::default()
                 });
                 kept.version = kept.version.max(t);
+                for (id, v) in &record.removed {
+                    let known = kept.removed.entry(id.clone()).or_insert(*v);
+                    *known = (*known).max(*v);
+                }
                 return Merged::default();
             }
         }
         let created = !inner.services.contains_key(&key);
+        let carried = created
+            .then(|| inner.tombstones.get(&key).cloned())
+            .flatten();
         let svc = inner.services.entry(key.clone()).or_default();
+        if let Some(t) = &carried {
+            t.carry_into(svc, now_ms);
+        }
         // Every instance has a stamp (see `stamp`); the merge below indexes both together.
         svc.stamps.resize(svc.instances.len(), 0);
         let mut changed = created | (svc.raise_floor(tomb.unwrap_or(0)) > 0);
