@@ -109,12 +109,20 @@ impl Changes {
     }
 
     /// Records config changes for feed readers (configs have no cached generation here);
-    /// call it after the changes are visible to readers.
+    /// call it after the changes are visible to readers. One lock and one wake-up for the
+    /// whole batch (an import can change thousands).
     pub fn configs_changed(&self, changes: &[ConfigChange]) {
+        let mut gens = self.generations.write();
+        let mut logged = None;
         for c in changes {
-            let gens = self.generations.write();
             let g = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
-            self.log(gens, g, || What::Config(c.clone()));
+            if self.push_event(&mut gens, g, || What::Config(c.clone())) {
+                logged = Some(g);
+            }
+        }
+        drop(gens);
+        if let Some(g) = logged {
+            self.newest.send_replace(g);
         }
     }
 
@@ -125,10 +133,19 @@ impl Changes {
         g: u64,
         what: impl FnOnce() -> What,
     ) {
+        let logged = self.push_event(&mut gens, g, what);
+        drop(gens);
+        if logged {
+            self.newest.send_replace(g);
+        }
+    }
+
+    /// Appends event `g` under the write lock, if a reader follows; whether it did.
+    fn push_event(&self, gens: &mut Generations, g: u64, what: impl FnOnce() -> What) -> bool {
         // Checked under the write lock, which the first reader takes to set it: a change is
         // either logged or at most the first reader's starting point.
         if !self.followed.load(Ordering::Acquire) {
-            return;
+            return false;
         }
         if gens.log.len() >= FEED_CAPACITY {
             if let Some(old) = gens.log.pop_front() {
@@ -140,8 +157,7 @@ impl Changes {
             what: what(),
             at_ms: now_ms(),
         });
-        drop(gens);
-        self.newest.send_replace(g);
+        true
     }
 
     /// This incarnation's epoch.
