@@ -576,37 +576,8 @@ struct ConfigRows {
 
 fn write_config(conn: &Connection, rows: &ConfigRows) -> Result<(), DbError> {
     let k = &rows.key;
-    match &rows.current {
-        Some(json) => {
-            conn.prepare_cached(
-                "INSERT OR REPLACE INTO sm_config (tenant, group_name, data_id, data)
-                 VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![k.tenant, k.group, k.data_id, json])?;
-        }
-        None => {
-            conn.prepare_cached(
-                "DELETE FROM sm_config WHERE tenant = ?1 AND group_name = ?2 AND data_id = ?3",
-            )?
-            .execute(params![k.tenant, k.group, k.data_id])?;
-        }
-    }
-    match &rows.variants {
-        Some(json) => {
-            conn.prepare_cached(
-                "INSERT OR REPLACE INTO sm_config_variant (tenant, group_name, data_id, data)
-                 VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![k.tenant, k.group, k.data_id, json])?;
-        }
-        None => {
-            conn.prepare_cached(
-                "DELETE FROM sm_config_variant
-                 WHERE tenant = ?1 AND group_name = ?2 AND data_id = ?3",
-            )?
-            .execute(params![k.tenant, k.group, k.data_id])?;
-        }
-    }
+    put_config_row(conn, "sm_config", k, rows.current.as_deref())?;
+    put_config_row(conn, "sm_config_variant", k, rows.variants.as_deref())?;
     for (nid, json) in &rows.appended {
         conn.prepare_cached(
             "INSERT OR REPLACE INTO sm_config_history (nid, tenant, group_name, data_id, data)
@@ -624,6 +595,32 @@ fn write_config(conn: &Connection, rows: &ConfigRows) -> Result<(), DbError> {
         k.data_id,
         rows.oldest_kept.map_or(i64::MAX, |n| n as i64)
     ])?;
+    Ok(())
+}
+
+/// Writes (`Some`) or deletes (`None`) the row of `key` in `table`, a per-config table keyed by
+/// tenant, group and data id.
+fn put_config_row(
+    conn: &Connection,
+    table: &str,
+    k: &ConfigKey,
+    data: Option<&str>,
+) -> Result<(), DbError> {
+    match data {
+        Some(json) => {
+            conn.prepare_cached(&format!(
+                "INSERT OR REPLACE INTO {table} (tenant, group_name, data_id, data)
+                 VALUES (?1, ?2, ?3, ?4)"
+            ))?
+            .execute(params![k.tenant, k.group, k.data_id, json])?;
+        }
+        None => {
+            conn.prepare_cached(&format!(
+                "DELETE FROM {table} WHERE tenant = ?1 AND group_name = ?2 AND data_id = ?3"
+            ))?
+            .execute(params![k.tenant, k.group, k.data_id])?;
+        }
+    }
     Ok(())
 }
 
