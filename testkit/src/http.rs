@@ -142,6 +142,15 @@ impl Api {
         self
     }
 
+    /// `method path?query` with this client's `User-Agent`.
+    fn request(&self, method: &str, path: &str, query: &[(&str, &str)]) -> reqwest::RequestBuilder {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap_or(reqwest::Method::GET);
+        self.client
+            .request(m, format!("{}{}", self.base, path))
+            .header("User-Agent", &self.user_agent)
+            .query(query)
+    }
+
     /// [`Api::call`] with request headers.
     pub async fn call_with_headers(
         &self,
@@ -150,12 +159,7 @@ impl Api {
         query: &[(&str, &str)],
         headers: &[(&str, &str)],
     ) -> Reply {
-        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap_or(reqwest::Method::GET);
-        let mut req = self
-            .client
-            .request(m, format!("{}{}", self.base, path))
-            .header("User-Agent", &self.user_agent)
-            .query(query);
+        let mut req = self.request(method, path, query);
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
@@ -366,13 +370,7 @@ impl Api {
     /// `GET path_and_query` with the body as bytes (a binary answer, such as an export's zip):
     /// status, headers (lower-case names), body.
     pub async fn get_bytes(&self, path_and_query: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
-        match self
-            .client
-            .get(format!("{}{}", self.base, path_and_query))
-            .header("User-Agent", &self.user_agent)
-            .send()
-            .await
-        {
+        match self.request("GET", path_and_query, &[]).send().await {
             Ok(resp) => {
                 let status = resp.status().as_u16();
                 let headers = header_pairs(resp.headers());
@@ -440,12 +438,7 @@ impl Api {
         query: &[(&str, &str)],
         form: Option<&[(&str, &str)]>,
     ) -> Reply {
-        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap_or(reqwest::Method::GET);
-        let mut req = self
-            .client
-            .request(m, format!("{}{}", self.base, path))
-            .header("User-Agent", &self.user_agent)
-            .query(query);
+        let mut req = self.request(method, path, query);
         if let Some(f) = form {
             req = req.form(f);
         }
