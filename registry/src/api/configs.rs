@@ -329,27 +329,24 @@ fn export(app: &App, p: &Params) -> Result<Response, ApiError> {
 
 /// `yyyyMMddHHmmss` (UTC) of `ms`, as Nacos names export files.
 fn export_stamp(ms: u64) -> String {
-    let t = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_millis(ms));
-    // "Sun, 06 Nov 1994 08:49:37 GMT" → 19941106084937
-    let parts: Vec<&str> = t.split([' ', ':']).collect();
-    let month = match parts.get(2).copied().unwrap_or("") {
-        "Jan" => "01",
-        "Feb" => "02",
-        "Mar" => "03",
-        "Apr" => "04",
-        "May" => "05",
-        "Jun" => "06",
-        "Jul" => "07",
-        "Aug" => "08",
-        "Sep" => "09",
-        "Oct" => "10",
-        "Nov" => "11",
-        _ => "12",
-    };
-    match parts[..] {
-        [_, day, _, year, h, m, s, _] => format!("{year}{month}{day}{h}{m}{s}"),
-        _ => ms.to_string(),
-    }
+    let secs = ms / 1000;
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's `civil_from_days`).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}{:02}{:02}{:02}",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
 }
 
 /// A field of a multipart import: from the query string first, then the form's text fields.
@@ -863,4 +860,16 @@ fn one_entry(
         .read(|st| find(st.configs()).map(|(k, h)| history_json(k, h)))
         .map(|v| json(&v))
         .ok_or_else(|| ApiError::not_found("history not exist"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn export_files_are_named_by_their_utc_time() {
+        assert_eq!(export_stamp(784_111_777_000), "19941106084937");
+        assert_eq!(export_stamp(0), "19700101000000");
+        assert_eq!(export_stamp(1_709_164_800_999), "20240229000000");
+    }
 }
