@@ -56,7 +56,6 @@ forget_knobs
 echo "== $LISTENERS listeners (open-file limit $FD_LIMIT)"
 build_nacre
 
-wait_up() { wait_for "node $1" "http://$1/nacos/v1/ns/operator/metrics" '"status":"UP"'; }
 
 # One sample per second until the file $OUT/$1.stop appears: seconds, then for the gateway
 # and for the nodes together RSS (KiB) and CPU ticks, then listeners parked at each tier.
@@ -94,16 +93,7 @@ for mode in $MODES; do
     node) hold=false ;;
     *) echo "unknown mode $mode (edge, node)" >&2; exit 2 ;;
     esac
-    NODE_PIDS=()
-    for i in 0 1 2; do
-        d="$OUT/$mode-node$((i + 1))"
-        rm -rf "$d" && mkdir -p "$d"
-        NACRE_LOG=warn "$NACRE" registry --listen "${NODES[$i]}" --data "$d" \
-            --cluster-secret "$SECRET" --members "$MEMBERS" >"$d/nacre.log" 2>&1 &
-        NODE_PIDS+=($!)
-        PIDS+=($!)
-    done
-    for n in "${NODES[@]}"; do wait_up "$n"; done
+    start_nodes "$OUT/$mode-node"
     echo "hold_config_listeners = $hold" >"$OUT/$mode-gateway.toml"
     NACRE_LOG=warn "$NACRE" gateway --listen "$GW" --threads 2 --cluster-secret "$SECRET" \
         --upstreams "$MEMBERS" --config "$OUT/$mode-gateway.toml" >"$OUT/$mode-gateway.log" 2>&1 &

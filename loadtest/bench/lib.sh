@@ -60,3 +60,22 @@ run() {
     echo "${cmd[*]//$NACRE/nacre}" >"$OUT/$name.cmd"
     "${cmd[@]}" | tee "$OUT/$name.txt"
 }
+
+# Starts one registry node per address in NODES (the full list, joined in MEMBERS, as each
+# node's members), data under "<prefix>1", "<prefix>2"…, with SECRET; waits until each answers
+# UP. Sets NODE_PIDS (also added to PIDS).
+start_nodes() { # data dir prefix
+    NODE_PIDS=()
+    local i d
+    for i in "${!NODES[@]}"; do
+        d="$1$((i + 1))"
+        rm -rf "$d" && mkdir -p "$d"
+        NACRE_LOG=warn "$NACRE" registry --listen "${NODES[$i]}" --data "$d" \
+            --cluster-secret "$SECRET" --members "$MEMBERS" >"$d/nacre.log" 2>&1 &
+        NODE_PIDS+=($!)
+        PIDS+=($!)
+    done
+    for d in "${NODES[@]}"; do
+        wait_for "node $d" "http://$d/nacos/v1/ns/operator/metrics" '"status":"UP"'
+    done
+}

@@ -66,16 +66,7 @@ wait_up() { wait_for "node $1" "http://$1/nacos/v1/ns/operator/metrics" '"status
 wait_ready() { wait_for "gateway $1" "http://$1/nacre/gateway/ready" '"feedsFollowed":true'; }
 
 # Registry nodes: each gets the full member list, itself included.
-NODE_PIDS=()
-for i in 0 1 2; do
-    d="$OUT/node$((i + 1))"
-    rm -rf "$d" && mkdir -p "$d"
-    NACRE_LOG=warn "$NACRE" registry --listen "${NODES[$i]}" --data "$d" \
-        --cluster-secret "$SECRET" --members "$MEMBERS" >"$d/nacre.log" 2>&1 &
-    NODE_PIDS+=($!)
-    PIDS+=($!)
-done
-for n in "${NODES[@]}"; do wait_up "$n"; done
+start_nodes "$OUT/node"
 
 # Gateways, one proxy thread each: one with the cache off (the proxied path), one with it on.
 # The proxied one also leaves config listeners to the nodes: holding them needs the nodes'
