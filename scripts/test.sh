@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # THE test command: installs the pinned test runner and legacy Nacos clients (Python nacos-sdk-python 0.1.x,
-# Node nacos 2.x) used by tests/legacy_clients.rs, checks the Prometheus alert rules with
+# Node nacos 2.x) used by tests/legacy_clients.rs, Debian's chromium and playwright-core for the
+# console's browser tests, checks the Prometheus alert rules with
 # promtool (Debian's `prometheus` package, pinned), then runs every test of the workspace.
 # Extra arguments go to `cargo nextest run` (e.g. a test filter).
 set -euo pipefail
@@ -15,6 +16,8 @@ if ! cargo nextest --version 2>/dev/null | grep -q "cargo-nextest $NEXTEST_VERSI
 fi
 
 bash scripts/install-legacy-clients.sh
+# Debian's chromium and playwright-core, for the web console's browser tests (tests/console.rs).
+bash scripts/install-browser.sh
 
 # The alert rules under deploy/prometheus: valid, and each alert fires on the series its test
 # gives it (promtool from Debian's prometheus package, pinned).

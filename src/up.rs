@@ -95,6 +95,7 @@ fn print_status(args: &UpArgs, addrs: &[SocketAddr], logs: &Path, unknown_env: &
         "  cluster:  http://{}/nacre/v1/cluster   (leader, members, ownership ring)",
         addrs[0]
     );
+    println!("  console:  http://{gw}/nacos/");
     println!("  metrics:  http://{gw}/metrics (gateway), http://<node>/metrics (each node)");
     println!("  data:     {}", args.data.display());
     println!(

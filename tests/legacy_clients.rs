@@ -16,11 +16,9 @@
 //! (names from `check_legacy.* --list`), e.g. while debugging one behaviour; `NACRE_TEST_BIN`
 //! replaces the binary under test.
 
-use std::io::Read;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use nacre_testkit::cluster::{ClusterOptions, TestCluster};
@@ -169,63 +167,12 @@ fn wait_for_admin(gateway: std::net::SocketAddr) -> Result<()> {
     Ok(())
 }
 
-/// Runs a driver to completion (bounded by DRIVER_TIMEOUT), returns (success, stdout+stderr).
+/// Runs a driver to completion (bounded by DRIVER_TIMEOUT), returns (success, transcript).
 fn run_driver(mut cmd: Command) -> Result<(bool, String)> {
     if let Ok(only) = std::env::var("NACRE_COMPAT_ONLY") {
         cmd.arg("--only").arg(only);
     }
-    let desc = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("spawning {desc}"))?;
-    let mut out = child.stdout.take().context("stdout pipe")?;
-    let mut err = child.stderr.take().context("stderr pipe")?;
-    let out_t = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_t = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + DRIVER_TIMEOUT;
-    let status = loop {
-        if let Some(st) = child.try_wait()? {
-            break Some(st);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        thread::sleep(Duration::from_millis(200));
-    };
-    let stdout = out_t.join().unwrap_or_default();
-    let stderr = err_t.join().unwrap_or_default();
-    let mut text = format!("$ {desc}\n{stdout}");
-    if !stderr.trim().is_empty() {
-        // client libraries log warnings/stack traces to stderr; keep the end of it
-        let tail: String = {
-            let start = stderr.len().saturating_sub(6000);
-            let start = (start..stderr.len())
-                .find(|i| stderr.is_char_boundary(*i))
-                .unwrap_or(stderr.len());
-            stderr[start..].to_string()
-        };
-        text.push_str(&format!("--- stderr (tail) ---\n{tail}\n"));
-    }
-    match status {
-        Some(st) => Ok((st.success(), format!("{text}--- exit: {st}\n"))),
-        None => Ok((
-            false,
-            format!("{text}--- killed after {DRIVER_TIMEOUT:?}\n"),
-        )),
-    }
+    nacre_testkit::driver::run_driver(cmd, DRIVER_TIMEOUT)
 }
 
 fn finish(name: &str, target: &Target, ok: bool, output: String) -> Result<()> {

@@ -22,6 +22,7 @@ pub mod monitor;
 pub mod proxy;
 pub mod route;
 pub mod server;
+pub mod status;
 pub mod upstreams;
 
 use std::sync::Arc;

@@ -275,6 +275,11 @@ impl Metrics {
             .set(i64::try_from(lag_ms).unwrap_or(i64::MAX));
     }
 
+    /// The last recorded lag of a node's feed, in ms.
+    pub fn feed_lag(&self, upstream: &str) -> i64 {
+        self.feed_lag_ms.with_label_values(&[upstream]).get()
+    }
+
     /// The text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();

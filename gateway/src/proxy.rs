@@ -326,6 +326,25 @@ impl Gateway {
                 respond(session, if n > 0 { 200 } else { 503 }, JSON, body).await
             }
             Local::Hidden => respond(session, 404, TEXT, Bytes::from_static(b"not found")).await,
+            Local::Status => {
+                let body = serde_json::to_vec(&crate::status::status(shared)).unwrap_or_default();
+                respond(session, 200, JSON, Bytes::from(body)).await
+            }
+            Local::Console(asset) => {
+                let mut h = ResponseHeader::build(200, Some(3 + nacre_console::HEADERS.len()))?;
+                h.insert_header(header::CONTENT_TYPE, asset.content_type)?;
+                h.insert_header(
+                    header::CONTENT_LENGTH,
+                    itoa::Buffer::new().format(asset.body.len()),
+                )?;
+                for (name, value) in nacre_console::HEADERS {
+                    h.insert_header(name, value)?;
+                }
+                session.write_response_header(Box::new(h), false).await?;
+                session
+                    .write_response_body(Some(Bytes::from_static(asset.body)), true)
+                    .await
+            }
         }
     }
 

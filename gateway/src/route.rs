@@ -18,6 +18,8 @@ pub const METRICS_PATH: &str = "/metrics";
 pub const HEALTH_PATH: &str = "/nacre/gateway/health";
 /// Readiness: at least one registry node can take requests.
 pub const READY_PATH: &str = "/nacre/gateway/ready";
+/// The gateway's state for operators (see [`crate::status`]).
+pub const STATUS_PATH: &str = "/nacre/gateway/status";
 /// Naming API prefix.
 const NAMING_PREFIX: &str = "/nacos/v1/ns/";
 /// The cached read.
@@ -88,6 +90,10 @@ pub enum Local {
     Ready,
     /// `/nacre/internal/…`: 404.
     Hidden,
+    /// [`STATUS_PATH`].
+    Status,
+    /// A file of the web console (served from the binary, like the nodes serve it).
+    Console(nacre_console::Asset),
 }
 
 /// The gateway's own endpoints, by path.
@@ -97,8 +103,9 @@ pub fn local(path: &str) -> Option<Local> {
         METRICS_PATH => Some(Local::Metrics),
         HEALTH_PATH => Some(Local::Health),
         READY_PATH => Some(Local::Ready),
+        STATUS_PATH => Some(Local::Status),
         p if p.starts_with(INTERNAL_PREFIX) => Some(Local::Hidden),
-        _ => None,
+        p => nacre_console::asset(p).map(Local::Console),
     }
 }
 
@@ -308,6 +315,14 @@ mod tests {
         assert_eq!(local("/metrics"), Some(Local::Metrics));
         assert_eq!(local("/nacre/internal/changes"), Some(Local::Hidden));
         assert_eq!(local("/nacos/v1/ns/instance/list"), None);
+        assert_eq!(local(STATUS_PATH), Some(Local::Status));
+        assert!(matches!(local("/nacos/"), Some(Local::Console(_))));
+        assert!(matches!(
+            local("/nacos/console/console.js"),
+            Some(Local::Console(_))
+        ));
+        // Not a console file: passed to a node, which answers it.
+        assert_eq!(local("/nacos/console/missing.js"), None);
     }
 
     #[test]

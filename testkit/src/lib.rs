@@ -19,6 +19,7 @@
 
 pub mod addr_server;
 pub mod cluster;
+pub mod driver;
 pub mod fleet;
 pub mod flood;
 pub mod gateway;

@@ -459,9 +459,19 @@ pub async fn nacre_cluster(State(app): State<Arc<App>>) -> Response {
         tokio::task::spawn_blocking(move || node.distro().store().fingerprint())
             .await
             .unwrap_or_default();
+    let replication: Vec<_> = app
+        .node
+        .distro()
+        .cluster()
+        .map(|c| c.replicator.backlogs())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|b| serde_json::json!({ "peer": b.peer, "queueDepth": b.depth, "lagMs": b.oldest_ms }))
+        .collect();
     json(&serde_json::json!({
         "self": me,
         "standalone": app.node.membership().is_standalone(),
+        "replication": replication,
         "ephemeral": {
             "services": services,
             "instances": instances,

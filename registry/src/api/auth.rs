@@ -47,6 +47,8 @@ pub fn required(method: &Method, path: &str, pairs: &[(String, String)]) -> Need
         | "/nacos/v1/console/health/liveness"
         | "/nacos/v1/console/health/readiness"
         | "/metrics" => Need::Open,
+        // The console's files hold no data; the calls the page makes are checked.
+        p if nacre_console::asset(p).is_some() => Need::Open,
         p if p.starts_with("/nacos/v1/auth/") => Need::Admin,
         "/nacos/v1/console/namespaces" if read => Need::User,
         "/nacos/v1/console/namespaces" => Need::Admin,
@@ -563,6 +565,10 @@ mod tests {
         assert_eq!(required(&post, "/nacos/v1/auth/login", &[]), Need::Open);
         assert_eq!(required(&get, "/nacos/v1/auth/users", &[]), Need::Admin);
         assert_eq!(required(&post, "/nacos/v1/auth/users/", &[]), Need::Admin);
+        // The console's files are open; a name that is not one of them is not.
+        assert_eq!(required(&get, "/nacos/", &[]), Need::Open);
+        assert_eq!(required(&get, "/nacos/console/console.js", &[]), Need::Open);
+        assert_eq!(required(&get, "/nacos/console/other.js", &[]), Need::User);
         assert_eq!(
             required(
                 &get,

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod agent;
 pub mod auth;
 pub mod configs;
+pub mod console;
 pub mod error;
 pub mod forward;
 pub mod instance;
@@ -245,6 +246,10 @@ pub fn router(app: Arc<App>, internal: Router) -> Router {
         .route("/nacos/v1/cs/history", get(configs::history))
         .route("/nacos/v1/cs/history/previous", get(configs::previous))
         .route("/metrics", get(admin::prometheus))
+        .route("/nacos", get(console::asset))
+        .route("/nacos/", get(console::asset))
+        .route("/nacos/index.html", get(console::asset))
+        .route("/nacos/console/{file}", get(console::asset))
         .fallback(unknown_api)
         .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::from_fn_with_state(app.clone(), gate))

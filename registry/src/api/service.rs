@@ -233,6 +233,8 @@ pub async fn catalog_services(
         rows.push((key, view));
     }
     let count = rows.len();
+    // nacre's addition for operators: the member owning each service on the ring.
+    let ring = app.node.membership().ring();
     let page: Vec<serde_json::Value> = rows
         .iter()
         .skip(start)
@@ -271,6 +273,7 @@ pub async fn catalog_services(
                     "ipCount": view.instances.len(),
                     "healthyInstanceCount": healthy,
                     "triggerFlag": protected.to_string(),
+                    "owner": ring.owner(key),
                 })
             }
         })

@@ -154,6 +154,17 @@ impl DistroMetrics {
     }
 }
 
+/// One peer's replication backlog (see [`Replicator::backlogs`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerBacklog {
+    /// The peer's address.
+    pub peer: String,
+    /// Services changed here and not yet acknowledged by the peer.
+    pub depth: usize,
+    /// Age of the oldest of those changes, in ms (0 when there is none).
+    pub oldest_ms: u64,
+}
+
 /// Sends this node's ephemeral changes to its peers.
 pub struct Replicator {
     self_addr: String,
@@ -191,6 +202,29 @@ impl Replicator {
     /// The metrics (shared with verify and forwarding).
     pub fn metrics(&self) -> &DistroMetrics {
         &self.metrics
+    }
+
+    /// Each peer's replication backlog now: services waiting to be sent and the age of the
+    /// oldest unsent change, sorted by peer (for operators; the same figures as the
+    /// `nacre_distro_queue_depth` and `nacre_distro_lag_ms` gauges, read at this instant).
+    pub fn backlogs(&self) -> Vec<PeerBacklog> {
+        let mut out: Vec<PeerBacklog> = self
+            .peers
+            .read()
+            .iter()
+            .map(|(addr, q)| {
+                let b = q.backlog.lock();
+                PeerBacklog {
+                    peer: addr.clone(),
+                    depth: b.dirty.len(),
+                    oldest_ms: b.oldest.map_or(0, |t| {
+                        u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX)
+                    }),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.peer.cmp(&b.peer));
+        out
     }
 
     /// Makes the worker set match `peers`: new peers get a worker, removed ones are stopped.
