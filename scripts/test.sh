@@ -2,7 +2,8 @@
 # THE test command: installs the pinned test runner and legacy Nacos clients (Python nacos-sdk-python 0.1.x,
 # Node nacos 2.x) used by tests/legacy_clients.rs, Debian's chromium and playwright-core for the
 # console's browser tests, checks the Prometheus alert rules with
-# promtool (Debian's `prometheus` package, pinned), then runs every test of the workspace.
+# promtool (Debian's `prometheus` package, pinned) and the Kubernetes manifests with
+# kubernetes-validate (PyPI, pinned), then runs every test of the workspace.
 # Extra arguments go to `cargo nextest run` (e.g. a test filter).
 set -euo pipefail
 
@@ -28,6 +29,17 @@ if ! command -v promtool >/dev/null 2>&1; then
         "prometheus=$PROMETHEUS_DEB_VERSION" >/dev/null
 fi
 (cd deploy/prometheus && promtool check rules nacre-alerts.yml && promtool test rules nacre-alerts.test.yml)
+
+# The Kubernetes manifests against the Kubernetes schemas, strictly (unknown fields fail):
+# kubernetes-validate from PyPI, pinned; it carries the schemas, so the check needs no cluster
+# and no network.
+KV_VERSION=1.37.0
+KV_VENV="$ROOT/compat/kubernetes/.venv"
+if ! "$KV_VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('kubernetes-validate') != '$KV_VERSION')" 2>/dev/null; then
+    python3 -m venv "$KV_VENV"
+    "$KV_VENV/bin/python" -m pip install --disable-pip-version-check --quiet "kubernetes-validate==$KV_VERSION"
+fi
+"$KV_VENV/bin/kubernetes-validate" --strict --quiet deploy/kubernetes/*.yaml
 
 # nextest does not run doc tests. Run them first so that nextest's summary is the last word.
 doc_status=0
