@@ -11,6 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
+use nacre_registry::peer::{FORWARDED_HEADER, NOT_LOADED_HEADER};
 use nacre_testkit::addr_server::AddressServer;
 use nacre_testkit::cluster::{ClusterOptions, TestCluster};
 use nacre_testkit::http::{eventually, Api};
@@ -307,6 +308,50 @@ async fn killing_a_node_never_loses_a_beating_instance() -> Result<()> {
         .flatten()
         .any(|m| m["address"] == victim.as_str() && m["state"] == "DOWN");
     assert!(down, "node 2 not reported DOWN: {v}");
+    Ok(())
+}
+
+/// Rule S2: a restarted node still loading its start-up data refuses forwarded writes with a
+/// marked 503 (the forwarder then applies them), and clients with the plain not-ready 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_still_loading_refuses_forwarded_writes_with_a_marked_503() -> Result<()> {
+    let (_root, mut c) = start(ClusterOptions::new(3))?;
+    register(&api(&c, 0), "s2", "10.2.0.1", &[]).await;
+    // Its peers unreachable, a restarted node cannot load: it stays loading.
+    c.kill9(2)?;
+    c.proxy(0).cut();
+    c.proxy(1).cut();
+    c.restart(2)?;
+    let a2 = api(&c, 2);
+    let beat = [("serviceName", "s2"), ("ip", "10.2.0.1"), ("port", "8080")];
+    let secret = c.secret().to_string();
+    let forwarded = [
+        (FORWARDED_HEADER, "1"),
+        (nacre_registry::peer::SECRET_HEADER, secret.as_str()),
+    ];
+    let r = eventually(
+        Duration::from_secs(10),
+        "the loading node answers the forwarded beat",
+        || async {
+            let r = a2
+                .call_with_headers("PUT", "/nacos/v1/ns/instance/beat", &beat, &forwarded)
+                .await;
+            (r.status == 503).then_some(r)
+        },
+    )
+    .await?;
+    assert_eq!(r.header(NOT_LOADED_HEADER), Some("1"), "{}", r.body);
+    let plain = a2.call("PUT", "/nacos/v1/ns/instance/beat", &beat).await;
+    assert_eq!(plain.status, 503, "{}", plain.body);
+    assert_eq!(plain.header(NOT_LOADED_HEADER), None);
+    // Once it can load, it takes forwarded writes again.
+    c.proxy(0).heal();
+    c.proxy(1).heal();
+    c.node_mut(2).wait_ready(READY)?;
+    let r = a2
+        .call_with_headers("PUT", "/nacos/v1/ns/instance/beat", &beat, &forwarded)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
     Ok(())
 }
 

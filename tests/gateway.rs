@@ -427,6 +427,69 @@ async fn nodes_found_through_dns_given_in_the_environment_are_probed_and_used() 
     Ok(())
 }
 
+/// A node restarted under the same address that is not ready yet (its peers are cut off, so
+/// it cannot load) answers 503 marked not-ready: the gateway, whose probes have not noticed
+/// the restart, takes it out of rotation and replays each read on another node, so clients
+/// never see those 503s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_answering_not_ready_is_skipped_and_the_request_replayed() -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let mut cluster = TestCluster::start(bin(), root.path(), ClusterOptions::new(3).fast())?;
+    cluster.wait_ready(READY)?;
+    cluster.wait_rings_complete(READY)?;
+    let upstreams: Vec<String> = (0..3).map(|i| cluster.node(i).addr().to_string()).collect();
+    // Probes far apart: only the not-ready answer itself can take the node out of rotation.
+    let mut gateway = GatewayProcess::start_with_env(
+        bin(),
+        &root.path().join("gw"),
+        nacre_testkit::free_loopback_addr()?,
+        cluster.secret(),
+        &["--upstreams".to_string(), upstreams.join(",")],
+        &[("NACRE_GATEWAY_PROBE_INTERVAL_MS", "60000")],
+    )?;
+    gateway.wait_ready(3, READY)?;
+    let gw = Api::new(gateway.addr());
+
+    cluster.kill9(2)?;
+    cluster.proxy(0).cut();
+    cluster.proxy(1).cut();
+    cluster.restart(2)?;
+    let n2 = Api::new(cluster.node(2).addr());
+    eventually(READY, "the restarted node listens, not ready", || async {
+        let r = n2
+            .call("GET", "/nacos/v1/ns/instance/list", &[("serviceName", "x")])
+            .await;
+        (r.status == 503).then_some(())
+    })
+    .await?;
+    // Services never listed before: no cached answer, each goes to its owner on the ring.
+    for k in 0..40 {
+        let name = format!("replayed-{k}");
+        let r = gw
+            .call(
+                "GET",
+                "/nacos/v1/ns/instance/list",
+                &[("serviceName", name.as_str())],
+            )
+            .await;
+        ensure!(r.status == 200, "{name}: {} {}", r.status, r.body);
+    }
+    let status = gw.call("GET", "/nacre/gateway/status", &[]).await.json();
+    let advertised = cluster.advertised(2);
+    let node2 = status["nodes"]
+        .as_array()
+        .and_then(|ns| ns.iter().find(|n| n["name"] == advertised.as_str()))
+        .cloned()
+        .unwrap_or_default();
+    ensure!(
+        node2["usable"] == false,
+        "node 2 still in rotation: {status}"
+    );
+    cluster.proxy(0).heal();
+    cluster.proxy(1).heal();
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_a_ready_node_clients_get_a_clear_503() -> Result<()> {
     let root = tempfile::Builder::new()

@@ -8,11 +8,11 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use http::header;
 use nacre_ring::configs::ConfigKey;
-use nacre_ring::wire::CONFIG_REVISION_HEADER;
 use nacre_ring::wire::{
     ASSERTED_BY_HEADER, CLIENT_ADDR_HEADER, CONFIG_LISTENER_PATH, CONFIG_LISTENER_READ_TIMEOUT_MS,
     HEADER_PREFIX,
 };
+use nacre_ring::wire::{CONFIG_REVISION_HEADER, NOT_READY_HEADER};
 use nacre_ring::ServiceKey;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -681,16 +681,28 @@ impl ProxyHttp for Gateway {
         peer: &HttpPeer,
         session: &mut Session,
         e: Box<Error>,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
         client_reused: bool,
     ) -> Box<Error> {
         // Every Nacos v1 naming write is idempotent (register and update are upserts,
         // deregister of a missing instance is fine, beats carry no counter), so a request whose
         // pooled connection turned out dead is replayed like a GET would be — as long as its
         // whole body is still at hand.
+        let closed = matches!(
+            e.etype(),
+            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+        );
         let mut e = e.more_context(format!("Peer: {peer}"));
         if session.as_downstream().retry_buffer_truncated() {
             e.set_retry(false);
+        } else if closed && !client_reused {
+            // A fresh connection closed or reset before any answer: the node is going away
+            // (or a proxy in front of it could not reach it). Out of rotation, as a refused
+            // connect would be, and the request replayed on the next node (idempotent, above).
+            if let Some(up) = &ctx.upstream {
+                up.mark_unusable();
+            }
+            e.set_retry(true);
         } else {
             e.retry.decide_reuse(client_reused);
         }
@@ -699,10 +711,28 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if upstream_response.status == 503
+            && upstream_response.headers.contains_key(NOT_READY_HEADER)
+        {
+            // The node is not ready (restarted under the same name, or without standing):
+            // out of rotation until a probe says otherwise, and the request replayed on the
+            // next node while nothing has reached the client yet.
+            if let Some(up) = &ctx.upstream {
+                up.mark_unusable();
+            }
+            if !session.as_downstream().retry_buffer_truncated() {
+                let mut e = Error::explain(
+                    ErrorType::HTTPStatus(503),
+                    "the node is not ready; trying the next one",
+                );
+                e.set_retry(true);
+                return Err(e);
+            }
+        }
         if let Some(key) = ctx.key.as_ref().filter(|_| ctx.invalidates) {
             // Before the client hears "ok": its next read must not find the old answer.
             if self.shared.cache.invalidate(key) {

@@ -3,7 +3,12 @@
 //! A node is in the ring while it answers probes and reports ready, under the name it gives
 //! itself (its advertised address), which is the name the nodes' own rings use: the gateway
 //! therefore picks the same owner the nodes agree on. A connect failure takes a node out of
-//! rotation at once, until its next good probe.
+//! rotation at once, until its next good probe; so do a fresh connection the node closes or
+//! resets before answering (it is going away) and a 503 marked `x-nacre-not-ready` (a node
+//! restarted under the same name answers before any probe has seen it). In those three cases
+//! the request is replayed on the next node (`proxy`): every v1 naming write is idempotent.
+//! *Tests:* `tests/gateway.rs` `a_node_answering_not_ready_is_skipped_and_the_request_replayed`,
+//! `killing_a_node_under_load_keeps_clients_working`; `tests/rolling.rs`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -21,6 +21,9 @@ pub use crate::raft::network::SECRET_HEADER;
 /// Header marking a request one node forwarded to another; such a request is never forwarded
 /// again (it only counts together with a valid secret).
 pub const FORWARDED_HEADER: &str = "x-nacre-forwarded";
+/// Set on the 503 a node answers a forwarded write with while its start-up load is not done
+/// (rule S2 in [`crate::distro`]): the forwarding node applies the write itself.
+pub const NOT_LOADED_HEADER: &str = "x-nacre-not-loaded";
 
 /// How long a pooled connection to a peer may idle: below the nodes' default idle timeout
 /// (`idle_timeout_ms`, 60 s), so a pooled connection is normally dropped here before the peer
@@ -93,6 +96,8 @@ impl PeerError {
 pub struct Relayed {
     /// Status.
     pub status: StatusCode,
+    /// The owner refused the write because its start-up load is not done (rule S2).
+    pub not_loaded: bool,
     /// Content type, if any.
     pub content_type: Option<HeaderValue>,
     /// Body.
@@ -237,9 +242,11 @@ impl PeerClient {
         let res = req.send().await.map_err(|e| Self::classify(addr, e))?;
         let status = res.status();
         let content_type = res.headers().get(axum::http::header::CONTENT_TYPE).cloned();
+        let not_loaded = res.headers().contains_key(NOT_LOADED_HEADER);
         let body = res.bytes().await.map_err(|e| Self::classify(addr, e))?;
         Ok(Relayed {
             status,
+            not_loaded,
             content_type,
             body,
         })

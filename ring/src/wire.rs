@@ -19,6 +19,11 @@ pub const CLIENT_ADDR_HEADER: &str = "x-nacre-client-addr";
 /// Proof for [`CLIENT_ADDR_HEADER`]: the cluster secret. Unlike [`SECRET_HEADER`] it grants
 /// nothing but the client address (a proxied client request must not pass as peer traffic).
 pub const ASSERTED_BY_HEADER: &str = "x-nacre-asserted-by";
+/// Set on the 503 a node answers a client request with while it is not ready or has no
+/// standing: the gateway then marks the node out of rotation and replays the request on
+/// another node (its probes would notice only a moment later; a node restarted under the same
+/// name is reached before they do).
+pub const NOT_READY_HEADER: &str = "x-nacre-not-ready";
 /// A node's liveness and readiness probe, answered with a [`PingReply`].
 pub const PING_PATH: &str = "/nacre/internal/member/ping";
 /// A node's change feed: a held read answered with a [`FeedPage`].

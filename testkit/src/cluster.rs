@@ -351,6 +351,27 @@ impl TestCluster {
         self.apply_blocks()
     }
 
+    /// Replaces node `i` as Kubernetes replaces a StatefulSet pod: stops it (SIGTERM, waiting
+    /// up to `stop_timeout`), then starts it with the same data and arguments on a new listen
+    /// port, with its proxy (the name it advertises, its "DNS name") pointed at the new port.
+    /// The node keeps its advertised name; its address behind the name changes. Partitions are
+    /// re-applied. Does not wait for readiness.
+    pub fn replace_node(&mut self, i: usize, stop_timeout: Duration) -> Result<()> {
+        let slot = self.slot_mut(i)?;
+        if slot.removed {
+            bail!("cluster node {i} was removed; it cannot be replaced");
+        }
+        slot.node
+            .terminate(stop_timeout)
+            .with_context(|| format!("stopping cluster node {i}"))?;
+        let held = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
+        let listen = held.local_addr()?;
+        drop(held);
+        slot.proxy.retarget(listen)?;
+        slot.node.restart_at(listen)?;
+        self.apply_blocks()
+    }
+
     /// Kills node `i` and deletes its data (its log file is kept), then starts it again at the
     /// same address: a machine whose disk was replaced. Does not wait for readiness.
     pub fn wipe_and_restart(&mut self, i: usize) -> Result<()> {

@@ -101,6 +101,8 @@ pub struct BeatCounts {
     /// Beat attempts that got no answer or an error (a frozen or dead node); the beat then
     /// moves on to the next node.
     pub failed: AtomicU64,
+    /// Beats no node answered at all: what the client itself sees fail.
+    pub unanswered: AtomicU64,
 }
 
 /// A registered fleet.
@@ -279,6 +281,7 @@ impl Fleet {
                                     }
                                 }
                             }
+                            counts.unanswered.fetch_add(1, Ordering::Relaxed);
                         }
                     });
                 futures::future::join_all(beats).await;

@@ -7,8 +7,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
@@ -176,23 +175,7 @@ impl GatewayProcess {
 
     /// Sends SIGTERM and waits up to `timeout` for a clean exit; returns the exit status.
     pub fn terminate(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
-        let child = self.child.as_mut().context("gateway not running")?;
-        let pid = child.id().to_string();
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .context("sending SIGTERM")?;
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(st) = child.try_wait()? {
-                self.child = None;
-                return Ok(st);
-            }
-            if Instant::now() >= deadline {
-                bail!("gateway did not exit within {timeout:?} of SIGTERM");
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
+        crate::process::terminate(&mut self.child, "gateway", timeout)
     }
 }
 

@@ -266,6 +266,12 @@ impl NodeProcess {
         process::kill9(&mut self.child)
     }
 
+    /// Stops the node as Kubernetes stops a pod (SIGTERM), waiting up to `timeout` for it to
+    /// exit; returns its exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        process::terminate(&mut self.child, "nacre", timeout)
+    }
+
     /// Freezes the node with SIGSTOP (see [`NodeProcess::resume`]); a paused node is killed as
     /// usual on drop.
     pub fn pause(&mut self) -> Result<()> {
@@ -275,6 +281,15 @@ impl NodeProcess {
     /// Thaws a node frozen by [`NodeProcess::pause`] (SIGCONT).
     pub fn resume(&mut self) -> Result<()> {
         process::set_paused(&self.child, false)
+    }
+
+    /// Kills the child if still running, then starts it again listening on `listen`, with the
+    /// same data dir and arguments: a pod rescheduled with a new IP. Does not wait for
+    /// readiness.
+    pub fn restart_at(&mut self, listen: SocketAddr) -> Result<()> {
+        self.kill9()?;
+        self.addr = listen;
+        self.spawn()
     }
 
     /// Kills the child if still running, then starts it again with the same port, data dir and

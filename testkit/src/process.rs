@@ -1,7 +1,7 @@
 //! Child-process plumbing shared by [`crate::NodeProcess`] and
 //! [`crate::gateway::GatewayProcess`]: output appended to a log file, the log's tail for
-//! failure messages, `kill -9` with reaping, SIGSTOP / SIGCONT pauses, and polling a readiness
-//! endpoint.
+//! failure messages, `kill -9` with reaping, SIGTERM with a wait, SIGSTOP / SIGCONT pauses,
+//! and polling a readiness endpoint.
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
@@ -48,6 +48,33 @@ pub(crate) fn kill9(child: &mut Option<Child>) -> Result<()> {
         c.wait().context("reaping the child")?;
     }
     Ok(())
+}
+
+/// Sends SIGTERM (what Kubernetes sends a pod it stops) and waits up to `timeout` for the
+/// child to exit on its own; reaps it and returns its status. Errors without a running child,
+/// or when it outlives `timeout` (it is left running: the caller decides).
+pub(crate) fn terminate(
+    child: &mut Option<Child>,
+    what: &str,
+    timeout: Duration,
+) -> Result<std::process::ExitStatus> {
+    let c = child
+        .as_mut()
+        .with_context(|| format!("{what} not running"))?;
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(c.id()).context("pid out of range")?);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
+        .with_context(|| format!("sending SIGTERM to {pid}"))?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(st) = c.try_wait()? {
+            *child = None;
+            return Ok(st);
+        }
+        if Instant::now() >= deadline {
+            bail!("{what} did not exit within {timeout:?} of SIGTERM");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Freezes (`SIGSTOP`) or thaws (`SIGCONT`) the child, as a long GC pause, a VM freeze or a

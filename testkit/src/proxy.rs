@@ -51,7 +51,8 @@ struct Inner {
     /// The proxy's own listen address (the remote end of every accepted connection, needed to
     /// find a connection's owner in `/proc/net/tcp`).
     addr: SocketAddr,
-    target: SocketAddr,
+    /// Where new connections go; [`LinkProxy::retarget`] moves it.
+    target: Mutex<SocketAddr>,
     /// Set by `cut`; only changed under the `state` lock, and checked under it when a
     /// connection registers, so a connection accepted concurrently with `cut` cannot slip
     /// through.
@@ -144,7 +145,7 @@ impl LinkProxy {
         let addr = listener.local_addr()?;
         let inner = Arc::new(Inner {
             addr,
-            target,
+            target: Mutex::new(target),
             cut: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             delay_nanos: AtomicU64::new(0),
@@ -171,7 +172,26 @@ impl LinkProxy {
 
     /// Where connections are forwarded.
     pub fn target(&self) -> SocketAddr {
-        self.inner.target
+        *self
+            .inner
+            .target
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Sends new connections to `target` (a loopback address): the name this proxy stands for
+    /// now resolves to another address, as a pod's DNS name does after it is rescheduled.
+    /// Connections already forwarded keep their old target.
+    pub fn retarget(&self, target: SocketAddr) -> Result<()> {
+        if !target.ip().is_loopback() {
+            bail!("LinkProxy target {target} is not a loopback address");
+        }
+        *self
+            .inner
+            .target
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = target;
+        Ok(())
     }
 
     /// Cuts the link: shuts down both directions of every open connection (both ends see
@@ -315,7 +335,11 @@ fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
 /// Connects to the target, registers the pair and copies in both directions until either
 /// side closes (or `cut` shuts the sockets down).
 fn forward(client: TcpStream, peer: SocketAddr, inner: Arc<Inner>) {
-    let Ok(upstream) = TcpStream::connect_timeout(&inner.target, UPSTREAM_CONNECT_TIMEOUT) else {
+    let target = *inner
+        .target
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Ok(upstream) = TcpStream::connect_timeout(&target, UPSTREAM_CONNECT_TIMEOUT) else {
         // Target down: the client sees an immediate close, much like a refused connect.
         return;
     };

@@ -6,8 +6,9 @@
 //! so the mark cannot be forged by a client), and relays the owner's answer. A forwarded
 //! request is never forwarded again, even if the rings disagree for a moment. The write is
 //! applied here instead only when the owner gave no answer at all (connection refused, or
-//! closed before a response: a dead process), or left this node's ring while the request
-//! waited (frozen or cut off: the service is no longer its). An owner that holds the request
+//! closed before a response: a dead process), refused it because its own start-up load is
+//! not done (a restarted process under the same name, rule S2), or left this node's ring
+//! while the request waited (frozen or cut off: the service is no longer its). An owner that holds the request
 //! without answering may still apply it, so on a timeout the client gets a 503 and retries
 //! (every 1.x client does). Either way instance-level merging (rule V1) keeps a write that
 //! lands twice, or two writes that land on two nodes, from erasing one another.
@@ -65,6 +66,12 @@ pub async fn to_owner(app: &App, key: &ServiceKey, p: &Params) -> Option<Respons
         () = owner_leaves(&mut rings, key, &owner) => None,
     };
     match answered {
+        Some(Ok(relayed)) if relayed.not_loaded => {
+            // Rule S2: the owner restarted and is still loading; this node holds the data.
+            forwards.with_label_values(&["applied_locally"]).inc();
+            tracing::info!(service = %key, owner = %owner, "owner still loading its start-up data; applying the write here");
+            None
+        }
         Some(Ok(relayed)) => {
             forwards.with_label_values(&["forwarded"]).inc();
             Some(relayed.into_response())

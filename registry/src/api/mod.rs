@@ -309,6 +309,19 @@ async fn gate(State(app): State<Arc<App>>, req: Request, next: Next) -> Response
     if !gated {
         return next.run(req).await;
     }
+    if !app.node.distro().is_loaded()
+        && req.headers().contains_key(crate::peer::FORWARDED_HEADER)
+        && crate::peer::secret_matches(req.headers(), &app.secret)
+    {
+        // Rule S2: a forwarded write would meet an empty store here; the forwarder has the data.
+        let mut r =
+            ApiError::unavailable("this node is still loading its start-up data").into_response();
+        r.headers_mut().insert(
+            crate::peer::NOT_LOADED_HEADER,
+            axum::http::HeaderValue::from_static("1"),
+        );
+        return r;
+    }
     let refusal = if !app.node.is_ready() {
         Some("server is DOWNnow, please try again later!")
     } else if req.method() != Method::GET
@@ -322,7 +335,12 @@ async fn gate(State(app): State<Arc<App>>, req: Request, next: Next) -> Response
     if let Some(message) = refusal {
         // Only a peer holding the cluster secret gets past; a User-Agent proves nothing.
         if !crate::peer::secret_matches(req.headers(), &app.secret) {
-            return ApiError::unavailable(message).into_response();
+            let mut r = ApiError::unavailable(message).into_response();
+            r.headers_mut().insert(
+                nacre_ring::wire::NOT_READY_HEADER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+            return r;
         }
     }
     next.run(req).await

@@ -98,6 +98,15 @@
 //!   nothing: it retries, out of every ring. *Test:*
 //!   `startup::tests::s1_ready_only_with_the_peers_data_or_a_majority_starting_together`;
 //!   `tests/cluster.rs` `restarted_and_new_nodes_load_everything_before_ready`.
+//! - **S2 — no forwarded writes before the load.** Peers keep a restarted node in their rings
+//!   while it is gone for less than the DOWN threshold, so their forwarded writes reach the new
+//!   process under the same name before it has loaded anything. Until its load is done it
+//!   answers them 503 marked `x-nacre-not-loaded`, and the forwarding node applies the write
+//!   itself, as when the owner gave no answer: applied against an empty store, a beat would be
+//!   answered 20404 (an instance forgotten) and the client would re-register. *Tests:*
+//!   `tests/cluster.rs` `a_node_still_loading_refuses_forwarded_writes_with_a_marked_503`;
+//!   `tests/rolling.rs`
+//!   `a_rolling_restart_of_nodes_and_gateways_loses_nothing_a_client_sees`.
 //!
 //! **Repair** — the verify rules (missing / older / newer / conflicting copies, orphans) are
 //! stated in [`verify`], each with its test there.
