@@ -2,6 +2,7 @@
 //! failure is printed as one message and a hint, never a backtrace: a mistake in a flag or a
 //! setting is the user's to fix, not a crash to debug.
 
+mod address_server;
 mod logging;
 mod settings;
 mod up;
@@ -44,6 +45,9 @@ enum Command {
     Gateway(settings::GatewayArgs),
     /// Load-test a Nacos 1.x compatible registry (nacre, r-nacos, Java Nacos).
     Loadtest(nacre_loadtest::LoadtestArgs),
+    /// Serve a members file as an address-server endpoint (/nacos/serverlist) that nodes and
+    /// gateways follow, holding their reads until the list changes.
+    AddressServer(address_server::AddressServerArgs),
 }
 
 /// Cancels `token` on SIGINT or SIGTERM; a second signal exits at once. `tell` also says so
@@ -124,6 +128,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             // pingora builds its own runtimes and must not be started inside one.
             nacre_gateway::run(loaded.settings, nacre_gateway::Stop::Signals)?;
             Ok(())
+        }
+        Command::AddressServer(args) => {
+            logging::to_stderr(cli.log_format);
+            runtime()?.block_on(async {
+                let token = CancellationToken::new();
+                shutdown_on_signals(token.clone(), false);
+                address_server::run(args, token).await
+            })
         }
         Command::Loadtest(args) => {
             logging::to_stderr(cli.log_format);

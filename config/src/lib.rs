@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 pub mod gateway;
 pub mod members;
+pub mod serverlist;
 
 pub use gateway::GatewaySettings;
 

@@ -377,19 +377,36 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// Reads the list, held when `held` names the digest the caller has (with the plain read's
+/// timeout); returns the members and the digest the server sent, if any.
 async fn fetch_server_list(
     client: &reqwest::Client,
     url: &reqwest::Url,
-) -> Result<Vec<String>, String> {
-    let mut resp = client
-        .get(url.clone())
-        .send()
-        .await
-        .map_err(|e| error_chain(&e))?;
+    held: Option<(&str, Duration)>,
+) -> Result<(Vec<String>, Option<String>), String> {
+    let request = match held {
+        Some((digest, timeout)) => {
+            let wait = crate::serverlist::FOLLOW_WAIT;
+            let mut url = url.clone();
+            url.query_pairs_mut()
+                .append_pair(crate::serverlist::WAIT_PARAM, &wait.as_millis().to_string());
+            client
+                .get(url)
+                .header(crate::serverlist::DIGEST_HEADER, digest)
+                .timeout(wait + timeout)
+        }
+        None => client.get(url.clone()),
+    };
+    let mut resp = request.send().await.map_err(|e| error_chain(&e))?;
     let status = resp.status();
     if !status.is_success() {
         return Err(format!("answered {status}"));
     }
+    let digest = resp
+        .headers()
+        .get(crate::serverlist::DIGEST_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let mut body = Vec::new();
     while let Some(chunk) = resp.chunk().await.map_err(|e| error_chain(&e))? {
         if body.len() + chunk.len() > MAX_BODY_BYTES {
@@ -402,7 +419,7 @@ async fn fetch_server_list(
     if members.is_empty() {
         return Err("answer lists no member address".to_string());
     }
-    Ok(members)
+    Ok((members, digest))
 }
 
 fn render_socket_addr(a: SocketAddr) -> String {
@@ -440,6 +457,11 @@ enum Poller {
     Endpoint {
         client: reqwest::Client,
         url: reqwest::Url,
+        /// The digest of the last list answered, when the server sent one: it holds reads
+        /// (rule E3 of [`crate::serverlist`]).
+        digest: Option<String>,
+        /// Bound on a plain read; a held one gets the hold on top.
+        timeout: Duration,
     },
     Dns {
         name: String,
@@ -449,6 +471,18 @@ enum Poller {
 }
 
 impl Poller {
+    /// Whether the next read is held by the server (rule E3): then it is sent at once after
+    /// an answer, not one interval later.
+    fn holds(&self) -> bool {
+        matches!(
+            self,
+            Self::Endpoint {
+                digest: Some(_),
+                ..
+            }
+        )
+    }
+
     /// `Ok(None)`: nothing to look at (the file looks unchanged).
     async fn poll(&mut self) -> Result<Option<Vec<String>>, String> {
         match self {
@@ -474,7 +508,17 @@ impl Poller {
                     .map(|(_, members)| Some(members))
                     .map_err(|e| e.to_string())
             }
-            Self::Endpoint { client, url } => fetch_server_list(client, url).await.map(Some),
+            Self::Endpoint {
+                client,
+                url,
+                digest,
+                timeout,
+            } => {
+                let held = digest.as_deref().map(|d| (d, *timeout));
+                let (members, answered) = fetch_server_list(client, url, held).await?;
+                *digest = answered;
+                Ok(Some(members))
+            }
             Self::Dns {
                 name,
                 port,
@@ -554,15 +598,22 @@ async fn run(
     // The first load happened in `start`; the first poll is one interval later.
     let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // After a failure the next read waits an interval even from a holding server (rule E3).
+    let mut failed = false;
     loop {
         let outcome = tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
             outcome = async {
-                ticker.tick().await;
+                if failed {
+                    tokio::time::sleep(interval).await;
+                } else if !poller.holds() {
+                    ticker.tick().await;
+                }
                 poller.poll().await
             } => outcome,
         };
+        failed = outcome.is_err();
         match outcome {
             Ok(Some(members)) => {
                 complaints.recovered();
@@ -746,6 +797,8 @@ fn endpoint_poller(url: &str, interval: Duration) -> Result<Poller, ConfigError>
     Ok(Poller::Endpoint {
         client,
         url: parsed,
+        digest: None,
+        timeout,
     })
 }
 

@@ -48,6 +48,8 @@ pub struct Shared {
     pub push_seen: moka::sync::Cache<(String, u16, nacre_ring::ServiceKey, route::Variant), ()>,
     /// The `/nacos/serverlist` body.
     pub server_list: Bytes,
+    /// Its digest (rule E1 of `nacre_config::serverlist`).
+    pub server_list_digest: String,
     /// Per-client rate limits, when configured.
     pub limiter: Option<limits::ClientLimiter>,
     /// Per-client connection caps, when configured.
@@ -81,13 +83,16 @@ impl Shared {
             .max_capacity(1_000_000)
             .time_to_live(Duration::from_millis(settings.push_refresh_ms))
             .build();
-        let server_list = Bytes::from(route::server_list_body(&settings.advertised()));
+        let body = nacre_config::serverlist::body(&settings.advertised());
+        let server_list_digest = nacre_config::serverlist::digest(&body);
+        let server_list = Bytes::from(body);
         Ok(Self {
             upstreams: upstreams::Upstreams::new(),
             cache,
             metrics: metrics::Metrics::new()?,
             push_seen,
             server_list,
+            server_list_digest,
             auth_required: std::sync::atomic::AtomicBool::new(false),
             auth_everywhere: std::sync::atomic::AtomicBool::new(false),
             auth_memo: authmemo::AuthMemo::default(),

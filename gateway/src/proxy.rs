@@ -290,7 +290,7 @@ impl Gateway {
     async fn serve_local(&self, session: &mut Session, local: Local) -> Result<()> {
         let shared = &self.shared;
         match local {
-            Local::ServerList => respond(session, 200, TEXT, shared.server_list.clone()).await,
+            Local::ServerList => self.server_list(session).await,
             Local::Metrics => {
                 shared.cache.sync();
                 shared
@@ -346,6 +346,34 @@ impl Gateway {
                     .await
             }
         }
+    }
+
+    /// `GET /nacos/serverlist`: the advertised gateways, held when asked (rule E2 of
+    /// `nacre_config::serverlist`). The list is fixed for the gateway's life, so a held read
+    /// ends at its deadline or when the gateway stops.
+    async fn server_list(&self, session: &mut Session) -> Result<()> {
+        use nacre_config::serverlist::{Hold, DIGEST_HEADER};
+        let shared = &self.shared;
+        let req = session.req_header();
+        let asked = req.headers.get(DIGEST_HEADER).and_then(|v| v.to_str().ok());
+        if let Some(hold) = Hold::of(req.uri.query(), asked) {
+            if !hold.answer_now(&shared.server_list_digest) {
+                tokio::select! {
+                    () = tokio::time::sleep(hold.wait) => {}
+                    () = shared.stopping.cancelled() => {}
+                }
+            }
+        }
+        let body = shared.server_list.clone();
+        let mut h = ResponseHeader::build(200, Some(4))?;
+        h.insert_header(header::CONTENT_TYPE, TEXT)?;
+        h.insert_header(
+            header::CONTENT_LENGTH,
+            itoa::Buffer::new().format(body.len()),
+        )?;
+        h.insert_header(DIGEST_HEADER, shared.server_list_digest.as_str())?;
+        session.write_response_header(Box::new(h), false).await?;
+        session.write_response_body(Some(body), true).await
     }
 
     /// A config read answered from the cache, or marked to fill it; a config write marked to

@@ -11,7 +11,7 @@ use nacre_ring::wire::INTERNAL_PREFIX;
 use nacre_ring::ServiceKey;
 
 /// Path of the address-server endpoint.
-pub const SERVER_LIST_PATH: &str = "/nacos/serverlist";
+pub const SERVER_LIST_PATH: &str = nacre_config::serverlist::PATH;
 /// Path of the gateway's Prometheus metrics.
 pub const METRICS_PATH: &str = "/metrics";
 /// Liveness of the gateway process.
@@ -260,16 +260,6 @@ pub struct Variant {
     pub subscribes: bool,
 }
 
-/// The `serverlist` body all three legacy clients parse: one address a line, `\r\n` between
-/// lines, and a bare IP where the port is Nacos's default 8848.
-pub fn server_list_body(addresses: &[String]) -> String {
-    addresses
-        .iter()
-        .map(|a| a.strip_suffix(":8848").unwrap_or(a))
-        .collect::<Vec<_>>()
-        .join("\r\n")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -371,13 +361,5 @@ mod tests {
         assert!(invalidates(&http::Method::DELETE, "/nacos/v1/ns/instance"));
         assert!(!invalidates(&http::Method::PUT, BEAT_PATH));
         assert!(!invalidates(&http::Method::GET, LIST_PATH));
-    }
-
-    #[test]
-    fn server_list_format() {
-        assert_eq!(
-            server_list_body(&["10.0.0.1:8848".into(), "10.0.0.2:9000".into()]),
-            "10.0.0.1\r\n10.0.0.2:9000"
-        );
     }
 }
