@@ -8,14 +8,19 @@
 //!
 //! While it runs, clients work through the gateways only: a fleet of ephemeral instances beats
 //! as 1.x clients do (moving to the other gateway when one does not answer), a client lists
-//! every service, a writer registers persistent instances and a reader checks them. The test
+//! every service, a writer registers persistent instances and a reader checks them, and the
+//! real legacy Node client (npm `nacos`, `compat/node/rolling_clients.js`), given both
+//! gateways as its server list, keeps its own instances beating and lists them every 200 ms. The test
 //! then asks for zero client-visible failures (a beat, list or write no gateway answered),
 //! zero live instances missing or unhealthy in any list, zero forgotten instances (20404) and
 //! zero acknowledged writes lost, and prints the figures.
 
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -180,8 +185,68 @@ impl Lister {
     }
 }
 
+/// The real legacy Node client (`compat/node/rolling_clients.js`): registers instances that it
+/// beats itself and lists them from the servers every 200 ms, given both gateways as its
+/// server list; prints its figures on SIGTERM.
+struct LegacyClient {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl LegacyClient {
+    fn start(service: &str, gateways: &[SocketAddr]) -> Result<LegacyClient> {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("compat/node");
+        ensure!(
+            dir.join("node_modules/nacos").is_dir(),
+            "the legacy Node client is not installed: run scripts/install-legacy-clients.sh"
+        );
+        let servers: Vec<String> = gateways.iter().map(ToString::to_string).collect();
+        let mut child = Command::new("node")
+            .arg(dir.join("rolling_clients.js"))
+            .args(["--servers", &servers.join(","), "--service", service])
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("spawning the legacy Node client")?;
+        let out = child.stdout.take().context("stdout")?;
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let client = LegacyClient { child, lines };
+        let ready = client
+            .lines
+            .recv_timeout(READY)
+            .context("the legacy client never got its instances listed")?;
+        ensure!(ready == "READY", "legacy client: {ready}");
+        Ok(client)
+    }
+
+    /// Stops it (SIGTERM) and returns its figures.
+    fn finish(mut self) -> Result<serde_json::Value> {
+        let pid = i32::try_from(self.child.id()).context("pid")?;
+        Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .context("sending SIGTERM")?;
+        let line = self
+            .lines
+            .recv_timeout(Duration::from_secs(10))
+            .context("the legacy client printed no figures")?;
+        let _ = self.child.wait();
+        Ok(serde_json::from_str(&line)?)
+    }
+}
+
 /// The client load: fleet beats, lists, the live checker and the persistent-write ledger.
 struct Load {
+    legacy: LegacyClient,
     fleet: Fleet,
     beating: tokio::task::JoinHandle<()>,
     checker: LiveChecker,
@@ -206,14 +271,19 @@ impl Load {
         let targets = Targets::new(gateways.clone());
         let beating = fleet.start_beating(targets.clone());
         let checker = LiveChecker::start(&fleet, targets.clone(), Duration::from_millis(200));
-        let lister = Lister::start(fleet.services(), gateways);
+        let lister = Lister::start(fleet.services(), gateways.clone());
         let ledger = Ledger::start(
             &format!("{prefix}-ledger"),
             targets.clone(),
             targets,
             Duration::from_millis(100),
         );
+        let service = format!("{prefix}-legacy");
+        let gws = gateways;
+        let legacy =
+            tokio::task::spawn_blocking(move || LegacyClient::start(&service, &gws)).await??;
         Ok(Load {
+            legacy,
             fleet,
             beating,
             checker,
@@ -231,6 +301,7 @@ impl Load {
         self.fleet.stop();
         let _ = self.beating.await;
         let (lists, lists_failed) = self.lister.finish().await;
+        let legacy = tokio::task::spawn_blocking(move || self.legacy.finish()).await??;
         self.ledger.stop().await;
         let writes = self.ledger.writes();
         let acked = writes.iter().filter(|w| w.acked).count();
@@ -267,6 +338,7 @@ impl Load {
             "writes_unacked": writes.len() - acked,
             "acked_writes_lost": lost_writes.len(),
             "read_regressions": regressions.len(),
+            "legacy_node_client": legacy,
         });
         println!("rolling figures: {figures}");
         let forgotten = self.fleet.lost_examples();
@@ -282,6 +354,10 @@ impl Load {
         ensure!(
             unanswered == 0 && lists_failed == 0 && acked == writes.len(),
             "client requests failed: {figures}\n{logs}"
+        );
+        ensure!(
+            legacy["list_errors"] == 0 && legacy["lists_missing_instances"] == 0,
+            "the legacy Node client failed a list or missed its instances: {figures}\n{logs}"
         );
         ensure!(
             lost_writes.is_empty() && regressions.is_empty(),
