@@ -1140,3 +1140,75 @@ async fn a_gateway_restarted_mid_poll_loses_no_notification() {
     );
     assert_eq!(through.config("rs", "G", None).await.body, "v2");
 }
+
+/// Nacos's listener query (`GET /configs/listener`): a poll parked at the gateway and one
+/// parked on a node directly are both listed through the gateway, each under its client's
+/// address with the md5 it sent; the node lists only the one it holds; a poll answered leaves
+/// the list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_query_lists_polls_parked_at_the_gateway_and_on_nodes() {
+    let root = tempfile::tempdir().unwrap();
+    let (c, gw) =
+        GatewayProcess::with_cluster(bin(), root.path(), ClusterOptions::new(3).fast(), READY)
+            .unwrap();
+    let through = Api::new(gw.addr());
+    assert_eq!(
+        through.publish_config("lq", "G", None, "v1").await.body,
+        "true"
+    );
+    let current = md5_hex("v1");
+    let via_gw = Api::new(gw.addr()).with_local_address("127.0.0.2".parse().unwrap());
+    let on_node = Api::new(c.node(1).addr()).with_local_address("127.0.0.3".parse().unwrap());
+    let parked = [
+        tokio::spawn({
+            let e = entry("lq", "G", &current, "");
+            async move { via_gw.listen_configs(&e, Some(30_000)).await }
+        }),
+        tokio::spawn({
+            let e = entry("lq", "G", &current, "");
+            async move { on_node.listen_configs(&e, Some(30_000)).await }
+        }),
+    ];
+    let query = [("dataId", "lq"), ("group", "G")];
+    let listed = |api: Api| async move {
+        let r = api
+            .call("GET", "/nacos/v1/cs/configs/listener", &query)
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let v = r.json();
+        assert_eq!(v["collectStatus"], 200, "{v}");
+        v["lisentersGroupkeyStatus"].clone()
+    };
+    let mut all = serde_json::Value::Null;
+    for _ in 0..100 {
+        all = listed(through.clone()).await;
+        if all.as_object().is_some_and(|m| m.len() == 2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(all["127.0.0.2"], current.as_str(), "{all}");
+    assert_eq!(all["127.0.0.3"], current.as_str(), "{all}");
+    let node_only = listed(Api::new(c.node(1).addr())).await;
+    assert_eq!(
+        node_only.as_object().map(|m| m.len()),
+        Some(1),
+        "{node_only}"
+    );
+    assert!(node_only.get("127.0.0.3").is_some(), "{node_only}");
+    // A bad key is the node's 400, relayed.
+    let bad = through
+        .call("GET", "/nacos/v1/cs/configs/listener", &[("dataId", "lq")])
+        .await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    // A publish answers both polls; they leave the list.
+    assert_eq!(
+        through.publish_config("lq", "G", None, "v2").await.body,
+        "true"
+    );
+    for p in parked {
+        assert_eq!(p.await.unwrap().body, "lq%02G%01\n");
+    }
+    let after = listed(through.clone()).await;
+    assert_eq!(after.as_object().map(|m| m.len()), Some(0), "{after}");
+}

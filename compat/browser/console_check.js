@@ -289,6 +289,14 @@ async function configs(ctx) {
   const cfg = new NacosConfigClient({ serverAddr: opts.server, ...(opts.username ? { username: opts.username, password: opts.password } : {}) });
   ctx.clients.push(cfg);
   await eventually('the legacy config client reads v2', async () => (await cfg.getConfig(dataId, 'DEFAULT_GROUP')) === v2);
+  // The legacy client listening: the config page lists it, holding the current md5.
+  cfg.subscribe({ dataId, group: 'DEFAULT_GROUP' }, () => {});
+  await eventually('the config page lists the listening client', async () => {
+    await ctx.open(`config?dataId=${encodeURIComponent(dataId)}&group=DEFAULT_GROUP`);
+    const rows = await page.locator('table[data-t=listeners] tr[data-listener]').allTextContents();
+    return rows.some((r) => r.includes('127.0.0.1') && r.includes('up to date'));
+  }, 30000);
+  await ctx.shot('config-listeners');
   // History: two versions, newest first; roll back to the first.
   await ctx.open(`history?dataId=${encodeURIComponent(dataId)}&group=DEFAULT_GROUP`);
   await eventually('two versions in the history', async () => (await page.locator('table[data-t=history] tbody tr').count()) === 2);
@@ -317,13 +325,19 @@ async function cluster(ctx) {
   process.kill(opts.killPid, 'SIGKILL');
   // The page refreshes itself: the killed member leaves the gateway's rotation and its peers
   // stop seeing it UP.
+  // Read in one go: the page redraws itself every 2 s, and a row found a moment ago may be
+  // gone by the next call.
+  const cell = (selector, n) => page.evaluate(([sel, i]) => {
+    const r = document.querySelector(sel);
+    return r ? r.children[i].textContent : null;
+  }, [selector, n]);
   await eventually('the gateway takes the killed node out of rotation', async () => {
-    const r = page.locator(`tr[data-gateway-node="${opts.killAddr}"]`);
-    return (await r.count()) === 0 || (await r.locator('td:nth-child(3)').textContent()) === 'no';
+    const t = await cell(`tr[data-gateway-node="${opts.killAddr}"]`, 2);
+    return t === null || t === 'no';
   }, 30000);
   await eventually('the members table reports the killed node not UP', async () => {
-    const t = await page.textContent(`tr[data-member="${opts.killAddr}"] td:nth-child(2)`);
-    return t !== 'UP';
+    const t = await cell(`tr[data-member="${opts.killAddr}"]`, 1);
+    return t !== null && t !== 'UP';
   }, 30000);
   await ctx.shot('cluster-node-killed');
 }

@@ -222,7 +222,7 @@ async function pageNamespaces(main) {
           onclick: () => guarded(async () => {
             await api('PUT', '/nacos/v1/console/namespaces', { namespace: n.namespace, namespaceShowName: name.value, namespaceDesc: desc.value });
             await loadNamespaces();
-            route();
+            await route();
           }, `Namespace ${n.namespace} saved`),
         }, 'Save'),
         ' ',
@@ -232,7 +232,7 @@ async function pageNamespaces(main) {
           onclick: () => confirm(`Delete namespace ${n.namespace}?`) && guarded(async () => {
             await api('DELETE', '/nacos/v1/console/namespaces', { namespaceId: n.namespace });
             await loadNamespaces();
-            route();
+            await route();
           }, `Namespace ${n.namespace} deleted`),
         }, 'Delete'),
       ]));
@@ -247,7 +247,7 @@ async function pageNamespaces(main) {
       if (id.value.trim()) params.customNamespaceId = id.value.trim();
       await api('POST', '/nacos/v1/console/namespaces', params);
       await loadNamespaces();
-      route();
+      await route();
     }, `Namespace ${name.value} created`);
   };
   main.replaceChildren(h('h1', null, 'Namespaces'),
@@ -291,7 +291,7 @@ async function pageServices(main, q) {
     ev.preventDefault();
     guarded(async () => {
       await api('POST', '/nacos/v1/ns/service', { ...nsParam(), serviceName: svcName.value, groupName: svcGroup.value, protectThreshold: threshold.value });
-      route();
+      await route();
     }, `Service ${svcName.value} created`);
   };
   main.replaceChildren(
@@ -357,7 +357,7 @@ function serviceForm(svc, s) {
       await api('PUT', '/nacos/v1/ns/service', {
         ...svc, protectThreshold: threshold.value, metadata: JSON.stringify(parseMeta(meta.value)), selector: JSON.stringify(sel),
       });
-      route();
+      await route();
     }, 'Service saved');
   };
   const remove = () => confirm(`Delete service ${svc.serviceName}?`) && guarded(async () => {
@@ -387,7 +387,7 @@ function instanceTable(svc, all) {
     const chosen = all.filter((i) => selected.has(id(i)));
     if (!chosen.length) throw new Error('select instances first');
     for (const i of chosen) await patchInstance(svc, i, { enabled });
-    route();
+    await route();
   }, enabled ? 'Instances online' : 'Instances offline');
   draw();
   return h('div', null,
@@ -419,7 +419,7 @@ function instanceRow(svc, i, isSelected, onSelect) {
     h('td', null,
       h('button', {
         'data-t': i.enabled ? 'offline' : 'online',
-        onclick: () => guarded(async () => { await patchInstance(svc, i, { enabled: !i.enabled }); route(); },
+        onclick: () => guarded(async () => { await patchInstance(svc, i, { enabled: !i.enabled }); await route(); },
           `${i.ip}:${i.port} ${i.enabled ? 'offline' : 'online'}`),
       }, i.enabled ? 'Offline' : 'Online'), ' ',
       h('button', { 'data-t': 'edit', onclick: () => row.after(instanceEditor(svc, i)) }, 'Edit'), ' ',
@@ -428,7 +428,7 @@ function instanceRow(svc, i, isSelected, onSelect) {
         'data-t': 'deregister',
         onclick: () => confirm(`Remove ${i.ip}:${i.port}?`) && guarded(async () => {
           await api('DELETE', '/nacos/v1/ns/instance', { ...svc, clusterName: i.clusterName, ip: i.ip, port: i.port, ephemeral: i.ephemeral });
-          route();
+          await route();
         }, `${i.ip}:${i.port} removed`),
       }, 'Remove')));
   return row;
@@ -442,7 +442,7 @@ function instanceEditor(svc, i) {
     ev.preventDefault();
     guarded(async () => {
       await patchInstance(svc, i, { weight: weight.value, enabled: enabled.checked, metadata: JSON.stringify(parseMeta(meta.value)) });
-      route();
+      await route();
     }, `${i.ip}:${i.port} saved`);
   };
   return h('tr', null, h('td', { colspan: 9 },
@@ -461,7 +461,7 @@ function persistentForm(svc) {
     ev.preventDefault();
     guarded(async () => {
       await api('POST', '/nacos/v1/ns/instance', { ...svc, ip: ip.value, port: port.value, clusterName: cluster.value, weight: weight.value, ephemeral: false });
-      route();
+      await route();
     }, `${ip.value}:${port.value} registered`);
   };
   return h('form', { class: 'row', onsubmit: add },
@@ -487,7 +487,7 @@ function clusterForm(svc, c) {
         ...svc, clusterName: c.name, checkPort: checkPort.value, useInstancePort4Check: usePort.checked,
         healthChecker: JSON.stringify(checker), metadata: JSON.stringify(parseMeta(meta.value)),
       });
-      route();
+      await route();
     }, `Cluster ${c.name} saved`);
   };
   return h('form', { class: 'card', onsubmit: save, 'data-cluster': c.name },
@@ -520,7 +520,7 @@ async function pageConfigs(main, q) {
         class: 'danger',
         onclick: () => confirm(`Delete ${c.dataId}?`) && guarded(async () => {
           await api('DELETE', '/nacos/v1/cs/configs', { dataId: c.dataId, group: c.group, tenant: tenant() });
-          route();
+          await route();
         }, `${c.dataId} deleted`),
       }, 'Delete'))));
   main.replaceChildren(h('h1', null, `Configs — ${nsLabel()}`),
@@ -569,6 +569,11 @@ async function pageConfig(main, q) {
       goto('config', { dataId: dataId.value, group: group.value });
     }, `${dataId.value} published`);
   };
+  let listeners = null;
+  if (!creating) {
+    const r = await api('GET', '/nacos/v1/cs/configs/listener', { dataId: q.dataId, group: q.group, tenant: tenant() });
+    listeners = Object.entries(r.lisentersGroupkeyStatus || {});
+  }
   main.replaceChildren(h('p', null, h('a', { href: '#/configs' }, '‹ Configs')),
     h('h1', null, creating ? 'New config' : `${q.group} / ${q.dataId}`),
     current.exists ? h('p', { class: 'muted' }, `md5 ${current.md5} · `, h('a', { href: `#/history?${new URLSearchParams({ dataId: q.dataId, group: q.group })}` }, 'History')) : '',
@@ -578,7 +583,14 @@ async function pageConfig(main, q) {
       h('div', { class: 'row' },
         h('button', { type: 'button', onclick: show, 'data-t': 'cfg-review' }, 'Review changes'),
         h('button', { class: 'primary', type: 'submit', 'data-t': 'cfg-publish' }, 'Publish'))),
-    review);
+    review,
+    ...(listeners === null ? [] : [
+      h('h2', null, `Listeners (${listeners.length})`),
+      h('p', { class: 'muted' }, 'Clients long-polling this config now, at the gateway or on a node, with the md5 they hold.'),
+      table(['Client', 'MD5 held', ''], listeners.map(([client, md5]) => h('tr', { 'data-listener': client },
+        h('td', null, client), h('td', { class: 'kv' }, md5 || '(none)'),
+        h('td', null, badge(md5 === current.md5, 'up to date', 'behind', true)))), { 'data-t': 'listeners' }),
+    ]));
   if (q.content !== undefined) show();
 }
 

@@ -505,6 +505,21 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         }
         if path == CONFIG_LISTENER_PATH {
+            if session.req_header().method == http::Method::GET {
+                ctx.route = RouteLabel::Edge;
+                let req = session.req_header();
+                let query = req.uri.query().unwrap_or("").to_string();
+                let a = crate::configs::listeners::query(&self.shared, &query, &req.headers).await;
+                let mut h = ResponseHeader::build(a.status, Some(3))?;
+                h.insert_header(header::CONTENT_TYPE, a.content_type)?;
+                h.insert_header(
+                    header::CONTENT_LENGTH,
+                    itoa::Buffer::new().format(a.body.len()),
+                )?;
+                session.write_response_header(Box::new(h), false).await?;
+                session.write_response_body(Some(a.body), true).await?;
+                return Ok(true);
+            }
             if session.req_header().method == http::Method::POST
                 && self.shared.settings.hold_config_listeners
             {

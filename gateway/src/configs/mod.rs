@@ -6,7 +6,8 @@
 //! current as of, and a key no feed has mentioned is fetched from a node. A parked listener is
 //! answered the moment a listened key's md5 differs from the client's, or empty at its hold
 //! deadline ([`poll`]); the listener protocol itself (parsing, holds, the reply, rule C6) is
-//! the one the nodes use, `nacre_ring::configs`.
+//! the one the nodes use, `nacre_ring::configs`. `GET` on the same path is Nacos's listener
+//! query, answered from the polls parked here merged with every node's ([`listeners`]).
 //!
 //! Rules (each with its test):
 //! - **L1 — knowledge comes from unbroken feeds.** The table holds only what was learned since
@@ -53,6 +54,7 @@
 //!   key with a beta are never served from the cache. *Tests:* `table::tests::l8_*`,
 //!   `tests/configs.rs` `beta_and_tag_variants_through_the_gateway_and_on_a_node`.
 
+pub mod listeners;
 pub mod poll;
 pub mod reads;
 pub mod table;

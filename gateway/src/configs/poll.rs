@@ -196,7 +196,11 @@ pub async fn serve(shared: &Shared, req: &PollRequest) -> Answer {
     }
     let table = &shared.config_md5s;
     // Registered before the first lookup: a change learned in between still wakes it.
-    let interest = table.interest(req.listened.iter().map(|l| l.key.clone()));
+    let client = req.client.map(|ip| ip.to_string()).unwrap_or_default();
+    let interest = table.interest_from(
+        &client,
+        req.listened.iter().map(|l| (l.key.clone(), l.md5.clone())),
+    );
     let mut fetches = 0;
     loop {
         if !shared.upstreams.view().feeds_ok() {

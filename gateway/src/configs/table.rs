@@ -202,6 +202,21 @@ impl Md5Table {
         self.watch.interest(keys)
     }
 
+    /// [`Md5Table::interest`] for a client at `client` holding an md5 per key (shown by the
+    /// listener query).
+    pub fn interest_from(
+        &self,
+        client: &str,
+        listened: impl IntoIterator<Item = (ConfigKey, String)>,
+    ) -> Interest {
+        self.watch.interest_from(client, listened)
+    }
+
+    /// The long-polls parked here on `key`.
+    pub fn listeners(&self, key: &ConfigKey) -> Vec<nacre_ring::configs::watch::Listener> {
+        self.watch.listeners(key)
+    }
+
     /// Keys known.
     pub fn len(&self) -> usize {
         self.inner.lock().known.len()

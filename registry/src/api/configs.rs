@@ -758,6 +758,16 @@ fn hold_of(headers: &HeaderMap) -> Option<Duration> {
     )
 }
 
+/// `GET /configs/listener` (Nacos's listener query): the clients whose long-polls on one
+/// config are parked on this node, with the md5 each holds.
+pub async fn listeners(State(app): State<Arc<App>>, p: Params) -> Result<Response, ApiError> {
+    let key = key_of(&p)?;
+    let parked = app.configs.listeners(&key);
+    Ok(super::json_text(
+        nacre_ring::configs::listen::listeners_document(&parked),
+    ))
+}
+
 /// `POST /configs/listener`: answers the listened keys whose md5 differs, at once or as soon
 /// as one changes within the hold; an empty body when none did.
 pub async fn listen(State(app): State<Arc<App>>, p: Params) -> Result<Response, ApiError> {
@@ -770,7 +780,10 @@ pub async fn listen(State(app): State<Arc<App>>, p: Params) -> Result<Response, 
         auto_tag: auto_tag.as_deref(),
     };
     // Register before the first comparison: a change applied in between still wakes us.
-    let interest = app.configs.interest(listened.iter().map(|l| l.key.clone()));
+    let interest = app.configs.interest_from(
+        ip.as_deref().unwrap_or(""),
+        listened.iter().map(|l| (l.key.clone(), l.md5.clone())),
+    );
     let changed = |app: &App| -> Vec<Listened> {
         app.node.persistent().read(|st| {
             listened

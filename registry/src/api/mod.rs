@@ -242,7 +242,10 @@ pub fn router(app: Arc<App>, internal: Router) -> Router {
                 .post(configs::publish)
                 .delete(configs::delete),
         )
-        .route(configs::LISTENER_PATH, axum::routing::post(configs::listen))
+        .route(
+            configs::LISTENER_PATH,
+            axum::routing::post(configs::listen).get(configs::listeners),
+        )
         .route("/nacos/v1/cs/history", get(configs::history))
         .route("/nacos/v1/cs/history/previous", get(configs::previous))
         .route("/metrics", get(admin::prometheus))

@@ -40,6 +40,37 @@ pub fn hold(timeout: Option<&str>, no_hangup: Option<&str>) -> Option<Duration> 
 const FIELD: char = '\u{2}';
 const ENTRY: char = '\u{1}';
 
+/// Nacos's listener-query document, `{"collectStatus":200,"lisentersGroupkeyStatus":{client:
+/// md5}}` (the misspelling is Nacos's, kept for its tools), from the parked `listeners`.
+pub fn listeners_document(listeners: &[super::watch::Listener]) -> String {
+    let map: std::collections::BTreeMap<&str, &str> = listeners
+        .iter()
+        .map(|l| (l.client.as_str(), l.md5.as_str()))
+        .collect();
+    let status = serde_json::json!({ "collectStatus": 200, "lisentersGroupkeyStatus": map });
+    status.to_string()
+}
+
+/// Merges listener-query documents (a gateway's own and its nodes'): the union of their
+/// clients. `None` when one is not such a document.
+pub fn merge_listeners_documents<'a>(
+    docs: impl IntoIterator<Item = &'a str>,
+) -> Option<Vec<super::watch::Listener>> {
+    let mut out = Vec::new();
+    for doc in docs {
+        let v: serde_json::Value = serde_json::from_str(doc).ok()?;
+        for (client, md5) in v.get("lisentersGroupkeyStatus")?.as_object()? {
+            out.push(super::watch::Listener {
+                client: client.clone(),
+                md5: md5.as_str().unwrap_or("").to_string(),
+            });
+        }
+    }
+    out.sort();
+    out.dedup();
+    Some(out)
+}
+
 /// One listened key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listened {

@@ -22,9 +22,26 @@ pub struct ConfigWatch {
 #[derive(Debug, Default)]
 struct Waiters {
     next_id: u64,
-    by_key: HashMap<ConfigKey, HashMap<u64, Arc<Notify>>>,
+    by_key: HashMap<ConfigKey, HashMap<u64, Entry>>,
     /// Interests alive (parked listeners).
     parked: usize,
+}
+
+/// One parked listener on one key.
+#[derive(Debug)]
+struct Entry {
+    notify: Arc<Notify>,
+    client: Arc<str>,
+    md5: String,
+}
+
+/// A parked listener as operators see it (Nacos's listener query): who, and the md5 it holds.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Listener {
+    /// The client's address.
+    pub client: String,
+    /// The md5 it sent (`""` when it has no content).
+    pub md5: String,
 }
 
 /// One listener's registration; dropping it (the listener answered) unregisters it.
@@ -46,10 +63,10 @@ impl ConfigWatch {
     pub fn changed<'a>(&self, keys: impl IntoIterator<Item = &'a ConfigKey>) {
         let waiters = self.waiters.lock();
         for key in keys {
-            for n in waiters.by_key.get(key).into_iter().flat_map(|m| m.values()) {
+            for e in waiters.by_key.get(key).into_iter().flat_map(|m| m.values()) {
                 // A listener not waiting yet keeps the permit, so a change between its
                 // comparison and its wait still wakes it.
-                n.notify_one();
+                e.notify.notify_one();
             }
         }
     }
@@ -57,36 +74,70 @@ impl ConfigWatch {
     /// Wakes every listener (what it compared against may be gone: it must look again).
     pub fn wake_all(&self) {
         let waiters = self.waiters.lock();
-        for n in waiters.by_key.values().flat_map(|m| m.values()) {
-            n.notify_one();
+        for e in waiters.by_key.values().flat_map(|m| m.values()) {
+            e.notify.notify_one();
         }
     }
 
     /// Registers a listener on `keys`. Register before comparing md5s, then wait on
     /// [`Interest::changed`] and compare again.
     pub fn interest(&self, keys: impl IntoIterator<Item = ConfigKey>) -> Interest {
+        self.interest_from("", keys.into_iter().map(|k| (k, String::new())))
+    }
+
+    /// [`ConfigWatch::interest`] for a client at `client` holding an md5 per key, so that
+    /// [`ConfigWatch::listeners`] can tell who listens.
+    pub fn interest_from(
+        &self,
+        client: &str,
+        listened: impl IntoIterator<Item = (ConfigKey, String)>,
+    ) -> Interest {
         let notify = Arc::new(Notify::new());
-        let mut keys: Vec<ConfigKey> = keys.into_iter().collect();
-        keys.sort();
-        keys.dedup();
+        let client: Arc<str> = Arc::from(client);
+        let mut listened: Vec<(ConfigKey, String)> = listened.into_iter().collect();
+        listened.sort();
+        listened.dedup_by(|a, b| a.0 == b.0);
         let mut waiters = self.waiters.lock();
         waiters.next_id += 1;
         waiters.parked += 1;
         let id = waiters.next_id;
-        for key in &keys {
+        for (key, md5) in &listened {
+            let entry = Entry {
+                notify: notify.clone(),
+                client: client.clone(),
+                md5: md5.clone(),
+            };
             waiters
                 .by_key
                 .entry(key.clone())
                 .or_default()
-                .insert(id, notify.clone());
+                .insert(id, entry);
         }
         drop(waiters);
         Interest {
             waiters: self.waiters.clone(),
             id,
-            keys,
+            keys: listened.into_iter().map(|(k, _)| k).collect(),
             notify,
         }
+    }
+
+    /// The listeners parked on `key` now, sorted.
+    pub fn listeners(&self, key: &ConfigKey) -> Vec<Listener> {
+        let mut out: Vec<Listener> = self
+            .waiters
+            .lock()
+            .by_key
+            .get(key)
+            .into_iter()
+            .flat_map(|m| m.values())
+            .map(|e| Listener {
+                client: e.client.to_string(),
+                md5: e.md5.clone(),
+            })
+            .collect();
+        out.sort();
+        out
     }
 
     /// Keys some listener is registered on (for tests and metrics).
@@ -151,6 +202,34 @@ mod tests {
         assert!(!woken(&a).await);
         w.wake_all();
         assert!(woken(&a).await && woken(&c).await);
+    }
+
+    #[tokio::test]
+    async fn listeners_name_the_client_and_the_md5_it_holds_while_parked() {
+        let w = ConfigWatch::new();
+        let a = w.interest_from(
+            "10.0.0.2",
+            [(key("a"), "m1".to_string()), (key("b"), String::new())],
+        );
+        let b = w.interest_from("10.0.0.1", [(key("a"), "m0".to_string())]);
+        let on_a = w.listeners(&key("a"));
+        assert_eq!(
+            on_a,
+            vec![
+                Listener {
+                    client: "10.0.0.1".into(),
+                    md5: "m0".into()
+                },
+                Listener {
+                    client: "10.0.0.2".into(),
+                    md5: "m1".into()
+                }
+            ]
+        );
+        assert_eq!(w.listeners(&key("b")).len(), 1);
+        drop(a);
+        drop(b);
+        assert!(w.listeners(&key("a")).is_empty());
     }
 
     #[tokio::test]
