@@ -160,12 +160,26 @@ async fn respond(
     content_type: &str,
     body: Bytes,
 ) -> Result<()> {
-    let mut h = ResponseHeader::build(status, Some(3))?;
+    respond_with(session, status, content_type, body, &[]).await
+}
+
+/// [`respond`] with `extra` headers.
+async fn respond_with(
+    session: &mut Session,
+    status: u16,
+    content_type: impl TryInto<header::HeaderValue>,
+    body: Bytes,
+    extra: &[(&str, &str)],
+) -> Result<()> {
+    let mut h = ResponseHeader::build(status, Some(2 + extra.len()))?;
     h.insert_header(header::CONTENT_TYPE, content_type)?;
     h.insert_header(
         header::CONTENT_LENGTH,
         itoa::Buffer::new().format(body.len()),
     )?;
+    for (name, value) in extra {
+        h.insert_header(name.to_string(), *value)?;
+    }
     session.write_response_header(Box::new(h), false).await?;
     session.write_response_body(Some(body), true).await
 }
@@ -331,19 +345,9 @@ impl Gateway {
                 respond(session, 200, JSON, Bytes::from(body)).await
             }
             Local::Console(asset) => {
-                let mut h = ResponseHeader::build(200, Some(3 + nacre_console::HEADERS.len()))?;
-                h.insert_header(header::CONTENT_TYPE, asset.content_type)?;
-                h.insert_header(
-                    header::CONTENT_LENGTH,
-                    itoa::Buffer::new().format(asset.body.len()),
-                )?;
-                for (name, value) in nacre_console::HEADERS {
-                    h.insert_header(name, value)?;
-                }
-                session.write_response_header(Box::new(h), false).await?;
-                session
-                    .write_response_body(Some(Bytes::from_static(asset.body)), true)
-                    .await
+                let body = Bytes::from_static(asset.body);
+                let headers = nacre_console::HEADERS;
+                respond_with(session, 200, asset.content_type, body, &headers).await
             }
         }
     }
@@ -364,16 +368,8 @@ impl Gateway {
                 }
             }
         }
-        let body = shared.server_list.clone();
-        let mut h = ResponseHeader::build(200, Some(4))?;
-        h.insert_header(header::CONTENT_TYPE, TEXT)?;
-        h.insert_header(
-            header::CONTENT_LENGTH,
-            itoa::Buffer::new().format(body.len()),
-        )?;
-        h.insert_header(DIGEST_HEADER, shared.server_list_digest.as_str())?;
-        session.write_response_header(Box::new(h), false).await?;
-        session.write_response_body(Some(body), true).await
+        let digest = [(DIGEST_HEADER, shared.server_list_digest.as_str())];
+        respond_with(session, 200, TEXT, shared.server_list.clone(), &digest).await
     }
 
     /// A config read answered from the cache, or marked to fill it; a config write marked to
@@ -451,17 +447,15 @@ impl Gateway {
         let answer = crate::configs::serve(shared, &poll).await;
         shared.metrics.config_listeners.dec();
         shared.metrics.config_poll(answer.how.label());
-        let mut h = ResponseHeader::build(answer.status, Some(6))?;
-        h.insert_header(header::CONTENT_TYPE, answer.content_type)?;
-        h.insert_header(
-            header::CONTENT_LENGTH,
-            itoa::Buffer::new().format(answer.body.len()),
-        )?;
-        for (name, value) in nacre_ring::configs::NO_CACHE {
-            h.insert_header(name, value)?;
-        }
-        session.write_response_header(Box::new(h), false).await?;
-        session.write_response_body(Some(answer.body), true).await
+        let no_cache = nacre_ring::configs::NO_CACHE;
+        respond_with(
+            session,
+            answer.status,
+            answer.content_type,
+            answer.body,
+            &no_cache,
+        )
+        .await
     }
 
     /// Reads a form body so its parameters can route the request; pingora replays it to the
@@ -510,14 +504,7 @@ impl ProxyHttp for Gateway {
                 let req = session.req_header();
                 let query = req.uri.query().unwrap_or("").to_string();
                 let a = crate::configs::listeners::query(&self.shared, &query, &req.headers).await;
-                let mut h = ResponseHeader::build(a.status, Some(3))?;
-                h.insert_header(header::CONTENT_TYPE, a.content_type)?;
-                h.insert_header(
-                    header::CONTENT_LENGTH,
-                    itoa::Buffer::new().format(a.body.len()),
-                )?;
-                session.write_response_header(Box::new(h), false).await?;
-                session.write_response_body(Some(a.body), true).await?;
+                respond_with(session, a.status, a.content_type, a.body, &[]).await?;
                 return Ok(true);
             }
             if session.req_header().method == http::Method::POST
