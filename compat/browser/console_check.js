@@ -320,6 +320,11 @@ async function cluster(ctx) {
   });
   const role = await page.textContent('[data-t=raft-role] .big');
   expect(/leader|follower/i.test(role), `Raft role card: ${role}`);
+  // Through the gateway, every node's own view: one leader, the same term everywhere.
+  await eventually('every node shows its Raft role', async () => {
+    const rows = await page.locator('table[data-t=node-views] tr[data-node-view]').allTextContents();
+    return rows.length === 3 && rows.filter((r) => /Leader/.test(r)).length === 1;
+  });
   await ctx.shot('cluster');
   if (!opts.killPid) return;
   process.kill(opts.killPid, 'SIGKILL');

@@ -658,6 +658,19 @@ async function pageCluster(main) {
     }), { 'data-t': 'members' }),
     h('p', { class: 'muted' }, 'Which node owns each service is shown on the Services page.'),
   ];
+  if (gateway && gateway.nodeViews && gateway.nodeViews.length) {
+    parts.push(h('h2', null, 'Every node’s own view'),
+      table(['Node', 'Ready', 'Raft role', 'Term', 'Leader', { text: 'Commit', attrs: { class: 'num' } }, { text: 'Applied', attrs: { class: 'num' } },
+        { text: 'Apply lag', attrs: { class: 'num' } }, { text: 'Ephemeral instances', attrs: { class: 'num' } }, { text: 'Unsent to peers', attrs: { class: 'num' } }],
+      gateway.nodeViews.map((v) => v.error
+        ? h('tr', { 'data-node-view': v.self }, h('td', null, v.self), h('td', { colspan: 9 }, badge(false, '', `no answer: ${v.error}`)))
+        : h('tr', { 'data-node-view': v.self },
+          h('td', null, v.self), h('td', null, badge(v.ready, 'ready', 'not ready')), h('td', null, v.role), h('td', null, v.term),
+          h('td', null, v.leader || '—'), h('td', { class: 'num' }, v.commitIndex), h('td', { class: 'num' }, v.lastApplied),
+          h('td', { class: 'num' }, v.commitIndex != null && v.lastApplied != null ? v.commitIndex - v.lastApplied : ''),
+          h('td', { class: 'num' }, v.ephemeral ? v.ephemeral.instances : ''),
+          h('td', { class: 'num' }, (v.replication || []).reduce((n, r) => n + r.queueDepth, 0)))), { 'data-t': 'node-views' }));
+  }
   if (gateway) {
     const c = gateway.cache;
     parts.push(h('h2', null, 'Gateway'),

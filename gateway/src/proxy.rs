@@ -341,7 +341,13 @@ impl Gateway {
             }
             Local::Hidden => respond(session, 404, TEXT, Bytes::from_static(b"not found")).await,
             Local::Status => {
-                let body = serde_json::to_vec(&crate::status::status(shared)).unwrap_or_default();
+                let auth = session
+                    .req_header()
+                    .headers
+                    .get(header::AUTHORIZATION)
+                    .cloned();
+                let status = crate::status::status(shared, auth.as_ref()).await;
+                let body = serde_json::to_vec(&status).unwrap_or_default();
                 respond(session, 200, JSON, Bytes::from(body)).await
             }
             Local::Console(asset) => {

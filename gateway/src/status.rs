@@ -1,8 +1,8 @@
 //! The gateway's state for operators (`GET /nacre/gateway/status`, shown by the console's
 //! cluster page): the nodes in rotation with their feeds, the list cache and the config
-//! listeners it holds. Read from the same counters and gauges as `/metrics`, at one instant;
-//! it names node addresses and counts only, as `/metrics` does, so it is as open as
-//! `/metrics`.
+//! listeners it holds, read from the same counters and gauges as `/metrics` (node addresses
+//! and counts only, as open as `/metrics`); and each node's own view, asked with the caller's
+//! credential (so with auth on, only a user sees them).
 
 use serde::Serialize;
 
@@ -20,6 +20,9 @@ pub struct Status {
     pub cache: CacheStatus,
     /// Config listeners and md5s.
     pub configs: ConfigStatus,
+    /// Each node's own view (`/nacre/v1/cluster`), so one page shows every node's Raft role,
+    /// term and indexes; `{"self": name, "error": why}` for a node that did not answer.
+    pub node_views: Vec<serde_json::Value>,
 }
 
 /// One node as the gateway sees it.
@@ -68,8 +71,46 @@ pub struct ConfigStatus {
     pub keys: usize,
 }
 
-/// The status now.
-pub fn status(shared: &Shared) -> Status {
+/// Time each node has to give its view.
+const VIEW_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The status now, with every node's view asked with the caller's `Authorization` (each node
+/// judges it, as for any request).
+pub async fn status(shared: &Shared, authorization: Option<&http::HeaderValue>) -> Status {
+    let view = shared.upstreams.view();
+    let asks = view.upstreams().iter().map(|u| {
+        let mut req = shared
+            .http
+            .get(format!("http://{}/nacre/v1/cluster", u.addr))
+            .timeout(VIEW_TIMEOUT);
+        if let Some(a) = authorization {
+            req = req.header(http::header::AUTHORIZATION, a.clone());
+        }
+        let name = u.name.clone();
+        async move {
+            let answer = async {
+                let r = req.send().await.map_err(|e| e.to_string())?;
+                if !r.status().is_success() {
+                    return Err(format!("answered {}", r.status()));
+                }
+                r.json::<serde_json::Value>()
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            answer
+                .await
+                .unwrap_or_else(|e| serde_json::json!({ "self": name, "error": e }))
+        }
+    });
+    let node_views = futures::future::join_all(asks).await;
+    Status {
+        node_views,
+        ..local_status(shared)
+    }
+}
+
+/// The gateway's own part of the status.
+fn local_status(shared: &Shared) -> Status {
     let view = shared.upstreams.view();
     let nodes = view
         .upstreams()
@@ -101,6 +142,7 @@ pub fn status(shared: &Shared) -> Status {
             listeners: m.config_listeners.get(),
             keys: shared.config_md5s.len(),
         },
+        node_views: Vec::new(),
     }
 }
 
