@@ -74,7 +74,7 @@ async fn read(api: &Api) -> (Vec<String>, String) {
 async fn a_member_added_to_the_file_reaches_nodes_and_gateways_at_once() -> Result<()> {
     let root = tempfile::tempdir()?;
     let conf = root.path().join("cluster.conf");
-    // A placeholder until the cluster writes its members: followers that read it first learn
+    // A stand-in list until the cluster writes its members: followers that read it first learn
     // the real list through a held read.
     std::fs::write(&conf, "127.0.0.1:1\n")?;
     let server = AddressServerProcess::start(&conf, &root.path().join("address-server.log"))?;

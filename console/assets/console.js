@@ -70,6 +70,11 @@ class ApiError extends Error {
   }
 }
 
+/** The logged-in user's token, as every call sends it. */
+function authorization() {
+  return state.token ? { Authorization: `Bearer ${state.token}` } : {};
+}
+
 /**
  * Calls an API. `params` go in the query for GET and DELETE, in a form body otherwise (as the
  * Nacos clients send them). The token goes in the `Authorization` header.
@@ -79,14 +84,13 @@ async function api(method, path, params = {}, headers = {}) {
   for (const [k, v] of Object.entries(params)) {
     if (v !== undefined && v !== null) q.append(k, String(v));
   }
-  const init = { method, headers: { ...headers } };
+  const init = { method, headers: { ...headers, ...authorization() } };
   let url = path;
   if (method === 'GET' || method === 'DELETE') {
     if ([...q].length) url += `?${q}`;
   } else {
     init.body = q;
   }
-  if (state.token) init.headers.Authorization = `Bearer ${state.token}`;
   const res = await fetch(url, init);
   const text = await res.text();
   if (!res.ok) {
@@ -543,7 +547,7 @@ function diffView(before, after) {
 /** Fetches a config's content and md5 (the md5 guards the publish: casMd5). */
 async function readConfig(dataId, group) {
   const res = await fetch(`/nacos/v1/cs/configs?${new URLSearchParams({ dataId, group, tenant: tenant() })}`,
-    { headers: state.token ? { Authorization: `Bearer ${state.token}` } : {} });
+    { headers: authorization() });
   if (res.status === 404) return { content: '', md5: '', type: 'text', exists: false };
   const text = await res.text();
   if (!res.ok) throw new ApiError(res.status, text);

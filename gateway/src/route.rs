@@ -38,16 +38,23 @@ pub fn cacheable_config_read(
     query: &str,
     tag_header: bool,
 ) -> Option<nacre_ring::configs::ConfigKey> {
-    if tag_header {
+    let special = form_urlencoded::parse(query.as_bytes())
+        .any(|(k, _)| matches!(k.as_ref(), "search" | "tag" | "export" | "show"));
+    if tag_header || special {
         return None;
     }
+    config_key(query)
+}
+
+/// The config a query string names (`dataId`, `group`, `tenant`; first value wins, as the
+/// nodes read them), when it names a valid one.
+pub fn config_key(query: &str) -> Option<nacre_ring::configs::ConfigKey> {
     let (mut data_id, mut group, mut tenant) = (None, None, None);
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
         let slot = match k.as_ref() {
             "dataId" => &mut data_id,
             "group" => &mut group,
             "tenant" => &mut tenant,
-            "search" | "tag" | "export" | "show" => return None,
             _ => continue,
         };
         if slot.is_none() {
@@ -263,6 +270,20 @@ pub struct Variant {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_query_names_a_config_or_nothing() {
+        let k = config_key("dataId=a.yaml&group=G&tenant=t1");
+        assert_eq!(
+            k,
+            nacre_ring::configs::ConfigKey::new("a.yaml", "G", Some("t1")).ok()
+        );
+        assert!(config_key("dataId=a.yaml").is_none());
+        assert!(config_key("dataId=&group=G").is_none());
+        assert!(cacheable_config_read("dataId=a&group=G", false).is_some());
+        assert!(cacheable_config_read("dataId=a&group=G&search=blur", false).is_none());
+        assert!(cacheable_config_read("dataId=a&group=G", true).is_none());
+    }
 
     #[test]
     fn auth_calls_share_one_fixed_key_that_no_client_service_can_have() {

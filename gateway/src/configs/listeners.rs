@@ -9,7 +9,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use nacre_ring::configs::listen;
-use nacre_ring::configs::ConfigKey;
 use nacre_ring::wire::CONFIG_LISTENER_PATH;
 
 use crate::Shared;
@@ -26,20 +25,6 @@ pub struct Answer {
     pub content_type: HeaderValue,
     /// Body.
     pub body: Bytes,
-}
-
-/// The config a query names, when it names a valid one.
-fn key_of(query: &str) -> Option<ConfigKey> {
-    let (mut data_id, mut group, mut tenant) = (None, None, None);
-    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
-        match k.as_ref() {
-            "dataId" if data_id.is_none() => data_id = Some(v),
-            "group" if group.is_none() => group = Some(v),
-            "tenant" if tenant.is_none() => tenant = Some(v),
-            _ => {}
-        }
-    }
-    ConfigKey::new(data_id?.trim(), group?.trim(), tenant.as_deref()).ok()
 }
 
 /// Answers the query (its query string and the client's headers).
@@ -80,7 +65,7 @@ pub async fn query(shared: &Shared, query: &str, headers: &HeaderMap) -> Answer 
             body: body.clone(),
         };
     }
-    let (Some(key), false) = (key_of(query), answers.is_empty()) else {
+    let (Some(key), false) = (crate::route::config_key(query), answers.is_empty()) else {
         return Answer {
             status: 503,
             content_type: HeaderValue::from_static("text/plain; charset=utf-8"),
@@ -103,18 +88,5 @@ pub async fn query(shared: &Shared, query: &str, headers: &HeaderMap) -> Answer 
             content_type: HeaderValue::from_static("text/plain; charset=utf-8"),
             body: Bytes::from_static(b"a node gave a malformed listener document"),
         },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_query_names_a_config_or_nothing() {
-        let k = key_of("dataId=a.yaml&group=G&tenant=t1");
-        assert_eq!(k, ConfigKey::new("a.yaml", "G", Some("t1")).ok());
-        assert!(key_of("dataId=a.yaml").is_none());
-        assert!(key_of("dataId=&group=G").is_none());
     }
 }

@@ -317,13 +317,10 @@ async fn gate(State(app): State<Arc<App>>, req: Request, next: Next) -> Response
         && crate::peer::secret_matches(req.headers(), &app.secret)
     {
         // Rule S2: a forwarded write would meet an empty store here; the forwarder has the data.
-        let mut r =
-            ApiError::unavailable("this node is still loading its start-up data").into_response();
-        r.headers_mut().insert(
+        return marked_refusal(
+            "this node is still loading its start-up data",
             crate::peer::NOT_LOADED_HEADER,
-            axum::http::HeaderValue::from_static("1"),
         );
-        return r;
     }
     let refusal = if !app.node.is_ready() {
         Some("server is DOWNnow, please try again later!")
@@ -338,15 +335,19 @@ async fn gate(State(app): State<Arc<App>>, req: Request, next: Next) -> Response
     if let Some(message) = refusal {
         // Only a peer holding the cluster secret gets past; a User-Agent proves nothing.
         if !crate::peer::secret_matches(req.headers(), &app.secret) {
-            let mut r = ApiError::unavailable(message).into_response();
-            r.headers_mut().insert(
-                nacre_ring::wire::NOT_READY_HEADER,
-                axum::http::HeaderValue::from_static("1"),
-            );
-            return r;
+            return marked_refusal(message, nacre_ring::wire::NOT_READY_HEADER);
         }
     }
     next.run(req).await
+}
+
+/// The gate's 503, with the `marker` header telling nacre's other tier what to do about it
+/// (apply the write itself, or try another node).
+fn marked_refusal(message: &str, marker: &'static str) -> Response {
+    let mut r = ApiError::unavailable(message).into_response();
+    r.headers_mut()
+        .insert(marker, axum::http::HeaderValue::from_static("1"));
+    r
 }
 
 /// Counts and times every request by its route template.
