@@ -84,6 +84,10 @@ if part naming; then
     run register "${COMMON[@]}" --scenario register --services 10 --instances-per-service 1000 --seed 101
     run list "${COMMON[@]}" --scenario list --services 10 --instances-per-service 100 --seed 102
     run beat "${COMMON[@]}" --scenario beat --services 10 --instances-per-service 100 --seed 103
+    # Beats as the Python and Node clients send them: the whole beat JSON with the instance's
+    # metadata (about 100 bytes), every time.
+    run beat-full "${COMMON[@]}" --scenario beat --full-beats --metadata-bytes 100 --services 10 \
+        --instances-per-service 100 --seed 109
 fi
 if part config; then
     # Config center: 100 configs of 1 KiB; publishes closed-loop, reads closed-loop, and
@@ -96,17 +100,21 @@ fi
 stop "$NACRE_PID"
 stop "$RNACOS_PID"
 
-# Memory: a fresh process per server and size, so the baseline is an empty registry.
-part memory && for n in 10k 100k; do
+# Memory: a fresh process per server and size, so the baseline is an empty registry. Every
+# instance's metadata holds the harness's day-long keep-alive timeouts (about 90 bytes); the
+# "-meta" size pads it to 200 bytes, the same map for every instance as a fleet's mostly is.
+part memory && for n in 10k 100k 100k-meta; do
     per=$([ "$n" = 10k ] && echo 100 || echo 1000)
+    meta=$([ "$n" = 100k-meta ] && echo 200 || echo 0)
     start_nacre "$OUT/nacre-mem-$n"
     run "memory-$n-nacre" --target "$NACRE_ADDR" --target-pid "$NACRE_PID" --scenario memory \
-        --services 100 --instances-per-service "$per" --concurrency "$CONC" --seed 104
+        --services 100 --instances-per-service "$per" --metadata-bytes "$meta" \
+        --concurrency "$CONC" --seed 104
     stop "$NACRE_PID"
     start_rnacos "$OUT/rnacos-mem-$n"
     run "memory-$n-rnacos" --target "$RNACOS_ADDR" --target-pid "$RNACOS_PID" \
-        --scenario memory --services 100 --instances-per-service "$per" --concurrency "$CONC" \
-        --seed 104
+        --scenario memory --services 100 --instances-per-service "$per" --metadata-bytes "$meta" \
+        --concurrency "$CONC" --seed 104
     stop "$RNACOS_PID"
 done
 
@@ -135,7 +143,7 @@ def load(name):
     return json.load(open(p)) if os.path.exists(p) else None
 print("| scenario | server | req/s | p50 ms | p99 ms | max ms | errors | server CPU-s | req per server CPU-s | peak RSS MiB |")
 print("|---|---|---|---|---|---|---|---|---|---|")
-for sc in ["register", "list", "beat", "config-publish", "config-get", "config-listen"]:
+for sc in ["register", "list", "beat", "beat-full", "config-publish", "config-get", "config-listen"]:
     c = load(sc)
     if not c:
         continue
@@ -154,7 +162,7 @@ for sc in ["register", "list", "beat", "config-publish", "config-get", "config-l
 print()
 print("| memory | server | instances listed back | RSS before MiB | RSS after MiB | bytes per instance | register req/s |")
 print("|---|---|---|---|---|---|---|")
-for n in ["10k", "100k"]:
+for n in ["10k", "100k", "100k-meta"]:
     for label in ["nacre", "rnacos"]:
         r = load(f"memory-{n}-{label}")
         if not r:

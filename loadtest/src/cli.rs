@@ -39,6 +39,11 @@ pub struct LoadtestArgs {
     /// Size of each instance's metadata JSON (0: none).
     #[arg(long, default_value_t = 0)]
     pub metadata_bytes: usize,
+    /// Beats carry the whole `beat` JSON (address, weight, cluster, metadata), as the Python
+    /// and Node clients send on every beat and Java until the server allows light beats;
+    /// without it, light beats (query parameters only).
+    #[arg(long)]
+    pub full_beats: bool,
     /// config-listen: config listeners holding long-polls (each on its own connection).
     #[arg(long, default_value_t = 100)]
     pub listeners: usize,
@@ -137,6 +142,7 @@ impl LoadtestArgs {
             services: 10,
             instances_per_service: 10,
             metadata_bytes: 0,
+            full_beats: false,
             config_bytes: 256,
             listeners: 100,
             namespace: "public".into(),

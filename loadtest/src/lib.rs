@@ -123,7 +123,9 @@ pub async fn execute(args: LoadtestArgs) -> Result<Outcome, LoadtestError> {
             args.metadata_bytes,
             !args.persistent,
         )
-        .with_config_bytes(args.config_bytes),
+        .with_config_bytes(args.config_bytes)
+        .with_full_beats(args.full_beats)
+        .with_kept_alive(kind == ScenarioKind::Memory),
     );
     // Scenarios that consume a finite set of instances would spend it warming up.
     // config-listen's listeners time every publish, so there is nothing to warm up.
@@ -178,6 +180,7 @@ pub async fn execute(args: LoadtestArgs) -> Result<Outcome, LoadtestError> {
             services: args.services,
             instances_per_service: args.instances_per_service,
             metadata_bytes: args.metadata_bytes,
+            full_beats: args.full_beats,
             namespace: args.namespace.clone(),
             threads: args.threads,
         };
@@ -435,7 +438,13 @@ async fn run_round(
     let spec = PhaseSpec {
         streams: workload.streams.clone(),
         concurrency: args.concurrency,
-        duration: args.duration,
+        // Memory registers every instance once, however long that takes: its stream ends at
+        // its limit, and the duration only caps a target that stops answering.
+        duration: if args.scenario == ScenarioKind::Memory {
+            args.duration.max(MEMORY_CAP)
+        } else {
+            args.duration
+        },
         warmup,
         progress: Some(label(args.scenario.name())),
     };
@@ -455,7 +464,10 @@ async fn run_round(
     if let (Some(before), Some(pid)) = (rss_before, run.target.pid) {
         tokio::time::sleep(args.settle).await;
         let after = procstat::sample(pid).await?.rss_bytes;
-        let instances = args.services as u64 * args.instances_per_service;
+        // What the target accepted: the figure per instance must not count registrations
+        // that failed or were never sent.
+        let sent = phase.stats.total()?;
+        let instances = sent.requests() - sent.error_count();
         let verified = count_instances(&run.target, names).await?;
         run.memory = Some(MemoryReport {
             instances,
@@ -490,6 +502,9 @@ async fn run_round(
         p99_ms: stats::quantile_ms(&total.latency, 0.99),
     })
 }
+
+/// The longest the memory scenario's registration may take.
+const MEMORY_CAP: Duration = Duration::from_secs(600);
 
 /// Time config listeners get to read their configs and park before publishes start.
 const LISTENERS_SETTLE: Duration = Duration::from_secs(2);

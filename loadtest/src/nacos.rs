@@ -139,6 +139,14 @@ pub struct Names {
     services: Vec<String>,
     /// Already encoded `&metadata=...`, or empty.
     metadata_param: String,
+    /// The metadata JSON object as registered (`{}` without metadata).
+    metadata_json: String,
+    /// Size asked of each instance's metadata JSON.
+    metadata_bytes: usize,
+    /// Metadata carries day-long `preserved.*` timeouts.
+    kept_alive: bool,
+    /// Beats carry the whole `beat` JSON.
+    full_beats: bool,
     ephemeral: bool,
     /// Already encoded filler of the config scenarios' content.
     config_pad: String,
@@ -159,15 +167,45 @@ impl Names {
             seed,
             namespace: namespace.to_string(),
             services,
-            metadata_param: metadata_param(seed, metadata_bytes),
+            kept_alive: false,
+            metadata_param: String::new(),
+            metadata_json: String::new(),
+            metadata_bytes,
+            full_beats: false,
             ephemeral,
             config_pad: encode(&filler(seed, 256)),
         }
+        .with_metadata()
+    }
+
+    /// Fills in the metadata parameter and JSON from the size and keep-alive asked for.
+    fn with_metadata(mut self) -> Names {
+        let json = metadata_json(self.seed, self.metadata_bytes, self.kept_alive);
+        self.metadata_param = json
+            .as_ref()
+            .map(|j| format!("&metadata={}", encode(j)))
+            .unwrap_or_default();
+        self.metadata_json = json.unwrap_or_else(|| "{}".into());
+        self
+    }
+
+    /// Instances carry `preserved.*` timeouts of a day, so they outlive a registration run
+    /// that sends no beats (the memory scenario at a million instances takes longer than the
+    /// default 30 s removal timeout).
+    pub fn with_kept_alive(mut self, kept: bool) -> Names {
+        self.kept_alive = kept;
+        self.with_metadata()
     }
 
     /// Config content of about `bytes` bytes (the config scenarios).
     pub fn with_config_bytes(mut self, bytes: usize) -> Names {
         self.config_pad = encode(&filler(self.seed, bytes));
+        self
+    }
+
+    /// Beats carry the whole `beat` JSON instead of query parameters only.
+    pub fn with_full_beats(mut self, full: bool) -> Names {
+        self.full_beats = full;
         self
     }
 
@@ -278,13 +316,25 @@ impl Names {
         }
     }
 
-    /// A light beat (query parameters, no `beat` body), as the Java client sends once the
-    /// server said `lightBeatEnabled`.
+    /// A beat of instance `i` of service `s`: light (query parameters, as the Java client
+    /// sends once the server said `lightBeatEnabled`), or with the whole `beat` JSON as the
+    /// Java client builds it (`BeatInfo`) and the Python and Node clients send on every beat.
     pub fn beat(&self, s: usize, i: u64) -> Request {
+        let body = if self.full_beats {
+            let json = format!(
+                r#"{{"port":{INSTANCE_PORT},"ip":"{}","weight":1.0,"serviceName":"{}","cluster":"DEFAULT","metadata":{},"scheduled":false,"period":5000,"stopped":false}}"#,
+                Self::ip(i),
+                self.grouped(s),
+                self.metadata_json
+            );
+            format!("&beat={}", encode(&json))
+        } else {
+            String::new()
+        };
         Request {
             method: Method::Put,
             target: format!(
-                "{NS}/instance/beat?{}&ip={}&port={INSTANCE_PORT}&clusterName=DEFAULT",
+                "{NS}/instance/beat?{}&ip={}&port={INSTANCE_PORT}&clusterName=DEFAULT{body}",
                 self.common(s),
                 Self::ip(i)
             ),
@@ -316,14 +366,27 @@ fn filler(seed: u64, bytes: usize) -> String {
         .collect()
 }
 
-/// `&metadata=<json>` whose JSON text is about `bytes` long, with seeded filler.
-fn metadata_param(seed: u64, bytes: usize) -> String {
+/// The `preserved.*` entries that keep an instance registered for a day without beats.
+const KEEP_ALIVE: &str =
+    r#""preserved.heart.beat.timeout":"86400000","preserved.ip.delete.timeout":"86400000""#;
+
+/// A metadata JSON object about `bytes` long with seeded filler (or the keep-alive entries
+/// and filler, at least those entries); `None` when neither is asked for.
+fn metadata_json(seed: u64, bytes: usize, kept_alive: bool) -> Option<String> {
+    if kept_alive {
+        let frame = format!(r#"{{{KEEP_ALIVE},"lt.pad":""}}"#).len();
+        if bytes <= frame {
+            return Some(format!("{{{KEEP_ALIVE}}}"));
+        }
+        let pad = filler(seed, bytes - frame);
+        return Some(format!(r#"{{{KEEP_ALIVE},"lt.pad":"{pad}"}}"#));
+    }
     if bytes == 0 {
-        return String::new();
+        return None;
     }
     let frame = r#"{"lt.pad":""}"#.len();
     let pad = filler(seed, bytes.saturating_sub(frame));
-    format!("&metadata={}", encode(&format!(r#"{{"lt.pad":"{pad}"}}"#)))
+    Some(format!(r#"{{"lt.pad":"{pad}"}}"#))
 }
 
 #[cfg(test)]
@@ -352,12 +415,44 @@ mod tests {
 
     #[test]
     fn metadata_has_the_requested_size() {
-        let p = metadata_param(1, 200);
-        let json = p.trim_start_matches("&metadata=");
-        // Only alphanumerics are padded, so the decoded size is exact.
-        let decoded_len = json.len() - 2 * json.matches('%').count();
-        assert_eq!(decoded_len, 200);
-        assert_eq!(metadata_param(1, 0), "");
+        let json = metadata_json(1, 200, false).unwrap();
+        assert_eq!(json.len(), 200);
+        assert!(serde_json::from_str::<serde_json::Value>(&json)
+            .unwrap()
+            .is_object());
+        assert_eq!(metadata_json(1, 0, false), None);
+        // Kept alive: the same size when there is room, the timeouts always.
+        for bytes in [0, 50, 200] {
+            let json = metadata_json(1, bytes, true).unwrap();
+            let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+            assert_eq!(v["preserved.ip.delete.timeout"], "86400000");
+            assert_eq!(v["preserved.heart.beat.timeout"], "86400000");
+            if bytes == 200 {
+                assert_eq!(json.len(), 200);
+            }
+        }
+    }
+
+    #[test]
+    fn a_full_beat_carries_the_registered_metadata_as_json() {
+        let n = Names::new(1, "public", 1, 64, true).with_full_beats(true);
+        let param = |target: &str, name: &str| {
+            let query = target.split_once('?').unwrap().1;
+            form_urlencoded::parse(query.as_bytes())
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.into_owned())
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(&param(&n.beat(0, 2).target, "beat").unwrap()).unwrap();
+        assert_eq!(v["ip"], "127.0.0.3");
+        assert_eq!(v["port"], INSTANCE_PORT);
+        assert_eq!(v["serviceName"], "DEFAULT_GROUP@@lt1-svc00000");
+        let meta = param(&n.register(0, 2).target, "metadata").unwrap();
+        assert_eq!(v["metadata"].to_string(), meta);
+        assert!(!Names::new(1, "public", 1, 64, true)
+            .beat(0, 2)
+            .target
+            .contains("beat="));
     }
 
     #[test]

@@ -131,6 +131,9 @@ pub struct RunConfig {
     pub services: usize,
     pub instances_per_service: u64,
     pub metadata_bytes: usize,
+    /// Beats carried the whole `beat` JSON (`--full-beats`).
+    #[serde(default)]
+    pub full_beats: bool,
     pub namespace: String,
     pub threads: usize,
 }
@@ -406,6 +409,14 @@ pub fn render(r: &Report) -> String {
             mib(m.rss_after_bytes),
             m.bytes_per_instance
         );
+        if m.verified_instances < m.instances {
+            let _ = writeln!(
+                out,
+                "note: {} instances were registered but not listed back; the figure per instance counts all {} registered",
+                m.instances - m.verified_instances,
+                m.instances
+            );
+        }
     }
     if let Some(rate) = c.rate_rps {
         let achieved = r.throughput_rps;
@@ -468,6 +479,7 @@ mod tests {
             services: 2,
             instances_per_service: 3,
             metadata_bytes: 0,
+            full_beats: false,
             namespace: "public".into(),
             threads: 1,
         }

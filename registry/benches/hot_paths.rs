@@ -65,7 +65,7 @@ fn instance(service: &ServiceKey, i: usize) -> Instance {
         healthy: i % 10 != 9,
         enabled: true,
         ephemeral: true,
-        metadata: metadata(i),
+        metadata: metadata(i).into(),
         app: "orders".to_string(),
         last_beat_ms: NOW_MS,
         marked: false,

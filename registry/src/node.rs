@@ -13,7 +13,9 @@ use crate::clock::Clock;
 use crate::distro::{BeatOutcome, Distro, EphemeralStore, ServiceRecord};
 use crate::membership::Membership;
 use crate::metrics::Metrics;
-use crate::naming::model::{ClusterMeta, Instance, InstanceKey, Metadata, Namespace, ServiceMeta};
+use crate::naming::model::{
+    ClusterMeta, Instance, InstanceKey, Metadata, Namespace, ServiceMeta, SharedMetadata,
+};
 use crate::naming::persistent::{Command, InstancePatch, PutMode, ServiceUpdate};
 use crate::naming::{validate, NamingError};
 use crate::push::{PushHub, Subscriber};
@@ -47,7 +49,7 @@ impl From<WriteError> for NodeError {
 }
 
 /// The `beat` JSON body a client may send (Nacos "RsInfo"); unknown fields are ignored.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct BeatBody {
     /// Instance ip.
     pub ip: Option<String>,
@@ -57,14 +59,15 @@ pub struct BeatBody {
     pub weight: Option<f64>,
     /// Cluster; overrides the `clusterName` parameter when non-blank.
     pub cluster: Option<String>,
-    /// Metadata.
-    pub metadata: Option<Metadata>,
+    /// Metadata as the client sent it: a JSON object of scalars (checked when the body was
+    /// read), turned into a map only when the beat registers the instance.
+    pub metadata: Option<Box<serde_json::value::RawValue>>,
     /// Ephemeral flag (default true).
     pub ephemeral: Option<bool>,
 }
 
 /// A beat as received.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Beat {
     /// `ip` parameter.
     pub ip: String,
@@ -447,7 +450,12 @@ impl Node {
             healthy: true,
             enabled: true,
             ephemeral: body.ephemeral.unwrap_or(true),
-            metadata: body.metadata.unwrap_or_default(),
+            metadata: match &body.metadata {
+                Some(raw) => validate::json_metadata_text(raw.get())
+                    .ok_or_else(|| NamingError::bad("beat metadata must be a JSON object"))?
+                    .into(),
+                None => SharedMetadata::default(),
+            },
             instance_id: String::new(),
             app: "DEFAULT".to_string(),
             last_beat_ms: 0,
@@ -537,7 +545,7 @@ impl Node {
         let mut updated = Vec::with_capacity(chosen.len());
         let mut ephemeral_patched = false;
         for inst in chosen {
-            let mut meta = inst.metadata.clone();
+            let mut meta = Metadata::clone(&inst.metadata);
             for (k, v) in metadata {
                 if remove {
                     meta.remove(k);

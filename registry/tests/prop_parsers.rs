@@ -201,7 +201,7 @@ fn instances() -> impl Strategy<Value = Vec<Instance>> {
                 healthy,
                 enabled,
                 ephemeral: true,
-                metadata: Metadata::new(),
+                metadata: Metadata::new().into(),
                 instance_id: n.to_string(),
                 app: "DEFAULT".to_string(),
                 last_beat_ms: 0,

@@ -1,5 +1,7 @@
-//! `beat`: light heartbeats (PUT /instance/beat, query parameters only) of the instances
-//! registered during setup, round-robin. A 20404 answer (instance unknown) is an error.
+//! `beat`: heartbeats (PUT /instance/beat) of the instances registered during setup,
+//! round-robin: light (query parameters only) or, with `--full-beats`, carrying the whole
+//! beat JSON as the Python and Node clients send. A 20404 answer (instance unknown) is an
+//! error.
 
 use std::sync::Arc;
 

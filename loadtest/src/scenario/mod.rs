@@ -28,7 +28,8 @@ pub enum ScenarioKind {
     Register,
     /// DELETE /instance of each instance registered during setup, once.
     Deregister,
-    /// Light beats (PUT /instance/beat) of the instances registered during setup.
+    /// Beats (PUT /instance/beat) of the instances registered during setup: light, or with
+    /// the whole beat JSON under `--full-beats`.
     Beat,
     /// GET /instance/list of the services filled during setup.
     List,
@@ -41,7 +42,9 @@ pub enum ScenarioKind {
     /// Extra instances register and deregister (at `--rate`) while subscribers watch.
     Churn,
     /// Register services × instances once, then report the target's RSS per instance
-    /// (needs `--target-pid`).
+    /// (needs `--target-pid`). Instances carry day-long `preserved.*` timeouts in their
+    /// metadata (within `--metadata-bytes` when it leaves room), so none expires before it
+    /// is listed back.
     Memory,
     /// POST /nacos/v1/cs/configs: a new version of one of `--services` configs each time.
     #[serde(rename = "config-publish")]

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod agent;
 pub mod auth;
+pub mod beat_body;
 pub mod configs;
 pub mod console;
 pub mod error;

@@ -191,7 +191,7 @@ mod tests {
             instances: vec![Instance {
                 ip: "10.0.0.5".into(),
                 port: 8080,
-                metadata: [("v".to_string(), "1".to_string())].into(),
+                metadata: Metadata::from([("v".to_string(), "1".to_string())]).into(),
                 ..crate::naming::model::test_instance("10.0.0.5", 8080, "DEFAULT", true)
             }],
         }

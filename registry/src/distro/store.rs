@@ -20,7 +20,8 @@ use nacre_ring::ServiceKey;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
-use crate::naming::model::{Instance, InstanceKey};
+use crate::naming::intern::MetadataPool;
+use crate::naming::model::{push_compact, Instance, InstanceKey};
 use crate::naming::persistent::{apply_patch, put_into, service_not_found, InstancePatch, PutMode};
 use crate::naming::NamingError;
 
@@ -71,8 +72,8 @@ impl EphemeralService {
     /// Records that instance `id` changed at version `v`: a new instance (pushed last, as
     /// [`put_into`] does) gets a stamp, an existing one a new stamp; a tombstone is lifted.
     fn stamp(&mut self, id: &InstanceKey, v: u64) {
-        if self.stamps.len() < self.instances.len() {
-            self.stamps.resize(self.instances.len(), v);
+        while self.stamps.len() < self.instances.len() {
+            push_compact(&mut self.stamps, v);
         }
         if let Some(i) = self.position(&id.ip, id.port, &id.cluster) {
             self.stamps[i] = v;
@@ -164,6 +165,8 @@ impl EphemeralService {
         let mut stamps = std::mem::take(&mut self.stamps);
         stamps.resize(instances.len(), 0);
         let mut drained = Vec::new();
+        self.instances.reserve_exact(instances.len());
+        self.stamps.reserve_exact(instances.len());
         for (inst, stamp) in instances.into_iter().zip(stamps) {
             if gone(&inst, stamp) {
                 drained.push(inst);
@@ -393,6 +396,8 @@ struct Inner {
     tombstones: HashMap<ServiceKey, Tombstone>,
     /// The hybrid logical clock: the highest version issued or seen.
     hlc: u64,
+    /// The distinct metadata maps instances point at: every instance taken in is interned.
+    metadata: MetadataPool,
 }
 
 /// What a sweep did.
@@ -533,7 +538,9 @@ impl EphemeralStore {
         mode: PutMode,
         now_ms: u64,
     ) -> Result<(), NamingError> {
+        let mut instance = instance;
         let mut inner = self.inner.write();
+        inner.metadata.intern(&mut instance.metadata);
         let svc = match mode {
             PutMode::Upsert => inner.services.entry(key.clone()).or_default(),
             PutMode::UpdateExisting => inner
@@ -561,7 +568,8 @@ impl EphemeralStore {
         now_ms: u64,
         f: impl FnOnce(&mut Instance) -> bool,
     ) -> Result<bool, NamingError> {
-        let mut inner = self.inner.write();
+        let mut guard = self.inner.write();
+        let inner = &mut *guard;
         let svc = inner
             .services
             .get_mut(key)
@@ -570,6 +578,8 @@ impl EphemeralStore {
             .find_mut(&id.ip, id.port, &id.cluster)
             .ok_or_else(|| NamingError::bad("instance not found"))?;
         let changed = f(inst);
+        // A patch may have given it new metadata.
+        inner.metadata.intern(&mut inst.metadata);
         if changed {
             inner.touch_instance(key, id, now_ms);
         }
@@ -863,7 +873,10 @@ impl EphemeralStore {
                 }
             }
         }
-        let live: Vec<(Instance, u64)> = newest.into_values().collect();
+        let mut live: Vec<(Instance, u64)> = newest.into_values().collect();
+        for (inst, _) in &mut live {
+            inner.metadata.intern(&mut inst.metadata);
+        }
         if !inner.services.contains_key(&key) && live.is_empty() {
             if let Some(t) = tomb {
                 // Nothing to create, but remember the deletion the sender knows of.
@@ -921,8 +934,8 @@ impl EphemeralStore {
                     }
                 }
                 None => {
-                    svc.instances.push(inst);
-                    svc.stamps.push(s);
+                    push_compact(&mut svc.instances, inst);
+                    push_compact(&mut svc.stamps, s);
                     svc.removed.remove(&id);
                     changed = true;
                 }
@@ -1055,6 +1068,63 @@ mod tests {
         }
     }
 
+    fn with_meta(mut i: Instance, pairs: &[(&str, &str)]) -> Instance {
+        for (k, v) in pairs {
+            i.metadata.make_mut().insert(k.to_string(), v.to_string());
+        }
+        i
+    }
+
+    #[test]
+    fn instances_with_equal_metadata_share_one_map_whichever_way_they_arrive() {
+        let s = EphemeralStore::new();
+        let meta = [("zone", "a"), ("version", "1.0")];
+        s.register(&key(), with_meta(inst("10.0.0.1", 0), &meta), 0);
+        s.register(&key(), with_meta(inst("10.0.0.2", 0), &meta), 0);
+        // From a peer, in a replicated record (deserialized: a fresh map).
+        let mut record = ServiceRecord {
+            key: key(),
+            version: 1 << VERSION_SHIFT,
+            instances: Some(vec![with_meta(inst("10.0.0.3", 0), &meta)]),
+            stamps: vec![1 << VERSION_SHIFT],
+            removed: Vec::new(),
+            floor: 0,
+        };
+        record = serde_json::from_str(&serde_json::to_string(&record).unwrap()).unwrap();
+        s.apply_remote(record, 1);
+        // A patch that ends with the same map as the others.
+        s.register(&key(), with_meta(inst("10.0.0.4", 0), &[("zone", "b")]), 0);
+        let patch = InstancePatch {
+            metadata: Some(
+                meta.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..InstancePatch::default()
+        };
+        let id = inst("10.0.0.4", 0).key();
+        s.patch(&key(), &id, &patch, 2).unwrap();
+        s.with_service(&key(), |svc| {
+            assert_eq!(svc.instances.len(), 4);
+            let first = &svc.instances[0].metadata;
+            for i in &svc.instances {
+                assert!(i.metadata.shares(first), "{} has its own copy", i.ip);
+            }
+        })
+        .unwrap();
+        assert_eq!(s.inner.read().metadata.len(), 2);
+        // Changing one instance's metadata leaves the others' alone.
+        let patch = InstancePatch {
+            metadata: Some([("zone".to_string(), "c".to_string())].into()),
+            ..InstancePatch::default()
+        };
+        s.patch(&key(), &id, &patch, 3).unwrap();
+        s.with_service(&key(), |svc| {
+            assert_eq!(svc.instances[0].metadata.get("zone").unwrap(), "a");
+        })
+        .unwrap();
+    }
+
     fn id(ip: &str) -> InstanceKey {
         InstanceKey {
             ip: ip.into(),
@@ -1155,10 +1225,13 @@ mod tests {
         let s = EphemeralStore::new();
         let mut i = inst("10.0.0.1", 0);
         i.metadata
+            .make_mut()
             .insert("preserved.heart.beat.timeout".into(), "3000".into());
         i.metadata
+            .make_mut()
             .insert("preserved.ip.delete.timeout".into(), "6000".into());
         i.metadata
+            .make_mut()
             .insert("preserved.heart.beat.interval".into(), "1000".into());
         s.register(&key(), i, 0);
         assert_eq!(s.sweep(3_001)[0].kind, ExpiryKind::Unhealthy);
@@ -1211,12 +1284,14 @@ mod tests {
         for ip in ["10.0.0.1", "10.0.0.2", "10.0.0.3"] {
             let mut i = inst(ip, 0);
             i.metadata
+                .make_mut()
                 .insert("preserved.instance.id.generator".into(), "snowflake".into());
             s.register(&key(), i, 0);
         }
         s.remove(&key(), &id("10.0.0.2"), 0);
         let mut i = inst("10.0.0.4", 0);
         i.metadata
+            .make_mut()
             .insert("preserved.instance.id.generator".into(), "snowflake".into());
         s.register(&key(), i, 0);
         let ids: Vec<String> = s

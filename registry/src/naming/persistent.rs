@@ -485,7 +485,7 @@ pub fn put_into(
             if instance.uses_snowflake_ids() {
                 instance.instance_id = super::select::smallest_free_id(list);
             }
-            list.push(instance);
+            super::model::push_compact(list, instance);
         }
     }
     Ok(())
@@ -494,7 +494,7 @@ pub fn put_into(
 /// Applies the non-`None` fields of a patch to an instance.
 pub fn apply_patch(inst: &mut Instance, patch: &InstancePatch, now_ms: u64) {
     if let Some(m) = &patch.metadata {
-        inst.metadata = m.clone();
+        inst.metadata = m.clone().into();
     }
     if let Some(a) = &patch.app {
         inst.app = a.clone();

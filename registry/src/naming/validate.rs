@@ -183,6 +183,11 @@ pub fn json_metadata(v: &serde_json::Value) -> Option<Metadata> {
     Some(out)
 }
 
+/// [`json_metadata`] of JSON text; `None` when it is not such an object.
+pub fn json_metadata_text(raw: &str) -> Option<Metadata> {
+    json_metadata(&serde_json::from_str(raw).ok()?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
