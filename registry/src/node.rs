@@ -14,7 +14,8 @@ use crate::distro::{BeatOutcome, Distro, EphemeralStore, ServiceRecord};
 use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::naming::model::{
-    ClusterMeta, Instance, InstanceKey, Metadata, Namespace, ServiceMeta, SharedMetadata,
+    ClusterMeta, CompactString, Instance, InstanceKey, Metadata, Namespace, ServiceMeta,
+    SharedMetadata,
 };
 use crate::naming::persistent::{Command, InstancePatch, PutMode, ServiceUpdate};
 use crate::naming::{validate, NamingError};
@@ -108,7 +109,7 @@ impl ServiceView {
     pub fn cluster_names(&self) -> Vec<String> {
         let mut names: std::collections::BTreeSet<String> =
             self.meta.clusters.keys().cloned().collect();
-        names.extend(self.instances.iter().map(|i| i.cluster.clone()));
+        names.extend(self.instances.iter().map(|i| i.cluster.to_string()));
         names.into_iter().collect()
     }
 
@@ -285,7 +286,7 @@ impl Node {
     /// Stamps what the node, not the client, decides: the default instance id and the
     /// registration time.
     fn stamp(&self, key: &ServiceKey, mut inst: Instance) -> Instance {
-        inst.instance_id = format!(
+        inst.instance_id = compact_str::format_compact!(
             "{}#{}#{}#{}",
             inst.ip,
             inst.port,
@@ -357,9 +358,9 @@ impl Node {
     ) -> Result<(), NodeError> {
         self.propose(Command::PatchInstance {
             key: key.clone(),
-            ip: id.ip.clone(),
+            ip: id.ip.to_string(),
             port: id.port,
-            cluster: id.cluster.clone(),
+            cluster: id.cluster.to_string(),
             patch,
             now_ms,
         })
@@ -391,9 +392,9 @@ impl Node {
         }
         self.propose(Command::RemoveInstance {
             key: key.clone(),
-            ip: id.ip.clone(),
+            ip: id.ip.to_string(),
             port: id.port,
-            cluster: id.cluster.clone(),
+            cluster: id.cluster.to_string(),
         })
         .await
     }
@@ -415,7 +416,11 @@ impl Node {
                 port = p;
             }
         }
-        let id = InstanceKey { ip, port, cluster };
+        let id = InstanceKey {
+            ip: ip.into(),
+            port,
+            cluster: cluster.into(),
+        };
         let now = self.now_ms();
         match self.ephemeral().beat(key, &id, now) {
             BeatOutcome::Alive {
@@ -456,8 +461,8 @@ impl Node {
                     .into(),
                 None => SharedMetadata::default(),
             },
-            instance_id: String::new(),
-            app: "DEFAULT".to_string(),
+            instance_id: CompactString::default(),
+            app: "DEFAULT".into(),
             last_beat_ms: 0,
             marked: false,
         };

@@ -194,16 +194,16 @@ fn instances() -> impl Strategy<Value = Vec<Instance>> {
             .into_iter()
             .enumerate()
             .map(|(n, (c, healthy, enabled))| Instance {
-                ip: format!("10.0.{}.{}", n / 256, n % 256),
+                ip: format!("10.0.{}.{}", n / 256, n % 256).into(),
                 port: 8080,
-                cluster: SELECT_CLUSTERS[c].to_string(),
+                cluster: SELECT_CLUSTERS[c].into(),
                 weight: 1.0,
                 healthy,
                 enabled,
                 ephemeral: true,
                 metadata: Metadata::new().into(),
-                instance_id: n.to_string(),
-                app: "DEFAULT".to_string(),
+                instance_id: n.to_string().into(),
+                app: "DEFAULT".into(),
                 last_beat_ms: 0,
                 marked: false,
             })

@@ -39,16 +39,16 @@ fn instance() -> impl Strategy<Value = Instance> {
         any::<u64>(),
     )
         .prop_map(|(ip, port, cluster, healthy, weight, beat)| Instance {
-            ip,
+            ip: ip.into(),
             port,
-            cluster,
+            cluster: cluster.into(),
             weight,
             healthy,
             enabled: true,
             ephemeral: true,
             metadata: Metadata::new().into(),
-            instance_id: String::new(),
-            app: "DEFAULT".to_string(),
+            instance_id: Default::default(),
+            app: "DEFAULT".into(),
             last_beat_ms: beat,
             marked: false,
         })
@@ -73,7 +73,16 @@ fn record() -> impl Strategy<Value = ServiceRecord> {
                 stamps,
                 removed: removed
                     .into_iter()
-                    .map(|((ip, port, cluster), v)| (InstanceKey { ip, port, cluster }, v))
+                    .map(|((ip, port, cluster), v)| {
+                        (
+                            InstanceKey {
+                                ip: ip.into(),
+                                port,
+                                cluster: cluster.into(),
+                            },
+                            v,
+                        )
+                    })
                     .collect(),
                 floor,
             },
@@ -148,7 +157,7 @@ fn a_removal_carried_by_an_absent_empty_service_is_not_forgotten() {
         enabled: true,
         ephemeral: true,
         metadata: Metadata::new().into(),
-        instance_id: String::new(),
+        instance_id: Default::default(),
         app: "DEFAULT".into(),
         last_beat_ms: 0,
         marked: false,

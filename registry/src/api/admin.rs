@@ -244,9 +244,9 @@ pub async fn set_health(State(app): State<Arc<App>>, p: Params) -> Result<Respon
         .or_else(|| p.opt("valid"))
         .ok_or_else(|| ApiError::bad_request("Param 'healthy' is required."))?;
     let id = InstanceKey {
-        ip: ip.to_string(),
+        ip: ip.into(),
         port,
-        cluster: cluster_param(&p, &["clusterName"])?,
+        cluster: cluster_param(&p, &["clusterName"])?.into(),
     };
     app.node
         .set_health(&key, &id, validate::lenient_bool(healthy))

@@ -25,9 +25,9 @@ fn instance_key(p: &Params, cluster_names: &[&str]) -> Result<InstanceKey, ApiEr
     validate::ip(ip)?;
     let port = validate::port("port", p.required("port")?)?;
     Ok(InstanceKey {
-        ip: ip.to_string(),
+        ip: ip.into(),
         port,
-        cluster: cluster_param(p, cluster_names)?,
+        cluster: cluster_param(p, cluster_names)?.into(),
     })
 }
 
@@ -61,8 +61,8 @@ fn spec(p: &Params) -> Result<Instance, ApiError> {
         enabled,
         ephemeral: flag(p, "ephemeral", true),
         metadata: metadata.into(),
-        instance_id: String::new(),
-        app: p.opt("app").unwrap_or("DEFAULT").to_string(),
+        instance_id: Default::default(),
+        app: p.opt("app").unwrap_or("DEFAULT").into(),
         last_beat_ms: 0,
         marked: false,
     })
@@ -314,9 +314,9 @@ fn batch_targets(raw: &str) -> Result<Vec<(InstanceKey, bool)>, ApiError> {
         };
         out.push((
             InstanceKey {
-                ip: ip.to_string(),
+                ip: ip.into(),
                 port,
-                cluster: cluster.to_string(),
+                cluster: cluster.into(),
             },
             ephemeral,
         ));

@@ -69,6 +69,14 @@
 //!   call that sweeps, so no expiry ever runs under a new ring before its grace. *Tests:*
 //!   `expiry::tests::e4_a_ring_change_is_reported_with_the_ring_it_replaces`,
 //!   `tests::e4_takeover_grace_comes_before_any_expiry_under_the_new_ring`.
+//! - **E5 — check times.** Each service records the earliest moment one of its instances can
+//!   pass a timeout; a sweep tick walks only the services whose moment has come, and
+//!   recomputes it then. Beats only move deadlines later, so they leave it early and never
+//!   late; any other change to a service (registration, patch, health change, a peer's record)
+//!   resets it, so a nearer deadline is never skipped. The per-second cost is one comparison
+//!   per service plus the instances actually near a timeout, not a walk over every instance.
+//!   *Tests:* `store::tests::e5_the_sweep_leaves_a_service_alone_until_its_first_deadline`,
+//!   `store::tests::e5_any_change_but_a_beat_brings_the_check_forward`.
 //!
 //! **Deletion**
 //! - **D1 — the owner's word.** Only a service's owner drops it once it has stayed empty for

@@ -15,6 +15,7 @@
 //! copy back.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use nacre_ring::ServiceKey;
 use parking_lot::RwLock;
@@ -60,6 +61,30 @@ pub struct EphemeralService {
     /// above a deletion (rule D1), and an older copy must not bring them back once the
     /// service's tombstone is gone.
     floor: u64,
+    /// Until this wall-clock ms no instance here can pass a timeout, so the sweep skips the
+    /// service (rule E5 in [`crate::distro`]).
+    check_at: CheckAt,
+}
+
+/// The earliest ms at which a service's instances must be looked at again. The sweep raises
+/// it from its read-locked pass (hence atomic); every change but a plain beat resets it to 0.
+#[derive(Debug, Default)]
+struct CheckAt(AtomicU64);
+
+impl CheckAt {
+    fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn set(&self, ms: u64) {
+        self.0.store(ms, Ordering::Relaxed);
+    }
+}
+
+impl Clone for CheckAt {
+    fn clone(&self) -> Self {
+        Self(AtomicU64::new(self.get()))
+    }
 }
 
 impl EphemeralService {
@@ -97,10 +122,26 @@ impl EphemeralService {
         if let Some(since) = self.empty_since_ms {
             return now_ms.saturating_sub(since) >= empty_ttl_ms;
         }
-        self.instances.iter().filter(|i| !i.marked).any(|i| {
-            let silent = now_ms.saturating_sub(i.last_beat_ms);
-            silent > i.delete_timeout_ms() || (i.healthy && silent > i.beat_timeout_ms())
-        })
+        if now_ms <= self.check_at.get() {
+            return false;
+        }
+        // Instance `i` passes a timeout once `now_ms` exceeds its deadline.
+        let mut next = u64::MAX;
+        for i in self.instances.iter().filter(|i| !i.marked) {
+            let timeout = if i.healthy {
+                i.beat_timeout_ms().min(i.delete_timeout_ms())
+            } else {
+                i.delete_timeout_ms()
+            };
+            let deadline = i.last_beat_ms.saturating_add(timeout);
+            if now_ms > deadline {
+                // Left as it is: the write pass changes the service, which resets it.
+                return true;
+            }
+            next = next.min(deadline);
+        }
+        self.check_at.set(next);
+        false
     }
 
     /// This service's replicated state.
@@ -186,6 +227,8 @@ impl EphemeralService {
 
     fn set_version(&mut self, version: u64, now_ms: u64) {
         self.version = version;
+        // Something changed: an instance may have a nearer deadline now (rule E5).
+        self.check_at.set(0);
         self.empty_since_ms = match (self.instances.is_empty(), self.empty_since_ms) {
             (false, _) => None,
             (true, Some(since)) => Some(since),
@@ -1075,6 +1118,81 @@ mod tests {
         i
     }
 
+    fn check_at(s: &EphemeralStore) -> u64 {
+        s.with_service(&key(), |svc| svc.check_at.get()).unwrap()
+    }
+
+    #[test]
+    fn e5_the_sweep_leaves_a_service_alone_until_its_first_deadline() {
+        let s = EphemeralStore::new();
+        s.register(&key(), inst("10.0.0.1", 0), 0);
+        s.register(&key(), inst("10.0.0.2", 2_000), 2_000);
+        assert!(s.sweep(1_000).is_empty());
+        // The nearest deadline: the first instance's beat timeout.
+        assert_eq!(check_at(&s), 15_000);
+        // Plain beats move deadlines later and leave the check time early, never late.
+        s.beat(&key(), &inst("10.0.0.1", 0).key(), 10_000);
+        assert!(s.sweep(15_001).is_empty());
+        assert_eq!(check_at(&s), 17_000, "recomputed once due");
+        let expired = s.sweep(17_001);
+        assert_eq!(expired.len(), 1);
+        assert_eq!(healthy(&s, "10.0.0.2"), Some(false));
+        assert_eq!(healthy(&s, "10.0.0.1"), Some(true));
+    }
+
+    #[test]
+    fn e5_any_change_but_a_beat_brings_the_check_forward() {
+        let s = EphemeralStore::new();
+        s.register(&key(), inst("10.0.0.1", 0), 0);
+        assert!(s.sweep(1_000).is_empty());
+        assert_eq!(check_at(&s), 15_000);
+        // A newcomer with a one-second timeout: due long before the check time set above.
+        let short = with_meta(
+            inst("10.0.0.2", 2_000),
+            &[("preserved.heart.beat.timeout", "1000")],
+        );
+        s.register(&key(), short, 2_000);
+        assert_eq!(s.sweep(3_001).len(), 1);
+        assert_eq!(healthy(&s, "10.0.0.2"), Some(false));
+        // The same through a peer's record: an instance it knows with a short timeout.
+        let s = EphemeralStore::new();
+        s.register(&key(), inst("10.0.0.1", 0), 0);
+        assert!(s.sweep(1_000).is_empty());
+        let mut record = s.export(&[key()]).remove(0);
+        let mut peer = with_meta(
+            inst("10.0.0.3", 0),
+            &[("preserved.heart.beat.timeout", "500")],
+        );
+        peer.last_beat_ms = 0;
+        record.instances.as_mut().unwrap().push(peer);
+        record.stamps.push(record.version + 1);
+        s.apply_remote(record, 2_000);
+        assert_eq!(s.sweep(2_501).len(), 1);
+        assert_eq!(healthy(&s, "10.0.0.3"), Some(false));
+        // And a patch shortening a timeout.
+        let s = EphemeralStore::new();
+        s.register(&key(), inst("10.0.0.1", 0), 0);
+        assert!(s.sweep(1_000).is_empty());
+        let patch = InstancePatch {
+            metadata: Some(
+                [(
+                    "preserved.heart.beat.timeout".to_string(),
+                    "1500".to_string(),
+                )]
+                .into(),
+            ),
+            ..InstancePatch::default()
+        };
+        s.patch(&key(), &inst("10.0.0.1", 0).key(), &patch, 1_200)
+            .unwrap();
+        assert_eq!(check_at(&s), 0);
+        let at = s
+            .with_service(&key(), |svc| svc.instances[0].last_beat_ms)
+            .unwrap();
+        assert!(s.sweep(at + 1_500).is_empty());
+        assert_eq!(s.sweep(at + 1_501).len(), 1);
+    }
+
     #[test]
     fn instances_with_equal_metadata_share_one_map_whichever_way_they_arrive() {
         let s = EphemeralStore::new();
@@ -1296,7 +1414,10 @@ mod tests {
         s.register(&key(), i, 0);
         let ids: Vec<String> = s
             .with_service(&key(), |s| {
-                s.instances.iter().map(|i| i.instance_id.clone()).collect()
+                s.instances
+                    .iter()
+                    .map(|i| i.instance_id.to_string())
+                    .collect()
             })
             .unwrap();
         assert_eq!(ids, vec!["0", "2", "1"]);
@@ -1309,7 +1430,7 @@ mod tests {
     fn ips(s: &EphemeralStore) -> Vec<String> {
         let mut ips: Vec<String> = s
             .with_service(&key(), |svc| {
-                svc.instances.iter().map(|i| i.ip.clone()).collect()
+                svc.instances.iter().map(|i| i.ip.to_string()).collect()
             })
             .unwrap_or_default();
         ips.sort();

@@ -195,7 +195,7 @@ fn targets(node: &Node) -> Vec<Target> {
                 let cluster = svc
                     .meta
                     .clusters
-                    .get(&inst.cluster)
+                    .get(inst.cluster.as_str())
                     .cloned()
                     .unwrap_or_default();
                 let Some(check) = check_of(&cluster) else {
@@ -210,7 +210,7 @@ fn targets(node: &Node) -> Vec<Target> {
                     key: key.clone(),
                     id: inst.key(),
                     stored: inst.healthy,
-                    host: inst.ip.clone(),
+                    host: inst.ip.to_string(),
                     port,
                     check,
                 });

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+pub use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 pub use super::intern::SharedMetadata;
@@ -45,11 +46,11 @@ pub fn push_compact<T>(list: &mut Vec<T>, item: T) {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct InstanceKey {
     /// Address as the client gave it (an IPv4 literal or a host name).
-    pub ip: String,
+    pub ip: CompactString,
     /// Port the instance serves on.
     pub port: u16,
     /// Cluster the instance belongs to.
-    pub cluster: String,
+    pub cluster: CompactString,
 }
 
 impl std::fmt::Display for InstanceKey {
@@ -62,11 +63,11 @@ impl std::fmt::Display for InstanceKey {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Instance {
     /// Address as the client gave it.
-    pub ip: String,
+    pub ip: CompactString,
     /// Port.
     pub port: u16,
     /// Cluster name.
-    pub cluster: String,
+    pub cluster: CompactString,
     /// Load-balancing weight, 0.0..=10000.0.
     pub weight: f64,
     /// Health as last judged by beats or checks.
@@ -79,9 +80,9 @@ pub struct Instance {
     /// same map (see [`super::intern`]).
     pub metadata: SharedMetadata,
     /// Stable id: `ip#port#cluster#group@@service` or a snowflake-style small integer.
-    pub instance_id: String,
+    pub instance_id: CompactString,
     /// Application name the client registered with.
-    pub app: String,
+    pub app: CompactString,
     /// Wall-clock ms of the last beat (or registration).
     pub last_beat_ms: u64,
     /// Marked instances are never expired (set by operators in Nacos).
@@ -253,7 +254,7 @@ pub(crate) fn test_instance(ip: &str, port: u16, cluster: &str, ephemeral: bool)
         enabled: true,
         ephemeral,
         metadata: SharedMetadata::default(),
-        instance_id: format!("{ip}#{port}#{cluster}#DEFAULT_GROUP@@orders"),
+        instance_id: format!("{ip}#{port}#{cluster}#DEFAULT_GROUP@@orders").into(),
         app: "DEFAULT".into(),
         last_beat_ms: 0,
         marked: false,

@@ -442,7 +442,7 @@ impl PersistentState {
         put_into(&mut svc.instances, instance.clone(), mode)?;
         svc.meta
             .clusters
-            .entry(instance.cluster.clone())
+            .entry(instance.cluster.to_string())
             .or_default();
         Ok(CommandOutput::changed(key))
     }
@@ -483,7 +483,7 @@ pub fn put_into(
         }
         None => {
             if instance.uses_snowflake_ids() {
-                instance.instance_id = super::select::smallest_free_id(list);
+                instance.instance_id = super::select::smallest_free_id(list).into();
             }
             super::model::push_compact(list, instance);
         }
@@ -497,7 +497,7 @@ pub fn apply_patch(inst: &mut Instance, patch: &InstancePatch, now_ms: u64) {
         inst.metadata = m.clone().into();
     }
     if let Some(a) = &patch.app {
-        inst.app = a.clone();
+        inst.app = a.as_str().into();
     }
     if let Some(w) = patch.weight {
         inst.weight = w;

@@ -121,7 +121,7 @@ mod tests {
     fn ips(s: &Selection<'_>) -> Vec<(String, bool)> {
         s.hosts
             .iter()
-            .map(|h| (h.instance.ip.clone(), h.healthy))
+            .map(|h| (h.instance.ip.to_string(), h.healthy))
             .collect()
     }
 
