@@ -44,6 +44,11 @@ pub struct LoadtestArgs {
     /// without it, light beats (query parameters only).
     #[arg(long)]
     pub full_beats: bool,
+    /// Instances carry day-long `preserved.*` timeouts in their metadata, so scenarios that
+    /// send no beats (list, register) can hold a large fleet longer than the 15 s / 30 s
+    /// default timeouts; always on for `memory`.
+    #[arg(long)]
+    pub keep_alive: bool,
     /// config-listen: config listeners holding long-polls (each on its own connection).
     #[arg(long, default_value_t = 100)]
     pub listeners: usize,
@@ -143,6 +148,7 @@ impl LoadtestArgs {
             instances_per_service: 10,
             metadata_bytes: 0,
             full_beats: false,
+            keep_alive: false,
             config_bytes: 256,
             listeners: 100,
             namespace: "public".into(),

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -90,10 +91,44 @@ pub struct CpuUse {
     pub peak_rss_bytes: u64,
 }
 
+/// How far open-loop sends trailed their schedule: a sender takes a ticket late when every
+/// sender was busy (waiting on the target, or the harness short of CPU).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Lateness {
+    /// Open-loop requests sent in the measured window.
+    pub scheduled: u64,
+    /// Of those, sent more than [`LATE`] after their scheduled time.
+    pub late: u64,
+    /// The largest delay, ms.
+    pub worst_ms: f64,
+}
+
+impl Lateness {
+    fn note(&mut self, delay: Duration) {
+        self.scheduled += 1;
+        if delay > LATE {
+            self.late += 1;
+        }
+        self.worst_ms = self.worst_ms.max(delay.as_secs_f64() * 1e3);
+    }
+
+    /// Both phases' figures together.
+    pub fn merge(&mut self, o: &Lateness) {
+        self.scheduled += o.scheduled;
+        self.late += o.late;
+        self.worst_ms = self.worst_ms.max(o.worst_ms);
+    }
+}
+
+/// A send this much past its scheduled time counts as late.
+pub const LATE: Duration = Duration::from_millis(10);
+
 /// Outcome of a phase.
 #[derive(Debug)]
 pub struct PhaseResult {
     pub stats: Stats,
+    /// Open-loop sends against their schedule.
+    pub lateness: Lateness,
     /// The time the recorded requests span (the measured duration, or less if every stream
     /// reached its limit first).
     pub measured: Duration,
@@ -201,10 +236,12 @@ pub async fn run_phase(
     let self_peak = self_rss.finish().await;
 
     let mut stats = Stats::new()?;
+    let mut lateness = Lateness::default();
     let mut last_done = measure_from;
     for joined in results {
-        let (s, last) = joined.map_err(|e| LoadtestError::Runtime(e.to_string()))??;
+        let (s, late, last) = joined.map_err(|e| LoadtestError::Runtime(e.to_string()))??;
         stats.merge(&s)?;
+        lateness.merge(&late);
         last_done = last_done.max(last);
     }
     let measured = if schedule.hit_limit() {
@@ -225,6 +262,7 @@ pub async fn run_phase(
     };
     Ok(PhaseResult {
         stats,
+        lateness,
         measured,
         server,
         harness: CpuUse {
@@ -234,7 +272,8 @@ pub async fn run_phase(
     })
 }
 
-/// One sender: owns a connection, returns its stats and the time of its last recorded answer.
+/// One sender: owns a connection, returns its stats, its lateness and the time of its last
+/// recorded answer.
 async fn sender(
     target: Target,
     plan: Arc<dyn Plan>,
@@ -242,8 +281,9 @@ async fn sender(
     measure_from: Instant,
     tracker: Option<Arc<PushTracker>>,
     live: Arc<Live>,
-) -> Result<(Stats, Instant), LoadtestError> {
+) -> Result<(Stats, Lateness, Instant), LoadtestError> {
     let mut stats = Stats::new()?;
+    let mut lateness = Lateness::default();
     let mut conn: Option<Conn> = None;
     let mut last_done = measure_from;
     while let Some(ticket) = schedule.next(Instant::now()) {
@@ -271,13 +311,16 @@ async fn sender(
         if begun < measure_from {
             continue;
         }
+        if let Some(intended) = ticket.intended {
+            lateness.note(sent.saturating_duration_since(intended));
+        }
         last_done = last_done.max(done);
         match outcome {
             Ok(()) => stats.record_ok(planned.op, done - begun),
             Err(kind) => stats.record_error(planned.op, kind),
         }
     }
-    Ok((stats, last_done))
+    Ok((stats, lateness, last_done))
 }
 
 /// One request on `conn` (opened if needed, dropped after any failure since its state is

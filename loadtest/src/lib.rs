@@ -93,6 +93,7 @@ struct TargetRun {
     harness_cpu_s: f64,
     harness_peak: u64,
     memory: Option<MemoryReport>,
+    lateness: engine::Lateness,
 }
 
 /// The UDP listener of one target, owned by the run.
@@ -125,7 +126,7 @@ pub async fn execute(args: LoadtestArgs) -> Result<Outcome, LoadtestError> {
         )
         .with_config_bytes(args.config_bytes)
         .with_full_beats(args.full_beats)
-        .with_kept_alive(kind == ScenarioKind::Memory),
+        .with_kept_alive(args.keep_alive || kind == ScenarioKind::Memory),
     );
     // Scenarios that consume a finite set of instances would spend it warming up.
     // config-listen's listeners time every publish, so there is nothing to warm up.
@@ -195,6 +196,7 @@ pub async fn execute(args: LoadtestArgs) -> Result<Outcome, LoadtestError> {
                     .map(|pid| (Some(pid), run.server_cpu_s, run.server_peak)),
                 harness_cpu_s: run.harness_cpu_s,
                 harness_peak_rss: run.harness_peak,
+                lateness: run.lateness,
                 push,
                 memory: run.memory.clone(),
             },
@@ -319,6 +321,7 @@ async fn new_run(
         harness_cpu_s: 0.0,
         harness_peak: 0,
         memory: None,
+        lateness: engine::Lateness::default(),
     })
 }
 
@@ -481,6 +484,7 @@ async fn run_round(
     let total = phase.stats.total()?;
     let secs = phase.measured.as_secs_f64();
     run.stats.merge(&phase.stats)?;
+    run.lateness.merge(&phase.lateness);
     run.measured_s += secs;
     if let Some(s) = phase.server {
         run.server_cpu_s += s.cpu_seconds;

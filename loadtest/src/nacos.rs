@@ -25,6 +25,9 @@ pub enum Check {
     Beat,
     /// A list: 2xx with a JSON object.
     JsonObject,
+    /// A list of a service whose instances are all kept alive: 2xx JSON listing at least this
+    /// many healthy hosts; fewer is an instance lost.
+    Hosts { healthy: u64 },
     /// A config publish: 2xx with the body `true`.
     TrueText,
     /// A config read: 2xx, any body.
@@ -65,6 +68,15 @@ pub fn check(check: Check, status: u16, body: &[u8]) -> Result<(), ErrorKind> {
                 Err(ErrorKind::UnexpectedBody)
             }
         }
+        Check::Hosts { healthy } => {
+            if body.trim_ascii_start().first() != Some(&b'{') {
+                Err(ErrorKind::UnexpectedBody)
+            } else if count_healthy(body) < healthy {
+                Err(ErrorKind::MissingInstances)
+            } else {
+                Ok(())
+            }
+        }
         Check::TrueText => {
             if body.trim_ascii() == b"true" {
                 Ok(())
@@ -74,6 +86,14 @@ pub fn check(check: Check, status: u16, body: &[u8]) -> Result<(), ErrorKind> {
         }
         Check::Success => Ok(()),
     }
+}
+
+/// Counts the healthy hosts of a list answer by their `"healthy":true` member, as both Nacos
+/// and r-nacos write it: a scan, not a parse, since the mixed fleet checks thousands of lists a
+/// second on the same cores as the server. (Metadata cannot fake it: a quote inside a JSON
+/// string is escaped.)
+pub fn count_healthy(body: &[u8]) -> u64 {
+    memchr::memmem::find_iter(body, br#""healthy":true"#).count() as u64
 }
 
 /// Counts the instances in a list answer (setup checks and the memory mode's verification).
@@ -201,6 +221,11 @@ impl Names {
     pub fn with_config_bytes(mut self, bytes: usize) -> Names {
         self.config_pad = encode(&filler(self.seed, bytes));
         self
+    }
+
+    /// Whether instances carry the keep-alive timeouts (they outlive a run without beats).
+    pub fn kept_alive(&self) -> bool {
+        self.kept_alive
     }
 
     /// Beats carry the whole `beat` JSON instead of query parameters only.
@@ -491,6 +516,16 @@ mod tests {
             Err(ErrorKind::NacosCode(20404))
         );
         assert_eq!(check(Check::JsonObject, 200, b" {\"hosts\":[]}"), Ok(()));
+        let two = br#"{"hosts":[{"ip":"a","healthy":true},{"ip":"b","healthy":true},{"ip":"c","healthy":false}]}"#;
+        assert_eq!(count_healthy(two), 2);
+        assert_eq!(check(Check::Hosts { healthy: 2 }, 200, two), Ok(()));
+        assert_eq!(
+            check(Check::Hosts { healthy: 3 }, 200, two),
+            Err(ErrorKind::MissingInstances)
+        );
+        // A value that merely mentions it does not count.
+        let meta = br#"{"hosts":[{"metadata":{"k":"\"healthy\":true"},"healthy":false}]}"#;
+        assert_eq!(count_healthy(meta), 0);
         assert_eq!(
             count_hosts(br#"{"hosts":[{"ip":"1"},{"ip":"2"}]}"#),
             Some(2)

@@ -8,9 +8,10 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use crate::engine::{Lateness, LATE};
 use crate::error::LoadtestError;
 use crate::push::{PushCounts, PushStats};
-use crate::stats::{quantile_ms, OpStats, Stats};
+use crate::stats::{quantile_ms, ErrorKind, OpStats, Stats};
 
 /// Latency summary in milliseconds (successful requests only).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -155,8 +156,45 @@ pub struct Report {
     pub harness: ProcReport,
     pub push: Option<PushReport>,
     pub memory: Option<MemoryReport>,
+    /// Instances the target lost while they were kept alive.
+    #[serde(default)]
+    pub lost: Lost,
+    /// Open-loop sends against their schedule (`None` for a closed loop).
+    #[serde(default)]
+    pub schedule: Option<Lateness>,
     pub latency_curve: Vec<CurvePoint>,
     pub config: RunConfig,
+}
+
+/// Instances a target lost while their clients kept them alive: the headline next to errors.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Lost {
+    /// Beats answered 20404: the target no longer knew a beating instance.
+    pub beats_unknown: u64,
+    /// List answers showing fewer healthy instances than were registered and kept alive.
+    pub lists_short: u64,
+}
+
+impl Lost {
+    fn of(stats: &Stats) -> Lost {
+        let count = |op: &str, kind: ErrorKind| {
+            stats
+                .ops
+                .get(op)
+                .and_then(|s| s.errors.get(&kind))
+                .copied()
+                .unwrap_or(0)
+        };
+        Lost {
+            beats_unknown: count("beat", ErrorKind::NacosCode(20404)),
+            lists_short: count("list", ErrorKind::MissingInstances),
+        }
+    }
+
+    /// Whether anything was lost.
+    pub fn any(&self) -> bool {
+        self.beats_unknown + self.lists_short > 0
+    }
 }
 
 /// What a run accumulated for one target, before it becomes a [`Report`].
@@ -166,6 +204,7 @@ pub struct Measured<'a> {
     pub server: Option<(Option<u32>, f64, u64)>,
     pub harness_cpu_s: f64,
     pub harness_peak_rss: u64,
+    pub lateness: Lateness,
     pub push: Option<PushStats>,
     pub memory: Option<MemoryReport>,
 }
@@ -239,6 +278,8 @@ impl Report {
             },
             push: m.push.as_ref().map(PushReport::of),
             memory: m.memory,
+            lost: Lost::of(m.stats),
+            schedule: (m.lateness.scheduled > 0).then_some(m.lateness),
             latency_curve: curve(&total.latency),
             config,
         })
@@ -319,12 +360,44 @@ fn latency_cells(out: &mut String, l: &Latency) {
     );
 }
 
+/// Whether open-loop sends kept their schedule, and if not, whose limit that was: a harness
+/// short of CPU must never pass for a slow server.
+fn schedule_lines(out: &mut String, l: &Lateness, r: &Report) {
+    let share = |n: u64| 100.0 * n as f64 / l.scheduled.max(1) as f64;
+    let _ = writeln!(
+        out,
+        "schedule: {} of {} sends ({:.2}%) left more than {} ms after their time, worst {:.1} ms",
+        l.late,
+        l.scheduled,
+        share(l.late),
+        LATE.as_millis(),
+        l.worst_ms
+    );
+    if share(l.late) < 1.0 {
+        return;
+    }
+    let threads = r.config.threads.max(1) as f64;
+    let busy = 100.0 * r.harness.cpu_seconds / (r.measured_s * threads).max(1e-9);
+    if busy >= 90.0 {
+        let _ = writeln!(
+            out,
+            "note: the harness fell behind its schedule using {busy:.0}% of its {threads} thread(s): the harness, not the target, set this pace (try more --threads)"
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "note: sends fell behind their schedule with the harness at {busy:.0}% CPU: every connection was waiting on the target, and the latencies include that wait (more --concurrency lets the schedule keep up)"
+        );
+    }
+}
+
 /// The human-readable table.
 pub fn render(r: &Report) -> String {
     let c = &r.config;
-    let pace = match c.rate_rps {
-        Some(rate) => format!("open loop at {rate} req/s"),
-        None => "closed loop".to_string(),
+    let pace = match (c.rate_rps, &r.schedule) {
+        (Some(rate), _) => format!("open loop at {rate} req/s"),
+        (None, Some(_)) => "open loop at the scenario's own rate".to_string(),
+        (None, None) => "closed loop".to_string(),
     };
     let mut out = String::new();
     let _ = writeln!(
@@ -361,6 +434,15 @@ pub fn render(r: &Report) -> String {
     }
     if r.operations.len() > 1 {
         row("total", r.requests, r.errors, r.throughput_rps, &r.latency);
+    }
+    if matches!(r.scenario.as_str(), "beat" | "mixed") || r.lost.any() {
+        let _ = writeln!(
+            out,
+            "instances lost: {} (beats answered 20404: {}; list answers missing kept-alive instances: {})",
+            r.lost.beats_unknown + r.lost.lists_short,
+            r.lost.beats_unknown,
+            r.lost.lists_short
+        );
     }
     if !r.errors_by_kind.is_empty() {
         let kinds: Vec<String> = r
@@ -399,6 +481,9 @@ pub fn render(r: &Report) -> String {
         r.harness.requests_per_cpu_second,
         mib(r.harness.peak_rss_bytes)
     );
+    if let Some(l) = &r.schedule {
+        schedule_lines(&mut out, l, r);
+    }
     if let Some(m) = &r.memory {
         let _ = writeln!(
             out,
@@ -486,20 +571,30 @@ mod tests {
     }
 
     fn report() -> Report {
+        report_with(|_| {}, Lateness::default(), 0.25)
+    }
+
+    fn report_with(
+        more: impl FnOnce(&mut Stats),
+        lateness: Lateness,
+        harness_cpu_s: f64,
+    ) -> Report {
         let mut stats = Stats::new().unwrap();
         for i in 1..=200 {
             stats.record_ok("list", Duration::from_micros(i * 10));
         }
         stats.record_ok("beat", Duration::from_millis(1));
         stats.record_error("beat", ErrorKind::HttpStatus(503));
+        more(&mut stats);
         Report::build(
             "mixed",
             Measured {
                 stats: &stats,
                 measured_s: 2.0,
                 server: Some((Some(42), 0.5, 1 << 20)),
-                harness_cpu_s: 0.25,
+                harness_cpu_s,
                 harness_peak_rss: 1 << 20,
+                lateness,
                 push: None,
                 memory: None,
             },
@@ -560,5 +655,62 @@ mod tests {
         assert!(t.contains("\ntotal "));
         assert!(t.contains("errors: http_503 1"));
         assert!(t.contains("404 requests per CPU-s"));
+        assert!(t.contains("instances lost: 0 "), "{t}");
+        assert!(!t.contains("schedule:"), "closed loop: {t}");
+    }
+
+    #[test]
+    fn lost_instances_are_the_headline_and_read_from_the_error_tallies() {
+        let r = report_with(
+            |s| {
+                s.record_error("beat", ErrorKind::NacosCode(20404));
+                s.record_error("beat", ErrorKind::NacosCode(20404));
+                s.record_error("list", ErrorKind::MissingInstances);
+            },
+            Lateness::default(),
+            0.25,
+        );
+        assert_eq!(
+            r.lost,
+            Lost {
+                beats_unknown: 2,
+                lists_short: 1
+            }
+        );
+        let t = render(&r);
+        assert!(
+            t.contains("instances lost: 3 (beats answered 20404: 2; list answers missing kept-alive instances: 1)"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn a_late_schedule_says_whose_limit_it_was() {
+        let late = Lateness {
+            scheduled: 1_000,
+            late: 100,
+            worst_ms: 250.0,
+        };
+        // 2 s measured on one thread: 1.9 CPU-s is the harness at its limit.
+        let t = render(&report_with(|_| {}, late, 1.9));
+        assert!(t.contains("schedule: 100 of 1000 sends (10.00%)"), "{t}");
+        assert!(
+            t.contains("the harness, not the target, set this pace"),
+            "{t}"
+        );
+        let t = render(&report_with(|_| {}, late, 0.2));
+        assert!(
+            t.contains("every connection was waiting on the target"),
+            "{t}"
+        );
+        // On time: the figures, no note.
+        let on_time = Lateness {
+            scheduled: 1_000,
+            late: 2,
+            worst_ms: 12.0,
+        };
+        let t = render(&report_with(|_| {}, on_time, 1.9));
+        assert!(t.contains("schedule: 2 of 1000"), "{t}");
+        assert!(!t.contains("note:"), "{t}");
     }
 }

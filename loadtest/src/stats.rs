@@ -33,6 +33,8 @@ pub enum ErrorKind {
     UnexpectedBody,
     /// A config listener never learned of a publish made well before the run ended.
     Missed,
+    /// A list lacked instances that were registered and kept alive.
+    MissingInstances,
 }
 
 impl fmt::Display for ErrorKind {
@@ -46,6 +48,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::NacosCode(c) => write!(f, "nacos_{c}"),
             ErrorKind::UnexpectedBody => f.write_str("unexpected_body"),
             ErrorKind::Missed => f.write_str("missed"),
+            ErrorKind::MissingInstances => f.write_str("missing_instances"),
         }
     }
 }

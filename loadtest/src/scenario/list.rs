@@ -10,6 +10,7 @@ use crate::rate::StreamSpec;
 
 struct List {
     names: Arc<Names>,
+    check: Check,
 }
 
 impl Plan for List {
@@ -17,16 +18,24 @@ impl Plan for List {
         Planned {
             op: "list",
             request: self.names.list(k as usize, None),
-            check: Check::JsonObject,
+            check: self.check,
             change: None,
         }
     }
 }
 
 pub(super) fn workload(names: Arc<Names>, shape: &Shape) -> Workload {
+    // Nothing beats here: only instances kept alive (`--keep-alive`) must all stay listed.
+    let check = if names.kept_alive() {
+        Check::Hosts {
+            healthy: shape.instances,
+        }
+    } else {
+        Check::JsonObject
+    };
     Workload {
         setup: vec![register_all(&names, shape)],
-        plan: Arc::new(List { names }),
+        plan: Arc::new(List { names, check }),
         streams: vec![StreamSpec::at(shape.rate)],
         listen: None,
     }

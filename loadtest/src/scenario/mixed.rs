@@ -21,6 +21,8 @@ struct Mixed {
     push: PushAddr,
     clients: u64,
     dependencies: u64,
+    /// Instances per service: every one beats, so every list must show them all healthy.
+    per_service: u64,
 }
 
 impl Plan for Mixed {
@@ -41,7 +43,9 @@ impl Plan for Mixed {
         Planned {
             op: "list",
             request: self.names.list(service, Some(self.push)),
-            check: Check::JsonObject,
+            check: Check::Hosts {
+                healthy: self.per_service,
+            },
             change: None,
         }
     }
@@ -70,6 +74,7 @@ pub(super) fn workload(
             push,
             clients,
             dependencies,
+            per_service: shape.instances,
         }),
         streams: vec![
             StreamSpec::at(Some(clients as f64 / BEAT_SECS)),
