@@ -371,3 +371,104 @@ fn config_listen_scenario_times_every_notification() {
         "{publishes} publishes, {notified} notifications: {r:#}"
     );
 }
+
+/// Beats carrying the whole beat JSON (with metadata), as the Python and Node clients send
+/// them, are answered like light ones: nothing lost.
+#[test]
+fn full_beats_run_clean_and_lose_nothing() {
+    let r = run_short(&[
+        "--scenario",
+        "beat",
+        "--seed",
+        "19",
+        "--full-beats",
+        "--metadata-bytes",
+        "120",
+        "--rate",
+        "200",
+    ]);
+    assert_clean(&r, "beat");
+    assert_eq!(r["config"]["full_beats"], true, "{:#}", r["config"]);
+    assert_eq!(r["lost"]["beats_unknown"], 0);
+    // Open loop: the schedule is reported.
+    assert!(
+        r["schedule"]["scheduled"].as_u64().unwrap_or(0) > 0,
+        "{r:#}"
+    );
+}
+
+/// An instance the server drops while its client keeps beating (and listing) is counted as
+/// lost: beats answered 20404, lists short of it.
+#[tokio::test]
+async fn instances_the_server_forgets_are_reported_lost() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start_node(dir.path());
+    let api = nacre_testkit::http::Api::new(node.addr());
+    for (scenario, seed, service) in [
+        ("beat", "20", "lt20-svc00000"),
+        ("list", "21", "lt21-svc00000"),
+    ] {
+        let run_dir = dir.path().join(scenario);
+        std::fs::create_dir_all(&run_dir).expect("run dir");
+        let mut args = vec![
+            "--scenario",
+            scenario,
+            "--seed",
+            seed,
+            "--services",
+            "1",
+            "--instances-per-service",
+            "2",
+            "--rate",
+            "100",
+            "--duration",
+            "3s",
+            "--warmup",
+            "200ms",
+        ];
+        if scenario == "list" {
+            args.push("--keep-alive");
+        }
+        let addr = node.addr().to_string();
+        let json = run_dir.join("report.json");
+        let json_arg = json.to_string_lossy().to_string();
+        let run = tokio::task::spawn_blocking(move || {
+            Command::new(BIN)
+                .args(["loadtest", "--target", &addr, "--json", &json_arg])
+                .args(&args)
+                .output()
+                .expect("run nacre loadtest")
+        });
+        // Setup is done well within a second; then one instance goes.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let gone = api
+            .call(
+                "DELETE",
+                "/nacos/v1/ns/instance",
+                &[
+                    ("serviceName", service),
+                    ("ip", "127.0.0.1"),
+                    ("port", "8080"),
+                    ("clusterName", "DEFAULT"),
+                ],
+            )
+            .await;
+        assert_eq!(gone.status, 200, "{}", gone.body);
+        let out = run.await.expect("loadtest task");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout}");
+        assert!(stdout.contains("instances lost: "), "{stdout}");
+        let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).expect("report"))
+            .expect("report parses");
+        let lost = if scenario == "beat" {
+            &r["lost"]["beats_unknown"]
+        } else {
+            &r["lost"]["lists_short"]
+        };
+        assert!(
+            lost.as_u64().unwrap_or(0) > 0,
+            "{scenario}: {:#}",
+            r["lost"]
+        );
+    }
+}
