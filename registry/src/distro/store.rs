@@ -36,6 +36,9 @@ pub const EMPTY_SERVICE_TTL_MS: u64 = 60_000;
 /// copy a peer still holds meets the deletion instead of bringing the service back.
 pub const TOMBSTONE_TTL_MS: u64 = 300_000;
 
+/// Candidate services the sweep judges and changes per hold of the write lock.
+const SWEEP_BATCH: usize = 256;
+
 /// Bits of a version below the millisecond part: room for 65,536 changes per ms.
 const VERSION_SHIFT: u32 = 16;
 
@@ -754,7 +757,8 @@ impl EphemeralStore {
     /// Two passes, so that beats and writes are not held up by a walk over every instance:
     /// a read-locked pass finds the services with something to do (an instance past a
     /// timeout, an empty service past its TTL, expired instance tombstones); only those are
-    /// then judged again, and changed, under the write lock.
+    /// then judged again, and changed, under the write lock, [`SWEEP_BATCH`] services per
+    /// hold of it.
     pub fn sweep_owned(&self, now_ms: u64, owned: impl Fn(&ServiceKey) -> bool) -> Swept {
         let candidates: Vec<ServiceKey> = {
             let inner = self.inner.read();
@@ -766,15 +770,38 @@ impl EphemeralStore {
                 .collect()
         };
         let mut out = Swept::default();
+        // A batch of services per write lock: a mass expiry (a zone gone silent) holds beats
+        // and writes up behind one batch, not behind all of it. Each service is judged again
+        // under the lock that changes it, so what happened since the read pass counts.
+        for batch in candidates.chunks(SWEEP_BATCH) {
+            let mut inner = self.inner.write();
+            self.sweep_batch(&mut inner, batch, now_ms, &owned, &mut out);
+        }
+        let mut inner = self.inner.write();
+        inner
+            .tombstones
+            .retain(|_, t| now_ms.saturating_sub(t.at_ms) < TOMBSTONE_TTL_MS);
+        out
+    }
+
+    /// The write half of [`sweep_owned`](Self::sweep_owned) for one batch of candidate
+    /// services, under the write lock the caller holds.
+    fn sweep_batch(
+        &self,
+        inner: &mut Inner,
+        batch: &[ServiceKey],
+        now_ms: u64,
+        owned: &impl Fn(&ServiceKey) -> bool,
+        out: &mut Swept,
+    ) {
+        let mut dropped = Vec::new();
         // (service, instances turned unhealthy, instances removed): stamped once the
         // service's new version is known.
         let mut changed: Vec<(ServiceKey, Vec<InstanceKey>, Vec<InstanceKey>)> = Vec::new();
-        let mut inner = self.inner.write();
-        for key in candidates {
-            let Some(svc) = inner.services.get_mut(&key) else {
+        for key in batch {
+            let Some(svc) = inner.services.get_mut(key) else {
                 continue;
             };
-            let key = &key;
             svc.removed
                 .retain(|_, (_, at)| now_ms.saturating_sub(*at) < TOMBSTONE_TTL_MS);
             if !owned(key) {
@@ -782,7 +809,7 @@ impl EphemeralStore {
             }
             if let Some(since) = svc.empty_since_ms {
                 if now_ms.saturating_sub(since) >= self.empty_ttl_ms {
-                    out.dropped.push(key.clone());
+                    dropped.push(key.clone());
                 }
                 continue;
             }
@@ -824,13 +851,12 @@ impl EphemeralStore {
                 svc.set_version(v, now_ms);
             }
         }
-        for k in &out.dropped {
+        // Deleted under the same lock that found them empty: a registration arriving after
+        // the lock is released finds the tombstone and re-creates the service above it.
+        for k in &dropped {
             inner.delete(k, now_ms);
         }
-        inner
-            .tombstones
-            .retain(|_, t| now_ms.saturating_sub(t.at_ms) < TOMBSTONE_TTL_MS);
-        out
+        out.dropped.extend(dropped);
     }
 
     /// Gives every instance of the services selected by `pred` a fresh beat time, so a node
@@ -1120,6 +1146,28 @@ mod tests {
 
     fn check_at(s: &EphemeralStore) -> u64 {
         s.with_service(&key(), |svc| svc.check_at.get()).unwrap()
+    }
+
+    #[test]
+    fn a_mass_expiry_goes_in_batches_and_misses_nothing() {
+        let s = EphemeralStore::with_empty_ttl(1_000);
+        let n = 2 * SWEEP_BATCH + 17;
+        let keys: Vec<ServiceKey> = (0..n)
+            .map(|i| ServiceKey::new("public", "DEFAULT_GROUP", format!("svc-{i}")))
+            .collect();
+        for k in &keys {
+            s.register(k, inst("10.0.0.1", 0), 0);
+        }
+        let unhealthy = s.sweep(15_001);
+        assert_eq!(unhealthy.len(), n);
+        let removed = s.sweep(30_001);
+        assert_eq!(removed.len(), n);
+        assert_eq!(s.counts(), (n, 0));
+        // Every one of them empty past the TTL: all dropped, in batches too.
+        let dropped = s.sweep_owned(31_002, |_| true).dropped;
+        assert_eq!(dropped.len(), n);
+        assert_eq!(s.counts(), (0, 0));
+        assert!(keys.iter().all(|k| s.tombstone(k).is_some()));
     }
 
     #[test]
