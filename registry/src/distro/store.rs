@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::naming::intern::MetadataPool;
 use crate::naming::model::{push_compact, Instance, InstanceKey};
-use crate::naming::persistent::{apply_patch, put_into, service_not_found, InstancePatch, PutMode};
+use crate::naming::persistent::{apply_patch, put_at, service_not_found, InstancePatch, PutMode};
 use crate::naming::NamingError;
 
 /// How long an ephemeral service may stay empty before it is dropped (ms), by default (the
@@ -67,6 +67,29 @@ pub struct EphemeralService {
     /// Until this wall-clock ms no instance here can pass a timeout, so the sweep skips the
     /// service (rule E5 in [`crate::distro`]).
     check_at: CheckAt,
+    /// Positions by identity, once the service is large enough to index.
+    index: PositionIndex,
+}
+
+/// From this many instances a service keeps a [`PositionIndex`]: below it a scan is as cheap.
+const INDEXED_FROM: usize = 64;
+
+/// Where each instance of a large service sits in its list, by a hash of its identity, so that
+/// a beat or a registration into a 10,000-instance service finds its instance without a scan.
+///
+/// The index is either absent or complete: an append adds the new instance; anything that
+/// removes or reorders instances drops the index, and the next lookup that may build it does.
+/// A hit is checked against the instance at that position, and two identities with one hash
+/// (the first keeps the slot) fall back to a scan, so a lookup is never wrong, only sometimes
+/// slower.
+#[derive(Debug, Clone, Default)]
+struct PositionIndex(Option<HashMap<u64, u32>>);
+
+fn identity_hash(ip: &str, port: u16, cluster: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (ip, port, cluster).hash(&mut h);
+    h.finish()
 }
 
 /// The earliest ms at which a service's instances must be looked at again. The sweep raises
@@ -92,9 +115,53 @@ impl Clone for CheckAt {
 
 impl EphemeralService {
     fn position(&self, ip: &str, port: u16, cluster: &str) -> Option<usize> {
+        if let Some(index) = &self.index.0 {
+            match index.get(&identity_hash(ip, port, cluster)) {
+                // Complete: an identity it lacks is not here.
+                None => return None,
+                Some(&at) => {
+                    let at = at as usize;
+                    if self
+                        .instances
+                        .get(at)
+                        .is_some_and(|i| i.matches(ip, port, cluster))
+                    {
+                        return Some(at);
+                    }
+                    // Another identity with the same hash holds the slot: scan.
+                }
+            }
+        }
         self.instances
             .iter()
             .position(|i| i.matches(ip, port, cluster))
+    }
+
+    /// Builds the position index if the service is large enough and has none.
+    fn index(&mut self) {
+        if self.index.0.is_some() || self.instances.len() < INDEXED_FROM {
+            return;
+        }
+        let mut index = HashMap::with_capacity(self.instances.len());
+        for (at, i) in self.instances.iter().enumerate() {
+            index
+                .entry(identity_hash(&i.ip, i.port, &i.cluster))
+                .or_insert(at as u32);
+        }
+        self.index.0 = Some(index);
+    }
+
+    /// Records that an instance was appended at the end of the list.
+    fn appended(&mut self) {
+        let Some(last) = self.instances.len().checked_sub(1) else {
+            return;
+        };
+        if let Some(index) = &mut self.index.0 {
+            let i = &self.instances[last];
+            index
+                .entry(identity_hash(&i.ip, i.port, &i.cluster))
+                .or_insert(last as u32);
+        }
     }
 
     /// Records that instance `id` changed at version `v`: a new instance (pushed last, as
@@ -180,6 +247,7 @@ impl EphemeralService {
 
     /// Removes the instance at `i`, leaving a tombstone at version `v`.
     fn remove_at(&mut self, i: usize, v: u64, now_ms: u64) {
+        self.index.0 = None;
         let inst = self.instances.remove(i);
         if i < self.stamps.len() {
             self.stamps.remove(i);
@@ -205,6 +273,7 @@ impl EphemeralService {
     /// Takes out every instance for which `gone(instance, stamp)` holds, in one pass, keeping
     /// instances and stamps aligned; returns what went.
     fn drain_where(&mut self, gone: impl Fn(&Instance, u64) -> bool) -> Vec<Instance> {
+        self.index.0 = None;
         let instances = std::mem::take(&mut self.instances);
         let mut stamps = std::mem::take(&mut self.stamps);
         stamps.resize(instances.len(), 0);
@@ -223,9 +292,9 @@ impl EphemeralService {
     }
 
     fn find_mut(&mut self, ip: &str, port: u16, cluster: &str) -> Option<&mut Instance> {
-        self.instances
-            .iter_mut()
-            .find(|i| i.matches(ip, port, cluster))
+        self.index();
+        let at = self.position(ip, port, cluster)?;
+        self.instances.get_mut(at)
     }
 
     fn set_version(&mut self, version: u64, now_ms: u64) {
@@ -595,7 +664,13 @@ impl EphemeralStore {
                 .ok_or_else(|| service_not_found(key))?,
         };
         let id = instance.key();
-        put_into(&mut svc.instances, instance, mode)?;
+        svc.index();
+        let at = svc.position(&id.ip, id.port, &id.cluster);
+        let before = svc.instances.len();
+        put_at(&mut svc.instances, at, instance, mode)?;
+        if svc.instances.len() > before {
+            svc.appended();
+        }
         inner.touch_instance(key, &id, now_ms);
         Ok(())
     }
@@ -984,6 +1059,8 @@ impl EphemeralStore {
             let known = svc.removed.entry(id.clone()).or_insert((*t, now_ms));
             known.0 = known.0.max(*t);
         }
+        // After the removals above (which drop it): each lookup below is then O(1).
+        svc.index();
         let mut sender: HashMap<InstanceKey, u64> = HashMap::with_capacity(live.len());
         for (mut inst, s) in live {
             let id = inst.key();
@@ -1004,6 +1081,7 @@ impl EphemeralStore {
                 }
                 None => {
                     push_compact(&mut svc.instances, inst);
+                    svc.appended();
                     push_compact(&mut svc.stamps, s);
                     svc.removed.remove(&id);
                     changed = true;
@@ -1146,6 +1224,73 @@ mod tests {
 
     fn check_at(s: &EphemeralStore) -> u64 {
         s.with_service(&key(), |svc| svc.check_at.get()).unwrap()
+    }
+
+    fn scan(svc: &EphemeralService, ip: &str) -> Option<usize> {
+        svc.instances
+            .iter()
+            .position(|i| i.matches(ip, 8080, "DEFAULT"))
+    }
+
+    #[test]
+    fn a_large_service_finds_every_instance_through_its_index() {
+        let s = EphemeralStore::new();
+        let ip = |n: usize| format!("10.0.{}.{}", n / 256, n % 256);
+        for n in 0..300 {
+            s.register(&key(), inst(&ip(n), 0), 0);
+        }
+        let beat = |n: usize| s.beat(&key(), &inst(&ip(n), 0).key(), 1_000);
+        assert!(matches!(beat(0), BeatOutcome::Alive { .. }));
+        s.with_service(&key(), |svc| assert!(svc.index.0.is_some()))
+            .unwrap();
+        // Removals drop the index; lookups rebuild it and agree with a scan throughout.
+        for n in (0..300).step_by(3) {
+            assert!(s.remove(&key(), &inst(&ip(n), 0).key(), 2_000));
+        }
+        for n in 300..400 {
+            s.register(&key(), inst(&ip(n), 0), 3_000);
+        }
+        for n in 0..400 {
+            let alive = matches!(beat(n), BeatOutcome::Alive { .. });
+            assert_eq!(alive, n >= 300 || n % 3 != 0, "instance {n}");
+            s.with_service(&key(), |svc| {
+                assert_eq!(
+                    svc.position(&ip(n), 8080, "DEFAULT"),
+                    scan(svc, &ip(n)),
+                    "{n}"
+                );
+            })
+            .unwrap();
+        }
+        // Re-registering an existing instance replaces it in place, not twice.
+        s.register(&key(), inst(&ip(1), 4_000), 4_000);
+        assert_eq!(s.counts(), (1, 300));
+        // And a peer's record merged into the large service is found the same way.
+        let mut record = s.export(&[key()]).remove(0);
+        record.instances.as_mut().unwrap().push(inst("10.9.9.9", 0));
+        record.stamps.push(record.version + 1);
+        s.apply_remote(record, 5_000);
+        assert!(matches!(
+            s.beat(&key(), &inst("10.9.9.9", 0).key(), 5_000),
+            BeatOutcome::Alive { .. }
+        ));
+        assert_eq!(s.counts(), (1, 301));
+    }
+
+    #[test]
+    fn an_index_slot_held_by_another_identity_falls_back_to_a_scan() {
+        let mut svc = EphemeralService::default();
+        for n in 0..100 {
+            svc.instances.push(inst(&format!("10.1.0.{n}"), 0));
+        }
+        svc.index();
+        // As if "10.1.0.5" collided with "10.1.0.7" and lost the slot to it.
+        let h = identity_hash("10.1.0.5", 8080, "DEFAULT");
+        svc.index.0.as_mut().unwrap().insert(h, 7);
+        assert_eq!(svc.position("10.1.0.5", 8080, "DEFAULT"), Some(5));
+        assert_eq!(svc.position("10.1.0.7", 8080, "DEFAULT"), Some(7));
+        assert_eq!(svc.position("10.1.0.200", 8080, "DEFAULT"), None);
+        assert!(svc.find_mut("10.1.0.5", 8080, "DEFAULT").is_some());
     }
 
     #[test]

@@ -463,14 +463,26 @@ pub fn service_not_found(key: &ServiceKey) -> NamingError {
 /// snowflake generator takes the smallest free integer id.
 pub fn put_into(
     list: &mut Vec<Instance>,
+    instance: Instance,
+    mode: PutMode,
+) -> Result<(), NamingError> {
+    let at = list
+        .iter()
+        .position(|i| i.matches(&instance.ip, instance.port, &instance.cluster));
+    put_at(list, at, instance, mode)
+}
+
+/// [`put_into`] with the instance's current position already known (`None`: not in the list);
+/// a new instance is appended at the end.
+pub fn put_at(
+    list: &mut Vec<Instance>,
+    at: Option<usize>,
     mut instance: Instance,
     mode: PutMode,
 ) -> Result<(), NamingError> {
-    match list
-        .iter_mut()
-        .find(|i| i.matches(&instance.ip, instance.port, &instance.cluster))
-    {
+    match at.and_then(|at| list.get_mut(at)) {
         Some(old) => {
+            debug_assert!(old.matches(&instance.ip, instance.port, &instance.cluster));
             instance.healthy = old.healthy;
             instance.instance_id = std::mem::take(&mut old.instance_id);
             *old = instance;
