@@ -166,7 +166,7 @@ impl EphemeralService {
     }
 
     /// Records that instance `id` changed at version `v`: a new instance (pushed last, as
-    /// [`put_into`] does) gets a stamp, an existing one a new stamp; a tombstone is lifted.
+    /// [`put_into`](crate::naming::persistent::put_into) does) gets a stamp, an existing one a new stamp; a tombstone is lifted.
     fn stamp(&mut self, id: &InstanceKey, v: u64) {
         while self.stamps.len() < self.instances.len() {
             push_compact(&mut self.stamps, v);
@@ -645,7 +645,7 @@ impl EphemeralStore {
         }
     }
 
-    /// Inserts or replaces an instance (see [`put_into`] for the rules); `UpdateExisting`
+    /// Inserts or replaces an instance (see [`put_into`](crate::naming::persistent::put_into) for the rules); `UpdateExisting`
     /// fails when the service or the instance is missing.
     pub fn put(
         &self,
