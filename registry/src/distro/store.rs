@@ -833,7 +833,7 @@ impl EphemeralStore {
     /// Two passes, so that beats and writes are not held up by a walk over every instance:
     /// a read-locked pass finds the services with something to do (an instance past a
     /// timeout, an empty service past its TTL, expired instance tombstones); only those are
-    /// then judged again, and changed, under the write lock, [`SWEEP_BATCH`] services per
+    /// then judged again, and changed, under the write lock, 256 services per
     /// hold of it.
     pub fn sweep_owned(&self, now_ms: u64, owned: impl Fn(&ServiceKey) -> bool) -> Swept {
         let candidates: Vec<ServiceKey> = {
