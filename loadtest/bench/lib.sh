@@ -79,3 +79,51 @@ start_nodes() { # data dir prefix
         wait_for "node $d" "http://$d/nacos/v1/ns/operator/metrics" '"status":"UP"'
     done
 }
+
+# Until a node is ready its metrics answer 200 with "status":"DOWN" (and writes get 503), so
+# wait for "UP" where the server says it (nacre); any answer counts for r-nacos.
+wait_up() { wait_for "$2 on $1" "http://$1/nacos/v1/ns/operator/metrics" "${3:-}"; } # addr name [text]
+
+# Starts a standalone nacre node on $NACRE_ADDR with data under the given dir; sets NACRE_PID.
+start_nacre() { # data dir
+    rm -rf "$1" && mkdir -p "$1"
+    NACRE_LOG=warn "$NACRE" registry --standalone --listen "$NACRE_ADDR" --data "$1" \
+        >"$1/nacre.log" 2>&1 &
+    NACRE_PID=$!
+    PIDS+=("$NACRE_PID")
+    wait_up "$NACRE_ADDR" nacre '"status":"UP"'
+}
+
+# r-nacos 0.8.8, installed once under $CACHE (the scripts set it).
+install_rnacos() {
+    if [ ! -x "$CACHE/bin/rnacos" ]; then
+        echo "== installing r-nacos 0.8.8 into $CACHE (nice 19; takes a while)"
+        nice -n 19 cargo install rnacos --version 0.8.8 --locked --root "$CACHE"
+    fi
+}
+
+# Starts r-nacos standalone on $RNACOS_PORT with data under the given dir; sets RNACOS_PID.
+start_rnacos() { # data dir
+    # r-nacos reads only RNACOS_* variables (and a .env file in its working directory, hence
+    # the fresh cwd). RUST_LOG=warn: its actix Logger middleware otherwise writes a line per
+    # request at info, which would be measured as server cost. Console off (port 0).
+    rm -rf "$1" && mkdir -p "$1"
+    (cd "$1" && exec env RNACOS_HTTP_PORT="$RNACOS_PORT" \
+        RNACOS_GRPC_PORT=$((RNACOS_PORT + 1)) \
+        RNACOS_RAFT_NODE_ADDR="127.0.0.1:$((RNACOS_PORT + 1))" \
+        RNACOS_HTTP_CONSOLE_PORT=0 \
+        RNACOS_SDK_HOST=127.0.0.1 RNACOS_CONSOLE_HOST=127.0.0.1 \
+        RNACOS_DATA_DIR="$1/db" RNACOS_CONFIG_DB_DIR="$1/db" \
+        RNACOS_ENABLE_METRICS=false RUST_LOG=warn \
+        "$CACHE/bin/rnacos" >"$1/rnacos.log" 2>&1) &
+    RNACOS_PID=$!
+    PIDS+=("$RNACOS_PID")
+    wait_up "$RNACOS_ADDR" r-nacos
+}
+
+# Stops one server started here.
+stop() { # pid
+    kill "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
+

@@ -62,7 +62,6 @@ if ! command -v nginx >/dev/null 2>&1; then
 fi
 build_nacre
 
-wait_up() { wait_for "node $1" "http://$1/nacos/v1/ns/operator/metrics" '"status":"UP"'; }
 wait_ready() { wait_for "gateway $1" "http://$1/nacre/gateway/ready" '"feedsFollowed":true'; }
 
 # Registry nodes: each gets the full member list, itself included.
@@ -129,7 +128,7 @@ nginx -t -c "$OUT/nginx/nginx.conf" -p "$OUT/nginx" 2>"$OUT/nginx/logs/test.log"
 nginx -c "$OUT/nginx/nginx.conf" -p "$OUT/nginx" &
 NGINX_PID=$!
 PIDS+=("$NGINX_PID")
-wait_up "$NGINX_ADDR"
+wait_up "$NGINX_ADDR" "nodes behind nginx" '"status":"UP"'
 NGINX_WORKER=$(pgrep -P "$NGINX_PID" | head -n1)
 [ -n "$NGINX_WORKER" ] || { echo "no nginx worker under $NGINX_PID" >&2; exit 1; }
 

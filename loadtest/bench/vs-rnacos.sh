@@ -22,54 +22,14 @@ CACHE="${NACRE_BENCH_CACHE:-$HOME/.cache/nacre-bench}"
 OUT="${NACRE_BENCH_OUT:-$CACHE/results-$(date +%Y%m%d-%H%M%S)}"
 CONC="${BENCH_CONCURRENCY:-32}"
 PORT="${BENCH_PORT_BASE:-29000}"
-RNACOS="$CACHE/bin/rnacos"
 NACRE_ADDR="127.0.0.1:$PORT"
 RNACOS_PORT=$((PORT + 10))
 RNACOS_ADDR="127.0.0.1:$RNACOS_PORT"
 mkdir -p "$OUT"
 forget_knobs
 
-if [ ! -x "$RNACOS" ]; then
-    echo "== installing r-nacos 0.8.8 into $CACHE (nice 19; takes a while)"
-    nice -n 19 cargo install rnacos --version 0.8.8 --locked --root "$CACHE"
-fi
+install_rnacos
 build_nacre
-
-# Until a node is ready its metrics answer 200 with "status":"DOWN" (and writes get 503), so
-# wait for "UP" where the server says it (nacre); any answer counts for r-nacos.
-wait_up() { wait_for "$2 on $1" "http://$1/nacos/v1/ns/operator/metrics" "${3:-}"; } # addr name [text]
-
-start_nacre() { # data dir; sets NACRE_PID
-    rm -rf "$1" && mkdir -p "$1"
-    NACRE_LOG=warn "$NACRE" registry --standalone --listen "$NACRE_ADDR" --data "$1" \
-        >"$1/nacre.log" 2>&1 &
-    NACRE_PID=$!
-    PIDS+=("$NACRE_PID")
-    wait_up "$NACRE_ADDR" nacre '"status":"UP"'
-}
-
-start_rnacos() { # data dir; sets RNACOS_PID
-    # r-nacos reads only RNACOS_* variables (and a .env file in its working directory, hence
-    # the fresh cwd). RUST_LOG=warn: its actix Logger middleware otherwise writes a line per
-    # request at info, which would be measured as server cost. Console off (port 0).
-    rm -rf "$1" && mkdir -p "$1"
-    (cd "$1" && exec env RNACOS_HTTP_PORT="$RNACOS_PORT" \
-        RNACOS_GRPC_PORT=$((RNACOS_PORT + 1)) \
-        RNACOS_RAFT_NODE_ADDR="127.0.0.1:$((RNACOS_PORT + 1))" \
-        RNACOS_HTTP_CONSOLE_PORT=0 \
-        RNACOS_SDK_HOST=127.0.0.1 RNACOS_CONSOLE_HOST=127.0.0.1 \
-        RNACOS_DATA_DIR="$1/db" RNACOS_CONFIG_DB_DIR="$1/db" \
-        RNACOS_ENABLE_METRICS=false RUST_LOG=warn \
-        "$RNACOS" >"$1/rnacos.log" 2>&1) &
-    RNACOS_PID=$!
-    PIDS+=("$RNACOS_PID")
-    wait_up "$RNACOS_ADDR" r-nacos
-}
-
-stop() { # pid
-    kill "$1" 2>/dev/null || true
-    wait "$1" 2>/dev/null || true
-}
 
 PARTS=" ${BENCH_PARTS:-naming memory harness config} "
 part() { [[ "$PARTS" == *" $1 "* ]]; }

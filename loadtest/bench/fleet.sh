@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The same fleet against each deployment, one after the other, with the server CPU each spends
+# per request: a standalone nacre node, `nacre up` (gateway + 3 nodes in one process) and a
+# standalone r-nacos 0.8.8, each fresh.
+#
+#   bash loadtest/bench/fleet.sh               # results under $NACRE_BENCH_OUT (printed)
+#
+# The fleet is `nacre loadtest --scenario mixed`: every instance beats every 5 s and its client
+# lists --dependencies services every 10 s with a push subscription (400 services × 50
+# instances by default: 4,000 beats/s + 6,000 lists/s). A 3-node r-nacos cluster is not part of
+# it yet.
+#
+# Knobs (environment): FLEET_SERVICES (400), FLEET_INSTANCES (50), BENCH_DURATION (40s),
+# BENCH_CONCURRENCY (64), BENCH_PORT_BASE (29000), NACRE_BENCH_CACHE, NACRE_BENCH_OUT, NACRE_BIN.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# shellcheck source=loadtest/bench/lib.sh
+source "$ROOT/loadtest/bench/lib.sh"
+CACHE="${NACRE_BENCH_CACHE:-$HOME/.cache/nacre-bench}"
+OUT="${NACRE_BENCH_OUT:-$CACHE/fleet-$(date +%Y%m%d-%H%M%S)}"
+DURATION="${BENCH_DURATION:-40s}"
+CONC="${BENCH_CONCURRENCY:-64}"
+PORT="${BENCH_PORT_BASE:-29000}"
+SERVICES="${FLEET_SERVICES:-400}"
+INSTANCES="${FLEET_INSTANCES:-50}"
+NACRE_ADDR="127.0.0.1:$PORT"
+UP_ADDR="127.0.0.1:$((PORT + 20))"
+RNACOS_PORT=$((PORT + 10))
+RNACOS_ADDR="127.0.0.1:$RNACOS_PORT"
+mkdir -p "$OUT"
+forget_knobs
+install_rnacos
+build_nacre
+
+fleet() { # name addr pid
+    run "fleet-$1" --target "$2" --target-pid "$3" --scenario mixed --services "$SERVICES" \
+        --instances-per-service "$INSTANCES" --concurrency "$CONC" --duration "$DURATION" \
+        --seed 130
+}
+
+echo "fleet of $SERVICES x $INSTANCES for $DURATION; results in $OUT"
+start_nacre "$OUT/standalone"
+fleet standalone "$NACRE_ADDR" "$NACRE_PID"
+stop "$NACRE_PID"
+
+rm -rf "$OUT/up" && mkdir -p "$OUT/up"
+NACRE_LOG=warn "$NACRE" up --listen "$UP_ADDR" --data "$OUT/up" >"$OUT/up/nacre-up.log" 2>&1 &
+UP_PID=$!
+PIDS+=("$UP_PID")
+wait_up "$UP_ADDR" "nacre up" '"status":"UP"'
+fleet nacre-up "$UP_ADDR" "$UP_PID"
+stop "$UP_PID"
+
+start_rnacos "$OUT/rnacos"
+fleet r-nacos "$RNACOS_ADDR" "$RNACOS_PID"
+stop "$RNACOS_PID"
+
+python3 - "$OUT" <<'PY' | tee "$OUT/summary.md"
+import json, os, sys
+out = sys.argv[1]
+rows = []
+for name in ["standalone", "nacre-up", "r-nacos"]:
+    p = os.path.join(out, f"fleet-{name}.json")
+    if os.path.exists(p):
+        rows.append((name, json.load(open(p))))
+base = next((r["server"]["cpu_seconds"] / max(r["requests"], 1) for n, r in rows if n == "standalone"), None)
+print("| target | requests | errors | instances lost | p50 ms | p99 ms | server CPU-s | requests per server CPU-s | CPU per request vs standalone |")
+print("|---|---|---|---|---|---|---|---|---|")
+for name, r in rows:
+    s = r.get("server") or {}
+    lost = r.get("lost") or {}
+    per = s.get("cpu_seconds", 0) / max(r["requests"], 1)
+    rel = f"x{per / base:.2f}" if base else ""
+    print(f"| {name} | {r['requests']} | {r['errors']} | {lost.get('beats_unknown', 0) + lost.get('lists_short', 0)} | "
+          f"{r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {s.get('cpu_seconds', 0):.2f} | "
+          f"{s.get('requests_per_cpu_second', 0):.0f} | {rel} |")
+PY
+echo "results: $OUT"
