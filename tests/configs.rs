@@ -14,6 +14,12 @@ use nacre_testkit::NodeProcess;
 
 const READY: Duration = Duration::from_secs(60);
 
+/// Three fast nodes behind a gateway, data under `root`, ready.
+fn gateway_cluster(root: &Path) -> (TestCluster, GatewayProcess) {
+    GatewayProcess::with_cluster(bin(), root, ClusterOptions::new(3).fast(), READY)
+        .unwrap_or_else(|e| panic!("gateway cluster: {e:#}"))
+}
+
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_nacre"))
 }
@@ -495,9 +501,7 @@ where
 async fn a_listener_through_the_gateway_is_held_at_the_edge_and_fires_on_a_publish_made_on_a_node()
 {
     let root = tempfile::tempdir().unwrap();
-    let (c, gw) =
-        GatewayProcess::with_cluster(bin(), root.path(), ClusterOptions::new(3).fast(), READY)
-            .unwrap();
+    let (c, gw) = gateway_cluster(root.path());
     let through = Api::new(gw.addr());
     assert_eq!(
         through.publish_config("gw", "G", None, "v1").await.body,
@@ -677,9 +681,7 @@ async fn a_gateway_that_loses_a_feed_passes_listeners_to_a_node_and_takes_them_b
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_reads_through_the_gateway_are_cached_until_the_config_changes() {
     let root = tempfile::tempdir().unwrap();
-    let (c, gw) =
-        GatewayProcess::with_cluster(bin(), root.path(), ClusterOptions::new(3).fast(), READY)
-            .unwrap();
+    let (c, gw) = gateway_cluster(root.path());
     let through = Api::new(gw.addr());
     wait_feeds_followed(&through).await;
     let hits = || through.metric("nacre_gateway_config_reads_total{result=\"hit\"}");
@@ -786,9 +788,7 @@ async fn config_reads_through_the_gateway_are_cached_until_the_config_changes() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn beta_and_tag_variants_through_the_gateway_and_on_a_node() {
     let root = tempfile::tempdir().unwrap();
-    let (c, gw) =
-        GatewayProcess::with_cluster(bin(), root.path(), ClusterOptions::new(3).fast(), READY)
-            .unwrap();
+    let (c, gw) = gateway_cluster(root.path());
     let inside = Api::new(gw.addr());
     let outside = Api::new(gw.addr()).with_local_address("127.0.0.2".parse().unwrap());
     wait_feeds_followed(&inside).await;
@@ -933,9 +933,7 @@ async fn beta_and_tag_variants_through_the_gateway_and_on_a_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn configs_export_and_import_through_the_gateway() {
     let root = tempfile::tempdir().unwrap();
-    let (_c, gw) =
-        GatewayProcess::with_cluster(bin(), root.path(), ClusterOptions::new(3).fast(), READY)
-            .unwrap();
+    let (_c, gw) = gateway_cluster(root.path());
     let api = Api::new(gw.addr());
     wait_feeds_followed(&api).await;
     for (id, content, app) in [
@@ -1096,9 +1094,7 @@ async fn configs_export_and_import_through_the_gateway() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_restarted_mid_poll_loses_no_notification() {
     let root = tempfile::tempdir().unwrap();
-    let (c, mut gw) =
-        GatewayProcess::with_cluster(bin(), root.path(), ClusterOptions::new(3).fast(), READY)
-            .unwrap();
+    let (c, mut gw) = gateway_cluster(root.path());
     let through = Api::new(gw.addr());
     assert_eq!(
         through.publish_config("rs", "G", None, "v1").await.body,
@@ -1148,9 +1144,7 @@ async fn a_gateway_restarted_mid_poll_loses_no_notification() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_listener_query_lists_polls_parked_at_the_gateway_and_on_nodes() {
     let root = tempfile::tempdir().unwrap();
-    let (c, gw) =
-        GatewayProcess::with_cluster(bin(), root.path(), ClusterOptions::new(3).fast(), READY)
-            .unwrap();
+    let (c, gw) = gateway_cluster(root.path());
     let through = Api::new(gw.addr());
     assert_eq!(
         through.publish_config("lq", "G", None, "v1").await.body,

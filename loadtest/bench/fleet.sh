@@ -17,17 +17,13 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 # shellcheck source=loadtest/bench/lib.sh
 source "$ROOT/loadtest/bench/lib.sh"
-CACHE="${NACRE_BENCH_CACHE:-$HOME/.cache/nacre-bench}"
+bench_addresses
 OUT="${NACRE_BENCH_OUT:-$CACHE/fleet-$(date +%Y%m%d-%H%M%S)}"
 DURATION="${BENCH_DURATION:-40s}"
 CONC="${BENCH_CONCURRENCY:-64}"
-PORT="${BENCH_PORT_BASE:-29000}"
 SERVICES="${FLEET_SERVICES:-400}"
 INSTANCES="${FLEET_INSTANCES:-50}"
-NACRE_ADDR="127.0.0.1:$PORT"
 UP_ADDR="127.0.0.1:$((PORT + 20))"
-RNACOS_PORT=$((PORT + 10))
-RNACOS_ADDR="127.0.0.1:$RNACOS_PORT"
 mkdir -p "$OUT"
 forget_knobs
 install_rnacos

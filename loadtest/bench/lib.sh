@@ -80,6 +80,17 @@ start_nodes() { # data dir prefix
     done
 }
 
+# The knobs and addresses the r-nacos comparisons share: CACHE (r-nacos install root and default
+# results), PORT (first loopback port), a standalone nacre on PORT and r-nacos ten above.
+# Call after sourcing, before forget_knobs.
+bench_addresses() {
+    CACHE="${NACRE_BENCH_CACHE:-$HOME/.cache/nacre-bench}"
+    PORT="${BENCH_PORT_BASE:-29000}"
+    NACRE_ADDR="127.0.0.1:$PORT"
+    RNACOS_PORT=$((PORT + 10))
+    RNACOS_ADDR="127.0.0.1:$RNACOS_PORT"
+}
+
 # Until a node is ready its metrics answer 200 with "status":"DOWN" (and writes get 503), so
 # wait for "UP" where the server says it (nacre); any answer counts for r-nacos.
 wait_up() { wait_for "$2 on $1" "http://$1/nacos/v1/ns/operator/metrics" "${3:-}"; } # addr name [text]

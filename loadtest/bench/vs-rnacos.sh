@@ -18,13 +18,9 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 # shellcheck source=loadtest/bench/lib.sh
 source "$ROOT/loadtest/bench/lib.sh"
-CACHE="${NACRE_BENCH_CACHE:-$HOME/.cache/nacre-bench}"
+bench_addresses
 OUT="${NACRE_BENCH_OUT:-$CACHE/results-$(date +%Y%m%d-%H%M%S)}"
 CONC="${BENCH_CONCURRENCY:-32}"
-PORT="${BENCH_PORT_BASE:-29000}"
-NACRE_ADDR="127.0.0.1:$PORT"
-RNACOS_PORT=$((PORT + 10))
-RNACOS_ADDR="127.0.0.1:$RNACOS_PORT"
 mkdir -p "$OUT"
 forget_knobs
 

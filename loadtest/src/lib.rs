@@ -469,8 +469,7 @@ async fn run_round(
         let after = procstat::sample(pid).await?.rss_bytes;
         // What the target accepted: the figure per instance must not count registrations
         // that failed or were never sent.
-        let sent = phase.stats.total()?;
-        let instances = sent.requests() - sent.error_count();
+        let instances = phase.stats.total()?.ok;
         let verified = count_instances(&run.target, names).await?;
         run.memory = Some(MemoryReport {
             instances,

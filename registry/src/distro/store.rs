@@ -22,7 +22,7 @@ use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
 use crate::naming::intern::MetadataPool;
-use crate::naming::model::{push_compact, Instance, InstanceKey};
+use crate::naming::model::{grow_compact, push_compact, Instance, InstanceKey};
 use crate::naming::persistent::{apply_patch, put_at, service_not_found, InstancePatch, PutMode};
 use crate::naming::NamingError;
 
@@ -158,9 +158,7 @@ impl EphemeralService {
         };
         let h = self.hash_at(last as u32);
         let at = index.partition_point(|&p| self.hash_at(p) <= h);
-        if index.len() == index.capacity() {
-            index.reserve_exact(index.len() / 8 + 1);
-        }
+        grow_compact(&mut index);
         index.insert(at, last as u32);
         self.index.0 = Some(index);
     }

@@ -34,6 +34,7 @@ impl SharedMetadata {
     }
 
     /// Whether `self` and `other` are the same shared map (not merely equal ones).
+    #[cfg(test)]
     pub fn shares(&self, other: &SharedMetadata) -> bool {
         match (&self.0, &other.0) {
             (Some(a), Some(b)) => Arc::ptr_eq(a, b),

@@ -36,10 +36,16 @@ pub type Metadata = BTreeMap<String, String>;
 /// slots empty (a 10-instance service holds 16 slots of ~130 bytes). Still amortized O(1) per
 /// push: a growth copies the list, and comes once per eighth of its length.
 pub fn push_compact<T>(list: &mut Vec<T>, item: T) {
+    grow_compact(list);
+    list.push(item);
+}
+
+/// Makes room for one more element the way [`push_compact`] does, for a caller that inserts
+/// rather than appends.
+pub fn grow_compact<T>(list: &mut Vec<T>) {
     if list.len() == list.capacity() {
         list.reserve_exact(list.len() / 8 + 1);
     }
-    list.push(item);
 }
 
 /// Identity of an instance inside one service: one instance per ip, port and cluster.
