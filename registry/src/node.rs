@@ -4,6 +4,7 @@
 //! the store (ephemeral in memory, persistent through Raft), applies Nacos's semantics and
 //! triggers pushes. It knows nothing about HTTP.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use nacre_config::RegistrySettings;
@@ -49,35 +50,36 @@ impl From<WriteError> for NodeError {
     }
 }
 
-/// The `beat` JSON body a client may send (Nacos "RsInfo"); unknown fields are ignored.
+/// The `beat` JSON body a client may send (Nacos "RsInfo"); unknown fields are ignored. It
+/// borrows from the request text: a beat for a known instance copies nothing out of it.
 #[derive(Debug, Clone, Default)]
-pub struct BeatBody {
+pub struct BeatBody<'a> {
     /// Instance ip.
-    pub ip: Option<String>,
+    pub ip: Option<Cow<'a, str>>,
     /// Instance port.
     pub port: Option<u16>,
     /// Weight (Nacos defaults a missing one to 0.0 when re-registering).
     pub weight: Option<f64>,
     /// Cluster; overrides the `clusterName` parameter when non-blank.
-    pub cluster: Option<String>,
+    pub cluster: Option<Cow<'a, str>>,
     /// Metadata as the client sent it: a JSON object of scalars (checked when the body was
     /// read), turned into a map only when the beat registers the instance.
-    pub metadata: Option<Box<serde_json::value::RawValue>>,
+    pub metadata: Option<&'a serde_json::value::RawValue>,
     /// Ephemeral flag (default true).
     pub ephemeral: Option<bool>,
 }
 
-/// A beat as received.
+/// A beat as received, borrowing from the request.
 #[derive(Debug, Clone)]
-pub struct Beat {
+pub struct Beat<'a> {
     /// `ip` parameter.
-    pub ip: String,
+    pub ip: &'a str,
     /// `port` parameter.
     pub port: u16,
     /// `clusterName` parameter (already defaulted).
-    pub cluster: String,
+    pub cluster: &'a str,
     /// Parsed `beat` body.
-    pub body: Option<BeatBody>,
+    pub body: Option<BeatBody<'a>>,
 }
 
 /// The answer to a beat.
@@ -400,22 +402,27 @@ impl Node {
     }
 
     /// Handles a client beat, re-registering from its body when the instance is unknown.
-    pub async fn beat(&self, key: &ServiceKey, beat: Beat) -> Result<BeatReply, NodeError> {
+    pub async fn beat(&self, key: &ServiceKey, beat: Beat<'_>) -> Result<BeatReply, NodeError> {
         self.metrics.beats.inc();
         let default_interval = crate::naming::model::DEFAULT_BEAT_INTERVAL_MS;
-        let mut cluster = beat.cluster;
-        let (mut ip, mut port) = (beat.ip, beat.port);
+        let (mut ip, mut port, mut cluster) = (beat.ip, beat.port, beat.cluster);
         if let Some(b) = &beat.body {
-            if let Some(c) = b.cluster.as_deref().filter(|c| !c.trim().is_empty()) {
-                cluster = c.trim().to_string();
+            if let Some(c) = b
+                .cluster
+                .as_deref()
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+            {
+                cluster = c;
             }
-            if let Some(i) = &b.ip {
-                ip = i.clone();
+            if let Some(i) = b.ip.as_deref() {
+                ip = i;
             }
             if let Some(p) = b.port {
                 port = p;
             }
         }
+        // Compact strings: an address or a cluster name of up to 24 bytes is not allocated.
         let id = InstanceKey {
             ip: ip.into(),
             port,
@@ -455,7 +462,7 @@ impl Node {
             healthy: true,
             enabled: true,
             ephemeral: body.ephemeral.unwrap_or(true),
-            metadata: match &body.metadata {
+            metadata: match body.metadata {
                 Some(raw) => validate::json_metadata_text(raw.get())
                     .ok_or_else(|| NamingError::bad("beat metadata must be a JSON object"))?
                     .into(),

@@ -197,13 +197,15 @@ impl Md5Table {
     }
 
     /// Registers a parked listener on `keys`: register before the first lookup, so a change in
-    /// between still wakes it.
+    /// between still wakes it. (Tests; the edge registers with [`Md5Table::interest_from`].)
+    #[cfg(test)]
     pub fn interest(&self, keys: impl IntoIterator<Item = ConfigKey>) -> Interest {
         self.watch.interest(keys)
     }
 
-    /// [`Md5Table::interest`] for a client at `client` holding an md5 per key (shown by the
-    /// listener query).
+    /// Registers a parked listener of the client at `client` holding an md5 per key (shown by
+    /// the listener query): register before the first lookup, so a change in between still
+    /// wakes it.
     pub fn interest_from(
         &self,
         client: &str,

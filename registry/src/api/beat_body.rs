@@ -22,7 +22,7 @@ use crate::node::BeatBody;
 
 /// Parses a `beat` parameter; a body that is not a JSON object of the expected kinds is a 400
 /// naming it, as Nacos answers.
-pub fn parse(raw: &str) -> Result<BeatBody, ApiError> {
+pub fn parse(raw: &str) -> Result<BeatBody<'_>, ApiError> {
     let bad = || ApiError::bad_request(format!("beat format incorrect: {raw}"));
     // A derived struct would also accept a JSON array of its fields in order; Nacos reads
     // only an object.
@@ -38,15 +38,15 @@ pub fn parse(raw: &str) -> Result<BeatBody, ApiError> {
     let metadata = match f.metadata {
         Some(m) => {
             serde_json::from_str::<MetadataShape>(m.get()).map_err(|_| bad())?;
-            Some(m.to_owned())
+            Some(m)
         }
         None => None,
     };
     Ok(BeatBody {
-        ip: f.ip.filter(|s| !s.trim().is_empty()).map(Cow::into_owned),
+        ip: f.ip.filter(|s| !s.trim().is_empty()),
         port,
         weight: f.weight,
-        cluster: f.cluster.map(Cow::into_owned),
+        cluster: f.cluster,
         metadata,
         ephemeral: f.ephemeral,
     })
@@ -165,7 +165,8 @@ fn flag<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
     d.deserialize_any(V)
 }
 
-/// Checks that metadata is an object of scalar values, building nothing.
+/// Checks that metadata is an object of scalar values, building nothing: the rule of
+/// [`validate::json_metadata`], which converts it (a property test holds the two together).
 struct MetadataShape;
 
 impl<'de> Deserialize<'de> for MetadataShape {
@@ -290,7 +291,7 @@ mod tests {
 mod props {
     use proptest::prelude::*;
 
-    use super::parse;
+    use super::{parse, MetadataShape};
 
     fn config() -> ProptestConfig {
         ProptestConfig {
@@ -334,6 +335,21 @@ mod props {
                     }
                 }
                 Err(e) => prop_assert_eq!(e.status.as_u16(), 400),
+            }
+        }
+
+        /// The shape check and the conversion a registering beat uses state one rule: they
+        /// accept exactly the same metadata.
+        #[test]
+        fn the_metadata_shape_check_agrees_with_the_conversion(
+            entries in prop::collection::btree_map(".{0,4}", value(), 0..4),
+            top in value(),
+        ) {
+            for v in [serde_json::json!(entries), top] {
+                let text = v.to_string();
+                let shaped = serde_json::from_str::<MetadataShape>(&text).is_ok();
+                let converts = crate::naming::validate::json_metadata_text(&text).is_some();
+                prop_assert_eq!(shaped, converts, "{}", text);
             }
         }
 

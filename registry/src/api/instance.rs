@@ -243,16 +243,16 @@ pub async fn beat(State(app): State<Arc<App>>, p: Params) -> Result<Response, Ap
     let cluster = match p.opt("clusterName") {
         Some(c) => {
             validate::cluster_name(c)?;
-            c.to_string()
+            c
         }
-        None => crate::naming::model::DEFAULT_CLUSTER.to_string(),
+        None => crate::naming::model::DEFAULT_CLUSTER,
     };
     let port = match p.opt("port") {
         Some(v) => validate::port("port", v)?,
         None => 0,
     };
     let beat = Beat {
-        ip: p.opt("ip").unwrap_or("").to_string(),
+        ip: p.opt("ip").unwrap_or(""),
         port,
         cluster,
         body,
