@@ -204,6 +204,90 @@ async fn writes_reach_the_owner_and_reads_right_after_see_them() -> Result<()> {
     Ok(())
 }
 
+/// Rule V3: the owner answers a write the gateway routed to it once applied (the gateway
+/// reads from it too); every other write waits for the live peers, including one that carries
+/// the gateway's mark without the secret's proof, and one a node forwards to the owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn owners_answer_gateway_writes_at_once_and_every_other_write_after_its_peers() -> Result<()>
+{
+    let s = setup(&[])?;
+    let gw = s.gw();
+    let acks = |how: &str| format!("nacre_distro_write_acks_total{{ack=\"{how}\"}}");
+    let forwarded = "nacre_forwards_total{result=\"forwarded\"}";
+    for i in 0..20 {
+        let (service, ip) = (format!("routed-{i}"), format!("10.2.0.{i}"));
+        register(&gw, &service, &ip).await?;
+        assert_eq!(
+            gw.ips(&service).await,
+            vec![ip],
+            "read-your-writes through the gateway"
+        );
+    }
+    assert_eq!(s.nodes_metric(&acks("applied")).await, 20.0);
+    assert_eq!(s.nodes_metric(&acks("peers")).await, 0.0);
+
+    // Straight to a node: owned there or forwarded to the owner, it waits for the peers, and
+    // every node lists it right after the answer.
+    let node = s.node(0);
+    for i in 0..10 {
+        register(&node, &format!("direct-{i}"), "10.3.0.1").await?;
+        for n in 0..3 {
+            assert_eq!(
+                s.node(n).ips(&format!("direct-{i}")).await,
+                vec!["10.3.0.1"]
+            );
+        }
+    }
+    let register_with = |service: String, headers: Vec<(&'static str, String)>| {
+        let node = node.clone();
+        async move {
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let form = [
+                ("serviceName", service.as_str()),
+                ("ip", "10.4.0.1"),
+                ("port", "8080"),
+            ];
+            node.call_with_headers("POST", "/nacos/v1/ns/instance", &form, &headers)
+                .await
+        }
+    };
+    let forged = register_with(
+        "forged".into(),
+        vec![
+            ("x-nacre-owner-routed", "1".into()),
+            ("x-nacre-asserted-by", "not-the-secret".into()),
+        ],
+    )
+    .await;
+    assert_eq!(forged.body, "ok", "{forged:?}");
+    assert_eq!(s.nodes_metric(&acks("applied")).await, 20.0);
+    assert_eq!(s.nodes_metric(&acks("peers")).await, 11.0);
+
+    // The gateway's mark with the proof, sent to a node that may not own the service (a
+    // gateway whose view lags): the node answers at once only what it owns, and a write it
+    // forwards reaches the owner without the mark. 30 services: node 0 owns some and not all.
+    let before = s.nodes_metric(forwarded).await;
+    for i in 0..30 {
+        let r = register_with(
+            format!("marked-{i}"),
+            vec![
+                ("x-nacre-owner-routed", "1".into()),
+                ("x-nacre-client-addr", "127.0.0.1".into()),
+                ("x-nacre-asserted-by", s.cluster.secret().to_string()),
+            ],
+        )
+        .await;
+        assert_eq!(r.body, "ok", "{r:?}");
+    }
+    let moved = s.nodes_metric(forwarded).await - before;
+    let applied = s.nodes_metric(&acks("applied")).await - 20.0;
+    let waited = s.nodes_metric(&acks("peers")).await - 11.0;
+    assert_eq!((applied, waited), (30.0 - moved, moved));
+    assert!(moved > 0.0 && applied > 0.0, "node 0 owns {applied} of 30");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cache_hits_stay_in_the_gateway_and_changes_on_nodes_invalidate_them() -> Result<()> {
     let s = setup(&[])?;

@@ -10,7 +10,7 @@ use http::header;
 use nacre_ring::configs::ConfigKey;
 use nacre_ring::wire::{
     ASSERTED_BY_HEADER, CLIENT_ADDR_HEADER, CONFIG_LISTENER_PATH, CONFIG_LISTENER_READ_TIMEOUT_MS,
-    HEADER_PREFIX,
+    HEADER_PREFIX, OWNER_ROUTED_HEADER,
 };
 use nacre_ring::wire::{CONFIG_REVISION_HEADER, NOT_READY_HEADER};
 use nacre_ring::ServiceKey;
@@ -639,7 +639,7 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         upstream_request: &mut RequestHeader,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
     ) -> Result<()> {
         // Only nacre's tiers set `x-nacre-*` headers: drop whatever a client sent.
         let foreign: Vec<_> = upstream_request
@@ -659,6 +659,11 @@ impl ProxyHttp for Gateway {
             if let Some(secret) = self.shared.settings.cluster_secret.as_deref() {
                 upstream_request.insert_header(CLIENT_ADDR_HEADER, ip.to_string())?;
                 upstream_request.insert_header(ASSERTED_BY_HEADER, secret)?;
+                if ctx.key.is_some() && ctx.invalidates {
+                    // Its reads of the service come to the node this write went to, by the
+                    // same pick: the owner need not wait for its peers (rule V3).
+                    upstream_request.insert_header(OWNER_ROUTED_HEADER, "1")?;
+                }
             }
         }
         Ok(())

@@ -11,7 +11,7 @@ use nacre_config::RegistrySettings;
 use nacre_ring::ServiceKey;
 
 use crate::clock::Clock;
-use crate::distro::{BeatOutcome, Distro, EphemeralStore, ServiceRecord};
+use crate::distro::{Ack, BeatOutcome, Distro, EphemeralStore, ServiceRecord};
 use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::naming::model::{
@@ -178,12 +178,12 @@ impl Node {
     }
 
     /// Applies service records sent by a peer and notifies subscribers of what changed.
-    pub fn apply_remote(&self, records: Vec<ServiceRecord>) -> usize {
-        let changed = self.distro.apply_remote(records, self.now_ms());
-        for k in &changed {
+    pub fn apply_remote(&self, records: Vec<ServiceRecord>) -> crate::distro::Received {
+        let received = self.distro.apply_remote(records, self.now_ms());
+        for k in &received.changed {
             self.changed(k);
         }
-        changed.len()
+        received
     }
 
     /// Probe results for persistent instances.
@@ -256,17 +256,20 @@ impl Node {
         }
     }
 
-    /// A change made on this node to an ephemeral service: subscribers and peers hear of it.
-    fn ephemeral_changed(&self, key: &ServiceKey) {
+    /// A change made on this node to an ephemeral service (to instance `id` only, or to the
+    /// service as a whole): subscribers and peers hear of it.
+    fn ephemeral_changed(&self, key: &ServiceKey, id: Option<&InstanceKey>) {
         self.changed(key);
-        self.distro.local_change(key);
+        self.distro.local_change(key, id);
     }
 
-    /// A client's write to an ephemeral service: like [`Self::ephemeral_changed`], and the
-    /// answer waits until live peers have it (read-your-writes through any node).
-    async fn client_wrote(&self, key: &ServiceKey) {
+    /// A client's write to instance `id` of an ephemeral service: like
+    /// [`Self::ephemeral_changed`], and unless `ack` says the client reads from this node
+    /// anyway, the answer waits until live peers have it (rule V3: read-your-writes through any
+    /// node).
+    async fn client_wrote(&self, key: &ServiceKey, id: &InstanceKey, ack: Ack) {
         self.changed(key);
-        self.distro.local_change_acked(key).await;
+        self.distro.client_write(key, id, ack).await;
     }
 
     /// Proposes a config change through Raft; answers once it is applied here and on the live
@@ -301,9 +304,14 @@ impl Node {
 
     /// Registers (or replaces) an instance as the client described it; its `instance_id` and
     /// `last_beat_ms` are assigned here.
-    pub async fn register(&self, key: &ServiceKey, spec: Instance) -> Result<(), NodeError> {
+    pub async fn register(
+        &self,
+        key: &ServiceKey,
+        spec: Instance,
+        ack: Ack,
+    ) -> Result<(), NodeError> {
         validate::service_name(&key.grouped())?;
-        self.put(key, spec, PutMode::Upsert).await
+        self.put(key, spec, PutMode::Upsert, ack).await
     }
 
     /// Updates an instance; with `must_exist` (Java ≥ 1.0 clients) it must already be there.
@@ -312,15 +320,22 @@ impl Node {
         key: &ServiceKey,
         spec: Instance,
         must_exist: bool,
+        ack: Ack,
     ) -> Result<(), NodeError> {
         if must_exist {
-            self.put(key, spec, PutMode::UpdateExisting).await
+            self.put(key, spec, PutMode::UpdateExisting, ack).await
         } else {
-            self.register(key, spec).await
+            self.register(key, spec, ack).await
         }
     }
 
-    async fn put(&self, key: &ServiceKey, spec: Instance, mode: PutMode) -> Result<(), NodeError> {
+    async fn put(
+        &self,
+        key: &ServiceKey,
+        spec: Instance,
+        mode: PutMode,
+        ack: Ack,
+    ) -> Result<(), NodeError> {
         let inst = self.stamp(key, spec);
         if !inst.ephemeral {
             return self
@@ -331,8 +346,9 @@ impl Node {
                 })
                 .await;
         }
+        let id = inst.key();
         self.ephemeral().put(key, inst, mode, self.now_ms())?;
-        self.client_wrote(key).await;
+        self.client_wrote(key, &id, ack).await;
         Ok(())
     }
 
@@ -342,10 +358,11 @@ impl Node {
         key: &ServiceKey,
         id: &InstanceKey,
         patch: InstancePatch,
+        ack: Ack,
     ) -> Result<(), NodeError> {
         let now = self.now_ms();
         if self.ephemeral().patch(key, id, &patch, now).is_ok() {
-            self.client_wrote(key).await;
+            self.client_wrote(key, id, ack).await;
             return Ok(());
         }
         self.patch_persistent(key, id, patch, now).await
@@ -375,10 +392,11 @@ impl Node {
         key: &ServiceKey,
         id: &InstanceKey,
         ephemeral: bool,
+        ack: Ack,
     ) -> Result<(), NodeError> {
         if ephemeral {
             if self.ephemeral().remove(key, id, self.now_ms()) {
-                self.client_wrote(key).await;
+                self.client_wrote(key, id, ack).await;
             }
             return Ok(());
         }
@@ -402,7 +420,12 @@ impl Node {
     }
 
     /// Handles a client beat, re-registering from its body when the instance is unknown.
-    pub async fn beat(&self, key: &ServiceKey, beat: Beat<'_>) -> Result<BeatReply, NodeError> {
+    pub async fn beat(
+        &self,
+        key: &ServiceKey,
+        beat: Beat<'_>,
+        ack: Ack,
+    ) -> Result<BeatReply, NodeError> {
         self.metrics.beats.inc();
         let default_interval = crate::naming::model::DEFAULT_BEAT_INTERVAL_MS;
         let (mut ip, mut port, mut cluster) = (beat.ip, beat.port, beat.cluster);
@@ -435,7 +458,7 @@ impl Node {
                 revived,
             } => {
                 if revived {
-                    self.ephemeral_changed(key);
+                    self.ephemeral_changed(key, Some(&id));
                 }
                 return Ok(BeatReply::Ok { interval_ms });
             }
@@ -475,7 +498,7 @@ impl Node {
         };
         validate::check_weight(spec.weight)?;
         let interval_ms = spec.beat_interval_ms();
-        self.register(key, spec).await?;
+        self.register(key, spec, ack).await?;
         Ok(BeatReply::Ok { interval_ms })
     }
 
@@ -515,7 +538,7 @@ impl Node {
         match self.ephemeral().set_health(key, id, healthy, now) {
             Ok(changed) => {
                 if changed {
-                    self.ephemeral_changed(key);
+                    self.ephemeral_changed(key, Some(id));
                 }
                 Ok(())
             }
@@ -589,7 +612,7 @@ impl Node {
         // Persistent patches notify through the Raft apply hook; only ephemeral ones are ours
         // to announce and replicate.
         if ephemeral_patched {
-            self.ephemeral_changed(key);
+            self.ephemeral_changed(key, None);
         }
         Ok(updated)
     }
@@ -650,7 +673,11 @@ impl Node {
                 more = (s.unhealthy + s.removed).saturating_sub(sample.len()),
                 "instances expired"
             );
-            self.ephemeral_changed(&s.key);
+            self.changed(&s.key);
+        }
+        // Peers get a delta of the instances each service lost or saw turn unhealthy.
+        for e in &report.expired {
+            self.distro.local_change(&e.key, Some(&e.instance));
         }
         if !report.dropped.is_empty() {
             tracing::info!(
@@ -659,7 +686,7 @@ impl Node {
                 "dropped services empty for their whole TTL"
             );
             for k in &report.dropped {
-                self.ephemeral_changed(k);
+                self.ephemeral_changed(k, None);
             }
         }
     }
@@ -749,7 +776,7 @@ impl Node {
             .await?;
         }
         if self.ephemeral().remove_service(key, self.now_ms()) {
-            self.ephemeral_changed(key);
+            self.ephemeral_changed(key, None);
         }
         Ok(())
     }

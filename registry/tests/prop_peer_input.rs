@@ -64,9 +64,10 @@ fn record() -> impl Strategy<Value = ServiceRecord> {
         prop::collection::vec(any::<u64>(), 0..7),
         prop::collection::vec(((name(), 0u16..4, name()), any::<u64>()), 0..4),
         prop_oneof![3 => Just(0u64), 1 => any::<u64>()],
+        any::<bool>(),
     )
         .prop_map(
-            |(svc, version, instances, stamps, removed, floor)| ServiceRecord {
+            |(svc, version, instances, stamps, removed, floor, partial)| ServiceRecord {
                 key: ServiceKey::new("public", "DEFAULT_GROUP", &svc),
                 version,
                 instances,
@@ -85,6 +86,7 @@ fn record() -> impl Strategy<Value = ServiceRecord> {
                     })
                     .collect(),
                 floor,
+                partial,
             },
         )
 }
@@ -177,6 +179,7 @@ fn a_removal_carried_by_an_absent_empty_service_is_not_forgotten() {
                 11_822_935_350_341_780_633,
             )],
             floor: 1,
+            partial: false,
         },
         ServiceRecord {
             key,
@@ -185,6 +188,7 @@ fn a_removal_carried_by_an_absent_empty_service_is_not_forgotten() {
             stamps: vec![0, 0, 1_298_947_601_655_231_887],
             removed: Vec::new(),
             floor: 0,
+            partial: false,
         },
     ];
     let store = EphemeralStore::new();

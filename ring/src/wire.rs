@@ -19,6 +19,12 @@ pub const CLIENT_ADDR_HEADER: &str = "x-nacre-client-addr";
 /// Proof for [`CLIENT_ADDR_HEADER`]: the cluster secret. Unlike [`SECRET_HEADER`] it grants
 /// nothing but the client address (a proxied client request must not pass as peer traffic).
 pub const ASSERTED_BY_HEADER: &str = "x-nacre-asserted-by";
+/// Set by a gateway on a client's instance write: the gateway sends that client's reads of the
+/// service to the node it picks by the same rule, so that node, when it owns the service, may
+/// answer once the write is applied there rather than after its peers acknowledged it (rule
+/// V3 in the registry's `distro`). Believed only with [`ASSERTED_BY_HEADER`]; a node
+/// forwarding the write to the owner drops it.
+pub const OWNER_ROUTED_HEADER: &str = "x-nacre-owner-routed";
 /// Set on the 503 a node answers a client request with while it is not ready or has no
 /// standing: the gateway then marks the node out of rotation and replays the request on
 /// another node (its probes would notice only a moment later; a node restarted under the same

@@ -18,10 +18,13 @@ use std::time::Duration;
 use axum::response::{IntoResponse, Response};
 use nacre_ring::ServiceKey;
 
+use nacre_ring::wire::{ASSERTED_BY_HEADER, OWNER_ROUTED_HEADER};
+
 use super::error::ApiError;
 use super::params::Params;
 use super::App;
-use crate::peer::{secret_matches, FORWARDED_HEADER};
+use crate::distro::Ack;
+use crate::peer::{header_matches, secret_matches, FORWARDED_HEADER};
 
 /// Time the owner has to answer a forwarded write before this node applies it itself.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(3);
@@ -29,6 +32,21 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(3);
 /// Whether the request was forwarded by a peer (marked and authenticated).
 pub fn is_forwarded(app: &App, p: &Params) -> bool {
     p.headers.contains_key(FORWARDED_HEADER) && secret_matches(&p.headers, &app.secret)
+}
+
+/// How a write this node applies to `key` is acknowledged (rule V3 in [`crate::distro`]):
+/// without waiting for peers only when a gateway routed it here by owner (proved with the
+/// cluster secret), this node owns `key`, and no peer forwarded it.
+pub fn ack(app: &App, key: &ServiceKey, p: &Params) -> Ack {
+    let owner_routed = p.headers.contains_key(OWNER_ROUTED_HEADER)
+        && header_matches(&p.headers, ASSERTED_BY_HEADER, &app.secret);
+    if owner_routed && !is_forwarded(app, p) {
+        let membership = app.node.membership();
+        if membership.owner(key) == membership.self_addr() {
+            return Ack::Applied;
+        }
+    }
+    Ack::Peers
 }
 
 /// The owner's answer when `key` belongs to another reachable node; `None` means "apply here".
@@ -47,6 +65,9 @@ pub async fn to_owner(app: &App, key: &ServiceKey, p: &Params) -> Option<Respons
     let path = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
     // The owner must see the client's verified address, not this node's.
     let mut headers = p.headers.clone();
+    // The gateway routes the client's reads to this node, not to the owner: the owner must
+    // wait for its peers, this one among them.
+    headers.remove(OWNER_ROUTED_HEADER);
     if let Some(source) = super::source::verified_source(app, p) {
         super::source::assert_source(&mut headers, source, &app.secret);
     }

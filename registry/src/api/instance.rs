@@ -75,7 +75,9 @@ pub async fn register(State(app): State<Arc<App>>, p: Params) -> Result<Response
         return Ok(r);
     }
     let spec = spec(&p)?;
-    app.node.register(&key, spec).await?;
+    app.node
+        .register(&key, spec, forward::ack(&app, &key, &p))
+        .await?;
     Ok(ok())
 }
 
@@ -87,7 +89,12 @@ pub async fn deregister(State(app): State<Arc<App>>, p: Params) -> Result<Respon
     }
     let id = instance_key(&p, &["clusterName", "cluster"])?;
     app.node
-        .deregister(&key, &id, flag(&p, "ephemeral", true))
+        .deregister(
+            &key,
+            &id,
+            flag(&p, "ephemeral", true),
+            forward::ack(&app, &key, &p),
+        )
         .await?;
     Ok(ok())
 }
@@ -100,7 +107,9 @@ pub async fn update(State(app): State<Arc<App>>, p: Params) -> Result<Response, 
     }
     let spec = spec(&p)?;
     let must_exist = ClientInfo::parse(p.user_agent()).is_modern_java();
-    app.node.update(&key, spec, must_exist).await?;
+    app.node
+        .update(&key, spec, must_exist, forward::ack(&app, &key, &p))
+        .await?;
     Ok(ok())
 }
 
@@ -118,7 +127,9 @@ pub async fn patch(State(app): State<Arc<App>>, p: Params) -> Result<Response, A
         healthy: p.opt("healthy").map(validate::lenient_bool),
         enabled: p.opt("enabled").map(validate::lenient_bool),
     };
-    app.node.patch(&key, &id, patch).await?;
+    app.node
+        .patch(&key, &id, patch, forward::ack(&app, &key, &p))
+        .await?;
     Ok(ok())
 }
 
@@ -257,7 +268,10 @@ pub async fn beat(State(app): State<Arc<App>>, p: Params) -> Result<Response, Ap
         cluster,
         body,
     };
-    let reply = app.node.beat(&key, beat).await?;
+    let reply = app
+        .node
+        .beat(&key, beat, forward::ack(&app, &key, &p))
+        .await?;
     // Formatted directly: the answer to every beat, too hot to build a JSON tree for.
     Ok(super::json_text(match reply {
         BeatReply::Ok { interval_ms } => format!(

@@ -41,6 +41,34 @@
 //!   `store::tests::a_removal_beats_an_older_copy_and_loses_to_a_newer_registration`,
 //!   `store::tests::deletion_replicates_and_stale_records_do_not_resurrect`;
 //!   `tests/faults.rs` `registrations_acknowledged_while_the_owner_is_frozen_survive_its_return`.
+//! - **V2 — deltas.** A change to one instance (a client's registration, update, patch or
+//!   removal, a beat that revives it, an expiry) is owed to each peer as that instance only:
+//!   a *partial* record carrying the service's version and floor, the named instances with
+//!   their stamps and the removals among them. The receiver merges it by V1 but reads nothing
+//!   into what it leaves out, so only a named instance can make its copy diverge. A delta that
+//!   creates the service at the receiver (it missed earlier changes) is answered with a
+//!   request for the whole record. Per peer, the instances owed for one service accumulate
+//!   until a batch takes them; past `replicate::DELTA_LIMIT` instances, or on any change to
+//!   the service as a whole (deletion, batch metadata, a repair), the whole record goes
+//!   instead. A write therefore costs the instances it touched, not the size of its service.
+//!   *Tests:* `tests/prop_deltas.rs` `deltas_converge_like_whole_records`,
+//!   `store::tests::v2_a_delta_carries_only_the_named_instances_and_says_nothing_of_the_rest`,
+//!   `store::tests::v2_a_delta_that_creates_the_service_asks_for_the_whole_record`,
+//!   `store::tests::v2_a_receiver_newer_on_a_named_instance_sends_its_copy_back`,
+//!   `replicate::tests::v2_pending_instances_accumulate_until_the_whole_record_is_cheaper`.
+//! - **V3 — read-your-writes.** A client's instance write is answered once the live peers
+//!   acknowledged it (at most `WRITE_ACK_TIMEOUT`): legacy clients pick a server per request,
+//!   and the next one may read from another node. The one exception is a write a gateway
+//!   routed here by owner (`x-nacre-owner-routed`, believed only with the cluster secret's
+//!   proof) that this node owns and no peer forwarded: the gateway sends that client's reads
+//!   of the service to the node it picks by the same rule, so the write is answered once
+//!   applied here and reaches the peers in the next batch. A node forwarding a write drops the
+//!   mark, so the owner waits for the forwarding node, where the gateway reads. Several
+//!   gateways give read-your-writes across one another while their views of the nodes agree.
+//!   *Tests:* `tests/gateway.rs`
+//!   `owners_answer_gateway_writes_at_once_and_every_other_write_after_its_peers`,
+//!   `writes_reach_the_owner_and_reads_right_after_see_them`; `tests/cluster.rs`
+//!   `writes_on_any_node_are_listed_by_every_node`.
 //!
 //! **Expiry** (`expiry::ExpiryGate`, applied by [`Distro::sweep`]): a node must never act on a
 //! silence it could not have observed.
@@ -137,6 +165,7 @@ pub use replicate::{DistroMetrics, Replicator, SyncSettings};
 pub use store::{BeatOutcome, Digest, EphemeralStore, Expiry, ExpiryKind, ServiceRecord, Swept};
 
 use crate::membership::Membership;
+use crate::naming::model::InstanceKey;
 use crate::peer::PeerClient;
 
 /// Longest a client write waits for live peers to acknowledge it.
@@ -176,6 +205,25 @@ pub struct DistroCluster {
     pub client: PeerClient,
     /// Timing.
     pub settings: DistroSettings,
+}
+
+/// When a client's ephemeral write is answered (rule V3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ack {
+    /// Once live peers acknowledged it (bounded): the client may read from any node next.
+    Peers,
+    /// Once applied here: a gateway sends the client's reads of the service to this node, its
+    /// owner.
+    Applied,
+}
+
+/// What merging a peer's records did here.
+#[derive(Debug, Default)]
+pub struct Received {
+    /// Services whose copy here changed (subscribers must hear of it).
+    pub changed: Vec<ServiceKey>,
+    /// Services a delta created here: the sender is asked for their whole records.
+    pub want: Vec<ServiceKey>,
 }
 
 /// What one sweep tick decided and did.
@@ -253,28 +301,46 @@ impl Distro {
         self.is_loaded().then(|| self.store.export_all())
     }
 
-    /// Records a local change of `key` for replication.
-    pub fn local_change(&self, key: &ServiceKey) {
+    /// Records a local change of `key` for replication: of instance `id` only, or (`None`) of
+    /// the service as a whole.
+    pub fn local_change(&self, key: &ServiceKey, id: Option<&InstanceKey>) {
         if let Some(c) = &self.cluster {
-            c.replicator.changed(key);
+            c.replicator.changed(key, id);
         }
     }
 
-    /// Records a client's write of `key` and waits until live peers have it (bounded), so the
-    /// client can read it from any node next.
-    pub async fn local_change_acked(&self, key: &ServiceKey) {
-        if let Some(c) = &self.cluster {
-            let membership = &self.membership;
-            c.replicator
-                .changed_and_wait(key, |peer| membership.is_live(peer), WRITE_ACK_TIMEOUT)
-                .await;
+    /// Records a client's write of instance `id` of `key` and, unless `ack` says the client
+    /// reads from this node anyway, waits until live peers have it (bounded), so the client can
+    /// read it from any node next (rule V3).
+    pub async fn client_write(&self, key: &ServiceKey, id: &InstanceKey, ack: Ack) {
+        let Some(c) = &self.cluster else {
+            return;
+        };
+        let acks = &c.replicator.metrics().write_acks;
+        match ack {
+            Ack::Applied => {
+                acks.with_label_values(&["applied"]).inc();
+                c.replicator.changed(key, Some(id));
+            }
+            Ack::Peers => {
+                acks.with_label_values(&["peers"]).inc();
+                let membership = &self.membership;
+                c.replicator
+                    .changed_and_wait(
+                        key,
+                        Some(id),
+                        |peer| membership.is_live(peer),
+                        WRITE_ACK_TIMEOUT,
+                    )
+                    .await;
+            }
         }
     }
 
-    /// Merges records from a peer (rule V1); returns the keys that changed here. A merged copy
-    /// that holds something the sender lacked is replicated back, so both converge on the union.
-    pub fn apply_remote(&self, records: Vec<ServiceRecord>, now_ms: u64) -> Vec<ServiceKey> {
-        let mut changed = Vec::new();
+    /// Merges records from a peer (rules V1, V2). A merged copy that holds something the
+    /// sender lacked is replicated back, so both converge on the union.
+    pub fn apply_remote(&self, records: Vec<ServiceRecord>, now_ms: u64) -> Received {
+        let mut received = Received::default();
         for r in records {
             let key = r.key.clone();
             let merged = self.store.apply_remote(r, now_ms);
@@ -290,14 +356,17 @@ impl Distro {
                     .with_label_values(&[outcome])
                     .inc();
                 if merged.diverged {
-                    c.replicator.changed(&key);
+                    c.replicator.changed(&key, None);
                 }
             }
+            if merged.incomplete {
+                received.want.push(key.clone());
+            }
             if merged.changed {
-                changed.push(key);
+                received.changed.push(key);
             }
         }
-        changed
+        received
     }
 
     /// This node's standing to serve writes and judge silence (rules O3, E1), from its

@@ -1,9 +1,12 @@
 //! Pushing local changes of ephemeral services to every peer (Distro sync).
 //!
-//! A change only marks its service *dirty* for each peer; a worker per peer drains the dirty set
-//! in batches and ships the services' current records. Marking instead of queueing each change
-//! means a burst of changes to one service costs one transfer, and a peer's backlog is bounded
-//! by the number of distinct services, never by the change rate. The set is also capped: when a
+//! A change only marks its service *pending* for each peer; a worker per peer drains the
+//! pending set in batches. A change to one instance (a registration, a beat that revived it, a
+//! patch, a removal, an expiry) marks that instance, and the peer gets a delta of the marked
+//! instances; any other change marks the whole service (rule V2 in [`crate::distro`]). Marking
+//! instead of queueing each change means a burst of changes to one instance costs one
+//! transfer, and a peer's backlog is bounded by the number of distinct services (and at most
+//! [`DELTA_LIMIT`] instances in each), never by the change rate. The set is also capped: when a
 //! dead peer's backlog passes the cap it is dropped and the periodic verify repairs the peer
 //! once it is back, so memory never grows without limit.
 
@@ -19,7 +22,68 @@ use tokio_util::sync::CancellationToken;
 
 use super::store::{EphemeralStore, ServiceRecord};
 use super::wire::{SyncBatch, SyncReply, SYNC_PATH};
+use crate::naming::model::InstanceKey;
 use crate::peer::PeerClient;
+
+/// Most instances of one service a peer is owed as a delta; past it the whole record goes,
+/// which is then no dearer than the delta.
+pub const DELTA_LIMIT: usize = 512;
+
+/// What a peer is owed of one service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Pending {
+    /// The whole record.
+    Whole,
+    /// A delta of these instances.
+    Instances(HashSet<InstanceKey>),
+}
+
+impl Pending {
+    fn of(id: Option<&InstanceKey>) -> Self {
+        match id {
+            Some(id) => Self::Instances(HashSet::from([id.clone()])),
+            None => Self::Whole,
+        }
+    }
+
+    /// Adds what `other` owes; whole wins, and so does a delta grown past [`DELTA_LIMIT`].
+    fn absorb(&mut self, other: Pending) {
+        match (&mut *self, other) {
+            (Self::Whole, _) => {}
+            (_, Self::Whole) => *self = Self::Whole,
+            (Self::Instances(mine), Self::Instances(theirs)) => {
+                mine.extend(theirs);
+                self.cap();
+            }
+        }
+    }
+
+    fn add(&mut self, id: Option<&InstanceKey>) {
+        match (&mut *self, id) {
+            (Self::Whole, _) => {}
+            (_, None) => *self = Self::Whole,
+            (Self::Instances(ids), Some(id)) => {
+                if !ids.contains(id) {
+                    ids.insert(id.clone());
+                    self.cap();
+                }
+            }
+        }
+    }
+
+    fn cap(&mut self) {
+        if matches!(self, Self::Instances(ids) if ids.len() > DELTA_LIMIT) {
+            *self = Self::Whole;
+        }
+    }
+
+    fn instances(&self) -> Option<&HashSet<InstanceKey>> {
+        match self {
+            Self::Whole => None,
+            Self::Instances(ids) => Some(ids),
+        }
+    }
+}
 
 /// Tuning of the sync workers.
 #[derive(Debug, Clone, Copy)]
@@ -49,7 +113,7 @@ impl Default for SyncSettings {
 
 #[derive(Default)]
 struct Backlog {
-    dirty: HashSet<ServiceKey>,
+    dirty: HashMap<ServiceKey, Pending>,
     /// Counts marks; a writer waits until the peer has acknowledged its mark's number.
     seq: u64,
     /// When the oldest unsent change was marked (the peer's replication lag).
@@ -82,6 +146,9 @@ pub struct DistroMetrics {
     pub verify_repairs: IntCounterVec,
     /// Client writes forwarded to the owner, by result.
     pub forwards: IntCounterVec,
+    /// Client writes applied here, by when they were answered (rule V3): `peers` after the
+    /// live peers acknowledged them, `applied` at once (a gateway routed them by owner).
+    pub write_acks: IntCounterVec,
 }
 
 impl DistroMetrics {
@@ -136,10 +203,24 @@ impl DistroMetrics {
             ),
             &["result"],
         )?;
+        let write_acks = IntCounterVec::new(
+            Opts::new(
+                "nacre_distro_write_acks_total",
+                "Client instance writes applied here, by what their answer waited for",
+            ),
+            &["ack"],
+        )?;
         for m in [&queue_depth, &lag_ms] {
             registry.register(Box::new(m.clone()))?;
         }
-        for m in [&syncs, &dropped, &received, &verify_repairs, &forwards] {
+        for m in [
+            &syncs,
+            &dropped,
+            &received,
+            &verify_repairs,
+            &forwards,
+            &write_acks,
+        ] {
             registry.register(Box::new(m.clone()))?;
         }
         Ok(Self {
@@ -150,6 +231,7 @@ impl DistroMetrics {
             received,
             verify_repairs,
             forwards,
+            write_acks,
         })
     }
 }
@@ -261,12 +343,12 @@ impl Replicator {
         }
     }
 
-    /// Marks `key` changed for every peer.
-    pub fn changed(&self, key: &ServiceKey) {
+    /// Marks `key` changed for every peer: the whole service, or only instance `id`.
+    pub fn changed(&self, key: &ServiceKey, id: Option<&InstanceKey>) {
         // Under the read lock: this runs on every write, and copying the peer list each time
         // would cost an allocation per peer. `mark` only takes the peer's own backlog lock.
         for (addr, q) in self.peers.read().iter() {
-            self.mark(addr, q, key);
+            self.mark(addr, q, key, id);
         }
     }
 
@@ -278,12 +360,13 @@ impl Replicator {
     pub async fn changed_and_wait(
         &self,
         key: &ServiceKey,
+        id: Option<&InstanceKey>,
         wait_for: impl Fn(&str) -> bool,
         timeout: Duration,
     ) {
         let mut waits = Vec::new();
         for (addr, q) in self.peers.read().iter() {
-            let n = self.mark(addr, q, key);
+            let n = self.mark(addr, q, key, id);
             if wait_for(addr) {
                 waits.push((q.acked.subscribe(), n));
             }
@@ -294,26 +377,32 @@ impl Replicator {
         let _ = tokio::time::timeout(timeout, all).await;
     }
 
-    /// Marks `key` changed for one peer (verify found it behind).
+    /// Marks the whole of `key` changed for one peer (verify found it behind, or the peer
+    /// asked for it).
     pub fn changed_for(&self, peer: &str, key: &ServiceKey) {
         let q = self.peers.read().get(peer).cloned();
         if let Some(q) = q {
-            self.mark(peer, &q, key);
+            self.mark(peer, &q, key, None);
         }
     }
 
-    fn mark(&self, addr: &str, q: &PeerQueue, key: &ServiceKey) -> u64 {
+    fn mark(&self, addr: &str, q: &PeerQueue, key: &ServiceKey, id: Option<&InstanceKey>) -> u64 {
         let mut b = q.backlog.lock();
         b.seq += 1;
         let n = b.seq;
-        if b.dirty.len() >= self.settings.queue_capacity && !b.dirty.contains(key) {
-            tracing::warn!(peer = %addr, dropped = b.dirty.len(), "distro backlog for peer is full; dropping it, verify will repair the peer");
-            self.metrics.dropped.with_label_values(&[addr]).inc();
-            b.dirty.clear();
-            b.oldest = None;
-        }
-        if b.dirty.insert(key.clone()) && b.oldest.is_none() {
-            b.oldest = Some(Instant::now());
+        if let Some(pending) = b.dirty.get_mut(key) {
+            pending.add(id);
+        } else {
+            if b.dirty.len() >= self.settings.queue_capacity {
+                tracing::warn!(peer = %addr, dropped = b.dirty.len(), "distro backlog for peer is full; dropping it, verify will repair the peer");
+                self.metrics.dropped.with_label_values(&[addr]).inc();
+                b.dirty.clear();
+                b.oldest = None;
+            }
+            b.dirty.insert(key.clone(), Pending::of(id));
+            if b.oldest.is_none() {
+                b.oldest = Some(Instant::now());
+            }
         }
         self.metrics
             .queue_depth
@@ -328,7 +417,7 @@ impl Replicator {
     /// repairs must not be lost to the very cap whose overflow they repair.
     pub async fn send_now(&self, peer: &str, keys: &[ServiceKey]) -> Result<(), String> {
         for chunk in keys.chunks(self.settings.max_batch.max(1)) {
-            let records = self.records(chunk);
+            let records = self.records(chunk.iter().map(|k| (k, None)));
             let result = self.send(peer, records).await;
             let outcome = if result.is_ok() { "ok" } else { "error" };
             self.metrics.syncs.with_label_values(&[peer, outcome]).inc();
@@ -366,32 +455,41 @@ impl Replicator {
                 }
             }
             loop {
-                let (keys, since, covers) = {
+                let (items, since, covers) = {
                     let mut b = q.backlog.lock();
-                    let keys: Vec<ServiceKey> = b
-                        .dirty
-                        .iter()
-                        .take(self.settings.max_batch)
-                        .cloned()
-                        .collect();
-                    for k in &keys {
-                        b.dirty.remove(k);
-                    }
+                    let items: Vec<(ServiceKey, Pending)> =
+                        if b.dirty.len() <= self.settings.max_batch {
+                            b.dirty.drain().collect()
+                        } else {
+                            let keys: Vec<ServiceKey> = b
+                                .dirty
+                                .keys()
+                                .take(self.settings.max_batch)
+                                .cloned()
+                                .collect();
+                            keys.into_iter()
+                                .filter_map(|k| b.dirty.remove_entry(&k))
+                                .collect()
+                        };
                     let since = b.oldest;
                     b.oldest = if b.dirty.is_empty() { None } else { since };
                     // Once this batch lands, every mark so far has reached the peer, unless
                     // keys are still waiting for a later batch.
                     let covers = b.dirty.is_empty().then_some(b.seq);
-                    (keys, since, covers)
+                    (items, since, covers)
                 };
-                if keys.is_empty() {
+                if items.is_empty() {
                     self.metrics.lag_ms.with_label_values(&[&addr]).set(0);
                     self.metrics.queue_depth.with_label_values(&[&addr]).set(0);
                     break;
                 }
-                let records = self.records(&keys);
+                let records = self.records(items.iter().map(|(k, p)| (k, p.instances())));
                 match self.send(&addr, records).await {
-                    Ok(()) => {
+                    Ok(want) => {
+                        // Deltas that created the service there: it wants the whole record.
+                        for k in &want {
+                            self.mark(&addr, &q, k, None);
+                        }
                         backoff = Duration::from_millis(100);
                         self.metrics.syncs.with_label_values(&[&addr, "ok"]).inc();
                         if let Some(n) = covers {
@@ -408,7 +506,7 @@ impl Replicator {
                             .with_label_values(&[&addr, "error"])
                             .inc();
                         tracing::debug!(peer = %addr, error = %e, "distro sync failed; will retry");
-                        self.requeue(&addr, &q, keys, since);
+                        self.requeue(&addr, &q, items, since);
                         tokio::select! {
                             _ = q.stop.cancelled() => return,
                             _ = tokio::time::sleep(backoff) => {}
@@ -427,14 +525,19 @@ impl Replicator {
         }
     }
 
-    /// The current state of `keys`; a service missing locally was deleted, which the peer
-    /// learns as a deletion record stamped with the store's clock.
-    fn records(&self, keys: &[ServiceKey]) -> Vec<ServiceRecord> {
-        let mut found = self.store.export(keys);
-        if found.len() < keys.len() {
+    /// What each item owes (its whole record, or a delta of the named instances); a service
+    /// missing locally was deleted, which the peer learns as a deletion record stamped with
+    /// the store's clock.
+    fn records<'a>(
+        &self,
+        items: impl Iterator<Item = (&'a ServiceKey, Option<&'a HashSet<InstanceKey>>)> + Clone,
+    ) -> Vec<ServiceRecord> {
+        let mut found = self.store.export_changes(items.clone());
+        let wanted = items.clone().count();
+        if found.len() < wanted {
             let present: HashSet<&ServiceKey> = found.iter().map(|r| &r.key).collect();
-            let missing: Vec<ServiceKey> = keys
-                .iter()
+            let missing: Vec<ServiceKey> = items
+                .map(|(k, _)| k)
                 .filter(|k| !present.contains(k))
                 .cloned()
                 .collect();
@@ -447,15 +550,28 @@ impl Replicator {
         found
     }
 
-    fn requeue(&self, addr: &str, q: &PeerQueue, keys: Vec<ServiceKey>, since: Option<Instant>) {
+    fn requeue(
+        &self,
+        addr: &str,
+        q: &PeerQueue,
+        items: Vec<(ServiceKey, Pending)>,
+        since: Option<Instant>,
+    ) {
         let mut b = q.backlog.lock();
-        if b.dirty.len() + keys.len() > self.settings.queue_capacity {
+        if b.dirty.len() + items.len() > self.settings.queue_capacity {
             self.metrics.dropped.with_label_values(&[addr]).inc();
             b.dirty.clear();
             b.oldest = None;
             return;
         }
-        b.dirty.extend(keys);
+        for (k, p) in items {
+            match b.dirty.entry(k) {
+                std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().absorb(p),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(p);
+                }
+            }
+        }
         b.oldest = match (b.oldest, since) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -472,7 +588,12 @@ impl Replicator {
         }
     }
 
-    async fn send(&self, addr: &str, records: Vec<ServiceRecord>) -> Result<(), String> {
+    /// Sends `records`; returns the services the peer asked to get whole.
+    async fn send(
+        &self,
+        addr: &str,
+        records: Vec<ServiceRecord>,
+    ) -> Result<Vec<ServiceKey>, String> {
         let batch = SyncBatch {
             from: self.self_addr.clone(),
             records,
@@ -480,7 +601,46 @@ impl Replicator {
         self.client
             .post_json::<_, SyncReply>(addr, SYNC_PATH, &batch, self.settings.timeout)
             .await
-            .map(drop)
+            .map(|reply| reply.want)
             .map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: usize) -> InstanceKey {
+        InstanceKey {
+            ip: format!("10.0.{}.{}", n / 256, n % 256).into(),
+            port: 80,
+            cluster: "DEFAULT".into(),
+        }
+    }
+
+    #[test]
+    fn v2_pending_instances_accumulate_until_the_whole_record_is_cheaper() {
+        let mut p = Pending::of(Some(&id(0)));
+        p.add(Some(&id(0)));
+        p.add(Some(&id(1)));
+        assert_eq!(p, Pending::Instances(HashSet::from([id(0), id(1)])));
+        // A failed batch comes back and joins what was marked meanwhile.
+        p.absorb(Pending::Instances(HashSet::from([id(2)])));
+        assert_eq!(p.instances().map(HashSet::len), Some(3));
+        for n in 3..DELTA_LIMIT {
+            p.add(Some(&id(n)));
+        }
+        assert_eq!(p.instances().map(HashSet::len), Some(DELTA_LIMIT));
+        p.add(Some(&id(DELTA_LIMIT)));
+        assert_eq!(p, Pending::Whole);
+        // Whole stays whole; a service-level change makes a delta whole.
+        p.add(Some(&id(0)));
+        assert_eq!(p, Pending::Whole);
+        let mut q = Pending::of(Some(&id(0)));
+        q.add(None);
+        assert_eq!(q, Pending::Whole);
+        let mut r = Pending::of(Some(&id(0)));
+        r.absorb(Pending::Whole);
+        assert_eq!(r, Pending::Whole);
     }
 }

@@ -64,7 +64,7 @@ impl Distro {
                 match got {
                     Ok(records) => {
                         let n = records.len();
-                        let applied = self.apply_remote(records, now_ms()).len();
+                        let applied = self.apply_remote(records, now_ms()).changed.len();
                         tracing::info!(peer = %peer, services = n, applied, "loaded distro snapshot");
                         self.mark_loaded();
                         return Some(applied);

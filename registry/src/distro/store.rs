@@ -7,14 +7,15 @@
 //! last + 1)`, raised past every version seen from peers): the service carries the version of
 //! its last change, and each instance the version of its own last change (its *stamp*); a
 //! removed instance leaves a stamped tombstone for [`TOMBSTONE_TTL_MS`]. Replication ships
-//! whole [`ServiceRecord`]s, and a peer **merges** one into its copy instance by instance: the
+//! [`ServiceRecord`]s, whole or as deltas of the instances that changed (rule V2), and a peer
+//! **merges** one into its copy instance by instance: the
 //! higher stamp wins, a tombstone beats an instance no newer than it, and an instance only one
 //! side knows is kept. Merging is idempotent, order-insensitive and commutative, so two nodes
 //! that accepted different registrations of one service at once both keep both (rule V1 in
 //! [`crate::distro`]); a node whose merged copy holds something the sender lacked sends its
 //! copy back.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use nacre_ring::ServiceKey;
@@ -75,22 +76,31 @@ pub struct EphemeralService {
 const INDEXED_FROM: usize = 64;
 
 /// Where each instance of a large service sits in its list, so that a beat or a registration
-/// into a 10,000-instance service finds its instance by a binary search instead of a scan: the
-/// positions, ordered by a hash of the identity at each (4 bytes per instance; a hash map took
-/// ten times that).
+/// into a 10,000-instance service finds its instance by a binary search instead of a scan:
+/// each position with 32 bits of the hash of the identity there, ordered by that hash
+/// (8 bytes per instance, a hash map took five times that; keeping the hash lets a probe
+/// compare numbers instead of hashing the instance it lands on).
 ///
 /// The index is either absent or complete: an append inserts the new position; anything that
 /// removes or reorders instances drops the index, and the next lookup that may build it does.
 /// Identities that share a hash sit side by side and are told apart by comparing them, so a
 /// lookup is never wrong.
 #[derive(Debug, Clone, Default)]
-struct PositionIndex(Option<Vec<u32>>);
+struct PositionIndex(Option<Vec<Slot>>);
 
-fn identity_hash(ip: &str, port: u16, cluster: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (ip, port, cluster).hash(&mut h);
-    h.finish()
+/// One entry of a [`PositionIndex`]; ordered by `hash` first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Slot {
+    hash: u32,
+    at: u32,
+}
+
+/// The index's order (it never leaves this node).
+fn identity_hash(ip: &str, port: u16, cluster: &str) -> u32 {
+    use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+    let seed = u64::from(port) ^ xxh3_64(cluster.as_bytes()).rotate_left(17);
+    // The low half: xxh3 mixes every bit of the input into it.
+    xxh3_64_with_seed(ip.as_bytes(), seed) as u32
 }
 
 /// The earliest ms at which a service's instances must be looked at again. The sweep raises
@@ -116,21 +126,21 @@ impl Clone for CheckAt {
 
 impl EphemeralService {
     /// The identity hash of the instance at `at` (the index's order).
-    fn hash_at(&self, at: u32) -> u64 {
+    fn hash_at(&self, at: usize) -> u32 {
         self.instances
-            .get(at as usize)
-            .map_or(u64::MAX, |i| identity_hash(&i.ip, i.port, &i.cluster))
+            .get(at)
+            .map_or(u32::MAX, |i| identity_hash(&i.ip, i.port, &i.cluster))
     }
 
     fn position(&self, ip: &str, port: u16, cluster: &str) -> Option<usize> {
         if let Some(index) = &self.index.0 {
             let h = identity_hash(ip, port, cluster);
-            let from = index.partition_point(|&at| self.hash_at(at) < h);
+            let from = index.partition_point(|s| s.hash < h);
             // Complete: an identity it does not hold is not here.
             return index[from..]
                 .iter()
-                .take_while(|&&at| self.hash_at(at) == h)
-                .map(|&at| at as usize)
+                .take_while(|s| s.hash == h)
+                .map(|s| s.at as usize)
                 .find(|&at| self.instances[at].matches(ip, port, cluster));
         }
         self.instances
@@ -143,8 +153,16 @@ impl EphemeralService {
         if self.index.0.is_some() || self.instances.len() < INDEXED_FROM {
             return;
         }
-        let mut index: Vec<u32> = (0..self.instances.len() as u32).collect();
-        index.sort_by_cached_key(|&at| self.hash_at(at));
+        let mut index: Vec<Slot> = self
+            .instances
+            .iter()
+            .zip(0u32..)
+            .map(|(i, at)| Slot {
+                hash: identity_hash(&i.ip, i.port, &i.cluster),
+                at,
+            })
+            .collect();
+        index.sort_unstable();
         self.index.0 = Some(index);
     }
 
@@ -156,10 +174,16 @@ impl EphemeralService {
         let Some(mut index) = self.index.0.take() else {
             return;
         };
-        let h = self.hash_at(last as u32);
-        let at = index.partition_point(|&p| self.hash_at(p) <= h);
+        let hash = self.hash_at(last);
+        let pos = index.partition_point(|s| s.hash <= hash);
         grow_compact(&mut index);
-        index.insert(at, last as u32);
+        index.insert(
+            pos,
+            Slot {
+                hash,
+                at: last as u32,
+            },
+        );
         self.index.0 = Some(index);
     }
 
@@ -226,6 +250,36 @@ impl EphemeralService {
                 .map(|(id, (v, _))| (id.clone(), *v))
                 .collect(),
             floor: self.floor,
+            partial: false,
+        }
+    }
+
+    /// A delta of this service: its version and floor with only the instances in `ids` that
+    /// it holds, and the removals of those it removed (rule V2 in [`crate::distro`]).
+    fn delta<'a>(
+        &self,
+        key: &ServiceKey,
+        ids: impl IntoIterator<Item = &'a InstanceKey>,
+    ) -> ServiceRecord {
+        let mut instances = Vec::new();
+        let mut stamps = Vec::new();
+        let mut removed = Vec::new();
+        for id in ids {
+            if let Some(i) = self.position(&id.ip, id.port, &id.cluster) {
+                instances.push(self.instances[i].clone());
+                stamps.push(self.stamp_at(i));
+            } else if let Some((v, _)) = self.removed.get(id) {
+                removed.push((id.clone(), *v));
+            }
+        }
+        ServiceRecord {
+            key: key.clone(),
+            version: self.version,
+            instances: Some(instances),
+            stamps,
+            removed,
+            floor: self.floor,
+            partial: true,
         }
     }
 
@@ -339,10 +393,18 @@ pub struct ServiceRecord {
     /// `EphemeralService::floor`); 0 when it never was.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub floor: u64,
+    /// A delta (rule V2 in [`crate::distro`]): `instances` and `removed` hold only the
+    /// instances that changed, so what the record leaves out says nothing.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub partial: bool,
 }
 
 fn is_zero(v: &u64) -> bool {
     *v == 0
+}
+
+fn is_false(v: &bool) -> bool {
+    !*v
 }
 
 impl ServiceRecord {
@@ -355,6 +417,7 @@ impl ServiceRecord {
             stamps: Vec::new(),
             removed: Vec::new(),
             floor: 0,
+            partial: false,
         }
     }
 }
@@ -366,6 +429,9 @@ pub struct Merged {
     pub changed: bool,
     /// The local copy holds something the sender lacks: send it back.
     pub diverged: bool,
+    /// A delta created the service here, which therefore holds only part of it: ask the
+    /// sender for the whole record (rule V2).
+    pub incomplete: bool,
 }
 
 /// Hash of one instance's replicated content (the checksum's unit; ties between equal stamps
@@ -579,7 +645,7 @@ impl Inner {
                 t.version = t.version.max(version);
                 Merged {
                     changed: existed,
-                    diverged: false,
+                    ..Merged::default()
                 }
             }
             Some(true) => {
@@ -592,6 +658,7 @@ impl Inner {
                 Merged {
                     changed: gone > 0,
                     diverged: true,
+                    ..Merged::default()
                 }
             }
         }
@@ -1087,16 +1154,29 @@ impl EphemeralStore {
                 }
             }
         }
-        // Does the sender lack anything of ours: an instance, a newer stamp, a removal?
-        let diverged = svc
-            .instances
-            .iter()
-            .zip(&svc.stamps)
-            .any(|(i, s)| sender.get(&i.key()) != Some(s))
-            || svc
-                .removed
+        // Does the sender lack anything of ours: an instance, a newer stamp, a removal? A delta
+        // speaks only for the instances it names (rule V2).
+        let diverged = if record.partial {
+            let newer_here =
+                |id: &InstanceKey, s: u64| match svc.position(&id.ip, id.port, &id.cluster) {
+                    Some(i) => svc.stamp_at(i) != s,
+                    None => svc.removed.get(id).is_some_and(|(t, _)| *t >= s),
+                };
+            sender.iter().any(|(id, s)| newer_here(id, *s))
+                || record.removed.iter().any(|(id, t)| {
+                    svc.position(&id.ip, id.port, &id.cluster)
+                        .is_some_and(|i| svc.stamp_at(i) > *t)
+                })
+        } else {
+            svc.instances
                 .iter()
-                .any(|(id, (t, _))| sender.get(id).is_some_and(|s| s <= t));
+                .zip(&svc.stamps)
+                .any(|(i, s)| sender.get(&i.key()) != Some(s))
+                || svc
+                    .removed
+                    .iter()
+                    .any(|(id, (t, _))| sender.get(id).is_some_and(|s| s <= t))
+        };
         let version = svc.version.max(record.version);
         svc.set_version(version, now_ms);
         if changed {
@@ -1106,7 +1186,11 @@ impl EphemeralStore {
             // Our merged copy must win the sender's version comparisons (verify) from now on.
             inner.touch(&key, now_ms);
         }
-        Merged { changed, diverged }
+        Merged {
+            changed,
+            diverged,
+            incomplete: created && record.partial,
+        }
     }
 
     /// The current records of `keys` (a missing service is left out).
@@ -1114,6 +1198,25 @@ impl EphemeralStore {
         let inner = self.inner.read();
         keys.iter()
             .filter_map(|k| inner.services.get(k).map(|s| s.record(k)))
+            .collect()
+    }
+
+    /// What a peer is owed of each item: the whole record (`None`) or a delta of the named
+    /// instances (rule V2). A missing service is left out.
+    pub fn export_changes<'a>(
+        &self,
+        items: impl IntoIterator<Item = (&'a ServiceKey, Option<&'a HashSet<InstanceKey>>)>,
+    ) -> Vec<ServiceRecord> {
+        let inner = self.inner.read();
+        items
+            .into_iter()
+            .filter_map(|(k, ids)| {
+                let svc = inner.services.get(k)?;
+                Some(match ids {
+                    None => svc.record(k),
+                    Some(ids) => svc.delta(k, ids),
+                })
+            })
             .collect()
     }
 
@@ -1289,8 +1392,8 @@ mod tests {
         }
         let index = svc.index.0.clone().unwrap();
         assert_eq!(index.len(), 150);
-        let hashes: Vec<u64> = index.iter().map(|&at| svc.hash_at(at)).collect();
-        assert!(hashes.windows(2).all(|w| w[0] <= w[1]));
+        assert!(index.iter().all(|s| s.hash == svc.hash_at(s.at as usize)));
+        assert!(index.windows(2).all(|w| w[0].hash <= w[1].hash));
         for n in 0..150 {
             assert_eq!(
                 svc.position(&format!("10.1.0.{n}"), 8080, "DEFAULT"),
@@ -1408,6 +1511,7 @@ mod tests {
             stamps: vec![1 << VERSION_SHIFT],
             removed: Vec::new(),
             floor: 0,
+            partial: false,
         };
         record = serde_json::from_str(&serde_json::to_string(&record).unwrap()).unwrap();
         s.apply_remote(record, 1);
@@ -1782,6 +1886,73 @@ mod tests {
         assert_eq!(ips(&peer), vec!["10.0.0.2"]);
     }
 
+    fn delta_of(s: &EphemeralStore, ips: &[&str]) -> ServiceRecord {
+        let ids: HashSet<InstanceKey> = ips.iter().map(|ip| inst(ip, 0).key()).collect();
+        s.export_changes([(&key(), Some(&ids))]).pop().unwrap()
+    }
+
+    #[test]
+    fn v2_a_delta_carries_only_the_named_instances_and_says_nothing_of_the_rest() {
+        let (a, b) = (EphemeralStore::new(), EphemeralStore::new());
+        a.register(&key(), inst("10.0.0.1", 0), 0);
+        a.register(&key(), inst("10.0.0.2", 0), 0);
+        b.apply_remote(record(&a), 1);
+        a.register(&key(), inst("10.0.0.3", 10), 10);
+        let delta = delta_of(&a, &["10.0.0.3"]);
+        assert!(delta.partial);
+        assert_eq!(delta.instances.as_ref().map(Vec::len), Some(1));
+        // b holds instances the delta leaves out: that is no sign the sender lacks them.
+        let m = b.apply_remote(delta, 11);
+        assert_eq!((m.changed, m.diverged, m.incomplete), (true, false, false));
+        assert_eq!(ips(&b), ["10.0.0.1", "10.0.0.2", "10.0.0.3"]);
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        // A removal travels as a delta too: the instance's tombstone, nothing else.
+        assert!(a.remove(&key(), &inst("10.0.0.3", 0).key(), 20));
+        let delta = delta_of(&a, &["10.0.0.3"]);
+        assert_eq!(delta.instances.as_ref().map(Vec::len), Some(0));
+        assert_eq!(delta.removed.len(), 1);
+        assert!(b.apply_remote(delta, 21).changed);
+        assert_eq!(ips(&b), ["10.0.0.1", "10.0.0.2"]);
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        // On the wire a whole record stays as it was (old peers read both).
+        let whole = serde_json::to_string(&record(&a)).unwrap();
+        assert!(!whole.contains("partial"), "{whole}");
+    }
+
+    #[test]
+    fn v2_a_delta_that_creates_the_service_asks_for_the_whole_record() {
+        let (a, c) = (EphemeralStore::new(), EphemeralStore::new());
+        a.register(&key(), inst("10.0.0.1", 0), 0);
+        a.register(&key(), inst("10.0.0.2", 0), 0);
+        let m = c.apply_remote(delta_of(&a, &["10.0.0.2"]), 1);
+        assert!(m.changed && m.incomplete, "{m:?}");
+        assert_eq!(ips(&c), ["10.0.0.2"]);
+        // A delta to a service it holds, and the whole record, ask for nothing more.
+        assert!(!c.apply_remote(delta_of(&a, &["10.0.0.2"]), 2).incomplete);
+        let m = c.apply_remote(record(&a), 3);
+        assert!(m.changed && !m.incomplete);
+        assert_eq!(a.fingerprint(), c.fingerprint());
+    }
+
+    #[test]
+    fn v2_a_receiver_newer_on_a_named_instance_sends_its_copy_back() {
+        let (a, b) = (EphemeralStore::new(), EphemeralStore::new());
+        a.register(&key(), inst("10.0.0.1", 0), 0);
+        b.apply_remote(record(&a), 1);
+        a.register(&key(), inst("10.0.0.1", 10), 10);
+        // b changed the same instance later than a did.
+        b.register(&key(), inst("10.0.0.1", 20), 20);
+        let m = b.apply_remote(delta_of(&a, &["10.0.0.1"]), 21);
+        assert!(m.diverged, "{m:?}");
+        // b removed an instance the delta brings with an older stamp: b's removal stands
+        // and a must hear of it.
+        a.register(&key(), inst("10.0.0.2", 30), 30);
+        b.apply_remote(delta_of(&a, &["10.0.0.2"]), 31);
+        assert!(b.remove(&key(), &inst("10.0.0.2", 0).key(), 40));
+        let m = b.apply_remote(delta_of(&a, &["10.0.0.2"]), 41);
+        assert!(m.diverged && !m.changed, "{m:?}");
+    }
+
     #[test]
     fn d1_only_the_owner_drops_an_empty_service_and_peers_follow_its_deletion() {
         let owner = EphemeralStore::new();
@@ -1818,6 +1989,7 @@ mod tests {
             stamps: Vec::new(),
             removed: Vec::new(),
             floor: 0,
+            partial: false,
         };
         assert!(s.apply_remote(forged, 0).changed);
         s.register(&key(), inst("10.0.0.2", 0), 1);

@@ -155,7 +155,7 @@ impl Distro {
                     }
                     for k in &r.conflicting {
                         if self.store().restamp(k, now_ms) {
-                            c.replicator.changed(k);
+                            c.replicator.changed(k, None);
                         }
                     }
                 }

@@ -1,6 +1,6 @@
 //! The messages Distro peers exchange, and their routes under `/nacre/internal/distro`.
 //!
-//! All bodies are JSON. Sync carries whole service records; verify carries per-service version
+//! All bodies are JSON. Sync carries service records, whole or as deltas (rule V2); verify carries per-service version
 //! and checksum digests of the sender's owned services; a snapshot is every record a node holds.
 
 use nacre_ring::ServiceKey;
@@ -29,6 +29,9 @@ pub struct SyncBatch {
 pub struct SyncReply {
     /// Records that were newer than the receiver's copy.
     pub applied: usize,
+    /// Services a delta created at the receiver, which wants their whole records (rule V2).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub want: Vec<ServiceKey>,
 }
 
 /// The digests of every service the sender owns.
