@@ -46,9 +46,7 @@ RATE="${BENCH_PUBLISH_RATE:-100}"
 MEASURE="${BENCH_DURATION:-90s}"
 MODES="${BENCH_MODES:-edge node}"
 PORT="${BENCH_PORT_BASE:-29300}"
-SECRET="edge-listeners-bench-cluster-secret"
-NODES=("127.0.0.1:$((PORT + 1))" "127.0.0.1:$((PORT + 2))" "127.0.0.1:$((PORT + 3))")
-MEMBERS="$(IFS=,; echo "${NODES[*]}")"
+cluster_addresses edge-listeners-bench-cluster-secret
 GW="127.0.0.1:$((PORT + 10))"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"

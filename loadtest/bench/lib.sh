@@ -61,6 +61,14 @@ run() {
     "${cmd[@]}" | tee "$OUT/$name.txt"
 }
 
+# A 3-node cluster's addresses just above PORT in NODES (joined in MEMBERS, each node's member
+# list) and its shared SECRET. Call once PORT is set.
+cluster_addresses() { # secret
+    SECRET="$1"
+    NODES=("127.0.0.1:$((PORT + 1))" "127.0.0.1:$((PORT + 2))" "127.0.0.1:$((PORT + 3))")
+    MEMBERS="$(IFS=,; echo "${NODES[*]}")"
+}
+
 # Starts one registry node per address in NODES (the full list, joined in MEMBERS, as each
 # node's members), data under "<prefix>1", "<prefix>2"…, with SECRET; waits until each answers
 # UP. Sets NODE_PIDS (also added to PIDS).

@@ -42,9 +42,7 @@ LIST_INSTANCES="${BENCH_LIST_INSTANCES:-66}"
 REG_INSTANCES="${BENCH_REGISTER_INSTANCES:-10}"
 LIST_METADATA="${BENCH_LIST_METADATA:-128}"
 PORT="${BENCH_PORT_BASE:-29100}"
-SECRET="vs-nginx-bench-cluster-secret"
-NODES=("127.0.0.1:$((PORT + 1))" "127.0.0.1:$((PORT + 2))" "127.0.0.1:$((PORT + 3))")
-MEMBERS="$(IFS=,; echo "${NODES[*]}")"
+cluster_addresses vs-nginx-bench-cluster-secret
 GW_OFF="127.0.0.1:$((PORT + 10))" # cache off: every request proxied
 GW_ON="127.0.0.1:$((PORT + 11))"  # cache on (default size)
 NGINX_ADDR="127.0.0.1:$((PORT + 20))"

@@ -192,6 +192,30 @@ impl PeerClient {
         res.json().await.map_err(|e| Self::classify(addr, e))
     }
 
+    /// GETs `http://{addr}{path}` and returns the answer as it starts to arrive, its body to be
+    /// read a piece at a time with [`PeerClient::next_piece`] (a body too large to hold and
+    /// decode at once).
+    pub async fn get_streamed(
+        &self,
+        addr: &str,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, PeerError> {
+        let req = self
+            .client
+            .get(format!("http://{addr}{path}"))
+            .timeout(timeout);
+        self.send(addr, req).await
+    }
+
+    /// The next piece of a body from [`PeerClient::get_streamed`]; `None` at its end.
+    pub async fn next_piece(
+        addr: &str,
+        res: &mut reqwest::Response,
+    ) -> Result<Option<Bytes>, PeerError> {
+        res.chunk().await.map_err(|e| Self::classify(addr, e))
+    }
+
     /// GETs `http://{addr}{path}` and decodes a JSON answer.
     pub async fn get_json<R: DeserializeOwned>(
         &self,

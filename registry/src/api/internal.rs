@@ -5,8 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::header::CONTENT_TYPE;
+use axum::http::header::{HeaderName, CONTENT_TYPE};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -16,7 +17,8 @@ use nacre_ring::wire::{Md5Query, Md5Reply, CONFIG_MD5_PATH};
 
 use super::App;
 use crate::distro::wire::{
-    SyncBatch, SyncReply, VerifyReply, VerifyRequest, SNAPSHOT_PATH, SYNC_PATH, VERIFY_PATH,
+    SnapshotWriter, SyncBatch, SyncReply, VerifyReply, VerifyRequest, SNAPSHOT_LINES_HEADER,
+    SNAPSHOT_PATH, SYNC_PATH, VERIFY_PATH,
 };
 use crate::membership::{PingReply, PING_PATH};
 use crate::peer::{require_secret, MAX_INTERNAL_BODY};
@@ -73,28 +75,49 @@ async fn health(
 }
 
 /// 503 while this node is still loading: a starting peer then asks the next one. Copying and
-/// serializing every record is O(instances): it runs off the async workers.
+/// serializing every record is O(instances): it runs off the async workers, and the body goes
+/// out a piece at a time (rule S3 in [`crate::distro`]), so the receiver decodes and merges the
+/// first records while the last are still being written.
 async fn snapshot(State(app): State<Arc<App>>) -> Response {
-    let node = app.node.clone();
-    let body = tokio::task::spawn_blocking(move || {
-        node.distro()
-            .snapshot()
-            .map(|records| serde_json::to_vec(&records))
-    })
-    .await;
-    match body {
-        Ok(Some(Ok(bytes))) => ([(CONTENT_TYPE, "application/json")], bytes).into_response(),
-        Ok(None) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
-        Ok(Some(Err(e))) => {
-            tracing::warn!(error = %e, "snapshot serialization failed");
-            StatusCode::INTERNAL_SERVER_ERROR.into_response()
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "snapshot task failed");
-            StatusCode::INTERNAL_SERVER_ERROR.into_response()
-        }
+    if !app.node.distro().is_loaded() {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let node = app.node.clone();
+    // Ends when the last piece is out or when the receiver hangs up (a send then fails).
+    tokio::task::spawn_blocking(move || {
+        let Some(records) = node.distro().snapshot() else {
+            return;
+        };
+        let mut writer = SnapshotWriter::default();
+        for chunk in records.chunks(SNAPSHOT_PIECE) {
+            let piece = writer.piece(chunk).map(Bytes::from);
+            let failed = piece.is_err();
+            if tx
+                .blocking_send(piece.map_err(std::io::Error::other))
+                .is_err()
+                || failed
+            {
+                return;
+            }
+        }
+        let _ = tx.blocking_send(Ok(Bytes::from(writer.finish())));
+    });
+    let pieces = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|piece| (piece, rx))
+    });
+    (
+        [
+            (CONTENT_TYPE, "application/json"),
+            (HeaderName::from_static(SNAPSHOT_LINES_HEADER), "1"),
+        ],
+        axum::body::Body::from_stream(pieces),
+    )
+        .into_response()
 }
+
+/// Records per piece of a snapshot body (about a megabyte with ten instances each).
+const SNAPSHOT_PIECE: usize = 1_000;
 
 /// Path of the change feed that gateways follow.
 pub use nacre_ring::wire::CHANGES_PATH;

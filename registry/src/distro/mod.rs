@@ -143,6 +143,16 @@
 //!   `tests/cluster.rs` `a_node_still_loading_refuses_forwarded_writes_with_a_marked_503`;
 //!   `tests/rolling.rs`
 //!   `a_rolling_restart_of_nodes_and_gateways_loses_nothing_a_client_sees`.
+//! - **S3 — snapshots stream.** A peer writes its snapshot one record per line inside a JSON
+//!   array (`wire::SnapshotWriter`, marked `x-nacre-snapshot-lines`), a piece at a time from a
+//!   blocking task; the starting node cuts what arrives into batches of whole lines, decodes
+//!   each off the async workers and merges one batch while the next is decoded, so writing,
+//!   decoding and merging overlap. The load counts only once the closing line arrived: a body
+//!   cut short is retried from the next peer (what was merged stays, as every record merges
+//!   idempotently, V1). A body without the mark (an older peer) is read whole. While a node
+//!   is loading, verify asks it for nothing (see [`verify`]). *Tests:*
+//!   `wire::tests::a_snapshot_written_in_pieces_reads_line_by_line_and_as_one_array`;
+//!   `tests/cluster.rs` `restarted_and_new_nodes_load_everything_before_ready`.
 //!
 //! **Repair** — the verify rules (missing / older / newer / conflicting copies, orphans) are
 //! stated in [`verify`], each with its test there.
@@ -486,6 +496,27 @@ mod tests {
                 },
             },
         )
+    }
+
+    #[tokio::test]
+    async fn a_loading_node_asks_verify_for_nothing_its_load_brings() {
+        let stop = CancellationToken::new();
+        let d = distro_of_a(&stop);
+        let sender = EphemeralStore::new();
+        let key = ServiceKey::new("public", "DEFAULT_GROUP", "orders");
+        sender.register(&key, test_instance("10.0.0.1", 80, "DEFAULT", true), 1_000);
+        let req = wire::VerifyRequest {
+            from: "b:1".into(),
+            ring_digest: d.membership().ring().members().digest(),
+            digests: sender.digests(|_| true),
+        };
+        assert!(!d.is_loaded());
+        let (reply, removed) = d.handle_verify(&req, 2_000);
+        assert!(reply.want.is_empty() && reply.conflicting.is_empty() && removed.is_empty());
+        d.mark_loaded();
+        let (reply, _) = d.handle_verify(&req, 2_000);
+        assert_eq!(reply.want, vec![key]);
+        stop.cancel();
     }
 
     #[tokio::test]

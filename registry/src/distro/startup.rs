@@ -1,13 +1,13 @@
 //! The start-up load: a clustered node becomes ready only once it holds its peers' ephemeral
 //! data, or knows there is none to hold (rule S1 in the [`crate::distro`] module doc).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
 use super::store::ServiceRecord;
 use super::{wire, Distro};
-use crate::peer::PeerError;
+use crate::peer::{PeerClient, PeerError};
 
 /// What one peer answered to a snapshot request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,19 +53,16 @@ impl Distro {
         loop {
             let mut answers = Vec::new();
             for peer in self.membership().peers() {
-                let got = c
-                    .client
-                    .get_json::<Vec<ServiceRecord>>(
-                        &peer,
-                        wire::SNAPSHOT_PATH,
-                        c.settings.snapshot_timeout,
-                    )
-                    .await;
-                match got {
-                    Ok(records) => {
-                        let n = records.len();
-                        let applied = self.apply_remote(records, now_ms()).changed.len();
-                        tracing::info!(peer = %peer, services = n, applied, "loaded distro snapshot");
+                let began = Instant::now();
+                match self.load_from(c, &peer, &now_ms).await {
+                    Ok((services, applied)) => {
+                        tracing::info!(
+                            peer = %peer,
+                            services,
+                            applied,
+                            ms = began.elapsed().as_millis() as u64,
+                            "loaded distro snapshot"
+                        );
                         self.mark_loaded();
                         return Some(applied);
                     }
@@ -94,6 +91,141 @@ impl Distro {
             }
         }
     }
+}
+
+impl Distro {
+    /// Fetches `peer`'s snapshot and merges it as it arrives: a body written line by line
+    /// (rule S3) is cut into batches of whole lines as they come in, each decoded off the async
+    /// workers and merged while the next arrives; any other body is read whole first. Returns
+    /// (services received, services that changed here); an error if the body ended before the
+    /// snapshot did.
+    async fn load_from(
+        &self,
+        c: &super::DistroCluster,
+        peer: &str,
+        now_ms: &impl Fn() -> u64,
+    ) -> Result<(usize, usize), PeerError> {
+        let mut res = c
+            .client
+            .get_streamed(peer, wire::SNAPSHOT_PATH, c.settings.snapshot_timeout)
+            .await?;
+        let protocol = |message: String| PeerError::Protocol {
+            addr: peer.to_string(),
+            message,
+        };
+        if !res.headers().contains_key(wire::SNAPSHOT_LINES_HEADER) {
+            let body = res
+                .bytes()
+                .await
+                .map_err(|e| protocol(format!("snapshot body: {e}")))?;
+            let records = decode(move || serde_json::from_slice::<Vec<ServiceRecord>>(&body))
+                .await
+                .map_err(protocol)?;
+            let n = records.len();
+            return Ok((n, self.apply_batch(records, now_ms)));
+        }
+        let (mut services, mut applied, mut complete) = (0, 0, false);
+        // Whole lines go to the decoder; a line cut by the end of a piece waits for the next.
+        let mut pending = bytes::BytesMut::new();
+        let mut decoding: Option<tokio::task::JoinHandle<Decoded>> = None;
+        loop {
+            let piece = PeerClient::next_piece(peer, &mut res).await;
+            let piece = match piece {
+                Ok(p) => p,
+                Err(e) => {
+                    if let Some(d) = decoding.take() {
+                        d.abort();
+                    }
+                    return Err(e);
+                }
+            };
+            let end = piece.is_none();
+            if let Some(p) = piece {
+                pending.extend_from_slice(&p);
+            }
+            let cut = if end {
+                pending.len()
+            } else {
+                match pending.iter().rposition(|b| *b == b'\n') {
+                    Some(at) if at + 1 >= DECODE_BATCH => at + 1,
+                    _ => continue,
+                }
+            };
+            let lines = pending.split_to(cut).freeze();
+            // Merge the previous batch while this one is decoded.
+            let next = tokio::task::spawn_blocking(move || decode_lines(&lines));
+            if let Some(d) = decoding.replace(next) {
+                let (records, closes) = joined(d).await.map_err(&protocol)?;
+                complete |= closes;
+                services += records.len();
+                applied += self.apply_batch(records, now_ms);
+            }
+            if end {
+                break;
+            }
+        }
+        if let Some(d) = decoding.take() {
+            let (records, closes) = joined(d).await.map_err(&protocol)?;
+            complete |= closes;
+            services += records.len();
+            applied += self.apply_batch(records, now_ms);
+        }
+        if !complete {
+            return Err(protocol("the snapshot ended early".into()));
+        }
+        Ok((services, applied))
+    }
+
+    /// Merges records a chunk at a time, yielding in between: a million instances must not
+    /// hold the store's write lock, or an async worker, for a second.
+    fn apply_batch(&self, records: Vec<ServiceRecord>, now_ms: &impl Fn() -> u64) -> usize {
+        let mut applied = 0;
+        let mut rest = records.into_iter().peekable();
+        while rest.peek().is_some() {
+            let chunk: Vec<ServiceRecord> = rest.by_ref().take(APPLY_CHUNK).collect();
+            applied += self.apply_remote(chunk, now_ms()).changed.len();
+        }
+        applied
+    }
+}
+
+/// Records merged under one hold of the store's write lock while a snapshot is applied.
+const APPLY_CHUNK: usize = 1_000;
+
+/// Bytes of whole lines handed to the decoder at once.
+const DECODE_BATCH: usize = 1 << 20;
+
+/// A batch of snapshot records and whether it closed the snapshot, or why it could not be read.
+type Decoded = Result<(Vec<ServiceRecord>, bool), String>;
+
+/// Decodes the records in `lines` (a run of whole lines of a snapshot written line by line);
+/// the flag tells whether the run closes the snapshot.
+fn decode_lines(lines: &[u8]) -> Decoded {
+    let mut records = Vec::new();
+    let mut closes = false;
+    for line in lines.split(|b| *b == b'\n') {
+        let (record, ends) = wire::snapshot_record(line);
+        closes |= ends;
+        if let Some(r) = record {
+            records
+                .push(serde_json::from_slice(r).map_err(|e| format!("bad snapshot record: {e}"))?);
+        }
+    }
+    Ok((records, closes))
+}
+
+async fn joined<T>(task: tokio::task::JoinHandle<Result<T, String>>) -> Result<T, String> {
+    task.await.map_err(|e| e.to_string())?
+}
+
+/// Runs a decode off the async workers.
+async fn decode<T: Send + 'static>(
+    f: impl FnOnce() -> serde_json::Result<T> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("bad snapshot: {e}"))
 }
 
 #[cfg(test)]

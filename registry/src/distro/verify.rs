@@ -12,6 +12,10 @@
 //! - held here, owned by the sender (both rings agree), absent from its digests → it was
 //!   deleted and the deletion missed us: drop it once it is older than a few verify rounds,
 //!   otherwise send ours back (the owner may have missed a recent write).
+//! - the receiver is still loading its start-up data (rule S1) → nothing at all: the load
+//!   brings every service, asking for them again would send the same data twice while the
+//!   snapshot is being made, and part of the data is no ground for judging orphans. *Test:*
+//!   `distro::tests::a_loading_node_asks_verify_for_nothing_its_load_brings`.
 
 use std::collections::HashSet;
 
@@ -82,7 +86,7 @@ impl Distro {
         req: &VerifyRequest,
         now_ms: u64,
     ) -> (VerifyReply, Vec<ServiceKey>) {
-        let Some(c) = self.cluster() else {
+        let Some(c) = self.cluster().filter(|_| self.is_loaded()) else {
             return (VerifyReply::default(), Vec::new());
         };
         let stale_ms = 3 * c.settings.verify_interval.as_millis() as u64;
