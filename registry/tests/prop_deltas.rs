@@ -74,15 +74,7 @@ fn owe(owed: &mut Owed, key: ServiceKey, id: Option<InstanceKey>) {
 fn deliver(from: &EphemeralStore, to: &EphemeralStore, owed: &mut Owed, back: &mut Owed, now: u64) {
     let items = std::mem::take(owed);
     let records = from.export_changes(items.iter().map(|(k, ids)| (k, ids.as_ref())));
-    let present: HashSet<&ServiceKey> = records.iter().map(|r| &r.key).collect();
-    let mut records_all = records.clone();
-    records_all.extend(
-        items
-            .keys()
-            .filter(|k| !present.contains(k))
-            .filter_map(|k| from.deletion_record(k)),
-    );
-    for r in records_all {
+    for r in records {
         let k = r.key.clone();
         let merged = to.apply_remote(r, now);
         if merged.diverged {

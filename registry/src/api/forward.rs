@@ -16,9 +16,8 @@
 use std::time::Duration;
 
 use axum::response::{IntoResponse, Response};
-use nacre_ring::ServiceKey;
-
 use nacre_ring::wire::{ASSERTED_BY_HEADER, OWNER_ROUTED_HEADER};
+use nacre_ring::ServiceKey;
 
 use super::error::ApiError;
 use super::params::Params;

@@ -40,7 +40,7 @@ async fn ping(State(app): State<Arc<App>>) -> Json<PingReply> {
 
 /// Parsed with plain `serde_json`: axum's `Json` tracks the path of every field for its error
 /// message, which on the busiest internal route cost more than the merge itself.
-async fn sync(State(app): State<Arc<App>>, body: axum::body::Bytes) -> Response {
+async fn sync(State(app): State<Arc<App>>, body: Bytes) -> Response {
     let batch: SyncBatch = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) => {
@@ -91,13 +91,13 @@ async fn snapshot(State(app): State<Arc<App>>) -> Response {
         };
         let mut writer = SnapshotWriter::default();
         for chunk in records.chunks(SNAPSHOT_PIECE) {
-            let piece = writer.piece(chunk).map(Bytes::from);
+            let piece = writer.piece(chunk).map(Bytes::from).map_err(|e| {
+                tracing::warn!(error = %e, "snapshot serialization failed");
+                std::io::Error::other(e)
+            });
+            // A failed piece ends the body short: the receiver sees no closing line.
             let failed = piece.is_err();
-            if tx
-                .blocking_send(piece.map_err(std::io::Error::other))
-                .is_err()
-                || failed
-            {
+            if tx.blocking_send(piece).is_err() || failed {
                 return;
             }
         }

@@ -417,7 +417,7 @@ impl Replicator {
     /// repairs must not be lost to the very cap whose overflow they repair.
     pub async fn send_now(&self, peer: &str, keys: &[ServiceKey]) -> Result<(), String> {
         for chunk in keys.chunks(self.settings.max_batch.max(1)) {
-            let records = self.records(chunk.iter().map(|k| (k, None)));
+            let records = self.store.export_changes(chunk.iter().map(|k| (k, None)));
             let result = self.send(peer, records).await;
             let outcome = if result.is_ok() { "ok" } else { "error" };
             self.metrics.syncs.with_label_values(&[peer, outcome]).inc();
@@ -483,7 +483,9 @@ impl Replicator {
                     self.metrics.queue_depth.with_label_values(&[&addr]).set(0);
                     break;
                 }
-                let records = self.records(items.iter().map(|(k, p)| (k, p.instances())));
+                let records = self
+                    .store
+                    .export_changes(items.iter().map(|(k, p)| (k, p.instances())));
                 match self.send(&addr, records).await {
                     Ok(want) => {
                         // Deltas that created the service there: it wants the whole record.
@@ -523,31 +525,6 @@ impl Replicator {
                 }
             }
         }
-    }
-
-    /// What each item owes (its whole record, or a delta of the named instances); a service
-    /// missing locally was deleted, which the peer learns as a deletion record stamped with
-    /// the store's clock.
-    fn records<'a>(
-        &self,
-        items: impl Iterator<Item = (&'a ServiceKey, Option<&'a HashSet<InstanceKey>>)> + Clone,
-    ) -> Vec<ServiceRecord> {
-        let mut found = self.store.export_changes(items.clone());
-        let wanted = items.clone().count();
-        if found.len() < wanted {
-            let present: HashSet<&ServiceKey> = found.iter().map(|r| &r.key).collect();
-            let missing: Vec<ServiceKey> = items
-                .map(|(k, _)| k)
-                .filter(|k| !present.contains(k))
-                .cloned()
-                .collect();
-            found.extend(
-                missing
-                    .into_iter()
-                    .filter_map(|k| self.store.deletion_record(&k)),
-            );
-        }
-        found
     }
 
     fn requeue(

@@ -118,27 +118,23 @@ impl Distro {
                 .bytes()
                 .await
                 .map_err(|e| protocol(format!("snapshot body: {e}")))?;
-            let records = decode(move || serde_json::from_slice::<Vec<ServiceRecord>>(&body))
-                .await
-                .map_err(protocol)?;
+            let records = joined(tokio::task::spawn_blocking(move || {
+                serde_json::from_slice::<Vec<ServiceRecord>>(&body)
+                    .map_err(|e| format!("bad snapshot: {e}"))
+            }))
+            .await
+            .map_err(protocol)?;
             let n = records.len();
             return Ok((n, self.apply_batch(records, now_ms)));
         }
-        let (mut services, mut applied, mut complete) = (0, 0, false);
+        let mut tally = Tally::default();
         // Whole lines go to the decoder; a line cut by the end of a piece waits for the next.
         let mut pending = bytes::BytesMut::new();
+        // The batch being decoded. Should the body fail, an unfinished decode is left to end
+        // on its own: a megabyte of work, never waited for.
         let mut decoding: Option<tokio::task::JoinHandle<Decoded>> = None;
         loop {
-            let piece = PeerClient::next_piece(peer, &mut res).await;
-            let piece = match piece {
-                Ok(p) => p,
-                Err(e) => {
-                    if let Some(d) = decoding.take() {
-                        d.abort();
-                    }
-                    return Err(e);
-                }
-            };
+            let piece = PeerClient::next_piece(peer, &mut res).await?;
             let end = piece.is_none();
             if let Some(p) = piece {
                 pending.extend_from_slice(&p);
@@ -155,29 +151,23 @@ impl Distro {
             // Merge the previous batch while this one is decoded.
             let next = tokio::task::spawn_blocking(move || decode_lines(&lines));
             if let Some(d) = decoding.replace(next) {
-                let (records, closes) = joined(d).await.map_err(&protocol)?;
-                complete |= closes;
-                services += records.len();
-                applied += self.apply_batch(records, now_ms);
+                tally.merge(self, joined(d).await.map_err(&protocol)?, now_ms);
             }
             if end {
                 break;
             }
         }
-        if let Some(d) = decoding.take() {
-            let (records, closes) = joined(d).await.map_err(&protocol)?;
-            complete |= closes;
-            services += records.len();
-            applied += self.apply_batch(records, now_ms);
+        if let Some(d) = decoding {
+            tally.merge(self, joined(d).await.map_err(&protocol)?, now_ms);
         }
-        if !complete {
+        if !tally.complete {
             return Err(protocol("the snapshot ended early".into()));
         }
-        Ok((services, applied))
+        Ok((tally.services, tally.applied))
     }
 
-    /// Merges records a chunk at a time, yielding in between: a million instances must not
-    /// hold the store's write lock, or an async worker, for a second.
+    /// Merges records a chunk at a time under the store's write lock, so a batch of a
+    /// snapshot never holds it for long.
     fn apply_batch(&self, records: Vec<ServiceRecord>, now_ms: &impl Fn() -> u64) -> usize {
         let mut applied = 0;
         let mut rest = records.into_iter().peekable();
@@ -186,6 +176,28 @@ impl Distro {
             applied += self.apply_remote(chunk, now_ms()).changed.len();
         }
         applied
+    }
+}
+
+/// What a streamed snapshot brought so far.
+#[derive(Debug, Default)]
+struct Tally {
+    services: usize,
+    applied: usize,
+    /// The closing line arrived.
+    complete: bool,
+}
+
+impl Tally {
+    fn merge(
+        &mut self,
+        distro: &Distro,
+        (records, closes): (Vec<ServiceRecord>, bool),
+        now_ms: &impl Fn() -> u64,
+    ) {
+        self.complete |= closes;
+        self.services += records.len();
+        self.applied += distro.apply_batch(records, now_ms);
     }
 }
 
@@ -214,18 +226,9 @@ fn decode_lines(lines: &[u8]) -> Decoded {
     Ok((records, closes))
 }
 
+/// The result of a decode run off the async workers.
 async fn joined<T>(task: tokio::task::JoinHandle<Result<T, String>>) -> Result<T, String> {
     task.await.map_err(|e| e.to_string())?
-}
-
-/// Runs a decode off the async workers.
-async fn decode<T: Send + 'static>(
-    f: impl FnOnce() -> serde_json::Result<T> + Send + 'static,
-) -> Result<T, String> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("bad snapshot: {e}"))
 }
 
 #[cfg(test)]

@@ -1202,22 +1202,32 @@ impl EphemeralStore {
     }
 
     /// What a peer is owed of each item: the whole record (`None`) or a delta of the named
-    /// instances (rule V2). A missing service is left out.
+    /// instances (rule V2). A service missing here was deleted: the peer gets its deletion
+    /// record (see [`EphemeralStore::deletion_record`]).
     pub fn export_changes<'a>(
         &self,
         items: impl IntoIterator<Item = (&'a ServiceKey, Option<&'a HashSet<InstanceKey>>)>,
     ) -> Vec<ServiceRecord> {
-        let inner = self.inner.read();
-        items
-            .into_iter()
-            .filter_map(|(k, ids)| {
-                let svc = inner.services.get(k)?;
-                Some(match ids {
-                    None => svc.record(k),
-                    Some(ids) => svc.delta(k, ids),
+        let mut missing = Vec::new();
+        let mut out: Vec<ServiceRecord> = {
+            let inner = self.inner.read();
+            items
+                .into_iter()
+                .filter_map(|(k, ids)| {
+                    let Some(svc) = inner.services.get(k) else {
+                        missing.push(k);
+                        return None;
+                    };
+                    Some(match ids {
+                        None => svc.record(k),
+                        Some(ids) => svc.delta(k, ids),
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        };
+        // After the read lock: a deletion record may advance the clock (a write).
+        out.extend(missing.into_iter().filter_map(|k| self.deletion_record(k)));
+        out
     }
 
     /// Every service's record (a full snapshot for a starting peer).
