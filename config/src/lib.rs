@@ -290,6 +290,12 @@ pub struct RegistrySettings {
     pub shutdown_grace_ms: u64,
     /// Most bytes of rendered `instance/list` answers kept for reuse.
     pub list_cache_bytes: usize,
+    /// Scheduling lag (ms) past which the node turns away a growing share of client reads
+    /// with 503 so beats and writes keep being served. 0 (the default) never turns reads away:
+    /// measured, refusing a cached list costs about as much as serving it, so shedding lowered
+    /// what an overloaded node served (`docs/benchmarks.md`). The lag is measured either way
+    /// and always holds expiry back.
+    pub overload_lag_ms: u64,
     /// UDP push.
     pub push: PushSettings,
     /// Authentication and authorization.
@@ -318,6 +324,7 @@ impl Default for RegistrySettings {
             push_cache_millis: 10_000,
             shutdown_grace_ms: 5_000,
             list_cache_bytes: 64 * 1024 * 1024,
+            overload_lag_ms: 0,
             push: PushSettings::default(),
             auth: AuthSettings::default(),
             cluster: ClusterSettings::default(),
@@ -362,6 +369,7 @@ impl RegistrySettings {
             "NACRE_PEER_CONNECTIONS" => self.peer_connections = num(key, v)?,
             "NACRE_IDLE_TIMEOUT_MS" => self.idle_timeout_ms = num(key, v)?,
             "NACRE_LIST_CACHE_BYTES" => self.list_cache_bytes = num(key, v)?,
+            "NACRE_OVERLOAD_LAG_MS" => self.overload_lag_ms = num(key, v)?,
             "NACRE_EXPIRY_INTERVAL_MS" => self.expiry_interval_ms = num(key, v)?,
             "NACRE_EMPTY_SERVICE_TTL_MS" => self.empty_service_ttl_ms = num(key, v)?,
             "NACRE_HEALTH_CHECK_INTERVAL_MS" => self.health_check_interval_ms = num(key, v)?,

@@ -98,6 +98,13 @@ pub struct LoadtestArgs {
     /// memory: wait this long after registering before reading the RSS.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub settle: Duration,
+    /// overload: how long lists come at `--rate` (from the start of the measured window)
+    /// before they back off to `--backoff-rate`.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub overload_for: Duration,
+    /// overload: the list rate after the back-off (default: a quarter of `--rate`).
+    #[arg(long)]
+    pub backoff_rate: Option<f64>,
     /// USER:PASSWORD for a target with auth on: the harness logs in once before the run and
     /// sends the token as `accessToken` on every request, as the Java and Python clients do.
     #[arg(long, value_name = "USER:PASSWORD")]
@@ -165,6 +172,8 @@ impl LoadtestArgs {
             target_pid: None,
             compare_pid: None,
             settle: Duration::from_secs(2),
+            overload_for: Duration::from_secs(60),
+            backoff_rate: None,
             auth: None,
             compare_auth: None,
         }
@@ -229,6 +238,28 @@ impl LoadtestArgs {
         ] {
             if v.as_deref().is_some_and(|v| credentials(v).is_none()) {
                 return bad(flag, "expected USER:PASSWORD");
+            }
+        }
+        if let Some(r) = self.backoff_rate {
+            if !(r.is_finite() && r > 0.0) {
+                return bad(
+                    "--backoff-rate",
+                    "must be a positive number of requests per second",
+                );
+            }
+        }
+        if self.scenario == ScenarioKind::Overload {
+            if self.rate.is_none() {
+                return bad(
+                    "--rate",
+                    "the overload scenario needs the list rate to offer (e.g. twice what the target serves)",
+                );
+            }
+            if self.overload_for >= self.duration {
+                return bad(
+                    "--overload-for",
+                    "must be shorter than --duration, so the run sees the back-off",
+                );
             }
         }
         if self.scenario == ScenarioKind::Memory {

@@ -179,15 +179,26 @@ pub async fn run_phase(
     });
 
     let mut senders = JoinSet::new();
-    for _ in 0..spec.concurrency.max(1) {
-        senders.spawn(sender(
-            target.clone(),
-            plan.clone(),
-            schedule.clone(),
-            measure_from,
-            tracker.clone(),
-            live.clone(),
-        ));
+    // Streams with senders of their own first, then the shared pool.
+    let owned = spec
+        .streams
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| s.own_senders.map(|n| (Some(i), n)));
+    for (only, n) in owned.chain([(None, spec.concurrency.max(1))]) {
+        for _ in 0..n {
+            senders.spawn(sender(
+                target.clone(),
+                plan.clone(),
+                Lane {
+                    schedule: schedule.clone(),
+                    only,
+                },
+                measure_from,
+                tracker.clone(),
+                live.clone(),
+            ));
+        }
     }
 
     // CPU is read at the start of the measured window; a phase that ends during its warm-up
@@ -272,12 +283,19 @@ pub async fn run_phase(
     })
 }
 
+/// Where a sender takes its tickets: the phase's schedule, for one stream with senders of its
+/// own or (`None`) for the shared pool.
+struct Lane {
+    schedule: Arc<Schedule>,
+    only: Option<usize>,
+}
+
 /// One sender: owns a connection, returns its stats, its lateness and the time of its last
 /// recorded answer.
 async fn sender(
     target: Target,
     plan: Arc<dyn Plan>,
-    schedule: Arc<Schedule>,
+    lane: Lane,
     measure_from: Instant,
     tracker: Option<Arc<PushTracker>>,
     live: Arc<Live>,
@@ -286,7 +304,7 @@ async fn sender(
     let mut lateness = Lateness::default();
     let mut conn: Option<Conn> = None;
     let mut last_done = measure_from;
-    while let Some(ticket) = schedule.next(Instant::now()) {
+    while let Some(ticket) = lane.schedule.next_of(Instant::now(), lane.only) {
         if let Some(intended) = ticket.intended {
             let wake = intended.checked_sub(EARLY_WAKE).unwrap_or(intended);
             if wake > Instant::now() {
@@ -294,6 +312,23 @@ async fn sender(
             }
         }
         let planned = plan.plan(ticket.stream, ticket.index);
+        if let Some(intended) = ticket.intended {
+            // A client gives up on a request it could not send within its timeout; the
+            // harness does too, instead of sending a backlog no client would.
+            if intended + target.timeout < Instant::now() {
+                live.done.fetch_add(1, Ordering::Relaxed);
+                live.errors.fetch_add(1, Ordering::Relaxed);
+                if intended >= measure_from {
+                    lateness.note(Instant::now().saturating_duration_since(intended));
+                    let second = intended.saturating_duration_since(measure_from).as_secs();
+                    stats
+                        .timeline
+                        .record(planned.op, second as usize, Err(ErrorKind::Abandoned));
+                    stats.record_error(planned.op, ErrorKind::Abandoned);
+                }
+                continue;
+            }
+        }
         let sent = Instant::now();
         if let (Some(t), Some(c)) = (&tracker, &planned.change) {
             t.note_change(c.clone(), sent);
@@ -315,6 +350,10 @@ async fn sender(
             lateness.note(sent.saturating_duration_since(intended));
         }
         last_done = last_done.max(done);
+        let second = begun.saturating_duration_since(measure_from).as_secs() as usize;
+        stats
+            .timeline
+            .record(planned.op, second, outcome.map(|()| done - begun));
         match outcome {
             Ok(()) => stats.record_ok(planned.op, done - begun),
             Err(kind) => stats.record_error(planned.op, kind),

@@ -153,6 +153,12 @@ pub async fn execute(args: LoadtestArgs) -> Result<Outcome, LoadtestError> {
                 dependencies: args.dependencies,
                 rate: args.rate,
                 push: run.push.as_ref().map(|p| p.addr),
+                backoff: args.rate.map(|r| {
+                    (
+                        warmup + args.overload_for,
+                        args.backoff_rate.unwrap_or(r / 4.0),
+                    )
+                }),
             };
             let workload = scenario::build(kind, names.clone(), &shape)?;
             let row = run_round(&args, run, workload, &names, warmup, round + 1).await?;
@@ -184,6 +190,11 @@ pub async fn execute(args: LoadtestArgs) -> Result<Outcome, LoadtestError> {
             full_beats: args.full_beats,
             namespace: args.namespace.clone(),
             threads: args.threads,
+            overload_for_s: (kind == scenario::ScenarioKind::Overload)
+                .then_some(args.overload_for.as_secs_f64()),
+            backoff_rate_rps: (kind == scenario::ScenarioKind::Overload)
+                .then(|| args.backoff_rate.or(args.rate.map(|r| r / 4.0)))
+                .flatten(),
         };
         let report = Report::build(
             kind.name(),

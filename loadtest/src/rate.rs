@@ -14,6 +14,12 @@ pub struct StreamSpec {
     pub rate: Option<f64>,
     /// At most this many tickets (e.g. "delete each registered instance once").
     pub limit: Option<u64>,
+    /// Open loop: this long after the phase starts, the rate becomes the second value (an
+    /// overload that backs off).
+    pub then: Option<(Duration, f64)>,
+    /// Senders of this stream alone (each on its own connection), as a client's beat thread
+    /// has its own: its requests never wait for a connection behind another stream's.
+    pub own_senders: Option<usize>,
 }
 
 impl StreamSpec {
@@ -21,11 +27,30 @@ impl StreamSpec {
         StreamSpec {
             rate: None,
             limit: None,
+            then: None,
+            own_senders: None,
         }
     }
 
     pub fn at(rate: Option<f64>) -> StreamSpec {
-        StreamSpec { rate, limit: None }
+        StreamSpec {
+            rate,
+            limit: None,
+            then: None,
+            own_senders: None,
+        }
+    }
+
+    /// The same stream, sent by `n` senders of its own.
+    pub fn with_own_senders(mut self, n: usize) -> StreamSpec {
+        self.own_senders = Some(n.max(1));
+        self
+    }
+
+    /// The same stream, at `rate` once `after` has passed since the phase started.
+    pub fn then_at(mut self, after: Duration, rate: f64) -> StreamSpec {
+        self.then = Some((after, rate));
+        self
     }
 
     pub fn limited(mut self, limit: u64) -> StreamSpec {
@@ -63,9 +88,17 @@ impl StreamState {
     }
 
     fn intended(&self, start: Instant) -> Option<Instant> {
-        self.spec
-            .rate
-            .map(|r| start + Duration::from_secs_f64(self.issued as f64 / r))
+        let rate = self.spec.rate?;
+        let k = self.issued as f64;
+        Some(match self.spec.then {
+            // Tickets before the change keep the first rate's grid; the rest start at the
+            // change on the second rate's grid.
+            Some((after, then)) if k >= (after.as_secs_f64() * rate).ceil() => {
+                let before = (after.as_secs_f64() * rate).ceil();
+                start + after + Duration::from_secs_f64((k - before) / then.max(1e-9))
+            }
+            _ => start + Duration::from_secs_f64(k / rate),
+        })
     }
 }
 
@@ -97,6 +130,12 @@ impl Schedule {
     /// closed-loop one, so a fixed-rate stream (e.g. the changes a subscriber should see) keeps
     /// its rate beside a stream that saturates the target.
     pub fn next(&self, now: Instant) -> Option<Ticket> {
+        self.next_of(now, None)
+    }
+
+    /// [`next`](Self::next) for a sender of `only` (a stream with its own senders), or, with
+    /// `None`, for a shared sender (which never takes such a stream's tickets).
+    pub fn next_of(&self, now: Instant, only: Option<usize>) -> Option<Ticket> {
         let mut streams = match self.streams.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
@@ -104,7 +143,11 @@ impl Schedule {
         let mut earliest: Option<(usize, Instant)> = None;
         let mut closed: Option<usize> = None;
         for (i, s) in streams.iter().enumerate() {
-            if s.exhausted() {
+            let mine = match only {
+                Some(o) => o == i,
+                None => s.spec.own_senders.is_none(),
+            };
+            if !mine || s.exhausted() {
                 continue;
             }
             match s.intended(self.start) {
@@ -183,6 +226,42 @@ mod tests {
         }
         assert_eq!(n, 500);
         assert!(!s.hit_limit());
+    }
+
+    #[test]
+    fn a_stream_changes_rate_at_its_change_time() {
+        let t0 = Instant::now();
+        let s = Schedule::new(
+            t0,
+            t0 + Duration::from_secs(3),
+            &[StreamSpec::at(Some(100.0)).then_at(Duration::from_secs(2), 10.0)],
+        );
+        let ticks: Vec<Ticket> = std::iter::from_fn(|| s.next(t0)).collect();
+        assert_eq!(ticks.len(), 200 + 10, "2 s at 100/s, then 1 s at 10/s");
+        assert_eq!(ticks[199].intended, Some(t0 + Duration::from_millis(1_990)));
+        assert_eq!(ticks[200].intended, Some(t0 + Duration::from_secs(2)));
+        assert_eq!(ticks[201].intended, Some(t0 + Duration::from_millis(2_100)));
+    }
+
+    #[test]
+    fn a_stream_with_its_own_senders_is_not_served_by_the_shared_ones() {
+        let t0 = Instant::now();
+        let s = Schedule::new(
+            t0,
+            t0 + Duration::from_secs(1),
+            &[
+                StreamSpec::at(Some(4.0)).with_own_senders(2),
+                StreamSpec::at(Some(2.0)),
+            ],
+        );
+        let shared: Vec<usize> = std::iter::from_fn(|| s.next(t0))
+            .map(|t| t.stream)
+            .collect();
+        assert_eq!(shared, vec![1, 1]);
+        let own: Vec<usize> = std::iter::from_fn(|| s.next_of(t0, Some(0)))
+            .map(|t| t.stream)
+            .collect();
+        assert_eq!(own, vec![0; 4]);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::{Lateness, LATE};
 use crate::error::LoadtestError;
 use crate::push::{PushCounts, PushStats};
-use crate::stats::{quantile_ms, ErrorKind, OpStats, Stats};
+use crate::stats::{quantile_ms, ErrorKind, OpStats, Second, Stats};
 
 /// Latency summary in milliseconds (successful requests only).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -137,6 +137,12 @@ pub struct RunConfig {
     pub full_beats: bool,
     pub namespace: String,
     pub threads: usize,
+    /// overload: seconds of the measured window lists came at `rate_rps`.
+    #[serde(default)]
+    pub overload_for_s: Option<f64>,
+    /// overload: the list rate after the back-off.
+    #[serde(default)]
+    pub backoff_rate_rps: Option<f64>,
 }
 
 /// A single-target report (`--json FILE`).
@@ -163,7 +169,85 @@ pub struct Report {
     #[serde(default)]
     pub schedule: Option<Lateness>,
     pub latency_curve: Vec<CurvePoint>,
+    /// Per operation, second by second of the measured window.
+    #[serde(default)]
+    pub timeline: BTreeMap<String, Vec<SecondReport>>,
+    /// The overload scenario's headline figures.
+    #[serde(default)]
+    pub overload: Option<OverloadReport>,
     pub config: RunConfig,
+}
+
+/// One operation in one second.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SecondReport {
+    pub ok: u64,
+    /// Answered 503 (turned away).
+    pub unavailable: u64,
+    pub errors: u64,
+    /// Bucket bound under which 99 % of the successes were answered; `None` without any, or
+    /// beyond the last bound.
+    pub p99_ms: Option<f64>,
+}
+
+impl SecondReport {
+    fn of(s: &Second) -> SecondReport {
+        let p99 = s.p99_ms();
+        SecondReport {
+            ok: s.ok,
+            unavailable: s.unavailable,
+            errors: s.errors,
+            p99_ms: (s.ok > 0 && p99.is_finite()).then_some(p99),
+        }
+    }
+
+    fn clean(&self) -> bool {
+        self.unavailable == 0 && self.errors == 0
+    }
+}
+
+/// How a target fared when offered more lists than it serves, and after the back-off.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OverloadReport {
+    /// Second of the measured window at which the lists backed off.
+    pub backoff_at_s: u64,
+    /// Lists asked for per second during the overload.
+    pub offered_list_rps: f64,
+    /// Lists answered in full per second during the overload.
+    pub served_list_rps: f64,
+    /// Lists answered 503 during the overload.
+    pub shed_lists: u64,
+    /// Lists that failed otherwise (timeouts, wrong answers) during the overload.
+    pub failed_lists: u64,
+    /// Beats sent over the whole run, and those not answered `ok`.
+    pub beats: u64,
+    pub beats_failed: u64,
+    /// Seconds after the back-off from which every list was served (`None`: not by the end).
+    pub recovered_after_s: Option<u64>,
+}
+
+impl OverloadReport {
+    fn of(timeline: &BTreeMap<String, Vec<SecondReport>>, c: &RunConfig) -> Option<Self> {
+        let backoff_at_s = c.overload_for_s? as u64;
+        let lists = timeline.get("list")?;
+        let during = &lists[..lists.len().min(backoff_at_s as usize)];
+        let sum = |f: fn(&SecondReport) -> u64, v: &[SecondReport]| v.iter().map(f).sum::<u64>();
+        let after = lists.get(backoff_at_s as usize..).unwrap_or_default();
+        // The first second from which every later one is clean.
+        let dirty_tail = after.iter().rev().take_while(|s| s.clean()).count();
+        let recovered_after_s = (dirty_tail > 0).then(|| (after.len() - dirty_tail) as u64);
+        let beats = timeline.get("beat").map(Vec::as_slice).unwrap_or_default();
+        Some(OverloadReport {
+            backoff_at_s,
+            offered_list_rps: c.rate_rps.unwrap_or(0.0),
+            served_list_rps: per_sec(sum(|s| s.ok, during), backoff_at_s as f64),
+            shed_lists: sum(|s| s.unavailable, during),
+            failed_lists: sum(|s| s.errors, during),
+            beats: sum(|s| s.ok + s.unavailable + s.errors, beats),
+            beats_failed: sum(|s| s.unavailable + s.errors, beats),
+            recovered_after_s,
+        })
+    }
 }
 
 /// Instances a target lost while their clients kept them alive: the headline next to errors.
@@ -247,6 +331,21 @@ impl Report {
         if push_errors > 0 {
             errors_by_kind.insert("push_decode".into(), push_errors);
         }
+        let timeline: BTreeMap<String, Vec<SecondReport>> = m
+            .stats
+            .timeline
+            .ops
+            .iter()
+            .map(|(op, seconds)| {
+                (
+                    op.to_string(),
+                    seconds.iter().map(SecondReport::of).collect(),
+                )
+            })
+            .collect();
+        let overload = (scenario == "overload")
+            .then(|| OverloadReport::of(&timeline, &config))
+            .flatten();
         Ok(Report {
             scenario: scenario.to_string(),
             requests,
@@ -281,6 +380,8 @@ impl Report {
             lost: Lost::of(m.stats),
             schedule: (m.lateness.scheduled > 0).then_some(m.lateness),
             latency_curve: curve(&total.latency),
+            timeline,
+            overload,
             config,
         })
     }
@@ -391,6 +492,60 @@ fn schedule_lines(out: &mut String, l: &Lateness, r: &Report) {
     }
 }
 
+/// The overload headline and its second-by-second table.
+fn overload_lines(out: &mut String, o: &OverloadReport, r: &Report) {
+    let _ = writeln!(
+        out,
+        "overload: lists offered at {:.0}/s for {} s: {:.0}/s served, {} turned away (503), {} failed otherwise; beats: {} sent, {} not answered ok",
+        o.offered_list_rps, o.backoff_at_s, o.served_list_rps, o.shed_lists, o.failed_lists, o.beats, o.beats_failed
+    );
+    let _ = match o.recovered_after_s {
+        Some(s) => writeln!(
+            out,
+            "recovery: every list served from {s} s after the back-off to {:.0}/s",
+            r.config.backoff_rate_rps.unwrap_or(0.0)
+        ),
+        None => writeln!(
+            out,
+            "recovery: lists were still failing at the end of the run"
+        ),
+    };
+    let _ = writeln!(
+        out,
+        "{:>4} | {:>7} {:>5} {:>5} {:>7} | {:>7} {:>7} {:>5} {:>7}",
+        "s", "beat ok", "503", "err", "p99 ms", "list ok", "503", "err", "p99 ms"
+    );
+    let empty = Vec::new();
+    let beats = r.timeline.get("beat").unwrap_or(&empty);
+    let lists = r.timeline.get("list").unwrap_or(&empty);
+    let p99 = |s: &SecondReport| {
+        s.p99_ms
+            .map_or_else(|| "-".to_string(), |v| format!("{v:.0}"))
+    };
+    let none = SecondReport {
+        ok: 0,
+        unavailable: 0,
+        errors: 0,
+        p99_ms: None,
+    };
+    for t in 0..beats.len().max(lists.len()) {
+        let b = beats.get(t).unwrap_or(&none);
+        let l = lists.get(t).unwrap_or(&none);
+        let _ = writeln!(
+            out,
+            "{t:>4} | {:>7} {:>5} {:>5} {:>7} | {:>7} {:>7} {:>5} {:>7}",
+            b.ok,
+            b.unavailable,
+            b.errors,
+            p99(b),
+            l.ok,
+            l.unavailable,
+            l.errors,
+            p99(l)
+        );
+    }
+}
+
 /// The human-readable table.
 pub fn render(r: &Report) -> String {
     let c = &r.config;
@@ -435,7 +590,7 @@ pub fn render(r: &Report) -> String {
     if r.operations.len() > 1 {
         row("total", r.requests, r.errors, r.throughput_rps, &r.latency);
     }
-    if matches!(r.scenario.as_str(), "beat" | "mixed") || r.lost.any() {
+    if matches!(r.scenario.as_str(), "beat" | "mixed" | "overload") || r.lost.any() {
         let _ = writeln!(
             out,
             "instances lost: {} (beats answered 20404: {}; list answers missing kept-alive instances: {})",
@@ -451,6 +606,9 @@ pub fn render(r: &Report) -> String {
             .map(|(k, n)| format!("{k} {n}"))
             .collect();
         let _ = writeln!(out, "errors: {}", kinds.join(", "));
+    }
+    if let Some(o) = &r.overload {
+        overload_lines(&mut out, o, r);
     }
     if let Some(p) = &r.push {
         let c = &p.counts;
@@ -567,11 +725,57 @@ mod tests {
             full_beats: false,
             namespace: "public".into(),
             threads: 1,
+            overload_for_s: None,
+            backoff_rate_rps: None,
         }
     }
 
     fn report() -> Report {
         report_with(|_| {}, Lateness::default(), 0.25)
+    }
+
+    #[test]
+    fn overload_reports_what_was_shed_and_when_every_list_was_served_again() {
+        let sec = |ok, unavailable, errors| SecondReport {
+            ok,
+            unavailable,
+            errors,
+            p99_ms: Some(5.0),
+        };
+        let mut timeline = BTreeMap::new();
+        // Overloaded for 3 s, backed off at 3 s; still shedding in the back-off's first two
+        // seconds, one failure in the first, then clean.
+        timeline.insert(
+            "list".to_string(),
+            vec![
+                sec(100, 50, 0),
+                sec(90, 60, 1),
+                sec(110, 40, 0),
+                sec(40, 10, 1),
+                sec(45, 5, 0),
+                sec(50, 0, 0),
+                sec(50, 0, 0),
+            ],
+        );
+        timeline.insert("beat".to_string(), vec![sec(10, 0, 0); 7]);
+        let mut c = config();
+        c.rate_rps = Some(150.0);
+        c.overload_for_s = Some(3.0);
+        let o = OverloadReport::of(&timeline, &c).unwrap();
+        assert_eq!(o.backoff_at_s, 3);
+        assert_eq!(o.served_list_rps, 100.0);
+        assert_eq!((o.shed_lists, o.failed_lists), (150, 1));
+        assert_eq!((o.beats, o.beats_failed), (70, 0));
+        assert_eq!(o.recovered_after_s, Some(2));
+        // Failing to the end: not recovered.
+        timeline.get_mut("list").unwrap().push(sec(1, 1, 0));
+        assert_eq!(
+            OverloadReport::of(&timeline, &c).unwrap().recovered_after_s,
+            None
+        );
+        // Not an overload run: no headline.
+        c.overload_for_s = None;
+        assert!(OverloadReport::of(&timeline, &c).is_none());
     }
 
     fn report_with(

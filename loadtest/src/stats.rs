@@ -35,6 +35,9 @@ pub enum ErrorKind {
     Missed,
     /// A list lacked instances that were registered and kept alive.
     MissingInstances,
+    /// Never sent: the harness could not send it within the request timeout of its scheduled
+    /// time (every connection was busy), and dropped it as a client would.
+    Abandoned,
 }
 
 impl fmt::Display for ErrorKind {
@@ -49,6 +52,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::UnexpectedBody => f.write_str("unexpected_body"),
             ErrorKind::Missed => f.write_str("missed"),
             ErrorKind::MissingInstances => f.write_str("missing_instances"),
+            ErrorKind::Abandoned => f.write_str("abandoned"),
         }
     }
 }
@@ -114,11 +118,122 @@ impl OpStats {
     }
 }
 
+/// Upper bounds (ms) of the latency buckets one second of a [`Timeline`] keeps: coarse, so a
+/// long run costs a few hundred bytes per second per sender.
+pub const SECOND_BUCKETS_MS: [f64; 13] = [
+    1.0,
+    2.0,
+    5.0,
+    10.0,
+    20.0,
+    50.0,
+    100.0,
+    200.0,
+    500.0,
+    1_000.0,
+    2_000.0,
+    5_000.0,
+    f64::INFINITY,
+];
+
+/// One operation's outcomes in one second of the measured window.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Second {
+    pub ok: u64,
+    /// Answered 503: the target turned the request away (overload, not ready).
+    pub unavailable: u64,
+    /// Every other failure.
+    pub errors: u64,
+    buckets: [u64; SECOND_BUCKETS_MS.len()],
+}
+
+impl Second {
+    /// The bucket bound under which 99 % of this second's successes were answered (ms; 0
+    /// without any).
+    pub fn p99_ms(&self) -> f64 {
+        if self.ok == 0 {
+            return 0.0;
+        }
+        let want = (self.ok as f64 * 0.99).ceil() as u64;
+        let mut seen = 0;
+        for (n, bound) in self.buckets.iter().zip(SECOND_BUCKETS_MS) {
+            seen += n;
+            if seen >= want {
+                return bound;
+            }
+        }
+        f64::INFINITY
+    }
+
+    fn merge(&mut self, o: &Second) {
+        self.ok += o.ok;
+        self.unavailable += o.unavailable;
+        self.errors += o.errors;
+        for (a, b) in self.buckets.iter_mut().zip(o.buckets) {
+            *a += b;
+        }
+    }
+}
+
+/// Outcomes per operation per second of the measured window: how a target behaved over time
+/// (an overload and its recovery), which the whole-run figures average away.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Timeline {
+    pub ops: BTreeMap<&'static str, Vec<Second>>,
+}
+
+/// Seconds a timeline keeps at most (a request recorded later falls into the last one).
+const TIMELINE_SECONDS: usize = 3_600;
+
+impl Timeline {
+    /// Records one request of `op` begun `second` seconds into the measured window.
+    pub fn record(
+        &mut self,
+        op: &'static str,
+        second: usize,
+        outcome: Result<Duration, ErrorKind>,
+    ) {
+        let seconds = self.ops.entry(op).or_default();
+        let at = second.min(TIMELINE_SECONDS - 1);
+        if seconds.len() <= at {
+            seconds.resize(at + 1, Second::default());
+        }
+        let s = &mut seconds[at];
+        match outcome {
+            Ok(latency) => {
+                s.ok += 1;
+                let ms = latency.as_secs_f64() * 1e3;
+                let b = SECOND_BUCKETS_MS
+                    .iter()
+                    .position(|bound| ms <= *bound)
+                    .unwrap_or(SECOND_BUCKETS_MS.len() - 1);
+                s.buckets[b] += 1;
+            }
+            Err(ErrorKind::HttpStatus(503)) => s.unavailable += 1,
+            Err(_) => s.errors += 1,
+        }
+    }
+
+    fn merge(&mut self, other: &Timeline) {
+        for (op, seconds) in &other.ops {
+            let mine = self.ops.entry(op).or_default();
+            if mine.len() < seconds.len() {
+                mine.resize(seconds.len(), Second::default());
+            }
+            for (a, b) in mine.iter_mut().zip(seconds) {
+                a.merge(b);
+            }
+        }
+    }
+}
+
 /// Per-operation stats keyed by operation name, in name order.
 #[derive(Clone, Debug)]
 pub struct Stats {
     proto: Histogram<u64>,
     pub ops: BTreeMap<&'static str, OpStats>,
+    /// The same outcomes second by second.
+    pub timeline: Timeline,
 }
 
 impl Stats {
@@ -126,6 +241,7 @@ impl Stats {
         Ok(Stats {
             proto: new_histogram()?,
             ops: BTreeMap::new(),
+            timeline: Timeline::default(),
         })
     }
 
@@ -151,6 +267,7 @@ impl Stats {
         for (op, s) in &other.ops {
             self.op_mut(op).merge(s)?;
         }
+        self.timeline.merge(&other.timeline);
         Ok(())
     }
 
@@ -223,6 +340,39 @@ mod tests {
         assert_eq!(h.len(), 2);
         assert!(h.max() >= MAX_LATENCY_US - MAX_LATENCY_US / 1000);
         assert_eq!(h.min(), 1);
+    }
+
+    #[test]
+    fn a_timeline_keeps_each_second_apart_and_merges_by_second() {
+        let mut a = Timeline::default();
+        let mut b = Timeline::default();
+        for i in 0..99 {
+            a.record("list", 0, Ok(ms(1 + i % 2)));
+        }
+        a.record("list", 0, Ok(ms(300)));
+        a.record("list", 2, Err(ErrorKind::HttpStatus(503)));
+        b.record("list", 2, Err(ErrorKind::Timeout));
+        b.record("list", 2, Ok(ms(40)));
+        b.record("beat", 5, Ok(ms(1)));
+        a.merge(&b);
+        let list = &a.ops["list"];
+        assert_eq!(list.len(), 3);
+        assert_eq!((list[0].ok, list[0].p99_ms()), (100, 2.0));
+        assert_eq!(
+            list[1],
+            Second::default(),
+            "a second without requests stays empty"
+        );
+        assert_eq!(
+            (
+                list[2].ok,
+                list[2].unavailable,
+                list[2].errors,
+                list[2].p99_ms()
+            ),
+            (1, 1, 1, 50.0)
+        );
+        assert_eq!(a.ops["beat"].len(), 6);
     }
 
     #[test]

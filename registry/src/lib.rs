@@ -13,6 +13,7 @@ pub mod membership;
 pub mod metrics;
 pub mod naming;
 pub mod node;
+pub mod overload;
 pub mod peer;
 pub mod push;
 pub mod raft;

@@ -4,7 +4,7 @@
 //! process without their counters mixing.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -47,6 +47,12 @@ pub struct Metrics {
     /// 1 while the node reaches a majority that counts it a member (Distro rule O3): without
     /// standing it refuses instance writes and does not expire.
     pub standing: IntGauge,
+    /// How late the overload probe last woke (rule G1 in [`crate::overload`]).
+    pub overload_lag: Gauge,
+    /// Share of client reads turned away now (rule G2).
+    pub overload_shed_share: Gauge,
+    /// Client reads turned away with 503 (rule G2).
+    pub overload_shed: IntCounter,
 }
 
 impl Metrics {
@@ -157,6 +163,21 @@ impl Metrics {
         registry.register(Box::new(standing.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
+        let overload_lag = Gauge::new(
+            "nacre_overload_lag_seconds",
+            "How late this node's workers run: the last probe's wake-up delay",
+        )?;
+        let overload_shed_share = Gauge::new(
+            "nacre_overload_shed_share",
+            "Share of client reads turned away with 503 because the node runs late (0-1)",
+        )?;
+        let overload_shed = IntCounter::new(
+            "nacre_overload_shed_total",
+            "Client reads turned away with 503 because the node ran late",
+        )?;
+        registry.register(Box::new(overload_lag.clone()))?;
+        registry.register(Box::new(overload_shed_share.clone()))?;
+        registry.register(Box::new(overload_shed.clone()))?;
         registry.register(Box::new(instances.clone()))?;
         registry.register(Box::new(services.clone()))?;
         registry.register(Box::new(beats.clone()))?;
@@ -181,6 +202,9 @@ impl Metrics {
             config_writes,
             ready,
             standing,
+            overload_lag,
+            overload_shed_share,
+            overload_shed,
         })
     }
 

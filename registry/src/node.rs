@@ -23,6 +23,10 @@ use crate::naming::{validate, NamingError};
 use crate::push::{PushHub, Subscriber};
 use crate::raft::{PersistentStore, WriteError};
 
+/// A lag (rule G1 in [`crate::overload`]) this long at an expiry tick is logged: the node is
+/// far enough behind that clients notice.
+const LAG_WORTH_A_WARNING_MS: u64 = 1_000;
+
 /// Why a node operation failed, by what the caller should answer.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -138,6 +142,7 @@ pub struct Node {
     clock: Clock,
     health: crate::health::HealthOverlay,
     changes: Arc<crate::changes::Changes>,
+    overload: Arc<crate::overload::Overload>,
 }
 
 impl Node {
@@ -151,6 +156,9 @@ impl Node {
         clock: Clock,
         changes: Arc<crate::changes::Changes>,
     ) -> Self {
+        let overload = Arc::new(crate::overload::Overload::new(
+            std::time::Duration::from_millis(settings.overload_lag_ms),
+        ));
         Self {
             settings,
             distro,
@@ -160,11 +168,17 @@ impl Node {
             clock,
             health: crate::health::HealthOverlay::new(),
             changes,
+            overload,
         }
     }
 
     fn ephemeral(&self) -> &EphemeralStore {
         self.distro.store()
+    }
+
+    /// How late this node runs and which reads it turns away (see [`crate::overload`]).
+    pub fn overload(&self) -> &Arc<crate::overload::Overload> {
+        &self.overload
     }
 
     /// The ephemeral side (store, replication, verify).
@@ -622,12 +636,20 @@ impl Node {
     /// per service touched (counts and a few names), not one per instance: a stopped fleet of
     /// thousands would otherwise flood the log.
     pub fn sweep(&self) {
-        let report = self.distro.sweep(
-            self.now_ms(),
-            self.settings.expiry_interval_ms,
-            self.is_ready(),
-        );
+        let lag_ms = self.overload.take_peak_lag().as_millis() as u64;
+        let tick = crate::distro::expiry::Tick {
+            now_ms: self.now_ms(),
+            interval_ms: self.settings.expiry_interval_ms,
+            lag_ms,
+        };
+        let report = self.distro.sweep(tick, self.is_ready());
         let plan = &report.plan;
+        if lag_ms >= LAG_WORTH_A_WARNING_MS {
+            tracing::warn!(
+                lag_ms,
+                "this node runs late; silence is judged only up to the time it has caught up with"
+            );
+        }
         let moves = &self.metrics.deadline_moves;
         if plan.unobserved_ms > 0 {
             moves.with_label_values(&["unobserved"]).inc();

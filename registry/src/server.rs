@@ -550,7 +550,7 @@ fn spawn_cluster_tasks(
     ));
 }
 
-/// Every node's tasks: the read-index catch-up, the expiry sweep, health checks, pushes and
+/// Every node's tasks: the read-index catch-up, the overload probe, the expiry sweep, health checks, pushes and
 /// (with auth on) the first administrator.
 fn spawn_node_tasks(
     tasks: &mut Tasks,
@@ -560,6 +560,11 @@ fn spawn_node_tasks(
 ) {
     let settings = node.settings();
     tasks.spawn(catch_up(persistent.clone(), tasks.stop.clone()));
+    tasks.spawn(crate::overload::probe(
+        node.overload().clone(),
+        node.metrics().clone(),
+        tasks.stop.clone(),
+    ));
     tasks.spawn(sweep(
         node.clone(),
         Duration::from_millis(settings.expiry_interval_ms),

@@ -8,6 +8,7 @@ mod config;
 mod deregister;
 mod list;
 mod mixed;
+mod overload;
 mod register;
 mod subscribe;
 
@@ -41,6 +42,10 @@ pub enum ScenarioKind {
     Mixed,
     /// Extra instances register and deregister (at `--rate`) while subscribers watch.
     Churn,
+    /// A fleet keeps beating (every instance every 5 s) while lists come at `--rate` for
+    /// `--overload-for`, then at `--backoff-rate`: whether the target keeps every instance
+    /// alive when offered more than it serves, and how soon it serves everything again.
+    Overload,
     /// Register services × instances once, then report the target's RSS per instance
     /// (needs `--target-pid`). Instances carry day-long `preserved.*` timeouts in their
     /// metadata (within `--metadata-bytes` when it leaves room), so none expires before it
@@ -69,6 +74,7 @@ impl ScenarioKind {
             ScenarioKind::Subscribe => "subscribe",
             ScenarioKind::Mixed => "mixed",
             ScenarioKind::Churn => "churn",
+            ScenarioKind::Overload => "overload",
             ScenarioKind::Memory => "memory",
             ScenarioKind::ConfigPublish => "config-publish",
             ScenarioKind::ConfigGet => "config-get",
@@ -94,6 +100,9 @@ pub struct Shape {
     pub rate: Option<f64>,
     /// Where pushes go (scenarios that subscribe).
     pub push: Option<PushAddr>,
+    /// overload: when the lists back off (from the start of the phase, warm-up included) and
+    /// to what rate.
+    pub backoff: Option<(std::time::Duration, f64)>,
 }
 
 /// A closed-loop preparation step, run to completion before the measured phase.
@@ -132,6 +141,7 @@ pub fn build(
         ScenarioKind::Subscribe => subscribe::workload(names, shape, push()?),
         ScenarioKind::Mixed => mixed::workload(names, shape, push()?)?,
         ScenarioKind::Churn => churn::workload(names, shape, push()?),
+        ScenarioKind::Overload => overload::workload(names, shape)?,
         ScenarioKind::ConfigPublish => config::publish(names, shape),
         ScenarioKind::ConfigGet => config::get(names, shape),
         ScenarioKind::ConfigListen => config::listen(names, shape),
@@ -234,6 +244,7 @@ mod tests {
                 ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
                 port: 5555,
             }),
+            backoff: None,
         }
     }
 
@@ -261,12 +272,17 @@ mod tests {
             ScenarioKind::Subscribe,
             ScenarioKind::Mixed,
             ScenarioKind::Churn,
+            ScenarioKind::Overload,
             ScenarioKind::Memory,
             ScenarioKind::ConfigPublish,
             ScenarioKind::ConfigGet,
             ScenarioKind::ConfigListen,
         ] {
-            let w = build(kind, names.clone(), &shape()).unwrap();
+            let mut shape = shape();
+            if kind == ScenarioKind::Overload {
+                shape.rate = Some(100.0);
+            }
+            let w = build(kind, names.clone(), &shape).unwrap();
             let api = match kind {
                 ScenarioKind::ConfigPublish
                 | ScenarioKind::ConfigGet

@@ -261,6 +261,7 @@ pub fn router(app: Arc<App>, internal: Router) -> Router {
             app.clone(),
             auth::guard,
         ))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), shed))
         .layer(axum::middleware::from_fn_with_state(app.clone(), track))
         .with_state(app.clone());
     let secret: Arc<str> = Arc::from(app.secret.as_str());
@@ -342,6 +343,34 @@ async fn gate(State(app): State<Arc<App>>, req: Request, next: Next) -> Response
     next.run(req).await
 }
 
+/// Marks a read turned away under overload, so [`track`] counts it without logging it.
+#[derive(Debug, Clone, Copy)]
+struct Shed;
+
+/// Rule G2 of [`crate::overload`]: while the node runs late, a share of client reads is
+/// answered 503 at once, before authentication, parsing or rendering, so the CPU left goes to
+/// beats and writes.
+async fn shed(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    if crate::overload::sheddable(req.method(), req.uri().path()) && app.node.overload().shed_next()
+    {
+        return shed_answer(&app);
+    }
+    next.run(req).await
+}
+
+/// The 503 of a read turned away under rule G2 of [`crate::overload`]: Nacos's status, a
+/// `Retry-After`, counted.
+fn shed_answer(app: &App) -> Response {
+    app.node.metrics().overload_shed.inc();
+    let mut r = ApiError::unavailable(crate::overload::SHED_BODY).into_response();
+    r.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from_static("1"),
+    );
+    r.extensions_mut().insert(Shed);
+    r
+}
+
 /// The gate's 503, with the `marker` header telling nacre's other tier what to do about it
 /// (apply the write itself, or try another node).
 fn marked_refusal(message: &str, marker: &'static str) -> Response {
@@ -369,7 +398,7 @@ async fn track(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
     m.requests
         .with_label_values(&[&api, resp.status().as_str()])
         .inc();
-    if resp.status().is_server_error() {
+    if resp.status().is_server_error() && resp.extensions().get::<Shed>().is_none() {
         tracing::warn!(%api, status = %resp.status(), "request failed");
     }
     resp

@@ -1,6 +1,6 @@
 //! When this node may act on an instance's silence: the expiry gate.
 //!
-//! The rules themselves are stated in the [`crate::distro`] module doc (rules E1–E4); this
+//! The rules themselves are stated in the [`crate::distro`] module doc (rules E1–E4, E6); this
 //! module enforces them, from facts the caller gathers each sweep tick (time, readiness, how
 //! many members this node can reach, the ring). It holds no I/O: the decision is a value, the
 //! caller applies it to the store under one sweep.
@@ -65,6 +65,9 @@ pub struct Plan {
     /// Rule E2: milliseconds the node could not observe (a pause or stall between ticks);
     /// every deadline moves later by this much. 0 when the tick was on time.
     pub unobserved_ms: u64,
+    /// Rule E6: silence is judged up to this moment, not `now`: beats sent after it may still
+    /// wait in the node's own queues (`now` less the peak lag since the last tick).
+    pub horizon_ms: u64,
     /// Rule E3: the node has just (re)gained the standing to judge; every deadline restarts
     /// from now, since it saw no beats while it had none.
     pub restart_all: bool,
@@ -75,6 +78,29 @@ pub struct Plan {
     pub held: Option<&'static str>,
     /// This tick is the first held one after judging (for a single log line).
     pub lost_standing: bool,
+}
+
+/// The clock facts of one sweep tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tick {
+    /// Now.
+    pub now_ms: u64,
+    /// The sweep interval.
+    pub interval_ms: u64,
+    /// The largest scheduling lag measured since the previous tick (rule G1 in
+    /// [`crate::overload`]).
+    pub lag_ms: u64,
+}
+
+impl Tick {
+    /// A tick at `now_ms` of a node that ran on time.
+    pub fn on_time(now_ms: u64, interval_ms: u64) -> Self {
+        Self {
+            now_ms,
+            interval_ms,
+            lag_ms: 0,
+        }
+    }
 }
 
 /// The gate's memory between ticks.
@@ -97,14 +123,15 @@ impl ExpiryGate {
         Self::default()
     }
 
-    /// Decides the tick at `now_ms`, `interval_ms` after the previous one was due.
-    pub fn decide(
-        &mut self,
-        now_ms: u64,
-        interval_ms: u64,
-        standing: &Standing,
-        ring: &Arc<Ring>,
-    ) -> Plan {
+    /// Decides the tick at `now_ms`, `interval_ms` after the previous one was due, on a node
+    /// that ran up to `lag_ms` late since the previous tick.
+    pub fn decide(&mut self, tick: Tick, standing: &Standing, ring: &Arc<Ring>) -> Plan {
+        let Tick {
+            now_ms,
+            interval_ms,
+            lag_ms,
+        } = tick;
+        let horizon_ms = now_ms.saturating_sub(lag_ms);
         let gap = self.last_tick_ms.map_or(0, |t| now_ms.saturating_sub(t));
         self.last_tick_ms = Some(now_ms);
         let unobserved_ms = if gap > interval_ms + gap_tolerance_ms(interval_ms) {
@@ -118,6 +145,7 @@ impl ExpiryGate {
             return Plan {
                 sweep: false,
                 unobserved_ms,
+                horizon_ms,
                 restart_all: false,
                 took_over_from: None,
                 held: Some(reason),
@@ -133,6 +161,7 @@ impl ExpiryGate {
         Plan {
             sweep: true,
             unobserved_ms,
+            horizon_ms,
             restart_all,
             took_over_from,
             held: None,
@@ -188,10 +217,10 @@ mod tests {
 
         let mut gate = ExpiryGate::new();
         let r = ring(&["a:1", "b:1", "c:1"]);
-        let held = gate.decide(1_000, 1_000, &standing(true, 1, 3), &r);
+        let held = gate.decide(Tick::on_time(1_000, 1_000), &standing(true, 1, 3), &r);
         assert!(!held.sweep);
         assert_eq!(held.held, Some("no_majority"));
-        let held = gate.decide(2_000, 1_000, &standing(false, 3, 3), &r);
+        let held = gate.decide(Tick::on_time(2_000, 1_000), &standing(false, 3, 3), &r);
         assert_eq!(held.held, Some("not_ready"));
     }
 
@@ -219,7 +248,11 @@ mod tests {
         assert!(bridge.may_serve() && !bridge.may_judge());
         assert_eq!(bridge.hold_reason(), Some("rings_disagree"));
         let mut gate = ExpiryGate::new();
-        assert!(!gate.decide(0, 1_000, &bridge, &ring(&["a:1"])).sweep);
+        assert!(
+            !gate
+                .decide(Tick::on_time(0, 1_000), &bridge, &ring(&["a:1"]))
+                .sweep
+        );
     }
 
     #[test]
@@ -227,49 +260,81 @@ mod tests {
         let mut gate = ExpiryGate::new();
         let r = ring(&["a:1"]);
         let s = standing(true, 1, 1);
-        gate.decide(0, 1_000, &s, &r);
-        assert_eq!(gate.decide(1_000, 1_000, &s, &r).unobserved_ms, 0);
+        gate.decide(Tick::on_time(0, 1_000), &s, &r);
         assert_eq!(
-            gate.decide(2_900, 1_000, &s, &r).unobserved_ms,
+            gate.decide(Tick::on_time(1_000, 1_000), &s, &r)
+                .unobserved_ms,
+            0
+        );
+        assert_eq!(
+            gate.decide(Tick::on_time(2_900, 1_000), &s, &r)
+                .unobserved_ms,
             0,
             "a late tick within tolerance is not a pause"
         );
         // 40 s between two ticks: everything but one normal interval went unseen.
-        assert_eq!(gate.decide(42_900, 1_000, &s, &r).unobserved_ms, 39_000);
-        assert_eq!(gate.decide(43_900, 1_000, &s, &r).unobserved_ms, 0);
+        assert_eq!(
+            gate.decide(Tick::on_time(42_900, 1_000), &s, &r)
+                .unobserved_ms,
+            39_000
+        );
+        assert_eq!(
+            gate.decide(Tick::on_time(43_900, 1_000), &s, &r)
+                .unobserved_ms,
+            0
+        );
         // Also while holding: the gap is reported so the caller can account for it.
-        let held = gate.decide(60_000, 1_000, &standing(false, 1, 1), &r);
+        let held = gate.decide(Tick::on_time(60_000, 1_000), &standing(false, 1, 1), &r);
         assert_eq!((held.sweep, held.unobserved_ms), (false, 15_100));
+    }
+
+    #[test]
+    fn e6_silence_is_judged_only_up_to_the_time_the_node_has_caught_up_with() {
+        let mut gate = ExpiryGate::new();
+        let r = ring(&["a:1"]);
+        let s = standing(true, 1, 1);
+        assert_eq!(
+            gate.decide(Tick::on_time(10_000, 1_000), &s, &r).horizon_ms,
+            10_000
+        );
+        let late = Tick {
+            now_ms: 11_000,
+            interval_ms: 1_000,
+            lag_ms: 2_500,
+        };
+        let plan = gate.decide(late, &s, &r);
+        assert_eq!((plan.sweep, plan.horizon_ms), (true, 8_500));
+        assert_eq!(plan.unobserved_ms, 0, "a lag is not a pause: nothing moves");
     }
 
     #[test]
     fn e3_regaining_the_standing_restarts_every_deadline() {
         let mut gate = ExpiryGate::new();
         let r = ring(&["a:1", "b:1", "c:1"]);
-        let first = gate.decide(0, 1_000, &standing(true, 3, 3), &r);
+        let first = gate.decide(Tick::on_time(0, 1_000), &standing(true, 3, 3), &r);
         assert!(
             first.restart_all,
             "the first judging tick restarts deadlines"
         );
         assert!(
             !gate
-                .decide(1_000, 1_000, &standing(true, 3, 3), &r)
+                .decide(Tick::on_time(1_000, 1_000), &standing(true, 3, 3), &r)
                 .restart_all
         );
         assert!(
-            gate.decide(2_000, 1_000, &standing(true, 1, 3), &r)
+            gate.decide(Tick::on_time(2_000, 1_000), &standing(true, 1, 3), &r)
                 .lost_standing
         );
         assert!(
             !gate
-                .decide(3_000, 1_000, &standing(true, 1, 3), &r)
+                .decide(Tick::on_time(3_000, 1_000), &standing(true, 1, 3), &r)
                 .lost_standing
         );
-        let back = gate.decide(4_000, 1_000, &standing(true, 2, 3), &r);
+        let back = gate.decide(Tick::on_time(4_000, 1_000), &standing(true, 2, 3), &r);
         assert!(back.sweep && back.restart_all, "{back:?}");
         assert!(
             !gate
-                .decide(5_000, 1_000, &standing(true, 2, 3), &r)
+                .decide(Tick::on_time(5_000, 1_000), &standing(true, 2, 3), &r)
                 .restart_all
         );
     }
@@ -280,19 +345,22 @@ mod tests {
         let s = standing(true, 3, 3);
         let three = ring(&["a:1", "b:1", "c:1"]);
         let two = ring(&["a:1", "b:1"]);
-        assert!(gate.decide(0, 1_000, &s, &three).took_over_from.is_none());
         assert!(gate
-            .decide(1_000, 1_000, &s, &three.clone())
+            .decide(Tick::on_time(0, 1_000), &s, &three)
             .took_over_from
             .is_none());
-        let moved = gate.decide(2_000, 1_000, &s, &two);
+        assert!(gate
+            .decide(Tick::on_time(1_000, 1_000), &s, &three.clone())
+            .took_over_from
+            .is_none());
+        let moved = gate.decide(Tick::on_time(2_000, 1_000), &s, &two);
         assert_eq!(
             moved.took_over_from.map(|r| r.members().to_vec()),
             Some(three.members().to_vec())
         );
         // An equal ring rebuilt as a new value is no change.
         assert!(gate
-            .decide(3_000, 1_000, &s, &ring(&["b:1", "a:1"]))
+            .decide(Tick::on_time(3_000, 1_000), &s, &ring(&["b:1", "a:1"]))
             .took_over_from
             .is_none());
     }

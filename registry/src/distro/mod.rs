@@ -106,6 +106,14 @@
 //!   *Tests:* `store::tests::e5_the_sweep_leaves_a_service_alone_until_its_first_deadline`,
 //!   `store::tests::e5_any_change_but_a_beat_brings_the_check_forward`.
 //!
+//! - **E6 — overload horizon.** A node that runs late (rule G1 in [`crate::overload`]: the
+//!   largest scheduling lag it measured since the previous tick) judges silence only up to
+//!   `now − lag`: beats sent after that may still wait in its own queues. Empty services are
+//!   judged against the same horizon; nothing moves, so the instances of clients that really
+//!   stopped expire as soon as the node catches up. *Tests:*
+//!   `expiry::tests::e6_silence_is_judged_only_up_to_the_time_the_node_has_caught_up_with`,
+//!   `store::tests::e6_an_instance_silent_only_within_the_lag_is_kept`; `tests/overload.rs`.
+//!
 //! **Deletion**
 //! - **D1 — the owner's word.** Only a service's owner drops it once it has stayed empty for
 //!   `EMPTY_SERVICE_TTL_MS`; the others follow the deletion record it replicates. Every
@@ -400,12 +408,13 @@ impl Distro {
     /// move first (rules E1–E4), then the services this node owns are swept. Deadlines move
     /// and instances expire in this one call, so no expiry ever runs under a new ring or after
     /// a gap before its grace is granted.
-    pub fn sweep(&self, now_ms: u64, interval_ms: u64, ready: bool) -> SweepReport {
+    pub fn sweep(&self, tick: expiry::Tick, ready: bool) -> SweepReport {
+        let now_ms = tick.now_ms;
         let ownership = self.membership.ownership();
-        let plan =
-            self.gate
-                .lock()
-                .decide(now_ms, interval_ms, &self.standing(ready), ownership.ring());
+        let plan = self
+            .gate
+            .lock()
+            .decide(tick, &self.standing(ready), ownership.ring());
         // Restarting every deadline below already covers any time the node could not observe.
         if plan.unobserved_ms > 0 && !plan.restart_all {
             self.store.extend_deadlines(plan.unobserved_ms, now_ms);
@@ -427,7 +436,7 @@ impl Distro {
         } else {
             0
         };
-        let swept = self.store.sweep_owned(now_ms, owned);
+        let swept = self.store.sweep_owned(now_ms, plan.horizon_ms, owned);
         SweepReport {
             plan,
             granted,
@@ -536,7 +545,10 @@ mod tests {
         }
         // On-time ticks for 20 s: nothing of b's is a's to judge.
         for t in (1..=20).map(|s| s * 1_000) {
-            assert!(d.sweep(t, 1_000, true).expired.is_empty());
+            assert!(d
+                .sweep(expiry::Tick::on_time(t, 1_000), true)
+                .expired
+                .is_empty());
         }
         // b goes down: its services move, and the very next sweep must grant grace first.
         for _ in 0..3 {
@@ -545,7 +557,7 @@ mod tests {
         // c saw it too: the rings agree again.
         d.membership()
             .record_probe("c:1", ping("c:1", &["a:1", "c:1"]), 3);
-        let report = d.sweep(21_000, 1_000, true);
+        let report = d.sweep(expiry::Tick::on_time(21_000, 1_000), true);
         assert!(report.expired.is_empty(), "{:?}", report.expired);
         let new_ring = d.membership().ring();
         let taken = keys
@@ -557,9 +569,14 @@ mod tests {
         // The grace is one timeout, not forever: silent instances of the services a took
         // over turn unhealthy 15 s after the takeover, and only those.
         for t in (22..=36).map(|s| s * 1_000) {
-            assert!(d.sweep(t, 1_000, true).expired.is_empty(), "at {t}");
+            assert!(
+                d.sweep(expiry::Tick::on_time(t, 1_000), true)
+                    .expired
+                    .is_empty(),
+                "at {t}"
+            );
         }
-        let expired = d.sweep(37_000, 1_000, true).expired;
+        let expired = d.sweep(expiry::Tick::on_time(37_000, 1_000), true).expired;
         assert!(!expired.is_empty());
         let ring = d.membership().ring();
         assert!(expired

@@ -200,8 +200,9 @@ impl EphemeralService {
     }
 
     /// Whether a sweep at `now_ms` has anything to do here: expired instance tombstones, or
-    /// (when `owned`) an empty service past `empty_ttl_ms` or an instance past a timeout.
-    fn needs_sweep(&self, now_ms: u64, empty_ttl_ms: u64, owned: bool) -> bool {
+    /// (when `owned`) an empty service past `empty_ttl_ms` or an instance past a timeout, as
+    /// of `horizon_ms` (rule E6).
+    fn needs_sweep(&self, now_ms: u64, horizon_ms: u64, empty_ttl_ms: u64, owned: bool) -> bool {
         let stale_tombstone = self
             .removed
             .values()
@@ -213,12 +214,12 @@ impl EphemeralService {
             return false;
         }
         if let Some(since) = self.empty_since_ms {
-            return now_ms.saturating_sub(since) >= empty_ttl_ms;
+            return horizon_ms.saturating_sub(since) >= empty_ttl_ms;
         }
-        if now_ms <= self.check_at.get() {
+        if horizon_ms <= self.check_at.get() {
             return false;
         }
-        // Instance `i` passes a timeout once `now_ms` exceeds its deadline.
+        // Instance `i` passes a timeout once the horizon passes its deadline.
         let mut next = u64::MAX;
         for i in self.instances.iter().filter(|i| !i.marked) {
             let timeout = if i.healthy {
@@ -227,7 +228,7 @@ impl EphemeralService {
                 i.delete_timeout_ms()
             };
             let deadline = i.last_beat_ms.saturating_add(timeout);
-            if now_ms > deadline {
+            if horizon_ms > deadline {
                 // Left as it is: the write pass changes the service, which resets it.
                 return true;
             }
@@ -887,7 +888,7 @@ impl EphemeralStore {
     /// Marks silent instances unhealthy and removes those silent past their delete timeout,
     /// in every service; drops services empty for the store's empty-service TTL.
     pub fn sweep(&self, now_ms: u64) -> Vec<Expiry> {
-        self.sweep_owned(now_ms, |_| true).expired
+        self.sweep_owned(now_ms, now_ms, |_| true).expired
     }
 
     /// Like [`sweep`](Self::sweep), for the services for which `owned` holds: in a cluster only
@@ -900,13 +901,23 @@ impl EphemeralStore {
     /// timeout, an empty service past its TTL, expired instance tombstones); only those are
     /// then judged again, and changed, under the write lock, 256 services per
     /// hold of it.
-    pub fn sweep_owned(&self, now_ms: u64, owned: impl Fn(&ServiceKey) -> bool) -> Swept {
+    ///
+    /// Silence is judged up to `horizon_ms` (rule E6: `now_ms` less the node's lag); `now_ms`
+    /// stamps the changes and ages tombstones.
+    pub fn sweep_owned(
+        &self,
+        now_ms: u64,
+        horizon_ms: u64,
+        owned: impl Fn(&ServiceKey) -> bool,
+    ) -> Swept {
         let candidates: Vec<ServiceKey> = {
             let inner = self.inner.read();
             inner
                 .services
                 .iter()
-                .filter(|(key, svc)| svc.needs_sweep(now_ms, self.empty_ttl_ms, owned(key)))
+                .filter(|(key, svc)| {
+                    svc.needs_sweep(now_ms, horizon_ms, self.empty_ttl_ms, owned(key))
+                })
                 .map(|(key, _)| key.clone())
                 .collect()
         };
@@ -916,7 +927,7 @@ impl EphemeralStore {
         // under the lock that changes it, so what happened since the read pass counts.
         for batch in candidates.chunks(SWEEP_BATCH) {
             let mut inner = self.inner.write();
-            self.sweep_batch(&mut inner, batch, now_ms, &owned, &mut out);
+            self.sweep_batch(&mut inner, batch, (now_ms, horizon_ms), &owned, &mut out);
         }
         let mut inner = self.inner.write();
         inner
@@ -931,7 +942,7 @@ impl EphemeralStore {
         &self,
         inner: &mut Inner,
         batch: &[ServiceKey],
-        now_ms: u64,
+        (now_ms, horizon_ms): (u64, u64),
         owned: &impl Fn(&ServiceKey) -> bool,
         out: &mut Swept,
     ) {
@@ -949,14 +960,14 @@ impl EphemeralStore {
                 continue;
             }
             if let Some(since) = svc.empty_since_ms {
-                if now_ms.saturating_sub(since) >= self.empty_ttl_ms {
+                if horizon_ms.saturating_sub(since) >= self.empty_ttl_ms {
                     dropped.push(key.clone());
                 }
                 continue;
             }
             let (mut unhealthy, mut removed) = (Vec::new(), Vec::new());
             for inst in svc.instances.iter_mut().filter(|i| !i.marked) {
-                let silent = now_ms.saturating_sub(inst.last_beat_ms);
+                let silent = horizon_ms.saturating_sub(inst.last_beat_ms);
                 if silent > inst.delete_timeout_ms() {
                     removed.push(inst.key());
                 } else if inst.healthy && silent > inst.beat_timeout_ms() {
@@ -1430,7 +1441,7 @@ mod tests {
         assert_eq!(removed.len(), n);
         assert_eq!(s.counts(), (n, 0));
         // Every one of them empty past the TTL: all dropped, in batches too.
-        let dropped = s.sweep_owned(31_002, |_| true).dropped;
+        let dropped = s.sweep_owned(31_002, 31_002, |_| true).dropped;
         assert_eq!(dropped.len(), n);
         assert_eq!(s.counts(), (0, 0));
         assert!(keys.iter().all(|k| s.tombstone(k).is_some()));
@@ -1452,6 +1463,23 @@ mod tests {
         assert_eq!(expired.len(), 1);
         assert_eq!(healthy(&s, "10.0.0.2"), Some(false));
         assert_eq!(healthy(&s, "10.0.0.1"), Some(true));
+    }
+
+    #[test]
+    fn e6_an_instance_silent_only_within_the_lag_is_kept() {
+        let s = EphemeralStore::new();
+        s.register(&key(), inst("10.0.0.1", 0), 0);
+        // 16 s of silence against a 15 s beat timeout, but the node runs 2 s late: the beat
+        // that would have come in time may still be waiting in its queues.
+        assert!(s.sweep_owned(16_000, 14_000, |_| true).expired.is_empty());
+        assert_eq!(healthy(&s, "10.0.0.1"), Some(true));
+        // Caught up and still silent: judged as usual.
+        let expired = s.sweep_owned(16_001, 16_001, |_| true).expired;
+        assert_eq!(expired.len(), 1);
+        assert_eq!(healthy(&s, "10.0.0.1"), Some(false));
+        // The removal too waits for the horizon, not the clock.
+        assert!(s.sweep_owned(31_000, 29_000, |_| true).expired.is_empty());
+        assert_eq!(s.sweep_owned(31_000, 30_001, |_| true).expired.len(), 1);
     }
 
     #[test]
@@ -1973,19 +2001,22 @@ mod tests {
         peer.apply_remote(emptied.clone(), 1_000);
         let late = 1_000 + EMPTY_SERVICE_TTL_MS + 5_000;
         // A non-owner waits for the owner's word, however long the service stays empty.
-        let swept = peer.sweep_owned(late, |_| false);
+        let swept = peer.sweep_owned(late, late, |_| false);
         assert!(swept.dropped.is_empty() && peer.contains(&key()));
         // The owner drops it once, and its deletion record removes the peer's copy.
-        let swept = owner.sweep_owned(late, |_| true);
+        let swept = owner.sweep_owned(late, late, |_| true);
         assert_eq!(swept.dropped, vec![key()]);
-        assert!(owner.sweep_owned(late + 1, |_| true).dropped.is_empty());
+        assert!(owner
+            .sweep_owned(late + 1, late + 1, |_| true)
+            .dropped
+            .is_empty());
         let del = owner.deletion_record(&key()).unwrap();
         assert!(peer.apply_remote(del, late).changed);
         assert!(!peer.contains(&key()));
         // The empty copy a slow peer still sends back is refused, not re-created.
         assert!(!owner.apply_remote(emptied, late + 2).changed);
         // Tombstones are forgotten after their horizon.
-        owner.sweep_owned(late + TOMBSTONE_TTL_MS, |_| true);
+        owner.sweep_owned(late + TOMBSTONE_TTL_MS, late + TOMBSTONE_TTL_MS, |_| true);
         assert_eq!(owner.tombstone(&key()), None);
     }
 
@@ -2011,12 +2042,12 @@ mod tests {
     fn only_owned_services_expire_and_grace_defers_expiry() {
         let s = EphemeralStore::new();
         s.register(&key(), inst("10.0.0.1", 0), 0);
-        assert!(s.sweep_owned(40_000, |_| false).expired.is_empty());
+        assert!(s.sweep_owned(40_000, 40_000, |_| false).expired.is_empty());
         assert_eq!(healthy(&s, "10.0.0.1"), Some(true));
         assert_eq!(s.grant_grace(40_000, |_| true), 1);
-        assert!(s.sweep_owned(54_000, |_| true).expired.is_empty());
+        assert!(s.sweep_owned(54_000, 54_000, |_| true).expired.is_empty());
         assert_eq!(
-            s.sweep_owned(55_001, |_| true).expired[0].kind,
+            s.sweep_owned(55_001, 55_001, |_| true).expired[0].kind,
             ExpiryKind::Unhealthy
         );
     }

@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# Graceful overload (Issue 14, item 3): each server under a CPU limit, offered twice the lists
+# it serves while a fleet keeps beating, then backed off to half of them.
+#
+#   sudo bash loadtest/bench/overload.sh     # results under $NACRE_BENCH_OUT (printed)
+#
+# Why a CPU limit: on a 2-core machine the load generator cannot offer twice what an unlimited
+# server serves, since both share the cores. The server runs in a cgroup (v1 `cpu` or v2) with
+# OVERLOAD_CPU cores (0.4 by default), as under a Kubernetes CPU limit; the harness keeps the
+# rest. Each server, fresh each time:
+#   1. capacity: closed-loop lists (`--scenario list`, 64 connections) -> C lists/s;
+#   2. restarted fresh, `--scenario overload`: lists at 2 x C for OVERLOAD_FOR, then C / 2
+#      until the end, while every instance beats every 5 s on connections of its own.
+# Servers: nacre standalone as configured by default (reads never shed; its measured lag holds
+# expiry back), nacre with NACRE_OVERLOAD_LAG_MS=1000 (reads shed past 1 s of lag) and
+# r-nacos 0.8.8.
+#
+# Knobs (environment): OVERLOAD_CPU (0.4), OVERLOAD_FOR (40s), BENCH_DURATION (60s),
+# FLEET_SERVICES (100), FLEET_INSTANCES (20), BENCH_CONCURRENCY (6000), BENCH_PORT_BASE
+# (29000), NACRE_BENCH_CACHE, NACRE_BENCH_OUT, NACRE_BIN.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# shellcheck source=loadtest/bench/lib.sh
+source "$ROOT/loadtest/bench/lib.sh"
+bench_addresses
+OUT="${NACRE_BENCH_OUT:-$CACHE/overload-$(date +%Y%m%d-%H%M%S)}"
+DURATION="${BENCH_DURATION:-60s}"
+OVERLOAD_FOR="${OVERLOAD_FOR:-40s}"
+CPU="${OVERLOAD_CPU:-0.4}"
+CONC="${BENCH_CONCURRENCY:-6000}"
+SERVICES="${FLEET_SERVICES:-100}"
+INSTANCES="${FLEET_INSTANCES:-20}"
+mkdir -p "$OUT"
+forget_knobs
+install_rnacos
+build_nacre
+
+# The cgroup the servers run in, limited to $CPU cores.
+QUOTA=$(python3 -c "print(int(float('$CPU') * 100000))")
+if [ -d /sys/fs/cgroup/cpu ]; then
+    CG=/sys/fs/cgroup/cpu/nacre-bench-overload
+    mkdir -p "$CG"
+    echo 100000 >"$CG/cpu.cfs_period_us"
+    echo "$QUOTA" >"$CG/cpu.cfs_quota_us"
+else
+    CG=/sys/fs/cgroup/nacre-bench-overload
+    mkdir -p "$CG"
+    echo "$QUOTA 100000" >"$CG/cpu.max"
+fi
+limited() { # command…: becomes it, inside the cgroup (call in the background: `limited … &`)
+    exec sh -c 'echo $$ >"$0/cgroup.procs" && exec "$@"' "$CG" "$@"
+}
+
+start_server() { # name dir: sets SERVER_ADDR, SERVER_PID
+    rm -rf "$2" && mkdir -p "$2"
+    case "$1" in
+    nacre | nacre-shedding)
+        local lag=0
+        [ "$1" = nacre-shedding ] && lag=1000
+        NACRE_LOG=warn NACRE_OVERLOAD_LAG_MS=$lag limited "$NACRE" registry --standalone \
+            --listen "$NACRE_ADDR" --data "$2" >"$2/nacre.log" 2>&1 &
+        SERVER_PID=$!
+        SERVER_ADDR=$NACRE_ADDR
+        PIDS+=("$SERVER_PID")
+        wait_up "$NACRE_ADDR" nacre '"status":"UP"'
+        ;;
+    r-nacos)
+        (cd "$2" && exec env RNACOS_HTTP_PORT="$RNACOS_PORT" \
+            RNACOS_GRPC_PORT=$((RNACOS_PORT + 1)) \
+            RNACOS_RAFT_NODE_ADDR="127.0.0.1:$((RNACOS_PORT + 1))" \
+            RNACOS_HTTP_CONSOLE_PORT=0 \
+            RNACOS_SDK_HOST=127.0.0.1 RNACOS_CONSOLE_HOST=127.0.0.1 \
+            RNACOS_DATA_DIR="$2/db" RNACOS_CONFIG_DB_DIR="$2/db" \
+            RNACOS_ENABLE_METRICS=false RUST_LOG=warn \
+            sh -c 'echo $$ >"$0/cgroup.procs" && exec "$@"' "$CG" "$CACHE/bin/rnacos" \
+            >"$2/rnacos.log" 2>&1) &
+        SERVER_PID=$!
+        SERVER_ADDR=$RNACOS_ADDR
+        PIDS+=("$SERVER_PID")
+        wait_up "$RNACOS_ADDR" r-nacos
+        ;;
+    esac
+}
+
+for name in nacre nacre-shedding r-nacos; do
+    start_server "$name" "$OUT/$name-capacity"
+    run "capacity-$name" --target "$SERVER_ADDR" --target-pid "$SERVER_PID" --scenario list \
+        --services "$SERVICES" --instances-per-service "$INSTANCES" --keep-alive \
+        --concurrency 64 --duration 10s --threads 2 --seed 140
+    stop "$SERVER_PID"
+    C=$(python3 -c "import json; print(round(json.load(open('$OUT/capacity-$name.json'))['throughput_rps']))")
+    start_server "$name" "$OUT/$name-overload"
+    # nacre's own view, once a second: its lag, the share of reads it turns away, expiries.
+    if [ "$name" != r-nacos ]; then
+        (while sleep 1; do
+            curl -s "http://$SERVER_ADDR/metrics" |
+                grep -E '^nacre_(overload_lag_seconds|overload_shed_share|expirations_total)' |
+                tr '\n' ' '
+            echo
+        done) >"$OUT/gauges-$name.log" 2>/dev/null &
+        SAMPLER=$!
+    fi
+    run "overload-$name" --target "$SERVER_ADDR" --target-pid "$SERVER_PID" \
+        --scenario overload --services "$SERVICES" --instances-per-service "$INSTANCES" \
+        --concurrency "$CONC" --duration "$DURATION" --overload-for "$OVERLOAD_FOR" \
+        --rate $((C * 2)) --backoff-rate $((C / 2)) --threads 2 --timeout 5s --seed 141
+    if [ "$name" != r-nacos ]; then stop "$SAMPLER"; fi
+    stop "$SERVER_PID"
+done
+
+python3 - "$OUT" <<'PY' | tee "$OUT/summary.md"
+import json, os, sys
+out = sys.argv[1]
+print("| server | capacity lists/s | offered | lists served/s in overload | turned away (503) | other list failures | beats sent | beats failed | beat p99 ms | instances lost | all lists served again after |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
+for name in ["nacre", "nacre-shedding", "r-nacos"]:
+    p = os.path.join(out, f"overload-{name}.json")
+    if not os.path.exists(p):
+        continue
+    cap = json.load(open(os.path.join(out, f"capacity-{name}.json")))["throughput_rps"]
+    r = json.load(open(p))
+    o = r["overload"] or {}
+    beat = next((op for op in r["operations"] if op["op"] == "beat"), {})
+    lost = r["lost"]["beats_unknown"] + r["lost"]["lists_short"]
+    rec = o.get("recovered_after_s")
+    print(f"| {name} | {cap:.0f} | {o.get('offered_list_rps', 0):.0f}/s for {o.get('backoff_at_s')} s | "
+          f"{o.get('served_list_rps', 0):.0f} | {o.get('shed_lists')} | {o.get('failed_lists')} | "
+          f"{o.get('beats')} | {o.get('beats_failed')} | {beat.get('p99_ms', 0):.1f} | {lost} | "
+          f"{'%d s' % rec if rec is not None else 'not by the end'} |")
+PY
+echo "results: $OUT"

@@ -1,0 +1,189 @@
+//! Graceful overload (rules G1, G2 in `registry::overload`, E6 in `registry::distro`), on a
+//! real node process: flooded with more list renders than two cores can serve while a fleet
+//! keeps beating, it turns a share of the lists away with Nacos's 503, serves every beat, loses
+//! no instance, and serves every list again once the flood stops.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{ensure, Result};
+use nacre_testkit::fleet::{Fleet, FleetSpec, Targets};
+use nacre_testkit::http::{eventually, Api};
+use nacre_testkit::NodeProcess;
+
+/// Instances of the service the flood lists: enough that each render costs real CPU.
+const HEAVY_INSTANCES: usize = 1_500;
+/// Concurrent listers: far more renders than two cores keep up with.
+const FLOODERS: usize = 32;
+const FLOOD_FOR: Duration = Duration::from_secs(8);
+
+#[derive(Default)]
+struct Answers {
+    ok: AtomicU64,
+    shed: AtomicU64,
+    other: AtomicU64,
+}
+
+/// Registers the heavy service, its instances kept alive by long `preserved.*` timeouts.
+async fn register_heavy(api: &Api) -> Result<()> {
+    let metadata =
+        r#"{"preserved.heart.beat.timeout":"600000","preserved.ip.delete.timeout":"600000"}"#;
+    for chunk in (0..HEAVY_INSTANCES).collect::<Vec<_>>().chunks(50) {
+        let regs = chunk.iter().map(|n| {
+            let ip = format!("10.7.{}.{}", n / 250, n % 250 + 1);
+            async move {
+                api.instance(
+                    "POST",
+                    &[
+                        ("serviceName", "heavy"),
+                        ("ip", &ip),
+                        ("port", "8080"),
+                        ("metadata", metadata),
+                    ],
+                )
+                .await
+                .body
+                    == "ok"
+            }
+        });
+        let done = futures::future::join_all(regs).await;
+        ensure!(
+            done.iter().all(|ok| *ok),
+            "registering the heavy service failed"
+        );
+    }
+    Ok(())
+}
+
+/// `FLOODERS` loops listing the heavy service, each request a new variant so every one is
+/// rendered, until `stop`.
+fn flood(
+    addr: SocketAddr,
+    answers: Arc<Answers>,
+    stop: Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..FLOODERS)
+        .map(|f| {
+            let (answers, stop) = (answers.clone(), stop.clone());
+            tokio::spawn(async move {
+                let api = Api::new(addr).with_timeout(Duration::from_secs(10));
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let env = format!("flood-{f}-{n}");
+                    let r = api
+                        .call(
+                            "GET",
+                            "/nacos/v1/ns/instance/list",
+                            &[("serviceName", "heavy"), ("env", &env)],
+                        )
+                        .await;
+                    let counter = match r.status {
+                        200 => &answers.ok,
+                        503 if r.body.contains("overloaded")
+                            && r.header("retry-after") == Some("1") =>
+                        {
+                            &answers.shed
+                        }
+                        _ => &answers.other,
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overloaded_node_sheds_reads_serves_every_beat_and_recovers() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut node = NodeProcess::start_with_env(
+        Path::new(env!("CARGO_BIN_EXE_nacre")),
+        dir.path(),
+        &[("NACRE_OVERLOAD_LAG_MS", "50")],
+    )?;
+    node.wait_ready(Duration::from_secs(20))?;
+    let addr = node.addr();
+    let api = Api::new(addr);
+    register_heavy(&api).await?;
+    // 20 instances beating every 500 ms, unhealthy after 3 s and removed after 6 s of silence.
+    let fleet = Fleet::register(FleetSpec::new("live", 4, 5), &[addr]).await?;
+    let beating = fleet.start_beating(Targets::new(vec![addr]));
+
+    let answers = Arc::new(Answers::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let flooders = flood(addr, answers.clone(), stop.clone());
+    tokio::time::sleep(FLOOD_FOR).await;
+    stop.store(true, Ordering::Relaxed);
+    futures::future::join_all(flooders).await;
+    let (ok, shed, other) = (
+        answers.ok.load(Ordering::Relaxed),
+        answers.shed.load(Ordering::Relaxed),
+        answers.other.load(Ordering::Relaxed),
+    );
+    eprintln!("flood answers: {ok} served, {shed} shed, {other} other");
+    ensure!(
+        shed > 0,
+        "the node never shed a list under the flood ({ok} served)"
+    );
+    ensure!(ok > 0, "the node shed every list ({shed} shed)");
+    ensure!(
+        other == 0,
+        "{other} lists got neither an answer nor the overload 503"
+    );
+    ensure!(
+        api.metric("nacre_overload_shed_total").await >= shed as f64,
+        "the shed counter missed some"
+    );
+
+    // Backed off: every read is served again within a few seconds.
+    eventually(Duration::from_secs(5), "lists served again", || async {
+        for _ in 0..20 {
+            if api
+                .call(
+                    "GET",
+                    "/nacos/v1/ns/instance/list",
+                    &[("serviceName", "heavy")],
+                )
+                .await
+                .status
+                != 200
+            {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await?;
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    fleet.stop();
+    beating.await?;
+    let beats = &fleet.beats;
+    ensure!(
+        beats.lost.load(Ordering::Relaxed) == 0,
+        "live instances were forgotten: {:?}",
+        fleet.lost_examples()
+    );
+    ensure!(beats.ok.load(Ordering::Relaxed) > 0, "no beat was answered");
+    let shed_beats = api
+        .metric(r#"nacre_http_requests_total{api="PUT /nacos/v1/ns/instance/beat",status="503"}"#)
+        .await;
+    ensure!(shed_beats == 0.0, "{shed_beats} beats were turned away");
+    let expired = api.metric("nacre_expirations_total").await;
+    ensure!(
+        expired == 0.0,
+        "{expired} instances expired while their clients beat"
+    );
+    for service in fleet.services() {
+        let hosts = api.hosts(&service).await;
+        ensure!(
+            hosts.len() == 5 && hosts.iter().all(|h| h["healthy"] == true),
+            "{service} lost live instances: {hosts:?}"
+        );
+    }
+    Ok(())
+}
