@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The same fleet against each deployment, one after the other, with the server CPU each spends
-# per request: a standalone nacre node, `nacre up` (gateway + 3 nodes in one process) and a
-# standalone r-nacos 0.8.8, each fresh.
+# per request: a standalone nacre node, `nacre up` (gateway + 3 nodes in one process), a
+# standalone r-nacos 0.8.8 and a 3-node r-nacos cluster (the harness talks to its first node,
+# which hands each write to its service's owner as r-nacos's Distro does; CPU summed over the
+# three processes with `--also-pid`), each fresh.
 #
 #   bash loadtest/bench/fleet.sh               # results under $NACRE_BENCH_OUT (printed)
 #
 # The fleet is `nacre loadtest --scenario mixed`: every instance beats every 5 s and its client
 # lists --dependencies services every 10 s with a push subscription (400 services × 50
-# instances by default: 4,000 beats/s + 6,000 lists/s). A 3-node r-nacos cluster is not part of
-# it yet.
+# instances by default: 4,000 beats/s + 6,000 lists/s).
 #
 # Knobs (environment): FLEET_SERVICES (400), FLEET_INSTANCES (50), BENCH_DURATION (40s),
 # BENCH_CONCURRENCY (64), BENCH_PORT_BASE (29000), NACRE_BENCH_CACHE, NACRE_BENCH_OUT, NACRE_BIN.
@@ -29,10 +30,12 @@ forget_knobs
 install_rnacos
 build_nacre
 
-fleet() { # name addr pid
-    run "fleet-$1" --target "$2" --target-pid "$3" --scenario mixed --services "$SERVICES" \
-        --instances-per-service "$INSTANCES" --concurrency "$CONC" --duration "$DURATION" \
-        --seed 130
+fleet() { # name addr pid [further arguments]
+    local name=$1 addr=$2 pid=$3
+    shift 3
+    run "fleet-$name" --target "$addr" --target-pid "$pid" --scenario mixed \
+        --services "$SERVICES" --instances-per-service "$INSTANCES" --concurrency "$CONC" \
+        --duration "$DURATION" --seed 130 "$@"
 }
 
 echo "fleet of $SERVICES x $INSTANCES for $DURATION; results in $OUT"
@@ -52,11 +55,16 @@ start_rnacos "$OUT/rnacos"
 fleet r-nacos "$RNACOS_ADDR" "$RNACOS_PID"
 stop "$RNACOS_PID"
 
+start_rnacos_cluster "$OUT/rnacos-cluster"
+fleet r-nacos-3 "${RNACOS_CLUSTER_ADDRS[0]}" "${RNACOS_CLUSTER_PIDS[0]}" \
+    --also-pid "${RNACOS_CLUSTER_PIDS[1]}" --also-pid "${RNACOS_CLUSTER_PIDS[2]}"
+for p in "${RNACOS_CLUSTER_PIDS[@]}"; do stop "$p"; done
+
 python3 - "$OUT" <<'PY' | tee "$OUT/summary.md"
 import json, os, sys
 out = sys.argv[1]
 rows = []
-for name in ["standalone", "nacre-up", "r-nacos"]:
+for name in ["standalone", "nacre-up", "r-nacos", "r-nacos-3"]:
     p = os.path.join(out, f"fleet-{name}.json")
     if os.path.exists(p):
         rows.append((name, json.load(open(p))))

@@ -140,6 +140,37 @@ start_rnacos() { # data dir
     wait_up "$RNACOS_ADDR" r-nacos
 }
 
+# Starts a 3-node r-nacos 0.8.8 cluster (node 1 initializes the Raft group, the others join
+# it), HTTP on RNACOS_PORT+20, +22, +24 (gRPC one above each), data under "<dir>1", "<dir>2"…;
+# sets RNACOS_CLUSTER_ADDRS and RNACOS_CLUSTER_PIDS (also added to PIDS).
+start_rnacos_cluster() { # data dir prefix
+    RNACOS_CLUSTER_ADDRS=()
+    RNACOS_CLUSTER_PIDS=()
+    local i http grpc d join=""
+    for i in 1 2 3; do
+        http=$((RNACOS_PORT + 18 + 2 * i))
+        grpc=$((http + 1))
+        d="$1$i"
+        rm -rf "$d" && mkdir -p "$d"
+        (cd "$d" && exec env RNACOS_HTTP_PORT="$http" RNACOS_GRPC_PORT="$grpc" \
+            RNACOS_RAFT_NODE_ID="$i" RNACOS_RAFT_NODE_ADDR="127.0.0.1:$grpc" \
+            RNACOS_RAFT_AUTO_INIT="$([ "$i" = 1 ] && echo true || echo false)" \
+            ${join:+RNACOS_RAFT_JOIN_ADDR="$join"} \
+            RNACOS_HTTP_CONSOLE_PORT=0 \
+            RNACOS_SDK_HOST=127.0.0.1 RNACOS_CONSOLE_HOST=127.0.0.1 \
+            RNACOS_DATA_DIR="$d/db" RNACOS_CONFIG_DB_DIR="$d/db" \
+            RNACOS_ENABLE_METRICS=false RUST_LOG=warn \
+            "$CACHE/bin/rnacos" >"$d/rnacos.log" 2>&1) &
+        RNACOS_CLUSTER_PIDS+=($!)
+        PIDS+=($!)
+        RNACOS_CLUSTER_ADDRS+=("127.0.0.1:$http")
+        wait_up "127.0.0.1:$http" "r-nacos node $i"
+        [ "$i" = 1 ] && join="127.0.0.1:$grpc"
+    done
+    # The joins go through Raft; give the members a moment to see each other.
+    sleep 3
+}
+
 # Stops one server started here.
 stop() { # pid
     kill "$1" 2>/dev/null || true

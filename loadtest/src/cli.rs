@@ -92,6 +92,10 @@ pub struct LoadtestArgs {
     /// PID of the target server: report its CPU-seconds, requests per CPU-second, peak RSS.
     #[arg(long)]
     pub target_pid: Option<u32>,
+    /// Further processes of the target (the other nodes of a cluster): their CPU-seconds are
+    /// added to the server's (the peak RSS stays `--target-pid`'s). Repeatable.
+    #[arg(long = "also-pid", requires = "target_pid")]
+    pub also_pids: Vec<u32>,
     /// PID of the --compare server.
     #[arg(long)]
     pub compare_pid: Option<u32>,
@@ -170,6 +174,7 @@ impl LoadtestArgs {
             compare: None,
             rounds: None,
             target_pid: None,
+            also_pids: Vec::new(),
             compare_pid: None,
             settle: Duration::from_secs(2),
             overload_for: Duration::from_secs(60),

@@ -30,6 +30,8 @@ pub struct Target {
     pub user_agent: String,
     pub timeout: Duration,
     pub pid: Option<u32>,
+    /// The target's other processes, whose CPU counts as the server's.
+    pub also_pids: Vec<u32>,
     /// `accessToken=…` (encoded) sent on every request, for a target with auth on.
     pub access: Option<String>,
 }
@@ -215,7 +217,7 @@ pub async fn run_phase(
                 warm_done = true;
                 self_cpu0 = procstat::sample(std::process::id()).await.ok();
                 if let Some(pid) = target.pid {
-                    server_cpu0 = Some(procstat::sample(pid).await?);
+                    server_cpu0 = Some(procstat::sample_with(pid, &target.also_pids).await?);
                 }
             }
             r = senders.join_next() => match r {
@@ -228,12 +230,12 @@ pub async fn run_phase(
         // Nothing was recorded anyway (everything started before `measure_from`).
         self_cpu0 = procstat::sample(std::process::id()).await.ok();
         if let Some(pid) = target.pid {
-            server_cpu0 = Some(procstat::sample(pid).await?);
+            server_cpu0 = Some(procstat::sample_with(pid, &target.also_pids).await?);
         }
     }
     let self_cpu1 = procstat::sample(std::process::id()).await.ok();
     let server_cpu1 = match target.pid {
-        Some(pid) => Some(procstat::sample(pid).await?),
+        Some(pid) => Some(procstat::sample_with(pid, &target.also_pids).await?),
         None => None,
     };
     progress_stop.cancel();

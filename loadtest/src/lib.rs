@@ -109,9 +109,27 @@ struct PushSide {
 pub async fn execute(args: LoadtestArgs) -> Result<Outcome, LoadtestError> {
     args.validate()?;
     let kind = args.scenario;
-    let mut runs = vec![new_run(&args, &args.target, args.target_pid, args.auth.as_deref()).await?];
+    let mut runs = vec![
+        new_run(
+            &args,
+            &args.target,
+            args.target_pid,
+            &args.also_pids,
+            args.auth.as_deref(),
+        )
+        .await?,
+    ];
     if let Some(c) = &args.compare {
-        runs.push(new_run(&args, c, args.compare_pid, args.compare_auth.as_deref()).await?);
+        runs.push(
+            new_run(
+                &args,
+                c,
+                args.compare_pid,
+                &[],
+                args.compare_auth.as_deref(),
+            )
+            .await?,
+        );
     }
     let rounds = args
         .rounds
@@ -285,8 +303,10 @@ async fn new_run(
     args: &LoadtestArgs,
     name: &str,
     pid: Option<u32>,
+    also_pids: &[u32],
     auth: Option<&str>,
 ) -> Result<TargetRun, LoadtestError> {
+    let also_pids = also_pids.to_vec();
     let name = name
         .trim_start_matches("http://")
         .trim_end_matches('/')
@@ -303,8 +323,8 @@ async fn new_run(
             reason: "no address".into(),
         })?;
     if let Some(pid) = pid {
-        // Fail before any traffic if the PID cannot be read.
-        procstat::sample(pid).await?;
+        // Fail before any traffic if a PID cannot be read.
+        procstat::sample_with(pid, &also_pids).await?;
     }
     let push = if args.scenario.uses_push() {
         Some(start_push(addr).await?)
@@ -317,6 +337,7 @@ async fn new_run(
         user_agent: args.user_agent.clone(),
         timeout: args.timeout,
         pid,
+        also_pids,
         access: None,
     };
     if let Some((user, password)) = auth.and_then(cli::credentials) {

@@ -51,6 +51,15 @@ pub async fn sample(pid: u32) -> Result<ProcSample, LoadtestError> {
     })
 }
 
+/// `pid`'s sample with the CPU of `also` (a cluster's other processes) added to it.
+pub async fn sample_with(pid: u32, also: &[u32]) -> Result<ProcSample, LoadtestError> {
+    let mut s = sample(pid).await?;
+    for p in also {
+        s.cpu_ticks += sample(*p).await?.cpu_ticks;
+    }
+    Ok(s)
+}
+
 /// Clock ticks per second (`getconf CLK_TCK`); Linux uses 100 on every common architecture,
 /// which is the answer if `getconf` is missing.
 pub async fn clock_ticks() -> u64 {
