@@ -60,10 +60,22 @@ fn setup(gateway_args: &[&str]) -> Result<Setup> {
 
 /// [`setup`], with `config` added to the gateway's TOML file.
 fn setup_with(config: &str, gateway_args: &[&str]) -> Result<Setup> {
+    setup_nodes_with(&[], config, gateway_args)
+}
+
+/// [`setup_with`], with `node_env` set on every node.
+fn setup_nodes_with(
+    node_env: &[(&str, &str)],
+    config: &str,
+    gateway_args: &[&str],
+) -> Result<Setup> {
     let root = tempfile::Builder::new()
         .prefix("nacre-gateway-")
         .tempdir()?;
-    let mut cluster = TestCluster::start(bin(), root.path(), ClusterOptions::new(3).fast())?;
+    let opts = node_env
+        .iter()
+        .fold(ClusterOptions::new(3).fast(), |o, (k, v)| o.with_env(k, v));
+    let mut cluster = TestCluster::start(bin(), root.path(), opts)?;
     cluster.wait_ready(READY)?;
     cluster.wait_rings_complete(READY)?;
     let conf = root.path().join("gateway.toml");
@@ -790,6 +802,80 @@ async fn killing_a_node_under_load_keeps_clients_working() -> Result<()> {
     ensure!(
         last < 3_000,
         "requests still failed {last} ms after the kill"
+    );
+    Ok(())
+}
+
+/// A push subscriber polling through the gateway is answered from the cache after its first
+/// poll, yet its node keeps it subscribed (the gateway notes it instead of proxying: rules
+/// P1–P3 in `nacre_gateway::subscribe`), so a change is still pushed to it, long after the
+/// node's subscriber TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_polls_keep_push_subscriptions_alive() -> Result<()> {
+    let s = setup_nodes_with(
+        &[("NACRE_PUSH_SUBSCRIBER_TTL_MS", "1000")],
+        "push_refresh_ms = 300\n",
+        &[],
+    )?;
+    let gw = s.gw();
+    let r = gw
+        .instance(
+            "POST",
+            &[
+                ("serviceName", "noted"),
+                ("ip", "10.77.0.1"),
+                ("port", "80"),
+            ],
+        )
+        .await;
+    ensure!(r.body == "ok", "register: {}", r.body);
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    let udp = sock.local_addr()?.port().to_string();
+    let query = [("serviceName", "noted"), ("udpPort", udp.as_str())];
+    let poll = || gw.list(&query);
+    let node_lists = || async {
+        let mut n = 0.0;
+        for i in 0..3 {
+            n += s
+                .node(i)
+                .metric(r#"nacre_http_requests_total{api="GET /nacos/v1/ns/instance/list""#)
+                .await;
+        }
+        n
+    };
+    poll().await;
+    let before = node_lists().await;
+    // Three seconds of polls, three subscriber TTLs.
+    for _ in 0..15 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        poll().await;
+    }
+    let reached = node_lists().await - before;
+    ensure!(
+        reached <= 2.0,
+        "{reached} of 15 polls reached a node: they should be answered from the cache"
+    );
+    let delivered = gw
+        .metric(r#"nacre_gateway_subscriber_notes_total{result="delivered"}"#)
+        .await;
+    ensure!(delivered >= 1.0, "no subscriber note was delivered");
+    // Still subscribed: a change is pushed to the client's UDP port.
+    let r = gw
+        .instance(
+            "POST",
+            &[
+                ("serviceName", "noted"),
+                ("ip", "10.77.0.2"),
+                ("port", "80"),
+            ],
+        )
+        .await;
+    ensure!(r.body == "ok", "register: {}", r.body);
+    let mut buf = vec![0u8; 65_536];
+    let got = tokio::time::timeout(Duration::from_secs(3), sock.recv_from(&mut buf)).await;
+    ensure!(
+        got.is_ok(),
+        "no push reached the subscriber after its polls were cached"
     );
     Ok(())
 }

@@ -376,6 +376,7 @@ impl RegistrySettings {
             "NACRE_HEALTH_CHECK_TIMEOUT_MS" => self.health_check_timeout_ms = num(key, v)?,
             "NACRE_PUSH_ENABLED" => self.push.enabled = env_bool(key, v)?,
             "NACRE_PUSH_TRUST_CLIENT_IP" => self.push.trust_client_ip = env_bool(key, v)?,
+            "NACRE_PUSH_SUBSCRIBER_TTL_MS" => self.push.subscriber_ttl_ms = num(key, v)?,
             "NACRE_AUTH_ENABLED" => self.auth.enabled = env_bool(key, v)?,
             "NACRE_AUTH_ADMIN_PASSWORD" => self.auth.admin_password = Some(v.to_string()),
             "NACRE_AUTH_TOKEN_TTL_S" => self.auth.token_ttl_s = num(key, v)?,

@@ -23,6 +23,7 @@ pub mod proxy;
 pub mod route;
 pub mod server;
 pub mod status;
+pub mod subscribe;
 pub mod upstreams;
 
 use std::sync::Arc;
@@ -44,8 +45,9 @@ pub struct Shared {
     pub cache: cache::ListCache,
     /// Metrics.
     pub metrics: metrics::Metrics,
-    /// Subscribers whose query reached a node recently (see `push_refresh_ms`).
-    pub push_seen: moka::sync::Cache<(String, u16, nacre_ring::ServiceKey, route::Variant), ()>,
+    /// Push subscribers seen, and the notes that keep them alive on their nodes (see
+    /// [`subscribe`]).
+    pub relay: subscribe::Relay,
     /// The `/nacos/serverlist` body.
     pub server_list: Bytes,
     /// Its digest (rule E1 of `nacre_config::serverlist`).
@@ -79,10 +81,7 @@ impl Shared {
             settings.cache_bytes,
             Duration::from_millis(settings.cache_ttl_ms),
         );
-        let push_seen = moka::sync::Cache::builder()
-            .max_capacity(1_000_000)
-            .time_to_live(Duration::from_millis(settings.push_refresh_ms))
-            .build();
+        let relay = subscribe::Relay::new(Duration::from_millis(settings.push_refresh_ms));
         let body = nacre_config::serverlist::body(&settings.advertised());
         let server_list_digest = nacre_config::serverlist::digest(&body);
         let server_list = Bytes::from(body);
@@ -90,7 +89,7 @@ impl Shared {
             upstreams: upstreams::Upstreams::new(),
             cache,
             metrics: metrics::Metrics::new()?,
-            push_seen,
+            relay,
             server_list,
             server_list_digest,
             auth_required: std::sync::atomic::AtomicBool::new(false),

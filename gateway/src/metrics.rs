@@ -56,6 +56,10 @@ pub struct Metrics {
     pub config_read_misses: IntCounter,
     /// Config reads stored.
     pub config_read_stores: IntCounter,
+    /// Push subscriber notes a node accepted (subscriptions kept alive without proxying).
+    pub subscriber_notes: IntCounter,
+    /// Notes not delivered (their subscribers' next polls go to the node).
+    pub subscriber_notes_failed: IntCounter,
 }
 
 /// Route labels of `nacre_gateway_requests_total`.
@@ -179,6 +183,11 @@ impl Metrics {
             "Cacheable config reads by result",
             &["result"],
         )?;
+        let notes = counter_vec(
+            "nacre_gateway_subscriber_notes_total",
+            "Push subscribers noted to their nodes instead of proxying their polls, by result",
+            &["result"],
+        )?;
         let requests =
             ROUTES.map(|r| CLASSES.map(|c| requests.with_label_values(&[r.as_str(), c])));
         Ok(Self {
@@ -235,6 +244,8 @@ impl Metrics {
             config_read_hits: config_reads.with_label_values(&["hit"]),
             config_read_misses: config_reads.with_label_values(&["miss"]),
             config_read_stores: config_reads.with_label_values(&["stored"]),
+            subscriber_notes: notes.with_label_values(&["delivered"]),
+            subscriber_notes_failed: notes.with_label_values(&["failed"]),
             registry,
         })
     }

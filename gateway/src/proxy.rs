@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use http::header;
 use nacre_ring::configs::ConfigKey;
+use nacre_ring::wire::SubscriberNote;
 use nacre_ring::wire::{
     ASSERTED_BY_HEADER, CLIENT_ADDR_HEADER, CONFIG_LISTENER_PATH, CONFIG_LISTENER_READ_TIMEOUT_MS,
     HEADER_PREFIX, OWNER_ROUTED_HEADER,
@@ -25,6 +26,7 @@ use crate::configs::reads::Read;
 use crate::configs::PollRequest;
 use crate::metrics::RouteLabel;
 use crate::route::{self, Local, Params, Variant};
+use crate::subscribe::Contact;
 use crate::upstreams::{Tried, Upstream, View};
 use crate::Shared;
 
@@ -232,8 +234,9 @@ struct ListPlan {
     variant: Variant,
     /// The credential a node will read from it.
     credential: Option<Fingerprint>,
-    /// `(client, udpPort)` of a push subscriber.
-    subscriber: Option<(String, u16)>,
+    /// A push subscriber: `(client, udpPort)`, and the note that keeps it alive on its node
+    /// when its poll is answered here (see [`crate::subscribe`]).
+    subscriber: Option<(String, u16, SubscriberNote)>,
 }
 
 impl Plan {
@@ -254,13 +257,23 @@ impl Plan {
                     )
                 })
                 .flatten(),
-            subscriber: params.udp_port().map(|udp| {
+            subscriber: params.udp_port().zip(key.clone()).map(|(udp, key)| {
+                let source = client_ip(session);
                 let client = params
                     .client_ip()
                     .map(str::to_string)
-                    .or_else(|| client_ip(session).map(|ip| ip.to_string()))
+                    .or_else(|| source.map(|ip| ip.to_string()))
                     .unwrap_or_default();
-                (client, udp)
+                let note = SubscriberNote {
+                    key,
+                    clusters: params.clusters().to_string(),
+                    source,
+                    claimed: params.client_ip().map(str::to_string),
+                    udp_port: udp,
+                    agent: agent(req).to_string(),
+                    app: params.app().map(str::to_string),
+                };
+                (client, udp, note)
             }),
         });
         Plan {
@@ -574,13 +587,19 @@ impl ProxyHttp for Gateway {
             ctx.key = Some(key);
             return Ok(false);
         };
-        // A subscriber must reach its node now and then, or the node stops pushing to it.
-        let refresh = list.subscriber.and_then(|(client, udp)| {
-            let seen = (client, udp, key.clone(), list.variant.clone());
-            let fresh = shared.push_seen.get(&seen).is_none();
-            fresh.then(|| shared.push_seen.insert(seen, ()))
-        });
-        if refresh.is_none() {
+        // A subscriber must reach its node now and then, or the node stops pushing to it: its
+        // first poll itself, later ones by a note (rules P1–P3 in `crate::subscribe`).
+        let (contact, note) = match list.subscriber {
+            Some((client, udp, note)) => {
+                let seen = (client, udp, key.clone(), list.variant.clone());
+                (
+                    shared.relay.contact(&seen, Instant::now()),
+                    Some((note, seen)),
+                )
+            }
+            None => (Contact::None, None),
+        };
+        if contact != Contact::Poll {
             let view = ctx.view.insert(shared.upstreams.view());
             if !view.feeds_ok() {
                 shared.metrics.cache_bypassed.inc();
@@ -594,7 +613,12 @@ impl ProxyHttp for Gateway {
             let cached = accepted
                 .then(|| shared.cache.get(&key, &list.variant, crate::now_ms()))
                 .flatten();
-            if let Some(answer) = cached {
+            // A note that cannot be queued sends the poll to the node instead (rule P3).
+            let noted = || match (&contact, note) {
+                (Contact::Note, Some((note, seen))) => shared.relay.offer(note, seen),
+                _ => true,
+            };
+            if let Some(answer) = cached.filter(|_| noted()) {
                 shared.metrics.cache_hits.inc();
                 ctx.route = RouteLabel::Cache;
                 respond(session, 200, JSON, answer).await?;

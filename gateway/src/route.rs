@@ -142,6 +142,7 @@ pub struct Params<'a> {
     env: Option<Cow<'a, str>>,
     udp_port: Option<Cow<'a, str>>,
     client_ip: Option<Cow<'a, str>>,
+    app: Option<Cow<'a, str>>,
     access_token: Option<Cow<'a, str>>,
     username: Option<Cow<'a, str>>,
     password: Option<Cow<'a, str>>,
@@ -164,6 +165,7 @@ impl<'a> Params<'a> {
                     "env" => &mut p.env,
                     "udpPort" => &mut p.udp_port,
                     "clientIP" => &mut p.client_ip,
+                    "app" => &mut p.app,
                     "accessToken" => &mut p.access_token,
                     "username" => &mut p.username,
                     "password" => &mut p.password,
@@ -246,6 +248,16 @@ impl<'a> Params<'a> {
     /// `clientIP`, when given.
     pub fn client_ip(&self) -> Option<&str> {
         self.client_ip.as_deref().filter(|s| !s.is_empty())
+    }
+
+    /// `app`, when given.
+    pub fn app(&self) -> Option<&str> {
+        self.app.as_deref().filter(|s| !s.is_empty())
+    }
+
+    /// `clusters` as given.
+    pub fn clusters(&self) -> &str {
+        self.clusters.as_deref().unwrap_or("")
     }
 }
 

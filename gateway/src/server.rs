@@ -63,7 +63,8 @@ impl ShutdownSignalWatch for StopWatch {
     }
 }
 
-/// The monitor, run by pingora as a background service.
+/// The monitor, run by pingora as a background service (it also owns the rate limiter's
+/// housekeeping and the push subscriber relay).
 struct Monitor {
     shared: Arc<Shared>,
 }
@@ -89,6 +90,7 @@ impl BackgroundService for Monitor {
             Err(e) => Err(e),
         };
         let housekeeping = tokio::spawn(forget_idle_clients(self.shared.clone(), token.clone()));
+        let relay = tokio::spawn(crate::subscribe::run(self.shared.clone(), token.clone()));
         match discovery {
             Ok(d) => crate::monitor::run(self.shared.clone(), d, token.clone()).await,
             Err(e) => {
@@ -98,6 +100,7 @@ impl BackgroundService for Monitor {
         token.cancel();
         let _ = watcher.await;
         let _ = housekeeping.await;
+        let _ = relay.await;
     }
 }
 

@@ -44,10 +44,14 @@ if [ -d /sys/fs/cgroup/cpu ]; then
     echo 100000 >"$CG/cpu.cfs_period_us"
     echo "$QUOTA" >"$CG/cpu.cfs_quota_us"
 else
+    # cgroup v2: the cpu controller must be enabled for the children of the root.
+    echo +cpu >/sys/fs/cgroup/cgroup.subtree_control
     CG=/sys/fs/cgroup/nacre-bench-overload
     mkdir -p "$CG"
     echo "$QUOTA 100000" >"$CG/cpu.max"
 fi
+# The servers are stopped first (lib.sh's cleanup), then the emptied cgroup goes.
+trap 'cleanup; rmdir "$CG" 2>/dev/null || true' EXIT
 limited() { # command…: becomes it, inside the cgroup (call in the background: `limited … &`)
     exec sh -c 'echo $$ >"$0/cgroup.procs" && exec "$@"' "$CG" "$@"
 }
@@ -93,13 +97,17 @@ for name in nacre nacre-shedding r-nacos; do
     start_server "$name" "$OUT/$name-overload"
     # nacre's own view, once a second: its lag, the share of reads it turns away, expiries.
     if [ "$name" != r-nacos ]; then
-        (while sleep 1; do
-            curl -s "http://$SERVER_ADDR/metrics" |
-                grep -E '^nacre_(overload_lag_seconds|overload_shed_share|expirations_total)' |
-                tr '\n' ' '
-            echo
-        done) >"$OUT/gauges-$name.log" 2>/dev/null &
+        (
+            set +e +o pipefail
+            while sleep 1; do
+                curl -s -m 2 "http://$SERVER_ADDR/metrics" |
+                    grep -E '^nacre_(overload_lag_seconds|overload_shed_share|expirations_total)' |
+                    tr '\n' ' '
+                echo
+            done
+        ) >"$OUT/gauges-$name.log" 2>/dev/null &
         SAMPLER=$!
+        PIDS+=("$SAMPLER")
     fi
     run "overload-$name" --target "$SERVER_ADDR" --target-pid "$SERVER_PID" \
         --scenario overload --services "$SERVICES" --instances-per-service "$INSTANCES" \

@@ -64,6 +64,12 @@ pub struct LoadtestArgs {
     /// mixed: services each fleet client lists.
     #[arg(long, default_value_t = 3)]
     pub dependencies: usize,
+    /// mixed: each fleet client sends its own `clientIP` (127.x.y.z) when it lists, as real
+    /// clients on their own hosts do, instead of the push listener's address. Pushes still go
+    /// where a server sends them; a server that trusts `clientIP` sends them nowhere the
+    /// harness listens.
+    #[arg(long)]
+    pub distinct_clients: bool,
     /// Register persistent instances (ephemeral=false) instead of ephemeral ones.
     #[arg(long)]
     pub persistent: bool,
@@ -165,6 +171,7 @@ impl LoadtestArgs {
             namespace: "public".into(),
             seed: 1,
             dependencies: 3,
+            distinct_clients: false,
             persistent: false,
             timeout: Duration::from_secs(5),
             threads: 1,
@@ -264,6 +271,20 @@ impl LoadtestArgs {
                 return bad(
                     "--overload-for",
                     "must be shorter than --duration, so the run sees the back-off",
+                );
+            }
+            // The report counts whole seconds on either side of the back-off.
+            if self.overload_for.subsec_nanos() != 0 || self.overload_for.is_zero() {
+                return bad(
+                    "--overload-for",
+                    "must be a whole number of seconds, at least 1",
+                );
+            }
+            // Rounds would add up second by second in one timeline.
+            if self.rounds.is_some_and(|r| r > 1) || self.compare.is_some() {
+                return bad(
+                    "--rounds",
+                    "the overload scenario runs one round against one target",
                 );
             }
         }

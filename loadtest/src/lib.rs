@@ -171,6 +171,7 @@ pub async fn execute(args: LoadtestArgs) -> Result<Outcome, LoadtestError> {
                 dependencies: args.dependencies,
                 rate: args.rate,
                 push: run.push.as_ref().map(|p| p.addr),
+                distinct_clients: args.distinct_clients,
                 backoff: args.rate.map(|r| {
                     (
                         warmup + args.overload_for,

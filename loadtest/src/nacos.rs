@@ -368,9 +368,16 @@ impl Names {
 
     /// A list query; with `push`, it also (re)subscribes `push` to UDP pushes.
     pub fn list(&self, s: usize, push: Option<PushAddr>) -> Request {
-        let sub = match push {
-            Some(p) => format!("&udpPort={}&clientIP={}", p.port, p.ip),
-            None => String::new(),
+        self.list_from(s, push, None)
+    }
+
+    /// [`list`](Self::list) by a client that names itself `client` in `clientIP` (the push
+    /// listener's address when `None`).
+    pub fn list_from(&self, s: usize, push: Option<PushAddr>, client: Option<Ipv4Addr>) -> Request {
+        let sub = match (push, client) {
+            (Some(p), Some(c)) => format!("&udpPort={}&clientIP={c}", p.port),
+            (Some(p), None) => format!("&udpPort={}&clientIP={}", p.port, p.ip),
+            (None, _) => String::new(),
         };
         Request {
             method: Method::Get,
@@ -428,6 +435,22 @@ mod tests {
         assert_eq!(a.service(4), "lt7-svc00001");
         assert_eq!(a.grouped(0), "DEFAULT_GROUP@@lt7-svc00000");
         assert_eq!(a.pick(3, 1, 10), b.pick(3, 1, 10));
+    }
+
+    #[test]
+    fn a_distinct_client_names_itself_and_others_name_the_push_listener() {
+        let n = Names::new(1, "public", 3, 0, false);
+        let push = Some(PushAddr {
+            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: 4_000,
+        });
+        let own = n.list_from(0, push, Some(Names::ip(41))).target;
+        assert!(own.ends_with("&udpPort=4000&clientIP=127.0.0.42"), "{own}");
+        let shared = n.list(0, push).target;
+        assert!(
+            shared.ends_with("&udpPort=4000&clientIP=127.0.0.1"),
+            "{shared}"
+        );
     }
 
     #[test]

@@ -90,11 +90,14 @@ impl StreamState {
     fn intended(&self, start: Instant) -> Option<Instant> {
         let rate = self.spec.rate?;
         let k = self.issued as f64;
-        Some(match self.spec.then {
-            // Tickets before the change keep the first rate's grid; the rest start at the
-            // change on the second rate's grid.
-            Some((after, then)) if k >= (after.as_secs_f64() * rate).ceil() => {
-                let before = (after.as_secs_f64() * rate).ceil();
+        // Tickets before the change keep the first rate's grid; the rest start at the change
+        // on the second rate's grid. (The epsilon keeps 0.3 s × 10/s at 3 tickets, not 4.)
+        let before = self
+            .spec
+            .then
+            .map(|(after, _)| (after.as_secs_f64() * rate - 1e-9).ceil().max(0.0));
+        Some(match (self.spec.then, before) {
+            (Some((after, then)), Some(before)) if k >= before => {
                 start + after + Duration::from_secs_f64((k - before) / then.max(1e-9))
             }
             _ => start + Duration::from_secs_f64(k / rate),

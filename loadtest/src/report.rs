@@ -222,8 +222,12 @@ pub struct OverloadReport {
     /// Beats sent over the whole run, and those not answered `ok`.
     pub beats: u64,
     pub beats_failed: u64,
-    /// Seconds after the back-off from which every list was served (`None`: not by the end).
+    /// Seconds after the back-off from which every list was served (`None`: not by the end,
+    /// or no second after the back-off was measured).
     pub recovered_after_s: Option<u64>,
+    /// Seconds measured after the back-off.
+    #[serde(default)]
+    pub measured_after_s: u64,
 }
 
 impl OverloadReport {
@@ -246,6 +250,7 @@ impl OverloadReport {
             beats: sum(|s| s.ok + s.unavailable + s.errors, beats),
             beats_failed: sum(|s| s.unavailable + s.errors, beats),
             recovered_after_s,
+            measured_after_s: after.len() as u64,
         })
     }
 }
@@ -505,6 +510,9 @@ fn overload_lines(out: &mut String, o: &OverloadReport, r: &Report) {
             "recovery: every list served from {s} s after the back-off to {:.0}/s",
             r.config.backoff_rate_rps.unwrap_or(0.0)
         ),
+        None if o.measured_after_s == 0 => {
+            writeln!(out, "recovery: no second after the back-off was measured")
+        }
         None => writeln!(
             out,
             "recovery: lists were still failing at the end of the run"
@@ -766,7 +774,7 @@ mod tests {
         assert_eq!(o.served_list_rps, 100.0);
         assert_eq!((o.shed_lists, o.failed_lists), (150, 1));
         assert_eq!((o.beats, o.beats_failed), (70, 0));
-        assert_eq!(o.recovered_after_s, Some(2));
+        assert_eq!((o.recovered_after_s, o.measured_after_s), (Some(2), 4));
         // Failing to the end: not recovered.
         timeline.get_mut("list").unwrap().push(sec(1, 1, 0));
         assert_eq!(

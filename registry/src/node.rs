@@ -143,6 +143,8 @@ pub struct Node {
     health: crate::health::HealthOverlay,
     changes: Arc<crate::changes::Changes>,
     overload: Arc<crate::overload::Overload>,
+    /// A lag worth a warning was logged and has not ended yet.
+    lag_warned: std::sync::atomic::AtomicBool,
 }
 
 impl Node {
@@ -169,6 +171,7 @@ impl Node {
             health: crate::health::HealthOverlay::new(),
             changes,
             overload,
+            lag_warned: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -644,11 +647,20 @@ impl Node {
         };
         let report = self.distro.sweep(tick, self.is_ready());
         let plan = &report.plan;
-        if lag_ms >= LAG_WORTH_A_WARNING_MS {
+        // Once per stretch of lag, not once per tick.
+        let lagging = lag_ms >= LAG_WORTH_A_WARNING_MS;
+        if lagging
+            && !self
+                .lag_warned
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
             tracing::warn!(
                 lag_ms,
                 "this node runs late; silence is judged only up to the time it has caught up with"
             );
+        } else if !lagging {
+            self.lag_warned
+                .store(false, std::sync::atomic::Ordering::Relaxed);
         }
         let moves = &self.metrics.deadline_moves;
         if plan.unobserved_ms > 0 {

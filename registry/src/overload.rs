@@ -14,36 +14,42 @@
 //!   task ahead of the queue). The node keeps the latest lag and the peak since the expiry
 //!   sweep last read it; the sweep judges silence only up to `now − peak` (rule E6 in
 //!   [`crate::distro`]), since beats sent within that window may still wait in its queues.
-//!   *Tests:* `tests::g1_the_peak_lag_is_kept_until_the_sweep_reads_it`;
+//!   A backlog still building counts too: while the probe runs, the time since it last read a
+//!   stamp (less one interval) is a lag already under way, even before a stamp shows it (the
+//!   sweep's own timer can run ahead of the unread stamps). *Tests:*
+//!   `tests::g1_the_peak_lag_is_kept_until_the_sweep_reads_it`,
+//!   `tests::g1_a_backlog_not_yet_read_counts`, `tests::g1_the_probe_sees_a_stalled_runtime`;
 //!   `tests/overload.rs`.
 //! - **G2 — shed reads, never beats.** While the lag is above the target (`overload_lag_ms`;
 //!   0, the default, turns shedding off), every late probe raises the share of client reads
-//!   turned away, the more the later it was ([`STEP_UP`] per target of excess, at most [`MAX_STEP_UP`]);
-//!   every probe at most half the target lowers it by [`STEP_DOWN`]; in between it holds, so
-//!   a node back under its load serves every read again within about a second. Reads are the
-//!   `GET`s of the Nacos naming and config APIs ([`sheddable`]); one turned away is answered
-//!   before authentication, parsing or rendering with 503, body [`SHED_BODY`] and
+//!   turned away, the more the later it was ([`STEP_UP`] per target of excess, at least half
+//!   of that, at most [`MAX_STEP_UP`]); every probe at most half the target lowers it by
+//!   [`STEP_DOWN`] (all the way down in 20 such probes, about a second); in between it holds.
+//!   Reads are the `GET`s of the Nacos naming and config APIs ([`sheddable`]); one turned away
+//!   is answered before authentication, parsing or rendering with 503, body [`SHED_BODY`] and
 //!   `Retry-After: 1`, which the legacy clients treat as "try another server" (they keep the
-//!   list they have). Beats, registrations, deregistrations, config publishes and listeners,
-//!   internal peer and gateway traffic, health and metrics are never turned away: they keep
-//!   instances alive, the cluster together and the operator informed. A read costs about as
-//!   much to refuse as to serve from the list cache: measured at twice a CPU-limited node's
-//!   capacity, shedding lowered the lists served and slowed the recovery without sparing a
-//!   beat (`docs/benchmarks.md`, "Graceful overload"), so it is off unless an operator whose
-//!   reads are costly (large, often-changing services) turns it on. *Tests:* `tests::g2_*`;
-//!   `tests/overload.rs`.
+//!   list they have; a subscribed list turned away renews no push subscription, which the
+//!   client's next list does). Beats, registrations, deregistrations, config publishes and
+//!   listener long-polls (`POST`), internal peer and gateway traffic, health and metrics are
+//!   never turned away: they keep instances alive, the cluster together and the operator
+//!   informed. A read costs about as much to refuse as to serve from the list cache: measured
+//!   at twice a CPU-limited node's capacity, shedding lowered the lists served and slowed the
+//!   recovery without sparing a beat (`docs/benchmarks.md`, "Graceful overload"), so it is off
+//!   unless an operator whose reads are costly (large, often-changing services) turns it on.
+//!   *Tests:* `tests::g2_*`; `tests/overload.rs`.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::http::Method;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 
-/// How often the probe asks to be woken (rule G1).
-pub const PROBE_EVERY: Duration = Duration::from_millis(10);
+/// How often the probe thread stamps a datagram (rule G1). Expiry cares about lags of
+/// hundreds of milliseconds; a finer grain only adds wake-ups to a node that is short of CPU.
+pub const PROBE_EVERY: Duration = Duration::from_millis(50);
 /// Share of reads turned away, in thousandths.
 const ALL: u32 = 1_000;
 /// Rule G2: a late probe raises the share by this many thousandths per target of excess
@@ -52,8 +58,8 @@ pub const STEP_UP: u32 = 100;
 /// …but by no more than this at once.
 pub const MAX_STEP_UP: u32 = 250;
 /// Rule G2: an on-time probe lowers the share by this many thousandths (from everything to
-/// nothing in 100 probes, about a second).
-pub const STEP_DOWN: u32 = 10;
+/// nothing in 20 probes, about a second).
+pub const STEP_DOWN: u32 = 50;
 /// Body of a turned-away read.
 pub const SHED_BODY: &str = "server is overloaded, please try again later";
 
@@ -67,7 +73,15 @@ pub struct Overload {
     peak_lag_us: AtomicU64,
     shed_permille: AtomicU32,
     seq: AtomicU64,
+    /// What `last_read_us` counts from.
+    base: Instant,
+    /// When the probe last read a stamp (µs after `base`); [`NOT_PROBING`] while no probe
+    /// runs, so a stopped probe never holds expiry back.
+    last_read_us: AtomicU64,
 }
+
+/// `last_read_us` while no probe runs.
+const NOT_PROBING: u64 = u64::MAX;
 
 impl Overload {
     /// A node that sheds reads once its lag passes `target` (never, when zero).
@@ -78,12 +92,33 @@ impl Overload {
             peak_lag_us: AtomicU64::new(0),
             shed_permille: AtomicU32::new(0),
             seq: AtomicU64::new(0),
+            base: Instant::now(),
+            last_read_us: AtomicU64::new(NOT_PROBING),
         }
+    }
+
+    /// Marks the probe running (reading its first stamp now) or stopped.
+    fn set_probing(&self, running: bool) {
+        let at = if running {
+            self.base.elapsed().as_micros() as u64
+        } else {
+            NOT_PROBING
+        };
+        self.last_read_us.store(at, Ordering::Relaxed);
     }
 
     /// Records one probe's lateness (rule G1) and moves the shed share (rule G2). Called by
     /// one probe task; readers only load.
     pub fn observe(&self, lag: Duration) {
+        self.observe_at(lag, Instant::now());
+    }
+
+    /// [`observe`](Self::observe), read at `at`.
+    fn observe_at(&self, lag: Duration, at: Instant) {
+        if self.last_read_us.load(Ordering::Relaxed) != NOT_PROBING {
+            let read = at.saturating_duration_since(self.base).as_micros() as u64;
+            self.last_read_us.store(read, Ordering::Relaxed);
+        }
         let lag_us = lag.as_micros() as u64;
         self.lag_us.store(lag_us, Ordering::Relaxed);
         self.peak_lag_us.fetch_max(lag_us, Ordering::Relaxed);
@@ -109,11 +144,24 @@ impl Overload {
         Duration::from_micros(self.lag_us.load(Ordering::Relaxed))
     }
 
-    /// The largest lag since the previous call (rule G1; read by the expiry sweep, rule E6).
-    /// The window restarts at the latest lag, so a lag still going on is never forgotten.
+    /// The largest lag since the previous call (rule G1; read by the expiry sweep, rule E6),
+    /// or the backlog still unread if larger. The window restarts at the latest lag, so a lag
+    /// still going on is never forgotten.
     pub fn take_peak_lag(&self) -> Duration {
+        self.take_peak_lag_at(Instant::now())
+    }
+
+    /// [`take_peak_lag`](Self::take_peak_lag) at `now`.
+    fn take_peak_lag_at(&self, now: Instant) -> Duration {
         let latest = self.lag_us.load(Ordering::Relaxed);
-        Duration::from_micros(self.peak_lag_us.swap(latest, Ordering::Relaxed).max(latest))
+        let peak = self.peak_lag_us.swap(latest, Ordering::Relaxed).max(latest);
+        let unread = match self.last_read_us.load(Ordering::Relaxed) {
+            NOT_PROBING => 0,
+            read => (now.saturating_duration_since(self.base).as_micros() as u64)
+                .saturating_sub(read)
+                .saturating_sub(PROBE_EVERY.as_micros() as u64),
+        };
+        Duration::from_micros(peak.max(unread))
     }
 
     /// Share of reads turned away now, 0.0–1.0.
@@ -164,9 +212,14 @@ pub async fn probe(overload: Arc<Overload>, metrics: Metrics, stop: Cancellation
                 while !stop.is_cancelled() {
                     std::thread::sleep(PROBE_EVERY);
                     let sent = base.elapsed().as_nanos() as u64;
-                    // A full buffer means the reader is far behind already: the stamps queued
-                    // show that; this one can go.
-                    let _ = tx.send(&sent.to_le_bytes());
+                    match tx.send(&sent.to_le_bytes()) {
+                        Ok(_) => {}
+                        // A full buffer means the reader is far behind already: the stamps
+                        // queued show that; this one can go.
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        // The reading end is gone (its task was dropped): nothing to probe for.
+                        Err(_) => break,
+                    }
                 }
             })
     };
@@ -177,6 +230,9 @@ pub async fn probe(overload: Arc<Overload>, metrics: Metrics, stop: Cancellation
             return;
         }
     };
+    // Also when this task is dropped rather than stopped: a probe not running must never
+    // look like a backlog.
+    let probing = Probing::start(&overload);
     let mut buf = [0u8; 8];
     loop {
         let n = tokio::select! {
@@ -190,8 +246,25 @@ pub async fn probe(overload: Arc<Overload>, metrics: Metrics, stop: Cancellation
         metrics.overload_lag.set(lag.as_secs_f64());
         metrics.overload_shed_share.set(overload.shed_share());
     }
+    drop(probing);
     // The thread sees the cancellation within one probe interval.
     let _ = tokio::task::spawn_blocking(move || sender.join()).await;
+}
+
+/// Marks the probe running while it lives.
+struct Probing<'a>(&'a Overload);
+
+impl<'a> Probing<'a> {
+    fn start(o: &'a Overload) -> Self {
+        o.set_probing(true);
+        Self(o)
+    }
+}
+
+impl Drop for Probing<'_> {
+    fn drop(&mut self) {
+        self.0.set_probing(false);
+    }
 }
 
 /// The probe's datagram pair: a blocking-free sending end for the thread, the receiving end
@@ -231,6 +304,29 @@ mod tests {
     }
 
     #[test]
+    fn g1_a_backlog_not_yet_read_counts() {
+        let o = Overload::new(ms(100));
+        let t0 = o.base;
+        assert_eq!(
+            o.take_peak_lag_at(t0 + ms(5_000)),
+            ms(0),
+            "no probe: no backlog"
+        );
+        o.set_probing(true);
+        o.observe_at(ms(1), t0 + ms(1_000));
+        // Nothing read for 700 ms: a lag of at least 650 ms (less one interval) is under way.
+        assert_eq!(o.take_peak_lag_at(t0 + ms(1_700)), ms(650));
+        o.observe_at(ms(2), t0 + ms(1_710));
+        assert_eq!(o.take_peak_lag_at(t0 + ms(1_715)), ms(2));
+        o.set_probing(false);
+        assert_eq!(
+            o.take_peak_lag_at(t0 + ms(9_000)),
+            ms(2),
+            "a stopped probe holds nothing"
+        );
+    }
+
+    #[test]
     fn g2_late_probes_raise_the_share_and_on_time_ones_lower_it() {
         let o = Overload::new(ms(100));
         assert_eq!(shed_of(&o, 1_000), 0, "no lag: nothing shed");
@@ -243,13 +339,13 @@ mod tests {
         o.observe(ms(75));
         assert_eq!(o.shed_share(), 0.15, "between half and the target it holds");
         o.observe(ms(50));
-        assert_eq!(o.shed_share(), 0.14, "on time lowers it");
+        assert_eq!(o.shed_share(), 0.1, "on time lowers it");
         for _ in 0..10 {
             o.observe(ms(5_000));
         }
         assert_eq!(o.shed_share(), 1.0, "capped at everything");
         assert_eq!(shed_of(&o, 1_000), 1_000);
-        for _ in 0..100 {
+        for _ in 0..20 {
             o.observe(ms(1));
         }
         assert_eq!(

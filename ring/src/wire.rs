@@ -34,6 +34,9 @@ pub const NOT_READY_HEADER: &str = "x-nacre-not-ready";
 pub const PING_PATH: &str = "/nacre/internal/member/ping";
 /// A node's change feed: a held read answered with a [`FeedPage`].
 pub const CHANGES_PATH: &str = "/nacre/internal/changes";
+/// Where a gateway hands a node the push subscribers whose list polls it answered from its
+/// cache: a JSON array of [`SubscriberNote`]; the answer is how many were registered.
+pub const PUSH_SUBSCRIBERS_PATH: &str = "/nacre/internal/push/subscribers";
 
 /// The md5s of configs a gateway lacks: a POST of a [`Md5Query`] answered with a
 /// [`Md5Reply`].
@@ -173,4 +176,24 @@ mod tests {
             assert!(p.starts_with(INTERNAL_PREFIX), "{p}");
         }
     }
+}
+
+/// A push subscriber whose list poll a gateway answered from its cache: the node registers (or
+/// refreshes) it exactly as if the poll had reached it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriberNote {
+    /// The service listed.
+    pub key: ServiceKey,
+    /// `clusters` as the client gave it.
+    pub clusters: String,
+    /// The client's address as the gateway saw it (its TCP peer).
+    pub source: Option<std::net::IpAddr>,
+    /// `clientIP` as the client wrote it: used only by a node that trusts it.
+    pub claimed: Option<String>,
+    /// `udpPort`.
+    pub udp_port: u16,
+    /// The client's User-Agent.
+    pub agent: String,
+    /// `app`, when given.
+    pub app: Option<String>,
 }

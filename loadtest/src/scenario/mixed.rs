@@ -23,6 +23,8 @@ struct Mixed {
     dependencies: u64,
     /// Instances per service: every one beats, so every list must show them all healthy.
     per_service: u64,
+    /// Each client names itself in `clientIP`.
+    distinct_clients: bool,
 }
 
 impl Plan for Mixed {
@@ -42,7 +44,11 @@ impl Plan for Mixed {
         let service = self.names.pick(client, dep, s as usize);
         Planned {
             op: "list",
-            request: self.names.list(service, Some(self.push)),
+            request: self.names.list_from(
+                service,
+                Some(self.push),
+                self.distinct_clients.then(|| Names::ip(client)),
+            ),
             check: Check::Hosts {
                 healthy: self.per_service,
             },
@@ -75,6 +81,7 @@ pub(super) fn workload(
             clients,
             dependencies,
             per_service: shape.instances,
+            distinct_clients: shape.distinct_clients,
         }),
         streams: vec![
             StreamSpec::at(Some(clients as f64 / BEAT_SECS)),

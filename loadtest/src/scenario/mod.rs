@@ -103,6 +103,8 @@ pub struct Shape {
     /// overload: when the lists back off (from the start of the phase, warm-up included) and
     /// to what rate.
     pub backoff: Option<(std::time::Duration, f64)>,
+    /// mixed: each client names itself in `clientIP`.
+    pub distinct_clients: bool,
 }
 
 /// A closed-loop preparation step, run to completion before the measured phase.
@@ -245,6 +247,7 @@ mod tests {
                 port: 5555,
             }),
             backoff: None,
+            distinct_clients: false,
         }
     }
 

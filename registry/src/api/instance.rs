@@ -174,8 +174,23 @@ pub async fn detail(State(app): State<Arc<App>>, p: Params) -> Result<Response, 
 /// operator trusts it (`push.trust_client_ip`): otherwise any client could aim pushes at any
 /// host. `X-Forwarded-For` is never read: anyone can write it.
 fn push_target(app: &App, p: &Params, udp_port: u16) -> Option<SocketAddr> {
-    let source = super::source::verified_source(app, p);
-    let claimed: Option<IpAddr> = p.opt("clientIP").and_then(|ip| ip.parse().ok());
+    push_addr(
+        app,
+        super::source::verified_source(app, p),
+        p.opt("clientIP"),
+        udp_port,
+    )
+}
+
+/// Where pushes to a subscriber go: its verified `source`, or the `clientIP` it `claimed`
+/// where the node trusts that (or knows nothing better).
+fn push_addr(
+    app: &App,
+    source: Option<IpAddr>,
+    claimed: Option<&str>,
+    udp_port: u16,
+) -> Option<SocketAddr> {
+    let claimed: Option<IpAddr> = claimed.and_then(|ip| ip.parse().ok());
     let ip = match (claimed, source) {
         (Some(c), _) if app.node.settings().push.trust_client_ip => c,
         (_, Some(s)) => s,
@@ -183,6 +198,32 @@ fn push_target(app: &App, p: &Params, udp_port: u16) -> Option<SocketAddr> {
         (None, None) => return None,
     };
     Some(SocketAddr::new(ip, udp_port))
+}
+
+/// Registers the push subscribers a gateway answered from its cache, each as its list poll
+/// would have (see [`list`]); returns how many were registered.
+pub fn subscribe_noted(app: &App, notes: Vec<nacre_ring::wire::SubscriberNote>) -> usize {
+    if app.node.push().is_none() {
+        return 0;
+    }
+    let mut registered = 0;
+    for note in notes {
+        if note.udp_port == 0 || !ClientInfo::parse(&note.agent).push_capable() {
+            continue;
+        }
+        let Some(addr) = push_addr(app, note.source, note.claimed.as_deref(), note.udp_port) else {
+            continue;
+        };
+        app.node.subscribe(Subscriber {
+            key: note.key,
+            clusters: note.clusters,
+            addr,
+            agent: note.agent,
+            app: note.app.unwrap_or_else(|| "unknown".to_string()),
+        });
+        registered += 1;
+    }
+    registered
 }
 
 /// `GET /instance/list`: the service-info document legacy clients poll.

@@ -1,6 +1,6 @@
 //! Node-to-node routes under `/nacre/internal/…` (besides Raft's own): member probes, Distro
-//! sync, verify and snapshot, owners' health results, and the change feed gateways follow.
-//! Every route requires the secret.
+//! sync, verify and snapshot, owners' health results, the change feed gateways follow, and
+//! the push subscribers a gateway answered from its cache. Every route requires the secret.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +13,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
-use nacre_ring::wire::{Md5Query, Md5Reply, CONFIG_MD5_PATH};
+use nacre_ring::wire::{
+    Md5Query, Md5Reply, SubscriberNote, CONFIG_MD5_PATH, PUSH_SUBSCRIBERS_PATH,
+};
 
 use super::App;
 use crate::distro::wire::{
@@ -72,6 +74,15 @@ async fn health(
         app.node.changed(k);
     }
     Json(changed.len())
+}
+
+/// Push subscribers a gateway answered from its cache, registered as if their polls had come
+/// here.
+async fn push_subscribers(
+    State(app): State<Arc<App>>,
+    Json(notes): Json<Vec<SubscriberNote>>,
+) -> Json<usize> {
+    Json(super::instance::subscribe_noted(&app, notes))
 }
 
 /// 503 while this node is still loading: a starting peer then asks the next one. Copying and
@@ -189,6 +200,7 @@ pub fn routes(app: Arc<App>) -> Router {
         .route(CHANGES_PATH, get(changes))
         .route(CONFIG_MD5_PATH, post(config_md5s))
         .route(crate::health::SYNC_PATH, post(health))
+        .route(PUSH_SUBSCRIBERS_PATH, post(push_subscribers))
         .layer(DefaultBodyLimit::max(MAX_INTERNAL_BODY))
         .layer(axum::middleware::from_fn_with_state(secret, require_secret))
         .with_state(app)
