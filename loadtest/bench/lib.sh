@@ -121,22 +121,33 @@ install_rnacos() {
     fi
 }
 
-# Starts r-nacos standalone on $RNACOS_PORT with data under the given dir; sets RNACOS_PID.
-start_rnacos() { # data dir
+# A command prefix r-nacos runs under (e.g. one entering a cgroup); empty by default.
+RNACOS_WRAP=()
+
+# Runs r-nacos 0.8.8 in the background: data under DIR, HTTP on HTTP, gRPC on GRPC, further
+# RNACOS_* settings as NAME=VALUE arguments, under RNACOS_WRAP; sets RNACOS_LAST_PID (also
+# added to PIDS).
+run_rnacos() { # dir http grpc [NAME=VALUE…]
     # r-nacos reads only RNACOS_* variables (and a .env file in its working directory, hence
     # the fresh cwd). RUST_LOG=warn: its actix Logger middleware otherwise writes a line per
     # request at info, which would be measured as server cost. Console off (port 0).
-    rm -rf "$1" && mkdir -p "$1"
-    (cd "$1" && exec env RNACOS_HTTP_PORT="$RNACOS_PORT" \
-        RNACOS_GRPC_PORT=$((RNACOS_PORT + 1)) \
-        RNACOS_RAFT_NODE_ADDR="127.0.0.1:$((RNACOS_PORT + 1))" \
-        RNACOS_HTTP_CONSOLE_PORT=0 \
+    local dir=$1 http=$2 grpc=$3
+    shift 3
+    rm -rf "$dir" && mkdir -p "$dir"
+    (cd "$dir" && exec env RNACOS_HTTP_PORT="$http" RNACOS_GRPC_PORT="$grpc" \
+        RNACOS_RAFT_NODE_ADDR="127.0.0.1:$grpc" RNACOS_HTTP_CONSOLE_PORT=0 \
         RNACOS_SDK_HOST=127.0.0.1 RNACOS_CONSOLE_HOST=127.0.0.1 \
-        RNACOS_DATA_DIR="$1/db" RNACOS_CONFIG_DB_DIR="$1/db" \
-        RNACOS_ENABLE_METRICS=false RUST_LOG=warn \
-        "$CACHE/bin/rnacos" >"$1/rnacos.log" 2>&1) &
-    RNACOS_PID=$!
-    PIDS+=("$RNACOS_PID")
+        RNACOS_DATA_DIR="$dir/db" RNACOS_CONFIG_DB_DIR="$dir/db" \
+        RNACOS_ENABLE_METRICS=false RUST_LOG=warn "$@" \
+        "${RNACOS_WRAP[@]}" "$CACHE/bin/rnacos" >"$dir/rnacos.log" 2>&1) &
+    RNACOS_LAST_PID=$!
+    PIDS+=("$RNACOS_LAST_PID")
+}
+
+# Starts r-nacos standalone on $RNACOS_PORT with data under the given dir; sets RNACOS_PID.
+start_rnacos() { # data dir
+    run_rnacos "$1" "$RNACOS_PORT" $((RNACOS_PORT + 1))
+    RNACOS_PID=$RNACOS_LAST_PID
     wait_up "$RNACOS_ADDR" r-nacos
 }
 
@@ -146,23 +157,14 @@ start_rnacos() { # data dir
 start_rnacos_cluster() { # data dir prefix
     RNACOS_CLUSTER_ADDRS=()
     RNACOS_CLUSTER_PIDS=()
-    local i http grpc d join=""
+    local i http grpc join=""
     for i in 1 2 3; do
         http=$((RNACOS_PORT + 18 + 2 * i))
         grpc=$((http + 1))
-        d="$1$i"
-        rm -rf "$d" && mkdir -p "$d"
-        (cd "$d" && exec env RNACOS_HTTP_PORT="$http" RNACOS_GRPC_PORT="$grpc" \
-            RNACOS_RAFT_NODE_ID="$i" RNACOS_RAFT_NODE_ADDR="127.0.0.1:$grpc" \
+        run_rnacos "$1$i" "$http" "$grpc" RNACOS_RAFT_NODE_ID="$i" \
             RNACOS_RAFT_AUTO_INIT="$([ "$i" = 1 ] && echo true || echo false)" \
-            ${join:+RNACOS_RAFT_JOIN_ADDR="$join"} \
-            RNACOS_HTTP_CONSOLE_PORT=0 \
-            RNACOS_SDK_HOST=127.0.0.1 RNACOS_CONSOLE_HOST=127.0.0.1 \
-            RNACOS_DATA_DIR="$d/db" RNACOS_CONFIG_DB_DIR="$d/db" \
-            RNACOS_ENABLE_METRICS=false RUST_LOG=warn \
-            "$CACHE/bin/rnacos" >"$d/rnacos.log" 2>&1) &
-        RNACOS_CLUSTER_PIDS+=($!)
-        PIDS+=($!)
+            ${join:+RNACOS_RAFT_JOIN_ADDR="$join"}
+        RNACOS_CLUSTER_PIDS+=("$RNACOS_LAST_PID")
         RNACOS_CLUSTER_ADDRS+=("127.0.0.1:$http")
         wait_up "127.0.0.1:$http" "r-nacos node $i"
         [ "$i" = 1 ] && join="127.0.0.1:$grpc"

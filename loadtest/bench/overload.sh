@@ -52,8 +52,11 @@ else
 fi
 # The servers are stopped first (lib.sh's cleanup), then the emptied cgroup goes.
 trap 'cleanup; rmdir "$CG" 2>/dev/null || true' EXIT
+# A command prefix that enters the cgroup, then becomes the command.
+# shellcheck disable=SC2016 # $$ and "$@" belong to the inner shell.
+CGROUP_ENTER=(sh -c 'echo $$ >"$0/cgroup.procs" && exec "$@"' "$CG")
 limited() { # command…: becomes it, inside the cgroup (call in the background: `limited … &`)
-    exec sh -c 'echo $$ >"$0/cgroup.procs" && exec "$@"' "$CG" "$@"
+    exec "${CGROUP_ENTER[@]}" "$@"
 }
 
 start_server() { # name dir: sets SERVER_ADDR, SERVER_PID
@@ -70,19 +73,11 @@ start_server() { # name dir: sets SERVER_ADDR, SERVER_PID
         wait_up "$NACRE_ADDR" nacre '"status":"UP"'
         ;;
     r-nacos)
-        (cd "$2" && exec env RNACOS_HTTP_PORT="$RNACOS_PORT" \
-            RNACOS_GRPC_PORT=$((RNACOS_PORT + 1)) \
-            RNACOS_RAFT_NODE_ADDR="127.0.0.1:$((RNACOS_PORT + 1))" \
-            RNACOS_HTTP_CONSOLE_PORT=0 \
-            RNACOS_SDK_HOST=127.0.0.1 RNACOS_CONSOLE_HOST=127.0.0.1 \
-            RNACOS_DATA_DIR="$2/db" RNACOS_CONFIG_DB_DIR="$2/db" \
-            RNACOS_ENABLE_METRICS=false RUST_LOG=warn \
-            sh -c 'echo $$ >"$0/cgroup.procs" && exec "$@"' "$CG" "$CACHE/bin/rnacos" \
-            >"$2/rnacos.log" 2>&1) &
-        SERVER_PID=$!
+        RNACOS_WRAP=("${CGROUP_ENTER[@]}")
+        start_rnacos "$2"
+        RNACOS_WRAP=()
+        SERVER_PID=$RNACOS_PID
         SERVER_ADDR=$RNACOS_ADDR
-        PIDS+=("$SERVER_PID")
-        wait_up "$RNACOS_ADDR" r-nacos
         ;;
     esac
 }
