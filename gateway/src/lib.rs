@@ -75,6 +75,25 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// POSTs `body` as JSON to the internal route `path` of node `up`, with the cluster
+    /// secret, waiting at most `timeout`.
+    pub async fn post_internal<T: serde::Serialize + ?Sized>(
+        &self,
+        up: &upstreams::Upstream,
+        path: &str,
+        body: &T,
+        timeout: Duration,
+    ) -> reqwest::Result<reqwest::Response> {
+        let secret = self.settings.cluster_secret.as_deref().unwrap_or_default();
+        self.http
+            .post(format!("http://{}{path}", up.addr))
+            .header(nacre_ring::wire::SECRET_HEADER, secret)
+            .json(body)
+            .timeout(timeout)
+            .send()
+            .await
+    }
+
     /// Shared state for `settings` (already validated).
     pub fn new(settings: GatewaySettings) -> Result<Self, prometheus::Error> {
         let cache = cache::ListCache::new(

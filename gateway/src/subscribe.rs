@@ -22,7 +22,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nacre_ring::wire::{SubscriberNote, PUSH_SUBSCRIBERS_PATH, SECRET_HEADER};
+use nacre_ring::wire::{SubscriberNote, PUSH_SUBSCRIBERS_PATH};
 use nacre_ring::ServiceKey;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -125,7 +125,6 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     let Some(mut rx) = rx else {
         return;
     };
-    let secret = shared.settings.cluster_secret.clone().unwrap_or_default();
     loop {
         let first = tokio::select! {
             _ = stop.cancelled() => break,
@@ -146,12 +145,12 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
                 },
             }
         }
-        send(&shared, &secret, batch).await;
+        send(&shared, batch).await;
     }
 }
 
 /// Delivers `batch`, one request per owning node; forgets the subscribers of any that failed.
-async fn send(shared: &Shared, secret: &str, batch: Vec<Queued>) {
+async fn send(shared: &Shared, batch: Vec<Queued>) {
     let view = shared.upstreams.view();
     let mut by_node: Vec<(Arc<crate::upstreams::Upstream>, Vec<Queued>)> = Vec::new();
     for q in batch {
@@ -173,12 +172,7 @@ async fn send(shared: &Shared, secret: &str, batch: Vec<Queued>) {
     for (up, queued) in by_node {
         let notes: Vec<&SubscriberNote> = queued.iter().map(|q| &q.note).collect();
         let sent = shared
-            .http
-            .post(format!("http://{}{PUSH_SUBSCRIBERS_PATH}", up.addr))
-            .header(SECRET_HEADER, secret)
-            .json(&notes)
-            .timeout(SEND_TIMEOUT)
-            .send()
+            .post_internal(&up, PUSH_SUBSCRIBERS_PATH, &notes, SEND_TIMEOUT)
             .await;
         let ok = matches!(&sent, Ok(r) if r.status().is_success());
         if ok {

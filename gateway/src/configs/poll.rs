@@ -12,7 +12,7 @@ use nacre_ring::configs::listen::{self, Listened};
 use nacre_ring::configs::{ConfigKey, ParamError};
 use nacre_ring::wire::{
     Md5Query, Md5Reply, ASSERTED_BY_HEADER, CLIENT_ADDR_HEADER, CONFIG_LISTENER_PATH,
-    CONFIG_MD5_PATH, HEADER_PREFIX, SECRET_HEADER,
+    CONFIG_MD5_PATH, HEADER_PREFIX,
 };
 use tokio::time::Instant;
 
@@ -241,22 +241,12 @@ pub async fn serve(shared: &Shared, req: &PollRequest) -> Answer {
 /// when a reset came first), `None` when no node answered.
 async fn fetch(shared: &Shared, epoch: u64, keys: &[ConfigKey]) -> Option<bool> {
     shared.metrics.config_fetches.inc();
-    let secret = shared
-        .settings
-        .cluster_secret
-        .as_deref()
-        .unwrap_or_default();
     let query = Md5Query {
         keys: keys.to_vec(),
     };
     for up in candidates(shared) {
         let sent = shared
-            .http
-            .post(format!("http://{}{CONFIG_MD5_PATH}", up.addr))
-            .header(SECRET_HEADER, secret)
-            .json(&query)
-            .timeout(NODE_ANSWER_TIMEOUT)
-            .send()
+            .post_internal(&up, CONFIG_MD5_PATH, &query, NODE_ANSWER_TIMEOUT)
             .await;
         let reply = match sent {
             Ok(r) if r.status().is_success() => r.json::<Md5Reply>().await,
