@@ -234,9 +234,37 @@ struct ListPlan {
     variant: Variant,
     /// The credential a node will read from it.
     credential: Option<Fingerprint>,
-    /// A push subscriber: `(client, udpPort)`, and the note that keeps it alive on its node
-    /// when its poll is answered here (see [`crate::subscribe`]).
-    subscriber: Option<(String, u16, SubscriberNote)>,
+    /// A push subscriber.
+    subscriber: Option<Subscription>,
+}
+
+/// What a subscribing list request says about its client: enough to tell it apart and, when a
+/// note is due, to write it (see [`crate::subscribe`]).
+struct Subscription {
+    /// `clientIP` as given, else the TCP peer.
+    client: String,
+    /// `client` came from `clientIP`.
+    claimed: bool,
+    /// The TCP peer.
+    source: Option<std::net::IpAddr>,
+    udp: u16,
+    app: Option<String>,
+}
+
+impl Subscription {
+    /// The note that keeps this subscriber alive on `key`'s node when its poll is answered
+    /// here. Built only when one is due: most polls need none.
+    fn note(&self, key: &ServiceKey, variant: &Variant) -> SubscriberNote {
+        SubscriberNote {
+            key: key.clone(),
+            clusters: variant.clusters.clone(),
+            source: self.source,
+            claimed: self.claimed.then(|| self.client.clone()),
+            udp_port: self.udp,
+            agent: variant.agent.clone(),
+            app: self.app.clone(),
+        }
+    }
 }
 
 impl Plan {
@@ -257,23 +285,19 @@ impl Plan {
                     )
                 })
                 .flatten(),
-            subscriber: params.udp_port().zip(key.clone()).map(|(udp, key)| {
+            subscriber: params.udp_port().map(|udp| {
                 let source = client_ip(session);
-                let client = params
-                    .client_ip()
-                    .map(str::to_string)
-                    .or_else(|| source.map(|ip| ip.to_string()))
-                    .unwrap_or_default();
-                let note = SubscriberNote {
-                    key,
-                    clusters: params.clusters().to_string(),
+                let claimed = params.client_ip();
+                Subscription {
+                    client: claimed
+                        .map(str::to_string)
+                        .or_else(|| source.map(|ip| ip.to_string()))
+                        .unwrap_or_default(),
+                    claimed: claimed.is_some(),
                     source,
-                    claimed: params.client_ip().map(str::to_string),
-                    udp_port: udp,
-                    agent: agent(req).to_string(),
+                    udp,
                     app: params.app().map(str::to_string),
-                };
-                (client, udp, note)
+                }
             }),
         });
         Plan {
@@ -589,12 +613,17 @@ impl ProxyHttp for Gateway {
         };
         // A subscriber must reach its node now and then, or the node stops pushing to it: its
         // first poll itself, later ones by a note (rules P1–P3 in `crate::subscribe`).
-        let (contact, note) = match list.subscriber {
-            Some((client, udp, note)) => {
-                let seen = (client, udp, key.clone(), list.variant.clone());
+        let (contact, subscription) = match list.subscriber {
+            Some(sub) => {
+                let seen = (
+                    sub.client.clone(),
+                    sub.udp,
+                    key.clone(),
+                    list.variant.clone(),
+                );
                 (
                     shared.relay.contact(&seen, Instant::now()),
-                    Some((note, seen)),
+                    Some((sub, seen)),
                 )
             }
             None => (Contact::None, None),
@@ -614,8 +643,10 @@ impl ProxyHttp for Gateway {
                 .then(|| shared.cache.get(&key, &list.variant, crate::now_ms()))
                 .flatten();
             // A note that cannot be queued sends the poll to the node instead (rule P3).
-            let noted = || match (&contact, note) {
-                (Contact::Note, Some((note, seen))) => shared.relay.offer(note, seen),
+            let noted = || match (&contact, subscription) {
+                (Contact::Note, Some((sub, seen))) => {
+                    shared.relay.offer(sub.note(&key, &list.variant), seen)
+                }
                 _ => true,
             };
             if let Some(answer) = cached.filter(|_| noted()) {

@@ -254,11 +254,6 @@ impl<'a> Params<'a> {
     pub fn app(&self) -> Option<&str> {
         self.app.as_deref().filter(|s| !s.is_empty())
     }
-
-    /// `clusters` as given.
-    pub fn clusters(&self) -> &str {
-        self.clusters.as_deref().unwrap_or("")
-    }
 }
 
 /// Everything in a list request besides the service that changes the answer. `udpPort` and

@@ -260,8 +260,14 @@ pub fn router(app: Arc<App>, internal: Router) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             auth::guard,
-        ))
-        .layer(axum::middleware::from_fn_with_state(app.clone(), shed))
+        ));
+    // Rule G2 is off unless configured: then requests do not pass the layer at all.
+    let public = if app.node.settings().overload_lag_ms > 0 {
+        public.layer(axum::middleware::from_fn_with_state(app.clone(), shed))
+    } else {
+        public
+    };
+    let public = public
         .layer(axum::middleware::from_fn_with_state(app.clone(), track))
         .with_state(app.clone());
     let secret: Arc<str> = Arc::from(app.secret.as_str());
