@@ -136,6 +136,25 @@ pub enum Command {
     Auth(crate::auth::AuthCommand),
     /// A config-center change.
     Config(crate::configs::ConfigCommand),
+    /// Commands proposed together in one entry (see `raft::propose`, rule B3): applied in
+    /// order, each with its own result in [`CommandOutput::batch`].
+    Batch(Vec<Command>),
+}
+
+impl Command {
+    /// Roughly how many bytes the command carries beyond its fixed fields: the config contents
+    /// (everything else is small). Bounds batches and in-memory log caches.
+    pub fn weight(&self) -> usize {
+        use crate::configs::ConfigCommand;
+        match self {
+            Command::Config(ConfigCommand::Publish(p)) => p.content.len(),
+            Command::Config(ConfigCommand::Import { items, .. }) => {
+                items.iter().map(|p| p.content.len()).sum()
+            }
+            Command::Batch(cmds) => cmds.iter().map(Command::weight).sum(),
+            _ => 0,
+        }
+    }
 }
 
 /// The outcome of applying one command.
@@ -149,13 +168,16 @@ pub struct CommandOutput {
     /// Configs whose record changed (wakes listeners; rows to rewrite).
     #[serde(default)]
     pub configs: Vec<crate::configs::ConfigKey>,
+    /// For a [`Command::Batch`]: each command's own result, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub batch: Vec<CommandResult>,
 }
 
 impl CommandOutput {
     fn changed(key: &ServiceKey) -> Self {
         Self {
             changed: vec![key.clone()],
-            configs: Vec::new(),
+            ..Self::default()
         }
     }
 }
@@ -422,9 +444,27 @@ impl PersistentState {
                 .map(|()| CommandOutput::default())
                 .map_err(NamingError::bad),
             Command::Config(cmd) => self.configs.apply(cmd).map(|configs| CommandOutput {
-                changed: Vec::new(),
                 configs,
+                ..CommandOutput::default()
             }),
+            Command::Batch(cmds) => {
+                // Rule B3 of `raft::propose`: each command on the state the previous one left,
+                // a refusal refusing only itself.
+                let mut out = CommandOutput::default();
+                for cmd in cmds {
+                    let res = self.apply(cmd);
+                    if let Ok(o) = &res {
+                        out.changed.extend(o.changed.iter().cloned());
+                        out.configs.extend(o.configs.iter().cloned());
+                    }
+                    out.batch.push(res);
+                }
+                out.changed.sort();
+                out.changed.dedup();
+                out.configs.sort();
+                out.configs.dedup();
+                Ok(out)
+            }
         }
     }
 

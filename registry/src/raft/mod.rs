@@ -8,7 +8,9 @@
 
 pub mod cluster;
 pub mod network;
+pub mod propose;
 pub mod store;
+mod tail;
 pub mod types;
 
 use std::collections::BTreeMap;
@@ -209,6 +211,8 @@ pub struct Committed {
 
 struct Inner {
     raft: Raft,
+    /// Packs concurrent proposals into shared entries (see [`propose`]).
+    proposer: propose::Proposer,
     node_id: NodeId,
     advertise: String,
     peer: crate::peer::PeerClient,
@@ -314,6 +318,7 @@ impl PersistentStore {
 
         Ok(Self {
             inner: Arc::new(Inner {
+                proposer: propose::Proposer::start(raft.clone()),
                 raft,
                 node_id,
                 advertise: settings.advertise,
@@ -410,25 +415,37 @@ impl PersistentStore {
         futures::future::join_all(asks).await;
     }
 
-    /// Proposes `cmd` on this node only: `NotLeader` when it is not the leader.
+    /// Proposes `cmd` on this node only: `NotLeader` when it is not the leader. Concurrent
+    /// proposals may share one entry ([`propose`]); the answer is this command's own.
     pub async fn write_local(&self, cmd: Command) -> Result<Committed, WriteError> {
-        match self.inner.raft.client_write(cmd).await {
-            Ok(resp) => Ok(Committed {
-                result: resp.data,
-                index: resp.log_id.index,
-            }),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(WriteError::NotLeader {
-                    leader: f
-                        .leader_id
-                        .and_then(|id| self.address_of(id, f.leader_node.as_ref())),
-                })
-            }
-            Err(RaftError::APIError(e)) => Err(WriteError::Unavailable(e.to_string())),
-            Err(RaftError::Fatal(Fatal::Stopped)) => {
+        match self.inner.proposer.propose(cmd).await {
+            Ok((result, index)) => Ok(Committed { result, index }),
+            Err(propose::ProposeError::Raft(e)) => Err(self.write_error(&e)),
+            Err(propose::ProposeError::Stopped) => {
                 Err(WriteError::Unavailable("raft is shutting down".into()))
             }
-            Err(RaftError::Fatal(e)) => Err(WriteError::Fatal(e.to_string())),
+            Err(e @ propose::ProposeError::Unanswered(_)) => {
+                Err(WriteError::Fatal(format!("{e:?}")))
+            }
+        }
+    }
+
+    /// What a failed `client_write` means for the caller.
+    fn write_error(
+        &self,
+        e: &RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>,
+    ) -> WriteError {
+        match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => WriteError::NotLeader {
+                leader: f
+                    .leader_id
+                    .and_then(|id| self.address_of(id, f.leader_node.as_ref())),
+            },
+            RaftError::APIError(e) => WriteError::Unavailable(e.to_string()),
+            RaftError::Fatal(Fatal::Stopped) => {
+                WriteError::Unavailable("raft is shutting down".into())
+            }
+            RaftError::Fatal(e) => WriteError::Fatal(e.to_string()),
         }
     }
 
@@ -652,6 +669,7 @@ impl PersistentStore {
         if let Err(e) = self.inner.raft.shutdown().await {
             tracing::warn!(error = %e, "raft core ended abnormally");
         }
+        self.inner.proposer.shutdown();
     }
 }
 

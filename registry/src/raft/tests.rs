@@ -68,7 +68,7 @@ async fn standalone_restart_keeps_acknowledged_writes() {
         s.write(create("orders")).await.unwrap(),
         Ok(CommandOutput {
             changed: vec![key("orders")],
-            configs: Vec::new(),
+            ..CommandOutput::default()
         })
     );
     // A rejection (a create with other settings) is a committed outcome, not a write error.
@@ -109,6 +109,88 @@ async fn standalone_restart_keeps_acknowledged_writes() {
     s.write(create("payments")).await.unwrap().unwrap();
     assert!(s.read(|st| st.service(&key("payments")).is_some()));
     s.shutdown().await;
+}
+
+/// Rules B2–B4 of `propose` end to end: concurrent writes share entries, each keeps its own
+/// result, and every one is applied once its answer arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_entries_and_keep_their_own_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = PersistentStore::start(settings(dir.path(), "127.0.0.1:1", true), noop())
+        .await
+        .unwrap();
+    assert!(s.wait_ready(READY).await);
+    s.write(create("taken")).await.unwrap().unwrap();
+    let before = s.status().last_log_index.unwrap();
+
+    const N: usize = 64;
+    let conflicting = Command::CreateService {
+        key: key("taken"),
+        meta: crate::naming::model::ServiceMeta {
+            protect_threshold: 0.5,
+            ..Default::default()
+        },
+        exists_elsewhere: false,
+    };
+    let writes = (0..N).map(|i| {
+        let s = s.clone();
+        // Every eighth write is refused by the state machine; it must refuse only itself.
+        let cmd = if i % 8 == 0 {
+            conflicting.clone()
+        } else {
+            create(&format!("svc-{i}"))
+        };
+        tokio::spawn(async move {
+            let res = s.write(cmd).await.unwrap();
+            // B4: answered only once applied here.
+            let applied = s.read(|st| st.service(&key(&format!("svc-{i}"))).is_some());
+            (i, res, applied)
+        })
+    });
+    for w in futures::future::join_all(writes).await {
+        let (i, res, applied) = w.unwrap();
+        if i % 8 == 0 {
+            assert!(res.is_err(), "write {i} should be refused");
+            assert!(!applied);
+        } else {
+            assert_eq!(
+                res.unwrap().changed,
+                vec![key(&format!("svc-{i}"))],
+                "write {i}"
+            );
+            assert!(applied, "write {i} answered before it was applied");
+        }
+    }
+    let entries = s.status().last_log_index.unwrap() - before;
+    assert!(
+        entries < N as u64,
+        "{N} concurrent writes took {entries} entries: nothing was batched"
+    );
+    s.shutdown().await;
+}
+
+#[test]
+fn a_batch_applies_in_order_each_command_on_its_own() {
+    let mut st = PersistentState::default();
+    let out = st
+        .apply(&Command::Batch(vec![
+            create("a"),
+            Command::DeleteService {
+                key: key("a"),
+                exists_elsewhere: false,
+            },
+            Command::DeleteService {
+                key: key("a"),
+                exists_elsewhere: false,
+            },
+            create("b"),
+        ]))
+        .unwrap();
+    let ok: Vec<bool> = out.batch.iter().map(Result::is_ok).collect();
+    assert_eq!(ok, vec![true, true, false, true], "{:?}", out.batch);
+    assert!(st.service(&key("a")).is_none(), "the delete saw the create");
+    assert!(st.service(&key("b")).is_some());
+    assert_eq!(out.changed, vec![key("a"), key("b")]);
 }
 
 #[tokio::test]
