@@ -549,6 +549,143 @@ async fn a_listener_through_the_gateway_is_held_at_the_edge_and_fires_on_a_publi
     );
 }
 
+/// One HTTP/1.1 response read from a raw connection: status, headers (lower-cased names), body.
+async fn read_response(
+    conn: &mut tokio::io::BufReader<tokio::net::TcpStream>,
+) -> (u16, Vec<(String, String)>, String) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let mut line = String::new();
+    conn.read_line(&mut line).await.expect("status line");
+    let status: u16 = line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status code");
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        conn.read_line(&mut h).await.expect("header line");
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let (k, v) = h.split_once(':').expect("name: value");
+        headers.push((k.to_ascii_lowercase(), v.trim().to_string()));
+    }
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .map_or(0, |(_, v)| v.parse().expect("a length"));
+    let mut body = vec![0; len];
+    conn.read_exact(&mut body).await.expect("the body");
+    (status, headers, String::from_utf8(body).expect("utf-8"))
+}
+
+/// A listener request as the legacy clients send it (form body), answered at once.
+fn listener_request(listening: &str, extra_headers: &str, version: &str) -> String {
+    let body = format!(
+        "Listening-Configs={}",
+        form_urlencoded::byte_serialize(listening.as_bytes()).collect::<String>()
+    );
+    format!(
+        "POST /nacos/v1/cs/configs/listener {version}\r\nHost: gw\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\n\
+         Long-Pulling-Timeout: 30000\r\nLong-Pulling-Timeout-No-Hangup: true\r\n\
+         {extra_headers}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// Rules E1–E4 of the gateway's keep-alive loop (`gateway::edge`), on the wire: a listener
+/// served at the edge and a pipelined request behind it on one connection; listener requests
+/// the edge does not take (a chunked body) still answered through the proxy; `Connection:
+/// close` and HTTP/1.0 close the connection after the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_serves_listeners_and_pipelined_requests_on_one_keep_alive_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+    let root = tempfile::tempdir().unwrap();
+    let (_c, gw) = gateway_cluster(root.path());
+    let through = Api::new(gw.addr());
+    wait_feeds_followed(&through).await;
+    assert_eq!(
+        through.publish_config("ka", "G", None, "v1").await.body,
+        "true"
+    );
+    let stale = entry("ka", "G", "", "");
+    let open =
+        || async { BufReader::new(tokio::net::TcpStream::connect(gw.addr()).await.unwrap()) };
+
+    // A listener and, in the same write, the next request: both answered, in order.
+    let mut conn = open().await;
+    let both = format!(
+        "{}GET /nacos/serverlist HTTP/1.1\r\nHost: gw\r\n\r\n",
+        listener_request(&stale, "", "HTTP/1.1")
+    );
+    conn.get_mut().write_all(both.as_bytes()).await.unwrap();
+    let (status, headers, body) = read_response(&mut conn).await;
+    assert_eq!((status, body.as_str()), (200, "ka%02G%01\n"), "{headers:?}");
+    assert!(
+        headers.contains(&("cache-control".into(), "no-cache,no-store".into())),
+        "{headers:?}"
+    );
+    let (status, _, body) = read_response(&mut conn).await;
+    assert_eq!(status, 200);
+    assert!(body.contains(':'), "a server list: {body:?}");
+    // The connection stays usable: a listener after a proxied request.
+    conn.get_mut()
+        .write_all(listener_request(&stale, "", "HTTP/1.1").as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut conn).await.2, "ka%02G%01\n");
+
+    let proxied = "nacre_gateway_config_listeners_proxied_total";
+    assert_eq!(through.metric(proxied).await, 0.0, "the edge served them");
+
+    // A chunked body is not the edge's (rule E2): the proxy answers it the same way.
+    let body = format!(
+        "Listening-Configs={}",
+        form_urlencoded::byte_serialize(stale.as_bytes()).collect::<String>()
+    );
+    let chunked = format!(
+        "POST /nacos/v1/cs/configs/listener HTTP/1.1\r\nHost: gw\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nLong-Pulling-Timeout: 30000\r\n\
+         Long-Pulling-Timeout-No-Hangup: true\r\nTransfer-Encoding: chunked\r\n\r\n\
+         {:x}\r\n{body}\r\n0\r\n\r\n",
+        body.len()
+    );
+    conn.get_mut().write_all(chunked.as_bytes()).await.unwrap();
+    assert_eq!(read_response(&mut conn).await.2, "ka%02G%01\n");
+    assert_eq!(through.metric(proxied).await, 1.0, "the proxy served it");
+
+    // Rule E4: `Connection: close` and HTTP/1.0 end the connection after the answer.
+    for (extra, version) in [("Connection: close\r\n", "HTTP/1.1"), ("", "HTTP/1.0")] {
+        let mut conn = open().await;
+        conn.get_mut()
+            .write_all(listener_request(&stale, extra, version).as_bytes())
+            .await
+            .unwrap();
+        let (status, headers, body) = read_response(&mut conn).await;
+        assert_eq!((status, body.as_str()), (200, "ka%02G%01\n"), "{version}");
+        assert!(
+            headers.contains(&("connection".into(), "close".into())),
+            "{headers:?}"
+        );
+        let mut rest = Vec::new();
+        let n = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut rest))
+            .await
+            .expect("the gateway closes the connection")
+            .unwrap();
+        assert_eq!(n, 0, "{version}: nothing after the answer");
+    }
+    // A malformed poll gets the nodes' 400 from the edge too.
+    let mut conn = open().await;
+    conn.get_mut()
+        .write_all(listener_request("no-separators", "", "HTTP/1.1").as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut conn).await.0, 400);
+}
+
 /// Waits until the gateway follows every node's change feed.
 async fn wait_feeds_followed(gw: &Api) {
     let deadline = Instant::now() + READY;

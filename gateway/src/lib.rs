@@ -15,6 +15,7 @@
 pub mod authmemo;
 pub mod cache;
 pub mod configs;
+pub mod edge;
 pub mod feed;
 pub mod limits;
 pub mod metrics;

@@ -48,6 +48,9 @@ pub struct Metrics {
     config_polls: IntCounterVec,
     /// Config listeners parked at the gateway now.
     pub config_listeners: IntGauge,
+    /// Listener polls held at the gateway through pingora's proxy path: requests the
+    /// connection loop does not take itself (see `edge`, rule E2).
+    pub config_listeners_proxied: IntCounter,
     /// Config md5s known.
     pub config_keys: IntGauge,
     /// Config reads answered from the cache.
@@ -236,6 +239,10 @@ impl Metrics {
             config_listeners: gauge(
                 "nacre_gateway_config_listeners",
                 "Config listeners parked at the gateway",
+            )?,
+            config_listeners_proxied: counter(
+                "nacre_gateway_config_listeners_proxied_total",
+                "Listener polls the connection loop left to the proxy path (e.g. chunked bodies)",
             )?,
             config_keys: gauge(
                 "nacre_gateway_config_keys",

@@ -465,6 +465,7 @@ impl Gateway {
 
     /// Answers a config listener poll at the gateway (see [`crate::configs`]).
     async fn hold_listener(&self, session: &mut Session) -> Result<()> {
+        self.shared.metrics.config_listeners_proxied.inc();
         let mut body = BytesMut::new();
         while let Some(chunk) = session.as_downstream_mut().read_request_body().await? {
             if body.len() + chunk.len() > MAX_LISTENER_BODY {

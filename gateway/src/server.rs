@@ -8,8 +8,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use nacre_config::members::Discovery;
 use nacre_config::{ConfigError, GatewaySettings};
-use pingora::apps::ServerApp;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::l4::stream::Stream as TcpStream;
 use pingora::protocols::Stream;
 use pingora::proxy::HttpProxy;
 use pingora::server::configuration::ServerConf;
@@ -17,6 +19,7 @@ use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, Shut
 use pingora::services::background::{background_service, BackgroundService};
 use tokio_util::sync::CancellationToken;
 
+use crate::edge;
 use crate::proxy::Gateway;
 use crate::Shared;
 
@@ -160,30 +163,96 @@ impl ServerApp for Admission {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let _counted = Counted::new(&self.shared.metrics.client_connections);
-        let _admitted = match &self.shared.caps {
-            None => None,
-            Some(caps) => {
-                let client = stream
-                    .get_socket_digest()
-                    .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
-                match client.map(|ip| (ip, caps.admit(ip))) {
-                    // Not an IP peer (a Unix socket): nothing to key a cap on.
-                    None => None,
-                    Some((_, Some(admitted))) => Some(admitted),
-                    Some((ip, None)) => {
-                        self.shared.metrics.connections_refused.inc();
-                        tracing::debug!(client = %ip, cap = caps.per_client(), "connection over the per-client cap closed");
-                        return None;
-                    }
+        let client = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let _admitted = match (&self.shared.caps, client) {
+            // No cap, or not an IP peer (a Unix socket): nothing to key a cap on.
+            (None, _) | (_, None) => None,
+            (Some(caps), Some(ip)) => match caps.admit(ip) {
+                Some(admitted) => Some(admitted),
+                None => {
+                    self.shared.metrics.connections_refused.inc();
+                    tracing::debug!(client = %ip, cap = caps.per_client(), "connection over the per-client cap closed");
+                    return None;
                 }
-            }
+            },
         };
-        self.proxy.process_new(stream, shutdown).await
+        self.keep_alive(stream, client, shutdown).await;
+        None
     }
 
     async fn cleanup(&self) {
         self.proxy.cleanup().await;
     }
+}
+
+impl Admission {
+    /// Serves the connection's requests until it closes: the keep-alive loop pingora would
+    /// run, with the wait between requests and held config listeners moved out of pingora's
+    /// request future (see [`crate::edge`]).
+    async fn keep_alive(
+        &self,
+        stream: Stream,
+        client: Option<std::net::IpAddr>,
+        shutdown: &ShutdownWatch,
+    ) {
+        // Only a plain TCP stream can take back bytes read ahead; the gateway accepts nothing
+        // else, but should it ever, pingora's own loop serves it.
+        if !stream.as_any().is::<TcpStream>() {
+            self.proxy.process_new(stream, shutdown).await;
+            return;
+        }
+        let Some(mut stream) = tcp(stream) else {
+            return;
+        };
+        let mut carried: Option<HttpPersistentSettings> = None;
+        let mut first = [0u8; edge::FIRST_READ];
+        loop {
+            let Some(n) = edge::first_bytes(&mut stream, shutdown, &mut first).await else {
+                return;
+            };
+            let first = &first[..n];
+            let taken = if edge::may_take(&self.shared, first) {
+                // Boxed: the loop's own future, alive for the connection's whole life, stays as
+                // small as its idle wait.
+                Box::pin(edge::take(&mut stream, first)).await
+            } else {
+                stream.rewind(first);
+                None
+            };
+            if let Some(listener) = taken {
+                let served = edge::serve(&self.shared, &mut stream, listener, client, shutdown);
+                if Box::pin(served).await {
+                    continue;
+                }
+                return;
+            }
+            let mut session = ServerSession::new_http1(stream);
+            match carried.take() {
+                Some(settings) => settings.apply_to_session(&mut session),
+                None => session.set_keepalive(Some(edge::KEEPALIVE.as_secs())),
+            }
+            if *shutdown.borrow() {
+                session.set_keepalive(None);
+            }
+            let Some(reused) = self.proxy.process_new_http(session, shutdown).await else {
+                return;
+            };
+            let (next, settings) = reused.consume();
+            stream = match tcp(next) {
+                Some(s) => s,
+                None => return,
+            };
+            carried = settings;
+        }
+    }
+}
+
+/// The TCP stream inside pingora's boxed one; `None` (the stream is dropped) when it is not
+/// one, which callers check first.
+fn tcp(stream: Stream) -> Option<Box<TcpStream>> {
+    stream.into_any().downcast::<TcpStream>().ok()
 }
 
 /// Client-side write buffer. pingora's default (one MSS) sends a response header in a write of

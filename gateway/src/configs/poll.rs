@@ -179,10 +179,12 @@ impl PollRequest {
 
 /// Answers `req`: at the edge while the table can be trusted, else by a node (rule L4).
 pub async fn serve(shared: &Shared, req: &PollRequest) -> Answer {
+    // The node round trips are boxed: a future is as large as its largest state, and this one
+    // is parked for up to 30 s per listener in the state that waits for a change.
     let deadline = Instant::now() + req.hold.unwrap_or_default();
     if shared.auth_required() {
         // Rule L6: the node checks the credential (and answers a change at once).
-        if let Some(answer) = ask_node(shared, req, Ask::Now).await {
+        if let Some(answer) = Box::pin(ask_node(shared, req, Ask::Now)).await {
             if answer.status != 200 || !answer.body.is_empty() {
                 return answer;
             }
@@ -192,7 +194,7 @@ pub async fn serve(shared: &Shared, req: &PollRequest) -> Answer {
     }
     if req.tagged {
         // Rule L8: a `Vipserver-Tag` poll compares tag md5s, which only nodes keep.
-        return pass(shared, req, deadline).await;
+        return Box::pin(pass(shared, req, deadline)).await;
     }
     let table = &shared.config_md5s;
     // Registered before the first lookup: a change learned in between still wakes it.
@@ -205,7 +207,7 @@ pub async fn serve(shared: &Shared, req: &PollRequest) -> Answer {
     loop {
         if !shared.upstreams.view().feeds_ok() {
             drop(interest);
-            return pass(shared, req, deadline).await;
+            return Box::pin(pass(shared, req, deadline)).await;
         }
         match table.lookup(&req.listened) {
             Lookup::Known(changed) if !changed.is_empty() || req.hold.is_none() => {
@@ -214,15 +216,15 @@ pub async fn serve(shared: &Shared, req: &PollRequest) -> Answer {
             Lookup::Known(_) => {}
             Lookup::Node => {
                 drop(interest);
-                return pass(shared, req, deadline).await;
+                return Box::pin(pass(shared, req, deadline)).await;
             }
             Lookup::Missing { epoch, keys } => {
                 // A fetch voided by a reset is tried again, a few times; no node answering
                 // means the table cannot be completed.
                 fetches += 1;
-                if fetches > MAX_FETCHES || fetch(shared, epoch, &keys).await.is_none() {
+                if fetches > MAX_FETCHES || Box::pin(fetch(shared, epoch, &keys)).await.is_none() {
                     drop(interest);
-                    return pass(shared, req, deadline).await;
+                    return Box::pin(pass(shared, req, deadline)).await;
                 }
                 continue;
             }
