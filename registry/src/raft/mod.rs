@@ -8,6 +8,7 @@
 
 pub mod cluster;
 pub mod network;
+mod peer_applied;
 pub mod propose;
 pub mod store;
 mod tail;
@@ -213,6 +214,8 @@ struct Inner {
     raft: Raft,
     /// Packs concurrent proposals into shared entries (see [`propose`]).
     proposer: propose::Proposer,
+    /// One "applied yet?" ask per member for all concurrent writes (see [`peer_applied`]).
+    peer_applied: peer_applied::PeerApplied,
     node_id: NodeId,
     advertise: String,
     peer: crate::peer::PeerClient,
@@ -319,6 +322,7 @@ impl PersistentStore {
         Ok(Self {
             inner: Arc::new(Inner {
                 proposer: propose::Proposer::start(raft.clone()),
+                peer_applied: peer_applied::PeerApplied::default(),
                 raft,
                 node_id,
                 advertise: settings.advertise,
@@ -404,13 +408,19 @@ impl PersistentStore {
                 .filter_map(|(id, n)| self.address_of(*id, Some(n)))
                 .collect()
         };
-        let path = format!("{APPLIED_PATH}?index={index}");
+        let wait = PEER_APPLY_WAIT + Duration::from_millis(100);
+        let deadline = tokio::time::Instant::now() + wait;
         let asks = peers.iter().map(|addr| {
-            self.inner.peer.get_json::<bool>(
-                addr,
-                &path,
-                PEER_APPLY_WAIT + Duration::from_millis(100),
-            )
+            let ask = move |i: u64| {
+                let path = format!("{APPLIED_PATH}?index={i}");
+                async move {
+                    let peer = &self.inner.peer;
+                    peer.get_json::<bool>(addr, &path, wait)
+                        .await
+                        .unwrap_or(false)
+                }
+            };
+            self.inner.peer_applied.wait(addr, index, deadline, ask)
         });
         futures::future::join_all(asks).await;
     }
