@@ -677,6 +677,19 @@ async fn the_gateway_serves_listeners_and_pipelined_requests_on_one_keep_alive_c
             .unwrap();
         assert_eq!(n, 0, "{version}: nothing after the answer");
     }
+    // HTTP/1.0 asking to keep the connection is told so, and can send another request.
+    let mut conn = open().await;
+    let ask = listener_request(&stale, "Connection: keep-alive\r\n", "HTTP/1.0");
+    conn.get_mut().write_all(ask.as_bytes()).await.unwrap();
+    let (_, headers, body) = read_response(&mut conn).await;
+    assert_eq!(body, "ka%02G%01\n");
+    assert!(
+        headers.contains(&("connection".into(), "keep-alive".into())),
+        "{headers:?}"
+    );
+    conn.get_mut().write_all(ask.as_bytes()).await.unwrap();
+    assert_eq!(read_response(&mut conn).await.2, "ka%02G%01\n");
+
     // A malformed poll gets the nodes' 400 from the edge too.
     let mut conn = open().await;
     conn.get_mut()

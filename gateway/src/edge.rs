@@ -8,8 +8,8 @@
 //! (which holds its connection for up to 30 s). So the gateway runs the loop itself:
 //!
 //! - **E1 (idle is small).** Between requests a connection waits here holding only its socket,
-//!   until the first byte of its next request arrives, the keep-alive timeout passes
-//!   ([`KEEPALIVE`], pingora's own default) or shutdown begins (then it closes).
+//!   until its next request arrives, the keep-alive timeout passes ([`KEEPALIVE`]) or shutdown
+//!   begins (then it closes; a request already received is served first).
 //! - **E2 (only what it fully understands).** A request is served here only if it is a `POST`
 //!   to the config listener path, holding listeners at the edge is on, its head parses within
 //!   [`MAX_HEAD`] bytes, and its body has a `Content-Length` of at most [`MAX_BODY`] bytes (no
@@ -37,7 +37,10 @@ use crate::configs::poll::PollRequest;
 use crate::metrics::RouteLabel;
 use crate::Shared;
 
-/// How long an idle connection waits for its next request (pingora's default keep-alive).
+/// How long an idle connection waits for its next request before the gateway closes it.
+/// pingora itself would keep an HTTP/1.1 connection open as long as the client does; a bound
+/// keeps abandoned connections from holding descriptors, and a minute is longer than the
+/// legacy clients keep idle connections in their pools.
 pub const KEEPALIVE: Duration = Duration::from_secs(60);
 
 /// The longest request head served here; a longer one goes to pingora.
@@ -64,17 +67,17 @@ pub async fn first_bytes(
     shutdown: &ShutdownWatch,
     buf: &mut [u8; FIRST_READ],
 ) -> Option<usize> {
-    if *shutdown.borrow() {
-        return None;
-    }
     let mut shutdown = shutdown.clone();
     tokio::select! {
+        // Read first: a request already here (a pipelined one put back) is served even when
+        // shutdown has begun, as pingora does.
+        biased;
         read = stream.read(buf) => match read {
             Ok(n) if n > 0 => Some(n),
             _ => None,
         },
         () = tokio::time::sleep(KEEPALIVE) => None,
-        _ = shutdown.changed() => None,
+        _ = shutdown.wait_for(|stopping| *stopping) => None,
     }
 }
 
@@ -85,6 +88,8 @@ pub struct Listener {
     body: Bytes,
     /// The client asked to keep the connection open.
     keep_alive: bool,
+    /// An HTTP/1.0 request (it closes unless it says otherwise).
+    http10: bool,
     /// Bytes after the body: the start of the next request.
     rest: Bytes,
 }
@@ -130,19 +135,24 @@ fn agrees(bytes: &[u8]) -> bool {
 /// Reads into `buf` until it holds a whole listener request, or it is clear it is not one.
 async fn read_listener(stream: &mut Stream, buf: &mut BytesMut) -> Option<Listener> {
     let line = listener_line().concat().len();
+    let mut headers = [httparse::EMPTY_HEADER; 64];
     let head_len = loop {
         // Decide as soon as the request line's start is in.
         if !agrees(buf) || (buf.len() > line && !matches!(buf[line], b'?' | b' ')) {
             return None;
         }
-        if let Some(end) = find_head_end(buf) {
-            break end;
+        // httparse decides where the head ends (it also takes bare LF line ends); more headers
+        // than it has room for is not ours either.
+        let mut scratch = [httparse::EMPTY_HEADER; 64];
+        match httparse::Request::new(&mut scratch).parse(buf) {
+            Ok(httparse::Status::Complete(n)) => break n,
+            Ok(httparse::Status::Partial) => {}
+            Err(_) => return None,
         }
         if buf.len() >= MAX_HEAD || !read_more(stream, buf).await {
             return None;
         }
     };
-    let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut req = httparse::Request::new(&mut headers);
     let httparse::Status::Complete(_) = req.parse(&buf[..head_len]).ok()? else {
         return None;
@@ -154,6 +164,7 @@ async fn read_listener(stream: &mut Stream, buf: &mut BytesMut) -> Option<Listen
     }
     let mut map = HeaderMap::with_capacity(req.headers.len());
     let mut length = None;
+    let http10 = req.version == Some(0);
     let mut close = req.version != Some(1);
     for h in req.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
@@ -165,7 +176,11 @@ async fn read_listener(stream: &mut Stream, buf: &mut BytesMut) -> Option<Listen
             if length.is_some() {
                 return None;
             }
-            length = Some(value.to_str().ok()?.trim().parse::<usize>().ok()?);
+            let digits = value.to_str().ok()?.trim();
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            length = Some(digits.parse::<usize>().ok()?);
         }
         if name == http::header::CONNECTION {
             let v = value.to_str().ok()?;
@@ -199,13 +214,9 @@ async fn read_listener(stream: &mut Stream, buf: &mut BytesMut) -> Option<Listen
         headers: map,
         body,
         keep_alive: !close,
+        http10,
         rest,
     })
-}
-
-/// The length of the head (through its blank line) if `buf` holds all of it.
-fn find_head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
 }
 
 /// Reads what has arrived into `buf`; `false` at end of stream or on an error.
@@ -228,6 +239,7 @@ pub async fn serve(
         headers,
         body,
         keep_alive,
+        http10,
         rest,
     } = req;
     let (status, content_type, body, extra) = answer(shared, &query, headers, body, client).await;
@@ -248,6 +260,9 @@ pub async fn serve(
     }
     if !keep {
         out.extend_from_slice(b"Connection: close\r\n");
+    } else if http10 {
+        // HTTP/1.0 closes by default: a client that asked to keep the connection is told yes.
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(&body);
@@ -298,18 +313,4 @@ async fn answer(
     shared.metrics.config_listeners.dec();
     shared.metrics.config_poll(answer.how.label());
     (answer.status, answer.content_type, answer.body, &NO_CACHE)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_head_ends_at_the_first_blank_line() {
-        assert_eq!(
-            find_head_end(b"POST / HTTP/1.1\r\nA: b\r\n\r\nbody"),
-            Some(25)
-        );
-        assert_eq!(find_head_end(b"POST / HTTP/1.1\r\nA: b\r\n"), None);
-    }
 }

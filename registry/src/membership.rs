@@ -86,6 +86,8 @@ pub struct PeerStatus {
     pub ring: Option<Members>,
     /// Whether its last answer held this node DOWN.
     pub holds_me_down: bool,
+    /// Whether its last answer said it reads packed Raft entries (`PingReply::raft_batches`).
+    pub raft_batches: bool,
 }
 
 impl PeerStatus {
@@ -100,6 +102,7 @@ impl PeerStatus {
             failures: 0,
             ring: None,
             holds_me_down: false,
+            raft_batches: false,
         }
     }
 
@@ -378,6 +381,12 @@ impl Membership {
         self.rebuild(&mut view);
     }
 
+    /// Whether every configured peer has said it reads packed Raft entries (true alone): the
+    /// leader's proposer packs concurrent writes only then (see `raft::propose`, rule B7).
+    pub fn peers_read_batches(&self) -> bool {
+        self.view.read().peers.values().all(|p| p.raft_batches)
+    }
+
     /// Records the outcome of one probe of `addr`.
     pub fn record_probe(&self, addr: &str, reply: Option<PingReply>, down_after: u32) {
         let mut view = self.view.write();
@@ -394,6 +403,7 @@ impl Membership {
                 st.node_id = Some(r.node_id);
                 st.holds_me_down = r.down.contains(&self.self_addr);
                 st.ring = Some(Members::new(r.ring));
+                st.raft_batches = r.raft_batches;
             }
             None => {
                 st.failures = st.failures.saturating_add(1);
@@ -506,6 +516,7 @@ mod tests {
             down: Vec::new(),
             members_digest: 0,
             auth: false,
+            raft_batches: true,
         })
     }
 
@@ -533,6 +544,27 @@ mod tests {
         m.record_probe("b:1", None, 3);
         assert_eq!(m.peer_status("b:1").unwrap().state, MemberState::Down);
         assert_eq!(m.ring().members().to_vec(), vec!["a:1", "c:1"]);
+    }
+
+    /// Rule B7 of `raft::propose`: packed entries only once every peer said it reads them.
+    #[test]
+    fn batches_wait_for_every_peer_to_read_them() {
+        let reg = Registry::new();
+        let all = ["a:1".into(), "b:1".into(), "c:1".into()];
+        let m = Membership::clustered("a:1", &all, &reg).unwrap();
+        assert!(!m.peers_read_batches(), "nobody answered yet");
+        m.record_probe("b:1", reply("b:1", true), 3);
+        let older = PingReply {
+            raft_batches: false,
+            ..reply("c:1", true).unwrap()
+        };
+        m.record_probe("c:1", Some(older), 3);
+        assert!(!m.peers_read_batches(), "c runs an older version");
+        m.record_probe("c:1", reply("c:1", true), 3);
+        assert!(m.peers_read_batches());
+        m.record_probe("c:1", None, 3);
+        assert!(m.peers_read_batches(), "a missed probe changes no version");
+        assert!(Membership::standalone("a:1").peers_read_batches());
     }
 
     #[test]

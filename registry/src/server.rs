@@ -506,6 +506,10 @@ async fn start_raft(
         let membership = membership.clone();
         crate::raft::network::Locator::new(move |id| membership.locate(id))
     };
+    raft_settings.batch_gate = {
+        let membership = membership.clone();
+        crate::raft::propose::BatchGate::new(move || membership.peers_read_batches())
+    };
     Ok(PersistentStore::start(raft_settings, on_change).await?)
 }
 

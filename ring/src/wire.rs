@@ -82,6 +82,11 @@ pub struct PingReply {
     /// skip the node's check).
     #[serde(default)]
     pub auth: bool,
+    /// It applies Raft entries that pack several commands (nacre's `Command::Batch`). A leader
+    /// packs concurrent writes only once every member says so: during a rolling upgrade an
+    /// older member could not read such an entry. Older versions do not send it.
+    #[serde(default)]
+    pub raft_batches: bool,
 }
 
 /// Nodes that do not report their standing (older versions) are taken to have it.

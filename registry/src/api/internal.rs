@@ -37,6 +37,7 @@ async fn ping(State(app): State<Arc<App>>) -> Json<PingReply> {
         down: node.membership().down_peers(),
         members_digest: node.membership().configured().digest(),
         auth: node.settings().auth.enabled,
+        raft_batches: true,
     })
 }
 

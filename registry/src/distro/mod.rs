@@ -472,6 +472,7 @@ mod tests {
             down: Vec::new(),
             members_digest: 0,
             auth: false,
+            raft_batches: true,
         })
     }
 

@@ -239,6 +239,7 @@ mod tests {
             down: Vec::new(),
             members_digest: 0,
             auth: false,
+            raft_batches: true,
         })
     }
 
@@ -287,6 +288,7 @@ mod tests {
                 down: Vec::new(),
                 members_digest: 0,
                 auth: false,
+                raft_batches: true,
             }),
             3,
         );

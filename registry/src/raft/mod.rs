@@ -89,6 +89,8 @@ pub struct RaftSettings {
     /// Where the other members answer now (a member that moved keeps its id); by default
     /// nobody is located and the addresses Raft stores are used.
     pub locator: network::Locator,
+    /// Whether every member reads packed entries (rule B7 of [`propose`]); open by default.
+    pub batch_gate: propose::BatchGate,
 }
 
 impl RaftSettings {
@@ -109,6 +111,7 @@ impl RaftSettings {
             logs_kept_after_snapshot: DEFAULT_LOGS_KEPT_AFTER_SNAPSHOT,
             election_timeout_ms: DEFAULT_ELECTION_TIMEOUT_MS,
             locator: network::Locator::default(),
+            batch_gate: propose::BatchGate::default(),
         }
     }
 }
@@ -321,7 +324,7 @@ impl PersistentStore {
 
         Ok(Self {
             inner: Arc::new(Inner {
-                proposer: propose::Proposer::start(raft.clone()),
+                proposer: propose::Proposer::start(raft.clone(), settings.batch_gate.clone()),
                 peer_applied: peer_applied::PeerApplied::default(),
                 raft,
                 node_id,

@@ -5,15 +5,17 @@
 //! write, that was two HTTP round trips per write on a 3-node cluster; with writes packed into
 //! shared entries (see `propose`) the asks were most of a publish's cost. The rules:
 //!
-//! - **A1 (one ask per member).** At most one ask is in flight per member. A write that needs a
-//!   higher index than the ask in flight raises the wanted index; the asker asks again for it
-//!   when its ask returns, so every index asked covers every write waiting at that moment.
+//! - **A1 (one ask per member).** At most one ask is in flight per member, for the highest
+//!   index any waiting write needs at the moment it is sent. Each write asks at most once: the
+//!   write that finds no ask in flight sends one; when it returns, a write still waiting for a
+//!   higher index sends the next.
 //! - **A2 (success covers lower indexes).** A member that has applied `i` has applied
 //!   everything below it: a confirmed index releases every write waiting for `i` or less, and
 //!   a later write for such an index returns at once.
 //! - **A3 (failure releases who was waiting).** A failed ask (refused, timed out, member down)
 //!   releases the writes that were waiting when it failed, as a failed ask of their own would
-//!   have; a write that starts later asks again.
+//!   have; a write that starts later asks again. An ask abandoned by its write (that write's
+//!   deadline passed) is not a failure: another waiting write takes over.
 //! - **A4 (bounded).** Whatever happens to the asker, no write waits longer than its own
 //!   deadline.
 
@@ -45,7 +47,7 @@ pub struct PeerApplied {
     slots: Mutex<HashMap<String, Slot>>,
 }
 
-/// Clears `asking` if the asker is dropped mid-ask, and reports the ask failed.
+/// Clears `asking` if the asker is dropped mid-ask, so another write takes over (rule A3).
 struct Asking<'a> {
     owner: &'a PeerApplied,
     addr: &'a str,
@@ -69,83 +71,75 @@ impl PeerApplied {
         Fut: Future<Output = bool>,
     {
         let since = Instant::now();
-        let (mut rx, lead) = {
-            let mut slots = self.slots.lock();
-            let slot = slots.entry(addr.to_string()).or_insert_with(|| Slot {
-                seen: watch::Sender::new(Seen {
-                    applied: 0,
-                    failed: None,
-                }),
-                wanted: 0,
-                asking: false,
-            });
-            if slot.seen.borrow().applied >= index {
-                return;
-            }
-            slot.wanted = slot.wanted.max(index);
-            let lead = !slot.asking;
-            slot.asking = true;
-            (slot.seen.subscribe(), lead)
-        };
         let released = |s: &Seen| {
             s.applied >= index || s.failed.is_some_and(|(i, at)| i >= index && at >= since)
         };
-        let wait = async {
-            if lead {
-                self.ask_until_covered(addr, &ask).await;
-            }
-            let _ = rx.wait_for(released).await;
-        };
-        let _ = tokio::time::timeout_at(deadline, wait).await;
-    }
-
-    /// The asker's loop (rule A1): asks for the wanted index until an ask covers it or fails.
-    async fn ask_until_covered<F, Fut>(&self, addr: &str, ask: &F)
-    where
-        F: Fn(u64) -> Fut,
-        Fut: Future<Output = bool>,
-    {
-        let mut guard = Asking {
-            owner: self,
-            addr,
-            done: false,
-        };
-        loop {
-            let wanted = match self.slots.lock().get(addr) {
-                Some(slot) => slot.wanted,
-                None => break,
-            };
-            let ok = ask(wanted).await;
-            if !self.finish(addr, Some((wanted, ok))) {
-                break;
-            }
-        }
-        guard.done = true;
-    }
-
-    /// Records an ask's outcome (`None`: abandoned, counted as failed) and says whether the
-    /// asker must ask again (a write wants more than was confirmed).
-    fn finish(&self, addr: &str, outcome: Option<(u64, bool)>) -> bool {
-        let mut slots = self.slots.lock();
-        let Some(slot) = slots.get_mut(addr) else {
-            return false;
-        };
-        match outcome {
-            Some((asked, true)) => {
-                slot.seen.send_modify(|s| s.applied = s.applied.max(asked));
-                if slot.wanted > asked {
-                    return true;
+        let work = async {
+            let mut asked = false;
+            loop {
+                // Under the lock: done, or lead the next ask, or wait for the one in flight.
+                let (lead, mut rx) = {
+                    let mut slots = self.slots.lock();
+                    let slot = slots.entry(addr.to_string()).or_insert_with(|| Slot {
+                        seen: watch::Sender::new(Seen {
+                            applied: 0,
+                            failed: None,
+                        }),
+                        wanted: 0,
+                        asking: false,
+                    });
+                    if released(&slot.seen.borrow()) {
+                        return;
+                    }
+                    slot.wanted = slot.wanted.max(index);
+                    let lead = !slot.asking && !asked;
+                    if lead {
+                        slot.asking = true;
+                    }
+                    (lead.then_some(slot.wanted), slot.seen.subscribe())
+                };
+                match lead {
+                    Some(wanted) => {
+                        let mut guard = Asking {
+                            owner: self,
+                            addr,
+                            done: false,
+                        };
+                        let ok = ask(wanted).await;
+                        guard.done = true;
+                        self.finish(addr, Some((wanted, ok)));
+                        asked = true;
+                    }
+                    None => {
+                        if rx.changed().await.is_err() {
+                            return;
+                        }
+                    }
                 }
             }
+        };
+        let _ = tokio::time::timeout_at(deadline, work).await;
+    }
+
+    /// Records an ask's outcome (`None`: abandoned by its write) and wakes the waiting writes:
+    /// released ones return, and one still waiting sends the next ask.
+    fn finish(&self, addr: &str, outcome: Option<(u64, bool)>) {
+        let mut slots = self.slots.lock();
+        let Some(slot) = slots.get_mut(addr) else {
+            return;
+        };
+        slot.asking = false;
+        match outcome {
+            Some((asked, true)) => slot.seen.send_modify(|s| s.applied = s.applied.max(asked)),
             // Every write waiting now is released, including those that raised the wanted
             // index during the failed ask (rule A3).
-            Some((_, false)) | None => {
+            Some((_, false)) => {
                 let (wanted, now) = (slot.wanted, Instant::now());
                 slot.seen.send_modify(|s| s.failed = Some((wanted, now)));
             }
+            // Nothing learned; the wake-up lets a waiting write take over.
+            None => slot.seen.send_modify(|_| {}),
         }
-        slot.asking = false;
-        false
     }
 }
 
@@ -233,6 +227,29 @@ mod tests {
         pa.wait("m", 9, soon(), |x| m.ask(x)).await;
         assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
         first.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a1_a_write_is_not_kept_asking_for_later_writes() {
+        // Asks take 50 ms and writes keep coming with higher indexes: the first write still
+        // returns after its own ask, not at its deadline.
+        let pa = Arc::new(PeerApplied::default());
+        let m = Arc::new(Member::default());
+        m.applied.store(u64::MAX, Ordering::SeqCst);
+        let stream = {
+            let (pa, m) = (pa.clone(), m.clone());
+            tokio::spawn(async move {
+                for i in 2..40u64 {
+                    let (pa, m) = (pa.clone(), m.clone());
+                    tokio::spawn(async move { pa.wait("m", i, soon(), |x| m.ask(x)).await });
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+        };
+        let t = Instant::now();
+        pa.wait("m", 1, soon(), |x| m.ask(x)).await;
+        assert!(t.elapsed() < 3 * ASK, "{:?}", t.elapsed());
+        stream.await.unwrap();
     }
 
     #[tokio::test]

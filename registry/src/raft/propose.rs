@@ -5,9 +5,9 @@
 //! publish measured ~1,900/s with 32 clients, one fsync each. Proposals therefore go through one
 //! task per node that packs them. Its rules:
 //!
-//! - **B1 (alone when idle).** A command that arrives while fewer than [`MAX_IN_FLIGHT`]
-//!   proposals are in flight is proposed at once, as its own entry: an idle node adds no delay
-//!   and its log looks as before.
+//! - **B1 (no wait when idle).** While fewer than [`MAX_IN_FLIGHT`] proposals are in flight,
+//!   whatever is waiting is proposed at once, without waiting for more to arrive: an idle node
+//!   adds no delay, and a lone write is its own entry as before.
 //! - **B2 (together when busy).** Commands that arrive while the in-flight slots are full wait;
 //!   when a slot frees, every waiting command (up to [`MAX_BATCH_COMMANDS`] and
 //!   [`MAX_BATCH_BYTES`] of content) goes in one [`Command::Batch`] entry: one append, one
@@ -22,6 +22,12 @@
 //!   covers each of them.
 //! - **B5 (errors reach everyone).** If the entry is not committed (not the leader, no quorum,
 //!   shut down), every command in it gets that error, as a lone proposal would.
+//! - **B6 (abandoned writes are not proposed).** A command whose caller stopped waiting before
+//!   it was packed is dropped, so a write its client was told failed never commits later.
+//! - **B7 (only where every member reads it).** A batch is a newer kind of log entry; during a
+//!   rolling upgrade an older member could not read it and would stall replication. The
+//!   proposer packs commands only while its gate ([`BatchGate`]: every configured member said
+//!   in its ping answer that it reads them) is open; otherwise each command is its own entry.
 //!
 //! The task is owned by the store: it ends when the store's last handle drops or on
 //! [`Proposer::shutdown`]; pending callers then get `Unavailable`.
@@ -68,6 +74,34 @@ pub enum ProposeError {
     Unanswered(u64),
 }
 
+/// Whether the proposer may pack commands into one entry (rule B7). Asked once per entry.
+#[derive(Clone)]
+pub struct BatchGate(Arc<dyn Fn() -> bool + Send + Sync>);
+
+impl BatchGate {
+    /// A gate asking `open`.
+    pub fn new(open: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        Self(Arc::new(open))
+    }
+
+    fn is_open(&self) -> bool {
+        (self.0)()
+    }
+}
+
+impl Default for BatchGate {
+    /// Always open: a node alone, or one whose members are all known to read batches.
+    fn default() -> Self {
+        Self::new(|| true)
+    }
+}
+
+impl std::fmt::Debug for BatchGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BatchGate")
+    }
+}
+
 struct Pending {
     cmd: Command,
     reply: oneshot::Sender<Proposed>,
@@ -80,10 +114,10 @@ pub struct Proposer {
 }
 
 impl Proposer {
-    /// Starts the task proposing to `raft`.
-    pub fn start(raft: Raft) -> Self {
+    /// Starts the task proposing to `raft`, packing commands while `gate` is open.
+    pub fn start(raft: Raft, gate: BatchGate) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(raft, rx));
+        let task = tokio::spawn(run(raft, rx, gate));
         Self {
             tx,
             task: parking_lot::Mutex::new(Some(task)),
@@ -115,12 +149,18 @@ impl Drop for Proposer {
 
 /// Takes from `queue` the commands of the next entry (rule B2): at least one, then as many as
 /// fit the bounds.
-fn next_batch(queue: &mut std::collections::VecDeque<Pending>) -> Vec<Pending> {
+fn next_batch(queue: &mut std::collections::VecDeque<Pending>, max: usize) -> Vec<Pending> {
     let mut batch = Vec::new();
     let mut bytes = 0;
     while let Some(p) = queue.front() {
+        // Its caller gave up (its deadline passed while the queue waited): a write it was
+        // told failed must not commit later.
+        if p.reply.is_closed() {
+            queue.pop_front();
+            continue;
+        }
         let w = p.cmd.weight();
-        let full = batch.len() >= MAX_BATCH_COMMANDS || bytes + w > MAX_BATCH_BYTES;
+        let full = batch.len() >= max || bytes + w > MAX_BATCH_BYTES;
         if !batch.is_empty() && full {
             break;
         }
@@ -174,13 +214,18 @@ async fn propose_batch(raft: Raft, batch: Vec<Pending>) {
     }
 }
 
-async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Pending>) {
+async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Pending>, gate: BatchGate) {
     let mut queue = std::collections::VecDeque::new();
     let mut in_flight = FuturesUnordered::new();
     let mut open = true;
     loop {
         while in_flight.len() < MAX_IN_FLIGHT && !queue.is_empty() {
-            in_flight.push(propose_batch(raft.clone(), next_batch(&mut queue)));
+            let max = if gate.is_open() {
+                MAX_BATCH_COMMANDS
+            } else {
+                1
+            };
+            in_flight.push(propose_batch(raft.clone(), next_batch(&mut queue, max)));
         }
         if !open && queue.is_empty() && in_flight.is_empty() {
             return;
@@ -218,38 +263,67 @@ mod tests {
         }))
     }
 
-    fn pending(cmd: Command) -> Pending {
-        Pending {
-            cmd,
-            reply: oneshot::channel().0,
-        }
+    /// A queued command and the receiver its caller waits on (kept, so it stays queued).
+    fn pending(cmd: Command) -> (Pending, oneshot::Receiver<Proposed>) {
+        let (reply, rx) = oneshot::channel();
+        (Pending { cmd, reply }, rx)
+    }
+
+    #[test]
+    fn b6_commands_whose_callers_left_are_dropped() {
+        let (gone, rx) = oneshot::channel();
+        drop(rx);
+        let (kept, _rx) = oneshot::channel();
+        let mut q: std::collections::VecDeque<_> = [
+            Pending {
+                cmd: publish(1),
+                reply: gone,
+            },
+            Pending {
+                cmd: publish(2),
+                reply: kept,
+            },
+        ]
+        .into();
+        let batch = next_batch(&mut q, MAX_BATCH_COMMANDS);
+        assert_eq!(batch.len(), 1);
+        assert_eq!(batch[0].cmd, publish(2));
     }
 
     #[test]
     fn b2_batches_are_bounded_by_count_and_bytes() {
-        let mut q: std::collections::VecDeque<_> = (0..MAX_BATCH_COMMANDS + 3)
+        let (mut q, _callers): (std::collections::VecDeque<_>, Vec<_>) = (0..MAX_BATCH_COMMANDS
+            + 3)
             .map(|_| pending(publish(1)))
-            .collect();
-        assert_eq!(next_batch(&mut q).len(), MAX_BATCH_COMMANDS);
-        assert_eq!(next_batch(&mut q).len(), 3);
-        assert!(next_batch(&mut q).is_empty());
+            .unzip();
+        assert_eq!(
+            next_batch(&mut q, MAX_BATCH_COMMANDS).len(),
+            MAX_BATCH_COMMANDS
+        );
+        assert_eq!(next_batch(&mut q, MAX_BATCH_COMMANDS).len(), 3);
+        assert!(next_batch(&mut q, MAX_BATCH_COMMANDS).is_empty());
 
         let half = MAX_BATCH_BYTES / 2;
-        let mut q: std::collections::VecDeque<_> = [half, half, 1, MAX_BATCH_BYTES * 3, 1]
-            .into_iter()
-            .map(|b| pending(publish(b)))
-            .collect();
-        assert_eq!(next_batch(&mut q).len(), 2, "two halves fill one entry");
+        let (mut q, _callers): (std::collections::VecDeque<_>, Vec<_>) =
+            [half, half, 1, MAX_BATCH_BYTES * 3, 1]
+                .into_iter()
+                .map(|b| pending(publish(b)))
+                .unzip();
         assert_eq!(
-            next_batch(&mut q).len(),
+            next_batch(&mut q, MAX_BATCH_COMMANDS).len(),
+            2,
+            "two halves fill one entry"
+        );
+        assert_eq!(
+            next_batch(&mut q, MAX_BATCH_COMMANDS).len(),
             1,
             "the big one does not join the small one"
         );
         assert_eq!(
-            next_batch(&mut q).len(),
+            next_batch(&mut q, MAX_BATCH_COMMANDS).len(),
             1,
             "an oversized command goes alone"
         );
-        assert_eq!(next_batch(&mut q).len(), 1);
+        assert_eq!(next_batch(&mut q, MAX_BATCH_COMMANDS).len(), 1);
     }
 }

@@ -20,7 +20,7 @@
 //! machine batches use `synchronous=NORMAL`: in WAL mode a later FULL commit syncs every earlier
 //! frame, and the log entries they derive from stay on disk until a (FULL) snapshot covers them,
 //! so losing a NORMAL commit to power loss only means re-applying. The commit index rides along
-//! with the next append (see [`PendingCommitted`]). openraft 0.9 waits for each append's fsync
+//! with the next append (see `PendingCommitted`). openraft 0.9 waits for each append's fsync
 //! before it takes the next proposal, so concurrent writes are packed into shared entries one
 //! level up, in [`super::propose`].
 

@@ -169,6 +169,27 @@ async fn concurrent_writes_share_entries_and_keep_their_own_results() {
     s.shutdown().await;
 }
 
+/// Rule B7 of `propose`: with the gate closed (a member that cannot read packed entries),
+/// every command is its own entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_batch_gate_proposes_one_command_per_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = settings(dir.path(), "127.0.0.1:1", true);
+    cfg.batch_gate = propose::BatchGate::new(|| false);
+    let s = PersistentStore::start(cfg, noop()).await.unwrap();
+    assert!(s.wait_ready(READY).await);
+    let before = s.status().last_log_index.unwrap();
+    let writes = (0..16).map(|i| {
+        let s = s.clone();
+        tokio::spawn(async move { s.write(create(&format!("one-{i}"))).await })
+    });
+    for w in futures::future::join_all(writes).await {
+        w.unwrap().unwrap().unwrap();
+    }
+    assert_eq!(s.status().last_log_index.unwrap() - before, 16);
+    s.shutdown().await;
+}
+
 #[test]
 fn a_batch_applies_in_order_each_command_on_its_own() {
     let mut st = PersistentState::default();
