@@ -818,31 +818,13 @@ async fn cached_polls_keep_push_subscriptions_alive() -> Result<()> {
         &[],
     )?;
     let gw = s.gw();
-    let r = gw
-        .instance(
-            "POST",
-            &[
-                ("serviceName", "noted"),
-                ("ip", "10.77.0.1"),
-                ("port", "80"),
-            ],
-        )
-        .await;
-    ensure!(r.body == "ok", "register: {}", r.body);
+    register(&gw, "noted", "10.77.0.1").await?;
     let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
     let udp = sock.local_addr()?.port().to_string();
     let query = [("serviceName", "noted"), ("udpPort", udp.as_str())];
     let poll = || gw.list(&query);
-    let node_lists = || async {
-        let mut n = 0.0;
-        for i in 0..3 {
-            n += s
-                .node(i)
-                .metric(r#"nacre_http_requests_total{api="GET /nacos/v1/ns/instance/list""#)
-                .await;
-        }
-        n
-    };
+    let node_lists =
+        || s.nodes_metric(r#"nacre_http_requests_total{api="GET /nacos/v1/ns/instance/list""#);
     poll().await;
     let before = node_lists().await;
     // Three seconds of polls, three subscriber TTLs.
@@ -860,17 +842,7 @@ async fn cached_polls_keep_push_subscriptions_alive() -> Result<()> {
         .await;
     ensure!(delivered >= 1.0, "no subscriber note was delivered");
     // Still subscribed: a change is pushed to the client's UDP port.
-    let r = gw
-        .instance(
-            "POST",
-            &[
-                ("serviceName", "noted"),
-                ("ip", "10.77.0.2"),
-                ("port", "80"),
-            ],
-        )
-        .await;
-    ensure!(r.body == "ok", "register: {}", r.body);
+    register(&gw, "noted", "10.77.0.2").await?;
     let mut buf = vec![0u8; 65_536];
     let got = tokio::time::timeout(Duration::from_secs(3), sock.recv_from(&mut buf)).await;
     ensure!(

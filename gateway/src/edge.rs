@@ -27,13 +27,12 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use nacre_ring::configs::NO_CACHE;
 use nacre_ring::wire::CONFIG_LISTENER_PATH;
 use pingora::protocols::l4::stream::Stream;
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::configs::poll::PollRequest;
+use crate::configs::poll::{Answer, How, PollRequest};
 use crate::metrics::RouteLabel;
 use crate::Shared;
 
@@ -51,8 +50,6 @@ pub const MAX_BODY: usize = 64 * 1024;
 
 /// How long the rest of a head and its body may take to arrive once the first byte has.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
-
-const TEXT: &str = "text/plain; charset=utf-8";
 
 /// How much of a request the wait between requests reads at once. Most request heads fit, so
 /// pingora then reads them from memory instead of making a second read call; a longer one is
@@ -115,57 +112,52 @@ pub async fn take(stream: &mut Stream, first: &[u8]) -> Option<Listener> {
     }
 }
 
-/// How a listener request's head starts.
-fn listener_line() -> [&'static [u8]; 2] {
-    [b"POST ", CONFIG_LISTENER_PATH.as_bytes()]
-}
+/// How a listener request's line starts, and its length.
+const METHOD: &[u8] = b"POST ";
+const LINE_START: usize = METHOD.len() + CONFIG_LISTENER_PATH.len();
 
 /// Whether `bytes` agrees with the start of a listener request's line, as far as both go.
 fn agrees(bytes: &[u8]) -> bool {
-    let [method, path] = listener_line();
-    let m = bytes.len().min(method.len());
-    if bytes[..m] != method[..m] {
-        return false;
-    }
-    let rest = &bytes[m..];
-    let p = rest.len().min(path.len());
-    rest[..p] == path[..p]
+    let line = METHOD.iter().chain(CONFIG_LISTENER_PATH.as_bytes());
+    let decided = bytes.len() <= LINE_START || matches!(bytes[LINE_START], b'?' | b' ');
+    decided && bytes.iter().zip(line).all(|(a, b)| a == b)
 }
 
-/// Reads into `buf` until it holds a whole listener request, or it is clear it is not one.
-async fn read_listener(stream: &mut Stream, buf: &mut BytesMut) -> Option<Listener> {
-    let line = listener_line().concat().len();
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let head_len = loop {
-        // Decide as soon as the request line's start is in.
-        if !agrees(buf) || (buf.len() > line && !matches!(buf[line], b'?' | b' ')) {
-            return None;
-        }
-        // httparse decides where the head ends (it also takes bare LF line ends); more headers
-        // than it has room for is not ours either.
-        let mut scratch = [httparse::EMPTY_HEADER; 64];
-        match httparse::Request::new(&mut scratch).parse(buf) {
-            Ok(httparse::Status::Complete(n)) => break n,
-            Ok(httparse::Status::Partial) => {}
-            Err(_) => return None,
-        }
-        if buf.len() >= MAX_HEAD || !read_more(stream, buf).await {
-            return None;
-        }
-    };
-    let mut req = httparse::Request::new(&mut headers);
-    let httparse::Status::Complete(_) = req.parse(&buf[..head_len]).ok()? else {
+/// A listener request's head, as this module serves it.
+struct Head {
+    /// Bytes up to and including the blank line.
+    len: usize,
+    query: String,
+    headers: HeaderMap,
+    /// `Content-Length`.
+    body_len: usize,
+    close: bool,
+    http10: bool,
+}
+
+/// Parses the head at the start of `buf`: `Some(None)` while it is incomplete, `None` when it
+/// is not one this module serves (rule E2).
+fn parse_head(buf: &[u8]) -> Option<Option<Head>> {
+    if !agrees(buf) {
         return None;
+    }
+    // httparse decides where the head ends (it also takes bare LF line ends); more headers
+    // than it has room for is not ours.
+    let mut slots = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut slots);
+    let len = match req.parse(buf).ok()? {
+        httparse::Status::Complete(n) => n,
+        httparse::Status::Partial => return Some(None),
     };
     let path = req.path?;
     let (route, query) = path.split_once('?').unwrap_or((path, ""));
     if req.method != Some("POST") || route != CONFIG_LISTENER_PATH {
         return None;
     }
-    let mut map = HeaderMap::with_capacity(req.headers.len());
-    let mut length = None;
     let http10 = req.version == Some(0);
     let mut close = req.version != Some(1);
+    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    let mut body_len = None;
     for h in req.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
         let value = HeaderValue::from_bytes(h.value).ok()?;
@@ -173,48 +165,63 @@ async fn read_listener(stream: &mut Stream, buf: &mut BytesMut) -> Option<Listen
             return None;
         }
         if name == http::header::CONTENT_LENGTH {
-            if length.is_some() {
-                return None;
-            }
             let digits = value.to_str().ok()?.trim();
-            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            if body_len.is_some()
+                || digits.is_empty()
+                || !digits.bytes().all(|b| b.is_ascii_digit())
+            {
                 return None;
             }
-            length = Some(digits.parse::<usize>().ok()?);
+            body_len = Some(digits.parse::<usize>().ok()?);
         }
         if name == http::header::CONNECTION {
-            let v = value.to_str().ok()?;
-            for token in v.split(',').map(str::trim) {
+            for token in value.to_str().ok()?.split(',').map(str::trim) {
                 if token.eq_ignore_ascii_case("close") {
                     close = true;
-                } else if token.eq_ignore_ascii_case("keep-alive") && req.version == Some(0) {
+                } else if token.eq_ignore_ascii_case("keep-alive") && http10 {
                     close = false;
                 }
             }
         }
-        map.append(name, value);
+        headers.append(name, value);
     }
-    let length = length?;
-    if length > MAX_BODY {
-        return None;
-    }
-    let query = query.to_string();
-    while buf.len() < head_len + length {
+    let body_len = body_len.filter(|n| *n <= MAX_BODY)?;
+    Some(Some(Head {
+        len,
+        query: query.to_string(),
+        headers,
+        body_len,
+        close,
+        http10,
+    }))
+}
+
+/// Reads into `buf` until it holds a whole listener request, or it is clear it is not one.
+async fn read_listener(stream: &mut Stream, buf: &mut BytesMut) -> Option<Listener> {
+    let head = loop {
+        if let Some(head) = parse_head(buf)? {
+            break head;
+        }
+        if buf.len() >= MAX_HEAD || !read_more(stream, buf).await {
+            return None;
+        }
+    };
+    let end = head.len + head.body_len;
+    while buf.len() < end {
         if !read_more(stream, buf).await {
             return None;
         }
     }
     // Copies, so a listener parked for 30 s does not keep the whole read buffer alive.
-    let end = head_len + length;
-    let body = Bytes::copy_from_slice(&buf[head_len..end]);
+    let body = Bytes::copy_from_slice(&buf[head.len..end]);
     let rest = Bytes::copy_from_slice(&buf[end..]);
     buf.clear();
     Some(Listener {
-        query,
-        headers: map,
+        query: head.query,
+        headers: head.headers,
         body,
-        keep_alive: !close,
-        http10,
+        keep_alive: !head.close,
+        http10: head.http10,
         rest,
     })
 }
@@ -242,7 +249,14 @@ pub async fn serve(
         http10,
         rest,
     } = req;
-    let (status, content_type, body, extra) = answer(shared, &query, headers, body, client).await;
+    let answer = answer(shared, &query, headers, body, client).await;
+    let extra = answer.headers();
+    let Answer {
+        status,
+        content_type,
+        body,
+        ..
+    } = answer;
     let keep = keep_alive && !*shutdown.borrow();
     let mut out = Vec::with_capacity(256 + body.len());
     let reason = http::StatusCode::from_u16(status)
@@ -274,43 +288,62 @@ pub async fn serve(
     written && keep
 }
 
-/// The status, content type, body and extra headers of the answer to a listener request.
+/// The answer to a listener request: a 429 over the client's rate, else the poll's answer.
 async fn answer(
     shared: &Shared,
     query: &str,
     headers: HeaderMap,
     body: Bytes,
     client: Option<IpAddr>,
-) -> (
-    u16,
-    HeaderValue,
-    Bytes,
-    &'static [(&'static str, &'static str)],
-) {
-    let text = HeaderValue::from_static(TEXT);
-    if let (Some(limiter), Some(ip)) = (shared.limiter.as_ref(), client) {
-        if !limiter.allow(ip) {
-            shared.metrics.rate_limited.inc();
-            let msg = format!(
-                "too many requests from {ip}: the limit is {} per second",
-                limiter.per_second()
-            );
-            return (429, text, Bytes::from(msg), &[]);
-        }
+) -> Answer {
+    if let Some(refusal) = client.and_then(|ip| shared.over_rate(ip)) {
+        // Not a poll (nothing counted); `Refused` gives it the plain headers of an error.
+        return Answer {
+            status: 429,
+            content_type: HeaderValue::from_static(crate::proxy::TEXT),
+            body: Bytes::from(refusal),
+            how: How::Refused,
+        };
     }
     let parsed = PollRequest::parse(query, body, &headers, client);
     // The poll keeps what it needs; the request's own copies are not held while it parks.
     drop(headers);
-    let poll = match parsed {
-        Ok(poll) => poll,
-        Err(e) => {
-            shared.metrics.config_poll("refused");
-            return (400, text, Bytes::from(e.to_string()), &[]);
-        }
-    };
-    shared.metrics.config_listeners.inc();
-    let answer = crate::configs::serve(shared, &poll).await;
-    shared.metrics.config_listeners.dec();
-    shared.metrics.config_poll(answer.how.label());
-    (answer.status, answer.content_type, answer.body, &NO_CACHE)
+    crate::configs::poll::answer(shared, parsed).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(text: &str) -> Option<Option<(usize, usize, bool)>> {
+        parse_head(text.as_bytes()).map(|h| h.map(|h| (h.len, h.body_len, h.close)))
+    }
+
+    #[test]
+    fn e2_only_whole_listener_heads_with_a_plain_length_are_taken() {
+        let ok = "POST /nacos/v1/cs/configs/listener?x=1 HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc";
+        assert_eq!(head(ok), Some(Some((ok.len() - 3, 3, false))));
+        assert_eq!(head("PO"), Some(None), "too early to tell");
+        assert_eq!(
+            head("POST /nacos/v1/cs/configs/listener HTTP/1.1\r\n"),
+            Some(None)
+        );
+        assert_eq!(
+            head("GET /nacos/v1/cs/configs/listener HTTP/1.1\r\n\r\n"),
+            None
+        );
+        assert_eq!(
+            head("POST /nacos/v1/cs/configs/listenerX HTTP/1.1\r\n\r\n"),
+            None
+        );
+        let no_length = "POST /nacos/v1/cs/configs/listener HTTP/1.1\r\n\r\n";
+        assert_eq!(head(no_length), None);
+        let signed = "POST /nacos/v1/cs/configs/listener HTTP/1.1\r\nContent-Length: +5\r\n\r\n";
+        assert_eq!(head(signed), None);
+        let chunked =
+            "POST /nacos/v1/cs/configs/listener HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(head(chunked), None);
+        let bare_lf = "POST /nacos/v1/cs/configs/listener HTTP/1.0\nContent-Length: 0\n\n";
+        assert_eq!(head(bare_lf), Some(Some((bare_lf.len(), 0, true))));
+    }
 }

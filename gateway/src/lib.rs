@@ -76,6 +76,20 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The refusal for `client` when it is over its request rate (counted in the metrics);
+    /// `None` when it may go on, or when no limit is set.
+    pub fn over_rate(&self, client: std::net::IpAddr) -> Option<String> {
+        let limiter = self.limiter.as_ref()?;
+        if limiter.allow(client) {
+            return None;
+        }
+        self.metrics.rate_limited.inc();
+        Some(format!(
+            "too many requests from {client}: the limit is {} per second",
+            limiter.per_second()
+        ))
+    }
+
     /// POSTs `body` as JSON to the internal route `path` of node `up`, with the cluster
     /// secret, waiting at most `timeout`.
     pub async fn post_internal<T: serde::Serialize + ?Sized>(

@@ -39,7 +39,8 @@ const MAX_CACHED_ANSWER: usize = 8 * 1024 * 1024;
 /// Largest config listener body: 10,000 keys of the longest names, percent-encoded.
 const MAX_LISTENER_BODY: usize = 8 * 1024 * 1024;
 const JSON: &str = "application/json;charset=UTF-8";
-const TEXT: &str = "text/plain; charset=utf-8";
+/// The content type of the gateway's own plain-text answers.
+pub(crate) const TEXT: &str = "text/plain; charset=utf-8";
 
 /// The proxy service.
 #[derive(Debug, Clone)]
@@ -319,7 +320,7 @@ impl Gateway {
     /// The refusal for a client over its rate limit. Liveness, readiness and metrics stay
     /// open: probes and scrapers come from few addresses and must not be refused.
     fn over_rate(&self, session: &Session) -> Option<String> {
-        let limiter = self.shared.limiter.as_ref()?;
+        self.shared.limiter.as_ref()?;
         let path = session.req_header().uri.path();
         if matches!(
             route::local(path),
@@ -327,15 +328,7 @@ impl Gateway {
         ) {
             return None;
         }
-        let ip = client_ip(session)?;
-        if limiter.allow(ip) {
-            return None;
-        }
-        self.shared.metrics.rate_limited.inc();
-        Some(format!(
-            "too many requests from {ip}: the limit is {} per second",
-            limiter.per_second()
-        ))
+        self.shared.over_rate(client_ip(session)?)
     }
 
     async fn serve_local(&self, session: &mut Session, local: Local) -> Result<()> {
@@ -479,25 +472,15 @@ impl Gateway {
         let client = client_ip(session);
         let req = session.req_header();
         let query = req.uri.query().unwrap_or("");
-        let poll = match PollRequest::parse(query, body.freeze(), &req.headers, client) {
-            Ok(poll) => poll,
-            Err(e) => {
-                self.shared.metrics.config_poll("refused");
-                return respond(session, 400, TEXT, Bytes::from(e.to_string())).await;
-            }
-        };
-        let shared = &self.shared;
-        shared.metrics.config_listeners.inc();
-        let answer = crate::configs::serve(shared, &poll).await;
-        shared.metrics.config_listeners.dec();
-        shared.metrics.config_poll(answer.how.label());
-        let no_cache = nacre_ring::configs::NO_CACHE;
+        let parsed = PollRequest::parse(query, body.freeze(), &req.headers, client);
+        let answer = crate::configs::poll::answer(&self.shared, parsed).await;
+        let extra = answer.headers();
         respond_with(
             session,
             answer.status,
             answer.content_type,
             answer.body,
-            &no_cache,
+            extra,
         )
         .await
     }

@@ -97,6 +97,11 @@ impl Overload {
         }
     }
 
+    /// Whether this node sheds reads at all (rule G2: a zero target turns it off).
+    pub fn sheds(&self) -> bool {
+        self.target_us > 0
+    }
+
     /// Marks the probe running (reading its first stamp now) or stopped.
     fn set_probing(&self, running: bool) {
         let at = if running {
@@ -122,7 +127,7 @@ impl Overload {
         let lag_us = lag.as_micros() as u64;
         self.lag_us.store(lag_us, Ordering::Relaxed);
         self.peak_lag_us.fetch_max(lag_us, Ordering::Relaxed);
-        if self.target_us == 0 {
+        if !self.sheds() {
             return;
         }
         let share = self.shed_permille.load(Ordering::Relaxed);

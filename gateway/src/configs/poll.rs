@@ -70,6 +70,8 @@ pub enum How {
     Node,
     /// No node could answer.
     Unavailable,
+    /// A bad `Listening-Configs`: the nodes' 400.
+    Refused,
 }
 
 impl How {
@@ -80,6 +82,7 @@ impl How {
             Self::Unchanged => "unchanged",
             Self::Node => "node",
             Self::Unavailable => "unavailable",
+            Self::Refused => "refused",
         }
     }
 }
@@ -98,6 +101,15 @@ pub struct Answer {
 }
 
 impl Answer {
+    /// The headers written besides the content type and length: a poll's answer must not be
+    /// cached; a refusal is a plain error.
+    pub fn headers(&self) -> &'static [(&'static str, &'static str)] {
+        match self.how {
+            How::Refused => &[],
+            _ => &nacre_ring::configs::NO_CACHE,
+        }
+    }
+
     fn edge(changed: &[&Listened]) -> Self {
         Self {
             status: 200,
@@ -175,6 +187,29 @@ impl PollRequest {
     pub fn hold(&self) -> Option<Duration> {
         self.hold
     }
+}
+
+/// Answers a listener request given its parsed poll (see [`PollRequest::parse`]): a 400 for a
+/// bad `Listening-Configs`, else [`serve`]. Counted in the poll metrics, and in the
+/// listeners-parked gauge while it waits. Both ways a poll reaches the gateway (the connection
+/// loop in `edge`, the proxy path) answer through here.
+pub async fn answer(shared: &Shared, parsed: Result<PollRequest, ParamError>) -> Answer {
+    let answer = match parsed {
+        Ok(poll) => {
+            shared.metrics.config_listeners.inc();
+            let answer = serve(shared, &poll).await;
+            shared.metrics.config_listeners.dec();
+            answer
+        }
+        Err(e) => Answer {
+            status: 400,
+            content_type: HeaderValue::from_static(crate::proxy::TEXT),
+            body: Bytes::from(e.to_string()),
+            how: How::Refused,
+        },
+    };
+    shared.metrics.config_poll(answer.how.label());
+    answer
 }
 
 /// Answers `req`: at the edge while the table can be trusted, else by a node (rule L4).

@@ -169,19 +169,6 @@ pub async fn detail(State(app): State<Arc<App>>, p: Params) -> Result<Response, 
     })))
 }
 
-/// Where UDP pushes for this query go: the request's verified source
-/// ([`super::source::verified_source`]). A `clientIP` naming another host is ignored unless the
-/// operator trusts it (`push.trust_client_ip`): otherwise any client could aim pushes at any
-/// host. `X-Forwarded-For` is never read: anyone can write it.
-fn push_target(app: &App, p: &Params, udp_port: u16) -> Option<SocketAddr> {
-    push_addr(
-        app,
-        super::source::verified_source(app, p),
-        p.opt("clientIP"),
-        udp_port,
-    )
-}
-
 /// Where pushes to a subscriber go: its verified `source`, or the `clientIP` it `claimed`
 /// where the node trusts that (or knows nothing better).
 fn push_addr(
@@ -200,30 +187,60 @@ fn push_addr(
     Some(SocketAddr::new(ip, udp_port))
 }
 
+/// A would-be push subscriber, as a list poll names it (or a gateway's note of one).
+struct Wants<'a> {
+    key: &'a nacre_ring::ServiceKey,
+    clusters: &'a str,
+    /// Its verified address, and the `clientIP` it claimed.
+    source: Option<IpAddr>,
+    claimed: Option<&'a str>,
+    udp_port: u16,
+    /// Its `User-Agent`, and whether that client version takes pushes.
+    agent: &'a str,
+    push_capable: bool,
+    app: Option<&'a str>,
+}
+
+/// Subscribes `w` to pushes if it can take them (a UDP port, a client version that acks
+/// pushes, an address to send to) and this node pushes; whether it was subscribed.
+fn subscribe(app: &App, w: Wants<'_>) -> bool {
+    if w.udp_port == 0 || !w.push_capable || app.node.push().is_none() {
+        return false;
+    }
+    let Some(addr) = push_addr(app, w.source, w.claimed, w.udp_port) else {
+        return false;
+    };
+    app.node.subscribe(Subscriber {
+        key: w.key.clone(),
+        clusters: w.clusters.to_string(),
+        addr,
+        agent: w.agent.to_string(),
+        app: w.app.unwrap_or("unknown").to_string(),
+    });
+    true
+}
+
 /// Registers the push subscribers a gateway answered from its cache, each as its list poll
 /// would have (see [`list`]); returns how many were registered.
 pub fn subscribe_noted(app: &App, notes: Vec<nacre_ring::wire::SubscriberNote>) -> usize {
-    if app.node.push().is_none() {
-        return 0;
-    }
-    let mut registered = 0;
-    for note in notes {
-        if note.udp_port == 0 || !ClientInfo::parse(&note.agent).push_capable() {
-            continue;
-        }
-        let Some(addr) = push_addr(app, note.source, note.claimed.as_deref(), note.udp_port) else {
-            continue;
-        };
-        app.node.subscribe(Subscriber {
-            key: note.key,
-            clusters: note.clusters,
-            addr,
-            agent: note.agent,
-            app: note.app.unwrap_or_else(|| "unknown".to_string()),
-        });
-        registered += 1;
-    }
-    registered
+    notes
+        .iter()
+        .filter(|note| {
+            subscribe(
+                app,
+                Wants {
+                    key: &note.key,
+                    clusters: &note.clusters,
+                    source: note.source,
+                    claimed: note.claimed.as_deref(),
+                    udp_port: note.udp_port,
+                    agent: &note.agent,
+                    push_capable: ClientInfo::parse(&note.agent).push_capable(),
+                    app: note.app.as_deref(),
+                },
+            )
+        })
+        .count()
 }
 
 /// `GET /instance/list`: the service-info document legacy clients poll.
@@ -238,17 +255,24 @@ pub async fn list(State(app): State<Arc<App>>, p: Params) -> Result<Response, Ap
     let agent = ClientInfo::parse(p.user_agent());
     let settings = app.node.settings();
     let mut cache_millis = settings.default_cache_millis;
-    if udp_port > 0 && agent.push_capable() && app.node.push().is_some() {
-        if let Some(addr) = push_target(&app, &p, udp_port) {
-            app.node.subscribe(Subscriber {
-                key: key.clone(),
-                clusters: clusters.to_string(),
-                addr,
-                agent: p.user_agent().to_string(),
-                app: p.opt("app").unwrap_or("unknown").to_string(),
-            });
-            cache_millis = settings.push_cache_millis;
-        }
+    // Checked first: most polls do not subscribe, and need not verify their source.
+    let subscribed = udp_port > 0
+        && agent.push_capable()
+        && subscribe(
+            &app,
+            Wants {
+                key: &key,
+                clusters,
+                source: super::source::verified_source(&app, &p),
+                claimed: p.opt("clientIP"),
+                udp_port,
+                agent: p.user_agent(),
+                push_capable: true,
+                app: p.opt("app"),
+            },
+        );
+    if subscribed {
+        cache_millis = settings.push_cache_millis;
     }
     let env = p.get("env").unwrap_or("");
     let variant = Variant {

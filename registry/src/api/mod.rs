@@ -262,7 +262,7 @@ pub fn router(app: Arc<App>, internal: Router) -> Router {
             auth::guard,
         ));
     // Rule G2 is off unless configured: then requests do not pass the layer at all.
-    let public = if app.node.settings().overload_lag_ms > 0 {
+    let public = if app.node.overload().sheds() {
         public.layer(axum::middleware::from_fn_with_state(app.clone(), shed))
     } else {
         public

@@ -176,41 +176,35 @@ fn next_batch(queue: &mut std::collections::VecDeque<Pending>, max: usize) -> Ve
 async fn propose_batch(raft: Raft, batch: Vec<Pending>) {
     let (cmds, replies): (Vec<Command>, Vec<oneshot::Sender<Proposed>>) =
         batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
-    let single = cmds.len() == 1;
-    let entry = if single {
-        cmds.into_iter()
-            .next()
-            .unwrap_or(Command::Batch(Vec::new()))
-    } else {
-        Command::Batch(cmds)
+    // A lone command is its own entry, as before batching (rule B1); nothing left (every
+    // caller gave up, rule B6) proposes nothing.
+    let (entry, packed) = match <[Command; 1]>::try_from(cmds) {
+        Ok([cmd]) => (cmd, false),
+        Err(cmds) if cmds.is_empty() => return,
+        Err(cmds) => (Command::Batch(cmds), true),
     };
-    match raft.client_write(entry).await {
-        Ok(resp) => {
-            let index = resp.log_id.index;
-            if single {
-                for reply in replies {
-                    let _ = reply.send(Ok((resp.data.clone(), index)));
-                }
-                return;
-            }
-            let mut results = match resp.data {
-                Ok(out) => out.batch.into_iter(),
-                // A batch as a whole never fails (B3); should it, every command shares it.
-                Err(e) => vec![Err(e); replies.len()].into_iter(),
-            };
-            for reply in replies {
-                let _ = reply.send(match results.next() {
-                    Some(res) => Ok((res, index)),
-                    None => Err(ProposeError::Unanswered(index)),
-                });
-            }
-        }
+    let resp = match raft.client_write(entry).await {
+        Ok(resp) => resp,
         Err(e) => {
             let e = ProposeError::Raft(Arc::new(e));
             for reply in replies {
                 let _ = reply.send(Err(e.clone()));
             }
+            return;
         }
+    };
+    let index = resp.log_id.index;
+    let mut results = match resp.data {
+        Ok(out) if packed => out.batch.into_iter(),
+        // A lone command's own result; a batch as a whole never fails (B3), should it, every
+        // command shares the failure.
+        data => vec![data; replies.len()].into_iter(),
+    };
+    for reply in replies {
+        let _ = reply.send(match results.next() {
+            Some(res) => Ok((res, index)),
+            None => Err(ProposeError::Unanswered(index)),
+        });
     }
 }
 

@@ -166,7 +166,33 @@ struct Db {
 /// rides along with the next append instead, or is written alone after [`COMMITTED_IDLE`] of
 /// no appends. A crash may lose the latest one: that is safe, openraft treats the stored commit
 /// index as a lower bound and learns the rest from the leader (or, alone, by committing again).
-type PendingCommitted = Arc<Mutex<Option<Option<LogId<NodeId>>>>>;
+#[derive(Clone, Default)]
+struct PendingCommitted(Arc<Mutex<Option<Option<LogId<NodeId>>>>>);
+
+impl PendingCommitted {
+    /// openraft reported `committed`; it replaces any older one still waiting.
+    fn report(&self, committed: Option<LogId<NodeId>>) {
+        *self.0.lock() = Some(committed);
+    }
+
+    /// The one waiting, if any, without taking it.
+    fn peek(&self) -> Option<Option<LogId<NodeId>>> {
+        *self.0.lock()
+    }
+
+    /// Takes the one waiting, to write it.
+    fn take(&self) -> Option<Option<LogId<NodeId>>> {
+        self.0.lock().take()
+    }
+
+    /// Puts back one that could not be written, unless a newer one was reported meanwhile.
+    fn put_back(&self, pending: Option<Option<LogId<NodeId>>>) {
+        let mut slot = self.0.lock();
+        if slot.is_none() {
+            *slot = pending;
+        }
+    }
+}
 
 /// How long a reported commit index may wait for an append to carry it.
 const COMMITTED_IDLE: Duration = Duration::from_millis(200);
@@ -229,7 +255,7 @@ fn next_job(
 ) -> Option<Job> {
     use std::sync::mpsc::RecvTimeoutError;
     loop {
-        let job = if committed.lock().is_none() {
+        let job = if committed.peek().is_none() {
             rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
         } else {
             rx.recv_timeout(COMMITTED_IDLE)
@@ -237,16 +263,13 @@ fn next_job(
         match job {
             Ok(job) => return Some(job),
             Err(e) => {
-                if let Some(pending) = committed.lock().take() {
+                if let Some(pending) = committed.take() {
                     let written = relaxed(conn)
                         .map_err(DbError::from)
                         .and_then(|()| put_committed(conn, pending.as_ref()));
                     if let Err(e) = written {
                         tracing::warn!(error = %e, "cannot store the commit index");
-                        let mut slot = committed.lock();
-                        if slot.is_none() {
-                            *slot = Some(pending);
-                        }
+                        committed.put_back(Some(pending));
                     }
                 }
                 if e == RecvTimeoutError::Disconnected {
@@ -509,12 +532,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     ) -> Result<(), StorageError<NodeId>> {
         // Not written here: see `PendingCommitted`.
         self.committed.set(committed.as_ref());
-        *self.db.committed.lock() = Some(committed);
+        self.db.committed.report(committed);
         Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
-        if let Some(pending) = *self.db.committed.lock() {
+        if let Some(pending) = self.db.committed.peek() {
             return Ok(pending);
         }
         self.db
@@ -537,14 +560,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let committed = self.db.committed.clone();
         self.db
             .call(move |c| {
-                let pending = committed.lock().take();
+                let pending = committed.take();
                 let res = append_entries(c, &entries, pending);
                 if res.is_err() {
-                    // Not written: keep it for the next transaction unless a newer one came.
-                    let mut slot = committed.lock();
-                    if slot.is_none() {
-                        *slot = pending;
-                    }
+                    committed.put_back(pending);
                 }
                 // Reported only after the commit: openraft counts these entries as durable
                 // (towards the quorum) from this signal on.
