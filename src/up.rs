@@ -25,8 +25,10 @@ pub struct UpArgs {
     /// Number of registry nodes (1 runs a standalone node).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=16))]
     pub nodes: u16,
-    /// Gateway worker threads.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
+    /// Gateway worker threads. One by default: the gateway shares the machine with the nodes'
+    /// runtime, and on two cores a second gateway thread cost ~45 % more CPU per request in
+    /// the fleet benchmark (`docs/benchmarks.md`) for the same latency.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub threads: u16,
     /// Also print the full logs here (they always go to files under `<data>/logs`).
     #[arg(long)]
@@ -161,8 +163,15 @@ async fn report_ready(gateway: SocketAddr, nodes: usize, logs: PathBuf, stop: Ca
 pub async fn run(args: UpArgs, logs: PathBuf) -> anyhow::Result<()> {
     let Loaded {
         settings: base,
-        unknown_env,
+        mut unknown_env,
     } = RegistrySettings::load(None, std::env::vars())?;
+    // The gateway's tuning comes from its own `NACRE_GATEWAY_*` variables, as `nacre gateway`
+    // reads them; where it listens and which nodes it fronts are `nacre up`'s.
+    let Loaded {
+        settings: gateway_base,
+        unknown_env: unknown_gateway_env,
+    } = GatewaySettings::load(None, std::env::vars())?;
+    unknown_env.extend(unknown_gateway_env);
     let addrs = node_addrs(args.listen, args.nodes)?;
     let secret = local_cluster_secret(&args.data)?;
     let gateway = GatewaySettings {
@@ -170,7 +179,9 @@ pub async fn run(args: UpArgs, logs: PathBuf) -> anyhow::Result<()> {
         threads: usize::from(args.threads),
         cluster_secret: Some(secret.clone()),
         upstreams: addrs.iter().map(|a| a.to_string()).collect(),
-        ..GatewaySettings::default()
+        upstreams_endpoint: None,
+        upstreams_dns: None,
+        ..gateway_base
     };
     gateway.validate()?;
     let token = CancellationToken::new();

@@ -1012,3 +1012,133 @@ async fn a_client_past_its_connection_cap_is_closed_at_accept_and_others_are_ser
     ensure!(again == Some(200), "after a close: {again:?}");
     Ok(())
 }
+
+/// Rules R1–R4 of the gateway's `beats`: beats go to their nodes in batches and every client
+/// gets the answer the node gives that beat on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn beats_reach_their_nodes_in_batches_with_the_answers_nodes_give() -> Result<()> {
+    // A long linger, so beats sent together surely share batches.
+    let s = setup_with("beat_linger_ms = 50\n", &[])?;
+    let gw = s.gw();
+    for i in 0..10 {
+        register(&gw, "relayed", &format!("10.7.0.{i}")).await?;
+    }
+    let relayed = "nacre_gateway_beats_relayed_total";
+    let batches = "nacre_gateway_beat_batches_total";
+    let (relayed0, batches0) = (gw.metric(relayed).await, gw.metric(batches).await);
+
+    // Known instances: each answer is the node's (interval, code 10200).
+    let beats = (0..10).map(|i| {
+        let gw = gw.clone();
+        async move {
+            let ip = format!("10.7.0.{i}");
+            let q = [
+                ("serviceName", "relayed"),
+                ("ip", ip.as_str()),
+                ("port", "8080"),
+            ];
+            gw.call("PUT", "/nacos/v1/ns/instance/beat", &q).await
+        }
+    });
+    for r in futures::future::join_all(beats).await {
+        ensure!(r.status == 200, "{r:?}");
+        let doc = r.json();
+        ensure!(
+            doc["code"] == 10200 && doc["clientBeatInterval"].is_u64(),
+            "{r:?}"
+        );
+    }
+    let sent = gw.metric(relayed).await - relayed0;
+    let used = gw.metric(batches).await - batches0;
+    ensure!(sent == 10.0, "10 beats relayed, counted {sent}");
+    // Two gateway threads, each with its own batch per node: at most 2 × 3 batches.
+    ensure!(used <= 6.0, "10 beats sent together took {used} batches");
+
+    // An unknown instance: the same answer (20404) as from a node directly.
+    let q = [
+        ("serviceName", "relayed"),
+        ("ip", "10.7.9.9"),
+        ("port", "8080"),
+    ];
+    let through = gw.call("PUT", "/nacos/v1/ns/instance/beat", &q).await;
+    let direct = s
+        .node(1)
+        .call("PUT", "/nacos/v1/ns/instance/beat", &q)
+        .await;
+    ensure!(
+        through.status == direct.status && through.json() == direct.json(),
+        "through the gateway {through:?}, from a node {direct:?}"
+    );
+    ensure!(through.json()["code"] == 20404, "{through:?}");
+
+    // A full beat in a form body registers the instance it describes, as on a node.
+    let beat = r#"{"ip":"10.7.1.1","port":9090,"serviceName":"DEFAULT_GROUP@@relayed","cluster":"DEFAULT","weight":1.0,"metadata":{"k":"v"}}"#;
+    let r = gw
+        .form(
+            "PUT",
+            "/nacos/v1/ns/instance/beat",
+            &[("serviceName", "relayed"), ("beat", beat)],
+        )
+        .await;
+    ensure!(r.status == 200 && r.json()["code"] == 10200, "{r:?}");
+    eventually(FEED_BOUND, "the beaten instance listed", || async {
+        gw.ips("relayed")
+            .await
+            .contains(&"10.7.1.1".to_string())
+            .then_some(())
+    })
+    .await?;
+
+    // A client's mistake stays the node's 400, and a beat naming no service is proxied as is.
+    let bad = [
+        ("serviceName", "relayed"),
+        ("ip", "10.7.0.1"),
+        ("port", "x"),
+    ];
+    let r = gw.call("PUT", "/nacos/v1/ns/instance/beat", &bad).await;
+    ensure!(r.status == 400, "{r:?}");
+    let before = gw.metric(relayed).await;
+    let r = gw
+        .call("PUT", "/nacos/v1/ns/instance/beat", &[("ip", "10.7.0.1")])
+        .await;
+    ensure!(r.status == 400, "{r:?}");
+    ensure!(
+        gw.metric(relayed).await == before,
+        "a beat without a service relayed"
+    );
+    Ok(())
+}
+
+/// The batch route itself: only with the cluster secret, and a batch that is not one is a 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_beat_batch_needs_the_cluster_secret_and_a_well_formed_body() -> Result<()> {
+    let s = setup(&[])?;
+    let url = format!(
+        "http://{}{}",
+        s.cluster.node(0).addr(),
+        nacre_ring::wire::BEATS_PATH
+    );
+    let http = reqwest::Client::new();
+    let r = http.post(&url).body("[]").send().await?;
+    ensure!(r.status() == 403, "no secret: {}", r.status());
+    let r = http
+        .post(&url)
+        .header(nacre_ring::wire::SECRET_HEADER, s.cluster.secret())
+        .body("not json")
+        .send()
+        .await?;
+    ensure!(r.status() == 400, "not a batch: {}", r.status());
+    let r = http
+        .post(&url)
+        .header(nacre_ring::wire::SECRET_HEADER, s.cluster.secret())
+        .body(r#"[{"query":"serviceName=x&ip=1.2.3.4&port=1","headers":[["bad header","v"]],"body":""}]"#)
+        .send()
+        .await?;
+    ensure!(r.status() == 200, "{}", r.status());
+    let answers: Vec<nacre_ring::wire::RelayedAnswer> = r.json().await?;
+    ensure!(
+        answers.len() == 1 && answers[0].status == 400,
+        "a beat that is not HTTP: {answers:?}"
+    );
+    Ok(())
+}

@@ -70,6 +70,10 @@ pub struct GatewaySettings {
     /// Hold config listener long-polls at the gateway (answered from the nodes' change
     /// feeds); off, they are passed to a node, which holds them.
     pub hold_config_listeners: bool,
+    /// How long the gateway holds a client's beat to send it to its node together with the
+    /// other beats for that node (ms; see the gateway's `beats`); 0 proxies each beat on its
+    /// own. A beat is answered after its node served it, this much later at most.
+    pub beat_linger_ms: u64,
 }
 
 impl Default for GatewaySettings {
@@ -98,6 +102,7 @@ impl Default for GatewaySettings {
             client_max_connections: 0,
             config_cache_bytes: 16 * 1024 * 1024,
             hold_config_listeners: true,
+            beat_linger_ms: 2,
         }
     }
 }
@@ -180,6 +185,7 @@ impl GatewaySettings {
             "client_rate_burst" => self.client_rate_burst = num(var, v)?,
             "client_max_connections" => self.client_max_connections = num(var, v)?,
             "config_cache_bytes" => self.config_cache_bytes = num(var, v)?,
+            "beat_linger_ms" => self.beat_linger_ms = num(var, v)?,
             "hold_config_listeners" => {
                 self.hold_config_listeners = match v.trim() {
                     "true" | "1" => true,
@@ -245,6 +251,13 @@ impl GatewaySettings {
         }
         if self.threads == 0 || self.threads > 256 {
             return Err(invalid("threads", self.threads, "must be 1-256"));
+        }
+        if self.beat_linger_ms > 1_000 {
+            return Err(invalid(
+                "beat_linger_ms",
+                self.beat_linger_ms,
+                "must be 0 (off) to 1000 ms",
+            ));
         }
         for (key, v) in [
             ("discovery_interval_ms", self.discovery_interval_ms),
@@ -321,6 +334,10 @@ mod tests {
         s.threads = 0;
         assert!(s.validate().unwrap_err().to_string().contains("threads"));
         let mut s = valid();
+        s.beat_linger_ms = 1_001;
+        let why = s.validate().unwrap_err().to_string();
+        assert!(why.contains("beat_linger_ms"), "{why}");
+        let mut s = valid();
         s.feed_wait_ms = 60_000;
         assert!(s
             .validate()
@@ -380,6 +397,7 @@ mod tests {
                 ("NACRE_MEMBERS", "ignored:1"),
                 ("NACRE_GATEWAY_THREADZ", "3"),
                 ("NACRE_GATEWAY_HOLD_CONFIG_LISTENERS", "false"),
+                ("NACRE_GATEWAY_BEAT_LINGER_MS", "0"),
             ]),
         )
         .unwrap();
@@ -388,6 +406,7 @@ mod tests {
         let s = s.settings;
         assert_eq!(s.threads, 8);
         assert!(!s.hold_config_listeners);
+        assert_eq!(s.beat_linger_ms, 0);
         assert_eq!(
             s.cache_bytes, 10,
             "the file's value stays where no variable is set"

@@ -1,5 +1,5 @@
-//! Each client connection's keep-alive loop, and config long-polls held outside pingora's
-//! proxy session.
+//! Each client connection's keep-alive loop, with config long-polls held and beats relayed
+//! outside pingora's proxy session.
 //!
 //! pingora serves a request inside one future as large as its largest state (the whole proxy
 //! path: upstream sessions, retries, cache), next to a session with its header buffers, and it
@@ -11,13 +11,16 @@
 //!   until its next request arrives, the keep-alive timeout passes ([`KEEPALIVE`]) or shutdown
 //!   begins (then it closes; a request already received is served first).
 //! - **E2 (only what it fully understands).** A request is served here only if it is a `POST`
-//!   to the config listener path, holding listeners at the edge is on, its head parses within
-//!   [`MAX_HEAD`] bytes, and its body has a `Content-Length` of at most [`MAX_BODY`] bytes (no
-//!   `Transfer-Encoding`, no `Expect`). Anything else, including a head or body that does not
-//!   arrive within [`READ_TIMEOUT`], is put back byte for byte and handed to pingora, which
-//!   serves it exactly as before. Nothing has been written to the client at that point.
+//!   to the config listener path while holding listeners at the edge is on, or a `PUT` beat
+//!   naming its service while relaying beats is on (see [`crate::beats`]); its head parses
+//!   within [`MAX_HEAD`] bytes, and its body has a `Content-Length` of at most [`MAX_BODY`]
+//!   bytes (a beat may have none; never `Transfer-Encoding` or `Expect`). Anything else,
+//!   including a head or body that does not arrive within [`READ_TIMEOUT`], is put back byte
+//!   for byte and handed to pingora, which serves it exactly as before; so is a beat whose node
+//!   does not take batches. Nothing has been written to the client at that point.
 //! - **E3 (same answers).** The poll is rate-limited, parsed, counted and answered by the same
-//!   code as pingora's path ([`crate::configs::serve`]); only the writing of the answer differs.
+//!   code as pingora's path ([`crate::configs::serve`]); a relayed beat gets its node's own
+//!   answer (rule R3 of [`crate::beats`]) after the same rate limit. Only the writing differs.
 //! - **E4 (connection rules).** An answer keeps the connection open unless the client asked
 //!   to close it (`Connection: close`, or HTTP/1.0 without `keep-alive`) or shutdown has
 //!   begun; bytes sent after the body (a pipelined request) stay for the next request.
@@ -27,13 +30,15 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use nacre_ring::wire::CONFIG_LISTENER_PATH;
+use nacre_ring::wire::{RelayedRequest, BEAT_PATH, CONFIG_LISTENER_PATH};
+use nacre_ring::ServiceKey;
 use pingora::protocols::l4::stream::Stream;
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::configs::poll::{Answer, How, PollRequest};
 use crate::metrics::RouteLabel;
+use crate::route::Params;
 use crate::Shared;
 
 /// How long an idle connection waits for its next request before the gateway closes it.
@@ -83,6 +88,21 @@ pub struct Listener {
     query: String,
     headers: HeaderMap,
     body: Bytes,
+    conn: Conn,
+}
+
+/// A beat this module relays (rule E2; see [`crate::beats`]).
+pub struct Beat {
+    key: ServiceKey,
+    relayed: RelayedRequest,
+    conn: Conn,
+    /// Every byte read for the request (and any after it): what goes back to the stream when
+    /// the beat is handed to pingora after all.
+    raw: Bytes,
+}
+
+/// What a request says about its connection.
+struct Conn {
     /// The client asked to keep the connection open.
     keep_alive: bool,
     /// An HTTP/1.0 request (it closes unless it says otherwise).
@@ -91,40 +111,71 @@ pub struct Listener {
     rest: Bytes,
 }
 
+/// A request this module serves.
+pub enum Taken {
+    /// A config listener poll.
+    Listener(Listener),
+    /// A naming beat.
+    Beat(Beat),
+}
+
 /// Whether the request that starts with `first` may be one this module serves (rule E2): a
 /// check of its first bytes only, so every other request goes to pingora without more work.
 pub fn may_take(shared: &Shared, first: &[u8]) -> bool {
-    shared.settings.hold_config_listeners && agrees(first)
+    (shared.settings.hold_config_listeners && agrees(first, Kind::Listener))
+        || (shared.settings.beat_linger_ms > 0 && agrees(first, Kind::Beat))
 }
 
 /// Reads the rest of the head and the body of a request that [`may_take`] accepted, if it is
 /// one this module serves (rule E2). When it is not, every byte read (`first` included) is put
 /// back into `stream`, for pingora to read.
-pub async fn take(stream: &mut Stream, first: &[u8]) -> Option<Listener> {
+pub async fn take(
+    stream: &mut Stream,
+    first: &[u8],
+    client: Option<IpAddr>,
+    secret: Option<&str>,
+) -> Option<Taken> {
     let mut buf = BytesMut::from(first);
-    let taken = tokio::time::timeout(READ_TIMEOUT, read_listener(stream, &mut buf)).await;
-    match taken {
-        Ok(Some(listener)) => Some(listener),
-        _ => {
-            stream.rewind(&buf);
-            None
+    let taken = tokio::time::timeout(READ_TIMEOUT, read_request(stream, &mut buf)).await;
+    let taken = match taken {
+        Ok(Some((head, end))) => taken_of(head, &buf, end, client, secret),
+        _ => None,
+    };
+    if taken.is_none() {
+        stream.rewind(&buf);
+    }
+    taken
+}
+
+/// The kinds of request this module serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Listener,
+    Beat,
+}
+
+impl Kind {
+    /// How its request line starts.
+    fn line(self) -> (&'static [u8], &'static str) {
+        match self {
+            Kind::Listener => (b"POST ", CONFIG_LISTENER_PATH),
+            Kind::Beat => (b"PUT ", BEAT_PATH),
         }
     }
 }
 
-/// How a listener request's line starts, and its length.
-const METHOD: &[u8] = b"POST ";
-const LINE_START: usize = METHOD.len() + CONFIG_LISTENER_PATH.len();
-
-/// Whether `bytes` agrees with the start of a listener request's line, as far as both go.
-fn agrees(bytes: &[u8]) -> bool {
-    let line = METHOD.iter().chain(CONFIG_LISTENER_PATH.as_bytes());
-    let decided = bytes.len() <= LINE_START || matches!(bytes[LINE_START], b'?' | b' ');
+/// Whether `bytes` agrees with the start of a `kind` request's line, as far as both go.
+fn agrees(bytes: &[u8], kind: Kind) -> bool {
+    let (method, path) = kind.line();
+    let start = method.len() + path.len();
+    let line = method.iter().chain(path.as_bytes());
+    let decided = bytes.len() <= start || matches!(bytes[start], b'?' | b' ');
     decided && bytes.iter().zip(line).all(|(a, b)| a == b)
 }
 
-/// A listener request's head, as this module serves it.
+/// A request's head, as this module serves it.
 struct Head {
+    kind: Kind,
     /// Bytes up to and including the blank line.
     len: usize,
     query: String,
@@ -138,9 +189,9 @@ struct Head {
 /// Parses the head at the start of `buf`: `Some(None)` while it is incomplete, `None` when it
 /// is not one this module serves (rule E2).
 fn parse_head(buf: &[u8]) -> Option<Option<Head>> {
-    if !agrees(buf) {
-        return None;
-    }
+    let kind = [Kind::Listener, Kind::Beat]
+        .into_iter()
+        .find(|k| agrees(buf, *k))?;
     // httparse decides where the head ends (it also takes bare LF line ends); more headers
     // than it has room for is not ours.
     let mut slots = [httparse::EMPTY_HEADER; 64];
@@ -151,7 +202,8 @@ fn parse_head(buf: &[u8]) -> Option<Option<Head>> {
     };
     let path = req.path?;
     let (route, query) = path.split_once('?').unwrap_or((path, ""));
-    if req.method != Some("POST") || route != CONFIG_LISTENER_PATH {
+    let (method, want) = kind.line();
+    if req.method.map(str::as_bytes) != Some(&method[..method.len() - 1]) || route != want {
         return None;
     }
     let http10 = req.version == Some(0);
@@ -185,8 +237,14 @@ fn parse_head(buf: &[u8]) -> Option<Option<Head>> {
         }
         headers.append(name, value);
     }
+    // A listener always has a body; a beat without a length has none.
+    let body_len = match kind {
+        Kind::Listener => body_len,
+        Kind::Beat => Some(body_len.unwrap_or(0)),
+    };
     let body_len = body_len.filter(|n| *n <= MAX_BODY)?;
     Some(Some(Head {
+        kind,
         len,
         query: query.to_string(),
         headers,
@@ -196,8 +254,9 @@ fn parse_head(buf: &[u8]) -> Option<Option<Head>> {
     }))
 }
 
-/// Reads into `buf` until it holds a whole listener request, or it is clear it is not one.
-async fn read_listener(stream: &mut Stream, buf: &mut BytesMut) -> Option<Listener> {
+/// Reads into `buf` until it holds a whole request this module serves (its head, and where its
+/// body ends), or it is clear it is not one.
+async fn read_request(stream: &mut Stream, buf: &mut BytesMut) -> Option<(Head, usize)> {
     let head = loop {
         if let Some(head) = parse_head(buf)? {
             break head;
@@ -212,18 +271,58 @@ async fn read_listener(stream: &mut Stream, buf: &mut BytesMut) -> Option<Listen
             return None;
         }
     }
+    Some((head, end))
+}
+
+/// The request `head` starts, with its body ending at `end` of `buf`; `None` when it is not
+/// one this module serves after all (a beat naming no service, or with text that is not
+/// UTF-8).
+fn taken_of(
+    head: Head,
+    buf: &BytesMut,
+    end: usize,
+    client: Option<IpAddr>,
+    secret: Option<&str>,
+) -> Option<Taken> {
     // Copies, so a listener parked for 30 s does not keep the whole read buffer alive.
     let body = Bytes::copy_from_slice(&buf[head.len..end]);
-    let rest = Bytes::copy_from_slice(&buf[end..]);
-    buf.clear();
-    Some(Listener {
-        query: head.query,
-        headers: head.headers,
-        body,
+    let conn = Conn {
         keep_alive: !head.close,
         http10: head.http10,
-        rest,
-    })
+        rest: Bytes::copy_from_slice(&buf[end..]),
+    };
+    match head.kind {
+        Kind::Listener => Some(Taken::Listener(Listener {
+            query: head.query,
+            headers: head.headers,
+            body,
+            conn,
+        })),
+        Kind::Beat => {
+            let form = crate::route::is_form(
+                head.headers
+                    .get(http::header::CONTENT_TYPE)
+                    .map(|v| v.as_bytes()),
+            );
+            let params = Params::parse(head.query.as_bytes(), form.then_some(&body[..]));
+            let key = params.service_key()?;
+            let mut client_headers = Vec::with_capacity(head.headers.len());
+            for (name, value) in &head.headers {
+                client_headers.push((name.as_str(), value.to_str().ok()?));
+            }
+            let relayed = RelayedRequest {
+                headers: crate::beats::relayed_headers(client_headers.into_iter(), client, secret),
+                body: String::from_utf8(body.to_vec()).ok()?,
+                query: head.query,
+            };
+            Some(Taken::Beat(Beat {
+                key,
+                relayed,
+                conn,
+                raw: Bytes::copy_from_slice(buf),
+            }))
+        }
+    }
 }
 
 /// Reads what has arrived into `buf`; `false` at end of stream or on an error.
@@ -245,45 +344,111 @@ pub async fn serve(
         query,
         headers,
         body,
-        keep_alive,
-        http10,
-        rest,
+        conn,
     } = req;
     let answer = answer(shared, &query, headers, body, client).await;
     let extra = answer.headers();
-    let Answer {
-        status,
-        content_type,
-        body,
-        ..
-    } = answer;
-    let keep = keep_alive && !*shutdown.borrow();
+    let content_type = answer.content_type.to_str().unwrap_or(crate::proxy::TEXT);
+    let headers = std::iter::once(("content-type", content_type)).chain(extra.iter().copied());
+    shared.metrics.request(RouteLabel::Edge, answer.status);
+    write(stream, conn, shutdown, answer.status, headers, &answer.body).await
+}
+
+/// What became of a beat handed to [`serve_beat`].
+pub enum BeatServed {
+    /// Answered; `true` when the connection may carry another request.
+    Answered(bool),
+    /// Not relayed: the request is back in the stream, for pingora.
+    Proxy,
+}
+
+/// Relays a beat to its node (see [`crate::beats`]) and writes the node's answer (rule E4).
+pub async fn serve_beat(
+    shared: &Shared,
+    stream: &mut Stream,
+    beat: Beat,
+    client: Option<IpAddr>,
+    shutdown: &ShutdownWatch,
+) -> BeatServed {
+    let Beat {
+        key,
+        relayed,
+        conn,
+        raw,
+    } = beat;
+    let answer = match client.and_then(|ip| shared.over_rate(ip)) {
+        Some(refusal) => {
+            shared.metrics.request(RouteLabel::Local, 429);
+            let headers = [("content-type", crate::proxy::TEXT)];
+            let keep = write(
+                stream,
+                conn,
+                shutdown,
+                429,
+                headers.into_iter(),
+                refusal.as_bytes(),
+            );
+            return BeatServed::Answered(keep.await);
+        }
+        None => match crate::beats::relay(shared, &key, relayed).await {
+            crate::beats::Relayed::Answer(a) => a,
+            crate::beats::Relayed::Proxy => {
+                stream.rewind(&raw);
+                return BeatServed::Proxy;
+            }
+        },
+    };
+    shared.metrics.request(RouteLabel::Owner, answer.status);
+    let headers = answer.headers.iter().map(|(n, v)| (n.as_str(), v.as_str()));
+    let keep = write(
+        stream,
+        conn,
+        shutdown,
+        answer.status,
+        headers,
+        answer.body.as_bytes(),
+    );
+    BeatServed::Answered(keep.await)
+}
+
+/// Writes an answer with `headers` (a `Content-Length` is added) and `body`, keeping the
+/// connection when its request and shutdown allow (rule E4); `true` when the connection may
+/// carry another request.
+async fn write<'a>(
+    stream: &mut Stream,
+    conn: Conn,
+    shutdown: &ShutdownWatch,
+    status: u16,
+    headers: impl Iterator<Item = (&'a str, &'a str)>,
+    body: &[u8],
+) -> bool {
+    let keep = conn.keep_alive && !*shutdown.borrow();
     let mut out = Vec::with_capacity(256 + body.len());
     let reason = http::StatusCode::from_u16(status)
         .ok()
         .and_then(|s| s.canonical_reason())
         .unwrap_or("");
     out.extend_from_slice(format!("HTTP/1.1 {status} {reason}\r\n").as_bytes());
-    out.extend_from_slice(b"Content-Type: ");
-    out.extend_from_slice(content_type.as_bytes());
-    out.extend_from_slice(b"\r\nContent-Length: ");
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"Content-Length: ");
     out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
     out.extend_from_slice(b"\r\n");
-    for (name, value) in extra {
-        out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
-    }
     if !keep {
         out.extend_from_slice(b"Connection: close\r\n");
-    } else if http10 {
+    } else if conn.http10 {
         // HTTP/1.0 closes by default: a client that asked to keep the connection is told yes.
         out.extend_from_slice(b"Connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(&body);
-    shared.metrics.request(RouteLabel::Edge, status);
+    out.extend_from_slice(body);
     let written = stream.write_all(&out).await.is_ok() && stream.flush().await.is_ok();
     if written && keep {
-        stream.rewind(&rest);
+        stream.rewind(&conn.rest);
     }
     written && keep
 }
@@ -345,5 +510,27 @@ mod tests {
         assert_eq!(head(chunked), None);
         let bare_lf = "POST /nacos/v1/cs/configs/listener HTTP/1.0\nContent-Length: 0\n\n";
         assert_eq!(head(bare_lf), Some(Some((bare_lf.len(), 0, true))));
+    }
+
+    #[test]
+    fn e2_beats_are_taken_with_or_without_a_body_and_nothing_else_under_their_path() {
+        let bare = "PUT /nacos/v1/ns/instance/beat?serviceName=s HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(head(bare), Some(Some((bare.len(), 0, false))));
+        let form =
+            "PUT /nacos/v1/ns/instance/beat HTTP/1.1\r\nContent-Length: 13\r\n\r\nserviceName=s";
+        assert_eq!(head(form), Some(Some((form.len() - 13, 13, false))));
+        for other in [
+            "POST /nacos/v1/ns/instance/beat HTTP/1.1\r\n\r\n",
+            "PUT /nacos/v1/ns/instance/beats HTTP/1.1\r\n\r\n",
+            "PUT /nacos/v1/ns/instance/beat HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "PUT /nacos/v1/ns/instance/beat HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+        ] {
+            assert_eq!(head(other), None, "{other}");
+        }
+        let big = format!(
+            "PUT /nacos/v1/ns/instance/beat HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            MAX_BODY + 1
+        );
+        assert_eq!(head(&big), None, "over the edge's body limit");
     }
 }

@@ -6,6 +6,7 @@
 //! - [`feed`]: following one node's change feed into cache invalidations.
 //! - [`cache`]: cached list answers and the rule that keeps stale ones out.
 //! - [`configs`]: config listener long-polls held at the edge, from the feeds' md5s.
+//! - [`beats`]: client beats relayed to their nodes in batches.
 //! - [`authmemo`]: which credentials nodes accepted for which service (cached answers with auth on).
 //! - [`limits`]: per-client request-rate limits and connection caps.
 //! - [`proxy`]: the pingora `ProxyHttp` glue (thin).
@@ -13,6 +14,7 @@
 //! - [`metrics`]: Prometheus metrics.
 
 pub mod authmemo;
+pub mod beats;
 pub mod cache;
 pub mod configs;
 pub mod edge;
@@ -71,6 +73,8 @@ pub struct Shared {
     pub config_reads: Option<configs::ConfigReads>,
     /// Calls the gateway makes itself (config md5 fetches, listener polls passed to a node).
     pub http: reqwest::Client,
+    /// Beat batches being filled (see [`beats`]).
+    pub beat_batches: beats::BeatBatches,
     /// Cancelled when the gateway stops: parked listeners answer then.
     pub stopping: tokio_util::sync::CancellationToken,
 }
@@ -99,8 +103,21 @@ impl Shared {
         body: &T,
         timeout: Duration,
     ) -> reqwest::Result<reqwest::Response> {
+        self.post_internal_with(&self.http, up, path, body, timeout)
+            .await
+    }
+
+    /// [`Shared::post_internal`] through `client`.
+    pub async fn post_internal_with<T: serde::Serialize + ?Sized>(
+        &self,
+        client: &reqwest::Client,
+        up: &upstreams::Upstream,
+        path: &str,
+        body: &T,
+        timeout: Duration,
+    ) -> reqwest::Result<reqwest::Response> {
         let secret = self.settings.cluster_secret.as_deref().unwrap_or_default();
-        self.http
+        client
             .post(format!("http://{}{path}", up.addr))
             .header(nacre_ring::wire::SECRET_HEADER, secret)
             .json(body)
@@ -135,6 +152,7 @@ impl Shared {
                 .pool_idle_timeout(Duration::from_secs(30))
                 .build()
                 .map_err(|e| prometheus::Error::Msg(format!("http client: {e}")))?,
+            beat_batches: beats::BeatBatches::default(),
             stopping: tokio_util::sync::CancellationToken::new(),
             limiter: limits::ClientLimiter::new(
                 settings.client_rate_limit,

@@ -53,6 +53,13 @@ pub struct Metrics {
     pub config_listeners_proxied: IntCounter,
     /// Config md5s known.
     pub config_keys: IntGauge,
+    /// Client beats relayed to their nodes in batches (see `beats`).
+    pub beats_relayed: IntCounter,
+    /// Beat batches sent to nodes.
+    pub beat_batches: IntCounter,
+    /// Beat batches that failed (no answer, or not one per beat); their beats were tried on
+    /// the next node.
+    pub beat_batches_failed: IntCounter,
     /// Config reads answered from the cache.
     pub config_read_hits: IntCounter,
     /// Cacheable config reads sent to a node.
@@ -243,6 +250,18 @@ impl Metrics {
             config_listeners_proxied: counter(
                 "nacre_gateway_config_listeners_proxied_total",
                 "Listener polls the connection loop left to the proxy path (e.g. chunked bodies)",
+            )?,
+            beats_relayed: counter(
+                "nacre_gateway_beats_relayed_total",
+                "Client beats relayed to their nodes in batches",
+            )?,
+            beat_batches: counter(
+                "nacre_gateway_beat_batches_total",
+                "Beat batches sent to nodes",
+            )?,
+            beat_batches_failed: counter(
+                "nacre_gateway_beat_batches_failed_total",
+                "Beat batches that failed; their beats were tried on the next node",
             )?,
             config_keys: gauge(
                 "nacre_gateway_config_keys",

@@ -33,6 +33,8 @@ struct Ready {
     standing: bool,
     /// The node requires credentials (then nothing may be served from the cache).
     auth: bool,
+    /// The node answers beat batches (see [`crate::beats`]).
+    beats: bool,
 }
 
 /// Runs until `shutdown` is cancelled; every follower it started has stopped when it returns.
@@ -79,6 +81,7 @@ pub async fn run(shared: Arc<Shared>, discovery: Discovery, shutdown: Cancellati
                     probed: false,
                     standing: true,
                     auth: shared.auth_required(),
+                    beats: u.relays_beats(),
                 });
             }
         }
@@ -212,6 +215,7 @@ async fn probe(
         probed: true,
         standing: ping.standing,
         auth: ping.auth,
+        beats: ping.relays_beats,
     }))
 }
 
@@ -244,6 +248,9 @@ fn update_view(shared: &Shared, ready: &[Ready]) {
         if up {
             u.mark_usable();
         }
+        if let Some(r) = ready.iter().find(|r| r.name == u.name && r.addr == u.addr) {
+            u.set_relays_beats(r.beats);
+        }
         shared.metrics.set_upstream_up(&u.name, up);
     }
     if same {
@@ -273,6 +280,7 @@ fn update_view(shared: &Shared, ready: &[Ready]) {
         .collect();
     for (u, r) in upstreams.iter().zip(ready) {
         shared.metrics.set_upstream_up(&u.name, r.probed);
+        u.set_relays_beats(r.beats);
     }
     tracing::info!(
         nodes = ?upstreams.iter().map(|u| u.name.as_str()).collect::<Vec<_>>(),

@@ -10,8 +10,7 @@ use http::header;
 use nacre_ring::configs::ConfigKey;
 use nacre_ring::wire::SubscriberNote;
 use nacre_ring::wire::{
-    ASSERTED_BY_HEADER, CLIENT_ADDR_HEADER, CONFIG_LISTENER_PATH, CONFIG_LISTENER_READ_TIMEOUT_MS,
-    HEADER_PREFIX, OWNER_ROUTED_HEADER,
+    CONFIG_LISTENER_PATH, CONFIG_LISTENER_READ_TIMEOUT_MS, HEADER_PREFIX, OWNER_ROUTED_HEADER,
 };
 use nacre_ring::wire::{CONFIG_REVISION_HEADER, NOT_READY_HEADER};
 use nacre_ring::ServiceKey;
@@ -188,13 +187,7 @@ async fn respond_with(
 }
 
 fn is_form(req: &RequestHeader) -> bool {
-    match req.headers.get(header::CONTENT_TYPE) {
-        None => true,
-        Some(v) => v
-            .as_bytes()
-            .get(..33)
-            .is_some_and(|p| p.eq_ignore_ascii_case(b"application/x-www-form-urlencoded")),
-    }
+    route::is_form(req.headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes()))
 }
 
 /// Whether the request announces a body.
@@ -691,18 +684,14 @@ impl ProxyHttp for Gateway {
             upstream_request.remove_header(&name);
         }
         if let Some(ip) = client_ip(session) {
-            // The TCP peer is the only client address the gateway knows to be true: it
-            // replaces a client-sent `X-Forwarded-For` rather than extending it.
-            upstream_request.insert_header("x-forwarded-for", ip.to_string())?;
-            // With the cluster secret the nodes believe it, and push there.
-            if let Some(secret) = self.shared.settings.cluster_secret.as_deref() {
-                upstream_request.insert_header(CLIENT_ADDR_HEADER, ip.to_string())?;
-                upstream_request.insert_header(ASSERTED_BY_HEADER, secret)?;
-                if ctx.key.is_some() && ctx.invalidates {
-                    // Its reads of the service come to the node this write went to, by the
-                    // same pick: the owner need not wait for its peers (rule V3).
-                    upstream_request.insert_header(OWNER_ROUTED_HEADER, "1")?;
-                }
+            let secret = self.shared.settings.cluster_secret.as_deref();
+            for (name, value) in route::client_headers(ip, secret) {
+                upstream_request.insert_header(name, value)?;
+            }
+            if secret.is_some() && ctx.key.is_some() && ctx.invalidates {
+                // Its reads of the service come to the node this write went to, by the
+                // same pick: the owner need not wait for its peers (rule V3).
+                upstream_request.insert_header(OWNER_ROUTED_HEADER, "1")?;
             }
         }
         Ok(())

@@ -26,7 +26,51 @@ const NAMING_PREFIX: &str = "/nacos/v1/ns/";
 pub const LIST_PATH: &str = "/nacos/v1/ns/instance/list";
 /// Heartbeats: frequent, and they only change a list when they revive an instance, which the
 /// change feed reports; they do not invalidate on their own.
-const BEAT_PATH: &str = "/nacos/v1/ns/instance/beat";
+pub use nacre_ring::wire::BEAT_PATH;
+
+/// The headers the gateway adds to a client request it hands a node: the client's TCP address
+/// as `X-Forwarded-For` (replacing whatever the client sent: it is the only address the
+/// gateway knows to be true) and, with the cluster secret, the same address asserted, which
+/// the nodes believe and push to.
+pub fn client_headers(ip: std::net::IpAddr, secret: Option<&str>) -> Vec<(&'static str, String)> {
+    let ip = ip.to_string();
+    let mut out = Vec::with_capacity(3);
+    if let Some(secret) = secret {
+        out.push((nacre_ring::wire::CLIENT_ADDR_HEADER, ip.clone()));
+        out.push((nacre_ring::wire::ASSERTED_BY_HEADER, secret.to_string()));
+    }
+    out.push(("x-forwarded-for", ip));
+    out
+}
+
+/// Whether a request with this `Content-Type` carries a form body (none given counts, as the
+/// legacy clients send forms without one).
+pub fn is_form(content_type: Option<&[u8]>) -> bool {
+    content_type.is_none_or(|v| {
+        v.get(..33)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"application/x-www-form-urlencoded"))
+    })
+}
+
+/// Client headers a request handed on in another form (a relayed beat) does not carry: those
+/// of the client's connection, the body's framing, the ones [`client_headers`] replaces, and
+/// any only nacre's own tiers may set.
+pub fn not_relayed(name: &str) -> bool {
+    const PER_CONNECTION: [&str; 8] = [
+        "connection",
+        "keep-alive",
+        "content-length",
+        "transfer-encoding",
+        "te",
+        "upgrade",
+        "proxy-connection",
+        "x-forwarded-for",
+    ];
+    PER_CONNECTION.iter().any(|h| name.eq_ignore_ascii_case(h))
+        || name
+            .get(..nacre_ring::wire::HEADER_PREFIX.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(nacre_ring::wire::HEADER_PREFIX))
+}
 
 /// Config reads, publishes and deletes.
 pub const CONFIGS_PATH: &str = "/nacos/v1/cs/configs";

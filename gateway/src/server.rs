@@ -214,19 +214,33 @@ impl Admission {
             };
             let first = &first[..n];
             let taken = if edge::may_take(&self.shared, first) {
+                let secret = self.shared.settings.cluster_secret.as_deref();
                 // Boxed: the loop's own future, alive for the connection's whole life, stays as
                 // small as its idle wait.
-                Box::pin(edge::take(&mut stream, first)).await
+                Box::pin(edge::take(&mut stream, first, client, secret)).await
             } else {
                 stream.rewind(first);
                 None
             };
-            if let Some(listener) = taken {
-                let served = edge::serve(&self.shared, &mut stream, listener, client, shutdown);
-                if Box::pin(served).await {
-                    continue;
+            match taken {
+                Some(edge::Taken::Listener(listener)) => {
+                    let served = edge::serve(&self.shared, &mut stream, listener, client, shutdown);
+                    if Box::pin(served).await {
+                        continue;
+                    }
+                    return;
                 }
-                return;
+                Some(edge::Taken::Beat(beat)) => {
+                    let served =
+                        edge::serve_beat(&self.shared, &mut stream, beat, client, shutdown);
+                    match Box::pin(served).await {
+                        edge::BeatServed::Answered(true) => continue,
+                        edge::BeatServed::Answered(false) => return,
+                        // Put back into the stream: pingora serves it below.
+                        edge::BeatServed::Proxy => {}
+                    }
+                }
+                None => {}
             }
             let mut session = ServerSession::new_http1(stream);
             match carried.take() {

@@ -32,6 +32,8 @@ pub struct Upstream {
     pub peer: HttpPeer,
     usable: AtomicBool,
     feed_ok: AtomicBool,
+    /// Its last probe said it answers beat batches.
+    relays_beats: AtomicBool,
     /// Upstream latency of this node.
     pub latency: Histogram,
 }
@@ -61,6 +63,7 @@ impl Upstream {
             peer,
             usable: AtomicBool::new(true),
             feed_ok: AtomicBool::new(false),
+            relays_beats: AtomicBool::new(false),
             latency,
         }
     }
@@ -83,6 +86,16 @@ impl Upstream {
     /// Records whether the node's change feed is being followed.
     pub fn set_feed_ok(&self, ok: bool) -> bool {
         self.feed_ok.swap(ok, Ordering::AcqRel)
+    }
+
+    /// Records whether the node's last probe said it answers beat batches.
+    pub fn set_relays_beats(&self, on: bool) {
+        self.relays_beats.store(on, Ordering::Release);
+    }
+
+    /// Whether beats may be relayed to the node in batches (see [`crate::beats`]).
+    pub fn relays_beats(&self) -> bool {
+        self.relays_beats.load(Ordering::Acquire)
     }
 
     /// Whether the node's change feed is being followed.

@@ -38,6 +38,37 @@ pub const CHANGES_PATH: &str = "/nacre/internal/changes";
 /// cache: a JSON array of [`SubscriberNote`]; the answer is how many were registered.
 pub const PUSH_SUBSCRIBERS_PATH: &str = "/nacre/internal/push/subscribers";
 
+/// The naming beat (a public Nacos path): what a gateway may relay in batches.
+pub const BEAT_PATH: &str = "/nacos/v1/ns/instance/beat";
+/// Where a gateway hands a node a batch of client beats (rules R1–R5 of the gateway's
+/// `beats`): a JSON array of [`RelayedRequest`], answered with a JSON array of
+/// [`RelayedAnswer`], one per request, in order. Each is served exactly as the same request
+/// reaching the node's public API would be.
+pub const BEATS_PATH: &str = "/nacre/internal/beats";
+
+/// A client's `PUT` [`BEAT_PATH`] request, relayed in a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayedRequest {
+    /// The query string, without `?`.
+    pub query: String,
+    /// The request's headers as the gateway would proxy them (client-sent `x-nacre-*` ones
+    /// dropped, the gateway's client-address assertion added).
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: String,
+}
+
+/// A node's answer to one [`RelayedRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayedAnswer {
+    /// The HTTP status.
+    pub status: u16,
+    /// The answer's headers, without the per-connection ones (length, date, connection).
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: String,
+}
+
 /// The md5s of configs a gateway lacks: a POST of a [`Md5Query`] answered with a
 /// [`Md5Reply`].
 pub const CONFIG_MD5_PATH: &str = "/nacre/internal/configs/md5";
@@ -87,6 +118,10 @@ pub struct PingReply {
     /// older member could not read such an entry. Older versions do not send it.
     #[serde(default)]
     pub raft_batches: bool,
+    /// It answers beat batches at [`BEATS_PATH`]; a gateway relays beats only to such nodes
+    /// (older versions do not send it, and get each beat proxied).
+    #[serde(default)]
+    pub relays_beats: bool,
 }
 
 /// Nodes that do not report their standing (older versions) are taken to have it.
@@ -177,7 +212,7 @@ mod tests {
 
     #[test]
     fn internal_paths_share_the_internal_prefix() {
-        for p in [PING_PATH, CHANGES_PATH, CONFIG_MD5_PATH] {
+        for p in [PING_PATH, CHANGES_PATH, CONFIG_MD5_PATH, BEATS_PATH] {
             assert!(p.starts_with(INTERNAL_PREFIX), "{p}");
         }
     }

@@ -38,6 +38,7 @@ async fn ping(State(app): State<Arc<App>>) -> Json<PingReply> {
         members_digest: node.membership().configured().digest(),
         auth: node.settings().auth.enabled,
         raft_batches: true,
+        relays_beats: true,
     })
 }
 

@@ -16,6 +16,7 @@ pub mod instance;
 pub mod internal;
 pub mod list_cache;
 pub mod params;
+pub mod relay;
 pub mod render;
 pub mod service;
 pub mod source;
@@ -271,9 +272,11 @@ pub fn router(app: Arc<App>, internal: Router) -> Router {
         .layer(axum::middleware::from_fn_with_state(app.clone(), track))
         .with_state(app.clone());
     let secret: Arc<str> = Arc::from(app.secret.as_str());
+    let beats = relay::routes(secret.clone(), public.clone());
     public
         .merge(internal)
         .merge(internal::routes(app))
+        .merge(beats)
         // Outermost: decides whether a connection from the peer reserve is served at all.
         .layer(axum::middleware::from_fn_with_state(
             secret,

@@ -473,6 +473,7 @@ mod tests {
             members_digest: 0,
             auth: false,
             raft_batches: true,
+            relays_beats: true,
         })
     }
 

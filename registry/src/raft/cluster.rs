@@ -240,6 +240,7 @@ mod tests {
             members_digest: 0,
             auth: false,
             raft_batches: true,
+            relays_beats: true,
         })
     }
 
@@ -289,6 +290,7 @@ mod tests {
                 members_digest: 0,
                 auth: false,
                 raft_batches: true,
+                relays_beats: true,
             }),
             3,
         );
