@@ -549,38 +549,6 @@ async fn a_listener_through_the_gateway_is_held_at_the_edge_and_fires_on_a_publi
     );
 }
 
-/// One HTTP/1.1 response read from a raw connection: status, headers (lower-cased names), body.
-async fn read_response(
-    conn: &mut tokio::io::BufReader<tokio::net::TcpStream>,
-) -> (u16, Vec<(String, String)>, String) {
-    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
-    let mut line = String::new();
-    conn.read_line(&mut line).await.expect("status line");
-    let status: u16 = line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("a status code");
-    let mut headers = Vec::new();
-    loop {
-        let mut h = String::new();
-        conn.read_line(&mut h).await.expect("header line");
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        let (k, v) = h.split_once(':').expect("name: value");
-        headers.push((k.to_ascii_lowercase(), v.trim().to_string()));
-    }
-    let len: usize = headers
-        .iter()
-        .find(|(k, _)| k == "content-length")
-        .map_or(0, |(_, v)| v.parse().expect("a length"));
-    let mut body = vec![0; len];
-    conn.read_exact(&mut body).await.expect("the body");
-    (status, headers, String::from_utf8(body).expect("utf-8"))
-}
-
 /// A listener request as the legacy clients send it (form body), answered at once.
 fn listener_request(listening: &str, extra_headers: &str, version: &str) -> String {
     let body = format!(
@@ -622,13 +590,13 @@ async fn the_gateway_serves_listeners_and_pipelined_requests_on_one_keep_alive_c
         listener_request(&stale, "", "HTTP/1.1")
     );
     conn.get_mut().write_all(both.as_bytes()).await.unwrap();
-    let (status, headers, body) = read_response(&mut conn).await;
+    let (status, headers, body) = nacre_testkit::http::read_response(&mut conn).await;
     assert_eq!((status, body.as_str()), (200, "ka%02G%01\n"), "{headers:?}");
     assert!(
         headers.contains(&("cache-control".into(), "no-cache,no-store".into())),
         "{headers:?}"
     );
-    let (status, _, body) = read_response(&mut conn).await;
+    let (status, _, body) = nacre_testkit::http::read_response(&mut conn).await;
     assert_eq!(status, 200);
     assert!(body.contains(':'), "a server list: {body:?}");
     // The connection stays usable: a listener after a proxied request.
@@ -636,7 +604,10 @@ async fn the_gateway_serves_listeners_and_pipelined_requests_on_one_keep_alive_c
         .write_all(listener_request(&stale, "", "HTTP/1.1").as_bytes())
         .await
         .unwrap();
-    assert_eq!(read_response(&mut conn).await.2, "ka%02G%01\n");
+    assert_eq!(
+        nacre_testkit::http::read_response(&mut conn).await.2,
+        "ka%02G%01\n"
+    );
 
     let proxied = "nacre_gateway_config_listeners_proxied_total";
     assert_eq!(through.metric(proxied).await, 0.0, "the edge served them");
@@ -654,7 +625,10 @@ async fn the_gateway_serves_listeners_and_pipelined_requests_on_one_keep_alive_c
         body.len()
     );
     conn.get_mut().write_all(chunked.as_bytes()).await.unwrap();
-    assert_eq!(read_response(&mut conn).await.2, "ka%02G%01\n");
+    assert_eq!(
+        nacre_testkit::http::read_response(&mut conn).await.2,
+        "ka%02G%01\n"
+    );
     assert_eq!(through.metric(proxied).await, 1.0, "the proxy served it");
 
     // Rule E4: `Connection: close` and HTTP/1.0 end the connection after the answer.
@@ -664,7 +638,7 @@ async fn the_gateway_serves_listeners_and_pipelined_requests_on_one_keep_alive_c
             .write_all(listener_request(&stale, extra, version).as_bytes())
             .await
             .unwrap();
-        let (status, headers, body) = read_response(&mut conn).await;
+        let (status, headers, body) = nacre_testkit::http::read_response(&mut conn).await;
         assert_eq!((status, body.as_str()), (200, "ka%02G%01\n"), "{version}");
         assert!(
             headers.contains(&("connection".into(), "close".into())),
@@ -681,14 +655,17 @@ async fn the_gateway_serves_listeners_and_pipelined_requests_on_one_keep_alive_c
     let mut conn = open().await;
     let ask = listener_request(&stale, "Connection: keep-alive\r\n", "HTTP/1.0");
     conn.get_mut().write_all(ask.as_bytes()).await.unwrap();
-    let (_, headers, body) = read_response(&mut conn).await;
+    let (_, headers, body) = nacre_testkit::http::read_response(&mut conn).await;
     assert_eq!(body, "ka%02G%01\n");
     assert!(
         headers.contains(&("connection".into(), "keep-alive".into())),
         "{headers:?}"
     );
     conn.get_mut().write_all(ask.as_bytes()).await.unwrap();
-    assert_eq!(read_response(&mut conn).await.2, "ka%02G%01\n");
+    assert_eq!(
+        nacre_testkit::http::read_response(&mut conn).await.2,
+        "ka%02G%01\n"
+    );
 
     // A malformed poll gets the nodes' 400 from the edge too.
     let mut conn = open().await;
@@ -696,7 +673,7 @@ async fn the_gateway_serves_listeners_and_pipelined_requests_on_one_keep_alive_c
         .write_all(listener_request("no-separators", "", "HTTP/1.1").as_bytes())
         .await
         .unwrap();
-    assert_eq!(read_response(&mut conn).await.0, 400);
+    assert_eq!(nacre_testkit::http::read_response(&mut conn).await.0, 400);
 }
 
 /// Waits until the gateway follows every node's change feed.

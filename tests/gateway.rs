@@ -1142,3 +1142,63 @@ async fn a_beat_batch_needs_the_cluster_secret_and_a_well_formed_body() -> Resul
     );
     Ok(())
 }
+
+/// Rules E2 and E4 of the gateway's `edge` for beats and cached lists: pipelined on one
+/// keep-alive connection they are answered in order, a cache miss is served by the proxy path
+/// on the same connection, and `Connection: close` ends the connection. (A request pipelined
+/// behind one the proxy path serves closes the connection after that answer: pingora's rule.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beats_and_cached_lists_share_a_keep_alive_connection_in_order() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+    let s = setup(&[])?;
+    let gw = s.gw();
+    register(&gw, "piped", "10.8.0.1").await?;
+    let beat = "PUT /nacos/v1/ns/instance/beat?serviceName=piped&ip=10.8.0.1&port=8080 HTTP/1.1\r\nHost: gw\r\n\r\n";
+    let list = "GET /nacos/v1/ns/instance/list?serviceName=piped HTTP/1.1\r\nHost: gw\r\n\r\n";
+    let hits = gw.metric(HITS).await;
+    let mut conn = BufReader::new(tokio::net::TcpStream::connect(s.gateway.addr()).await?);
+    // Lists until one is answered from the cache (the first misses; the proxy path fills it).
+    let deadline = Instant::now() + FEED_BOUND;
+    loop {
+        conn.get_mut().write_all(list.as_bytes()).await?;
+        let (status, _, body) = nacre_testkit::http::read_response(&mut conn).await;
+        ensure!(
+            status == 200 && body.contains("10.8.0.1"),
+            "{status} {body}"
+        );
+        if gw.metric(HITS).await > hits {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "no list answered from the cache");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let relayed = gw.metric("nacre_gateway_beats_relayed_total").await;
+    let hits = gw.metric(HITS).await;
+    let burst = format!("{beat}{list}{beat}{list}");
+    conn.get_mut().write_all(burst.as_bytes()).await?;
+    for (i, want) in ["beat", "list", "beat", "list"].iter().enumerate() {
+        let (status, headers, body) = nacre_testkit::http::read_response(&mut conn).await;
+        ensure!(
+            status == 200,
+            "answer {i} ({want}): {status} {headers:?} {body}"
+        );
+        match *want {
+            "beat" => ensure!(body.contains("\"code\":10200"), "answer {i}: {body}"),
+            _ => ensure!(body.contains("10.8.0.1"), "answer {i}: {body}"),
+        }
+    }
+    ensure!(gw.metric("nacre_gateway_beats_relayed_total").await == relayed + 2.0);
+    ensure!(gw.metric(HITS).await == hits + 2.0);
+    let closing = beat.replace("Host: gw\r\n", "Host: gw\r\nConnection: close\r\n");
+    conn.get_mut().write_all(closing.as_bytes()).await?;
+    let (status, headers, _) = nacre_testkit::http::read_response(&mut conn).await;
+    ensure!(status == 200, "{headers:?}");
+    ensure!(
+        headers.contains(&("connection".into(), "close".into())),
+        "{headers:?}"
+    );
+    let mut rest = Vec::new();
+    conn.read_to_end(&mut rest).await?;
+    ensure!(rest.is_empty(), "the connection closed after the answer");
+    Ok(())
+}

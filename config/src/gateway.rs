@@ -102,7 +102,7 @@ impl Default for GatewaySettings {
             client_max_connections: 0,
             config_cache_bytes: 16 * 1024 * 1024,
             hold_config_listeners: true,
-            beat_linger_ms: 2,
+            beat_linger_ms: 5,
         }
     }
 }

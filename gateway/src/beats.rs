@@ -85,6 +85,16 @@ pub enum Relayed {
     Proxy,
 }
 
+/// Whether a beat for `key` would be relayed now (rule R1): its node takes batches.
+pub fn relayable(shared: &Shared, key: &ServiceKey) -> bool {
+    let view = shared.upstreams.view();
+    let mut tried = Tried::default();
+    shared
+        .upstreams
+        .pick(&view, Some(key), &mut tried)
+        .is_none_or(|up| up.relays_beats())
+}
+
 /// Relays `beat`, for the service `key`, to its node (rules R1–R4).
 pub async fn relay(shared: &Shared, key: &ServiceKey, beat: RelayedRequest) -> Relayed {
     let view = shared.upstreams.view();
@@ -254,38 +264,8 @@ pub fn relayed_headers<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstreams::{PeerTimeouts, View};
 
-    /// A gateway whose view holds one node per `(port, relays beats)`, named after its port.
-    fn shared(nodes: &[(u16, bool)]) -> Shared {
-        let settings = nacre_config::GatewaySettings {
-            cluster_secret: Some("0123456789abcdef".into()),
-            read_timeout_ms: 1_000,
-            ..Default::default()
-        };
-        let shared = Shared::new(settings).unwrap();
-        let ups = nodes
-            .iter()
-            .map(|&(port, relays)| {
-                let latency =
-                    prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("t", "t"))
-                        .unwrap();
-                let up = Arc::new(Upstream::new(
-                    format!("127.0.0.1:{port}"),
-                    SocketAddr::from(([127, 0, 0, 1], port)),
-                    PeerTimeouts {
-                        connect: Duration::from_millis(300),
-                        read: Duration::from_secs(1),
-                    },
-                    latency,
-                ));
-                up.set_relays_beats(relays);
-                up
-            })
-            .collect();
-        shared.upstreams.replace(View::new(ups));
-        shared
-    }
+    use crate::testing::shared;
 
     /// A loopback port nothing listens on.
     fn closed_port() -> u16 {
@@ -308,6 +288,7 @@ mod tests {
     #[tokio::test]
     async fn r1_a_node_that_does_not_answer_batches_gets_its_beats_proxied() {
         let s = shared(&[(closed_port(), false)]);
+        assert!(!relayable(&s, &key()));
         assert!(matches!(relay(&s, &key(), beat()).await, Relayed::Proxy));
         assert_eq!(s.metrics.beat_batches.get(), 0, "nothing was sent");
     }

@@ -37,8 +37,9 @@ use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::configs::poll::{Answer, How, PollRequest};
+use crate::lists::{ListPlan, Lookup, Plan};
 use crate::metrics::RouteLabel;
-use crate::route::Params;
+use crate::route::{Params, LIST_PATH};
 use crate::Shared;
 
 /// How long an idle connection waits for its next request before the gateway closes it.
@@ -111,12 +112,23 @@ struct Conn {
     rest: Bytes,
 }
 
+/// A list read this module answers when the cache can (see [`crate::lists::lookup`]).
+pub struct List {
+    key: ServiceKey,
+    plan: ListPlan,
+    conn: Conn,
+    /// Every byte read, as for a [`Beat`].
+    raw: Bytes,
+}
+
 /// A request this module serves.
 pub enum Taken {
     /// A config listener poll.
     Listener(Listener),
     /// A naming beat.
     Beat(Beat),
+    /// A list read.
+    List(List),
 }
 
 /// Whether the request that starts with `first` may be one this module serves (rule E2): a
@@ -124,21 +136,22 @@ pub enum Taken {
 pub fn may_take(shared: &Shared, first: &[u8]) -> bool {
     (shared.settings.hold_config_listeners && agrees(first, Kind::Listener))
         || (shared.settings.beat_linger_ms > 0 && agrees(first, Kind::Beat))
+        || (shared.cache.enabled() && agrees(first, Kind::List))
 }
 
 /// Reads the rest of the head and the body of a request that [`may_take`] accepted, if it is
 /// one this module serves (rule E2). When it is not, every byte read (`first` included) is put
 /// back into `stream`, for pingora to read.
 pub async fn take(
+    shared: &Shared,
     stream: &mut Stream,
     first: &[u8],
     client: Option<IpAddr>,
-    secret: Option<&str>,
 ) -> Option<Taken> {
     let mut buf = BytesMut::from(first);
     let taken = tokio::time::timeout(READ_TIMEOUT, read_request(stream, &mut buf)).await;
     let taken = match taken {
-        Ok(Some((head, end))) => taken_of(head, &buf, end, client, secret),
+        Ok(Some((head, end))) => taken_of(head, &buf, end, client, shared),
         _ => None,
     };
     if taken.is_none() {
@@ -152,6 +165,7 @@ pub async fn take(
 enum Kind {
     Listener,
     Beat,
+    List,
 }
 
 impl Kind {
@@ -160,6 +174,7 @@ impl Kind {
         match self {
             Kind::Listener => (b"POST ", CONFIG_LISTENER_PATH),
             Kind::Beat => (b"PUT ", BEAT_PATH),
+            Kind::List => (b"GET ", LIST_PATH),
         }
     }
 }
@@ -189,7 +204,7 @@ struct Head {
 /// Parses the head at the start of `buf`: `Some(None)` while it is incomplete, `None` when it
 /// is not one this module serves (rule E2).
 fn parse_head(buf: &[u8]) -> Option<Option<Head>> {
-    let kind = [Kind::Listener, Kind::Beat]
+    let kind = [Kind::Listener, Kind::Beat, Kind::List]
         .into_iter()
         .find(|k| agrees(buf, *k))?;
     // httparse decides where the head ends (it also takes bare LF line ends); more headers
@@ -237,10 +252,11 @@ fn parse_head(buf: &[u8]) -> Option<Option<Head>> {
         }
         headers.append(name, value);
     }
-    // A listener always has a body; a beat without a length has none.
+    // A listener always has a body; a beat without a length has none; a list read none.
     let body_len = match kind {
         Kind::Listener => body_len,
         Kind::Beat => Some(body_len.unwrap_or(0)),
+        Kind::List => Some(body_len.unwrap_or(0)).filter(|n| *n == 0),
     };
     let body_len = body_len.filter(|n| *n <= MAX_BODY)?;
     Some(Some(Head {
@@ -282,8 +298,10 @@ fn taken_of(
     buf: &BytesMut,
     end: usize,
     client: Option<IpAddr>,
-    secret: Option<&str>,
+    shared: &Shared,
 ) -> Option<Taken> {
+    let secret = shared.settings.cluster_secret.as_deref();
+    let auth = shared.auth_required();
     // Copies, so a listener parked for 30 s does not keep the whole read buffer alive.
     let body = Bytes::copy_from_slice(&buf[head.len..end]);
     let conn = Conn {
@@ -298,6 +316,23 @@ fn taken_of(
             body,
             conn,
         })),
+        Kind::List => {
+            let params = Params::parse(head.query.as_bytes(), None);
+            let plan = Plan::of(
+                &params,
+                &http::Method::GET,
+                LIST_PATH,
+                &head.headers,
+                client,
+                auth,
+            );
+            Some(Taken::List(List {
+                key: plan.key?,
+                plan: plan.list?,
+                conn,
+                raw: Bytes::copy_from_slice(buf),
+            }))
+        }
         Kind::Beat => {
             let form = crate::route::is_form(
                 head.headers
@@ -354,12 +389,50 @@ pub async fn serve(
     write(stream, conn, shutdown, answer.status, headers, &answer.body).await
 }
 
-/// What became of a beat handed to [`serve_beat`].
-pub enum BeatServed {
+/// What became of a beat handed to [`serve_beat`] or a list read to [`serve_list`].
+pub enum Served {
     /// Answered; `true` when the connection may carry another request.
     Answered(bool),
-    /// Not relayed: the request is back in the stream, for pingora.
+    /// Not served here: the request is back in the stream, for pingora.
     Proxy,
+}
+
+/// Answers a list read from the cache (rule E3: the same lookup as pingora's path), or puts it
+/// back for pingora when the cache cannot answer it.
+pub async fn serve_list(
+    shared: &Shared,
+    stream: &mut Stream,
+    list: List,
+    client: Option<IpAddr>,
+    shutdown: &ShutdownWatch,
+) -> Served {
+    let List {
+        key,
+        plan,
+        conn,
+        raw,
+    } = list;
+    // Only a request answered here is charged to the client's rate: one put back for pingora
+    // is charged there.
+    let view = shared.upstreams.view();
+    let Ok(found) = crate::lists::find(shared, &key, &plan, &view) else {
+        stream.rewind(&raw);
+        return Served::Proxy;
+    };
+    if let Some(refusal) = client.and_then(|ip| shared.over_rate(ip)) {
+        return Served::Answered(refuse(shared, stream, conn, shutdown, &refusal).await);
+    }
+    // A note that cannot be queued sends the poll to the node (rule P3); pingora's path then
+    // charges it again, which happens only with the note queue full.
+    let Lookup::Hit(answer) = found.commit(shared) else {
+        stream.rewind(&raw);
+        return Served::Proxy;
+    };
+    shared.metrics.cache_hits.inc();
+    shared.metrics.request(RouteLabel::Cache, 200);
+    let headers = [("content-type", crate::proxy::JSON)];
+    let keep = write(stream, conn, shutdown, 200, headers.into_iter(), &answer);
+    Served::Answered(keep.await)
 }
 
 /// Relays a beat to its node (see [`crate::beats`]) and writes the node's answer (rule E4).
@@ -369,34 +442,28 @@ pub async fn serve_beat(
     beat: Beat,
     client: Option<IpAddr>,
     shutdown: &ShutdownWatch,
-) -> BeatServed {
+) -> Served {
     let Beat {
         key,
         relayed,
         conn,
         raw,
     } = beat;
-    let answer = match client.and_then(|ip| shared.over_rate(ip)) {
-        Some(refusal) => {
-            shared.metrics.request(RouteLabel::Local, 429);
-            let headers = [("content-type", crate::proxy::TEXT)];
-            let keep = write(
-                stream,
-                conn,
-                shutdown,
-                429,
-                headers.into_iter(),
-                refusal.as_bytes(),
-            );
-            return BeatServed::Answered(keep.await);
+    // As for lists: a beat handed to pingora is charged there, not here too.
+    if !crate::beats::relayable(shared, &key) {
+        stream.rewind(&raw);
+        return Served::Proxy;
+    }
+    if let Some(refusal) = client.and_then(|ip| shared.over_rate(ip)) {
+        return Served::Answered(refuse(shared, stream, conn, shutdown, &refusal).await);
+    }
+    let answer = match crate::beats::relay(shared, &key, relayed).await {
+        crate::beats::Relayed::Answer(a) => a,
+        // Its node stopped taking batches (a rolling upgrade) after the check above.
+        crate::beats::Relayed::Proxy => {
+            stream.rewind(&raw);
+            return Served::Proxy;
         }
-        None => match crate::beats::relay(shared, &key, relayed).await {
-            crate::beats::Relayed::Answer(a) => a,
-            crate::beats::Relayed::Proxy => {
-                stream.rewind(&raw);
-                return BeatServed::Proxy;
-            }
-        },
     };
     shared.metrics.request(RouteLabel::Owner, answer.status);
     let headers = answer.headers.iter().map(|(n, v)| (n.as_str(), v.as_str()));
@@ -408,7 +475,29 @@ pub async fn serve_beat(
         headers,
         answer.body.as_bytes(),
     );
-    BeatServed::Answered(keep.await)
+    Served::Answered(keep.await)
+}
+
+/// The 429 of a client over its rate limit (the text pingora's path answers), counted as
+/// pingora's path counts it.
+async fn refuse(
+    shared: &Shared,
+    stream: &mut Stream,
+    conn: Conn,
+    shutdown: &ShutdownWatch,
+    why: &str,
+) -> bool {
+    shared.metrics.request(RouteLabel::Local, 429);
+    let headers = [("content-type", crate::proxy::TEXT)];
+    write(
+        stream,
+        conn,
+        shutdown,
+        429,
+        headers.into_iter(),
+        why.as_bytes(),
+    )
+    .await
 }
 
 /// Writes an answer with `headers` (a `Content-Length` is added) and `body`, keeping the

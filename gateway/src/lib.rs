@@ -8,6 +8,7 @@
 //! - [`configs`]: config listener long-polls held at the edge, from the feeds' md5s.
 //! - [`beats`]: client beats relayed to their nodes in batches.
 //! - [`authmemo`]: which credentials nodes accepted for which service (cached answers with auth on).
+//! - [`lists`]: a naming request's plan, and list answers from the cache.
 //! - [`limits`]: per-client request-rate limits and connection caps.
 //! - [`proxy`]: the pingora `ProxyHttp` glue (thin).
 //! - [`server`]: building and running the pingora server.
@@ -20,6 +21,7 @@ pub mod configs;
 pub mod edge;
 pub mod feed;
 pub mod limits;
+pub mod lists;
 pub mod metrics;
 pub mod monitor;
 pub mod proxy;
@@ -210,4 +212,47 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// Helpers for the crate's unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use crate::upstreams::{PeerTimeouts, Upstream, View};
+    use crate::Shared;
+
+    /// A gateway whose view holds one node per `(port, relays beats)` on loopback, named after
+    /// its port.
+    pub fn shared(nodes: &[(u16, bool)]) -> Shared {
+        let settings = nacre_config::GatewaySettings {
+            cluster_secret: Some("0123456789abcdef".into()),
+            read_timeout_ms: 1_000,
+            ..Default::default()
+        };
+        let shared = Shared::new(settings).unwrap();
+        let ups = nodes
+            .iter()
+            .map(|&(port, relays)| {
+                let latency =
+                    prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("t", "t"))
+                        .unwrap();
+                let up = Arc::new(Upstream::new(
+                    format!("127.0.0.1:{port}"),
+                    SocketAddr::from(([127, 0, 0, 1], port)),
+                    PeerTimeouts {
+                        connect: Duration::from_millis(300),
+                        read: Duration::from_secs(1),
+                    },
+                    latency,
+                ));
+                up.set_relays_beats(relays);
+                up
+            })
+            .collect();
+        shared.upstreams.replace(View::new(ups));
+        shared
+    }
 }

@@ -8,7 +8,6 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use http::header;
 use nacre_ring::configs::ConfigKey;
-use nacre_ring::wire::SubscriberNote;
 use nacre_ring::wire::{
     CONFIG_LISTENER_PATH, CONFIG_LISTENER_READ_TIMEOUT_MS, HEADER_PREFIX, OWNER_ROUTED_HEADER,
 };
@@ -23,9 +22,9 @@ use crate::authmemo::Fingerprint;
 use crate::cache::{Stored, Ticket};
 use crate::configs::reads::Read;
 use crate::configs::PollRequest;
+use crate::lists::{self, Lookup, Plan};
 use crate::metrics::RouteLabel;
 use crate::route::{self, Local, Params, Variant};
-use crate::subscribe::Contact;
 use crate::upstreams::{Tried, Upstream, View};
 use crate::Shared;
 
@@ -37,7 +36,7 @@ const MAX_CACHED_ANSWER: usize = 8 * 1024 * 1024;
 /// What nodes answer JSON with (a cached answer looks exactly like a fresh one).
 /// Largest config listener body: 10,000 keys of the longest names, percent-encoded.
 const MAX_LISTENER_BODY: usize = 8 * 1024 * 1024;
-const JSON: &str = "application/json;charset=UTF-8";
+pub(crate) const JSON: &str = "application/json;charset=UTF-8";
 /// The content type of the gateway's own plain-text answers.
 pub(crate) const TEXT: &str = "text/plain; charset=utf-8";
 
@@ -200,105 +199,6 @@ fn has_body(req: &RequestHeader) -> bool {
     match declared {
         Some(n) => n > 0,
         None => req.headers.contains_key(header::TRANSFER_ENCODING),
-    }
-}
-
-/// The client kind string nodes format answers by: User-Agent, else Client-Version.
-fn agent(req: &RequestHeader) -> &str {
-    let get = |name: &str| {
-        req.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty())
-    };
-    get("user-agent")
-        .or_else(|| get("client-version"))
-        .unwrap_or("")
-}
-
-/// What the gateway will do with a naming request, taken from its parameters.
-struct Plan {
-    key: Option<ServiceKey>,
-    invalidates: bool,
-    list: Option<ListPlan>,
-}
-
-/// A cacheable list request.
-struct ListPlan {
-    variant: Variant,
-    /// The credential a node will read from it.
-    credential: Option<Fingerprint>,
-    /// A push subscriber.
-    subscriber: Option<Subscription>,
-}
-
-/// What a subscribing list request says about its client: enough to tell it apart and, when a
-/// note is due, to write it (see [`crate::subscribe`]).
-struct Subscription {
-    /// `clientIP` as given, else the TCP peer.
-    client: String,
-    /// `client` came from `clientIP`.
-    claimed: bool,
-    /// The TCP peer.
-    source: Option<std::net::IpAddr>,
-    udp: u16,
-    app: Option<String>,
-}
-
-impl Subscription {
-    /// The note that keeps this subscriber alive on `key`'s node when its poll is answered
-    /// here. Built only when one is due: most polls need none.
-    fn note(&self, key: &ServiceKey, variant: &Variant) -> SubscriberNote {
-        SubscriberNote {
-            key: key.clone(),
-            clusters: variant.clusters.clone(),
-            source: self.source,
-            claimed: self.claimed.then(|| self.client.clone()),
-            udp_port: self.udp,
-            agent: variant.agent.clone(),
-            app: self.app.clone(),
-        }
-    }
-}
-
-impl Plan {
-    /// `auth`: nodes require credentials (only then is the request's credential read).
-    fn of(params: &Params<'_>, session: &Session, auth: bool) -> Plan {
-        let req = session.req_header();
-        let key = params.service_key();
-        let cacheable =
-            key.is_some() && req.method == http::Method::GET && req.uri.path() == route::LIST_PATH;
-        let list = cacheable.then(|| ListPlan {
-            variant: params.list_variant(agent(req)),
-            credential: auth
-                .then(|| {
-                    params.credential(
-                        req.headers
-                            .get(header::AUTHORIZATION)
-                            .and_then(|v| v.to_str().ok()),
-                    )
-                })
-                .flatten(),
-            subscriber: params.udp_port().map(|udp| {
-                let source = client_ip(session);
-                let claimed = params.client_ip();
-                Subscription {
-                    client: claimed
-                        .map(str::to_string)
-                        .or_else(|| source.map(|ip| ip.to_string()))
-                        .unwrap_or_default(),
-                    claimed: claimed.is_some(),
-                    source,
-                    udp,
-                    app: params.app().map(str::to_string),
-                }
-            }),
-        });
-        Plan {
-            invalidates: route::invalidates(&req.method, req.uri.path()),
-            key,
-            list,
-        }
     }
 }
 
@@ -551,8 +451,17 @@ impl ProxyHttp for Gateway {
         let req = session.req_header();
         let query = req.uri.query().unwrap_or("");
         let params = Params::parse(query.as_bytes(), None);
+        let auth = self.shared.auth_required();
+        let source = client_ip(session);
         let plan = if params.has_service() || !(has_body(req) && is_form(req)) {
-            Plan::of(&params, session, self.shared.auth_required())
+            Plan::of(
+                &params,
+                &req.method,
+                req.uri.path(),
+                &req.headers,
+                source,
+                auth,
+            )
         } else {
             // The service is only in the form body: read it (the common case needs no copy
             // of the query, this one does, since reading borrows the session).
@@ -565,10 +474,15 @@ impl ProxyHttp for Gateway {
                 respond(session, 413, TEXT, Bytes::from(msg)).await?;
                 return Ok(true);
             };
+            let req = session.req_header();
+            let params = Params::parse(query.as_bytes(), Some(&body));
             Plan::of(
-                &Params::parse(query.as_bytes(), Some(&body)),
-                session,
-                self.shared.auth_required(),
+                &params,
+                &req.method,
+                req.uri.path(),
+                &req.headers,
+                source,
+                auth,
             )
         };
         let Some(key) = plan.key else {
@@ -580,7 +494,6 @@ impl ProxyHttp for Gateway {
         // With auth on, only a request with a credential may be answered from (or fill) the
         // cache, and only once a node accepted that credential for this service (see
         // `authmemo`).
-        let auth = shared.auth_required();
         let Some(list) = plan
             .list
             .filter(|l| shared.cache.enabled() && (!auth || l.credential.is_some()))
@@ -588,50 +501,21 @@ impl ProxyHttp for Gateway {
             ctx.key = Some(key);
             return Ok(false);
         };
-        // A subscriber must reach its node now and then, or the node stops pushing to it: its
-        // first poll itself, later ones by a note (rules P1–P3 in `crate::subscribe`).
-        let (contact, subscription) = match list.subscriber {
-            Some(sub) => {
-                let seen = (
-                    sub.client.clone(),
-                    sub.udp,
-                    key.clone(),
-                    list.variant.clone(),
-                );
-                (
-                    shared.relay.contact(&seen, Instant::now()),
-                    Some((sub, seen)),
-                )
-            }
-            None => (Contact::None, None),
-        };
-        if contact != Contact::Poll {
-            let view = ctx.view.insert(shared.upstreams.view());
-            if !view.feeds_ok() {
-                shared.metrics.cache_bypassed.inc();
-                ctx.key = Some(key);
-                return Ok(false);
-            }
-            let accepted = !auth
-                || list
-                    .credential
-                    .is_some_and(|c| shared.auth_memo.allows(c, &key));
-            let cached = accepted
-                .then(|| shared.cache.get(&key, &list.variant, crate::now_ms()))
-                .flatten();
-            // A note that cannot be queued sends the poll to the node instead (rule P3).
-            let noted = || match (&contact, subscription) {
-                (Contact::Note, Some((sub, seen))) => {
-                    shared.relay.offer(sub.note(&key, &list.variant), seen)
-                }
-                _ => true,
-            };
-            if let Some(answer) = cached.filter(|_| noted()) {
+        let view = ctx.view.insert(shared.upstreams.view());
+        match lists::lookup(shared, &key, &list, view) {
+            Lookup::Hit(answer) => {
                 shared.metrics.cache_hits.inc();
                 ctx.route = RouteLabel::Cache;
                 respond(session, 200, JSON, answer).await?;
                 return Ok(true);
             }
+            Lookup::Bypass => {
+                shared.metrics.cache_bypassed.inc();
+                lists::reaching_node(shared, &key, &list);
+                ctx.key = Some(key);
+                return Ok(false);
+            }
+            Lookup::Miss => lists::reaching_node(shared, &key, &list),
         }
         shared.metrics.cache_misses.inc();
         ctx.fill = Some(Fill {

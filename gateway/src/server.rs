@@ -214,10 +214,9 @@ impl Admission {
             };
             let first = &first[..n];
             let taken = if edge::may_take(&self.shared, first) {
-                let secret = self.shared.settings.cluster_secret.as_deref();
                 // Boxed: the loop's own future, alive for the connection's whole life, stays as
                 // small as its idle wait.
-                Box::pin(edge::take(&mut stream, first, client, secret)).await
+                Box::pin(edge::take(&self.shared, &mut stream, first, client)).await
             } else {
                 stream.rewind(first);
                 None
@@ -234,10 +233,18 @@ impl Admission {
                     let served =
                         edge::serve_beat(&self.shared, &mut stream, beat, client, shutdown);
                     match Box::pin(served).await {
-                        edge::BeatServed::Answered(true) => continue,
-                        edge::BeatServed::Answered(false) => return,
+                        edge::Served::Answered(true) => continue,
+                        edge::Served::Answered(false) => return,
                         // Put back into the stream: pingora serves it below.
-                        edge::BeatServed::Proxy => {}
+                        edge::Served::Proxy => {}
+                    }
+                }
+                Some(edge::Taken::List(list)) => {
+                    match edge::serve_list(&self.shared, &mut stream, list, client, shutdown).await
+                    {
+                        edge::Served::Answered(true) => continue,
+                        edge::Served::Answered(false) => return,
+                        edge::Served::Proxy => {}
                     }
                 }
                 None => {}

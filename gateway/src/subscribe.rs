@@ -89,13 +89,25 @@ impl Relay {
 
     /// What the poll of `seen` at `now` needs (rules P1, P2); records the contact it implies.
     pub fn contact(&self, seen: &SeenKey, now: Instant) -> Contact {
-        let contact = match self.seen.get(seen) {
-            None => Contact::Poll,
-            Some(at) if now.saturating_duration_since(at) < self.refresh => return Contact::None,
-            Some(_) => Contact::Note,
-        };
-        self.seen.insert(seen.clone(), now);
+        let contact = self.peek(seen, now);
+        if contact != Contact::None {
+            self.record(seen, now);
+        }
         contact
+    }
+
+    /// Records that `seen`'s node hears of it at `now` (its poll, or a note).
+    pub fn record(&self, seen: &SeenKey, now: Instant) {
+        self.seen.insert(seen.clone(), now);
+    }
+
+    /// What the poll of `seen` at `now` would need, recording nothing.
+    pub fn peek(&self, seen: &SeenKey, now: Instant) -> Contact {
+        match self.seen.get(seen) {
+            None => Contact::Poll,
+            Some(at) if now.saturating_duration_since(at) < self.refresh => Contact::None,
+            Some(_) => Contact::Note,
+        }
     }
 
     /// Queues `note` for `seen`'s node; `false` (and `seen` forgotten, rule P3) when the queue
@@ -114,7 +126,7 @@ impl Relay {
     }
 
     /// Forgets `seen` (rule P3): its next poll goes to the node.
-    fn forget(&self, seen: &SeenKey) {
+    pub fn forget(&self, seen: &SeenKey) {
         self.seen.invalidate(seen);
     }
 }

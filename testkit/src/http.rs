@@ -477,3 +477,36 @@ async fn finish(r: reqwest::Result<reqwest::Response>) -> Reply {
         },
     }
 }
+
+/// One HTTP/1.1 response read from a raw connection: status, headers (lower-cased names), body
+/// (panics on anything else: test-only).
+pub async fn read_response(
+    conn: &mut tokio::io::BufReader<tokio::net::TcpStream>,
+) -> (u16, Vec<(String, String)>, String) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let mut line = String::new();
+    conn.read_line(&mut line).await.expect("status line");
+    let status: u16 = line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status code");
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        conn.read_line(&mut h).await.expect("header line");
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let (k, v) = h.split_once(':').expect("name: value");
+        headers.push((k.to_ascii_lowercase(), v.trim().to_string()));
+    }
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .map_or(0, |(_, v)| v.parse().expect("a length"));
+    let mut body = vec![0; len];
+    conn.read_exact(&mut body).await.expect("the body");
+    (status, headers, String::from_utf8(body).expect("utf-8"))
+}
