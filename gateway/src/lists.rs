@@ -236,6 +236,7 @@ pub fn reaching_node(shared: &Shared, key: &ServiceKey, list: &ListPlan) {
 mod tests {
     use super::*;
     use crate::testing::shared;
+    use std::sync::Arc;
 
     fn plan(query: &str) -> (ServiceKey, ListPlan) {
         let params = Params::parse(query.as_bytes(), None);
@@ -250,18 +251,25 @@ mod tests {
         (plan.key.unwrap(), plan.list.unwrap())
     }
 
-    #[test]
-    fn a_lookup_that_does_not_answer_changes_nothing_and_a_node_contact_is_recorded() {
+    /// A gateway with one node whose feed is followed, and its view.
+    fn followed() -> (Shared, Arc<View>) {
         let s = shared(&[(1, true)]);
         let view = s.upstreams.view();
         view.upstreams()[0].set_feed_ok(true);
+        (s, view)
+    }
+
+    fn store(s: &Shared, key: &ServiceKey, list: &ListPlan, body: &'static [u8]) {
+        let ticket = s.cache.begin(key);
+        s.cache
+            .store(ticket, list.variant.clone(), Bytes::from_static(body));
+    }
+
+    #[test]
+    fn a_lookup_that_does_not_answer_changes_nothing_and_a_node_contact_is_recorded() {
+        let (s, view) = followed();
         let (key, list) = plan("serviceName=s&udpPort=9&clientIP=10.0.0.9");
-        let ticket = s.cache.begin(&key);
-        s.cache.store(
-            ticket,
-            list.variant.clone(),
-            Bytes::from_static(b"{\"hosts\":[]}"),
-        );
+        store(&s, &key, &list, b"{\"hosts\":[]}");
         let seen = list.subscriber.as_ref().unwrap().seen(&key, &list.variant);
 
         // A first contact is not answered here (rule P1), and leaves the subscriber unseen.
@@ -277,14 +285,10 @@ mod tests {
 
     #[test]
     fn an_answer_found_is_given_only_when_committed() {
-        let s = shared(&[(1, true)]);
-        let view = s.upstreams.view();
-        view.upstreams()[0].set_feed_ok(true);
+        let (s, view) = followed();
         let (key, list) = plan("serviceName=s");
         assert!(matches!(find(&s, &key, &list, &view), Err(Lookup::Miss)));
-        let ticket = s.cache.begin(&key);
-        s.cache
-            .store(ticket, list.variant.clone(), Bytes::from_static(b"{}"));
+        store(&s, &key, &list, b"{}");
         let found = find(&s, &key, &list, &view).unwrap();
         assert!(matches!(found.commit(&s), Lookup::Hit(b) if &b[..] == b"{}"));
     }

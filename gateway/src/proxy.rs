@@ -453,15 +453,18 @@ impl ProxyHttp for Gateway {
         let params = Params::parse(query.as_bytes(), None);
         let auth = self.shared.auth_required();
         let source = client_ip(session);
-        let plan = if params.has_service() || !(has_body(req) && is_form(req)) {
+        let plan_of = |params: &Params<'_>, req: &RequestHeader| {
             Plan::of(
-                &params,
+                params,
                 &req.method,
                 req.uri.path(),
                 &req.headers,
                 source,
                 auth,
             )
+        };
+        let plan = if params.has_service() || !(has_body(req) && is_form(req)) {
+            plan_of(&params, req)
         } else {
             // The service is only in the form body: read it (the common case needs no copy
             // of the query, this one does, since reading borrows the session).
@@ -474,15 +477,9 @@ impl ProxyHttp for Gateway {
                 respond(session, 413, TEXT, Bytes::from(msg)).await?;
                 return Ok(true);
             };
-            let req = session.req_header();
-            let params = Params::parse(query.as_bytes(), Some(&body));
-            Plan::of(
-                &params,
-                &req.method,
-                req.uri.path(),
-                &req.headers,
-                source,
-                auth,
+            plan_of(
+                &Params::parse(query.as_bytes(), Some(&body)),
+                session.req_header(),
             )
         };
         let Some(key) = plan.key else {
