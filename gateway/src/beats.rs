@@ -24,7 +24,8 @@
 //!   node out of rotation (until its next good probe), and each of its beats is tried on the
 //!   next node in the ring's order; a beat the node answers with its not-ready 503 likewise.
 //!   Beats are idempotent, so a beat that reached a node whose answer was lost is safe to
-//!   send again. With no node left the client gets the proxy path's answer: 503 "no registry
+//!   send again. A batch whose sender's task is gone before it sent (the gateway stopping)
+//!   fails the same way: no beat waits for a sender that no longer exists. With no node left the client gets the proxy path's answer: 503 "no registry
 //!   node is ready" when none is in the view, else 502 "no registry node answered".
 //!
 //! A beat waits at most `beat_linger_ms` longer than proxied; every instance beats every 5 s
@@ -179,21 +180,53 @@ impl BeatBatches {
             }
         };
         if let Some(batch) = lead {
+            let lead = Lead {
+                batches: self,
+                key,
+                batch,
+            };
             let linger = Duration::from_millis(shared.settings.beat_linger_ms);
             tokio::select! {
                 () = tokio::time::sleep(linger) => {}
-                () = batch.full.notified() => {}
+                () = lead.batch.full.notified() => {}
             }
-            {
-                let mut open = self.open.lock();
-                if open.get(&key).is_some_and(|b| Arc::ptr_eq(b, &batch)) {
-                    open.remove(&key);
-                }
-            }
-            let beats = std::mem::take(&mut *batch.beats.lock());
-            send(shared, up, beats).await;
+            send(shared, up, lead.close()).await;
         }
         rx.await.ok().flatten()
+    }
+}
+
+/// The batch a beat opened, until its sender takes it. Should the sender's task be dropped
+/// first (the gateway stopping), dropping this fails the beats in it (rule R4) rather than
+/// leaving them, and every beat joining after them, waiting for a sender that is gone.
+struct Lead<'a> {
+    batches: &'a BeatBatches,
+    key: (ThreadId, SocketAddr),
+    batch: Arc<Batch>,
+}
+
+impl Lead<'_> {
+    /// Closes the batch to new beats and takes the ones in it.
+    fn close(&self) -> Vec<Pending> {
+        {
+            let mut open = self.batches.open.lock();
+            if open
+                .get(&self.key)
+                .is_some_and(|b| Arc::ptr_eq(b, &self.batch))
+            {
+                open.remove(&self.key);
+            }
+        }
+        std::mem::take(&mut *self.batch.beats.lock())
+    }
+}
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        for pending in self.close() {
+            // Its client may be gone as well.
+            let _ = pending.answer.send(None);
+        }
     }
 }
 
@@ -306,6 +339,37 @@ mod tests {
         assert!(view.upstreams().iter().all(|u| !u.is_usable()), "both out");
         assert_eq!(s.metrics.beat_batches_failed.get(), 2, "one batch per node");
         assert_eq!(s.metrics.retries.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn r4_beats_left_by_a_sender_that_is_gone_fail_instead_of_waiting() {
+        let settings = nacre_config::GatewaySettings {
+            beat_linger_ms: 1_000,
+            ..crate::testing::settings()
+        };
+        let s = Arc::new(crate::testing::shared_with(
+            settings,
+            &[(closed_port(), true)],
+        ));
+        let up = s.upstreams.view().upstreams()[0].clone();
+        let lead = {
+            let (s, up) = (s.clone(), up.clone());
+            tokio::spawn(async move { s.beat_batches.join(&s, &up, Arc::new(beat())).await })
+        };
+        // The follower joins the open batch on this thread: current-thread runtime.
+        tokio::task::yield_now().await;
+        let follower = {
+            let (s, up) = (s.clone(), up.clone());
+            tokio::spawn(async move { s.beat_batches.join(&s, &up, Arc::new(beat())).await })
+        };
+        tokio::task::yield_now().await;
+        lead.abort();
+        let answer = tokio::time::timeout(Duration::from_millis(500), follower)
+            .await
+            .expect("the follower is answered, not left waiting")
+            .unwrap();
+        assert!(answer.is_none(), "its batch failed (rule R4)");
+        assert!(s.beat_batches.open.lock().is_empty(), "nothing left open");
     }
 
     #[tokio::test]

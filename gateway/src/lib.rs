@@ -224,14 +224,23 @@ pub(crate) mod testing {
     use crate::upstreams::{PeerTimeouts, Upstream, View};
     use crate::Shared;
 
-    /// A gateway whose view holds one node per `(port, relays beats)` on loopback, named after
-    /// its port.
-    pub fn shared(nodes: &[(u16, bool)]) -> Shared {
-        let settings = nacre_config::GatewaySettings {
+    /// Settings for a test gateway.
+    pub fn settings() -> nacre_config::GatewaySettings {
+        nacre_config::GatewaySettings {
             cluster_secret: Some("0123456789abcdef".into()),
             read_timeout_ms: 1_000,
             ..Default::default()
-        };
+        }
+    }
+
+    /// A gateway whose view holds one node per `(port, relays beats)` on loopback, named after
+    /// its port.
+    pub fn shared(nodes: &[(u16, bool)]) -> Shared {
+        shared_with(settings(), nodes)
+    }
+
+    /// [`shared`] with `settings`.
+    pub fn shared_with(settings: nacre_config::GatewaySettings, nodes: &[(u16, bool)]) -> Shared {
         let shared = Shared::new(settings).unwrap();
         let ups = nodes
             .iter()
