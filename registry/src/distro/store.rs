@@ -70,6 +70,42 @@ pub struct EphemeralService {
     check_at: CheckAt,
     /// Positions by identity, once the service is large enough to index.
     index: PositionIndex,
+    /// [`EphemeralService::checksum`] as of the last change.
+    sum: CachedSum,
+}
+
+/// A service's checksum, kept until its next change: verify asks for it every round for every
+/// service, and computing it hashes every instance. Every change of what the checksum covers
+/// goes through [`EphemeralService::set_version`] (as rule E5's `check_at` relies on), which
+/// forgets it; it is computed under the read lock, where two readers store the same value.
+#[derive(Debug, Default)]
+struct CachedSum {
+    value: AtomicU64,
+    valid: std::sync::atomic::AtomicBool,
+}
+
+impl CachedSum {
+    fn get(&self) -> Option<u64> {
+        self.valid
+            .load(Ordering::Acquire)
+            .then(|| self.value.load(Ordering::Relaxed))
+    }
+
+    fn put(&self, sum: u64) {
+        self.value.store(sum, Ordering::Relaxed);
+        self.valid.store(true, Ordering::Release);
+    }
+
+    fn forget(&self) {
+        self.valid.store(false, Ordering::Release);
+    }
+}
+
+impl Clone for CachedSum {
+    /// A copy computes its own on first use.
+    fn clone(&self) -> Self {
+        Self::default()
+    }
 }
 
 /// From this many instances a service keeps a [`PositionIndex`]: below it a scan is as cheap.
@@ -353,8 +389,10 @@ impl EphemeralService {
 
     fn set_version(&mut self, version: u64, now_ms: u64) {
         self.version = version;
-        // Something changed: an instance may have a nearer deadline now (rule E5).
+        // Something changed: an instance may have a nearer deadline now (rule E5), and the
+        // checksum may differ.
         self.check_at.set(0);
+        self.sum.forget();
         self.empty_since_ms = match (self.instances.is_empty(), self.empty_since_ms) {
             (false, _) => None,
             (true, Some(since)) => Some(since),
@@ -365,6 +403,15 @@ impl EphemeralService {
     /// Order-independent checksum of what replicas must agree on. `last_beat_ms` is left out:
     /// each node stamps it with its own clock.
     pub fn checksum(&self) -> u64 {
+        if let Some(sum) = self.sum.get() {
+            return sum;
+        }
+        let sum = self.compute_checksum();
+        self.sum.put(sum);
+        sum
+    }
+
+    fn compute_checksum(&self) -> u64 {
         let sum = self
             .instances
             .iter()
@@ -1873,6 +1920,67 @@ mod tests {
         )
         .unwrap();
         assert_ne!(sum(&a), sum(&b));
+    }
+
+    #[test]
+    fn the_kept_checksum_follows_every_kind_of_change() {
+        let s = EphemeralStore::new();
+        let peer = EphemeralStore::new();
+        let check = |s: &EphemeralStore, what: &str| {
+            s.with_service(&key(), |svc| {
+                assert_eq!(svc.checksum(), svc.compute_checksum(), "after {what}");
+            });
+        };
+        s.register(&key(), inst("10.0.0.1", 0), 0);
+        check(&s, "a registration");
+        s.register(&key(), inst("10.0.0.2", 0), 1);
+        check(&s, "a second registration");
+        let mut heavier = inst("10.0.0.2", 2);
+        heavier.weight = 5.0;
+        s.register(&key(), heavier, 2);
+        check(&s, "a re-registration that changes a field");
+        s.patch(
+            &key(),
+            &id("10.0.0.1"),
+            &InstancePatch {
+                weight: Some(3.0),
+                ..Default::default()
+            },
+            3,
+        )
+        .unwrap();
+        check(&s, "a patch");
+        s.set_health(&key(), &id("10.0.0.1"), false, 4).unwrap();
+        check(&s, "a health change by hand");
+        s.set_health(&key(), &id("10.0.0.1"), true, 5).unwrap();
+        // Silence past the beat timeout marks it unhealthy, a beat revives it.
+        s.sweep(20_000);
+        check(&s, "a sweep marking instances unhealthy");
+        s.beat(&key(), &id("10.0.0.1"), 20_001);
+        check(&s, "a beat that revives");
+        // A peer's newer change of one instance arrives at an older service version.
+        peer.apply_remote(s.export(&[key()]).remove(0), 20_002);
+        peer.patch(
+            &key(),
+            &id("10.0.0.2"),
+            &InstancePatch {
+                weight: Some(9.0),
+                ..Default::default()
+            },
+            20_003,
+        )
+        .unwrap();
+        s.apply_remote(peer.export(&[key()]).remove(0), 20_004);
+        check(&s, "a merged record");
+        assert_eq!(
+            s.digest(&key()).unwrap().1,
+            peer.digest(&key()).unwrap().1,
+            "replicas that agree have equal checksums"
+        );
+        s.remove(&key(), &id("10.0.0.2"), 20_005);
+        check(&s, "a deregistration");
+        s.sweep(200_000);
+        check(&s, "a sweep removing instances");
     }
 
     #[test]
