@@ -42,7 +42,7 @@ use nacre_ring::ServiceKey;
 use parking_lot::Mutex;
 use tokio::sync::{oneshot, Notify};
 
-use crate::upstreams::{Tried, Upstream};
+use crate::upstreams::{Tried, Upstream, View};
 use crate::Shared;
 
 thread_local! {
@@ -86,28 +86,47 @@ pub enum Relayed {
     Proxy,
 }
 
-/// Whether a beat for `key` would be relayed now (rule R1): its node takes batches.
-pub fn relayable(shared: &Shared, key: &ServiceKey) -> bool {
-    let view = shared.upstreams.view();
-    let mut tried = Tried::default();
-    shared
-        .upstreams
-        .pick(&view, Some(key), &mut tried)
-        .is_none_or(|up| up.relays_beats())
+/// Where a beat for one service goes: the view it is routed in, and its node, picked once.
+#[derive(Debug)]
+pub struct Route {
+    view: Arc<View>,
+    tried: Tried,
+    /// The owner, or `None` when the view has no node at all.
+    first: Option<Arc<Upstream>>,
 }
 
-/// Relays `beat`, for the service `key`, to its node (rules R1–R4).
-pub async fn relay(shared: &Shared, key: &ServiceKey, beat: RelayedRequest) -> Relayed {
+/// Routes a beat for `key` (rule R1): `None` when its node does not take batches, so the beat
+/// goes to the proxy path as it came.
+pub fn route(shared: &Shared, key: &ServiceKey) -> Option<Route> {
     let view = shared.upstreams.view();
-    let beat = Arc::new(beat);
     let mut tried = Tried::default();
+    let first = shared.upstreams.pick(&view, Some(key), &mut tried);
+    if first.as_ref().is_some_and(|up| !up.relays_beats()) {
+        return None;
+    }
+    Some(Route { view, tried, first })
+}
+
+/// Relays `beat`, for the service `key`, along `route` (rules R2–R4).
+pub async fn relay(
+    shared: &Shared,
+    key: &ServiceKey,
+    route: Route,
+    beat: RelayedRequest,
+) -> Relayed {
+    let Route {
+        view,
+        mut tried,
+        first,
+    } = route;
+    let beat = Arc::new(beat);
+    let mut next = first;
     let mut any = false;
-    while let Some(up) = shared.upstreams.pick(&view, Some(key), &mut tried) {
+    while let Some(up) = next {
         if !up.relays_beats() {
-            if any {
-                // Already sent to a node and lost: a proxied replay is the same beat again.
-                tracing::debug!(upstream = %up.name, "beat falls back to the proxy path");
-            }
+            // A node tried next that does not take batches (a rolling upgrade): the proxy
+            // path replays the beat, which is safe (R4).
+            tracing::debug!(upstream = %up.name, "beat falls back to the proxy path");
             return Relayed::Proxy;
         }
         if any {
@@ -119,6 +138,7 @@ pub async fn relay(shared: &Shared, key: &ServiceKey, beat: RelayedRequest) -> R
             // Rule R4: out of rotation, and the beat goes to the next node.
             Some(_) | None => up.mark_unusable(),
         }
+        next = shared.upstreams.pick(&view, Some(key), &mut tried);
     }
     Relayed::Answer(if view.upstreams().is_empty() {
         plain(503, "no registry node is ready")
@@ -321,8 +341,7 @@ mod tests {
     #[tokio::test]
     async fn r1_a_node_that_does_not_answer_batches_gets_its_beats_proxied() {
         let s = shared(&[(closed_port(), false)]);
-        assert!(!relayable(&s, &key()));
-        assert!(matches!(relay(&s, &key(), beat()).await, Relayed::Proxy));
+        assert!(route(&s, &key()).is_none());
         assert_eq!(s.metrics.beat_batches.get(), 0, "nothing was sent");
     }
 
@@ -330,7 +349,8 @@ mod tests {
     async fn r4_a_failed_batch_takes_its_node_out_and_the_beat_tries_the_next() {
         let (a, b) = (closed_port(), closed_port());
         let s = shared(&[(a, true), (b, true)]);
-        let Relayed::Answer(answer) = relay(&s, &key(), beat()).await else {
+        let route = route(&s, &key()).expect("both nodes take batches");
+        let Relayed::Answer(answer) = relay(&s, &key(), route, beat()).await else {
             panic!("relayed nodes never hand a beat back to the proxy path");
         };
         assert_eq!(answer.status, 502, "{answer:?}");
@@ -375,7 +395,8 @@ mod tests {
     #[tokio::test]
     async fn r4_with_no_node_at_all_the_client_hears_none_is_ready() {
         let s = shared(&[]);
-        let Relayed::Answer(answer) = relay(&s, &key(), beat()).await else {
+        let route = route(&s, &key()).expect("no node: the relay answers");
+        let Relayed::Answer(answer) = relay(&s, &key(), route, beat()).await else {
             panic!("no node, no proxying");
         };
         assert_eq!(

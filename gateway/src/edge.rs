@@ -36,7 +36,7 @@ use pingora::protocols::l4::stream::Stream;
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::configs::poll::{Answer, How, PollRequest};
+use crate::configs::poll::PollRequest;
 use crate::lists::{ListPlan, Lookup, Plan};
 use crate::metrics::RouteLabel;
 use crate::route::{Params, LIST_PATH};
@@ -149,8 +149,11 @@ pub async fn take(
     client: Option<IpAddr>,
 ) -> Option<Taken> {
     let mut buf = BytesMut::from(first);
-    let taken = tokio::time::timeout(READ_TIMEOUT, read_request(stream, &mut buf)).await;
-    let taken = match taken {
+    let read = tokio::time::timeout(READ_TIMEOUT, read_request(stream, &mut buf)).await;
+    // Frozen once: a beat or list keeps slices of it (and all of it, to put back) without
+    // copying.
+    let buf = buf.freeze();
+    let taken = match read {
         Ok(Some((head, end))) => taken_of(head, &buf, end, client, shared),
         _ => None,
     };
@@ -295,26 +298,23 @@ async fn read_request(stream: &mut Stream, buf: &mut BytesMut) -> Option<(Head, 
 /// UTF-8).
 fn taken_of(
     head: Head,
-    buf: &BytesMut,
+    buf: &Bytes,
     end: usize,
     client: Option<IpAddr>,
     shared: &Shared,
 ) -> Option<Taken> {
-    let secret = shared.settings.cluster_secret.as_deref();
-    let auth = shared.auth_required();
-    // Copies, so a listener parked for 30 s does not keep the whole read buffer alive.
-    let body = Bytes::copy_from_slice(&buf[head.len..end]);
-    let conn = Conn {
+    let conn = |rest: Bytes| Conn {
         keep_alive: !head.close,
         http10: head.http10,
-        rest: Bytes::copy_from_slice(&buf[end..]),
+        rest,
     };
     match head.kind {
+        // Copies, so a listener parked for 30 s does not keep the whole read buffer alive.
         Kind::Listener => Some(Taken::Listener(Listener {
+            conn: conn(Bytes::copy_from_slice(&buf[end..])),
             query: head.query,
             headers: head.headers,
-            body,
-            conn,
+            body: Bytes::copy_from_slice(&buf[head.len..end]),
         })),
         Kind::List => {
             let params = Params::parse(head.query.as_bytes(), None);
@@ -324,13 +324,13 @@ fn taken_of(
                 LIST_PATH,
                 &head.headers,
                 client,
-                auth,
+                shared.auth_required(),
             );
             Some(Taken::List(List {
                 key: plan.key?,
                 plan: plan.list?,
-                conn,
-                raw: Bytes::copy_from_slice(buf),
+                conn: conn(buf.slice(end..)),
+                raw: buf.clone(),
             }))
         }
         Kind::Beat => {
@@ -339,22 +339,24 @@ fn taken_of(
                     .get(http::header::CONTENT_TYPE)
                     .map(|v| v.as_bytes()),
             );
-            let params = Params::parse(head.query.as_bytes(), form.then_some(&body[..]));
+            let body = &buf[head.len..end];
+            let params = Params::parse(head.query.as_bytes(), form.then_some(body));
             let key = params.service_key()?;
             let mut client_headers = Vec::with_capacity(head.headers.len());
             for (name, value) in &head.headers {
                 client_headers.push((name.as_str(), value.to_str().ok()?));
             }
+            let secret = shared.settings.cluster_secret.as_deref();
             let relayed = RelayedRequest {
                 headers: crate::beats::relayed_headers(client_headers.into_iter(), client, secret),
-                body: String::from_utf8(body.to_vec()).ok()?,
+                body: std::str::from_utf8(body).ok()?.to_string(),
                 query: head.query,
             };
             Some(Taken::Beat(Beat {
                 key,
                 relayed,
-                conn,
-                raw: Bytes::copy_from_slice(buf),
+                conn: conn(buf.slice(end..)),
+                raw: buf.clone(),
             }))
         }
     }
@@ -381,7 +383,13 @@ pub async fn serve(
         body,
         conn,
     } = req;
-    let answer = answer(shared, &query, headers, body, client).await;
+    if let Some(refusal) = client.and_then(|ip| shared.over_rate(ip)) {
+        return refuse(shared, stream, conn, shutdown, &refusal).await;
+    }
+    let parsed = PollRequest::parse(&query, body, &headers, client);
+    // The poll keeps what it needs; the request's own copies are not held while it parks.
+    drop((query, headers));
+    let answer = crate::configs::poll::answer(shared, parsed).await;
     let extra = answer.headers();
     let content_type = answer.content_type.to_str().unwrap_or(crate::proxy::TEXT);
     let headers = std::iter::once(("content-type", content_type)).chain(extra.iter().copied());
@@ -450,14 +458,14 @@ pub async fn serve_beat(
         raw,
     } = beat;
     // As for lists: a beat handed to pingora is charged there, not here too.
-    if !crate::beats::relayable(shared, &key) {
+    let Some(route) = crate::beats::route(shared, &key) else {
         stream.rewind(&raw);
         return Served::Proxy;
-    }
+    };
     if let Some(refusal) = client.and_then(|ip| shared.over_rate(ip)) {
         return Served::Answered(refuse(shared, stream, conn, shutdown, &refusal).await);
     }
-    let answer = match crate::beats::relay(shared, &key, relayed).await {
+    let answer = match crate::beats::relay(shared, &key, route, relayed).await {
         crate::beats::Relayed::Answer(a) => a,
         // Its node stopped taking batches (a rolling upgrade) after the check above.
         crate::beats::Relayed::Proxy => {
@@ -540,29 +548,6 @@ async fn write<'a>(
         stream.rewind(&conn.rest);
     }
     written && keep
-}
-
-/// The answer to a listener request: a 429 over the client's rate, else the poll's answer.
-async fn answer(
-    shared: &Shared,
-    query: &str,
-    headers: HeaderMap,
-    body: Bytes,
-    client: Option<IpAddr>,
-) -> Answer {
-    if let Some(refusal) = client.and_then(|ip| shared.over_rate(ip)) {
-        // Not a poll (nothing counted); `Refused` gives it the plain headers of an error.
-        return Answer {
-            status: 429,
-            content_type: HeaderValue::from_static(crate::proxy::TEXT),
-            body: Bytes::from(refusal),
-            how: How::Refused,
-        };
-    }
-    let parsed = PollRequest::parse(query, body, &headers, client);
-    // The poll keeps what it needs; the request's own copies are not held while it parks.
-    drop(headers);
-    crate::configs::poll::answer(shared, parsed).await
 }
 
 #[cfg(test)]

@@ -242,13 +242,12 @@ fn update_view(shared: &Shared, ready: &[Ready]) {
             .zip(ready)
             .all(|(u, r)| u.name == r.name && u.addr == r.addr);
     for u in current.upstreams() {
-        let up = ready
-            .iter()
-            .any(|r| r.probed && r.name == u.name && r.addr == u.addr);
+        let found = ready.iter().find(|r| r.name == u.name && r.addr == u.addr);
+        let up = found.is_some_and(|r| r.probed);
         if up {
             u.mark_usable();
         }
-        if let Some(r) = ready.iter().find(|r| r.name == u.name && r.addr == u.addr) {
+        if let Some(r) = found {
             u.set_relays_beats(r.beats);
         }
         shared.metrics.set_upstream_up(&u.name, up);

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -23,7 +23,7 @@ use crate::listener::PeerAddr;
 use crate::peer::require_secret;
 
 /// The largest batch body a node reads (a gateway sends far less: at most a few hundred beats
-/// of at most 64 KiB each).
+/// of at most 64 KiB each). The handler reads the body itself, so this is its only limit.
 const MAX_BATCH_BODY: usize = 64 * 1024 * 1024;
 
 /// The largest answer to one beat kept for the batch's reply (a beat answer is a short JSON
@@ -42,7 +42,6 @@ const PER_CONNECTION: [HeaderName; 4] = [
 pub fn routes(secret: Arc<str>, public: Router) -> Router {
     Router::new()
         .route(BEATS_PATH, post(batch))
-        .layer(DefaultBodyLimit::max(MAX_BATCH_BODY))
         .layer(axum::middleware::from_fn_with_state(secret, require_secret))
         .with_state(public)
 }
