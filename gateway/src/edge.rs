@@ -1,15 +1,17 @@
-//! Each client connection's keep-alive loop, with config long-polls held and beats relayed
-//! outside pingora's proxy session.
+//! The requests of a client connection that the gateway serves itself, outside pingora's proxy
+//! session: config long-polls held, beats relayed, cached lists answered.
 //!
 //! pingora serves a request inside one future as large as its largest state (the whole proxy
 //! path: upstream sessions, retries, cache), next to a session with its header buffers, and it
 //! waits for a keep-alive connection's next request inside that future too. Measured at the
 //! gateway: ~27 KiB per idle keep-alive connection, and ~35 KiB per parked config listener
-//! (which holds its connection for up to 30 s). So the gateway runs the loop itself:
+//! (which holds its connection for up to 30 s). So the gateway runs each connection's loop
+//! itself ([`crate::accept`]) and serves these requests here:
 //!
-//! - **E1 (idle is small).** Between requests a connection waits here holding only its socket,
-//!   until its next request arrives, the keep-alive timeout passes ([`KEEPALIVE`]) or shutdown
-//!   begins (then it closes; a request already received is served first).
+//! - **E1 (idle is small).** Between requests a connection waits ([`next_request`]) holding only
+//!   its socket, reading nothing, until its next request arrives, the keep-alive timeout passes
+//!   ([`KEEPALIVE`]) or shutdown begins (then it closes; a request already received is served
+//!   first).
 //! - **E2 (only what it fully understands).** A request is served here only if it is a `POST`
 //!   to the config listener path while holding listeners at the edge is on, or a `PUT` beat
 //!   naming its service while relaying beats is on (see [`crate::beats`]); its head parses
@@ -32,10 +34,10 @@ use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use nacre_ring::wire::{RelayedRequest, BEAT_PATH, CONFIG_LISTENER_PATH};
 use nacre_ring::ServiceKey;
-use pingora::protocols::l4::stream::Stream;
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::client::ClientStream as Stream;
 use crate::configs::poll::PollRequest;
 use crate::lists::{ListPlan, Lookup, Plan};
 use crate::metrics::RouteLabel;
@@ -57,30 +59,26 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// How long the rest of a head and its body may take to arrive once the first byte has.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How much of a request the wait between requests reads at once. Most request heads fit, so
-/// pingora then reads them from memory instead of making a second read call; a longer one is
+/// How much of a request is read at once when its first bytes arrive. Most request heads fit,
+/// so pingora then reads them from memory instead of making a second read call; a longer one is
 /// finished from the socket.
 pub const FIRST_READ: usize = 1024;
 
-/// Waits for the connection's next request (rule E1) and reads what has arrived of it, up to
-/// `buf`'s size. `None`: close the connection (the client closed it, it stayed idle for
-/// [`KEEPALIVE`], or shutdown began).
-pub async fn first_bytes(
-    stream: &mut Stream,
-    shutdown: &ShutdownWatch,
-    buf: &mut [u8; FIRST_READ],
-) -> Option<usize> {
+/// Waits for the connection's next request (rule E1): `true` once it has bytes to read (bytes
+/// put back count), `false` to close the connection (the client closed it, it stayed idle for
+/// [`KEEPALIVE`], or shutdown began). Nothing is read here, so no buffer is held while waiting.
+pub async fn next_request(stream: &Stream, shutdown: &ShutdownWatch) -> bool {
+    if stream.has_rewound() {
+        return true;
+    }
     let mut shutdown = shutdown.clone();
     tokio::select! {
-        // Read first: a request already here (a pipelined one put back) is served even when
-        // shutdown has begun, as pingora does.
+        // Readable first: a request already here is served even when shutdown has begun, as
+        // pingora does.
         biased;
-        read = stream.read(buf) => match read {
-            Ok(n) if n > 0 => Some(n),
-            _ => None,
-        },
-        () = tokio::time::sleep(KEEPALIVE) => None,
-        _ = shutdown.wait_for(|stopping| *stopping) => None,
+        ready = stream.readable() => ready.is_ok(),
+        () = tokio::time::sleep(KEEPALIVE) => false,
+        _ = shutdown.wait_for(|stopping| *stopping) => false,
     }
 }
 
@@ -145,7 +143,7 @@ pub fn may_take(shared: &Shared, first: &[u8]) -> bool {
 pub async fn take(
     shared: &Shared,
     stream: &mut Stream,
-    first: &[u8],
+    first: Bytes,
     client: Option<IpAddr>,
 ) -> Option<Taken> {
     let mut buf = BytesMut::from(first);
@@ -158,7 +156,7 @@ pub async fn take(
         _ => None,
     };
     if taken.is_none() {
-        stream.rewind(&buf);
+        stream.rewind(buf);
     }
     taken
 }
@@ -424,7 +422,7 @@ pub async fn serve_list(
     // is charged there.
     let view = shared.upstreams.view();
     let Ok(found) = crate::lists::find(shared, &key, &plan, &view) else {
-        stream.rewind(&raw);
+        stream.rewind(raw);
         return Served::Proxy;
     };
     if let Some(refusal) = client.and_then(|ip| shared.over_rate(ip)) {
@@ -433,7 +431,7 @@ pub async fn serve_list(
     // A note that cannot be queued sends the poll to the node (rule P3); pingora's path then
     // charges it again, which happens only with the note queue full.
     let Lookup::Hit(answer) = found.commit(shared) else {
-        stream.rewind(&raw);
+        stream.rewind(raw);
         return Served::Proxy;
     };
     shared.metrics.cache_hits.inc();
@@ -459,7 +457,7 @@ pub async fn serve_beat(
     } = beat;
     // As for lists: a beat handed to pingora is charged there, not here too.
     let Some(route) = crate::beats::route(shared, &key) else {
-        stream.rewind(&raw);
+        stream.rewind(raw);
         return Served::Proxy;
     };
     if let Some(refusal) = client.and_then(|ip| shared.over_rate(ip)) {
@@ -469,7 +467,7 @@ pub async fn serve_beat(
         crate::beats::Relayed::Answer(a) => a,
         // Its node stopped taking batches (a rolling upgrade) after the check above.
         crate::beats::Relayed::Proxy => {
-            stream.rewind(&raw);
+            stream.rewind(raw);
             return Served::Proxy;
         }
     };
@@ -545,7 +543,7 @@ async fn write<'a>(
     out.extend_from_slice(body);
     let written = stream.write_all(&out).await.is_ok() && stream.flush().await.is_ok();
     if written && keep {
-        stream.rewind(&conn.rest);
+        stream.rewind(conn.rest);
     }
     written && keep
 }

@@ -10,13 +10,18 @@
 //! - [`authmemo`]: which credentials nodes accepted for which service (cached answers with auth on).
 //! - [`lists`]: a naming request's plan, and list answers from the cache.
 //! - [`limits`]: per-client request-rate limits and connection caps.
+//! - [`accept`]: the client socket and each connection's life (edge first, then pingora).
+//! - [`client`]: a client connection as held between and during requests.
+//! - [`edge`]: the requests served outside pingora's proxy session.
 //! - [`proxy`]: the pingora `ProxyHttp` glue (thin).
 //! - [`server`]: building and running the pingora server.
 //! - [`metrics`]: Prometheus metrics.
 
+pub mod accept;
 pub mod authmemo;
 pub mod beats;
 pub mod cache;
+pub mod client;
 pub mod configs;
 pub mod edge;
 pub mod feed;

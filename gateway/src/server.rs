@@ -1,5 +1,6 @@
-//! Builds the pingora server (proxy service plus the monitor as a background service) and
-//! runs it until a stop is requested. pingora owns its runtimes and threads; `run` blocks the
+//! Builds the pingora server (the gateway's own accepting service, [`crate::accept`], with
+//! pingora's HTTP proxy behind it, plus the monitor as a background service) and runs it until
+//! a stop is requested. pingora owns its runtimes and threads; `run` blocks the
 //! calling thread, which must not be inside a tokio runtime.
 
 use std::sync::Arc;
@@ -8,18 +9,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use nacre_config::members::Discovery;
 use nacre_config::{ConfigError, GatewaySettings};
-use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
-use pingora::listeners::{L4BufferSettings, ListenerConfig};
-use pingora::protocols::http::ServerSession;
-use pingora::protocols::l4::stream::Stream as TcpStream;
-use pingora::protocols::Stream;
-use pingora::proxy::HttpProxy;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use tokio_util::sync::CancellationToken;
 
-use crate::edge;
+use crate::accept::Accept;
 use crate::proxy::Gateway;
 use crate::Shared;
 
@@ -131,168 +126,30 @@ async fn forget_idle_clients(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
-/// The proxy behind the per-client connection cap: pingora hands each accepted connection to
-/// `process_new`, which serves every request of an HTTP/1 keep-alive connection before it
-/// returns, so the connection holds its place exactly as long as it is open.
-struct Admission {
-    proxy: Arc<HttpProxy<Gateway>>,
-    shared: Arc<Shared>,
+/// How many connections may wait to be accepted (pingora's own listener's figure): thousands of
+/// clients reconnecting at once after a restart must not be refused by the kernel.
+const BACKLOG: i32 = 65_535;
+
+/// Binds the gateway's client socket (address reuse on, as pingora's listener has it), ready
+/// for [`Accept`].
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }
-
-/// Counts a connection in the open-connections gauge while it lives.
-struct Counted<'a>(&'a prometheus::IntGauge);
-
-impl<'a> Counted<'a> {
-    fn new(g: &'a prometheus::IntGauge) -> Self {
-        g.inc();
-        Self(g)
-    }
-}
-
-impl Drop for Counted<'_> {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
-#[async_trait]
-impl ServerApp for Admission {
-    async fn process_new(
-        self: &Arc<Self>,
-        stream: Stream,
-        shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
-        let _counted = Counted::new(&self.shared.metrics.client_connections);
-        let client = stream
-            .get_socket_digest()
-            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
-        let _admitted = match (&self.shared.caps, client) {
-            // No cap, or not an IP peer (a Unix socket): nothing to key a cap on.
-            (None, _) | (_, None) => None,
-            (Some(caps), Some(ip)) => match caps.admit(ip) {
-                Some(admitted) => Some(admitted),
-                None => {
-                    self.shared.metrics.connections_refused.inc();
-                    tracing::debug!(client = %ip, cap = caps.per_client(), "connection over the per-client cap closed");
-                    return None;
-                }
-            },
-        };
-        self.keep_alive(stream, client, shutdown).await;
-        None
-    }
-
-    async fn cleanup(&self) {
-        self.proxy.cleanup().await;
-    }
-}
-
-impl Admission {
-    /// Serves the connection's requests until it closes: the keep-alive loop pingora would
-    /// run, with the wait between requests and held config listeners moved out of pingora's
-    /// request future (see [`crate::edge`]).
-    async fn keep_alive(
-        &self,
-        stream: Stream,
-        client: Option<std::net::IpAddr>,
-        shutdown: &ShutdownWatch,
-    ) {
-        // Only a plain TCP stream can take back bytes read ahead; the gateway accepts nothing
-        // else, but should it ever, pingora's own loop serves it.
-        if !stream.as_any().is::<TcpStream>() {
-            self.proxy.process_new(stream, shutdown).await;
-            return;
-        }
-        let Some(mut stream) = tcp(stream) else {
-            return;
-        };
-        let mut carried: Option<HttpPersistentSettings> = None;
-        let mut first = [0u8; edge::FIRST_READ];
-        loop {
-            let Some(n) = edge::first_bytes(&mut stream, shutdown, &mut first).await else {
-                return;
-            };
-            let first = &first[..n];
-            let taken = if edge::may_take(&self.shared, first) {
-                // Boxed: the loop's own future, alive for the connection's whole life, stays as
-                // small as its idle wait.
-                Box::pin(edge::take(&self.shared, &mut stream, first, client)).await
-            } else {
-                stream.rewind(first);
-                None
-            };
-            match taken {
-                Some(edge::Taken::Listener(listener)) => {
-                    let served = edge::serve(&self.shared, &mut stream, listener, client, shutdown);
-                    if Box::pin(served).await {
-                        continue;
-                    }
-                    return;
-                }
-                Some(edge::Taken::Beat(beat)) => {
-                    let served =
-                        edge::serve_beat(&self.shared, &mut stream, beat, client, shutdown);
-                    match Box::pin(served).await {
-                        edge::Served::Answered(true) => continue,
-                        edge::Served::Answered(false) => return,
-                        // Put back into the stream: pingora serves it below.
-                        edge::Served::Proxy => {}
-                    }
-                }
-                Some(edge::Taken::List(list)) => {
-                    match edge::serve_list(&self.shared, &mut stream, list, client, shutdown).await
-                    {
-                        edge::Served::Answered(true) => continue,
-                        edge::Served::Answered(false) => return,
-                        edge::Served::Proxy => {}
-                    }
-                }
-                None => {}
-            }
-            let mut session = ServerSession::new_http1(stream);
-            match carried.take() {
-                Some(settings) => settings.apply_to_session(&mut session),
-                None => session.set_keepalive(Some(edge::KEEPALIVE.as_secs())),
-            }
-            if *shutdown.borrow() {
-                session.set_keepalive(None);
-            }
-            let Some(reused) = self.proxy.process_new_http(session, shutdown).await else {
-                return;
-            };
-            let (next, settings) = reused.consume();
-            stream = match tcp(next) {
-                Some(s) => s,
-                None => return,
-            };
-            carried = settings;
-        }
-    }
-}
-
-/// The TCP stream inside pingora's boxed one; `None` (the stream is dropped) when it is not
-/// one, which callers check first.
-fn tcp(stream: Stream) -> Option<Box<TcpStream>> {
-    stream.into_any().downcast::<TcpStream>().ok()
-}
-
-/// Client-side write buffer. pingora's default (one MSS) sends a response header in a write of
-/// its own, and the body in a second one whenever the body is larger than that; with room for
-/// a typical list answer, header and body leave in one write. Only the bytes written are ever
-/// touched, so a connection holds at most this much.
-const DOWNSTREAM_WRITE_BUFFER: usize = 32 * 1024;
-/// Client-side read buffer. pingora's default (64 KiB, sized for TLS records) is allocated
-/// zeroed per connection, so every open connection costs its full size in memory: with
-/// thousands of config listeners parked at the gateway that was most of its memory. Client
-/// requests are small (a large publish body is read in several calls), and nothing here
-/// speaks TLS.
-const DOWNSTREAM_READ_BUFFER: usize = 0;
 
 /// Runs the gateway until `stop`; blocks the calling thread.
 pub fn run(settings: GatewaySettings, stop: Stop) -> Result<(), GatewayError> {
     settings.validate()?;
-    // pingora exits the process when it cannot bind; check first so the caller gets an error.
-    std::net::TcpListener::bind(settings.listen).map_err(|source| GatewayError::Listen {
+    // Bound here, before pingora starts, so that a taken address is the caller's error.
+    let listener = bind(settings.listen).map_err(|source| GatewayError::Listen {
         addr: settings.listen,
         source,
     })?;
@@ -308,20 +165,8 @@ pub fn run(settings: GatewaySettings, stop: Stop) -> Result<(), GatewayError> {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut proxy = pingora::services::listening::Service::new(
-        "nacre gateway".to_string(),
-        Admission {
-            proxy: Arc::new(pingora::proxy::http_proxy(
-                &server.configuration,
-                Gateway::new(shared.clone()),
-            )),
-            shared: shared.clone(),
-        },
-    );
-    proxy.add_listener(ListenerConfig::tcp(settings.listen.to_string()).l4_buffer(
-        L4BufferSettings::new(DOWNSTREAM_READ_BUFFER, DOWNSTREAM_WRITE_BUFFER),
-    ));
-    server.add_service(proxy);
+    let proxy = pingora::proxy::http_proxy(&server.configuration, Gateway::new(shared.clone()));
+    server.add_service(Accept::new(listener, proxy, shared.clone()));
     server.add_service(background_service(
         "nacre gateway monitor",
         Monitor { shared },

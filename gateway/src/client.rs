@@ -1,0 +1,283 @@
+//! A client connection as the gateway holds it: the socket, bytes put back for the next read,
+//! and a write buffer that exists only while an answer is being written.
+//!
+//! pingora's own stream allocates its buffers when the connection is accepted and keeps them
+//! (and ~400 bytes of digests and timings) for the connection's whole life, which for a parked
+//! config listener or an idle keep-alive connection is most of what it costs. This stream
+//! holds, between requests, the socket and two empty fields:
+//!
+//! - **C1 (put back, read first).** Bytes given to [`ClientStream::rewind`] are read before
+//!   anything from the socket, in the order they were read first; pingora reads a request the
+//!   edge looked at and handed over as if nobody had read it.
+//! - **C2 (one write per answer).** Writes gather in a buffer (up to [`WRITE_BUFFER`] bytes; a
+//!   larger write goes straight to the socket after what is gathered) that a flush sends and
+//!   frees, so a head and body written separately leave in one system call, and a connection
+//!   between answers holds no buffer.
+//! - **C3 (what pingora asks of a stream).** It is a pingora `IO`: its id is the socket's
+//!   descriptor, its socket digest (client address) is made on first use, and it has no TLS,
+//!   proxy or timing digests.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{ready, Context, Poll};
+
+use async_trait::async_trait;
+use bytes::{Buf, Bytes, BytesMut};
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
+    TimingDigest, UniqueID, UniqueIDType,
+};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+/// The most a write buffer gathers before it is sent (rule C2): room for a typical list answer
+/// and its head.
+pub const WRITE_BUFFER: usize = 32 * 1024;
+
+/// A client connection (see the module doc).
+#[derive(Debug)]
+pub struct ClientStream {
+    tcp: TcpStream,
+    /// Put back, read before the socket (rule C1).
+    rewound: Bytes,
+    /// Gathered writes (rule C2); empty, with no allocation, between answers.
+    out: Vec<u8>,
+    /// How much of `out` the socket has taken.
+    sent: usize,
+    /// Made when pingora first asks (rule C3).
+    digest: OnceLock<Arc<SocketDigest>>,
+}
+
+impl ClientStream {
+    /// Wraps an accepted socket.
+    pub fn new(tcp: TcpStream) -> Self {
+        Self {
+            tcp,
+            rewound: Bytes::new(),
+            out: Vec::new(),
+            sent: 0,
+            digest: OnceLock::new(),
+        }
+    }
+
+    /// Puts `bytes` back, to be read before anything already put back and before the socket
+    /// (rule C1).
+    pub fn rewind(&mut self, bytes: Bytes) {
+        if bytes.is_empty() {
+            return;
+        }
+        self.rewound = if self.rewound.is_empty() {
+            bytes
+        } else {
+            let mut joined = BytesMut::with_capacity(bytes.len() + self.rewound.len());
+            joined.extend_from_slice(&bytes);
+            joined.extend_from_slice(&self.rewound);
+            joined.freeze()
+        };
+    }
+
+    /// Whether bytes put back are waiting to be read.
+    pub fn has_rewound(&self) -> bool {
+        !self.rewound.is_empty()
+    }
+
+    /// Waits until the socket has something to read (or is closed or broken).
+    pub async fn readable(&self) -> io::Result<()> {
+        self.tcp.readable().await
+    }
+
+    /// The next bytes of the connection, at most `max` of them read from the socket (what was
+    /// put back comes whole): waits for them; `None` at end of stream or on an error.
+    pub async fn read_some(&mut self, max: usize) -> Option<Bytes> {
+        if !self.rewound.is_empty() {
+            return Some(std::mem::take(&mut self.rewound));
+        }
+        let mut buf = BytesMut::with_capacity(max);
+        loop {
+            match self.tcp.try_read_buf(&mut buf) {
+                Ok(0) => return None,
+                Ok(_) => return Some(buf.freeze()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.tcp.readable().await.ok()?;
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Sends what is gathered, then frees the buffer (rule C2).
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.sent < self.out.len() {
+            let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.out[self.sent..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.sent += n;
+        }
+        self.out = Vec::new();
+        self.sent = 0;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.rewound.is_empty() {
+            let n = buf.remaining().min(this.rewound.len());
+            buf.put_slice(&this.rewound[..n]);
+            this.rewound.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.out.len() + data.len() > WRITE_BUFFER {
+            ready!(this.poll_send(cx))?;
+        }
+        if data.len() >= WRITE_BUFFER {
+            return Pin::new(&mut this.tcp).poll_write(cx, data);
+        }
+        this.out.extend_from_slice(data);
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_send(cx))?;
+        Pin::new(&mut this.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_send(cx))?;
+        Pin::new(&mut this.tcp).poll_shutdown(cx)
+    }
+}
+
+#[async_trait]
+impl Shutdown for ClientStream {
+    async fn shutdown(&mut self) {
+        if let Err(e) = AsyncWriteExt::shutdown(self).await {
+            tracing::debug!(error = %e, "closing a client connection");
+        }
+    }
+}
+
+impl UniqueID for ClientStream {
+    fn id(&self) -> UniqueIDType {
+        self.tcp.as_raw_fd()
+    }
+}
+
+impl Ssl for ClientStream {}
+
+impl Peek for ClientStream {}
+
+impl GetTimingDigest for ClientStream {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        Vec::new()
+    }
+}
+
+impl GetProxyDigest for ClientStream {
+    fn get_proxy_digest(&self) -> Option<Arc<pingora::protocols::raw_connect::ProxyDigest>> {
+        None
+    }
+}
+
+impl GetSocketDigest for ClientStream {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        let fd = self.tcp.as_raw_fd();
+        Some(
+            self.digest
+                .get_or_init(|| Arc::new(SocketDigest::from_raw_fd(fd)))
+                .clone(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    async fn pair() -> (ClientStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (ours, _) = listener.accept().await.unwrap();
+        (ClientStream::new(ours), peer)
+    }
+
+    #[tokio::test]
+    async fn c1_put_back_bytes_come_first_and_in_their_order() {
+        let (mut ours, mut peer) = pair().await;
+        peer.write_all(b"socket").await.unwrap();
+        ours.rewind(Bytes::from_static(b"second "));
+        ours.rewind(Bytes::from_static(b"first "));
+        assert!(ours.has_rewound());
+        let mut got = vec![0; 19];
+        ours.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, b"first second socket");
+        assert!(!ours.has_rewound());
+    }
+
+    #[tokio::test]
+    async fn c1_read_some_returns_what_was_put_back_whole_then_the_socket() {
+        let (mut ours, mut peer) = pair().await;
+        ours.rewind(Bytes::from_static(b"again"));
+        assert_eq!(ours.read_some(2).await.unwrap(), &b"again"[..]);
+        peer.write_all(b"abcdef").await.unwrap();
+        assert_eq!(ours.read_some(4).await.unwrap(), &b"abcd"[..]);
+        drop(peer);
+        assert_eq!(ours.read_some(4).await.unwrap(), &b"ef"[..]);
+        assert!(ours.read_some(4).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn c2_writes_gather_until_a_flush_and_the_buffer_is_freed() {
+        let (mut ours, mut peer) = pair().await;
+        ours.write_all(b"head ").await.unwrap();
+        ours.write_all(b"body").await.unwrap();
+        assert_eq!(ours.out, b"head body");
+        ours.flush().await.unwrap();
+        assert_eq!(ours.out.capacity(), 0);
+        // Larger than the buffer: what is gathered goes first, then the rest.
+        ours.write_all(b"<").await.unwrap();
+        let big = vec![b'x'; WRITE_BUFFER + 10];
+        ours.write_all(&big).await.unwrap();
+        ours.flush().await.unwrap();
+        drop(ours);
+        let mut got = Vec::new();
+        peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(&got[..10], b"head body<");
+        assert_eq!(got.len(), 10 + WRITE_BUFFER + 10);
+    }
+
+    #[tokio::test]
+    async fn c3_the_socket_digest_names_the_client() {
+        let (ours, peer) = pair().await;
+        let digest = ours.get_socket_digest().unwrap();
+        let seen = digest.peer_addr().and_then(|a| a.as_inet()).copied();
+        assert_eq!(seen, Some(peer.local_addr().unwrap()));
+        assert!(Arc::ptr_eq(&digest, &ours.get_socket_digest().unwrap()));
+    }
+}
