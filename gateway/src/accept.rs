@@ -12,7 +12,10 @@
 //! - **A2 (small between requests).** Between requests a connection's task holds its
 //!   [`ClientStream`] and the wait for its next request ([`crate::edge::next_request`]); all
 //!   the work of one request, and pingora's session when a request goes to pingora, is in a
-//!   future made for that request and freed after it.
+//!   future made for that request and freed after it. A parked config listener is held the
+//!   same way: its task holds the connection, the parked poll ([`crate::edge::Waiting`]) and
+//!   the wait for a change, and the request's future is gone until the poll is looked at
+//!   again.
 //! - **A3 (pingora serves the rest).** A request the edge does not serve ([`crate::edge`] rule
 //!   E2) is served by pingora's HTTP proxy on the same connection, with the keep-alive
 //!   settings pingora carried from the connection's previous request, and the connection comes
@@ -143,6 +146,23 @@ enum Next {
     Again(ClientStream, Option<HttpPersistentSettings>),
     /// The connection is closed.
     Close,
+    /// A listener poll waits for a change (rule A2).
+    Wait(ClientStream, Option<HttpPersistentSettings>, edge::Waiting),
+}
+
+impl Next {
+    /// What follows a listener poll served on `stream`.
+    fn of(
+        polled: edge::Polled,
+        stream: ClientStream,
+        carried: Option<HttpPersistentSettings>,
+    ) -> Self {
+        match polled {
+            edge::Polled::Answered(true) => Next::Again(stream, carried),
+            edge::Polled::Answered(false) => Next::Close,
+            edge::Polled::Waiting(w) => Next::Wait(stream, carried, w),
+        }
+    }
 }
 
 impl Connections {
@@ -166,12 +186,23 @@ impl Connections {
                 return;
             }
             // Boxed (rule A2): the connection's own future stays as small as its idle wait.
-            match Box::pin(self.one(stream, carried, client, shutdown)).await {
-                Next::Again(s, settings) => {
-                    stream = s;
-                    carried = settings;
+            let mut next = Box::pin(self.one(stream, carried, client, shutdown)).await;
+            loop {
+                match next {
+                    Next::Again(s, settings) => {
+                        stream = s;
+                        carried = settings;
+                        break;
+                    }
+                    Next::Close => return,
+                    // Rule A2 for a parked listener: only its wait is held here.
+                    Next::Wait(mut s, settings, waiting) => {
+                        let changed = waiting.wait(&self.shared).await;
+                        let resumed =
+                            edge::resume(&self.shared, &mut s, waiting, changed, shutdown);
+                        next = Next::of(Box::pin(resumed).await, s, settings);
+                    }
                 }
-                Next::Close => return,
             }
         }
     }
@@ -199,14 +230,15 @@ impl Connections {
         };
         let served = match taken {
             Some(edge::Taken::Listener(listener)) => {
-                let answered = Box::pin(edge::serve(
+                let polled = Box::pin(edge::serve(
                     &self.shared,
                     &mut stream,
                     listener,
                     client,
                     shutdown,
-                ));
-                edge::Served::Answered(answered.await)
+                ))
+                .await;
+                return Next::of(polled, stream, carried);
             }
             Some(edge::Taken::Beat(beat)) => {
                 Box::pin(edge::serve_beat(

@@ -21,8 +21,10 @@
 //!   for byte and handed to pingora, which serves it exactly as before; so is a beat whose node
 //!   does not take batches. Nothing has been written to the client at that point.
 //! - **E3 (same answers).** The poll is rate-limited, parsed, counted and answered by the same
-//!   code as pingora's path ([`crate::configs::serve`]); a relayed beat gets its node's own
-//!   answer (rule R3 of [`crate::beats`]) after the same rate limit. Only the writing differs.
+//!   code as pingora's path ([`crate::configs::poll`]); a relayed beat gets its node's own
+//!   answer (rule R3 of [`crate::beats`]) after the same rate limit. Only the writing differs,
+//!   and where a parked poll waits: in its connection's own loop ([`Waiting`]), so a parked
+//!   listener holds no request future.
 //! - **E4 (connection rules).** An answer keeps the connection open unless the client asked
 //!   to close it (`Connection: close`, or HTTP/1.0 without `keep-alive`) or shutdown has
 //!   begun; bytes sent after the body (a pipelined request) stay for the next request.
@@ -38,7 +40,7 @@ use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::client::ClientStream as Stream;
-use crate::configs::poll::PollRequest;
+use crate::configs::poll::{Begun, PollRequest};
 use crate::lists::{ListPlan, Lookup, Plan};
 use crate::metrics::RouteLabel;
 use crate::route::{Params, LIST_PATH};
@@ -84,9 +86,12 @@ pub async fn next_request(stream: &Stream, shutdown: &ShutdownWatch) -> bool {
 
 /// A listener request this module serves (rule E2).
 pub struct Listener {
+    /// The request's bytes, head then body: what the parked poll keeps.
+    bytes: Bytes,
+    /// Where its body starts.
+    head: usize,
     query: String,
     headers: HeaderMap,
-    body: Bytes,
     conn: Conn,
 }
 
@@ -310,9 +315,10 @@ fn taken_of(
         // Copies, so a listener parked for 30 s does not keep the whole read buffer alive.
         Kind::Listener => Some(Taken::Listener(Listener {
             conn: conn(Bytes::copy_from_slice(&buf[end..])),
+            bytes: Bytes::copy_from_slice(&buf[..end]),
+            head: head.len,
             query: head.query,
             headers: head.headers,
-            body: Bytes::copy_from_slice(&buf[head.len..end]),
         })),
         Kind::List => {
             let params = Params::parse(head.query.as_bytes(), None);
@@ -366,33 +372,87 @@ async fn read_more(stream: &mut Stream, buf: &mut BytesMut) -> bool {
     matches!(stream.read_buf(buf).await, Ok(n) if n > 0)
 }
 
-/// Serves a listener request (rules E3, E4); `true` when the connection may carry another
-/// request.
+/// What became of a listener request handed to [`serve`].
+pub enum Polled {
+    /// Answered; `true` when the connection may carry another request.
+    Answered(bool),
+    /// Waiting for a change: the connection waits on [`Waiting::wait`], then hands it to
+    /// [`resume`].
+    Waiting(Waiting),
+}
+
+/// A listener poll parked at the edge, with what its answer needs to know of its connection.
+pub struct Waiting {
+    poll: Box<crate::configs::poll::Parked>,
+    conn: Conn,
+}
+
+impl Waiting {
+    /// Waits for a change or the end of the hold (see [`crate::configs::poll::Parked::wait`]).
+    pub async fn wait(&self, shared: &Shared) -> bool {
+        self.poll.wait(shared).await
+    }
+}
+
+/// Serves a listener request (rules E3, E4): answered, or parked.
 pub async fn serve(
     shared: &Shared,
     stream: &mut Stream,
     req: Listener,
     client: Option<IpAddr>,
     shutdown: &ShutdownWatch,
-) -> bool {
+) -> Polled {
     let Listener {
+        bytes,
+        head,
         query,
         headers,
-        body,
         conn,
     } = req;
     if let Some(refusal) = client.and_then(|ip| shared.over_rate(ip)) {
-        return refuse(shared, stream, conn, shutdown, &refusal).await;
+        return Polled::Answered(refuse(shared, stream, conn, shutdown, &refusal).await);
     }
-    let parsed = PollRequest::parse(&query, body, &headers, client);
+    let parsed = PollRequest::parse_raw(bytes, head, &query, &headers, client);
     // The poll keeps what it needs; the request's own copies are not held while it parks.
     drop((query, headers));
-    let answer = crate::configs::poll::answer(shared, parsed).await;
+    let begun = match parsed {
+        Ok(poll) => crate::configs::poll::begin(shared, poll).await,
+        Err(e) => Begun::Answer(crate::configs::poll::refused(e)),
+    };
+    polled(shared, stream, begun, conn, shutdown).await
+}
+
+/// Looks again at a poll after [`Waiting::wait`] (`changed`: what it returned), and answers it
+/// or parks it again.
+pub async fn resume(
+    shared: &Shared,
+    stream: &mut Stream,
+    waiting: Waiting,
+    changed: bool,
+    shutdown: &ShutdownWatch,
+) -> Polled {
+    let Waiting { poll, conn } = waiting;
+    let begun = poll.resume(shared, changed).await;
+    polled(shared, stream, begun, conn, shutdown).await
+}
+
+/// Writes `begun`'s answer, or keeps it waiting.
+async fn polled(
+    shared: &Shared,
+    stream: &mut Stream,
+    begun: Begun,
+    conn: Conn,
+    shutdown: &ShutdownWatch,
+) -> Polled {
+    let answer = match begun {
+        Begun::Answer(answer) => crate::configs::poll::finish(shared, answer),
+        Begun::Parked(poll) => return Polled::Waiting(Waiting { poll, conn }),
+    };
     let extra = answer.headers();
     let content_type = answer.content_type.to_str().unwrap_or(crate::proxy::TEXT);
     let headers = std::iter::once(("content-type", content_type)).chain(extra.iter().copied());
     shared.metrics.request(RouteLabel::Edge, answer.status);
-    write(stream, conn, shutdown, answer.status, headers, &answer.body).await
+    Polled::Answered(write(stream, conn, shutdown, answer.status, headers, &answer.body).await)
 }
 
 /// What became of a beat handed to [`serve_beat`] or a list read to [`serve_list`].

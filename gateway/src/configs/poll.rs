@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use super::table::Lookup;
 use crate::upstreams::Upstream;
 use crate::Shared;
+use nacre_ring::configs::watch::Interest;
 
 /// How long a node may take over a fetch or an immediate answer.
 const NODE_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -47,9 +48,8 @@ const NOT_FORWARDED: [HeaderName; 8] = [
 /// A parsed listener poll, with what a node needs to answer it instead.
 #[derive(Debug, Clone)]
 pub struct PollRequest {
-    query: String,
-    body: Bytes,
-    headers: HeaderMap,
+    /// The request as a node would be sent it (rule L4).
+    origin: Origin,
     listened: Vec<Listened>,
     hold: Option<Duration>,
     /// It carries `Vipserver-Tag` (rule L8).
@@ -57,6 +57,27 @@ pub struct PollRequest {
     /// The client's address, asserted to a node the poll is passed to (beta membership is
     /// decided by it).
     client: Option<std::net::IpAddr>,
+}
+
+/// Where a poll's query, body and headers come from.
+#[derive(Debug, Clone)]
+enum Origin {
+    /// pingora's path: the parts, headers already cut to what a node may see.
+    Parts {
+        query: String,
+        body: Bytes,
+        headers: HeaderMap,
+    },
+    /// The edge's: the request's own bytes (its head, then from `head` its body), read again
+    /// only if the poll goes to a node, so that a parked poll holds one buffer.
+    Raw { bytes: Bytes, head: usize },
+}
+
+/// What a node is sent of a client's poll.
+struct Forwarded {
+    query: String,
+    headers: HeaderMap,
+    body: Bytes,
 }
 
 /// How a poll was answered (the `result` label of `nacre_gateway_config_polls_total`).
@@ -133,6 +154,24 @@ impl Answer {
     }
 }
 
+/// The headers of a client's poll a node may see: no hop-by-hop ones, none the forward sets
+/// itself, and no `x-nacre-*` header (only nacre's tiers set those).
+fn forwarded(headers: &HeaderMap) -> HeaderMap {
+    let mut forwarded = headers.clone();
+    for h in &NOT_FORWARDED {
+        forwarded.remove(h);
+    }
+    let foreign: Vec<HeaderName> = forwarded
+        .keys()
+        .filter(|k| k.as_str().starts_with(HEADER_PREFIX))
+        .cloned()
+        .collect();
+    for h in foreign {
+        forwarded.remove(h);
+    }
+    forwarded
+}
+
 impl PollRequest {
     /// Reads a poll from its query string, form body and headers (query values first, as
     /// nodes read them). A bad `Listening-Configs` is the same 400 a node gives.
@@ -142,8 +181,37 @@ impl PollRequest {
         headers: &HeaderMap,
         client: Option<std::net::IpAddr>,
     ) -> Result<Self, ParamError> {
+        let origin = Origin::Parts {
+            query: query.to_string(),
+            body: body.clone(),
+            headers: forwarded(headers),
+        };
+        Self::read(origin, query, &body, headers, client)
+    }
+
+    /// [`PollRequest::parse`] for a request whose bytes are `bytes` (its head is the first
+    /// `head` of them, its body the rest), given the query and headers parsed from that head;
+    /// it keeps only `bytes`.
+    pub fn parse_raw(
+        bytes: Bytes,
+        head: usize,
+        query: &str,
+        headers: &HeaderMap,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<Self, ParamError> {
+        let body = bytes.slice(head.min(bytes.len())..);
+        Self::read(Origin::Raw { bytes, head }, query, &body, headers, client)
+    }
+
+    fn read(
+        origin: Origin,
+        query: &str,
+        body: &[u8],
+        headers: &HeaderMap,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<Self, ParamError> {
         let (mut value, mut tenant) = (None, None);
-        for part in [query.as_bytes(), &body] {
+        for part in [query.as_bytes(), body] {
             for (k, v) in form_urlencoded::parse(part) {
                 match k.as_ref() {
                     "Listening-Configs" if value.is_none() => value = Some(v),
@@ -159,28 +227,54 @@ impl PollRequest {
             header(listen::NO_HANGUP_HEADER),
         );
         let tagged = header("vipserver-tag").is_some_and(|t| !t.trim().is_empty());
-        let mut forwarded = headers.clone();
-        for h in &NOT_FORWARDED {
-            forwarded.remove(h);
-        }
-        // Only nacre's tiers set `x-nacre-*` headers.
-        let foreign: Vec<HeaderName> = forwarded
-            .keys()
-            .filter(|k| k.as_str().starts_with(HEADER_PREFIX))
-            .cloned()
-            .collect();
-        for h in foreign {
-            forwarded.remove(h);
-        }
         Ok(Self {
-            query: query.to_string(),
-            body,
-            headers: forwarded,
+            origin,
             listened,
             hold,
             tagged,
             client,
         })
+    }
+
+    /// The query, headers (cut to what a node may see) and body a node is sent.
+    fn forwarded(&self) -> Forwarded {
+        match &self.origin {
+            Origin::Parts {
+                query,
+                body,
+                headers,
+            } => Forwarded {
+                query: query.clone(),
+                headers: headers.clone(),
+                body: body.clone(),
+            },
+            Origin::Raw { bytes, head } => {
+                let mut slots = [httparse::EMPTY_HEADER; 64];
+                let mut req = httparse::Request::new(&mut slots);
+                // The edge parsed this head already; a head it could not parse never gets here,
+                // and anything unreadable is left out rather than sent.
+                let _ = req.parse(&bytes[..(*head).min(bytes.len())]);
+                let query = req
+                    .path
+                    .and_then(|p| p.split_once('?'))
+                    .map(|(_, q)| q.to_string())
+                    .unwrap_or_default();
+                let mut headers = HeaderMap::with_capacity(req.headers.len());
+                for h in req.headers.iter() {
+                    if let (Ok(name), Ok(value)) = (
+                        HeaderName::from_bytes(h.name.as_bytes()),
+                        HeaderValue::from_bytes(h.value),
+                    ) {
+                        headers.append(name, value);
+                    }
+                }
+                Forwarded {
+                    query,
+                    headers: forwarded(&headers),
+                    body: bytes.slice((*head).min(bytes.len())..),
+                }
+            }
+        }
     }
 
     /// How long the poll may be held (`None`: answer at once).
@@ -191,86 +285,176 @@ impl PollRequest {
 
 /// Answers a listener request given its parsed poll (see [`PollRequest::parse`]): a 400 for a
 /// bad `Listening-Configs`, else [`serve`]. Counted in the poll metrics, and in the
-/// listeners-parked gauge while it waits. Both ways a poll reaches the gateway (the connection
-/// loop in `edge`, the proxy path) answer through here.
+/// listeners-parked gauge while it waits. pingora's path answers through here; the connection
+/// loop in `edge` takes the same steps ([`begin`], [`Parked::wait`], [`Parked::resume`]) with
+/// the wait in its own, smaller future.
 pub async fn answer(shared: &Shared, parsed: Result<PollRequest, ParamError>) -> Answer {
     let answer = match parsed {
-        Ok(poll) => {
-            shared.metrics.config_listeners.inc();
-            let answer = serve(shared, &poll).await;
-            shared.metrics.config_listeners.dec();
-            answer
-        }
-        Err(e) => Answer {
-            status: 400,
-            content_type: HeaderValue::from_static(crate::proxy::TEXT),
-            body: Bytes::from(e.to_string()),
-            how: How::Refused,
-        },
+        Ok(poll) => serve(shared, poll).await,
+        Err(e) => refused(e),
     };
+    finish(shared, answer)
+}
+
+/// The 400 of a bad `Listening-Configs` (what a node answers).
+pub fn refused(e: ParamError) -> Answer {
+    Answer {
+        status: 400,
+        content_type: HeaderValue::from_static(crate::proxy::TEXT),
+        body: Bytes::from(e.to_string()),
+        how: How::Refused,
+    }
+}
+
+/// Counts an answer about to be written in the poll metrics.
+pub fn finish(shared: &Shared, answer: Answer) -> Answer {
     shared.metrics.config_poll(answer.how.label());
     answer
 }
 
 /// Answers `req`: at the edge while the table can be trusted, else by a node (rule L4).
-pub async fn serve(shared: &Shared, req: &PollRequest) -> Answer {
-    // The node round trips are boxed: a future is as large as its largest state, and this one
-    // is parked for up to 30 s per listener in the state that waits for a change.
+pub async fn serve(shared: &Shared, req: PollRequest) -> Answer {
+    let mut begun = begin(shared, req).await;
+    loop {
+        match begun {
+            Begun::Answer(a) => return a,
+            Begun::Parked(p) => {
+                let changed = p.wait(shared).await;
+                begun = p.resume(shared, changed).await;
+            }
+        }
+    }
+}
+
+/// A poll answered, or parked until a listened key changes or its hold ends.
+pub enum Begun {
+    /// The answer to write.
+    Answer(Answer),
+    /// Nothing to answer yet: wait ([`Parked::wait`]), then look again ([`Parked::resume`]).
+    Parked(Box<Parked>),
+}
+
+/// A poll waiting for a change: what looking again needs, registered with the md5 table, and
+/// counted in the listeners-parked gauge while it lives. Held up to 30 s per listener, so it
+/// keeps no future of its own.
+pub struct Parked {
+    req: PollRequest,
+    interest: Interest,
+    deadline: Instant,
+    /// Fetches made for it (at most [`MAX_FETCHES`]).
+    fetches: usize,
+    _counted: Listening,
+}
+
+/// Counts a poll in `nacre_gateway_config_listeners` while it lives.
+struct Listening(prometheus::IntGauge);
+
+impl Listening {
+    fn new(gauge: &prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Answers `req` at once when it can, else parks it (rules L3, L4, L6).
+pub async fn begin(shared: &Shared, req: PollRequest) -> Begun {
+    let counted = Listening::new(&shared.metrics.config_listeners);
+    // The node round trips are boxed: the futures that wait in them are short-lived, and a
+    // future is as large as its largest state.
     let deadline = Instant::now() + req.hold.unwrap_or_default();
     if shared.auth_required() {
         // Rule L6: the node checks the credential (and answers a change at once).
-        if let Some(answer) = Box::pin(ask_node(shared, req, Ask::Now)).await {
+        if let Some(answer) = Box::pin(ask_node(shared, &req, Ask::Now)).await {
             if answer.status != 200 || !answer.body.is_empty() {
-                return answer;
+                return Begun::Answer(answer);
             }
         } else {
-            return Answer::unavailable();
+            return Begun::Answer(Answer::unavailable());
         }
     }
     if req.tagged {
         // Rule L8: a `Vipserver-Tag` poll compares tag md5s, which only nodes keep.
-        return Box::pin(pass(shared, req, deadline)).await;
+        return Begun::Answer(Box::pin(pass(shared, &req, deadline)).await);
     }
-    let table = &shared.config_md5s;
     // Registered before the first lookup: a change learned in between still wakes it.
     let client = req.client.map(|ip| ip.to_string()).unwrap_or_default();
-    let interest = table.interest_from(
+    let interest = shared.config_md5s.interest_from(
         &client,
         req.listened.iter().map(|l| (l.key.clone(), l.md5.clone())),
     );
-    let mut fetches = 0;
-    loop {
-        if !shared.upstreams.view().feeds_ok() {
-            drop(interest);
-            return Box::pin(pass(shared, req, deadline)).await;
-        }
-        match table.lookup(&req.listened) {
-            Lookup::Known(changed) if !changed.is_empty() || req.hold.is_none() => {
-                return Answer::edge(&changed)
-            }
-            Lookup::Known(_) => {}
-            Lookup::Node => {
-                drop(interest);
-                return Box::pin(pass(shared, req, deadline)).await;
-            }
-            Lookup::Missing { epoch, keys } => {
-                // A fetch voided by a reset is tried again, a few times; no node answering
-                // means the table cannot be completed.
-                fetches += 1;
-                if fetches > MAX_FETCHES || Box::pin(fetch(shared, epoch, &keys)).await.is_none() {
-                    drop(interest);
-                    return Box::pin(pass(shared, req, deadline)).await;
-                }
-                continue;
-            }
-        }
+    let parked = Box::new(Parked {
+        req,
+        interest,
+        deadline,
+        fetches: 0,
+        _counted: counted,
+    });
+    Box::pin(parked.look(shared)).await
+}
+
+impl Parked {
+    /// Waits until a listened key may have changed (`true`), or until the hold ends or the
+    /// gateway stops (`false`: a stopping gateway answers "no change" rather than cut the
+    /// connection, and the client polls again at once, elsewhere).
+    pub async fn wait(&self, shared: &Shared) -> bool {
         tokio::select! {
-            _ = interest.changed() => {}
-            _ = tokio::time::sleep_until(deadline) => return Answer::edge(&[]),
-            // A stopping gateway answers "no change" rather than cut the connection: the
-            // client polls again at once, elsewhere.
-            _ = shared.stopping.cancelled() => return Answer::edge(&[]),
+            _ = self.interest.changed() => true,
+            _ = tokio::time::sleep_until(self.deadline) => false,
+            _ = shared.stopping.cancelled() => false,
         }
+    }
+
+    /// After [`Parked::wait`]: "no change" once the hold is over, else a new look at the table.
+    pub async fn resume(self: Box<Self>, shared: &Shared, changed: bool) -> Begun {
+        if !changed {
+            return Begun::Answer(Answer::edge(&[]));
+        }
+        Box::pin(self.look(shared)).await
+    }
+
+    /// Compares with the table, fetching what it lacks; passes the poll to a node when the
+    /// table cannot be trusted (rule L4).
+    async fn look(mut self: Box<Self>, shared: &Shared) -> Begun {
+        let table = &shared.config_md5s;
+        loop {
+            if !shared.upstreams.view().feeds_ok() {
+                return Begun::Answer(self.pass(shared).await);
+            }
+            match table.lookup(&self.req.listened) {
+                Lookup::Known(changed) if !changed.is_empty() || self.req.hold.is_none() => {
+                    return Begun::Answer(Answer::edge(&changed))
+                }
+                Lookup::Known(_) => return Begun::Parked(self),
+                Lookup::Node => return Begun::Answer(self.pass(shared).await),
+                Lookup::Missing { epoch, keys } => {
+                    // A fetch voided by a reset is tried again, a few times; no node answering
+                    // means the table cannot be completed.
+                    self.fetches += 1;
+                    if self.fetches > MAX_FETCHES || fetch(shared, epoch, &keys).await.is_none() {
+                        return Begun::Answer(self.pass(shared).await);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Passes the poll to a node for the rest of its hold, no longer registered here.
+    async fn pass(self: Box<Self>, shared: &Shared) -> Answer {
+        let Parked {
+            req,
+            interest,
+            deadline,
+            _counted,
+            ..
+        } = *self;
+        drop(interest);
+        pass(shared, &req, deadline).await
     }
 }
 
@@ -376,7 +560,11 @@ async fn ask_node(shared: &Shared, req: &PollRequest, ask: Ask) -> Option<Answer
 /// Sends the poll to `up`: held until the deadline (plus a grace for the node's own answer)
 /// or answered at once.
 async fn send(shared: &Shared, up: &Upstream, req: &PollRequest, ask: Ask) -> Sent {
-    let mut headers = req.headers.clone();
+    let Forwarded {
+        query,
+        mut headers,
+        body,
+    } = req.forwarded();
     if let (Some(ip), Some(secret)) = (req.client, shared.settings.cluster_secret.as_deref()) {
         // As for every proxied request: the node believes the address with the secret.
         if let (Ok(addr), Ok(proof)) = (
@@ -407,17 +595,17 @@ async fn send(shared: &Shared, up: &Upstream, req: &PollRequest, ask: Ask) -> Se
             left + PASS_GRACE
         }
     };
-    let url = if req.query.is_empty() {
+    let url = if query.is_empty() {
         format!("http://{}{CONFIG_LISTENER_PATH}", up.addr)
     } else {
-        format!("http://{}{CONFIG_LISTENER_PATH}?{}", up.addr, req.query)
+        format!("http://{}{CONFIG_LISTENER_PATH}?{query}", up.addr)
     };
     let answered = async {
         let resp = shared
             .http
             .post(url)
             .headers(headers)
-            .body(req.body.clone())
+            .body(body)
             .send()
             .await?;
         let status = resp.status().as_u16();
@@ -480,11 +668,9 @@ mod tests {
         );
         assert_eq!(req.listened[1].key.tenant, "ns");
         assert_eq!(req.hold(), Some(Duration::from_millis(29_500)));
-        assert!(req.headers.get("host").is_none() && req.headers.get("content-length").is_none());
-        assert!(
-            req.headers.get("authorization").is_some(),
-            "credentials go on"
-        );
+        let sent = req.forwarded().headers;
+        assert!(sent.get("host").is_none() && sent.get("content-length").is_none());
+        assert!(sent.get("authorization").is_some(), "credentials go on");
         // Query values come first.
         let q = PollRequest::parse(
             "Listening-Configs=q%02G%02m%01",
@@ -499,10 +685,42 @@ mod tests {
         assert_eq!(q.listened[0].key.data_id, "q");
         assert!(q.tagged, "a tagged poll is a node's");
         assert!(
-            q.headers.get("x-nacre-client-addr").is_none(),
+            q.forwarded().headers.get("x-nacre-client-addr").is_none(),
             "client-sent nacre headers go"
         );
         assert_eq!(q.hold(), None, "no timeout header: answered at once");
+    }
+
+    #[test]
+    fn a_poll_kept_as_its_bytes_is_read_and_forwarded_as_its_parts_would_be() {
+        let pairs = [
+            ("host", "gw"),
+            ("long-pulling-timeout", "30000"),
+            ("content-length", "30"),
+            ("x-nacre-client-addr", "10.9.9.9"),
+            ("authorization", "Bearer x"),
+            ("client-version", "1.4.1"),
+        ];
+        let body = "Listening-Configs=a%02G%02m%01";
+        let mut raw = String::from("POST /nacos/v1/cs/configs/listener?accessToken=k HTTP/1.1\r\n");
+        for (k, v) in pairs {
+            raw.push_str(&format!("{k}: {v}\r\n"));
+        }
+        raw.push_str("\r\n");
+        let head = raw.len();
+        raw.push_str(body);
+        let h = headers(&pairs);
+        let parts = PollRequest::parse("accessToken=k", Bytes::from(body), &h, None).unwrap();
+        let bytes =
+            PollRequest::parse_raw(Bytes::from(raw), head, "accessToken=k", &h, None).unwrap();
+        assert_eq!(parts.listened, bytes.listened);
+        assert_eq!((parts.hold, parts.tagged), (bytes.hold, bytes.tagged));
+        let (a, b) = (parts.forwarded(), bytes.forwarded());
+        assert_eq!((a.query.as_str(), &a.body), (b.query.as_str(), &b.body));
+        assert_eq!(a.headers, b.headers);
+        assert_eq!(b.body, body.as_bytes());
+        assert!(b.headers.get("x-nacre-client-addr").is_none());
+        assert!(b.headers.get("authorization").is_some());
     }
 
     #[test]

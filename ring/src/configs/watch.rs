@@ -22,9 +22,58 @@ pub struct ConfigWatch {
 #[derive(Debug, Default)]
 struct Waiters {
     next_id: u64,
-    by_key: HashMap<ConfigKey, HashMap<u64, Entry>>,
+    /// Keys are shared with the interests registered on them: one copy per key, however many
+    /// listen to it.
+    by_key: HashMap<Arc<ConfigKey>, Listening>,
     /// Interests alive (parked listeners).
     parked: usize,
+}
+
+/// The listeners of one key. Most keys have one, kept inline: a gateway holding 100,000
+/// listeners on as many keys would otherwise keep as many one-entry maps.
+#[derive(Debug)]
+enum Listening {
+    One(u64, Entry),
+    Many(HashMap<u64, Entry>),
+}
+
+impl Listening {
+    fn insert(&mut self, id: u64, entry: Entry) {
+        match self {
+            Listening::Many(m) => {
+                m.insert(id, entry);
+            }
+            Listening::One(first, _) if *first == id => *self = Listening::One(id, entry),
+            Listening::One(..) => {
+                let mut m = HashMap::with_capacity(2);
+                if let Listening::One(first, e) =
+                    std::mem::replace(self, Listening::Many(HashMap::new()))
+                {
+                    m.insert(first, e);
+                }
+                m.insert(id, entry);
+                *self = Listening::Many(m);
+            }
+        }
+    }
+
+    /// Removes `id`'s entry; `true` when no listener is left.
+    fn remove(&mut self, id: u64) -> bool {
+        match self {
+            Listening::One(first, _) => *first == id,
+            Listening::Many(m) => {
+                m.remove(&id);
+                m.is_empty()
+            }
+        }
+    }
+
+    fn entries(&self) -> Box<dyn Iterator<Item = &Entry> + '_> {
+        match self {
+            Listening::One(_, e) => Box::new(std::iter::once(e)),
+            Listening::Many(m) => Box::new(m.values()),
+        }
+    }
 }
 
 /// One parked listener on one key.
@@ -49,7 +98,7 @@ pub struct Listener {
 pub struct Interest {
     waiters: Arc<Mutex<Waiters>>,
     id: u64,
-    keys: Vec<ConfigKey>,
+    keys: Vec<Arc<ConfigKey>>,
     notify: Arc<Notify>,
 }
 
@@ -63,7 +112,12 @@ impl ConfigWatch {
     pub fn changed<'a>(&self, keys: impl IntoIterator<Item = &'a ConfigKey>) {
         let waiters = self.waiters.lock();
         for key in keys {
-            for e in waiters.by_key.get(key).into_iter().flat_map(|m| m.values()) {
+            for e in waiters
+                .by_key
+                .get(key)
+                .into_iter()
+                .flat_map(Listening::entries)
+            {
                 // A listener not waiting yet keeps the permit, so a change between its
                 // comparison and its wait still wakes it.
                 e.notify.notify_one();
@@ -74,7 +128,7 @@ impl ConfigWatch {
     /// Wakes every listener (what it compared against may be gone: it must look again).
     pub fn wake_all(&self) {
         let waiters = self.waiters.lock();
-        for e in waiters.by_key.values().flat_map(|m| m.values()) {
+        for e in waiters.by_key.values().flat_map(Listening::entries) {
             e.notify.notify_one();
         }
     }
@@ -101,23 +155,32 @@ impl ConfigWatch {
         waiters.next_id += 1;
         waiters.parked += 1;
         let id = waiters.next_id;
-        for (key, md5) in &listened {
+        let mut keys = Vec::with_capacity(listened.len());
+        for (key, md5) in listened {
             let entry = Entry {
                 notify: notify.clone(),
                 client: client.clone(),
-                md5: md5.clone(),
+                md5,
             };
-            waiters
-                .by_key
-                .entry(key.clone())
-                .or_default()
-                .insert(id, entry);
+            let key = match waiters.by_key.get_key_value(&key) {
+                Some((shared, _)) => shared.clone(),
+                None => Arc::new(key),
+            };
+            match waiters.by_key.get_mut(&key) {
+                Some(listening) => listening.insert(id, entry),
+                None => {
+                    waiters
+                        .by_key
+                        .insert(key.clone(), Listening::One(id, entry));
+                }
+            }
+            keys.push(key);
         }
         drop(waiters);
         Interest {
             waiters: self.waiters.clone(),
             id,
-            keys: listened.into_iter().map(|(k, _)| k).collect(),
+            keys,
             notify,
         }
     }
@@ -130,7 +193,7 @@ impl ConfigWatch {
             .by_key
             .get(key)
             .into_iter()
-            .flat_map(|m| m.values())
+            .flat_map(Listening::entries)
             .map(|e| Listener {
                 client: e.client.to_string(),
                 md5: e.md5.clone(),
@@ -163,9 +226,8 @@ impl Drop for Interest {
         let mut waiters = self.waiters.lock();
         waiters.parked = waiters.parked.saturating_sub(1);
         for key in &self.keys {
-            if let Some(m) = waiters.by_key.get_mut(key) {
-                m.remove(&self.id);
-                if m.is_empty() {
+            if let Some(listening) = waiters.by_key.get_mut(key) {
+                if listening.remove(self.id) {
                     waiters.by_key.remove(key);
                 }
             }
@@ -202,6 +264,28 @@ mod tests {
         assert!(!woken(&a).await);
         w.wake_all();
         assert!(woken(&a).await && woken(&c).await);
+    }
+
+    #[tokio::test]
+    async fn c6_listeners_sharing_a_key_are_woken_and_unregistered_one_by_one() {
+        let w = ConfigWatch::new();
+        let a = w.interest([key("k")]);
+        let b = w.interest([key("k")]);
+        let c = w.interest([key("k"), key("other")]);
+        drop(b);
+        w.changed(&[key("k")]);
+        assert!(woken(&a).await && woken(&c).await);
+        drop(a);
+        assert_eq!((w.watched_keys(), w.parked()), (2, 1));
+        w.changed(&[key("k")]);
+        assert!(woken(&c).await);
+        drop(c);
+        assert_eq!((w.watched_keys(), w.parked()), (0, 0));
+        // The key registered again from nothing.
+        let d = w.interest([key("k")]);
+        w.changed(&[key("k")]);
+        assert!(woken(&d).await);
+        assert_eq!(w.listeners(&key("k")).len(), 1);
     }
 
     #[tokio::test]
