@@ -13,9 +13,9 @@
 //!   [`ClientStream`] and the wait for its next request ([`crate::edge::next_request`]); all
 //!   the work of one request, and pingora's session when a request goes to pingora, is in a
 //!   future made for that request and freed after it. A parked config listener is held the
-//!   same way: its task holds the connection, the parked poll ([`crate::edge::Waiting`]) and
-//!   the wait for a change, and the request's future is gone until the poll is looked at
-//!   again.
+//!   same way: its task holds the connection (resting, out of the I/O driver), the parked poll
+//!   ([`crate::edge::Waiting`]) and the wait for a change, and the request's future is gone
+//!   until the poll is looked at again.
 //! - **A3 (pingora serves the rest).** A request the edge does not serve ([`crate::edge`] rule
 //!   E2) is served by pingora's HTTP proxy on the same connection, with the keep-alive
 //!   settings pingora carried from the connection's previous request, and the connection comes
@@ -139,24 +139,24 @@ impl Drop for Counted<'_> {
     }
 }
 
+/// pingora's keep-alive settings from a connection's previous request, boxed: they exist only
+/// after a request pingora served, and every future holding the connection holds this.
+type Carried = Option<Box<HttpPersistentSettings>>;
+
 /// What became of one request.
 enum Next {
     /// The connection waits for its next request; pingora's keep-alive settings, if pingora
     /// served this one.
-    Again(ClientStream, Option<HttpPersistentSettings>),
+    Again(Box<ClientStream>, Carried),
     /// The connection is closed.
     Close,
     /// A listener poll waits for a change (rule A2).
-    Wait(ClientStream, Option<HttpPersistentSettings>, edge::Waiting),
+    Wait(Box<ClientStream>, Carried, edge::Waiting),
 }
 
 impl Next {
     /// What follows a listener poll served on `stream`.
-    fn of(
-        polled: edge::Polled,
-        stream: ClientStream,
-        carried: Option<HttpPersistentSettings>,
-    ) -> Self {
+    fn of(polled: edge::Polled, stream: Box<ClientStream>, carried: Carried) -> Self {
         match polled {
             edge::Polled::Answered(true) => Next::Again(stream, carried),
             edge::Polled::Answered(false) => Next::Close,
@@ -167,7 +167,7 @@ impl Next {
 
 impl Connections {
     /// Serves `stream` until it closes (rule A1 first).
-    async fn serve(&self, mut stream: ClientStream, client: IpAddr, shutdown: &ShutdownWatch) {
+    async fn serve(&self, stream: ClientStream, client: IpAddr, shutdown: &ShutdownWatch) {
         let _counted = Counted::new(&self.shared.metrics.client_connections);
         let _admitted = match &self.shared.caps {
             None => None,
@@ -180,9 +180,12 @@ impl Connections {
                 }
             },
         };
+        // Boxed once for the connection's life: the futures below hold a pointer to it, and
+        // pingora takes it as its boxed stream without copying.
+        let mut stream = Box::new(stream);
         let mut carried = None;
         loop {
-            if !edge::next_request(&stream, shutdown).await {
+            if !edge::next_request(&self.shared, &stream).await {
                 return;
             }
             // Boxed (rule A2): the connection's own future stays as small as its idle wait.
@@ -197,7 +200,10 @@ impl Connections {
                     Next::Close => return,
                     // Rule A2 for a parked listener: only its wait is held here.
                     Next::Wait(mut s, settings, waiting) => {
+                        // Nothing is read or written while it waits (rule C3 of `client`).
+                        s.rest();
                         let changed = waiting.wait(&self.shared).await;
+                        s.wake();
                         let resumed =
                             edge::resume(&self.shared, &mut s, waiting, changed, shutdown);
                         next = Next::of(Box::pin(resumed).await, s, settings);
@@ -211,8 +217,8 @@ impl Connections {
     /// pingora (rule A3).
     async fn one(
         &self,
-        mut stream: ClientStream,
-        carried: Option<HttpPersistentSettings>,
+        mut stream: Box<ClientStream>,
+        carried: Carried,
         client: IpAddr,
         shutdown: &ShutdownWatch,
     ) -> Next {
@@ -274,7 +280,7 @@ impl Connections {
         };
         let (next, settings) = reused.consume();
         match next.into_any().downcast::<ClientStream>() {
-            Ok(stream) => Next::Again(*stream, settings),
+            Ok(stream) => Next::Again(stream, settings.map(Box::new)),
             // pingora gives back the stream it was given; anything else cannot be served here.
             Err(_) => Next::Close,
         }
@@ -284,12 +290,8 @@ impl Connections {
 /// pingora's session for a request on `stream`, with the keep-alive settings carried from the
 /// connection's previous request. Made outside [`Connections::one`] so that the session, which
 /// is large, takes no room in that future once handed to pingora.
-fn session(
-    stream: ClientStream,
-    carried: Option<HttpPersistentSettings>,
-    shutdown: &ShutdownWatch,
-) -> ServerSession {
-    let mut session = ServerSession::new_http1(Box::new(stream));
+fn session(stream: Box<ClientStream>, carried: Carried, shutdown: &ShutdownWatch) -> ServerSession {
+    let mut session = ServerSession::new_http1(stream);
     match carried {
         Some(settings) => settings.apply_to_session(&mut session),
         None => session.set_keepalive(Some(edge::KEEPALIVE.as_secs())),

@@ -13,7 +13,11 @@
 //!   larger write goes straight to the socket after what is gathered) that a flush sends and
 //!   frees, so a head and body written separately leave in one system call, and a connection
 //!   between answers holds no buffer.
-//! - **C3 (what pingora asks of a stream).** It is a pingora `IO`: its id is the socket's
+//! - **C3 (resting).** A connection whose request waits a long time without reading or writing
+//!   (a parked config listener) can rest ([`ClientStream::rest`]): its socket leaves the
+//!   runtime's I/O driver, which keeps a cache-line-aligned record per registered socket, until
+//!   [`ClientStream::wake`]. Reading or writing a resting stream is an error.
+//! - **C4 (what pingora asks of a stream).** It is a pingora `IO`: its id is the socket's
 //!   descriptor, its socket digest (client address) is made on first use, and it has no TLS,
 //!   proxy or timing digests.
 
@@ -39,14 +43,17 @@ pub const WRITE_BUFFER: usize = 32 * 1024;
 /// A client connection (see the module doc).
 #[derive(Debug)]
 pub struct ClientStream {
-    tcp: TcpStream,
+    /// The socket, registered with the runtime; `None` while resting (rule C3).
+    tcp: Option<TcpStream>,
+    /// The socket while resting.
+    resting: Option<std::net::TcpStream>,
     /// Put back, read before the socket (rule C1).
     rewound: Bytes,
     /// Gathered writes (rule C2); empty, with no allocation, between answers.
     out: Vec<u8>,
-    /// How much of `out` the socket has taken.
-    sent: usize,
-    /// Made when pingora first asks (rule C3).
+    /// How much of `out` the socket has taken (`out` never holds more than [`WRITE_BUFFER`]).
+    sent: u32,
+    /// Made when pingora first asks (rule C4).
     digest: OnceLock<Arc<SocketDigest>>,
 }
 
@@ -54,7 +61,8 @@ impl ClientStream {
     /// Wraps an accepted socket.
     pub fn new(tcp: TcpStream) -> Self {
         Self {
-            tcp,
+            tcp: Some(tcp),
+            resting: None,
             rewound: Bytes::new(),
             out: Vec::new(),
             sent: 0,
@@ -83,9 +91,32 @@ impl ClientStream {
         !self.rewound.is_empty()
     }
 
+    /// Takes the socket out of the runtime's I/O driver (rule C3). A socket that cannot be
+    /// taken out is closed: the next read or write fails.
+    pub fn rest(&mut self) {
+        if let Some(tcp) = self.tcp.take() {
+            self.resting = tcp.into_std().ok();
+        }
+    }
+
+    /// Registers a resting socket again (rule C3); if that fails, the next read or write fails.
+    pub fn wake(&mut self) {
+        if let Some(std) = self.resting.take() {
+            self.tcp = TcpStream::from_std(std).ok();
+        }
+    }
+
+    /// The registered socket, or the error of a resting or lost one.
+    fn live(&mut self) -> io::Result<&mut TcpStream> {
+        self.tcp.as_mut().ok_or_else(not_live)
+    }
+
     /// Waits until the socket has something to read (or is closed or broken).
     pub async fn readable(&self) -> io::Result<()> {
-        self.tcp.readable().await
+        match &self.tcp {
+            Some(tcp) => tcp.readable().await,
+            None => Err(not_live()),
+        }
     }
 
     /// The next bytes of the connection, at most `max` of them read from the socket (what was
@@ -94,13 +125,14 @@ impl ClientStream {
         if !self.rewound.is_empty() {
             return Some(std::mem::take(&mut self.rewound));
         }
+        let tcp = self.tcp.as_ref()?;
         let mut buf = BytesMut::with_capacity(max);
         loop {
-            match self.tcp.try_read_buf(&mut buf) {
+            match tcp.try_read_buf(&mut buf) {
                 Ok(0) => return None,
                 Ok(_) => return Some(buf.freeze()),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.tcp.readable().await.ok()?;
+                    tcp.readable().await.ok()?;
                 }
                 Err(_) => return None,
             }
@@ -109,12 +141,17 @@ impl ClientStream {
 
     /// Sends what is gathered, then frees the buffer (rule C2).
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.sent < self.out.len() {
-            let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.out[self.sent..]))?;
+        while (self.sent as usize) < self.out.len() {
+            let tcp = match self.tcp.as_mut() {
+                Some(tcp) => tcp,
+                None => return Poll::Ready(Err(not_live())),
+            };
+            let n = ready!(Pin::new(tcp).poll_write(cx, &self.out[self.sent as usize..]))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            self.sent += n;
+            // At most what `out` holds, which is at most WRITE_BUFFER.
+            self.sent += n as u32;
         }
         self.out = Vec::new();
         self.sent = 0;
@@ -135,7 +172,10 @@ impl AsyncRead for ClientStream {
             this.rewound.advance(n);
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut this.tcp).poll_read(cx, buf)
+        match this.live() {
+            Ok(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
+        }
     }
 }
 
@@ -150,7 +190,10 @@ impl AsyncWrite for ClientStream {
             ready!(this.poll_send(cx))?;
         }
         if data.len() >= WRITE_BUFFER {
-            return Pin::new(&mut this.tcp).poll_write(cx, data);
+            return match this.live() {
+                Ok(tcp) => Pin::new(tcp).poll_write(cx, data),
+                Err(e) => Poll::Ready(Err(e)),
+            };
         }
         this.out.extend_from_slice(data);
         Poll::Ready(Ok(data.len()))
@@ -159,13 +202,19 @@ impl AsyncWrite for ClientStream {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         ready!(this.poll_send(cx))?;
-        Pin::new(&mut this.tcp).poll_flush(cx)
+        match this.live() {
+            Ok(tcp) => Pin::new(tcp).poll_flush(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         ready!(this.poll_send(cx))?;
-        Pin::new(&mut this.tcp).poll_shutdown(cx)
+        match this.live() {
+            Ok(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
     }
 }
 
@@ -178,9 +227,25 @@ impl Shutdown for ClientStream {
     }
 }
 
+impl ClientStream {
+    /// The socket's descriptor (`-1` for a socket lost on waking).
+    fn fd(&self) -> std::os::fd::RawFd {
+        match (&self.tcp, &self.resting) {
+            (Some(tcp), _) => tcp.as_raw_fd(),
+            (None, Some(std)) => std.as_raw_fd(),
+            (None, None) => -1,
+        }
+    }
+}
+
+/// The error of reading or writing a resting (or lost) socket.
+fn not_live() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "the connection is resting")
+}
+
 impl UniqueID for ClientStream {
     fn id(&self) -> UniqueIDType {
-        self.tcp.as_raw_fd()
+        self.fd()
     }
 }
 
@@ -202,7 +267,7 @@ impl GetProxyDigest for ClientStream {
 
 impl GetSocketDigest for ClientStream {
     fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        let fd = self.tcp.as_raw_fd();
+        let fd = self.fd();
         Some(
             self.digest
                 .get_or_init(|| Arc::new(SocketDigest::from_raw_fd(fd)))
@@ -273,7 +338,31 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn c3_the_socket_digest_names_the_client() {
+    async fn c3_a_resting_stream_neither_reads_nor_writes_and_wakes_whole() {
+        let (mut ours, mut peer) = pair().await;
+        ours.rest();
+        peer.write_all(b"sent while resting").await.unwrap();
+        assert!(ours.write_all(b"x").await.is_ok(), "gathered, not sent");
+        assert_eq!(
+            ours.flush().await.unwrap_err().kind(),
+            io::ErrorKind::NotConnected
+        );
+        assert!(ours.read_some(64).await.is_none());
+        ours.out.clear();
+        ours.wake();
+        assert_eq!(
+            ours.read_some(64).await.unwrap(),
+            &b"sent while resting"[..]
+        );
+        ours.write_all(b"answer").await.unwrap();
+        ours.flush().await.unwrap();
+        let mut got = [0; 6];
+        peer.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"answer");
+    }
+
+    #[tokio::test]
+    async fn c4_the_socket_digest_names_the_client() {
         let (ours, peer) = pair().await;
         let digest = ours.get_socket_digest().unwrap();
         let seen = digest.peer_addr().and_then(|a| a.as_inet()).copied();

@@ -68,19 +68,19 @@ pub const FIRST_READ: usize = 1024;
 
 /// Waits for the connection's next request (rule E1): `true` once it has bytes to read (bytes
 /// put back count), `false` to close the connection (the client closed it, it stayed idle for
-/// [`KEEPALIVE`], or shutdown began). Nothing is read here, so no buffer is held while waiting.
-pub async fn next_request(stream: &Stream, shutdown: &ShutdownWatch) -> bool {
+/// [`KEEPALIVE`], or the gateway is stopping). Nothing is read here, so no buffer is held while
+/// waiting.
+pub async fn next_request(shared: &Shared, stream: &Stream) -> bool {
     if stream.has_rewound() {
         return true;
     }
-    let mut shutdown = shutdown.clone();
     tokio::select! {
         // Readable first: a request already here is served even when shutdown has begun, as
         // pingora does.
         biased;
         ready = stream.readable() => ready.is_ok(),
         () = tokio::time::sleep(KEEPALIVE) => false,
-        _ = shutdown.wait_for(|stopping| *stopping) => false,
+        () = shared.stopping.cancelled() => false,
     }
 }
 

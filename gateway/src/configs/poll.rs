@@ -62,18 +62,16 @@ pub struct PollRequest {
 /// Where a poll's query, body and headers come from.
 #[derive(Debug, Clone)]
 enum Origin {
-    /// pingora's path: the parts, headers already cut to what a node may see.
-    Parts {
-        query: String,
-        body: Bytes,
-        headers: HeaderMap,
-    },
+    /// pingora's path: the parts, headers already cut to what a node may see (boxed: a parked
+    /// poll holds the other kind).
+    Parts(Box<Forwarded>),
     /// The edge's: the request's own bytes (its head, then from `head` its body), read again
     /// only if the poll goes to a node, so that a parked poll holds one buffer.
     Raw { bytes: Bytes, head: usize },
 }
 
 /// What a node is sent of a client's poll.
+#[derive(Debug, Clone)]
 struct Forwarded {
     query: String,
     headers: HeaderMap,
@@ -154,6 +152,22 @@ impl Answer {
     }
 }
 
+/// The keys a poll listens to, from `Listening-Configs` and `tenant` in its query or form body
+/// (query values first, as nodes read them).
+fn parse_listened(query: &str, body: &[u8]) -> Result<Vec<Listened>, ParamError> {
+    let (mut value, mut tenant) = (None, None);
+    for part in [query.as_bytes(), body] {
+        for (k, v) in form_urlencoded::parse(part) {
+            match k.as_ref() {
+                "Listening-Configs" if value.is_none() => value = Some(v),
+                "tenant" if tenant.is_none() => tenant = Some(v),
+                _ => {}
+            }
+        }
+    }
+    listen::parse_request(value.as_deref(), tenant.as_deref())
+}
+
 /// The headers of a client's poll a node may see: no hop-by-hop ones, none the forward sets
 /// itself, and no `x-nacre-*` header (only nacre's tiers set those).
 fn forwarded(headers: &HeaderMap) -> HeaderMap {
@@ -181,11 +195,11 @@ impl PollRequest {
         headers: &HeaderMap,
         client: Option<std::net::IpAddr>,
     ) -> Result<Self, ParamError> {
-        let origin = Origin::Parts {
+        let origin = Origin::Parts(Box::new(Forwarded {
             query: query.to_string(),
             body: body.clone(),
             headers: forwarded(headers),
-        };
+        }));
         Self::read(origin, query, &body, headers, client)
     }
 
@@ -210,17 +224,7 @@ impl PollRequest {
         headers: &HeaderMap,
         client: Option<std::net::IpAddr>,
     ) -> Result<Self, ParamError> {
-        let (mut value, mut tenant) = (None, None);
-        for part in [query.as_bytes(), body] {
-            for (k, v) in form_urlencoded::parse(part) {
-                match k.as_ref() {
-                    "Listening-Configs" if value.is_none() => value = Some(v),
-                    "tenant" if tenant.is_none() => tenant = Some(v),
-                    _ => {}
-                }
-            }
-        }
-        let listened = listen::parse_request(value.as_deref(), tenant.as_deref())?;
+        let listened = parse_listened(query, body)?;
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let hold = listen::hold(
             header(listen::TIMEOUT_HEADER),
@@ -236,18 +240,31 @@ impl PollRequest {
         })
     }
 
+    /// Drops the parsed keys of a poll about to wait: [`PollRequest::restore`] reads them again
+    /// from the request, so that a parked poll holds its request once.
+    fn shed(&mut self) {
+        self.listened = Vec::new();
+    }
+
+    /// The parsed keys again, after [`PollRequest::shed`].
+    fn restore(&mut self) {
+        if self.listened.is_empty() {
+            let (query, body) = match &self.origin {
+                Origin::Parts(f) => (f.query.clone(), f.body.clone()),
+                Origin::Raw { .. } => {
+                    let f = self.forwarded();
+                    (f.query, f.body)
+                }
+            };
+            // These bytes were read once already: they read the same again.
+            self.listened = parse_listened(&query, &body).unwrap_or_default();
+        }
+    }
+
     /// The query, headers (cut to what a node may see) and body a node is sent.
     fn forwarded(&self) -> Forwarded {
         match &self.origin {
-            Origin::Parts {
-                query,
-                body,
-                headers,
-            } => Forwarded {
-                query: query.clone(),
-                headers: headers.clone(),
-                body: body.clone(),
-            },
+            Origin::Parts(f) => (**f).clone(),
             Origin::Raw { bytes, head } => {
                 let mut slots = [httparse::EMPTY_HEADER; 64];
                 let mut req = httparse::Request::new(&mut slots);
@@ -422,26 +439,28 @@ impl Parked {
     /// table cannot be trusted (rule L4).
     async fn look(mut self: Box<Self>, shared: &Shared) -> Begun {
         let table = &shared.config_md5s;
+        self.req.restore();
         loop {
             if !shared.upstreams.view().feeds_ok() {
                 return Begun::Answer(self.pass(shared).await);
             }
-            match table.lookup(&self.req.listened) {
+            let (epoch, keys) = match table.lookup(&self.req.listened) {
                 Lookup::Known(changed) if !changed.is_empty() || self.req.hold.is_none() => {
                     return Begun::Answer(Answer::edge(&changed))
                 }
-                Lookup::Known(_) => return Begun::Parked(self),
+                Lookup::Known(_) => break,
                 Lookup::Node => return Begun::Answer(self.pass(shared).await),
-                Lookup::Missing { epoch, keys } => {
-                    // A fetch voided by a reset is tried again, a few times; no node answering
-                    // means the table cannot be completed.
-                    self.fetches += 1;
-                    if self.fetches > MAX_FETCHES || fetch(shared, epoch, &keys).await.is_none() {
-                        return Begun::Answer(self.pass(shared).await);
-                    }
-                }
+                Lookup::Missing { epoch, keys } => (epoch, keys),
+            };
+            // A fetch voided by a reset is tried again, a few times; no node answering means
+            // the table cannot be completed.
+            self.fetches += 1;
+            if self.fetches > MAX_FETCHES || fetch(shared, epoch, &keys).await.is_none() {
+                return Begun::Answer(self.pass(shared).await);
             }
         }
+        self.req.shed();
+        Begun::Parked(self)
     }
 
     /// Passes the poll to a node for the rest of its hold, no longer registered here.
@@ -719,6 +738,14 @@ mod tests {
         assert_eq!((a.query.as_str(), &a.body), (b.query.as_str(), &b.body));
         assert_eq!(a.headers, b.headers);
         assert_eq!(b.body, body.as_bytes());
+        // A parked poll drops its parsed keys and reads the same ones again.
+        for mut req in [parts, bytes] {
+            let listened = req.listened.clone();
+            req.shed();
+            assert!(req.listened.is_empty());
+            req.restore();
+            assert_eq!(req.listened, listened);
+        }
         assert!(b.headers.get("x-nacre-client-addr").is_none());
         assert!(b.headers.get("authorization").is_some());
     }
