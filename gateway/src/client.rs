@@ -106,9 +106,15 @@ impl ClientStream {
         }
     }
 
-    /// The registered socket, or the error of a resting or lost one.
-    fn live(&mut self) -> io::Result<&mut TcpStream> {
-        self.tcp.as_mut().ok_or_else(not_live)
+    /// `op` on the registered socket, or the error of a resting or lost one.
+    fn on_live<T>(
+        &mut self,
+        op: impl FnOnce(Pin<&mut TcpStream>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        match self.tcp.as_mut() {
+            Some(tcp) => op(Pin::new(tcp)),
+            None => Poll::Ready(Err(not_live())),
+        }
     }
 
     /// Waits until the socket has something to read (or is closed or broken).
@@ -142,11 +148,11 @@ impl ClientStream {
     /// Sends what is gathered, then frees the buffer (rule C2).
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while (self.sent as usize) < self.out.len() {
-            let tcp = match self.tcp.as_mut() {
-                Some(tcp) => tcp,
+            let (tcp, out) = (&mut self.tcp, &self.out[self.sent as usize..]);
+            let n = match tcp.as_mut() {
+                Some(tcp) => ready!(Pin::new(tcp).poll_write(cx, out))?,
                 None => return Poll::Ready(Err(not_live())),
             };
-            let n = ready!(Pin::new(tcp).poll_write(cx, &self.out[self.sent as usize..]))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -172,10 +178,7 @@ impl AsyncRead for ClientStream {
             this.rewound.advance(n);
             return Poll::Ready(Ok(()));
         }
-        match this.live() {
-            Ok(tcp) => Pin::new(tcp).poll_read(cx, buf),
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        this.on_live(|tcp| tcp.poll_read(cx, buf))
     }
 }
 
@@ -190,10 +193,7 @@ impl AsyncWrite for ClientStream {
             ready!(this.poll_send(cx))?;
         }
         if data.len() >= WRITE_BUFFER {
-            return match this.live() {
-                Ok(tcp) => Pin::new(tcp).poll_write(cx, data),
-                Err(e) => Poll::Ready(Err(e)),
-            };
+            return this.on_live(|tcp| tcp.poll_write(cx, data));
         }
         this.out.extend_from_slice(data);
         Poll::Ready(Ok(data.len()))
@@ -202,19 +202,13 @@ impl AsyncWrite for ClientStream {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         ready!(this.poll_send(cx))?;
-        match this.live() {
-            Ok(tcp) => Pin::new(tcp).poll_flush(cx),
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        this.on_live(|tcp| tcp.poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         ready!(this.poll_send(cx))?;
-        match this.live() {
-            Ok(tcp) => Pin::new(tcp).poll_shutdown(cx),
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        this.on_live(|tcp| tcp.poll_shutdown(cx))
     }
 }
 
