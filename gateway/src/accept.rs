@@ -93,11 +93,13 @@ impl Service for Accept {
                     let _ = tcp.set_nodelay(true);
                     let conns = self.conns.clone();
                     let shutdown = shutdown.clone();
+                    // Boxed here: the task keeps a pointer, not the socket and address it was
+                    // made from (rule A2).
+                    let stream = Box::new(ClientStream::new(tcp));
+                    let client = peer.ip();
                     // Spread over the service's threads as pingora spreads its connections.
                     pingora_runtime::current_handle().spawn(async move {
-                        conns
-                            .serve(ClientStream::new(tcp), peer.ip(), &shutdown)
-                            .await;
+                        conns.serve(stream, client, &shutdown).await;
                     });
                 }
                 Err(e) => {
@@ -117,7 +119,8 @@ impl Service for Accept {
     }
 }
 
-/// What serves each connection (rules A1–A4).
+/// What serves each connection (rules A1–A4). A connection is boxed once for its life: the
+/// futures holding it hold a pointer, and pingora takes it as its boxed stream without copying.
 struct Connections {
     proxy: Arc<HttpProxy<Gateway>>,
     shared: Arc<Shared>,
@@ -167,7 +170,7 @@ impl Next {
 
 impl Connections {
     /// Serves `stream` until it closes (rule A1 first).
-    async fn serve(&self, stream: ClientStream, client: IpAddr, shutdown: &ShutdownWatch) {
+    async fn serve(&self, mut stream: Box<ClientStream>, client: IpAddr, shutdown: &ShutdownWatch) {
         let _counted = Counted::new(&self.shared.metrics.client_connections);
         let _admitted = match &self.shared.caps {
             None => None,
@@ -180,9 +183,6 @@ impl Connections {
                 }
             },
         };
-        // Boxed once for the connection's life: the futures below hold a pointer to it, and
-        // pingora takes it as its boxed stream without copying.
-        let mut stream = Box::new(stream);
         let mut carried = None;
         loop {
             if !edge::next_request(&self.shared, &stream).await {

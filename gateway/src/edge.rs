@@ -86,7 +86,7 @@ pub async fn next_request(shared: &Shared, stream: &Stream) -> bool {
 
 /// A listener request this module serves (rule E2).
 pub struct Listener {
-    /// The request's bytes, head then body: what the parked poll keeps.
+    /// The request as the parked poll keeps it (`configs::poll::kept_request`).
     bytes: Bytes,
     /// Where its body starts.
     head: usize,
@@ -313,13 +313,17 @@ fn taken_of(
     };
     match head.kind {
         // Copies, so a listener parked for 30 s does not keep the whole read buffer alive.
-        Kind::Listener => Some(Taken::Listener(Listener {
-            conn: conn(Bytes::copy_from_slice(&buf[end..])),
-            bytes: Bytes::copy_from_slice(&buf[..end]),
-            head: head.len,
-            query: head.query,
-            headers: head.headers,
-        })),
+        Kind::Listener => {
+            let (bytes, kept_head) =
+                crate::configs::poll::kept_request(&head.query, &head.headers, &buf[head.len..end]);
+            Some(Taken::Listener(Listener {
+                conn: conn(Bytes::copy_from_slice(&buf[end..])),
+                bytes,
+                head: kept_head,
+                query: head.query,
+                headers: head.headers,
+            }))
+        }
         Kind::List => {
             let params = Params::parse(head.query.as_bytes(), None);
             let plan = Plan::of(

@@ -168,22 +168,44 @@ fn parse_listened(query: &str, body: &[u8]) -> Result<Vec<Listened>, ParamError>
     listen::parse_request(value.as_deref(), tenant.as_deref())
 }
 
-/// The headers of a client's poll a node may see: no hop-by-hop ones, none the forward sets
-/// itself, and no `x-nacre-*` header (only nacre's tiers set those).
+/// Whether a node may see the header `name` of a client's poll: not a hop-by-hop one, not one
+/// the forward sets itself, and no `x-nacre-*` header (only nacre's tiers set those).
+pub fn is_forwarded(name: &HeaderName) -> bool {
+    !NOT_FORWARDED.contains(name) && !name.as_str().starts_with(HEADER_PREFIX)
+}
+
+/// The headers of a client's poll a node may see ([`is_forwarded`]).
 fn forwarded(headers: &HeaderMap) -> HeaderMap {
-    let mut forwarded = headers.clone();
-    for h in &NOT_FORWARDED {
-        forwarded.remove(h);
-    }
-    let foreign: Vec<HeaderName> = forwarded
-        .keys()
-        .filter(|k| k.as_str().starts_with(HEADER_PREFIX))
-        .cloned()
-        .collect();
-    for h in foreign {
-        forwarded.remove(h);
+    let mut forwarded = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        if is_forwarded(name) {
+            forwarded.append(name.clone(), value.clone());
+        }
     }
     forwarded
+}
+
+/// A listener request as a parked poll keeps it ([`PollRequest::parse_raw`]): a request line
+/// naming only the query, the headers a node may see, then the body; and the offset where the
+/// body starts.
+pub fn kept_request(query: &str, headers: &HeaderMap, body: &[u8]) -> (Bytes, usize) {
+    let mut kept = Vec::with_capacity(64 + query.len() + body.len() + 40 * headers.len());
+    kept.extend_from_slice(b"POST /?");
+    kept.extend_from_slice(query.as_bytes());
+    kept.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        if is_forwarded(name) {
+            kept.extend_from_slice(name.as_str().as_bytes());
+            kept.extend_from_slice(b": ");
+            kept.extend_from_slice(value.as_bytes());
+            kept.extend_from_slice(b"\r\n");
+        }
+    }
+    kept.extend_from_slice(b"\r\n");
+    let head = kept.len();
+    kept.extend_from_slice(body);
+    // Copied: exactly its length, where the vector may have room to spare.
+    (Bytes::copy_from_slice(&kept), head)
 }
 
 impl PollRequest {
@@ -732,6 +754,17 @@ mod tests {
         let parts = PollRequest::parse("accessToken=k", Bytes::from(body), &h, None).unwrap();
         let bytes =
             PollRequest::parse_raw(Bytes::from(raw), head, "accessToken=k", &h, None).unwrap();
+        let (kept, kept_head) = kept_request("accessToken=k", &h, body.as_bytes());
+        assert!(
+            kept.len() < head + body.len(),
+            "hop-by-hop and nacre headers are left out"
+        );
+        let kept = PollRequest::parse_raw(kept, kept_head, "accessToken=k", &h, None).unwrap();
+        let (k, b0) = (kept.forwarded(), bytes.forwarded());
+        assert_eq!(
+            (k.query, k.headers, k.body),
+            (b0.query, b0.headers, b0.body)
+        );
         assert_eq!(parts.listened, bytes.listened);
         assert_eq!((parts.hold, parts.tagged), (bytes.hold, bytes.tagged));
         let (a, b) = (parts.forwarded(), bytes.forwarded());
