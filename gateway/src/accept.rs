@@ -37,6 +37,7 @@ use pingora::services::Service;
 
 use crate::client::ClientStream;
 use crate::edge;
+use crate::metrics::Held;
 use crate::proxy::Gateway;
 use crate::Shared;
 
@@ -126,22 +127,6 @@ struct Connections {
     shared: Arc<Shared>,
 }
 
-/// Counts a connection in the open-connections gauge while it lives.
-struct Counted<'a>(&'a prometheus::IntGauge);
-
-impl<'a> Counted<'a> {
-    fn new(g: &'a prometheus::IntGauge) -> Self {
-        g.inc();
-        Self(g)
-    }
-}
-
-impl Drop for Counted<'_> {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
 /// pingora's keep-alive settings from a connection's previous request, boxed: they exist only
 /// after a request pingora served, and every future holding the connection holds this.
 type Carried = Option<Box<HttpPersistentSettings>>;
@@ -171,7 +156,7 @@ impl Next {
 impl Connections {
     /// Serves `stream` until it closes (rule A1 first).
     async fn serve(&self, mut stream: Box<ClientStream>, client: IpAddr, shutdown: &ShutdownWatch) {
-        let _counted = Counted::new(&self.shared.metrics.client_connections);
+        let _counted = Held::new(&self.shared.metrics.client_connections);
         let _admitted = match &self.shared.caps {
             None => None,
             Some(caps) => match caps.admit(client) {

@@ -25,8 +25,9 @@
 //!   next node in the ring's order; a beat the node answers with its not-ready 503 likewise.
 //!   Beats are idempotent, so a beat that reached a node whose answer was lost is safe to
 //!   send again. A batch whose sender's task is gone before it sent (the gateway stopping)
-//!   fails the same way: no beat waits for a sender that no longer exists. With no node left the client gets the proxy path's answer: 503 "no registry
-//!   node is ready" when none is in the view, else 502 "no registry node answered".
+//!   fails the same way: no beat waits for a sender that no longer exists. With no node left
+//!   the client gets the proxy path's answer: 503 "no registry node is ready" when none is in
+//!   the view, else 502 "no registry node answered".
 //!
 //! A beat waits at most `beat_linger_ms` longer than proxied; every instance beats every 5 s
 //! and expires after 15 s of silence, so a few milliseconds are nothing to it.

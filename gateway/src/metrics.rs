@@ -327,3 +327,22 @@ impl Metrics {
         String::from_utf8(buf).unwrap_or_default()
     }
 }
+
+/// Counts something in a gauge while this lives: one up when made, one down when dropped
+/// (open client connections, parked config listeners).
+#[derive(Debug)]
+pub struct Held(IntGauge);
+
+impl Held {
+    /// Counts one more in `gauge`.
+    pub fn new(gauge: &IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

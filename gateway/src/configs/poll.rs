@@ -17,6 +17,7 @@ use nacre_ring::wire::{
 use tokio::time::Instant;
 
 use super::table::Lookup;
+use crate::metrics::Held;
 use crate::upstreams::Upstream;
 use crate::Shared;
 use nacre_ring::configs::watch::Interest;
@@ -271,48 +272,59 @@ impl PollRequest {
     /// The parsed keys again, after [`PollRequest::shed`].
     fn restore(&mut self) {
         if self.listened.is_empty() {
-            let (query, body) = match &self.origin {
-                Origin::Parts(f) => (f.query.clone(), f.body.clone()),
-                Origin::Raw { .. } => {
-                    let f = self.forwarded();
-                    (f.query, f.body)
-                }
-            };
+            let (query, body) = self.query_and_body();
             // These bytes were read once already: they read the same again.
             self.listened = parse_listened(&query, &body).unwrap_or_default();
         }
     }
 
-    /// The query, headers (cut to what a node may see) and body a node is sent.
-    fn forwarded(&self) -> Forwarded {
+    /// The query and body, which the keys are read from.
+    fn query_and_body(&self) -> (String, Bytes) {
         match &self.origin {
-            Origin::Parts(f) => (**f).clone(),
+            Origin::Parts(f) => (f.query.clone(), f.body.clone()),
             Origin::Raw { bytes, head } => {
-                let mut slots = [httparse::EMPTY_HEADER; 64];
-                let mut req = httparse::Request::new(&mut slots);
-                // The edge parsed this head already; a head it could not parse never gets here,
-                // and anything unreadable is left out rather than sent.
-                let _ = req.parse(&bytes[..(*head).min(bytes.len())]);
-                let query = req
-                    .path
-                    .and_then(|p| p.split_once('?'))
+                let head = (*head).min(bytes.len());
+                // The request line is `METHOD PATH?QUERY VERSION`.
+                let line = bytes[..head]
+                    .split(|b| *b == b'\n')
+                    .next()
+                    .unwrap_or_default();
+                let query = String::from_utf8_lossy(line)
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|path| path.split_once('?'))
                     .map(|(_, q)| q.to_string())
                     .unwrap_or_default();
-                let mut headers = HeaderMap::with_capacity(req.headers.len());
-                for h in req.headers.iter() {
-                    if let (Ok(name), Ok(value)) = (
-                        HeaderName::from_bytes(h.name.as_bytes()),
-                        HeaderValue::from_bytes(h.value),
-                    ) {
-                        headers.append(name, value);
-                    }
-                }
-                Forwarded {
-                    query,
-                    headers: forwarded(&headers),
-                    body: bytes.slice((*head).min(bytes.len())..),
-                }
+                (query, bytes.slice(head..))
             }
+        }
+    }
+
+    /// The query, headers (cut to what a node may see) and body a node is sent.
+    fn forwarded(&self) -> Forwarded {
+        let (bytes, head) = match &self.origin {
+            Origin::Parts(f) => return (**f).clone(),
+            Origin::Raw { bytes, head } => (bytes, *head),
+        };
+        let mut slots = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut slots);
+        // The edge parsed this head already; a head it could not parse never gets here, and
+        // anything unreadable is left out rather than sent.
+        let _ = req.parse(&bytes[..head.min(bytes.len())]);
+        let mut headers = HeaderMap::with_capacity(req.headers.len());
+        for h in req.headers.iter() {
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(h.name.as_bytes()),
+                HeaderValue::from_bytes(h.value),
+            ) {
+                headers.append(name, value);
+            }
+        }
+        let (query, body) = self.query_and_body();
+        Forwarded {
+            query,
+            headers: forwarded(&headers),
+            body,
         }
     }
 
@@ -382,28 +394,12 @@ pub struct Parked {
     deadline: Instant,
     /// Fetches made for it (at most [`MAX_FETCHES`]).
     fetches: usize,
-    _counted: Listening,
-}
-
-/// Counts a poll in `nacre_gateway_config_listeners` while it lives.
-struct Listening(prometheus::IntGauge);
-
-impl Listening {
-    fn new(gauge: &prometheus::IntGauge) -> Self {
-        gauge.inc();
-        Self(gauge.clone())
-    }
-}
-
-impl Drop for Listening {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
+    _counted: Held,
 }
 
 /// Answers `req` at once when it can, else parks it (rules L3, L4, L6).
 pub async fn begin(shared: &Shared, req: PollRequest) -> Begun {
-    let counted = Listening::new(&shared.metrics.config_listeners);
+    let counted = Held::new(&shared.metrics.config_listeners);
     // The node round trips are boxed: the futures that wait in them are short-lived, and a
     // future is as large as its largest state.
     let deadline = Instant::now() + req.hold.unwrap_or_default();

@@ -68,11 +68,12 @@ impl Listening {
         }
     }
 
-    fn entries(&self) -> Box<dyn Iterator<Item = &Entry> + '_> {
-        match self {
-            Listening::One(_, e) => Box::new(std::iter::once(e)),
-            Listening::Many(m) => Box::new(m.values()),
-        }
+    fn entries(&self) -> impl Iterator<Item = &Entry> {
+        let (one, many) = match self {
+            Listening::One(_, e) => (Some(e), None),
+            Listening::Many(m) => (None, Some(m.values())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
     }
 }
 
@@ -162,18 +163,22 @@ impl ConfigWatch {
                 client: client.clone(),
                 md5,
             };
-            let key = match waiters.by_key.get_key_value(&key) {
-                Some((shared, _)) => shared.clone(),
-                None => Arc::new(key),
-            };
-            match waiters.by_key.get_mut(&key) {
-                Some(listening) => listening.insert(id, entry),
+            let shared = waiters.by_key.get_key_value(&key).map(|(k, _)| k.clone());
+            let key = match shared {
+                Some(shared) => {
+                    if let Some(listening) = waiters.by_key.get_mut(&shared) {
+                        listening.insert(id, entry);
+                    }
+                    shared
+                }
                 None => {
+                    let key = Arc::new(key);
                     waiters
                         .by_key
                         .insert(key.clone(), Listening::One(id, entry));
+                    key
                 }
-            }
+            };
             keys.push(key);
         }
         drop(waiters);
