@@ -12,7 +12,8 @@
 //! - **C2 (one write per answer).** Writes gather in a buffer (up to [`WRITE_BUFFER`] bytes; a
 //!   larger write goes straight to the socket after what is gathered) that a flush sends and
 //!   frees, so a head and body written separately leave in one system call, and a connection
-//!   between answers holds no buffer.
+//!   between answers holds no buffer. An answer given in parts ([`ClientStream::send_parts`])
+//!   goes from them to the socket in vectored writes, copied by nobody but the kernel.
 //! - **C3 (resting).** A connection whose request waits a long time without reading or writing
 //!   (a parked config listener) can rest ([`ClientStream::rest`]): its socket leaves the
 //!   runtime's I/O driver, which keeps a cache-line-aligned record per registered socket, until
@@ -143,6 +144,24 @@ impl ClientStream {
                 Err(_) => return None,
             }
         }
+    }
+
+    /// Writes `parts` in order, after anything gathered (rule C2), without copying them: one
+    /// vectored write when the socket takes it all.
+    pub async fn send_parts(&mut self, mut parts: &mut [io::IoSlice<'_>]) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_send(cx)).await?;
+        // Skips leading empty parts, so an answer made only of them writes nothing.
+        io::IoSlice::advance_slices(&mut parts, 0);
+        while !parts.is_empty() {
+            let tcp = self.tcp.as_ref().ok_or_else(not_live)?;
+            match tcp.try_write_vectored(parts) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => io::IoSlice::advance_slices(&mut parts, n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => tcp.writable().await?,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// Sends what is gathered, then frees the buffer (rule C2).
@@ -329,6 +348,28 @@ mod tests {
         peer.read_to_end(&mut got).await.unwrap();
         assert_eq!(&got[..10], b"head body<");
         assert_eq!(got.len(), 10 + WRITE_BUFFER + 10);
+    }
+
+    #[tokio::test]
+    async fn c2_parts_go_out_whole_and_in_order_after_what_is_gathered() {
+        let (mut ours, mut peer) = pair().await;
+        ours.write_all(b"gathered ").await.unwrap();
+        // Larger than a socket takes at once, so the vectored write resumes mid-part.
+        let big = vec![b'y'; 4 << 20];
+        let parts: [&[u8]; 5] = [b"", b"head ", b"", &big, b" tail"];
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            peer.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let mut slices = parts.map(io::IoSlice::new);
+        ours.send_parts(&mut slices).await.unwrap();
+        assert_eq!(ours.out.capacity(), 0, "nothing was copied into the buffer");
+        drop(ours);
+        let got = reader.await.unwrap();
+        assert_eq!(&got[..14], b"gathered head ");
+        assert_eq!(got.len(), 14 + big.len() + 5);
+        assert!(got.ends_with(b"y tail"));
     }
 
     #[tokio::test]

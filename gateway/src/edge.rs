@@ -37,7 +37,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use nacre_ring::wire::{RelayedRequest, BEAT_PATH, CONFIG_LISTENER_PATH};
 use nacre_ring::ServiceKey;
 use pingora::server::ShutdownWatch;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 use crate::client::ClientStream as Stream;
 use crate::configs::poll::{Begun, PollRequest};
@@ -440,6 +440,11 @@ pub async fn resume(
     polled(shared, stream, begun, conn, shutdown).await
 }
 
+/// A body in one piece, as [`write`] takes bodies (in up to three parts).
+fn whole(body: &[u8]) -> [&[u8]; 3] {
+    [body, &[], &[]]
+}
+
 /// Writes `begun`'s answer, or keeps it waiting.
 async fn polled(
     shared: &Shared,
@@ -456,7 +461,8 @@ async fn polled(
     let content_type = answer.content_type.to_str().unwrap_or(crate::proxy::TEXT);
     let headers = std::iter::once(("content-type", content_type)).chain(extra.iter().copied());
     shared.metrics.request(RouteLabel::Edge, answer.status);
-    Polled::Answered(write(stream, conn, shutdown, answer.status, headers, &answer.body).await)
+    let body = whole(&answer.body);
+    Polled::Answered(write(stream, conn, shutdown, answer.status, headers, body).await)
 }
 
 /// What became of a beat handed to [`serve_beat`] or a list read to [`serve_list`].
@@ -501,7 +507,14 @@ pub async fn serve_list(
     shared.metrics.cache_hits.inc();
     shared.metrics.request(RouteLabel::Cache, 200);
     let headers = [("content-type", crate::proxy::JSON)];
-    let keep = write(stream, conn, shutdown, 200, headers.into_iter(), &answer);
+    let keep = write(
+        stream,
+        conn,
+        shutdown,
+        200,
+        headers.into_iter(),
+        answer.parts(),
+    );
     Served::Answered(keep.await)
 }
 
@@ -543,7 +556,7 @@ pub async fn serve_beat(
         shutdown,
         answer.status,
         headers,
-        answer.body.as_bytes(),
+        whole(answer.body.as_bytes()),
     );
     Served::Answered(keep.await)
 }
@@ -565,7 +578,7 @@ async fn refuse(
         shutdown,
         429,
         headers.into_iter(),
-        why.as_bytes(),
+        whole(why.as_bytes()),
     )
     .await
 }
@@ -579,33 +592,40 @@ async fn write<'a>(
     shutdown: &ShutdownWatch,
     status: u16,
     headers: impl Iterator<Item = (&'a str, &'a str)>,
-    body: &[u8],
+    body: [&[u8]; 3],
 ) -> bool {
     let keep = conn.keep_alive && !*shutdown.borrow();
-    let mut out = Vec::with_capacity(256 + body.len());
+    let mut head = Vec::with_capacity(256);
     let reason = http::StatusCode::from_u16(status)
         .ok()
         .and_then(|s| s.canonical_reason())
         .unwrap_or("");
-    out.extend_from_slice(format!("HTTP/1.1 {status} {reason}\r\n").as_bytes());
+    head.extend_from_slice(b"HTTP/1.1 ");
+    head.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(reason.as_bytes());
+    head.extend_from_slice(b"\r\n");
     for (name, value) in headers {
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        head.extend_from_slice(name.as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(b"Content-Length: ");
-    out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
-    out.extend_from_slice(b"\r\n");
+    let len: usize = body.iter().map(|b| b.len()).sum();
+    head.extend_from_slice(b"Content-Length: ");
+    head.extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
+    head.extend_from_slice(b"\r\n");
     if !keep {
-        out.extend_from_slice(b"Connection: close\r\n");
+        head.extend_from_slice(b"Connection: close\r\n");
     } else if conn.http10 {
         // HTTP/1.0 closes by default: a client that asked to keep the connection is told yes.
-        out.extend_from_slice(b"Connection: keep-alive\r\n");
+        head.extend_from_slice(b"Connection: keep-alive\r\n");
     }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body);
-    let written = stream.write_all(&out).await.is_ok() && stream.flush().await.is_ok();
+    head.extend_from_slice(b"\r\n");
+    // The body is written from where it lies (a cached list answer is not copied).
+    let [a, b, c] = body.map(std::io::IoSlice::new);
+    let mut parts = [std::io::IoSlice::new(&head), a, b, c];
+    let written = stream.send_parts(&mut parts).await.is_ok();
     if written && keep {
         stream.rewind(conn.rest);
     }

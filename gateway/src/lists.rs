@@ -12,12 +12,12 @@
 use std::net::IpAddr;
 use std::time::Instant;
 
-use bytes::Bytes;
 use http::{header, HeaderMap, Method};
 use nacre_ring::wire::SubscriberNote;
 use nacre_ring::ServiceKey;
 
 use crate::authmemo::Fingerprint;
+use crate::cache::Hit;
 use crate::route::{self, Params, Variant};
 use crate::subscribe::{Contact, SeenKey};
 use crate::upstreams::View;
@@ -144,7 +144,7 @@ impl Plan {
 pub enum Lookup {
     /// The answer, from the cache; the subscriber's contact is recorded and any note due
     /// queued (rule P2).
-    Hit(Bytes),
+    Hit(Hit),
     /// A feed is not followed: the cache may not answer (counted as a bypass).
     Bypass,
     /// The request must reach a node.
@@ -163,7 +163,7 @@ pub fn lookup(shared: &Shared, key: &ServiceKey, list: &ListPlan, view: &View) -
 /// An answer [`find`] found in the cache, not yet given.
 #[derive(Debug)]
 pub struct Found<'a> {
-    answer: Bytes,
+    answer: Hit,
     /// The note due to the subscriber's node (rule P2).
     note: Option<(&'a Subscription, SeenKey, &'a ServiceKey, &'a Variant)>,
     now: Instant,
@@ -236,6 +236,7 @@ pub fn reaching_node(shared: &Shared, key: &ServiceKey, list: &ListPlan) {
 mod tests {
     use super::*;
     use crate::testing::shared;
+    use bytes::Bytes;
     use std::sync::Arc;
 
     fn plan(query: &str) -> (ServiceKey, ListPlan) {
@@ -290,6 +291,6 @@ mod tests {
         assert!(matches!(find(&s, &key, &list, &view), Err(Lookup::Miss)));
         store(&s, &key, &list, b"{}");
         let found = find(&s, &key, &list, &view).unwrap();
-        assert!(matches!(found.commit(&s), Lookup::Hit(b) if &b[..] == b"{}"));
+        assert!(matches!(found.commit(&s), Lookup::Hit(b) if &b.to_bytes()[..] == b"{}"));
     }
 }

@@ -503,7 +503,7 @@ impl ProxyHttp for Gateway {
             Lookup::Hit(answer) => {
                 shared.metrics.cache_hits.inc();
                 ctx.route = RouteLabel::Cache;
-                respond(session, 200, JSON, answer).await?;
+                respond(session, 200, JSON, answer.to_bytes()).await?;
                 return Ok(true);
             }
             Lookup::Bypass => {

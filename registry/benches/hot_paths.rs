@@ -238,8 +238,30 @@ fn bench_auth(c: &mut Criterion) {
     group.finish();
 }
 
+/// The owner lookup every beat, write and routed list makes (gateway and node), over 1,000
+/// services of a 3-member ring.
+fn bench_ring_owner(c: &mut Criterion) {
+    let ring = nacre_ring::Ring::new(&nacre_ring::Members::new([
+        "127.0.0.1:8848",
+        "127.0.0.1:8849",
+        "127.0.0.1:8850",
+    ]));
+    let keys: Vec<ServiceKey> = (0..1000).map(service_key).collect();
+    let mut group = c.benchmark_group("ring");
+    group.throughput(Throughput::Elements(keys.len() as u64));
+    group.bench_function("owner/1000_keys", |b| {
+        b.iter(|| {
+            for key in &keys {
+                black_box(ring.owner(black_box(key)));
+            }
+        })
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
+    bench_ring_owner,
     bench_list_json,
     bench_select,
     bench_ephemeral_store,

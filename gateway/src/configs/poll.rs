@@ -12,7 +12,7 @@ use nacre_ring::configs::listen::{self, Listened};
 use nacre_ring::configs::{ConfigKey, ParamError};
 use nacre_ring::wire::{
     Md5Query, Md5Reply, ASSERTED_BY_HEADER, CLIENT_ADDR_HEADER, CONFIG_LISTENER_PATH,
-    CONFIG_MD5_PATH, HEADER_PREFIX,
+    CONFIG_MD5_PATH,
 };
 use tokio::time::Instant;
 
@@ -32,19 +32,6 @@ const PASS_GRACE: Duration = Duration::from_secs(1);
 const MIN_PASS_HOLD: Duration = Duration::from_millis(50);
 /// The content type of every listener answer the gateway writes.
 const TEXT: &str = nacre_ring::configs::LISTENER_CONTENT_TYPE;
-
-/// Request headers never passed on to a node: hop-by-hop ones, and the ones the forward
-/// sets itself.
-const NOT_FORWARDED: [HeaderName; 8] = [
-    header::HOST,
-    header::CONTENT_LENGTH,
-    header::TRANSFER_ENCODING,
-    header::CONNECTION,
-    header::TE,
-    header::TRAILER,
-    header::UPGRADE,
-    header::PROXY_AUTHORIZATION,
-];
 
 /// A parsed listener poll, with what a node needs to answer it instead.
 #[derive(Debug, Clone)]
@@ -169,10 +156,11 @@ fn parse_listened(query: &str, body: &[u8]) -> Result<Vec<Listened>, ParamError>
     listen::parse_request(value.as_deref(), tenant.as_deref())
 }
 
-/// Whether a node may see the header `name` of a client's poll: not a hop-by-hop one, not one
-/// the forward sets itself, and no `x-nacre-*` header (only nacre's tiers set those).
+/// Whether a node may see the header `name` of a client's poll: only the ones a node reads
+/// from a poll (`listen::READ_HEADERS`); never a hop-by-hop one, one the forward sets itself,
+/// or an `x-nacre-*` header (only nacre's tiers set those).
 pub fn is_forwarded(name: &HeaderName) -> bool {
-    !NOT_FORWARDED.contains(name) && !name.as_str().starts_with(HEADER_PREFIX)
+    listen::is_read_header(name.as_str())
 }
 
 /// The headers of a client's poll a node may see ([`is_forwarded`]).
@@ -753,7 +741,7 @@ mod tests {
         let (kept, kept_head) = kept_request("accessToken=k", &h, body.as_bytes());
         assert!(
             kept.len() < head + body.len(),
-            "hop-by-hop and nacre headers are left out"
+            "hop-by-hop, nacre and unread headers are left out"
         );
         let kept = PollRequest::parse_raw(kept, kept_head, "accessToken=k", &h, None).unwrap();
         let (k, b0) = (kept.forwarded(), bytes.forwarded());
@@ -776,7 +764,10 @@ mod tests {
             assert_eq!(req.listened, listened);
         }
         assert!(b.headers.get("x-nacre-client-addr").is_none());
-        assert!(b.headers.get("authorization").is_some());
+        // Only the headers a node reads from a poll go on: not the client's version.
+        let mut names: Vec<&str> = b.headers.keys().map(|n| n.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["authorization", "long-pulling-timeout"]);
     }
 
     #[test]

@@ -107,7 +107,7 @@ fn tag_of(p: &Params) -> Result<Option<String>, ApiError> {
 /// The tag a client's `Vipserver-Tag` header names (rule C7).
 fn vipserver_tag(p: &Params) -> Option<String> {
     p.headers
-        .get("Vipserver-Tag")
+        .get(listen::TAG_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|t| !t.is_empty())

@@ -21,6 +21,28 @@ pub const HOLD_MARGIN: Duration = Duration::from_millis(500);
 pub const TIMEOUT_HEADER: &str = "Long-Pulling-Timeout";
 /// The header asking for an answer at once.
 pub const NO_HANGUP_HEADER: &str = "Long-Pulling-Timeout-No-Hangup";
+/// The header naming the tag a config client reads (rule C7 of the node's config API).
+pub const TAG_HEADER: &str = "Vipserver-Tag";
+
+/// The client headers a node reads from a listener poll: its hold ([`TIMEOUT_HEADER`],
+/// [`NO_HANGUP_HEADER`]), its tag ([`TAG_HEADER`]), its credential (`Authorization`) and how
+/// its body is encoded (`Content-Type`). A gateway that passes a poll to a node passes these
+/// and no other header of the client's (the Java client sends eight more, which a parked poll
+/// would otherwise keep for 30 s); a node that starts reading another one from a poll must
+/// add it here.
+pub const READ_HEADERS: [&str; 5] = [
+    TIMEOUT_HEADER,
+    NO_HANGUP_HEADER,
+    TAG_HEADER,
+    "Authorization",
+    "Content-Type",
+];
+
+/// Whether a node reads the header `name` from a listener poll ([`READ_HEADERS`]; names
+/// compare without case).
+pub fn is_read_header(name: &str) -> bool {
+    READ_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
 
 /// How long a listener may be held, from its [`TIMEOUT_HEADER`] and [`NO_HANGUP_HEADER`]
 /// values: `max(10 s, timeout − 500 ms)`, bounded; `None` to answer at once (no timeout:
