@@ -41,13 +41,21 @@ use tokio::net::TcpStream;
 /// and its head.
 pub const WRITE_BUFFER: usize = 32 * 1024;
 
+/// A connection's socket in each of its states (rule C3).
+#[derive(Debug)]
+enum Socket {
+    /// Registered with the runtime's I/O driver.
+    Live(TcpStream),
+    /// Out of the driver while its request waits.
+    Resting(std::net::TcpStream),
+    /// Lost moving between the two: every read and write fails.
+    Lost,
+}
+
 /// A client connection (see the module doc).
 #[derive(Debug)]
 pub struct ClientStream {
-    /// The socket, registered with the runtime; `None` while resting (rule C3).
-    tcp: Option<TcpStream>,
-    /// The socket while resting.
-    resting: Option<std::net::TcpStream>,
+    socket: Socket,
     /// Put back, read before the socket (rule C1).
     rewound: Bytes,
     /// Gathered writes (rule C2); empty, with no allocation, between answers.
@@ -62,8 +70,7 @@ impl ClientStream {
     /// Wraps an accepted socket.
     pub fn new(tcp: TcpStream) -> Self {
         Self {
-            tcp: Some(tcp),
-            resting: None,
+            socket: Socket::Live(tcp),
             rewound: Bytes::new(),
             out: Vec::new(),
             sent: 0,
@@ -95,15 +102,25 @@ impl ClientStream {
     /// Takes the socket out of the runtime's I/O driver (rule C3). A socket that cannot be
     /// taken out is closed: the next read or write fails.
     pub fn rest(&mut self) {
-        if let Some(tcp) = self.tcp.take() {
-            self.resting = tcp.into_std().ok();
-        }
+        self.socket = match std::mem::replace(&mut self.socket, Socket::Lost) {
+            Socket::Live(tcp) => tcp.into_std().map_or(Socket::Lost, Socket::Resting),
+            other => other,
+        };
     }
 
     /// Registers a resting socket again (rule C3); if that fails, the next read or write fails.
     pub fn wake(&mut self) {
-        if let Some(std) = self.resting.take() {
-            self.tcp = TcpStream::from_std(std).ok();
+        self.socket = match std::mem::replace(&mut self.socket, Socket::Lost) {
+            Socket::Resting(std) => TcpStream::from_std(std).map_or(Socket::Lost, Socket::Live),
+            other => other,
+        };
+    }
+
+    /// The registered socket, or the error of a resting or lost one.
+    fn live(&self) -> io::Result<&TcpStream> {
+        match &self.socket {
+            Socket::Live(tcp) => Ok(tcp),
+            _ => Err(not_live()),
         }
     }
 
@@ -112,18 +129,15 @@ impl ClientStream {
         &mut self,
         op: impl FnOnce(Pin<&mut TcpStream>) -> Poll<io::Result<T>>,
     ) -> Poll<io::Result<T>> {
-        match self.tcp.as_mut() {
-            Some(tcp) => op(Pin::new(tcp)),
-            None => Poll::Ready(Err(not_live())),
+        match &mut self.socket {
+            Socket::Live(tcp) => op(Pin::new(tcp)),
+            _ => Poll::Ready(Err(not_live())),
         }
     }
 
     /// Waits until the socket has something to read (or is closed or broken).
     pub async fn readable(&self) -> io::Result<()> {
-        match &self.tcp {
-            Some(tcp) => tcp.readable().await,
-            None => Err(not_live()),
-        }
+        self.live()?.readable().await
     }
 
     /// The next bytes of the connection, at most `max` of them read from the socket (what was
@@ -132,7 +146,7 @@ impl ClientStream {
         if !self.rewound.is_empty() {
             return Some(std::mem::take(&mut self.rewound));
         }
-        let tcp = self.tcp.as_ref()?;
+        let tcp = self.live().ok()?;
         let mut buf = BytesMut::with_capacity(max);
         loop {
             match tcp.try_read_buf(&mut buf) {
@@ -153,7 +167,7 @@ impl ClientStream {
         // Skips leading empty parts, so an answer made only of them writes nothing.
         io::IoSlice::advance_slices(&mut parts, 0);
         while !parts.is_empty() {
-            let tcp = self.tcp.as_ref().ok_or_else(not_live)?;
+            let tcp = self.live()?;
             match tcp.try_write_vectored(parts) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => io::IoSlice::advance_slices(&mut parts, n),
@@ -167,10 +181,11 @@ impl ClientStream {
     /// Sends what is gathered, then frees the buffer (rule C2).
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while (self.sent as usize) < self.out.len() {
-            let (tcp, out) = (&mut self.tcp, &self.out[self.sent as usize..]);
-            let n = match tcp.as_mut() {
-                Some(tcp) => ready!(Pin::new(tcp).poll_write(cx, out))?,
-                None => return Poll::Ready(Err(not_live())),
+            let n = match &mut self.socket {
+                Socket::Live(tcp) => {
+                    ready!(Pin::new(tcp).poll_write(cx, &self.out[self.sent as usize..]))?
+                }
+                _ => return Poll::Ready(Err(not_live())),
             };
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
@@ -243,10 +258,10 @@ impl Shutdown for ClientStream {
 impl ClientStream {
     /// The socket's descriptor (`-1` for a socket lost on waking).
     fn fd(&self) -> std::os::fd::RawFd {
-        match (&self.tcp, &self.resting) {
-            (Some(tcp), _) => tcp.as_raw_fd(),
-            (None, Some(std)) => std.as_raw_fd(),
-            (None, None) => -1,
+        match &self.socket {
+            Socket::Live(tcp) => tcp.as_raw_fd(),
+            Socket::Resting(std) => std.as_raw_fd(),
+            Socket::Lost => -1,
         }
     }
 }

@@ -419,10 +419,7 @@ pub async fn serve(
     let parsed = PollRequest::parse_raw(bytes, head, &query, &headers, client);
     // The poll keeps what it needs; the request's own copies are not held while it parks.
     drop((query, headers));
-    let begun = match parsed {
-        Ok(poll) => crate::configs::poll::begin(shared, poll).await,
-        Err(e) => Begun::Answer(crate::configs::poll::refused(e)),
-    };
+    let begun = crate::configs::poll::begin(shared, parsed).await;
     polled(shared, stream, begun, conn, shutdown).await
 }
 

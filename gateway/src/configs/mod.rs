@@ -60,6 +60,6 @@ pub mod poll;
 pub mod reads;
 pub mod table;
 
-pub use poll::{serve, PollRequest};
+pub use poll::PollRequest;
 pub use reads::ConfigReads;
 pub use table::Md5Table;

@@ -197,6 +197,25 @@ pub fn kept_request(query: &str, headers: &HeaderMap, body: &[u8]) -> (Bytes, us
     (Bytes::copy_from_slice(&kept), head)
 }
 
+/// A kept request's head ([`kept_request`]) read again. The edge parsed it once, so it parses;
+/// anything unreadable is left out rather than sent.
+fn reread<'h, 'b>(
+    head: &'b [u8],
+    slots: &'h mut [httparse::Header<'b>],
+) -> httparse::Request<'h, 'b> {
+    let mut req = httparse::Request::new(slots);
+    let _ = req.parse(head);
+    req
+}
+
+/// The query of a request read with httparse (empty when it has none).
+fn query_of(req: &httparse::Request<'_, '_>) -> String {
+    req.path
+        .and_then(|path| path.split_once('?'))
+        .map(|(_, q)| q.to_string())
+        .unwrap_or_default()
+}
+
 impl PollRequest {
     /// Reads a poll from its query string, form body and headers (query values first, as
     /// nodes read them). A bad `Listening-Configs` is the same 400 a node gives.
@@ -241,7 +260,7 @@ impl PollRequest {
             header(listen::TIMEOUT_HEADER),
             header(listen::NO_HANGUP_HEADER),
         );
-        let tagged = header("vipserver-tag").is_some_and(|t| !t.trim().is_empty());
+        let tagged = header(listen::TAG_HEADER).is_some_and(|t| !t.trim().is_empty());
         Ok(Self {
             origin,
             listened,
@@ -272,17 +291,8 @@ impl PollRequest {
             Origin::Parts(f) => (f.query.clone(), f.body.clone()),
             Origin::Raw { bytes, head } => {
                 let head = (*head).min(bytes.len());
-                // The request line is `METHOD PATH?QUERY VERSION`.
-                let line = bytes[..head]
-                    .split(|b| *b == b'\n')
-                    .next()
-                    .unwrap_or_default();
-                let query = String::from_utf8_lossy(line)
-                    .split(' ')
-                    .nth(1)
-                    .and_then(|path| path.split_once('?'))
-                    .map(|(_, q)| q.to_string())
-                    .unwrap_or_default();
+                let mut slots = [httparse::EMPTY_HEADER; 64];
+                let query = query_of(&reread(&bytes[..head], &mut slots));
                 (query, bytes.slice(head..))
             }
         }
@@ -292,13 +302,10 @@ impl PollRequest {
     fn forwarded(&self) -> Forwarded {
         let (bytes, head) = match &self.origin {
             Origin::Parts(f) => return (**f).clone(),
-            Origin::Raw { bytes, head } => (bytes, *head),
+            Origin::Raw { bytes, head } => (bytes, (*head).min(bytes.len())),
         };
         let mut slots = [httparse::EMPTY_HEADER; 64];
-        let mut req = httparse::Request::new(&mut slots);
-        // The edge parsed this head already; a head it could not parse never gets here, and
-        // anything unreadable is left out rather than sent.
-        let _ = req.parse(&bytes[..head.min(bytes.len())]);
+        let req = reread(&bytes[..head], &mut slots);
         let mut headers = HeaderMap::with_capacity(req.headers.len());
         for h in req.headers.iter() {
             if let (Ok(name), Ok(value)) = (
@@ -308,11 +315,10 @@ impl PollRequest {
                 headers.append(name, value);
             }
         }
-        let (query, body) = self.query_and_body();
         Forwarded {
-            query,
+            query: query_of(&req),
             headers: forwarded(&headers),
-            body,
+            body: bytes.slice(head..),
         }
     }
 
@@ -323,20 +329,26 @@ impl PollRequest {
 }
 
 /// Answers a listener request given its parsed poll (see [`PollRequest::parse`]): a 400 for a
-/// bad `Listening-Configs`, else [`serve`]. Counted in the poll metrics, and in the
+/// bad `Listening-Configs`, else at the edge or by a node (rule L4). Counted in the poll metrics, and in the
 /// listeners-parked gauge while it waits. pingora's path answers through here; the connection
 /// loop in `edge` takes the same steps ([`begin`], [`Parked::wait`], [`Parked::resume`]) with
 /// the wait in its own, smaller future.
 pub async fn answer(shared: &Shared, parsed: Result<PollRequest, ParamError>) -> Answer {
-    let answer = match parsed {
-        Ok(poll) => serve(shared, poll).await,
-        Err(e) => refused(e),
+    let mut begun = begin(shared, parsed).await;
+    let answer = loop {
+        match begun {
+            Begun::Answer(a) => break a,
+            Begun::Parked(p) => {
+                let changed = p.wait(shared).await;
+                begun = p.resume(shared, changed).await;
+            }
+        }
     };
     finish(shared, answer)
 }
 
 /// The 400 of a bad `Listening-Configs` (what a node answers).
-pub fn refused(e: ParamError) -> Answer {
+fn refused(e: ParamError) -> Answer {
     Answer {
         status: 400,
         content_type: HeaderValue::from_static(crate::proxy::TEXT),
@@ -349,20 +361,6 @@ pub fn refused(e: ParamError) -> Answer {
 pub fn finish(shared: &Shared, answer: Answer) -> Answer {
     shared.metrics.config_poll(answer.how.label());
     answer
-}
-
-/// Answers `req`: at the edge while the table can be trusted, else by a node (rule L4).
-pub async fn serve(shared: &Shared, req: PollRequest) -> Answer {
-    let mut begun = begin(shared, req).await;
-    loop {
-        match begun {
-            Begun::Answer(a) => return a,
-            Begun::Parked(p) => {
-                let changed = p.wait(shared).await;
-                begun = p.resume(shared, changed).await;
-            }
-        }
-    }
 }
 
 /// A poll answered, or parked until a listened key changes or its hold ends.
@@ -385,8 +383,13 @@ pub struct Parked {
     _counted: Held,
 }
 
-/// Answers `req` at once when it can, else parks it (rules L3, L4, L6).
-pub async fn begin(shared: &Shared, req: PollRequest) -> Begun {
+/// Answers a parsed poll at once when it can (a bad one with its 400), else parks it (rules
+/// L3, L4, L6).
+pub async fn begin(shared: &Shared, parsed: Result<PollRequest, ParamError>) -> Begun {
+    let req = match parsed {
+        Ok(req) => req,
+        Err(e) => return Begun::Answer(refused(e)),
+    };
     let counted = Held::new(&shared.metrics.config_listeners);
     // The node round trips are boxed: the futures that wait in them are short-lived, and a
     // future is as large as its largest state.
