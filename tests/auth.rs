@@ -468,6 +468,48 @@ async fn the_gateway_never_serves_a_cached_answer_past_the_check() {
     c.kill9(0).unwrap();
 }
 
+/// Behind a gateway a beat is relayed to its node in a batch, and there it passes the same
+/// auth check as a beat sent to the node itself (rule B1 of the node's `api::relay`: with auth
+/// on, a relayed beat goes through the router): no credential or another namespace's user is
+/// a 403 that beats nothing, the admin's token beats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_the_gateway_a_relayed_beat_needs_a_credential() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut c, gw, api, admin) = behind_a_gateway(root.path()).await;
+    let mut q = register_q("beaten", "public", "10.0.0.8");
+    q.push(("accessToken", &admin));
+    assert_eq!(api.instance("POST", &q).await.body, "ok");
+    bob(&api, &admin).await;
+    let bob_t = token(&api, "bob", "bob-pw-123").await;
+    let relayed = "nacre_gateway_beats_relayed_total";
+    let before = api.metric(relayed).await;
+    let beat = |extra: Vec<(&'static str, String)>| {
+        let api = api.clone();
+        async move {
+            let mut q: Vec<(&str, &str)> = register_q("beaten", "public", "10.0.0.8");
+            q.extend(extra.iter().map(|(k, v)| (*k, v.as_str())));
+            api.call("PUT", "/nacos/v1/ns/instance/beat", &q).await
+        }
+    };
+    for extra in [vec![], vec![("accessToken", bob_t.clone())]] {
+        let r = beat(extra.clone()).await;
+        assert_eq!(r.status, 403, "{extra:?}: {r:?}");
+    }
+    let r = beat(vec![("accessToken", admin.clone())]).await;
+    assert_eq!(
+        (r.status, r.json()["code"].clone()),
+        (200, 10200.into()),
+        "{r:?}"
+    );
+    assert_eq!(
+        api.metric(relayed).await,
+        before + 3.0,
+        "all three beats went in batches"
+    );
+    drop(gw);
+    c.kill9(0).unwrap();
+}
+
 /// A token past its lifetime is refused ("token expired!") and changes nothing; logging in
 /// again gives a working one.
 #[tokio::test]

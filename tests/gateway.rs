@@ -1143,6 +1143,180 @@ async fn a_beat_batch_needs_the_cluster_secret_and_a_well_formed_body() -> Resul
     Ok(())
 }
 
+/// Rule R1 of the gateway's `beats` for instance writes: registers and deregisters (query or
+/// form body) are relayed in batches, their answers are the node's, and the client's next list
+/// through the gateway sees the write at once (the cached answer is dropped first, rule R3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registers_and_deregisters_are_relayed_and_read_back_at_once() -> Result<()> {
+    let s = setup(&[])?;
+    let gw = s.gw();
+    let relayed = "nacre_gateway_beats_relayed_total";
+    register(&gw, "rw", "10.6.0.1").await?;
+    // Lists until one is a cache hit, so the next write must drop a cached answer.
+    let deadline = Instant::now() + FEED_BOUND;
+    let hits = gw.metric(HITS).await;
+    while gw.metric(HITS).await == hits {
+        ensure!(gw.ips("rw").await == ["10.6.0.1"], "the first register");
+        ensure!(Instant::now() < deadline, "no list answered from the cache");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = gw.metric(relayed).await;
+    let q = [("serviceName", "rw"), ("ip", "10.6.0.2"), ("port", "8080")];
+    let r = gw.instance("POST", &q).await;
+    ensure!(r.status == 200 && r.body == "ok", "{r:?}");
+    let mut ips = gw.ips("rw").await;
+    ips.sort();
+    ensure!(
+        ips == ["10.6.0.1", "10.6.0.2"],
+        "read back at once: {ips:?}"
+    );
+    let r = gw
+        .form(
+            "DELETE",
+            "/nacos/v1/ns/instance",
+            &[("serviceName", "rw"), ("ip", "10.6.0.1"), ("port", "8080")],
+        )
+        .await;
+    ensure!(r.status == 200 && r.body == "ok", "{r:?}");
+    ensure!(gw.ips("rw").await == ["10.6.0.2"], "deregistered at once");
+    ensure!(
+        gw.metric(relayed).await == before + 2.0,
+        "both writes went in batches"
+    );
+    // A client's mistake is the node's own 400.
+    let bad = [("serviceName", "rw"), ("ip", "10.6.0.3"), ("port", "x")];
+    let through = gw.instance("POST", &bad).await;
+    let direct = s.node(0).instance("POST", &bad).await;
+    ensure!(
+        through.status == 400 && (through.status, &through.body) == (direct.status, &direct.body),
+        "through the gateway {through:?}, from a node {direct:?}"
+    );
+    Ok(())
+}
+
+/// Rule B1 of the node's `api::relay`: a beat in a batch, served without the router, gets
+/// exactly the answer the node gives the same beat on its own (found, not found, each kind of
+/// bad parameter, a full beat in a form body), and is counted as one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b1_a_beat_in_a_batch_is_answered_as_the_same_beat_alone() -> Result<()> {
+    use nacre_ring::wire::{RelayedAnswer, RelayedOp, RelayedRequest, BEATS_PATH, SECRET_HEADER};
+    let s = setup(&[])?;
+    register(&s.gw(), "b1", "10.9.0.1").await?;
+    let node = s.node(0);
+    let addr = s.cluster.node(0).addr();
+    let form = "application/x-www-form-urlencoded";
+    let full = r#"{"ip":"10.9.0.2","port":8080,"serviceName":"DEFAULT_GROUP@@b1","cluster":"DEFAULT","weight":1.0}"#;
+    /// A name, the query, the headers.
+    type Case = (&'static str, String, Vec<(String, String)>);
+    let cases: Vec<Case> = vec![
+        (
+            "found",
+            "serviceName=b1&ip=10.9.0.1&port=8080".into(),
+            vec![],
+        ),
+        (
+            "not found",
+            "serviceName=b1&ip=10.9.9.9&port=8080".into(),
+            vec![],
+        ),
+        ("no service", "ip=10.9.0.1&port=8080".into(), vec![]),
+        (
+            "bad port",
+            "serviceName=b1&ip=10.9.0.1&port=x".into(),
+            vec![],
+        ),
+        (
+            "bad encoding",
+            "serviceName=b1%FF&ip=10.9.0.1".into(),
+            vec![],
+        ),
+        ("bad beat", "serviceName=b1&beat=%7Bnope".into(), vec![]),
+        (
+            "form body",
+            String::new(),
+            vec![("content-type".into(), form.into())],
+        ),
+    ];
+    let body_of = |name: &str| {
+        if name == "form body" {
+            format!(
+                "serviceName=b1&beat={}",
+                form_urlencoded::byte_serialize(full.as_bytes()).collect::<String>()
+            )
+        } else {
+            String::new()
+        }
+    };
+    let batch: Vec<RelayedRequest> = cases
+        .iter()
+        .map(|(name, query, headers)| RelayedRequest {
+            op: RelayedOp::Beat,
+            query: query.clone(),
+            headers: headers.clone(),
+            body: body_of(name),
+        })
+        .collect();
+    let api = "nacre_http_requests_total{api=\"PUT /nacos/v1/ns/instance/beat\"";
+    let counted = node.metric(api).await;
+    let r = reqwest::Client::new()
+        .post(format!("http://{addr}{BEATS_PATH}"))
+        .header(SECRET_HEADER, s.cluster.secret())
+        .json(&batch)
+        .send()
+        .await?;
+    ensure!(r.status() == 200, "{}", r.status());
+    let answers: Vec<RelayedAnswer> = r.json().await?;
+    ensure!(answers.len() == cases.len(), "{answers:?}");
+    ensure!(
+        node.metric(api).await == counted + cases.len() as f64,
+        "each relayed beat counted as the router counts it"
+    );
+    let http = reqwest::Client::new();
+    for ((name, query, headers), relayed) in cases.iter().zip(&answers) {
+        let mut req = http
+            .put(format!("http://{addr}/nacos/v1/ns/instance/beat?{query}"))
+            .body(body_of(name));
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        let alone = req.send().await?;
+        let status = alone.status().as_u16();
+        let content_type = alone
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = alone.text().await?;
+        let relayed_type = relayed
+            .headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+            .map(|(_, v)| v.clone());
+        // Error documents carry the time they were made; compare them without it.
+        let strip = |b: &str| -> String {
+            match serde_json::from_str::<serde_json::Value>(b) {
+                Ok(mut v) => {
+                    if let Some(o) = v.as_object_mut() {
+                        o.remove("timestamp");
+                    }
+                    v.to_string()
+                }
+                Err(_) => b.to_string(),
+            }
+        };
+        ensure!(
+            (relayed.status, &relayed_type, strip(&relayed.body))
+                == (status, &content_type, strip(&body)),
+            "{name}: relayed {relayed:?}, alone {status} {content_type:?} {body}"
+        );
+    }
+    ensure!(answers[0].status == 200 && answers[0].body.contains("10200"));
+    ensure!(answers[1].body.contains("20404"), "{:?}", answers[1]);
+    ensure!(answers[2..6].iter().all(|a| a.status == 400), "{answers:?}");
+    ensure!(answers[6].body.contains("10200"), "{:?}", answers[6]);
+    Ok(())
+}
+
 /// Rules E2 and E4 of the gateway's `edge` for beats and cached lists: pipelined on one
 /// keep-alive connection they are answered in order, a cache miss is served by the proxy path
 /// on the same connection, and `Connection: close` ends the connection. (A request pipelined

@@ -13,13 +13,14 @@
 //!   ([`KEEPALIVE`]) or shutdown begins (then it closes; a request already received is served
 //!   first).
 //! - **E2 (only what it fully understands).** A request is served here only if it is a `POST`
-//!   to the config listener path while holding listeners at the edge is on, or a `PUT` beat
-//!   naming its service while relaying beats is on (see [`crate::beats`]); its head parses
-//!   within [`MAX_HEAD`] bytes, and its body has a `Content-Length` of at most [`MAX_BODY`]
-//!   bytes (a beat may have none; never `Transfer-Encoding` or `Expect`). Anything else,
-//!   including a head or body that does not arrive within [`READ_TIMEOUT`], is put back byte
-//!   for byte and handed to pingora, which serves it exactly as before; so is a beat whose node
-//!   does not take batches. Nothing has been written to the client at that point.
+//!   to the config listener path while holding listeners at the edge is on, or a `PUT` beat,
+//!   `POST` register or `DELETE` deregister naming its service while relaying is on (see
+//!   [`crate::beats`]); its head parses within [`MAX_HEAD`] bytes, and its body has a
+//!   `Content-Length` of at most [`MAX_BODY`] bytes (a beat or write may have none; never
+//!   `Transfer-Encoding` or `Expect`). Anything else, including a head or body that does not
+//!   arrive within [`READ_TIMEOUT`], is put back byte for byte and handed to pingora, which
+//!   serves it exactly as before; so is a beat or write whose node does not take it in
+//!   batches. Nothing has been written to the client at that point.
 //! - **E3 (same answers).** The poll is rate-limited, parsed, counted and answered by the same
 //!   code as pingora's path ([`crate::configs::poll`]); a relayed beat gets its node's own
 //!   answer (rule R3 of [`crate::beats`]) after the same rate limit. Only the writing differs,
@@ -34,7 +35,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use nacre_ring::wire::{RelayedRequest, BEAT_PATH, CONFIG_LISTENER_PATH};
+use nacre_ring::wire::{RelayedOp, RelayedRequest, BEAT_PATH, CONFIG_LISTENER_PATH, INSTANCE_PATH};
 use nacre_ring::ServiceKey;
 use pingora::server::ShutdownWatch;
 use tokio::io::AsyncReadExt;
@@ -138,7 +139,10 @@ pub enum Taken {
 /// check of its first bytes only, so every other request goes to pingora without more work.
 pub fn may_take(shared: &Shared, first: &[u8]) -> bool {
     (shared.settings.hold_config_listeners && agrees(first, Kind::Listener))
-        || (shared.settings.beat_linger_ms > 0 && agrees(first, Kind::Beat))
+        || (shared.settings.beat_linger_ms > 0
+            && [Kind::Beat, Kind::Register, Kind::Deregister]
+                .into_iter()
+                .any(|k| agrees(first, k)))
         || (shared.cache.enabled() && agrees(first, Kind::List))
 }
 
@@ -171,6 +175,8 @@ pub async fn take(
 enum Kind {
     Listener,
     Beat,
+    Register,
+    Deregister,
     List,
 }
 
@@ -180,6 +186,8 @@ impl Kind {
         match self {
             Kind::Listener => (b"POST ", CONFIG_LISTENER_PATH),
             Kind::Beat => (b"PUT ", BEAT_PATH),
+            Kind::Register => (b"POST ", INSTANCE_PATH),
+            Kind::Deregister => (b"DELETE ", INSTANCE_PATH),
             Kind::List => (b"GET ", LIST_PATH),
         }
     }
@@ -210,9 +218,15 @@ struct Head {
 /// Parses the head at the start of `buf`: `Some(None)` while it is incomplete, `None` when it
 /// is not one this module serves (rule E2).
 fn parse_head(buf: &[u8]) -> Option<Option<Head>> {
-    let kind = [Kind::Listener, Kind::Beat, Kind::List]
-        .into_iter()
-        .find(|k| agrees(buf, *k))?;
+    let kind = [
+        Kind::Listener,
+        Kind::Beat,
+        Kind::Register,
+        Kind::Deregister,
+        Kind::List,
+    ]
+    .into_iter()
+    .find(|k| agrees(buf, *k))?;
     // httparse decides where the head ends (it also takes bare LF line ends); more headers
     // than it has room for is not ours.
     let mut slots = [httparse::EMPTY_HEADER; 64];
@@ -258,10 +272,11 @@ fn parse_head(buf: &[u8]) -> Option<Option<Head>> {
         }
         headers.append(name, value);
     }
-    // A listener always has a body; a beat without a length has none; a list read none.
+    // A listener always has a body; a beat or write without a length has none; a list read
+    // none.
     let body_len = match kind {
         Kind::Listener => body_len,
-        Kind::Beat => Some(body_len.unwrap_or(0)),
+        Kind::Beat | Kind::Register | Kind::Deregister => Some(body_len.unwrap_or(0)),
         Kind::List => Some(body_len.unwrap_or(0)).filter(|n| *n == 0),
     };
     let body_len = body_len.filter(|n| *n <= MAX_BODY)?;
@@ -341,7 +356,12 @@ fn taken_of(
                 raw: buf.clone(),
             }))
         }
-        Kind::Beat => {
+        Kind::Beat | Kind::Register | Kind::Deregister => {
+            let op = match head.kind {
+                Kind::Register => RelayedOp::Register,
+                Kind::Deregister => RelayedOp::Deregister,
+                _ => RelayedOp::Beat,
+            };
             let form = crate::route::is_form(
                 head.headers
                     .get(http::header::CONTENT_TYPE)
@@ -356,7 +376,13 @@ fn taken_of(
             }
             let secret = shared.settings.cluster_secret.as_deref();
             let relayed = RelayedRequest {
-                headers: crate::beats::relayed_headers(client_headers.into_iter(), client, secret),
+                op,
+                headers: crate::beats::relayed_headers(
+                    client_headers.into_iter(),
+                    client,
+                    secret,
+                    op,
+                ),
                 body: std::str::from_utf8(body).ok()?.to_string(),
                 query: head.query,
             };
@@ -530,7 +556,8 @@ pub async fn serve_beat(
         raw,
     } = beat;
     // As for lists: a beat handed to pingora is charged there, not here too.
-    let Some(route) = crate::beats::route(shared, &key) else {
+    let op = relayed.op;
+    let Some(route) = crate::beats::route(shared, &key, op) else {
         stream.rewind(raw);
         return Served::Proxy;
     };
@@ -545,6 +572,10 @@ pub async fn serve_beat(
             return Served::Proxy;
         }
     };
+    if op.is_write() && shared.cache.invalidate(&key) {
+        // Before the client hears the answer, as on the proxy path (rule R3).
+        shared.metrics.invalidations_write.inc();
+    }
     shared.metrics.request(RouteLabel::Owner, answer.status);
     let headers = answer.headers.iter().map(|(n, v)| (n.as_str(), v.as_str()));
     let keep = write(
@@ -685,5 +716,32 @@ mod tests {
             MAX_BODY + 1
         );
         assert_eq!(head(&big), None, "over the edge's body limit");
+    }
+
+    #[test]
+    fn e2_registers_and_deregisters_are_taken_and_updates_are_not() {
+        let kind = |text: &str| parse_head(text.as_bytes()).and_then(|h| h.map(|h| h.kind));
+        let register = "POST /nacos/v1/ns/instance?serviceName=s HTTP/1.1\r\n\r\n";
+        assert_eq!(kind(register), Some(Kind::Register));
+        let form = "POST /nacos/v1/ns/instance HTTP/1.1\r\nContent-Length: 13\r\n\r\nserviceName=s";
+        assert_eq!(head(form), Some(Some((form.len() - 13, 13, false))));
+        let deregister = "DELETE /nacos/v1/ns/instance?serviceName=s HTTP/1.1\r\n\r\n";
+        assert_eq!(kind(deregister), Some(Kind::Deregister));
+        for other in [
+            "PUT /nacos/v1/ns/instance?serviceName=s HTTP/1.1\r\n\r\n",
+            "PATCH /nacos/v1/ns/instance?serviceName=s HTTP/1.1\r\n\r\n",
+            "POST /nacos/v1/ns/instances HTTP/1.1\r\n\r\n",
+            "POST /nacos/v1/ns/instance/list HTTP/1.1\r\n\r\n",
+            "DELETE /nacos/v1/ns/instance/beat HTTP/1.1\r\n\r\n",
+        ] {
+            assert_eq!(kind(other), None, "{other}");
+        }
+        let mut shared = crate::testing::settings();
+        shared.beat_linger_ms = 0;
+        let off = crate::testing::shared_with(shared, &[]);
+        assert!(
+            !may_take(&off, register.as_bytes()),
+            "relaying off: proxied"
+        );
     }
 }

@@ -262,7 +262,7 @@ pub(crate) mod testing {
                     },
                     latency,
                 ));
-                up.set_relays_beats(relays);
+                up.set_relays(relays, relays);
                 up
             })
             .collect();

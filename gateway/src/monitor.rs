@@ -35,6 +35,8 @@ struct Ready {
     auth: bool,
     /// The node answers beat batches (see [`crate::beats`]).
     beats: bool,
+    /// ... and relayed instance writes in them.
+    writes: bool,
 }
 
 /// Runs until `shutdown` is cancelled; every follower it started has stopped when it returns.
@@ -82,6 +84,7 @@ pub async fn run(shared: Arc<Shared>, discovery: Discovery, shutdown: Cancellati
                     standing: true,
                     auth: shared.auth_required(),
                     beats: u.relays_beats(),
+                    writes: u.relays(nacre_ring::wire::RelayedOp::Register),
                 });
             }
         }
@@ -216,6 +219,7 @@ async fn probe(
         standing: ping.standing,
         auth: ping.auth,
         beats: ping.relays_beats,
+        writes: ping.relays_writes,
     }))
 }
 
@@ -248,7 +252,7 @@ fn update_view(shared: &Shared, ready: &[Ready]) {
             u.mark_usable();
         }
         if let Some(r) = found {
-            u.set_relays_beats(r.beats);
+            u.set_relays(r.beats, r.writes);
         }
         shared.metrics.set_upstream_up(&u.name, up);
     }
@@ -279,7 +283,7 @@ fn update_view(shared: &Shared, ready: &[Ready]) {
         .collect();
     for (u, r) in upstreams.iter().zip(ready) {
         shared.metrics.set_upstream_up(&u.name, r.probed);
-        u.set_relays_beats(r.beats);
+        u.set_relays(r.beats, r.writes);
     }
     tracing::info!(
         nodes = ?upstreams.iter().map(|u| u.name.as_str()).collect::<Vec<_>>(),

@@ -34,6 +34,8 @@ pub struct Upstream {
     feed_ok: AtomicBool,
     /// Its last probe said it answers beat batches.
     relays_beats: AtomicBool,
+    /// ... and relayed instance writes in them.
+    relays_writes: AtomicBool,
     /// Upstream latency of this node.
     pub latency: Histogram,
 }
@@ -64,6 +66,7 @@ impl Upstream {
             usable: AtomicBool::new(true),
             feed_ok: AtomicBool::new(false),
             relays_beats: AtomicBool::new(false),
+            relays_writes: AtomicBool::new(false),
             latency,
         }
     }
@@ -88,9 +91,16 @@ impl Upstream {
         self.feed_ok.swap(ok, Ordering::AcqRel)
     }
 
-    /// Records whether the node's last probe said it answers beat batches.
-    pub fn set_relays_beats(&self, on: bool) {
-        self.relays_beats.store(on, Ordering::Release);
+    /// Records whether the node's last probe said it answers beat batches, and relayed
+    /// instance writes in them.
+    pub fn set_relays(&self, beats: bool, writes: bool) {
+        self.relays_beats.store(beats, Ordering::Release);
+        self.relays_writes.store(writes, Ordering::Release);
+    }
+
+    /// Whether requests of kind `op` may be relayed to the node in batches.
+    pub fn relays(&self, op: nacre_ring::wire::RelayedOp) -> bool {
+        self.relays_beats() && (!op.is_write() || self.relays_writes.load(Ordering::Acquire))
     }
 
     /// Whether beats may be relayed to the node in batches (see [`crate::beats`]).

@@ -518,6 +518,7 @@ mod tests {
             auth: false,
             raft_batches: true,
             relays_beats: true,
+            relays_writes: true,
         })
     }
 

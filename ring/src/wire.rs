@@ -40,15 +40,65 @@ pub const PUSH_SUBSCRIBERS_PATH: &str = "/nacre/internal/push/subscribers";
 
 /// The naming beat (a public Nacos path): what a gateway may relay in batches.
 pub const BEAT_PATH: &str = "/nacos/v1/ns/instance/beat";
-/// Where a gateway hands a node a batch of client beats (rules R1–R5 of the gateway's
-/// `beats`): a JSON array of [`RelayedRequest`], answered with a JSON array of
+/// The instance path (a public Nacos path): a register is a `POST` to it, a deregister a
+/// `DELETE`.
+pub const INSTANCE_PATH: &str = "/nacos/v1/ns/instance";
+/// Where a gateway hands a node a batch of client beats and instance writes (rules R1–R4 of
+/// the gateway's `beats`): a JSON array of [`RelayedRequest`], answered with a JSON array of
 /// [`RelayedAnswer`], one per request, in order. Each is served exactly as the same request
 /// reaching the node's public API would be.
 pub const BEATS_PATH: &str = "/nacre/internal/beats";
 
-/// A client's `PUT` [`BEAT_PATH`] request, relayed in a batch.
+/// Which client request a [`RelayedRequest`] is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayedOp {
+    /// `PUT` [`BEAT_PATH`] (what every batch carried before writes were relayed).
+    #[default]
+    Beat,
+    /// `POST` [`INSTANCE_PATH`].
+    Register,
+    /// `DELETE` [`INSTANCE_PATH`].
+    Deregister,
+}
+
+impl RelayedOp {
+    /// The request's method.
+    pub fn method(self) -> &'static str {
+        match self {
+            Self::Beat => "PUT",
+            Self::Register => "POST",
+            Self::Deregister => "DELETE",
+        }
+    }
+
+    /// The request's path.
+    pub fn path(self) -> &'static str {
+        match self {
+            Self::Beat => BEAT_PATH,
+            Self::Register | Self::Deregister => INSTANCE_PATH,
+        }
+    }
+
+    /// Whether it changes registry state (a beat only keeps an instance alive, or re-creates
+    /// one that expired).
+    pub fn is_write(self) -> bool {
+        !matches!(self, Self::Beat)
+    }
+
+    fn is_beat(&self) -> bool {
+        *self == Self::Beat
+    }
+}
+
+/// A client's request (a beat, or an instance write), relayed in a batch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RelayedRequest {
+    /// What it is. Left out for a beat, so a batch of beats reads the same to a node that
+    /// predates relayed writes (a gateway relays writes only to nodes that say they take
+    /// them: [`PingReply::relays_writes`]).
+    #[serde(default, skip_serializing_if = "RelayedOp::is_beat")]
+    pub op: RelayedOp,
     /// The query string, without `?`.
     pub query: String,
     /// The request's headers as the gateway would proxy them (client-sent `x-nacre-*` ones
@@ -122,6 +172,11 @@ pub struct PingReply {
     /// (older versions do not send it, and get each beat proxied).
     #[serde(default)]
     pub relays_beats: bool,
+    /// It also answers relayed instance writes (registers and deregisters) in those batches;
+    /// older versions would take one for a beat, so a gateway relays writes only to nodes that
+    /// send this.
+    #[serde(default)]
+    pub relays_writes: bool,
 }
 
 /// Nodes that do not report their standing (older versions) are taken to have it.

@@ -39,6 +39,7 @@ async fn ping(State(app): State<Arc<App>>) -> Json<PingReply> {
         auth: node.settings().auth.enabled,
         raft_batches: true,
         relays_beats: true,
+        relays_writes: true,
     })
 }
 

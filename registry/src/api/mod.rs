@@ -272,7 +272,7 @@ pub fn router(app: Arc<App>, internal: Router) -> Router {
         .layer(axum::middleware::from_fn_with_state(app.clone(), track))
         .with_state(app.clone());
     let secret: Arc<str> = Arc::from(app.secret.as_str());
-    let beats = relay::routes(secret.clone(), public.clone());
+    let beats = relay::routes(app.clone(), public.clone());
     public
         .merge(internal)
         .merge(internal::routes(app))
@@ -400,15 +400,19 @@ async fn track(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
     let api = format!("{method} {route}");
     let start = Instant::now();
     let resp = next.run(req).await;
+    let shed = resp.extensions().get::<Shed>().is_some();
+    record(&app, &api, resp.status(), start, shed);
+    resp
+}
+
+/// What [`track`] records of one served request: `api` is its method and route template.
+fn record(app: &App, api: &str, status: StatusCode, start: Instant, shed: bool) {
     let m = app.node.metrics();
     m.latency
-        .with_label_values(&[&api])
+        .with_label_values(&[api])
         .observe(start.elapsed().as_secs_f64());
-    m.requests
-        .with_label_values(&[&api, resp.status().as_str()])
-        .inc();
-    if resp.status().is_server_error() && resp.extensions().get::<Shed>().is_none() {
-        tracing::warn!(%api, status = %resp.status(), "request failed");
+    m.requests.with_label_values(&[api, status.as_str()]).inc();
+    if status.is_server_error() && !shed {
+        tracing::warn!(%api, %status, "request failed");
     }
-    resp
 }

@@ -163,15 +163,7 @@ impl FromRequest<Arc<App>> for Params {
         state: &Arc<App>,
     ) -> Result<Self, Self::Rejection> {
         let (parts, body) = req.into_parts();
-        let mut limit = state.node.settings().max_body_bytes;
-        if parts.uri.path() == super::configs::CONFIGS_PATH {
-            // A config publish carries up to 10 MB of content, percent-encoded.
-            limit = limit.max(super::configs::PUBLISH_BODY_LIMIT);
-        }
-        let mut pairs = Vec::new();
-        if let Some(q) = parts.uri.query() {
-            decode_form(q.as_bytes(), &mut pairs)?;
-        }
+        let limit = body_limit(state, parts.uri.path());
         let declared = parts
             .headers
             .get(header::CONTENT_LENGTH)
@@ -192,26 +184,58 @@ impl FromRequest<Arc<App>> for Params {
                 )))
             }
         };
-        if !bytes.is_empty() && is_form(&parts.headers) {
-            decode_form(&bytes, &mut pairs)?;
-        }
         let peer = parts
             .extensions
             .get::<axum::extract::ConnectInfo<crate::listener::PeerAddr>>()
             .map(|c| c.0.addr);
-        Ok(Self {
-            pairs,
-            headers: parts.headers,
-            peer,
-            raw: RawRequest {
+        // Nested routers strip their prefix from `uri`; a replay needs the full path.
+        let uri = parts
+            .extensions
+            .get::<axum::extract::OriginalUri>()
+            .map_or(parts.uri, |o| o.0.clone());
+        Params::assemble(
+            RawRequest {
                 method: parts.method,
-                // Nested routers strip their prefix from `uri`; a replay needs the full path.
-                uri: parts
-                    .extensions
-                    .get::<axum::extract::OriginalUri>()
-                    .map_or(parts.uri, |o| o.0.clone()),
+                uri,
                 body: bytes,
             },
+            parts.headers,
+            peer,
+        )
+    }
+}
+
+/// The most body bytes a request to `path` may carry.
+pub fn body_limit(app: &App, path: &str) -> usize {
+    let limit = app.node.settings().max_body_bytes;
+    if path == super::configs::CONFIGS_PATH {
+        // A config publish carries up to 10 MB of content, percent-encoded.
+        limit.max(super::configs::PUBLISH_BODY_LIMIT)
+    } else {
+        limit
+    }
+}
+
+impl Params {
+    /// The parameters of a request whose body has been read (and found within
+    /// [`body_limit`]): the query's pairs, then a form body's.
+    pub fn assemble(
+        raw: RawRequest,
+        headers: HeaderMap,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Result<Self, ApiError> {
+        let mut pairs = Vec::new();
+        if let Some(q) = raw.uri.query() {
+            decode_form(q.as_bytes(), &mut pairs)?;
+        }
+        if !raw.body.is_empty() && is_form(&headers) {
+            decode_form(&raw.body, &mut pairs)?;
+        }
+        Ok(Self {
+            pairs,
+            headers,
+            peer,
+            raw,
         })
     }
 }

@@ -1,26 +1,45 @@
 //! Beat batches a gateway relays (`nacre_ring::wire::BEATS_PATH`).
 //!
-//! A gateway holds each client's beat for a moment and hands a node all it holds for it in
-//! one internal request (rules R1–R5 in the gateway's `beats`). The node serves each relayed
-//! beat by passing it through its own public router, in memory: the same gate, auth guard,
+//! A gateway holds each client's beat (and register or deregister) for a moment and hands a
+//! node all it holds for it in one internal request (rules R1–R4 in the gateway's `beats`).
+//! The node serves each relayed request, as the method and path its `RelayedOp` names, by
+//! passing it through its own public router, in memory: the same gate, auth guard,
 //! overload rules, parsing, metrics and answer as the request arriving on its own connection,
 //! with the batch's TCP peer as the request's (the gateway asserts each client's address, as
 //! it does on a proxied request). The batch itself needs the cluster secret; its beats are
 //! served concurrently, and the answers come back in the batch's order.
+//!
+//! - **B1 (direct when nothing else would act).** Passing a beat through the router costs more
+//!   than the beat itself (measured: over half of a node's CPU on relayed beats went to
+//!   building requests and running middleware, 2 % to the store). So a beat is handed straight
+//!   to the beat handler, with the parameters the router would extract, when no middleware
+//!   could answer it or change it: auth is off, the status gate would pass it (the node is
+//!   ready and has standing; the beat carries no cluster secret, so no peer rule applies), its
+//!   body is within the node's limit, and rule G2 never sheds beats. It is counted as the
+//!   router counts it. Any other beat goes through the router. Either way the client gets the
+//!   same answer (`b1_a_beat_in_a_batch_is_answered_as_the_same_beat_alone` in
+//!   `tests/gateway.rs` compares the two paths; with auth on, `tests/auth.rs` checks that a
+//!   relayed beat needs a credential).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
-use nacre_ring::wire::{RelayedAnswer, RelayedRequest, BEATS_PATH, BEAT_PATH};
+use nacre_ring::wire::{RelayedAnswer, RelayedOp, RelayedRequest, BEATS_PATH, BEAT_PATH};
 use tower::ServiceExt;
 
+use super::params::{Params, RawRequest};
+use super::App;
 use crate::listener::PeerAddr;
 use crate::peer::require_secret;
+
+/// How the router's metrics name a beat (rule B1 counts a direct beat the same way).
+const BEAT_API: &str = "PUT /nacos/v1/ns/instance/beat";
 
 /// The largest batch body a node reads (a gateway sends far less: at most a few hundred beats
 /// of at most 64 KiB each). The handler reads the body itself, so this is its only limit.
@@ -38,15 +57,17 @@ const PER_CONNECTION: [HeaderName; 4] = [
     header::TRANSFER_ENCODING,
 ];
 
-/// The batch route, serving each beat through `public` (the node's public router).
-pub fn routes(secret: Arc<str>, public: Router) -> Router {
+/// The batch route, serving each beat directly (rule B1) or through `public` (the node's
+/// public router).
+pub fn routes(app: Arc<App>, public: Router) -> Router {
+    let secret: Arc<str> = Arc::from(app.secret.as_str());
     Router::new()
         .route(BEATS_PATH, post(batch))
         .layer(axum::middleware::from_fn_with_state(secret, require_secret))
-        .with_state(public)
+        .with_state((app, public))
 }
 
-async fn batch(State(public): State<Router>, req: Request) -> Response {
+async fn batch(State((app, public)): State<(Arc<App>, Router)>, req: Request) -> Response {
     let peer = req.extensions().get::<ConnectInfo<PeerAddr>>().cloned();
     let body = match axum::body::to_bytes(req.into_body(), MAX_BATCH_BODY).await {
         Ok(b) => b,
@@ -63,14 +84,72 @@ async fn batch(State(public): State<Router>, req: Request) -> Response {
     let answers = futures::future::join_all(
         beats
             .into_iter()
-            .map(|beat| serve(public.clone(), beat, peer.clone())),
+            .map(|beat| serve(&app, &public, beat, peer.as_ref())),
     )
     .await;
     axum::Json(answers).into_response()
 }
 
-/// Serves one relayed beat through the public router.
+/// Serves one relayed beat: directly when rule B1 allows, else through the public router.
 async fn serve(
+    app: &Arc<App>,
+    public: &Router,
+    beat: RelayedRequest,
+    peer: Option<&ConnectInfo<PeerAddr>>,
+) -> RelayedAnswer {
+    if !takes_direct(app, &beat) {
+        return through_router(public.clone(), beat, peer.cloned()).await;
+    }
+    let start = Instant::now();
+    let params = match params_of(beat, peer.map(|p| p.0.addr)) {
+        Ok(params) => params,
+        Err(why) => return bad_batch_entry(why),
+    };
+    // A parameter that does not decode gets the extractor's own answer, as on the router.
+    let resp = match params {
+        Ok(params) => super::instance::beat(State(app.clone()), params)
+            .await
+            .into_response(),
+        Err(rejected) => rejected.into_response(),
+    };
+    super::record(app, BEAT_API, resp.status(), start, false);
+    answer(resp).await
+}
+
+/// Whether rule B1 lets `beat` skip the router.
+fn takes_direct(app: &App, beat: &RelayedRequest) -> bool {
+    let node = &app.node;
+    beat.op == RelayedOp::Beat
+        && !node.settings().auth.enabled
+        && node.is_ready()
+        && node.has_standing()
+        && beat.body.len() <= super::params::body_limit(app, BEAT_PATH)
+        && !beat
+            .headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case(nacre_ring::wire::SECRET_HEADER))
+}
+
+/// The beat handler's parameters for `beat`, as the router's extractor would make them (its
+/// rejection inside); the outer `Err` when the beat cannot be a request at all.
+fn params_of(
+    beat: RelayedRequest,
+    peer: Option<std::net::SocketAddr>,
+) -> Result<Result<Params, super::error::ApiError>, String> {
+    let headers = header_map(&beat.headers)?;
+    let uri = beat_uri(&beat.query)
+        .parse::<Uri>()
+        .map_err(|e| e.to_string())?;
+    let raw = RawRequest {
+        method: Method::PUT,
+        uri,
+        body: bytes::Bytes::from(beat.body),
+    };
+    Ok(Params::assemble(raw, headers, peer))
+}
+
+/// Serves one relayed beat through the public router.
+async fn through_router(
     public: Router,
     beat: RelayedRequest,
     peer: Option<ConnectInfo<PeerAddr>>,
@@ -82,16 +161,7 @@ async fn serve(
             }
             req
         }
-        Err(why) => {
-            return RelayedAnswer {
-                status: 400,
-                headers: vec![(
-                    header::CONTENT_TYPE.to_string(),
-                    "text/plain; charset=utf-8".to_string(),
-                )],
-                body: why,
-            }
-        }
+        Err(why) => return bad_batch_entry(why),
     };
     let resp = match public.oneshot(req).await {
         Ok(resp) => resp,
@@ -100,23 +170,56 @@ async fn serve(
     answer(resp).await
 }
 
-/// The request a relayed beat stands for; `Err` with the reason when it cannot be one (a
-/// gateway relays only what it parsed as HTTP, so this is a bug or a forged batch).
-fn request(beat: RelayedRequest) -> Result<Request, String> {
-    let uri = if beat.query.is_empty() {
+/// The answer to a batch entry that cannot be a request (a gateway relays only what it parsed
+/// as HTTP, so this is a bug or a forged batch).
+fn bad_batch_entry(why: String) -> RelayedAnswer {
+    RelayedAnswer {
+        status: 400,
+        headers: vec![(
+            header::CONTENT_TYPE.to_string(),
+            "text/plain; charset=utf-8".to_string(),
+        )],
+        body: why,
+    }
+}
+
+/// The path and query a relayed beat was sent to.
+fn beat_uri(query: &str) -> String {
+    if query.is_empty() {
         BEAT_PATH.to_string()
     } else {
-        format!("{BEAT_PATH}?{}", beat.query)
-    };
-    let mut builder = Request::builder().method(Method::PUT).uri(uri);
-    for (name, value) in &beat.headers {
+        format!("{BEAT_PATH}?{query}")
+    }
+}
+
+/// A relayed beat's headers as a map; `Err` when one cannot be a header.
+fn header_map(headers: &[(String, String)]) -> Result<HeaderMap, String> {
+    let mut map = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
         let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?;
         let value = HeaderValue::from_str(value).map_err(|e| e.to_string())?;
-        builder = builder.header(name, value);
+        map.append(name, value);
     }
-    builder
+    Ok(map)
+}
+
+/// The request a relayed request stands for; `Err` with the reason when it cannot be one (a
+/// gateway relays only what it parsed as HTTP, so this is a bug or a forged batch).
+fn request(beat: RelayedRequest) -> Result<Request, String> {
+    let path = beat.op.path();
+    let uri = if beat.query.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{}", beat.query)
+    };
+    let method = Method::from_bytes(beat.op.method().as_bytes()).map_err(|e| e.to_string())?;
+    let mut req = Request::builder()
+        .method(method)
+        .uri(uri)
         .body(Body::from(beat.body))
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    *req.headers_mut() = header_map(&beat.headers)?;
+    Ok(req)
 }
 
 /// The relayed form of the router's answer.

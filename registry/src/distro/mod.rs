@@ -474,6 +474,7 @@ mod tests {
             auth: false,
             raft_batches: true,
             relays_beats: true,
+            relays_writes: true,
         })
     }
 

@@ -241,6 +241,7 @@ mod tests {
             auth: false,
             raft_batches: true,
             relays_beats: true,
+            relays_writes: true,
         })
     }
 
@@ -291,6 +292,7 @@ mod tests {
                 auth: false,
                 raft_batches: true,
                 relays_beats: true,
+                relays_writes: true,
             }),
             3,
         );
