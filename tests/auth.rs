@@ -483,6 +483,18 @@ async fn behind_the_gateway_a_relayed_beat_needs_a_credential() {
     let bob_t = token(&api, "bob", "bob-pw-123").await;
     let relayed = "nacre_gateway_beats_relayed_total";
     let before = api.metric(relayed).await;
+    let routed = "nacre_relayed_requests_total{path=\"router\"}";
+    let routed_sum = || {
+        let apis: Vec<Api> = (0..c.len()).map(|i| Api::new(c.node(i).addr())).collect();
+        async move {
+            let mut sum = 0.0;
+            for api in apis {
+                sum += api.metric(routed).await;
+            }
+            sum
+        }
+    };
+    let routed_before = routed_sum().await;
     let beat = |extra: Vec<(&'static str, String)>| {
         let api = api.clone();
         async move {
@@ -505,6 +517,11 @@ async fn behind_the_gateway_a_relayed_beat_needs_a_credential() {
         api.metric(relayed).await,
         before + 3.0,
         "all three beats went in batches"
+    );
+    assert_eq!(
+        routed_sum().await,
+        routed_before + 3.0,
+        "with auth on, each passed the node's router (rule B1)"
     );
     drop(gw);
     c.kill9(0).unwrap();

@@ -1150,7 +1150,7 @@ async fn a_beat_batch_needs_the_cluster_secret_and_a_well_formed_body() -> Resul
 async fn registers_and_deregisters_are_relayed_and_read_back_at_once() -> Result<()> {
     let s = setup(&[])?;
     let gw = s.gw();
-    let relayed = "nacre_gateway_beats_relayed_total";
+    let relayed = "nacre_gateway_writes_relayed_total";
     register(&gw, "rw", "10.6.0.1").await?;
     // Lists until one is a cache hit, so the next write must drop a cached answer.
     let deadline = Instant::now() + FEED_BOUND;
@@ -1183,6 +1183,20 @@ async fn registers_and_deregisters_are_relayed_and_read_back_at_once() -> Result
         gw.metric(relayed).await == before + 2.0,
         "both writes went in batches"
     );
+    // A persistent instance's register goes through Raft: proxied, not batched.
+    let q = [
+        ("serviceName", "rw-persistent"),
+        ("ip", "10.6.0.4"),
+        ("port", "8080"),
+        ("ephemeral", "false"),
+    ];
+    let r = gw.instance("POST", &q).await;
+    ensure!(r.status == 200 && r.body == "ok", "{r:?}");
+    ensure!(
+        gw.metric(relayed).await == before + 2.0,
+        "a persistent register is proxied"
+    );
+    ensure!(gw.ips("rw-persistent").await == ["10.6.0.4"]);
     // A client's mistake is the node's own 400.
     let bad = [("serviceName", "rw"), ("ip", "10.6.0.3"), ("port", "x")];
     let through = gw.instance("POST", &bad).await;
@@ -1258,6 +1272,8 @@ async fn b1_a_beat_in_a_batch_is_answered_as_the_same_beat_alone() -> Result<()>
         .collect();
     let api = "nacre_http_requests_total{api=\"PUT /nacos/v1/ns/instance/beat\"";
     let counted = node.metric(api).await;
+    let direct = "nacre_relayed_requests_total{path=\"direct\"}";
+    let served_direct = node.metric(direct).await;
     let r = reqwest::Client::new()
         .post(format!("http://{addr}{BEATS_PATH}"))
         .header(SECRET_HEADER, s.cluster.secret())
@@ -1270,6 +1286,10 @@ async fn b1_a_beat_in_a_batch_is_answered_as_the_same_beat_alone() -> Result<()>
     ensure!(
         node.metric(api).await == counted + cases.len() as f64,
         "each relayed beat counted as the router counts it"
+    );
+    ensure!(
+        node.metric(direct).await == served_direct + cases.len() as f64,
+        "each beat served without the router"
     );
     let http = reqwest::Client::new();
     for ((name, query, headers), relayed) in cases.iter().zip(&answers) {

@@ -6,13 +6,17 @@
 //! instance beats every 5 s, so a fleet's beats are most of its writes. The gateway therefore
 //! hands a node the beats for it together:
 //!
-//! - **R1 (what is relayed).** A `PUT` beat, a register (`POST` instance) or a deregister
-//!   (`DELETE` instance) the connection loop took whole (rule E2 of [`crate::edge`]) that
-//!   names its service, while `beat_linger_ms` > 0, to a node whose last probe said it answers
-//!   batches (`PingReply::relays_beats`), and for a write, relayed writes too
-//!   (`PingReply::relays_writes`: an older node would serve a write as a beat). Any other
-//!   request is handed to the proxy path unchanged (a rolling upgrade keeps proxying to older
-//!   nodes). "Beat" below means any relayed request.
+//! - **R1 (what is relayed).** A `PUT` beat, and an ephemeral register (`POST` instance) or
+//!   deregister (`DELETE` instance), that the connection loop took whole (rule E2 of
+//!   [`crate::edge`]) and that names its service, while `beat_linger_ms` > 0, to a node whose
+//!   last probe said it answers batches (`PingReply::relays_beats`), and for a write, relayed
+//!   writes too (`PingReply::relays_writes`). Any other request is handed to the proxy path
+//!   unchanged (a rolling upgrade keeps proxying to older nodes; a persistent register goes
+//!   through Raft and may take a leader election, too long to hold a batch for). Writes go to
+//!   a path of their own (`nacre_ring::wire::WRITES_PATH`): should a node that predates them
+//!   answer at an address the gateway took for a newer one, its 404 fails the batch without
+//!   serving anything, the node is recorded as not taking writes, and its writes go to the
+//!   proxy path. "Beat" below means any relayed request.
 //! - **R2 (batching).** Per gateway thread and node, the first beat opens a batch and waits
 //!   `beat_linger_ms`, or until [`MAX_BATCH`] beats have joined; every beat for that node
 //!   arriving meanwhile joins it. Writes have batches of their own that wait for nothing but
@@ -20,24 +24,27 @@
 //!   other ready tasks run once (a client waits on its register, and a bulk registration with
 //!   a few connections would be held to one write per linger each; measured: 100,000
 //!   registers over 64 connections took 12.0 s with the linger, 4.8 s proxied). A batch then
-//!   goes to the node in one internal request (`nacre_ring::wire::BEATS_PATH`), and the next
-//!   beat or write opens a new batch: batches do not wait for each other.
-//! - **R3 (same answers).** The node serves each relayed beat through its own public router
-//!   (the same checks and answer as a proxied beat), and each client gets exactly its beat's
-//!   answer: status, headers and body. The gateway adds to each beat what it adds to a
-//!   proxied request (the client's address, asserted with the cluster secret), and drops
-//!   client-sent `x-nacre-*` headers; on a write, the owner-routed mark (rule V3 of the
-//!   registry's `distro`: the client's reads of the service go to the node picked the same
-//!   way). A write's service leaves the cache before its client hears the answer, as on the
-//!   proxy path.
+//!   goes to the node in one internal request, and the next beat or write opens a new batch:
+//!   batches do not wait for each other.
+//! - **R3 (same answers).** The node serves each relayed beat as the same request on its
+//!   public API (through its router, or straight to the handler where no middleware could act:
+//!   rule B1 of the registry's `api::relay`), and each client gets exactly its beat's answer:
+//!   status, headers and body. The gateway adds to each beat what it adds to a proxied request
+//!   (the client's address, asserted with the cluster secret), and drops client-sent
+//!   `x-nacre-*` headers; on a write, the owner-routed mark (rule V3 of the registry's
+//!   `distro`: the client's reads of the service go to the node picked the same way). A
+//!   write's service leaves the cache before its client hears the answer, as on the proxy
+//!   path.
 //! - **R4 (failures).** A batch that gets no answer, or not one answer per beat, takes the
 //!   node out of rotation (until its next good probe), and each of its beats is tried on the
 //!   next node in the ring's order; a beat the node answers with its not-ready 503 likewise.
-//!   Beats, registers and deregisters are idempotent (the same request leaves the same
-//!   instance state), so one that reached a node whose answer was lost is safe to send again. A batch whose sender's task is gone before it sent (the gateway stopping)
-//!   fails the same way: no beat waits for a sender that no longer exists. With no node left
-//!   the client gets the proxy path's answer: 503 "no registry node is ready" when none is in
-//!   the view, else 502 "no registry node answered".
+//!   Beats and ephemeral registers and deregisters are idempotent (the same request leaves the
+//!   same instance state), so one that reached a node whose answer was lost is safe to send
+//!   again. A batch whose sender's task is gone before it sent (the gateway stopping) fails the
+//!   same way: no beat waits for a sender that no longer exists. With no node left the client
+//!   gets the proxy path's answer: 503 "no registry node is ready" when none is in the view,
+//!   else 502 "no registry node answered". A batch waits for its slowest request, up to
+//!   `read_timeout_ms`, and a timed-out batch replays all of its requests on the next node.
 //!
 //! A beat waits at most `beat_linger_ms` longer than proxied; every instance beats every 5 s
 //! and expires after 15 s of silence, so a few milliseconds are nothing to it.
@@ -50,6 +57,7 @@ use std::time::{Duration, Instant};
 
 use nacre_ring::wire::{
     RelayedAnswer, RelayedOp, RelayedRequest, BEATS_PATH, NOT_READY_HEADER, OWNER_ROUTED_HEADER,
+    WRITES_PATH,
 };
 use nacre_ring::ServiceKey;
 use parking_lot::Mutex;
@@ -152,6 +160,8 @@ pub async fn relay(
         any = true;
         match shared.beat_batches.join(shared, &up, beat.clone()).await {
             Some(answer) if !not_ready(&answer) => return Relayed::Answer(answer),
+            // The node turned out not to take relayed writes: none was served (R1, R4).
+            None if !up.relays(beat.op) => return Relayed::Proxy,
             // Rule R4: out of rotation, and the beat goes to the next node.
             Some(_) | None => up.mark_unusable(),
         }
@@ -234,7 +244,7 @@ impl BeatBatches {
                     () = lead.batch.full.notified() => {}
                 }
             }
-            send(shared, up, lead.close()).await;
+            send(shared, up, lead.close(), writes).await;
         }
         rx.await.ok().flatten()
     }
@@ -274,15 +284,16 @@ impl Drop for Lead<'_> {
     }
 }
 
-/// Sends one batch and hands each beat its answer (rules R2–R4).
-async fn send(shared: &Shared, up: &Upstream, beats: Vec<Pending>) {
+/// Sends one batch (of writes when `writes`) and hands each request its answer (rules R2–R4).
+async fn send(shared: &Shared, up: &Upstream, beats: Vec<Pending>, writes: bool) {
     let started = Instant::now();
     let body: Vec<&RelayedRequest> = beats.iter().map(|p| p.beat.as_ref()).collect();
     let timeout = Duration::from_millis(shared.settings.read_timeout_ms);
     // This thread's own client: a connection made by another thread's runtime would be driven
     // there, and every batch would wake that thread twice.
     let client = CLIENT.with(reqwest::Client::clone);
-    let posted = shared.post_internal_with(&client, up, BEATS_PATH, &body, timeout);
+    let path = if writes { WRITES_PATH } else { BEATS_PATH };
+    let posted = shared.post_internal_with(&client, up, path, &body, timeout);
     let answers = match posted.await {
         Ok(resp) if resp.status().is_success() => resp
             .json::<Vec<RelayedAnswer>>()
@@ -290,6 +301,12 @@ async fn send(shared: &Shared, up: &Upstream, beats: Vec<Pending>) {
             .ok()
             .filter(|a| a.len() == beats.len()),
         Ok(resp) => {
+            if writes && resp.status() == reqwest::StatusCode::NOT_FOUND {
+                // A node older than relayed writes answers at this address again (rule R1):
+                // none of the batch was served, and its writes go to the proxy path.
+                tracing::info!(upstream = %up.name, "node does not take relayed writes");
+                up.set_relays(up.relays_beats(), false);
+            }
             tracing::debug!(upstream = %up.name, status = %resp.status(), "beat batch refused");
             None
         }
@@ -299,10 +316,18 @@ async fn send(shared: &Shared, up: &Upstream, beats: Vec<Pending>) {
         }
     };
     up.latency.observe(started.elapsed().as_secs_f64());
-    shared.metrics.beat_batches.inc();
+    let (batches, relayed) = if writes {
+        (
+            &shared.metrics.write_batches,
+            &shared.metrics.writes_relayed,
+        )
+    } else {
+        (&shared.metrics.beat_batches, &shared.metrics.beats_relayed)
+    };
+    batches.inc();
     match answers {
         Some(answers) => {
-            shared.metrics.beats_relayed.inc_by(beats.len() as u64);
+            relayed.inc_by(beats.len() as u64);
             for (pending, answer) in beats.into_iter().zip(answers) {
                 // A client that went away no longer waits for its answer.
                 let _ = pending.answer.send(Some(answer));
@@ -446,6 +471,51 @@ mod tests {
         }
         up.set_relays(true, true);
         assert!(route(&s, &key(), RelayedOp::Register).is_some());
+    }
+
+    /// A loopback port whose server answers every request 404, as a node older than relayed
+    /// writes answers their path.
+    async fn answers_404() -> u16 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while matches!(conn.read(&mut buf).await, Ok(n) if n > 0) {
+                        let reply = "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n";
+                        if conn.write_all(reply.as_bytes()).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn r1_a_node_without_the_writes_path_gets_its_writes_proxied_and_stays_in() {
+        let s = shared(&[(answers_404().await, true)]);
+        let up = s.upstreams.view().upstreams()[0].clone();
+        let write = RelayedRequest {
+            op: RelayedOp::Register,
+            ..beat()
+        };
+        let route = route(&s, &key(), RelayedOp::Register).expect("taken for a newer node");
+        let got = relay(&s, &key(), route, write).await;
+        assert!(matches!(got, Relayed::Proxy), "{got:?}");
+        assert!(
+            !up.relays(RelayedOp::Register),
+            "recorded: no relayed writes"
+        );
+        assert!(up.relays(RelayedOp::Beat), "beats still relayed");
+        assert!(
+            up.is_usable(),
+            "nothing failed on the node: it stays in rotation"
+        );
+        assert_eq!(s.metrics.retries.get(), 0);
     }
 
     #[test]

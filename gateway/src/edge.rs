@@ -96,7 +96,7 @@ pub struct Listener {
     conn: Conn,
 }
 
-/// A beat this module relays (rule E2; see [`crate::beats`]).
+/// A beat, register or deregister this module relays (rule E2; see [`crate::beats`]).
 pub struct Beat {
     key: ServiceKey,
     relayed: RelayedRequest,
@@ -129,7 +129,7 @@ pub struct List {
 pub enum Taken {
     /// A config listener poll.
     Listener(Listener),
-    /// A naming beat.
+    /// A naming beat, or an ephemeral register or deregister: relayed alike.
     Beat(Beat),
     /// A list read.
     List(List),
@@ -370,6 +370,10 @@ fn taken_of(
             let body = &buf[head.len..end];
             let params = Params::parse(head.query.as_bytes(), form.then_some(body));
             let key = params.service_key()?;
+            // A persistent instance's write goes through Raft: proxied (rule R1).
+            if op.is_write() && !params.surely_ephemeral() {
+                return None;
+            }
             let mut client_headers = Vec::with_capacity(head.headers.len());
             for (name, value) in &head.headers {
                 client_headers.push((name.as_str(), value.to_str().ok()?));

@@ -57,9 +57,13 @@ pub struct Metrics {
     pub beats_relayed: IntCounter,
     /// Beat batches sent to nodes.
     pub beat_batches: IntCounter,
-    /// Beat batches that failed (no answer, or not one per beat); their beats were tried on
-    /// the next node.
+    /// Beat and write batches that failed (no answer, or not one per request); their
+    /// requests were tried on the next node.
     pub beat_batches_failed: IntCounter,
+    /// Client registers and deregisters relayed to their nodes in batches.
+    pub writes_relayed: IntCounter,
+    /// Write batches sent to nodes.
+    pub write_batches: IntCounter,
     /// Config reads answered from the cache.
     pub config_read_hits: IntCounter,
     /// Cacheable config reads sent to a node.
@@ -261,7 +265,15 @@ impl Metrics {
             )?,
             beat_batches_failed: counter(
                 "nacre_gateway_beat_batches_failed_total",
-                "Beat batches that failed; their beats were tried on the next node",
+                "Beat and write batches that failed; their requests were tried on the next node",
+            )?,
+            writes_relayed: counter(
+                "nacre_gateway_writes_relayed_total",
+                "Client registers and deregisters relayed to their nodes in batches",
+            )?,
+            write_batches: counter(
+                "nacre_gateway_write_batches_total",
+                "Write batches sent to nodes",
             )?,
             config_keys: gauge(
                 "nacre_gateway_config_keys",

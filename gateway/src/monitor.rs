@@ -248,11 +248,12 @@ fn update_view(shared: &Shared, ready: &[Ready]) {
     for u in current.upstreams() {
         let found = ready.iter().find(|r| r.name == u.name && r.addr == u.addr);
         let up = found.is_some_and(|r| r.probed);
-        if up {
-            u.mark_usable();
-        }
+        // What the node takes is known before it is back in rotation.
         if let Some(r) = found {
             u.set_relays(r.beats, r.writes);
+        }
+        if up {
+            u.mark_usable();
         }
         shared.metrics.set_upstream_up(&u.name, up);
     }

@@ -190,6 +190,7 @@ pub struct Params<'a> {
     access_token: Option<Cow<'a, str>>,
     username: Option<Cow<'a, str>>,
     password: Option<Cow<'a, str>>,
+    ephemeral: Option<Cow<'a, str>>,
 }
 
 impl<'a> Params<'a> {
@@ -213,6 +214,7 @@ impl<'a> Params<'a> {
                     "accessToken" => &mut p.access_token,
                     "username" => &mut p.username,
                     "password" => &mut p.password,
+                    "ephemeral" => &mut p.ephemeral,
                     _ => continue,
                 };
                 if slot.is_none() {
@@ -289,6 +291,15 @@ impl<'a> Params<'a> {
         crate::authmemo::fingerprint(token, user, password)
     }
 
+    /// Whether an instance write is surely of an ephemeral instance: `ephemeral` absent, blank
+    /// or `true` (a node's default is ephemeral; any other value is left to the node to read).
+    pub fn surely_ephemeral(&self) -> bool {
+        self.ephemeral
+            .as_deref()
+            .map(str::trim)
+            .is_none_or(|v| v.is_empty() || v.eq_ignore_ascii_case("true"))
+    }
+
     /// `clientIP`, when given.
     pub fn client_ip(&self) -> Option<&str> {
         self.client_ip.as_deref().filter(|s| !s.is_empty())
@@ -321,6 +332,28 @@ pub struct Variant {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_surely_ephemeral_writes_count_as_ephemeral() {
+        for q in [
+            "serviceName=s",
+            "serviceName=s&ephemeral=",
+            "serviceName=s&ephemeral=true",
+            "serviceName=s&ephemeral=%20TRUE",
+            "serviceName=s&ephemeral=true&ephemeral=false",
+        ] {
+            assert!(Params::parse(q.as_bytes(), None).surely_ephemeral(), "{q}");
+        }
+        for q in [
+            "serviceName=s&ephemeral=false",
+            "serviceName=s&ephemeral=0",
+            "serviceName=s&ephemeral=yes",
+        ] {
+            assert!(!Params::parse(q.as_bytes(), None).surely_ephemeral(), "{q}");
+        }
+        let body = b"ephemeral=false";
+        assert!(!Params::parse(b"serviceName=s", Some(body)).surely_ephemeral());
+    }
 
     #[test]
     fn a_query_names_a_config_or_nothing() {

@@ -53,6 +53,9 @@ pub struct Metrics {
     pub overload_shed_share: Gauge,
     /// Client reads turned away with 503 (rule G2).
     pub overload_shed: IntCounter,
+    /// Requests relayed by a gateway in batches, by how they were served: `direct` (rule B1
+    /// in [`crate::api::relay`]) or `router`.
+    pub relayed: IntCounterVec,
 }
 
 impl Metrics {
@@ -175,6 +178,14 @@ impl Metrics {
             "nacre_overload_shed_total",
             "Client reads turned away with 503 because the node ran late",
         )?;
+        let relayed = IntCounterVec::new(
+            Opts::new(
+                "nacre_relayed_requests_total",
+                "Requests a gateway relayed in batches, by how they were served (direct, router)",
+            ),
+            &["path"],
+        )?;
+        registry.register(Box::new(relayed.clone()))?;
         registry.register(Box::new(overload_lag.clone()))?;
         registry.register(Box::new(overload_shed_share.clone()))?;
         registry.register(Box::new(overload_shed.clone()))?;
@@ -205,6 +216,7 @@ impl Metrics {
             overload_lag,
             overload_shed_share,
             overload_shed,
+            relayed,
         })
     }
 

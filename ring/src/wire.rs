@@ -43,11 +43,15 @@ pub const BEAT_PATH: &str = "/nacos/v1/ns/instance/beat";
 /// The instance path (a public Nacos path): a register is a `POST` to it, a deregister a
 /// `DELETE`.
 pub const INSTANCE_PATH: &str = "/nacos/v1/ns/instance";
-/// Where a gateway hands a node a batch of client beats and instance writes (rules R1–R4 of
+/// Where a gateway hands a node a batch of client beats (rules R1–R4 of
 /// the gateway's `beats`): a JSON array of [`RelayedRequest`], answered with a JSON array of
 /// [`RelayedAnswer`], one per request, in order. Each is served exactly as the same request
 /// reaching the node's public API would be.
 pub const BEATS_PATH: &str = "/nacre/internal/beats";
+/// Where a gateway hands a node a batch of instance writes: the same documents as at
+/// [`BEATS_PATH`]. A path of its own, so a node that predates relayed writes answers 404 rather
+/// than serving a write as a beat, should a gateway take it for a newer one.
+pub const WRITES_PATH: &str = "/nacre/internal/writes";
 
 /// Which client request a [`RelayedRequest`] is.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,8 +99,8 @@ impl RelayedOp {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RelayedRequest {
     /// What it is. Left out for a beat, so a batch of beats reads the same to a node that
-    /// predates relayed writes (a gateway relays writes only to nodes that say they take
-    /// them: [`PingReply::relays_writes`]).
+    /// predates relayed writes (writes go to [`WRITES_PATH`], which such a node does not
+    /// have).
     #[serde(default, skip_serializing_if = "RelayedOp::is_beat")]
     pub op: RelayedOp,
     /// The query string, without `?`.
@@ -172,9 +176,8 @@ pub struct PingReply {
     /// (older versions do not send it, and get each beat proxied).
     #[serde(default)]
     pub relays_beats: bool,
-    /// It also answers relayed instance writes (registers and deregisters) in those batches;
-    /// older versions would take one for a beat, so a gateway relays writes only to nodes that
-    /// send this.
+    /// It also answers batches of relayed instance writes (registers and deregisters) at
+    /// [`WRITES_PATH`]; a gateway relays writes only to nodes that send this.
     #[serde(default)]
     pub relays_writes: bool,
 }

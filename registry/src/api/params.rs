@@ -164,6 +164,8 @@ impl FromRequest<Arc<App>> for Params {
     ) -> Result<Self, Self::Rejection> {
         let (parts, body) = req.into_parts();
         let limit = body_limit(state, parts.uri.path());
+        // A malformed query is a 400 before a body too large is a 413.
+        let pairs = query_pairs(&parts.uri)?;
         let declared = parts
             .headers
             .get(header::CONTENT_LENGTH)
@@ -193,7 +195,8 @@ impl FromRequest<Arc<App>> for Params {
             .extensions
             .get::<axum::extract::OriginalUri>()
             .map_or(parts.uri, |o| o.0.clone());
-        Params::assemble(
+        Params::with_body(
+            pairs,
             RawRequest {
                 method: parts.method,
                 uri,
@@ -203,6 +206,15 @@ impl FromRequest<Arc<App>> for Params {
             peer,
         )
     }
+}
+
+/// The pairs of `uri`'s query.
+fn query_pairs(uri: &Uri) -> Result<Vec<(String, String)>, ApiError> {
+    let mut pairs = Vec::new();
+    if let Some(q) = uri.query() {
+        decode_form(q.as_bytes(), &mut pairs)?;
+    }
+    Ok(pairs)
 }
 
 /// The most body bytes a request to `path` may carry.
@@ -224,10 +236,16 @@ impl Params {
         headers: HeaderMap,
         peer: Option<std::net::SocketAddr>,
     ) -> Result<Self, ApiError> {
-        let mut pairs = Vec::new();
-        if let Some(q) = raw.uri.query() {
-            decode_form(q.as_bytes(), &mut pairs)?;
-        }
+        Self::with_body(query_pairs(&raw.uri)?, raw, headers, peer)
+    }
+
+    /// [`Params::assemble`] with the query's pairs already decoded.
+    fn with_body(
+        mut pairs: Vec<(String, String)>,
+        raw: RawRequest,
+        headers: HeaderMap,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Result<Self, ApiError> {
         if !raw.body.is_empty() && is_form(&headers) {
             decode_form(&raw.body, &mut pairs)?;
         }

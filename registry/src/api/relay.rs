@@ -1,4 +1,4 @@
-//! Beat batches a gateway relays (`nacre_ring::wire::BEATS_PATH`).
+//! Beat and write batches a gateway relays (`nacre_ring::wire::BEATS_PATH`, `WRITES_PATH`).
 //!
 //! A gateway holds each client's beat (and register or deregister) for a moment and hands a
 //! node all it holds for it in one internal request (rules R1–R4 in the gateway's `beats`).
@@ -30,7 +30,9 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode,
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
-use nacre_ring::wire::{RelayedAnswer, RelayedOp, RelayedRequest, BEATS_PATH, BEAT_PATH};
+use nacre_ring::wire::{
+    RelayedAnswer, RelayedOp, RelayedRequest, BEATS_PATH, BEAT_PATH, WRITES_PATH,
+};
 use tower::ServiceExt;
 
 use super::params::{Params, RawRequest};
@@ -63,6 +65,7 @@ pub fn routes(app: Arc<App>, public: Router) -> Router {
     let secret: Arc<str> = Arc::from(app.secret.as_str());
     Router::new()
         .route(BEATS_PATH, post(batch))
+        .route(WRITES_PATH, post(batch))
         .layer(axum::middleware::from_fn_with_state(secret, require_secret))
         .with_state((app, public))
 }
@@ -97,9 +100,12 @@ async fn serve(
     beat: RelayedRequest,
     peer: Option<&ConnectInfo<PeerAddr>>,
 ) -> RelayedAnswer {
+    let metrics = app.node.metrics();
     if !takes_direct(app, &beat) {
+        metrics.relayed.with_label_values(&["router"]).inc();
         return through_router(public.clone(), beat, peer.cloned()).await;
     }
+    metrics.relayed.with_label_values(&["direct"]).inc();
     let start = Instant::now();
     let params = match params_of(beat, peer.map(|p| p.0.addr)) {
         Ok(params) => params,
