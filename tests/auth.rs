@@ -483,7 +483,7 @@ async fn behind_the_gateway_a_relayed_beat_needs_a_credential() {
     let bob_t = token(&api, "bob", "bob-pw-123").await;
     let relayed = "nacre_gateway_beats_relayed_total";
     let before = api.metric(relayed).await;
-    let routed = "nacre_relayed_requests_total{path=\"router\"}";
+    let routed = "nacre_relayed_requests_total{via=\"router\"}";
     let routed_sum = || {
         let apis: Vec<Api> = (0..c.len()).map(|i| Api::new(c.node(i).addr())).collect();
         async move {

@@ -1161,9 +1161,15 @@ async fn registers_and_deregisters_are_relayed_and_read_back_at_once() -> Result
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let before = gw.metric(relayed).await;
+    let dropped = "nacre_gateway_cache_invalidations_total{cause=\"write\"}";
+    let dropped_before = gw.metric(dropped).await;
     let q = [("serviceName", "rw"), ("ip", "10.6.0.2"), ("port", "8080")];
     let r = gw.instance("POST", &q).await;
     ensure!(r.status == 200 && r.body == "ok", "{r:?}");
+    ensure!(
+        gw.metric(dropped).await > dropped_before,
+        "the cached answer was dropped by the write itself"
+    );
     let mut ips = gw.ips("rw").await;
     ips.sort();
     ensure!(
@@ -1272,7 +1278,7 @@ async fn b1_a_beat_in_a_batch_is_answered_as_the_same_beat_alone() -> Result<()>
         .collect();
     let api = "nacre_http_requests_total{api=\"PUT /nacos/v1/ns/instance/beat\"";
     let counted = node.metric(api).await;
-    let direct = "nacre_relayed_requests_total{path=\"direct\"}";
+    let direct = "nacre_relayed_requests_total{via=\"direct\"}";
     let served_direct = node.metric(direct).await;
     let r = reqwest::Client::new()
         .post(format!("http://{addr}{BEATS_PATH}"))

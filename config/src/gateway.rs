@@ -71,8 +71,9 @@ pub struct GatewaySettings {
     /// feeds); off, they are passed to a node, which holds them.
     pub hold_config_listeners: bool,
     /// How long the gateway holds a client's beat to send it to its node together with the
-    /// other beats for that node (ms; see the gateway's `beats`); 0 proxies each beat on its
-    /// own. A beat is answered after its node served it, this much later at most.
+    /// other beats for that node (ms; see the gateway's `beats`); 0 proxies each beat, and each
+    /// register and deregister (otherwise relayed in batches without this wait), on its own. A
+    /// beat is answered after its node served it, this much later at most.
     pub beat_linger_ms: u64,
 }
 

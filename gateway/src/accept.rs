@@ -231,8 +231,8 @@ impl Connections {
                 .await;
                 return Next::of(polled, stream, carried);
             }
-            Some(edge::Taken::Beat(beat)) => {
-                Box::pin(edge::serve_beat(
+            Some(edge::Taken::Relay(beat)) => {
+                Box::pin(edge::serve_relayed(
                     &self.shared,
                     &mut stream,
                     beat,

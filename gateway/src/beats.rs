@@ -56,8 +56,7 @@ use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use nacre_ring::wire::{
-    RelayedAnswer, RelayedOp, RelayedRequest, BEATS_PATH, NOT_READY_HEADER, OWNER_ROUTED_HEADER,
-    WRITES_PATH,
+    RelayedAnswer, RelayedOp, RelayedRequest, BEATS_PATH, NOT_READY_HEADER, WRITES_PATH,
 };
 use nacre_ring::ServiceKey;
 use parking_lot::Mutex;
@@ -77,13 +76,61 @@ thread_local! {
 /// The most beats one batch carries (rule R2).
 pub const MAX_BATCH: usize = 256;
 
-/// Which batch a request joins: its gateway thread's, for its node, of beats or of writes
-/// (rule R2).
-type BatchKey = (ThreadId, SocketAddr, bool);
+/// Which batch a request joins: its gateway thread's, for its node, in its lane (rule R2).
+type BatchKey = (ThreadId, SocketAddr, Lane);
+
+/// Beats and writes are batched apart (rule R2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Lane {
+    Beats,
+    Writes,
+}
+
+impl Lane {
+    fn of(op: RelayedOp) -> Self {
+        if op.is_write() {
+            Lane::Writes
+        } else {
+            Lane::Beats
+        }
+    }
+
+    /// Where its batches go on a node.
+    fn path(self) -> &'static str {
+        match self {
+            Lane::Beats => BEATS_PATH,
+            Lane::Writes => WRITES_PATH,
+        }
+    }
+
+    /// Waits, once a batch is open, for what may still join it (rule R2).
+    async fn gather(self, shared: &Shared, batch: &Batch) {
+        match self {
+            // The other tasks this thread has ready run before this one resumes.
+            Lane::Writes => tokio::task::yield_now().await,
+            Lane::Beats => {
+                let linger = Duration::from_millis(shared.settings.beat_linger_ms);
+                tokio::select! {
+                    () = tokio::time::sleep(linger) => {}
+                    () = batch.full.notified() => {}
+                }
+            }
+        }
+    }
+
+    /// Its counters: batches sent, requests answered.
+    fn counters(self, shared: &Shared) -> (&prometheus::IntCounter, &prometheus::IntCounter) {
+        let m = &shared.metrics;
+        match self {
+            Lane::Beats => (&m.beat_batches, &m.beats_relayed),
+            Lane::Writes => (&m.write_batches, &m.writes_relayed),
+        }
+    }
+}
 
 /// Batches being filled, per gateway thread, node, and beats or writes (rule R2).
 #[derive(Debug, Default)]
-pub struct BeatBatches {
+pub struct RelayBatches {
     open: Mutex<HashMap<BatchKey, Arc<Batch>>>,
 }
 
@@ -158,7 +205,7 @@ pub async fn relay(
             shared.metrics.retries.inc();
         }
         any = true;
-        match shared.beat_batches.join(shared, &up, beat.clone()).await {
+        match shared.relay_batches.join(shared, &up, beat.clone()).await {
             Some(answer) if !not_ready(&answer) => return Relayed::Answer(answer),
             // The node turned out not to take relayed writes: none was served (R1, R4).
             None if !up.relays(beat.op) => return Relayed::Proxy,
@@ -192,7 +239,7 @@ fn plain(status: u16, body: &str) -> RelayedAnswer {
     }
 }
 
-impl BeatBatches {
+impl RelayBatches {
     /// Adds `beat` to the batch open for `up` on this thread, opening and later sending it
     /// when there is none (rule R2); the node's answer, `None` when the batch failed.
     async fn join(
@@ -202,8 +249,8 @@ impl BeatBatches {
         beat: Arc<RelayedRequest>,
     ) -> Option<RelayedAnswer> {
         let (tx, rx) = oneshot::channel();
-        let writes = beat.op.is_write();
-        let key = (std::thread::current().id(), up.addr, writes);
+        let lane = Lane::of(beat.op);
+        let key = (std::thread::current().id(), up.addr, lane);
         let pending = Pending { beat, answer: tx };
         let lead = {
             let mut open = self.open.lock();
@@ -233,18 +280,8 @@ impl BeatBatches {
                 key,
                 batch,
             };
-            if writes {
-                // Only the writes already read on this thread join (rule R2): the other tasks
-                // this thread has ready run before this one resumes.
-                tokio::task::yield_now().await;
-            } else {
-                let linger = Duration::from_millis(shared.settings.beat_linger_ms);
-                tokio::select! {
-                    () = tokio::time::sleep(linger) => {}
-                    () = lead.batch.full.notified() => {}
-                }
-            }
-            send(shared, up, lead.close(), writes).await;
+            lane.gather(shared, &lead.batch).await;
+            send(shared, up, lead.close(), lane).await;
         }
         rx.await.ok().flatten()
     }
@@ -254,7 +291,7 @@ impl BeatBatches {
 /// first (the gateway stopping), dropping this fails the beats in it (rule R4) rather than
 /// leaving them, and every beat joining after them, waiting for a sender that is gone.
 struct Lead<'a> {
-    batches: &'a BeatBatches,
+    batches: &'a RelayBatches,
     key: BatchKey,
     batch: Arc<Batch>,
 }
@@ -284,60 +321,68 @@ impl Drop for Lead<'_> {
     }
 }
 
-/// Sends one batch (of writes when `writes`) and hands each request its answer (rules R2–R4).
-async fn send(shared: &Shared, up: &Upstream, beats: Vec<Pending>, writes: bool) {
+/// Sends one batch of `lane` and hands each request its answer (rules R2–R4).
+async fn send(shared: &Shared, up: &Upstream, beats: Vec<Pending>, lane: Lane) {
     let started = Instant::now();
-    let body: Vec<&RelayedRequest> = beats.iter().map(|p| p.beat.as_ref()).collect();
-    let timeout = Duration::from_millis(shared.settings.read_timeout_ms);
-    // This thread's own client: a connection made by another thread's runtime would be driven
-    // there, and every batch would wake that thread twice.
-    let client = CLIENT.with(reqwest::Client::clone);
-    let path = if writes { WRITES_PATH } else { BEATS_PATH };
-    let posted = shared.post_internal_with(&client, up, path, &body, timeout);
-    let answers = match posted.await {
-        Ok(resp) if resp.status().is_success() => resp
-            .json::<Vec<RelayedAnswer>>()
-            .await
-            .ok()
-            .filter(|a| a.len() == beats.len()),
-        Ok(resp) => {
-            if writes && resp.status() == reqwest::StatusCode::NOT_FOUND {
-                // A node older than relayed writes answers at this address again (rule R1):
-                // none of the batch was served, and its writes go to the proxy path.
-                tracing::info!(upstream = %up.name, "node does not take relayed writes");
-                up.set_relays(up.relays_beats(), false);
-            }
-            tracing::debug!(upstream = %up.name, status = %resp.status(), "beat batch refused");
-            None
-        }
-        Err(e) => {
-            tracing::debug!(upstream = %up.name, error = %e, "beat batch failed");
-            None
-        }
-    };
+    let answers = post_batch(shared, up, &beats, lane).await;
     up.latency.observe(started.elapsed().as_secs_f64());
-    let (batches, relayed) = if writes {
-        (
-            &shared.metrics.write_batches,
-            &shared.metrics.writes_relayed,
-        )
-    } else {
-        (&shared.metrics.beat_batches, &shared.metrics.beats_relayed)
-    };
+    let (batches, relayed) = lane.counters(shared);
     batches.inc();
     match answers {
-        Some(answers) => {
+        Ok(answers) => {
             relayed.inc_by(beats.len() as u64);
             for (pending, answer) in beats.into_iter().zip(answers) {
                 // A client that went away no longer waits for its answer.
                 let _ = pending.answer.send(Some(answer));
             }
         }
-        None => {
-            shared.metrics.beat_batches_failed.inc();
+        Err(served_none) => {
+            // A node without the writes path served nothing and stays in: not a failure.
+            if !served_none {
+                shared.metrics.beat_batches_failed.inc();
+            }
             for pending in beats {
                 let _ = pending.answer.send(None);
             }
+        }
+    }
+}
+
+/// Posts `beats` to `up` and reads one answer per request; `Err(true)` when the node answered
+/// that it does not take writes (it is then recorded so, rule R1), `Err(false)` when the batch
+/// failed otherwise.
+async fn post_batch(
+    shared: &Shared,
+    up: &Upstream,
+    beats: &[Pending],
+    lane: Lane,
+) -> Result<Vec<RelayedAnswer>, bool> {
+    let body: Vec<&RelayedRequest> = beats.iter().map(|p| p.beat.as_ref()).collect();
+    let timeout = Duration::from_millis(shared.settings.read_timeout_ms);
+    // This thread's own client: a connection made by another thread's runtime would be driven
+    // there, and every batch would wake that thread twice.
+    let client = CLIENT.with(reqwest::Client::clone);
+    let posted = shared.post_internal_with(&client, up, lane.path(), &body, timeout);
+    match posted.await {
+        Ok(resp) if resp.status().is_success() => resp
+            .json::<Vec<RelayedAnswer>>()
+            .await
+            .ok()
+            .filter(|a| a.len() == beats.len())
+            .ok_or(false),
+        Ok(resp) if lane == Lane::Writes && resp.status() == reqwest::StatusCode::NOT_FOUND => {
+            // A node older than relayed writes answers at this address again.
+            tracing::info!(upstream = %up.name, "node does not take relayed writes");
+            up.refuse_writes();
+            Err(true)
+        }
+        Ok(resp) => {
+            tracing::debug!(upstream = %up.name, status = %resp.status(), "batch refused");
+            Err(false)
+        }
+        Err(e) => {
+            tracing::debug!(upstream = %up.name, error = %e, "batch failed");
+            Err(false)
         }
     }
 }
@@ -357,13 +402,10 @@ pub fn relayed_headers<'a>(
         .collect();
     if let Some(ip) = source {
         out.extend(
-            crate::route::client_headers(ip, secret)
+            crate::route::client_headers(ip, secret, op.is_write())
                 .into_iter()
                 .map(|(n, v)| (n.to_string(), v)),
         );
-        if secret.is_some() && op.is_write() {
-            out.push((OWNER_ROUTED_HEADER.to_string(), "1".to_string()));
-        }
     }
     out
 }
@@ -371,6 +413,8 @@ pub fn relayed_headers<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use nacre_ring::wire::OWNER_ROUTED_HEADER;
 
     use crate::testing::shared;
 
@@ -429,13 +473,13 @@ mod tests {
         let up = s.upstreams.view().upstreams()[0].clone();
         let lead = {
             let (s, up) = (s.clone(), up.clone());
-            tokio::spawn(async move { s.beat_batches.join(&s, &up, Arc::new(beat())).await })
+            tokio::spawn(async move { s.relay_batches.join(&s, &up, Arc::new(beat())).await })
         };
         // The follower joins the open batch on this thread: current-thread runtime.
         tokio::task::yield_now().await;
         let follower = {
             let (s, up) = (s.clone(), up.clone());
-            tokio::spawn(async move { s.beat_batches.join(&s, &up, Arc::new(beat())).await })
+            tokio::spawn(async move { s.relay_batches.join(&s, &up, Arc::new(beat())).await })
         };
         tokio::task::yield_now().await;
         lead.abort();
@@ -444,7 +488,7 @@ mod tests {
             .expect("the follower is answered, not left waiting")
             .unwrap();
         assert!(answer.is_none(), "its batch failed (rule R4)");
-        assert!(s.beat_batches.open.lock().is_empty(), "nothing left open");
+        assert!(s.relay_batches.open.lock().is_empty(), "nothing left open");
     }
 
     #[tokio::test]
@@ -516,6 +560,12 @@ mod tests {
             "nothing failed on the node: it stays in rotation"
         );
         assert_eq!(s.metrics.retries.get(), 0);
+        assert_eq!(
+            s.metrics.beat_batches_failed.get(),
+            0,
+            "not counted as failed"
+        );
+        assert_eq!(s.metrics.write_batches.get(), 1);
     }
 
     #[test]

@@ -22,7 +22,7 @@
 //!   serves it exactly as before; so is a beat or write whose node does not take it in
 //!   batches. Nothing has been written to the client at that point.
 //! - **E3 (same answers).** The poll is rate-limited, parsed, counted and answered by the same
-//!   code as pingora's path ([`crate::configs::poll`]); a relayed beat gets its node's own
+//!   code as pingora's path ([`crate::configs::poll`]); a relayed beat or write gets its node's own
 //!   answer (rule R3 of [`crate::beats`]) after the same rate limit. Only the writing differs,
 //!   and where a parked poll waits: in its connection's own loop ([`Waiting`]), so a parked
 //!   listener holds no request future.
@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use nacre_ring::wire::{RelayedOp, RelayedRequest, BEAT_PATH, CONFIG_LISTENER_PATH, INSTANCE_PATH};
+use nacre_ring::wire::{RelayedOp, RelayedRequest, CONFIG_LISTENER_PATH};
 use nacre_ring::ServiceKey;
 use pingora::server::ShutdownWatch;
 use tokio::io::AsyncReadExt;
@@ -97,7 +97,7 @@ pub struct Listener {
 }
 
 /// A beat, register or deregister this module relays (rule E2; see [`crate::beats`]).
-pub struct Beat {
+pub struct Relay {
     key: ServiceKey,
     relayed: RelayedRequest,
     conn: Conn,
@@ -121,7 +121,7 @@ pub struct List {
     key: ServiceKey,
     plan: ListPlan,
     conn: Conn,
-    /// Every byte read, as for a [`Beat`].
+    /// Every byte read, as for a [`Relay`].
     raw: Bytes,
 }
 
@@ -130,7 +130,7 @@ pub enum Taken {
     /// A config listener poll.
     Listener(Listener),
     /// A naming beat, or an ephemeral register or deregister: relayed alike.
-    Beat(Beat),
+    Relay(Relay),
     /// A list read.
     List(List),
 }
@@ -138,12 +138,14 @@ pub enum Taken {
 /// Whether the request that starts with `first` may be one this module serves (rule E2): a
 /// check of its first bytes only, so every other request goes to pingora without more work.
 pub fn may_take(shared: &Shared, first: &[u8]) -> bool {
-    (shared.settings.hold_config_listeners && agrees(first, Kind::Listener))
-        || (shared.settings.beat_linger_ms > 0
-            && [Kind::Beat, Kind::Register, Kind::Deregister]
-                .into_iter()
-                .any(|k| agrees(first, k)))
-        || (shared.cache.enabled() && agrees(first, Kind::List))
+    Kind::ALL.into_iter().any(|kind| {
+        let on = match kind {
+            Kind::Listener => shared.settings.hold_config_listeners,
+            Kind::Relayed(_) => shared.settings.beat_linger_ms > 0,
+            Kind::List => shared.cache.enabled(),
+        };
+        on && agrees(first, kind)
+    })
 }
 
 /// Reads the rest of the head and the body of a request that [`may_take`] accepted, if it is
@@ -174,21 +176,27 @@ pub async fn take(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Listener,
-    Beat,
-    Register,
-    Deregister,
+    /// A beat or an instance write, relayed (see [`crate::beats`]).
+    Relayed(RelayedOp),
     List,
 }
 
 impl Kind {
-    /// How its request line starts.
-    fn line(self) -> (&'static [u8], &'static str) {
+    /// Every kind.
+    const ALL: [Kind; 5] = [
+        Kind::Listener,
+        Kind::Relayed(RelayedOp::Beat),
+        Kind::Relayed(RelayedOp::Register),
+        Kind::Relayed(RelayedOp::Deregister),
+        Kind::List,
+    ];
+
+    /// Its request's method and path.
+    fn line(self) -> (&'static str, &'static str) {
         match self {
-            Kind::Listener => (b"POST ", CONFIG_LISTENER_PATH),
-            Kind::Beat => (b"PUT ", BEAT_PATH),
-            Kind::Register => (b"POST ", INSTANCE_PATH),
-            Kind::Deregister => (b"DELETE ", INSTANCE_PATH),
-            Kind::List => (b"GET ", LIST_PATH),
+            Kind::Listener => ("POST", CONFIG_LISTENER_PATH),
+            Kind::Relayed(op) => (op.method(), op.path()),
+            Kind::List => ("GET", LIST_PATH),
         }
     }
 }
@@ -196,8 +204,8 @@ impl Kind {
 /// Whether `bytes` agrees with the start of a `kind` request's line, as far as both go.
 fn agrees(bytes: &[u8], kind: Kind) -> bool {
     let (method, path) = kind.line();
-    let start = method.len() + path.len();
-    let line = method.iter().chain(path.as_bytes());
+    let start = method.len() + 1 + path.len();
+    let line = method.as_bytes().iter().chain(b" ").chain(path.as_bytes());
     let decided = bytes.len() <= start || matches!(bytes[start], b'?' | b' ');
     decided && bytes.iter().zip(line).all(|(a, b)| a == b)
 }
@@ -218,15 +226,7 @@ struct Head {
 /// Parses the head at the start of `buf`: `Some(None)` while it is incomplete, `None` when it
 /// is not one this module serves (rule E2).
 fn parse_head(buf: &[u8]) -> Option<Option<Head>> {
-    let kind = [
-        Kind::Listener,
-        Kind::Beat,
-        Kind::Register,
-        Kind::Deregister,
-        Kind::List,
-    ]
-    .into_iter()
-    .find(|k| agrees(buf, *k))?;
+    let kind = Kind::ALL.into_iter().find(|k| agrees(buf, *k))?;
     // httparse decides where the head ends (it also takes bare LF line ends); more headers
     // than it has room for is not ours.
     let mut slots = [httparse::EMPTY_HEADER; 64];
@@ -238,7 +238,7 @@ fn parse_head(buf: &[u8]) -> Option<Option<Head>> {
     let path = req.path?;
     let (route, query) = path.split_once('?').unwrap_or((path, ""));
     let (method, want) = kind.line();
-    if req.method.map(str::as_bytes) != Some(&method[..method.len() - 1]) || route != want {
+    if req.method != Some(method) || route != want {
         return None;
     }
     let http10 = req.version == Some(0);
@@ -276,7 +276,7 @@ fn parse_head(buf: &[u8]) -> Option<Option<Head>> {
     // none.
     let body_len = match kind {
         Kind::Listener => body_len,
-        Kind::Beat | Kind::Register | Kind::Deregister => Some(body_len.unwrap_or(0)),
+        Kind::Relayed(_) => Some(body_len.unwrap_or(0)),
         Kind::List => Some(body_len.unwrap_or(0)).filter(|n| *n == 0),
     };
     let body_len = body_len.filter(|n| *n <= MAX_BODY)?;
@@ -312,8 +312,7 @@ async fn read_request(stream: &mut Stream, buf: &mut BytesMut) -> Option<(Head, 
 }
 
 /// The request `head` starts, with its body ending at `end` of `buf`; `None` when it is not
-/// one this module serves after all (a beat naming no service, or with text that is not
-/// UTF-8).
+/// one this module serves after all (see [`relayed_of`], and a list the cache cannot plan).
 fn taken_of(
     head: Head,
     buf: &Bytes,
@@ -321,9 +320,10 @@ fn taken_of(
     client: Option<IpAddr>,
     shared: &Shared,
 ) -> Option<Taken> {
+    let (keep_alive, http10) = (!head.close, head.http10);
     let conn = |rest: Bytes| Conn {
-        keep_alive: !head.close,
-        http10: head.http10,
+        keep_alive,
+        http10,
         rest,
     };
     match head.kind {
@@ -356,48 +356,53 @@ fn taken_of(
                 raw: buf.clone(),
             }))
         }
-        Kind::Beat | Kind::Register | Kind::Deregister => {
-            let op = match head.kind {
-                Kind::Register => RelayedOp::Register,
-                Kind::Deregister => RelayedOp::Deregister,
-                _ => RelayedOp::Beat,
-            };
-            let form = crate::route::is_form(
-                head.headers
-                    .get(http::header::CONTENT_TYPE)
-                    .map(|v| v.as_bytes()),
-            );
-            let body = &buf[head.len..end];
-            let params = Params::parse(head.query.as_bytes(), form.then_some(body));
-            let key = params.service_key()?;
-            // A persistent instance's write goes through Raft: proxied (rule R1).
-            if op.is_write() && !params.surely_ephemeral() {
-                return None;
-            }
-            let mut client_headers = Vec::with_capacity(head.headers.len());
-            for (name, value) in &head.headers {
-                client_headers.push((name.as_str(), value.to_str().ok()?));
-            }
-            let secret = shared.settings.cluster_secret.as_deref();
-            let relayed = RelayedRequest {
-                op,
-                headers: crate::beats::relayed_headers(
-                    client_headers.into_iter(),
-                    client,
-                    secret,
-                    op,
-                ),
-                body: std::str::from_utf8(body).ok()?.to_string(),
-                query: head.query,
-            };
-            Some(Taken::Beat(Beat {
-                key,
-                relayed,
-                conn: conn(buf.slice(end..)),
-                raw: buf.clone(),
-            }))
+        Kind::Relayed(op) => {
+            relayed_of(op, head, buf, end, client, shared).map(|(key, relayed)| {
+                Taken::Relay(Relay {
+                    key,
+                    relayed,
+                    conn: conn(buf.slice(end..)),
+                    raw: buf.clone(),
+                })
+            })
         }
     }
+}
+
+/// The relayed form of a beat or write of kind `op` (rules R1, R3 of [`crate::beats`]), with
+/// its service; `None` when it is not relayed after all: no service named, a persistent
+/// instance's write (it goes through Raft), or text that is not UTF-8.
+fn relayed_of(
+    op: RelayedOp,
+    head: Head,
+    buf: &Bytes,
+    end: usize,
+    client: Option<IpAddr>,
+    shared: &Shared,
+) -> Option<(ServiceKey, RelayedRequest)> {
+    let form = crate::route::is_form(
+        head.headers
+            .get(http::header::CONTENT_TYPE)
+            .map(|v| v.as_bytes()),
+    );
+    let body = &buf[head.len..end];
+    let params = Params::parse(head.query.as_bytes(), form.then_some(body));
+    let key = params.service_key()?;
+    if op.is_write() && !params.surely_ephemeral() {
+        return None;
+    }
+    let mut client_headers = Vec::with_capacity(head.headers.len());
+    for (name, value) in &head.headers {
+        client_headers.push((name.as_str(), value.to_str().ok()?));
+    }
+    let secret = shared.settings.cluster_secret.as_deref();
+    let relayed = RelayedRequest {
+        op,
+        headers: crate::beats::relayed_headers(client_headers.into_iter(), client, secret, op),
+        body: std::str::from_utf8(body).ok()?.to_string(),
+        query: head.query,
+    };
+    Some((key, relayed))
 }
 
 /// Reads what has arrived into `buf`; `false` at end of stream or on an error.
@@ -492,7 +497,7 @@ async fn polled(
     Polled::Answered(write(stream, conn, shutdown, answer.status, headers, body).await)
 }
 
-/// What became of a beat handed to [`serve_beat`] or a list read to [`serve_list`].
+/// What became of a beat or write handed to [`serve_relayed`] or a list read to [`serve_list`].
 pub enum Served {
     /// Answered; `true` when the connection may carry another request.
     Answered(bool),
@@ -545,21 +550,22 @@ pub async fn serve_list(
     Served::Answered(keep.await)
 }
 
-/// Relays a beat to its node (see [`crate::beats`]) and writes the node's answer (rule E4).
-pub async fn serve_beat(
+/// Relays a beat or write to its node (see [`crate::beats`]) and writes the node's answer
+/// (rule E4).
+pub async fn serve_relayed(
     shared: &Shared,
     stream: &mut Stream,
-    beat: Beat,
+    relay: Relay,
     client: Option<IpAddr>,
     shutdown: &ShutdownWatch,
 ) -> Served {
-    let Beat {
+    let Relay {
         key,
         relayed,
         conn,
         raw,
-    } = beat;
-    // As for lists: a beat handed to pingora is charged there, not here too.
+    } = relay;
+    // As for lists: a request handed to pingora is charged there, not here too.
     let op = relayed.op;
     let Some(route) = crate::beats::route(shared, &key, op) else {
         stream.rewind(raw);
@@ -726,11 +732,11 @@ mod tests {
     fn e2_registers_and_deregisters_are_taken_and_updates_are_not() {
         let kind = |text: &str| parse_head(text.as_bytes()).and_then(|h| h.map(|h| h.kind));
         let register = "POST /nacos/v1/ns/instance?serviceName=s HTTP/1.1\r\n\r\n";
-        assert_eq!(kind(register), Some(Kind::Register));
+        assert_eq!(kind(register), Some(Kind::Relayed(RelayedOp::Register)));
         let form = "POST /nacos/v1/ns/instance HTTP/1.1\r\nContent-Length: 13\r\n\r\nserviceName=s";
         assert_eq!(head(form), Some(Some((form.len() - 13, 13, false))));
         let deregister = "DELETE /nacos/v1/ns/instance?serviceName=s HTTP/1.1\r\n\r\n";
-        assert_eq!(kind(deregister), Some(Kind::Deregister));
+        assert_eq!(kind(deregister), Some(Kind::Relayed(RelayedOp::Deregister)));
         for other in [
             "PUT /nacos/v1/ns/instance?serviceName=s HTTP/1.1\r\n\r\n",
             "PATCH /nacos/v1/ns/instance?serviceName=s HTTP/1.1\r\n\r\n",

@@ -81,7 +81,7 @@ pub struct Shared {
     /// Calls the gateway makes itself (config md5 fetches, listener polls passed to a node).
     pub http: reqwest::Client,
     /// Beat batches being filled (see [`beats`]).
-    pub beat_batches: beats::BeatBatches,
+    pub relay_batches: beats::RelayBatches,
     /// Cancelled when the gateway stops: parked listeners answer then.
     pub stopping: tokio_util::sync::CancellationToken,
 }
@@ -159,7 +159,7 @@ impl Shared {
                 .pool_idle_timeout(Duration::from_secs(30))
                 .build()
                 .map_err(|e| prometheus::Error::Msg(format!("http client: {e}")))?,
-            beat_batches: beats::BeatBatches::default(),
+            relay_batches: beats::RelayBatches::default(),
             stopping: tokio_util::sync::CancellationToken::new(),
             limiter: limits::ClientLimiter::new(
                 settings.client_rate_limit,

@@ -84,7 +84,7 @@ pub async fn run(shared: Arc<Shared>, discovery: Discovery, shutdown: Cancellati
                     standing: true,
                     auth: shared.auth_required(),
                     beats: u.relays_beats(),
-                    writes: u.relays(nacre_ring::wire::RelayedOp::Register),
+                    writes: u.relays_writes(),
                 });
             }
         }

@@ -8,9 +8,7 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use http::header;
 use nacre_ring::configs::ConfigKey;
-use nacre_ring::wire::{
-    CONFIG_LISTENER_PATH, CONFIG_LISTENER_READ_TIMEOUT_MS, HEADER_PREFIX, OWNER_ROUTED_HEADER,
-};
+use nacre_ring::wire::{CONFIG_LISTENER_PATH, CONFIG_LISTENER_READ_TIMEOUT_MS, HEADER_PREFIX};
 use nacre_ring::wire::{CONFIG_REVISION_HEADER, NOT_READY_HEADER};
 use nacre_ring::ServiceKey;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -566,13 +564,11 @@ impl ProxyHttp for Gateway {
         }
         if let Some(ip) = client_ip(session) {
             let secret = self.shared.settings.cluster_secret.as_deref();
-            for (name, value) in route::client_headers(ip, secret) {
+            // A write's reads of the service come to the node this write went to, by the same
+            // pick: the owner need not wait for its peers (rule V3).
+            let owner_routed = ctx.key.is_some() && ctx.invalidates;
+            for (name, value) in route::client_headers(ip, secret, owner_routed) {
                 upstream_request.insert_header(name, value)?;
-            }
-            if secret.is_some() && ctx.key.is_some() && ctx.invalidates {
-                // Its reads of the service come to the node this write went to, by the
-                // same pick: the owner need not wait for its peers (rule V3).
-                upstream_request.insert_header(OWNER_ROUTED_HEADER, "1")?;
             }
         }
         Ok(())

@@ -31,15 +31,25 @@ pub use nacre_ring::wire::BEAT_PATH;
 /// The headers the gateway adds to a client request it hands a node: the client's TCP address
 /// as `X-Forwarded-For` (replacing whatever the client sent: it is the only address the
 /// gateway knows to be true) and, with the cluster secret, the same address asserted, which
-/// the nodes believe and push to.
-pub fn client_headers(ip: std::net::IpAddr, secret: Option<&str>) -> Vec<(&'static str, String)> {
+/// the nodes believe and push to. On an `owner_routed` request (an instance write whose
+/// client's reads of the service go to the node picked the same way), with the secret, the
+/// mark that lets the owner answer without waiting for its peers (rule V3 of the registry's
+/// `distro`).
+pub fn client_headers(
+    ip: std::net::IpAddr,
+    secret: Option<&str>,
+    owner_routed: bool,
+) -> Vec<(&'static str, String)> {
     let ip = ip.to_string();
-    let mut out = Vec::with_capacity(3);
+    let mut out = Vec::with_capacity(4);
     if let Some(secret) = secret {
         out.push((nacre_ring::wire::CLIENT_ADDR_HEADER, ip.clone()));
         out.push((nacre_ring::wire::ASSERTED_BY_HEADER, secret.to_string()));
     }
     out.push(("x-forwarded-for", ip));
+    if secret.is_some() && owner_routed {
+        out.push((nacre_ring::wire::OWNER_ROUTED_HEADER, "1".to_string()));
+    }
     out
 }
 
@@ -458,6 +468,15 @@ mod tests {
         assert_ne!(a.list_variant("ua"), a.list_variant("other"));
         let d = Params::parse(b"serviceName=s&healthyOnly=true", None);
         assert_ne!(c.list_variant("ua"), d.list_variant("ua"));
+    }
+
+    #[test]
+    fn a_relayed_request_invalidates_exactly_when_it_is_a_write() {
+        use nacre_ring::wire::RelayedOp;
+        for op in [RelayedOp::Beat, RelayedOp::Register, RelayedOp::Deregister] {
+            let method = http::Method::from_bytes(op.method().as_bytes()).unwrap();
+            assert_eq!(invalidates(&method, op.path()), op.is_write(), "{op:?}");
+        }
     }
 
     #[test]

@@ -98,9 +98,20 @@ impl Upstream {
         self.relays_writes.store(writes, Ordering::Release);
     }
 
+    /// Records that the node does not take relayed writes after all (it answered their path
+    /// 404), leaving what it said of beats as it is.
+    pub fn refuse_writes(&self) {
+        self.relays_writes.store(false, Ordering::Release);
+    }
+
+    /// Whether the node's last probe said it takes relayed writes.
+    pub fn relays_writes(&self) -> bool {
+        self.relays_writes.load(Ordering::Acquire)
+    }
+
     /// Whether requests of kind `op` may be relayed to the node in batches.
     pub fn relays(&self, op: nacre_ring::wire::RelayedOp) -> bool {
-        self.relays_beats() && (!op.is_write() || self.relays_writes.load(Ordering::Acquire))
+        self.relays_beats() && (!op.is_write() || self.relays_writes())
     }
 
     /// Whether beats may be relayed to the node in batches (see [`crate::beats`]).

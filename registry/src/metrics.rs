@@ -183,7 +183,7 @@ impl Metrics {
                 "nacre_relayed_requests_total",
                 "Requests a gateway relayed in batches, by how they were served (direct, router)",
             ),
-            &["path"],
+            &["via"],
         )?;
         registry.register(Box::new(relayed.clone()))?;
         registry.register(Box::new(overload_lag.clone()))?;

@@ -38,7 +38,7 @@ pub const CHANGES_PATH: &str = "/nacre/internal/changes";
 /// cache: a JSON array of [`SubscriberNote`]; the answer is how many were registered.
 pub const PUSH_SUBSCRIBERS_PATH: &str = "/nacre/internal/push/subscribers";
 
-/// The naming beat (a public Nacos path): what a gateway may relay in batches.
+/// The naming beat (a public Nacos path), relayed by a gateway in batches.
 pub const BEAT_PATH: &str = "/nacos/v1/ns/instance/beat";
 /// The instance path (a public Nacos path): a register is a `POST` to it, a deregister a
 /// `DELETE`.
@@ -106,7 +106,8 @@ pub struct RelayedRequest {
     /// The query string, without `?`.
     pub query: String,
     /// The request's headers as the gateway would proxy them (client-sent `x-nacre-*` ones
-    /// dropped, the gateway's client-address assertion added).
+    /// dropped, the gateway's client-address assertion added, and on a write the
+    /// [`OWNER_ROUTED_HEADER`] mark).
     pub headers: Vec<(String, String)>,
     /// The body.
     pub body: String,
@@ -270,9 +271,48 @@ mod tests {
 
     #[test]
     fn internal_paths_share_the_internal_prefix() {
-        for p in [PING_PATH, CHANGES_PATH, CONFIG_MD5_PATH, BEATS_PATH] {
+        for p in [
+            PING_PATH,
+            CHANGES_PATH,
+            CONFIG_MD5_PATH,
+            BEATS_PATH,
+            WRITES_PATH,
+            PUSH_SUBSCRIBERS_PATH,
+        ] {
             assert!(p.starts_with(INTERNAL_PREFIX), "{p}");
         }
+    }
+
+    /// A beat is written without `op` and a document without `op` reads as a beat, so beat
+    /// batches read the same to nodes and gateways from before relayed writes, both ways.
+    #[test]
+    fn a_relayed_beat_reads_the_same_to_versions_before_relayed_writes() {
+        let beat = RelayedRequest {
+            op: RelayedOp::Beat,
+            query: "serviceName=s".into(),
+            headers: vec![],
+            body: String::new(),
+        };
+        let text = serde_json::to_string(&beat).unwrap();
+        assert!(!text.contains("op"), "{text}");
+        let old = r#"{"query":"serviceName=s","headers":[],"body":""}"#;
+        assert_eq!(serde_json::from_str::<RelayedRequest>(old).unwrap(), beat);
+        let write = RelayedRequest {
+            op: RelayedOp::Register,
+            ..beat
+        };
+        let text = serde_json::to_string(&write).unwrap();
+        assert!(text.contains(r#""op":"register""#), "{text}");
+        assert_eq!(
+            serde_json::from_str::<RelayedRequest>(&text).unwrap(),
+            write
+        );
+        let ping = r#"{"address":"a","node_id":1,"ready":true,"raft_initialized":true,"members_digest":0,"relays_beats":true}"#;
+        let ping: PingReply = serde_json::from_str(ping).unwrap();
+        assert!(
+            ping.relays_beats && !ping.relays_writes,
+            "older nodes take no writes"
+        );
     }
 }
 

@@ -59,8 +59,8 @@ const PER_CONNECTION: [HeaderName; 4] = [
     header::TRANSFER_ENCODING,
 ];
 
-/// The batch route, serving each beat directly (rule B1) or through `public` (the node's
-/// public router).
+/// The batch routes (beats, writes), serving each request directly (rule B1) or through
+/// `public` (the node's public router).
 pub fn routes(app: Arc<App>, public: Router) -> Router {
     let secret: Arc<str> = Arc::from(app.secret.as_str());
     Router::new()
@@ -75,130 +75,133 @@ async fn batch(State((app, public)): State<(Arc<App>, Router)>, req: Request) ->
     let body = match axum::body::to_bytes(req.into_body(), MAX_BATCH_BODY).await {
         Ok(b) => b,
         Err(e) => {
-            return (StatusCode::BAD_REQUEST, format!("bad beat batch: {e}")).into_response();
+            return (StatusCode::BAD_REQUEST, format!("bad batch: {e}")).into_response();
         }
     };
-    let beats: Vec<RelayedRequest> = match serde_json::from_slice(&body) {
+    let relayed: Vec<RelayedRequest> = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) => {
-            return (StatusCode::BAD_REQUEST, format!("bad beat batch: {e}")).into_response();
+            return (StatusCode::BAD_REQUEST, format!("bad batch: {e}")).into_response();
         }
     };
     let answers = futures::future::join_all(
-        beats
+        relayed
             .into_iter()
-            .map(|beat| serve(&app, &public, beat, peer.as_ref())),
+            .map(|one| serve(&app, &public, one, peer.as_ref())),
     )
     .await;
     axum::Json(answers).into_response()
 }
 
-/// Serves one relayed beat: directly when rule B1 allows, else through the public router.
+/// Serves one relayed request: straight to the beat handler when rule B1 allows, else through
+/// the public router.
 async fn serve(
     app: &Arc<App>,
     public: &Router,
-    beat: RelayedRequest,
+    relayed: RelayedRequest,
     peer: Option<&ConnectInfo<PeerAddr>>,
 ) -> RelayedAnswer {
-    let metrics = app.node.metrics();
-    if !takes_direct(app, &beat) {
-        metrics.relayed.with_label_values(&["router"]).inc();
-        return through_router(public.clone(), beat, peer.cloned()).await;
-    }
-    metrics.relayed.with_label_values(&["direct"]).inc();
+    let direct = takes_direct(app, &relayed);
+    let via = if direct { "direct" } else { "router" };
+    app.node.metrics().relayed.with_label_values(&[via]).inc();
+    let resp = if direct {
+        serve_direct(app, relayed, peer.map(|p| p.0.addr)).await
+    } else {
+        through_router(public.clone(), relayed, peer.cloned()).await
+    };
+    answer(resp).await
+}
+
+/// Whether rule B1 lets `relayed` skip the router.
+fn takes_direct(app: &App, relayed: &RelayedRequest) -> bool {
+    let node = &app.node;
+    relayed.op == RelayedOp::Beat
+        && !node.settings().auth.enabled
+        && node.is_ready()
+        && node.has_standing()
+        && relayed.body.len() <= super::params::body_limit(app, BEAT_PATH)
+        && !relayed
+            .headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case(nacre_ring::wire::SECRET_HEADER))
+}
+
+/// Rule B1: the beat handler's answer, with the parameters the router's extractor would make
+/// (or its rejection), counted as the router counts it.
+async fn serve_direct(
+    app: &Arc<App>,
+    relayed: RelayedRequest,
+    peer: Option<std::net::SocketAddr>,
+) -> Response {
     let start = Instant::now();
-    let params = match params_of(beat, peer.map(|p| p.0.addr)) {
-        Ok(params) => params,
+    let headers = match header_map(&relayed.headers) {
+        Ok(h) => h,
         Err(why) => return bad_batch_entry(why),
     };
-    // A parameter that does not decode gets the extractor's own answer, as on the router.
-    let resp = match params {
+    let uri = match uri_of(&relayed).parse::<Uri>() {
+        Ok(u) => u,
+        Err(e) => return bad_batch_entry(e.to_string()),
+    };
+    let raw = RawRequest {
+        method: method_of(relayed.op),
+        uri,
+        body: bytes::Bytes::from(relayed.body),
+    };
+    let resp = match Params::assemble(raw, headers, peer) {
         Ok(params) => super::instance::beat(State(app.clone()), params)
             .await
             .into_response(),
         Err(rejected) => rejected.into_response(),
     };
     super::record(app, BEAT_API, resp.status(), start, false);
-    answer(resp).await
+    resp
 }
 
-/// Whether rule B1 lets `beat` skip the router.
-fn takes_direct(app: &App, beat: &RelayedRequest) -> bool {
-    let node = &app.node;
-    beat.op == RelayedOp::Beat
-        && !node.settings().auth.enabled
-        && node.is_ready()
-        && node.has_standing()
-        && beat.body.len() <= super::params::body_limit(app, BEAT_PATH)
-        && !beat
-            .headers
-            .iter()
-            .any(|(name, _)| name.eq_ignore_ascii_case(nacre_ring::wire::SECRET_HEADER))
-}
-
-/// The beat handler's parameters for `beat`, as the router's extractor would make them (its
-/// rejection inside); the outer `Err` when the beat cannot be a request at all.
-fn params_of(
-    beat: RelayedRequest,
-    peer: Option<std::net::SocketAddr>,
-) -> Result<Result<Params, super::error::ApiError>, String> {
-    let headers = header_map(&beat.headers)?;
-    let uri = beat_uri(&beat.query)
-        .parse::<Uri>()
-        .map_err(|e| e.to_string())?;
-    let raw = RawRequest {
-        method: Method::PUT,
-        uri,
-        body: bytes::Bytes::from(beat.body),
-    };
-    Ok(Params::assemble(raw, headers, peer))
-}
-
-/// Serves one relayed beat through the public router.
+/// Serves one relayed request through the public router.
 async fn through_router(
     public: Router,
-    beat: RelayedRequest,
+    relayed: RelayedRequest,
     peer: Option<ConnectInfo<PeerAddr>>,
-) -> RelayedAnswer {
-    let req = match request(beat) {
-        Ok(mut req) => {
-            if let Some(peer) = peer {
-                req.extensions_mut().insert(peer);
-            }
-            req
-        }
+) -> Response {
+    let mut req = match request(relayed) {
+        Ok(req) => req,
         Err(why) => return bad_batch_entry(why),
     };
-    let resp = match public.oneshot(req).await {
+    if let Some(peer) = peer {
+        req.extensions_mut().insert(peer);
+    }
+    match public.oneshot(req).await {
         Ok(resp) => resp,
         Err(never) => match never {},
-    };
-    answer(resp).await
+    }
 }
 
 /// The answer to a batch entry that cannot be a request (a gateway relays only what it parsed
 /// as HTTP, so this is a bug or a forged batch).
-fn bad_batch_entry(why: String) -> RelayedAnswer {
-    RelayedAnswer {
-        status: 400,
-        headers: vec![(
-            header::CONTENT_TYPE.to_string(),
-            "text/plain; charset=utf-8".to_string(),
-        )],
-        body: why,
+fn bad_batch_entry(why: String) -> Response {
+    (StatusCode::BAD_REQUEST, why).into_response()
+}
+
+/// The method of a relayed request.
+fn method_of(op: RelayedOp) -> Method {
+    match op {
+        RelayedOp::Beat => Method::PUT,
+        RelayedOp::Register => Method::POST,
+        RelayedOp::Deregister => Method::DELETE,
     }
 }
 
-/// The path and query a relayed beat was sent to.
-fn beat_uri(query: &str) -> String {
-    if query.is_empty() {
-        BEAT_PATH.to_string()
+/// The path and query a relayed request was sent to.
+fn uri_of(relayed: &RelayedRequest) -> String {
+    let path = relayed.op.path();
+    if relayed.query.is_empty() {
+        path.to_string()
     } else {
-        format!("{BEAT_PATH}?{query}")
+        format!("{path}?{}", relayed.query)
     }
 }
 
-/// A relayed beat's headers as a map; `Err` when one cannot be a header.
+/// A relayed request's headers as a map; `Err` when one cannot be a header.
 fn header_map(headers: &[(String, String)]) -> Result<HeaderMap, String> {
     let mut map = HeaderMap::with_capacity(headers.len());
     for (name, value) in headers {
@@ -209,22 +212,14 @@ fn header_map(headers: &[(String, String)]) -> Result<HeaderMap, String> {
     Ok(map)
 }
 
-/// The request a relayed request stands for; `Err` with the reason when it cannot be one (a
-/// gateway relays only what it parsed as HTTP, so this is a bug or a forged batch).
-fn request(beat: RelayedRequest) -> Result<Request, String> {
-    let path = beat.op.path();
-    let uri = if beat.query.is_empty() {
-        path.to_string()
-    } else {
-        format!("{path}?{}", beat.query)
-    };
-    let method = Method::from_bytes(beat.op.method().as_bytes()).map_err(|e| e.to_string())?;
+/// The request a relayed request stands for; `Err` with the reason when it cannot be one.
+fn request(relayed: RelayedRequest) -> Result<Request, String> {
     let mut req = Request::builder()
-        .method(method)
-        .uri(uri)
-        .body(Body::from(beat.body))
+        .method(method_of(relayed.op))
+        .uri(uri_of(&relayed))
+        .body(Body::from(relayed.body))
         .map_err(|e| e.to_string())?;
-    *req.headers_mut() = header_map(&beat.headers)?;
+    *req.headers_mut() = header_map(&relayed.headers)?;
     Ok(req)
 }
 
