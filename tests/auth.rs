@@ -484,17 +484,7 @@ async fn behind_the_gateway_a_relayed_beat_needs_a_credential() {
     let relayed = "nacre_gateway_beats_relayed_total";
     let before = api.metric(relayed).await;
     let routed = "nacre_relayed_requests_total{via=\"router\"}";
-    let routed_sum = || {
-        let apis: Vec<Api> = (0..c.len()).map(|i| Api::new(c.node(i).addr())).collect();
-        async move {
-            let mut sum = 0.0;
-            for api in apis {
-                sum += api.metric(routed).await;
-            }
-            sum
-        }
-    };
-    let routed_before = routed_sum().await;
+    let routed_before = c.metric_sum(routed).await;
     let beat = |extra: Vec<(&'static str, String)>| {
         let api = api.clone();
         async move {
@@ -519,7 +509,7 @@ async fn behind_the_gateway_a_relayed_beat_needs_a_credential() {
         "all three beats went in batches"
     );
     assert_eq!(
-        routed_sum().await,
+        c.metric_sum(routed).await,
         routed_before + 3.0,
         "with auth on, each passed the node's router (rule B1)"
     );

@@ -43,13 +43,7 @@ impl Setup {
 
     /// Sum of a metric over every live node.
     async fn nodes_metric(&self, name: &str) -> f64 {
-        let mut sum = 0.0;
-        for i in self.cluster.member_indices() {
-            if !self.cluster.node(i).is_killed() {
-                sum += self.node(i).metric(name).await;
-            }
-        }
-        sum
+        self.cluster.metric_sum(name).await
     }
 }
 

@@ -142,11 +142,24 @@ struct Batch {
     full: Notify,
 }
 
+/// What a batch brought a request in it (rules R1, R4).
+type Outcome = Result<RelayedAnswer, Failed>;
+
+/// Why a batch brought no answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failed {
+    /// The node answered the writes path 404: it predates relayed writes, served none of the
+    /// batch and stays in rotation; it is recorded as not taking writes (rule R1).
+    NoWrites,
+    /// No answer, or not one per request (rule R4).
+    Batch,
+}
+
 /// A beat in a batch, and where its answer goes.
 #[derive(Debug)]
 struct Pending {
     beat: Arc<RelayedRequest>,
-    answer: oneshot::Sender<Option<RelayedAnswer>>,
+    answer: oneshot::Sender<Outcome>,
 }
 
 /// What became of a relayed beat.
@@ -206,11 +219,11 @@ pub async fn relay(
         }
         any = true;
         match shared.relay_batches.join(shared, &up, beat.clone()).await {
-            Some(answer) if !not_ready(&answer) => return Relayed::Answer(answer),
+            Ok(answer) if !not_ready(&answer) => return Relayed::Answer(answer),
             // The node turned out not to take relayed writes: none was served (R1, R4).
-            None if !up.relays(beat.op) => return Relayed::Proxy,
+            Err(Failed::NoWrites) => return Relayed::Proxy,
             // Rule R4: out of rotation, and the beat goes to the next node.
-            Some(_) | None => up.mark_unusable(),
+            Ok(_) | Err(Failed::Batch) => up.mark_unusable(),
         }
         next = shared.upstreams.pick(&view, Some(key), &mut tried);
     }
@@ -247,7 +260,7 @@ impl RelayBatches {
         shared: &Shared,
         up: &Arc<Upstream>,
         beat: Arc<RelayedRequest>,
-    ) -> Option<RelayedAnswer> {
+    ) -> Outcome {
         let (tx, rx) = oneshot::channel();
         let lane = Lane::of(beat.op);
         let key = (std::thread::current().id(), up.addr, lane);
@@ -283,7 +296,8 @@ impl RelayBatches {
             lane.gather(shared, &lead.batch).await;
             send(shared, up, lead.close(), lane).await;
         }
-        rx.await.ok().flatten()
+        // A sender dropped without answering is a failed batch too.
+        rx.await.unwrap_or(Err(Failed::Batch))
     }
 }
 
@@ -316,7 +330,7 @@ impl Drop for Lead<'_> {
     fn drop(&mut self) {
         for pending in self.close() {
             // Its client may be gone as well.
-            let _ = pending.answer.send(None);
+            let _ = pending.answer.send(Err(Failed::Batch));
         }
     }
 }
@@ -333,30 +347,28 @@ async fn send(shared: &Shared, up: &Upstream, beats: Vec<Pending>, lane: Lane) {
             relayed.inc_by(beats.len() as u64);
             for (pending, answer) in beats.into_iter().zip(answers) {
                 // A client that went away no longer waits for its answer.
-                let _ = pending.answer.send(Some(answer));
+                let _ = pending.answer.send(Ok(answer));
             }
         }
-        Err(served_none) => {
+        Err(failed) => {
             // A node without the writes path served nothing and stays in: not a failure.
-            if !served_none {
+            if failed == Failed::Batch {
                 shared.metrics.beat_batches_failed.inc();
             }
             for pending in beats {
-                let _ = pending.answer.send(None);
+                let _ = pending.answer.send(Err(failed));
             }
         }
     }
 }
 
-/// Posts `beats` to `up` and reads one answer per request; `Err(true)` when the node answered
-/// that it does not take writes (it is then recorded so, rule R1), `Err(false)` when the batch
-/// failed otherwise.
+/// Posts `beats` to `up` and reads one answer per request.
 async fn post_batch(
     shared: &Shared,
     up: &Upstream,
     beats: &[Pending],
     lane: Lane,
-) -> Result<Vec<RelayedAnswer>, bool> {
+) -> Result<Vec<RelayedAnswer>, Failed> {
     let body: Vec<&RelayedRequest> = beats.iter().map(|p| p.beat.as_ref()).collect();
     let timeout = Duration::from_millis(shared.settings.read_timeout_ms);
     // This thread's own client: a connection made by another thread's runtime would be driven
@@ -369,20 +381,20 @@ async fn post_batch(
             .await
             .ok()
             .filter(|a| a.len() == beats.len())
-            .ok_or(false),
+            .ok_or(Failed::Batch),
         Ok(resp) if lane == Lane::Writes && resp.status() == reqwest::StatusCode::NOT_FOUND => {
             // A node older than relayed writes answers at this address again.
             tracing::info!(upstream = %up.name, "node does not take relayed writes");
             up.refuse_writes();
-            Err(true)
+            Err(Failed::NoWrites)
         }
         Ok(resp) => {
             tracing::debug!(upstream = %up.name, status = %resp.status(), "batch refused");
-            Err(false)
+            Err(Failed::Batch)
         }
         Err(e) => {
             tracing::debug!(upstream = %up.name, error = %e, "batch failed");
-            Err(false)
+            Err(Failed::Batch)
         }
     }
 }
@@ -487,7 +499,11 @@ mod tests {
             .await
             .expect("the follower is answered, not left waiting")
             .unwrap();
-        assert!(answer.is_none(), "its batch failed (rule R4)");
+        assert_eq!(
+            answer.err(),
+            Some(Failed::Batch),
+            "its batch failed (rule R4)"
+        );
         assert!(s.relay_batches.open.lock().is_empty(), "nothing left open");
     }
 

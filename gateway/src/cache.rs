@@ -65,13 +65,8 @@ impl Hit {
     }
 
     /// The answer's length.
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.parts().iter().map(|p| p.len()).sum()
-    }
-
-    /// Whether the answer is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// The answer in one piece: a copy, unless the body has no time to set.

@@ -22,10 +22,10 @@
 //!   serves it exactly as before; so is a beat or write whose node does not take it in
 //!   batches. Nothing has been written to the client at that point.
 //! - **E3 (same answers).** The poll is rate-limited, parsed, counted and answered by the same
-//!   code as pingora's path ([`crate::configs::poll`]); a relayed beat or write gets its node's own
-//!   answer (rule R3 of [`crate::beats`]) after the same rate limit. Only the writing differs,
-//!   and where a parked poll waits: in its connection's own loop ([`Waiting`]), so a parked
-//!   listener holds no request future.
+//!   code as pingora's path ([`crate::configs::poll`]); a relayed beat or write gets its node's
+//!   own answer (rule R3 of [`crate::beats`]) after the same rate limit. Only the writing
+//!   differs, and where a parked poll waits: in its connection's own loop ([`Waiting`]), so a
+//!   parked listener holds no request future.
 //! - **E4 (connection rules).** An answer keeps the connection open unless the client asked
 //!   to close it (`Connection: close`, or HTTP/1.0 without `keep-alive`) or shutdown has
 //!   begun; bytes sent after the body (a pipelined request) stay for the next request.
@@ -582,9 +582,9 @@ pub async fn serve_relayed(
             return Served::Proxy;
         }
     };
-    if op.is_write() && shared.cache.invalidate(&key) {
-        // Before the client hears the answer, as on the proxy path (rule R3).
-        shared.metrics.invalidations_write.inc();
+    if op.is_write() {
+        // As on the proxy path (rule R3).
+        crate::lists::written(shared, &key);
     }
     shared.metrics.request(RouteLabel::Owner, answer.status);
     let headers = answer.headers.iter().map(|(n, v)| (n.as_str(), v.as_str()));

@@ -222,6 +222,15 @@ pub fn find<'a>(
     Ok(Found { answer, note, now })
 }
 
+/// Drops the cached answers of `key` after a write to it through the gateway (proxied or
+/// relayed), before the write's client hears its answer: its next read must not find the old
+/// one.
+pub fn written(shared: &Shared, key: &ServiceKey) {
+    if shared.cache.invalidate(key) {
+        shared.metrics.invalidations_write.inc();
+    }
+}
+
 /// Records that a subscriber's list request goes to its node (rules P1, P2: the node hears of
 /// it now).
 pub fn reaching_node(shared: &Shared, key: &ServiceKey, list: &ListPlan) {

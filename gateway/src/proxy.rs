@@ -680,10 +680,7 @@ impl ProxyHttp for Gateway {
             }
         }
         if let Some(key) = ctx.key.as_ref().filter(|_| ctx.invalidates) {
-            // Before the client hears "ok": its next read must not find the old answer.
-            if self.shared.cache.invalidate(key) {
-                self.shared.metrics.invalidations_write.inc();
-            }
+            crate::lists::written(&self.shared, key);
         }
         if let Some(fill) = &mut ctx.fill {
             fill.ok = upstream_response.status == 200;

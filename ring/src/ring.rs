@@ -99,7 +99,9 @@ impl Ring {
     /// The owner of a key hashing to `hash`: the member of the arc holding it, as the crate's
     /// own lookup finds it (`lookups_agree_with_the_crate` checks).
     fn owner_at(&self, hash: u64) -> Option<&str> {
-        Some(self.arcs[self.arc_of(hash)?].1.as_str())
+        self.arcs
+            .get(self.arc_of(hash)?)
+            .map(|(_, node)| node.as_str())
     }
 
     /// Every member exactly once, owner first, in the order met walking the ring clockwise

@@ -312,6 +312,19 @@ impl TestCluster {
         self.slots[i].removed
     }
 
+    /// Sum of a metric (every series whose line starts with `name`) over the live members.
+    pub async fn metric_sum(&self, name: &str) -> f64 {
+        let mut sum = 0.0;
+        for i in self.member_indices() {
+            if !self.node(i).is_killed() {
+                sum += crate::http::Api::new(self.node(i).addr())
+                    .metric(name)
+                    .await;
+            }
+        }
+        sum
+    }
+
     /// The cluster secret every node was started with (for calling internal endpoints).
     pub fn secret(&self) -> &str {
         &self.secret

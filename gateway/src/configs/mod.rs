@@ -28,8 +28,9 @@
 //!   in rotation has its feed followed. Otherwise, or when a fetch fails, it is passed to a
 //!   node for the rest of its hold (a parked one too, the moment a feed is lost), with the
 //!   client's headers a node reads from a poll (`nacre_ring::configs::listen::READ_HEADERS`,
-//!   all a parked poll keeps of them), and that node's answer is relayed; a passed poll the node leaves unanswered past the hold is asked
-//!   once more, at once, of another node before the gateway answers "no change". *Tests:*
+//!   all a parked poll keeps of them), and that node's answer is relayed; a passed poll the
+//!   node leaves unanswered past the hold is asked once more, at once, of another node before
+//!   the gateway answers "no change". *Tests:*
 //!   `tests/configs.rs` `a_gateway_that_loses_a_feed_passes_listeners_to_a_node_and_takes_them_back`.
 //! - **L5 — bounded.** The table keeps at most [`table::MAX_KEYS`] keys; past that it resets
 //!   (rule L1) rather than evicting one key, since a forgotten key is simply fetched again but

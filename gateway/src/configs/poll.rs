@@ -329,10 +329,10 @@ impl PollRequest {
 }
 
 /// Answers a listener request given its parsed poll (see [`PollRequest::parse`]): a 400 for a
-/// bad `Listening-Configs`, else at the edge or by a node (rule L4). Counted in the poll metrics, and in the
-/// listeners-parked gauge while it waits. pingora's path answers through here; the connection
-/// loop in `edge` takes the same steps ([`begin`], [`Parked::wait`], [`Parked::resume`]) with
-/// the wait in its own, smaller future.
+/// bad `Listening-Configs`, else at the edge or by a node (rule L4). Counted in the poll
+/// metrics, and in the listeners-parked gauge while it waits. pingora's path answers through
+/// here; the connection loop in `edge` takes the same steps ([`begin`], [`Parked::wait`],
+/// [`Parked::resume`]) with the wait in its own, smaller future.
 pub async fn answer(shared: &Shared, parsed: Result<PollRequest, ParamError>) -> Answer {
     let mut begun = begin(shared, parsed).await;
     let answer = loop {

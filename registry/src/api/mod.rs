@@ -316,40 +316,50 @@ fn answer_unknown(app: &App, status: StatusCode, method: Method, path: &str) -> 
 /// could reach no owner the cluster agrees on, and the majority would expire that instance.
 /// Peers (holding the cluster secret) and the health probe pass.
 async fn gate(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
-    let path = req.uri().path();
+    match gate_refusal(&app, req.method(), req.uri().path(), req.headers()) {
+        Some((message, marker)) => marked_refusal(message, marker),
+        None => next.run(req).await,
+    }
+}
+
+/// What [`gate`] answers a request instead of serving it: the message and the marker header
+/// of its 503; `None` when it passes.
+fn gate_refusal(
+    app: &App,
+    method: &Method,
+    path: &str,
+    headers: &axum::http::HeaderMap,
+) -> Option<(&'static str, &'static str)> {
     let gated = (path.starts_with("/nacos/v1/ns/") || path.starts_with("/nacos/v1/cs/"))
         && !path.ends_with("/operator/metrics")
         && !path.ends_with("/ops/metrics");
     if !gated {
-        return next.run(req).await;
+        return None;
     }
+    // Read only when a rule needs it: most requests are neither forwarded nor refused.
+    let peer = || crate::peer::secret_matches(headers, &app.secret);
     if !app.node.distro().is_loaded()
-        && req.headers().contains_key(crate::peer::FORWARDED_HEADER)
-        && crate::peer::secret_matches(req.headers(), &app.secret)
+        && headers.contains_key(crate::peer::FORWARDED_HEADER)
+        && peer()
     {
         // Rule S2: a forwarded write would meet an empty store here; the forwarder has the data.
-        return marked_refusal(
+        return Some((
             "this node is still loading its start-up data",
             crate::peer::NOT_LOADED_HEADER,
-        );
+        ));
     }
     let refusal = if !app.node.is_ready() {
-        Some("server is DOWNnow, please try again later!")
-    } else if req.method() != Method::GET
+        "server is DOWNnow, please try again later!"
+    } else if method != Method::GET
         && path.starts_with("/nacos/v1/ns/instance")
         && !app.node.has_standing()
     {
-        Some("this server is cut off from the majority of its cluster; please try another one")
+        "this server is cut off from the majority of its cluster; please try another one"
     } else {
-        None
+        return None;
     };
-    if let Some(message) = refusal {
-        // Only a peer holding the cluster secret gets past; a User-Agent proves nothing.
-        if !crate::peer::secret_matches(req.headers(), &app.secret) {
-            return marked_refusal(message, nacre_ring::wire::NOT_READY_HEADER);
-        }
-    }
-    next.run(req).await
+    // Only a peer holding the cluster secret gets past; a User-Agent proves nothing.
+    (!peer()).then_some((refusal, nacre_ring::wire::NOT_READY_HEADER))
 }
 
 /// Marks a read turned away under overload, so [`track`] counts it without logging it.

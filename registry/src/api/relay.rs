@@ -13,9 +13,9 @@
 //!   than the beat itself (measured: over half of a node's CPU on relayed beats went to
 //!   building requests and running middleware, 2 % to the store). So a beat is handed straight
 //!   to the beat handler, with the parameters the router would extract, when no middleware
-//!   could answer it or change it: auth is off, the status gate would pass it (the node is
-//!   ready and has standing; the beat carries no cluster secret, so no peer rule applies), its
-//!   body is within the node's limit, and rule G2 never sheds beats. It is counted as the
+//!   could answer it or change it: auth is off, the status gate would pass it (asked of the
+//!   gate's own `gate_refusal`), its body is within the node's limit, and rule G2 never sheds
+//!   beats. It is counted as the
 //!   router counts it. Any other beat goes through the router. Either way the client gets the
 //!   same answer (`b1_a_beat_in_a_batch_is_answered_as_the_same_beat_alone` in
 //!   `tests/gateway.rs` compares the two paths; with auth on, `tests/auth.rs` checks that a
@@ -101,29 +101,28 @@ async fn serve(
     relayed: RelayedRequest,
     peer: Option<&ConnectInfo<PeerAddr>>,
 ) -> RelayedAnswer {
-    let direct = takes_direct(app, &relayed);
+    let headers = match header_map(&relayed.headers) {
+        Ok(h) => h,
+        Err(why) => return answer(bad_batch_entry(why)).await,
+    };
+    let direct = takes_direct(app, &relayed, &headers);
     let via = if direct { "direct" } else { "router" };
     app.node.metrics().relayed.with_label_values(&[via]).inc();
     let resp = if direct {
-        serve_direct(app, relayed, peer.map(|p| p.0.addr)).await
+        serve_direct(app, relayed, headers, peer.map(|p| p.0.addr)).await
     } else {
-        through_router(public.clone(), relayed, peer.cloned()).await
+        through_router(public.clone(), relayed, headers, peer.cloned()).await
     };
     answer(resp).await
 }
 
-/// Whether rule B1 lets `relayed` skip the router.
-fn takes_direct(app: &App, relayed: &RelayedRequest) -> bool {
-    let node = &app.node;
+/// Whether rule B1 lets `relayed` (with its `headers`) skip the router: a beat, auth off, the
+/// status gate passing it, its body within the limit (rule G2 never sheds beats).
+fn takes_direct(app: &App, relayed: &RelayedRequest, headers: &HeaderMap) -> bool {
     relayed.op == RelayedOp::Beat
-        && !node.settings().auth.enabled
-        && node.is_ready()
-        && node.has_standing()
+        && !app.node.settings().auth.enabled
+        && super::gate_refusal(app, &Method::PUT, BEAT_PATH, headers).is_none()
         && relayed.body.len() <= super::params::body_limit(app, BEAT_PATH)
-        && !relayed
-            .headers
-            .iter()
-            .any(|(name, _)| name.eq_ignore_ascii_case(nacre_ring::wire::SECRET_HEADER))
 }
 
 /// Rule B1: the beat handler's answer, with the parameters the router's extractor would make
@@ -131,13 +130,10 @@ fn takes_direct(app: &App, relayed: &RelayedRequest) -> bool {
 async fn serve_direct(
     app: &Arc<App>,
     relayed: RelayedRequest,
+    headers: HeaderMap,
     peer: Option<std::net::SocketAddr>,
 ) -> Response {
     let start = Instant::now();
-    let headers = match header_map(&relayed.headers) {
-        Ok(h) => h,
-        Err(why) => return bad_batch_entry(why),
-    };
     let uri = match uri_of(&relayed).parse::<Uri>() {
         Ok(u) => u,
         Err(e) => return bad_batch_entry(e.to_string()),
@@ -161,9 +157,10 @@ async fn serve_direct(
 async fn through_router(
     public: Router,
     relayed: RelayedRequest,
+    headers: HeaderMap,
     peer: Option<ConnectInfo<PeerAddr>>,
 ) -> Response {
-    let mut req = match request(relayed) {
+    let mut req = match request(relayed, headers) {
         Ok(req) => req,
         Err(why) => return bad_batch_entry(why),
     };
@@ -212,14 +209,15 @@ fn header_map(headers: &[(String, String)]) -> Result<HeaderMap, String> {
     Ok(map)
 }
 
-/// The request a relayed request stands for; `Err` with the reason when it cannot be one.
-fn request(relayed: RelayedRequest) -> Result<Request, String> {
+/// The request a relayed request with `headers` stands for; `Err` with the reason when it
+/// cannot be one.
+fn request(relayed: RelayedRequest, headers: HeaderMap) -> Result<Request, String> {
     let mut req = Request::builder()
         .method(method_of(relayed.op))
         .uri(uri_of(&relayed))
         .body(Body::from(relayed.body))
         .map_err(|e| e.to_string())?;
-    *req.headers_mut() = header_map(&relayed.headers)?;
+    *req.headers_mut() = headers;
     Ok(req)
 }
 
