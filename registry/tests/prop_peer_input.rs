@@ -202,3 +202,73 @@ fn a_removal_carried_by_an_absent_empty_service_is_not_forgotten() {
     assert_eq!(store.fingerprint(), once);
     assert_eq!(once.1, 0, "the removal is newer than the instance's stamp");
 }
+
+/// Found by `sync_records_merge_without_panic_and_idempotently`: a service holding a removal
+/// newer than a deletion record it then met was dropped with that removal, so an instance
+/// stamped between the two came back when the service was created again, and a second pass
+/// (where the removal was applied to the existing service) removed it.
+#[test]
+fn a_removal_newer_than_a_deletion_outlives_the_deleted_service() {
+    let key = ServiceKey::new("public", "DEFAULT_GROUP", "a");
+    let inst = |ip: &str, port: u16, cluster: &str| Instance {
+        ip: ip.into(),
+        port,
+        cluster: cluster.into(),
+        weight: 0.0,
+        healthy: false,
+        enabled: true,
+        ephemeral: true,
+        metadata: Metadata::new().into(),
+        instance_id: Default::default(),
+        app: "DEFAULT".into(),
+        last_beat_ms: 0,
+        marked: false,
+    };
+    let b = InstanceKey {
+        ip: "b".into(),
+        port: 3,
+        cluster: "b".into(),
+    };
+    let records = [
+        // A service with one instance and a removal of `b` far in the future.
+        ServiceRecord {
+            key: key.clone(),
+            version: 0,
+            instances: Some(vec![inst("a", 0, "a"), inst("a", 0, "a")]),
+            stamps: Vec::new(),
+            removed: vec![(b, 14_435_153_394_828_403_703)],
+            floor: 0,
+            partial: false,
+        },
+        // Its deletion, at version 0.
+        ServiceRecord {
+            key: key.clone(),
+            version: 0,
+            instances: None,
+            stamps: Vec::new(),
+            removed: Vec::new(),
+            floor: 0,
+            partial: false,
+        },
+        // `b` again, stamped below the removal.
+        ServiceRecord {
+            key,
+            version: 13_365_699_800_585_998_551,
+            instances: Some(vec![inst("b", 3, "b")]),
+            stamps: vec![0, 0],
+            removed: Vec::new(),
+            floor: 1,
+            partial: false,
+        },
+    ];
+    let store = EphemeralStore::new();
+    for r in &records {
+        store.apply_remote(r.clone(), 0);
+    }
+    let once = store.fingerprint();
+    for r in &records {
+        store.apply_remote(r.clone(), 0);
+    }
+    assert_eq!(store.fingerprint(), once);
+    assert_eq!(once.1, 0, "the removal is newer than b's stamp");
+}

@@ -123,14 +123,16 @@
 //!   verify round. A service re-created above its deletion keeps the deletion's version as its
 //!   *floor* (and ships it in its records): instances stamped at or below it stay deleted
 //!   after the tombstone is gone, and a deletion below it is older news. A tombstone also keeps
-//!   the instance removals an empty copy of the service brought, and hands them to the
-//!   service if it is created again. Merging any records, however malformed (duplicate
+//!   the instance removals an empty copy of the service brought, and those newer than the
+//!   deletion that the deleted service held, and hands them to the service if it is created
+//!   again. Merging any records, however malformed (duplicate
 //!   instances, stamps that do not line up), is idempotent.
 //!   *Tests:*
 //!   `store::tests::d1_only_the_owner_drops_an_empty_service_and_peers_follow_its_deletion`,
 //!   `store::tests::d1_a_stale_copy_never_revives_instances_deleted_with_the_service`,
 //!   `tests/prop_peer_input.rs` `sync_records_merge_without_panic_and_idempotently` and
 //!   `a_removal_carried_by_an_absent_empty_service_is_not_forgotten`,
+//!   `a_removal_newer_than_a_deletion_outlives_the_deleted_service`,
 //!   `store::tests::deletion_replicates_and_stale_records_do_not_resurrect`,
 //!   `verify::tests::a_deleted_service_is_sent_back_as_a_deletion_not_wanted_again`;
 //!   `tests/faults.rs` `a_stopped_fleet_converges_within_two_verify_rounds`.

@@ -684,15 +684,22 @@ impl Inner {
             .map(|svc| svc.floor > version || svc.stamps.iter().any(|s| *s > version));
         match newer {
             None | Some(false) => {
-                let existed = self.services.remove(key).is_some();
+                let dropped = self.services.remove(key);
                 let t = self.tombstones.entry(key.clone()).or_insert(Tombstone {
                     version,
                     at_ms: now_ms,
                     ..Tombstone::default()
                 });
                 t.version = t.version.max(version);
+                // Removals newer than the deletion outlive the service (rule D1): one of its
+                // instances stamped between the two must stay removed if it comes back.
+                let newer = dropped.iter().flat_map(|svc| &svc.removed);
+                for (id, (v, _)) in newer.filter(|(_, (v, _))| *v > version) {
+                    let known = t.removed.entry(id.clone()).or_insert(*v);
+                    *known = (*known).max(*v);
+                }
                 Merged {
-                    changed: existed,
+                    changed: dropped.is_some(),
                     ..Merged::default()
                 }
             }
