@@ -1,7 +1,9 @@
-//! Graceful overload (rules G1, G2 in `registry::overload`, E6 in `registry::distro`), on a
-//! real node process: flooded with more list renders than two cores can serve while a fleet
-//! keeps beating, it turns a share of the lists away with Nacos's 503, serves every beat, loses
-//! no instance, and serves every list again once the flood stops.
+//! Graceful overload (rules G1, G2 in `registry::overload`, G3 in `registry::turns`, E6 in
+//! `registry::distro`), on a real node process flooded with more list renders than two cores
+//! can serve while a fleet keeps beating. As configured by default it has the lists wait their
+//! turns in their sockets and answers every one; with read shedding on it turns a share away
+//! with Nacos's 503. Either way it serves every beat, loses no instance, and serves every list
+//! again once the flood stops.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -97,15 +99,10 @@ fn flood(
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_overloaded_node_sheds_reads_serves_every_beat_and_recovers() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let mut node = NodeProcess::start_with_env(
-        Path::new(env!("CARGO_BIN_EXE_nacre")),
-        dir.path(),
-        &[("NACRE_OVERLOAD_LAG_MS", "50")],
-    )?;
-    node.wait_ready(Duration::from_secs(20))?;
+/// A node flooded for [`FLOOD_FOR`] while a fleet beats: the flood's answers, then the checks
+/// every overloaded node must pass (lists served again at once, no beat turned away or
+/// forgotten, nothing expired, every instance listed healthy).
+async fn flood_while_beating(node: &NodeProcess) -> Result<Arc<Answers>> {
     let addr = node.addr();
     let api = Api::new(addr);
     register_heavy(&api).await?;
@@ -119,24 +116,11 @@ async fn an_overloaded_node_sheds_reads_serves_every_beat_and_recovers() -> Resu
     tokio::time::sleep(FLOOD_FOR).await;
     stop.store(true, Ordering::Relaxed);
     futures::future::join_all(flooders).await;
-    let (ok, shed, other) = (
+    eprintln!(
+        "flood answers: {} served, {} shed, {} other",
         answers.ok.load(Ordering::Relaxed),
         answers.shed.load(Ordering::Relaxed),
-        answers.other.load(Ordering::Relaxed),
-    );
-    eprintln!("flood answers: {ok} served, {shed} shed, {other} other");
-    ensure!(
-        shed > 0,
-        "the node never shed a list under the flood ({ok} served)"
-    );
-    ensure!(ok > 0, "the node shed every list ({shed} shed)");
-    ensure!(
-        other == 0,
-        "{other} lists got neither an answer nor the overload 503"
-    );
-    ensure!(
-        api.metric("nacre_overload_shed_total").await >= shed as f64,
-        "the shed counter missed some"
+        answers.other.load(Ordering::Relaxed)
     );
 
     // Backed off: every read is served again within a few seconds.
@@ -185,5 +169,67 @@ async fn an_overloaded_node_sheds_reads_serves_every_beat_and_recovers() -> Resu
             "{service} lost live instances: {hosts:?}"
         );
     }
+    Ok(answers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overloaded_node_sheds_reads_serves_every_beat_and_recovers() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut node = NodeProcess::start_with_env(
+        Path::new(env!("CARGO_BIN_EXE_nacre")),
+        dir.path(),
+        &[("NACRE_OVERLOAD_LAG_MS", "50")],
+    )?;
+    node.wait_ready(Duration::from_secs(20))?;
+    let answers = flood_while_beating(&node).await?;
+    let (ok, shed, other) = (
+        answers.ok.load(Ordering::Relaxed),
+        answers.shed.load(Ordering::Relaxed),
+        answers.other.load(Ordering::Relaxed),
+    );
+    ensure!(
+        shed > 0,
+        "the node never shed a list under the flood ({ok} served)"
+    );
+    ensure!(ok > 0, "the node shed every list ({shed} shed)");
+    ensure!(
+        other == 0,
+        "{other} lists got neither an answer nor the overload 503"
+    );
+    ensure!(
+        Api::new(node.addr())
+            .metric("nacre_overload_shed_total")
+            .await
+            >= shed as f64,
+        "the shed counter missed some"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooded_node_has_reads_wait_their_turn_and_answers_every_one() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    // As configured by default: read turns on, no read shed.
+    let mut node = NodeProcess::start(Path::new(env!("CARGO_BIN_EXE_nacre")), dir.path())?;
+    node.wait_ready(Duration::from_secs(20))?;
+    let answers = flood_while_beating(&node).await?;
+    let (ok, shed, other) = (
+        answers.ok.load(Ordering::Relaxed),
+        answers.shed.load(Ordering::Relaxed),
+        answers.other.load(Ordering::Relaxed),
+    );
+    ensure!(ok > 0, "no list was answered under the flood");
+    ensure!(
+        shed == 0 && other == 0,
+        "{shed} lists were shed and {other} failed with reads never shed"
+    );
+    let waited = Api::new(node.addr())
+        .metric("nacre_read_turns_waited_total")
+        .await;
+    ensure!(
+        waited > 0.0,
+        "no read waited for a turn under the flood ({ok} served)"
+    );
+    eprintln!("{waited} reads waited for their turn");
     Ok(())
 }

@@ -75,6 +75,10 @@ pub struct GatewaySettings {
     /// register and deregister (otherwise relayed in batches without this wait), on its own. A
     /// beat is answered after its node served it, this much later at most.
     pub beat_linger_ms: u64,
+    /// Client reads the gateway starts per scheduler round once it has more to do than it can
+    /// (rule G3 in `nacre_ring::turns`): past them, reads wait in their sockets while beats,
+    /// registrations and other requests are read first. 0 turns the gate off.
+    pub read_turns_per_round: usize,
 }
 
 impl Default for GatewaySettings {
@@ -104,6 +108,7 @@ impl Default for GatewaySettings {
             config_cache_bytes: 16 * 1024 * 1024,
             hold_config_listeners: true,
             beat_linger_ms: 5,
+            read_turns_per_round: 16,
         }
     }
 }
@@ -187,6 +192,7 @@ impl GatewaySettings {
             "client_max_connections" => self.client_max_connections = num(var, v)?,
             "config_cache_bytes" => self.config_cache_bytes = num(var, v)?,
             "beat_linger_ms" => self.beat_linger_ms = num(var, v)?,
+            "read_turns_per_round" => self.read_turns_per_round = num(var, v)?,
             "hold_config_listeners" => {
                 self.hold_config_listeners = match v.trim() {
                     "true" | "1" => true,

@@ -83,6 +83,11 @@ impl Service for Accept {
                 return;
             }
         };
+        // Rule G3's rounds are this runtime's: the task runs beside the connections it serves.
+        if let Some(turns) = &self.conns.shared.read_turns {
+            pingora_runtime::current_handle()
+                .spawn(turns.clone().run(self.conns.shared.stopping.clone()));
+        }
         loop {
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,

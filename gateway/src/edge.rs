@@ -75,13 +75,43 @@ pub async fn next_request(shared: &Shared, stream: &Stream) -> bool {
     if stream.has_rewound() {
         return true;
     }
-    tokio::select! {
+    let readable = tokio::select! {
         // Readable first: a request already here is served even when shutdown has begun, as
         // pingora does.
         biased;
         ready = stream.readable() => ready.is_ok(),
         () = tokio::time::sleep(KEEPALIVE) => false,
         () = shared.stopping.cancelled() => false,
+    };
+    if readable {
+        take_turn(shared, stream).await;
+    }
+    readable
+}
+
+/// Rule G3 (in [`nacre_ring::turns`]): once the round's turns are gone, a connection whose
+/// unread bytes open a client read waits for a turn before it is read; anything else, and
+/// every request while turns are left, goes ahead at once. A request put back is already read.
+async fn take_turn(shared: &Shared, stream: &Stream) {
+    let Some(turns) = &shared.read_turns else {
+        return;
+    };
+    if turns.try_take() {
+        return;
+    }
+    let mut head = [0u8; nacre_ring::turns::PEEK_BYTES];
+    let is_read = match stream.peek(&mut head).await {
+        Ok(n) => nacre_ring::turns::is_read(&head[..n]),
+        // The read that follows reports it.
+        Err(_) => false,
+    };
+    if !is_read {
+        return;
+    }
+    turns.enqueue();
+    // The rounds end (closing the queue) when the gateway stops: the read goes ahead then.
+    if let Ok(turn) = turns.queue().acquire_owned().await {
+        turns.use_queued_turn(turn);
     }
 }
 
@@ -676,6 +706,59 @@ mod tests {
 
     fn head(text: &str) -> Option<Option<(usize, usize, bool)>> {
         parse_head(text.as_bytes()).map(|h| h.map(|h| (h.len, h.body_len, h.close)))
+    }
+
+    #[tokio::test]
+    async fn g3_past_a_round_s_turns_a_list_waits_in_its_socket_and_a_beat_goes_ahead() {
+        use tokio::io::AsyncWriteExt;
+        let shared = crate::testing::shared_with(
+            nacre_config::GatewaySettings {
+                read_turns_per_round: 1,
+                ..crate::testing::settings()
+            },
+            &[],
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut lister = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let lists = Stream::new(listener.accept().await.unwrap().0);
+        let mut beater = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let beats = Stream::new(listener.accept().await.unwrap().0);
+        let soon = Duration::from_millis(300);
+        lister
+            .write_all(b"GET /nacos/v1/ns/instance/list?serviceName=a HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        // The round's one turn goes to the list…
+        assert!(tokio::time::timeout(soon, next_request(&shared, &lists))
+            .await
+            .expect("a turn was left"));
+        // …so the next list (the same unread bytes here) waits in its socket…
+        assert!(
+            tokio::time::timeout(soon, next_request(&shared, &lists))
+                .await
+                .is_err(),
+            "a read past the round's turns went ahead"
+        );
+        assert_eq!(shared.metrics.read_turns_waited.get(), 1);
+        // …while a beat goes ahead without a turn.
+        beater
+            .write_all(b"PUT /nacos/v1/ns/instance/beat?serviceName=a HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(tokio::time::timeout(soon, next_request(&shared, &beats))
+            .await
+            .expect("the beat waited"));
+        // The next round serves the list.
+        let turns = shared.read_turns.clone().expect("turns on");
+        let rounds = tokio::spawn(turns.run(shared.stopping.clone()));
+        assert!(
+            tokio::time::timeout(Duration::from_secs(2), next_request(&shared, &lists))
+                .await
+                .expect("a round served the waiting list")
+        );
+        shared.stopping.cancel();
+        rounds.await.unwrap();
     }
 
     #[test]

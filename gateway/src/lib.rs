@@ -84,6 +84,8 @@ pub struct Shared {
     pub relay_batches: beats::RelayBatches,
     /// Cancelled when the gateway stops: parked listeners answer then.
     pub stopping: tokio_util::sync::CancellationToken,
+    /// Client reads take their turns here (rule G3 in [`nacre_ring::turns`]); `None` when off.
+    pub read_turns: Option<Arc<nacre_ring::turns::ReadTurns>>,
 }
 
 impl Shared {
@@ -143,10 +145,17 @@ impl Shared {
         let body = nacre_config::serverlist::body(&settings.advertised());
         let server_list_digest = nacre_config::serverlist::digest(&body);
         let server_list = Bytes::from(body);
+        let metrics = metrics::Metrics::new()?;
+        let waited = metrics.read_turns_waited.clone();
+        let read_turns = nacre_ring::turns::ReadTurns::new(
+            settings.read_turns_per_round,
+            Box::new(move || waited.inc()),
+        );
         Ok(Self {
             upstreams: upstreams::Upstreams::new(),
             cache,
-            metrics: metrics::Metrics::new()?,
+            metrics,
+            read_turns,
             relay,
             server_list,
             server_list_digest,

@@ -55,6 +55,8 @@ pub struct Metrics {
     pub config_keys: IntGauge,
     /// Client beats relayed to their nodes in batches (see `beats`).
     pub beats_relayed: IntCounter,
+    /// Client reads that waited for a turn (rule G3 in `nacre_ring::turns`).
+    pub read_turns_waited: IntCounter,
     /// Beat batches sent to nodes.
     pub beat_batches: IntCounter,
     /// Beat and write batches that failed (no answer, or not one per request); their
@@ -258,6 +260,10 @@ impl Metrics {
             beats_relayed: counter(
                 "nacre_gateway_beats_relayed_total",
                 "Client beats relayed to their nodes in batches",
+            )?,
+            read_turns_waited: counter(
+                "nacre_gateway_read_turns_waited_total",
+                "Client reads that waited in their sockets for a turn while the gateway was behind",
             )?,
             beat_batches: counter(
                 "nacre_gateway_beat_batches_total",

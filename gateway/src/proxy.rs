@@ -634,23 +634,22 @@ impl ProxyHttp for Gateway {
         // deregister of a missing instance is fine, beats carry no counter), so a request whose
         // pooled connection turned out dead is replayed like a GET would be — as long as its
         // whole body is still at hand.
-        let closed = matches!(
+        let what = after_proxy_error(
+            e.esource(),
             e.etype(),
-            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+            client_reused,
+            session.as_downstream().retry_buffer_truncated(),
         );
         let mut e = e.more_context(format!("Peer: {peer}"));
-        if session.as_downstream().retry_buffer_truncated() {
-            e.set_retry(false);
-        } else if closed && !client_reused {
-            // A fresh connection closed or reset before any answer: the node is going away
-            // (or a proxy in front of it could not reach it). Out of rotation, as a refused
-            // connect would be, and the request replayed on the next node (idempotent, above).
-            if let Some(up) = &ctx.upstream {
-                up.mark_unusable();
+        match what {
+            ProxyError::GiveUp => e.set_retry(false),
+            ProxyError::NodeGone => {
+                if let Some(up) = &ctx.upstream {
+                    up.mark_unusable();
+                }
+                e.set_retry(true);
             }
-            e.set_retry(true);
-        } else {
-            e.retry.decide_reuse(client_reused);
+            ProxyError::ReplayIfStale => e.retry.decide_reuse(client_reused),
         }
         e
     }
@@ -769,5 +768,72 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
+    }
+}
+
+/// What a failed proxied request means for its node and whether it is replayed.
+#[derive(Debug, PartialEq, Eq)]
+enum ProxyError {
+    /// Not replayed: its body is no longer at hand, or the client hung up. An overloaded
+    /// gateway's clients give up waiting; nobody is left to answer, and the node did nothing
+    /// wrong, so it stays in rotation (before this rule, clients giving up on proxied lists
+    /// took every node out of rotation under overload, and beats had nowhere to go).
+    GiveUp,
+    /// A fresh connection to the node closed or reset before any answer: the node is going
+    /// away (or a proxy in front of it could not reach it). Out of rotation, as a refused
+    /// connect would be, and the request replayed on the next node.
+    NodeGone,
+    /// A pooled connection failed: replayed if it may have been stale (pingora's rule).
+    ReplayIfStale,
+}
+
+/// The rule of [`Gateway::error_while_proxy`] for an error from `source`.
+fn after_proxy_error(
+    source: &ErrorSource,
+    kind: &ErrorType,
+    client_reused: bool,
+    body_truncated: bool,
+) -> ProxyError {
+    let closed = matches!(
+        kind,
+        ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+    );
+    if body_truncated || *source == ErrorSource::Downstream {
+        ProxyError::GiveUp
+    } else if closed && !client_reused {
+        ProxyError::NodeGone
+    } else {
+        ProxyError::ReplayIfStale
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_that_hangs_up_leaves_its_node_in_rotation_and_nothing_is_replayed() {
+        use ErrorSource::{Downstream, Upstream};
+        use ErrorType::{ConnectionClosed, ReadError, ReadTimedout};
+        for kind in [ConnectionClosed, ReadError, ReadTimedout] {
+            assert_eq!(
+                after_proxy_error(&Downstream, &kind, false, false),
+                ProxyError::GiveUp,
+                "{kind:?}"
+            );
+        }
+        assert_eq!(
+            after_proxy_error(&Upstream, &ConnectionClosed, false, false),
+            ProxyError::NodeGone
+        );
+        assert_eq!(
+            after_proxy_error(&Upstream, &ReadError, true, false),
+            ProxyError::ReplayIfStale
+        );
+        assert_eq!(
+            after_proxy_error(&Upstream, &ConnectionClosed, false, true),
+            ProxyError::GiveUp,
+            "a body no longer at hand cannot be replayed"
+        );
     }
 }

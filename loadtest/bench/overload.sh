@@ -11,11 +11,13 @@
 #   1. capacity: closed-loop lists (`--scenario list`, 64 connections) -> C lists/s;
 #   2. restarted fresh, `--scenario overload`: lists at 2 x C for OVERLOAD_FOR, then C / 2
 #      until the end, while every instance beats every 5 s on connections of its own.
-# Servers: nacre standalone as configured by default (reads never shed; its measured lag holds
-# expiry back), nacre with NACRE_OVERLOAD_LAG_MS=1000 (reads shed past 1 s of lag) and
-# r-nacos 0.8.8.
+# Servers: nacre standalone as configured by default (reads wait their turns and are never
+# shed; its measured lag holds expiry back), nacre with NACRE_OVERLOAD_LAG_MS=1000 (reads shed
+# past 1 s of lag), r-nacos 0.8.8, and on request (OVERLOAD_SERVERS) `nacre-up`: `nacre up`,
+# gateway and three nodes in one process under the one limit.
 #
-# Knobs (environment): OVERLOAD_CPU (0.4), OVERLOAD_FOR (40s), BENCH_DURATION (60s),
+# Knobs (environment): OVERLOAD_SERVERS ("nacre nacre-shedding r-nacos"), OVERLOAD_CPU (0.4),
+# OVERLOAD_FOR (40s), BENCH_DURATION (60s),
 # FLEET_SERVICES (100), FLEET_INSTANCES (20), BENCH_CONCURRENCY (6000), BENCH_PORT_BASE
 # (29000), NACRE_BENCH_CACHE, NACRE_BENCH_OUT, NACRE_BIN.
 set -euo pipefail
@@ -31,9 +33,10 @@ CPU="${OVERLOAD_CPU:-0.4}"
 CONC="${BENCH_CONCURRENCY:-6000}"
 SERVICES="${FLEET_SERVICES:-100}"
 INSTANCES="${FLEET_INSTANCES:-20}"
+SERVERS="${OVERLOAD_SERVERS:-nacre nacre-shedding r-nacos}"
 mkdir -p "$OUT"
 forget_knobs
-install_rnacos
+case " $SERVERS " in *" r-nacos "*) install_rnacos ;; esac
 build_nacre
 
 # The cgroup the servers run in, limited to $CPU cores.
@@ -72,6 +75,15 @@ start_server() { # name dir: sets SERVER_ADDR, SERVER_PID
         PIDS+=("$SERVER_PID")
         wait_up "$NACRE_ADDR" nacre '"status":"UP"'
         ;;
+    nacre-up)
+        # Gateway and three nodes in one process, all inside the same CPU limit.
+        NACRE_LOG=warn limited "$NACRE" up --listen "$NACRE_ADDR" --data "$2" \
+            >"$2/nacre.log" 2>&1 &
+        SERVER_PID=$!
+        SERVER_ADDR=$NACRE_ADDR
+        PIDS+=("$SERVER_PID")
+        wait_up "$NACRE_ADDR" "nacre up" '"status":"UP"'
+        ;;
     r-nacos)
         RNACOS_WRAP=("${CGROUP_ENTER[@]}")
         start_rnacos "$2"
@@ -82,7 +94,7 @@ start_server() { # name dir: sets SERVER_ADDR, SERVER_PID
     esac
 }
 
-for name in nacre nacre-shedding r-nacos; do
+for name in $SERVERS; do
     start_server "$name" "$OUT/$name-capacity"
     run "capacity-$name" --target "$SERVER_ADDR" --target-pid "$SERVER_PID" --scenario list \
         --services "$SERVICES" --instances-per-service "$INSTANCES" --keep-alive \
@@ -117,7 +129,7 @@ import json, os, sys
 out = sys.argv[1]
 print("| server | capacity lists/s | offered | lists served/s in overload | turned away (503) | other list failures | beats sent | beats failed | beat p99 ms | instances lost | all lists served again after |")
 print("|---|---|---|---|---|---|---|---|---|---|---|")
-for name in ["nacre", "nacre-shedding", "r-nacos"]:
+for name in ["nacre", "nacre-shedding", "nacre-up", "r-nacos"]:
     p = os.path.join(out, f"overload-{name}.json")
     if not os.path.exists(p):
         continue

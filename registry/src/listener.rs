@@ -19,6 +19,10 @@
 //! **Idle timeout** (`idle_timeout_ms`): a connection on which nothing was read or written for
 //! that long is closed, so idle client sockets give their slot back. Peers' own connection pools
 //! idle out before it (30 s), so a peer never sends on a connection the node is closing.
+//!
+//! **Read turns**: every read of a connection's socket first asks the node's [`ReadTurns`]
+//! (rule G3 in [`nacre_ring::turns`]), so that when the node is behind, client reads wait in their
+//! sockets and beats go first.
 
 use std::future::Future;
 use std::io;
@@ -37,6 +41,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
+use tokio_util::sync::PollSemaphore;
+
+use nacre_ring::turns::ReadTurns;
 
 /// How long a reserve connection may stay silent before a peer has vouched for it (sent a
 /// request with the cluster secret): a peer sends its request right after connecting, while
@@ -69,6 +76,7 @@ pub struct BoundedListener {
     clients: Arc<Semaphore>,
     reserve: Arc<Semaphore>,
     idle: Duration,
+    turns: Option<Arc<ReadTurns>>,
 }
 
 impl BoundedListener {
@@ -79,7 +87,15 @@ impl BoundedListener {
             clients: Arc::new(Semaphore::new(limits.clients)),
             reserve: Arc::new(Semaphore::new(limits.peer_reserve)),
             idle: limits.idle,
+            turns: None,
         }
+    }
+
+    /// Has every connection's reads take their turns from `turns` (rule G3); `None` reads at
+    /// once.
+    pub fn with_read_turns(mut self, turns: Option<Arc<ReadTurns>>) -> Self {
+        self.turns = turns;
+        self
     }
 
     /// A slot from the client budget if one is free, else from the reserve; waits for
@@ -162,7 +178,66 @@ pub struct BoundedStream {
     idle: Duration,
     /// Fires `idle` after the last byte read or written.
     deadline: Pin<Box<Sleep>>,
+    /// Rule G3: where this connection's reads take their turns.
+    turn: Option<Turn>,
     _permit: OwnedSemaphorePermit,
+}
+
+/// A connection's standing with the node's [`ReadTurns`].
+struct Turn {
+    turns: Arc<ReadTurns>,
+    /// The next read of the socket may go ahead.
+    granted: bool,
+    /// Queued for a turn: the input opens a client read and the round's turns were gone.
+    queued: bool,
+    /// Where it queues, kept once made: its acquire future is reused, not reallocated.
+    queue: Option<PollSemaphore>,
+}
+
+impl Turn {
+    /// Rule G3: ready once the next read of `stream` may go ahead. Pending while the socket
+    /// has nothing to read (no turn is taken for that) or while its client read waits for a
+    /// turn; `queued` tells the two apart.
+    fn poll(&mut self, stream: &TcpStream, cx: &mut Context<'_>) -> Poll<()> {
+        if self.granted {
+            return Poll::Ready(());
+        }
+        if self.queued {
+            let queue = self
+                .queue
+                .get_or_insert_with(|| PollSemaphore::new(self.turns.queue()));
+            // None: the rounds have ended (the node is stopping) and the queue is closed.
+            if let Some(turn) = std::task::ready!(queue.poll_acquire(cx)) {
+                self.turns.use_queued_turn(turn);
+            }
+            self.queued = false;
+            return self.grant();
+        }
+        // An error is the read's to report.
+        if let Ok(()) = std::task::ready!(stream.poll_read_ready(cx)) {
+            if !self.turns.try_take() && std::task::ready!(self.peek_read(stream, cx)) {
+                self.turns.enqueue();
+                self.queued = true;
+                return self.poll(stream, cx);
+            }
+        }
+        self.grant()
+    }
+
+    /// Whether the unread input opens a client read; pending if it has gone meanwhile.
+    fn peek_read(&self, stream: &TcpStream, cx: &mut Context<'_>) -> Poll<bool> {
+        let mut head = [0u8; nacre_ring::turns::PEEK_BYTES];
+        let mut buf = ReadBuf::new(&mut head);
+        match std::task::ready!(stream.poll_peek(cx, &mut buf)) {
+            Ok(_) => Poll::Ready(nacre_ring::turns::is_read(buf.filled())),
+            Err(_) => Poll::Ready(false),
+        }
+    }
+
+    fn grant(&mut self) -> Poll<()> {
+        self.granted = true;
+        Poll::Ready(())
+    }
 }
 
 impl BoundedStream {
@@ -170,6 +245,7 @@ impl BoundedStream {
         stream: TcpStream,
         admission: Admission,
         idle: Duration,
+        turns: Option<Arc<ReadTurns>>,
         permit: OwnedSemaphorePermit,
     ) -> Self {
         let mut s = Self {
@@ -178,6 +254,12 @@ impl BoundedStream {
             vouched: Arc::new(AtomicBool::new(false)),
             idle,
             deadline: Box::pin(tokio::time::sleep(idle)),
+            turn: turns.map(|turns| Turn {
+                turns,
+                granted: false,
+                queued: false,
+                queue: None,
+            }),
             _permit: permit,
         };
         s.touched();
@@ -226,7 +308,13 @@ impl axum::serve::Listener for BoundedListener {
                         tracing::debug!(%addr, "client budget full, connection admitted from the peer reserve");
                     }
                     return (
-                        BoundedStream::new(stream, admission, self.idle, permit),
+                        BoundedStream::new(
+                            stream,
+                            admission,
+                            self.idle,
+                            self.turns.clone(),
+                            permit,
+                        ),
                         addr,
                     );
                 }
@@ -250,15 +338,30 @@ impl AsyncRead for BoundedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if let Some(turn) = this.turn.as_mut() {
+            if turn.poll(&this.stream, cx).is_pending() {
+                // Waiting for a turn is the node's delay, not the client's silence.
+                return if turn.queued {
+                    Poll::Pending
+                } else {
+                    this.poll_idle(cx).map(Err)
+                };
+            }
+        }
         let before = buf.filled().len();
-        match Pin::new(&mut self.stream).poll_read(cx, buf) {
+        match Pin::new(&mut this.stream).poll_read(cx, buf) {
             Poll::Ready(r) => {
                 if buf.filled().len() > before {
-                    self.touched();
+                    this.touched();
+                }
+                // Each read of the socket takes a turn of its own.
+                if let Some(turn) = this.turn.as_mut() {
+                    turn.granted = false;
                 }
                 Poll::Ready(r)
             }
-            Poll::Pending => self.poll_idle(cx).map(Err),
+            Poll::Pending => this.poll_idle(cx).map(Err),
         }
     }
 }
@@ -386,6 +489,58 @@ mod tests {
             .expect("idle read never ended")
             .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test]
+    async fn g3_past_a_round_s_turns_a_read_waits_in_its_socket_and_a_beat_goes_ahead() {
+        let inner = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = inner.local_addr().unwrap();
+        let waited = prometheus::IntCounter::new("waited", "waited").unwrap();
+        let w = waited.clone();
+        let turns = ReadTurns::new(1, Box::new(move || w.inc())).unwrap();
+        let mut l = BoundedListener::new(inner, limits(4, 0)).with_read_turns(Some(turns.clone()));
+        let mut lister = TcpStream::connect(addr).await.unwrap();
+        let mut beater = TcpStream::connect(addr).await.unwrap();
+        let (mut lists, _) = l.accept().await;
+        let (mut beats, _) = l.accept().await;
+        let list = b"GET /nacos/v1/ns/instance/list?serviceName=a HTTP/1.1\r\n\r\n";
+        let beat = b"PUT /nacos/v1/ns/instance/beat?serviceName=a HTTP/1.1\r\n\r\n";
+        let mut buf = [0u8; 256];
+        let soon = Duration::from_millis(300);
+
+        // The round's one turn goes to the first list.
+        lister.write_all(list).await.unwrap();
+        let n = tokio::time::timeout(soon, lists.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&buf[..n], list);
+        // The next list finds no turn: it stays in its socket…
+        lister.write_all(list).await.unwrap();
+        assert!(
+            tokio::time::timeout(soon, lists.read(&mut buf))
+                .await
+                .is_err(),
+            "a read past the round's turns went ahead"
+        );
+        assert_eq!(waited.get(), 1);
+        // …while a beat is read at once, without a turn.
+        beater.write_all(beat).await.unwrap();
+        let n = tokio::time::timeout(soon, beats.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&buf[..n], beat);
+        // The next round serves the queued list.
+        let stop = tokio_util::sync::CancellationToken::new();
+        let rounds = tokio::spawn(turns.run(stop.clone()));
+        let n = tokio::time::timeout(Duration::from_secs(2), lists.read(&mut buf))
+            .await
+            .expect("a round served the queued read")
+            .unwrap();
+        assert_eq!(&buf[..n], list);
+        stop.cancel();
+        rounds.await.unwrap();
     }
 
     #[tokio::test]

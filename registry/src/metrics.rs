@@ -53,6 +53,8 @@ pub struct Metrics {
     pub overload_shed_share: Gauge,
     /// Client reads turned away with 503 (rule G2).
     pub overload_shed: IntCounter,
+    /// Client reads that waited for a turn (rule G3 in [`nacre_ring::turns`]).
+    pub read_turns_waited: IntCounter,
     /// Requests relayed by a gateway in batches, by how they were served: `direct` (rule B1
     /// in [`crate::api::relay`]) or `router`.
     pub relayed: IntCounterVec,
@@ -178,6 +180,11 @@ impl Metrics {
             "nacre_overload_shed_total",
             "Client reads turned away with 503 because the node ran late",
         )?;
+        let read_turns_waited = IntCounter::new(
+            "nacre_read_turns_waited_total",
+            "Client reads that waited in their sockets for a turn while the node was behind",
+        )?;
+        registry.register(Box::new(read_turns_waited.clone()))?;
         let relayed = IntCounterVec::new(
             Opts::new(
                 "nacre_relayed_requests_total",
@@ -216,6 +223,7 @@ impl Metrics {
             overload_lag,
             overload_shed_share,
             overload_shed,
+            read_turns_waited,
             relayed,
         })
     }

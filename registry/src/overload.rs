@@ -2,7 +2,8 @@
 //!
 //! A node offered more than its CPU can serve must keep its instances alive first. It measures
 //! how far behind it runs, and while behind it judges no silence it has not caught up with
-//! (rule E6 in [`crate::distro`]). An operator may also have it answer a growing share of
+//! (rule E6 in [`crate::distro`]). Its reads wait their turns in their sockets while beats go
+//! first (rule G3 in [`nacre_ring::turns`]). An operator may also have it answer a growing share of
 //! client reads at once with Nacos's 503 instead of queueing them, so that what it does serve
 //! (beats and writes first of all) is served within a lag target.
 //!
@@ -189,12 +190,10 @@ impl Overload {
 }
 
 /// Whether a request is a client read rule G2 may turn away: a `GET` of the Nacos naming or
-/// config API, other than the health and metrics endpoints.
+/// config API, other than the health and metrics endpoints ([`nacre_ring::turns::is_client_read`],
+/// the reads rule G3 queues too; its tests list them).
 pub fn sheddable(method: &Method, path: &str) -> bool {
-    method == Method::GET
-        && (path.starts_with("/nacos/v1/ns/") || path.starts_with("/nacos/v1/cs/"))
-        && !path.ends_with("/metrics")
-        && !path.contains("/health/")
+    nacre_ring::turns::is_client_read(method.as_str(), path)
 }
 
 /// The probe of rule G1 until `stop`: a sender thread stamps a datagram every
@@ -383,36 +382,6 @@ mod tests {
         assert_eq!(o.shed_share(), 0.0);
         assert!(!o.shed_next());
         assert_eq!(o.take_peak_lag(), ms(10_000), "the lag is still measured");
-    }
-
-    #[test]
-    fn g2_only_client_reads_are_sheddable() {
-        for path in [
-            "/nacos/v1/ns/instance/list",
-            "/nacos/v1/ns/service/list",
-            "/nacos/v1/ns/instance",
-            "/nacos/v1/ns/catalog/services",
-            "/nacos/v1/cs/configs",
-            "/nacos/v1/cs/history",
-        ] {
-            assert!(sheddable(&Method::GET, path), "{path}");
-        }
-        for (method, path) in [
-            (Method::PUT, "/nacos/v1/ns/instance/beat"),
-            (Method::POST, "/nacos/v1/ns/instance"),
-            (Method::DELETE, "/nacos/v1/ns/instance"),
-            (Method::PUT, "/nacos/v1/ns/instance"),
-            (Method::POST, "/nacos/v1/cs/configs"),
-            (Method::POST, "/nacos/v1/cs/configs/listener"),
-            (Method::GET, "/nacos/v1/ns/operator/metrics"),
-            (Method::GET, "/nacos/v1/ns/health/server"),
-            (Method::GET, "/nacos/v1/console/health/readiness"),
-            (Method::GET, "/metrics"),
-            (Method::GET, "/nacre/internal/changes"),
-            (Method::GET, "/nacre/v1/cluster"),
-        ] {
-            assert!(!sheddable(&method, path), "{method} {path}");
-        }
     }
 
     #[tokio::test]

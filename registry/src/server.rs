@@ -331,7 +331,8 @@ pub async fn run(
     });
     let router = api::router(app, persistent.router());
     tracing::info!(listen = %local, advertise = %settings.advertised(), data = %settings.data_dir.display(), "registry node serving");
-    let served = serve(listener, router, &settings, shutdown.clone());
+    let turns = start_read_turns(&mut tasks, &settings, node.metrics());
+    let served = serve(listener, router, &settings, turns, shutdown.clone());
     if discovery.is_some() {
         // Serve first (peers probe us and fetch our snapshot too), then load peers' data;
         // the node reports ready only once this is done.
@@ -657,12 +658,28 @@ fn push_renderer(node: &Arc<Node>) -> Renderer {
     })
 }
 
-/// Serves `router` on `listener` (bounded, with the peer reserve) until `shutdown`, then
-/// drains.
+/// The read turns of rule G3 (`None` when `read_turns_per_round` is 0) and their round task.
+fn start_read_turns(
+    tasks: &mut Tasks,
+    settings: &RegistrySettings,
+    metrics: &Metrics,
+) -> Option<Arc<nacre_ring::turns::ReadTurns>> {
+    let waited = metrics.read_turns_waited.clone();
+    let turns = nacre_ring::turns::ReadTurns::new(
+        settings.read_turns_per_round,
+        Box::new(move || waited.inc()),
+    )?;
+    tasks.spawn(turns.clone().run(tasks.stop.clone()));
+    Some(turns)
+}
+
+/// Serves `router` on `listener` (bounded, with the peer reserve, reads taking `turns`) until
+/// `shutdown`, then drains.
 fn serve(
     listener: TcpListener,
     router: axum::Router,
     settings: &RegistrySettings,
+    turns: Option<Arc<nacre_ring::turns::ReadTurns>>,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<std::io::Result<()>> {
     let server = axum::serve(
@@ -673,7 +690,8 @@ fn serve(
                 peer_reserve: settings.peer_connections,
                 idle: Duration::from_millis(settings.idle_timeout_ms),
             },
-        ),
+        )
+        .with_read_turns(turns),
         router.into_make_service_with_connect_info::<crate::listener::PeerAddr>(),
     )
     .with_graceful_shutdown(async move { shutdown.cancelled().await });

@@ -3,8 +3,8 @@
 //! A service is named by `(namespace, group, service)`; the gateway and every registry node must
 //! derive exactly the same key from a request, or routing and ownership disagree. The same holds
 //! for a config's key and the config listener protocol ([`configs`]), which both tiers serve.
-//! This crate does no I/O (its only async part is an in-process wake-up signal), so it can be
-//! shared by the gateway, the nodes and the tests.
+//! This crate does no I/O (its async parts are in-process: a wake-up signal and the read turns
+//! of [`turns`]), so it can be shared by the gateway, the nodes and the tests.
 
 use std::fmt;
 
@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 pub mod configs;
 mod member;
 mod ring;
+pub mod turns;
 pub mod wire;
 
 pub use member::{Member, MemberState, Members};
