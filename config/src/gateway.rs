@@ -79,6 +79,9 @@ pub struct GatewaySettings {
     /// (rule G3 in `nacre_ring::turns`): past them, reads wait in their sockets while beats,
     /// registrations and other requests are read first. 0 turns the gate off.
     pub read_turns_per_round: usize,
+    /// Open client connections up to which reads take no turns: fewer connections keep a
+    /// beat's wait short without them (rule G3).
+    pub read_turns_crowd: usize,
 }
 
 impl Default for GatewaySettings {
@@ -109,6 +112,7 @@ impl Default for GatewaySettings {
             hold_config_listeners: true,
             beat_linger_ms: 5,
             read_turns_per_round: 16,
+            read_turns_crowd: 256,
         }
     }
 }
@@ -193,6 +197,7 @@ impl GatewaySettings {
             "config_cache_bytes" => self.config_cache_bytes = num(var, v)?,
             "beat_linger_ms" => self.beat_linger_ms = num(var, v)?,
             "read_turns_per_round" => self.read_turns_per_round = num(var, v)?,
+            "read_turns_crowd" => self.read_turns_crowd = num(var, v)?,
             "hold_config_listeners" => {
                 self.hold_config_listeners = match v.trim() {
                     "true" | "1" => true,

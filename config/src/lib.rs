@@ -297,9 +297,12 @@ pub struct RegistrySettings {
     /// and always holds expiry back.
     pub overload_lag_ms: u64,
     /// Client reads a node starts per scheduler round once it has more to do than it can
-    /// (rule G3 in `nacre_registry::turns`): past them, reads wait in their sockets while beats,
+    /// (rule G3 in `nacre_ring::turns`): past them, reads wait in their sockets while beats,
     /// writes and peer traffic go first. 0 turns the gate off.
     pub read_turns_per_round: usize,
+    /// Open client connections up to which reads take no turns: fewer connections keep a
+    /// beat's wait short without them (rule G3).
+    pub read_turns_crowd: usize,
     /// UDP push.
     pub push: PushSettings,
     /// Authentication and authorization.
@@ -330,6 +333,7 @@ impl Default for RegistrySettings {
             list_cache_bytes: 64 * 1024 * 1024,
             overload_lag_ms: 0,
             read_turns_per_round: 16,
+            read_turns_crowd: 256,
             push: PushSettings::default(),
             auth: AuthSettings::default(),
             cluster: ClusterSettings::default(),
@@ -376,6 +380,7 @@ impl RegistrySettings {
             "NACRE_LIST_CACHE_BYTES" => self.list_cache_bytes = num(key, v)?,
             "NACRE_OVERLOAD_LAG_MS" => self.overload_lag_ms = num(key, v)?,
             "NACRE_READ_TURNS_PER_ROUND" => self.read_turns_per_round = num(key, v)?,
+            "NACRE_READ_TURNS_CROWD" => self.read_turns_crowd = num(key, v)?,
             "NACRE_EXPIRY_INTERVAL_MS" => self.expiry_interval_ms = num(key, v)?,
             "NACRE_EMPTY_SERVICE_TTL_MS" => self.empty_service_ttl_ms = num(key, v)?,
             "NACRE_HEALTH_CHECK_INTERVAL_MS" => self.health_check_interval_ms = num(key, v)?,

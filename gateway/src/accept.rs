@@ -83,11 +83,6 @@ impl Service for Accept {
                 return;
             }
         };
-        // Rule G3's rounds are this runtime's: the task runs beside the connections it serves.
-        if let Some(turns) = &self.conns.shared.read_turns {
-            pingora_runtime::current_handle()
-                .spawn(turns.clone().run(self.conns.shared.stopping.clone()));
-        }
         loop {
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
@@ -217,6 +212,8 @@ impl Connections {
         let Some(first) = stream.read_some(edge::FIRST_READ).await else {
             return Next::Close;
         };
+        // Rule G3: a client read past the round's turns waits here, its first bytes in hand.
+        Box::pin(edge::take_turn(&self.shared, &first)).await;
         let client = Some(client);
         let taken = if edge::may_take(&self.shared, &first) {
             Box::pin(edge::take(&self.shared, &mut stream, first, client)).await

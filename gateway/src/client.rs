@@ -140,11 +140,6 @@ impl ClientStream {
         self.live()?.readable().await
     }
 
-    /// Copies the socket's first unread bytes into `buf` without reading them; how many.
-    pub async fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.live()?.peek(buf).await
-    }
-
     /// The next bytes of the connection, at most `max` of them read from the socket (what was
     /// put back comes whole): waits for them; `None` at end of stream or on an error.
     pub async fn read_some(&mut self, max: usize) -> Option<Bytes> {

@@ -75,37 +75,27 @@ pub async fn next_request(shared: &Shared, stream: &Stream) -> bool {
     if stream.has_rewound() {
         return true;
     }
-    let readable = tokio::select! {
+    tokio::select! {
         // Readable first: a request already here is served even when shutdown has begun, as
         // pingora does.
         biased;
         ready = stream.readable() => ready.is_ok(),
         () = tokio::time::sleep(KEEPALIVE) => false,
         () = shared.stopping.cancelled() => false,
-    };
-    if readable {
-        take_turn(shared, stream).await;
     }
-    readable
 }
 
-/// Rule G3 (in [`nacre_ring::turns`]): once the round's turns are gone, a connection whose
-/// unread bytes open a client read waits for a turn before it is read; anything else, and
-/// every request while turns are left, goes ahead at once. A request put back is already read.
-async fn take_turn(shared: &Shared, stream: &Stream) {
-    let Some(turns) = &shared.read_turns else {
+/// Rule G3 (in [`nacre_ring::turns`]) for a request whose first bytes are `first`: once the
+/// round's turns on this thread are gone, a client read waits for a turn before anything else
+/// of it is done; anything else, and every request while turns are left, goes ahead at once.
+/// Taken once bytes are in hand, so an idle connection whose readiness outlived its last
+/// request spends no turn.
+pub async fn take_turn(shared: &Shared, first: &[u8]) {
+    let Some(turns) = shared.read_turns.as_ref().and_then(|t| t.here()) else {
         return;
     };
-    if turns.try_take() {
-        return;
-    }
-    let mut head = [0u8; nacre_ring::turns::PEEK_BYTES];
-    let is_read = match stream.peek(&mut head).await {
-        Ok(n) => nacre_ring::turns::is_read(&head[..n]),
-        // The read that follows reports it.
-        Err(_) => false,
-    };
-    if !is_read {
+    let open = usize::try_from(shared.metrics.client_connections.get()).unwrap_or(0);
+    if turns.go_ahead(open) || turns.is_closed() || !nacre_ring::turns::is_read(first) {
         return;
     }
     turns.enqueue();
@@ -709,56 +699,34 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn g3_past_a_round_s_turns_a_list_waits_in_its_socket_and_a_beat_goes_ahead() {
-        use tokio::io::AsyncWriteExt;
+    async fn g3_past_a_round_s_turns_a_list_waits_for_one_and_a_beat_goes_ahead() {
+        use futures::FutureExt;
         let shared = crate::testing::shared_with(
             nacre_config::GatewaySettings {
                 read_turns_per_round: 1,
+                // Turns from the first connection on.
+                read_turns_crowd: 0,
                 ..crate::testing::settings()
             },
             &[],
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut lister = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let lists = Stream::new(listener.accept().await.unwrap().0);
-        let mut beater = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let beats = Stream::new(listener.accept().await.unwrap().0);
-        let soon = Duration::from_millis(300);
-        lister
-            .write_all(b"GET /nacos/v1/ns/instance/list?serviceName=a HTTP/1.1\r\n\r\n")
-            .await
-            .unwrap();
-        // The round's one turn goes to the list…
-        assert!(tokio::time::timeout(soon, next_request(&shared, &lists))
-            .await
-            .expect("a turn was left"));
-        // …so the next list (the same unread bytes here) waits in its socket…
-        assert!(
-            tokio::time::timeout(soon, next_request(&shared, &lists))
-                .await
-                .is_err(),
-            "a read past the round's turns went ahead"
-        );
+        // One client connection open: more than the crowd of 0.
+        shared.metrics.client_connections.set(1);
+        let list = b"GET /nacos/v1/ns/instance/list?serviceName=a HTTP/1.1\r\n\r\n";
+        let beat = b"PUT /nacos/v1/ns/instance/beat?serviceName=a HTTP/1.1\r\n\r\n";
+        // The round's one turn goes to the first list.
+        assert!(take_turn(&shared, list).now_or_never().is_some());
+        // The next list finds none: it waits for the round task (not yet run)…
+        let mut waiting = Box::pin(take_turn(&shared, list));
+        assert!((&mut waiting).now_or_never().is_none(), "a read went ahead");
         assert_eq!(shared.metrics.read_turns_waited.get(), 1);
         // …while a beat goes ahead without a turn.
-        beater
-            .write_all(b"PUT /nacos/v1/ns/instance/beat?serviceName=a HTTP/1.1\r\n\r\n")
-            .await
-            .unwrap();
-        assert!(tokio::time::timeout(soon, next_request(&shared, &beats))
-            .await
-            .expect("the beat waited"));
+        assert!(take_turn(&shared, beat).now_or_never().is_some());
         // The next round serves the list.
-        let turns = shared.read_turns.clone().expect("turns on");
-        let rounds = tokio::spawn(turns.run(shared.stopping.clone()));
-        assert!(
-            tokio::time::timeout(Duration::from_secs(2), next_request(&shared, &lists))
-                .await
-                .expect("a round served the waiting list")
-        );
+        tokio::time::timeout(Duration::from_secs(2), waiting)
+            .await
+            .expect("a round served the waiting list");
         shared.stopping.cancel();
-        rounds.await.unwrap();
     }
 
     #[test]

@@ -34,6 +34,7 @@ pub mod route;
 pub mod server;
 pub mod status;
 pub mod subscribe;
+pub mod turns;
 pub mod upstreams;
 
 use std::sync::Arc;
@@ -84,8 +85,9 @@ pub struct Shared {
     pub relay_batches: beats::RelayBatches,
     /// Cancelled when the gateway stops: parked listeners answer then.
     pub stopping: tokio_util::sync::CancellationToken,
-    /// Client reads take their turns here (rule G3 in [`nacre_ring::turns`]); `None` when off.
-    pub read_turns: Option<Arc<nacre_ring::turns::ReadTurns>>,
+    /// Client reads take their turns here, per thread (rule G3, see [`turns`]); `None` when
+    /// off.
+    pub read_turns: Option<turns::ThreadTurns>,
 }
 
 impl Shared {
@@ -146,10 +148,12 @@ impl Shared {
         let server_list_digest = nacre_config::serverlist::digest(&body);
         let server_list = Bytes::from(body);
         let metrics = metrics::Metrics::new()?;
-        let waited = metrics.read_turns_waited.clone();
-        let read_turns = nacre_ring::turns::ReadTurns::new(
+        let stopping = tokio_util::sync::CancellationToken::new();
+        let read_turns = turns::ThreadTurns::new(
             settings.read_turns_per_round,
-            Box::new(move || waited.inc()),
+            settings.read_turns_crowd,
+            metrics.read_turns_waited.clone(),
+            stopping.clone(),
         );
         Ok(Self {
             upstreams: upstreams::Upstreams::new(),
@@ -169,7 +173,7 @@ impl Shared {
                 .build()
                 .map_err(|e| prometheus::Error::Msg(format!("http client: {e}")))?,
             relay_batches: beats::RelayBatches::default(),
-            stopping: tokio_util::sync::CancellationToken::new(),
+            stopping,
             limiter: limits::ClientLimiter::new(
                 settings.client_rate_limit,
                 settings.client_rate_burst,

@@ -263,7 +263,7 @@ impl Metrics {
             )?,
             read_turns_waited: counter(
                 "nacre_gateway_read_turns_waited_total",
-                "Client reads that waited in their sockets for a turn while the gateway was behind",
+                "Client reads that waited for a turn (rule G3) while the gateway was behind",
             )?,
             beat_batches: counter(
                 "nacre_gateway_beat_batches_total",

@@ -774,10 +774,11 @@ impl ProxyHttp for Gateway {
 /// What a failed proxied request means for its node and whether it is replayed.
 #[derive(Debug, PartialEq, Eq)]
 enum ProxyError {
-    /// Not replayed: its body is no longer at hand, or the client hung up. An overloaded
-    /// gateway's clients give up waiting; nobody is left to answer, and the node did nothing
-    /// wrong, so it stays in rotation (before this rule, clients giving up on proxied lists
-    /// took every node out of rotation under overload, and beats had nowhere to go).
+    /// Not replayed: its body is no longer at hand, or the error came from the client's side
+    /// (it hung up or half-closed, timed out, sent a malformed or over-long request). Nothing
+    /// there is the node's fault, so it stays in rotation: before this rule, an overloaded
+    /// gateway's clients giving up on proxied lists took the nodes out of rotation one by
+    /// one, and beats had nowhere to go.
     GiveUp,
     /// A fresh connection to the node closed or reset before any answer: the node is going
     /// away (or a proxy in front of it could not reach it). Out of rotation, as a refused

@@ -28,7 +28,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -77,6 +77,8 @@ pub struct BoundedListener {
     reserve: Arc<Semaphore>,
     idle: Duration,
     turns: Option<Arc<ReadTurns>>,
+    /// Connections open now, admitted from either budget.
+    open: Arc<AtomicUsize>,
 }
 
 impl BoundedListener {
@@ -88,6 +90,7 @@ impl BoundedListener {
             reserve: Arc::new(Semaphore::new(limits.peer_reserve)),
             idle: limits.idle,
             turns: None,
+            open: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -180,12 +183,31 @@ pub struct BoundedStream {
     deadline: Pin<Box<Sleep>>,
     /// Rule G3: where this connection's reads take their turns.
     turn: Option<Turn>,
+    _open: Counted,
     _permit: OwnedSemaphorePermit,
+}
+
+/// Counts a connection among the open ones while it lives.
+struct Counted(Arc<AtomicUsize>);
+
+impl Counted {
+    fn new(open: &Arc<AtomicUsize>) -> Self {
+        open.fetch_add(1, Ordering::Relaxed);
+        Self(open.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A connection's standing with the node's [`ReadTurns`].
 struct Turn {
     turns: Arc<ReadTurns>,
+    /// Client connections open now (turns are taken only in a crowd).
+    open: Arc<AtomicUsize>,
     /// The next read of the socket may go ahead.
     granted: bool,
     /// Queued for a turn: the input opens a client read and the round's turns were gone.
@@ -213,9 +235,12 @@ impl Turn {
             self.queued = false;
             return self.grant();
         }
-        // An error is the read's to report.
+        // An error is the read's to report. Once the rounds have ended, every read goes ahead.
         if let Ok(()) = std::task::ready!(stream.poll_read_ready(cx)) {
-            if !self.turns.try_take() && std::task::ready!(self.peek_read(stream, cx)) {
+            if !self.turns.go_ahead(self.open.load(Ordering::Relaxed))
+                && !self.turns.is_closed()
+                && std::task::ready!(self.peek_read(stream, cx))
+            {
                 self.turns.enqueue();
                 self.queued = true;
                 return self.poll(stream, cx);
@@ -246,6 +271,7 @@ impl BoundedStream {
         admission: Admission,
         idle: Duration,
         turns: Option<Arc<ReadTurns>>,
+        open: &Arc<AtomicUsize>,
         permit: OwnedSemaphorePermit,
     ) -> Self {
         let mut s = Self {
@@ -256,10 +282,12 @@ impl BoundedStream {
             deadline: Box::pin(tokio::time::sleep(idle)),
             turn: turns.map(|turns| Turn {
                 turns,
+                open: open.clone(),
                 granted: false,
                 queued: false,
                 queue: None,
             }),
+            _open: Counted::new(open),
             _permit: permit,
         };
         s.touched();
@@ -313,6 +341,7 @@ impl axum::serve::Listener for BoundedListener {
                             admission,
                             self.idle,
                             self.turns.clone(),
+                            &self.open,
                             permit,
                         ),
                         addr,
@@ -350,14 +379,16 @@ impl AsyncRead for BoundedStream {
             }
         }
         let before = buf.filled().len();
-        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+        let read = Pin::new(&mut this.stream).poll_read(cx, buf);
+        // Each read of the socket takes a turn of its own; one granted on readiness that
+        // turned out stale is spent too, so a later request never goes ahead on it.
+        if let Some(turn) = this.turn.as_mut() {
+            turn.granted = false;
+        }
+        match read {
             Poll::Ready(r) => {
                 if buf.filled().len() > before {
                     this.touched();
-                }
-                // Each read of the socket takes a turn of its own.
-                if let Some(turn) = this.turn.as_mut() {
-                    turn.granted = false;
                 }
                 Poll::Ready(r)
             }
@@ -497,7 +528,8 @@ mod tests {
         let addr = inner.local_addr().unwrap();
         let waited = prometheus::IntCounter::new("waited", "waited").unwrap();
         let w = waited.clone();
-        let turns = ReadTurns::new(1, Box::new(move || w.inc())).unwrap();
+        // No crowd needed: two connections take turns here.
+        let turns = ReadTurns::new(1, 0, Box::new(move || w.inc())).unwrap();
         let mut l = BoundedListener::new(inner, limits(4, 0)).with_read_turns(Some(turns.clone()));
         let mut lister = TcpStream::connect(addr).await.unwrap();
         let mut beater = TcpStream::connect(addr).await.unwrap();

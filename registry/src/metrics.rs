@@ -182,7 +182,7 @@ impl Metrics {
         )?;
         let read_turns_waited = IntCounter::new(
             "nacre_read_turns_waited_total",
-            "Client reads that waited in their sockets for a turn while the node was behind",
+            "Client reads that waited in their sockets for a turn (rule G3) while the node was behind",
         )?;
         registry.register(Box::new(read_turns_waited.clone()))?;
         let relayed = IntCounterVec::new(

@@ -667,6 +667,7 @@ fn start_read_turns(
     let waited = metrics.read_turns_waited.clone();
     let turns = nacre_ring::turns::ReadTurns::new(
         settings.read_turns_per_round,
+        settings.read_turns_crowd,
         Box::new(move || waited.inc()),
     )?;
     tasks.spawn(turns.clone().run(tasks.stop.clone()));

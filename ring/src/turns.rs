@@ -19,8 +19,10 @@
 //!   internal peer and gateway traffic (the gateway's beat batches among them), health and
 //!   metrics, and the rest of a request already begun. A queued read keeps its bytes in the
 //!   socket and costs nothing until its turn. The node applies it in its listener
-//!   (`nacre_registry::listener`), the gateway before each request of a client connection
-//!   (`nacre_gateway::edge::next_request`).
+//!   (`nacre_registry::listener`) before each read of a socket. The gateway applies it to each
+//!   request of a client connection once its first bytes are read (`nacre_gateway::edge::
+//!   take_turn`): they are in hand then, and nothing else of the request is done until its
+//!   turn.
 //! - **Rounds.** The [`ReadTurns::run`] task tops the turns up to `per_round`, queued reads
 //!   first and in the order they queued, then yields, and tops up again only once every turn of
 //!   the round has been used: the reads it let go have been polled. Tokio runs a task that
@@ -30,8 +32,16 @@
 //!   read that is not polled within [`MAX_WAIT_YIELDS`] yields does not hold the next round
 //!   back. When a round leaves turns unused, demand is below a round's worth and the task
 //!   sleeps until a read finds none. Reads thus get the time beats leave, and a beat waits for
-//!   a round's reads instead of for every connection. The task runs on the runtime that serves
-//!   the connections, so that its yields are that runtime's rounds.
+//!   a round's reads instead of for every connection. A round is one runtime's: the gateway,
+//!   whose threads each run a runtime of their own, keeps turns per thread; a node's
+//!   work-stealing runtime shares one set of turns between its workers (an idle worker steals
+//!   from a busy one, and its yields come back sooner, so rounds there are shorter than one
+//!   worker's queue; measured on two workers, beats still went first).
+//! - **A crowd.** Turns are taken only while more than `crowd` client connections are open
+//!   (`read_turns_crowd`, 256 by default on both tiers). With fewer, a beat waits behind at most one request per open connection, a few
+//!   milliseconds, and queueing reads would cost more than it spares: measured on a node
+//!   serving 64 closed-loop list connections, turns cost 28–33 % of its lists per second
+//!   (`docs/benchmarks.md`).
 //! - **Round size.** Measured on two cores at twice a CPU-limited node's capacity, 16 turns a
 //!   round answered beats at p99 60–75 ms against 2.6 s with no gate; 32 let beats wait up to
 //!   0.6 s and 64 up to 2.6 s (`docs/benchmarks.md`), so the default is 16 on both tiers
@@ -60,6 +70,8 @@ pub type OnWait = Box<dyn Fn() + Send + Sync>;
 /// The turns of rule G3, shared by every connection of a server and its round task.
 pub struct ReadTurns {
     per_round: usize,
+    /// Open client connections up to which every read goes ahead.
+    crowd: usize,
     /// Turns left this round. Queued reads wait on it in order; a top-up serves them first.
     turns: Arc<Semaphore>,
     /// Raised by a read that found no turn left: the round task must run.
@@ -71,12 +83,14 @@ pub struct ReadTurns {
 }
 
 impl ReadTurns {
-    /// Turns for `per_round` reads per scheduler round, calling `on_wait` for each read that
+    /// Turns for `per_round` reads per scheduler round once more than `crowd` client
+    /// connections are open, calling `on_wait` for each read that
     /// queues; `None` when 0 turns the gate off.
-    pub fn new(per_round: usize, on_wait: OnWait) -> Option<Arc<Self>> {
+    pub fn new(per_round: usize, crowd: usize, on_wait: OnWait) -> Option<Arc<Self>> {
         (per_round > 0).then(|| {
             Arc::new(Self {
                 per_round,
+                crowd,
                 turns: Arc::new(Semaphore::new(per_round)),
                 wanted: Notify::new(),
                 on_wait,
@@ -85,8 +99,14 @@ impl ReadTurns {
         })
     }
 
+    /// Whether a read on one of `open` client connections goes ahead now: the connections are
+    /// no crowd, or a turn is left this round (it is taken).
+    pub fn go_ahead(&self, open: usize) -> bool {
+        open <= self.crowd || self.try_take()
+    }
+
     /// Takes a turn if one is left this round.
-    pub fn try_take(&self) -> bool {
+    fn try_take(&self) -> bool {
         match self.turns.try_acquire() {
             Ok(turn) => {
                 turn.forget();
@@ -107,7 +127,13 @@ impl ReadTurns {
         self.used.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The semaphore reads queue on for a turn once [`ReadTurns::try_take`] failed, in the
+    /// Whether the rounds have ended (the server is stopping): every read goes ahead, none is
+    /// counted as waiting.
+    pub fn is_closed(&self) -> bool {
+        self.turns.is_closed()
+    }
+
+    /// The semaphore reads queue on for a turn once [`ReadTurns::go_ahead`] said no, in the
     /// order they call [`ReadTurns::enqueue`].
     pub fn queue(&self) -> Arc<Semaphore> {
         self.turns.clone()
@@ -227,8 +253,9 @@ pub fn is_read(head: &[u8]) -> bool {
         return false;
     };
     // The path ends at its query, at the space before the version, or (cut short by the peek)
-    // at the end of what was peeked: health and metrics paths are short enough to be seen
-    // whole.
+    // at the end of what was peeked. A request line that has not all arrived is judged on
+    // what has: a read cut before its path goes ahead (its rest reads as the continuation of
+    // a request), a health or metrics path cut short waits a round like a read.
     let end = rest
         .iter()
         .position(|&b| b == b'?' || b == b' ')
@@ -278,6 +305,7 @@ mod tests {
         let w = waited.clone();
         let turns = ReadTurns::new(
             per_round,
+            0,
             Box::new(move || {
                 w.fetch_add(1, Ordering::Relaxed);
             }),
@@ -321,11 +349,22 @@ mod tests {
     }
 
     #[test]
+    fn g3_no_turn_is_taken_while_the_connections_are_no_crowd() {
+        let turns = ReadTurns::new(1, 4, Box::new(|| {})).expect("on");
+        for _ in 0..10 {
+            assert!(turns.go_ahead(4), "4 connections are no crowd");
+        }
+        assert!(turns.go_ahead(5), "the round's one turn");
+        assert!(!turns.go_ahead(5), "a crowd past its turns waits");
+        assert!(turns.go_ahead(3), "fewer connections again: no wait");
+    }
+
+    #[test]
     fn g3_a_zero_share_turns_the_gate_off() {
         assert!(turns(0).is_none());
         let turns = turns(2).expect("on");
-        assert!(turns.try_take() && turns.try_take());
-        assert!(!turns.try_take(), "a round has two turns");
+        assert!(turns.go_ahead(1) && turns.go_ahead(1));
+        assert!(!turns.go_ahead(1), "a round has two turns");
     }
 
     #[test]
@@ -360,7 +399,7 @@ mod tests {
         let turns = turns.expect("on");
         let stop = CancellationToken::new();
         let rounds = tokio::spawn(turns.clone().run(stop.clone()));
-        assert!(turns.try_take() && turns.try_take() && !turns.try_take());
+        assert!(turns.go_ahead(1) && turns.go_ahead(1) && !turns.go_ahead(1));
         // Five reads queue in order and each asks for a round.
         let order = Arc::new(std::sync::Mutex::new(Vec::new()));
         let mut waiting = Vec::new();
@@ -391,7 +430,7 @@ mod tests {
             .expect("the round task stops")
             .expect("task");
         // With no rounds to come, a read that queues goes ahead at once.
-        while turns.try_take() {}
+        while turns.go_ahead(1) {}
         let late = turns.queue().acquire_owned().await;
         assert!(late.is_err(), "the queue is closed once the rounds end");
     }
