@@ -172,21 +172,25 @@ async fn flood_while_beating(node: &NodeProcess) -> Result<Arc<Answers>> {
     Ok(answers)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_overloaded_node_sheds_reads_serves_every_beat_and_recovers() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let mut node = NodeProcess::start_with_env(
-        Path::new(env!("CARGO_BIN_EXE_nacre")),
-        dir.path(),
-        &[("NACRE_OVERLOAD_LAG_MS", "50")],
-    )?;
+/// A node started with `env` and flooded while a fleet beats ([`flood_while_beating`]), with
+/// its flood's answers: served, shed, other.
+async fn flooded_node(dir: &Path, env: &[(&str, &str)]) -> Result<(NodeProcess, (u64, u64, u64))> {
+    let mut node = NodeProcess::start_with_env(Path::new(env!("CARGO_BIN_EXE_nacre")), dir, env)?;
     node.wait_ready(Duration::from_secs(20))?;
     let answers = flood_while_beating(&node).await?;
-    let (ok, shed, other) = (
+    let counts = (
         answers.ok.load(Ordering::Relaxed),
         answers.shed.load(Ordering::Relaxed),
         answers.other.load(Ordering::Relaxed),
     );
+    Ok((node, counts))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overloaded_node_sheds_reads_serves_every_beat_and_recovers() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (node, (ok, shed, other)) =
+        flooded_node(dir.path(), &[("NACRE_OVERLOAD_LAG_MS", "50")]).await?;
     ensure!(
         shed > 0,
         "the node never shed a list under the flood ({ok} served)"
@@ -211,18 +215,8 @@ async fn a_flooded_node_has_reads_wait_their_turn_and_answers_every_one() -> Res
     let dir = tempfile::tempdir()?;
     // Read turns on and no read shed, as by default, but from the first connection on: the
     // flood's few dozen connections are no crowd by the default measure.
-    let mut node = NodeProcess::start_with_env(
-        Path::new(env!("CARGO_BIN_EXE_nacre")),
-        dir.path(),
-        &[("NACRE_READ_TURNS_CROWD", "0")],
-    )?;
-    node.wait_ready(Duration::from_secs(20))?;
-    let answers = flood_while_beating(&node).await?;
-    let (ok, shed, other) = (
-        answers.ok.load(Ordering::Relaxed),
-        answers.shed.load(Ordering::Relaxed),
-        answers.other.load(Ordering::Relaxed),
-    );
+    let (node, (ok, shed, other)) =
+        flooded_node(dir.path(), &[("NACRE_READ_TURNS_CROWD", "0")]).await?;
     ensure!(ok > 0, "no list was answered under the flood");
     ensure!(
         shed == 0 && other == 0,
