@@ -28,7 +28,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -73,12 +73,24 @@ pub struct Limits {
 /// A listener admitting at most `clients + peer_reserve` open connections.
 pub struct BoundedListener {
     inner: TcpListener,
-    clients: Arc<Semaphore>,
+    clients: ClientSlots,
     reserve: Arc<Semaphore>,
     idle: Duration,
     turns: Option<Arc<ReadTurns>>,
-    /// Connections open now, admitted from either budget.
-    open: Arc<AtomicUsize>,
+}
+
+/// The client budget's slots: how many client connections are open is how many are taken.
+#[derive(Clone)]
+struct ClientSlots {
+    free: Arc<Semaphore>,
+    size: usize,
+}
+
+impl ClientSlots {
+    /// Client connections open now (and an accept waiting on its slot).
+    fn taken(&self) -> usize {
+        self.size.saturating_sub(self.free.available_permits())
+    }
 }
 
 impl BoundedListener {
@@ -86,11 +98,13 @@ impl BoundedListener {
     pub fn new(inner: TcpListener, limits: Limits) -> Self {
         Self {
             inner,
-            clients: Arc::new(Semaphore::new(limits.clients)),
+            clients: ClientSlots {
+                free: Arc::new(Semaphore::new(limits.clients)),
+                size: limits.clients,
+            },
             reserve: Arc::new(Semaphore::new(limits.peer_reserve)),
             idle: limits.idle,
             turns: None,
-            open: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -105,14 +119,14 @@ impl BoundedListener {
     /// whichever frees first when both are full.
     async fn slot(&self) -> (OwnedSemaphorePermit, Admission) {
         loop {
-            if let Ok(p) = self.clients.clone().try_acquire_owned() {
+            if let Ok(p) = self.clients.free.clone().try_acquire_owned() {
                 return (p, Admission::Client);
             }
             if let Ok(p) = self.reserve.clone().try_acquire_owned() {
                 return (p, Admission::Reserve);
             }
             let acquired = tokio::select! {
-                p = self.clients.clone().acquire_owned() => p.map(|p| (p, Admission::Client)),
+                p = self.clients.free.clone().acquire_owned() => p.map(|p| (p, Admission::Client)),
                 p = self.reserve.clone().acquire_owned() => p.map(|p| (p, Admission::Reserve)),
             };
             match acquired {
@@ -183,31 +197,14 @@ pub struct BoundedStream {
     deadline: Pin<Box<Sleep>>,
     /// Rule G3: where this connection's reads take their turns.
     turn: Option<Turn>,
-    _open: Counted,
     _permit: OwnedSemaphorePermit,
-}
-
-/// Counts a connection among the open ones while it lives.
-struct Counted(Arc<AtomicUsize>);
-
-impl Counted {
-    fn new(open: &Arc<AtomicUsize>) -> Self {
-        open.fetch_add(1, Ordering::Relaxed);
-        Self(open.clone())
-    }
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 /// A connection's standing with the node's [`ReadTurns`].
 struct Turn {
     turns: Arc<ReadTurns>,
-    /// Client connections open now (turns are taken only in a crowd).
-    open: Arc<AtomicUsize>,
+    /// The client budget: how many connections are open (turns are taken only in a crowd).
+    clients: ClientSlots,
     /// The next read of the socket may go ahead.
     granted: bool,
     /// Queued for a turn: the input opens a client read and the round's turns were gone.
@@ -237,7 +234,7 @@ impl Turn {
         }
         // An error is the read's to report. Once the rounds have ended, every read goes ahead.
         if let Ok(()) = std::task::ready!(stream.poll_read_ready(cx)) {
-            if !self.turns.go_ahead(self.open.load(Ordering::Relaxed))
+            if !self.turns.go_ahead(self.clients.taken())
                 && !self.turns.is_closed()
                 && std::task::ready!(self.peek_read(stream, cx))
             {
@@ -271,7 +268,7 @@ impl BoundedStream {
         admission: Admission,
         idle: Duration,
         turns: Option<Arc<ReadTurns>>,
-        open: &Arc<AtomicUsize>,
+        clients: &ClientSlots,
         permit: OwnedSemaphorePermit,
     ) -> Self {
         let mut s = Self {
@@ -282,12 +279,11 @@ impl BoundedStream {
             deadline: Box::pin(tokio::time::sleep(idle)),
             turn: turns.map(|turns| Turn {
                 turns,
-                open: open.clone(),
+                clients: clients.clone(),
                 granted: false,
                 queued: false,
                 queue: None,
             }),
-            _open: Counted::new(open),
             _permit: permit,
         };
         s.touched();
@@ -341,7 +337,7 @@ impl axum::serve::Listener for BoundedListener {
                             admission,
                             self.idle,
                             self.turns.clone(),
-                            &self.open,
+                            &self.clients,
                             permit,
                         ),
                         addr,

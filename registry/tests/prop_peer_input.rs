@@ -101,15 +101,8 @@ proptest! {
         records in prop::collection::vec(record(), 0..12),
         now in any::<u64>(),
     ) {
-        let store = EphemeralStore::new();
-        for r in &records {
-            store.apply_remote(r.clone(), now);
-        }
-        let once = store.fingerprint();
-        for r in &records {
-            store.apply_remote(r.clone(), now);
-        }
-        prop_assert_eq!(store.fingerprint(), once);
+        let (store, once, twice) = merged_twice(&records, now);
+        prop_assert_eq!(twice, once);
         let (services, instances) = store.counts();
         prop_assert_eq!((services, instances), (once.0, once.1));
     }
@@ -191,15 +184,8 @@ fn a_removal_carried_by_an_absent_empty_service_is_not_forgotten() {
             partial: false,
         },
     ];
-    let store = EphemeralStore::new();
-    for r in &records {
-        store.apply_remote(r.clone(), 0);
-    }
-    let once = store.fingerprint();
-    for r in &records {
-        store.apply_remote(r.clone(), 0);
-    }
-    assert_eq!(store.fingerprint(), once);
+    let (_, once, twice) = merged_twice(&records, 0);
+    assert_eq!(twice, once);
     assert_eq!(once.1, 0, "the removal is newer than the instance's stamp");
 }
 
@@ -261,14 +247,25 @@ fn a_removal_newer_than_a_deletion_outlives_the_deleted_service() {
             partial: false,
         },
     ];
+    let (_, once, twice) = merged_twice(&records, 0);
+    assert_eq!(twice, once);
+    assert_eq!(once.1, 0, "the removal is newer than b's stamp");
+}
+
+/// A store that merged `records` at `now` twice over, with its fingerprint after the first
+/// pass and after the second (equal when merging is idempotent).
+fn merged_twice(
+    records: &[ServiceRecord],
+    now: u64,
+) -> (EphemeralStore, (usize, usize, u64), (usize, usize, u64)) {
     let store = EphemeralStore::new();
-    for r in &records {
-        store.apply_remote(r.clone(), 0);
+    for r in records {
+        store.apply_remote(r.clone(), now);
     }
     let once = store.fingerprint();
-    for r in &records {
-        store.apply_remote(r.clone(), 0);
+    for r in records {
+        store.apply_remote(r.clone(), now);
     }
-    assert_eq!(store.fingerprint(), once);
-    assert_eq!(once.1, 0, "the removal is newer than b's stamp");
+    let twice = store.fingerprint();
+    (store, once, twice)
 }
