@@ -143,20 +143,7 @@ proptest! {
 #[test]
 fn a_removal_carried_by_an_absent_empty_service_is_not_forgotten() {
     let key = ServiceKey::new("public", "DEFAULT_GROUP", "bb");
-    let inst = |cluster: &str| Instance {
-        ip: "a".into(),
-        port: 0,
-        cluster: cluster.into(),
-        weight: 0.0,
-        healthy: false,
-        enabled: true,
-        ephemeral: true,
-        metadata: Metadata::new().into(),
-        instance_id: Default::default(),
-        app: "DEFAULT".into(),
-        last_beat_ms: 0,
-        marked: false,
-    };
+    let inst = |cluster: &str| bare_instance("a", 0, cluster);
     let records = [
         ServiceRecord {
             key: key.clone(),
@@ -196,20 +183,7 @@ fn a_removal_carried_by_an_absent_empty_service_is_not_forgotten() {
 #[test]
 fn a_removal_newer_than_a_deletion_outlives_the_deleted_service() {
     let key = ServiceKey::new("public", "DEFAULT_GROUP", "a");
-    let inst = |ip: &str, port: u16, cluster: &str| Instance {
-        ip: ip.into(),
-        port,
-        cluster: cluster.into(),
-        weight: 0.0,
-        healthy: false,
-        enabled: true,
-        ephemeral: true,
-        metadata: Metadata::new().into(),
-        instance_id: Default::default(),
-        app: "DEFAULT".into(),
-        last_beat_ms: 0,
-        marked: false,
-    };
+    let inst = bare_instance;
     let b = InstanceKey {
         ip: "b".into(),
         port: 3,
@@ -268,4 +242,22 @@ fn merged_twice(
     }
     let twice = store.fingerprint();
     (store, once, twice)
+}
+
+/// An ephemeral instance with nothing but its identity, as the regression tests' records carry.
+fn bare_instance(ip: &str, port: u16, cluster: &str) -> Instance {
+    Instance {
+        ip: ip.into(),
+        port,
+        cluster: cluster.into(),
+        weight: 0.0,
+        healthy: false,
+        enabled: true,
+        ephemeral: true,
+        metadata: Metadata::new().into(),
+        instance_id: Default::default(),
+        app: "DEFAULT".into(),
+        last_beat_ms: 0,
+        marked: false,
+    }
 }
