@@ -1,9 +1,9 @@
-//! Graceful overload (rules G1, G2 in `registry::overload`, G3 in `registry::turns`, E6 in
+//! Graceful overload (rules G1, G2 in `registry::overload`, G3 in `nacre_ring::turns`, E6 in
 //! `registry::distro`), on a real node process flooded with more list renders than two cores
-//! can serve while a fleet keeps beating. As configured by default it has the lists wait their
-//! turns in their sockets and answers every one; with read shedding on it turns a share away
-//! with Nacos's 503. Either way it serves every beat, loses no instance, and serves every list
-//! again once the flood stops.
+//! can serve while a fleet keeps beating. As configured by default it has the lists (and its
+//! UDP pushes) wait their turns and answers every one; with read shedding on it turns a share
+//! away with Nacos's 503. Either way it serves every beat, loses no instance, and serves every
+//! list again once the flood stops.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::{ensure, Result};
 use nacre_testkit::fleet::{Fleet, FleetSpec, Targets};
 use nacre_testkit::http::{eventually, Api};
+use nacre_testkit::subscriber::PushChecker;
 use nacre_testkit::NodeProcess;
 
 /// Instances of the service the flood lists: enough that each render costs real CPU.
@@ -27,6 +28,8 @@ struct Answers {
     ok: AtomicU64,
     shed: AtomicU64,
     other: AtomicU64,
+    /// Pushes received by the UDP subscriber watching a churned fleet, when there is one.
+    pushed: AtomicU64,
 }
 
 /// Registers the heavy service, its instances kept alive by long `preserved.*` timeouts.
@@ -102,13 +105,27 @@ fn flood(
 /// A node flooded for [`FLOOD_FOR`] while a fleet beats: the flood's answers, then the checks
 /// every overloaded node must pass (lists served again at once, no beat turned away or
 /// forgotten, nothing expired, every instance listed healthy).
-async fn flood_while_beating(node: &NodeProcess) -> Result<Arc<Answers>> {
+///
+/// With `pushes`, a UDP subscriber also watches a second, beating fleet whose services change
+/// every 300 ms during the flood (the testkit's `PushChecker`): every push it gets must show
+/// every live instance.
+async fn flood_while_beating(node: &NodeProcess, pushes: bool) -> Result<Arc<Answers>> {
     let addr = node.addr();
     let api = Api::new(addr);
     register_heavy(&api).await?;
     // 20 instances beating every 500 ms, unhealthy after 3 s and removed after 6 s of silence.
     let fleet = Fleet::register(FleetSpec::new("live", 4, 5), &[addr]).await?;
     let beating = fleet.start_beating(Targets::new(vec![addr]));
+    let watched = match pushes {
+        true => {
+            let watched = Fleet::register(FleetSpec::new("watched", 2, 2), &[addr]).await?;
+            let beating = watched.start_beating(Targets::new(vec![addr]));
+            let targets = Targets::new(vec![addr]);
+            let checker = PushChecker::start(&watched, targets.clone(), targets).await?;
+            Some((watched, beating, checker))
+        }
+        false => None,
+    };
 
     let answers = Arc::new(Answers::default());
     let stop = Arc::new(AtomicBool::new(false));
@@ -146,6 +163,18 @@ async fn flood_while_beating(node: &NodeProcess) -> Result<Arc<Answers>> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     fleet.stop();
     beating.await?;
+    if let Some((watched, beating, checker)) = watched {
+        let pushed = checker.counts.received.load(Ordering::Relaxed);
+        let violations = checker.finish().await;
+        watched.stop();
+        beating.await?;
+        ensure!(
+            violations.is_empty(),
+            "pushes missed live instances: {violations:?}"
+        );
+        ensure!(pushed > 0, "no push reached the subscriber");
+        answers.pushed.store(pushed, Ordering::Relaxed);
+    }
     let beats = &fleet.beats;
     ensure!(
         beats.lost.load(Ordering::Relaxed) == 0,
@@ -174,23 +203,32 @@ async fn flood_while_beating(node: &NodeProcess) -> Result<Arc<Answers>> {
 
 /// A node started with `env` and flooded while a fleet beats ([`flood_while_beating`]), with
 /// its flood's answers: served, shed, other.
-async fn flooded_node(dir: &Path, env: &[(&str, &str)]) -> Result<(NodeProcess, (u64, u64, u64))> {
+async fn flooded_node(
+    dir: &Path,
+    env: &[(&str, &str)],
+    pushes: bool,
+) -> Result<(NodeProcess, Arc<Answers>)> {
     let mut node = NodeProcess::start_with_env(Path::new(env!("CARGO_BIN_EXE_nacre")), dir, env)?;
     node.wait_ready(Duration::from_secs(20))?;
-    let answers = flood_while_beating(&node).await?;
-    let counts = (
+    let answers = flood_while_beating(&node, pushes).await?;
+    Ok((node, answers))
+}
+
+/// The flood's answers: served, shed, other.
+fn counts(answers: &Answers) -> (u64, u64, u64) {
+    (
         answers.ok.load(Ordering::Relaxed),
         answers.shed.load(Ordering::Relaxed),
         answers.other.load(Ordering::Relaxed),
-    );
-    Ok((node, counts))
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_overloaded_node_sheds_reads_serves_every_beat_and_recovers() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let (node, (ok, shed, other)) =
-        flooded_node(dir.path(), &[("NACRE_OVERLOAD_LAG_MS", "50")]).await?;
+    let (node, answers) =
+        flooded_node(dir.path(), &[("NACRE_OVERLOAD_LAG_MS", "50")], false).await?;
+    let (ok, shed, other) = counts(&answers);
     ensure!(
         shed > 0,
         "the node never shed a list under the flood ({ok} served)"
@@ -211,12 +249,13 @@ async fn an_overloaded_node_sheds_reads_serves_every_beat_and_recovers() -> Resu
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flooded_node_has_reads_wait_their_turn_and_answers_every_one() -> Result<()> {
+async fn a_flooded_node_has_reads_and_pushes_wait_their_turn_and_answers_every_one() -> Result<()> {
     let dir = tempfile::tempdir()?;
     // Read turns on and no read shed, as by default, but from the first connection on: the
     // flood's few dozen connections are no crowd by the default measure.
-    let (node, (ok, shed, other)) =
-        flooded_node(dir.path(), &[("NACRE_READ_TURNS_CROWD", "0")]).await?;
+    let (node, answers) =
+        flooded_node(dir.path(), &[("NACRE_READ_TURNS_CROWD", "0")], true).await?;
+    let (ok, shed, other) = counts(&answers);
     ensure!(ok > 0, "no list was answered under the flood");
     ensure!(
         shed == 0 && other == 0,
@@ -229,6 +268,16 @@ async fn a_flooded_node_has_reads_wait_their_turn_and_answers_every_one() -> Res
         waited > 0.0,
         "no read waited for a turn under the flood ({ok} served)"
     );
-    eprintln!("{waited} reads waited for their turn");
+    let pushes_waited = Api::new(node.addr())
+        .metric("nacre_push_turns_waited_total")
+        .await;
+    ensure!(
+        pushes_waited > 0.0,
+        "no push waited for a turn under the flood"
+    );
+    eprintln!(
+        "{waited} reads and {pushes_waited} pushes waited for their turn; {} pushes received",
+        answers.pushed.load(Ordering::Relaxed)
+    );
     Ok(())
 }

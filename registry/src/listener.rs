@@ -115,6 +115,13 @@ impl BoundedListener {
         self
     }
 
+    /// How many client connections are open now, for work outside the listener that takes
+    /// read turns by the same crowd rule (the push hub).
+    pub fn open_clients(&self) -> Arc<dyn Fn() -> usize + Send + Sync> {
+        let clients = self.clients.clone();
+        Arc::new(move || clients.taken())
+    }
+
     /// A slot from the client budget if one is free, else from the reserve; waits for
     /// whichever frees first when both are full.
     async fn slot(&self) -> (OwnedSemaphorePermit, Admission) {

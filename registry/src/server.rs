@@ -319,7 +319,13 @@ pub async fn run(
     if let Some(discovery) = &discovery {
         spawn_cluster_tasks(&mut tasks, &node, &membership, discovery, &persistent);
     }
-    spawn_node_tasks(&mut tasks, &node, &persistent, push.as_ref());
+    let turns = start_read_turns(&mut tasks, &settings, node.metrics());
+    let listener = bounded(listener, &settings, turns.clone());
+    let push_turns = turns.map(|turns| crate::push::PushTurns {
+        turns,
+        open: listener.open_clients(),
+    });
+    spawn_node_tasks(&mut tasks, &node, &persistent, push.as_ref(), push_turns);
     let app = Arc::new(App {
         node: node.clone(),
         secret: secret.clone(),
@@ -331,8 +337,7 @@ pub async fn run(
     });
     let router = api::router(app, persistent.router());
     tracing::info!(listen = %local, advertise = %settings.advertised(), data = %settings.data_dir.display(), "registry node serving");
-    let turns = start_read_turns(&mut tasks, &settings, node.metrics());
-    let served = serve(listener, router, &settings, turns, shutdown.clone());
+    let served = serve(listener, router, shutdown.clone());
     if discovery.is_some() {
         // Serve first (peers probe us and fetch our snapshot too), then load peers' data;
         // the node reports ready only once this is done.
@@ -562,6 +567,7 @@ fn spawn_node_tasks(
     node: &Arc<Node>,
     persistent: &PersistentStore,
     push: Option<&Arc<PushHub>>,
+    push_turns: Option<crate::push::PushTurns>,
 ) {
     let settings = node.settings();
     tasks.spawn(catch_up(persistent.clone(), tasks.stop.clone()));
@@ -582,7 +588,10 @@ fn spawn_node_tasks(
         tasks.stop.clone(),
     ));
     if let Some(hub) = push {
-        tasks.spawn(hub.clone().run(push_renderer(node), tasks.stop.clone()));
+        tasks.spawn(
+            hub.clone()
+                .run(push_renderer(node), push_turns, tasks.stop.clone()),
+        );
     }
     if settings.auth.enabled {
         tasks.spawn(bootstrap_auth(
@@ -674,25 +683,31 @@ fn start_read_turns(
     Some(turns)
 }
 
-/// Serves `router` on `listener` (bounded, with the peer reserve, reads taking `turns`) until
-/// `shutdown`, then drains.
-fn serve(
+/// The client listener: bounded, with the peer reserve, its reads taking `turns`.
+fn bounded(
     listener: TcpListener,
-    router: axum::Router,
     settings: &RegistrySettings,
     turns: Option<Arc<nacre_ring::turns::ReadTurns>>,
+) -> crate::listener::BoundedListener {
+    crate::listener::BoundedListener::new(
+        listener,
+        crate::listener::Limits {
+            clients: settings.max_connections,
+            peer_reserve: settings.peer_connections,
+            idle: Duration::from_millis(settings.idle_timeout_ms),
+        },
+    )
+    .with_read_turns(turns)
+}
+
+/// Serves `router` on `listener` until `shutdown`, then drains.
+fn serve(
+    listener: crate::listener::BoundedListener,
+    router: axum::Router,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<std::io::Result<()>> {
     let server = axum::serve(
-        crate::listener::BoundedListener::new(
-            listener,
-            crate::listener::Limits {
-                clients: settings.max_connections,
-                peer_reserve: settings.peer_connections,
-                idle: Duration::from_millis(settings.idle_timeout_ms),
-            },
-        )
-        .with_read_turns(turns),
+        listener,
         router.into_make_service_with_connect_info::<crate::listener::PeerAddr>(),
     )
     .with_graceful_shutdown(async move { shutdown.cancelled().await });

@@ -23,6 +23,11 @@
 //!   request of a client connection once its first bytes are read (`nacre_gateway::edge::
 //!   take_turn`): they are in hand then, and nothing else of the request is done until its
 //!   turn.
+//! - **Pushes.** A node's UDP push is a read the node starts itself: before each datagram
+//!   (a first send or a resend, and the render it may need) the push task takes a turn with
+//!   [`ReadTurns::take`], by the same crowd rule, queued behind the reads already waiting.
+//!   Beats thus go before pushes as they go before lists. A deferred push loses nothing:
+//!   changes to its service meanwhile are merged into the next push.
 //! - **Rounds.** The [`ReadTurns::run`] task tops the turns up to `per_round`, queued reads
 //!   first and in the order they queued, then yields, and tops up again only once every turn of
 //!   the round has been used: the reads it let go have been polled. Tokio runs a task that
@@ -47,7 +52,8 @@
 //!   0.6 s and 64 up to 2.6 s (`docs/benchmarks.md`), so the default is 16 on both tiers
 //!   (`read_turns_per_round`). 0 turns the gate off.
 //!
-//! *Tests:* `tests::g3_*` here, `listener::tests::g3_*` in the registry, the gateway's
+//! *Tests:* `tests::g3_*` here, `listener::tests::g3_*` and `push::hub::tests::g3_*` in the
+//! registry, the gateway's
 //! `edge::tests::g3_*`; `tests/overload.rs`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -143,6 +149,22 @@ impl ReadTurns {
     pub fn enqueue(&self) {
         (self.on_wait)();
         self.wanted.notify_one();
+    }
+
+    /// Waits for a turn for work the server starts itself (a node's UDP push), as a read of
+    /// one of `open` client connections would: at once while they are no crowd or a turn is
+    /// left, else queued behind the reads already waiting, calling `on_wait` as it queues (its
+    /// caller counts it; the turns' own `on_wait` counts the reads of connections).
+    pub async fn take(&self, open: usize, on_wait: impl FnOnce()) {
+        if self.go_ahead(open) || self.is_closed() {
+            return;
+        }
+        on_wait();
+        self.wanted.notify_one();
+        // A closed queue means the rounds have ended: the work goes ahead, as reads do.
+        if let Ok(turn) = self.turns.clone().acquire_owned().await {
+            self.use_queued_turn(turn);
+        }
     }
 
     /// The round task of rule G3 until `stop`. When it ends (stopped or dropped) the turns
@@ -433,5 +455,48 @@ mod tests {
         while turns.go_ahead(1) {}
         let late = turns.queue().acquire_owned().await;
         assert!(late.is_err(), "the queue is closed once the rounds end");
+    }
+
+    #[tokio::test]
+    async fn g3_work_the_server_starts_queues_behind_waiting_reads() {
+        let (turns, waited) = counted(1);
+        let turns = turns.expect("on");
+        assert!(turns.go_ahead(1));
+        // A connection's read queues first, then a push.
+        turns.enqueue();
+        let read = tokio::spawn({
+            let (queue, t) = (turns.queue(), turns.clone());
+            async move { t.use_queued_turn(queue.acquire_owned().await.expect("open")) }
+        });
+        tokio::task::yield_now().await;
+        let pushed = Arc::new(AtomicU64::new(0));
+        let push = tokio::spawn({
+            let (t, pushed) = (turns.clone(), pushed.clone());
+            async move {
+                t.take(1, || {
+                    pushed.fetch_add(1, Ordering::Relaxed);
+                })
+                .await
+            }
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(pushed.load(Ordering::Relaxed), 1, "the push queued");
+        assert_eq!(waited.load(Ordering::Relaxed), 1, "a push is not a read");
+        // A round of one turn serves the read; only the next serves the push.
+        turns.top_up();
+        tokio::time::timeout(Duration::from_secs(5), read)
+            .await
+            .expect("the read's turn")
+            .expect("task");
+        tokio::task::yield_now().await;
+        assert!(!push.is_finished(), "the push waits for the next round");
+        turns.top_up();
+        tokio::time::timeout(Duration::from_secs(5), push)
+            .await
+            .expect("the push's turn")
+            .expect("task");
+        // Once the rounds have ended, it goes ahead at once and is not counted.
+        turns.turns.close();
+        turns.take(1, || panic!("no wait once closed")).await;
     }
 }

@@ -21,7 +21,7 @@ use super::acks::{AckTracker, Due};
 use super::debounce::Debouncer;
 use super::packet::{decode_incoming, encode_push, Incoming, SeqGen};
 use super::table::{SubscribeOutcome, SubscriberTable};
-use super::{PushMetrics, PushSettings, PushState, Renderer, Subscriber};
+use super::{PushMetrics, PushSettings, PushState, PushTurns, Renderer, Subscriber};
 
 /// Largest datagram we read; acks are tiny.
 const RECV_BUF: usize = 64 * 1024;
@@ -146,8 +146,14 @@ impl PushHub {
     }
 
     /// Runs the hub until `shutdown` fires: debounced pushes rendered with `render`, the ack
-    /// receive loop, retransmissions and the zombie sweep.
-    pub async fn run(self: Arc<Self>, render: Renderer, shutdown: CancellationToken) {
+    /// receive loop, retransmissions and the zombie sweep. With `turns`, every datagram waits
+    /// for a read turn (rule G3 in `nacre_ring::turns`), so beats go before pushes.
+    pub async fn run(
+        self: Arc<Self>,
+        render: Renderer,
+        turns: Option<PushTurns>,
+        shutdown: CancellationToken,
+    ) {
         let sweep_every = (self.settings.subscriber_ttl * 2).max(Duration::from_millis(10));
         let mut next_sweep = now() + sweep_every;
         let mut buf = vec![0u8; RECV_BUF];
@@ -182,9 +188,10 @@ impl PushHub {
                 if shutdown.is_cancelled() {
                     return;
                 }
-                self.push_service(&key, &render, &shutdown).await;
+                self.push_service(&key, &render, turns.as_ref(), &shutdown)
+                    .await;
             }
-            self.retransmit_due().await;
+            self.retransmit_due(turns.as_ref(), &shutdown).await;
             let t = now();
             if t >= next_sweep {
                 let mut core = self.core.lock();
@@ -222,6 +229,7 @@ impl PushHub {
         &self,
         key: &ServiceKey,
         render: &Renderer,
+        turns: Option<&PushTurns>,
         shutdown: &CancellationToken,
     ) {
         let subs = {
@@ -233,7 +241,7 @@ impl PushHub {
         // Subscribers that asked the same way get the same render: one render per shape.
         let mut rendered: HashMap<(&str, &str), Option<Arc<str>>> = HashMap::new();
         for sub in &subs {
-            if shutdown.is_cancelled() {
+            if !self.take_turn(turns, shutdown).await {
                 return;
             }
             let data = rendered
@@ -271,11 +279,14 @@ impl PushHub {
     }
 
     /// Resends or gives up on packets whose ack deadline has passed.
-    async fn retransmit_due(&self) {
+    async fn retransmit_due(&self, turns: Option<&PushTurns>, shutdown: &CancellationToken) {
         let due = self.core.lock().acks.due(now());
         for d in due {
             match d {
                 Due::Resend { seq, addr, bytes } => {
+                    if !self.take_turn(turns, shutdown).await {
+                        return;
+                    }
                     tracing::debug!(%addr, seq, "push retransmit");
                     if let Err(e) = self.send(&bytes, addr).await {
                         // The entry stays; it fails at its next deadline.
@@ -287,6 +298,19 @@ impl PushHub {
                     self.count_failed();
                 }
             }
+        }
+    }
+
+    /// Rule G3 for pushes: a datagram (and the render it may need) waits for a read turn, as
+    /// a client's list would. False once `shutdown` fires.
+    async fn take_turn(&self, turns: Option<&PushTurns>, shutdown: &CancellationToken) -> bool {
+        let Some(t) = turns else {
+            return !shutdown.is_cancelled();
+        };
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => false,
+            () = t.turns.take((t.open)(), || self.metrics.waited.inc()) => true,
         }
     }
 
@@ -353,11 +377,108 @@ mod tests {
         settings: PushSettings,
         render: Renderer,
     ) -> (Arc<PushHub>, CancellationToken, tokio::task::JoinHandle<()>) {
+        start_with_turns(settings, render, None).await
+    }
+
+    async fn start_with_turns(
+        settings: PushSettings,
+        render: Renderer,
+        turns: Option<PushTurns>,
+    ) -> (Arc<PushHub>, CancellationToken, tokio::task::JoinHandle<()>) {
         let metrics = PushMetrics::unregistered().expect("metrics");
         let hub = PushHub::bind(settings, metrics).await.expect("bind");
         let token = CancellationToken::new();
-        let task = tokio::spawn(Arc::clone(&hub).run(render, token.clone()));
+        let task = tokio::spawn(Arc::clone(&hub).run(render, turns, token.clone()));
         (hub, token, task)
+    }
+
+    #[tokio::test]
+    async fn g3_a_push_waits_for_a_read_turn_once_a_crowded_round_is_used_up() {
+        let turns = nacre_ring::turns::ReadTurns::new(1, 2, Box::new(|| {})).expect("on");
+        let open = Arc::new(AtomicUsize::new(3));
+        let push_turns = PushTurns {
+            turns: turns.clone(),
+            open: {
+                let open = open.clone();
+                Arc::new(move || open.load(Ordering::SeqCst))
+            },
+        };
+        let (hub, token, task) = start_with_turns(
+            settings(Duration::from_secs(30)),
+            fixed_render(r#"{"hosts":[]}"#.into()),
+            Some(push_turns),
+        )
+        .await;
+        let client = UdpSocket::bind("127.0.0.1:0").await.expect("client");
+        assert!(hub.subscribe(
+            subscriber("orders", client.local_addr().expect("addr")),
+            Instant::now()
+        ));
+        // Three connections are a crowd of more than two: a client's read takes the round's
+        // only turn, and no round task tops it up yet.
+        assert!(turns.go_ahead(3));
+        hub.service_changed(&key("orders"));
+        assert!(
+            no_datagram_within(&client, Duration::from_millis(300)).await,
+            "the push waits for a turn"
+        );
+        assert_eq!(hub.metrics.waited.get(), 1);
+        assert_eq!(hub.state().total, 0);
+        // The next round serves it.
+        let stop = CancellationToken::new();
+        let rounds = tokio::spawn(turns.clone().run(stop.clone()));
+        let (_, v, _) = recv_push(&client).await;
+        assert_eq!(v["type"], "dom");
+        // No crowd: the next push goes at once though no turn is left.
+        while turns.go_ahead(3) {}
+        open.store(2, Ordering::SeqCst);
+        hub.service_changed(&key("orders"));
+        recv_push(&client).await;
+        assert_eq!(hub.metrics.waited.get(), 1, "no crowd, no wait");
+        stop.cancel();
+        let _ = rounds.await;
+        token.cancel();
+        let _ = task.await;
+    }
+
+    #[tokio::test]
+    async fn g3_a_push_waiting_for_a_turn_stops_at_shutdown() {
+        let turns = nacre_ring::turns::ReadTurns::new(1, 0, Box::new(|| {})).expect("on");
+        let push_turns = PushTurns {
+            turns: turns.clone(),
+            open: Arc::new(|| 1),
+        };
+        let (hub, token, task) = start_with_turns(
+            settings(Duration::from_secs(30)),
+            fixed_render(r#"{"hosts":[]}"#.into()),
+            Some(push_turns),
+        )
+        .await;
+        let client = UdpSocket::bind("127.0.0.1:0").await.expect("client");
+        assert!(hub.subscribe(
+            subscriber("orders", client.local_addr().expect("addr")),
+            Instant::now()
+        ));
+        assert!(turns.go_ahead(1));
+        hub.service_changed(&key("orders"));
+        wait_until(|| hub.metrics.waited.get() == 1).await;
+        token.cancel();
+        tokio::time::timeout(WAIT, task)
+            .await
+            .expect("the hub stops though its push had no turn")
+            .expect("join");
+        assert_eq!(hub.state().total, 0, "nothing was sent");
+    }
+
+    async fn wait_until(pred: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !pred() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "condition not met in time"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Receives one push datagram and decodes it: (raw bytes, packet JSON, source).
@@ -733,7 +854,7 @@ mod tests {
         let registry = prometheus::Registry::new();
         let m = PushMetrics::new(&registry).expect("register");
         m.sent.inc();
-        assert_eq!(registry.gather().len(), 4);
+        assert_eq!(registry.gather().len(), 5);
         assert!(PushMetrics::new(&registry).is_err());
     }
 }

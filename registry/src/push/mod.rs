@@ -5,7 +5,10 @@
 //! [`PushHub::service_changed`] schedules one debounced push; the [`PushHub::run`] task then
 //! renders the list response for every live subscriber of that service, sends it as a `dom`
 //! packet from the hub's single UDP socket, matches `push-ack`s, retransmits unacknowledged
-//! packets and drops zombie subscribers.
+//! packets and drops zombie subscribers. A push is a read the node starts itself: under
+//! overload each datagram waits for a read turn like a client's list (rule G3 in
+//! `nacre_ring::turns`), so beats go first; a deferred push loses nothing, since changes to
+//! its service meanwhile are merged into the next one.
 //!
 //! The logic is split into pure, clock-injected parts ([`table`], [`acks`], [`debounce`],
 //! [`packet`]) and the socket-driving [`hub`].
@@ -84,17 +87,21 @@ pub struct PushMetrics {
     pub failed: IntCounter,
     /// Subscribers currently stored.
     pub subscribers: IntGauge,
+    /// Datagrams that waited for a read turn (rule G3) before they were sent.
+    pub waited: IntCounter,
 }
 
 impl PushMetrics {
     /// Creates the instruments and registers them in `registry` as `nacre_push_sent_total`,
-    /// `nacre_push_acked_total`, `nacre_push_failed_total` and `nacre_push_subscribers`.
+    /// `nacre_push_acked_total`, `nacre_push_failed_total`, `nacre_push_subscribers` and
+    /// `nacre_push_turns_waited_total`.
     pub fn new(registry: &Registry) -> prometheus::Result<Self> {
         let m = Self::unregistered()?;
         registry.register(Box::new(m.sent.clone()))?;
         registry.register(Box::new(m.acked.clone()))?;
         registry.register(Box::new(m.failed.clone()))?;
         registry.register(Box::new(m.subscribers.clone()))?;
+        registry.register(Box::new(m.waited.clone()))?;
         Ok(m)
     }
 
@@ -105,7 +112,30 @@ impl PushMetrics {
             acked: IntCounter::new("nacre_push_acked_total", "UDP push packets acknowledged")?,
             failed: IntCounter::new("nacre_push_failed_total", "UDP push packets failed")?,
             subscribers: IntGauge::new("nacre_push_subscribers", "UDP push subscribers")?,
+            waited: IntCounter::new(
+                "nacre_push_turns_waited_total",
+                "UDP push datagrams that waited for a read turn",
+            )?,
         })
+    }
+}
+
+/// Where pushes take their turns (rule G3 in `nacre_ring::turns`): the node's read turns and
+/// how many client connections it has open now.
+#[derive(Clone)]
+pub struct PushTurns {
+    /// The turns the node's connections read by.
+    pub turns: Arc<nacre_ring::turns::ReadTurns>,
+    /// Open client connections now (the crowd rule's count).
+    pub open: Arc<dyn Fn() -> usize + Send + Sync>,
+}
+
+impl std::fmt::Debug for PushTurns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PushTurns")
+            .field("turns", &self.turns)
+            .field("open", &(self.open)())
+            .finish()
     }
 }
 
