@@ -14,9 +14,11 @@
 # Servers: nacre standalone as configured by default (reads wait their turns and are never
 # shed; its measured lag holds expiry back), nacre with NACRE_OVERLOAD_LAG_MS=1000 (reads shed
 # past 1 s of lag), r-nacos 0.8.8, and on request (OVERLOAD_SERVERS) `nacre-up`: `nacre up`,
-# gateway and three nodes in one process under the one limit.
+# gateway and three nodes in one process under the one limit (its gateway on OVERLOAD_UP_THREADS
+# threads, 1 as `nacre up` runs it by default).
 #
 # Knobs (environment): OVERLOAD_SERVERS ("nacre nacre-shedding r-nacos"), OVERLOAD_CPU (0.4),
+# OVERLOAD_UP_THREADS (1),
 # OVERLOAD_FOR (40s), BENCH_DURATION (60s),
 # FLEET_SERVICES (100), FLEET_INSTANCES (20), BENCH_CONCURRENCY (6000), BENCH_PORT_BASE
 # (29000), NACRE_BENCH_CACHE, NACRE_BENCH_OUT, NACRE_BIN.
@@ -78,7 +80,7 @@ start_server() { # name dir: sets SERVER_ADDR, SERVER_PID
     nacre-up)
         # Gateway and three nodes in one process, all inside the same CPU limit.
         NACRE_LOG=warn limited "$NACRE" up --listen "$NACRE_ADDR" --data "$2" \
-            >"$2/nacre.log" 2>&1 &
+            --threads "${OVERLOAD_UP_THREADS:-1}" >"$2/nacre.log" 2>&1 &
         SERVER_PID=$!
         SERVER_ADDR=$NACRE_ADDR
         PIDS+=("$SERVER_PID")

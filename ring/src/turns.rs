@@ -23,11 +23,12 @@
 //!   request of a client connection once its first bytes are read (`nacre_gateway::edge::
 //!   take_turn`): they are in hand then, and nothing else of the request is done until its
 //!   turn.
-//! - **Pushes.** A node's UDP push is a read the node starts itself: before each datagram
-//!   (a first send or a resend, and the render it may need) the push task takes a turn with
-//!   [`ReadTurns::take`], by the same crowd rule, queued behind the reads already waiting.
-//!   Beats thus go before pushes as they go before lists. A deferred push loses nothing:
-//!   changes to its service meanwhile are merged into the next push.
+//! - **Pushes.** A node's UDP push is a read the node starts itself: the push task takes a
+//!   turn with [`ReadTurns::take`], by the same crowd rule and queued behind the reads already
+//!   waiting, before each render and for every few datagrams (first sends or resends) of a
+//!   render already made (`nacre_registry::push::hub::DATAGRAMS_PER_TURN`). Beats thus go
+//!   before pushes as they go before lists. A deferred push loses nothing: it carries the
+//!   service as rendered at its turn, and a change made meanwhile schedules another push.
 //! - **Rounds.** The [`ReadTurns::run`] task tops the turns up to `per_round`, queued reads
 //!   first and in the order they queued, then yields, and tops up again only once every turn of
 //!   the round has been used: the reads it let go have been polled. Tokio runs a task that

@@ -4,6 +4,12 @@
 //! services, the ack receive loop, retransmission/failure of unacknowledged packets, and the
 //! periodic zombie sweep. All state lives behind one short-held mutex; rendering and socket
 //! I/O happen outside it. Time comes from `tokio::time`, so paused-time tests drive it.
+//!
+//! Under overload the task takes read turns (rule G3 in `nacre_ring::turns`): a turn before
+//! each render, and one for every [`DATAGRAMS_PER_TURN`] datagrams of a render already made
+//! or of resends. While it waits for a turn it keeps reading acks, so a packet its client
+//! acknowledged meanwhile is not resent or failed for want of a read. Everything else of the
+//! task (other services' pushes, the sweep) waits with it.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -25,6 +31,35 @@ use super::{PushMetrics, PushSettings, PushState, PushTurns, Renderer, Subscribe
 
 /// Largest datagram we read; acks are tiny.
 const RECV_BUF: usize = 64 * 1024;
+
+/// Largest datagram read while waiting for a turn: an ack is under 100 bytes, and anything
+/// longer is no ack (cut short, it decodes as garbage and is ignored).
+const ACK_BUF: usize = 1024;
+
+/// Datagrams one read turn covers once their render is made (rule G3): a render costs about
+/// what a list answer does, a datagram one `sendto`, a fraction of it. So a service with many
+/// subscribers does not take a turn per subscriber behind every waiting read.
+pub const DATAGRAMS_PER_TURN: u32 = 8;
+
+/// What the push task has left of its last read turn (rule G3).
+#[derive(Debug, Default)]
+struct TurnBudget {
+    /// Datagrams the last turn still covers.
+    left: u32,
+}
+
+impl TurnBudget {
+    /// Accounts for the next datagram; true when a turn must be taken first: it needs a
+    /// `render`, or the last turn's datagrams are used up.
+    fn needs_turn(&mut self, render: bool) -> bool {
+        let turn = render || self.left == 0;
+        if turn {
+            self.left = DATAGRAMS_PER_TURN;
+        }
+        self.left -= 1;
+        turn
+    }
+}
 
 /// The current instant on the tokio clock (identical to `std::time::Instant::now()` unless a
 /// test paused time).
@@ -240,8 +275,14 @@ impl PushHub {
         };
         // Subscribers that asked the same way get the same render: one render per shape.
         let mut rendered: HashMap<(&str, &str), Option<Arc<str>>> = HashMap::new();
+        let mut budget = TurnBudget::default();
         for sub in &subs {
-            if !self.take_turn(turns, shutdown).await {
+            let render_needed =
+                !rendered.contains_key(&(sub.clusters.as_str(), sub.agent.as_str()));
+            if budget.needs_turn(render_needed) && !self.take_turn(turns, shutdown).await {
+                return;
+            }
+            if shutdown.is_cancelled() {
                 return;
             }
             let data = rendered
@@ -281,10 +322,11 @@ impl PushHub {
     /// Resends or gives up on packets whose ack deadline has passed.
     async fn retransmit_due(&self, turns: Option<&PushTurns>, shutdown: &CancellationToken) {
         let due = self.core.lock().acks.due(now());
+        let mut budget = TurnBudget::default();
         for d in due {
             match d {
                 Due::Resend { seq, addr, bytes } => {
-                    if !self.take_turn(turns, shutdown).await {
+                    if budget.needs_turn(false) && !self.take_turn(turns, shutdown).await {
                         return;
                     }
                     tracing::debug!(%addr, seq, "push retransmit");
@@ -301,16 +343,31 @@ impl PushHub {
         }
     }
 
-    /// Rule G3 for pushes: a datagram (and the render it may need) waits for a read turn, as
-    /// a client's list would. False once `shutdown` fires.
+    /// Rule G3 for pushes: waits for a read turn, as a client's list would, reading acks
+    /// meanwhile. False once `shutdown` fires.
     async fn take_turn(&self, turns: Option<&PushTurns>, shutdown: &CancellationToken) -> bool {
         let Some(t) = turns else {
             return !shutdown.is_cancelled();
         };
-        tokio::select! {
-            biased;
-            () = shutdown.cancelled() => false,
-            () = t.turns.take((t.open)(), || self.metrics.waited.inc()) => true,
+        // One future for the whole wait: a new one would queue again at the back.
+        let take = t.turns.take((t.open)(), || self.metrics.waited.inc());
+        tokio::pin!(take);
+        let mut buf = [0u8; ACK_BUF];
+        // A socket that errors is left alone until the turn comes (the main loop backs off).
+        let mut receiving = true;
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return false,
+                () = &mut take => return true,
+                r = self.socket.recv_from(&mut buf), if receiving => match r {
+                    Ok((n, from)) => self.on_datagram(buf.get(..n).unwrap_or_default(), from),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "push socket receive error");
+                        receiving = false;
+                    }
+                },
+            }
         }
     }
 
@@ -403,26 +460,16 @@ mod tests {
                 Arc::new(move || open.load(Ordering::SeqCst))
             },
         };
-        let (hub, token, task) = start_with_turns(
-            settings(Duration::from_secs(30)),
-            fixed_render(r#"{"hosts":[]}"#.into()),
-            Some(push_turns),
-        )
-        .await;
-        let client = UdpSocket::bind("127.0.0.1:0").await.expect("client");
-        assert!(hub.subscribe(
-            subscriber("orders", client.local_addr().expect("addr")),
-            Instant::now()
-        ));
+        let (hub, client, token, task) = subscribed_with_turns(push_turns).await;
         // Three connections are a crowd of more than two: a client's read takes the round's
         // only turn, and no round task tops it up yet.
         assert!(turns.go_ahead(3));
         hub.service_changed(&key("orders"));
+        wait_until(|| hub.metrics.waited.get() == 1).await;
         assert!(
-            no_datagram_within(&client, Duration::from_millis(300)).await,
+            no_datagram_within(&client, Duration::from_millis(200)).await,
             "the push waits for a turn"
         );
-        assert_eq!(hub.metrics.waited.get(), 1);
         assert_eq!(hub.state().total, 0);
         // The next round serves it.
         let stop = CancellationToken::new();
@@ -441,8 +488,20 @@ mod tests {
         let _ = task.await;
     }
 
+    #[test]
+    fn g3_a_turn_covers_a_render_or_several_datagrams() {
+        let mut budget = TurnBudget::default();
+        assert!(budget.needs_turn(false), "the first datagram takes a turn");
+        for _ in 1..DATAGRAMS_PER_TURN {
+            assert!(!budget.needs_turn(false), "covered by the turn taken");
+        }
+        assert!(budget.needs_turn(false), "used up: the next takes a turn");
+        assert!(budget.needs_turn(true), "a render always takes one");
+        assert!(!budget.needs_turn(false));
+    }
+
     #[tokio::test]
-    async fn g3_a_push_waiting_for_a_turn_stops_at_shutdown() {
+    async fn g3_acks_are_read_while_a_push_waits_for_its_turn() {
         let turns = nacre_ring::turns::ReadTurns::new(1, 0, Box::new(|| {})).expect("on");
         let push_turns = PushTurns {
             turns: turns.clone(),
@@ -454,11 +513,58 @@ mod tests {
             Some(push_turns),
         )
         .await;
-        let client = UdpSocket::bind("127.0.0.1:0").await.expect("client");
-        assert!(hub.subscribe(
-            subscriber("orders", client.local_addr().expect("addr")),
-            Instant::now()
-        ));
+        // Twenty subscribers of one shape on one socket (each its own `app`), acking all.
+        let client = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("client"));
+        let addr = client.local_addr().expect("addr");
+        for n in 0..20 {
+            let sub = Subscriber {
+                app: format!("app-{n}"),
+                ..subscriber("orders", addr)
+            };
+            assert!(hub.subscribe(sub, Instant::now()));
+        }
+        let acker = tokio::spawn({
+            let client = client.clone();
+            async move {
+                loop {
+                    let (_, v, from) = recv_push(&client).await;
+                    let ack = serde_json::json!({
+                        "type": "push-ack",
+                        "lastRefTime": v["lastRefTime"],
+                        "data": "",
+                    });
+                    let _ = client.send_to(ack.to_string().as_bytes(), from).await;
+                }
+            }
+        });
+        // No round task: the test hands out the turns. A client's read has this round's.
+        assert!(turns.go_ahead(1));
+        hub.service_changed(&key("orders"));
+        wait_until(|| hub.metrics.waited.get() == 1).await;
+        assert_eq!(hub.state().total, 0);
+        // One turn: the render and the first datagrams it covers, then a wait for the next.
+        turns.queue().add_permits(1);
+        wait_until(|| hub.metrics.waited.get() == 2).await;
+        let first = u64::from(DATAGRAMS_PER_TURN);
+        assert_eq!(hub.state().total, first);
+        // Their acks are read while the push waits.
+        wait_until(|| hub.state().succeed == first).await;
+        turns.queue().add_permits(2);
+        let done = wait_state(&hub, |s| s.succeed == 20).await;
+        assert_eq!((done.total, done.succeed, done.failed), (20, 20, 0));
+        acker.abort();
+        token.cancel();
+        let _ = task.await;
+    }
+
+    #[tokio::test]
+    async fn g3_a_push_waiting_for_a_turn_stops_at_shutdown() {
+        let turns = nacre_ring::turns::ReadTurns::new(1, 0, Box::new(|| {})).expect("on");
+        let push_turns = PushTurns {
+            turns: turns.clone(),
+            open: Arc::new(|| 1),
+        };
+        let (hub, _client, token, task) = subscribed_with_turns(push_turns).await;
         assert!(turns.go_ahead(1));
         hub.service_changed(&key("orders"));
         wait_until(|| hub.metrics.waited.get() == 1).await;
@@ -468,6 +574,29 @@ mod tests {
             .expect("the hub stops though its push had no turn")
             .expect("join");
         assert_eq!(hub.state().total, 0, "nothing was sent");
+    }
+
+    /// A hub taking `turns`, with one subscriber of `orders` on the returned socket.
+    async fn subscribed_with_turns(
+        turns: PushTurns,
+    ) -> (
+        Arc<PushHub>,
+        UdpSocket,
+        CancellationToken,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (hub, token, task) = start_with_turns(
+            settings(Duration::from_secs(30)),
+            fixed_render(r#"{"hosts":[]}"#.into()),
+            Some(turns),
+        )
+        .await;
+        let client = UdpSocket::bind("127.0.0.1:0").await.expect("client");
+        assert!(hub.subscribe(
+            subscriber("orders", client.local_addr().expect("addr")),
+            Instant::now()
+        ));
+        (hub, client, token, task)
     }
 
     async fn wait_until(pred: impl Fn() -> bool) {

@@ -6,9 +6,9 @@
 //! renders the list response for every live subscriber of that service, sends it as a `dom`
 //! packet from the hub's single UDP socket, matches `push-ack`s, retransmits unacknowledged
 //! packets and drops zombie subscribers. A push is a read the node starts itself: under
-//! overload each datagram waits for a read turn like a client's list (rule G3 in
-//! `nacre_ring::turns`), so beats go first; a deferred push loses nothing, since changes to
-//! its service meanwhile are merged into the next one.
+//! overload its renders and datagrams wait for read turns like a client's list (rule G3 in
+//! `nacre_ring::turns`; [`hub::DATAGRAMS_PER_TURN`]), so beats go first. A deferred push loses
+//! nothing: a change made while it waits schedules another push.
 //!
 //! The logic is split into pure, clock-injected parts ([`table`], [`acks`], [`debounce`],
 //! [`packet`]) and the socket-driving [`hub`].
@@ -87,7 +87,7 @@ pub struct PushMetrics {
     pub failed: IntCounter,
     /// Subscribers currently stored.
     pub subscribers: IntGauge,
-    /// Datagrams that waited for a read turn (rule G3) before they were sent.
+    /// Times the push task waited for a read turn (rule G3) before a render or datagrams.
     pub waited: IntCounter,
 }
 
@@ -114,7 +114,7 @@ impl PushMetrics {
             subscribers: IntGauge::new("nacre_push_subscribers", "UDP push subscribers")?,
             waited: IntCounter::new(
                 "nacre_push_turns_waited_total",
-                "UDP push datagrams that waited for a read turn",
+                "Times UDP pushes waited for a read turn",
             )?,
         })
     }
