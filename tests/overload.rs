@@ -3,7 +3,8 @@
 //! can serve while a fleet keeps beating. As configured by default it has the lists (and its
 //! UDP pushes) wait their turns and answers every one; with read shedding on it turns a share
 //! away with Nacos's 503. Either way it serves every beat, loses no instance, and serves every
-//! list again once the flood stops.
+//! list again once the flood stops. A gateway on two threads in front of three nodes, flooded
+//! with lists it answers from its cache, has them wait their turns the same way.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -12,7 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
+use nacre_testkit::cluster::{ClusterOptions, TestCluster};
 use nacre_testkit::fleet::{Fleet, FleetSpec, Targets};
+use nacre_testkit::gateway::GatewayProcess;
 use nacre_testkit::http::{eventually, Api};
 use nacre_testkit::subscriber::PushChecker;
 use nacre_testkit::NodeProcess;
@@ -63,14 +66,53 @@ async fn register_heavy(api: &Api) -> Result<()> {
     Ok(())
 }
 
-/// `FLOODERS` loops listing the heavy service, each request a new variant so every one is
-/// rendered, until `stop`.
+/// How a flood runs, and where.
+struct Flood {
+    /// Where every client request goes: a node, or a gateway in front of the nodes.
+    entry: SocketAddr,
+    /// The nodes, whose metrics tell which beats they turned away and what expired.
+    nodes: Vec<SocketAddr>,
+    /// Connections listing the heavy service as fast as they can.
+    flooders: usize,
+    /// Each list a new variant, so every one is rendered; else they are one cached answer.
+    distinct: bool,
+    /// A UDP subscriber also watches a second, beating fleet whose services change every
+    /// 300 ms (the testkit's `PushChecker`): every push it gets must show every live instance.
+    pushes: bool,
+}
+
+impl Flood {
+    /// Node-rendered lists flooding one node.
+    fn node(node: &NodeProcess, pushes: bool) -> Flood {
+        Flood {
+            entry: node.addr(),
+            nodes: vec![node.addr()],
+            flooders: FLOODERS,
+            distinct: true,
+            pushes,
+        }
+    }
+
+    /// The sum of metric `name` over the nodes.
+    async fn nodes_metric(&self, name: &str) -> f64 {
+        let mut sum = 0.0;
+        for node in &self.nodes {
+            sum += Api::new(*node).metric(name).await;
+        }
+        sum
+    }
+}
+
+/// `flooders` loops listing the heavy service at `addr` until `stop`; with `distinct`, each
+/// request a new variant so every one is rendered.
 fn flood(
     addr: SocketAddr,
+    flooders: usize,
+    distinct: bool,
     answers: Arc<Answers>,
     stop: Arc<AtomicBool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    (0..FLOODERS)
+    (0..flooders)
         .map(|f| {
             let (answers, stop) = (answers.clone(), stop.clone());
             tokio::spawn(async move {
@@ -78,7 +120,10 @@ fn flood(
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
-                    let env = format!("flood-{f}-{n}");
+                    let env = match distinct {
+                        true => format!("flood-{f}-{n}"),
+                        false => String::new(),
+                    };
                     let r = api
                         .call(
                             "GET",
@@ -105,18 +150,14 @@ fn flood(
 /// A node flooded for [`FLOOD_FOR`] while a fleet beats: the flood's answers, then the checks
 /// every overloaded node must pass (lists served again at once, no beat turned away or
 /// forgotten, nothing expired, every instance listed healthy).
-///
-/// With `pushes`, a UDP subscriber also watches a second, beating fleet whose services change
-/// every 300 ms during the flood (the testkit's `PushChecker`): every push it gets must show
-/// every live instance.
-async fn flood_while_beating(node: &NodeProcess, pushes: bool) -> Result<Arc<Answers>> {
-    let addr = node.addr();
+async fn flood_while_beating(run: &Flood) -> Result<Arc<Answers>> {
+    let addr = run.entry;
     let api = Api::new(addr);
     register_heavy(&api).await?;
     // 20 instances beating every 500 ms, unhealthy after 3 s and removed after 6 s of silence.
     let fleet = Fleet::register(FleetSpec::new("live", 4, 5), &[addr]).await?;
     let beating = fleet.start_beating(Targets::new(vec![addr]));
-    let watched = match pushes {
+    let watched = match run.pushes {
         true => {
             let watched = Fleet::register(FleetSpec::new("watched", 2, 2), &[addr]).await?;
             let beating = watched.start_beating(Targets::new(vec![addr]));
@@ -129,7 +170,13 @@ async fn flood_while_beating(node: &NodeProcess, pushes: bool) -> Result<Arc<Ans
 
     let answers = Arc::new(Answers::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let flooders = flood(addr, answers.clone(), stop.clone());
+    let flooders = flood(
+        addr,
+        run.flooders,
+        run.distinct,
+        answers.clone(),
+        stop.clone(),
+    );
     tokio::time::sleep(FLOOD_FOR).await;
     stop.store(true, Ordering::Relaxed);
     futures::future::join_all(flooders).await;
@@ -182,11 +229,13 @@ async fn flood_while_beating(node: &NodeProcess, pushes: bool) -> Result<Arc<Ans
         fleet.lost_examples()
     );
     ensure!(beats.ok.load(Ordering::Relaxed) > 0, "no beat was answered");
-    let shed_beats = api
-        .metric(r#"nacre_http_requests_total{api="PUT /nacos/v1/ns/instance/beat",status="503"}"#)
+    let shed_beats = run
+        .nodes_metric(
+            r#"nacre_http_requests_total{api="PUT /nacos/v1/ns/instance/beat",status="503"}"#,
+        )
         .await;
     ensure!(shed_beats == 0.0, "{shed_beats} beats were turned away");
-    let expired = api.metric("nacre_expirations_total").await;
+    let expired = run.nodes_metric("nacre_expirations_total").await;
     ensure!(
         expired == 0.0,
         "{expired} instances expired while their clients beat"
@@ -210,7 +259,7 @@ async fn flooded_node(
 ) -> Result<(NodeProcess, Arc<Answers>)> {
     let mut node = NodeProcess::start_with_env(Path::new(env!("CARGO_BIN_EXE_nacre")), dir, env)?;
     node.wait_ready(Duration::from_secs(20))?;
-    let answers = flood_while_beating(&node, pushes).await?;
+    let answers = flood_while_beating(&Flood::node(&node, pushes)).await?;
     Ok((node, answers))
 }
 
@@ -279,5 +328,61 @@ async fn a_flooded_node_has_reads_and_pushes_wait_their_turn_and_answers_every_o
         "{waited} reads and {pushes_waited} pushes waited for their turn; {} pushes received",
         answers.pushed.load(Ordering::Relaxed)
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooded_gateway_on_two_threads_has_reads_wait_their_turn_and_keeps_every_instance(
+) -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let bin = Path::new(env!("CARGO_BIN_EXE_nacre"));
+    let mut cluster = TestCluster::start(bin, root.path(), ClusterOptions::new(3).fast())?;
+    cluster.wait_ready(Duration::from_secs(30))?;
+    cluster.wait_rings_complete(Duration::from_secs(30))?;
+    let nodes: Vec<SocketAddr> = cluster
+        .member_indices()
+        .into_iter()
+        .map(|i| cluster.node(i).addr())
+        .collect();
+    let upstreams = nodes
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    // Two threads, as `nacre gateway` runs by default (the testkit's gateway always does),
+    // each with its own turns; turns from the first connection on, as the node test's.
+    let mut gateway = GatewayProcess::start_with_env(
+        bin,
+        &root.path().join("gw"),
+        nacre_testkit::free_loopback_addr()?,
+        cluster.secret(),
+        &["--upstreams".to_string(), upstreams],
+        &[("NACRE_GATEWAY_READ_TURNS_CROWD", "0")],
+    )?;
+    gateway.wait_ready(nodes.len(), Duration::from_secs(30))?;
+    // The gateway answers the heavy list from its cache: what it is flooded with is its own
+    // work, reading requests and writing answers.
+    let answers = flood_while_beating(&Flood {
+        entry: gateway.addr(),
+        nodes,
+        flooders: 2 * FLOODERS,
+        distinct: false,
+        pushes: false,
+    })
+    .await?;
+    let (ok, shed, other) = counts(&answers);
+    ensure!(ok > 0, "no list was answered under the flood");
+    ensure!(
+        shed == 0 && other == 0,
+        "{shed} lists were shed and {other} failed through the gateway"
+    );
+    let waited = Api::new(gateway.addr())
+        .metric("nacre_gateway_read_turns_waited_total")
+        .await;
+    ensure!(
+        waited > 0.0,
+        "no read waited for a turn at the gateway ({ok} served)"
+    );
+    eprintln!("{waited} reads waited for their turn at the gateway; {ok} lists served");
     Ok(())
 }
