@@ -297,6 +297,27 @@ async fn an_overloaded_node_sheds_reads_serves_every_beat_and_recovers() -> Resu
     Ok(())
 }
 
+/// Checks that with reads never shed every list of the flood was answered and that reads
+/// waited for turns (`waited`, a metric of `server`); returns how many waited.
+async fn all_answered_after_waits(
+    answers: &Answers,
+    server: SocketAddr,
+    waited: &str,
+) -> Result<f64> {
+    let (ok, shed, other) = counts(answers);
+    ensure!(ok > 0, "no list was answered under the flood");
+    ensure!(
+        shed == 0 && other == 0,
+        "{shed} lists were shed and {other} failed with reads never shed"
+    );
+    let n = Api::new(server).metric(waited).await;
+    ensure!(
+        n > 0.0,
+        "no read waited for a turn under the flood ({ok} served)"
+    );
+    Ok(n)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooded_node_has_reads_and_pushes_wait_their_turn_and_answers_every_one() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -304,19 +325,8 @@ async fn a_flooded_node_has_reads_and_pushes_wait_their_turn_and_answers_every_o
     // flood's few dozen connections are no crowd by the default measure.
     let (node, answers) =
         flooded_node(dir.path(), &[("NACRE_READ_TURNS_CROWD", "0")], true).await?;
-    let (ok, shed, other) = counts(&answers);
-    ensure!(ok > 0, "no list was answered under the flood");
-    ensure!(
-        shed == 0 && other == 0,
-        "{shed} lists were shed and {other} failed with reads never shed"
-    );
-    let waited = Api::new(node.addr())
-        .metric("nacre_read_turns_waited_total")
-        .await;
-    ensure!(
-        waited > 0.0,
-        "no read waited for a turn under the flood ({ok} served)"
-    );
+    let waited =
+        all_answered_after_waits(&answers, node.addr(), "nacre_read_turns_waited_total").await?;
     let pushes_waited = Api::new(node.addr())
         .metric("nacre_push_turns_waited_total")
         .await;
@@ -370,19 +380,15 @@ async fn a_flooded_gateway_on_two_threads_has_reads_wait_their_turn_and_keeps_ev
         pushes: false,
     })
     .await?;
-    let (ok, shed, other) = counts(&answers);
-    ensure!(ok > 0, "no list was answered under the flood");
-    ensure!(
-        shed == 0 && other == 0,
-        "{shed} lists were shed and {other} failed through the gateway"
+    let waited = all_answered_after_waits(
+        &answers,
+        gateway.addr(),
+        "nacre_gateway_read_turns_waited_total",
+    )
+    .await?;
+    eprintln!(
+        "{waited} reads waited for their turn at the gateway; {} lists served",
+        counts(&answers).0
     );
-    let waited = Api::new(gateway.addr())
-        .metric("nacre_gateway_read_turns_waited_total")
-        .await;
-    ensure!(
-        waited > 0.0,
-        "no read waited for a turn at the gateway ({ok} served)"
-    );
-    eprintln!("{waited} reads waited for their turn at the gateway; {ok} lists served");
     Ok(())
 }
