@@ -181,8 +181,9 @@ impl PushHub {
     }
 
     /// Runs the hub until `shutdown` fires: debounced pushes rendered with `render`, the ack
-    /// receive loop, retransmissions and the zombie sweep. With `turns`, every datagram waits
-    /// for a read turn (rule G3 in `nacre_ring::turns`), so beats go before pushes.
+    /// receive loop, retransmissions and the zombie sweep. With `turns`, renders and datagrams
+    /// take read turns (rule G3 in `nacre_ring::turns`; see the module doc), so beats go before
+    /// pushes.
     pub async fn run(
         self: Arc<Self>,
         render: Renderer,
