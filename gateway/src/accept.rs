@@ -213,7 +213,9 @@ impl Connections {
             return Next::Close;
         };
         // Rule G3: a client read past the round's turns waits here, its first bytes in hand.
-        Box::pin(edge::take_turn(&self.shared, &first)).await;
+        if let Some(turns) = edge::turn_to_wait(&self.shared, &first) {
+            turns.wait().await;
+        }
         let client = Some(client);
         let taken = if edge::may_take(&self.shared, &first) {
             Box::pin(edge::take(&self.shared, &mut stream, first, client)).await

@@ -31,10 +31,12 @@
 //!   begun; bytes sent after the body (a pipelined request) stay for the next request.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
+use nacre_ring::turns::ReadTurns;
 use nacre_ring::wire::{RelayedOp, RelayedRequest, CONFIG_LISTENER_PATH};
 use nacre_ring::ServiceKey;
 use pingora::server::ShutdownWatch;
@@ -85,24 +87,14 @@ pub async fn next_request(shared: &Shared, stream: &Stream) -> bool {
     }
 }
 
-/// Rule G3 (in [`nacre_ring::turns`]) for a request whose first bytes are `first`: once the
-/// round's turns on this thread are gone, a client read waits for a turn before anything else
-/// of it is done; anything else, and every request while turns are left, goes ahead at once.
-/// Taken once bytes are in hand, so an idle connection whose readiness outlived its last
-/// request spends no turn.
-pub async fn take_turn(shared: &Shared, first: &[u8]) {
-    let Some(turns) = shared.read_turns.as_ref().and_then(|t| t.here()) else {
-        return;
-    };
-    let open = usize::try_from(shared.metrics.client_connections.get()).unwrap_or(0);
-    if turns.go_ahead(open) || turns.is_closed() || !nacre_ring::turns::is_read(first) {
-        return;
-    }
-    turns.enqueue();
-    // The rounds end (closing the queue) when the gateway stops: the read goes ahead then.
-    if let Ok(turn) = turns.queue().acquire_owned().await {
-        turns.use_queued_turn(turn);
-    }
+/// Rule G3 (in [`nacre_ring::turns`]) for a request whose first bytes are `first`: the
+/// turns it must wait on before anything else of it is done, if any. Once the round's turns on
+/// this thread are gone, a client read waits ([`ReadTurns::wait`]); anything else, and every
+/// request while turns are left, goes ahead at once. Asked once bytes are in hand, so an idle
+/// connection whose readiness outlived its last request spends no turn.
+pub fn turn_to_wait(shared: &Shared, first: &[u8]) -> Option<Arc<ReadTurns>> {
+    let turns = shared.read_turns.as_ref()?.here()?;
+    (!turns.go_ahead() && nacre_ring::turns::is_read(first)).then_some(turns)
 }
 
 /// A listener request this module serves (rule E2).
@@ -715,13 +707,14 @@ mod tests {
         let list = b"GET /nacos/v1/ns/instance/list?serviceName=a HTTP/1.1\r\n\r\n";
         let beat = b"PUT /nacos/v1/ns/instance/beat?serviceName=a HTTP/1.1\r\n\r\n";
         // The round's one turn goes to the first list.
-        assert!(take_turn(&shared, list).now_or_never().is_some());
+        assert!(turn_to_wait(&shared, list).is_none());
         // The next list finds none: it waits for the round task (not yet run)…
-        let mut waiting = Box::pin(take_turn(&shared, list));
+        let turns = turn_to_wait(&shared, list).expect("a read went ahead");
+        let mut waiting = Box::pin(turns.wait());
         assert!((&mut waiting).now_or_never().is_none(), "a read went ahead");
         assert_eq!(shared.metrics.read_turns_waited.get(), 1);
         // …while a beat goes ahead without a turn.
-        assert!(take_turn(&shared, beat).now_or_never().is_some());
+        assert!(turn_to_wait(&shared, beat).is_none());
         // The next round serves the list.
         tokio::time::timeout(Duration::from_secs(2), waiting)
             .await

@@ -152,6 +152,7 @@ impl Shared {
         let read_turns = turns::ThreadTurns::new(
             settings.read_turns_per_round,
             settings.read_turns_crowd,
+            metrics.client_connections.clone(),
             metrics.read_turns_waited.clone(),
             stopping.clone(),
         );

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use nacre_ring::turns::ReadTurns;
-use prometheus::IntCounter;
+use prometheus::{IntCounter, IntGauge};
 use tokio_util::sync::CancellationToken;
 
 /// Tells one gateway's turns apart from another's on the same thread (tests run several).
@@ -27,17 +27,20 @@ pub struct ThreadTurns {
     gateway: u64,
     per_round: usize,
     crowd: usize,
+    /// Client connections open now, on every thread (the crowd rule's count).
+    open: IntGauge,
     waited: IntCounter,
     stop: CancellationToken,
 }
 
 impl ThreadTurns {
     /// `per_round` turns per round on each thread once more than `crowd` client connections
-    /// are open, reads that queue counted in `waited`, the round tasks stopped by `stop`;
+    /// are `open`, reads that queue counted in `waited`, the round tasks stopped by `stop`;
     /// `None` when 0 turns the gate off.
     pub fn new(
         per_round: usize,
         crowd: usize,
+        open: IntGauge,
         waited: IntCounter,
         stop: CancellationToken,
     ) -> Option<Self> {
@@ -45,6 +48,7 @@ impl ThreadTurns {
             gateway: NEXT_GATEWAY.fetch_add(1, Ordering::Relaxed),
             per_round,
             crowd,
+            open,
             waited,
             stop,
         })
@@ -58,8 +62,13 @@ impl ThreadTurns {
             if let Some((_, turns)) = all.iter().find(|(g, _)| *g == self.gateway) {
                 return Some(turns.clone());
             }
-            let waited = self.waited.clone();
-            let turns = ReadTurns::new(self.per_round, self.crowd, Box::new(move || waited.inc()))?;
+            let (open, waited) = (self.open.clone(), self.waited.clone());
+            let turns = ReadTurns::new(
+                self.per_round,
+                self.crowd,
+                Box::new(move || usize::try_from(open.get()).unwrap_or(0)),
+                Box::new(move || waited.inc()),
+            )?;
             tokio::spawn(turns.clone().run(self.stop.clone()));
             all.push((self.gateway, turns.clone()));
             Some(turns)
@@ -75,9 +84,10 @@ mod tests {
     async fn g3_each_thread_has_turns_of_its_own_and_each_gateway_too() {
         let stop = CancellationToken::new();
         let counter = || IntCounter::new("w", "w").expect("counter");
-        let a = ThreadTurns::new(2, 0, counter(), stop.clone()).expect("on");
-        let b = ThreadTurns::new(2, 0, counter(), stop.clone()).expect("on");
-        assert!(ThreadTurns::new(0, 0, counter(), stop.clone()).is_none());
+        let open = || IntGauge::new("o", "o").expect("gauge");
+        let a = ThreadTurns::new(2, 0, open(), counter(), stop.clone()).expect("on");
+        let b = ThreadTurns::new(2, 0, open(), counter(), stop.clone()).expect("on");
+        assert!(ThreadTurns::new(0, 0, open(), counter(), stop.clone()).is_none());
         let here = a.here().expect("turns");
         assert!(
             Arc::ptr_eq(&here, &a.here().expect("turns")),

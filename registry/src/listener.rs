@@ -115,11 +115,11 @@ impl BoundedListener {
         self
     }
 
-    /// How many client connections are open now, for work outside the listener that takes
-    /// read turns by the same crowd rule (the push hub).
-    pub fn open_clients(&self) -> Arc<dyn Fn() -> usize + Send + Sync> {
+    /// How many client connections are open now: the count the node's read turns judge a
+    /// crowd by (rule G3).
+    pub fn open_clients(&self) -> nacre_ring::turns::OpenCount {
         let clients = self.clients.clone();
-        Arc::new(move || clients.taken())
+        Box::new(move || clients.taken())
     }
 
     /// A slot from the client budget if one is free, else from the reserve; waits for
@@ -210,8 +210,6 @@ pub struct BoundedStream {
 /// A connection's standing with the node's [`ReadTurns`].
 struct Turn {
     turns: Arc<ReadTurns>,
-    /// The client budget: how many connections are open (turns are taken only in a crowd).
-    clients: ClientSlots,
     /// The next read of the socket may go ahead.
     granted: bool,
     /// Queued for a turn: the input opens a client read and the round's turns were gone.
@@ -239,12 +237,9 @@ impl Turn {
             self.queued = false;
             return self.grant();
         }
-        // An error is the read's to report. Once the rounds have ended, every read goes ahead.
+        // An error is the read's to report.
         if let Ok(()) = std::task::ready!(stream.poll_read_ready(cx)) {
-            if !self.turns.go_ahead(self.clients.taken())
-                && !self.turns.is_closed()
-                && std::task::ready!(self.peek_read(stream, cx))
-            {
+            if !self.turns.go_ahead() && std::task::ready!(self.peek_read(stream, cx)) {
                 self.turns.enqueue();
                 self.queued = true;
                 return self.poll(stream, cx);
@@ -275,7 +270,6 @@ impl BoundedStream {
         admission: Admission,
         idle: Duration,
         turns: Option<Arc<ReadTurns>>,
-        clients: &ClientSlots,
         permit: OwnedSemaphorePermit,
     ) -> Self {
         let mut s = Self {
@@ -286,7 +280,6 @@ impl BoundedStream {
             deadline: Box::pin(tokio::time::sleep(idle)),
             turn: turns.map(|turns| Turn {
                 turns,
-                clients: clients.clone(),
                 granted: false,
                 queued: false,
                 queue: None,
@@ -344,7 +337,6 @@ impl axum::serve::Listener for BoundedListener {
                             admission,
                             self.idle,
                             self.turns.clone(),
-                            &self.clients,
                             permit,
                         ),
                         addr,
@@ -525,6 +517,14 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
     }
 
+    /// What one read of `stream` into `buf` got, within `d`.
+    async fn read_within(d: Duration, stream: &mut BoundedStream, buf: &mut [u8]) -> usize {
+        tokio::time::timeout(d, stream.read(buf))
+            .await
+            .expect("read in time")
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn g3_past_a_round_s_turns_a_read_waits_in_its_socket_and_a_beat_goes_ahead() {
         let inner = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -532,8 +532,9 @@ mod tests {
         let waited = prometheus::IntCounter::new("waited", "waited").unwrap();
         let w = waited.clone();
         // No crowd needed: two connections take turns here.
-        let turns = ReadTurns::new(1, 0, Box::new(move || w.inc())).unwrap();
-        let mut l = BoundedListener::new(inner, limits(4, 0)).with_read_turns(Some(turns.clone()));
+        let l = BoundedListener::new(inner, limits(4, 0));
+        let turns = ReadTurns::new(1, 0, l.open_clients(), Box::new(move || w.inc())).unwrap();
+        let mut l = l.with_read_turns(Some(turns.clone()));
         let mut lister = TcpStream::connect(addr).await.unwrap();
         let mut beater = TcpStream::connect(addr).await.unwrap();
         let (mut lists, _) = l.accept().await;
@@ -545,10 +546,7 @@ mod tests {
 
         // The round's one turn goes to the first list.
         lister.write_all(list).await.unwrap();
-        let n = tokio::time::timeout(soon, lists.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
+        let n = read_within(soon, &mut lists, &mut buf).await;
         assert_eq!(&buf[..n], list);
         // The next list finds no turn: it stays in its socket…
         lister.write_all(list).await.unwrap();
@@ -561,18 +559,12 @@ mod tests {
         assert_eq!(waited.get(), 1);
         // …while a beat is read at once, without a turn.
         beater.write_all(beat).await.unwrap();
-        let n = tokio::time::timeout(soon, beats.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
+        let n = read_within(soon, &mut beats, &mut buf).await;
         assert_eq!(&buf[..n], beat);
         // The next round serves the queued list.
         let stop = tokio_util::sync::CancellationToken::new();
         let rounds = tokio::spawn(turns.run(stop.clone()));
-        let n = tokio::time::timeout(Duration::from_secs(2), lists.read(&mut buf))
-            .await
-            .expect("a round served the queued read")
-            .unwrap();
+        let n = read_within(Duration::from_secs(2), &mut lists, &mut buf).await;
         assert_eq!(&buf[..n], list);
         stop.cancel();
         rounds.await.unwrap();

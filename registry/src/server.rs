@@ -319,13 +319,10 @@ pub async fn run(
     if let Some(discovery) = &discovery {
         spawn_cluster_tasks(&mut tasks, &node, &membership, discovery, &persistent);
     }
-    let turns = start_read_turns(&mut tasks, &settings, node.metrics());
-    let listener = bounded(listener, &settings, turns.clone());
-    let push_turns = turns.map(|turns| crate::push::PushTurns {
-        turns,
-        open: listener.open_clients(),
-    });
-    spawn_node_tasks(&mut tasks, &node, &persistent, push.as_ref(), push_turns);
+    let listener = bounded(listener, &settings);
+    let turns = start_read_turns(&mut tasks, &settings, node.metrics(), &listener);
+    let listener = listener.with_read_turns(turns.clone());
+    spawn_node_tasks(&mut tasks, &node, &persistent, push.as_ref(), turns);
     let app = Arc::new(App {
         node: node.clone(),
         secret: secret.clone(),
@@ -567,7 +564,7 @@ fn spawn_node_tasks(
     node: &Arc<Node>,
     persistent: &PersistentStore,
     push: Option<&Arc<PushHub>>,
-    push_turns: Option<crate::push::PushTurns>,
+    turns: Option<Arc<nacre_ring::turns::ReadTurns>>,
 ) {
     let settings = node.settings();
     tasks.spawn(catch_up(persistent.clone(), tasks.stop.clone()));
@@ -590,7 +587,7 @@ fn spawn_node_tasks(
     if let Some(hub) = push {
         tasks.spawn(
             hub.clone()
-                .run(push_renderer(node), push_turns, tasks.stop.clone()),
+                .run(push_renderer(node), turns, tasks.stop.clone()),
         );
     }
     if settings.auth.enabled {
@@ -667,28 +664,27 @@ fn push_renderer(node: &Arc<Node>) -> Renderer {
     })
 }
 
-/// The read turns of rule G3 (`None` when `read_turns_per_round` is 0) and their round task.
+/// The read turns of rule G3 (`None` when `read_turns_per_round` is 0), judging a crowd by
+/// `listener`'s open client connections, and their round task.
 fn start_read_turns(
     tasks: &mut Tasks,
     settings: &RegistrySettings,
     metrics: &Metrics,
+    listener: &crate::listener::BoundedListener,
 ) -> Option<Arc<nacre_ring::turns::ReadTurns>> {
     let waited = metrics.read_turns_waited.clone();
     let turns = nacre_ring::turns::ReadTurns::new(
         settings.read_turns_per_round,
         settings.read_turns_crowd,
+        listener.open_clients(),
         Box::new(move || waited.inc()),
     )?;
     tasks.spawn(turns.clone().run(tasks.stop.clone()));
     Some(turns)
 }
 
-/// The client listener: bounded, with the peer reserve, its reads taking `turns`.
-fn bounded(
-    listener: TcpListener,
-    settings: &RegistrySettings,
-    turns: Option<Arc<nacre_ring::turns::ReadTurns>>,
-) -> crate::listener::BoundedListener {
+/// The client listener: bounded, with the peer reserve.
+fn bounded(listener: TcpListener, settings: &RegistrySettings) -> crate::listener::BoundedListener {
     crate::listener::BoundedListener::new(
         listener,
         crate::listener::Limits {
@@ -697,7 +693,6 @@ fn bounded(
             idle: Duration::from_millis(settings.idle_timeout_ms),
         },
     )
-    .with_read_turns(turns)
 }
 
 /// Serves `router` on `listener` until `shutdown`, then drains.

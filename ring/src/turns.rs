@@ -21,8 +21,8 @@
 //!   socket and costs nothing until its turn. The node applies it in its listener
 //!   (`nacre_registry::listener`) before each read of a socket. The gateway applies it to each
 //!   request of a client connection once its first bytes are read (`nacre_gateway::edge::
-//!   take_turn`): they are in hand then, and nothing else of the request is done until its
-//!   turn.
+//!   turn_to_wait`, then [`ReadTurns::wait`]): they are in hand then, and nothing else of the
+//!   request is done until its turn.
 //! - **Pushes.** A node's UDP push is a read the node starts itself: the push task takes a
 //!   turn with [`ReadTurns::take`], by the same crowd rule and queued behind the reads already
 //!   waiting, before each render and for every few datagrams (first sends or resends) of a
@@ -44,8 +44,11 @@
 //!   from a busy one, and its yields come back sooner, so rounds there are shorter than one
 //!   worker's queue; measured on two workers, beats still went first).
 //! - **A crowd.** Turns are taken only while more than `crowd` client connections are open
-//!   (`read_turns_crowd`, 256 by default on both tiers). With fewer, a beat waits behind at most one request per open connection, a few
-//!   milliseconds, and queueing reads would cost more than it spares: measured on a node
+//!   (`read_turns_crowd`, 256 by default on both tiers), as counted by the server when it
+//!   makes its turns ([`OpenCount`]: a node's client connection budget, the gateway's
+//!   connection gauge). With fewer, a beat waits behind at most one request per open
+//!   connection, a few milliseconds, and queueing reads would cost more than it spares:
+//!   measured on a node
 //!   serving 64 closed-loop list connections, turns cost 28–33 % of its lists per second
 //!   (`docs/benchmarks.md`).
 //! - **Round size.** Measured on two cores at twice a CPU-limited node's capacity, 16 turns a
@@ -60,7 +63,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio_util::sync::CancellationToken;
 
 /// How many yields a round waits for the reads it let go to be polled before the next round
@@ -74,11 +77,16 @@ pub const PEEK_BYTES: usize = 128;
 /// Called for each read that queues for a turn (a server counts them in its metrics).
 pub type OnWait = Box<dyn Fn() + Send + Sync>;
 
+/// How many client connections a server has open now: the crowd rule's count.
+pub type OpenCount = Box<dyn Fn() -> usize + Send + Sync>;
+
 /// The turns of rule G3, shared by every connection of a server and its round task.
 pub struct ReadTurns {
     per_round: usize,
     /// Open client connections up to which every read goes ahead.
     crowd: usize,
+    /// How many are open now.
+    open: OpenCount,
     /// Turns left this round. Queued reads wait on it in order; a top-up serves them first.
     turns: Arc<Semaphore>,
     /// Raised by a read that found no turn left: the round task must run.
@@ -91,13 +99,19 @@ pub struct ReadTurns {
 
 impl ReadTurns {
     /// Turns for `per_round` reads per scheduler round once more than `crowd` client
-    /// connections are open, calling `on_wait` for each read that
-    /// queues; `None` when 0 turns the gate off.
-    pub fn new(per_round: usize, crowd: usize, on_wait: OnWait) -> Option<Arc<Self>> {
+    /// connections are `open`, calling `on_wait` for each read that queues; `None` when 0
+    /// turns the gate off.
+    pub fn new(
+        per_round: usize,
+        crowd: usize,
+        open: OpenCount,
+        on_wait: OnWait,
+    ) -> Option<Arc<Self>> {
         (per_round > 0).then(|| {
             Arc::new(Self {
                 per_round,
                 crowd,
+                open,
                 turns: Arc::new(Semaphore::new(per_round)),
                 wanted: Notify::new(),
                 on_wait,
@@ -106,13 +120,14 @@ impl ReadTurns {
         })
     }
 
-    /// Whether a read on one of `open` client connections goes ahead now: the connections are
-    /// no crowd, or a turn is left this round (it is taken).
-    pub fn go_ahead(&self, open: usize) -> bool {
-        open <= self.crowd || self.try_take()
+    /// Whether a read goes ahead now: the open connections are no crowd, a turn is left this
+    /// round (it is taken), or the rounds have ended (the server is stopping, and no read is
+    /// left waiting for a round that will not come).
+    pub fn go_ahead(&self) -> bool {
+        (self.open)() <= self.crowd || self.try_take()
     }
 
-    /// Takes a turn if one is left this round.
+    /// Takes a turn if one is left this round; true once the rounds have ended.
     fn try_take(&self) -> bool {
         match self.turns.try_acquire() {
             Ok(turn) => {
@@ -120,7 +135,8 @@ impl ReadTurns {
                 self.count_use();
                 true
             }
-            Err(_) => false,
+            Err(TryAcquireError::Closed) => true,
+            Err(TryAcquireError::NoPermits) => false,
         }
     }
 
@@ -134,14 +150,8 @@ impl ReadTurns {
         self.used.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Whether the rounds have ended (the server is stopping): every read goes ahead, none is
-    /// counted as waiting.
-    pub fn is_closed(&self) -> bool {
-        self.turns.is_closed()
-    }
-
     /// The semaphore reads queue on for a turn once [`ReadTurns::go_ahead`] said no, in the
-    /// order they call [`ReadTurns::enqueue`].
+    /// order they call [`ReadTurns::enqueue`]. Closed once the rounds have ended.
     pub fn queue(&self) -> Arc<Semaphore> {
         self.turns.clone()
     }
@@ -152,17 +162,28 @@ impl ReadTurns {
         self.wanted.notify_one();
     }
 
-    /// Waits for a turn for work the server starts itself (a node's UDP push), as a read of
-    /// one of `open` client connections would: at once while they are no crowd or a turn is
-    /// left, else queued behind the reads already waiting, calling `on_wait` as it queues (its
-    /// caller counts it; the turns' own `on_wait` counts the reads of connections).
-    pub async fn take(&self, open: usize, on_wait: impl FnOnce()) {
-        if self.go_ahead(open) || self.is_closed() {
+    /// Queues a read that found no turn left ([`ReadTurns::enqueue`]) and waits for its turn.
+    pub async fn wait(&self) {
+        self.enqueue();
+        self.queued_turn().await;
+    }
+
+    /// Waits for a turn for work the server starts itself (a node's UDP push), as a read
+    /// would: at once if [`ReadTurns::go_ahead`] says so, else queued behind the reads already
+    /// waiting, calling `on_wait` as it queues (its caller counts it; the turns' own
+    /// `on_wait` counts the reads of connections).
+    pub async fn take(&self, on_wait: impl FnOnce()) {
+        if self.go_ahead() {
             return;
         }
         on_wait();
         self.wanted.notify_one();
-        // A closed queue means the rounds have ended: the work goes ahead, as reads do.
+        self.queued_turn().await;
+    }
+
+    /// The turn a queued read waits for; none once the rounds have ended (the queue closes),
+    /// and the read goes ahead.
+    async fn queued_turn(&self) {
         if let Ok(turn) = self.turns.clone().acquire_owned().await {
             self.use_queued_turn(turn);
         }
@@ -329,6 +350,7 @@ mod tests {
         let turns = ReadTurns::new(
             per_round,
             0,
+            Box::new(|| 1),
             Box::new(move || {
                 w.fetch_add(1, Ordering::Relaxed);
             }),
@@ -373,21 +395,31 @@ mod tests {
 
     #[test]
     fn g3_no_turn_is_taken_while_the_connections_are_no_crowd() {
-        let turns = ReadTurns::new(1, 4, Box::new(|| {})).expect("on");
+        let open = Arc::new(std::sync::atomic::AtomicUsize::new(4));
+        let count = open.clone();
+        let turns = ReadTurns::new(
+            1,
+            4,
+            Box::new(move || count.load(Ordering::Relaxed)),
+            Box::new(|| {}),
+        )
+        .expect("on");
         for _ in 0..10 {
-            assert!(turns.go_ahead(4), "4 connections are no crowd");
+            assert!(turns.go_ahead(), "4 connections are no crowd");
         }
-        assert!(turns.go_ahead(5), "the round's one turn");
-        assert!(!turns.go_ahead(5), "a crowd past its turns waits");
-        assert!(turns.go_ahead(3), "fewer connections again: no wait");
+        open.store(5, Ordering::Relaxed);
+        assert!(turns.go_ahead(), "the round's one turn");
+        assert!(!turns.go_ahead(), "a crowd past its turns waits");
+        open.store(3, Ordering::Relaxed);
+        assert!(turns.go_ahead(), "fewer connections again: no wait");
     }
 
     #[test]
     fn g3_a_zero_share_turns_the_gate_off() {
         assert!(turns(0).is_none());
         let turns = turns(2).expect("on");
-        assert!(turns.go_ahead(1) && turns.go_ahead(1));
-        assert!(!turns.go_ahead(1), "a round has two turns");
+        assert!(turns.go_ahead() && turns.go_ahead());
+        assert!(!turns.go_ahead(), "a round has two turns");
     }
 
     #[test]
@@ -422,7 +454,7 @@ mod tests {
         let turns = turns.expect("on");
         let stop = CancellationToken::new();
         let rounds = tokio::spawn(turns.clone().run(stop.clone()));
-        assert!(turns.go_ahead(1) && turns.go_ahead(1) && !turns.go_ahead(1));
+        assert!(turns.go_ahead() && turns.go_ahead() && !turns.go_ahead());
         // Five reads queue in order and each asks for a round.
         let order = Arc::new(std::sync::Mutex::new(Vec::new()));
         let mut waiting = Vec::new();
@@ -452,8 +484,10 @@ mod tests {
             .await
             .expect("the round task stops")
             .expect("task");
-        // With no rounds to come, a read that queues goes ahead at once.
-        while turns.go_ahead(1) {}
+        // With no rounds to come, every read goes ahead at once, and none is left queued.
+        for _ in 0..5 {
+            assert!(turns.go_ahead(), "a read after the rounds ended waited");
+        }
         let late = turns.queue().acquire_owned().await;
         assert!(late.is_err(), "the queue is closed once the rounds end");
     }
@@ -462,7 +496,7 @@ mod tests {
     async fn g3_work_the_server_starts_queues_behind_waiting_reads() {
         let (turns, waited) = counted(1);
         let turns = turns.expect("on");
-        assert!(turns.go_ahead(1));
+        assert!(turns.go_ahead());
         // A connection's read queues first, then a push.
         turns.enqueue();
         let read = tokio::spawn({
@@ -474,7 +508,7 @@ mod tests {
         let push = tokio::spawn({
             let (t, pushed) = (turns.clone(), pushed.clone());
             async move {
-                t.take(1, || {
+                t.take(|| {
                     pushed.fetch_add(1, Ordering::Relaxed);
                 })
                 .await
@@ -498,6 +532,6 @@ mod tests {
             .expect("task");
         // Once the rounds have ended, it goes ahead at once and is not counted.
         turns.turns.close();
-        turns.take(1, || panic!("no wait once closed")).await;
+        turns.take(|| panic!("no wait once closed")).await;
     }
 }

@@ -27,7 +27,8 @@ use super::acks::{AckTracker, Due};
 use super::debounce::Debouncer;
 use super::packet::{decode_incoming, encode_push, Incoming, SeqGen};
 use super::table::{SubscribeOutcome, SubscriberTable};
-use super::{PushMetrics, PushSettings, PushState, PushTurns, Renderer, Subscriber};
+use super::{PushMetrics, PushSettings, PushState, Renderer, Subscriber};
+use nacre_ring::turns::ReadTurns;
 
 /// Largest datagram we read; acks are tiny.
 const RECV_BUF: usize = 64 * 1024;
@@ -187,7 +188,7 @@ impl PushHub {
     pub async fn run(
         self: Arc<Self>,
         render: Renderer,
-        turns: Option<PushTurns>,
+        turns: Option<Arc<ReadTurns>>,
         shutdown: CancellationToken,
     ) {
         let sweep_every = (self.settings.subscriber_ttl * 2).max(Duration::from_millis(10));
@@ -224,10 +225,10 @@ impl PushHub {
                 if shutdown.is_cancelled() {
                     return;
                 }
-                self.push_service(&key, &render, turns.as_ref(), &shutdown)
+                self.push_service(&key, &render, turns.as_deref(), &shutdown)
                     .await;
             }
-            self.retransmit_due(turns.as_ref(), &shutdown).await;
+            self.retransmit_due(turns.as_deref(), &shutdown).await;
             let t = now();
             if t >= next_sweep {
                 let mut core = self.core.lock();
@@ -265,7 +266,7 @@ impl PushHub {
         &self,
         key: &ServiceKey,
         render: &Renderer,
-        turns: Option<&PushTurns>,
+        turns: Option<&ReadTurns>,
         shutdown: &CancellationToken,
     ) {
         let subs = {
@@ -321,7 +322,7 @@ impl PushHub {
     }
 
     /// Resends or gives up on packets whose ack deadline has passed.
-    async fn retransmit_due(&self, turns: Option<&PushTurns>, shutdown: &CancellationToken) {
+    async fn retransmit_due(&self, turns: Option<&ReadTurns>, shutdown: &CancellationToken) {
         let due = self.core.lock().acks.due(now());
         let mut budget = TurnBudget::default();
         for d in due {
@@ -346,12 +347,12 @@ impl PushHub {
 
     /// Rule G3 for pushes: waits for a read turn, as a client's list would, reading acks
     /// meanwhile. False once `shutdown` fires.
-    async fn take_turn(&self, turns: Option<&PushTurns>, shutdown: &CancellationToken) -> bool {
+    async fn take_turn(&self, turns: Option<&ReadTurns>, shutdown: &CancellationToken) -> bool {
         let Some(t) = turns else {
             return !shutdown.is_cancelled();
         };
         // One future for the whole wait: a new one would queue again at the back.
-        let take = t.turns.take((t.open)(), || self.metrics.waited.inc());
+        let take = t.take(|| self.metrics.waited.inc());
         tokio::pin!(take);
         let mut buf = [0u8; ACK_BUF];
         // A socket that errors is left alone until the turn comes (the main loop backs off).
@@ -441,7 +442,7 @@ mod tests {
     async fn start_with_turns(
         settings: PushSettings,
         render: Renderer,
-        turns: Option<PushTurns>,
+        turns: Option<Arc<ReadTurns>>,
     ) -> (Arc<PushHub>, CancellationToken, tokio::task::JoinHandle<()>) {
         let metrics = PushMetrics::unregistered().expect("metrics");
         let hub = PushHub::bind(settings, metrics).await.expect("bind");
@@ -452,19 +453,19 @@ mod tests {
 
     #[tokio::test]
     async fn g3_a_push_waits_for_a_read_turn_once_a_crowded_round_is_used_up() {
-        let turns = nacre_ring::turns::ReadTurns::new(1, 2, Box::new(|| {})).expect("on");
         let open = Arc::new(AtomicUsize::new(3));
-        let push_turns = PushTurns {
-            turns: turns.clone(),
-            open: {
-                let open = open.clone();
-                Arc::new(move || open.load(Ordering::SeqCst))
-            },
-        };
-        let (hub, client, token, task) = subscribed_with_turns(push_turns).await;
+        let count = open.clone();
+        let turns = ReadTurns::new(
+            1,
+            2,
+            Box::new(move || count.load(Ordering::SeqCst)),
+            Box::new(|| {}),
+        )
+        .expect("on");
+        let (hub, client, token, task) = subscribed_with_turns(turns.clone()).await;
         // Three connections are a crowd of more than two: a client's read takes the round's
         // only turn, and no round task tops it up yet.
-        assert!(turns.go_ahead(3));
+        assert!(turns.go_ahead());
         hub.service_changed(&key("orders"));
         wait_until(|| hub.metrics.waited.get() == 1).await;
         assert!(
@@ -478,7 +479,7 @@ mod tests {
         let (_, v, _) = recv_push(&client).await;
         assert_eq!(v["type"], "dom");
         // No crowd: the next push goes at once though no turn is left.
-        while turns.go_ahead(3) {}
+        while turns.go_ahead() {}
         open.store(2, Ordering::SeqCst);
         hub.service_changed(&key("orders"));
         recv_push(&client).await;
@@ -503,15 +504,11 @@ mod tests {
 
     #[tokio::test]
     async fn g3_acks_are_read_while_a_push_waits_for_its_turn() {
-        let turns = nacre_ring::turns::ReadTurns::new(1, 0, Box::new(|| {})).expect("on");
-        let push_turns = PushTurns {
-            turns: turns.clone(),
-            open: Arc::new(|| 1),
-        };
+        let turns = one_turn_a_round();
         let (hub, token, task) = start_with_turns(
             settings(Duration::from_secs(30)),
             fixed_render(r#"{"hosts":[]}"#.into()),
-            Some(push_turns),
+            Some(turns.clone()),
         )
         .await;
         // Twenty subscribers of one shape on one socket (each its own `app`), acking all.
@@ -539,7 +536,7 @@ mod tests {
             }
         });
         // No round task: the test hands out the turns. A client's read has this round's.
-        assert!(turns.go_ahead(1));
+        assert!(turns.go_ahead());
         hub.service_changed(&key("orders"));
         wait_until(|| hub.metrics.waited.get() == 1).await;
         assert_eq!(hub.state().total, 0);
@@ -560,13 +557,9 @@ mod tests {
 
     #[tokio::test]
     async fn g3_a_push_waiting_for_a_turn_stops_at_shutdown() {
-        let turns = nacre_ring::turns::ReadTurns::new(1, 0, Box::new(|| {})).expect("on");
-        let push_turns = PushTurns {
-            turns: turns.clone(),
-            open: Arc::new(|| 1),
-        };
-        let (hub, _client, token, task) = subscribed_with_turns(push_turns).await;
-        assert!(turns.go_ahead(1));
+        let turns = one_turn_a_round();
+        let (hub, _client, token, task) = subscribed_with_turns(turns.clone()).await;
+        assert!(turns.go_ahead());
         hub.service_changed(&key("orders"));
         wait_until(|| hub.metrics.waited.get() == 1).await;
         token.cancel();
@@ -577,9 +570,14 @@ mod tests {
         assert_eq!(hub.state().total, 0, "nothing was sent");
     }
 
+    /// Turns of one a round, taken from the first connection on (one is open).
+    fn one_turn_a_round() -> Arc<ReadTurns> {
+        ReadTurns::new(1, 0, Box::new(|| 1), Box::new(|| {})).expect("on")
+    }
+
     /// A hub taking `turns`, with one subscriber of `orders` on the returned socket.
     async fn subscribed_with_turns(
-        turns: PushTurns,
+        turns: Arc<ReadTurns>,
     ) -> (
         Arc<PushHub>,
         UdpSocket,

@@ -120,25 +120,6 @@ impl PushMetrics {
     }
 }
 
-/// Where pushes take their turns (rule G3 in `nacre_ring::turns`): the node's read turns and
-/// how many client connections it has open now.
-#[derive(Clone)]
-pub struct PushTurns {
-    /// The turns the node's connections read by.
-    pub turns: Arc<nacre_ring::turns::ReadTurns>,
-    /// Open client connections now (the crowd rule's count).
-    pub open: Arc<dyn Fn() -> usize + Send + Sync>,
-}
-
-impl std::fmt::Debug for PushTurns {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PushTurns")
-            .field("turns", &self.turns)
-            .field("open", &(self.open)())
-            .finish()
-    }
-}
-
 /// Renders the `data` payload (the list-response JSON object, serialised) for one subscriber.
 /// `None` means the service is gone: that subscriber is skipped. The render may depend only on
 /// the subscriber's service, `clusters` and `agent`: one push round renders each distinct
