@@ -89,7 +89,7 @@ impl Subscription {
 
     /// How the relay tells this subscriber apart on `key`.
     pub fn seen(&self, key: &ServiceKey, variant: &Variant) -> SeenKey {
-        (self.client.clone(), self.udp, key.clone(), variant.clone())
+        SeenKey::of(&self.client, self.udp, key, variant)
     }
 }
 

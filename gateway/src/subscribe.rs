@@ -16,10 +16,18 @@
 //!   refusal, a timeout) or the queue is full, its subscribers are forgotten here, so their next
 //!   poll goes to the node again (P1).
 //!
-//! *Tests:* `tests::p1_*`, `tests::p2_*`, `tests::p3_*`; `tests/gateway.rs`
-//! `cached_polls_keep_push_subscriptions_alive`.
+//!
+//! A subscriber is told apart by a 128-bit digest of what identifies it ([`SeenKey`]), so a
+//! cached poll neither copies its strings nor compares them to look it up. Two subscribers
+//! sharing a digest (odds about n²/2¹²⁹ among n subscribers, with keys drawn at random per
+//! process) would share one entry: the later one's first poll would be answered from the cache
+//! without reaching its node, which would not push to it until its next note.
+//!
+//! *Tests:* `tests::p1_*`, `tests::p2_*`, `tests::p3_*`, `tests::seen_keys_*`;
+//! `tests/gateway.rs` `cached_polls_keep_push_subscriptions_alive`.
 
-use std::sync::{Arc, Mutex};
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use nacre_ring::wire::{SubscriberNote, PUSH_SUBSCRIBERS_PATH};
@@ -30,8 +38,23 @@ use tokio_util::sync::CancellationToken;
 use crate::route::Variant;
 use crate::Shared;
 
-/// A subscriber as the gateway tells them apart: client, `udpPort`, service, answer shape.
-pub type SeenKey = (String, u16, ServiceKey, Variant);
+/// A subscriber as the gateway tells them apart: a digest of its client, `udpPort`, service
+/// and answer shape (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SeenKey(u128);
+
+impl SeenKey {
+    /// The key of the subscriber `client`:`udp` polling `key` in the shape `variant`.
+    pub fn of(client: &str, udp: u16, key: &ServiceKey, variant: &Variant) -> Self {
+        // Two independently keyed SipHashes make the 128 bits; the keys are drawn once per
+        // process, so no client can aim at another one's digest.
+        static KEYS: OnceLock<[std::collections::hash_map::RandomState; 2]> = OnceLock::new();
+        let keys = KEYS.get_or_init(Default::default);
+        let half =
+            |k: &std::collections::hash_map::RandomState| k.hash_one((client, udp, key, variant));
+        Self((u128::from(half(&keys[0])) << 64) | u128::from(half(&keys[1])))
+    }
+}
 
 /// Rule P1: a subscriber not seen for this many push-refresh periods is new again.
 pub const SEEN_FOR: u32 = 3;
@@ -98,7 +121,7 @@ impl Relay {
 
     /// Records that `seen`'s node hears of it at `now` (its poll, or a note).
     pub fn record(&self, seen: &SeenKey, now: Instant) {
-        self.seen.insert(seen.clone(), now);
+        self.seen.insert(*seen, now);
     }
 
     /// What the poll of `seen` at `now` would need, recording nothing.
@@ -206,19 +229,67 @@ async fn send(shared: &Shared, batch: Vec<Queued>) {
 mod tests {
     use super::*;
 
+    fn variant(agent: &str) -> Variant {
+        Variant {
+            clusters: String::new(),
+            healthy_only: String::new(),
+            env: String::new(),
+            agent: agent.into(),
+            subscribes: true,
+        }
+    }
+
     fn seen(client: &str) -> SeenKey {
-        (
-            client.to_string(),
+        SeenKey::of(
+            client,
             5_555,
-            ServiceKey::from_request(None, "svc", None).expect("key"),
-            Variant {
-                clusters: String::new(),
-                healthy_only: String::new(),
-                env: String::new(),
-                agent: "Nacos-Java-Client:v1.4.1".into(),
-                subscribes: true,
-            },
+            &ServiceKey::from_request(None, "svc", None).expect("key"),
+            &variant("Nacos-Java-Client:v1.4.1"),
         )
+    }
+
+    #[test]
+    fn seen_keys_tell_apart_every_part_and_agree_on_equal_ones() {
+        let svc = ServiceKey::from_request(None, "svc", None).expect("key");
+        let java = variant("Nacos-Java-Client:v1.4.1");
+        let a = SeenKey::of("10.0.0.1", 5_555, &svc, &java);
+        assert_eq!(
+            a,
+            SeenKey::of("10.0.0.1", 5_555, &svc.clone(), &java.clone())
+        );
+        let other_svc = ServiceKey::from_request(None, "svc2", None).expect("key");
+        for b in [
+            SeenKey::of("10.0.0.2", 5_555, &svc, &java),
+            SeenKey::of("10.0.0.1", 5_556, &svc, &java),
+            SeenKey::of("10.0.0.1", 5_555, &other_svc, &java),
+            SeenKey::of("10.0.0.1", 5_555, &svc, &variant("Nacos-Python-Client")),
+            // Field boundaries count: "a" + "bc" is not "ab" + "c".
+            SeenKey::of(
+                "10.0.0.1",
+                5_555,
+                &svc,
+                &Variant {
+                    clusters: "x".into(),
+                    ..java.clone()
+                },
+            ),
+        ] {
+            assert_ne!(a, b);
+        }
+        let ab = Variant {
+            clusters: "a".into(),
+            env: "bc".into(),
+            ..java.clone()
+        };
+        let a_b = Variant {
+            clusters: "ab".into(),
+            env: "c".into(),
+            ..java
+        };
+        assert_ne!(
+            SeenKey::of("c", 1, &svc, &ab),
+            SeenKey::of("c", 1, &svc, &a_b)
+        );
     }
 
     fn note() -> SubscriberNote {
@@ -267,7 +338,7 @@ mod tests {
         relay.contact(&a, t0);
         // No receiver: the queue is closed, as when the relay task is gone.
         drop(relay.rx.lock().expect("lock").take());
-        assert!(!relay.offer(note(), a.clone()));
+        assert!(!relay.offer(note(), a));
         assert_eq!(
             relay.contact(&a, t0 + Duration::from_secs(1)),
             Contact::Poll
