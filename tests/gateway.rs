@@ -1265,9 +1265,12 @@ async fn b1_a_beat_in_a_batch_is_answered_as_the_same_beat_alone() -> Result<()>
         .iter()
         .map(|(name, query, headers)| RelayedRequest {
             op: RelayedOp::Beat,
-            query: query.clone(),
-            headers: headers.clone(),
-            body: body_of(name),
+            query: query.as_str().into(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.as_str().into(), v.as_str().into()))
+                .collect(),
+            body: body_of(name).into(),
         })
         .collect();
     let api = "nacre_http_requests_total{api=\"PUT /nacos/v1/ns/instance/beat\"";

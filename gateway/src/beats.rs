@@ -56,10 +56,11 @@ use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use nacre_ring::wire::{
-    RelayedAnswer, RelayedOp, RelayedRequest, BEATS_PATH, NOT_READY_HEADER, WRITES_PATH,
+    RelayedAnswer, RelayedOp, RelayedRequest, TextPair, BEATS_PATH, NOT_READY_HEADER, WRITES_PATH,
 };
 use nacre_ring::ServiceKey;
 use parking_lot::Mutex;
+use serde_json::value::RawValue;
 use tokio::sync::{oneshot, Notify};
 
 use crate::upstreams::{Tried, Upstream, View};
@@ -71,6 +72,30 @@ thread_local! {
         .pool_idle_timeout(Duration::from_secs(30))
         .build()
         .unwrap_or_default();
+    /// Where this thread's batches go, per node and lane, parsed once.
+    static URLS: std::cell::RefCell<HashMap<(SocketAddr, Lane), reqwest::Url>> =
+        std::cell::RefCell::default();
+}
+
+/// The most batch addresses a thread keeps.
+const MAX_URLS: usize = 512;
+
+/// The address of `lane`'s batches on the node at `addr`.
+fn batch_url(addr: SocketAddr, lane: Lane) -> Option<reqwest::Url> {
+    URLS.with(|urls| {
+        let mut urls = urls.borrow_mut();
+        if let Some(url) = urls.get(&(addr, lane)) {
+            return Some(url.clone());
+        }
+        let url = reqwest::Url::parse(&format!("http://{addr}{}", lane.path())).ok()?;
+        // Nodes come and go over a long life (new addresses on every reschedule): the ones
+        // gone are dropped with the rest now and then, and the live ones parsed again.
+        if urls.len() >= MAX_URLS {
+            urls.clear();
+        }
+        urls.insert((addr, lane), url.clone());
+        Some(url)
+    })
 }
 
 /// The most beats one batch carries (rule R2).
@@ -155,10 +180,34 @@ enum Failed {
     Batch,
 }
 
+/// A relayed request, written once when its client's request is read: a batch is then the
+/// documents of its requests copied side by side, and a request tried on a second node
+/// (rule R4) is not written again.
+#[derive(Debug)]
+pub struct Encoded {
+    op: RelayedOp,
+    doc: Box<RawValue>,
+}
+
+impl Encoded {
+    /// `relayed`, written; `None` should it not serialize (it always does: strings only).
+    pub fn of(relayed: &RelayedRequest<'_>) -> Option<Self> {
+        Some(Self {
+            op: relayed.op,
+            doc: serde_json::value::to_raw_value(relayed).ok()?,
+        })
+    }
+
+    /// What it is.
+    pub fn op(&self) -> RelayedOp {
+        self.op
+    }
+}
+
 /// A beat in a batch, and where its answer goes.
 #[derive(Debug)]
 struct Pending {
-    beat: Arc<RelayedRequest>,
+    beat: Arc<Encoded>,
     answer: oneshot::Sender<Outcome>,
 }
 
@@ -193,12 +242,7 @@ pub fn route(shared: &Shared, key: &ServiceKey, op: RelayedOp) -> Option<Route> 
 }
 
 /// Relays `beat`, for the service `key`, along `route` (rules R2–R4).
-pub async fn relay(
-    shared: &Shared,
-    key: &ServiceKey,
-    route: Route,
-    beat: RelayedRequest,
-) -> Relayed {
+pub async fn relay(shared: &Shared, key: &ServiceKey, route: Route, beat: Encoded) -> Relayed {
     let Route {
         view,
         mut tried,
@@ -255,12 +299,7 @@ fn plain(status: u16, body: &str) -> RelayedAnswer {
 impl RelayBatches {
     /// Adds `beat` to the batch open for `up` on this thread, opening and later sending it
     /// when there is none (rule R2); the node's answer, `None` when the batch failed.
-    async fn join(
-        &self,
-        shared: &Shared,
-        up: &Arc<Upstream>,
-        beat: Arc<RelayedRequest>,
-    ) -> Outcome {
+    async fn join(&self, shared: &Shared, up: &Arc<Upstream>, beat: Arc<Encoded>) -> Outcome {
         let (tx, rx) = oneshot::channel();
         let lane = Lane::of(beat.op);
         let key = (std::thread::current().id(), up.addr, lane);
@@ -369,12 +408,13 @@ async fn post_batch(
     beats: &[Pending],
     lane: Lane,
 ) -> Result<Vec<RelayedAnswer>, Failed> {
-    let body: Vec<&RelayedRequest> = beats.iter().map(|p| p.beat.as_ref()).collect();
+    let body: Vec<&RawValue> = beats.iter().map(|p| p.beat.doc.as_ref()).collect();
     let timeout = Duration::from_millis(shared.settings.read_timeout_ms);
     // This thread's own client: a connection made by another thread's runtime would be driven
     // there, and every batch would wake that thread twice.
     let client = CLIENT.with(reqwest::Client::clone);
-    let posted = shared.post_internal_with(&client, up, lane.path(), &body, timeout);
+    let url = batch_url(up.addr, lane).ok_or(Failed::Batch)?;
+    let posted = shared.post_internal_to(&client, url, &body, timeout);
     match posted.await {
         Ok(resp) if resp.status().is_success() => resp
             .json::<Vec<RelayedAnswer>>()
@@ -407,16 +447,16 @@ pub fn relayed_headers<'a>(
     source: Option<IpAddr>,
     secret: Option<&str>,
     op: RelayedOp,
-) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = client
+) -> Vec<TextPair<'a>> {
+    let mut out: Vec<TextPair<'a>> = client
         .filter(|(name, _)| !crate::route::not_relayed(name))
-        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .map(|(n, v)| (n.into(), v.into()))
         .collect();
     if let Some(ip) = source {
         out.extend(
             crate::route::client_headers(ip, secret, op.is_write())
                 .into_iter()
-                .map(|(n, v)| (n.to_string(), v)),
+                .map(|(n, v)| (n.into(), v.into())),
         );
     }
     out
@@ -436,13 +476,18 @@ mod tests {
         l.local_addr().unwrap().port()
     }
 
-    fn beat() -> RelayedRequest {
-        RelayedRequest {
-            op: RelayedOp::Beat,
+    fn request(op: RelayedOp) -> Encoded {
+        Encoded::of(&RelayedRequest {
+            op,
             query: "serviceName=s&ip=10.0.0.1&port=80".into(),
             headers: Vec::new(),
-            body: String::new(),
-        }
+            body: "".into(),
+        })
+        .expect("written")
+    }
+
+    fn beat() -> Encoded {
+        request(RelayedOp::Beat)
     }
 
     fn key() -> ServiceKey {
@@ -559,10 +604,7 @@ mod tests {
     async fn r1_a_node_without_the_writes_path_gets_its_writes_proxied_and_stays_in() {
         let s = shared(&[(answers_404().await, true)]);
         let up = s.upstreams.view().upstreams()[0].clone();
-        let write = RelayedRequest {
-            op: RelayedOp::Register,
-            ..beat()
-        };
+        let write = request(RelayedOp::Register);
         let route = route(&s, &key(), RelayedOp::Register).expect("taken for a newer node");
         let got = relay(&s, &key(), route, write).await;
         assert!(matches!(got, Relayed::Proxy), "{got:?}");
@@ -617,7 +659,7 @@ mod tests {
             Some("0123456789abcdef"),
             RelayedOp::Beat,
         );
-        let names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
+        let names: Vec<&str> = got.iter().map(|(n, _)| n.as_ref()).collect();
         assert_eq!(
             names,
             [

@@ -42,6 +42,7 @@ use nacre_ring::ServiceKey;
 use pingora::server::ShutdownWatch;
 use tokio::io::AsyncReadExt;
 
+use crate::beats::Encoded;
 use crate::client::ClientStream as Stream;
 use crate::configs::poll::{Begun, PollRequest};
 use crate::lists::{ListPlan, Lookup, Plan};
@@ -111,7 +112,7 @@ pub struct Listener {
 /// A beat, register or deregister this module relays (rule E2; see [`crate::beats`]).
 pub struct Relay {
     key: ServiceKey,
-    relayed: RelayedRequest,
+    relayed: Encoded,
     conn: Conn,
     /// Every byte read for the request (and any after it): what goes back to the stream when
     /// the beat is handed to pingora after all.
@@ -391,7 +392,7 @@ fn relayed_of(
     end: usize,
     client: Option<IpAddr>,
     shared: &Shared,
-) -> Option<(ServiceKey, RelayedRequest)> {
+) -> Option<(ServiceKey, Encoded)> {
     let form = crate::route::is_form(
         head.headers
             .get(http::header::CONTENT_TYPE)
@@ -411,10 +412,10 @@ fn relayed_of(
     let relayed = RelayedRequest {
         op,
         headers: crate::beats::relayed_headers(client_headers.into_iter(), client, secret, op),
-        body: std::str::from_utf8(body).ok()?.to_string(),
-        query: head.query,
+        body: std::str::from_utf8(body).ok()?.into(),
+        query: head.query.as_str().into(),
     };
-    Some((key, relayed))
+    Some((key, Encoded::of(&relayed)?))
 }
 
 /// Reads what has arrived into `buf`; `false` at end of stream or on an error.
@@ -578,7 +579,7 @@ pub async fn serve_relayed(
         raw,
     } = relay;
     // As for lists: a request handed to pingora is charged there, not here too.
-    let op = relayed.op;
+    let op = relayed.op();
     let Some(route) = crate::beats::route(shared, &key, op) else {
         stream.rewind(raw);
         return Served::Proxy;

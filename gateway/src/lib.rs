@@ -127,9 +127,22 @@ impl Shared {
         body: &T,
         timeout: Duration,
     ) -> reqwest::Result<reqwest::Response> {
+        self.post_internal_to(client, format!("http://{}{path}", up.addr), body, timeout)
+            .await
+    }
+
+    /// [`Shared::post_internal_with`] to `url`, already made (a caller posting often to the
+    /// same place keeps it rather than parse it each time).
+    pub async fn post_internal_to<T: serde::Serialize + ?Sized>(
+        &self,
+        client: &reqwest::Client,
+        url: impl reqwest::IntoUrl,
+        body: &T,
+        timeout: Duration,
+    ) -> reqwest::Result<reqwest::Response> {
         let secret = self.settings.cluster_secret.as_deref().unwrap_or_default();
         client
-            .post(format!("http://{}{path}", up.addr))
+            .post(url)
             .header(nacre_ring::wire::SECRET_HEADER, secret)
             .json(body)
             .timeout(timeout)

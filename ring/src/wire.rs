@@ -1,6 +1,8 @@
 //! What the gateway and the registry nodes say to each other: internal paths, headers and the
 //! documents both sides read. Defined once here so the two crates cannot drift apart.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 use crate::configs::ConfigKey;
@@ -95,25 +97,63 @@ impl RelayedOp {
     }
 }
 
-/// A client's request (a beat, or an instance write), relayed in a batch.
+/// A client's request (a beat, or an instance write), relayed in a batch. Its strings borrow
+/// from what they were read from where they can: a gateway writes one from the client's request
+/// without copying it, and a node reads one from the batch's bytes copying only what had to be
+/// unescaped.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RelayedRequest {
+pub struct RelayedRequest<'a> {
     /// What it is. Left out for a beat, so a batch of beats reads the same to a node that
     /// predates relayed writes (writes go to [`WRITES_PATH`], which such a node does not
     /// have).
     #[serde(default, skip_serializing_if = "RelayedOp::is_beat")]
     pub op: RelayedOp,
     /// The query string, without `?`.
-    pub query: String,
+    #[serde(borrow)]
+    pub query: Cow<'a, str>,
     /// The request's headers as the gateway would proxy them (client-sent `x-nacre-*` ones
     /// dropped, the gateway's client-address assertion added, and on a write the
     /// [`OWNER_ROUTED_HEADER`] mark).
-    pub headers: Vec<(String, String)>,
+    #[serde(borrow, deserialize_with = "borrowed_pairs")]
+    pub headers: Vec<TextPair<'a>>,
     /// The body.
-    pub body: String,
+    #[serde(borrow)]
+    pub body: Cow<'a, str>,
 }
 
-/// A node's answer to one [`RelayedRequest`].
+/// A header's name and value, each borrowed where it could be.
+pub type TextPair<'a> = (Cow<'a, str>, Cow<'a, str>);
+
+/// A header list, borrowing each string the input holds unescaped (serde borrows a `Cow` only
+/// where the field itself says so, not inside a tuple in a list).
+fn borrowed_pairs<'de: 'a, 'a, D>(d: D) -> Result<Vec<TextPair<'a>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    struct Pair<'a>(#[serde(borrow)] Cow<'a, str>, #[serde(borrow)] Cow<'a, str>);
+    let pairs = Vec::<Pair<'a>>::deserialize(d)?;
+    Ok(pairs.into_iter().map(|Pair(n, v)| (n, v)).collect())
+}
+
+/// A [`RelayedAnswer`] as a node writes it, borrowing from the answers it has made: the same
+/// document, without copying a header or a body into strings first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RelayedAnswerRef<'a> {
+    /// [`RelayedAnswer::status`].
+    pub status: u16,
+    /// [`RelayedAnswer::headers`].
+    #[serde(serialize_with = "pairs_of")]
+    pub headers: &'a [(&'a str, &'a str)],
+    /// [`RelayedAnswer::body`].
+    pub body: &'a str,
+}
+
+fn pairs_of<S: serde::Serializer>(pairs: &&[(&str, &str)], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(pairs.iter())
+}
+
+/// A node's answer to one [`RelayedRequest`], as a gateway reads it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RelayedAnswer {
     /// The HTTP status.
@@ -283,6 +323,69 @@ mod tests {
         }
     }
 
+    /// Relayed requests read back as written, borrowing what needs no unescaping and copying
+    /// what does; a node's borrowed answers read back as the gateway's owned ones.
+    #[test]
+    fn relayed_documents_read_and_write_the_same_borrowed_or_not() {
+        let sent = vec![
+            RelayedRequest {
+                op: RelayedOp::Beat,
+                query: "serviceName=s&beat=%7B%22ip%22%7D".into(),
+                headers: vec![
+                    ("user-agent".into(), "Nacos-Python-Client:v0.1.5".into()),
+                    ("x-odd".into(), String::from("quote \" and tab\t").into()),
+                ],
+                body: "a=1".into(),
+            },
+            RelayedRequest {
+                op: RelayedOp::Deregister,
+                query: "".into(),
+                headers: vec![],
+                body: "héllo \\ there".into(),
+            },
+        ];
+        let text = serde_json::to_vec(&sent).unwrap();
+        let read: Vec<RelayedRequest<'_>> = serde_json::from_slice(&text).unwrap();
+        assert_eq!(read, sent);
+        assert!(
+            matches!(read[0].query, Cow::Borrowed(_)),
+            "nothing to unescape"
+        );
+        assert!(matches!(read[0].headers[0].1, Cow::Borrowed(_)));
+        assert!(
+            matches!(read[0].headers[1].1, Cow::Owned(_)),
+            "escapes are copied out"
+        );
+        assert!(matches!(read[1].body, Cow::Owned(_)));
+
+        let headers = [("content-type", "application/json")];
+        let made = [
+            RelayedAnswerRef {
+                status: 200,
+                headers: &headers,
+                body: "{\"code\":10200}",
+            },
+            RelayedAnswerRef {
+                status: 400,
+                headers: &[],
+                body: "caused: \"x\"\n",
+            },
+        ];
+        let text = serde_json::to_vec(&made).unwrap();
+        let got: Vec<RelayedAnswer> = serde_json::from_slice(&text).unwrap();
+        assert_eq!(got.len(), 2);
+        for (g, m) in got.iter().zip(&made) {
+            assert_eq!(g.status, m.status);
+            assert_eq!(g.body, m.body);
+            let want: Vec<(String, String)> = m
+                .headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect();
+            assert_eq!(g.headers, want);
+        }
+    }
+
     /// A beat is written without `op` and a document without `op` reads as a beat, so beat
     /// batches read the same to nodes and gateways from before relayed writes, both ways.
     #[test]
@@ -291,7 +394,7 @@ mod tests {
             op: RelayedOp::Beat,
             query: "serviceName=s".into(),
             headers: vec![],
-            body: String::new(),
+            body: "".into(),
         };
         let text = serde_json::to_string(&beat).unwrap();
         assert!(!text.contains("op"), "{text}");

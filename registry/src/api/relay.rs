@@ -21,6 +21,7 @@
 //!   `tests/gateway.rs` compares the two paths; with auth on, `tests/auth.rs` checks that a
 //!   relayed beat needs a credential).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -30,8 +31,10 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode,
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
+use bytes::Bytes;
 use nacre_ring::wire::{
-    RelayedAnswer, RelayedOp, RelayedRequest, BEATS_PATH, BEAT_PATH, WRITES_PATH,
+    RelayedAnswerRef, RelayedOp, RelayedRequest, TextPair, ASSERTED_BY_HEADER, BEATS_PATH,
+    BEAT_PATH, CLIENT_ADDR_HEADER, OWNER_ROUTED_HEADER, WRITES_PATH,
 };
 use tower::ServiceExt;
 
@@ -78,47 +81,68 @@ async fn batch(State((app, public)): State<(Arc<App>, Router)>, req: Request) ->
             return (StatusCode::BAD_REQUEST, format!("bad batch: {e}")).into_response();
         }
     };
-    let relayed: Vec<RelayedRequest> = match serde_json::from_slice(&body) {
+    // The requests borrow their strings from `body` (only escaped ones are copied out), and
+    // the headers and bodies made from them share its bytes.
+    let relayed: Vec<RelayedRequest<'_>> = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) => {
             return (StatusCode::BAD_REQUEST, format!("bad batch: {e}")).into_response();
         }
     };
-    let answers = futures::future::join_all(
+    let made = futures::future::join_all(
         relayed
             .into_iter()
-            .map(|one| serve(&app, &public, one, peer.as_ref())),
+            .map(|one| serve(&app, &public, &body, one, peer.as_ref())),
     )
     .await;
+    reply(&made)
+}
+
+/// The batch's reply: one [`RelayedAnswerRef`] per answer made, in order, written straight
+/// from the answers.
+fn reply(made: &[Made]) -> Response {
+    let texts: Vec<Cow<'_, str>> = made.iter().map(Made::text).collect();
+    let headers: Vec<Vec<(&str, &str)>> = made.iter().map(Made::header_pairs).collect();
+    let answers: Vec<RelayedAnswerRef<'_>> = made
+        .iter()
+        .zip(&texts)
+        .zip(&headers)
+        .map(|((m, text), headers)| RelayedAnswerRef {
+            status: m.status.as_u16(),
+            headers,
+            body: text,
+        })
+        .collect();
     axum::Json(answers).into_response()
 }
 
 /// Serves one relayed request: straight to the beat handler when rule B1 allows, else through
-/// the public router.
+/// the public router. `batch` is the bytes `relayed` was read from.
 async fn serve(
     app: &Arc<App>,
     public: &Router,
-    relayed: RelayedRequest,
+    batch: &Bytes,
+    relayed: RelayedRequest<'_>,
     peer: Option<&ConnectInfo<PeerAddr>>,
-) -> RelayedAnswer {
-    let headers = match header_map(&relayed.headers) {
+) -> Made {
+    let headers = match header_map(batch, &relayed.headers) {
         Ok(h) => h,
-        Err(why) => return answer(bad_batch_entry(why)).await,
+        Err(why) => return Made::of(bad_batch_entry(why)).await,
     };
     let direct = takes_direct(app, &relayed, &headers);
     let via = if direct { "direct" } else { "router" };
     app.node.metrics().relayed.with_label_values(&[via]).inc();
     let resp = if direct {
-        serve_direct(app, relayed, headers, peer.map(|p| p.0.addr)).await
+        serve_direct(app, batch, relayed, headers, peer.map(|p| p.0.addr)).await
     } else {
-        through_router(public.clone(), relayed, headers, peer.cloned()).await
+        through_router(public.clone(), batch, relayed, headers, peer.cloned()).await
     };
-    answer(resp).await
+    Made::of(resp).await
 }
 
 /// Whether rule B1 lets `relayed` (with its `headers`) skip the router: a beat, auth off, the
 /// status gate passing it, its body within the limit (rule G2 never sheds beats).
-fn takes_direct(app: &App, relayed: &RelayedRequest, headers: &HeaderMap) -> bool {
+fn takes_direct(app: &App, relayed: &RelayedRequest<'_>, headers: &HeaderMap) -> bool {
     relayed.op == RelayedOp::Beat
         && !app.node.settings().auth.enabled
         && super::gate_refusal(app, &Method::PUT, BEAT_PATH, headers).is_none()
@@ -129,7 +153,8 @@ fn takes_direct(app: &App, relayed: &RelayedRequest, headers: &HeaderMap) -> boo
 /// (or its rejection), counted as the router counts it.
 async fn serve_direct(
     app: &Arc<App>,
-    relayed: RelayedRequest,
+    batch: &Bytes,
+    relayed: RelayedRequest<'_>,
     headers: HeaderMap,
     peer: Option<std::net::SocketAddr>,
 ) -> Response {
@@ -141,7 +166,7 @@ async fn serve_direct(
     let raw = RawRequest {
         method: method_of(relayed.op),
         uri,
-        body: bytes::Bytes::from(relayed.body),
+        body: share(batch, &relayed.body),
     };
     let resp = match Params::assemble(raw, headers, peer) {
         Ok(params) => super::instance::beat(State(app.clone()), params)
@@ -156,11 +181,12 @@ async fn serve_direct(
 /// Serves one relayed request through the public router.
 async fn through_router(
     public: Router,
-    relayed: RelayedRequest,
+    batch: &Bytes,
+    relayed: RelayedRequest<'_>,
     headers: HeaderMap,
     peer: Option<ConnectInfo<PeerAddr>>,
 ) -> Response {
-    let mut req = match request(relayed, headers) {
+    let mut req = match request(batch, relayed, headers) {
         Ok(req) => req,
         Err(why) => return bad_batch_entry(why),
     };
@@ -189,7 +215,7 @@ fn method_of(op: RelayedOp) -> Method {
 }
 
 /// The path and query a relayed request was sent to.
-fn uri_of(relayed: &RelayedRequest) -> String {
+fn uri_of(relayed: &RelayedRequest<'_>) -> String {
     let path = relayed.op.path();
     if relayed.query.is_empty() {
         path.to_string()
@@ -198,12 +224,39 @@ fn uri_of(relayed: &RelayedRequest) -> String {
     }
 }
 
-/// A relayed request's headers as a map; `Err` when one cannot be a header.
-fn header_map(headers: &[(String, String)]) -> Result<HeaderMap, String> {
+/// `text`'s bytes: a view of `batch` when `text` was borrowed from it, else a copy.
+fn share(batch: &Bytes, text: &str) -> Bytes {
+    let (start, end) = (
+        batch.as_ptr() as usize,
+        batch.as_ptr() as usize + batch.len(),
+    );
+    let at = text.as_ptr() as usize;
+    if at >= start && at + text.len() <= end {
+        batch.slice_ref(text.as_bytes())
+    } else {
+        Bytes::copy_from_slice(text.as_bytes())
+    }
+}
+
+/// The names a gateway adds to every relayed request, made once rather than copied per request.
+const KNOWN_NAMES: [HeaderName; 4] = [
+    HeaderName::from_static(CLIENT_ADDR_HEADER),
+    HeaderName::from_static(ASSERTED_BY_HEADER),
+    HeaderName::from_static(OWNER_ROUTED_HEADER),
+    HeaderName::from_static("x-forwarded-for"),
+];
+
+/// A relayed request's headers as a map, their values sharing `batch`'s bytes; `Err` when one
+/// cannot be a header.
+fn header_map(batch: &Bytes, headers: &[TextPair<'_>]) -> Result<HeaderMap, String> {
     let mut map = HeaderMap::with_capacity(headers.len());
     for (name, value) in headers {
-        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?;
-        let value = HeaderValue::from_str(value).map_err(|e| e.to_string())?;
+        let name = match KNOWN_NAMES.iter().find(|k| k.as_str() == name) {
+            Some(known) => known.clone(),
+            None => HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?,
+        };
+        let value =
+            HeaderValue::from_maybe_shared(share(batch, value)).map_err(|e| e.to_string())?;
         map.append(name, value);
     }
     Ok(map)
@@ -211,38 +264,56 @@ fn header_map(headers: &[(String, String)]) -> Result<HeaderMap, String> {
 
 /// The request a relayed request with `headers` stands for; `Err` with the reason when it
 /// cannot be one.
-fn request(relayed: RelayedRequest, headers: HeaderMap) -> Result<Request, String> {
+fn request(
+    batch: &Bytes,
+    relayed: RelayedRequest<'_>,
+    headers: HeaderMap,
+) -> Result<Request, String> {
     let mut req = Request::builder()
         .method(method_of(relayed.op))
         .uri(uri_of(&relayed))
-        .body(Body::from(relayed.body))
+        .body(Body::from(share(batch, &relayed.body)))
         .map_err(|e| e.to_string())?;
     *req.headers_mut() = headers;
     Ok(req)
 }
 
-/// The relayed form of the router's answer.
-async fn answer(resp: Response) -> RelayedAnswer {
-    let (parts, body) = resp.into_parts();
-    let headers = parts
-        .headers
-        .iter()
-        .filter(|(name, _)| !PER_CONNECTION.contains(name))
-        .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_string())))
-        .collect();
-    let body = match axum::body::to_bytes(body, MAX_ANSWER).await {
-        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
-        Err(e) => {
-            return RelayedAnswer {
-                status: 500,
-                headers: Vec::new(),
-                body: format!("cannot read the beat's answer: {e}"),
-            }
+/// A relayed request's answer, kept as made until the batch's reply is written from it.
+struct Made {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Made {
+    /// The answer `resp` makes.
+    async fn of(resp: Response) -> Made {
+        let (parts, body) = resp.into_parts();
+        match axum::body::to_bytes(body, MAX_ANSWER).await {
+            Ok(body) => Made {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+            },
+            Err(e) => Made {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                headers: HeaderMap::new(),
+                body: Bytes::from(format!("cannot read the beat's answer: {e}")),
+            },
         }
-    };
-    RelayedAnswer {
-        status: parts.status.as_u16(),
-        headers,
-        body,
+    }
+
+    /// Its body as text (an answer is always UTF-8; anything else is replaced, not dropped).
+    fn text(&self) -> Cow<'_, str> {
+        String::from_utf8_lossy(&self.body)
+    }
+
+    /// Its headers, without the per-connection ones and any that are not text.
+    fn header_pairs(&self) -> Vec<(&str, &str)> {
+        self.headers
+            .iter()
+            .filter(|(name, _)| !PER_CONNECTION.contains(name))
+            .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)))
+            .collect()
     }
 }
