@@ -11,8 +11,14 @@
 # lists --dependencies services every 10 s with a push subscription (400 services × 50
 # instances by default: 4,000 beats/s + 6,000 lists/s).
 #
-# Knobs (environment): FLEET_SERVICES (400), FLEET_INSTANCES (50), BENCH_DURATION (40s),
-# BENCH_CONCURRENCY (64), BENCH_PORT_BASE (29000), NACRE_BENCH_CACHE, NACRE_BENCH_OUT, NACRE_BIN.
+# A standalone node and `nacre up` run FLEET_PAIRS times, alternately, each time fresh: this
+# machine's speed drifts by up to 2x over minutes, so their ratio is taken per pair (runs
+# side by side) and the summary gives each pair's and their median.
+#
+# Knobs (environment): FLEET_SERVICES (400), FLEET_INSTANCES (50), FLEET_PAIRS (3),
+# FLEET_RNACOS (1; 0 runs nacre only),
+# BENCH_DURATION (40s), BENCH_CONCURRENCY (64), BENCH_PORT_BASE (29000), NACRE_BENCH_CACHE,
+# NACRE_BENCH_OUT, NACRE_BIN.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -24,10 +30,12 @@ DURATION="${BENCH_DURATION:-40s}"
 CONC="${BENCH_CONCURRENCY:-64}"
 SERVICES="${FLEET_SERVICES:-400}"
 INSTANCES="${FLEET_INSTANCES:-50}"
+PAIRS="${FLEET_PAIRS:-3}"
+RNACOS="${FLEET_RNACOS:-1}"
 UP_ADDR="127.0.0.1:$((PORT + 20))"
 mkdir -p "$OUT"
 forget_knobs
-install_rnacos
+if [ "$RNACOS" != 0 ]; then install_rnacos; fi
 build_nacre
 
 fleet() { # name addr pid [further arguments]
@@ -38,31 +46,56 @@ fleet() { # name addr pid [further arguments]
         --duration "$DURATION" --seed 130 "$@"
 }
 
-echo "fleet of $SERVICES x $INSTANCES for $DURATION; results in $OUT"
-start_nacre "$OUT/standalone"
-fleet standalone "$NACRE_ADDR" "$NACRE_PID"
-stop "$NACRE_PID"
+echo "fleet of $SERVICES x $INSTANCES for $DURATION, $PAIRS pairs; results in $OUT"
+for pair in $(seq 1 "$PAIRS"); do
+    # The first pair keeps the plain names the r-nacos rows are compared with.
+    tag=""
+    if [ "$pair" -gt 1 ]; then tag="-$pair"; fi
+    start_nacre "$OUT/standalone$tag"
+    fleet "standalone$tag" "$NACRE_ADDR" "$NACRE_PID"
+    stop "$NACRE_PID"
 
-rm -rf "$OUT/up" && mkdir -p "$OUT/up"
-NACRE_LOG=warn "$NACRE" up --listen "$UP_ADDR" --data "$OUT/up" >"$OUT/up/nacre-up.log" 2>&1 &
-UP_PID=$!
-PIDS+=("$UP_PID")
-wait_up "$UP_ADDR" "nacre up" '"status":"UP"'
-fleet nacre-up "$UP_ADDR" "$UP_PID"
-stop "$UP_PID"
+    rm -rf "$OUT/up$tag" && mkdir -p "$OUT/up$tag"
+    NACRE_LOG=warn "$NACRE" up --listen "$UP_ADDR" --data "$OUT/up$tag" \
+        >"$OUT/up$tag/nacre-up.log" 2>&1 &
+    UP_PID=$!
+    PIDS+=("$UP_PID")
+    wait_up "$UP_ADDR" "nacre up" '"status":"UP"'
+    fleet "nacre-up$tag" "$UP_ADDR" "$UP_PID"
+    stop "$UP_PID"
+done
 
-start_rnacos "$OUT/rnacos"
-fleet r-nacos "$RNACOS_ADDR" "$RNACOS_PID"
-stop "$RNACOS_PID"
+if [ "$RNACOS" != 0 ]; then
+    start_rnacos "$OUT/rnacos"
+    fleet r-nacos "$RNACOS_ADDR" "$RNACOS_PID"
+    stop "$RNACOS_PID"
 
-start_rnacos_cluster "$OUT/rnacos-cluster"
-fleet r-nacos-3 "${RNACOS_CLUSTER_ADDRS[0]}" "${RNACOS_CLUSTER_PIDS[0]}" \
-    --also-pid "${RNACOS_CLUSTER_PIDS[1]}" --also-pid "${RNACOS_CLUSTER_PIDS[2]}"
-for p in "${RNACOS_CLUSTER_PIDS[@]}"; do stop "$p"; done
+    start_rnacos_cluster "$OUT/rnacos-cluster"
+    fleet r-nacos-3 "${RNACOS_CLUSTER_ADDRS[0]}" "${RNACOS_CLUSTER_PIDS[0]}" \
+        --also-pid "${RNACOS_CLUSTER_PIDS[1]}" --also-pid "${RNACOS_CLUSTER_PIDS[2]}"
+    for p in "${RNACOS_CLUSTER_PIDS[@]}"; do stop "$p"; done
+fi
 
-python3 - "$OUT" <<'PY' | tee "$OUT/summary.md"
-import json, os, sys
-out = sys.argv[1]
+python3 - "$OUT" "$PAIRS" <<'PY' | tee "$OUT/summary.md"
+import json, os, statistics, sys
+out, pairs = sys.argv[1], int(sys.argv[2])
+def cpu_per_request(r):
+    return (r.get("server") or {}).get("cpu_seconds", 0) / max(r["requests"], 1)
+ratios = []
+print("| pair | standalone CPU-s | nacre up CPU-s | nacre up per request vs standalone |")
+print("|---|---|---|---|")
+for pair in range(1, pairs + 1):
+    tag = "" if pair == 1 else f"-{pair}"
+    paths = [os.path.join(out, f"fleet-{n}{tag}.json") for n in ("standalone", "nacre-up")]
+    if not all(os.path.exists(p) for p in paths):
+        continue
+    single, up = (json.load(open(p)) for p in paths)
+    ratio = cpu_per_request(up) / max(cpu_per_request(single), 1e-12)
+    ratios.append(ratio)
+    print(f"| {pair} | {single['server']['cpu_seconds']:.2f} | {up['server']['cpu_seconds']:.2f} | x{ratio:.2f} |")
+if ratios:
+    print(f"\nnacre up vs standalone, median of {len(ratios)} pairs: x{statistics.median(ratios):.2f} "
+          f"(lowest x{min(ratios):.2f}, highest x{max(ratios):.2f})\n")
 rows = []
 for name in ["standalone", "nacre-up", "r-nacos", "r-nacos-3"]:
     p = os.path.join(out, f"fleet-{name}.json")
