@@ -99,7 +99,11 @@ async fn run_registry(settings: RegistrySettings) -> anyhow::Result<()> {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+    runtime_of(tokio::runtime::Builder::new_multi_thread())
+}
+
+fn runtime_of(mut builder: tokio::runtime::Builder) -> anyhow::Result<tokio::runtime::Runtime> {
+    builder
         .enable_all()
         .build()
         .context("starting the async runtime")
@@ -113,7 +117,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let logs = logging::to_files(cli.log_format, &args.data.join("logs"), args.verbose)
                 .with_context(|| format!("cannot write logs under {}", args.data.display()))?;
             let current = logs.current.clone();
-            runtime()?.block_on(up::run(args, current))
+            let cores = std::thread::available_parallelism().map_or(1, usize::from);
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(args.node_threads(cores));
+            runtime_of(builder)?.block_on(up::run(args, current))
         }
         Command::Registry(args) => {
             logging::to_stderr(cli.log_format);

@@ -30,9 +30,25 @@ pub struct UpArgs {
     /// the fleet benchmark (`docs/benchmarks.md`) for the same latency.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub threads: u16,
+    /// Worker threads the nodes share. By default the cores the gateway's threads leave, at
+    /// least one: on two cores a second node worker, contending with the gateway's thread,
+    /// cost 7–20 % more CPU per request in the fleet benchmark and raised its p99
+    /// (`docs/benchmarks.md`), while the nodes serve only the gateway's batches.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub node_threads: Option<u16>,
     /// Also print the full logs here (they always go to files under `<data>/logs`).
     #[arg(long)]
     pub verbose: bool,
+}
+
+impl UpArgs {
+    /// The nodes' worker threads on a machine with `cores` (see `--node-threads`).
+    pub fn node_threads(&self, cores: usize) -> usize {
+        match self.node_threads {
+            Some(n) => usize::from(n),
+            None => cores.saturating_sub(usize::from(self.threads)).max(1),
+        }
+    }
 }
 
 /// How long to wait for the cluster before saying it is slow (and where to look).
@@ -233,4 +249,30 @@ pub async fn run(args: UpArgs, logs: PathBuf) -> anyhow::Result<()> {
         println!("nacre: stopped");
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(threads: u16, node_threads: Option<u16>) -> UpArgs {
+        UpArgs {
+            listen: "127.0.0.1:8848".parse().unwrap(),
+            data: PathBuf::from("./data"),
+            nodes: 3,
+            threads,
+            node_threads,
+            verbose: false,
+        }
+    }
+
+    #[test]
+    fn the_nodes_get_the_cores_the_gateway_leaves_and_at_least_one() {
+        assert_eq!(args(1, None).node_threads(2), 1);
+        assert_eq!(args(1, None).node_threads(8), 7);
+        assert_eq!(args(2, None).node_threads(8), 6);
+        assert_eq!(args(2, None).node_threads(2), 1, "never none");
+        assert_eq!(args(4, None).node_threads(1), 1);
+        assert_eq!(args(1, Some(3)).node_threads(2), 3, "as asked");
+    }
 }
