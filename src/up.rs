@@ -31,9 +31,10 @@ pub struct UpArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub threads: u16,
     /// Worker threads the nodes share. By default the cores the gateway's threads leave, at
-    /// least one: on two cores a second node worker, contending with the gateway's thread,
-    /// cost 7–20 % more CPU per request in the fleet benchmark and raised its p99
-    /// (`docs/benchmarks.md`), while the nodes serve only the gateway's batches.
+    /// least one, so the process's busy threads match the machine: the nodes mostly serve the
+    /// gateway's batches. On two cores one node worker used less CPU than two in 8 of 12
+    /// alternating fleet pairs (median 5.5 % less) and bulk registration ran 3–10 % slower
+    /// (`docs/benchmarks.md`, stop 31).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub node_threads: Option<u16>,
     /// Also print the full logs here (they always go to files under `<data>/logs`).
