@@ -16,12 +16,13 @@
 //!   refusal, a timeout) or the queue is full, its subscribers are forgotten here, so their next
 //!   poll goes to the node again (P1).
 //!
-//!
 //! A subscriber is told apart by a 128-bit digest of what identifies it ([`SeenKey`]), so a
-//! cached poll neither copies its strings nor compares them to look it up. Two subscribers
-//! sharing a digest (odds about n²/2¹²⁹ among n subscribers, with keys drawn at random per
-//! process) would share one entry: the later one's first poll would be answered from the cache
-//! without reaching its node, which would not push to it until its next note.
+//! cached poll neither copies its strings nor compares them to look it up. The digest is two
+//! outputs of the process's randomly keyed std hasher (SipHash-1-3 today) over the same fields
+//! with a different leading tag each, so a client cannot choose its digest. Two subscribers
+//! sharing one (about n²/2¹²⁹ among n subscribers, were the hasher's outputs random) would
+//! share one entry: the later one's first poll would be answered from the cache without
+//! reaching its node, which would not push to it until its next note.
 //!
 //! *Tests:* `tests::p1_*`, `tests::p2_*`, `tests::p3_*`, `tests::seen_keys_*`;
 //! `tests/gateway.rs` `cached_polls_keep_push_subscriptions_alive`.
@@ -46,13 +47,12 @@ pub struct SeenKey(u128);
 impl SeenKey {
     /// The key of the subscriber `client`:`udp` polling `key` in the shape `variant`.
     pub fn of(client: &str, udp: u16, key: &ServiceKey, variant: &Variant) -> Self {
-        // Two independently keyed SipHashes make the 128 bits; the keys are drawn once per
-        // process, so no client can aim at another one's digest.
-        static KEYS: OnceLock<[std::collections::hash_map::RandomState; 2]> = OnceLock::new();
-        let keys = KEYS.get_or_init(Default::default);
-        let half =
-            |k: &std::collections::hash_map::RandomState| k.hash_one((client, udp, key, variant));
-        Self((u128::from(half(&keys[0])) << 64) | u128::from(half(&keys[1])))
+        // One random key, drawn once per process; the tag makes the two halves hashes of
+        // different inputs.
+        static KEY: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
+        let hasher = KEY.get_or_init(Default::default);
+        let half = |tag: u8| hasher.hash_one((tag, client, udp, key, variant));
+        Self((u128::from(half(0)) << 64) | u128::from(half(1)))
     }
 }
 

@@ -238,8 +238,9 @@ fn share(batch: &Bytes, text: &str) -> Bytes {
     }
 }
 
-/// The names a gateway adds to every relayed request, made once rather than copied per request.
-const KNOWN_NAMES: [HeaderName; 4] = [
+/// The names a gateway adds to every relayed request, made once rather than copied from the
+/// batch per request.
+static KNOWN_NAMES: [HeaderName; 4] = [
     HeaderName::from_static(CLIENT_ADDR_HEADER),
     HeaderName::from_static(ASSERTED_BY_HEADER),
     HeaderName::from_static(OWNER_ROUTED_HEADER),
