@@ -55,9 +55,7 @@ use std::sync::Arc;
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
-use nacre_ring::wire::{
-    RelayedAnswer, RelayedOp, RelayedRequest, TextPair, BEATS_PATH, NOT_READY_HEADER, WRITES_PATH,
-};
+use nacre_ring::wire::{RelayedAnswer, RelayedOp, RelayedRequest, TextPair, NOT_READY_HEADER};
 use nacre_ring::ServiceKey;
 use parking_lot::Mutex;
 use serde_json::value::RawValue;
@@ -72,30 +70,6 @@ thread_local! {
         .pool_idle_timeout(Duration::from_secs(30))
         .build()
         .unwrap_or_default();
-    /// Where this thread's batches go, per node and lane, parsed once.
-    static URLS: std::cell::RefCell<HashMap<(SocketAddr, Lane), reqwest::Url>> =
-        std::cell::RefCell::default();
-}
-
-/// The most batch addresses a thread keeps.
-const MAX_URLS: usize = 512;
-
-/// The address of `lane`'s batches on the node at `addr`.
-fn batch_url(addr: SocketAddr, lane: Lane) -> Option<reqwest::Url> {
-    URLS.with(|urls| {
-        let mut urls = urls.borrow_mut();
-        if let Some(url) = urls.get(&(addr, lane)) {
-            return Some(url.clone());
-        }
-        let url = reqwest::Url::parse(&format!("http://{addr}{}", lane.path())).ok()?;
-        // Nodes come and go over a long life (new addresses on every reschedule): the ones
-        // gone are dropped with the rest now and then, and the live ones parsed again.
-        if urls.len() >= MAX_URLS {
-            urls.clear();
-        }
-        urls.insert((addr, lane), url.clone());
-        Some(url)
-    })
 }
 
 /// The most beats one batch carries (rule R2).
@@ -120,11 +94,11 @@ impl Lane {
         }
     }
 
-    /// Where its batches go on a node.
-    fn path(self) -> &'static str {
+    /// Where its batches go on `up` (`nacre_ring::wire::BEATS_PATH` or `WRITES_PATH`).
+    fn url(self, up: &Upstream) -> Option<&reqwest::Url> {
         match self {
-            Lane::Beats => BEATS_PATH,
-            Lane::Writes => WRITES_PATH,
+            Lane::Beats => up.beats_url.as_ref(),
+            Lane::Writes => up.writes_url.as_ref(),
         }
     }
 
@@ -413,7 +387,7 @@ async fn post_batch(
     // This thread's own client: a connection made by another thread's runtime would be driven
     // there, and every batch would wake that thread twice.
     let client = CLIENT.with(reqwest::Client::clone);
-    let url = batch_url(up.addr, lane).ok_or(Failed::Batch)?;
+    let url = lane.url(up).cloned().ok_or(Failed::Batch)?;
     let posted = shared.post_internal_to(&client, url, &body, timeout);
     match posted.await {
         Ok(resp) if resp.status().is_success() => resp

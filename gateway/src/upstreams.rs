@@ -30,6 +30,10 @@ pub struct Upstream {
     pub addr: SocketAddr,
     /// Built once: cloning it is all a request pays.
     pub peer: HttpPeer,
+    /// Where its beat batches go, parsed once (`None` only if the address could not make one).
+    pub beats_url: Option<reqwest::Url>,
+    /// Where its write batches go, likewise.
+    pub writes_url: Option<reqwest::Url>,
     usable: AtomicBool,
     feed_ok: AtomicBool,
     /// Its last probe said it answers beat batches.
@@ -59,10 +63,13 @@ impl Upstream {
         // each armed timer costs on every request.
         // Nodes keep idle connections for a while; reuse them rather than reconnect.
         peer.options.idle_timeout = Some(Duration::from_secs(50));
+        let url = |path: &str| reqwest::Url::parse(&format!("http://{addr}{path}")).ok();
         Self {
             name,
             addr,
             peer,
+            beats_url: url(nacre_ring::wire::BEATS_PATH),
+            writes_url: url(nacre_ring::wire::WRITES_PATH),
             usable: AtomicBool::new(true),
             feed_ok: AtomicBool::new(false),
             relays_beats: AtomicBool::new(false),
