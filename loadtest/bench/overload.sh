@@ -16,9 +16,12 @@
 # past 1 s of lag), r-nacos 0.8.8, and on request (OVERLOAD_SERVERS) `nacre-up`: `nacre up`,
 # gateway and three nodes in one process under the one limit (its gateway on OVERLOAD_UP_THREADS
 # threads, 1 as `nacre up` runs it by default).
+# With OVERLOAD_PUSH_CLIENTS=N, pushes compete with the flood: every list subscribes from one of N
+# client addresses and each service changes once a second (`--push-clients`, nacre only: the
+# harness's client addresses are 127.0.0.x), and the summary adds what the pushes showed.
 #
 # Knobs (environment): OVERLOAD_SERVERS ("nacre nacre-shedding r-nacos"), OVERLOAD_CPU (0.4),
-# OVERLOAD_UP_THREADS (1),
+# OVERLOAD_UP_THREADS (1), OVERLOAD_PUSH_CLIENTS (none),
 # OVERLOAD_FOR (40s), BENCH_DURATION (60s),
 # FLEET_SERVICES (100), FLEET_INSTANCES (20), BENCH_CONCURRENCY (6000), BENCH_PORT_BASE
 # (29000), NACRE_BENCH_CACHE, NACRE_BENCH_OUT, NACRE_BIN.
@@ -121,7 +124,8 @@ for name in $SERVERS; do
     run "overload-$name" --target "$SERVER_ADDR" --target-pid "$SERVER_PID" \
         --scenario overload --services "$SERVICES" --instances-per-service "$INSTANCES" \
         --concurrency "$CONC" --duration "$DURATION" --overload-for "$OVERLOAD_FOR" \
-        --rate $((C * 2)) --backoff-rate $((C / 2)) --threads 2 --timeout 5s --seed 141
+        --rate $((C * 2)) --backoff-rate $((C / 2)) --threads 2 --timeout 5s --seed 141 \
+        ${OVERLOAD_PUSH_CLIENTS:+--push-clients "$OVERLOAD_PUSH_CLIENTS"}
     if [ "$name" != r-nacos ]; then stop "$SAMPLER"; fi
     stop "$SERVER_PID"
 done
@@ -145,5 +149,18 @@ for name in ["nacre", "nacre-shedding", "nacre-up", "r-nacos"]:
           f"{o.get('served_list_rps', 0):.0f} | {o.get('shed_lists')} | {o.get('failed_lists')} | "
           f"{o.get('beats')} | {o.get('beats_failed')} | {beat.get('p99_ms', 0):.1f} | {lost} | "
           f"{'%d s' % rec if rec is not None else 'not by the end'} |")
+pushes = []
+for name in ["nacre", "nacre-shedding", "nacre-up", "r-nacos"]:
+    p = os.path.join(out, f"overload-{name}.json")
+    if os.path.exists(p) and (json.load(open(p)).get("push") or {}).get("changes"):
+        pushes.append((name, json.load(open(p))["push"]))
+if pushes:
+    print()
+    print("| server | changes made | seen in a push | overtaken before a push | never seen | packets received | acked | push p50 / p99 / max ms |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, q in pushes:
+        never = q["changes"] - q["observed"] - q["superseded"]
+        print(f"| {name} | {q['changes']} | {q['observed']} | {q['superseded']} | {never} | "
+              f"{q['received']} | {q['acked']} | {q['p50_ms']:.1f} / {q['p99_ms']:.1f} / {q['max_ms']:.1f} |")
 PY
 echo "results: $OUT"

@@ -115,6 +115,12 @@ pub struct LoadtestArgs {
     /// overload: the list rate after the back-off (default: a quarter of `--rate`).
     #[arg(long)]
     pub backoff_rate: Option<f64>,
+    /// overload: pushes compete with the flood. Every list also subscribes to pushes, from one
+    /// of N client addresses (127.0.0.1 … 127.0.0.N, each with a UDP socket of its own on one
+    /// port), and one marker instance per service appears and vanishes once a second, so each
+    /// change is pushed to N subscribers of its service. Loopback targets only.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=250))]
+    pub push_clients: Option<u8>,
     /// USER:PASSWORD for a target with auth on: the harness logs in once before the run and
     /// sends the token as `accessToken` on every request, as the Java and Python clients do.
     #[arg(long, value_name = "USER:PASSWORD")]
@@ -186,6 +192,7 @@ impl LoadtestArgs {
             settle: Duration::from_secs(2),
             overload_for: Duration::from_secs(60),
             backoff_rate: None,
+            push_clients: None,
             auth: None,
             compare_auth: None,
         }
@@ -288,6 +295,9 @@ impl LoadtestArgs {
                 );
             }
         }
+        if self.push_clients.is_some() && self.scenario != ScenarioKind::Overload {
+            return bad("--push-clients", "only with the overload scenario");
+        }
         if self.scenario == ScenarioKind::Memory {
             if self.target_pid.is_none() {
                 return bad(
@@ -357,6 +367,17 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("--compare-auth"));
+        let mut a = ok.clone();
+        a.push_clients = Some(4);
+        assert!(a
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("--push-clients"));
+        a.scenario = ScenarioKind::Overload;
+        a.rate = Some(100.0);
+        a.duration = Duration::from_secs(90);
+        assert!(a.validate().is_ok(), "{:?}", a.validate());
         let mut a = ok;
         a.concurrency = 0;
         assert!(a

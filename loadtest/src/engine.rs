@@ -84,6 +84,10 @@ pub struct PhaseSpec {
     pub warmup: Duration,
     /// Label of the progress bar; `None` draws nothing.
     pub progress: Option<String>,
+    /// `--push-clients`: the shared pool's connections come from this many loopback
+    /// addresses in turn ([`crate::nacos::PushAddr::client_ip`]), so a server that records a
+    /// subscriber at the address its list came from sees that many clients.
+    pub sources: Option<u8>,
 }
 
 /// CPU use of one process over the measured window.
@@ -188,13 +192,20 @@ pub async fn run_phase(
         .enumerate()
         .filter_map(|(i, s)| s.own_senders.map(|n| (Some(i), n)));
     for (only, n) in owned.chain([(None, spec.concurrency.max(1))]) {
-        for _ in 0..n {
+        for i in 0..n {
+            let source = match (only, spec.sources) {
+                (None, Some(k)) if k > 1 => Some(std::net::IpAddr::V4(
+                    crate::nacos::PushAddr::client_ip((i % usize::from(k)) as u8),
+                )),
+                _ => None,
+            };
             senders.spawn(sender(
                 target.clone(),
                 plan.clone(),
                 Lane {
                     schedule: schedule.clone(),
                     only,
+                    source,
                 },
                 measure_from,
                 tracker.clone(),
@@ -290,6 +301,8 @@ pub async fn run_phase(
 struct Lane {
     schedule: Arc<Schedule>,
     only: Option<usize>,
+    /// The local address its connections come from (any port); `None`: the system's choice.
+    source: Option<std::net::IpAddr>,
 }
 
 /// One sender: owns a connection, returns its stats, its lateness and the time of its last
@@ -339,7 +352,7 @@ async fn sender(
         if let (Some(t), Some(c)) = (&tracker, &planned.change) {
             t.note_change(c.clone(), sent);
         }
-        let outcome = exchange(&mut conn, &target, &planned).await;
+        let outcome = exchange(&mut conn, &target, lane.source, &planned).await;
         let done = Instant::now();
         let begun = latency_start(ticket.intended, sent);
         if let Err(ErrorKind::Connect) = outcome {
@@ -400,14 +413,17 @@ fn abandon(
 async fn exchange(
     conn: &mut Option<Conn>,
     target: &Target,
+    source: Option<std::net::IpAddr>,
     planned: &Planned,
 ) -> Result<(), ErrorKind> {
     let c = match conn {
         Some(c) => c,
-        None => conn.insert(target.connect(target.timeout).await.map_err(|e| match e {
-            ClientError::Timeout => ErrorKind::Timeout,
-            _ => ErrorKind::Connect,
-        })?),
+        None => conn.insert(target.connect_from(source, target.timeout).await.map_err(
+            |e| match e {
+                ClientError::Timeout => ErrorKind::Timeout,
+                _ => ErrorKind::Connect,
+            },
+        )?),
     };
     let result = match tokio::time::timeout(target.timeout, c.send(&planned.request)).await {
         Err(_) => Err(ErrorKind::Timeout),

@@ -171,6 +171,7 @@ pub async fn execute(args: LoadtestArgs) -> Result<Outcome, LoadtestError> {
                 dependencies: args.dependencies,
                 rate: args.rate,
                 push: run.push.as_ref().map(|p| p.addr),
+                push_clients: args.push_clients,
                 distinct_clients: args.distinct_clients,
                 backoff: args.rate.map(|r| {
                     (
@@ -327,8 +328,8 @@ async fn new_run(
         // Fail before any traffic if a PID cannot be read.
         procstat::sample_with(pid, &also_pids).await?;
     }
-    let push = if args.scenario.uses_push() {
-        Some(start_push(addr).await?)
+    let push = if args.scenario.uses_push() || args.push_clients.is_some() {
+        Some(start_push(addr, args.push_clients.unwrap_or(1)).await?)
     } else {
         None
     };
@@ -393,24 +394,40 @@ async fn login(target: &Target, user: &str, password: &str) -> Result<String, Lo
 }
 
 /// Binds the push socket on the local address that routes to the target (loopback for a
-/// local target) and starts its listener.
-async fn start_push(target: SocketAddr) -> Result<PushSide, LoadtestError> {
+/// local target) and starts its listener. With `clients` > 1 (`--push-clients`), it binds one
+/// socket per client address, 127.0.0.1 to 127.0.0.`clients`, all on the first one's port, so a
+/// server pushing to each subscriber's `clientIP` reaches one of them and its ack comes back
+/// from the address the push went to.
+async fn start_push(target: SocketAddr, clients: u8) -> Result<PushSide, LoadtestError> {
     let probe = UdpSocket::bind(unspecified(target))
         .await
         .map_err(LoadtestError::Udp)?;
     probe.connect(target).await.map_err(LoadtestError::Udp)?;
     let ip = probe.local_addr().map_err(LoadtestError::Udp)?.ip();
-    let socket = UdpSocket::bind(SocketAddr::new(ip, 0))
+    if clients > 1 && ip != IpAddr::V4(std::net::Ipv4Addr::LOCALHOST) {
+        return Err(LoadtestError::InvalidArg {
+            flag: "--push-clients",
+            reason: format!("client addresses are 127.0.0.x: the target must be on loopback, not reached from {ip}"),
+        });
+    }
+    let first = UdpSocket::bind(SocketAddr::new(ip, 0))
         .await
         .map_err(LoadtestError::Udp)?;
-    let port = socket.local_addr().map_err(LoadtestError::Udp)?.port();
+    let port = first.local_addr().map_err(LoadtestError::Udp)?.port();
+    let mut sockets = vec![Arc::new(first)];
+    for i in 1..clients {
+        let addr = SocketAddr::from((nacos::PushAddr::client_ip(i), port));
+        sockets.push(Arc::new(
+            UdpSocket::bind(addr).await.map_err(LoadtestError::Udp)?,
+        ));
+    }
     let tracker = Arc::new(PushTracker::new()?);
     let stop = CancellationToken::new();
-    let task = tokio::spawn(push::listen(
-        Arc::new(socket),
-        tracker.clone(),
-        stop.clone(),
-    ));
+    let mut listeners = tokio::task::JoinSet::new();
+    for socket in sockets {
+        listeners.spawn(push::listen(socket, tracker.clone(), stop.clone()));
+    }
+    let task = tokio::spawn(async move { while listeners.join_next().await.is_some() {} });
     Ok(PushSide {
         addr: PushAddr { ip, port },
         tracker,
@@ -443,6 +460,7 @@ async fn run_round(
             duration: SETUP_CAP,
             warmup: Duration::ZERO,
             progress: Some(label(step.label)),
+            sources: None,
         };
         let done = run_phase(&run.target, step.plan.clone(), &spec, None).await?;
         let errors = done.stats.errors();
@@ -483,6 +501,7 @@ async fn run_round(
         },
         warmup,
         progress: Some(label(args.scenario.name())),
+        sources: args.push_clients,
     };
     let tracker = run.push.as_ref().map(|p| p.tracker.clone());
     let listeners = workload.listen.as_ref().map(|log| {

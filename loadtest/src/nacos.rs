@@ -151,6 +151,13 @@ pub struct PushAddr {
     pub port: u16,
 }
 
+impl PushAddr {
+    /// The address of push client `i` of `--push-clients` (0 is 127.0.0.1).
+    pub fn client_ip(i: u8) -> Ipv4Addr {
+        Ipv4Addr::new(127, 0, 0, i.saturating_add(1))
+    }
+}
+
 /// Every name and request a run uses.
 #[derive(Clone, Debug)]
 pub struct Names {

@@ -105,6 +105,9 @@ pub struct Shape {
     pub backoff: Option<(std::time::Duration, f64)>,
     /// mixed: each client names itself in `clientIP`.
     pub distinct_clients: bool,
+    /// overload: lists subscribe to pushes from this many client addresses
+    /// ([`PushAddr::client_ip`]) while every service changes once a second.
+    pub push_clients: Option<u8>,
 }
 
 /// A closed-loop preparation step, run to completion before the measured phase.
@@ -143,7 +146,10 @@ pub fn build(
         ScenarioKind::Subscribe => subscribe::workload(names, shape, push()?),
         ScenarioKind::Mixed => mixed::workload(names, shape, push()?)?,
         ScenarioKind::Churn => churn::workload(names, shape, push()?),
-        ScenarioKind::Overload => overload::workload(names, shape)?,
+        ScenarioKind::Overload => {
+            let push = shape.push_clients.map(|_| push()).transpose()?;
+            overload::workload(names, shape, push)?
+        }
         ScenarioKind::ConfigPublish => config::publish(names, shape),
         ScenarioKind::ConfigGet => config::get(names, shape),
         ScenarioKind::ConfigListen => config::listen(names, shape),
@@ -248,6 +254,7 @@ mod tests {
             }),
             backoff: None,
             distinct_clients: false,
+            push_clients: None,
         }
     }
 
@@ -284,6 +291,7 @@ mod tests {
             let mut shape = shape();
             if kind == ScenarioKind::Overload {
                 shape.rate = Some(100.0);
+                shape.push_clients = Some(4);
             }
             let w = build(kind, names.clone(), &shape).unwrap();
             let api = match kind {

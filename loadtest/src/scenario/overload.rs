@@ -3,13 +3,22 @@
 //! fleet's services come at `--rate` for `--overload-for`, then at `--backoff-rate`. Beats
 //! answered 20404 and lists missing a beating instance are instances lost; the per-second
 //! timeline shows what the target turned away (503) and when it served everything again.
+//!
+//! With `--push-clients N`, pushes compete with the flood too: every list subscribes to pushes,
+//! the harness's connections come from N client addresses in turn (a node records a
+//! subscriber at the address its list came from, as a gateway asserts it), and one marker
+//! instance per service appears and vanishes once a second (as in `subscribe`), so each change
+//! is pushed to up to N subscribers of its service. The report's push line says how many changes were seen and how
+//! late. The marker is healthy while it is registered, so a list then counts one healthy
+//! instance more than the fleet: with pushes, an instance lost is told by its beat answered
+//! 20404, not by a list one short.
 
 use std::sync::Arc;
 
-use super::{register_all, Shape, Workload};
+use super::{change, register_all, Shape, Workload};
 use crate::engine::{Plan, Planned};
 use crate::error::LoadtestError;
-use crate::nacos::{Check, Names};
+use crate::nacos::{Check, Names, PushAddr};
 use crate::rate::StreamSpec;
 use crate::scenario::mixed::BEAT_SECS;
 
@@ -18,10 +27,17 @@ use crate::scenario::mixed::BEAT_SECS;
 /// has its own).
 const MAX_BEAT_SENDERS: u64 = 2_000;
 
+/// Connections the marker changes have to themselves (`--push-clients`).
+const CHANGE_SENDERS: usize = 64;
+
 struct Overload {
     names: Arc<Names>,
     clients: u64,
     per_service: u64,
+    /// `--push-clients`: lists subscribe to pushes at this port (the address a node records is
+    /// the one the list came from: the harness's connections take the clients' addresses in
+    /// turn).
+    push: Option<PushAddr>,
 }
 
 impl Plan for Overload {
@@ -36,9 +52,20 @@ impl Plan for Overload {
                 change: None,
             };
         }
+        if stream == 2 {
+            // The marker: just past the instances registered during setup, so no beat keeps
+            // it and no list counts on it.
+            let pass = k / s;
+            return change(
+                &self.names,
+                (k % s) as usize,
+                self.per_service,
+                pass.is_multiple_of(2),
+            );
+        }
         Planned {
             op: "list",
-            request: self.names.list((k % s) as usize, None),
+            request: self.names.list((k % s) as usize, self.push),
             check: Check::Hosts {
                 healthy: self.per_service,
             },
@@ -47,7 +74,11 @@ impl Plan for Overload {
     }
 }
 
-pub(super) fn workload(names: Arc<Names>, shape: &Shape) -> Result<Workload, LoadtestError> {
+pub(super) fn workload(
+    names: Arc<Names>,
+    shape: &Shape,
+    push: Option<PushAddr>,
+) -> Result<Workload, LoadtestError> {
     let Some(rate) = shape.rate else {
         return Err(LoadtestError::InvalidArg {
             flag: "--rate",
@@ -62,17 +93,78 @@ pub(super) fn workload(names: Arc<Names>, shape: &Shape) -> Result<Workload, Loa
     Ok(Workload {
         setup: vec![register_all(&names, shape)],
         plan: Arc::new(Overload {
-            names,
+            names: names.clone(),
             clients,
             per_service: shape.instances,
+            push,
         }),
         // Beats ride connections of their own, as a client's beat thread does: they never wait
         // in the harness behind the flood of lists.
-        streams: vec![
-            StreamSpec::at(Some(clients as f64 / BEAT_SECS))
-                .with_own_senders(clients.div_ceil(2).min(MAX_BEAT_SENDERS) as usize),
-            lists,
-        ],
+        streams: {
+            let mut streams = vec![
+                StreamSpec::at(Some(clients as f64 / BEAT_SECS))
+                    .with_own_senders(clients.div_ceil(2).min(MAX_BEAT_SENDERS) as usize),
+                lists,
+            ];
+            if push.is_some() {
+                // Changes too have connections of their own: a change the harness could not
+                // send in time would leave its marker registered, unbeaten, to expire.
+                streams.push(
+                    StreamSpec::at(Some(names.service_count() as f64))
+                        .with_own_senders(CHANGE_SENDERS),
+                );
+            }
+            streams
+        },
         listen: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    fn shape(push_clients: Option<u8>) -> Shape {
+        Shape {
+            services: 3,
+            instances: 4,
+            dependencies: 1,
+            rate: Some(100.0),
+            push: Some(PushAddr {
+                ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                port: 5555,
+            }),
+            backoff: None,
+            distinct_clients: false,
+            push_clients,
+        }
+    }
+
+    #[test]
+    fn without_push_clients_lists_do_not_subscribe_and_nothing_changes() {
+        let names = Arc::new(Names::new(1, "public", 3, 0, true));
+        let w = workload(names, &shape(None), None).unwrap();
+        assert_eq!(w.streams.len(), 2);
+        assert!(!w.plan.plan(1, 5).request.target.contains("udpPort"));
+    }
+
+    #[test]
+    fn with_push_clients_lists_subscribe_and_a_marker_comes_and_goes() {
+        let names = Arc::new(Names::new(1, "public", 3, 0, true));
+        let push = shape(Some(4)).push;
+        let w = workload(names.clone(), &shape(Some(4)), push).unwrap();
+        assert_eq!(w.streams.len(), 3, "beats, lists, changes");
+        assert!(w.plan.plan(1, 5).request.target.contains("udpPort=5555"));
+        // One change per service per pass, the marker registered on even passes and
+        // deregistered on odd ones; it is past the fleet's instances, so no beat keeps it.
+        let (appear, vanish) = (w.plan.plan(2, 1), w.plan.plan(2, 4));
+        assert_eq!((appear.op, vanish.op), ("register", "deregister"));
+        let (a, v) = (appear.change.unwrap(), vanish.change.unwrap());
+        assert_eq!((a.service, a.ip), (v.service, v.ip));
+        assert!((a.appear, v.appear) == (true, false));
+        assert_eq!(a.ip, Names::ip(4), "the marker is instance 4 of 0..4");
+        assert_eq!(PushAddr::client_ip(0), Ipv4Addr::LOCALHOST);
+        assert_eq!(PushAddr::client_ip(15), Ipv4Addr::new(127, 0, 0, 16));
+    }
 }

@@ -1,7 +1,10 @@
 //! Outstanding pushes awaiting a client ack, with retransmission and failure accounting.
 //!
-//! Every packet is tracked under its unique `lastRefTime`. An ack matches only when it comes
-//! from the address the packet was sent to. Without an ack the packet is resent after
+//! Every packet is tracked under its `lastRefTime` and the address it was sent to: one render
+//! of a service goes to all the subscribers that asked for it in the same shape as one
+//! datagram, encoded (and compressed) once under one `lastRefTime`, as Nacos does, so each
+//! of them acks it for itself. An ack matches only when it comes from the address the packet
+//! was sent to. Without an ack the packet is resent after
 //! `resend_after`, up to `max_sends` sends in total; `resend_after` after the last send it is
 //! counted as failed (Nacos: 2 sends, 10 s apart, failed at 20 s). A packet superseded by a
 //! newer push to the same subscriber is no longer retransmitted (its data is stale) but stays
@@ -15,7 +18,6 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug)]
 struct Pending {
-    addr: SocketAddr,
     bytes: Arc<[u8]>,
     sends: u32,
     deadline: Instant,
@@ -35,11 +37,14 @@ pub enum Due {
     Failed { seq: u64, addr: SocketAddr },
 }
 
-/// Outstanding packets by `lastRefTime`, with a deadline queue.
+/// A packet's identity: its `lastRefTime` and where it went.
+type Key = (u64, SocketAddr);
+
+/// Outstanding packets by `lastRefTime` and address, with a deadline queue.
 #[derive(Debug)]
 pub struct AckTracker {
-    entries: HashMap<u64, Pending>,
-    timers: BTreeSet<(Instant, u64)>,
+    entries: HashMap<Key, Pending>,
+    timers: BTreeSet<(Instant, Key)>,
     cap: usize,
     resend_after: Duration,
     max_sends: u32,
@@ -77,29 +82,26 @@ impl AckTracker {
         bytes: Arc<[u8]>,
         now: Instant,
     ) -> Option<Due> {
+        let key = (seq, addr);
         let mut evicted = None;
-        if let Some(old) = self.remove(seq) {
-            // A reused sequence number (should not happen): the old packet is lost.
-            evicted = Some(Due::Failed {
-                seq,
-                addr: old.addr,
-            });
+        if self.remove(key).is_some() {
+            // The same packet to the same address again (two subscriptions of one address in
+            // one shape): one ack answers both, so the earlier is simply replaced.
         } else if self.entries.len() >= self.cap {
             if let Some(&(_, victim)) = self.timers.first() {
-                if let Some(old) = self.remove(victim) {
+                if self.remove(victim).is_some() {
                     evicted = Some(Due::Failed {
-                        seq: victim,
-                        addr: old.addr,
+                        seq: victim.0,
+                        addr: victim.1,
                     });
                 }
             }
         }
         let deadline = now + self.resend_after;
-        self.timers.insert((deadline, seq));
+        self.timers.insert((deadline, key));
         self.entries.insert(
-            seq,
+            key,
             Pending {
-                addr,
                 bytes,
                 sends: 1,
                 deadline,
@@ -109,27 +111,21 @@ impl AckTracker {
         evicted
     }
 
-    fn remove(&mut self, seq: u64) -> Option<Pending> {
-        let p = self.entries.remove(&seq)?;
-        self.timers.remove(&(p.deadline, seq));
+    fn remove(&mut self, key: Key) -> Option<Pending> {
+        let p = self.entries.remove(&key)?;
+        self.timers.remove(&(p.deadline, key));
         Some(p)
     }
 
     /// Handles an ack for `seq` from `from`. True if it matched an outstanding packet (which is
     /// then done); false for unknown, already finished, or wrong-source acks (ignored).
     pub fn ack(&mut self, from: SocketAddr, seq: u64) -> bool {
-        match self.entries.get(&seq) {
-            Some(p) if p.addr == from => {
-                self.remove(seq);
-                true
-            }
-            _ => false,
-        }
+        self.remove((seq, from)).is_some()
     }
 
-    /// Stops retransmitting `seq` (a newer packet went to the same subscriber).
-    pub fn supersede(&mut self, seq: u64) {
-        if let Some(p) = self.entries.get_mut(&seq) {
+    /// Stops retransmitting packet `seq` to `addr` (a newer packet went to that subscriber).
+    pub fn supersede(&mut self, seq: u64, addr: SocketAddr) {
+        if let Some(p) = self.entries.get_mut(&(seq, addr)) {
             p.superseded = true;
         }
     }
@@ -142,26 +138,26 @@ impl AckTracker {
     /// Everything due at `now`: resends (deadline re-armed) and failures (entry dropped).
     pub fn due(&mut self, now: Instant) -> Vec<Due> {
         let mut out = Vec::new();
-        while let Some(&(deadline, seq)) = self.timers.first() {
+        while let Some(&(deadline, key)) = self.timers.first() {
             if deadline > now {
                 break;
             }
             self.timers.pop_first();
-            let Some(p) = self.entries.get_mut(&seq) else {
+            let Some(p) = self.entries.get_mut(&key) else {
                 continue;
             };
+            let (seq, addr) = key;
             if !p.superseded && p.sends < self.max_sends {
                 p.sends += 1;
                 p.deadline = now + self.resend_after;
-                self.timers.insert((p.deadline, seq));
+                self.timers.insert((p.deadline, key));
                 out.push(Due::Resend {
                     seq,
-                    addr: p.addr,
+                    addr,
                     bytes: Arc::clone(&p.bytes),
                 });
             } else {
-                let addr = p.addr;
-                self.entries.remove(&seq);
+                self.entries.remove(&key);
                 out.push(Due::Failed { seq, addr });
             }
         }
@@ -261,9 +257,10 @@ mod tests {
         let mut a = AckTracker::new(10, S10, 2);
         a.track(1, addr(1), bytes("old"), t0);
         a.track(2, addr(1), bytes("new"), t0 + Duration::from_secs(1));
-        a.supersede(1);
-        a.supersede(999); // unknown: no-op
-                          // Old packet: no resend at 10 s, failed instead.
+        a.supersede(1, addr(1));
+        a.supersede(999, addr(1)); // unknown: no-op
+        a.supersede(2, addr(2)); // another address's packet 2: no-op
+                                 // Old packet: no resend at 10 s, failed instead.
         assert_eq!(
             a.due(t0 + S10),
             vec![Due::Failed {
@@ -273,8 +270,45 @@ mod tests {
         );
         // Had it been acked in time, it would have counted.
         a.track(3, addr(1), bytes("x"), t0);
-        a.supersede(3);
+        a.supersede(3, addr(1));
         assert!(a.ack(addr(1), 3));
+    }
+
+    #[test]
+    fn one_packet_to_many_subscribers_is_acked_and_superseded_by_each() {
+        let t0 = Instant::now();
+        let mut a = AckTracker::new(10, S10, 2);
+        let pkt = bytes("render");
+        for port in 1..=3 {
+            assert_eq!(a.track(5, addr(port), pkt.clone(), t0), None);
+        }
+        assert_eq!(a.len(), 3);
+        // Each subscriber's ack completes its own copy only.
+        assert!(a.ack(addr(1), 5));
+        assert!(!a.ack(addr(1), 5));
+        assert_eq!(a.len(), 2);
+        // A newer packet to subscriber 2 stops only its copy's resends.
+        a.supersede(5, addr(2));
+        let due = a.due(t0 + S10);
+        assert_eq!(
+            due,
+            vec![
+                Due::Failed {
+                    seq: 5,
+                    addr: addr(2)
+                },
+                Due::Resend {
+                    seq: 5,
+                    addr: addr(3),
+                    bytes: pkt.clone()
+                },
+            ]
+        );
+        // The same packet to the same address again replaces the copy: one ack answers it.
+        a.track(5, addr(3), pkt.clone(), t0 + S10);
+        assert_eq!(a.len(), 1);
+        assert!(a.ack(addr(3), 5));
+        assert!(a.is_empty());
     }
 
     #[test]

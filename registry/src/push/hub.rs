@@ -11,7 +11,7 @@
 //! acknowledged meanwhile is not resent or failed for want of a read. Everything else of the
 //! task (other services' pushes, the sweep) waits with it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -29,6 +29,9 @@ use super::packet::{decode_incoming, encode_push, Incoming, SeqGen};
 use super::table::{SubscribeOutcome, SubscriberTable};
 use super::{PushMetrics, PushSettings, PushState, Renderer, Subscriber};
 use nacre_ring::turns::ReadTurns;
+
+/// One change's push to the subscribers of one request shape: its `lastRefTime` and bytes.
+type Datagram = (u64, Arc<[u8]>);
 
 /// Largest datagram we read; acks are tiny.
 const RECV_BUF: usize = 64 * 1024;
@@ -262,6 +265,8 @@ impl PushHub {
     }
 
     /// Pushes the current render of `key` to each of its live subscribers (zombies dropped).
+    ///
+    /// A [`Datagram`] is made once per request shape.
     async fn push_service(
         &self,
         key: &ServiceKey,
@@ -275,45 +280,57 @@ impl PushHub {
             self.metrics.subscribers.set(gauge(core.table.len()));
             subs
         };
-        // Subscribers that asked the same way get the same render: one render per shape.
-        let mut rendered: HashMap<(&str, &str), Option<Arc<str>>> = HashMap::new();
+        // Subscribers that asked the same way get the same datagram: one render, one encoding
+        // (and compression) and one `lastRefTime` per shape, acked by each subscriber for
+        // itself (see `acks`), as Nacos pushes one service change.
+        let mut made: HashMap<(&str, &str), Option<Datagram>> = HashMap::new();
+        let mut sent: HashSet<(u64, SocketAddr)> = HashSet::new();
         let mut budget = TurnBudget::default();
         for sub in &subs {
-            let render_needed =
-                !rendered.contains_key(&(sub.clusters.as_str(), sub.agent.as_str()));
+            let shape = (sub.clusters.as_str(), sub.agent.as_str());
+            let render_needed = !made.contains_key(&shape);
             if budget.needs_turn(render_needed) && !self.take_turn(turns, shutdown).await {
                 return;
             }
             if shutdown.is_cancelled() {
                 return;
             }
-            let data = rendered
-                .entry((sub.clusters.as_str(), sub.agent.as_str()))
-                .or_insert_with(|| render(sub).map(Arc::from))
+            let packet = made
+                .entry(shape)
+                .or_insert_with(|| {
+                    let data = render(sub)?;
+                    let seq = self.seq.next_seq();
+                    match encode_push(&data, seq) {
+                        Ok(b) => Some((seq, b.into())),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "push packet encoding failed");
+                            None
+                        }
+                    }
+                })
                 .clone();
-            let Some(data) = data else {
+            let Some((seq, bytes)) = packet else {
                 continue;
-            };
-            let seq = self.seq.next_seq();
-            let bytes: Arc<[u8]> = match encode_push(&data, seq) {
-                Ok(b) => b.into(),
-                Err(e) => {
-                    tracing::warn!(error = %e, "push packet encoding failed");
-                    continue;
-                }
             };
             let target = canonical(sub.addr);
-            self.total.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = self.send(&bytes, target).await {
-                tracing::debug!(error = %e, %target, "push send failed");
-                self.count_failed();
-                continue;
+            // Several subscriptions of one address in one shape (apps sharing a UDP port) get
+            // the datagram once: the same bytes again would tell the client nothing.
+            let first_copy = sent.insert((seq, target));
+            if first_copy {
+                self.total.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = self.send(&bytes, target).await {
+                    tracing::debug!(error = %e, %target, "push send failed");
+                    self.count_failed();
+                    continue;
+                }
             }
             let mut core = self.core.lock();
             if let Some(prev) = core.table.set_last_seq(sub, seq) {
-                core.acks.supersede(prev);
+                core.acks.supersede(prev, target);
             }
-            let evicted = core.acks.track(seq, target, bytes, now());
+            let evicted = first_copy
+                .then(|| core.acks.track(seq, target, bytes, now()))
+                .flatten();
             drop(core);
             if evicted.is_some() {
                 self.count_failed();
@@ -511,19 +528,16 @@ mod tests {
             Some(turns.clone()),
         )
         .await;
-        // Twenty subscribers of one shape on one socket (each its own `app`), acking all.
-        let client = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("client"));
-        let addr = client.local_addr().expect("addr");
+        // Twenty subscribers of one shape, each on its own socket, acking all.
+        let mut ackers = Vec::new();
         for n in 0..20 {
+            let client = UdpSocket::bind("127.0.0.1:0").await.expect("client");
             let sub = Subscriber {
                 app: format!("app-{n}"),
-                ..subscriber("orders", addr)
+                ..subscriber("orders", client.local_addr().expect("addr"))
             };
             assert!(hub.subscribe(sub, Instant::now()));
-        }
-        let acker = tokio::spawn({
-            let client = client.clone();
-            async move {
+            ackers.push(tokio::spawn(async move {
                 loop {
                     let (_, v, from) = recv_push(&client).await;
                     let ack = serde_json::json!({
@@ -533,8 +547,8 @@ mod tests {
                     });
                     let _ = client.send_to(ack.to_string().as_bytes(), from).await;
                 }
-            }
-        });
+            }));
+        }
         // No round task: the test hands out the turns. A client's read has this round's.
         assert!(turns.go_ahead());
         hub.service_changed(&key("orders"));
@@ -550,7 +564,9 @@ mod tests {
         turns.queue().add_permits(2);
         let done = wait_state(&hub, |s| s.succeed == 20).await;
         assert_eq!((done.total, done.succeed, done.failed), (20, 20, 0));
-        acker.abort();
+        for acker in ackers {
+            acker.abort();
+        }
         token.cancel();
         let _ = task.await;
     }
@@ -629,6 +645,20 @@ mod tests {
             .is_err()
     }
 
+    /// Waits until `succeed` pushes are acked, then checks that `total` went out and none
+    /// failed.
+    async fn settles(hub: &PushHub, succeed: u64, total: u64) {
+        let s = wait_state(hub, |s| s.succeed == succeed).await;
+        assert_eq!(
+            s,
+            PushState {
+                succeed,
+                total,
+                failed: 0
+            }
+        );
+    }
+
     async fn wait_state(hub: &PushHub, pred: impl Fn(PushState) -> bool) -> PushState {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
@@ -662,20 +692,59 @@ mod tests {
             clients.push((clusters, client));
         }
         hub.service_changed(&key("orders"));
+        let mut seqs = Vec::new();
         for (clusters, client) in &clients {
-            let (_, v, _) = recv_push(client).await;
+            let (raw, v, from) = recv_push(client).await;
             let data: serde_json::Value =
                 serde_json::from_str(v["data"].as_str().expect("data")).expect("json");
             assert_eq!(
                 data["clusters"], *clusters,
                 "each gets its own shape's render"
             );
+            let seq = v["lastRefTime"].as_u64().expect("lastRefTime");
+            seqs.push((raw, seq));
+            let ack = format!(r#"{{"type":"push-ack","lastRefTime":{seq},"data":""}}"#);
+            client.send_to(ack.as_bytes(), from).await.expect("ack");
         }
         assert_eq!(
             calls.load(Ordering::SeqCst),
             2,
             "four subscribers, two shapes: two renders"
         );
+        // One datagram per shape, under one lastRefTime: the same bytes to each of its
+        // subscribers, and another shape's under another.
+        assert!(seqs[..3].iter().all(|s| *s == seqs[0]), "{seqs:?}");
+        assert_ne!(seqs[3].1, seqs[0].1);
+        // Each subscriber's ack counts for its own copy.
+        settles(&hub, 4, 4).await;
+        token.cancel();
+        let _ = task.await;
+    }
+
+    #[tokio::test]
+    async fn subscriptions_sharing_an_address_and_shape_get_one_datagram() {
+        let (hub, token, task) = start(
+            settings(Duration::from_secs(30)),
+            fixed_render(r#"{"hosts":[]}"#.into()),
+        )
+        .await;
+        let client = UdpSocket::bind("127.0.0.1:0").await.expect("client");
+        for n in 0..3 {
+            let sub = Subscriber {
+                app: format!("app-{n}"),
+                ..subscriber("orders", client.local_addr().expect("addr"))
+            };
+            assert!(hub.subscribe(sub, Instant::now()));
+        }
+        hub.service_changed(&key("orders"));
+        let (_, v, from) = recv_push(&client).await;
+        assert!(no_datagram_within(&client, Duration::from_millis(200)).await);
+        let ack = format!(
+            r#"{{"type":"push-ack","lastRefTime":{},"data":""}}"#,
+            v["lastRefTime"]
+        );
+        client.send_to(ack.as_bytes(), from).await.expect("ack");
+        settles(&hub, 1, 1).await;
         token.cancel();
         let _ = task.await;
     }
@@ -713,15 +782,7 @@ mod tests {
         assert!(seq < 1 << 53);
         let ack = format!(r#"{{"type":"push-ack","lastRefTime":"{seq}","data":""}}"#);
         client.send_to(ack.as_bytes(), from).await.expect("ack");
-        let s = wait_state(&hub, |s| s.succeed == 1).await;
-        assert_eq!(
-            s,
-            PushState {
-                succeed: 1,
-                total: 1,
-                failed: 0
-            }
-        );
+        settles(&hub, 1, 1).await;
 
         // Second push: small, plain JSON; ack with a numeric lastRefTime (Node).
         hub.service_changed(&key("orders"));
@@ -732,15 +793,7 @@ mod tests {
         assert!(seq2 > seq);
         let ack = format!(r#"{{"type":"push-ack","lastRefTime":{seq2},"data":""}}"#);
         client.send_to(ack.as_bytes(), from).await.expect("ack");
-        let s = wait_state(&hub, |s| s.succeed == 2).await;
-        assert_eq!(
-            s,
-            PushState {
-                succeed: 2,
-                total: 2,
-                failed: 0
-            }
-        );
+        settles(&hub, 2, 2).await;
         assert_eq!(hub.metrics.sent.get(), 2);
         assert_eq!(hub.metrics.acked.get(), 2);
 

@@ -27,7 +27,8 @@ const MAX_INFLATED: u64 = 64 * 1024;
 /// The two gzip magic bytes, as Nacos clients test for them.
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
-/// Issues `lastRefTime` values: unique per packet, increasing, and far below 2^53.
+/// Issues `lastRefTime` values: unique per datagram made (one render, sent to every subscriber
+/// of its shape), increasing, and far below 2^53.
 ///
 /// Seeded from wall-clock milliseconds so that a restarted server does not reuse recent
 /// sequence numbers (as long as it pushes fewer than ~1000 packets per millisecond of uptime).
