@@ -522,6 +522,7 @@ async fn overload_with_push_clients_has_each_service_pushed_to_every_client() {
     let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).expect("report"))
         .expect("report parses");
     assert_eq!(r["errors"], 0, "{:#}", r["errors_by_kind"]);
+    assert_eq!(r["config"]["push_clients"], 4, "the report says how many");
     let push = &r["push"];
     assert!(push["observed"].as_u64().unwrap_or(0) > 0, "{push:#}");
     assert_eq!(push["received"], push["acked"], "{push:#}");

@@ -106,6 +106,12 @@ for name in $SERVERS; do
         --concurrency 64 --duration 10s --threads 2 --seed 140
     stop "$SERVER_PID"
     C=$(python3 -c "import json; print(round(json.load(open('$OUT/capacity-$name.json'))['throughput_rps']))")
+    # Pushes for nacre only: its nodes push to the address a list came from, which the
+    # harness's client addresses are; r-nacos pushes to `clientIP`, one address for all.
+    PUSHES=()
+    if [ -n "${OVERLOAD_PUSH_CLIENTS:-}" ] && [ "$name" != r-nacos ]; then
+        PUSHES=(--push-clients "$OVERLOAD_PUSH_CLIENTS")
+    fi
     start_server "$name" "$OUT/$name-overload"
     # nacre's own view, once a second: its lag, the share of reads it turns away, expiries.
     if [ "$name" != r-nacos ]; then
@@ -125,7 +131,7 @@ for name in $SERVERS; do
         --scenario overload --services "$SERVICES" --instances-per-service "$INSTANCES" \
         --concurrency "$CONC" --duration "$DURATION" --overload-for "$OVERLOAD_FOR" \
         --rate $((C * 2)) --backoff-rate $((C / 2)) --threads 2 --timeout 5s --seed 141 \
-        ${OVERLOAD_PUSH_CLIENTS:+--push-clients "$OVERLOAD_PUSH_CLIENTS"}
+        "${PUSHES[@]}"
     if [ "$name" != r-nacos ]; then stop "$SAMPLER"; fi
     stop "$SERVER_PID"
 done

@@ -295,8 +295,16 @@ impl LoadtestArgs {
                 );
             }
         }
-        if self.push_clients.is_some() && self.scenario != ScenarioKind::Overload {
-            return bad("--push-clients", "only with the overload scenario");
+        if let Some(n) = self.push_clients {
+            if self.scenario != ScenarioKind::Overload {
+                return bad("--push-clients", "only with the overload scenario");
+            }
+            if self.concurrency < usize::from(n) {
+                return bad(
+                    "--push-clients",
+                    "needs at least as many connections (--concurrency) as client addresses",
+                );
+            }
         }
         if self.scenario == ScenarioKind::Memory {
             if self.target_pid.is_none() {
@@ -367,17 +375,20 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("--compare-auth"));
-        let mut a = ok.clone();
-        a.push_clients = Some(4);
-        assert!(a
-            .validate()
+        // --push-clients: overload only, and no more addresses than connections.
+        let pushes = |scenario, clients| {
+            let mut a = ok.clone();
+            (a.scenario, a.push_clients) = (scenario, Some(clients));
+            (a.rate, a.duration) = (Some(100.0), Duration::from_secs(90));
+            a.validate().map_err(|e| e.to_string())
+        };
+        assert!(pushes(ScenarioKind::List, 4)
             .unwrap_err()
-            .to_string()
             .contains("--push-clients"));
-        a.scenario = ScenarioKind::Overload;
-        a.rate = Some(100.0);
-        a.duration = Duration::from_secs(90);
-        assert!(a.validate().is_ok(), "{:?}", a.validate());
+        assert!(pushes(ScenarioKind::Overload, 4).is_ok());
+        assert!(pushes(ScenarioKind::Overload, 32)
+            .unwrap_err()
+            .contains("--push-clients"));
         let mut a = ok;
         a.concurrency = 0;
         assert!(a

@@ -85,7 +85,7 @@ pub struct PhaseSpec {
     /// Label of the progress bar; `None` draws nothing.
     pub progress: Option<String>,
     /// `--push-clients`: the shared pool's connections come from this many loopback
-    /// addresses in turn ([`crate::nacos::PushAddr::client_ip`]), so a server that records a
+    /// addresses in turn ([`crate::nacos::loopback_source`]), so a server that records a
     /// subscriber at the address its list came from sees that many clients.
     pub sources: Option<u8>,
 }
@@ -195,7 +195,7 @@ pub async fn run_phase(
         for i in 0..n {
             let source = match (only, spec.sources) {
                 (None, Some(k)) if k > 1 => Some(std::net::IpAddr::V4(
-                    crate::nacos::PushAddr::client_ip((i % usize::from(k)) as u8),
+                    crate::nacos::loopback_source((i % usize::from(k)) as u8),
                 )),
                 _ => None,
             };

@@ -215,6 +215,7 @@ pub async fn execute(args: LoadtestArgs) -> Result<Outcome, LoadtestError> {
             backoff_rate_rps: (kind == scenario::ScenarioKind::Overload)
                 .then(|| args.backoff_rate.or(args.rate.map(|r| r / 4.0)))
                 .flatten(),
+            push_clients: args.push_clients,
         };
         let report = Report::build(
             kind.name(),
@@ -396,8 +397,10 @@ async fn login(target: &Target, user: &str, password: &str) -> Result<String, Lo
 /// Binds the push socket on the local address that routes to the target (loopback for a
 /// local target) and starts its listener. With `clients` > 1 (`--push-clients`), it binds one
 /// socket per client address, 127.0.0.1 to 127.0.0.`clients`, all on the first one's port, so a
-/// server pushing to each subscriber's `clientIP` reaches one of them and its ack comes back
-/// from the address the push went to.
+/// server pushing to the address a subscriber's list came from (the connection's source, as
+/// nacre does unless it trusts `clientIP`) reaches one of them, and the ack comes back from the
+/// address the push went to. A server that pushes to `clientIP` sees one client: every list
+/// names 127.0.0.1.
 async fn start_push(target: SocketAddr, clients: u8) -> Result<PushSide, LoadtestError> {
     let probe = UdpSocket::bind(unspecified(target))
         .await
@@ -407,7 +410,7 @@ async fn start_push(target: SocketAddr, clients: u8) -> Result<PushSide, Loadtes
     if clients > 1 && ip != IpAddr::V4(std::net::Ipv4Addr::LOCALHOST) {
         return Err(LoadtestError::InvalidArg {
             flag: "--push-clients",
-            reason: format!("client addresses are 127.0.0.x: the target must be on loopback, not reached from {ip}"),
+            reason: format!("client addresses are 127.0.0.x: the target must be on IPv4 loopback, not reached from {ip}"),
         });
     }
     let first = UdpSocket::bind(SocketAddr::new(ip, 0))
@@ -416,7 +419,7 @@ async fn start_push(target: SocketAddr, clients: u8) -> Result<PushSide, Loadtes
     let port = first.local_addr().map_err(LoadtestError::Udp)?.port();
     let mut sockets = vec![Arc::new(first)];
     for i in 1..clients {
-        let addr = SocketAddr::from((nacos::PushAddr::client_ip(i), port));
+        let addr = SocketAddr::from((nacos::loopback_source(i), port));
         sockets.push(Arc::new(
             UdpSocket::bind(addr).await.map_err(LoadtestError::Udp)?,
         ));

@@ -136,8 +136,8 @@ fn source(target: &Target, i: usize) -> Option<std::net::IpAddr> {
     let std::net::IpAddr::V4(ip) = target.addr.ip() else {
         return None;
     };
-    let k = u8::try_from(1 + i / LISTENERS_PER_SOURCE).ok()?;
-    (ip.is_loopback() && k > 1).then(|| std::net::Ipv4Addr::new(127, 0, 0, k).into())
+    let k = u8::try_from(i / LISTENERS_PER_SOURCE).ok()?;
+    (ip.is_loopback() && k > 0).then(|| crate::nacos::loopback_source(k).into())
 }
 
 /// One listener on config `c`; returns its stats, its config and the newest version it saw.

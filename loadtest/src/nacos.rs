@@ -151,11 +151,10 @@ pub struct PushAddr {
     pub port: u16,
 }
 
-impl PushAddr {
-    /// The address of push client `i` of `--push-clients` (0 is 127.0.0.1).
-    pub fn client_ip(i: u8) -> Ipv4Addr {
-        Ipv4Addr::new(127, 0, 0, i.saturating_add(1))
-    }
+/// The `i`-th loopback address the harness sends from (0 is 127.0.0.1): a push client's of
+/// `--push-clients`, or a group of config listeners' (one address has ~28,000 ephemeral ports).
+pub fn loopback_source(i: u8) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, i.saturating_add(1))
 }
 
 /// Every name and request a run uses.

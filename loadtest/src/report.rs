@@ -143,6 +143,9 @@ pub struct RunConfig {
     /// overload: the list rate after the back-off.
     #[serde(default)]
     pub backoff_rate_rps: Option<f64>,
+    /// overload: `--push-clients`, the client addresses lists subscribed from.
+    #[serde(default)]
+    pub push_clients: Option<u8>,
 }
 
 /// A single-target report (`--json FILE`).
@@ -735,6 +738,7 @@ mod tests {
             threads: 1,
             overload_for_s: None,
             backoff_rate_rps: None,
+            push_clients: None,
         }
     }
 

@@ -106,7 +106,7 @@ pub struct Shape {
     /// mixed: each client names itself in `clientIP`.
     pub distinct_clients: bool,
     /// overload: lists subscribe to pushes from this many client addresses
-    /// ([`PushAddr::client_ip`]) while every service changes once a second.
+    /// ([`crate::nacos::loopback_source`]) while every service changes once a second.
     pub push_clients: Option<u8>,
 }
 

@@ -8,8 +8,9 @@
 //! the harness's connections come from N client addresses in turn (a node records a
 //! subscriber at the address its list came from, as a gateway asserts it), and one marker
 //! instance per service appears and vanishes once a second (as in `subscribe`), so each change
-//! is pushed to up to N subscribers of its service. The report's push line says how many changes were seen and how
-//! late. The marker is healthy while it is registered, so a list then counts one healthy
+//! is pushed to up to N subscribers of its service. The report's push line says how many changes
+//! were seen and how late the first packet showing each came (from whichever client got it
+//! first), and how many packets all the clients received and acked. The marker is healthy while it is registered, so a list then counts one healthy
 //! instance more than the fleet: with pushes, an instance lost is told by its beat answered
 //! 20404, not by a list one short.
 
@@ -164,7 +165,10 @@ mod tests {
         assert_eq!((a.service, a.ip), (v.service, v.ip));
         assert!((a.appear, v.appear) == (true, false));
         assert_eq!(a.ip, Names::ip(4), "the marker is instance 4 of 0..4");
-        assert_eq!(PushAddr::client_ip(0), Ipv4Addr::LOCALHOST);
-        assert_eq!(PushAddr::client_ip(15), Ipv4Addr::new(127, 0, 0, 16));
+        assert_eq!(crate::nacos::loopback_source(0), Ipv4Addr::LOCALHOST);
+        assert_eq!(
+            crate::nacos::loopback_source(15),
+            Ipv4Addr::new(127, 0, 0, 16)
+        );
     }
 }

@@ -85,8 +85,10 @@ impl AckTracker {
         let key = (seq, addr);
         let mut evicted = None;
         if self.remove(key).is_some() {
-            // The same packet to the same address again (two subscriptions of one address in
-            // one shape): one ack answers both, so the earlier is simply replaced.
+            // The same packet tracked twice for one address (the hub sends each once, so this
+            // should not happen): the earlier entry is given up on, so that every tracked
+            // packet still ends acked or failed.
+            evicted = Some(Due::Failed { seq, addr });
         } else if self.entries.len() >= self.cap {
             if let Some(&(_, victim)) = self.timers.first() {
                 if self.remove(victim).is_some() {
@@ -304,8 +306,14 @@ mod tests {
                 },
             ]
         );
-        // The same packet to the same address again replaces the copy: one ack answers it.
-        a.track(5, addr(3), pkt.clone(), t0 + S10);
+        // Tracked again for the same address, the earlier copy is given up on, not lost.
+        assert_eq!(
+            a.track(5, addr(3), pkt.clone(), t0 + S10),
+            Some(Due::Failed {
+                seq: 5,
+                addr: addr(3)
+            })
+        );
         assert_eq!(a.len(), 1);
         assert!(a.ack(addr(3), 5));
         assert!(a.is_empty());

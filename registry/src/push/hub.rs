@@ -11,7 +11,7 @@
 //! acknowledged meanwhile is not resent or failed for want of a read. Everything else of the
 //! task (other services' pushes, the sweep) waits with it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -40,9 +40,11 @@ const RECV_BUF: usize = 64 * 1024;
 /// longer is no ack (cut short, it decodes as garbage and is ignored).
 const ACK_BUF: usize = 1024;
 
-/// Datagrams one read turn covers once their render is made (rule G3): a render costs about
-/// what a list answer does, a datagram one `sendto`, a fraction of it. So a service with many
-/// subscribers does not take a turn per subscriber behind every waiting read.
+/// Subscribers one read turn covers once their render is made (rule G3): a render costs about
+/// what a list answer does, a subscriber's datagram one `sendto`, a fraction of it. So a
+/// service with many subscribers does not take a turn per subscriber behind every waiting
+/// read. (A subscriber whose address already got the datagram is charged too: it is rare, and
+/// charging before knowing keeps the budget simple.)
 pub const DATAGRAMS_PER_TURN: u32 = 8;
 
 /// What the push task has left of its last read turn (rule G3).
@@ -284,7 +286,8 @@ impl PushHub {
         // (and compression) and one `lastRefTime` per shape, acked by each subscriber for
         // itself (see `acks`), as Nacos pushes one service change.
         let mut made: HashMap<(&str, &str), Option<Datagram>> = HashMap::new();
-        let mut sent: HashSet<(u64, SocketAddr)> = HashSet::new();
+        // Each datagram's first send to an address, and whether it went out.
+        let mut sent: HashMap<(u64, SocketAddr), bool> = HashMap::new();
         let mut budget = TurnBudget::default();
         for sub in &subs {
             let shape = (sub.clusters.as_str(), sub.agent.as_str());
@@ -314,16 +317,23 @@ impl PushHub {
             };
             let target = canonical(sub.addr);
             // Several subscriptions of one address in one shape (apps sharing a UDP port) get
-            // the datagram once: the same bytes again would tell the client nothing.
-            let first_copy = sent.insert((seq, target));
-            if first_copy {
-                self.total.fetch_add(1, Ordering::Relaxed);
-                if let Err(e) = self.send(&bytes, target).await {
-                    tracing::debug!(error = %e, %target, "push send failed");
-                    self.count_failed();
-                    continue;
+            // the datagram once: the same bytes again would tell the client nothing. Each
+            // records it as its last packet only if it went out.
+            let first_copy = match sent.get(&(seq, target)) {
+                Some(false) => continue,
+                Some(true) => false,
+                None => {
+                    self.total.fetch_add(1, Ordering::Relaxed);
+                    let went = self.send(&bytes, target).await;
+                    sent.insert((seq, target), went.is_ok());
+                    if let Err(e) = went {
+                        tracing::debug!(error = %e, %target, "push send failed");
+                        self.count_failed();
+                        continue;
+                    }
+                    true
                 }
-            }
+            };
             let mut core = self.core.lock();
             if let Some(prev) = core.table.set_last_seq(sub, seq) {
                 core.acks.supersede(prev, target);
