@@ -149,10 +149,12 @@ async fn an_isolated_node_coming_back_never_removes_live_instances() -> Result<(
     let took = converged(&all, None, AFTER).await?;
     println!("converged {took:?} after the heal");
     // Two verify rounds, plus failure detection giving node 2 its ring place back (probes
-    // time out at 400 ms, and a loaded CI machine, running the whole suite on two cores, was
-    // seen to take a second or two more for it).
+    // time out at 400 ms). A loaded CI machine, running the whole suite on two cores, was seen
+    // to take a second or two more for it, and once (stop 32) 5.99 s in all, against ~10 ms
+    // when the test runs alone: the slack is for that scheduling, the bound still catches a
+    // repair left to anything slower than the verify rounds (`AFTER` caps the wait at 8 s).
     ensure!(
-        took <= 2 * VERIFY + Duration::from_secs(3),
+        took <= 2 * VERIFY + Duration::from_secs(5),
         "converged only after {took:?}"
     );
     tokio::time::sleep(AFTER).await;
