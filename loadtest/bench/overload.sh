@@ -141,6 +141,7 @@ import json, os, sys
 out = sys.argv[1]
 print("| server | capacity lists/s | offered | lists served/s in overload | turned away (503) | other list failures | beats sent | beats failed | beat p99 ms | instances lost | all lists served again after |")
 print("|---|---|---|---|---|---|---|---|---|---|---|")
+pushes = []
 for name in ["nacre", "nacre-shedding", "nacre-up", "r-nacos"]:
     p = os.path.join(out, f"overload-{name}.json")
     if not os.path.exists(p):
@@ -155,11 +156,8 @@ for name in ["nacre", "nacre-shedding", "nacre-up", "r-nacos"]:
           f"{o.get('served_list_rps', 0):.0f} | {o.get('shed_lists')} | {o.get('failed_lists')} | "
           f"{o.get('beats')} | {o.get('beats_failed')} | {beat.get('p99_ms', 0):.1f} | {lost} | "
           f"{'%d s' % rec if rec is not None else 'not by the end'} |")
-pushes = []
-for name in ["nacre", "nacre-shedding", "nacre-up", "r-nacos"]:
-    p = os.path.join(out, f"overload-{name}.json")
-    if os.path.exists(p) and (json.load(open(p)).get("push") or {}).get("changes"):
-        pushes.append((name, json.load(open(p))["push"]))
+    if (r.get("push") or {}).get("changes"):
+        pushes.append((name, r["push"]))
 if pushes:
     print()
     print("| server | changes made | seen in a push | overtaken before a push | never seen | packets received | acked | push p50 / p99 / max ms |")

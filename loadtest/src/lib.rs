@@ -171,7 +171,6 @@ pub async fn execute(args: LoadtestArgs) -> Result<Outcome, LoadtestError> {
                 dependencies: args.dependencies,
                 rate: args.rate,
                 push: run.push.as_ref().map(|p| p.addr),
-                push_clients: args.push_clients,
                 distinct_clients: args.distinct_clients,
                 backoff: args.rate.map(|r| {
                     (

@@ -98,16 +98,13 @@ pub struct Shape {
     pub instances: u64,
     pub dependencies: usize,
     pub rate: Option<f64>,
-    /// Where pushes go (scenarios that subscribe).
+    /// Where pushes go (scenarios that subscribe, and overload under `--push-clients`).
     pub push: Option<PushAddr>,
     /// overload: when the lists back off (from the start of the phase, warm-up included) and
     /// to what rate.
     pub backoff: Option<(std::time::Duration, f64)>,
     /// mixed: each client names itself in `clientIP`.
     pub distinct_clients: bool,
-    /// overload: lists subscribe to pushes from this many client addresses
-    /// ([`crate::nacos::loopback_source`]) while every service changes once a second.
-    pub push_clients: Option<u8>,
 }
 
 /// A closed-loop preparation step, run to completion before the measured phase.
@@ -146,10 +143,7 @@ pub fn build(
         ScenarioKind::Subscribe => subscribe::workload(names, shape, push()?),
         ScenarioKind::Mixed => mixed::workload(names, shape, push()?)?,
         ScenarioKind::Churn => churn::workload(names, shape, push()?),
-        ScenarioKind::Overload => {
-            let push = shape.push_clients.map(|_| push()).transpose()?;
-            overload::workload(names, shape, push)?
-        }
+        ScenarioKind::Overload => overload::workload(names, shape)?,
         ScenarioKind::ConfigPublish => config::publish(names, shape),
         ScenarioKind::ConfigGet => config::get(names, shape),
         ScenarioKind::ConfigListen => config::listen(names, shape),
@@ -254,7 +248,6 @@ mod tests {
             }),
             backoff: None,
             distinct_clients: false,
-            push_clients: None,
         }
     }
 
@@ -291,7 +284,6 @@ mod tests {
             let mut shape = shape();
             if kind == ScenarioKind::Overload {
                 shape.rate = Some(100.0);
-                shape.push_clients = Some(4);
             }
             let w = build(kind, names.clone(), &shape).unwrap();
             let api = match kind {

@@ -10,9 +10,9 @@
 //! instance per service appears and vanishes once a second (as in `subscribe`), so each change
 //! is pushed to up to N subscribers of its service. The report's push line says how many changes
 //! were seen and how late the first packet showing each came (from whichever client got it
-//! first), and how many packets all the clients received and acked. The marker is healthy while it is registered, so a list then counts one healthy
-//! instance more than the fleet: with pushes, an instance lost is told by its beat answered
-//! 20404, not by a list one short.
+//! first), and how many packets all the clients received and acked. The marker is healthy
+//! while it is registered, so a list then counts one healthy instance more than the fleet:
+//! with pushes, an instance lost is told by its beat answered 20404, not by a list one short.
 
 use std::sync::Arc;
 
@@ -75,11 +75,7 @@ impl Plan for Overload {
     }
 }
 
-pub(super) fn workload(
-    names: Arc<Names>,
-    shape: &Shape,
-    push: Option<PushAddr>,
-) -> Result<Workload, LoadtestError> {
+pub(super) fn workload(names: Arc<Names>, shape: &Shape) -> Result<Workload, LoadtestError> {
     let Some(rate) = shape.rate else {
         return Err(LoadtestError::InvalidArg {
             flag: "--rate",
@@ -91,32 +87,32 @@ pub(super) fn workload(
     if let Some((after, backoff)) = shape.backoff {
         lists = lists.then_at(after, backoff);
     }
+    // A push address is there only with `--push-clients`: the harness listens for nothing
+    // else in this scenario.
+    let push = shape.push;
+    // Beats ride connections of their own, as a client's beat thread does: they never wait in
+    // the harness behind the flood of lists.
+    let mut streams = vec![
+        StreamSpec::at(Some(clients as f64 / BEAT_SECS))
+            .with_own_senders(clients.div_ceil(2).min(MAX_BEAT_SENDERS) as usize),
+        lists,
+    ];
+    if push.is_some() {
+        // Changes too have connections of their own: a change the harness could not send in
+        // time would leave its marker registered, unbeaten, to expire.
+        streams.push(
+            StreamSpec::at(Some(names.service_count() as f64)).with_own_senders(CHANGE_SENDERS),
+        );
+    }
     Ok(Workload {
         setup: vec![register_all(&names, shape)],
         plan: Arc::new(Overload {
-            names: names.clone(),
+            names,
             clients,
             per_service: shape.instances,
             push,
         }),
-        // Beats ride connections of their own, as a client's beat thread does: they never wait
-        // in the harness behind the flood of lists.
-        streams: {
-            let mut streams = vec![
-                StreamSpec::at(Some(clients as f64 / BEAT_SECS))
-                    .with_own_senders(clients.div_ceil(2).min(MAX_BEAT_SENDERS) as usize),
-                lists,
-            ];
-            if push.is_some() {
-                // Changes too have connections of their own: a change the harness could not
-                // send in time would leave its marker registered, unbeaten, to expire.
-                streams.push(
-                    StreamSpec::at(Some(names.service_count() as f64))
-                        .with_own_senders(CHANGE_SENDERS),
-                );
-            }
-            streams
-        },
+        streams,
         listen: None,
     })
 }
@@ -126,26 +122,26 @@ mod tests {
     use super::*;
     use std::net::{IpAddr, Ipv4Addr};
 
-    fn shape(push_clients: Option<u8>) -> Shape {
+    /// The shape of a run, with a push address as `--push-clients` gives it.
+    fn shape(push_clients: bool) -> Shape {
         Shape {
             services: 3,
             instances: 4,
             dependencies: 1,
             rate: Some(100.0),
-            push: Some(PushAddr {
+            push: push_clients.then_some(PushAddr {
                 ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
                 port: 5555,
             }),
             backoff: None,
             distinct_clients: false,
-            push_clients,
         }
     }
 
     #[test]
     fn without_push_clients_lists_do_not_subscribe_and_nothing_changes() {
         let names = Arc::new(Names::new(1, "public", 3, 0, true));
-        let w = workload(names, &shape(None), None).unwrap();
+        let w = workload(names, &shape(false)).unwrap();
         assert_eq!(w.streams.len(), 2);
         assert!(!w.plan.plan(1, 5).request.target.contains("udpPort"));
     }
@@ -153,8 +149,7 @@ mod tests {
     #[test]
     fn with_push_clients_lists_subscribe_and_a_marker_comes_and_goes() {
         let names = Arc::new(Names::new(1, "public", 3, 0, true));
-        let push = shape(Some(4)).push;
-        let w = workload(names.clone(), &shape(Some(4)), push).unwrap();
+        let w = workload(names.clone(), &shape(true)).unwrap();
         assert_eq!(w.streams.len(), 3, "beats, lists, changes");
         assert!(w.plan.plan(1, 5).request.target.contains("udpPort=5555"));
         // One change per service per pass, the marker registered on even passes and
