@@ -18,7 +18,9 @@
 # threads, 1 as `nacre up` runs it by default).
 # With OVERLOAD_PUSH_CLIENTS=N, pushes compete with the flood: every list subscribes from one of N
 # client addresses and each service changes once a second (`--push-clients`, nacre only: the
-# harness's client addresses are 127.0.0.x), and the summary adds what the pushes showed.
+# harness's client addresses are 127.0.0.x), and the summary adds what the pushes showed. C is
+# then what the server serves with that mix (step 1b: offered C for 15 s with beats, changes and
+# pushes on, the median of the lists it served per second), when lower than lists alone.
 #
 # Knobs (environment): OVERLOAD_SERVERS ("nacre nacre-shedding r-nacos"), OVERLOAD_CPU (0.4),
 # OVERLOAD_UP_THREADS (1), OVERLOAD_PUSH_CLIENTS (none),
@@ -99,6 +101,19 @@ start_server() { # name dir: sets SERVER_ADDR, SERVER_PID
     esac
 }
 
+# The lists a server served per second with the whole mix on (step 1b), from a run's report:
+# the median second from the 5th to the one before the back-off. The harness counts a list
+# in the second it was due and sends it up to its 5 s timeout late, so the first seconds read
+# as fully served while the backlog builds. Prints the lower of that and the second argument.
+mix_capacity() { # report.json lists-only-capacity
+    python3 - "$1" "$2" <<'PY'
+import json, statistics, sys
+r = json.load(open(sys.argv[1]))
+served = [s["ok"] for s in r["timeline"]["list"][5:r["overload"]["backoff_at_s"]]]
+print(min(int(sys.argv[2]), round(statistics.median(served))))
+PY
+}
+
 for name in $SERVERS; do
     start_server "$name" "$OUT/$name-capacity"
     run "capacity-$name" --target "$SERVER_ADDR" --target-pid "$SERVER_PID" --scenario list \
@@ -111,6 +126,18 @@ for name in $SERVERS; do
     PUSHES=()
     if [ -n "${OVERLOAD_PUSH_CLIENTS:-}" ] && [ "$name" != r-nacos ]; then
         PUSHES=(--push-clients "$OVERLOAD_PUSH_CLIENTS")
+        # With pushes and churn the server serves fewer lists than closed-loop lists alone
+        # show. Offered C with the whole mix on (fresh server, the overload run's connections),
+        # the lists it serves are its capacity for this mix; a back-off to half the lists-only
+        # figure could still be above it, and then nothing could recover.
+        start_server "$name" "$OUT/$name-capacity-mix"
+        run "capacity-mix-$name" --target "$SERVER_ADDR" --target-pid "$SERVER_PID" \
+            --scenario overload --services "$SERVICES" --instances-per-service "$INSTANCES" \
+            --concurrency "$CONC" --duration 15s --overload-for 14s --rate "$C" --threads 2 \
+            --timeout 5s --seed 142 "${PUSHES[@]}"
+        stop "$SERVER_PID"
+        C=$(mix_capacity "$OUT/capacity-mix-$name.json" "$C")
+        echo "$C" >"$OUT/capacity-mix-$name.capacity"
     fi
     start_server "$name" "$OUT/$name-overload"
     # nacre's own view, once a second: its lag, the share of reads it turns away, expiries.
@@ -147,12 +174,16 @@ for name in ["nacre", "nacre-shedding", "nacre-up", "r-nacos"]:
     if not os.path.exists(p):
         continue
     cap = json.load(open(os.path.join(out, f"capacity-{name}.json")))["throughput_rps"]
+    mix = os.path.join(out, f"capacity-mix-{name}.json")
+    cap = f"{cap:.0f}"
+    if os.path.exists(mix):
+        cap += f" (with the mix: {open(mix[:-5] + '.capacity').read().strip()})"
     r = json.load(open(p))
     o = r["overload"] or {}
     beat = next((op for op in r["operations"] if op["op"] == "beat"), {})
     lost = r["lost"]["beats_unknown"] + r["lost"]["lists_short"]
     rec = o.get("recovered_after_s")
-    print(f"| {name} | {cap:.0f} | {o.get('offered_list_rps', 0):.0f}/s for {o.get('backoff_at_s')} s | "
+    print(f"| {name} | {cap} | {o.get('offered_list_rps', 0):.0f}/s for {o.get('backoff_at_s')} s | "
           f"{o.get('served_list_rps', 0):.0f} | {o.get('shed_lists')} | {o.get('failed_lists')} | "
           f"{o.get('beats')} | {o.get('beats_failed')} | {beat.get('p99_ms', 0):.1f} | {lost} | "
           f"{'%d s' % rec if rec is not None else 'not by the end'} |")
