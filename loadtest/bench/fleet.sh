@@ -13,10 +13,13 @@
 #
 # A standalone node and `nacre up` run FLEET_PAIRS times, alternately, each time fresh: this
 # machine's speed drifts by up to 2x over minutes, so their ratio is taken per pair (runs
-# side by side) and the summary gives each pair's and their median.
+# side by side) and the summary gives each pair's and their median. With FLEET_TOGETHER=1 the
+# two of a pair run at the same time, each with its own harness, so both see the same machine
+# whatever its speed at that moment (the fleet needs ~1.3 of this machine's 2 cores for both
+# servers and both harnesses); a pair's ratio is then free of the drift between two runs.
 #
 # Knobs (environment): FLEET_SERVICES (400), FLEET_INSTANCES (50), FLEET_PAIRS (3),
-# FLEET_RNACOS (1; 0 runs nacre only),
+# FLEET_TOGETHER (0), FLEET_RNACOS (1; 0 runs nacre only),
 # BENCH_DURATION (40s), BENCH_CONCURRENCY (64), BENCH_PORT_BASE (29000), NACRE_BENCH_CACHE,
 # NACRE_BENCH_OUT, NACRE_BIN.
 set -euo pipefail
@@ -31,6 +34,7 @@ CONC="${BENCH_CONCURRENCY:-64}"
 SERVICES="${FLEET_SERVICES:-400}"
 INSTANCES="${FLEET_INSTANCES:-50}"
 PAIRS="${FLEET_PAIRS:-3}"
+TOGETHER="${FLEET_TOGETHER:-0}"
 RNACOS="${FLEET_RNACOS:-1}"
 UP_ADDR="127.0.0.1:$((PORT + 20))"
 mkdir -p "$OUT"
@@ -52,8 +56,10 @@ for pair in $(seq 1 "$PAIRS"); do
     tag=""
     if [ "$pair" -gt 1 ]; then tag="-$pair"; fi
     start_nacre "$OUT/standalone$tag"
-    fleet "standalone$tag" "$NACRE_ADDR" "$NACRE_PID"
-    stop "$NACRE_PID"
+    if [ "$TOGETHER" = 0 ]; then
+        fleet "standalone$tag" "$NACRE_ADDR" "$NACRE_PID"
+        stop "$NACRE_PID"
+    fi
 
     rm -rf "$OUT/up$tag" && mkdir -p "$OUT/up$tag"
     NACRE_LOG=warn "$NACRE" up --listen "$UP_ADDR" --data "$OUT/up$tag" \
@@ -61,7 +67,16 @@ for pair in $(seq 1 "$PAIRS"); do
     UP_PID=$!
     PIDS+=("$UP_PID")
     wait_up "$UP_ADDR" "nacre up" '"status":"UP"'
-    fleet "nacre-up$tag" "$UP_ADDR" "$UP_PID"
+    if [ "$TOGETHER" = 0 ]; then
+        fleet "nacre-up$tag" "$UP_ADDR" "$UP_PID"
+    else
+        # Both fleets at once; the standalone one's output goes to its report files only.
+        fleet "standalone$tag" "$NACRE_ADDR" "$NACRE_PID" >/dev/null &
+        alone=$!
+        fleet "nacre-up$tag" "$UP_ADDR" "$UP_PID"
+        wait "$alone"
+        stop "$NACRE_PID"
+    fi
     stop "$UP_PID"
 done
 
