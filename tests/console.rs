@@ -20,6 +20,7 @@ use nacre_testkit::cluster::ClusterOptions;
 use nacre_testkit::driver::run_driver;
 use nacre_testkit::gateway::GatewayProcess;
 use nacre_testkit::http::Api;
+use nacre_testkit::repo_root;
 use nacre_testkit::NodeProcess;
 
 const READY: Duration = Duration::from_secs(60);
@@ -31,20 +32,16 @@ fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_nacre"))
 }
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 /// The driver command, or why it cannot run.
 fn driver(base: &str, shots: &Path, extra: &[String]) -> Result<Command> {
-    let browser = root().join("compat/browser");
+    let browser = repo_root().join("compat/browser");
     ensure!(
         Path::new(CHROMIUM).exists(),
         "{CHROMIUM} is missing: {INSTALL_HINT}"
     );
     ensure!(
         browser.join("node_modules/playwright-core").is_dir()
-            && root().join("compat/node/node_modules/nacos").is_dir(),
+            && repo_root().join("compat/node/node_modules/nacos").is_dir(),
         "the browser driver or the legacy Node client is not installed: {INSTALL_HINT}"
     );
     let mut cmd = Command::new("node");

@@ -3,12 +3,9 @@
 //! panel or an alert silently empty). `promtool check rules` and `promtool test rules` run in
 //! `.ci/run`.
 
+use nacre_testkit::repo_root;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn files_under(dir: &Path, ext: &str, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
@@ -48,7 +45,7 @@ fn metric_tokens(text: &str) -> BTreeSet<String> {
 fn registered() -> BTreeSet<String> {
     let mut sources = Vec::new();
     for crate_dir in ["registry/src", "gateway/src"] {
-        files_under(&root().join(crate_dir), "rs", &mut sources);
+        files_under(&repo_root().join(crate_dir), "rs", &mut sources);
     }
     let mut names = BTreeSet::new();
     for file in sources {
@@ -71,8 +68,8 @@ fn every_metric_the_dashboard_and_the_alerts_read_is_registered() {
         "the source scan found the registrations: {registered:?}"
     );
     let mut files = Vec::new();
-    files_under(&root().join("deploy/grafana"), "json", &mut files);
-    files_under(&root().join("deploy/prometheus"), "yml", &mut files);
+    files_under(&repo_root().join("deploy/grafana"), "json", &mut files);
+    files_under(&repo_root().join("deploy/prometheus"), "yml", &mut files);
     assert!(files.len() >= 3, "{files:?}");
     let mut missing = Vec::new();
     let mut used = 0;

@@ -7,25 +7,22 @@
 //! cluster, replicate, and a node restarted on its data keeps its identity. The schema check
 //! of the manifests (`kubernetes-validate --strict`) runs in `scripts/test.sh`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
+use nacre_testkit::repo_root;
 use nacre_testkit::{free_loopback_addrs, http_call, http_get, wait_until, NodeProcess};
 
 const READY: Duration = Duration::from_secs(60);
 const STEP: Duration = Duration::from_secs(5);
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_nacre"))
 }
 
 fn manifest() -> Result<String> {
-    let path = root().join("deploy/kubernetes/nacre.yaml");
+    let path = repo_root().join("deploy/kubernetes/nacre.yaml");
     std::fs::read_to_string(&path).with_context(|| path.display().to_string())
 }
 

@@ -23,15 +23,12 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use nacre_testkit::cluster::{ClusterOptions, TestCluster};
 use nacre_testkit::gateway::GatewayProcess;
+use nacre_testkit::repo_root;
 use nacre_testkit::NodeProcess;
 
 const INSTALL_HINT: &str =
     "run `scripts/install-legacy-clients.sh` (or `scripts/test.sh`, which runs it) first";
 const DRIVER_TIMEOUT: Duration = Duration::from_secs(240);
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 /// The binary under test; NACRE_TEST_BIN overrides it (e.g. a release build).
 fn bin() -> PathBuf {
@@ -247,7 +244,7 @@ fn node_legacy_client_in_endpoint_mode() -> Result<()> {
 }
 
 fn python_suite(mode: Mode) -> Result<()> {
-    let py = root().join("compat/python/.venv/bin/python");
+    let py = repo_root().join("compat/python/.venv/bin/python");
     if !py.exists() {
         bail!(
             "Python legacy client venv missing ({}): {INSTALL_HINT}",
@@ -266,11 +263,11 @@ fn python_suite(mode: Mode) -> Result<()> {
     }
     let (_data, target) = start_target("py", mode)?;
     let mut cmd = Command::new(&py);
-    cmd.arg(root().join("compat/python/check_legacy.py"))
+    cmd.arg(repo_root().join("compat/python/check_legacy.py"))
         .arg("--servers")
         .arg(target.servers())
         .args(mode.credentials())
-        .current_dir(root().join("compat/python"));
+        .current_dir(repo_root().join("compat/python"));
     if mode == Mode::Endpoint {
         cmd.arg("--endpoint")
             .arg(format!("http://{}/nacos/serverlist", target.servers()));
@@ -280,7 +277,7 @@ fn python_suite(mode: Mode) -> Result<()> {
 }
 
 fn node_suite(mode: Mode) -> Result<()> {
-    let dir = root().join("compat/node");
+    let dir = repo_root().join("compat/node");
     if !dir.join("node_modules/nacos/package.json").exists()
         || !dir.join("node_modules/nacos-naming/package.json").exists()
     {

@@ -17,7 +17,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -195,7 +195,7 @@ struct LegacyClient {
 
 impl LegacyClient {
     fn start(service: &str, gateways: &[SocketAddr]) -> Result<LegacyClient> {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("compat/node");
+        let dir = nacre_testkit::repo_root().join("compat/node");
         ensure!(
             dir.join("node_modules/nacos").is_dir(),
             "the legacy Node client is not installed: run scripts/install-legacy-clients.sh"

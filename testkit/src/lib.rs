@@ -38,6 +38,17 @@ use std::process::{Child, Command};
 use std::thread;
 use std::time::{Duration, Instant};
 
+/// The repository's root: where the scripts, manifests and installed legacy clients the tests
+/// use live. Read when the test runs (cargo and nextest set `CARGO_MANIFEST_DIR` for a test
+/// process), not when it was built: in a target directory shared by several checkouts (CI's
+/// cache), cargo may count a test binary built from another checkout as fresh, and that
+/// checkout may be gone. Outside a test runner, the checkout this crate was built from.
+pub fn repo_root() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+}
+
 use anyhow::{anyhow, bail, Context, Result};
 
 /// Path of the readiness probe (the Java/Node clients' own health check).
