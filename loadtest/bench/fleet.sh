@@ -16,7 +16,9 @@
 # side by side) and the summary gives each pair's and their median. With FLEET_TOGETHER=1 the
 # two of a pair run at the same time, each with its own harness, so both see the same machine
 # whatever its speed at that moment (the fleet needs ~1.3 of this machine's 2 cores for both
-# servers and both harnesses); a pair's ratio is then free of the drift between two runs.
+# servers and both harnesses); a pair's ratio is then free of the drift between two runs. Each
+# harness first registers its fleet as fast as it can, unmeasured, so the two measured windows
+# start a moment apart.
 #
 # Knobs (environment): FLEET_SERVICES (400), FLEET_INSTANCES (50), FLEET_PAIRS (3),
 # FLEET_TOGETHER (0), FLEET_RNACOS (1; 0 runs nacre only),
@@ -39,6 +41,10 @@ RNACOS="${FLEET_RNACOS:-1}"
 UP_ADDR="127.0.0.1:$((PORT + 20))"
 mkdir -p "$OUT"
 forget_knobs
+# A pair's background harness (FLEET_TOGETHER) ends with the script, however it ends: lib.sh's
+# cleanup stops the servers, not the pipeline `run` starts in the background subshell.
+ALONE=""
+trap 'if [ -n "$ALONE" ]; then pkill -P "$ALONE" 2>/dev/null || true; fi; cleanup' EXIT
 if [ "$RNACOS" != 0 ]; then install_rnacos; fi
 build_nacre
 
@@ -72,9 +78,10 @@ for pair in $(seq 1 "$PAIRS"); do
     else
         # Both fleets at once; the standalone one's output goes to its report files only.
         fleet "standalone$tag" "$NACRE_ADDR" "$NACRE_PID" >/dev/null &
-        alone=$!
+        ALONE=$!
         fleet "nacre-up$tag" "$UP_ADDR" "$UP_PID"
-        wait "$alone"
+        wait "$ALONE"
+        ALONE=""
         stop "$NACRE_PID"
     fi
     stop "$UP_PID"

@@ -20,7 +20,8 @@
 # client addresses and each service changes once a second (`--push-clients`, nacre only: the
 # harness's client addresses are 127.0.0.x), and the summary adds what the pushes showed. C is
 # then what the server serves with that mix (step 1b: offered C for 15 s with beats, changes and
-# pushes on, the median of the lists it served per second), when lower than lists alone.
+# pushes on, the median of the lists it served per second), when lower than lists alone: the
+# run offers twice it and backs off to half of it.
 #
 # Knobs (environment): OVERLOAD_SERVERS ("nacre nacre-shedding r-nacos"), OVERLOAD_CPU (0.4),
 # OVERLOAD_UP_THREADS (1), OVERLOAD_PUSH_CLIENTS (none),
@@ -102,15 +103,17 @@ start_server() { # name dir: sets SERVER_ADDR, SERVER_PID
 }
 
 # The lists a server served per second with the whole mix on (step 1b), from a run's report:
-# the median second from the 5th to the one before the back-off. The harness counts a list
-# in the second it was due and sends it up to its 5 s timeout late, so the first seconds read
-# as fully served while the backlog builds. Prints the lower of that and the second argument.
+# the median of measured seconds 5 to 13 (the one before the back-off). The harness counts a
+# list in the second it was due and sends it up to its 5 s timeout late, so the first seconds
+# read as fully served while the backlog builds. Prints the lower of that and the second
+# argument, at least 1 (a rate the harness takes).
 mix_capacity() { # report.json lists-only-capacity
     python3 - "$1" "$2" <<'PY'
 import json, statistics, sys
 r = json.load(open(sys.argv[1]))
-served = [s["ok"] for s in r["timeline"]["list"][5:r["overload"]["backoff_at_s"]]]
-print(min(int(sys.argv[2]), round(statistics.median(served))))
+seconds = r["timeline"]["list"][:r["overload"]["backoff_at_s"]]
+served = [s["ok"] for s in (seconds[5:] or seconds)] or [0]
+print(max(1, min(int(sys.argv[2]), round(statistics.median(served)))))
 PY
 }
 

@@ -38,18 +38,20 @@ use std::process::{Child, Command};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use anyhow::{anyhow, bail, Context, Result};
+
 /// The repository's root: where the scripts, manifests and installed legacy clients the tests
 /// use live. Read when the test runs (cargo and nextest set `CARGO_MANIFEST_DIR` for a test
 /// process), not when it was built: in a target directory shared by several checkouts (CI's
 /// cache), cargo may count a test binary built from another checkout as fresh, and that
-/// checkout may be gone. Outside a test runner, the checkout this crate was built from.
+/// checkout may be gone. Outside a test runner, the checkout this crate was built from. For the
+/// root package's tests (`tests/`) only: in another package's tests the variable names that
+/// package's folder.
 pub fn repo_root() -> PathBuf {
     std::env::var_os("CARGO_MANIFEST_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
 }
-
-use anyhow::{anyhow, bail, Context, Result};
 
 /// Path of the readiness probe (the Java/Node clients' own health check).
 pub const METRICS_PATH: &str = "/nacos/v1/ns/operator/metrics";
