@@ -117,6 +117,15 @@ print(max(1, min(int(sys.argv[2]), round(statistics.median(served)))))
 PY
 }
 
+overload_run() { # report-name rate duration overload-for seed [further arguments]
+    local name=$1 rate=$2 duration=$3 overload_for=$4 seed=$5
+    shift 5
+    run "$name" --target "$SERVER_ADDR" --target-pid "$SERVER_PID" \
+        --scenario overload --services "$SERVICES" --instances-per-service "$INSTANCES" \
+        --concurrency "$CONC" --duration "$duration" --overload-for "$overload_for" \
+        --rate "$rate" --threads 2 --timeout 5s --seed "$seed" "${PUSHES[@]}" "$@"
+}
+
 for name in $SERVERS; do
     start_server "$name" "$OUT/$name-capacity"
     run "capacity-$name" --target "$SERVER_ADDR" --target-pid "$SERVER_PID" --scenario list \
@@ -134,10 +143,7 @@ for name in $SERVERS; do
         # the lists it serves are its capacity for this mix; a back-off to half the lists-only
         # figure could still be above it, and then nothing could recover.
         start_server "$name" "$OUT/$name-capacity-mix"
-        run "capacity-mix-$name" --target "$SERVER_ADDR" --target-pid "$SERVER_PID" \
-            --scenario overload --services "$SERVICES" --instances-per-service "$INSTANCES" \
-            --concurrency "$CONC" --duration 15s --overload-for 14s --rate "$C" --threads 2 \
-            --timeout 5s --seed 142 "${PUSHES[@]}"
+        overload_run "capacity-mix-$name" "$C" 15s 14s 142
         stop "$SERVER_PID"
         C=$(mix_capacity "$OUT/capacity-mix-$name.json" "$C")
         echo "$C" >"$OUT/capacity-mix-$name.capacity"
@@ -157,11 +163,8 @@ for name in $SERVERS; do
         SAMPLER=$!
         PIDS+=("$SAMPLER")
     fi
-    run "overload-$name" --target "$SERVER_ADDR" --target-pid "$SERVER_PID" \
-        --scenario overload --services "$SERVICES" --instances-per-service "$INSTANCES" \
-        --concurrency "$CONC" --duration "$DURATION" --overload-for "$OVERLOAD_FOR" \
-        --rate $((C * 2)) --backoff-rate $((C / 2)) --threads 2 --timeout 5s --seed 141 \
-        "${PUSHES[@]}"
+    overload_run "overload-$name" $((C * 2)) "$DURATION" "$OVERLOAD_FOR" 141 \
+        --backoff-rate $((C / 2))
     if [ "$name" != r-nacos ]; then stop "$SAMPLER"; fi
     stop "$SERVER_PID"
 done

@@ -158,7 +158,7 @@ mod tests {
         assert_eq!((appear.op, vanish.op), ("register", "deregister"));
         let (a, v) = (appear.change.unwrap(), vanish.change.unwrap());
         assert_eq!((a.service, a.ip), (v.service, v.ip));
-        assert!((a.appear, v.appear) == (true, false));
+        assert_eq!((a.appear, v.appear), (true, false));
         assert_eq!(a.ip, Names::ip(4), "the marker is instance 4 of 0..4");
         assert_eq!(crate::nacos::loopback_source(0), Ipv4Addr::LOCALHOST);
         assert_eq!(

@@ -266,6 +266,18 @@ impl PushHub {
         }
     }
 
+    /// `data`'s datagram under a new `lastRefTime`; `None` (logged) when it cannot be encoded.
+    fn datagram(&self, data: &str) -> Option<Datagram> {
+        let seq = self.seq.next_seq();
+        match encode_push(data, seq) {
+            Ok(b) => Some((seq, b.into())),
+            Err(e) => {
+                tracing::warn!(error = %e, "push packet encoding failed");
+                None
+            }
+        }
+    }
+
     /// Pushes the current render of `key` to each of its live subscribers (zombies dropped).
     ///
     /// A [`Datagram`] is made once per request shape.
@@ -300,17 +312,7 @@ impl PushHub {
             }
             let packet = made
                 .entry(shape)
-                .or_insert_with(|| {
-                    let data = render(sub)?;
-                    let seq = self.seq.next_seq();
-                    match encode_push(&data, seq) {
-                        Ok(b) => Some((seq, b.into())),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "push packet encoding failed");
-                            None
-                        }
-                    }
-                })
+                .or_insert_with(|| render(sub).and_then(|data| self.datagram(&data)))
                 .clone();
             let Some((seq, bytes)) = packet else {
                 continue;
